@@ -1,0 +1,248 @@
+"""The ``harness`` command line. It parses and hands off; the logic lives in the library.
+
+Flags are declared with ``default=argparse.SUPPRESS`` so a flag the user did not type is absent,
+never a falsy value that overrides a config file. Every ``HarnessError`` becomes one line on
+stderr and a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from harness.errors import HarnessError
+
+log = logging.getLogger("harness")
+S = argparse.SUPPRESS
+
+
+def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _common_eval_flags(p: argparse.ArgumentParser, *, config_dests: bool) -> None:
+    pre = "eval." if config_dests else ""
+    p.add_argument("--suite", dest=f"{pre}suite", default=S, help="evaluation suite (harness ls suites)")
+    p.add_argument("--n", dest=f"{pre}n", type=_positive_int, default=S, help="number of test examples (the first n, fixed order)")
+    p.add_argument("--eval-batch-size", dest=f"{pre}batch_size", type=_positive_int, default=S, help="batch size for attacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="harness", description="Evaluation-first benchmarking harness for adversarial training.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    # -- ls -----------------------------------------------------------------------------------
+    p = sub.add_parser("ls", help="list what is registered (defenses, attacks, checks, suites, datasets, models, renderers)")
+    p.add_argument("kind", nargs="?", help="one registry to list")
+
+    # -- run ----------------------------------------------------------------------------------
+    p = sub.add_parser("run", help="train with a defense, select on val, evaluate best and last, write the report")
+    p.add_argument("--defense", dest="defense", default=S, help="defense plugin (harness ls defenses); default fast-at")
+    p.add_argument("--dataset", dest="dataset", default=S, help="data set (harness ls datasets); default fashion-mnist")
+    p.add_argument("--model", dest="model", default=S, help="model (harness ls models); default small-cnn")
+    p.add_argument("--eps", dest="threat.eps", default=S, help="perturbation budget in [0,1] pixel units, e.g. 0.1 or 8/255")
+    p.add_argument("--norm", dest="threat.norm", default=S, help="Linf or L2")
+    p.add_argument("--epochs", dest="train.epochs", type=_positive_int, default=S)
+    p.add_argument("--batch-size", dest="train.batch_size", type=_positive_int, default=S)
+    p.add_argument("--lr", dest="train.lr", type=_positive_float, default=S, help="(peak) learning rate")
+    p.add_argument("--seed", dest="seed", type=_nonneg_int, default=S)
+    p.add_argument("--device", dest="device", default=S, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", dest="precision", default=S, help="auto, fp32, bf16 or fp16 (mixed precision on GPU)")
+    p.add_argument("--data-dir", dest="data.data_dir", default=S, help="folder holding the data set files")
+    p.add_argument("--val-size", dest="data.val_size", type=_nonneg_int, default=S, help="examples held out from train for selection")
+    p.add_argument("--no-download", dest="data.download", action="store_false", default=S, help="never download data")
+    _common_eval_flags(p, config_dests=True)
+    p.add_argument("--out", dest="out.root", default=S, help="folder for run directories (default runs/)")
+    p.add_argument("--name", dest="out.name", default=S, help="run directory name (default: made from the config)")
+    es = p.add_mutually_exclusive_group()
+    es.add_argument("--early-stop", dest="monitor.early_stop", action="store_true", default=S, help="stop on catastrophic overfitting")
+    es.add_argument("--no-early-stop", dest="monitor.early_stop", action="store_false", default=S)
+    p.add_argument("--config", dest="_config", default=S, help="TOML or JSON config file (a saved config.json works)")
+    p.add_argument("--set", dest="_set", action="append", default=S, metavar="KEY=VALUE",
+                   help="any config value, e.g. --set defense_options.alpha=1.25*eps (repeatable)")
+    p.add_argument("--resume", dest="_resume", default=S, metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument("--dry-run", dest="_dry_run", action="store_true", default=S, help="print the resolved config and exit")
+
+    # -- eval ---------------------------------------------------------------------------------
+    p = sub.add_parser("eval", help="evaluate a run's checkpoints with a suite")
+    p.add_argument("run_dir")
+    p.add_argument("--checkpoint", default="best", help="best, last, epoch-N or all (default best)")
+    _common_eval_flags(p, config_dests=False)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=_nonneg_int, default=None, help="attack seed (default: the run's seed)")
+    p.add_argument("--force", action="store_true", help="re-run even if a finished result exists")
+
+    # -- report -------------------------------------------------------------------------------
+    p = sub.add_parser("report", help="render one run's report, or a comparison table over runs")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--format", choices=["md", "tex", "csv", "html"], default=None, help="comparison table format")
+    p.add_argument("-o", "--output", default=None, help="write the table here instead of stdout")
+
+    # -- audit --------------------------------------------------------------------------------
+    p = sub.add_parser("audit", help="re-evaluate someone else's model and checkpoint against a claimed number")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="FILE.py:FACTORY (a Python file you chose to run) or a registered model name")
+    src.add_argument("--robustbench", help="a RobustBench model-zoo name (weights from --model-dir)")
+    p.add_argument("--checkpoint", help="weights: .safetensors, or a state dict loaded with weights_only=True")
+    p.add_argument("--model-dir", default=None, help="local RobustBench model directory")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--eps", required=True)
+    p.add_argument("--norm", default="Linf")
+    p.add_argument("--claim", required=True, type=float, help="claimed robust accuracy as a fraction (0.53) or percent (53)")
+    p.add_argument("--claim-attack", default=None, help="the attack behind the claim, e.g. 'PGD-20'")
+    _common_eval_flags(p, config_dests=False)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--out", default=None, help="folder for the audit report")
+    return parser
+
+
+def _version() -> str:
+    from harness import __version__
+
+    return f"harness {__version__}"
+
+
+def _setup_logging(verbosity: int) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    logging.getLogger("harness").setLevel(min(level, logging.INFO))
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.registry import all_registries, registry_for
+
+    regs = [registry_for(args.kind)] if args.kind else list(all_registries().values())
+    console = Console()
+    for reg in regs:
+        table = Table(title=reg.kind, title_justify="left", show_header=False, box=None, pad_edge=False)
+        table.add_column("name", style="bold")
+        table.add_column("summary")
+        for e in reg.entries():
+            table.add_row(e.name, e.summary)
+        console.print(table)
+        console.print()
+    return 0
+
+
+def cmd_run(ns: Dict[str, Any]) -> int:
+    from harness import config as C
+    from harness.pipeline import run_pipeline
+
+    resume = ns.pop("_resume", None)
+    dry = ns.pop("_dry_run", False)
+    file_cfg = C.load_config_file(ns.pop("_config")) if "_config" in ns else {}
+    sets = C.parse_set(ns.pop("_set", []))
+    flags = C.deep_merge(_nest(ns), sets)
+    if resume is not None:
+        if flags or file_cfg:
+            raise HarnessError("--resume continues a run with its saved config; other flags cannot be combined with it")
+        return run_pipeline(None, resume=resume)
+    cfg = C.resolve(flags, file_cfg)
+    if dry:
+        from harness.io import dumps
+
+        sys.stdout.write(dumps(cfg))
+        return 0
+    return run_pipeline(cfg)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from harness.evaluate import evaluate_run_cli
+
+    return evaluate_run_cli(args.run_dir, checkpoint=args.checkpoint, suite=args.suite if hasattr(args, "suite") else None,
+                            n=getattr(args, "n", None), batch_size=getattr(args, "batch_size", None),
+                            device=args.device, seed=args.seed, force=args.force)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.cli import report_command
+
+    return report_command(args.runs, fmt=args.format, output=args.output)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from harness.audit import audit_command
+
+    return audit_command(args)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    _setup_logging(args.verbose)
+    try:
+        if args.command == "ls":
+            return cmd_ls(args)
+        if args.command == "run":
+            ns = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
+            return cmd_run(ns)
+        if args.command == "eval":
+            return cmd_eval(args)
+        if args.command == "report":
+            return cmd_report(args)
+        if args.command == "audit":
+            return cmd_audit(args)
+    except HarnessError as e:
+        sys.stderr.write(f"harness: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("harness: interrupted; finished files are kept (harness run --resume RUN_DIR continues a run)\n")
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2

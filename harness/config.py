@@ -1,0 +1,229 @@
+"""The run configuration and its precedence rules.
+
+Precedence, lowest first: built-in ``DEFAULTS`` < the defense's paper recipe for the data set
+< the ``--config`` file (TOML or JSON) < explicit command-line flags. A flag the user did not
+type is absent (argparse ``SUPPRESS``), never a falsy value that could override a file.
+
+The resolved config is a plain dict of JSON types; ``RunDir.write_config`` saves it and that file
+is itself a valid ``--config``.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from harness.errors import ConfigError
+from harness.threat import ThreatModel
+
+DEFAULTS: Dict[str, Any] = {
+    "defense": "fast-at",
+    "dataset": "fashion-mnist",
+    "model": "small-cnn",
+    "threat": {"norm": "Linf", "eps": "0.1"},
+    "seed": 0,
+    "device": "auto",
+    # fp32 | bf16 | fp16 | auto (bf16 autocast on CUDA, fp32 elsewhere)
+    "precision": "auto",
+    "data": {
+        "data_dir": None,
+        "val_size": 5000,  # held out from train with split_seed; never the test split
+        "split_seed": 0,
+        "download": True,
+    },
+    "train": {
+        "epochs": 10,
+        "batch_size": 128,
+        "optimizer": "sgd",  # sgd | adam
+        "lr": 0.1,  # peak learning rate for the cyclic schedule
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "nesterov": False,
+        "schedule": "piecewise",  # piecewise | cyclic | constant
+        "milestones": [0.5, 0.75],  # piecewise: fractions of training at which lr *= gamma
+        "gamma": 0.1,
+        "cyclic_peak": 0.4,  # cyclic: fraction of training at which lr peaks
+        "keep_epoch_checkpoints": True,
+    },
+    # the defense's own options (attack steps, step size, random start, BN mode, mixing, beta,
+    # replays, ...), validated by the defense plugin
+    "defense_options": {},
+    # the attack that picks the best checkpoint on val: stronger than the training attack
+    "selection": {
+        "attack": "pgd",
+        "steps": 20,
+        "step_size": "eps/4",
+        "restarts": 1,
+        "loss": "ce",
+        "random_start": True,
+    },
+    "monitor": {
+        "val_n": 1000,  # val points evaluated after every epoch
+        "co_drop": 0.2,  # catastrophic overfitting: selection acc drops by more than this...
+        "co_ratio": 0.5,  # ...or falls below this fraction of the best so far while FGSM/train acc holds
+        "early_stop": None,  # None: the defense decides (Fast-AT stops on catastrophic overfitting)
+    },
+    "eval": {
+        "suite": "quick",
+        "n": None,  # None: the suite's own n
+        "batch_size": 500,
+        "checkpoints": ["best", "last"],
+    },
+    "out": {"root": "runs", "name": None},
+}
+
+SECTIONS_FREE = {"defense_options"}  # keys validated by their owner, not here
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_config_file(path: str | Path) -> Dict[str, Any]:
+    """Read a TOML or JSON config file (chosen by extension; ``.json`` else TOML)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() == ".json":
+            doc = json.loads(text)
+        else:
+            try:
+                import tomllib  # type: ignore[import-not-found]
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            doc = tomllib.loads(text)
+    except Exception as e:  # noqa: BLE001 - parser errors differ by format; all are user errors
+        raise ConfigError(f"config file {p}: cannot parse ({e})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config file {p}: expected a table / object at top level")
+    # a saved run config carries bookkeeping keys; they are not settings
+    for k in ("schema", "schema_version"):
+        doc.pop(k, None)
+    return doc
+
+
+def parse_set(items: Iterable[str]) -> Dict[str, Any]:
+    """``--set train.lr=0.05 --set defense_options.alpha=1.25*eps`` -> nested dict.
+    Values are parsed as JSON where they can be (numbers, true/false/null, lists), else kept as text."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY.PATH=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is set twice as value and section")
+        node[parts[-1]] = value
+    return out
+
+
+def validate_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any] = DEFAULTS, where: str = "") -> None:
+    for k, v in cfg.items():
+        if k not in schema:
+            close = difflib.get_close_matches(k, list(schema), n=1)
+            hint = f"; did you mean {where}{close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {where}{k!r}{hint}")
+        if k in SECTIONS_FREE:
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"config key {where}{k!r} must be a table")
+            continue
+        if isinstance(schema[k], Mapping):
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"config key {where}{k!r} must be a table, got {v!r}")
+            validate_keys(v, schema[k], where=f"{where}{k}.")
+
+
+def _pick(key: str, *layers: Mapping[str, Any]) -> Any:
+    value = None
+    for layer in layers:
+        if key in layer:
+            value = layer[key]
+    return value
+
+
+def resolve(
+    flags: Optional[Mapping[str, Any]] = None,
+    config_file: Optional[Mapping[str, Any]] = None,
+    *,
+    with_recipe: bool = True,
+) -> Dict[str, Any]:
+    """Merge the layers into one resolved config and validate it.
+
+    ``flags`` and ``config_file`` are nested dicts holding only what the user gave.
+    The defense's recipe is looked up for the defense and data set that the higher layers name.
+    """
+    flags = dict(flags or {})
+    file_cfg = dict(config_file or {})
+    validate_keys(file_cfg)
+    validate_keys(flags)
+    defense = _pick("defense", DEFAULTS, file_cfg, flags)
+    dataset = _pick("dataset", DEFAULTS, file_cfg, flags)
+    recipe: Dict[str, Any] = {}
+    if with_recipe:
+        from defenses.registry import DEFENSES
+
+        recipe = DEFENSES.get(defense).recipe(dataset)
+        validate_keys(recipe, where="")
+    cfg = deep_merge(DEFAULTS, recipe)
+    cfg = deep_merge(cfg, file_cfg)
+    cfg = deep_merge(cfg, flags)
+    check(cfg)
+    return cfg
+
+
+def check(cfg: Mapping[str, Any]) -> None:
+    """Type and range checks that do not need torch. Raises ``ConfigError`` on the first problem."""
+    ThreatModel.from_dict(cfg["threat"])
+    _int(cfg, "seed", minimum=0)
+    _int(cfg["train"], "epochs", minimum=1, where="train.")
+    _int(cfg["train"], "batch_size", minimum=1, where="train.")
+    _int(cfg["data"], "val_size", minimum=0, where="data.")
+    _int(cfg["monitor"], "val_n", minimum=1, where="monitor.")
+    if cfg["eval"].get("n") is not None:
+        _int(cfg["eval"], "n", minimum=1, where="eval.")
+    if not isinstance(cfg["train"].get("lr"), (int, float)) or isinstance(cfg["train"].get("lr"), bool) or cfg["train"]["lr"] <= 0:
+        raise ConfigError(f"train.lr must be a positive number, got {cfg['train'].get('lr')!r}")
+    if cfg["device"] not in ("auto", "cpu", "cuda", "mps") and not str(cfg["device"]).startswith("cuda:"):
+        raise ConfigError(f"unknown device {cfg['device']!r}; use auto, cpu, cuda, cuda:N or mps")
+    if cfg["precision"] not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"unknown precision {cfg['precision']!r}; use auto, fp32, bf16 or fp16")
+    ckpts = cfg["eval"].get("checkpoints")
+    if not isinstance(ckpts, list) or not ckpts:
+        raise ConfigError("eval.checkpoints must be a non-empty list such as [\"best\", \"last\"]")
+
+
+def _int(section: Mapping[str, Any], key: str, *, minimum: int, where: str = "") -> None:
+    v = section.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        raise ConfigError(f"{where}{key} must be an integer >= {minimum}, got {v!r}")
+
+
+def threat_of(cfg: Mapping[str, Any]) -> ThreatModel:
+    return ThreatModel.from_dict(cfg["threat"])
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> List[Tuple[str, Any]]:
+    out: List[Tuple[str, Any]] = []
+    for k, v in cfg.items():
+        if isinstance(v, Mapping) and v:
+            out += flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out

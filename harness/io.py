@@ -1,0 +1,93 @@
+"""Atomic file writes: a temporary file in the same folder, fsync, then rename.
+
+A reader never sees a half-written file, and a write killed half-way leaves the previous
+version intact. Every JSON document carries ``schema_version``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, IO, Union
+
+SCHEMA_VERSION = 1
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _atomic(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    return _atomic(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN/inf: store them as null so every reader can parse the file."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        return _clean(obj.item())  # numpy / torch scalars
+    return obj
+
+
+def dumps(obj: Any, indent: int = 2) -> str:
+    return json.dumps(_clean(obj), indent=indent, sort_keys=False, allow_nan=False) + "\n"
+
+
+def atomic_write_json(path: PathLike, obj: Dict[str, Any], *, schema: str) -> Path:
+    """Write a JSON document with ``schema`` (what it is) and ``schema_version`` first."""
+    doc = {"schema": schema, "schema_version": SCHEMA_VERSION}
+    doc.update({k: v for k, v in obj.items() if k not in ("schema", "schema_version")})
+    return atomic_write_text(path, dumps(doc))
+
+
+def read_json(path: PathLike, *, schema: str | None = None) -> Dict[str, Any]:
+    from harness.errors import HarnessError
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HarnessError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HarnessError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise HarnessError(f"{path}: expected a JSON object")
+    if schema is not None and doc.get("schema") not in (None, schema):
+        raise HarnessError(f"{path}: holds a {doc.get('schema')!r} document, expected {schema!r}")
+    version = doc.get("schema_version")
+    if version is not None and version > SCHEMA_VERSION:
+        raise HarnessError(f"{path}: schema_version {version} is newer than this harness understands ({SCHEMA_VERSION}); upgrade harness")
+    return doc
+
+
+def atomic_torch_save(path: PathLike, obj: Any) -> Path:
+    import torch
+
+    return _atomic(path, lambda f: torch.save(obj, f))

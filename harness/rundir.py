@@ -1,0 +1,226 @@
+"""The run directory: the one place that knows the file names of a run.
+
+Layout (everything needed to re-render or re-evaluate a run)::
+
+    RUN/
+      config.json             resolved config; itself a valid --config
+      env.json                versions, git sha, device, start / finish times
+      metrics.jsonl           one row per epoch (val metrics with attack descriptors)
+      checkpoints/
+        last.pt               weights + optimizer + scheduler + RNG + epoch (resume)
+        best.safetensors      weights of the checkpoint selected on val
+        best.json             which epoch is best and why
+        epoch-NNN.safetensors weights after epoch NNN
+      eval/
+        SUITE--CKPT.json      one result file per (suite, checkpoint)
+        .state/SUITE--CKPT/   partial progress of an interrupted evaluation
+      report.md, report.html, results.json
+
+All writes are atomic (see ``harness.io``). This module does not import torch, so
+``reports/`` can read run directories without it.
+"""
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+
+from harness.errors import HarnessError
+from harness.io import SCHEMA_VERSION, atomic_write_json, atomic_write_text, dumps, read_json
+
+CHECKPOINT_RE = re.compile(r"^(best|last|epoch-(\d+))$")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+class RunDir:
+    """A run directory on disk. ``RunDir(path)`` opens one; ``RunDir.create`` makes a new one."""
+
+    CONFIG = "config.json"
+    ENV = "env.json"
+    METRICS = "metrics.jsonl"
+    CHECKPOINTS = "checkpoints"
+    EVAL = "eval"
+    REPORT_MD = "report.md"
+    REPORT_HTML = "report.html"
+    RESULTS = "results.json"
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+
+    # -- creation / opening ------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: Union[str, Path], name: str) -> "RunDir":
+        root = Path(root)
+        path = root / _slug(name)
+        if path.exists() and any(path.iterdir()):
+            raise HarnessError(f"run directory {path} already exists and is not empty; choose another --name or use --resume {path}")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / cls.CHECKPOINTS).mkdir(exist_ok=True)
+        (path / cls.EVAL).mkdir(exist_ok=True)
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: Union[str, Path]) -> "RunDir":
+        p = Path(path)
+        if not p.is_dir():
+            raise HarnessError(f"{p}: not a run directory (no such folder)")
+        if not (p / cls.CONFIG).exists():
+            raise HarnessError(f"{p}: not a run directory (no {cls.CONFIG})")
+        return cls(p)
+
+    @staticmethod
+    def default_name(cfg: Dict[str, Any]) -> str:
+        t = cfg.get("threat", {})
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        eps = str(t.get("eps", "")).replace("/", "_")
+        return f"{cfg.get('defense')}-{cfg.get('dataset')}-{cfg.get('model')}-{t.get('norm')}-{eps}-seed{cfg.get('seed')}-{stamp}"
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def env_path(self) -> Path:
+        return self.path / self.ENV
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / self.EVAL
+
+    def checkpoint_path(self, name: str) -> Path:
+        """``last`` -> the resumable .pt file; ``best`` / ``epoch-N`` -> safetensors weights."""
+        m = CHECKPOINT_RE.match(name)
+        if not m:
+            raise HarnessError(f"unknown checkpoint {name!r}; use best, last, epoch-N or all")
+        if name == "last":
+            return self.checkpoints_dir / "last.pt"
+        if name == "best":
+            return self.checkpoints_dir / "best.safetensors"
+        return self.checkpoints_dir / f"epoch-{int(m.group(2)):03d}.safetensors"
+
+    def checkpoint_meta_path(self, name: str) -> Path:
+        return self.checkpoint_path(name).with_suffix(".json")
+
+    def available_checkpoints(self) -> List[str]:
+        out = []
+        if self.checkpoint_path("best").exists():
+            out.append("best")
+        if self.checkpoint_path("last").exists():
+            out.append("last")
+        epochs = []
+        for p in self.checkpoints_dir.glob("epoch-*.safetensors"):
+            m = re.match(r"epoch-(\d+)\.safetensors$", p.name)
+            if m:
+                epochs.append(int(m.group(1)))
+        out += [f"epoch-{e}" for e in sorted(epochs)]
+        return out
+
+    def eval_result_path(self, suite: str, checkpoint: str) -> Path:
+        return self.eval_dir / f"{suite}--{checkpoint}.json"
+
+    def eval_state_dir(self, suite: str, checkpoint: str) -> Path:
+        return self.eval_dir / ".state" / f"{suite}--{checkpoint}"
+
+    def report_path(self, fmt: str) -> Path:
+        return self.path / {"md": self.REPORT_MD, "html": self.REPORT_HTML, "json": self.RESULTS}[fmt]
+
+    # -- config / env ------------------------------------------------------------------------
+    def write_config(self, cfg: Dict[str, Any]) -> Path:
+        return atomic_write_json(self.config_path, cfg, schema="config")
+
+    def read_config(self) -> Dict[str, Any]:
+        doc = read_json(self.config_path, schema="config")
+        doc.pop("schema", None)
+        return doc
+
+    def write_env(self, env: Dict[str, Any]) -> Path:
+        return atomic_write_json(self.env_path, env, schema="env")
+
+    def read_env(self) -> Dict[str, Any]:
+        if not self.env_path.exists():
+            return {}
+        return read_json(self.env_path, schema="env")
+
+    def update_env(self, **fields: Any) -> Path:
+        env = self.read_env()
+        env.update(fields)
+        return self.write_env(env)
+
+    # -- metrics -----------------------------------------------------------------------------
+    def read_metrics(self) -> List[Dict[str, Any]]:
+        """Per-epoch rows. A torn last line (from a copy, or an older writer) is skipped."""
+        if not self.metrics_path.exists():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+    def write_metrics(self, rows: List[Dict[str, Any]]) -> Path:
+        lines = []
+        for r in rows:
+            row = {"schema": "metrics-row", "schema_version": SCHEMA_VERSION}
+            row.update({k: v for k, v in r.items() if k not in ("schema", "schema_version")})
+            lines.append(dumps(row, indent=None).strip())
+        return atomic_write_text(self.metrics_path, "\n".join(lines) + ("\n" if lines else ""))
+
+    def append_metrics(self, row: Dict[str, Any]) -> Path:
+        """Append one row. The whole file is rewritten atomically: it is small, and a kill
+        can never leave a torn line behind."""
+        rows = self.read_metrics()
+        if "epoch" in row:
+            rows = [r for r in rows if r.get("epoch") != row["epoch"]]  # a resumed epoch replaces its row
+        rows.append(row)
+        return self.write_metrics(rows)
+
+    # -- evaluation results ------------------------------------------------------------------
+    def write_eval_result(self, suite: str, checkpoint: str, result: Dict[str, Any]) -> Path:
+        return atomic_write_json(self.eval_result_path(suite, checkpoint), result, schema="eval-result")
+
+    def read_eval_result(self, suite: str, checkpoint: str) -> Optional[Dict[str, Any]]:
+        p = self.eval_result_path(suite, checkpoint)
+        return read_json(p, schema="eval-result") if p.exists() else None
+
+    def eval_results(self) -> Iterator[Tuple[str, str, Dict[str, Any]]]:
+        """(suite, checkpoint, result) for every finished evaluation; unreadable files skipped."""
+        if not self.eval_dir.is_dir():
+            return
+        for p in sorted(self.eval_dir.glob("*--*.json")):
+            suite, _, ckpt = p.stem.partition("--")
+            try:
+                yield suite, ckpt, read_json(p, schema="eval-result")
+            except HarnessError:
+                continue
+
+    def write_json(self, name: str, doc: Dict[str, Any], *, schema: str) -> Path:
+        return atomic_write_json(self.path / name, doc, schema=schema)
+
+    def write_text(self, name: str, text: str) -> Path:
+        return atomic_write_text(self.path / name, text)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"

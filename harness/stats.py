@@ -1,0 +1,59 @@
+"""Statistics for reported numbers. Pure Python: ``reports/`` uses it without torch.
+
+Accuracies are fractions. A single evaluation's uncertainty is the Wilson score interval
+over its n examples; an aggregate over seeds is mean +- sample std with a Student-t interval.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+Z95 = 1.959963984540054
+
+# two-sided 95% Student-t quantiles for df = 1..30; above that the normal quantile is used
+_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def wilson(k: int, n: int, z: float = Z95) -> Tuple[float, float]:
+    """95% Wilson score interval for k successes out of n (well behaved at 0 and n)."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def proportion(k: int, n: int) -> Dict[str, object]:
+    """A fraction with its count and 95% interval: the shape of every stored accuracy."""
+    lo, hi = wilson(k, n)
+    return {"accuracy": (k / n) if n else None, "correct": int(k), "n": int(n), "ci95": [lo, hi]}
+
+
+def t95(df: int) -> float:
+    if df <= 0:
+        return float("nan")
+    return _T95[df - 1] if df <= len(_T95) else Z95
+
+
+def mean_std(values: Sequence[float]) -> Dict[str, Optional[float]]:
+    """Mean, sample std and a 95% t-interval of the mean over seeds; std is None for one value."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    k = len(vals)
+    if k == 0:
+        return {"mean": None, "std": None, "n": 0, "ci95": None}
+    m = sum(vals) / k
+    if k == 1:
+        return {"mean": m, "std": None, "n": 1, "ci95": None}
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (k - 1))
+    half = t95(k - 1) * sd / math.sqrt(k)
+    return {"mean": m, "std": sd, "n": k, "ci95": [m - half, m + half]}
+
+
+def paired_difference(a: List[bool], b: List[bool]) -> Dict[str, int]:
+    """Counts of (a and not b) and (b and not a) over the same examples."""
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    return {"only_a": only_a, "only_b": only_b}
