@@ -64,6 +64,7 @@ DEFAULTS: Dict[str, Any] = {
         "co_drop": 0.2,  # catastrophic overfitting: selection acc drops by more than this...
         "co_ratio": 0.5,  # ...or falls below this fraction of the best so far while FGSM/train acc holds
         "early_stop": None,  # None: the defense decides (Fast-AT stops on catastrophic overfitting)
+        "ro_gap": 0.03,  # robust overfitting: flag a best-minus-last selection-accuracy gap above this
     },
     "eval": {
         "suite": "quick",

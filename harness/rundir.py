@@ -6,6 +6,7 @@ Layout (everything needed to re-render or re-evaluate a run)::
       config.json             resolved config; itself a valid --config
       env.json                versions, git sha, device, start / finish times
       metrics.jsonl           one row per epoch (val metrics with attack descriptors)
+      training.json           the training summary, written when training ends
       checkpoints/
         last.pt               weights + optimizer + scheduler + RNG + epoch (resume)
         best.safetensors      weights of the checkpoint selected on val
@@ -47,6 +48,7 @@ class RunDir:
     CONFIG = "config.json"
     ENV = "env.json"
     METRICS = "metrics.jsonl"
+    TRAINING = "training.json"
     CHECKPOINTS = "checkpoints"
     EVAL = "eval"
     REPORT_MD = "report.md"
@@ -96,6 +98,10 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / self.METRICS
+
+    @property
+    def training_path(self) -> Path:
+        return self.path / self.TRAINING
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -196,6 +202,13 @@ class RunDir:
             rows = [r for r in rows if r.get("epoch") != row["epoch"]]  # a resumed epoch replaces its row
         rows.append(row)
         return self.write_metrics(rows)
+
+    # -- training summary --------------------------------------------------------------------
+    def write_training(self, doc: Dict[str, Any]) -> Path:
+        return atomic_write_json(self.training_path, doc, schema="training")
+
+    def read_training(self) -> Optional[Dict[str, Any]]:
+        return read_json(self.training_path, schema="training") if self.training_path.exists() else None
 
     # -- evaluation results ------------------------------------------------------------------
     def write_eval_result(self, suite: str, checkpoint: str, result: Dict[str, Any]) -> Path:

@@ -1,0 +1,361 @@
+"""The Defense interface and what every defense plugin shares.
+
+A defense is a class registered in ``defenses.registry.DEFENSES``. The harness builds it once per
+run from the threat model and the run's ``defense_options``, then calls ``train_step`` on every
+minibatch. A defense owns its whole training step: it generates its training attack, computes
+its loss and updates the weights through ``TrainContext.step`` (Free-AT calls it several times
+per minibatch). The training loop owns everything around it: data order, the learning-rate
+schedule, per-epoch validation, checkpoints, cost accounting.
+
+Invariants every defense keeps (tested for every registered defense):
+- inputs and training attacks are images in [0,1]; training examples lie in the eps ball and the box;
+- on return from ``train_step`` the model is in train mode (the BatchNorm mode used *while
+  generating* the training attack is the ``attack_bn_mode`` option and is recorded);
+- all randomness comes from ``ctx.generator`` (on the data's device), so a resumed run is
+  bitwise identical to an uninterrupted one on the CPU;
+- ``attack`` is the training attack itself (final iterate, model mode left to the caller), so the
+  harness can measure accuracy under it on the validation split.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Dict, Iterator, Mapping, Optional, Protocol, Tuple, runtime_checkable
+
+import torch
+from torch import nn
+
+from attacks.base import eval_mode, project, resolve_step_size
+from harness import __version__
+from harness.errors import ConfigError
+from harness.threat import ThreatModel
+
+# Data sets whose recipe is borrowed from another's (no paper recipe of their own).
+RECIPE_FAMILY: Dict[str, str] = {
+    "fashion-mnist": "fashion-mnist",
+    "mnist": "mnist",
+    "cifar10": "cifar10",
+    "cifar100": "cifar10",
+    "svhn": "cifar10",
+    "digits": "tiny",
+    "synthetic": "tiny",
+}
+
+# What the harness uses on the generated test data sets (8x8 images, a few thousand examples):
+# small and quick, not a paper's recipe.
+TINY_BASE: Dict[str, Any] = {
+    "threat": {"norm": "Linf", "eps": "0.1"},
+    "data": {"val_size": 500},
+    "train": {"epochs": 3, "batch_size": 64, "optimizer": "adam", "lr": 0.005, "weight_decay": 0.0,
+              "schedule": "constant"},
+    "monitor": {"val_n": 200},
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One defense option: its default, what it means, and how it is checked.
+
+    ``kind``: "int", "float", "bool", "choice" (one of ``choices``) or "step" (a number or an
+    expression of eps and steps such as ``"1.25*eps"``, see ``attacks.base.resolve_step_size``).
+    """
+
+    default: Any
+    doc: str
+    kind: str = "float"
+    choices: Tuple[Any, ...] = ()
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+
+    def check(self, defense: str, key: str, value: Any) -> Any:
+        where = f"defense_options.{key} of {defense!r}"
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where} must be true or false, got {value!r}")
+            return value
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise ConfigError(f"{where} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+            return value
+        if self.kind == "step":
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ConfigError(f"{where} must be a number or an expression like '1.25*eps', got {value!r}")
+            resolve_step_size(value, eps=1.0, steps=1)  # syntax and sign; real values are checked with the threat
+            return value
+        if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where} must be a whole number, got {value!r}")
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{where} must be a number, got {value!r}")
+            value = float(value)
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"{where} must be >= {self.minimum:g}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"{where} must be <= {self.maximum:g}, got {value!r}")
+        return value
+
+
+BN_MODE = Option("train", "BatchNorm mode while generating the training attack: 'train' (batch statistics, "
+                 "as the paper's code does) or 'eval' (running statistics)", kind="choice", choices=("train", "eval"))
+
+
+@dataclass
+class StepResult:
+    """What one ``train_step`` reports: summed loss and correct count over its ``n`` examples,
+    as tensors on the device (no host sync per step)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    n: int
+
+
+@dataclass
+class TrainContext:
+    """What a defense may use inside ``train_step``.
+
+    ``step(loss)`` is the one way to update the weights: zero the gradients, backward (scaled
+    for fp16), optimizer step, scheduler step. A defense that needs the input gradient of the
+    same backward (Free-AT) puts ``requires_grad`` on its perturbation and reads its ``.grad``.
+    """
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    device: torch.device
+    precision: str = "fp32"
+    scaler: Any = None
+    updates: int = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.updates += 1
+
+
+@runtime_checkable
+class Defense(Protocol):
+    """What the training loop needs from a defense plugin."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str]
+    early_stop_default: ClassVar[bool]
+    updates_per_batch: int
+    options: Dict[str, Any]
+    threat: ThreatModel
+
+    @classmethod
+    def recipe(cls, dataset: str) -> Dict[str, Any]:
+        """The paper's recipe for ``dataset`` as a partial config (DEFAULTS shape)."""
+        ...
+
+    def describe(self) -> Dict[str, Any]:
+        """Paper, threat model, every resolved option, the training-attack descriptor."""
+        ...
+
+    def train_attack(self) -> Dict[str, Any]:
+        """The training attack's descriptor (``{"attack": "none"}`` for plain training)."""
+        ...
+
+    def train_attack_label(self) -> str:
+        ...
+
+    def train_attack_steps(self) -> int:
+        """Gradient steps of the training attack (0 for none): the selection attack must take more."""
+        ...
+
+    def expected_passes(self) -> Dict[str, float]:
+        """Forward and backward passes per training example per epoch, by the paper's arithmetic
+        (the harness measures the real ones and reports both)."""
+        ...
+
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """The training attack on (x, y); final iterate; the model's mode is the caller's."""
+        ...
+
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
+        ...
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Training state the defense carries between steps (Free-AT's perturbation), for resume."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        ...
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+@contextlib.contextmanager
+def bn_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """``mode`` "eval": running BatchNorm statistics (and no dropout) while generating the attack,
+    every submodule's mode restored afterwards; "train": the model as the caller left it."""
+    if mode == "eval":
+        with eval_mode(model):
+            yield model
+    else:
+        yield model
+
+
+def ascend(x_cur: torch.Tensor, grad: torch.Tensor, norm: str, alpha: float) -> torch.Tensor:
+    """One steepest-ascent step of size ``alpha``: signed gradient for Linf, normalised for L2."""
+    if norm == "Linf":
+        return x_cur + alpha * grad.sign()
+    g = grad.reshape(grad.shape[0], -1)
+    g = g / g.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12)
+    return x_cur + alpha * g.view_as(grad)
+
+
+class DefenseBase:
+    """Option validation, recipes and descriptors shared by the plugins.
+
+    A subclass declares ``name``, ``title``, ``paper``, ``OPTIONS`` (name -> ``Option``) and
+    ``RECIPES`` (recipe family -> partial config), and implements ``attack`` and ``train_step``.
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    threat_models: ClassVar[Tuple[str, ...]] = ("Linf", "L2")
+    early_stop_default: ClassVar[bool] = False
+    OPTIONS: ClassVar[Dict[str, Option]] = {}
+    RECIPES: ClassVar[Dict[str, Dict[str, Any]]] = {}
+    # which forward pass "train.accuracy" is measured on
+    accuracy_on: ClassVar[str] = "adversarial"
+
+    def __init__(self, threat: ThreatModel, options: Optional[Mapping[str, Any]] = None, *, precision: str = "fp32"):
+        if threat.norm not in self.threat_models:
+            raise ConfigError(f"defense {self.name!r} supports {', '.join(self.threat_models)}, not {threat.norm}")
+        self.threat = threat
+        self.precision = precision
+        self.options = self.resolve_options(options or {})
+        self.updates_per_batch = 1
+        self.setup()
+
+    # -- options and recipes ------------------------------------------------------------------
+    @classmethod
+    def resolve_options(cls, given: Mapping[str, Any]) -> Dict[str, Any]:
+        """Defaults overlaid with ``given``; an unknown option is a ConfigError with a hint."""
+        out = {k: o.default for k, o in cls.OPTIONS.items()}
+        for k, v in given.items():
+            if k not in cls.OPTIONS:
+                close = difflib.get_close_matches(k, list(cls.OPTIONS), n=1)
+                hint = f" did you mean {close[0]!r}?" if close else ""
+                known = ", ".join(cls.OPTIONS) or "(none)"
+                raise ConfigError(f"unknown option defense_options.{k} for defense {cls.name!r};{hint} its options: {known}")
+            out[k] = cls.OPTIONS[k].check(cls.name, k, v)
+        return out
+
+    @classmethod
+    def recipe(cls, dataset: str) -> Dict[str, Any]:
+        """The paper's recipe for ``dataset`` (a partial config). Data sets without their own
+        recipe borrow a related one (see ``RECIPE_FAMILY``); an unknown data set gets none."""
+        family = RECIPE_FAMILY.get(dataset)
+        if family is None or family not in cls.RECIPES:
+            return {}
+        return copy.deepcopy(cls.RECIPES[family])
+
+    @classmethod
+    def option_docs(cls) -> Dict[str, str]:
+        return {k: f"{o.doc} (default {o.default!r})" for k, o in cls.OPTIONS.items()}
+
+    def setup(self) -> None:
+        """Resolve derived values (step sizes) once the threat model is known."""
+
+    def step_size(self, key: str = "step_size", steps_key: Optional[str] = "steps") -> float:
+        steps = int(self.options[steps_key]) if steps_key else 1
+        return resolve_step_size(self.options[key], eps=self.threat.eps, steps=steps)
+
+    # -- descriptors --------------------------------------------------------------------------
+    def base_descriptor(self) -> Dict[str, Any]:
+        return {
+            "norm": self.threat.norm,
+            "eps": self.threat.eps_text,
+            "eps_value": self.threat.eps,
+            "targets": "untargeted",
+            "restarts": 1,
+            "keeps_best_iterate": False,
+            "library": "harness",
+            "version": __version__,
+        }
+
+    def train_attack(self) -> Dict[str, Any]:
+        return {"attack": "none"}
+
+    def train_attack_label(self) -> str:
+        return "none (clean training)"
+
+    def train_attack_steps(self) -> int:
+        return 0
+
+    def expected_passes(self) -> Dict[str, float]:
+        return {"forward": 1.0, "backward": 1.0}
+
+    def describe(self) -> Dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "paper": self.paper,
+            "threat_model": self.threat.to_dict(),
+            "options": dict(self.options),
+            "train_attack": {"label": self.train_attack_label(), "descriptor": self.train_attack()},
+            "updates_per_batch": self.updates_per_batch,
+            "early_stop_default": self.early_stop_default,
+            "expected_passes_per_example_per_epoch": self.expected_passes(),
+            "accuracy_on": self.accuracy_on,
+        }
+
+    # -- training state -----------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            raise ConfigError(f"defense {self.name!r} carries no training state, but the checkpoint holds {sorted(state)}")
+
+    # -- the step -----------------------------------------------------------------------------
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        return x.detach()
+
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
+        raise NotImplementedError
+
+    # shared piece: one CE update on given inputs
+    def ce_update(self, model: nn.Module, x_in: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
+        with ctx.autocast():
+            logits = model(x_in)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        ctx.step(loss)
+        n = int(y.shape[0])
+        return StepResult(loss.detach() * n, (logits.detach().argmax(1) == y).sum(), n)
+
+    def project(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        return project(x, x_adv, self.threat.norm, self.threat.eps)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.threat.label()}, {self.options})"

@@ -1,0 +1,156 @@
+"""``free-at``: "free" adversarial training with minibatch replays (Shafahi et al. 2019).
+
+Paper: A. Shafahi, M. Najibi, A. Ghiasi, Z. Xu, J. Dickerson, C. Studer, L. Davis, G. Taylor,
+T. Goldstein, "Adversarial Training for Free!", NeurIPS 2019 (github.com/ashafahi/free_adv_train;
+the PyTorch port in locuslab/fast_adversarial train_free.py). Threat model: Linf (the paper's),
+L2 supported.
+
+Training step: each minibatch is replayed ``replays`` (m) times. Every replay is ONE forward and
+ONE backward on x + delta: the backward gives the weight gradient (the optimizer steps on it)
+and the input gradient, with which delta takes a signed step of ``step_size`` (= eps) and is
+projected onto the eps ball. delta is never reset: it carries over between replays, minibatches
+and epochs (a buffer of batch shape, as in the paper). Before each use it is clipped so that
+x + delta lies in [0,1] for the current minibatch (the harness's box invariant; the reference
+code clips after each update only). The number of epochs is the natural training's divided by
+m, so the total work equals natural training: m forward + m backward per example per epoch,
+m optimizer steps per minibatch.
+
+Options (defaults and why):
+- ``replays`` = 8 (m): the paper's CIFAR-10 choice (m = 8 trades clean accuracy for robustness
+  best in its Table 1).
+- ``step_size`` = "eps": the paper's FGSM step (equal to eps).
+- ``attack_bn_mode`` is fixed to "train": the same forward pass trains the weights, so the
+  perturbation is always generated in training mode.
+
+The training attack cannot be replayed on other data (it lives in the carried buffer); the
+harness measures it on val as PGD-m with step ``step_size`` from a zero start, final iterate:
+the perturbation a minibatch would accumulate over its m replays if the weights stood still.
+
+Recipes:
+
+| data set  | eps   | m | step | optimizer, schedule | epochs (= natural / m) | batch | model |
+|-----------|-------|---|------|---------------------|------------------------|-------|-------|
+| fashion-mnist | 0.1 | 8 | eps | Adam 1e-3, /10 at 50% and 75% | 5 (40 / 8) | 128 | small-cnn |
+| mnist     | 0.3   | 8 | eps | same | 5 (40 / 8) | 128 | small-cnn |
+| cifar10 (-100, svhn) | 8/255 | 8 | eps | SGD 0.1, mom. 0.9, wd 2e-4, /10 at 50% and 75% | 26 (205 / 8) | 128 | wrn-34-10 |
+
+CIFAR-10 is the paper's (80k iterations including replays, as Madry's 205 epochs; WRN-32-10,
+stored here as robustbench's WRN-34-10). MNIST and Fashion-MNIST have no published Free-AT
+recipe: these are derived (40 natural epochs of Adam, split into 5 epochs of 8 replays).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from defenses.base import TINY_BASE, DefenseBase, Option, StepResult, TrainContext, ascend
+from defenses.registry import DEFENSES
+from harness.errors import ConfigError
+
+
+def _mnist_like(eps: str) -> Dict[str, Any]:
+    return {"threat": {"norm": "Linf", "eps": eps},
+            "train": {"epochs": math.ceil(40 / 8), "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
+                      "schedule": "piecewise", "milestones": [0.5, 0.75], "gamma": 0.1},
+            "defense_options": {"replays": 8, "step_size": "eps"}}
+
+
+@DEFENSES.register("free-at", summary="Shafahi et al. 2019: m minibatch replays, one backward for weights and input, perturbation carried over")
+class FreeAT(DefenseBase):
+    """Free adversarial training (Shafahi et al. 2019)."""
+
+    name = "free-at"
+    title = "Free-AT"
+    paper = "Shafahi, Najibi, Ghiasi, Xu, Dickerson, Studer, Davis, Taylor, Goldstein 2019, Adversarial Training for Free! (NeurIPS)"
+    OPTIONS = {
+        "replays": Option(8, "minibatch replays m (optimizer steps per minibatch); divide the epochs by m", kind="int", minimum=1),
+        "step_size": Option("eps", "step of the carried perturbation per replay, a number or an expression of eps", kind="step"),
+        "attack_bn_mode": Option("train", "fixed: the replay's forward pass both trains and attacks", kind="choice", choices=("train",)),
+    }
+    RECIPES = {
+        "fashion-mnist": _mnist_like("0.1"),
+        "mnist": _mnist_like("0.3"),
+        "cifar10": {"model": "wrn-34-10", "threat": {"norm": "Linf", "eps": "8/255"},
+                    "train": {"epochs": math.ceil(205 / 8), "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+                              "weight_decay": 2e-4, "schedule": "piecewise", "milestones": [0.5, 0.75], "gamma": 0.1,
+                              "keep_epoch_checkpoints": False},
+                    "defense_options": {"replays": 8, "step_size": "eps"}},
+        "tiny": {**TINY_BASE, "defense_options": {"replays": 4, "step_size": "eps"}},
+    }
+
+    def setup(self) -> None:
+        self.alpha = self.step_size(steps_key=None)
+        self.updates_per_batch = int(self.options["replays"])
+        self.delta: Optional[torch.Tensor] = None
+
+    def train_attack(self) -> Dict[str, Any]:
+        m = self.options["replays"]
+        return {"attack": "free", **self.base_descriptor(), "steps": m, "replays": m, "step_size": self.alpha,
+                "step_size_expr": str(self.options["step_size"]), "loss": "ce", "random_start": False,
+                "carried": True, "model_mode": "train",
+                "measured_as": f"PGD-{m} CE from a zero start, step {self.options['step_size']}, final iterate"}
+
+    def train_attack_label(self) -> str:
+        return f"Free (m={self.options['replays']}, step {self.options['step_size']}, carried)"
+
+    def train_attack_steps(self) -> int:
+        return int(self.options["replays"])
+
+    def expected_passes(self) -> Dict[str, float]:
+        m = float(self.options["replays"])
+        return {"forward": m, "backward": m}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {} if self.delta is None else {"delta": self.delta.detach().cpu().clone()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        unknown = set(state) - {"delta"}
+        if unknown:
+            raise ConfigError(f"free-at: unexpected training state {sorted(unknown)}")
+        self.delta = state["delta"].clone() if "delta" in state else None
+
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        x = x.detach()
+        x_adv = x.clone()
+        for _ in range(self.options["replays"]):
+            x_adv.requires_grad_(True)
+            with self._amp(x):
+                logits = model(x_adv)
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), x_adv)
+            x_adv = self.project(x, ascend(x_adv.detach(), grad, self.threat.norm, self.alpha))
+        return x_adv.detach()
+
+    def _amp(self, x: torch.Tensor):
+        import contextlib
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
+        n = int(x.shape[0])
+        if self.delta is None or self.delta.shape[1:] != x.shape[1:] or self.delta.shape[0] < n:
+            self.delta = torch.zeros_like(x)
+        if self.delta.device != x.device:
+            self.delta = self.delta.to(x.device)
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), dtype=torch.long, device=x.device)
+        delta = (self.project(x, x + self.delta[:n]) - x).detach()  # carried over, clipped to this batch's box
+        for _ in range(self.options["replays"]):
+            delta.requires_grad_(True)
+            with ctx.autocast():
+                logits = model(x + delta)
+            loss = F.cross_entropy(logits.float(), y)
+            ctx.step(loss)  # one backward: weight gradient (used by the step) and delta.grad
+            grad = delta.grad
+            assert grad is not None
+            delta = (self.project(x, ascend(x + delta.detach(), grad, self.threat.norm, self.alpha)) - x).detach()
+            loss_sum = loss.detach() * n
+            correct = (logits.detach().argmax(1) == y).sum()
+        self.delta[:n] = delta
+        # the last replay's loss and accuracy stand for the minibatch
+        return StepResult(loss_sum, correct, n)

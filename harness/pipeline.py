@@ -1,0 +1,128 @@
+"""``harness run``: the whole pipeline, callable from Python.
+
+train (select on val after every epoch) -> evaluate ``best`` and ``last`` on the test split
+with the run's suite -> render the report. ``run_pipeline(None, resume=RUN_DIR)`` continues a
+killed run from its last finished epoch (or, once training is done, from the evaluation).
+``env.json`` records the status: "running", then "finished", "interrupted" or "failed".
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from harness import config as C
+from harness.rundir import RunDir, now_iso
+
+log = logging.getLogger("harness.pipeline")
+
+
+def run_pipeline(
+    cfg: Optional[Mapping[str, Any]],
+    resume: Optional[str] = None,
+    *,
+    progress: Optional[bool] = None,
+    on_epoch_end: Optional[Callable[[int, Dict[str, Any]], None]] = None,
+    evaluate: bool = True,
+) -> int:
+    """Run (or resume) the pipeline; returns the exit code. ``evaluate=False`` stops after training."""
+    from harness.runtime import environment, select_device
+    from harness.train import plan, train
+
+    if resume is not None:
+        run = RunDir.open(resume)
+        cfg = run.read_config()
+        C.validate_keys(cfg)
+        C.check(cfg)
+    else:
+        if cfg is None:
+            raise ValueError("run_pipeline needs a config or resume=RUN_DIR")
+        C.check(cfg)
+    device = select_device(cfg["device"])
+    for w in plan(cfg, device):  # every config error surfaces before a run directory exists
+        log.warning(w)
+
+    if resume is None:
+        out = cfg["out"]
+        run = RunDir.create(out["root"], out.get("name") or RunDir.default_name(cfg))
+        run.write_config(dict(cfg))
+        run.write_env({**environment(device), "started": now_iso(), "finished": None, "status": "running",
+                       "config_sources": ["defaults", f"recipe of {cfg['defense']} for {cfg['dataset']}", "config file and flags (argv)"]})
+    else:
+        env = run.read_env()
+        resumed = list(env.get("resumed") or []) + [now_iso()]
+        run.update_env(status="running", resumed=resumed, finished=None)
+    log.info("run directory %s", run.path)
+
+    try:
+        summary = train(run, cfg, device=device, resume=resume is not None, progress=progress, on_epoch_end=on_epoch_end)
+        results: List[Dict[str, Any]] = []
+        if evaluate:
+            results = _evaluate(run, cfg, progress)
+            _render(run)
+    except KeyboardInterrupt:
+        run.update_env(status="interrupted", interrupted=now_iso())
+        raise
+    except BaseException as e:
+        run.update_env(status="failed", failed=now_iso(), error=f"{type(e).__name__}: {e}")
+        raise
+    run.update_env(status="finished", finished=now_iso())
+    _print_summary(run, summary, results)
+    return 0
+
+
+def _evaluate(run: RunDir, cfg: Mapping[str, Any], progress: Optional[bool]) -> List[Dict[str, Any]]:
+    from harness.evaluate import evaluate_run
+
+    ev = cfg["eval"]
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    return evaluate_run(run, checkpoints=list(ev["checkpoints"]), suite=ev["suite"], n=ev.get("n"), device=cfg["device"],
+                        seed=int(cfg["seed"]), batch_size=ev.get("batch_size"), progress=show)
+
+
+def _render(run: RunDir) -> None:
+    if importlib.util.find_spec("reports.run_report") is None:
+        log.info("report rendering is not available in this build; the run's files are complete without it")
+        return
+    from reports.run_report import render_run
+
+    render_run(run.path)
+
+
+def _print_summary(run: RunDir, summary: Mapping[str, Any], results: List[Dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    co = summary.get("catastrophic_overfitting", {})
+    ro = summary.get("robust_overfitting", {})
+    lines = [f"run {run.path}",
+             f"trained {summary['epochs_run']}/{summary['epochs_planned']} epochs in {summary['wall_s']:.0f}s "
+             f"({summary['passes_per_example_per_epoch']['forward']:.2f} forward / "
+             f"{summary['passes_per_example_per_epoch']['backward']:.2f} backward passes per example per epoch); "
+             f"best epoch {summary['best_epoch']} by {summary['selection_attack']['label']} on val"]
+    if co.get("detected"):
+        lines.append(f"catastrophic overfitting at epoch {co['epoch']}: {co['detail']}")
+    if ro.get("flagged"):
+        lines.append(f"robust overfitting: best - last selection accuracy = {ro['gap']:.3f} (> {ro['threshold']})")
+    for line in lines:
+        console.print(line, highlight=False)
+    if not results:
+        return
+    table = Table(title="test-split evaluation", title_justify="left")
+    for col in ("checkpoint", "epoch", "suite", "n", "clean", "robust (worst case)"):
+        table.add_column(col)
+    for r in results:
+        clean, rob = r.get("clean") or {}, r.get("robust") or {}
+        table.add_row(str(r.get("checkpoint")), str(r.get("checkpoint_epoch")), str(r.get("suite")),
+                      str((r.get("data") or {}).get("n")), _pct(clean), _pct(rob))
+    console.print(table)
+
+
+def _pct(p: Mapping[str, Any]) -> str:
+    acc = p.get("accuracy")
+    if acc is None:
+        return "-"
+    ci = p.get("ci95") or [None, None]
+    return f"{100 * acc:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci[0] is not None else f"{100 * acc:.1f}%"
