@@ -33,6 +33,7 @@ def run_pipeline(
     if resume is not None:
         run = RunDir.open(resume)
         cfg = run.read_config()
+        cfg.pop("schema_version", None)  # bookkeeping of the file, not a setting
         C.validate_keys(cfg)
         C.check(cfg)
     else:
