@@ -7,9 +7,12 @@ killed run from its last finished epoch (or, once training is done, from the eva
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import signal
 import sys
+import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from harness import config as C
@@ -56,21 +59,40 @@ def run_pipeline(
         run.update_env(status="running", resumed=resumed, finished=None)
     log.info("run directory %s", run.path)
 
-    try:
-        summary = train(run, cfg, device=device, resume=resume is not None, progress=progress, on_epoch_end=on_epoch_end)
-        results: List[Dict[str, Any]] = []
-        if evaluate:
-            results = _evaluate(run, cfg, progress)
-            _render(run)
-    except KeyboardInterrupt:
-        run.update_env(status="interrupted", interrupted=now_iso())
-        raise
-    except BaseException as e:
-        run.update_env(status="failed", failed=now_iso(), error=f"{type(e).__name__}: {e}")
-        raise
+    with _sigterm_as_interrupt():
+        try:
+            summary = train(run, cfg, device=device, resume=resume is not None, progress=progress, on_epoch_end=on_epoch_end)
+            results: List[Dict[str, Any]] = []
+            if evaluate:
+                results = _evaluate(run, cfg, progress)
+                _render(run)
+        except KeyboardInterrupt:
+            run.update_env(status="interrupted", interrupted=now_iso())
+            raise
+        except BaseException as e:
+            run.update_env(status="failed", failed=now_iso(), error=f"{type(e).__name__}: {e}")
+            raise
     run.update_env(status="finished", finished=now_iso())
     _print_summary(run, summary, results)
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """``kill PID`` (SIGTERM) ends a run like Ctrl-C: the status says "interrupted" and
+    everything already written stays. Only the main thread can install signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _evaluate(run: RunDir, cfg: Mapping[str, Any], progress: Optional[bool]) -> List[Dict[str, Any]]:

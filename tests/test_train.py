@@ -358,3 +358,25 @@ def test_harness_run_end_to_end_through_the_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "harness", "run", "--defense", "pgd-at", "--dataset", "synthetic",
                           "--set", "defense_options.steps=30", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "selection.steps=N with N > 30" in bad.stderr
+
+
+def test_sigterm_leaves_an_interrupted_run_with_its_finished_epochs(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--defense", "erm", "--dataset", "synthetic", "--epochs", "200",
+                             "--device", "cpu", "--out", str(out), "--name", "killed", "--suite", "smoke"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = RunDir(out / "killed")
+    deadline = time.time() + 120
+    while time.time() < deadline and not run.checkpoint_path("last").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-1000:]
+    assert json.loads(run.env_path.read_text())["status"] == "interrupted"
+    done = torch.load(run.checkpoint_path("last"), weights_only=True)["epoch"]
+    assert 1 <= done < 200 and [r["epoch"] for r in run.read_metrics()][:done] == list(range(1, done + 1))
