@@ -42,7 +42,7 @@ def check_selection(defense: Any, selection: Any) -> List[str]:
     """The selection attack must be stronger than the training attack: more steps (a ConfigError
     otherwise) and a random start (a warning otherwise). Returns the warnings."""
     train_steps = int(defense.train_attack_steps())
-    steps = int(getattr(selection, "steps", 0)) * int(getattr(selection, "restarts", 1))
+    steps = int(getattr(selection, "steps", 0))  # per restart: restarts do not make a walk longer
     if steps <= train_steps:
         raise ConfigError(
             f"the selection attack {selection.label()} takes {steps} steps, not more than the training attack "
@@ -154,7 +154,8 @@ def detect_catastrophic_overfitting(
     - the selection accuracy collapsed: it fell by more than ``co_drop`` since the previous
       epoch (Wong et al.'s 0.2 rule), or below ``co_ratio`` x the best so far, or below
       ``co_ratio`` x the one-step accuracy (a collapse within the first epoch has no history).
-    Returns (flag, reasons).
+    Returns (flag, reasons). The training loop never picks a flagged epoch as ``best`` over an
+    earlier one.
     """
     sel = float(current["selection"])
     one_step = float(current["fgsm"])

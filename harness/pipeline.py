@@ -44,7 +44,7 @@ def run_pipeline(
             raise ValueError("run_pipeline needs a config or resume=RUN_DIR")
         C.check(cfg)
     device = select_device(cfg["device"])
-    for w in plan(cfg, device):  # every config error surfaces before a run directory exists
+    for w in plan(cfg, device):  # defense, selection and training errors surface before a run directory exists
         log.warning(w)
 
     if resume is None:

@@ -9,7 +9,8 @@ After every epoch the loop
 3. flags catastrophic overfitting (and stops if ``monitor.early_stop``, or the defense's own
    default when that is null) and tracks the robust-overfitting gap;
 4. writes ``epoch-NNN.safetensors``, ``best.safetensors`` + ``best.json`` when the selection
-   accuracy improved, and last of all ``last.pt`` (weights, optimizer, scheduler, every RNG,
+   accuracy improved (an epoch flagged for catastrophic overfitting never replaces an earlier
+   best), and last of all ``last.pt`` (weights, optimizer, scheduler, every RNG,
    the defense's carried state, the loop's own counters): a run killed at any moment resumes
    from the last finished epoch, and on the CPU ends with the same weights as a run never
    interrupted.
@@ -293,12 +294,17 @@ def _epoch(epoch: int, epochs: int, run: RunDir, cfg: Mapping[str, Any], p: _Pla
                                                   co_ratio=float(mcfg["co_ratio"]), use_train_attack=use_train)
     state["history"].append(accs)
     best = state["best"]
-    improved = best["selection"] is None or accs["selection"] > best["selection"]
+    # a collapsed epoch's PGD number is the least trustworthy one (its loss surface is distorted),
+    # so it is never chosen over an earlier epoch: the paper keeps the weights from before the collapse
+    eligible = not co or best["epoch"] is None
+    improved = eligible and (best["selection"] is None or accs["selection"] > best["selection"])
     if improved:
         state["best"] = best = {"epoch": epoch, "selection": accs["selection"]}
     notes: List[str] = []
     if co:
         notes += reasons
+        notes.append("not eligible as best (catastrophic overfitting)" if best["epoch"] != epoch
+                     else "kept as best only because no earlier epoch exists")
         if not state["co"]["detected"]:
             state["co"] = {"detected": True, "epoch": epoch, "detail": "; ".join(reasons)}
     stop = co and p.early_stop
