@@ -113,7 +113,7 @@ def test_every_defense_trains_selects_on_val_and_writes_the_contract(name, tmp_p
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(name, tmp_path):
-    cfg = _cfg(name, tmp_path, train={"epochs": 3})
+    cfg = _cfg(name, tmp_path, train={"epochs": 2}, monitor={"val_n": 50})
     whole = _new_run(cfg, tmp_path, "whole")
     T.train(whole, cfg, progress=False)
 
@@ -142,7 +142,7 @@ def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(name, 
 
 def test_a_run_killed_mid_epoch_resumes_from_its_last_finished_epoch(tmp_path, monkeypatch):
     """Free-AT carries a perturbation between minibatches: it must survive the resume too."""
-    cfg = _cfg("free-at", tmp_path, train={"epochs": 3})
+    cfg = _cfg("free-at", tmp_path, train={"epochs": 2}, monitor={"val_n": 50})
     whole = _new_run(cfg, tmp_path, "whole")
     T.train(whole, cfg, progress=False)
 
