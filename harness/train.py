@@ -227,7 +227,7 @@ def train(
             run.write_training(doc)
             return doc
 
-    ctx = TrainContext(optimizer, scheduler, attack_gen, dev, p.precision, scaler)
+    ctx = TrainContext(optimizer, scheduler, attack_gen, dev, p.precision, scaler, updates=int(scheduler.last_epoch))
     val_x, val_y = data.val.first(int(mcfg["val_n"]))
     amp = (lambda: autocast(dev, p.precision))
     counter = PassCounter(model)

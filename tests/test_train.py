@@ -130,7 +130,7 @@ def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(name, 
 
     a, b = _weights(whole), _weights(cut)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    sel = lambda run: [r["val"]["selection"]["correct"] for r in run.read_metrics()]  # noqa: E731
+    sel = lambda run: [(r["val"]["selection"]["correct"], r["train"]["updates"]) for r in run.read_metrics()]  # noqa: E731
     assert sel(whole) == sel(cut)
     best_a = ckpt.load_state_dict_file(whole.checkpoint_path("best"))
     best_b = ckpt.load_state_dict_file(cut.checkpoint_path("best"))
