@@ -200,6 +200,8 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise DataError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: IDX header is cut short; the file is truncated, delete it and fetch it again")
     dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     expected = int(np.prod(dims)) if dims else 0
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
