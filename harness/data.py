@@ -64,11 +64,13 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
     def images(self, idx: Any = slice(None)) -> torch.Tensor:
-        """Float images in [0,1] for ``idx``."""
+        """Float images in [0,1] for ``idx``: always a new tensor, never a view of the split."""
         x = self.x[idx]
         if x.dtype == torch.uint8:
             return x.float().div_(255.0)
-        return x.float()
+        # float data sliced with a range is a view; without a copy, in-place work on a batch
+        # (augmentation, an attack's x.add_) would rewrite the data set itself
+        return x.to(torch.float32, copy=True)
 
     def first(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` examples in their fixed order (evaluation subsets are declared this way)."""
