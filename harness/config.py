@@ -138,15 +138,15 @@ def validate_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any] = DEFAULTS, 
     for k, v in cfg.items():
         if k not in schema:
             close = difflib.get_close_matches(k, list(schema), n=1)
-            hint = f"; did you mean {where}{close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {where}{k!r}{hint}")
+            hint = f"; did you mean {where + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {where + k!r}{hint}")
         if k in SECTIONS_FREE:
             if not isinstance(v, Mapping):
-                raise ConfigError(f"config key {where}{k!r} must be a table")
+                raise ConfigError(f"config key {where + k!r} must be a table")
             continue
         if isinstance(schema[k], Mapping):
             if not isinstance(v, Mapping):
-                raise ConfigError(f"config key {where}{k!r} must be a table, got {v!r}")
+                raise ConfigError(f"config key {where + k!r} must be a table, got {v!r}")
             validate_keys(v, schema[k], where=f"{where}{k}.")
 
 
