@@ -145,6 +145,8 @@ def test_defense_options_are_free_form():
     ({"monitor": {"val_n": 0}}, "monitor.val_n"),
     ({"eval": {"n": 0}}, "eval.n"),
     ({"device": "gpu"}, "unknown device 'gpu'"),
+    ({"device": "cuda:abc"}, "unknown device 'cuda:abc'"),
+    ({"device": "cuda1"}, "unknown device 'cuda1'"),
     ({"precision": "fp8"}, "unknown precision"),
     ({"eval": {"checkpoints": []}}, "eval.checkpoints"),
 ])

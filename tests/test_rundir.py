@@ -11,7 +11,7 @@ import pytest
 
 import harness.io as hio
 from harness.errors import HarnessError
-from harness.io import SCHEMA_VERSION, atomic_write_bytes, atomic_write_json, atomic_write_text, dumps, read_json
+from harness.io import SCHEMA_VERSION, atomic_write_json, atomic_write_text, dumps, read_json
 from harness.rundir import RunDir
 
 

@@ -38,6 +38,9 @@ def test_explicit_devices(monkeypatch):
         R.select_device("tpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert R.select_device("cuda:1") == torch.device("cuda", 1)
+    for bad in ("cuda:abc", "cuda1", "cuda:"):
+        with pytest.raises(ConfigError, match="unknown device"):
+            R.select_device(bad)
 
 
 def _draw():
