@@ -64,11 +64,13 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
     def images(self, idx: Any = slice(None)) -> torch.Tensor:
-        """Float images in [0,1] for ``idx``."""
+        """Float images in [0,1] for ``idx``: always a new tensor, never a view of the split."""
         x = self.x[idx]
         if x.dtype == torch.uint8:
             return x.float().div_(255.0)
-        return x.float()
+        # float data sliced with a range is a view; without a copy, in-place work on a batch
+        # (augmentation, an attack's x.add_) would rewrite the data set itself
+        return x.to(torch.float32, copy=True)
 
     def first(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` examples in their fixed order (evaluation subsets are declared this way)."""
@@ -200,6 +202,8 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise DataError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: IDX header is cut short; the file is truncated, delete it and fetch it again")
     dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     expected = int(np.prod(dims)) if dims else 0
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
