@@ -30,7 +30,7 @@ DEFAULTS: Dict[str, Any] = {
     "precision": "auto",
     "data": {
         "data_dir": None,
-        "val_size": 5000,  # held out from train with split_seed; never the test split
+        "val_size": None,  # held out from train with split_seed; None: min(5000, 10% of train)
         "split_seed": 0,
         "download": True,
     },
@@ -195,7 +195,8 @@ def check(cfg: Mapping[str, Any]) -> None:
     _int(cfg, "seed", minimum=0)
     _int(cfg["train"], "epochs", minimum=1, where="train.")
     _int(cfg["train"], "batch_size", minimum=1, where="train.")
-    _int(cfg["data"], "val_size", minimum=0, where="data.")
+    if cfg["data"].get("val_size") is not None:
+        _int(cfg["data"], "val_size", minimum=0, where="data.")
     _int(cfg["monitor"], "val_n", minimum=1, where="monitor.")
     if cfg["eval"].get("n") is not None:
         _int(cfg["eval"], "n", minimum=1, where="eval.")

@@ -138,16 +138,19 @@ def load_dataset(
     name: str,
     *,
     data_dir: Optional[str | Path] = None,
-    val_size: int = 5000,
+    val_size: Optional[int] = None,
     split_seed: int = 0,
     download: bool = True,
     device: torch.device | str = "cpu",
 ) -> DataBundle:
-    """Load ``name`` and hold ``val_size`` examples out of train with ``split_seed``."""
+    """Load ``name`` and hold ``val_size`` examples out of train with ``split_seed``
+    (``None``: min(5000, 10% of train), so small data sets keep most of their training data)."""
     loader = DATASETS.get(name)
     raw = loader(data_dir=Path(data_dir) if data_dir else None, download=download)
     _check_raw(name, raw)
     n_train = raw.train_x.shape[0]
+    if val_size is None:
+        val_size = min(5000, n_train // 10)
     if val_size >= n_train:
         raise DataError(f"{name}: val_size {val_size} leaves no training data (train has {n_train} examples)")
     perm = np.random.default_rng(split_seed).permutation(n_train)

@@ -90,6 +90,8 @@ def read_json(path: PathLike, *, schema: str | None = None) -> Dict[str, Any]:
     if schema is not None and doc.get("schema") not in (None, schema):
         raise HarnessError(f"{path}: holds a {doc.get('schema')!r} document, expected {schema!r}")
     version = doc.get("schema_version")
+    if version is not None and not (isinstance(version, int) and not isinstance(version, bool)):
+        raise HarnessError(f"{path}: schema_version {version!r} is not an integer")
     if version is not None and version > SCHEMA_VERSION:
         raise HarnessError(f"{path}: schema_version {version} is newer than this harness understands ({SCHEMA_VERSION}); upgrade harness")
     return doc
