@@ -153,8 +153,11 @@ class RunDir:
         return atomic_write_json(self.config_path, cfg, schema="config")
 
     def read_config(self) -> Dict[str, Any]:
+        """The resolved config as it was written: bookkeeping keys removed, so it equals the
+        dict given to ``write_config`` and passes ``config.resolve`` as a config file."""
         doc = read_json(self.config_path, schema="config")
         doc.pop("schema", None)
+        doc.pop("schema_version", None)
         return doc
 
     def write_env(self, env: Dict[str, Any]) -> Path:
