@@ -136,12 +136,14 @@ def _variants(entries: Sequence[_Entry]) -> List[Tuple[str, List[_Entry]]]:
 
 
 def _agg(values: Sequence[Optional[float]], of: int, *, single_ci: Optional[Tuple[float, float]] = None,
-         missing: str = NOT_EVALUATED) -> Value:
+         missing: str = NOT_EVALUATED, fraction: bool = True) -> Value:
     vals = [v for v in values if v is not None]
     if not vals:
         return Value.absent(missing)
     ms = mean_std(vals)
     ci = tuple(ms["ci95"]) if ms["ci95"] else (single_ci if len(vals) == 1 else None)
+    if ci is not None and fraction:
+        ci = (max(0.0, ci[0]), min(1.0, ci[1]))  # an accuracy's interval stays inside [0, 1]
     return Value(ms["mean"], ms["std"], ci, count=len(vals), of=of)  # type: ignore[arg-type]
 
 
@@ -239,8 +241,9 @@ def _row(table: Table, defense: str, variant: str, entries: Sequence[_Entry], ev
     finished = [e for e in entries if e.run.training_finished]
     unfinished = "training not finished"
     walls = [e.run.train_wall_s()[0] for e in finished]
-    cells["train_time_s"] = _agg(walls, k, missing=unfinished if not finished else "no timing")
-    cells["passes_per_example"] = _agg([e.run.passes_total() for e in finished], k, missing=unfinished if not finished else "no count")
+    cells["train_time_s"] = _agg(walls, k, missing=unfinished if not finished else "no timing", fraction=False)
+    cells["passes_per_example"] = _agg([e.run.passes_total() for e in finished], k, missing=unfinished if not finished else "no count",
+                                       fraction=False)
     ds, model = entries[0].run.dataset, entries[0].run.model
     control = erm.get((ds, model))
     wv = [w for w in walls if w is not None]

@@ -116,7 +116,7 @@ def _x_ticks(chart: Chart, lo: float, hi: float) -> List[float]:
     t = math.ceil(lo / step) * step
     out = []
     while t <= hi + 1e-12:
-        out.append(round(t, 10))
+        out.append(round(t, 10) + 0.0)  # never a "-0" tick
         t += step
     return out
 

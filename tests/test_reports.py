@@ -281,6 +281,21 @@ def test_mean_std_over_seeds_and_worst_verdict(runs: Path) -> None:
                     assert 0.0 <= v.mean <= 1.0
 
 
+def test_interval_over_seeds_stays_inside_0_1(runs: Path) -> None:
+    from harness.stats import proportion
+
+    shutil.copytree(runs / "erm-s0", runs / "erm-s1")
+    cfg = json.loads((runs / "erm-s1" / "config.json").read_text(encoding="utf-8"))
+    cfg["seed"] = 1
+    (runs / "erm-s1" / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    ev = json.loads((runs / "erm-s1" / "eval" / "quick--best.json").read_text(encoding="utf-8"))
+    ev["robust"] = proportion(4, 200)
+    (runs / "erm-s1" / "eval" / "quick--best.json").write_text(json.dumps(ev), encoding="utf-8")
+    cell = _rows(build_comparison([load_run(p) for p in find_runs([runs])]), 0)["erm"].cells["worst_case"]
+    assert cell.mean == pytest.approx(0.01) and cell.count == 2
+    assert mean_std([0.0, 0.02])["ci95"][0] < 0 and cell.ci[0] == 0.0
+
+
 def test_erm_multiplier_and_cost(runs: Path) -> None:
     infos = {i.name: i for i in (load_run(p) for p in find_runs([runs]))}
     table = build_comparison(list(infos.values()))
