@@ -310,7 +310,7 @@ def build_comparison(runs: Sequence[RunInfo], title: Optional[str] = None) -> Ta
             group.marks.append(table.note(why))
         if not g.evaluated:
             group.marks.append(table.note("Not evaluated: these runs have no finished evaluation result; their test columns are "
-                                          "empty, not zero. Per-epoch val numbers and cost are shown where recorded."))
+                                          "empty, not zero. Per-epoch val numbers are shown where recorded; cost only once training has finished."))
         by_defense: "OrderedDict[str, List[_Entry]]" = OrderedDict()
         for e in sorted(g.entries, key=lambda e: (e.run.defense != "erm", e.run.defense, e.run.seed if e.run.seed is not None else -1, e.run.name)):
             by_defense.setdefault(e.run.defense, []).append(e)

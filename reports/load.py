@@ -8,6 +8,7 @@ Only a path that is not a run directory at all is an error.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -488,7 +489,8 @@ def load_run(path: Path | str) -> RunInfo:
 
 def _relative(message: str, root: Path) -> str:
     """Messages name files relative to the run directory, so a report does not depend on where
-    the run was copied to."""
+    the run was copied to, nor on the JSON parser's wording."""
+    message = re.sub(r"not valid JSON \(.*?\)(?=;|$)", "not valid JSON (torn or partly copied)", message)
     return message.replace(str(root) + "/", "").replace(str(root), ".")
 
 

@@ -212,14 +212,15 @@ class MarkdownRenderer:
 _TEX_CHARS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
-    "±": r"$\pm$", "×": r"$\times$", "—": "---", "–": "--", "−": "$-$", "≥": r"$\geq$", "≤": r"$\leq$", "→": r"$\rightarrow$",
+    "±": r"$\pm$", "×": r"$\times$", "—": r"\textemdash{}", "–": r"\textendash{}", "−": "$-$", "≥": r"$\geq$", "≤": r"$\leq$", "→": r"$\rightarrow$",
     "…": r"\ldots{}", "·": r"$\cdot$", "ε": r"$\epsilon$",
 }
 _TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX_CHARS))
 
 
 def tex_escape(s: str) -> str:
-    return _TEX_RE.sub(lambda m: _TEX_CHARS[m.group(0)], s)
+    s = _TEX_RE.sub(lambda m: _TEX_CHARS[m.group(0)], s)
+    return re.sub(r"-(?=-)", "-{}", s)  # "quick--best" stays two hyphens, not an en dash
 
 
 def _tex_threat(s: str) -> str:
