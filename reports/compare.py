@@ -203,7 +203,7 @@ def _verdict_cell(entries: Sequence[_Entry]) -> str:
 def _trained_with(entries: Sequence[_Entry]) -> str:
     labels = []
     for e in entries:
-        lab = e.run.train_attack[0] or ("none" if e.run.defense == "erm" else "unknown")
+        lab = str(e.run.train_attack[0] or ("none" if e.run.defense == "erm" else "unknown"))
         if lab not in labels:
             labels.append(lab)
     return " / ".join(labels)

@@ -46,6 +46,18 @@ def dig(doc: Any, *keys: Any, default: Any = None) -> Any:
     return default if cur is None else cur
 
 
+def as_dict(x: Any) -> Dict[str, Any]:
+    return x if isinstance(x, dict) else {}
+
+
+def as_list(x: Any) -> List[Any]:
+    return x if isinstance(x, list) else []
+
+
+def as_text(x: Any) -> Optional[str]:
+    return None if x is None or x == "" else str(x)
+
+
 def accuracy_of(prop: Any) -> Optional[float]:
     return fnum(prop.get("accuracy")) if isinstance(prop, dict) else None
 
@@ -205,8 +217,8 @@ class EvalView:
     def eps_sweep(self) -> Optional[Tuple[List[float], List[float]]]:
         for f in self.findings:
             if f.get("check") == "eps-sweep":
-                xs = dig(f, "values", "eps", default=[])
-                ys = dig(f, "values", "accuracy", default=[])
+                xs = as_list(dig(f, "values", "eps"))
+                ys = as_list(dig(f, "values", "accuracy"))
                 pts = [(eps_number(x), fnum(y)) for x, y in zip(xs, ys)]
                 pts = [(x, y) for x, y in pts if x is not None and y is not None]
                 if pts:
@@ -334,13 +346,10 @@ class RunInfo:
     def _attack_info(self, key: str, val_key: str) -> Tuple[Optional[str], Dict[str, Any]]:
         """(label, descriptor) of the training or selection attack, from training.json or else
         from the per-epoch metrics."""
-        block = dig(self.training, key)
-        if isinstance(block, dict) and (block.get("label") or block.get("descriptor")):
-            return block.get("label"), dict(block.get("descriptor") or {})
-        for r in reversed(self.metrics):
-            v = dig(r, "val", val_key)
-            if isinstance(v, dict) and (v.get("label") or v.get("descriptor")):
-                return v.get("label"), dict(v.get("descriptor") or {})
+        for block in [dig(self.training, key)] + [dig(r, "val", val_key) for r in reversed(self.metrics)]:
+            block = as_dict(block)
+            if as_text(block.get("label")) or as_dict(block.get("descriptor")):
+                return as_text(block.get("label")), dict(as_dict(block.get("descriptor")))
         return None, {}
 
     @property

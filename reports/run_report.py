@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from harness.errors import HarnessError
 from harness.rundir import RunDir
-from reports.load import EvalView, RunInfo, accuracy_of, ci_of, dig, find_runs, fnum, load_run
+from reports.load import EvalView, RunInfo, accuracy_of, as_dict, ci_of, dig, find_runs, fnum, load_run
 from reports.renderers import render_document
 from reports.svg import PALETTE, Band, Bracket, Chart, Series, VLine, line_chart
 from reports.table import (Bullets, Callout, Code, Column, Document, Figure, Heading, Para, Span, Table, TableBlock, Value,
@@ -98,7 +98,7 @@ def _other(d: Dict[str, Any]) -> str:
 
 
 def _attack_name(label: Optional[str], d: Dict[str, Any]) -> str:
-    name = label or d.get("attack") or "?"
+    name = str(label or d.get("attack") or "?")
     if d.get("library") == "pyautoattack":
         name += f" (pyautoattack {d.get('version')})" if d.get("version") else " (pyautoattack)"
     return str(name)
@@ -169,7 +169,7 @@ def strength_table(info: RunInfo) -> Tuple[Table, List[str]]:
     for suite in info.suites():
         ev = info.evaluation(suite, "best") or next(e for e in info.evaluations() if e.suite == suite)
         for i, a in enumerate(ev.attacks, 1):
-            d = dict(a.get("descriptor") or {})
+            d = dict(as_dict(a.get("descriptor")))
             f = fnum(dig(a, "passes", "forward_per_example"))
             b = fnum(dig(a, "passes", "backward_per_example"))
             rows.append(row(f"eval {suite} #{i}", a.get("label") or a.get("name"), d, _passes(f, b)))

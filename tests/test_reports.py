@@ -188,6 +188,52 @@ def test_torn_config_and_env_do_not_stop_the_report(tmp_path: Path) -> None:
     assert "Robust accuracy 71.0%" in md  # the evaluation itself is intact
 
 
+@pytest.mark.parametrize("run", ["pgd-at-s0", "fast-at-s1"])
+def test_any_torn_file_still_renders(tmp_path: Path, run: str) -> None:
+    """Each file of the run cut in half in turn (a copy interrupted, a disk full): the report renders."""
+    files = sorted(p.relative_to(FIXTURES / run) for p in (FIXTURES / run).rglob("*") if p.is_file())
+    assert len(files) >= 6
+    for i, rel in enumerate(files):
+        d = tmp_path / f"{i}" / run
+        shutil.copytree(FIXTURES / run, d)
+        text = (d / rel).read_text(encoding="utf-8")
+        (d / rel).write_text(text[: len(text) // 2], encoding="utf-8")
+        written = render_run(d)
+        check_html(written[1].read_text(encoding="utf-8"))
+        assert comparison_text([d], "md")
+
+
+def test_wrong_types_in_stored_files_do_not_crash(tmp_path: Path) -> None:
+    """Hand-edited or foreign files: values of the wrong type are ignored, not a traceback."""
+    rng = random.Random(0)
+
+    def mutate(obj: object) -> object:
+        if isinstance(obj, dict):
+            return {k: (v if k in ("schema", "schema_version") else
+                        rng.choice([None, "x", 3, [], {}, True]) if rng.random() < 0.2 else mutate(v))
+                    for k, v in obj.items() if rng.random() > 0.1 or k in ("schema", "schema_version")}
+        if isinstance(obj, list):
+            return [mutate(v) for v in obj if rng.random() > 0.1]
+        return obj
+
+    for i in range(8):
+        d = tmp_path / f"{i}"
+        shutil.copytree(FIXTURES, d)
+        for f in sorted(d.rglob("*.json")):
+            try:
+                f.write_text(json.dumps(mutate(json.loads(f.read_text(encoding="utf-8")))), encoding="utf-8")
+            except ValueError:
+                pass  # the torn fixture file stays torn
+        for r in sorted(p for p in d.iterdir() if p.is_dir()):
+            md, html, res = render_run(r)
+            assert md.read_text(encoding="utf-8").startswith(f"# harness report: {r.name}\n")
+            check_html(html.read_text(encoding="utf-8"))
+            assert json.loads(res.read_text(encoding="utf-8"))["schema"] == "results"
+        for fmt in RENDERERS.names():
+            out = comparison_text([d], fmt)
+            assert out.startswith("group,dataset,") if fmt == "csv" else "Comparison of 7 run(s)" in out
+
+
 def test_eval_without_worst_case_is_not_evaluated(tmp_path: Path) -> None:
     run = tmp_path / "half-eval"
     shutil.copytree(FIXTURES / "pgd-at-s0", run)
