@@ -203,7 +203,7 @@ def _verdict_cell(entries: Sequence[_Entry]) -> str:
 def _trained_with(entries: Sequence[_Entry]) -> str:
     labels = []
     for e in entries:
-        lab = str(e.run.train_attack[0] or ("none" if e.run.defense == "erm" else "unknown"))
+        lab = str(e.run.train_attack[0] or ("none" if not e.run.has_train_attack else "unknown"))
         if lab not in labels:
             labels.append(lab)
     return " / ".join(labels)
@@ -235,8 +235,9 @@ def _row(table: Table, defense: str, variant: str, entries: Sequence[_Entry], ev
         for c in ("clean", "pgd", "autoattack", "worst_case", "last_worst_case"):
             cells[c] = Value.absent(NOT_EVALUATED)
         cells["verdict"] = Value.absent(NOT_EVALUATED)
-    cells["train_attack"] = _agg([accuracy_of(dig(e.run.metrics_row(e.run.best_epoch), "val", "train_attack")) for e in entries], k,
-                                 missing="n/a" if defense == "erm" else "no metrics")
+    cells["train_attack"] = _agg([accuracy_of(dig(e.run.metrics_row(e.run.best_epoch), "val", "train_attack"))
+                                  for e in entries if e.run.has_train_attack], k,
+                                 missing="no metrics" if any(e.run.has_train_attack for e in entries) else "n/a")
     # cost is the cost of a whole training: runs still training do not count towards it
     finished = [e for e in entries if e.run.training_finished]
     unfinished = "training not finished"

@@ -214,6 +214,14 @@ class EvalView:
         n = self.n if self.n is not None else "?"
         return f"against suite {self.suite} ({self.suite_description()}), {self.threat_label()}, n={n}"
 
+    def eps_sweep_points(self) -> Optional[int]:
+        """How many points the eps sweep ran on (it may be a subset of the n of the suite)."""
+        for f in self.findings:
+            if f.get("check") == "eps-sweep":
+                m = dig(f, "values", "points")
+                return m if isinstance(m, int) and not isinstance(m, bool) else None
+        return None
+
     def eps_sweep(self) -> Optional[Tuple[List[float], List[float]]]:
         for f in self.findings:
             if f.get("check") == "eps-sweep":
@@ -357,6 +365,14 @@ class RunInfo:
         return self._attack_info("train_attack", "train_attack")
 
     @property
+    def has_train_attack(self) -> bool:
+        """False for plain training (descriptor ``{"attack": "none"}``, or no attack recorded for erm)."""
+        label, d = self.train_attack
+        if d.get("attack") == "none":
+            return False
+        return bool(label or d) or self.defense != "erm"
+
+    @property
     def selection_attack(self) -> Tuple[Optional[str], Dict[str, Any]]:
         return self._attack_info("selection_attack", "selection")
 
@@ -384,6 +400,9 @@ class RunInfo:
     def train_wall_s(self) -> Tuple[Optional[float], str]:
         """Training time and where it came from: the per-epoch training steps (excluding the
         per-epoch val monitoring) when every epoch has it, else training.json's total."""
+        w = fnum(dig(self.training, "train_wall_s"))
+        if w is not None:
+            return w, "training steps"
         walls = [fnum(dig(r, "train", "wall_s")) for r in self.metrics]
         if walls and all(w is not None for w in walls):
             return sum(walls), "training steps"  # type: ignore[arg-type]

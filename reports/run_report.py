@@ -147,13 +147,16 @@ def strength_table(info: RunInfo) -> Tuple[Table, List[str]]:
     label, d = info.train_attack
     pe = info.passes_per_epoch()
     train_passes = _passes(pe[0], pe[1], "per epoch") if pe else "—"
-    if label or d:
+    if not info.has_train_attack:
+        rows.append({"role": "training", "attack": f"{label or 'none'} (plain training, no attack)", "passes": train_passes})
+        steps_text.append("training attack 0 (plain training)")
+    elif label or d:
+        # the BatchNorm mode while the attack ran in training (the val measurement runs it in eval mode)
+        d = dict(d, model_mode=d.get("model_mode_in_training") or d.get("model_mode"))
+        d.pop("model_mode_in_training", None)
         rows.append(row("training", label, d, train_passes))
         gs = gradient_steps(d)
         steps_text.append(f"training attack {gs if gs is not None else '?'}")
-    elif info.defense == "erm":
-        rows.append({"role": "training", "attack": "none (plain training, the control)", "passes": train_passes})
-        steps_text.append("training attack 0 (plain training)")
     else:
         rows.append({"role": "training", "attack": "unknown (no training summary or metrics yet)", "passes": train_passes})
     label, d = info.selection_attack
@@ -265,7 +268,8 @@ def eps_sweep_figure(evs: Sequence[EvalView]) -> Optional[Tuple[Figure, Table]]:
     series = [Series(checkpoint_phrase(ev), sw[0], sw[1], colors[i % len(colors)], "" if i == 0 else "6 3")
               for i, (ev, sw) in enumerate(sweeps)]
     vlines = [VLine(first.eps_value, f"evaluated at eps={first.eps_text}", short=f"eps={first.eps_text}")] if first.eps_value is not None else []
-    chart = Chart(title=f"Accuracy against eps ({first.norm}, suite {first.suite}, n={first.n})", x_label="eps",
+    m = first.eps_sweep_points()
+    chart = Chart(title=f"Accuracy against eps ({first.norm}, suite {first.suite}, {m if m is not None else first.n} points)", x_label="eps",
                   y_label="accuracy", series=series, vlines=vlines, x_format="{:.3g}")
     xs = sorted({x for _, sw in sweeps for x in sw[0]})
     cols = [Column("eps", "eps", "number")] + [Column(ev.checkpoint, f"{ev.checkpoint} checkpoint", "pct") for ev, _ in sweeps]
@@ -299,6 +303,8 @@ def epoch_figure(info: RunInfo) -> Optional[Figure]:
     series = []
     for key, name, color, dash in (("clean", "clean", PALETTE["blue"], ""), ("train_attack", "training attack", PALETTE["orange"], "6 3"),
                                    ("fgsm", "FGSM", PALETTE["green"], "2 3"), ("selection", "selection attack", PALETTE["red"], "")):
+        if key == "train_attack" and not info.has_train_attack:
+            continue  # plain training: "under the training attack" is the clean accuracy again
         ys = [accuracy_of(dig(r, "val", key)) for r in info.metrics]
         if any(y is not None for y in ys):
             series.append(Series(_series_label(info, key, name) if key in ("train_attack", "selection") else name, xs, ys, color, dash))
@@ -348,7 +354,8 @@ def epoch_table(info: RunInfo) -> Table:
         walls = [fnum(dig(r, "train", "wall_s")), fnum(dig(r, "val", "wall_s"))]
         rows.append({"epoch": str(r["epoch"]), "lr": _val(dig(r, "train", "lr")), "loss": _val(dig(r, "train", "loss")),
                      "tacc": _val(dig(r, "train", "accuracy")),
-                     **{k: _val(accuracy_of(dig(r, "val", k))) for k in ("clean", "train_attack", "fgsm", "selection")},
+                     **{k: _val(accuracy_of(dig(r, "val", k))) for k in ("clean", "train_attack", "fgsm", "selection")
+                        if k != "train_attack" or info.has_train_attack},
                      "wall": Value(sum(w for w in walls if w is not None)) if any(w is not None for w in walls) else None,
                      "flags": "; ".join(notes) if notes else ""})
     return Table.simple("", cols, rows)
