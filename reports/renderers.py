@@ -195,6 +195,9 @@ class MarkdownRenderer:
                     if i:
                         out.append(">")
                     out.append("> " + self.spans(p))
+                if b.items:
+                    out.append(">")
+                    out += ["> - " + self.spans(item) for item in b.items]
                 out.append("")
             elif isinstance(b, Bullets):
                 out += ["- " + self.spans(item) for item in b.items] + [""]
@@ -520,7 +523,8 @@ class HTMLRenderer:
                 body.append(f"<p>{self.spans(b.spans)}</p>")
             elif isinstance(b, Callout):
                 tone = re.sub(r"[^a-z-]", "", b.tone.replace(" ", "-"))
-                body.append(f'<div class="callout {tone}">' + "".join(f"<p>{self.spans(p)}</p>" for p in b.paras) + "</div>")
+                items = "<ul>" + "".join(f"<li>{self.spans(i)}</li>" for i in b.items) + "</ul>" if b.items else ""
+                body.append(f'<div class="callout {tone}">' + "".join(f"<p>{self.spans(p)}</p>" for p in b.paras) + items + "</div>")
             elif isinstance(b, Bullets):
                 body.append("<ul>" + "".join(f"<li>{self.spans(i)}</li>" for i in b.items) + "</ul>")
             elif isinstance(b, TableBlock):

@@ -20,7 +20,7 @@ from harness.rundir import RunDir
 from reports.load import EvalView, RunInfo, accuracy_of, as_dict, ci_of, dig, find_runs, fnum, load_run
 from reports.renderers import render_document
 from reports.svg import PALETTE, Band, Bracket, Chart, Series, VLine, line_chart
-from reports.table import (Bullets, Callout, Code, Column, Document, Figure, Heading, Para, Span, Table, TableBlock, Value,
+from reports.table import (Callout, Code, Column, Document, Figure, Heading, Para, Span, Table, TableBlock, Value,
                            text)
 
 log = logging.getLogger("harness.reports")
@@ -501,8 +501,7 @@ def build_run_report(info: RunInfo, erm: Optional[RunInfo] = None) -> Document:
     # 1. the verdict, then the headline
     if head is not None:
         verdict = [("Verdict: " + head.verdict + ".", "b"), (" " + VERDICT_TEXT[head.verdict][0].upper() + VERDICT_TEXT[head.verdict][1:], "")]
-        paras = [verdict] + [text(f"Reason: {r}") for r in head.reasons]
-        doc.add(Callout(head.verdict.replace(" ", "-"), paras))
+        doc.add(Callout(head.verdict.replace(" ", "-"), [verdict], [text(r) for r in head.reasons]))
         pre, post = headline_sentence(head).split(" against ", 1)
         hl: List[List[Span]] = [[(pre, "b"), (" against " + post, ""), (f" Verdict: {head.verdict}.", "")],
                                 text(f"Clean accuracy {pct_ci(head.clean)} on the same n={head.n} {head.split} points. "
@@ -515,8 +514,8 @@ def build_run_report(info: RunInfo, erm: Optional[RunInfo] = None) -> Document:
                                             "accuracy on test. Run harness eval on this run directory to evaluate it.", "")]]
         doc.add(Callout("not-run", paras))
     if info.problems:
-        doc.add(Callout("warning", [[("Incomplete run directory.", "b"), (" What is missing or unreadable:", "")]]
-                        + [text("• " + p) for p in info.problems]))
+        doc.add(Callout("warning", [[("Incomplete run directory.", "b"), (" What is missing or unreadable:", "")]],
+                        [text(p) for p in info.problems]))
 
     # 2. attack strength
     doc.add(Heading(2, "Attack strength: training vs selection vs evaluation", "strength"))

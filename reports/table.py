@@ -129,10 +129,12 @@ class Para:
 
 @dataclass
 class Callout:
-    """A boxed paragraph; ``tone`` is reliable | suspicious | unreliable | not-run | warning | info."""
+    """A boxed paragraph, maybe with a list; ``tone`` is reliable | suspicious | unreliable | not-run |
+    warning | headline."""
 
     tone: str
     paras: List[List[Span]]
+    items: List[List[Span]] = field(default_factory=list)
 
 
 @dataclass
