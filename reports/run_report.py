@@ -148,7 +148,7 @@ def strength_table(info: RunInfo) -> Tuple[Table, List[str]]:
     pe = info.passes_per_epoch()
     train_passes = _passes(pe[0], pe[1], "per epoch") if pe else "—"
     if not info.has_train_attack:
-        rows.append({"role": "training", "attack": f"{label or 'none'} (plain training, no attack)", "passes": train_passes})
+        rows.append({"role": "training", "attack": label or "none (plain training)", "passes": train_passes})
         steps_text.append("training attack 0 (plain training)")
     elif label or d:
         # the BatchNorm mode while the attack ran in training (the val measurement runs it in eval mode)
@@ -326,8 +326,8 @@ def epoch_figure(info: RunInfo) -> Optional[Figure]:
     n = dig(info.metrics, -1, "val", "n")
     chart = Chart(title=f"Accuracy on val after each epoch (n={n if n is not None else '?'})", x_label="epoch", y_label="accuracy on val",
                   series=series, integer_x=True, vlines=vlines, bands=bands, brackets=brackets)
-    cap = ("Per-epoch accuracy on the held-out val split: clean, under the training attack, FGSM and the selection attack; "
-           "the dashed line marks the checkpoint selected by selection-attack accuracy.")
+    cap = ("Per-epoch accuracy on the held-out val split: clean, " + ("under the training attack, " if info.has_train_attack else "")
+           + "FGSM and the selection attack; the dashed line marks the checkpoint selected by selection-attack accuracy.")
     if bands:
         cap += " Shaded: catastrophic overfitting (selection-attack accuracy collapses while the training attack or FGSM stays high)."
     if brackets:
@@ -340,6 +340,8 @@ def epoch_table(info: RunInfo) -> Table:
             Column("tacc", "Train acc", "pct"), Column("clean", "Clean", "pct"), Column("train_attack", "Training attack", "pct"),
             Column("fgsm", "FGSM", "pct"), Column("selection", "Selection attack", "pct"), Column("wall", "Wall time", "seconds"),
             Column("flags", "Notes")]
+    if not info.has_train_attack:
+        cols = [c for c in cols if c.key != "train_attack"]
     rows = []
     best = info.best_epoch
     for r in info.metrics:
@@ -485,7 +487,9 @@ def provenance_table(info: RunInfo) -> Table:
 
 def identity_line(info: RunInfo) -> List[Span]:
     seed = f", seed {info.seed}" if info.seed is not None else ""
-    s = (f"{info.defense} on {info.dataset} with {info.model}, trained against {info.norm} eps={info.eps_text}{seed}; "
+    how = (f"trained against {info.norm} eps={info.eps_text}" if info.has_train_attack
+           else f"trained without an attack (the run's threat model: {info.norm} eps={info.eps_text})")
+    s = (f"{info.defense} on {info.dataset} with {info.model}, {how}{seed}; "
          f"{info.epochs_run} of {info.epochs_planned if info.epochs_planned is not None else '?'} epochs; status {info.status}.")
     if info.status in ("running", "interrupted"):
         s += (" If no process is writing this run any more, it was stopped: harness run --resume on this run directory "

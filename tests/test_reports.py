@@ -79,7 +79,7 @@ def test_comparison_does_not_depend_on_argument_order(runs: Path) -> None:
         assert comparison_text(shuffled, fmt) == comparison_text(paths, fmt)
 
 
-@pytest.mark.parametrize("run", ["pgd-at-s0", "fast-at-s1", "trades-s0"])
+@pytest.mark.parametrize("run", ["pgd-at-s0", "fast-at-s1", "trades-s0", "erm-s0"])
 def test_run_report_golden(runs: Path, run: str) -> None:
     written = render_run(runs / run)
     assert [p.name for p in written] == ["report.md", "report.html", "results.json"]
