@@ -252,7 +252,7 @@ def _row(table: Table, defense: str, variant: str, entries: Sequence[_Entry], ev
         cells["erm_multiplier"] = Value((sum(wv) / len(wv)) / (sum(control) / len(control)), count=len(wv), of=k)
     else:
         cells["erm_multiplier"] = Value.absent(unfinished if not finished else "no control" if not control else "no timing")
-    row = Row(cells)
+    row = Row(cells, sources=[f"{e.run.name} (seed {e.run.seed})" for e in entries])
     # what the reader must know about the runs behind this row
     seeds = [e.run.seed for e in entries]
     dup = sorted({s for s in seeds if s is not None and seeds.count(s) > 1})

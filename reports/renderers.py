@@ -371,7 +371,7 @@ class CSVRenderer:
                 header += [f"{c.key}_ci95_lo", f"{c.key}_ci95_hi"]
             if c.kind == "pct":
                 header.append(f"{c.key}_runs")
-        header += ["status", "notes"]
+        header += ["status", "runs", "notes"]
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(header)
@@ -390,7 +390,7 @@ class CSVRenderer:
                     if c.kind == "pct":
                         line.append("" if val.is_missing else str(val.count if val.count is not None else 1))
                 marks = list(group.marks) + list(row.marks)
-                line += [row.status, " | ".join(table.notes[m - 1] for m in marks)]
+                line += [row.status, "; ".join(row.sources), " | ".join(table.notes[m - 1] for m in marks)]
                 w.writerow(line)
         return buf.getvalue()
 
@@ -502,9 +502,12 @@ class HTMLRenderer:
                 i = j + 1
                 continue
             t = format_value(v, c, self.style)
+            attrs = ""
             if c.key == first:
                 t += self._sup(row.marks)
-            out.append(f'<td class="num">{t}</td>' if c.numeric else f"<td>{t}</td>")
+                if row.sources:
+                    attrs = f' title="{_h("; ".join(row.sources))}"'
+            out.append(f'<td class="num">{t}</td>' if c.numeric else f"<td{attrs}>{t}</td>")
             i += 1
         return out
 

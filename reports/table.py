@@ -71,6 +71,8 @@ class Row:
     marks: List[int] = field(default_factory=list)
     # a row with no evaluation, a half-written run, ...: shown as is, e.g. in CSV's status column
     status: str = ""
+    # the runs behind the row, e.g. "pgd-at-s0 (seed 0)": CSV lists them, HTML shows them on hover
+    sources: List[str] = field(default_factory=list)
 
 
 @dataclass

@@ -316,6 +316,7 @@ def test_mean_std_over_seeds_and_worst_verdict(runs: Path) -> None:
     assert pgd["worst_case"].ci == pytest.approx(tuple(expected["ci95"]))
     assert pgd["seeds"].mean == 2
     assert rows["fast-at"].cells["verdict"] == "suspicious (1/2 seeds)"
+    assert rows["pgd-at"].sources == ["pgd-at-s0 (seed 0)", "pgd-at-s1 (seed 1)"]
     assert rows["erm"].cells["worst_case"].ci == pytest.approx((0.0, 0.018845), abs=1e-6)  # one seed: the Wilson interval
     assert rows["erm"].cells["train_attack"].missing == "n/a"
     # fractions in the model, percent only in the renderers
