@@ -661,9 +661,13 @@ def render_run(run_dir: Path | str, *, erm_control: bool = True) -> List[Path]:
     erm = find_erm_control(info) if erm_control else None
     doc = build_run_report(info, erm)
     rd = RunDir(info.path)
-    out = [rd.write_text(RunDir.REPORT_MD, render_document(doc, "md")),
-           rd.write_text(RunDir.REPORT_HTML, render_document(doc, "html")),
-           rd.write_json(RunDir.RESULTS, results_doc(info, erm), schema="results")]
+    md, html, results = render_document(doc, "md"), render_document(doc, "html"), results_doc(info, erm)
+    try:
+        out = [rd.write_text(RunDir.REPORT_MD, md), rd.write_text(RunDir.REPORT_HTML, html),
+               rd.write_json(RunDir.RESULTS, results, schema="results")]
+    except OSError as e:
+        raise HarnessError(f"cannot write the report into {info.path} ({e.strerror or e}); "
+                           f"harness report {info.path} --format html -o FILE writes a table elsewhere") from None
     log.debug("report written: %s", ", ".join(str(p) for p in out))
     return out
 

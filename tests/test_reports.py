@@ -246,6 +246,19 @@ def test_eval_without_worst_case_is_not_evaluated(tmp_path: Path) -> None:
     assert any("has no worst-case result" in p for p in info.problems)
 
 
+def test_unwritable_run_directory_is_one_clear_error(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from harness.rundir import RunDir
+
+    def refuse(self: RunDir, name: str, text: str) -> Path:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self.path / name))
+
+    monkeypatch.setattr(RunDir, "write_text", refuse)
+    with pytest.raises(HarnessError, match="cannot write the report into .*pgd-at-s0 \\(Permission denied\\)"):
+        render_run(runs / "pgd-at-s0")
+
+
 def test_not_a_run_directory_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="no such run directory"):
         find_runs([tmp_path / "nope"])
