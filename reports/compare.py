@@ -112,7 +112,8 @@ def _groups(runs: Sequence[RunInfo]) -> List[_Group]:
     def order(g: _Group) -> Tuple[Any, ...]:
         eps = g.key[3] if isinstance(g.key[3], float) else float("inf")
         # larger evaluations first: they are the ones to quote
-        return (not g.evaluated, str(g.key[0]), str(g.key[1]), str(g.key[2]), eps, str(g.key[4]), -(g.key[6] or 0))
+        return (not g.evaluated, str(g.key[0]), str(g.key[1]), str(g.key[2]), eps, str(g.key[4]), -(g.key[6] or 0),
+                str(g.key[7]), repr(g.key[5]))  # the last two only break ties, so input order never matters
 
     return sorted(groups.values(), key=order)
 
@@ -177,7 +178,6 @@ COLUMN_NOTES = {
                     "selected epoch, from the per-epoch metrics; every other accuracy column is on the test points of its group.",
     "pgd": "Attacks run as a cascade, each only on the points still robust: PGD and AutoAttack give the accuracy after that stage "
            "of the cascade (so they include any stage before it); 'not run' when the suite has no such stage.",
-    "autoattack": "",  # the cascade note of "pgd", set below
     "worst_case": "Per-example worst case over every attack of the suite. Mean ± sample std over seeds; [ ] is a 95% interval: "
                   "Student-t over seeds when there are two or more, else the Wilson interval over the n test points.",
     "verdict": "Sanity-check verdict of the best checkpoint's evaluation; when seeds disagree the worst is shown, with how many seeds have it.",
@@ -186,7 +186,7 @@ COLUMN_NOTES = {
     "erm_multiplier": "Training wall time over that of the erm (plain training) control runs with the same data set and model "
                       "among the inputs; 'no control' when there is none. Machines may differ: compare with care.",
 }
-COLUMN_NOTES["autoattack"] = COLUMN_NOTES["pgd"]
+COLUMN_NOTES["autoattack"] = COLUMN_NOTES["pgd"]  # one note, one mark, for both cascade columns
 
 
 def _verdict_cell(entries: Sequence[_Entry]) -> str:
