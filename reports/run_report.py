@@ -509,7 +509,7 @@ def build_run_report(info: RunInfo, erm: Optional[RunInfo] = None) -> Document:
         pre, post = headline_sentence(head).split(" against ", 1)
         hl: List[List[Span]] = [[(pre, "b"), (" against " + post, ""), (f" Verdict: {head.verdict}.", "")],
                                 text(f"Clean accuracy {pct_ci(head.clean)} on the same n={head.n} {head.split} points. "
-                                     "Intervals are 95% Wilson intervals over the test points.")]
+                                     f"Intervals are 95% Wilson intervals over the {head.split} points.")]
         if head.eps_value is not None and info.eps_value is not None and abs(head.eps_value - info.eps_value) > 1e-12:
             hl.append(text(f"Evaluated at eps={head.eps_text}; the model was trained at eps={info.eps_text}."))
         doc.add(Callout("headline", hl))
