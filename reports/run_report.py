@@ -567,6 +567,9 @@ def build_run_report(info: RunInfo, erm: Optional[RunInfo] = None) -> Document:
     if co:
         s = f"Catastrophic overfitting detected at epoch {co_epoch}" + (f": {co_detail}" if co_detail else ".")
         doc.add(Callout("warning", [[("Catastrophic overfitting. ", "b"), (s, "")]]))
+    warnings = [str(w) for w in dig(info.training, "warnings", default=[]) if w] if isinstance(dig(info.training, "warnings"), list) else []
+    if warnings:
+        doc.add(Callout("warning", [[("Warnings from training:", "b")]], [text(w) for w in warnings]))
     if dig(info.training, "stopped_early"):
         doc.add(Para(text(f"Training stopped early after epoch {info.last_epoch}: {dig(info.training, 'stop_reason', default='reason not recorded')}.")))
     if not info.metrics:

@@ -127,6 +127,15 @@ def test_suspicious_verdict_shows_its_reasons(runs: Path) -> None:
     assert "Catastrophic overfitting detected at epoch 5" in md
 
 
+def test_training_warnings_are_shown(runs: Path) -> None:
+    path = runs / "pgd-at-s0" / "training.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc["warnings"] = ["the selection attack (PGD-5) takes fewer steps than the training attack (PGD-10)"]
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    md = render_run(runs / "pgd-at-s0")[0].read_text(encoding="utf-8")
+    assert "> **Warnings from training:**\n>\n> - the selection attack (PGD-5) takes fewer steps" in md
+
+
 def test_strength_table_puts_training_selection_and_evaluation_side_by_side(runs: Path) -> None:
     doc = build_run_report(load_run(runs / "fast-at-s0"))
     tables = [b.table for b in doc.blocks if isinstance(b, TableBlock)]
