@@ -81,6 +81,13 @@ def attack_family(attack: Dict[str, Any]) -> str:
     return "other"
 
 
+def _component_name(label: str, attack: Dict[str, Any]) -> str:
+    """``AutoAttack standard: APGD-T (9 targets)`` -> ``APGD-T``."""
+    short = re.sub(r"^AutoAttack[^:]*:\s*", "", label)
+    short = re.sub(r"\s*\(.*\)$", "", short).strip()
+    return short or str(attack.get("name") or "?").upper()
+
+
 def worst_verdict(verdicts: Iterable[str]) -> str:
     vs = [v if v in VERDICT_ORDER else "not run" for v in verdicts]
     return max(vs, key=VERDICT_ORDER.index) if vs else "not run"
@@ -189,21 +196,29 @@ class EvalView:
         return found
 
     def suite_description(self) -> str:
-        """``PGD-20 CE; AutoAttack: APGD-CE, APGD-T, FAB-T, Square``: consecutive reference
-        AutoAttack attacks are named together, in cascade order."""
+        """``AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square); PGD-20 CE``: consecutive reference
+        AutoAttack components are named together, in cascade order; settings are in the strength table."""
         parts: List[str] = []
         aa: List[str] = []
+        aa_version = ""
+
+        def flush() -> None:
+            if aa:
+                parts.append(f"AutoAttack{' ' + aa_version if aa_version else ''} ({', '.join(aa)})")
+                aa.clear()
+
         for a in self.attacks:
             label = str(a.get("label") or a.get("name") or "?")
             if attack_family(a) == "autoattack":
-                aa.append(label)
+                version = str(dig(a, "descriptor", "autoattack_version", default=""))
+                if aa and version != aa_version:
+                    flush()
+                aa_version = version
+                aa.append(_component_name(label, a))
                 continue
-            if aa:
-                parts.append("AutoAttack: " + ", ".join(aa))
-                aa = []
+            flush()
             parts.append(label)
-        if aa:
-            parts.append("AutoAttack: " + ", ".join(aa))
+        flush()
         return "; ".join(parts) if parts else "no attacks recorded"
 
     def threat_label(self) -> str:

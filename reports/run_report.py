@@ -34,7 +34,7 @@ VERDICT_TEXT = {
 }
 # descriptor keys that have their own column in the strength table
 _STRENGTH_KEYS = {"attack", "norm", "eps", "eps_value", "steps", "step_size", "step_size_expr", "restarts", "loss", "targets",
-                  "random_start", "model_mode", "seed", "library", "version", "keeps_best_iterate"}
+                  "random_start", "model_mode", "seed", "library", "version", "keeps_best_iterate", "autoattack_version"}
 
 
 def pct(v: Optional[float]) -> str:
@@ -77,7 +77,10 @@ def verdict_sentence(ev: EvalView) -> str:
 def _step_size(d: Dict[str, Any]) -> str:
     v, expr = fnum(d.get("step_size")), d.get("step_size_expr")
     if v is None:
-        return str(expr) if expr not in (None, "") else "—"
+        for text_ in (expr, d.get("step_size")):  # e.g. AutoAttack's "adaptive (2 eps initial)"
+            if text_ not in (None, "") and not isinstance(text_, (dict, list)):
+                return str(text_)
+        return "—"
     s = f"{v:.4g}"
     if expr not in (None, "") and str(expr) != s:
         s += f" ({expr})"
@@ -94,14 +97,13 @@ def _int_or_dash(v: Any) -> str:
 
 def _other(d: Dict[str, Any]) -> str:
     extra = [f"{k}={v}" for k, v in d.items() if k not in _STRENGTH_KEYS and v is not None and not isinstance(v, (dict, list))]
+    if d.get("library") == "pyautoattack":  # the reference implementation, and which release of it
+        extra.insert(0, f"pyautoattack {d.get('version')}" if d.get("version") else "pyautoattack")
     return ", ".join(extra) if extra else "—"
 
 
 def _attack_name(label: Optional[str], d: Dict[str, Any]) -> str:
-    name = str(label or d.get("attack") or "?")
-    if d.get("library") == "pyautoattack":
-        name += f" (pyautoattack {d.get('version')})" if d.get("version") else " (pyautoattack)"
-    return str(name)
+    return str(label or d.get("attack") or "?")
 
 
 def _targets(d: Dict[str, Any]) -> str:
@@ -112,9 +114,10 @@ def _targets(d: Dict[str, Any]) -> str:
 
 
 def gradient_steps(d: Dict[str, Any]) -> Optional[int]:
-    """steps x restarts x target classes: the optimisation an attack spends on one example."""
+    """steps x restarts x target classes: the optimisation an attack spends on one example.
+    None for query-based (gradient-free) attacks such as Square."""
     steps = d.get("steps")
-    if not isinstance(steps, int):
+    if not isinstance(steps, int) or isinstance(steps, bool) or d.get("queries") is not None:
         return None
     restarts = d.get("restarts") if isinstance(d.get("restarts"), int) else 1
     targets = d.get("targets") if isinstance(d.get("targets"), int) else 1
@@ -173,8 +176,11 @@ def strength_table(info: RunInfo) -> Tuple[Table, List[str]]:
         ev = info.evaluation(suite, "best") or next(e for e in info.evaluations() if e.suite == suite)
         for i, a in enumerate(ev.attacks, 1):
             d = dict(as_dict(a.get("descriptor")))
-            f = fnum(dig(a, "passes", "forward_per_example"))
-            b = fnum(dig(a, "passes", "backward_per_example"))
+            # the effort on one attacked example; per example of n when the result does not say
+            f = fnum(dig(a, "passes", "forward_per_attacked"))
+            b = fnum(dig(a, "passes", "backward_per_attacked"))
+            if f is None or b is None:
+                f, b = fnum(dig(a, "passes", "forward_per_example")), fnum(dig(a, "passes", "backward_per_example"))
             rows.append(row(f"eval {suite} #{i}", a.get("label") or a.get("name"), d, _passes(f, b)))
             gs = gradient_steps(d)
             if gs is not None:
@@ -182,7 +188,7 @@ def strength_table(info: RunInfo) -> Tuple[Table, List[str]]:
     if not info.suites():
         rows.append({"role": "evaluation", "attack": NOT_EVALUATED})
     elif eval_steps:
-        top = max(eval_steps)
+        top = max(eval_steps, key=lambda t: t[0])  # the first in cascade order on a tie
         steps_text.append(f"strongest evaluation attack {top[0]} ({top[1]})")
     if all(r.get("other", "—") == "—" for r in rows):
         cols = [c for c in cols if c.key != "other"]

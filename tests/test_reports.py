@@ -111,8 +111,8 @@ def test_robust_accuracy_is_always_labelled(runs: Path, run: str) -> None:
 def test_headline_sentence_and_verdict_above_it(runs: Path) -> None:
     render_run(runs / "pgd-at-s0")
     md = (runs / "pgd-at-s0" / "report.md").read_text(encoding="utf-8")
-    assert ("**Robust accuracy 71.0% [64.4, 76.8]** against suite quick (PGD-20 CE; AutoAttack: APGD-CE, APGD-T), "
-            "Linf eps=0.1, n=200, best checkpoint (epoch 5). Verdict: reliable.") in md
+    assert ("**Robust accuracy 71.0% [64.4, 76.8]** against suite quick (AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square); "
+            "PGD-20 CE), Linf eps=0.1, n=200, best checkpoint (epoch 5). Verdict: reliable.") in md
     assert md.index("Verdict: reliable.") < md.index("Robust accuracy")
     assert md.index("Robust accuracy") < md.index("## Attack strength")
     html = (runs / "pgd-at-s0" / "report.html").read_text(encoding="utf-8")
@@ -141,11 +141,18 @@ def test_strength_table_puts_training_selection_and_evaluation_side_by_side(runs
     tables = [b.table for b in doc.blocks if isinstance(b, TableBlock)]
     strength = tables[0]
     roles = [r.cells["role"] for r in strength.groups[0].rows]
-    assert roles == ["training", "selection (val)", "eval quick #1", "eval quick #2", "eval quick #3"]
+    assert roles == ["training", "selection (val)"] + [f"eval quick #{i}" for i in range(1, 6)]
     train, sel = strength.groups[0].rows[0].cells, strength.groups[0].rows[1].cells
     assert (train["steps"], train["step"], train["rs"], train["mode"]) == ("1", "0.125 (1.25*eps)", "yes", "train")
     assert (sel["steps"], sel["step"]) == ("20", "0.025 (eps/4)")
-    assert strength.groups[0].rows[4].cells["targets"] == "9 targets"
+    apgd_t = strength.groups[0].rows[3].cells
+    assert (apgd_t["attack"], apgd_t["targets"], apgd_t["step"]) == ("AutoAttack standard: APGD-T (9 targets)", "9 targets",
+                                                                     "adaptive (2 eps initial)")
+    assert apgd_t["passes"] == "909 + 900"  # per attacked example
+    assert apgd_t["other"].startswith("pyautoattack 0.2.0")
+    md = render_run(runs / "fast-at-s0")[0].read_text(encoding="utf-8")
+    assert ("training attack 1; selection attack 20; strongest evaluation attack 900 "
+            "(AutoAttack standard: APGD-T (9 targets))") in md  # Square's queries are not gradient steps
     assert {c.key for c in strength.columns} >= {"steps", "restarts", "step", "loss", "targets", "passes"}
 
 
