@@ -221,16 +221,42 @@ class RunDir:
         p = self.eval_result_path(suite, checkpoint)
         return read_json(p, schema="eval-result") if p.exists() else None
 
-    def eval_results(self) -> Iterator[Tuple[str, str, Dict[str, Any]]]:
-        """(suite, checkpoint, result) for every finished evaluation; unreadable files skipped."""
+    def eval_results(self, errors: Optional[List[str]] = None) -> Iterator[Tuple[str, str, Dict[str, Any]]]:
+        """(suite, checkpoint, result) for every finished evaluation; unreadable files are skipped
+        (and described in ``errors`` when a list is given)."""
         if not self.eval_dir.is_dir():
             return
         for p in sorted(self.eval_dir.glob("*--*.json")):
             suite, _, ckpt = p.stem.partition("--")
             try:
                 yield suite, ckpt, read_json(p, schema="eval-result")
-            except HarnessError:
+            except HarnessError as e:
+                if errors is not None:
+                    errors.append(str(e))
                 continue
+
+    def partial_evaluations(self) -> List[Tuple[str, str]]:
+        """(suite, checkpoint) of evaluations that started but have no finished result file."""
+        state = self.eval_dir / ".state"
+        if not state.is_dir():
+            return []
+        out = []
+        for d in sorted(state.iterdir()):
+            suite, sep, ckpt = d.name.partition("--")
+            if d.is_dir() and sep and not self.eval_result_path(suite, ckpt).exists():
+                out.append((suite, ckpt))
+        return out
+
+    # -- training summary --------------------------------------------------------------------
+    def read_training(self) -> Optional[Dict[str, Any]]:
+        """The training summary, or None while training has not finished."""
+        if not self.training_path.exists():
+            return None
+        return read_json(self.training_path, schema="training")
+
+    def read_checkpoint_meta(self, name: str) -> Optional[Dict[str, Any]]:
+        p = self.checkpoint_meta_path(name)
+        return read_json(p, schema="checkpoint") if p.exists() else None
 
     def write_json(self, name: str, doc: Dict[str, Any], *, schema: str) -> Path:
         return atomic_write_json(self.path / name, doc, schema=schema)
