@@ -206,13 +206,6 @@ class RunDir:
         rows.append(row)
         return self.write_metrics(rows)
 
-    # -- training summary --------------------------------------------------------------------
-    def write_training(self, doc: Dict[str, Any]) -> Path:
-        return atomic_write_json(self.training_path, doc, schema="training")
-
-    def read_training(self) -> Optional[Dict[str, Any]]:
-        return read_json(self.training_path, schema="training") if self.training_path.exists() else None
-
     # -- evaluation results ------------------------------------------------------------------
     def write_eval_result(self, suite: str, checkpoint: str, result: Dict[str, Any]) -> Path:
         return atomic_write_json(self.eval_result_path(suite, checkpoint), result, schema="eval-result")
@@ -248,6 +241,9 @@ class RunDir:
         return out
 
     # -- training summary --------------------------------------------------------------------
+    def write_training(self, doc: Dict[str, Any]) -> Path:
+        return atomic_write_json(self.training_path, doc, schema="training")
+
     def read_training(self) -> Optional[Dict[str, Any]]:
         """The training summary, or None while training has not finished."""
         if not self.training_path.exists():

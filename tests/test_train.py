@@ -3,6 +3,7 @@ robust overfitting flags, cost accounting. Every registered defense goes through
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -19,6 +20,8 @@ from harness.rundir import RunDir
 
 NAMES = DEFENSES.names()
 PROPORTION = {"accuracy", "correct", "n", "ci95"}
+# the CLI tests start real processes; tiny models run faster single-threaded (see conftest.py)
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _cfg(defense, tmp_path, **over):
@@ -350,7 +353,7 @@ def test_harness_run_end_to_end_through_the_cli(tmp_path):
     out = tmp_path / "runs"
     cmd = [sys.executable, "-m", "harness", "run", "--defense", "fast-at", "--dataset", "synthetic", "--suite", "smoke",
            "--epochs", "2", "--device", "cpu", "--out", str(out), "--name", "e2e", "--set", "monitor.val_n=100"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
     assert done.returncode == 0, done.stderr[-2000:]
     run = RunDir(out / "e2e")
     assert json.loads(run.env_path.read_text())["status"] == "finished"
@@ -360,10 +363,11 @@ def test_harness_run_end_to_end_through_the_cli(tmp_path):
         assert res is not None and res["data"]["split"] == "test" and res["checkpoint"] == ckpt_name
         assert 0 <= res["robust"]["accuracy"] <= res["clean"]["accuracy"] <= 1
     assert "robust (worst case)" in done.stdout
-    again = subprocess.run([sys.executable, "-m", "harness", "run", "--resume", str(out / "e2e")], capture_output=True, text=True, timeout=300)
+    assert run.report_path("md").exists() and run.report_path("html").exists() and run.report_path("json").exists()
+    again = subprocess.run([sys.executable, "-m", "harness", "run", "--resume", str(out / "e2e")], capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
     assert again.returncode == 0, again.stderr[-2000:]
     bad = subprocess.run([sys.executable, "-m", "harness", "run", "--defense", "pgd-at", "--dataset", "synthetic",
-                          "--set", "defense_options.steps=30", "--out", str(out)], capture_output=True, text=True, timeout=300)
+                          "--set", "defense_options.steps=30", "--out", str(out)], capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
     assert bad.returncode == 2 and "selection.steps=N with N > 30" in bad.stderr
 
 
@@ -376,7 +380,7 @@ def test_sigterm_leaves_an_interrupted_run_with_its_finished_epochs(tmp_path):
     out = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--defense", "erm", "--dataset", "synthetic", "--epochs", "200",
                              "--device", "cpu", "--out", str(out), "--name", "killed", "--suite", "smoke"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=SUBPROCESS_ENV)
     run = RunDir(out / "killed")
     deadline = time.time() + 120
     while time.time() < deadline and not run.checkpoint_path("last").exists():
