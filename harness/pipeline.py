@@ -65,6 +65,9 @@ def run_pipeline(
             results: List[Dict[str, Any]] = []
             if evaluate:
                 results = _evaluate(run, cfg, progress)
+            # the report says "finished" only if the status is written before it is rendered
+            run.update_env(status="finished", finished=now_iso())
+            if evaluate:
                 _render(run)
         except KeyboardInterrupt:
             run.update_env(status="interrupted", interrupted=now_iso())
@@ -72,7 +75,6 @@ def run_pipeline(
         except BaseException as e:
             run.update_env(status="failed", failed=now_iso(), error=f"{type(e).__name__}: {e}")
             raise
-    run.update_env(status="finished", finished=now_iso())
     _print_summary(run, summary, results)
     return 0
 

@@ -364,6 +364,7 @@ def test_harness_run_end_to_end_through_the_cli(tmp_path):
         assert 0 <= res["robust"]["accuracy"] <= res["clean"]["accuracy"] <= 1
     assert "robust (worst case)" in done.stdout
     assert run.report_path("md").exists() and run.report_path("html").exists() and run.report_path("json").exists()
+    assert "status finished" in run.report_path("md").read_text()
     again = subprocess.run([sys.executable, "-m", "harness", "run", "--resume", str(out / "e2e")], capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
     assert again.returncode == 0, again.stderr[-2000:]
     bad = subprocess.run([sys.executable, "-m", "harness", "run", "--defense", "pgd-at", "--dataset", "synthetic",
