@@ -19,7 +19,9 @@ Options (defaults and why):
 - ``step_size`` = "1.25*eps": the paper's alpha (10/255 at 8/255; 0.375 at 0.3 on MNIST). Larger
   steps (e.g. 2*eps) are the documented way to provoke catastrophic overfitting.
 - ``random_start`` = true: uniform start in the eps ball; without it (plain FGSM) training
-  collapses at much smaller eps (Wong et al.; Andriushchenko & Flammarion 2020).
+  collapses at much smaller eps (Wong et al.; Andriushchenko & Flammarion 2020). From the clean
+  point every step of at least eps lands on the same corner of the ball, so with
+  ``random_start`` false the step size no longer matters above eps.
 - ``attack_bn_mode`` = "train": as in the paper's code.
 
 Recipes:

@@ -16,8 +16,8 @@ m, so the total work equals natural training: m forward + m backward per example
 m optimizer steps per minibatch.
 
 Options (defaults and why):
-- ``replays`` = 8 (m): the paper's CIFAR-10 choice (m = 8 trades clean accuracy for robustness
-  best in its Table 1).
+- ``replays`` = 8 (m): the paper's headline CIFAR-10 setting ("Free-8"; its README also lists
+  m = 2, 4, 10: larger m, more robust and less accurate).
 - ``step_size`` = "eps": the paper's FGSM step (equal to eps).
 - ``attack_bn_mode`` is fixed to "train": the same forward pass trains the weights, so the
   perturbation is always generated in training mode.

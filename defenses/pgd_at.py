@@ -25,7 +25,7 @@ Recipes:
 | data set  | eps   | K, step | adv. fraction | optimizer, schedule | epochs | batch | model |
 |-----------|-------|---------|---------------|---------------------|--------|-------|-------|
 | fashion-mnist | 0.1 | 40, 2*eps/K = 0.005 | 0.5 | Adam 1e-3, /10 at 90% | 100 | 128 | small-cnn (MMR's CNN) |
-| mnist     | 0.3   | 40, 0.01 | 1.0 | Adam 1e-4 constant (100k its of batch 50) | 83 | 50 | small-cnn (Madry used a larger CNN) |
+| mnist     | 0.3   | 40, 0.01 | 1.0 | Adam 1e-4 constant (100k its of batch 50 over 60k images) | 83 | 50 | small-cnn (Madry used a larger CNN) |
 | cifar10 (-100, svhn) | 8/255 | 7, 2/255 | 1.0 | SGD 0.1, mom. 0.9, wd 2e-4, /10 at 50% and 75% (80k its) | 205 | 128 | wrn-34-10 |
 
 Fashion-MNIST follows the MMR code (Croce, Andriushchenko, Hein 2019, train.py/attacks.py:
