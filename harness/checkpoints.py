@@ -123,9 +123,15 @@ def _torch_load(p: Path) -> Any:
 
 
 def _first_global(msg: str) -> str:
-    for line in msg.splitlines():
-        if "Unsupported global" in line or "GLOBAL" in line:
-            return line.strip().rstrip(".")[:160]
+    """What torch's weights_only unpickler refused, in a few words (its message runs to a page)."""
+    import re
+
+    m = re.search(r"GLOBAL ([\w.]+)", msg)
+    if m:
+        return f"it names {m.group(1)}"
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", msg)
+    if m:
+        return f"weights_only loader: {m.group(1).strip().rstrip('.')[:120]}"
     return "non-tensor objects"
 
 
