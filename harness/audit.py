@@ -630,6 +630,10 @@ def audit_command(args: Any) -> int:
     is overstated or the evaluation is unreliable; errors are HarnessErrors (exit 2)."""
     from harness.audit_report import summary_lines
 
+    import warnings
+
+    # torch warns about the pickle protocol of files it is about to refuse; the refusal says enough
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")
     out = Path(args.out) if getattr(args, "out", None) else default_out_dir(getattr(args, "model", None), getattr(args, "robustbench", None))
     doc = run_audit(
         dataset=args.dataset, eps=args.eps, claim=args.claim, model=getattr(args, "model", None),

@@ -155,10 +155,12 @@ def _version() -> str:
 
 
 def _setup_logging(verbosity: int) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    # log lines go to stderr: stdout carries the results (summaries, --dry-run configs) and can be piped
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     logging.getLogger("harness").setLevel(min(level, logging.INFO))
 
