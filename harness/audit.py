@@ -262,7 +262,14 @@ def _finding(rule: str, status: str, message: str, **values: Any) -> Dict[str, A
 
 @torch.no_grad()
 def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    outs = []
+    for i in range(0, x.shape[0], batch_size):
+        z = model(x[i:i + batch_size])
+        if not isinstance(z, torch.Tensor):
+            raise AuditRefused(f"the model returns a {type(z).__name__}, not a tensor of logits: wrap it so that forward returns "
+                               "only the logits, of shape (batch, classes)")
+        outs.append(z)
+    return torch.cat(outs)
 
 
 def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
@@ -296,6 +303,8 @@ def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Seq
     with eval_mode(model):
         try:
             z = _logits(model, x, batch_size)
+        except AuditRefused:
+            raise
         except Exception as e:  # noqa: BLE001 - a model that cannot run on the data set's images
             raise AuditRefused(f"the model fails on {tuple(x.shape[1:])} images in [0,1] ({type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else ''}); does it match the data set?") from None
