@@ -406,7 +406,8 @@ def decide(claim: float, robust: Dict[str, Any], checks: Dict[str, Any], flags: 
         if claim < lo:
             text = f"the claim holds: {nums}; the claim is {_pts(-gap)} points below the measurement (conservative)"
         elif gap > 0:
-            text = f"the claim holds within sampling error: {nums}; {_pts(gap)} points above the measurement, inside the 95% interval"
+            text = (f"the claim holds within sampling error: {nums}; {_pts(gap)} points above the measurement, inside the 95% "
+                    "interval (a larger --n narrows it)")
         else:
             text = f"the claim holds: {nums}"
     else:
@@ -562,7 +563,8 @@ def run_audit(
         n_eval = len(bundle.test)
     x, y = bundle.test.first(n_eval)
     sx, sy = bundle.train.first(min(len(bundle.train), 5000))
-    ckpt_key = [f.get("sha256") for f in model_info.get("files", [])] or [(model_info.get("checkpoint") or {}).get("sha256")]
+    ckpt_key = [model_info.get("file_sha256"), model_info.get("name"), normalize,
+                [f.get("sha256") for f in model_info.get("files", [])] or (model_info.get("checkpoint") or {}).get("sha256")]
     eval_doc = evaluate_model(net, x, y, suite=suite, threat=threat, num_classes=bundle.num_classes, seed=seed, batch_size=batch_size,
                               precision="fp32", state_path=state_path, state_key=["audit", ckpt_key], progress=progress,
                               surrogate_data=(sx, sy))

@@ -118,7 +118,7 @@ def render_markdown(doc: Dict[str, Any]) -> str:
     L += [f"Measured: {_md_cell(doc['measured']['label'])}.", ""]
     if v["flags"]:
         L += ["## Flags", ""] + [f"- {_md_cell(f)}" for f in v["flags"]] + [""]
-    if v["checks_reasons"]:
+    if v["checks_reasons"] and v["checks_verdict"] in ("suspicious", "unreliable"):
         L += ["## Sanity-check reasons", ""] + [f"- {_md_cell(r)}" for r in v["checks_reasons"]] + [""]
     L += ["## Attack strength: the claim's attack beside the harness's", "", f"{doc['strength']['comparison']}.", ""]
     head, rows = _strength_rows(doc)
@@ -193,7 +193,7 @@ def render_html(doc: Dict[str, Any]) -> str:
     parts.append(f"<p class=\"small\">Measured: {_h(doc['measured']['label'])}.</p>")
     if v["flags"]:
         parts.append("<h2>Flags</h2><ul>" + "".join(f"<li class=\"warn\">{_h(f)}</li>" for f in v["flags"]) + "</ul>")
-    if v["checks_reasons"]:
+    if v["checks_reasons"] and v["checks_verdict"] in ("suspicious", "unreliable"):
         parts.append("<h2>Sanity-check reasons</h2><ul>" + "".join(f"<li>{_h(r)}</li>" for r in v["checks_reasons"]) + "</ul>")
     parts.append(f"<h2>Attack strength: the claim's attack beside the harness's</h2><p>{_h(doc['strength']['comparison'])}.</p>")
     head, rows = _strength_rows(doc)

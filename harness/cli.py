@@ -127,12 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="re-evaluate someone else's model and checkpoint against a claimed number",
                        description="Re-evaluate a model and checkpoint with a suite and the sanity checks, and say whether a claimed "
                                    "robust accuracy holds. Checkpoints are loaded as data, never code. Writes audit.md, audit.html and "
-                                   "audit.json. Exit status: 0 the claim holds, 1 overstated or the evaluation is unreliable, 2 error.")
+                                   "audit.json. The suite defaults to 'standard'. Exit status: 0 the claim holds, 1 overstated or the evaluation "
+                                   "is unreliable, 2 error.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="FILE.py:FACTORY (a Python file you chose to run) or a registered model name")
     src.add_argument("--robustbench", help="a RobustBench model-zoo name (weights from --model-dir)")
     p.add_argument("--checkpoint", help="weights: .safetensors, or a state dict loaded with weights_only=True")
-    p.add_argument("--model-dir", default=None, help="local RobustBench model directory")
+    p.add_argument("--model-dir", default=None, help="local RobustBench model directory, laid out MODEL_DIR/DATASET/THREAT/NAME.pt (default ./models)")
     p.add_argument("--dataset", required=True)
     p.add_argument("--eps", required=True)
     p.add_argument("--norm", default="Linf")
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=_nonneg_int, default=0)
-    p.add_argument("--out", default=None, help="folder for the audit report")
+    p.add_argument("--out", default=None, help="folder for the audit report (default audits/NAME-TIMESTAMP)")
     return parser
 
 

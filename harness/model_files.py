@@ -5,7 +5,9 @@ that runs: weights always come from a checkpoint loaded as data (``harness.check
 
 - The file is imported with ``importlib`` from its path, under a module name of its own
   (``harness_user_model_<stem>_<hash>``), so it cannot shadow or be shadowed by an installed
-  module, and ``sys.path`` is left untouched.
+  module. While it is imported and its factory runs, its folder is *appended* to ``sys.path``
+  (as ``python FILE.py`` would put it first), so ``from resnet import ResNet`` next to it works
+  but nothing installed is shadowed; the entry is removed afterwards.
 - A file that fails to import (a syntax error, a missing import, an exception at import time) is
   one ``ModelFileError`` line naming the file and the line, never a traceback.
 - The factory is called with the keyword arguments it asks for among ``num_classes``,
@@ -15,6 +17,7 @@ that runs: weights always come from a checkpoint loaded as data (``harness.check
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import inspect
@@ -24,7 +27,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 from torch import nn
 
@@ -77,7 +80,8 @@ def import_model_file(path: Path) -> ModuleType:
     # registered before running, as a normal import does, so dataclasses and pickling inside work
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        with _folder_on_path(resolved):
+            spec.loader.exec_module(module)
     except SyntaxError as e:  # includes IndentationError / TabError
         sys.modules.pop(name, None)
         where = f"{e.filename or path}:{e.lineno}" if e.lineno else str(e.filename or path)
@@ -86,6 +90,20 @@ def import_model_file(path: Path) -> ModuleType:
         sys.modules.pop(name, None)
         raise ModelFileError(f"{_where(e, resolved, path)}: importing the model file raised {_describe(e)}") from None
     return module
+
+
+@contextlib.contextmanager
+def _folder_on_path(file: Path) -> Iterator[None]:
+    """The file's folder at the end of ``sys.path`` for the duration (sibling imports)."""
+    folder = str(file.parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.append(folder)
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
 
 
 def _where(e: BaseException, resolved: Path, shown: Path) -> str:
@@ -143,7 +161,8 @@ def build_from_file(spec: ModelSpec, *, shape: Tuple[int, int, int], num_classes
         raise ModelFileError(f"{spec.path}: no function {spec.factory!r}" + (f" (it defines {', '.join(have)})" if have else ""))
     kwargs = factory_kwargs(fn, shape=shape, num_classes=num_classes, mean=mean, std=std, where=str(spec))
     try:
-        model = fn(**kwargs)
+        with _folder_on_path(spec.path.resolve()):
+            model = fn(**kwargs)
     except Exception as e:  # noqa: BLE001 - the user's code; report where it failed
         raise ModelFileError(f"{_where(e, spec.path.resolve(), spec.path)}: {spec.factory}() raised {_describe(e)}") from None
     if not isinstance(model, nn.Module):

@@ -249,6 +249,24 @@ def test_unknown_factory_lists_what_the_file_defines(files, tmp_path, capsys):
     assert code == 2 and "no function 'make'" in err and "bare" in err and "wrapped" in err
 
 
+def test_model_file_may_import_its_siblings_and_sys_path_is_restored(tmp_path):
+    import sys
+
+    from harness.model_files import ModelFileError, build_from_file, parse_model_spec
+
+    (tmp_path / "audit_test_blocks.py").write_text("from torch import nn\n\n\ndef head(c, k):\n    return nn.Linear(c, k)\n")
+    (tmp_path / "net.py").write_text("from torch import nn\nfrom audit_test_blocks import head\n\n\ndef make(num_classes, shape, depth=1):\n"
+                                     "    return nn.Sequential(nn.Flatten(), head(shape[0] * shape[1] * shape[2], num_classes))\n")
+    before = list(sys.path)
+    net, info = build_from_file(parse_model_spec(f"{tmp_path / 'net.py'}:make"), shape=(1, 8, 8), num_classes=10, mean=(0.3,), std=(0.38,))
+    assert sys.path == before
+    assert net(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    assert info["factory_kwargs"] == {"num_classes": 10, "shape": [1, 8, 8]} and len(info["file_sha256"]) == 64
+    assert parse_model_spec("small-cnn") is None
+    with pytest.raises(ModelFileError, match="FILE.py:FACTORY"):
+        parse_model_spec(str(tmp_path / "net.py"))
+
+
 # -- guard rails -------------------------------------------------------------------------------
 
 def test_model_outputting_probabilities_is_flagged(files, tmp_path, capsys):
