@@ -127,7 +127,7 @@ def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
         return out
     fam = out["family"]
     if fam == "autoattack":
-        out["version"] = "plus" if "plus" in t or "+" in t else "rand" if "rand" in t else "standard"
+        out["version"] = "plus" if re.search(r"\bplus\b|(?:autoattack|\baa)\s*\+", t) else "rand" if re.search(r"\brand", t) else "standard"
         return out
     if fam == "fgsm":
         out.update(steps=1, restarts=1, gradient_steps_per_example=1)

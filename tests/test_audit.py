@@ -154,11 +154,18 @@ def test_impossible_claims_are_errors(text):
     ("AA (standard)", "autoattack", None, None, None),
     ("APGD-CE", "apgd-ce", None, None, "ce"),
     ("Square 5000 queries", "square", 5000, None, "margin"),
+    ("10-step PGD", "pgd", 10, None, "ce"),
 ])
 def test_claimed_attack_text_is_parsed(text, family, steps, restarts, loss):
     p = parse_claim_attack(text)
     assert p["text"] == text and p["parsed"]
     assert (p["family"], p["steps"], p["restarts"], p["loss"]) == (family, steps, restarts, loss)
+
+
+@pytest.mark.parametrize("text,version", [("AutoAttack", "standard"), ("AutoAttack+", "plus"), ("AA plus", "plus"),
+                                          ("AutoAttack rand", "rand"), ("AutoAttack (APGD-CE + APGD-T)", "standard")])
+def test_autoattack_version_in_a_claim(text, version):
+    assert parse_claim_attack(text)["version"] == version
 
 
 def test_claimed_attack_replay_spec():
