@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from harness.errors import CheckpointError, ConfigError, DataError, HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.stats import proportion
 
 log = logging.getLogger("harness.audit")
@@ -585,7 +585,7 @@ def run_audit(
         only = int((robust_all & ~rrob).sum())
         replay = {"label": rdoc["attacks"][0]["label"], "descriptor": rdoc["attacks"][0]["descriptor"], "robust": rdoc["robust"],
                   "passes": rdoc["attacks"][0]["passes"], "wall_s": rdoc["cost"]["wall_s"], "broke_points_suite_missed": only,
-                  "assumed": []}
+                  "assumed": [], "per_example_robust": rrob.tolist()}
         if spec["attack"] == "pgd" and not isinstance(spec["step_size"], float):
             replay["assumed"].append("step size not stated (or not in pixel units); used 2.5*eps/steps (Madry et al.)")
         robust_all &= rrob
@@ -595,7 +595,9 @@ def run_audit(
     strength = compare_strength(parsed, eval_doc, replay)
     flags = [f"guard rail {g['rule']}: {g['message']}" for g in guards if g["status"] == "warn"]
     if strength["suite_stronger"] is False:
-        flags.append(f"the suite is not stronger than the claimed attack ({strength['comparison']}); use --suite standard")
+        advice = ("use a suite that runs it" if parsed.get("family") == "autoattack" and suite_spec["name"] == "standard"
+                  else "use --suite standard")
+        flags.append(f"the suite is not stronger than the claimed attack ({strength['comparison']}); {advice}")
     if replay is not None and replay["broke_points_suite_missed"]:
         flags.append(f"the replayed claimed attack broke {replay['broke_points_suite_missed']} point(s) the suite did not")
     verdict = decide(claim_value, measured, eval_doc.get("checks", {}), flags)

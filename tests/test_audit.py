@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import builtins
 import json
-import os
 import pickle
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from harness.audit import (AuditRefused, decide, guard_rails, parse_claim, parse_claim_attack, replay_spec, sign_test)
+from harness.audit import AuditRefused, decide, guard_rails, parse_claim, parse_claim_attack, replay_spec, sign_test
 from harness.checkpoints import save_weights
 from harness.cli import main
-from harness.errors import CheckpointError, ConfigError, UnknownNameError
+from harness.errors import ConfigError, UnknownNameError
 from harness.stats import proportion
 from harness.threat import ThreatModel
 from trained_models import bundle, points, trained
