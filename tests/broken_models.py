@@ -15,8 +15,8 @@ that a sanity check must catch. Reusable by any test (checks, suites, audit):
 
 ``train_small_cnn`` adversarially trains the registered ``small-cnn`` on a registered data set
 in a few seconds on a CPU (PGD-AT with ``attacks.pgd.perturb``). ``cascade`` runs a list of
-our attacks as an evaluation suite would (each on the points still robust) and returns the
-record a ``CheckContext`` reads.
+attacks as an evaluation suite would (each on the points still robust) and returns the record
+a ``CheckContext`` reads; ``ReferenceSquare`` puts pyautoattack's Square into such a cascade.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attacks.base import AttackResult
 from attacks.pgd import perturb
 from harness.data import DataBundle, load_dataset
 from harness.models import build_model
@@ -145,6 +146,33 @@ def train_small_cnn(dataset: str = "digits", *, eps: float = 0.1, epochs: int = 
             opt.step()
     model.eval()
     return Trained(model, data, eps, time.perf_counter() - t0)
+
+
+class ReferenceSquare:
+    """The reference Square attack (pyautoattack) as a cascade member, standing in for the
+    Square stage of AutoAttack in tests: margin loss, p_init 0.8, one restart."""
+
+    name = "square"
+
+    def __init__(self, norm: str, eps: float, *, queries: int = 1000, seed: int = 0):
+        self.norm, self.eps, self.queries, self.seed = norm, eps, queries, seed
+
+    def label(self) -> str:
+        return f"Square {self.queries}"
+
+    def describe(self) -> Dict[str, Any]:
+        return {"attack": "square", "norm": self.norm, "eps": f"{self.eps:g}", "eps_value": self.eps,
+                "queries": self.queries, "library": "pyautoattack", "seed": self.seed}
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+        from pyautoattack.square import SquareAttack
+
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model.eval()
+            atk = SquareAttack(model, norm=self.norm, n_queries=self.queries, eps=self.eps, seed=self.seed, device=x.device)
+            adv = atk.perturb(x, y)
+            success = model(adv).argmax(1) != y
+        return AttackResult(x_adv=adv, success=success)
 
 
 def cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Any]) -> Tuple[List[Dict[str, Any]], torch.Tensor, torch.Tensor]:

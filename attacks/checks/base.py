@@ -296,14 +296,18 @@ def suite_robust(ctx: CheckContext) -> Tuple[torch.Tensor, str]:
             t0 = time.perf_counter()
             rob = clean_correct(ctx).clone()
             labels = []
+            broke: Dict[str, torch.Tensor] = {}
             with PassCounter(ctx.model) as counter:
                 for loss in ("ce", "margin"):
                     atk = pgd(ctx, steps=20, loss=loss)
                     idx = rob.nonzero().squeeze(1)
+                    broke[loss] = torch.zeros(ctx.m, dtype=torch.bool, device=ctx.device)
                     if idx.numel():
                         r = run_attack(ctx, atk, idx, generator=ctx.generator(f"baseline-{loss}"))
+                        broke[loss][idx[r.success]] = True
                         rob[idx[r.success]] = False
                     labels.append(atk.label())
+            ctx._cache["baseline_broke"] = broke
             src = "the checks' own baseline (" + ", then ".join(labels) + ")"
             ctx._cache["baseline"] = {"label": src, "points": ctx.m, "survivors": int(rob.sum()),
                                       "wall_s": round(time.perf_counter() - t0, 4), **counter.snapshot()}
@@ -319,6 +323,17 @@ def indices(mask: torch.Tensor, limit: int = 50) -> List[int]:
 # ---------------------------------------------------------------------------------------------
 # running a list of checks
 # ---------------------------------------------------------------------------------------------
+def restore_buffers(model: nn.Module, saved: Dict[str, torch.Tensor]) -> List[str]:
+    """Copy ``saved`` back into the model's buffers; return the names of those that had changed."""
+    changed = []
+    with torch.no_grad():
+        for k, b in model.named_buffers():
+            if k in saved and b.shape == saved[k].shape and not torch.equal(b, saved[k]):
+                b.copy_(saved[k])
+                changed.append(k)
+    return changed
+
+
 ProgressFn = Callable[[Optional[str], int, int], None]
 
 
@@ -336,6 +351,9 @@ def run_checks(names: Sequence[str], ctx: CheckContext, *, progress: Optional[Pr
     error, because a check that could not run has not shown the evaluation to be sound."""
     names = list(names)
     fns = [(name, CHECKS.get(name)) for name in names]  # unknown names fail before any work
+    # a model whose BatchNorm ignores eval() updates its running statistics on every forward:
+    # the checks must not leave it different from how the evaluation found it
+    buffers = {k: b.detach().clone() for k, b in ctx.model.named_buffers()}
     counter = PassCounter(ctx.model)
     t0 = time.perf_counter()
     findings: List[Finding] = []
@@ -359,6 +377,7 @@ def run_checks(names: Sequence[str], ctx: CheckContext, *, progress: Optional[Pr
             findings.append(f)
     finally:
         counter.close()
+        restored = restore_buffers(ctx.model, buffers)
     if progress is not None:
         progress(None, len(fns), len(fns))
     v, reasons = verdict(findings)
@@ -378,6 +397,8 @@ def run_checks(names: Sequence[str], ctx: CheckContext, *, progress: Optional[Pr
         "passes": passes,
         "wall_s": round(time.perf_counter() - t0, 4),
     }
+    if restored:
+        block["buffers_restored"] = restored[:20]
     if "baseline" in ctx._cache:  # counted in the finding of the first check that needed it, and in passes
         block["baseline"] = jsonable(ctx._cache["baseline"])
     return block

@@ -30,40 +30,43 @@ def _scatter(mask_sub: torch.Tensor, idx: torch.Tensor, m: int) -> torch.Tensor:
     return out
 
 
-@CHECKS.register("fgsm-vs-pgd", summary="the iterative attack beats the one-step attack (A1/C1)", cheap=True, basis="A1/C1")
+@CHECKS.register("fgsm-vs-pgd", summary="the iterative attacks beat the one-step attack (A1/C1)", cheap=True, basis="A1/C1")
 def fgsm_vs_pgd(ctx: CheckContext) -> Finding:
     """One-step must not beat iterative (Athalye et al. A1, Carlini et al. C1; science.md 1.6).
 
-    On the clean-correct points among the first m: FGSM (one eps step, no random start) and
-    PGD-20 CE (random start, step 2.5 eps/20), both ours, same eps and loss. Rules:
-    - aggregate: accuracy under PGD must not exceed accuracy under FGSM: else fail;
-    - per example: the count of points FGSM breaks and PGD does not, and (when the suite's
-      record is given) points FGSM breaks that survived the whole suite, must not exceed
-      allowance(m, 0.5%) (warn above; fail above max(5, 2% of m)).
-    Cost: 1 + 21 forward+backward passes per clean-correct point (fewer once points break)."""
+    On the clean-correct points among the first m: FGSM (one eps step from the clean point) and
+    PGD-20 CE (random start, step 2.5 eps/20, one restart), both ours. Rules:
+    - aggregate: accuracy under PGD-20 must not exceed accuracy under FGSM: else fail;
+    - per example: points FGSM breaks that survived the suite's iterative attacks (the suite's
+      worst case, or without a record the checks' own PGD-20 CE + margin baseline) may number
+      at most allowance(m, 0.5%) (at least 1): warn above, fail above max(5, 2% of m).
+    The count of points FGSM breaks and the single PGD-20 run misses is recorded but not judged:
+    one random start misses a few points that a step from the clean point finds on healthy models.
+    Cost: 1 forward+backward per clean-correct point plus PGD-20 (at most 21 each; shared with
+    the baseline when there is no record)."""
     m = ctx.m
     cc = clean_correct(ctx)
     idx = cc.nonzero().squeeze(1)
     if idx.numel() == 0:
         return skipped("fgsm-vs-pgd", "the model classifies none of the points correctly", points=m)
     fgsm = FGSM(ctx.norm, ctx.eps, eps_text=ctx.eps_text, precision=ctx.precision, seed=ctx.seed)
-    p = pgd(ctx, steps=20, loss="ce")
     fg = _scatter(run_attack(ctx, fgsm, idx).success, idx, m)
-    pg = _scatter(run_attack(ctx, p, idx, generator=ctx.generator("fgsm-vs-pgd")).success, idx, m)
+    rob, src = suite_robust(ctx)
+    p = pgd(ctx, steps=20, loss="ce")
+    if "baseline_broke" in ctx._cache:  # the baseline's first stage is this very PGD-20 CE run
+        pg = ctx._cache["baseline_broke"]["ce"]
+    else:
+        pg = _scatter(run_attack(ctx, p, idx, generator=ctx.generator("fgsm-vs-pgd")).success, idx, m)
     acc_f, acc_p = float((cc & ~fg).sum()) / m, float((cc & ~pg).sum()) / m
     only_f = fg & ~pg
-    beats_suite: Optional[torch.Tensor] = None
-    if ctx.robust is not None:
-        rob, _ = suite_robust(ctx)
-        beats_suite = fg & rob
-    worst = max(int(only_f.sum()), int(beats_suite.sum()) if beats_suite is not None else 0)
+    beats = fg & rob
+    k = int(beats.sum())
     warn_above, fail_above = _limits(m)
     values: Dict[str, Any] = {
         "points": m, "clean_correct": int(cc.sum()), "fgsm_accuracy": acc_f, "pgd_accuracy": acc_p,
-        "fgsm_label": fgsm.label(), "pgd_label": p.label(),
-        "fgsm_only": int(only_f.sum()), "fgsm_only_indices": indices(only_f),
-        "fgsm_beats_suite": int(beats_suite.sum()) if beats_suite is not None else None,
-        "fgsm_beats_suite_indices": indices(beats_suite) if beats_suite is not None else [],
+        "fgsm_label": fgsm.label(), "pgd_label": p.label(), "baseline": src,
+        "fgsm_beats_iterative": k, "fgsm_beats_iterative_indices": indices(beats),
+        "fgsm_only_vs_pgd20": int(only_f.sum()), "fgsm_only_vs_pgd20_indices": indices(only_f),
     }
     threshold = {"pgd_accuracy_at_most": "fgsm_accuracy", "per_example_warn_above": warn_above,
                  "per_example_fail_above": fail_above, "source": "A1/C1 (0.5% allowance: science.md 1.6 proposal)"}
@@ -71,15 +74,14 @@ def fgsm_vs_pgd(ctx: CheckContext) -> Finding:
         return Finding("fgsm-vs-pgd", "fail", values, threshold,
                        f"FGSM leaves accuracy {acc_f:.1%} but PGD-20 leaves {acc_p:.1%}: a one-step attack beats the iterative "
                        "one, a classic sign of masked gradients or a broken iterative attack")
-    status = tiered(worst, warn_above, fail_above)
+    status = tiered(k, warn_above, fail_above)
     if status == "ok":
         return Finding("fgsm-vs-pgd", "ok", values, threshold,
-                       f"PGD-20 ({acc_p:.1%}) is stronger than FGSM ({acc_f:.1%}); FGSM breaks {int(only_f.sum())} point(s) "
-                       f"that PGD does not (allowed {warn_above})")
-    what = (f"{int(only_f.sum())} point(s) PGD-20 did not break" if int(only_f.sum()) >= worst
-            else f"{worst} point(s) that survived the whole suite")
+                       f"PGD-20 ({acc_p:.1%}) is stronger than FGSM ({acc_f:.1%}), and FGSM breaks {k} point(s) that survived "
+                       f"the iterative attacks (allowed {warn_above})")
     return Finding("fgsm-vs-pgd", status, values, threshold,
-                   f"FGSM breaks {what} (allowed {warn_above} of {m}): the iterative attacks miss points a single step finds")
+                   f"FGSM breaks {k} point(s) that survived {src} (allowed {warn_above} of {m}): the iterative attacks miss "
+                   "points a single step finds")
 
 
 # ---------------------------------------------------------------------------------------------

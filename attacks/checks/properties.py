@@ -9,7 +9,8 @@ from typing import Any, Dict
 import torch
 
 from attacks.base import eval_mode, project, random_start
-from attacks.checks.base import CheckContext, Finding, allowance, amp, indices, logits_of, skipped, suite_attack_entries
+from attacks.checks.base import (CheckContext, Finding, restore_buffers, allowance, amp, indices, logits_of, skipped,
+                                 suite_attack_entries)
 from attacks.losses import get_loss
 from attacks.pgd import _step  # the same step rule as our PGD
 from attacks.registry import CHECKS
@@ -84,7 +85,7 @@ def randomness(ctx: CheckContext) -> Finding:
                    "gradient attacks without EOT overstate robustness; evaluate with the `rand` suite")
 
 
-@CHECKS.register("batch-dependence", summary="an example's output does not depend on the rest of its batch", cheap=True, basis="D1-tolerance")
+@CHECKS.register("batch-dependence", summary="an example's output does not depend on the rest of its batch", cheap=True, basis="harness rule/D1")
 def batch_dependence(ctx: CheckContext) -> Finding:
     """An example's output does not depend on the rest of its batch (BatchNorm in train mode,
     or anything else that mixes examples). Harness rule; tolerance from AutoAttack D1.
@@ -109,11 +110,7 @@ def batch_dependence(ctx: CheckContext) -> Finding:
         with_others = logits_of(ctx, torch.cat([x, others]))[:k]
         with_inverted = logits_of(ctx, torch.cat([x, 1 - x]))[:k]
     finally:
-        changed = [n for n, b in ctx.model.named_buffers() if n in buffers and (b.shape != buffers[n].shape or not torch.equal(b, buffers[n]))]
-        with torch.no_grad():
-            for n, b in ctx.model.named_buffers():
-                if n in buffers and b.shape == buffers[n].shape:
-                    b.copy_(buffers[n])
+        changed = restore_buffers(ctx.model, buffers)
     d = lambda a, b: float((_normalised(a) - _normalised(b)).norm(dim=1).max())  # noqa: E731
     floor = d(alone, again)
     diff = max(d(alone, with_others), d(alone, with_inverted))
