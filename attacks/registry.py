@@ -1,6 +1,6 @@
 """The registries of this package. Each names the modules that fill it."""
 from harness.registry import Registry
 
-ATTACKS = Registry("attacks", modules=["attacks.pgd", "attacks.autoattack", "attacks.noise"])
+ATTACKS = Registry("attacks", modules=["attacks.pgd", "attacks.autoattack"])
 SUITES = Registry("suites", modules=["attacks.suites"])
 CHECKS = Registry("checks", modules=["attacks.checks"])
