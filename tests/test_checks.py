@@ -201,6 +201,25 @@ def test_masked_gradients_are_caught_by_the_attack_comparisons(trained, points):
     assert f["transfer"]["values"]["transfer_success"] > f["transfer"]["values"]["whitebox_success"]
 
 
+def test_the_engine_stores_the_verdict_and_prints_it_above_the_numbers(trained, points):
+    from harness.evaluate import evaluate_model, summary_lines
+    from harness.threat import ThreatModel
+
+    model = broken_models(trained.model, trained.data)["gradients"]
+    x, y = points
+    suite = {"name": "pgd-cheap", "n": 60, "checks": "cheap", "attacks": [{"attack": "pgd", "steps": 20}]}
+    doc = evaluate_model(model, x[:60], y[:60], suite=suite, threat=ThreatModel.parse("Linf", "0.1"), num_classes=10,
+                         batch_size=64, progress=False)
+    checks = doc["checks"]
+    assert checks["verdict"] == "unreliable"
+    assert [f["check"] for f in checks["findings"]] == CHEAP_CHECKS
+    assert by_name(checks)["gradients"]["status"] == "fail"
+    json.dumps(checks, allow_nan=False)
+    text = "\n".join(summary_lines(doc))
+    assert "verdict: unreliable" in text and "gradients (fail)" in text
+    assert text.index("verdict") < text.index("robust accuracy")
+
+
 # -- the loss trace from a record ------------------------------------------------------------------
 def _record(n, *, steps, broke=None, path=None, trace=None):
     return {"name": "pgd", "label": f"PGD-{steps} CE", "descriptor": {"attack": "pgd", "steps": steps},

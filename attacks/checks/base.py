@@ -291,7 +291,7 @@ def suite_robust(ctx: CheckContext) -> Tuple[torch.Tensor, str]:
         given = as_bool(ctx.robust, ctx.n, ctx.device)
         if given is not None:
             rob = given[: ctx.m] & clean_correct(ctx)
-            src = f"the suite's worst case ({ctx.suite or 'suite'})"
+            src = f"the {ctx.suite} suite's worst case" if ctx.suite else "the suite's worst case"
         else:
             t0 = time.perf_counter()
             rob = clean_correct(ctx).clone()

@@ -77,7 +77,7 @@ def fgsm_vs_pgd(ctx: CheckContext) -> Finding:
     status = tiered(k, warn_above, fail_above)
     if status == "ok":
         return Finding("fgsm-vs-pgd", "ok", values, threshold,
-                       f"PGD-20 ({acc_p:.1%}) is stronger than FGSM ({acc_f:.1%}), and FGSM breaks {k} point(s) that survived "
+                       f"PGD-20 ({acc_p:.1%}) is at least as strong as FGSM ({acc_f:.1%}), and FGSM breaks {k} point(s) that survived "
                        f"the iterative attacks (allowed {warn_above})")
     return Finding("fgsm-vs-pgd", status, values, threshold,
                    f"FGSM breaks {k} point(s) that survived {src} (allowed {warn_above} of {m}): the iterative attacks miss "

@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from attacks.checks.base import (FAIL_FLOOR, PER_POINT_FAIL, PER_POINT_WARN, CheckContext, Finding, allowance, clean_correct, indices, pgd, run_attack, skipped,
+from attacks.checks.base import (FAIL_FLOOR, PER_POINT_FAIL, PER_POINT_WARN, WHITEBOX, CheckContext, Finding, allowance, clean_correct, indices, pgd, run_attack, skipped,
                                  suite_attack_entries, suite_robust, suite_steps, tiered)
 from attacks.registry import CHECKS
 
@@ -168,8 +168,9 @@ def loss_trace(ctx: CheckContext) -> Finding:
     - I2 incomplete optimisation (per point, Pintor's indicator on a loss trace of at least 10
       steps: the rescaled running-best loss still moves by > 0.05 over the last 10 steps). A point
       that survived the whole suite counts as unconverged when every attack that ran on it has
-      such a trace and the indicator fires on each (a point also attacked by an attack without a
-      trace is not judged). Warn when more than half of the judged points (and at least 5) are
+      such a trace and the indicator fires on each (a point also attacked by an iterative
+      white-box attack without a trace, such as AutoAttack's APGD, is not judged; one-step and
+      black-box attacks are ignored here). Warn when more than half of the judged points (and at least 5) are
       unconverged (harness rule; Pintor et al. give no aggregate threshold): the suite's
       attacks stopped while their loss was still rising, e.g. a 20-step PGD alone."""
     entries = suite_attack_entries(ctx)
@@ -211,7 +212,12 @@ def loss_trace(ctx: CheckContext) -> Finding:
             row["i2_points"] = int(cols.numel())
             row["i2_incomplete"] = int(inc.sum())
         else:
-            untraced |= left
+            # an iterative white-box attack without a trace (e.g. AutoAttack's APGD) may well have
+            # converged on these points, so they cannot be judged; one-step and black-box attacks
+            # say nothing about the gradient attacks' convergence
+            steps = (a.get("descriptor") or {}).get("steps")
+            if a["kind"] in WHITEBOX and not (isinstance(steps, int) and steps <= 1):
+                untraced |= left
             row["i2_points"] = 0
         per_attack.append(row)
     survivors = survived & ~broken
@@ -235,6 +241,10 @@ def loss_trace(ctx: CheckContext) -> Finding:
         problems.append(f"on {k_unconv} of the {k_judged} surviving points judged, every attack's loss was still rising over "
                         "its last 10 steps (more iterations or an attack with a step-size schedule needed)")
     if not problems:
+        if not k_judged:
+            return Finding("loss-trace", "ok", values, threshold,
+                           "no silent successes; no surviving point could be judged for convergence (each was also attacked "
+                           "by an iterative attack that records no loss trace)")
         return Finding("loss-trace", "ok", values, threshold,
                        f"no silent successes, and the loss had levelled off on {k_judged - k_unconv} of the {k_judged} "
                        "surviving point(s) judged")
