@@ -9,7 +9,7 @@ from typing import Any, Dict
 import torch
 
 from attacks.base import eval_mode, project, random_start
-from attacks.checks.base import (CheckContext, Finding, restore_buffers, allowance, amp, indices, logits_of, skipped,
+from attacks.checks.base import (CheckContext, Finding, allowance, amp, indices, logits_of, restore_buffers, skipped,
                                  suite_attack_entries)
 from attacks.losses import get_loss
 from attacks.pgd import _step  # the same step rule as our PGD
