@@ -197,7 +197,10 @@ def resolve_step_size(expr: Any, *, eps: float, steps: int) -> float:
             tree = ast.parse(expr.strip(), mode="eval")
         except SyntaxError:
             raise ConfigError(f"cannot parse step size {expr!r}; use a number or e.g. 'eps/4', '2.5*eps/steps'") from None
-        value = float(_eval(tree.body, {"eps": eps, "steps": steps}, expr))
+        try:
+            value = float(_eval(tree.body, {"eps": eps, "steps": steps}, expr))
+        except ZeroDivisionError:
+            raise ConfigError(f"step size {expr!r} divides by zero (eps={eps}, steps={steps})") from None
     else:
         raise ConfigError(f"step size must be a number or an expression like 'eps/4', got {expr!r}")
     if not (math.isfinite(value) and value > 0):

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -94,22 +93,29 @@ def _torch_load(p: Path) -> Any:
     try:
         return torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = str(e).splitlines()[0] if str(e) else ""
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+        text = str(e)
+        if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
             raise CheckpointError(
-                f"refusing to load {p}: it is a pickle that would construct Python objects ({_first_global(str(e))}), "
-                "which could run code; checkpoints are data, never code: convert it to safetensors or a plain state dict"
+                f"refusing to load {p}: torch's safe loader (weights_only=True) rejects it ({_reason(text)}); it is not plain "
+                "tensor data, and unpickling it in full could run code; checkpoints are data, never code: "
+                "convert it to safetensors or a plain state dict"
             ) from None
+        msg = text.splitlines()[0] if text else ""
         raise CheckpointError(f"checkpoint {p} cannot be read ({msg}); it may be truncated or not a torch file") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except Exception as e:  # noqa: BLE001 - a foreign file makes torch.load fail in many ways (KeyError, struct.error, ...)
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
         raise CheckpointError(f"checkpoint {p} cannot be read ({msg}); it may be truncated or not a torch file") from None
 
 
-def _first_global(msg: str) -> str:
-    for line in msg.splitlines():
-        if "Unsupported global" in line or "GLOBAL" in line:
-            return line.strip().rstrip(".")[:160]
+def _reason(msg: str) -> str:
+    """The one line of torch's weights_only error that names the offending construct."""
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    for ln in lines:
+        if "Unsupported global" in ln or "GLOBAL" in ln or "Unsupported operand" in ln:
+            return ln.rstrip(".")[:160]
+    for i, ln in enumerate(lines):
+        if ln.startswith("WeightsUnpickler error") and i + 1 < len(lines):
+            return lines[i + 1].rstrip(".")[:160]
     return "non-tensor objects"
 
 

@@ -179,7 +179,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_run(ns: Dict[str, Any]) -> int:
     from harness import config as C
-    from harness.pipeline import run_pipeline
 
     resume = ns.pop("_resume", None)
     dry = ns.pop("_dry_run", False)
@@ -189,6 +188,8 @@ def cmd_run(ns: Dict[str, Any]) -> int:
     if resume is not None:
         if flags or file_cfg:
             raise HarnessError("--resume continues a run with its saved config; other flags cannot be combined with it")
+        from harness.pipeline import run_pipeline
+
         return run_pipeline(None, resume=resume)
     cfg = C.resolve(flags, file_cfg)
     if dry:
@@ -196,6 +197,9 @@ def cmd_run(ns: Dict[str, Any]) -> int:
 
         sys.stdout.write(dumps(cfg))
         return 0
+    # imported only now: --dry-run and config errors do not need the training stack
+    from harness.pipeline import run_pipeline
+
     return run_pipeline(cfg)
 
 

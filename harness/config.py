@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -29,7 +30,7 @@ DEFAULTS: Dict[str, Any] = {
     "precision": "auto",
     "data": {
         "data_dir": None,
-        "val_size": 5000,  # held out from train with split_seed; never the test split
+        "val_size": None,  # held out from train with split_seed; None: min(5000, 10% of train)
         "split_seed": 0,
         "download": True,
     },
@@ -138,15 +139,15 @@ def validate_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any] = DEFAULTS, 
     for k, v in cfg.items():
         if k not in schema:
             close = difflib.get_close_matches(k, list(schema), n=1)
-            hint = f"; did you mean {where}{close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {where}{k!r}{hint}")
+            hint = f"; did you mean {where + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {where + k!r}{hint}")
         if k in SECTIONS_FREE:
             if not isinstance(v, Mapping):
-                raise ConfigError(f"config key {where}{k!r} must be a table")
+                raise ConfigError(f"config key {where + k!r} must be a table")
             continue
         if isinstance(schema[k], Mapping):
             if not isinstance(v, Mapping):
-                raise ConfigError(f"config key {where}{k!r} must be a table, got {v!r}")
+                raise ConfigError(f"config key {where + k!r} must be a table, got {v!r}")
             validate_keys(v, schema[k], where=f"{where}{k}.")
 
 
@@ -194,13 +195,14 @@ def check(cfg: Mapping[str, Any]) -> None:
     _int(cfg, "seed", minimum=0)
     _int(cfg["train"], "epochs", minimum=1, where="train.")
     _int(cfg["train"], "batch_size", minimum=1, where="train.")
-    _int(cfg["data"], "val_size", minimum=0, where="data.")
+    if cfg["data"].get("val_size") is not None:
+        _int(cfg["data"], "val_size", minimum=0, where="data.")
     _int(cfg["monitor"], "val_n", minimum=1, where="monitor.")
     if cfg["eval"].get("n") is not None:
         _int(cfg["eval"], "n", minimum=1, where="eval.")
     if not isinstance(cfg["train"].get("lr"), (int, float)) or isinstance(cfg["train"].get("lr"), bool) or cfg["train"]["lr"] <= 0:
         raise ConfigError(f"train.lr must be a positive number, got {cfg['train'].get('lr')!r}")
-    if cfg["device"] not in ("auto", "cpu", "cuda", "mps") and not str(cfg["device"]).startswith("cuda:"):
+    if not (isinstance(cfg["device"], str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg["device"])):
         raise ConfigError(f"unknown device {cfg['device']!r}; use auto, cpu, cuda, cuda:N or mps")
     if cfg["precision"] not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"unknown precision {cfg['precision']!r}; use auto, fp32, bf16 or fp16")

@@ -64,11 +64,13 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
     def images(self, idx: Any = slice(None)) -> torch.Tensor:
-        """Float images in [0,1] for ``idx``."""
+        """Float images in [0,1] for ``idx``: always a new tensor, never a view of the split."""
         x = self.x[idx]
         if x.dtype == torch.uint8:
             return x.float().div_(255.0)
-        return x.float()
+        # float data sliced with a range is a view; without a copy, in-place work on a batch
+        # (augmentation, an attack's x.add_) would rewrite the data set itself
+        return x.to(torch.float32, copy=True)
 
     def first(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` examples in their fixed order (evaluation subsets are declared this way)."""
@@ -136,16 +138,19 @@ def load_dataset(
     name: str,
     *,
     data_dir: Optional[str | Path] = None,
-    val_size: int = 5000,
+    val_size: Optional[int] = None,
     split_seed: int = 0,
     download: bool = True,
     device: torch.device | str = "cpu",
 ) -> DataBundle:
-    """Load ``name`` and hold ``val_size`` examples out of train with ``split_seed``."""
+    """Load ``name`` and hold ``val_size`` examples out of train with ``split_seed``
+    (``None``: min(5000, 10% of train), so small data sets keep most of their training data)."""
     loader = DATASETS.get(name)
     raw = loader(data_dir=Path(data_dir) if data_dir else None, download=download)
     _check_raw(name, raw)
     n_train = raw.train_x.shape[0]
+    if val_size is None:
+        val_size = min(5000, n_train // 10)
     if val_size >= n_train:
         raise DataError(f"{name}: val_size {val_size} leaves no training data (train has {n_train} examples)")
     perm = np.random.default_rng(split_seed).permutation(n_train)
@@ -200,6 +205,8 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise DataError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: IDX header is cut short; the file is truncated, delete it and fetch it again")
     dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     expected = int(np.prod(dims)) if dims else 0
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)

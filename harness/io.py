@@ -15,6 +15,12 @@ from typing import Any, Callable, Dict, IO, Union
 SCHEMA_VERSION = 1
 PathLike = Union[str, "os.PathLike[str]"]
 
+# mkstemp creates files readable by their owner only (0600); a run directory is shared like any
+# other output, so the renamed file gets the mode open() would have given it under the umask.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 def _atomic(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
@@ -22,6 +28,8 @@ def _atomic(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):  # not on Windows before Python 3.13
+                os.fchmod(f.fileno(), _FILE_MODE)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -82,6 +90,8 @@ def read_json(path: PathLike, *, schema: str | None = None) -> Dict[str, Any]:
     if schema is not None and doc.get("schema") not in (None, schema):
         raise HarnessError(f"{path}: holds a {doc.get('schema')!r} document, expected {schema!r}")
     version = doc.get("schema_version")
+    if version is not None and not (isinstance(version, int) and not isinstance(version, bool)):
+        raise HarnessError(f"{path}: schema_version {version!r} is not an integer")
     if version is not None and version > SCHEMA_VERSION:
         raise HarnessError(f"{path}: schema_version {version} is newer than this harness understands ({SCHEMA_VERSION}); upgrade harness")
     return doc

@@ -52,6 +52,8 @@ def build_model(name: str, shape: Tuple[int, int, int], num_classes: int,
     if allowed and tuple(shape) not in [tuple(s) for s in allowed]:
         raise ConfigError(f"model {name!r} takes inputs of shape {' or '.join('x'.join(map(str, s)) for s in allowed)}, "
                           f"the data set gives {'x'.join(map(str, shape))}")
+    if len(mean) != shape[0] or len(std) != shape[0]:
+        raise ConfigError(f"normalisation statistics have {len(mean)} channel(s), the inputs {shape[0]}")
     return NormalizedModel(factory(tuple(shape), num_classes), mean, std)
 
 

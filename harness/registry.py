@@ -65,9 +65,15 @@ class Registry(Generic[T]):
     def _load(self) -> None:
         if self._loaded:
             return
-        self._loaded = True
-        for mod in self.modules:
-            importlib.import_module(mod)
+        self._loaded = True  # set first: a plugin module may look up its own registry while importing
+        try:
+            for mod in self.modules:
+                importlib.import_module(mod)
+        except BaseException:
+            # a plugin that fails to import must fail every lookup, not leave a partial registry
+            # that later answers "unknown defense 'fast-at'; known: (none)"
+            self._loaded = False
+            raise
 
     def entry(self, name: str) -> Entry[T]:
         self._load()

@@ -47,6 +47,7 @@ class RunDir:
     CONFIG = "config.json"
     ENV = "env.json"
     METRICS = "metrics.jsonl"
+    TRAINING = "training.json"
     CHECKPOINTS = "checkpoints"
     EVAL = "eval"
     REPORT_MD = "report.md"
@@ -98,6 +99,10 @@ class RunDir:
         return self.path / self.METRICS
 
     @property
+    def training_path(self) -> Path:
+        return self.path / self.TRAINING
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.path / self.CHECKPOINTS
 
@@ -147,8 +152,11 @@ class RunDir:
         return atomic_write_json(self.config_path, cfg, schema="config")
 
     def read_config(self) -> Dict[str, Any]:
+        """The resolved config as it was written: bookkeeping keys removed, so it equals the
+        dict given to ``write_config`` and passes ``config.resolve`` as a config file."""
         doc = read_json(self.config_path, schema="config")
         doc.pop("schema", None)
+        doc.pop("schema_version", None)
         return doc
 
     def write_env(self, env: Dict[str, Any]) -> Path:
@@ -205,16 +213,42 @@ class RunDir:
         p = self.eval_result_path(suite, checkpoint)
         return read_json(p, schema="eval-result") if p.exists() else None
 
-    def eval_results(self) -> Iterator[Tuple[str, str, Dict[str, Any]]]:
-        """(suite, checkpoint, result) for every finished evaluation; unreadable files skipped."""
+    def eval_results(self, errors: Optional[List[str]] = None) -> Iterator[Tuple[str, str, Dict[str, Any]]]:
+        """(suite, checkpoint, result) for every finished evaluation; unreadable files are skipped
+        (and described in ``errors`` when a list is given)."""
         if not self.eval_dir.is_dir():
             return
         for p in sorted(self.eval_dir.glob("*--*.json")):
             suite, _, ckpt = p.stem.partition("--")
             try:
                 yield suite, ckpt, read_json(p, schema="eval-result")
-            except HarnessError:
+            except HarnessError as e:
+                if errors is not None:
+                    errors.append(str(e))
                 continue
+
+    def partial_evaluations(self) -> List[Tuple[str, str]]:
+        """(suite, checkpoint) of evaluations that started but have no finished result file."""
+        state = self.eval_dir / ".state"
+        if not state.is_dir():
+            return []
+        out = []
+        for d in sorted(state.iterdir()):
+            suite, sep, ckpt = d.name.partition("--")
+            if d.is_dir() and sep and not self.eval_result_path(suite, ckpt).exists():
+                out.append((suite, ckpt))
+        return out
+
+    # -- training summary --------------------------------------------------------------------
+    def read_training(self) -> Optional[Dict[str, Any]]:
+        """The training summary, or None while training has not finished."""
+        if not self.training_path.exists():
+            return None
+        return read_json(self.training_path, schema="training")
+
+    def read_checkpoint_meta(self, name: str) -> Optional[Dict[str, Any]]:
+        p = self.checkpoint_meta_path(name)
+        return read_json(p, schema="checkpoint") if p.exists() else None
 
     def write_json(self, name: str, doc: Dict[str, Any], *, schema: str) -> Path:
         return atomic_write_json(self.path / name, doc, schema=schema)

@@ -5,6 +5,7 @@ import contextlib
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ def select_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda"):
+        if not re.fullmatch(r"cuda(:\d+)?", name):
+            raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
         return torch.device(name)

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 Z95 = 1.959963984540054
 
-# two-sided 95% Student-t quantiles for df = 1..30; above that the normal quantile is used
+# two-sided 95% Student-t quantiles for df = 1..30
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
@@ -33,9 +33,15 @@ def proportion(k: int, n: int) -> Dict[str, object]:
 
 
 def t95(df: int) -> float:
+    """Two-sided 95% Student-t quantile. Above the table, the Cornish-Fisher expansion around the
+    normal quantile (error < 1e-4 for df > 30); the normal quantile itself would make every
+    interval over more than 30 seeds about 4% too narrow."""
     if df <= 0:
         return float("nan")
-    return _T95[df - 1] if df <= len(_T95) else Z95
+    if df <= len(_T95):
+        return _T95[df - 1]
+    z = Z95
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 def mean_std(values: Sequence[float]) -> Dict[str, Optional[float]]:

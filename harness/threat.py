@@ -46,6 +46,9 @@ def parse_eps(value: Union[str, float, int], norm: str = "Linf") -> "Eps":
     hint that the value was probably given on the 0-255 scale.
     """
     norm = parse_norm(norm)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        # a config file can hold any JSON / TOML value here: true would silently mean eps = 1
+        raise ConfigError(f"eps must be a number or text like 8/255, got {value!r}")
     text = value.strip() if isinstance(value, str) else repr(float(value)) if isinstance(value, float) else str(value)
     eps = _parse_number(text) if isinstance(value, str) else float(value)
     if not math.isfinite(eps):

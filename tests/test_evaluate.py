@@ -64,21 +64,32 @@ def test_same_seed_same_numbers(robust_model):
     assert [r["after"] for r in a["attacks"]] == [r["after"] for r in b["attacks"]]
 
 
-def test_autoattack_through_harness_equals_pyautoattack(robust_model):
+@pytest.mark.parametrize("version,n,batch_size", [
+    ("standard", 16, 16),  # the whole standard version (Square's 5000 queries make this the costly case)
+    (["apgd-ce", "apgd-t"], 30, 8),  # several batches: the cascade batches still-robust points exactly as AutoAttack does
+])
+def test_autoattack_through_harness_equals_pyautoattack(robust_model, version, n, batch_size):
     from pyautoattack import AutoAttack
 
-    x, y = points(n=40)
-    suite = {"name": "aa", "n": 40, "checks": [], "attacks": [{"attack": "autoattack", "version": "standard"}]}
-    doc = evaluate_model(robust_model, x, y, suite=suite, threat=LINF, num_classes=10, seed=11, batch_size=16, progress=False)
-    assert [a["name"] for a in doc["attacks"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    x, y = points(n=n)
+    # eps 0.15 leaves about half the points for the later, costlier components
+    threat = ThreatModel.parse("Linf", "0.15")
+    suite = {"name": "aa", "n": n, "checks": [], "attacks": [{"attack": "autoattack", "version": version}]}
+    doc = evaluate_model(robust_model, x, y, suite=suite, threat=threat, num_classes=10, seed=11, batch_size=batch_size, progress=False)
+    names = ["apgd-ce", "apgd-t", "fab-t", "square"] if version == "standard" else version
+    assert [a["name"] for a in doc["attacks"]] == names
     assert all(a["descriptor"]["library"] == "pyautoattack" for a in doc["attacks"])
     assert doc["attacks"][0]["descriptor"]["steps"] == 100 and doc["attacks"][1]["descriptor"]["targets"] == 9
-    assert doc["attacks"][3]["descriptor"]["queries"] == 5000
-    aa = AutoAttack(robust_model, norm="Linf", eps=0.1, version="standard", seed=11, device="cpu")
-    x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=16)
+    if version == "standard":
+        assert doc["attacks"][3]["descriptor"]["queries"] == 5000
+        aa = AutoAttack(robust_model, norm="Linf", eps=0.15, version="standard", seed=11, device="cpu")
+    else:
+        aa = AutoAttack(robust_model, norm="Linf", eps=0.15, version="custom", attacks=version, seed=11, device="cpu")
+    x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
     with torch.no_grad():
         direct = (robust_model(x_adv).argmax(1) == y).tolist()
     assert doc["per_example"]["robust"] == direct
+    assert 0 < sum(direct) < sum(doc["per_example"]["clean_correct"])  # the comparison is not vacuous
 
 
 def test_a_perturbation_outside_the_ball_is_rejected(robust_model, monkeypatch):

@@ -1,0 +1,323 @@
+"""The comparison table across runs: defenses x seeds x evaluation conditions.
+
+Rows are grouped by the evaluation condition: (data set, model, norm, eps, suite and the attacks
+it ran, n, split). Runs that differ in any of them are never averaged into one cell: they go to
+separate groups and a footnote says why. Within a group, one row per defense (and per training
+config, when two runs of one defense differ in more than the seed), mean +- sample std over seeds.
+
+The table is built once, here, as a ``reports.table.Table``; ``reports.renderers`` prints it.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from harness.stats import mean_std
+from reports.load import EvalView, RunInfo, accuracy_of, ci_of, dig, fnum, worst_verdict
+from reports.table import Column, Group, Row, Table, Value
+
+NOT_EVALUATED = "not evaluated"
+KEY_FIELDS = ("dataset", "model", "norm", "eps", "suite", "n")
+# config keys that do not change what a run trains: never split rows over them
+_IGNORED_CONFIG = ("seed", "device", "out.", "data.data_dir", "data.download", "eval.", "train.keep_epoch_checkpoints")
+# descriptor keys that may differ between evaluations of one suite without changing its strength
+_IGNORED_DESCRIPTOR = {"seed", "version", "eps", "eps_value"}
+
+
+@dataclass
+class _Entry:
+    """One run under one evaluation condition: its best and last checkpoint results."""
+
+    run: RunInfo
+    best: Optional[EvalView] = None
+    last: Optional[EvalView] = None
+
+
+@dataclass
+class _Group:
+    key: Tuple[Any, ...]
+    fields: Dict[str, Any]
+    title: str
+    evaluated: bool
+    entries: List[_Entry] = field(default_factory=list)
+
+
+def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                out.update(_flatten(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+    return out
+
+
+def _training_config(run: RunInfo) -> Dict[str, Any]:
+    return {k: v for k, v in _flatten(run.config).items()
+            if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in _IGNORED_CONFIG)}
+
+
+def _suite_fingerprint(ev: EvalView) -> Tuple[Any, ...]:
+    """The attacks of a suite and every setting that decides their strength, relative to eps (so the
+    same suite at two eps has the same fingerprint; eps itself is a separate part of the key)."""
+    out = []
+    for a in ev.attacks:
+        d = dict(a.get("descriptor")) if isinstance(a.get("descriptor"), dict) else {}
+        step, eps = fnum(d.get("step_size")), fnum(d.get("eps_value"))
+        if d.get("step_size_expr") not in (None, ""):
+            d.pop("step_size", None)
+        elif step is not None and eps:
+            d["step_size"] = f"{step / eps:.6g}*eps"
+        out.append((str(a.get("name")), tuple(sorted((k, repr(v)) for k, v in d.items() if k not in _IGNORED_DESCRIPTOR))))
+    return tuple(out)
+
+
+def _eps_key(v: Optional[float], text: str) -> Any:
+    return round(v, 9) if v is not None else text
+
+
+def _condition(ev: EvalView, run: RunInfo) -> Tuple[Tuple[Any, ...], Dict[str, Any], str]:
+    fields = {"dataset": ev.dataset or run.dataset, "model": run.model, "norm": ev.norm, "eps": ev.eps_text, "suite": ev.suite,
+              "n": ev.n, "split": ev.split, "attacks": ev.suite_description()}
+    key = (fields["dataset"], run.model, ev.norm, _eps_key(ev.eps_value, ev.eps_text), ev.suite, _suite_fingerprint(ev), ev.n, ev.split)
+    title = (f"{fields['dataset']}, {run.model}, {ev.norm} eps={ev.eps_text}, suite {ev.suite} ({fields['attacks']}), "
+             f"n={ev.n if ev.n is not None else '?'} {ev.split} points")
+    return key, fields, title
+
+
+def _groups(runs: Sequence[RunInfo]) -> List[_Group]:
+    groups: "OrderedDict[Tuple[Any, ...], _Group]" = OrderedDict()
+    for run in runs:
+        evs = run.evaluations()
+        by_key: Dict[Tuple[Any, ...], _Entry] = {}
+        for ev in evs:
+            key, fields, title = _condition(ev, run)
+            g = groups.setdefault(key, _Group(key, fields, title, True))
+            if key not in by_key:
+                by_key[key] = _Entry(run)
+                g.entries.append(by_key[key])
+            entry = by_key[key]
+            if ev.checkpoint == "best" and entry.best is None:
+                entry.best = ev
+            elif ev.checkpoint == "last" and entry.last is None:
+                entry.last = ev
+        if not by_key:
+            key = (run.dataset, run.model, run.norm, _eps_key(run.eps_value, run.eps_text), None, (), None, None)
+            fields = {"dataset": run.dataset, "model": run.model, "norm": run.norm, "eps": run.eps_text, "suite": None, "n": None}
+            title = f"{run.dataset}, {run.model}, {run.norm} eps={run.eps_text} (training): not evaluated"
+            groups.setdefault(key, _Group(key, fields, title, False)).entries.append(_Entry(run))
+
+    def order(g: _Group) -> Tuple[Any, ...]:
+        eps = g.key[3] if isinstance(g.key[3], float) else float("inf")
+        # larger evaluations first: they are the ones to quote
+        return (not g.evaluated, str(g.key[0]), str(g.key[1]), str(g.key[2]), eps, str(g.key[4]), -(g.key[6] or 0),
+                str(g.key[7]), repr(g.key[5]))  # the last two only break ties, so input order never matters
+
+    return sorted(groups.values(), key=order)
+
+
+def _variants(entries: Sequence[_Entry]) -> List[Tuple[str, List[_Entry]]]:
+    """Split one defense's entries by training config (anything but the seed and bookkeeping)."""
+    configs = [_training_config(e.run) for e in entries]
+    keys = sorted({k for c in configs for k in c})
+    varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    if not varying:
+        return [("", list(entries))]
+    parts: "OrderedDict[str, List[_Entry]]" = OrderedDict()
+    for e, c in sorted(zip(entries, configs), key=lambda ec: [repr(ec[1].get(k)) for k in varying]):
+        if not c:
+            label = "config unreadable"
+        else:
+            shown = [f"{k}={c.get(k)}" for k in varying[:3]]
+            label = ", ".join(shown) + (", …" if len(varying) > 3 else "")
+        parts.setdefault(label, []).append(e)
+    return list(parts.items())
+
+
+def _agg(values: Sequence[Optional[float]], of: int, *, single_ci: Optional[Tuple[float, float]] = None,
+         missing: str = NOT_EVALUATED, fraction: bool = True) -> Value:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return Value.absent(missing)
+    ms = mean_std(vals)
+    ci = tuple(ms["ci95"]) if ms["ci95"] else (single_ci if len(vals) == 1 else None)
+    if ci is not None and fraction:
+        ci = (max(0.0, ci[0]), min(1.0, ci[1]))  # an accuracy's interval stays inside [0, 1]
+    return Value(ms["mean"], ms["std"], ci, count=len(vals), of=of)  # type: ignore[arg-type]
+
+
+def _erm_walls(runs: Sequence[RunInfo]) -> Dict[Tuple[str, str], List[float]]:
+    out: Dict[Tuple[str, str], List[float]] = {}
+    for r in runs:
+        w = r.train_wall_s()[0]
+        if r.defense == "erm" and w is not None and r.training_finished:
+            out.setdefault((r.dataset, r.model), []).append(w)
+    return out
+
+
+COLUMNS = [
+    Column("defense", "Defense"),
+    Column("trained_with", "Training attack"),
+    Column("seeds", "Seeds", "count", spread=False),
+    Column("train_attack", "Training attack on val", "pct"),
+    Column("clean", "Clean", "pct"),
+    Column("pgd", "PGD", "pct"),
+    Column("autoattack", "AutoAttack", "pct"),
+    Column("worst_case", "Worst case, best ckpt", "pct", ci=True),
+    Column("last_worst_case", "Worst case, last ckpt", "pct"),
+    Column("verdict", "Verdict"),
+    Column("train_time_s", "Train time", "seconds"),
+    Column("passes_per_example", "Passes / ex", "count"),
+    Column("erm_multiplier", "Time vs ERM", "ratio", spread=False),
+]
+
+COLUMN_NOTES = {
+    "train_attack": "Accuracy under each defense's own training attack (named two columns to the left) on the val split at the "
+                    "selected epoch, from the per-epoch metrics; every other accuracy column is on the test points of its group.",
+    "pgd": "Attacks run as a cascade, each only on the points still robust: PGD and AutoAttack give the accuracy after that stage "
+           "of the cascade (so they include any stage before it); 'not run' when the suite has no such stage.",
+    "worst_case": "Per-example worst case over every attack of the suite. Mean ± sample std over seeds; [ ] is a 95% interval: "
+                  "Student-t over seeds when there are two or more, else the Wilson interval over the n test points.",
+    "verdict": "Sanity-check verdict of the best checkpoint's evaluation; when seeds disagree the worst is shown, with how many seeds have it.",
+    "train_time_s": "Wall time of the training steps, excluding the per-epoch val monitoring; mean ± std over seeds.",
+    "passes_per_example": "Forward + backward passes per training example over the whole training, counted by the harness.",
+    "erm_multiplier": "Training wall time over that of the erm (plain training) control runs with the same data set and model "
+                      "among the inputs; 'no control' when there is none. Machines may differ: compare with care.",
+}
+COLUMN_NOTES["autoattack"] = COLUMN_NOTES["pgd"]  # one note, one mark, for both cascade columns
+
+
+def _verdict_cell(entries: Sequence[_Entry]) -> str:
+    verdicts = [e.best.verdict for e in entries if e.best is not None]
+    if not verdicts:
+        return NOT_EVALUATED
+    worst = worst_verdict(verdicts)
+    k = sum(1 for v in verdicts if v == worst)
+    if len(set(verdicts)) == 1:
+        return worst
+    return f"{worst} ({k}/{len(verdicts)} seeds)"
+
+
+def _trained_with(entries: Sequence[_Entry]) -> str:
+    labels = []
+    for e in entries:
+        lab = str(e.run.train_attack[0] or ("none" if not e.run.has_train_attack else "unknown"))
+        if lab not in labels:
+            labels.append(lab)
+    return " / ".join(labels)
+
+
+def _row(table: Table, defense: str, variant: str, entries: Sequence[_Entry], evaluated: bool,
+         erm: Dict[Tuple[str, str], List[float]]) -> Row:
+    k = len(entries)
+    best = [e.best for e in entries]
+    label = defense + (f" ({variant})" if variant else "")
+
+    def acc(evs: Iterable[Optional[EvalView]], get: Any) -> List[Optional[float]]:
+        return [accuracy_of(get(ev)) if ev is not None else None for ev in evs]
+
+    cells: Dict[str, Any] = {"defense": label, "trained_with": _trained_with(entries), "seeds": Value(float(k))}
+    if evaluated:
+        one = best[0] if k == 1 else None
+        cells["clean"] = _agg(acc(best, lambda ev: ev.clean), k)
+        has_pgd = any(ev is not None and ev.stage("pgd") is not None for ev in best)
+        has_aa = any(ev is not None and ev.stage("autoattack") is not None for ev in best)
+        no_best = all(ev is None for ev in best)
+        cells["pgd"] = _agg(acc(best, lambda ev: ev.stage("pgd")), k, missing=NOT_EVALUATED if no_best or has_pgd else "not run")
+        cells["autoattack"] = _agg(acc(best, lambda ev: ev.stage("autoattack")), k,
+                                   missing=NOT_EVALUATED if no_best or has_aa else "not run")
+        cells["worst_case"] = _agg(acc(best, lambda ev: ev.robust), k, single_ci=ci_of(one.robust) if one else None)
+        cells["last_worst_case"] = _agg(acc([e.last for e in entries], lambda ev: ev.robust), k)
+        cells["verdict"] = _verdict_cell(entries)
+    else:
+        for c in ("clean", "pgd", "autoattack", "worst_case", "last_worst_case"):
+            cells[c] = Value.absent(NOT_EVALUATED)
+        cells["verdict"] = Value.absent(NOT_EVALUATED)
+    cells["train_attack"] = _agg([accuracy_of(dig(e.run.metrics_row(e.run.best_epoch), "val", "train_attack"))
+                                  for e in entries if e.run.has_train_attack], k,
+                                 missing="no metrics" if any(e.run.has_train_attack for e in entries) else "n/a")
+    # cost is the cost of a whole training: runs still training do not count towards it
+    finished = [e for e in entries if e.run.training_finished]
+    unfinished = "training not finished"
+    walls = [e.run.train_wall_s()[0] for e in finished]
+    cells["train_time_s"] = _agg(walls, k, missing=unfinished if not finished else "no timing", fraction=False)
+    cells["passes_per_example"] = _agg([e.run.passes_total() for e in finished], k, missing=unfinished if not finished else "no count",
+                                       fraction=False)
+    ds, model = entries[0].run.dataset, entries[0].run.model
+    control = erm.get((ds, model))
+    wv = [w for w in walls if w is not None]
+    if control and wv:
+        cells["erm_multiplier"] = Value((sum(wv) / len(wv)) / (sum(control) / len(control)), count=len(wv), of=k)
+    else:
+        cells["erm_multiplier"] = Value.absent(unfinished if not finished else "no control" if not control else "no timing")
+    row = Row(cells, sources=[f"{e.run.name} (seed {e.run.seed})" for e in entries])
+    # what the reader must know about the runs behind this row
+    seeds = [e.run.seed for e in entries]
+    dup = sorted({s for s in seeds if s is not None and seeds.count(s) > 1})
+    if dup:
+        row.marks.append(table.note(f"{label}: several runs share seed(s) {', '.join(map(str, dup))}; each run counts once."))
+    for e in entries:
+        r = e.run
+        if not r.training_finished:
+            planned = r.epochs_planned if r.epochs_planned is not None else "?"
+            row.marks.append(table.note(f"{r.name}: training not finished (status {r.status}, {r.epochs_run} of {planned} epochs)."))
+        bad = [p for p in r.problems if p.startswith("evaluation")]
+        if bad:
+            row.marks.append(table.note(f"{r.name}: " + "; ".join(bad) + "."))
+    row.status = "" if evaluated else NOT_EVALUATED
+    return row
+
+
+def _why_apart(g: _Group, earlier: Sequence[Tuple[int, _Group]]) -> Optional[str]:
+    """Why ``g`` is not merged with the most similar earlier group of the same data set and model."""
+    if not g.evaluated:
+        return None
+    best: Optional[Tuple[int, int, List[str]]] = None
+    for idx, other in earlier:
+        if not other.evaluated or (other.fields.get("dataset"), other.fields.get("model")) != (g.fields.get("dataset"), g.fields.get("model")):
+            continue
+        diffs = []
+        for f in ("norm", "eps", "suite", "n", "split"):
+            if f == "eps" and g.key[3] == other.key[3]:
+                continue  # the same eps written differently (0.1 and 1/10)
+            if g.fields.get(f) != other.fields.get(f):
+                diffs.append(f"{f} {g.fields.get(f)} vs {other.fields.get(f)}")
+        if g.fields.get("suite") == other.fields.get("suite") and g.key[5] != other.key[5]:
+            diffs.append(f"suite {g.fields.get('suite')} ran different attacks or settings")
+        # another suite name usually means other attacks too: the closer group is the one to explain against
+        score = len(diffs) + (1 if g.fields.get("suite") != other.fields.get("suite") and g.key[5] != other.key[5] else 0)
+        if diffs and (best is None or score < best[0]):
+            best = (score, idx, diffs)
+    if best is None:
+        return None
+    return f"Kept apart from group {best[1]}, not averaged with it: {', '.join(best[2])}."
+
+
+def build_comparison(runs: Sequence[RunInfo], title: Optional[str] = None) -> Table:
+    """One table over ``runs``. Accuracies are stored as fractions; renderers print percents."""
+    table = Table(title or f"Comparison of {len(runs)} run(s): accuracy in %, mean ± std over seeds", [], key_fields=KEY_FIELDS)
+    table.note("Rows are grouped by evaluation condition (data set, model, norm, eps, suite and its attacks, n); runs that differ in "
+               "any of them are never averaged together.")
+    table.columns = [replace(c, marks=(table.note(COLUMN_NOTES[c.key]),)) if c.key in COLUMN_NOTES else c for c in COLUMNS]
+    erm = _erm_walls(runs)
+    groups = _groups(runs)
+    done: List[Tuple[int, _Group]] = []
+    for gi, g in enumerate(groups, 1):
+        group = Group(title=g.title, key={k: g.fields.get(k) for k in KEY_FIELDS})
+        why = _why_apart(g, done)
+        if why:
+            group.marks.append(table.note(why))
+        if not g.evaluated:
+            group.marks.append(table.note("Not evaluated: these runs have no finished evaluation result; their test columns are "
+                                          "empty, not zero. Per-epoch val numbers are shown where recorded; cost only once training has finished."))
+        by_defense: "OrderedDict[str, List[_Entry]]" = OrderedDict()
+        for e in sorted(g.entries, key=lambda e: (e.run.defense != "erm", e.run.defense, e.run.seed if e.run.seed is not None else -1, e.run.name)):
+            by_defense.setdefault(e.run.defense, []).append(e)
+        for defense, entries in by_defense.items():
+            for variant, part in _variants(entries):
+                group.rows.append(_row(table, defense, variant, part, g.evaluated, erm))
+        table.groups.append(group)
+        done.append((gi, g))
+    return table

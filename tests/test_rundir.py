@@ -1,0 +1,235 @@
+"""The run directory and its atomic writes: nothing already written is lost when a write dies."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import harness.io as hio
+from harness.errors import HarnessError
+from harness.io import SCHEMA_VERSION, atomic_write_json, atomic_write_text, dumps, read_json
+from harness.rundir import RunDir
+
+
+def _leftovers(folder: Path):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+# -- atomic writes ----------------------------------------------------------------------------
+
+def test_atomic_write_creates_parents_and_replaces(tmp_path):
+    p = tmp_path / "a" / "b" / "f.txt"
+    atomic_write_text(p, "one")
+    atomic_write_text(p, "two")
+    assert p.read_text() == "two"
+    assert _leftovers(p.parent) == []
+
+
+def test_atomic_write_uses_the_umask_mode_not_0600(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    p = atomic_write_text(tmp_path / "f.txt", "x")
+    assert p.stat().st_mode & 0o777 == hio._FILE_MODE == 0o666 & ~mask
+    assert p.stat().st_mode & 0o044 == 0o044 & ~mask  # group / others may read unless the umask says no
+
+
+@pytest.mark.parametrize("exc", [OSError("disk full"), KeyboardInterrupt()])
+def test_a_write_interrupted_half_way_leaves_the_previous_file_intact(tmp_path, exc):
+    p = tmp_path / "config.json"
+    atomic_write_json(p, {"seed": 1}, schema="config")
+    before = p.read_bytes()
+
+    def half_then_die(f):
+        f.write(b'{"schema": "config", "se')  # half a document reaches the disk...
+        f.flush()
+        raise exc  # ...then the writer dies
+
+    with pytest.raises(type(exc)):
+        hio._atomic(p, half_then_die)
+    assert p.read_bytes() == before
+    assert read_json(p)["seed"] == 1
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_torch_save_that_dies_half_way_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    p = tmp_path / "last.pt"
+    hio.atomic_torch_save(p, {"epoch": 1, "w": torch.ones(3)})
+    before = p.read_bytes()
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        f.truncate(len(before) // 2)  # as if killed after writing half of it
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(RuntimeError, match="killed"):
+        hio.atomic_torch_save(p, {"epoch": 2, "w": torch.zeros(3)})
+    assert p.read_bytes() == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_crash_before_the_rename_leaves_the_previous_file(tmp_path, monkeypatch):
+    p = tmp_path / "metrics.jsonl"
+    atomic_write_text(p, "old\n")
+
+    def no_replace(src, dst):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(hio.os, "replace", no_replace)
+    with pytest.raises(OSError, match="power cut"):
+        atomic_write_text(p, "new\n")
+    assert p.read_text() == "old\n"
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_killed_process_leaves_the_previous_file_and_readers_ignore_its_temp_file(tmp_path):
+    """A real kill (no cleanup runs): the old file survives; the stray temp file is invisible to readers."""
+    run = RunDir.create(tmp_path, "r")
+    run.write_eval_result("quick", "best", {"robust_accuracy": 0.5})
+    target = run.eval_result_path("quick", "best")
+    before = target.read_bytes()
+    code = (
+        "import os, sys\n"
+        "import harness.io as hio\n"
+        "def w(f):\n"
+        "    f.write(b'{\"schema\": \"eval-res'); f.flush(); os.fsync(f.fileno()); os._exit(9)\n"
+        f"hio._atomic({str(target)!r}, w)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, timeout=60)
+    assert proc.returncode == 9
+    assert target.read_bytes() == before
+    assert len(_leftovers(run.eval_dir)) == 1  # the dead writer's temp file, hidden (dot) and not .json
+    assert [(s, c, r["robust_accuracy"]) for s, c, r in run.eval_results()] == [("quick", "best", 0.5)]
+
+
+# -- JSON documents ---------------------------------------------------------------------------
+
+def test_every_json_document_carries_schema_and_version_first(tmp_path):
+    p = atomic_write_json(tmp_path / "x.json", {"schema": "ignored", "schema_version": 99, "a": 1}, schema="thing")
+    doc = json.loads(p.read_text())
+    assert list(doc)[:2] == ["schema", "schema_version"]
+    assert doc == {"schema": "thing", "schema_version": SCHEMA_VERSION, "a": 1}
+    assert read_json(p, schema="thing")["a"] == 1
+
+
+def test_nan_and_inf_become_null_and_numpy_torch_scalars_plain():
+    import numpy as np
+    import torch
+
+    text = dumps({"a": float("nan"), "b": [float("inf"), 1.5], "c": np.float32(0.25), "d": torch.tensor(3), "e": (1, 2)})
+    assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": 0.25, "d": 3, "e": [1, 2]}
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "no such file"),
+    ("{torn", "not valid JSON"),
+    ("[1]", "expected a JSON object"),
+    ('{"schema": "env", "schema_version": 1}', "holds a 'env' document, expected 'config'"),
+    ('{"schema": "config", "schema_version": 999}', "newer than this harness understands"),
+])
+def test_read_json_errors(tmp_path, content, match):
+    p = tmp_path / "f.json"
+    if content is not None:
+        p.write_text(content)
+    with pytest.raises(HarnessError, match=match):
+        read_json(p, schema="config")
+
+
+# -- the run directory ------------------------------------------------------------------------
+
+def test_create_lays_out_the_folders_and_refuses_a_used_one(tmp_path):
+    run = RunDir.create(tmp_path, "fast-at/fashion mnist")
+    assert run.path == tmp_path / "fast-at-fashion-mnist"
+    assert run.checkpoints_dir.is_dir() and run.eval_dir.is_dir()
+    run.write_config({"seed": 0})
+    with pytest.raises(HarnessError, match="already exists and is not empty.*--resume"):
+        RunDir.create(tmp_path, "fast-at/fashion mnist")
+
+
+def test_open_needs_a_config(tmp_path):
+    with pytest.raises(HarnessError, match="no such folder"):
+        RunDir.open(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HarnessError, match="no config.json"):
+        RunDir.open(tmp_path / "empty")
+    run = RunDir.create(tmp_path, "r")
+    run.write_config({"seed": 0})
+    assert RunDir.open(run.path).read_config() == {"seed": 0}
+
+
+def test_default_name_is_a_safe_folder_name():
+    name = RunDir.default_name({"defense": "fast-at", "dataset": "cifar10", "model": "preact-resnet18",
+                                "threat": {"norm": "Linf", "eps": "8/255"}, "seed": 3})
+    assert name.startswith("fast-at-cifar10-preact-resnet18-Linf-8_255-seed3-")
+    assert "/" not in name
+
+
+def test_checkpoint_names_and_paths(tmp_path):
+    run = RunDir.create(tmp_path, "r")
+    assert run.checkpoint_path("last").name == "last.pt"
+    assert run.checkpoint_path("best").name == "best.safetensors"
+    assert run.checkpoint_path("epoch-7").name == "epoch-007.safetensors"
+    assert run.checkpoint_meta_path("best").name == "best.json"
+    for bad in ("worst", "epoch-", "epoch-x", "../best"):
+        with pytest.raises(HarnessError, match="unknown checkpoint"):
+            run.checkpoint_path(bad)
+    assert run.available_checkpoints() == []
+    for name in ("epoch-10", "epoch-2", "best", "last"):
+        run.checkpoint_path(name).write_bytes(b"x")
+    (run.checkpoints_dir / ".epoch-003.safetensors.abc.tmp").write_bytes(b"x")  # a dead writer's leftover
+    assert run.available_checkpoints() == ["best", "last", "epoch-2", "epoch-10"]
+
+
+def test_metrics_append_replace_and_tolerate_a_torn_line(tmp_path):
+    run = RunDir.create(tmp_path, "r")
+    assert run.read_metrics() == []
+    run.append_metrics({"epoch": 1, "val": {"clean": 0.5}})
+    run.append_metrics({"epoch": 2, "val": {"clean": 0.6}})
+    run.append_metrics({"epoch": 2, "val": {"clean": 0.7}})  # a resumed epoch replaces its row
+    rows = run.read_metrics()
+    assert [(r["epoch"], r["val"]["clean"]) for r in rows] == [(1, 0.5), (2, 0.7)]
+    assert all(r["schema"] == "metrics-row" and r["schema_version"] == SCHEMA_VERSION for r in rows)
+    with open(run.metrics_path, "a") as f:
+        f.write('{"epoch": 3, "val": {"cle')  # torn by a copy or an older writer
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
+    run.append_metrics({"epoch": 3, "val": {"clean": 0.8}})
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2, 3]
+    assert run.metrics_path.read_text().count("\n") == 3
+
+
+def test_eval_results_round_trip_and_skip_unreadable_files(tmp_path):
+    run = RunDir.create(tmp_path, "r")
+    assert run.read_eval_result("quick", "best") is None
+    run.write_eval_result("quick", "best", {"robust_accuracy": 0.4})
+    run.write_eval_result("strong", "last", {"robust_accuracy": 0.3})
+    (run.eval_dir / "broken--best.json").write_text("{")
+    run.eval_state_dir("strong", "best").mkdir(parents=True)
+    assert run.read_eval_result("quick", "best")["robust_accuracy"] == 0.4
+    assert [(s, c) for s, c, _ in run.eval_results()] == [("quick", "best"), ("strong", "last")]
+
+
+def test_env_and_reports(tmp_path):
+    run = RunDir.create(tmp_path, "r")
+    assert run.read_env() == {}
+    run.write_env({"torch": "2.x"})
+    run.update_env(finished="now")
+    env = run.read_env()
+    assert env["torch"] == "2.x" and env["finished"] == "now" and env["schema"] == "env"
+    assert run.report_path("md").name == "report.md" and run.report_path("json").name == "results.json"
+    run.write_text("report.md", "# r\n")
+    assert (run.path / "report.md").read_text() == "# r\n"
+
+
+def test_rundir_does_not_import_torch():
+    code = "import sys, harness.rundir, harness.io, harness.stats, harness.registry; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
