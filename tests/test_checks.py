@@ -2,8 +2,7 @@
 leave "reliable"; a healthy adversarially trained small CNN passes every check as "reliable".
 
 One small CNN is trained once per module (PGD-AT on the bundled digits, a few seconds); the
-broken models wrap it (tests/broken_models.py). Torch runs on one thread here: on a shared
-two-core machine, thread contention makes the many tiny forwards of the checks 10-30x slower.
+broken models wrap it (tests/broken_models.py).
 """
 from __future__ import annotations
 
@@ -27,16 +26,8 @@ EPS = 0.1
 N = 200
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def trained(one_thread):
+def trained():
     return train_small_cnn("digits", eps=EPS, epochs=10)
 
 
