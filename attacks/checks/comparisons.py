@@ -147,10 +147,12 @@ def square_vs_whitebox(ctx: CheckContext) -> Finding:
     else:
         rob, src = suite_robust(ctx)
         idx = rob.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return skipped("square-vs-whitebox", f"no point survived {src}, so there is nothing for Square to break beyond it",
+                           points=ctx.m)
         n = ctx.m
         broke = torch.zeros(n, dtype=torch.bool, device=ctx.device)
-        if idx.numel():
-            broke[idx] = run_square(ctx, idx)
+        broke[idx] = run_square(ctx, idx)
         source = f"Square ({SQUARE_QUERIES} queries, pyautoattack) run by this check on the points that survived {src}"
         ran_on = int(idx.numel())
     k = int(broke.sum())
