@@ -98,7 +98,7 @@ def test_claim_above_the_measurement_is_overstated_by_the_gap(overstated):
     assert doc["eval"]["robust"]["n"] == 32 and m["accuracy"] <= doc["eval"]["robust"]["accuracy"]
     assert doc["strength"]["claimed"]["replayed"]["label"] == "PGD-20 CE"
     md = (out / "audit.md").read_text()
-    assert f"overstated by {v['gap_points']:.1f} points" in md and "PGD-20" in md and "| harness: PGD-10 CE |" in md
+    assert f"overstated by {v['gap_points']:.1f} points" in md and "PGD-20" in md and "| harness: PGD-20 CE |" in md
     page = (out / "audit.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "overstated" in page
     assert "http" not in page and "<script" not in page and "<link" not in page  # self-contained
@@ -286,11 +286,14 @@ def test_model_outputting_probabilities_is_flagged(files, tmp_path, capsys):
     save_weights(tmp_path / "probs.safetensors", net)
     code, out, err = _audit(BASE + ["--model", f"{files / 'models.py'}:probs", "--checkpoint", str(tmp_path / "probs.safetensors"),
                                     "--claim", "0", "--out", str(tmp_path / "o")], capsys)
-    assert code == 0
+    # the guard rail warns, and the sanity checks' `outputs` finding makes the evaluation unreliable
+    assert code == 1
     doc = json.loads((tmp_path / "o" / "audit.json").read_text())
     finding = {g["rule"]: g for g in doc["guard_rails"]["findings"]}["probabilities"]
     assert finding["status"] == "warn"
-    assert doc["verdict"]["flagged"] and any("probabilities" in f for f in doc["verdict"]["flags"])
+    assert doc["verdict"]["outcome"] == "unreliable", doc["verdict"]
+    outputs = {f["check"]: f for f in doc["eval"]["checks"]["findings"]}["outputs"]
+    assert outputs["status"] == "fail"
     assert "WARNING (probabilities)" in out and "probabilities" in (tmp_path / "o" / "audit.md").read_text()
 
 
