@@ -20,10 +20,10 @@ SUITES.add("smoke", {
     "n": 64,
     "attacks": [
         {"attack": "fgsm"},
-        {"attack": "pgd", "steps": 10, "step_size": "eps/4", "restarts": 1, "loss": "ce"},
+        {"attack": "pgd", "steps": 20, "step_size": "eps/4", "restarts": 1, "loss": "ce"},
     ],
     "checks": "cheap",
-}, summary="for tests: FGSM, PGD-10; n=64; cheap checks (seconds)")
+}, summary="for tests: FGSM, PGD-20; n=64; cheap checks (seconds)")
 
 SUITES.add("quick", {
     "n": 500,

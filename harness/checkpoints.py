@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -54,8 +54,9 @@ def load_resume(path: str | Path) -> Dict[str, Any]:
     return _torch_load(Path(path))
 
 
-def load_state_dict_file(path: str | Path) -> Dict[str, torch.Tensor]:
-    """Read a state dict from safetensors or a ``weights_only`` torch file; refuse code."""
+def load_state_dict_file(path: str | Path, *, prefer: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a ``weights_only`` torch file; refuse code.
+    ``prefer`` names wrapper keys to look in first (e.g. ``"last"`` for {"last": ..., "best": ...})."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist")
@@ -66,7 +67,22 @@ def load_state_dict_file(path: str | Path) -> Dict[str, torch.Tensor]:
     if p.suffix == ".safetensors" or _looks_like_safetensors(p, head):
         return _load_safetensors(p)
     obj = _torch_load(p)
+    if isinstance(obj, Mapping):
+        for k in prefer:
+            if isinstance(obj.get(k), Mapping):
+                return _unwrap(obj[k], p)
     return _unwrap(obj, p)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's SHA-256, recorded so a report says exactly which weights it is about."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _looks_like_safetensors(p: Path, head: bytes) -> bool:

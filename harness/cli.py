@@ -124,22 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="write the table here instead of stdout")
 
     # -- audit --------------------------------------------------------------------------------
-    p = sub.add_parser("audit", help="re-evaluate someone else's model and checkpoint against a claimed number")
+    p = sub.add_parser("audit", help="re-evaluate someone else's model and checkpoint against a claimed number",
+                       description="Re-evaluate a model and checkpoint with a suite and the sanity checks, and say whether a claimed "
+                                   "robust accuracy holds. Checkpoints are loaded as data, never code. Writes audit.md, audit.html and "
+                                   "audit.json. The suite defaults to 'standard'. Exit status: 0 the claim holds, 1 overstated or the evaluation "
+                                   "is unreliable, 2 error.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="FILE.py:FACTORY (a Python file you chose to run) or a registered model name")
     src.add_argument("--robustbench", help="a RobustBench model-zoo name (weights from --model-dir)")
     p.add_argument("--checkpoint", help="weights: .safetensors, or a state dict loaded with weights_only=True")
-    p.add_argument("--model-dir", default=None, help="local RobustBench model directory")
+    p.add_argument("--model-dir", default=None, help="local RobustBench model directory, laid out MODEL_DIR/DATASET/THREAT/NAME.pt (default ./models)")
     p.add_argument("--dataset", required=True)
     p.add_argument("--eps", required=True)
     p.add_argument("--norm", default="Linf")
-    p.add_argument("--claim", required=True, type=float, help="claimed robust accuracy as a fraction (0.53) or percent (53)")
-    p.add_argument("--claim-attack", default=None, help="the attack behind the claim, e.g. 'PGD-20'")
+    p.add_argument("--claim", required=True, help="claimed robust accuracy as a fraction (0.53) or percent (53 or 53%%)")
+    p.add_argument("--claim-attack", default=None, help="the attack behind the claim, e.g. 'PGD-20', 'PGD-100 x5 restarts', 'AutoAttack'")
+    p.add_argument("--normalize", default=None, metavar="dataset|MEAN:STD",
+                   help="put a Normalize layer in front of a model that expects normalised input (recorded in the audit)")
     _common_eval_flags(p, config_dests=False)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=_nonneg_int, default=0)
-    p.add_argument("--out", default=None, help="folder for the audit report")
+    p.add_argument("--out", default=None, help="folder for the audit report (default audits/NAME-TIMESTAMP)")
     return parser
 
 
@@ -150,10 +156,12 @@ def _version() -> str:
 
 
 def _setup_logging(verbosity: int) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    # log lines go to stderr: stdout carries the results (summaries, --dry-run configs) and can be piped
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     logging.getLogger("harness").setLevel(min(level, logging.INFO))
 

@@ -284,16 +284,21 @@ def _run_checks(suite_spec, model, x, y, threat, num_classes, seed, batch_size, 
     want = suite_spec.get("checks")
     if not want:
         return _not_run(f"suite {suite_spec['name']} runs no checks")
-    try:
-        from attacks.checks import ALL_CHECKS, CHEAP_CHECKS, CheckContext, run_checks
-    except ImportError:  # TODO(lead): remove once attacks/checks lands
-        return _not_run("sanity checks are not installed")
+    from attacks.checks import ALL_CHECKS, CHEAP_CHECKS, CheckContext, run_checks
+
     names = list(ALL_CHECKS if want == "all" else CHEAP_CHECKS if want == "cheap" else want)
     names = [c for c in names if c not in suite_spec.get("exclude", [])]
+    def report(name: Optional[str], done: int, total: int) -> None:
+        if name is None:
+            bar.start("", total=None)  # completes the last check's bar
+        else:
+            bar.start(f"check {name} ({done + 1}/{total})", total=None)
+
     ctx = CheckContext(model=model, x=x, y=y, norm=threat.norm, eps=threat.eps, eps_text=threat.eps_text, num_classes=num_classes,
                        seed=seed, batch_size=batch_size, device=x.device, precision=precision, clean_correct=clean_correct,
-                       robust=robust, attacks=cascade, surrogate_data=surrogate_data)
-    return run_checks(names, ctx)
+                       robust=robust, attacks=cascade, surrogate_data=surrogate_data, suite=suite_spec["name"])
+    with _Progress(progress) as bar:
+        return run_checks(names, ctx, progress=report)
 
 
 class _Progress:
@@ -317,7 +322,7 @@ class _Progress:
         if self._p is not None:
             if self._task is not None:
                 self._p.update(self._task, completed=self._p.tasks[self._task].total or 1, total=self._p.tasks[self._task].total or 1)
-            self._task = self._p.add_task(label, total=total if total else 1)
+            self._task = self._p.add_task(label, total=total if total else 1) if label else None
 
     def advance(self, k: int) -> None:
         if self._p is not None and self._task is not None:

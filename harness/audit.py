@@ -1,0 +1,662 @@
+"""``harness audit``: does a claimed robust accuracy hold under a stronger evaluation?
+
+A reviewer has a model (a Python file they chose to run, a registered model, or a RobustBench
+model-zoo name), a checkpoint, and a claim such as "53% robust at 8/255 under PGD-20". The audit
+
+1. builds the model and loads the weights as data (``harness.checkpoints``: safetensors or
+   ``torch.load(weights_only=True)``; a pickle that would run code is refused, nothing in it runs);
+2. runs the guard rails (``guard_rails``) on up to ``GUARD_SAMPLE`` test points: a model that
+   expects normalised or 0..255 input is an error; probabilities instead of logits, clean accuracy
+   near chance, random outputs and eps values that are almost-but-not 8/255 are flagged;
+3. evaluates the first n test points with the suite and its sanity checks (``harness.evaluate``);
+4. replays the claimed attack as far as its text says what it is (PGD-K, FGSM, CW-K) on the same
+   points, so the report can show the claim's attack and the suite's side by side;
+5. decides (``decide``) and writes audit.json, audit.md and audit.html.
+
+The verdict rule (``decide``). ``measured`` is the robust accuracy on the n points, as the
+per-example worst case over every attack the audit ran (the suite, then the replayed claimed
+attack), with its 95% Wilson interval [lo, hi].
+
+- If the sanity checks call the evaluation ``unreliable``: **unreliable**, with their reasons
+  (the numbers are still shown; the gap is not a verdict).
+- Otherwise, if ``claim <= hi``: **holds** (the claim is no higher than what n points can
+  distinguish from the measurement).
+- Otherwise: **overstated** by ``claim - measured`` (in percentage points; the report also gives
+  ``claim - hi``, the part no sampling error explains).
+- A holding or overstated verdict is **flagged** when the checks say ``suspicious``, when a guard
+  rail warns, or when the suite is not stronger than the claimed attack; the reasons are listed.
+
+The claim is compared with our interval only: the claim's own sample (often the full test set)
+is unknown, so no interval is put around it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from harness.errors import ConfigError, HarnessError
+from harness.stats import proportion
+
+log = logging.getLogger("harness.audit")
+
+AUDIT_SCHEMA = "audit"
+# guard rails: how many test points they look at (forward passes only), and their thresholds
+GUARD_SAMPLE = 512
+# A model that normalises inside gets *worse* when its input is normalised once more; one that is
+# significantly *better* on normalised (or 0..255) input expects that input. Paired outcomes on the
+# same points, one-sided sign test on the points that only one version gets right.
+INPUT_SCALE_GAP = 0.20        # error: transformed inputs >= 20 points more accurate than [0,1] inputs, whatever the test says
+INPUT_SCALE_MIN_GAP = 0.02    # below a 2-point gap nothing is reported
+INPUT_SCALE_P_ERROR = 1e-3    # error: gap >= 2 points and sign-test p < 0.001
+INPUT_SCALE_P_WARN = 0.05     # warn: gap >= 2 points and p < 0.05
+PROBABILITY_TOL = 1e-5        # AutoAttack's D2: every row in [0,1] and summing to 1 within 1e-5
+CHANCE_FACTOR = 2.0           # warn: clean accuracy below twice chance (1 / classes)
+RANDOM_TOL = 1e-4             # AutoAttack's D1: max difference of L2-normalised outputs between two passes
+RANDOM_POINTS = 64
+
+EXIT_HOLDS = 0
+EXIT_NOT_HOLDING = 1          # overstated or unreliable; errors are 2 (HarnessError)
+
+
+class AuditRefused(HarnessError):
+    """The model cannot be audited meaningfully as given (e.g. it expects normalised input)."""
+
+
+# -- the claim ---------------------------------------------------------------------------------
+
+def parse_claim(value: Any) -> float:
+    """A claimed robust accuracy as a fraction: ``0.53``, ``53`` or ``53%`` all give 0.53.
+    Numbers up to 1 are fractions; above 1 (up to 100) they are percent."""
+    text = str(value).strip()
+    percent = text.endswith("%")
+    try:
+        v = float(text.rstrip("%").strip())
+    except ValueError:
+        raise ConfigError(f"--claim {text!r}: expected a robust accuracy such as 0.53, 53 or 53%") from None
+    if not math.isfinite(v) or v < 0:
+        raise ConfigError(f"--claim {text!r}: a robust accuracy must be between 0 and 1 (or 0% and 100%)")
+    if percent or v > 1:
+        if v > 100:
+            raise ConfigError(f"--claim {text!r}: more than 100%")
+        v /= 100.0
+    return v
+
+
+_FAMILIES = [
+    # (regex on the lower-cased text, family, default loss)
+    (r"\bauto-?attack\b|\baa\b", "autoattack", None),
+    (r"\bapgd-?ce\b", "apgd-ce", "ce"),
+    (r"\bapgd-?t\b", "apgd-t", "dlr-targeted"),
+    (r"\bapgd-?dlr\b", "apgd-dlr", "dlr"),
+    (r"\bapgd\b", "apgd-ce", "ce"),
+    (r"\bfab(-?t)?\b", "fab", None),
+    (r"\bsquare\b", "square", "margin"),
+    (r"\b(c&w|cw)(?:[-_ ]?(?:inf|∞|l?inf))?\b", "cw", "margin"),
+    (r"\b(pgd|bim|i-?fgsm|ifgsm|mim)\b", "pgd", "ce"),
+    (r"\bfgsm\b", "fgsm", "ce"),
+]
+
+
+def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
+    """What the claimed attack's text says: family, steps, restarts, loss, step size.
+
+    Understands the usual ways of writing it: ``PGD-20``, ``PGD-100 x5 restarts``, ``PGD 50
+    steps, 10 restarts, step 2/255``, ``CW-100`` (PGD on the CW margin loss), ``FGSM``,
+    ``AutoAttack`` / ``AA`` (``plus`` / ``rand`` versions), ``APGD-CE``, ``Square 5000``. The raw
+    text is always kept; ``parsed`` says whether a family was recognised."""
+    out: Dict[str, Any] = {"text": text, "parsed": False, "family": None, "steps": None, "restarts": None, "loss": None,
+                           "step_size": None, "gradient_steps_per_example": None}
+    if not text or not text.strip():
+        return out
+    t = text.strip().lower().replace("×", "x")
+    for pattern, family, loss in _FAMILIES:
+        m = re.search(pattern, t)
+        if m:
+            out.update(parsed=True, family=family, loss=loss)
+            break
+    else:
+        return out
+    fam = out["family"]
+    if fam == "autoattack":
+        out["version"] = "plus" if re.search(r"\bplus\b|(?:autoattack|\baa)\s*\+", t) else "rand" if re.search(r"\brand", t) else "standard"
+        return out
+    if fam == "fgsm":
+        out.update(steps=1, restarts=1, gradient_steps_per_example=1)
+        if "rs" in re.findall(r"[a-z]+", t) or "random" in t:
+            out["random_start"] = True
+        return out
+    # steps: "PGD-20", "PGD20", "PGD 20", "CW-100", "20 steps", "20 iterations"
+    m = re.search(r"(?:pgd|bim|fgsm|mim|cw|c&w|apgd(?:-?ce|-?dlr|-?t)?|square|fab(?:-?t)?)[-_ ]?(?:inf|∞|linf)?[-_ ]?(\d+)\b", t) \
+        or re.search(r"(\d+)\s*(?:-\s*)?(?:steps?|iter(?:ation)?s?|its?|queries)\b", t)
+    if m:
+        out["steps"] = int(m.group(1))
+    m = re.search(r"(\d+)\s*(?:random\s*)?(?:re-?starts?|runs?)\b", t) or re.search(r"\bx\s*(\d+)\b", t) \
+        or re.search(r"\b(\d+)\s*x\b", t) or re.search(r"re-?starts?\s*[=:]?\s*(\d+)", t)
+    if m:
+        out["restarts"] = int(m.group(1))
+    if re.search(r"\b(margin|cw|c&w)\b", t) and fam not in ("square",):
+        out["loss"] = "margin"
+    elif re.search(r"\bdlr\b", t):
+        out["loss"] = "dlr"
+    elif re.search(r"\b(ce|xent|cross[- ]?entropy)\b", t):
+        out["loss"] = "ce"
+    m = re.search(r"(?:step[- ]?size|step|alpha)\s*[=:]?\s*(\d+(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?)", t)
+    if m:
+        out["step_size"] = m.group(1).replace(" ", "")
+    if fam in ("pgd", "cw") and out["steps"] is not None:
+        out["gradient_steps_per_example"] = out["steps"] * (out["restarts"] or 1)
+    return out
+
+
+def replay_spec(parsed: Dict[str, Any], eps: float) -> Optional[Dict[str, Any]]:
+    """The harness attack that reproduces the claimed one, when its text says enough: PGD-K and
+    CW-K (K steps, the stated restarts and loss; the stated step size, else 2.5 eps / K) and FGSM.
+    Returns ``None`` for anything else (AutoAttack is part of the stronger suites already)."""
+    fam = parsed.get("family")
+    if fam == "fgsm":
+        return {"attack": "fgsm", **({"random_start": True} if parsed.get("random_start") else {})}
+    if fam in ("pgd", "cw") and parsed.get("steps"):
+        spec: Dict[str, Any] = {"attack": "pgd", "steps": int(parsed["steps"]), "restarts": int(parsed.get("restarts") or 1),
+                                "loss": parsed.get("loss") or "ce", "step_size": "2.5*eps/steps"}
+        if parsed.get("step_size"):
+            num, _, den = parsed["step_size"].partition("/")
+            try:
+                spec["step_size"] = float(num) / float(den) if den else float(num)
+            except (ValueError, ZeroDivisionError):
+                pass
+            else:
+                if not 0 < spec["step_size"] <= 2 * eps:  # e.g. "step 2" meaning 2/255: do not guess
+                    spec["step_size"] = "2.5*eps/steps"
+        return spec
+    return None
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+def parse_normalize(text: Optional[str], bundle: Any) -> Optional[Dict[str, Any]]:
+    """``--normalize dataset`` (the data set's mean and std) or ``MEAN:STD`` with comma lists
+    (``0.4914,0.4822,0.4465:0.2471,0.2435,0.2616``; one value is used for every channel)."""
+    if text is None:
+        return None
+    c = bundle.shape[0]
+    if text.strip().lower() == "dataset":
+        return {"mean": list(bundle.mean), "std": list(bundle.std), "source": f"the {bundle.name} data set's mean and std"}
+    m_text, sep, s_text = text.partition(":")
+    try:
+        mean = [float(v) for v in m_text.split(",")]
+        std = [float(v) for v in s_text.split(",")] if sep else []
+    except ValueError:
+        mean = std = []
+    if not mean or not std:
+        raise ConfigError(f"--normalize {text!r}: write 'dataset' or MEAN:STD, e.g. 0.5,0.5,0.5:0.25,0.25,0.25")
+    mean, std = (mean * c if len(mean) == 1 else mean), (std * c if len(std) == 1 else std)
+    if len(mean) != c or len(std) != c or any(s <= 0 for s in std):
+        raise ConfigError(f"--normalize {text!r}: needs {c} mean and {c} positive std values (in [0,1] pixel units) for {bundle.name}")
+    if max(mean) > 1 or max(std) > 1:
+        raise ConfigError(f"--normalize {text!r}: mean and std are in [0,1] pixel units (e.g. 0.4914, not 125.3)")
+    return {"mean": mean, "std": std, "source": "--normalize"}
+
+
+def load_audit_model(*, model: Optional[str], robustbench: Optional[str], checkpoint: Optional[str], model_dir: Optional[str],
+                     bundle: Any, norm: str, normalize: Optional[str] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build the model named by exactly one of ``model`` (``FILE.py:FACTORY`` or a registered
+    name) and ``robustbench`` (a zoo name), load the checkpoint as data, optionally put a
+    ``Normalize`` in front, and return it in eval mode with a provenance record."""
+    from harness.checkpoints import file_sha256, load_into, load_state_dict_file
+    from harness.model_files import build_from_file, parse_model_spec
+    from harness.models import NormalizedModel, build_model
+
+    if (model is None) == (robustbench is None):
+        raise ConfigError("name the model with exactly one of --model (FILE.py:FACTORY or a registered name) and --robustbench NAME")
+    norm_rec = parse_normalize(normalize, bundle)
+    if robustbench is not None:
+        from harness.robustbench_compat import load_zoo_model
+
+        net, info = load_zoo_model(robustbench, dataset=bundle.name, threat=norm, model_dir=model_dir or "models", checkpoint=checkpoint)
+    else:
+        spec = parse_model_spec(model)
+        if spec is None:
+            if norm_rec is not None:
+                raise ConfigError(f"--normalize: the registered model {model!r} already normalises its input inside")
+            net = build_model(model, bundle.shape, bundle.num_classes, bundle.mean, bundle.std)
+            info = {"kind": "registered", "name": model, "normalize_inside": {"mean": list(bundle.mean), "std": list(bundle.std)}}
+            if checkpoint is None:
+                raise ConfigError(f"--checkpoint is needed: the registered model {model!r} has no weights of its own")
+        else:
+            net, info = build_from_file(spec, shape=bundle.shape, num_classes=bundle.num_classes, mean=bundle.mean, std=bundle.std)
+        if checkpoint is not None:
+            state = load_state_dict_file(checkpoint)
+            info["load_notes"] = load_into(net, state, source=str(checkpoint))
+            info["checkpoint"] = {"path": str(checkpoint), "sha256": file_sha256(checkpoint)}
+        else:
+            info["checkpoint"] = None
+            info["load_notes"] = ["no --checkpoint: the weights are whatever the factory returned"]
+    if norm_rec is not None:
+        net = NormalizedModel(net, norm_rec["mean"], norm_rec["std"])
+        info["normalize_added"] = norm_rec
+    return net.eval(), info
+
+
+# -- guard rails -------------------------------------------------------------------------------
+
+def sign_test(wins: int, losses: int) -> float:
+    """One-sided sign test: P(at least ``wins`` of ``wins + losses`` fair coin flips)."""
+    k = wins + losses
+    if k == 0:
+        return 1.0
+    return sum(math.comb(k, i) for i in range(wins, k + 1)) / 2.0 ** k
+
+
+def _finding(rule: str, status: str, message: str, **values: Any) -> Dict[str, Any]:
+    return {"rule": rule, "status": status, "message": message, "values": values}
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    outs = []
+    for i in range(0, x.shape[0], batch_size):
+        z = model(x[i:i + batch_size])
+        if not isinstance(z, torch.Tensor):
+            raise AuditRefused(f"the model returns a {type(z).__name__}, not a tensor of logits: wrap it so that forward returns "
+                               "only the logits, of shape (batch, classes)")
+        outs.append(z)
+    return torch.cat(outs)
+
+
+def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
+                num_classes: int, batch_size: int = 500, threat: Any = None) -> List[Dict[str, Any]]:
+    """Cheap checks, on [0,1] test images ``x``, that the evaluation will mean something.
+
+    Each finding has ``status`` ``ok``, ``warn`` or ``error``; ``error`` findings are refusals
+    (``audit`` stops with their message). Rules and thresholds:
+
+    - ``output-shape`` (error): the model must return one finite logit row of ``num_classes``
+      values per input.
+    - ``normalised-input``: clean accuracy on inputs normalised with the data set's mean and std,
+      against clean accuracy on [0,1] inputs, on the same points. A model with its normalisation
+      inside gets worse when normalised twice; one that gets better expects normalised input, and
+      attacks with eps in pixel units on it measure nothing meaningful. Error when the gain is at
+      least 20 points, or at least 2 points with a one-sided sign test on the points only one
+      version gets right at p < 0.001; warn at p < 0.05.
+    - ``0-255-input`` (same rule): the same comparison with inputs scaled to 0..255.
+    - ``probabilities`` (warn): AutoAttack's D2 rule, every output row in [0,1] summing to 1
+      within 1e-5; gradients of probabilities vanish and attacks under-perform.
+    - ``clean-accuracy`` (warn): below twice chance; wrong weights, data set or preprocessing.
+    - ``deterministic`` (warn): AutoAttack's D1 rule on the first 64 points, two forward passes
+      in eval mode differ (L2-normalised outputs by more than 1e-4, or a prediction); a
+      randomised model needs ``--suite rand``.
+    - ``eps`` (warn): eps close to but not equal to k/255 (e.g. 0.031 for 8/255).
+    """
+    from attacks.base import eval_mode
+
+    out: List[Dict[str, Any]] = []
+    n = int(x.shape[0])
+    with eval_mode(model):
+        try:
+            z = _logits(model, x, batch_size)
+        except AuditRefused:
+            raise
+        except Exception as e:  # noqa: BLE001 - a model that cannot run on the data set's images
+            raise AuditRefused(f"the model fails on {tuple(x.shape[1:])} images in [0,1] ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}); does it match the data set?") from None
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[0] != n or z.shape[1] != num_classes:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise AuditRefused(f"the model returns {shape} for {n} inputs; expected logits of shape ({n}, {num_classes}): "
+                               "wrap it so that forward returns only the logits")
+        if not torch.isfinite(z).all():
+            raise AuditRefused("the model returns NaN or infinite outputs on clean test images")
+        out.append(_finding("output-shape", "ok", f"logits of shape (n, {num_classes})"))
+        acc = float((z.argmax(1) == y).float().mean())
+        m = torch.tensor(list(mean), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        s = torch.tensor(list(std), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        correct = z.argmax(1) == y
+        for rule, xt, what, fix in (
+                ("normalised-input", (x - m) / s, "normalised with the data set's mean and std",
+                 "wrap it (harness.models.NormalizedModel(net, mean, std)) or pass --normalize dataset (or MEAN:STD) to add it"),
+                ("0-255-input", x * 255.0, "scaled to 0..255", "wrap it so that forward multiplies its [0,1] input by 255")):
+            correct_t = _logits(model, xt, batch_size).argmax(1) == y
+            acc_t = float(correct_t.float().mean())
+            gap = acc_t - acc
+            only_t, only_01 = int((correct_t & ~correct).sum()), int((correct & ~correct_t).sum())
+            p = sign_test(only_t, only_01)
+            vals = dict(accuracy_01=acc, accuracy_transformed=acc_t, gap=gap, only_transformed_correct=only_t, only_01_correct=only_01,
+                        sign_test_p=p, n=n, threshold_gap=INPUT_SCALE_GAP, threshold_min_gap=INPUT_SCALE_MIN_GAP,
+                        threshold_p_error=INPUT_SCALE_P_ERROR, threshold_p_warn=INPUT_SCALE_P_WARN)
+            evidence = (f"the model is {100 * gap:.1f} points more accurate on inputs {what} ({100 * acc_t:.1f}%) than on [0,1] images "
+                        f"({100 * acc:.1f}%; {only_t} points right only that way, {only_01} only on [0,1] images, sign test p={p:.2g})")
+            if gap >= INPUT_SCALE_GAP or (gap >= INPUT_SCALE_MIN_GAP and p < INPUT_SCALE_P_ERROR):
+                out.append(_finding(rule, "error",
+                                    f"{evidence}: it expects that input. Attacks work on [0,1] images with eps in pixel units, so an "
+                                    f"evaluation of this model would be meaningless; the preprocessing must live inside the model: {fix}",
+                                    **vals))
+            elif gap >= INPUT_SCALE_MIN_GAP and p < INPUT_SCALE_P_WARN:
+                out.append(_finding(rule, "warn", f"{evidence}: check that its preprocessing is inside the model", **vals))
+            else:
+                out.append(_finding(rule, "ok", f"not more accurate on inputs {what}", **vals))
+        lo, hi = float(z.min()), float(z.max())
+        rowsum_err = float((z.sum(1) - 1).abs().max())
+        probs = hi < 1 + PROBABILITY_TOL and lo > -PROBABILITY_TOL and rowsum_err < PROBABILITY_TOL
+        vals = dict(min=lo, max=hi, max_row_sum_error=rowsum_err, tolerance=PROBABILITY_TOL)
+        if probs:
+            out.append(_finding("probabilities", "warn",
+                                "the model outputs probabilities (every row in [0,1] and summing to 1), not logits: gradients through "
+                                "a softmax vanish and attacks under-perform, so the robust accuracy may be overestimated "
+                                "(AutoAttack flag D2); make forward return the logits", **vals))
+        else:
+            out.append(_finding("probabilities", "ok", "outputs are not probabilities", **vals))
+        chance = 1.0 / num_classes
+        vals = dict(accuracy=acc, chance=chance, threshold=CHANCE_FACTOR * chance, n=n)
+        if acc < CHANCE_FACTOR * chance:
+            out.append(_finding("clean-accuracy", "warn",
+                                f"clean accuracy {100 * acc:.1f}% on {n} test points is below twice chance ({100 * CHANCE_FACTOR * chance:.0f}%): "
+                                "wrong weights, wrong data set or wrong preprocessing", **vals))
+        else:
+            out.append(_finding("clean-accuracy", "ok", f"clean accuracy {100 * acc:.1f}% on {n} test points", **vals))
+        k = min(n, RANDOM_POINTS)
+        a, b = _logits(model, x[:k], batch_size), _logits(model, x[:k], batch_size)
+        diff = float((torch.nn.functional.normalize(a, dim=1) - torch.nn.functional.normalize(b, dim=1)).norm(dim=1).max())
+        changed = int((a.argmax(1) != b.argmax(1)).sum())
+        vals = dict(max_difference=diff, predictions_changed=changed, tolerance=RANDOM_TOL, n=k)
+        if diff > RANDOM_TOL or changed:
+            out.append(_finding("deterministic", "warn",
+                                f"two identical forward passes in eval mode differ ({changed} predictions changed, output difference "
+                                f"{diff:.2g}): the model is randomised; evaluate it with --suite rand (expectation over transformation)",
+                                **vals))
+        else:
+            out.append(_finding("deterministic", "ok", "identical outputs on repeated forward passes", **vals))
+    if threat is not None:
+        warns = threat.warnings()
+        out.append(_finding("eps", "warn" if warns else "ok", "; ".join(warns) if warns else f"eps {threat.eps_text}",
+                            eps=threat.eps_text, eps_value=threat.eps))
+    return out
+
+
+# -- the verdict -------------------------------------------------------------------------------
+
+def _pts(p: float) -> str:
+    return f"{100 * p:.1f}"
+
+
+def decide(claim: float, robust: Dict[str, Any], checks: Dict[str, Any], flags: Sequence[str] = ()) -> Dict[str, Any]:
+    """The verdict rule of the module docstring. ``robust`` is a ``proportion`` (accuracy, n,
+    ci95); ``checks`` the eval result's checks block; ``flags`` extra reasons to flag."""
+    p = float(robust["accuracy"])
+    lo, hi = (float(v) for v in robust["ci95"])
+    gap = claim - p
+    cverdict = checks.get("verdict", "not run")
+    reasons = list(checks.get("reasons", []))
+    all_flags = list(flags)
+    if cverdict == "suspicious":
+        all_flags = [f"sanity checks: suspicious ({'; '.join(reasons) or 'no reason given'})"] + all_flags
+    nums = f"claimed {_pts(claim)}%, measured {_pts(p)}% (95% CI {_pts(lo)}-{_pts(hi)}%, n={robust['n']})"
+    if cverdict == "unreliable":
+        outcome = "unreliable"
+        text = f"the evaluation is unreliable ({'; '.join(reasons) or 'the sanity checks failed'}); {nums}: no verdict on the claim"
+    elif claim <= hi:
+        outcome = "holds"
+        if claim < lo:
+            text = f"the claim holds: {nums}; the claim is {_pts(-gap)} points below the measurement (conservative)"
+        elif gap > 0:
+            text = (f"the claim holds within sampling error: {nums}; {_pts(gap)} points above the measurement, inside the 95% "
+                    "interval (a larger --n narrows it)")
+        else:
+            text = f"the claim holds: {nums}"
+    else:
+        outcome = "overstated"
+        text = f"the claim is overstated by {_pts(gap)} points: {nums}; {_pts(claim - hi)} points above the interval's upper end"
+    if all_flags and outcome != "unreliable":
+        text += "; flagged: " + "; ".join(all_flags)
+    return {
+        "outcome": outcome,
+        "text": text,
+        "claim": claim,
+        "measured": p,
+        "ci95": [lo, hi],
+        "n": robust["n"],
+        "gap_points": 100 * gap,
+        "above_ci_points": 100 * (claim - hi),
+        "checks_verdict": cverdict,
+        "checks_reasons": reasons,
+        "flagged": bool(all_flags) and outcome != "unreliable",
+        "flags": all_flags,
+        "rule": ("measured = per-example worst case over every attack run (suite and replayed claimed attack) on the first n test "
+                 "points, with a 95% Wilson interval [lo, hi]; checks 'unreliable' -> unreliable; else claim <= hi -> holds; else "
+                 "overstated by claim - measured; holds/overstated are flagged by 'suspicious' checks, guard-rail warnings, "
+                 "or a suite no stronger than the claimed attack"),
+    }
+
+
+# -- attack strength ---------------------------------------------------------------------------
+
+def _grad_steps(desc: Dict[str, Any]) -> Optional[int]:
+    """Gradient steps per attacked point a descriptor promises (steps x restarts x targets)."""
+    if desc.get("attack") in ("square",) or desc.get("steps") is None:
+        return None
+    t = desc.get("targets")
+    return int(desc["steps"]) * int(desc.get("restarts") or 1) * (int(t) if isinstance(t, int) else 1)
+
+
+def compare_strength(parsed: Dict[str, Any], eval_doc: Dict[str, Any], replay: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The claimed attack beside the harness's: a row each, and whether the suite is stronger."""
+    rows = []
+    for a in eval_doc["attacks"]:
+        d = a["descriptor"]
+        rows.append({"label": a["label"], "attack": d.get("attack"), "steps": d.get("steps"), "restarts": d.get("restarts"),
+                     "loss": d.get("loss"), "targets": d.get("targets"), "queries": d.get("queries"),
+                     "gradient_steps": _grad_steps(d), "ran_on": a["ran_on"],
+                     "backward_per_attacked": a["passes"].get("backward_per_attacked"),
+                     "forward_per_attacked": a["passes"].get("forward_per_attacked"),
+                     "accuracy_after": a["after"]["accuracy"]})
+    fam = parsed.get("family")
+    has_aa = any(a["descriptor"].get("library") == "pyautoattack" for a in eval_doc["attacks"])
+    aa_versions = {a["descriptor"].get("autoattack_version") for a in eval_doc["attacks"] if a["descriptor"].get("library") == "pyautoattack"}
+    suite_max = max((r["gradient_steps"] or 0 for r in rows), default=0)
+    claimed = parsed.get("gradient_steps_per_example")
+    if not parsed.get("text"):
+        stronger, why = None, "no claimed attack given (--claim-attack); strengths not compared"
+    elif not parsed.get("parsed"):
+        stronger, why = None, f"the claimed attack {parsed['text']!r} was not recognised; strengths not compared"
+    elif fam == "autoattack":
+        if has_aa and parsed.get("version", "standard") in aa_versions:
+            stronger, why = True, f"the suite runs the reference AutoAttack {parsed.get('version', 'standard')} itself" + \
+                (" and more attacks after it" if len(rows) > len([r for r in rows if r["attack"] in ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")]) else "")
+        else:
+            stronger, why = False, f"the suite does not run AutoAttack {parsed.get('version', 'standard')}, the claimed attack"
+    elif has_aa:
+        stronger, why = True, "the suite runs the reference AutoAttack (APGD-CE, APGD-T, FAB-T, Square), stronger than " + parsed["text"]
+    elif claimed is not None:
+        stronger = suite_max >= claimed
+        why = (f"the suite's largest gradient attack takes {suite_max} gradient steps per point, "
+               f"{'at least' if stronger else 'fewer than'} the claimed attack's {claimed}")
+    else:
+        stronger, why = None, f"the budget of {parsed['text']!r} is not stated; strengths not compared"
+    claimed_row = {k: parsed.get(k) for k in ("text", "family", "steps", "restarts", "loss", "step_size", "gradient_steps_per_example")}
+    if replay is not None:
+        claimed_row["replayed"] = replay
+    return {"claimed": claimed_row, "harness": rows, "suite_stronger": stronger, "comparison": why,
+            "harness_cost": {k: eval_doc["cost"].get(k) for k in ("wall_s", "forward_per_example", "backward_per_example")}}
+
+
+# -- the audit ---------------------------------------------------------------------------------
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:60] or "model"
+
+
+def default_out_dir(model: Optional[str], robustbench: Optional[str]) -> Path:
+    if robustbench:
+        name = robustbench
+    else:
+        stem, _, factory = str(model).rpartition(":")
+        name = f"{Path(stem).stem}-{factory}" if stem else str(model)
+    return Path("audits") / f"{_slug(name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_audit(
+    *,
+    dataset: str,
+    eps: str,
+    claim: Any,
+    model: Optional[str] = None,
+    robustbench: Optional[str] = None,
+    checkpoint: Optional[str] = None,
+    model_dir: Optional[str] = None,
+    norm: str = "Linf",
+    claim_attack: Optional[str] = None,
+    suite: str = "standard",
+    n: Optional[int] = None,
+    batch_size: int = 500,
+    data_dir: Optional[str] = None,
+    device: str = "auto",
+    seed: int = 0,
+    normalize: Optional[str] = None,
+    state_path: Optional[Path] = None,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """Audit a claim; returns the audit document (schema "audit"). Raises ``HarnessError`` for
+    anything that stops the audit (a refused checkpoint, a model expecting normalised input,
+    ...). Writing it is ``write_audit``'s job."""
+    from attacks.suites import get_suite
+    from harness.data import load_dataset
+    from harness.evaluate import evaluate_model
+    from harness.rundir import now_iso
+    from harness.runtime import environment, select_device
+    from harness.threat import ThreatModel
+
+    t0 = time.perf_counter()
+    claim_value = parse_claim(claim)
+    threat = ThreatModel.parse(norm, eps)
+    suite_spec = get_suite(suite)
+    parsed = parse_claim_attack(claim_attack)
+    dev = select_device(device)
+    if robustbench is not None:  # fail on a wrong name or a missing file before loading any data
+        from harness.robustbench_compat import zoo_files
+
+        zoo_files(robustbench, dataset=dataset, threat=threat.norm, model_dir=model_dir or "models", checkpoint=checkpoint)
+    bundle = load_dataset(dataset, data_dir=data_dir, val_size=0, device=dev)
+    net, model_info = load_audit_model(model=model, robustbench=robustbench, checkpoint=checkpoint, model_dir=model_dir,
+                                       bundle=bundle, norm=threat.norm, normalize=normalize)
+    net = net.to(dev)
+
+    gx, gy = bundle.test.first(min(GUARD_SAMPLE, len(bundle.test)))
+    guards = guard_rails(net, gx, gy, mean=bundle.mean, std=bundle.std, num_classes=bundle.num_classes, batch_size=batch_size,
+                         threat=threat)
+    for g in guards:
+        if g["status"] == "warn":
+            log.warning("guard rail %s: %s", g["rule"], g["message"])
+    errors = [g for g in guards if g["status"] == "error"]
+    if errors:
+        raise AuditRefused("; ".join(g["message"] for g in errors))
+
+    n_eval = n or suite_spec["n"]
+    if n_eval > len(bundle.test):
+        log.warning("n=%d exceeds the %s test split (%d); using all %d", n_eval, dataset, len(bundle.test), len(bundle.test))
+        n_eval = len(bundle.test)
+    x, y = bundle.test.first(n_eval)
+    sx, sy = bundle.train.first(min(len(bundle.train), 5000))
+    ckpt_key = [model_info.get("file_sha256"), model_info.get("name"), normalize,
+                [f.get("sha256") for f in model_info.get("files", [])] or (model_info.get("checkpoint") or {}).get("sha256")]
+    eval_doc = evaluate_model(net, x, y, suite=suite, threat=threat, num_classes=bundle.num_classes, seed=seed, batch_size=batch_size,
+                              precision="fp32", state_path=state_path, state_key=["audit", ckpt_key], progress=progress,
+                              surrogate_data=(sx, sy))
+    eval_doc = {"suite": eval_doc.pop("suite"),
+                "data": {"dataset": dataset, "split": "test", "n": n_eval, "subset": "first n in fixed order", "source": bundle.source},
+                **eval_doc}
+    eval_doc["per_example"] = {"index": list(range(n_eval)), **eval_doc["per_example"]}
+
+    # the claimed attack, as far as its text says, on the same points (standalone, not in the cascade)
+    replay = None
+    robust_all = torch.tensor(eval_doc["per_example"]["robust"], dtype=torch.bool)
+    spec = replay_spec(parsed, threat.eps)
+    if spec is not None:
+        rdoc = evaluate_model(net, x, y, suite={"name": "claimed-attack", "n": n_eval, "attacks": [spec], "checks": []}, threat=threat,
+                              num_classes=bundle.num_classes, seed=seed, batch_size=batch_size, precision="fp32", progress=progress,
+                              run_checks=False)
+        rrob = torch.tensor(rdoc["per_example"]["robust"], dtype=torch.bool)
+        only = int((robust_all & ~rrob).sum())
+        replay = {"label": rdoc["attacks"][0]["label"], "descriptor": rdoc["attacks"][0]["descriptor"], "robust": rdoc["robust"],
+                  "passes": rdoc["attacks"][0]["passes"], "wall_s": rdoc["cost"]["wall_s"], "broke_points_suite_missed": only,
+                  "assumed": [], "per_example_robust": rrob.tolist()}
+        if spec["attack"] == "pgd" and not isinstance(spec["step_size"], float):
+            replay["assumed"].append("step size not stated (or not in pixel units); used 2.5*eps/steps (Madry et al.)")
+        robust_all &= rrob
+    measured = proportion(int(robust_all.sum()), n_eval)
+    measured["label"] = eval_doc["robust"]["label"] + (" and the replayed claimed attack" if replay else "")
+
+    strength = compare_strength(parsed, eval_doc, replay)
+    flags = [f"guard rail {g['rule']}: {g['message']}" for g in guards if g["status"] == "warn"]
+    if strength["suite_stronger"] is False:
+        advice = ("use a suite that runs it" if parsed.get("family") == "autoattack" and suite_spec["name"] == "standard"
+                  else "use --suite standard")
+        flags.append(f"the suite is not stronger than the claimed attack ({strength['comparison']}); {advice}")
+    if replay is not None and replay["broke_points_suite_missed"]:
+        flags.append(f"the replayed claimed attack broke {replay['broke_points_suite_missed']} point(s) the suite did not")
+    verdict = decide(claim_value, measured, eval_doc.get("checks", {}), flags)
+    notes = []
+    if eval_doc.get("checks", {}).get("verdict") == "not run":
+        notes.append("sanity checks did not run (" + "; ".join(eval_doc["checks"].get("reasons", [])) +
+                     "): gradient masking was not tested")
+    return {
+        "created": now_iso(),
+        "verdict": verdict,
+        "claim": {"value": claim_value, "text": str(claim), "attack": parsed, "threat": threat.to_dict()},
+        "measured": measured,
+        "clean": eval_doc["clean"],
+        "model": model_info,
+        "data": eval_doc["data"],
+        "threat": threat.to_dict(),
+        "suite": eval_doc["suite"],
+        "seed": seed,
+        "guard_rails": {"sample": int(gx.shape[0]), "findings": guards},
+        "strength": strength,
+        "notes": notes,
+        "eval": eval_doc,
+        "wall_s": time.perf_counter() - t0,
+        "env": environment(dev),
+    }
+
+
+def write_audit(doc: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
+    """audit.json (schema "audit", the eval result embedded), audit.md and audit.html, atomically."""
+    from harness.audit_report import render_html, render_markdown
+    from harness.io import atomic_write_json, atomic_write_text
+
+    out_dir = Path(out_dir)
+    paths = {"json": out_dir / "audit.json", "md": out_dir / "audit.md", "html": out_dir / "audit.html"}
+    atomic_write_json(paths["json"], doc, schema=AUDIT_SCHEMA)
+    atomic_write_text(paths["md"], render_markdown(doc))
+    atomic_write_text(paths["html"], render_html(doc))
+    return paths
+
+
+def audit_command(args: Any) -> int:
+    """``harness audit``: run, write, print the summary. Exit 0 when the claim holds, 1 when it
+    is overstated or the evaluation is unreliable; errors are HarnessErrors (exit 2)."""
+    from harness.audit_report import summary_lines
+
+    import warnings
+
+    # torch warns about the pickle protocol of files it is about to refuse; the refusal says enough
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")
+    out = Path(args.out) if getattr(args, "out", None) else default_out_dir(getattr(args, "model", None), getattr(args, "robustbench", None))
+    doc = run_audit(
+        dataset=args.dataset, eps=args.eps, claim=args.claim, model=getattr(args, "model", None),
+        robustbench=getattr(args, "robustbench", None), checkpoint=getattr(args, "checkpoint", None),
+        model_dir=getattr(args, "model_dir", None), norm=getattr(args, "norm", "Linf"), claim_attack=getattr(args, "claim_attack", None),
+        suite=getattr(args, "suite", "standard"), n=getattr(args, "n", None), batch_size=getattr(args, "batch_size", 500),
+        data_dir=getattr(args, "data_dir", None), device=getattr(args, "device", "auto"), seed=getattr(args, "seed", 0),
+        normalize=getattr(args, "normalize", None), state_path=out / ".eval-state.json",
+    )
+    paths = write_audit(doc, out)
+    sys.stdout.write("\n".join(summary_lines(doc)) + "\n")
+    sys.stdout.write(f"  written: {paths['md']}, {paths['html'].name}, {paths['json'].name}\n")
+    return EXIT_HOLDS if doc["verdict"]["outcome"] == "holds" else EXIT_NOT_HOLDING
