@@ -44,8 +44,8 @@ def run_pipeline(
             raise ValueError("run_pipeline needs a config or resume=RUN_DIR")
         C.check(cfg)
     device = select_device(cfg["device"])
-    for w in plan(cfg, device):  # defense, selection and training errors surface before a run directory exists
-        log.warning(w)
+    # config and data errors surface here, before a run directory exists
+    prepared = plan(cfg, device, load_data=True)
 
     if resume is None:
         out = cfg["out"]
@@ -61,7 +61,8 @@ def run_pipeline(
 
     with _sigterm_as_interrupt():
         try:
-            summary = train(run, cfg, device=device, resume=resume is not None, progress=progress, on_epoch_end=on_epoch_end)
+            summary = train(run, cfg, device=device, resume=resume is not None, progress=progress, on_epoch_end=on_epoch_end,
+                            prepared=prepared)
             results: List[Dict[str, Any]] = []
             if evaluate:
                 results = _evaluate(run, cfg, progress)

@@ -132,9 +132,10 @@ class _Plan:
                 raise ConfigError("data.val_size is 0: the per-epoch selection needs a validation split held out from train")
 
 
-def plan(cfg: Mapping[str, Any], device: Optional[torch.device] = None) -> List[str]:
-    """Check a config the way training will use it, without loading data; returns warnings."""
-    return _Plan(cfg, device, load_data=False).warnings
+def plan(cfg: Mapping[str, Any], device: Optional[torch.device] = None, *, load_data: bool = False) -> "_Plan":
+    """Check a config the way training will use it (and load its data if asked): every config
+    and data error surfaces here, before anything is written. Pass the result to ``train``."""
+    return _Plan(cfg, device, load_data=load_data)
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -177,15 +178,17 @@ def train(
     resume: bool = False,
     progress: Optional[bool] = None,
     on_epoch_end: Optional[Callable[[int, Dict[str, Any]], None]] = None,
+    prepared: Optional[_Plan] = None,
 ) -> Dict[str, Any]:
     """Train ``cfg``'s defense into ``run`` and return the ``training.json`` document.
 
     ``resume``: continue from ``checkpoints/last.pt`` if it exists (from scratch otherwise).
     ``on_epoch_end(epoch, row)`` is called after an epoch's files are all written (tests
-    interrupt runs there). ``progress``: a rich progress bar (default: when stderr is a TTY)."""
+    interrupt runs there). ``progress``: a rich progress bar (default: when stderr is a TTY).
+    ``prepared``: the result of ``plan(cfg, load_data=True)``, so data are not loaded twice."""
     seed = int(cfg["seed"])
     seed_everything(seed)
-    p = _Plan(cfg, device)
+    p = prepared if prepared is not None and prepared.data is not None else _Plan(cfg, device)
     data, defense, dev = p.data, p.defense, p.device
     assert data is not None
     tcfg, mcfg = cfg["train"], cfg["monitor"]

@@ -278,7 +278,7 @@ def test_deliberately_collapsed_fast_at_is_flagged_and_stops(tmp_path):
 def test_a_selection_attack_no_stronger_than_the_training_attack_is_refused(tmp_path):
     cfg = _cfg("pgd-at", tmp_path, defense_options={"steps": 20})
     with pytest.raises(ConfigError, match="selection.steps=N with N > 20"):
-        T.plan(cfg)
+        T.plan(cfg, load_data=True)
     with pytest.raises(ConfigError):
         run_pipeline(cfg, evaluate=False, progress=False)
     assert not (tmp_path / cfg["out"]["name"]).exists()  # refused before a run directory exists
@@ -401,3 +401,12 @@ def test_mixed_precision_path_runs(name, tmp_path):
     cfg = _cfg(name, tmp_path, precision="bf16", train={"epochs": 1}, monitor={"val_n": 50})
     doc = T.train(_new_run(cfg, tmp_path), cfg, progress=False)
     assert doc["precision"] == "bf16" and doc["epochs_run"] == 1
+
+
+def test_a_missing_data_set_fails_before_a_run_directory_exists(tmp_path, no_data_sources):
+    from harness.errors import DataError
+
+    cfg = _cfg("fast-at", tmp_path, dataset="mnist", data={"data_dir": str(no_data_sources), "download": False})
+    with pytest.raises(DataError):
+        run_pipeline(cfg, evaluate=False, progress=False)
+    assert not (tmp_path / cfg["out"]["name"]).exists()
