@@ -137,12 +137,12 @@ def _print_summary(run: RunDir, summary: Mapping[str, Any], results: List[Dict[s
     if not results:
         return
     table = Table(title="test-split evaluation", title_justify="left")
-    for col in ("checkpoint", "epoch", "suite", "n", "clean", "robust (worst case)"):
+    for col in ("checkpoint", "epoch", "suite", "n", "clean", "robust (worst case)", "checks verdict"):
         table.add_column(col)
     for r in results:
         clean, rob = r.get("clean") or {}, r.get("robust") or {}
         table.add_row(str(r.get("checkpoint")), str(r.get("checkpoint_epoch")), str(r.get("suite")),
-                      str((r.get("data") or {}).get("n")), _pct(clean), _pct(rob))
+                      str((r.get("data") or {}).get("n")), _pct(clean), _pct(rob), str((r.get("checks") or {}).get("verdict", "not run")))
     console.print(table)
 
 
