@@ -136,8 +136,8 @@ def _print_summary(run: RunDir, summary: Mapping[str, Any], results: List[Dict[s
         console.print(line, highlight=False)
     if not results:
         return
-    table = Table(title="test-split evaluation", title_justify="left")
-    for col in ("checkpoint", "epoch", "suite", "n", "clean", "robust (worst case)", "checks verdict"):
+    table = Table(title="test split: clean and worst-case robust accuracy, 95% CI", title_justify="left")
+    for col in ("checkpoint", "epoch", "suite", "n", "clean", "robust", "checks"):
         table.add_column(col)
     for r in results:
         clean, rob = r.get("clean") or {}, r.get("robust") or {}

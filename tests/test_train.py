@@ -362,7 +362,7 @@ def test_harness_run_end_to_end_through_the_cli(tmp_path):
         res = run.read_eval_result("smoke", ckpt_name)
         assert res is not None and res["data"]["split"] == "test" and res["checkpoint"] == ckpt_name
         assert 0 <= res["robust"]["accuracy"] <= res["clean"]["accuracy"] <= 1
-    assert "robust (worst case)" in done.stdout
+    assert "test split: clean and worst-case robust accuracy" in done.stdout and "│ best" in done.stdout
     assert run.report_path("md").exists() and run.report_path("html").exists() and run.report_path("json").exists()
     assert "status finished" in run.report_path("md").read_text()
     again = subprocess.run([sys.executable, "-m", "harness", "run", "--resume", str(out / "e2e")], capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
