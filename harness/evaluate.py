@@ -446,6 +446,8 @@ def summary_lines(doc: Dict[str, Any]) -> List[str]:
     ch = doc.get("checks", {})
     reasons = "; ".join(ch.get("reasons", [])[:3])
     lines.append(f"  verdict: {ch.get('verdict', 'not run')}" + (f" ({reasons})" if reasons else ""))
+    for f in ch.get("findings", []):
+        lines.append(f"    {f.get('status', '?'):<7} {f.get('check', '?'):<19} {f.get('message', '')}")
     c = doc["clean"]
     lines.append(f"  clean accuracy            {pct(c['accuracy']):>7} [{pct(c['ci95'][0])}, {pct(c['ci95'][1])}]")
     for a in doc["attacks"]:
