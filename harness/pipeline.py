@@ -30,7 +30,7 @@ def run_pipeline(
     evaluate: bool = True,
 ) -> int:
     """Run (or resume) the pipeline; returns the exit code. ``evaluate=False`` stops after training."""
-    from harness.runtime import environment, select_device
+    from harness.runtime import environment, resource_usage, select_device
     from harness.train import plan, train
 
     if resume is not None:
@@ -67,14 +67,14 @@ def run_pipeline(
             if evaluate:
                 results = _evaluate(run, cfg, progress)
             # the report says "finished" only if the status is written before it is rendered
-            run.update_env(status="finished", finished=now_iso())
+            run.update_env(status="finished", finished=now_iso(), resources=resource_usage(device))
             if evaluate:
                 _render(run)
         except KeyboardInterrupt:
             run.update_env(status="interrupted", interrupted=now_iso())
             raise
         except BaseException as e:
-            run.update_env(status="failed", failed=now_iso(), error=f"{type(e).__name__}: {e}")
+            run.update_env(status="failed", failed=now_iso(), error=f"{type(e).__name__}: {e}", resources=resource_usage(device))
             raise
     _print_summary(run, summary, results)
     return 0

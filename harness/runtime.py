@@ -151,6 +151,23 @@ def environment(device: Optional[torch.device] = None) -> Dict[str, Any]:
     return env
 
 
+def resource_usage(device: Optional[torch.device] = None) -> Dict[str, Any]:
+    """Peak memory of this process so far: resident set size (RSS, from the kernel) and, on CUDA,
+    the most memory torch's allocator held for tensors (``torch.cuda.max_memory_allocated``)."""
+    out: Dict[str, Any] = {"peak_rss_mib": None}
+    try:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        out["peak_rss_mib"] = round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+    except (ImportError, OSError):  # pragma: no cover - Windows has no resource module
+        pass
+    if device is not None and device.type == "cuda":
+        out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        out["cuda_max_reserved_mib"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
+    return out
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Put ``model`` in eval mode and restore every submodule's own mode on exit."""

@@ -325,6 +325,7 @@ def test_pipeline_records_status_and_resumes_an_interrupted_run(tmp_path):
     assert run_pipeline(None, resume=str(path), evaluate=False, progress=False) == 0
     env = json.loads((path / "env.json").read_text())
     assert env["status"] == "finished" and len(env["resumed"]) == 1
+    assert env["resources"]["peak_rss_mib"] > 0  # the run's peak memory is measured, not assumed
     assert [r["epoch"] for r in RunDir(path).read_metrics()] == [1, 2]
     saved = RunDir(path).read_config()
     saved.pop("schema_version", None)
@@ -341,7 +342,7 @@ def test_pipeline_marks_a_failed_run(tmp_path, monkeypatch):
     with pytest.raises(HarnessError):
         run_pipeline(cfg, evaluate=False, progress=False)
     env = json.loads((tmp_path / cfg["out"]["name"] / "env.json").read_text())
-    assert env["status"] == "failed" and "boom" in env["error"]
+    assert env["status"] == "failed" and "boom" in env["error"] and "peak_rss_mib" in env["resources"]
 
 
 def test_harness_run_end_to_end_through_the_cli(tmp_path):
