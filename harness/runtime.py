@@ -103,6 +103,25 @@ def resolved_precision(device: torch.device, precision: str = "auto") -> str:
     return precision
 
 
+def resolved_memory_format(device: torch.device, memory_format: Optional[str] = "auto") -> str:
+    """``auto``: channels-last on CUDA (cuDNN's NHWC convolution kernels, the tensor-core layout
+    under mixed precision), contiguous elsewhere (on the CPU it was measured no faster)."""
+    if memory_format in ("auto", None):
+        return "channels_last" if device.type == "cuda" else "contiguous"
+    if memory_format not in ("contiguous", "channels_last"):
+        raise ConfigError(f"unknown memory_format {memory_format!r}; use auto, contiguous or channels_last")
+    return memory_format
+
+
+def apply_memory_format(model: torch.nn.Module, memory_format: str) -> torch.nn.Module:
+    """Lay out the model's 4-d weights as ``memory_format`` (in place). Inputs need no change:
+    a convolution with channels-last weights returns channels-last activations. Checkpoints are
+    written contiguous either way (``harness.checkpoints.state_dict_of``)."""
+    if memory_format == "channels_last":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def git_sha(path: Optional[Path] = None) -> Optional[str]:
     here = path or Path(__file__).resolve().parent.parent
     try:

@@ -39,7 +39,8 @@ from harness.errors import ConfigError, HarnessError
 from harness.models import build_model
 from harness.monitor import build_selection_attack, check_selection, detect_catastrophic_overfitting, evaluate_val, robust_overfitting
 from harness.rundir import RunDir, now_iso
-from harness.runtime import autocast, resolved_precision, rng_state, seed_everything, select_device, set_rng_state
+from harness.runtime import (apply_memory_format, autocast, resolved_memory_format, resolved_precision, rng_state, seed_everything,
+                             select_device, set_rng_state)
 
 log = logging.getLogger("harness.train")
 
@@ -115,6 +116,7 @@ class _Plan:
         self.threat = threat_of(cfg)
         self.device = device if device is not None else select_device(cfg["device"])
         self.precision = resolved_precision(self.device, cfg["precision"])
+        self.memory_format = resolved_memory_format(self.device, cfg.get("memory_format", "auto"))
         self.defense = DEFENSES.get(cfg["defense"])(self.threat, cfg.get("defense_options") or {}, precision=self.precision)
         self.selection = build_selection_attack(cfg, self.threat, self.precision)
         self.warnings = check_selection(self.defense, self.selection)
@@ -195,7 +197,7 @@ def train(
     for w in p.warnings:
         log.warning(w)
 
-    model = build_model(cfg["model"], data.shape, data.num_classes, data.mean, data.std).to(dev)
+    model = apply_memory_format(build_model(cfg["model"], data.shape, data.num_classes, data.mean, data.std).to(dev), p.memory_format)
     optimizer = make_optimizer(model, tcfg)
     epochs, bs = int(tcfg["epochs"]), int(tcfg["batch_size"])
     batches = data.train.num_batches(bs)
@@ -409,5 +411,6 @@ def _summary(run: RunDir, cfg: Mapping[str, Any], p: _Plan, state: Mapping[str, 
         "expected_passes_per_example_per_epoch": defense.expected_passes(),
         "device": str(p.device),
         "precision": p.precision,
+        "memory_format": p.memory_format,
         "warnings": list(p.warnings),
     }

@@ -148,6 +148,7 @@ def test_defense_options_are_free_form():
     ({"device": "cuda:abc"}, "unknown device 'cuda:abc'"),
     ({"device": "cuda1"}, "unknown device 'cuda1'"),
     ({"precision": "fp8"}, "unknown precision"),
+    ({"memory_format": "nhwc"}, "unknown memory_format"),
     ({"eval": {"checkpoints": []}}, "eval.checkpoints"),
 ])
 def test_bad_values_are_config_errors(layer, match):

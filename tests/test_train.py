@@ -404,6 +404,23 @@ def test_mixed_precision_path_runs(name, tmp_path):
     assert doc["precision"] == "bf16" and doc["epochs_run"] == 1
 
 
+def test_channels_last_path_trains_evaluates_and_writes_contiguous_checkpoints(tmp_path):
+    """memory_format channels_last (the CUDA default) on the CPU: the code path, not speed."""
+    from harness.evaluate import evaluate_run
+    from harness.runtime import resolved_memory_format
+
+    assert resolved_memory_format(torch.device("cpu")) == "contiguous"
+    assert resolved_memory_format(torch.device("cuda")) == "channels_last"
+    cfg = _cfg("fast-at", tmp_path, memory_format="channels_last", train={"epochs": 1}, monitor={"val_n": 50})
+    run = _new_run(cfg, tmp_path)
+    doc = T.train(run, cfg, progress=False)
+    assert doc["memory_format"] == "channels_last"
+    weights = ckpt.load_state_dict_file(run.checkpoint_path("best"))
+    assert all(v.is_contiguous() for v in weights.values())
+    res = evaluate_run(run, checkpoints=["best"], suite="smoke", n=32, progress=False)[0]
+    assert 0 <= res["robust"]["accuracy"] <= res["clean"]["accuracy"]
+
+
 def test_a_missing_data_set_fails_before_a_run_directory_exists(tmp_path, no_data_sources):
     from harness.errors import DataError
 
