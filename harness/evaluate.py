@@ -390,9 +390,10 @@ def evaluate_run(
 ) -> List[Dict[str, Any]]:
     """Evaluate each checkpoint of ``run`` with the suite; write eval/SUITE--CKPT.json for each
     and return the result documents. Defaults come from the run's config."""
-    from harness.runtime import environment, resolved_precision, select_device
+    from harness.runtime import environment, resolved_precision, select_device, set_threads
 
     cfg = run.read_config()
+    set_threads(cfg.get("threads"))
     threat = ThreatModel.from_dict(cfg["threat"])
     suite_name = suite or cfg["eval"]["suite"]
     suite_spec = get_suite(suite_name)

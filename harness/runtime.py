@@ -103,6 +103,14 @@ def resolved_precision(device: torch.device, precision: str = "auto") -> str:
     return precision
 
 
+def set_threads(threads: Optional[int]) -> int:
+    """Use ``threads`` CPU threads for torch's kernels (None: leave torch's choice); returns the
+    count in use. On a machine other processes share, fewer threads than cores can be much faster."""
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
+
+
 def resolved_memory_format(device: torch.device, memory_format: Optional[str] = "auto") -> str:
     """``auto``: channels-last on CUDA (cuDNN's NHWC convolution kernels, the tensor-core layout
     under mixed precision), contiguous elsewhere (on the CPU it was measured no faster)."""

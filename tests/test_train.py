@@ -332,6 +332,30 @@ def test_pipeline_records_status_and_resumes_an_interrupted_run(tmp_path):
     assert saved == dict(cfg)  # the saved config is the resolved one, itself a valid --config
 
 
+def test_threads_are_set_recorded_and_kept_by_a_resumed_run(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        cfg = _cfg("erm", tmp_path, threads=2, train={"epochs": 1})
+        assert run_pipeline(cfg, evaluate=False, progress=False) == 0
+        env = json.loads((tmp_path / cfg["out"]["name"] / "env.json").read_text())
+        assert env["torch_threads"] == 2 == torch.get_num_threads()
+
+        # threads unset: a resumed run continues with the count its first part recorded
+        torch.set_num_threads(1)
+        cfg = _cfg("erm", tmp_path, train={"epochs": 2}, out={"name": "unset"})
+
+        def stop(epoch, row):
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(cfg, evaluate=False, progress=False, on_epoch_end=stop)
+        torch.set_num_threads(2)
+        assert run_pipeline(None, resume=str(tmp_path / "unset"), evaluate=False, progress=False) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_pipeline_marks_a_failed_run(tmp_path, monkeypatch):
     cfg = _cfg("erm", tmp_path)
 
