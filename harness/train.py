@@ -151,6 +151,32 @@ def _progress(enabled: bool):
                     TextColumn("{task.fields[info]}"), transient=True)
 
 
+class _LossDisplay:
+    """The running loss for the progress bar, read without stalling the device: on CUDA a copy
+    started at one update is shown at a later one, once it has landed (no host sync in the loop)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.text = ""
+        self._pending: Any = None
+
+    def update(self, loss_sum: torch.Tensor, seen: int) -> str:
+        if not self.cuda:
+            self.text = f"loss {float(loss_sum) / max(seen, 1):.3f}"
+            return self.text
+        if self._pending is not None and self._pending[0].query():
+            _, host, n = self._pending
+            self.text = f"loss {float(host) / max(n, 1):.3f}"
+            self._pending = None
+        if self._pending is None:
+            host = torch.empty((), dtype=loss_sum.dtype, pin_memory=True)
+            host.copy_(loss_sum, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending = (event, host, seen)
+        return self.text
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -271,13 +297,14 @@ def _epoch(epoch: int, epochs: int, run: RunDir, cfg: Mapping[str, Any], p: _Pla
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), dtype=torch.long, device=dev)
     seen = 0
+    shown = _LossDisplay(dev) if task is not None else None
     for i, (x, y) in enumerate(p.data.train.batches(int(tcfg["batch_size"]), shuffle=True, generator=data_gen)):
         r = defense.train_step(model, x, y, ctx)
         loss_sum += r.loss_sum.float()
         correct += r.correct
         seen += r.n
-        if task is not None and (i % 10 == 0 or i == batches - 1):
-            bar.update(task, completed=i + 1, info=f"loss {float(loss_sum) / max(seen, 1):.3f}")
+        if shown is not None and (i % 10 == 0 or i == batches - 1):
+            bar.update(task, completed=i + 1, info=shown.update(loss_sum, seen))
     _sync(dev)
     train_wall = time.perf_counter() - t0
     if task is not None:

@@ -428,6 +428,14 @@ def test_mixed_precision_path_runs(name, tmp_path):
     assert doc["precision"] == "bf16" and doc["epochs_run"] == 1
 
 
+def test_the_progress_bar_path_trains_and_shows_the_running_loss(tmp_path):
+    cfg = _cfg("fast-at", tmp_path, train={"epochs": 1}, monitor={"val_n": 50})
+    doc = T.train(_new_run(cfg, tmp_path), cfg, progress=True)
+    assert doc["epochs_run"] == 1
+    shown = T._LossDisplay(torch.device("cpu"))
+    assert shown.update(torch.tensor(6.0), 4) == "loss 1.500"
+
+
 def test_channels_last_path_trains_evaluates_and_writes_contiguous_checkpoints(tmp_path):
     """memory_format channels_last (the CUDA default) on the CPU: the code path, not speed."""
     from harness.evaluate import evaluate_run
