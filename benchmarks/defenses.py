@@ -120,6 +120,61 @@ def _measure_pair(trainers: Dict[str, Trainer], *, warmup: int, rounds: int, min
     return out
 
 
+class PassCost:
+    """One pass pair of the model in a regime, the three ways the defenses use it: a plain
+    update (forward, backward to the weights, optimizer step: the unit), an attack step (forward,
+    backward to the input only, signed step and projection) and an update that also takes the
+    input gradient (Free-AT's replay: one backward gives both)."""
+
+    def __init__(self, cfg: Dict[str, Any], data: DataBundle, device: torch.device, seed: int = 0):
+        self.t = Trainer("erm", cfg, data, device, seed)
+        self.eps = C.threat_of(cfg).eps
+
+    def plain(self, k: int) -> int:
+        return self.t.steps(k)
+
+    def attack(self, k: int) -> int:
+        from attacks.pgd import perturb
+
+        seen = 0
+        for _ in range(k):
+            x, y = next(self.t.stream)
+            perturb(self.t.model, x, y, norm="Linf", eps=self.eps, steps=1, step_size=self.eps / 4, generator=self.t.ctx.generator,
+                    precision=self.t.precision)
+            seen += int(y.shape[0])
+        return seen
+
+    def with_input_grad(self, k: int) -> int:
+        seen = 0
+        for _ in range(k):
+            x, y = next(self.t.stream)
+            x = x.requires_grad_(True)
+            with self.t.ctx.autocast():
+                logits = self.t.model(x)
+            self.t.ctx.step(torch.nn.functional.cross_entropy(logits.float(), y))
+            seen += int(y.shape[0])
+        return seen
+
+
+def bench_pass_costs(dataset: str, data: DataBundle, device: torch.device, batch_size: int, *, rounds: int = 3,
+                     min_time: float = 0.5, model: Optional[str] = None) -> Dict[str, Any]:
+    """What one pass pair costs in each of its three uses, relative to the plain update."""
+    cfg = regime("erm", dataset, batch_size=batch_size, model=model)
+    pc = PassCost(cfg, data, device)
+
+    class _Adapter:  # the shape _measure_pair expects
+        def __init__(self, fn):
+            self.steps, self.model, self.device = fn, pc.t.model, device
+
+    m = _measure_pair({"plain": _Adapter(pc.plain), "attack": _Adapter(pc.attack), "with_input_grad": _Adapter(pc.with_input_grad)},
+                      warmup=2, rounds=rounds, min_time=min_time)
+    base = m["plain"]["wall_us_per_example"]
+    return {"model": cfg["model"], "batch_size": int(cfg["train"]["batch_size"]), "optimizer": cfg["train"]["optimizer"],
+            "plain_us_per_example": base,
+            "attack_step": m["attack"]["wall_us_per_example"] / base,
+            "update_with_input_grad": m["with_input_grad"]["wall_us_per_example"] / base}
+
+
 def theory_units(expected: Dict[str, float]) -> float:
     """The paper's cost in units of one forward + one backward pass (forward-only passes beyond
     the backward ones, e.g. TRADES' clean target, are not counted: the issue's 'K + 2')."""
@@ -171,17 +226,62 @@ def bench_training(dataset: str, device: torch.device, names: Optional[Sequence[
     return rows
 
 
+def bench_pass_costs_for(rows: Sequence[Dict[str, Any]], dataset: str, device: torch.device, *, rounds: int = 3,
+                         min_time: float = 0.5) -> List[Dict[str, Any]]:
+    """Pass costs in every (model, batch size) regime the training rows used."""
+    val = C.resolve({"defense": "erm", "dataset": dataset})["data"]["val_size"]
+    data = load_dataset(dataset, val_size=val, device=device)
+    seen = sorted({(r["model"], r["batch_size"]) for r in rows})
+    return [bench_pass_costs(dataset, data, device, bs, rounds=rounds, min_time=min_time, model=m) for m, bs in seen]
+
+
+# How each defense spends its theory's units: attack steps take the input gradient only; updates
+# take the weight gradient (TRADES' update backpropagates through two forward passes: 2 units);
+# Free-AT's replays are updates that also take the input gradient. Used to price the theory with
+# the pass costs measured on this machine, so what is left over is the harness's own overhead.
+UPDATE_UNITS = {"fast-at": 1.0, "pgd-at": 1.0, "trades": 2.0}
+REPLAY_DEFENSES = {"free-at"}
+
+
+def theory_here(row: Dict[str, Any], costs: Sequence[Dict[str, Any]]) -> Optional[float]:
+    """The theory's units priced with this machine's measured pass costs (None if unknown)."""
+    c = next((c for c in costs if c["model"] == row["model"] and c["batch_size"] == row["batch_size"]), None)
+    if c is None:
+        return None
+    if row["defense"] in REPLAY_DEFENSES:
+        return row["theory"] * c["update_with_input_grad"]
+    if row["defense"] in UPDATE_UNITS:
+        u = UPDATE_UNITS[row["defense"]]
+        return (row["theory"] - u) * c["attack_step"] + u
+    return None
+
+
+def annotate(rows: Sequence[Dict[str, Any]], costs: Sequence[Dict[str, Any]]) -> None:
+    for r in rows:
+        t = theory_here(r, costs)
+        r["theory_priced_here"] = t
+        r["harness_overhead"] = None if t is None else r["wall_multiplier"] / t - 1.0
+
+
+def pass_costs_table(costs: Sequence[Dict[str, Any]]) -> str:
+    return format_table(["model, batch", "plain update us/ex", "attack step (input grad only)", "update + input grad (Free-AT replay)"],
+                        [[f"{c['model']}, {c['batch_size']}", fmt(c["plain_us_per_example"], ".1f"), fmt(c["attack_step"], ".2f", "x"),
+                          fmt(c["update_with_input_grad"], ".2f", "x")] for c in costs], "lrrr")
+
+
 def training_table(rows: Sequence[Dict[str, Any]]) -> str:
     headers = ["defense", "training attack", "model, batch", "fwd/ex", "bwd/ex", "theory", "passes x", "wall x", "cpu x",
-               "vs theory", "us/ex", "erm us/ex", "epochs", "run x erm-epoch"]
+               "vs theory", "theory here", "overhead", "us/ex", "erm us/ex", "epochs", "run x erm-epoch"]
     body = []
     for r in rows:
+        here = r.get("theory_priced_here")
         body.append([r["defense"], r["train_attack"][:40], f"{r['model']}, {r['batch_size']}", fmt(r["forward_per_example"]),
                      fmt(r["backward_per_example"]), fmt(r["theory"], "g"), fmt(r["passes_multiplier"]), fmt(r["wall_multiplier"]),
                      fmt(r["cpu_multiplier"]), f"{100 * r['over_theory']:+.0f}%" + ("" if r["within_tolerance"] else " !"),
+                     fmt(here), "n/a" if here is None else f"{100 * r['harness_overhead']:+.0f}%",
                      fmt(r["wall_us_per_example"], ".0f"), fmt(r["erm_wall_us_per_example"], ".0f"), r["recipe_epochs"],
                      fmt(r["recipe_run_cost_erm_epochs"], ".0f")])
-    return format_table(headers, body, "lll" + "r" * 11)
+    return format_table(headers, body, "lll" + "r" * 13)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -199,10 +299,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = select_device(args.device)
     rows = bench_training(args.dataset, device, args.only, rounds=args.rounds, min_time=args.min_time, batch_size=args.batch_size,
                           model=args.model, precision=args.precision)
+    costs = bench_pass_costs_for(rows, args.dataset, device, rounds=args.rounds, min_time=args.min_time)
+    annotate(rows, costs)
     print(f"training cost per example, {args.dataset}, device {device}, torch threads {torch.get_num_threads()}")
     print(training_table(rows))
+    print()
+    print("what one pass pair costs on this machine, relative to a plain update in the same regime")
+    print(pass_costs_table(costs))
     if args.json:
-        Path(args.json).write_text(json.dumps({"dataset": args.dataset, "machine": machine(device), "rows": rows}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"dataset": args.dataset, "machine": machine(device), "rows": rows, "pass_costs": costs},
+                                              indent=2) + "\n")
     return 0
 
 
