@@ -50,7 +50,8 @@ def run_default(extra: Sequence[str] = (), *, device: str = "auto", out_root: Op
         code = proc.wait()
     wall = time.perf_counter() - t0
     run_dir = out_root / "default-run"
-    out: Dict[str, Any] = {"command": " ".join(["harness", *cmd[3:]]), "exit_code": code, "wall_s": wall,
+    shown = ["harness", "run", "--defense", defense, *(["--device", device] if device != "auto" else []), *extra]
+    out: Dict[str, Any] = {"command": " ".join(shown) + " (--out: a temporary folder)", "exit_code": code, "wall_s": wall,
                            "peak_rss_mib": (usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)) if usage is not None else None}
     if code != 0:
         out["error"] = output[-3000:]
@@ -92,7 +93,7 @@ def default_run_table(r: Dict[str, Any]) -> str:
     if res.get("cuda_max_allocated_mib") is not None:
         rows.append(["peak GPU memory (torch.cuda.max_memory_allocated)", fmt(res["cuda_max_allocated_mib"], ".0f", " MiB")])
     rows.append(["device, precision, torch threads", f"{r['device']}, {r['precision']}, {r.get('torch_threads')}"])
-    return f"{r['command']}\n" + format_table(["", ""], rows, "lr")
+    return f"{r['command']}\n" + format_table(["measured", "value"], rows, "lr")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
