@@ -137,10 +137,23 @@ class FreeAT(DefenseBase):
             self.delta = torch.zeros_like(x)
         if self.delta.device != x.device:
             self.delta = self.delta.to(x.device)
-        loss_sum = torch.zeros((), device=x.device)
-        correct = torch.zeros((), dtype=torch.long, device=x.device)
-        delta = (self.project(x, x + self.delta[:n]) - x).detach()  # carried over, clipped to this batch's box
-        for _ in range(self.options["replays"]):
+        m = int(self.options["replays"])
+        if self.threat.norm == "Linf":
+            # the eps ball intersected with the [0,1] box is, per pixel, one interval for delta;
+            # computed once per minibatch, so a replay's update is a signed step and one clamp
+            eps = self.threat.eps
+            lo, hi = (-x).clamp(min=-eps), (1.0 - x).clamp(max=eps)
+
+            def next_delta(delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+                return delta.add(grad.sign(), alpha=self.alpha).clamp_(lo, hi)
+
+            delta = self.delta[:n].clamp(lo, hi)  # carried over, clipped to this batch's box
+        else:
+            def next_delta(delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+                return self.project(x, ascend(x + delta, grad, self.threat.norm, self.alpha)) - x
+
+            delta = (self.project(x, x + self.delta[:n]) - x).detach()
+        for _ in range(m):
             delta.requires_grad_(True)
             with ctx.autocast():
                 logits = model(x + delta)
@@ -148,9 +161,7 @@ class FreeAT(DefenseBase):
             ctx.step(loss)  # one backward: weight gradient (used by the step) and delta.grad
             grad = delta.grad
             assert grad is not None
-            delta = (self.project(x, ascend(x + delta.detach(), grad, self.threat.norm, self.alpha)) - x).detach()
-            loss_sum = loss.detach() * n
-            correct = (logits.detach().argmax(1) == y).sum()
+            delta = next_delta(delta.detach(), grad)
         self.delta[:n] = delta
         # the last replay's loss and accuracy stand for the minibatch
-        return StepResult(loss_sum, correct, n)
+        return StepResult(loss.detach() * n, (logits.detach().argmax(1) == y).sum(), n)

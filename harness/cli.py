@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", dest="seed", type=_nonneg_int, default=S)
     p.add_argument("--device", dest="device", default=S, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", dest="precision", default=S, help="auto, fp32, bf16 or fp16 (mixed precision on GPU)")
+    p.add_argument("--threads", dest="threads", type=_positive_int, default=S,
+                   help="CPU threads for torch (default: torch's choice, one per core); a resumed run keeps its count")
+    p.add_argument("--memory-format", dest="memory_format", default=S,
+                   help="auto, contiguous or channels_last (auto: channels-last on CUDA, contiguous elsewhere)")
     p.add_argument("--data-dir", dest="data.data_dir", default=S, help="folder holding the data set files")
     p.add_argument("--val-size", dest="data.val_size", type=_nonneg_int, default=S, help="examples held out from train for selection")
     p.add_argument("--no-download", dest="data.download", action="store_false", default=S, help="never download data")

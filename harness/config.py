@@ -28,6 +28,12 @@ DEFAULTS: Dict[str, Any] = {
     "device": "auto",
     # fp32 | bf16 | fp16 | auto (bf16 autocast on CUDA, fp32 elsewhere)
     "precision": "auto",
+    # contiguous | channels_last | auto (channels-last on CUDA, contiguous elsewhere: on the CPU it
+    # was measured no faster; benchmarks/run.py measures both on whatever device it runs on)
+    "memory_format": "auto",
+    # CPU threads for torch's kernels; None: torch's default (one per physical core). Results on
+    # the CPU depend on it bitwise, so a resumed run keeps the count its first part used.
+    "threads": None,
     "data": {
         "data_dir": None,
         "val_size": None,  # held out from train with split_seed; None: min(5000, 10% of train)
@@ -207,6 +213,10 @@ def check(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"unknown device {cfg['device']!r}; use auto, cpu, cuda, cuda:N or mps")
     if cfg["precision"] not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"unknown precision {cfg['precision']!r}; use auto, fp32, bf16 or fp16")
+    if cfg.get("threads") is not None:
+        _int(cfg, "threads", minimum=1)
+    if cfg.get("memory_format", "auto") not in ("auto", "contiguous", "channels_last"):
+        raise ConfigError(f"unknown memory_format {cfg['memory_format']!r}; use auto, contiguous or channels_last")
     ckpts = cfg["eval"].get("checkpoints")
     if not isinstance(ckpts, list) or not ckpts:
         raise ConfigError("eval.checkpoints must be a non-empty list such as [\"best\", \"last\"]")

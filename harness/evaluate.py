@@ -339,6 +339,7 @@ def load_run_model(run: RunDir, checkpoint: str, device: torch.device, bundle: A
     """Rebuild the run's model from its config and load ``checkpoint`` (best | last | epoch-N)."""
     from harness.checkpoints import load_into, load_resume, load_state_dict_file
     from harness.models import build_model
+    from harness.runtime import apply_memory_format, resolved_memory_format
 
     cfg = run.read_config()
     if bundle is None:
@@ -361,6 +362,7 @@ def load_run_model(run: RunDir, checkpoint: str, device: torch.device, bundle: A
         elif checkpoint.startswith("epoch-"):
             meta["epoch"] = int(checkpoint.split("-")[1])
     load_into(model, state, source=str(path))
+    apply_memory_format(model, resolved_memory_format(device, cfg.get("memory_format", "auto")))
     model.eval()
     return model, meta
 
@@ -388,9 +390,10 @@ def evaluate_run(
 ) -> List[Dict[str, Any]]:
     """Evaluate each checkpoint of ``run`` with the suite; write eval/SUITE--CKPT.json for each
     and return the result documents. Defaults come from the run's config."""
-    from harness.runtime import environment, resolved_precision, select_device
+    from harness.runtime import environment, resolved_precision, select_device, set_threads
 
     cfg = run.read_config()
+    set_threads(cfg.get("threads"))
     threat = ThreatModel.from_dict(cfg["threat"])
     suite_name = suite or cfg["eval"]["suite"]
     suite_spec = get_suite(suite_name)

@@ -44,6 +44,60 @@ class NormalizedModel(nn.Sequential):
         self.net = net
 
 
+class _InputGradConv(torch.autograd.Function):
+    """conv2d whose input gradient is the direct transposed convolution (see InputGradConv2d)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding):  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        return torch.nn.functional.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        stride, padding, kernel = list(ctx.stride), list(ctx.padding), list(weight.shape[-2:])
+        if ctx.needs_input_grad[0]:
+            # the transposed convolution's output size can fall short of x's by up to stride - 1
+            out_pad = [x.shape[-2 + i] - ((grad_out.shape[-2 + i] - 1) * stride[i] - 2 * padding[i] + kernel[i]) for i in range(2)]
+            grad_x = torch.ops.aten.slow_conv_transpose2d(grad_out, weight, kernel, None, stride, padding, out_pad, [1, 1])
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, [weight.shape[0]] if ctx.has_bias else None, stride, padding, [1, 1], False, [0, 0], 1,
+                [False, ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]])
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return bool(torch.is_autocast_enabled("cpu"))
+    except TypeError:  # torch < 2.4
+        return bool(torch.is_autocast_cpu_enabled())
+
+
+class InputGradConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose *input* gradient, on the CPU, is the direct transposed convolution
+    (``aten.slow_conv_transpose2d``) rather than oneDNN's backward-data kernel.
+
+    Why: for a first layer with one input channel and stride 2 (the small CNN's), oneDNN's
+    backward-data kernel (brgconv_strided) was measured at ~1.1 ms per batch of 128 on an AVX-512
+    CPU, 13x the layer's forward and a third of a whole training step, where the direct transposed
+    convolution takes ~0.3 ms. Every attack step and every Free-AT replay needs that gradient
+    (benchmarks/defenses.py prices it: 'attack step' and 'update + input grad'). The forward pass
+    and the weight gradient are torch's own; gradients equal torch's to float rounding (tested,
+    double backward included). Anywhere else (CUDA, MPS, autocast, no input gradient, other dtypes,
+    groups or dilation) it is exactly ``nn.Conv2d``; the state dict is the same.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and not _cpu_autocast() and self.groups == 1
+                and tuple(self.dilation) == (1, 1) and self.padding_mode == "zeros" and not isinstance(self.padding, str)):
+            return _InputGradConv.apply(x, self.weight, self.bias, tuple(self.stride), tuple(self.padding))
+        return super().forward(x)
+
+
 def build_model(name: str, shape: Tuple[int, int, int], num_classes: int,
                 mean: Sequence[float], std: Sequence[float]) -> NormalizedModel:
     factory = MODELS.get(name)
@@ -60,12 +114,13 @@ def build_model(name: str, shape: Tuple[int, int, int], num_classes: int,
 @MODELS.register("small-cnn", summary="conv4x4-16 s2, conv4x4-32 s2, FC100, FC (Wong et al. / MMR small CNN), any small grayscale or RGB input")
 def small_cnn(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
     """The small CNN of the Fast-AT MNIST experiments and the MMR Fashion-MNIST table:
-    conv 4x4x16 stride 2, conv 4x4x32 stride 2, FC 100, FC num_classes, ReLU activations."""
+    conv 4x4x16 stride 2, conv 4x4x32 stride 2, FC 100, FC num_classes, ReLU activations.
+    The first convolution takes its input gradient by the faster CPU route (``InputGradConv2d``)."""
     c, h, w = shape
     h2, w2 = (h + 2 - 4) // 2 + 1, (w + 2 - 4) // 2 + 1
     h3, w3 = (h2 + 2 - 4) // 2 + 1, (w2 + 2 - 4) // 2 + 1
     return nn.Sequential(
-        nn.Conv2d(c, 16, 4, stride=2, padding=1), nn.ReLU(),
+        InputGradConv2d(c, 16, 4, stride=2, padding=1), nn.ReLU(),
         nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
         nn.Flatten(),
         nn.Linear(32 * h3 * w3, 100), nn.ReLU(),

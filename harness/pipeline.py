@@ -30,7 +30,7 @@ def run_pipeline(
     evaluate: bool = True,
 ) -> int:
     """Run (or resume) the pipeline; returns the exit code. ``evaluate=False`` stops after training."""
-    from harness.runtime import environment, select_device
+    from harness.runtime import environment, resource_usage, select_device, set_threads
     from harness.train import plan, train
 
     if resume is not None:
@@ -43,6 +43,11 @@ def run_pipeline(
         if cfg is None:
             raise ValueError("run_pipeline needs a config or resume=RUN_DIR")
         C.check(cfg)
+    threads = cfg.get("threads")
+    if threads is None and resume is not None:
+        # CPU results depend bitwise on the thread count: continue with the one the run began with
+        threads = run.read_env().get("torch_threads")
+    set_threads(threads)
     device = select_device(cfg["device"])
     # config and data errors surface here, before a run directory exists
     prepared = plan(cfg, device, load_data=True)
@@ -67,14 +72,14 @@ def run_pipeline(
             if evaluate:
                 results = _evaluate(run, cfg, progress)
             # the report says "finished" only if the status is written before it is rendered
-            run.update_env(status="finished", finished=now_iso())
+            run.update_env(status="finished", finished=now_iso(), resources=resource_usage(device))
             if evaluate:
                 _render(run)
         except KeyboardInterrupt:
             run.update_env(status="interrupted", interrupted=now_iso())
             raise
         except BaseException as e:
-            run.update_env(status="failed", failed=now_iso(), error=f"{type(e).__name__}: {e}")
+            run.update_env(status="failed", failed=now_iso(), error=f"{type(e).__name__}: {e}", resources=resource_usage(device))
             raise
     _print_summary(run, summary, results)
     return 0

@@ -103,6 +103,33 @@ def resolved_precision(device: torch.device, precision: str = "auto") -> str:
     return precision
 
 
+def set_threads(threads: Optional[int]) -> int:
+    """Use ``threads`` CPU threads for torch's kernels (None: leave torch's choice); returns the
+    count in use. On a machine other processes share, fewer threads than cores can be much faster."""
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
+
+
+def resolved_memory_format(device: torch.device, memory_format: Optional[str] = "auto") -> str:
+    """``auto``: channels-last on CUDA (cuDNN's NHWC convolution kernels, the tensor-core layout
+    under mixed precision), contiguous elsewhere (on the CPU it was measured no faster)."""
+    if memory_format in ("auto", None):
+        return "channels_last" if device.type == "cuda" else "contiguous"
+    if memory_format not in ("contiguous", "channels_last"):
+        raise ConfigError(f"unknown memory_format {memory_format!r}; use auto, contiguous or channels_last")
+    return memory_format
+
+
+def apply_memory_format(model: torch.nn.Module, memory_format: str) -> torch.nn.Module:
+    """Lay out the model's 4-d weights as ``memory_format`` (in place). Inputs need no change:
+    a convolution with channels-last weights returns channels-last activations. Checkpoints are
+    written contiguous either way (``harness.checkpoints.state_dict_of``)."""
+    if memory_format == "channels_last":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def git_sha(path: Optional[Path] = None) -> Optional[str]:
     here = path or Path(__file__).resolve().parent.parent
     try:
@@ -149,6 +176,23 @@ def environment(device: Optional[torch.device] = None) -> Dict[str, Any]:
         else:
             env["device_name"] = platform.processor() or platform.machine()
     return env
+
+
+def resource_usage(device: Optional[torch.device] = None) -> Dict[str, Any]:
+    """Peak memory of this process so far: resident set size (RSS, from the kernel) and, on CUDA,
+    the most memory torch's allocator held for tensors (``torch.cuda.max_memory_allocated``)."""
+    out: Dict[str, Any] = {"peak_rss_mib": None}
+    try:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        out["peak_rss_mib"] = round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+    except (ImportError, OSError):  # pragma: no cover - Windows has no resource module
+        pass
+    if device is not None and device.type == "cuda":
+        out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        out["cuda_max_reserved_mib"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
+    return out
 
 
 @contextlib.contextmanager

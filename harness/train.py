@@ -39,7 +39,8 @@ from harness.errors import ConfigError, HarnessError
 from harness.models import build_model
 from harness.monitor import build_selection_attack, check_selection, detect_catastrophic_overfitting, evaluate_val, robust_overfitting
 from harness.rundir import RunDir, now_iso
-from harness.runtime import autocast, resolved_precision, rng_state, seed_everything, select_device, set_rng_state
+from harness.runtime import (apply_memory_format, autocast, resolved_memory_format, resolved_precision, rng_state, seed_everything,
+                             select_device, set_rng_state)
 
 log = logging.getLogger("harness.train")
 
@@ -115,6 +116,7 @@ class _Plan:
         self.threat = threat_of(cfg)
         self.device = device if device is not None else select_device(cfg["device"])
         self.precision = resolved_precision(self.device, cfg["precision"])
+        self.memory_format = resolved_memory_format(self.device, cfg.get("memory_format", "auto"))
         self.defense = DEFENSES.get(cfg["defense"])(self.threat, cfg.get("defense_options") or {}, precision=self.precision)
         self.selection = build_selection_attack(cfg, self.threat, self.precision)
         self.warnings = check_selection(self.defense, self.selection)
@@ -147,6 +149,32 @@ def _progress(enabled: bool):
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     TextColumn("{task.fields[info]}"), transient=True)
+
+
+class _LossDisplay:
+    """The running loss for the progress bar, read without stalling the device: on CUDA a copy
+    started at one update is shown at a later one, once it has landed (no host sync in the loop)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.text = ""
+        self._pending: Any = None
+
+    def update(self, loss_sum: torch.Tensor, seen: int) -> str:
+        if not self.cuda:
+            self.text = f"loss {float(loss_sum) / max(seen, 1):.3f}"
+            return self.text
+        if self._pending is not None and self._pending[0].query():
+            _, host, n = self._pending
+            self.text = f"loss {float(host) / max(n, 1):.3f}"
+            self._pending = None
+        if self._pending is None:
+            host = torch.empty((), dtype=loss_sum.dtype, pin_memory=True)
+            host.copy_(loss_sum, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending = (event, host, seen)
+        return self.text
 
 
 def _sync(device: torch.device) -> None:
@@ -195,7 +223,7 @@ def train(
     for w in p.warnings:
         log.warning(w)
 
-    model = build_model(cfg["model"], data.shape, data.num_classes, data.mean, data.std).to(dev)
+    model = apply_memory_format(build_model(cfg["model"], data.shape, data.num_classes, data.mean, data.std).to(dev), p.memory_format)
     optimizer = make_optimizer(model, tcfg)
     epochs, bs = int(tcfg["epochs"]), int(tcfg["batch_size"])
     batches = data.train.num_batches(bs)
@@ -269,13 +297,14 @@ def _epoch(epoch: int, epochs: int, run: RunDir, cfg: Mapping[str, Any], p: _Pla
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), dtype=torch.long, device=dev)
     seen = 0
+    shown = _LossDisplay(dev) if task is not None else None
     for i, (x, y) in enumerate(p.data.train.batches(int(tcfg["batch_size"]), shuffle=True, generator=data_gen)):
         r = defense.train_step(model, x, y, ctx)
         loss_sum += r.loss_sum.float()
         correct += r.correct
         seen += r.n
-        if task is not None and (i % 10 == 0 or i == batches - 1):
-            bar.update(task, completed=i + 1, info=f"loss {float(loss_sum) / max(seen, 1):.3f}")
+        if shown is not None and (i % 10 == 0 or i == batches - 1):
+            bar.update(task, completed=i + 1, info=shown.update(loss_sum, seen))
     _sync(dev)
     train_wall = time.perf_counter() - t0
     if task is not None:
@@ -409,5 +438,6 @@ def _summary(run: RunDir, cfg: Mapping[str, Any], p: _Plan, state: Mapping[str, 
         "expected_passes_per_example_per_epoch": defense.expected_passes(),
         "device": str(p.device),
         "precision": p.precision,
+        "memory_format": p.memory_format,
         "warnings": list(p.warnings),
     }

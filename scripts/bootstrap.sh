@@ -4,15 +4,17 @@
 #   - Fashion-MNIST from Debian's package dataset-fashion-mnist where apt is available.
 # Usage: bash scripts/bootstrap.sh          # for running harness
 #        bash scripts/bootstrap.sh --test   # also the test dependencies
+#        bash scripts/bootstrap.sh --peers  # also the peer libraries benchmarks/run.py compares with
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
 want_data=1
+want_peers=0
 for arg in "$@"; do
   case "$arg" in
     --test) extras="[test]"; want_data=0 ;;
-    --peers) extras="[test,peers]" ;;
+    --peers) extras="[test,peers]"; want_peers=1 ;;
     *) echo "bootstrap.sh: unknown option $arg (use --test or --peers)" >&2; exit 2 ;;
   esac
 done
@@ -27,6 +29,11 @@ if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 fi
 .venv/bin/python -m pip install -q -e ".${extras}"
+if [ "$want_peers" = 1 ]; then
+  # torchattacks pins requests~=2.25.1 in its metadata (it never imports requests); installing it
+  # with its dependencies would downgrade requests and idna. Its real needs come with [peers].
+  .venv/bin/python -m pip install -q --no-deps "torchattacks>=3.5"
+fi
 
 # The default data set. Tests never need it (they use generated and bundled data).
 if [ "$want_data" = 1 ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then

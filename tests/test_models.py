@@ -102,3 +102,56 @@ def test_32x32_models_are_robustbench_architectures(name, cls, module):
         # 1 stem conv + 2 per block ((depth - 4) / 6 blocks in each of 3 stages) + the 3 shortcut convs
         assert n_convs == 1 + 2 * 3 * ((depth - 4) // 6) + 3
         assert net.fc.in_features == 640  # width 64 * widen factor 10
+
+
+# -- the small CNN's first convolution: torch's gradients by a faster CPU route ------------------
+
+@pytest.mark.parametrize("cin, size, stride, padding, bias", [(1, 28, 2, 1, True), (1, 7, 2, 1, True), (3, 9, 2, 0, False),
+                                                              (2, 8, 1, 1, True), (1, 11, 3, 2, True)])
+def test_input_grad_conv_gives_torchs_gradients(cin, size, stride, padding, bias):
+    from harness.models import InputGradConv2d
+
+    torch.manual_seed(0)
+    fast = InputGradConv2d(cin, 5, 4, stride=stride, padding=padding, bias=bias)
+    plain = torch.nn.Conv2d(cin, 5, 4, stride=stride, padding=padding, bias=bias)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.rand(6, cin, size, size)
+    outs = []
+    for conv in (fast, plain):
+        xi = x.clone().requires_grad_(True)
+        out = conv(xi)
+        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
+        params = [p for p in conv.parameters()]
+        grads = torch.autograd.grad(loss, [xi, *params], create_graph=True)
+        # double backward: a gradient penalty on the input gradient, back to the weights
+        second = torch.autograd.grad(grads[0].pow(2).sum(), params, allow_unused=True)
+        outs.append((out, grads, second))
+    (o1, g1, s1), (o2, g2, s2) = outs
+    torch.testing.assert_close(o1, o2)
+    assert s1[0] is not None  # the input gradient depends on the weights (not on the bias)
+    for a, b in zip(g1 + s1, g2 + s2):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_input_grad_conv_is_plain_conv_off_its_path():
+    from harness.models import InputGradConv2d, _InputGradConv
+
+    conv = InputGradConv2d(1, 4, 4, stride=2, padding=1)
+    used = []
+    real = _InputGradConv.apply
+    try:
+        _InputGradConv.apply = lambda *a: used.append(1) or real(*a)  # type: ignore[method-assign]
+        conv(torch.rand(2, 1, 8, 8))  # no input gradient asked
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv(torch.rand(2, 1, 8, 8, requires_grad=True))
+        out.float().sum().backward()  # autocast: torch's own path, bf16 included
+        assert not used
+        conv(torch.rand(2, 1, 8, 8, requires_grad=True)).sum().backward()
+        assert used == [1]
+    finally:
+        _InputGradConv.apply = real  # type: ignore[method-assign]
+    model = build_model("small-cnn", (1, 28, 28), 10, [0.3], [0.3])
+    assert list(model.state_dict()) == ["normalize.mean", "normalize.std", "net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias",
+                                        "net.5.weight", "net.5.bias", "net.7.weight", "net.7.bias"]  # checkpoints unchanged

@@ -325,10 +325,35 @@ def test_pipeline_records_status_and_resumes_an_interrupted_run(tmp_path):
     assert run_pipeline(None, resume=str(path), evaluate=False, progress=False) == 0
     env = json.loads((path / "env.json").read_text())
     assert env["status"] == "finished" and len(env["resumed"]) == 1
+    assert env["resources"]["peak_rss_mib"] > 0  # the run's peak memory is measured, not assumed
     assert [r["epoch"] for r in RunDir(path).read_metrics()] == [1, 2]
     saved = RunDir(path).read_config()
     saved.pop("schema_version", None)
     assert saved == dict(cfg)  # the saved config is the resolved one, itself a valid --config
+
+
+def test_threads_are_set_recorded_and_kept_by_a_resumed_run(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        cfg = _cfg("erm", tmp_path, threads=2, train={"epochs": 1})
+        assert run_pipeline(cfg, evaluate=False, progress=False) == 0
+        env = json.loads((tmp_path / cfg["out"]["name"] / "env.json").read_text())
+        assert env["torch_threads"] == 2 == torch.get_num_threads()
+
+        # threads unset: a resumed run continues with the count its first part recorded
+        torch.set_num_threads(1)
+        cfg = _cfg("erm", tmp_path, train={"epochs": 2}, out={"name": "unset"})
+
+        def stop(epoch, row):
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(cfg, evaluate=False, progress=False, on_epoch_end=stop)
+        torch.set_num_threads(2)
+        assert run_pipeline(None, resume=str(tmp_path / "unset"), evaluate=False, progress=False) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_pipeline_marks_a_failed_run(tmp_path, monkeypatch):
@@ -341,7 +366,7 @@ def test_pipeline_marks_a_failed_run(tmp_path, monkeypatch):
     with pytest.raises(HarnessError):
         run_pipeline(cfg, evaluate=False, progress=False)
     env = json.loads((tmp_path / cfg["out"]["name"] / "env.json").read_text())
-    assert env["status"] == "failed" and "boom" in env["error"]
+    assert env["status"] == "failed" and "boom" in env["error"] and "peak_rss_mib" in env["resources"]
 
 
 def test_harness_run_end_to_end_through_the_cli(tmp_path):
@@ -401,6 +426,31 @@ def test_mixed_precision_path_runs(name, tmp_path):
     cfg = _cfg(name, tmp_path, precision="bf16", train={"epochs": 1}, monitor={"val_n": 50})
     doc = T.train(_new_run(cfg, tmp_path), cfg, progress=False)
     assert doc["precision"] == "bf16" and doc["epochs_run"] == 1
+
+
+def test_the_progress_bar_path_trains_and_shows_the_running_loss(tmp_path):
+    cfg = _cfg("fast-at", tmp_path, train={"epochs": 1}, monitor={"val_n": 50})
+    doc = T.train(_new_run(cfg, tmp_path), cfg, progress=True)
+    assert doc["epochs_run"] == 1
+    shown = T._LossDisplay(torch.device("cpu"))
+    assert shown.update(torch.tensor(6.0), 4) == "loss 1.500"
+
+
+def test_channels_last_path_trains_evaluates_and_writes_contiguous_checkpoints(tmp_path):
+    """memory_format channels_last (the CUDA default) on the CPU: the code path, not speed."""
+    from harness.evaluate import evaluate_run
+    from harness.runtime import resolved_memory_format
+
+    assert resolved_memory_format(torch.device("cpu")) == "contiguous"
+    assert resolved_memory_format(torch.device("cuda")) == "channels_last"
+    cfg = _cfg("fast-at", tmp_path, memory_format="channels_last", train={"epochs": 1}, monitor={"val_n": 50})
+    run = _new_run(cfg, tmp_path)
+    doc = T.train(run, cfg, progress=False)
+    assert doc["memory_format"] == "channels_last"
+    weights = ckpt.load_state_dict_file(run.checkpoint_path("best"))
+    assert all(v.is_contiguous() for v in weights.values())
+    res = evaluate_run(run, checkpoints=["best"], suite="smoke", n=32, progress=False)[0]
+    assert 0 <= res["robust"]["accuracy"] <= res["clean"]["accuracy"]
 
 
 def test_a_missing_data_set_fails_before_a_run_directory_exists(tmp_path, no_data_sources):

@@ -1,0 +1,109 @@
+"""The cost benchmark's pieces run on a tiny setting (generated data, a few steps). A smoke, not a
+timed test: speed targets belong to benchmarks/run.py, never to the test suite."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import attacks as A  # noqa: E402
+from benchmarks import defenses as D  # noqa: E402
+from benchmarks import default_run as R  # noqa: E402
+from benchmarks import knobs as K  # noqa: E402
+from benchmarks import peers as P  # noqa: E402
+from benchmarks import run as B  # noqa: E402
+from harness.data import load_dataset  # noqa: E402
+from harness.threat import ThreatModel  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def test_training_multipliers_passes_and_pass_costs():
+    rows = D.bench_training("synthetic", CPU, ["fast-at", "free-at"], rounds=1, min_time=0.01, warmup=1)
+    by = {r["defense"]: r for r in rows}
+    assert by["fast-at"]["forward_per_example"] == pytest.approx(2.0) and by["fast-at"]["theory"] == 2.0
+    assert by["free-at"]["backward_per_example"] == pytest.approx(by["free-at"]["theory"])  # m replays, counted by hooks
+    assert all(r["wall_multiplier"] > 0 and r["erm_wall_us_per_example"] > 0 for r in rows)
+    costs = D.bench_pass_costs_for(rows, "synthetic", CPU, rounds=1, min_time=0.01)
+    assert {(c["model"], c["batch_size"]) for c in costs} == {(r["model"], r["batch_size"]) for r in rows}
+    D.annotate(rows, costs)
+    assert all(r["theory_priced_here"] > 0 for r in rows)
+    table = D.training_table(rows)
+    assert "free-at" in table and "theory here" in table and "update + input grad" in D.pass_costs_table(costs)
+
+
+def test_our_pgd_beside_the_peers_on_the_same_points():
+    bundle = load_dataset("synthetic")
+    model = A.train_model(bundle, CPU, epochs=1, max_batches=5)
+    x, y = bundle.test.first(48)
+    block = A.bench_peers(model, x, y, eps=0.1, eps_text="0.1", steps=3, step_size="eps/4", batch_size=32, device=CPU,
+                          num_classes=10, rounds=1)
+    libs = {r["library"]: r for r in block["rows"]}
+    assert "harness" in libs and libs["harness"]["examples_per_s"] > 0
+    for name in ("torchattacks", "art", "pyautoattack"):
+        assert (name in libs) == (P.available(name) is not None)
+        if name in libs:
+            assert 0 <= libs[name]["accuracy"] <= 1 and "ours_not_weaker" in libs[name]
+    assert "PGD-3" in A.peers_table([block])
+
+
+def test_paired_comparison_flags_a_weaker_attack():
+    ours = torch.ones(100, dtype=torch.bool)
+    peer = torch.zeros(100, dtype=torch.bool)
+    assert not A._paired(ours, peer)["ours_not_weaker"]  # ours leaves 100 points robust that the peer broke
+    assert A._paired(peer, ours)["ours_not_weaker"]
+    assert A._paired(ours, ours)["ours_not_weaker"]
+
+
+def test_a_suite_beside_autoattack_direct():
+    bundle = load_dataset("synthetic")
+    model = A.train_model(bundle, CPU, epochs=1, max_batches=5)
+    x, y = bundle.test.first(16)
+    out = A.bench_suite(model, x, y, suite="smoke", threat=ThreatModel.parse("Linf", "0.1"), batch_size=16, device=CPU,
+                        num_classes=10, peer=False)
+    assert out["rows"][0]["library"] == "harness" and 0 <= out["rows"][0]["accuracy"] <= 1
+
+
+def test_the_pyautoattack_peer_adapters_return_robust_masks():
+    bundle = load_dataset("synthetic")
+    model = A.train_model(bundle, CPU, epochs=1, max_batches=2)
+    x, y = bundle.test.first(6)
+    # eps 0.5 breaks every point in AutoAttack's first component, so the rest has nothing to do
+    mask = P.autoattack(model, eps=0.5, version="standard", batch_size=6, device=CPU)(x, y)
+    assert mask.dtype == torch.bool and mask.shape == (6,) and not bool(mask.any())
+    mask = P.apgd(model, eps=0.05, steps=2, batch_size=6, device=CPU)(x, y)
+    assert mask.dtype == torch.bool and mask.shape == (6,)
+
+
+def test_knobs_measure_every_precision_and_memory_format():
+    doc = K.bench_knobs(CPU, dataset="synthetic", min_time=0.01, rounds=1, train_batch=16)
+    assert {(r["precision"], r["memory_format"]) for r in doc["rows"]} == set(K.settings_for(CPU))
+    base = next(r for r in doc["rows"] if r["precision"] == "fp32" and r["memory_format"] == "contiguous")
+    assert base["train_speedup"] == pytest.approx(1.0)
+    assert "channels_last" in K.knobs_table(doc)
+
+
+def test_the_default_run_measures_wall_time_and_peak_memory(tmp_path):
+    extra = ["--dataset", "synthetic", "--epochs", "1", "--suite", "smoke", "--n", "16", "--set", "monitor.val_n=32"]
+    r = R.run_default(extra, device="cpu", out_root=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert r["exit_code"] == 0, r.get("error")
+    assert r["wall_s"] > 0 and r["peak_rss_mib"] > 0 and r["resources"]["peak_rss_mib"] > 0
+    assert r["epochs_run"] == 1 and len(r["eval"]) == 2 and r["train_wall_s"] > 0
+    assert "peak resident memory" in R.default_run_table(r)
+
+
+def test_the_one_command_renders_every_part_it_ran():
+    small = {"train_rounds": 1, "train_min_time": 0.01, "eval_n": 32, "eval_steps": [2], "eval_rounds": 1, "suite_n": 0,
+             "model_epochs": 1, "model_batches": 3, "knob_min_time": 0.01}
+    doc = B.run_all(dataset="synthetic", device_name="cpu", quick=True, skip=["default-run"], overrides=small)
+    text = B.render(doc)
+    assert "1. training" in text and "2. evaluation" in text and "3. knobs" in text and "4. the default run" not in text
+    assert doc["schema"] == "benchmark" and doc["machine"]["torch_threads"] >= 1
+    with pytest.raises(SystemExit):
+        B.main(["--skip", "nonsense"])
