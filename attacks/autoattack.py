@@ -27,7 +27,6 @@ fp32 on the model as given; the model is in eval mode during the attack and its 
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Dict, List, Optional
 
 import torch

@@ -93,6 +93,16 @@ def norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.norm(p=2, dim=1)
 
 
+def ascend(x_cur: torch.Tensor, grad: torch.Tensor, norm: str, alpha: float) -> torch.Tensor:
+    """One steepest-ascent step of size ``alpha``: signed gradient for Linf, normalised for L2.
+    The one step rule of our PGD, the training attacks and the checks."""
+    if norm == "Linf":
+        return x_cur + alpha * grad.sign()
+    g = grad.reshape(grad.shape[0], -1)
+    g = g / g.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12)
+    return x_cur + alpha * g.view_as(grad)
+
+
 def project(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     """Project ``x_adv`` onto the eps ball around ``x`` intersected with the [0,1] box."""
     delta = x_adv - x

@@ -8,32 +8,17 @@ model mode left to the caller).
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
 
-from attacks.base import AttackResult, check_threat, eval_mode, project, random_start, resolve_step_size
+from attacks.base import AttackResult, ascend, check_threat, eval_mode, project, random_start, resolve_step_size
 from attacks.losses import get_loss
 from attacks.registry import ATTACKS
 from harness import __version__
 from harness.errors import ConfigError
-
-
-def _amp(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision in ("fp32", None):
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _step(x_cur: torch.Tensor, grad: torch.Tensor, norm: str, alpha: float) -> torch.Tensor:
-    if norm == "Linf":
-        return x_cur + alpha * grad.sign()
-    g = grad.reshape(grad.shape[0], -1)
-    g = g / g.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12)
-    return x_cur + alpha * g.view_as(grad)
+from harness.runtime import autocast
 
 
 def perturb(
@@ -59,11 +44,11 @@ def perturb(
     x_cur = random_start(x, norm, eps, generator) if random_init else x.clone()
     for _ in range(steps):
         x_cur.requires_grad_(True)
-        with _amp(x.device, precision):
+        with autocast(x.device, precision):
             logits = model(x_cur)
         lv = loss_fn(logits.float(), y)
         (grad,) = torch.autograd.grad(lv.sum(), x_cur)
-        x_cur = project(x, _step(x_cur.detach(), grad, norm, step_size), norm, eps)
+        x_cur = project(x, ascend(x_cur.detach(), grad, norm, step_size), norm, eps)
     return x_cur.detach()
 
 
@@ -158,7 +143,7 @@ class PGD:
                     last = k == self.steps
                     with torch.enable_grad():
                         xc.requires_grad_(not last)
-                        with _amp(x.device, self.precision):
+                        with autocast(x.device, self.precision):
                             logits = model(xc)
                         logits = logits.float()
                         lv = loss_fn(logits, yw)
@@ -179,7 +164,7 @@ class PGD:
                         trace[k, pos] = lv
                     if last:
                         break
-                    xc = project(xw, _step(xc, grad, self.norm, self.step_size), self.norm, self.eps)
+                    xc = project(xw, ascend(xc, grad, self.norm, self.step_size), self.norm, self.eps)
                     if (k + 1) % self.compact_every == 0:
                         keep = (~b_succ).nonzero().squeeze(1)
                         if keep.numel() < b_succ.numel():

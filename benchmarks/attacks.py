@@ -35,7 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 from attacks.base import PassCounter, resolve_step_size  # noqa: E402
 from attacks.pgd import FGSM, PGD, perturb  # noqa: E402
 from benchmarks import peers as P  # noqa: E402
-from benchmarks.common import fmt, format_table, machine, sync, timed  # noqa: E402
+from benchmarks.common import fmt, format_table, machine, timed  # noqa: E402
 from harness.data import DataBundle, load_dataset  # noqa: E402
 from harness.evaluate import evaluate_model  # noqa: E402
 from harness.models import build_model  # noqa: E402

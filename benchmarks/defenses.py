@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from attacks.base import PassCounter  # noqa: E402
-from benchmarks.common import fmt, format_table, machine, sync, timed  # noqa: E402
+from benchmarks.common import fmt, format_table, machine, timed  # noqa: E402
 from defenses.base import TrainContext  # noqa: E402
 from defenses.registry import DEFENSES  # noqa: E402
 from harness import config as C  # noqa: E402

@@ -22,8 +22,8 @@ import contextlib
 import copy
 import difflib
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, Iterator, Mapping, Optional, Protocol, Tuple, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, Iterator, Mapping, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 from torch import nn
@@ -31,6 +31,7 @@ from torch import nn
 from attacks.base import eval_mode, project, resolve_step_size
 from harness import __version__
 from harness.errors import ConfigError
+from harness.runtime import autocast
 from harness.threat import ThreatModel
 
 # Data sets whose recipe is borrowed from another's (no paper recipe of their own).
@@ -131,10 +132,7 @@ class TrainContext:
     updates: int = 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -201,16 +199,6 @@ class Defense(Protocol):
         ...
 
 
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
-    out = copy.deepcopy(dict(base))
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 @contextlib.contextmanager
 def bn_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
     """``mode`` "eval": running BatchNorm statistics (and no dropout) while generating the attack,
@@ -220,15 +208,6 @@ def bn_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
             yield model
     else:
         yield model
-
-
-def ascend(x_cur: torch.Tensor, grad: torch.Tensor, norm: str, alpha: float) -> torch.Tensor:
-    """One steepest-ascent step of size ``alpha``: signed gradient for Linf, normalised for L2."""
-    if norm == "Linf":
-        return x_cur + alpha * grad.sign()
-    g = grad.reshape(grad.shape[0], -1)
-    g = g / g.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12)
-    return x_cur + alpha * g.view_as(grad)
 
 
 class DefenseBase:

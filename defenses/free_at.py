@@ -47,8 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defenses.base import TINY_BASE, DefenseBase, Option, StepResult, TrainContext, ascend
+from attacks.base import ascend
+from defenses.base import TINY_BASE, DefenseBase, Option, StepResult, TrainContext
 from defenses.registry import DEFENSES
+from harness.runtime import autocast
 from harness.errors import ConfigError
 
 
@@ -118,18 +120,11 @@ class FreeAT(DefenseBase):
         x_adv = x.clone()
         for _ in range(self.options["replays"]):
             x_adv.requires_grad_(True)
-            with self._amp(x):
+            with autocast(x.device, self.precision):
                 logits = model(x_adv)
             (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), x_adv)
             x_adv = self.project(x, ascend(x_adv.detach(), grad, self.threat.norm, self.alpha))
         return x_adv.detach()
-
-    def _amp(self, x: torch.Tensor):
-        import contextlib
-
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
         n = int(x.shape[0])

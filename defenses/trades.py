@@ -46,8 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defenses.base import TINY_BASE, DefenseBase, Option, StepResult, TrainContext, ascend, bn_mode
+from attacks.base import ascend
+from defenses.base import TINY_BASE, DefenseBase, Option, StepResult, TrainContext, bn_mode
 from defenses.registry import DEFENSES
+from harness.runtime import autocast
 
 
 def kl_sum(logits_target: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -118,24 +120,17 @@ class TRADES(DefenseBase):
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
         x = x.detach()
-        with torch.no_grad(), self._amp(x):
+        with torch.no_grad(), autocast(x.device, self.precision):
             target = model(x).float()
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_adv = x + self.options["init_std"] * noise
         for _ in range(self.options["steps"]):
             x_adv.requires_grad_(True)
-            with self._amp(x):
+            with autocast(x.device, self.precision):
                 logits = model(x_adv)
             (grad,) = torch.autograd.grad(kl_sum(target, logits), x_adv)
             x_adv = self.project(x, ascend(x_adv.detach(), grad, self.threat.norm, self.alpha))
         return x_adv.detach()
-
-    def _amp(self, x: torch.Tensor):
-        import contextlib
-
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
         with bn_mode(model, self.options["attack_bn_mode"]):

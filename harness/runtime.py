@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -88,10 +88,11 @@ def _py_state_from_tensor(d: Dict[str, Any]) -> tuple:
 
 
 def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """Mixed precision on GPU: ``auto`` means bf16 autocast on CUDA and fp32 elsewhere."""
+    """The one mixed-precision context for training, attacks and checks: ``auto`` means bf16
+    autocast on CUDA and fp32 elsewhere; ``fp32`` (or None) means no autocast."""
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
+    if precision in ("fp32", None):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -193,15 +194,3 @@ def resource_usage(device: Optional[torch.device] = None) -> Dict[str, Any]:
         out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         out["cuda_max_reserved_mib"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
     return out
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Put ``model`` in eval mode and restore every submodule's own mode on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training

@@ -19,7 +19,6 @@ The test split is never touched here. ``training.json`` summarises the run when 
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import sys

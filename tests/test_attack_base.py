@@ -175,13 +175,23 @@ def test_norms_and_batched():
 
 # -- eval mode and the pass counter -----------------------------------------------------------
 
-def test_attack_eval_mode_restores_submodule_modes():
-    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout())
+def test_eval_mode_restores_every_submodule_mode():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Sequential(nn.Dropout(), nn.BatchNorm1d(2)))
     model.train()
-    model[2].eval()
-    with eval_mode(model):
-        assert not any(m.training for m in model.modules())
-    assert [m.training for m in model.modules()] == [True, True, True, False]
+    model[1].eval()  # a caller that froze one BatchNorm on purpose
+    before = [m.training for m in model.modules()]
+    assert before == [True, True, False, True, True, True]
+    with eval_mode(model) as m:
+        assert m is model
+        assert not any(x.training for x in model.modules())
+        running = model[1].running_mean.clone()
+        model(torch.randn(4, 2))
+        assert torch.equal(model[1].running_mean, running)  # no BatchNorm statistics updated
+    assert [m.training for m in model.modules()] == before
+    with pytest.raises(RuntimeError):
+        with eval_mode(model):
+            raise RuntimeError("attack failed")
+    assert [m.training for m in model.modules()] == before  # restored on the error path too
 
 
 def _net():

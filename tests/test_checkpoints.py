@@ -2,7 +2,6 @@
 refused before anything in them runs, truncated files and mismatched keys reported clearly."""
 from __future__ import annotations
 
-import os
 import pickle
 
 import pytest
@@ -12,6 +11,7 @@ from torch import nn
 from harness import checkpoints as C
 from harness.errors import CheckpointError
 from harness.models import build_model
+from hostile_pickles import HOSTILE
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -76,24 +76,7 @@ def test_weights_of_the_bare_network_load_behind_normalize(tmp_path):
         C.load_into(_model(), C.load_state_dict_file(tmp_path / "net.safetensors"), allow_net_only=False)
 
 
-class _OpensAFile:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-class _RunsAShellCommand:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.path}",))
-
-
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch did not expect protocol 5; it refuses it all the same
-@pytest.mark.parametrize("hostile", [_OpensAFile, _RunsAShellCommand])
+@pytest.mark.parametrize("hostile", HOSTILE)
 @pytest.mark.parametrize("fmt", ["pickle-2", "pickle-latest", "torch-zip"])
 def test_a_hostile_pickle_is_refused_and_never_runs(tmp_path, hostile, fmt):
     target = tmp_path / "pwned"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import pickle
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 
 import harness.data as D
 from harness.errors import DataError
+from hostile_pickles import HOSTILE
 
 
 # -- IDX (MNIST, Fashion-MNIST) ---------------------------------------------------------------
@@ -197,23 +197,7 @@ def test_cifar_batch_with_the_original_numpy_core_names(tmp_path):
     np.testing.assert_array_equal(ry, y)
 
 
-class _OpensAFile:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-class _RunsAShellCommand:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.path}",))
-
-
-@pytest.mark.parametrize("hostile", [_OpensAFile, _RunsAShellCommand])
+@pytest.mark.parametrize("hostile", HOSTILE)
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 def test_cifar_reader_refuses_a_hostile_pickle(tmp_path, hostile, protocol):
     target = tmp_path / "pwned"

@@ -6,7 +6,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from harness import runtime as R
 from harness.errors import ConfigError
@@ -69,25 +68,6 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
     R.seed_everything(99)
     R.set_rng_state(load_resume(tmp_path / "last.pt")["rng"])
     assert _draw() == expected
-
-
-def test_eval_mode_restores_every_submodule_mode():
-    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Sequential(nn.Dropout(), nn.BatchNorm1d(2)))
-    model.train()
-    model[1].eval()  # a caller that froze one BatchNorm on purpose
-    before = [m.training for m in model.modules()]
-    assert before == [True, True, False, True, True, True]
-    with R.eval_mode(model) as m:
-        assert m is model
-        assert not any(x.training for x in model.modules())
-        running = model[1].running_mean.clone()
-        model(torch.randn(4, 2))
-        assert torch.equal(model[1].running_mean, running)  # no BatchNorm statistics updated
-    assert [m.training for m in model.modules()] == before
-    with pytest.raises(RuntimeError):
-        with R.eval_mode(model):
-            raise RuntimeError("attack failed")
-    assert [m.training for m in model.modules()] == before  # restored on the error path too
 
 
 def test_precision():

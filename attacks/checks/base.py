@@ -23,7 +23,6 @@ the number of points and the allowance it was compared with.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from attacks.base import AttackResult, PassCounter, batched, eval_mode, verify
+from harness.runtime import autocast
 from attacks.pgd import PGD
 from attacks.registry import CHECKS
 from harness.errors import HarnessError, ThreatModelViolation
@@ -208,11 +208,7 @@ def as_bool(v: Any, n: int, device: torch.device) -> Optional[torch.Tensor]:
     return t
 
 
-def amp(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision in ("fp32", None, "auto"):
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
+amp = autocast  # the one mixed-precision context (harness.runtime)
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ are masked or the attacks failed (Athalye et al. 2018, Carlini et al. 2019)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -8,11 +8,10 @@ from typing import Any, Dict
 
 import torch
 
-from attacks.base import eval_mode, project, random_start
+from attacks.base import ascend, eval_mode, project, random_start
 from attacks.checks.base import (CheckContext, Finding, allowance, amp, indices, logits_of, restore_buffers, skipped,
                                  suite_attack_entries)
 from attacks.losses import get_loss
-from attacks.pgd import _step  # the same step rule as our PGD
 from attacks.registry import CHECKS
 
 # AutoAttack's constants (pyautoattack/checks.py, science.md 1.5)
@@ -232,7 +231,7 @@ def gradients(ctx: CheckContext) -> Finding:
                     per_stage[stage] += int(isz.sum())
                     if 1 <= k <= GRAD_PATH_STEPS:
                         gg = torch.nan_to_num(g.detach(), nan=0.0, posinf=0.0, neginf=0.0)
-                        cur = project(xb, _step(xc.detach(), gg, ctx.norm, step), ctx.norm, ctx.eps)
+                        cur = project(xb, ascend(xc.detach(), gg, ctx.norm, step), ctx.norm, ctx.eps)
             zero[loss_name] = per_stage
             zero_any[loss_name] = z
             nonfinite[loss_name] = nf
