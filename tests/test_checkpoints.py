@@ -78,6 +78,7 @@ def test_weights_of_the_bare_network_load_behind_normalize(tmp_path):
 
 @pytest.mark.parametrize("hostile", HOSTILE)
 @pytest.mark.parametrize("fmt", ["pickle-2", "pickle-latest", "torch-zip"])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch says it about protocol 5, which is the point
 def test_a_hostile_pickle_is_refused_and_never_runs(tmp_path, hostile, fmt):
     target = tmp_path / "pwned"
     payload = {"weight": torch.zeros(2), "x": hostile(str(target))}
