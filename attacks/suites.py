@@ -32,7 +32,7 @@ SUITES.add("quick", {
         {"attack": "pgd", "steps": 20, "step_size": "eps/4", "restarts": 1, "loss": "ce"},
     ],
     "checks": "cheap",
-}, summary="AutoAttack standard, then PGD-20 CE; n=500; cheap checks (minutes on a CPU for a small CNN)")
+}, summary="AutoAttack standard, then PGD-20 CE; n=500; cheap checks and square-vs-whitebox from AutoAttack's own Square (minutes on a CPU for a small CNN)")
 
 SUITES.add("standard", {
     "n": 1000,

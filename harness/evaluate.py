@@ -284,10 +284,9 @@ def _run_checks(suite_spec, model, x, y, threat, num_classes, seed, batch_size, 
     want = suite_spec.get("checks")
     if not want:
         return _not_run(f"suite {suite_spec['name']} runs no checks")
-    from attacks.checks import ALL_CHECKS, CHEAP_CHECKS, CheckContext, run_checks
+    from attacks.checks import CheckContext, checks_for, run_checks
 
-    names = list(ALL_CHECKS if want == "all" else CHEAP_CHECKS if want == "cheap" else want)
-    names = [c for c in names if c not in suite_spec.get("exclude", [])]
+    names = checks_for(want, cascade, suite_spec.get("exclude", []))
     def report(name: Optional[str], done: int, total: int) -> None:
         if name is None:
             bar.start("", total=None)  # completes the last check's bar

@@ -211,6 +211,23 @@ def test_the_engine_stores_the_verdict_and_prints_it_above_the_numbers(trained, 
     assert text.index("verdict") < text.index("robust accuracy")
 
 
+def test_the_cheap_set_adds_the_checks_a_suite_record_makes_free():
+    from attacks.checks import checks_for
+
+    def entry(kind):
+        return {"name": kind, "descriptor": {"attack": kind}}
+
+    aa = [entry("apgd-ce"), entry("apgd-t"), entry("fab-t"), entry("square"), entry("pgd")]
+    with_square = checks_for("cheap", aa)
+    assert "square-vs-whitebox" in with_square and set(CHEAP_CHECKS) <= set(with_square)
+    assert with_square == [c for c in ALL_CHECKS if c in with_square]  # the usual order
+    assert checks_for("cheap", [entry("fgsm"), entry("pgd")]) == CHEAP_CHECKS  # no Square: it would cost queries
+    assert "square-vs-whitebox" not in checks_for("cheap", [entry("square"), entry("pgd")])  # nothing before Square to compare
+    assert checks_for("cheap", aa, exclude=["square-vs-whitebox"]) == CHEAP_CHECKS
+    assert checks_for("all") == ALL_CHECKS
+    assert checks_for(["transfer", "outputs", "transfer"]) == ["transfer", "outputs"]
+
+
 # -- the loss trace from a record ------------------------------------------------------------------
 def _record(n, *, steps, broke=None, path=None, trace=None):
     return {"name": "pgd", "label": f"PGD-{steps} CE", "descriptor": {"attack": "pgd", "steps": steps},

@@ -11,9 +11,13 @@ Importing this package registers every check in ``attacks.registry.CHECKS``:
 
 ``run_checks(names, ctx)`` runs them and returns the stored "checks" block with the verdict.
 The ``standard`` suite runs ``ALL_CHECKS``, ``quick`` runs ``CHEAP_CHECKS`` (a few seconds for
-a small CNN on 200 points on a CPU).
+a small CNN on 200 points on a CPU) plus every check that costs nothing given the suite's own
+record (``checks_for``): square-vs-whitebox when the suite ran Square after white-box attacks.
 """
-from attacks.checks.base import (STATUSES, VERDICTS, CheckContext, Finding, allowance, run_checks, skipped, verdict)
+from typing import Any, List, Mapping, Optional, Sequence
+
+from attacks.checks.base import (BLACKBOX, STATUSES, VERDICTS, WHITEBOX, CheckContext, Finding, allowance, run_checks, skipped,
+                                 verdict)
 from attacks.checks import comparisons, optimisation, properties  # noqa: F401  (registers the checks)
 from attacks.registry import CHECKS
 
@@ -26,5 +30,28 @@ ALL_CHECKS = [
 # the quick subset: every check registered with cheap=True, in the same order
 CHEAP_CHECKS = [name for name in ALL_CHECKS if CHECKS.entry(name).meta.get("cheap")]
 
-__all__ = ["ALL_CHECKS", "CHEAP_CHECKS", "STATUSES", "VERDICTS", "CheckContext", "Finding", "allowance", "run_checks",
+
+
+def _free_from_record(cascade: Optional[Sequence[Mapping[str, Any]]]) -> List[str]:
+    """Checks that only read the suite's cascade record: Square after a white-box attack shows, at
+    no extra cost, the points the white-box attacks missed (AutoAttack's own D4 flag)."""
+    kinds = [str((a.get("descriptor") or {}).get("attack") or a.get("name") or "").lower() for a in cascade or []]
+    black = [i for i, k in enumerate(kinds) if k in BLACKBOX]
+    return ["square-vs-whitebox"] if black and any(k in WHITEBOX for k in kinds[: black[0]]) else []
+
+
+def checks_for(want: Any, cascade: Optional[Sequence[Mapping[str, Any]]] = None, exclude: Sequence[str] = ()) -> List[str]:
+    """The checks a suite runs: ``"all"``, ``"cheap"`` (with the ones its record makes free) or a
+    list (in its own order), minus ``exclude``."""
+    if want == "all":
+        ordered = list(ALL_CHECKS)
+    elif want == "cheap":
+        free = set(_free_from_record(cascade))
+        ordered = [c for c in ALL_CHECKS if c in CHEAP_CHECKS or c in free]
+    else:
+        ordered = list(dict.fromkeys(want))  # the caller's order
+    return [c for c in ordered if c not in exclude]
+
+
+__all__ = ["ALL_CHECKS", "CHEAP_CHECKS", "checks_for", "STATUSES", "VERDICTS", "CheckContext", "Finding", "allowance", "run_checks",
            "skipped", "verdict"]
