@@ -229,6 +229,14 @@ class EvalView:
         n = self.n if self.n is not None else "?"
         return f"against suite {self.suite} ({self.suite_description()}), {self.threat_label()}, n={n}"
 
+    def eps_sweep_attack(self) -> Optional[str]:
+        """The attack the eps sweep ran at every eps (e.g. ``PGD-20 CE``)."""
+        for f in self.findings:
+            if f.get("check") == "eps-sweep":
+                a = dig(f, "values", "attack")
+                return a if isinstance(a, str) and a else None
+        return None
+
     def eps_sweep_points(self) -> Optional[int]:
         """How many points the eps sweep ran on (it may be a subset of the n of the suite)."""
         for f in self.findings:

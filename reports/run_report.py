@@ -286,7 +286,10 @@ def eps_sweep_figure(evs: Sequence[EvalView]) -> Optional[Tuple[Figure, Table]]:
             y = dict(zip(sw[0], sw[1])).get(x)
             row[ev.checkpoint] = Value(y) if y is not None else None
         rows.append(row)
-    cap = (f"Accuracy against eps ({first.norm}) from the eps-sweep check. It must fall as eps grows and reach chance level at "
+    attack = first.eps_sweep_attack()
+    detail = ", ".join(p for p in (f"{attack} at every eps" if attack else "", f"{m} test points" if m is not None else "") if p)
+    cap = (f"Accuracy against eps ({first.norm}) from the eps-sweep check" + (f" ({detail})" if detail else "") +
+           ". It must fall as eps grows and reach chance level at "
            "large eps; a curve that does not is a sign of gradient masking or a broken attack.")
     return Figure(line_chart(chart), cap), Table.simple("", cols, rows)
 

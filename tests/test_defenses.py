@@ -293,4 +293,10 @@ def test_l2_threat_is_supported():
         x = torch.rand(8, 1, 8, 8)
         y = torch.randint(0, 10, (8,))
         model.eval()
-        verify(x, defense.attack(model, x, y, torch.Generator().manual_seed(0)), "L2", 0.5)
+        x_adv = defense.attack(model, x, y, torch.Generator().manual_seed(0))
+        verify(x, x_adv, "L2", 0.5)  # raises outside the L2 ball or [0,1]
+        dist = (x_adv - x).flatten(1).norm(dim=1)
+        if name == "erm":
+            assert torch.equal(x_adv, x)  # the control trains on clean points
+        else:
+            assert float(dist.min()) > 0 and float(dist.max()) <= 0.5 + 1e-5, name  # moved, inside the L2 ball

@@ -208,16 +208,13 @@ def as_bool(v: Any, n: int, device: torch.device) -> Optional[torch.Tensor]:
     return t
 
 
-amp = autocast  # the one mixed-precision context (harness.runtime)
-
-
 @torch.no_grad()
 def logits_of(ctx: CheckContext, x: torch.Tensor) -> torch.Tensor:
     """Outputs in eval mode (the mode attacks use), batched, as float32."""
     out = []
     with eval_mode(ctx.model):
         for s in batched(x.shape[0], ctx.batch_size):
-            with amp(ctx.device, ctx.precision):
+            with autocast(ctx.device, ctx.precision):
                 out.append(ctx.model(x[s]).float())
     return torch.cat(out) if out else torch.empty(0, ctx.num_classes, device=ctx.device)
 

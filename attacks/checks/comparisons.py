@@ -13,10 +13,11 @@ from torch import nn
 
 from attacks.base import PassCounter, batched, eval_mode, verify
 from attacks.checks.base import (BLACKBOX, FAIL_FLOOR, PER_POINT_FAIL, PER_POINT_WARN, WHITEBOX, CheckContext, Finding,
-                                 allowance, amp, clean_correct, indices,
+                                 allowance, clean_correct, indices,
                                  logits_of, pgd, run_attack, skipped, suite_attack_entries, suite_robust, tiered)
 from attacks.pgd import FGSM, perturb
 from attacks.registry import CHECKS
+from harness.runtime import autocast
 
 
 
@@ -99,7 +100,7 @@ def run_square(ctx: CheckContext, idx: torch.Tensor, queries: int = SQUARE_QUERI
     model = ctx.model
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        with amp(ctx.device, ctx.precision):
+        with autocast(ctx.device, ctx.precision):
             return model(x).float()
 
     devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
@@ -216,7 +217,7 @@ def random_noise(ctx: CheckContext) -> Finding:
             xr = x.repeat_interleave(per, dim=0)
             delta = _noise(tuple(xr.shape), ctx.norm, ctx.eps, gen, ctx.device, corners=chunk % 2 == 1)
             xa = (xr + delta).clamp(0, 1)
-            with amp(ctx.device, ctx.precision):
+            with autocast(ctx.device, ctx.precision):
                 pred = ctx.model(xa).float().argmax(1)
             wrong = (pred != y.repeat_interleave(per)).view(live.numel(), per)
             hit = wrong.any(1)

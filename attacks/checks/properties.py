@@ -9,10 +9,11 @@ from typing import Any, Dict
 import torch
 
 from attacks.base import ascend, eval_mode, project, random_start
-from attacks.checks.base import (CheckContext, Finding, allowance, amp, indices, logits_of, restore_buffers, skipped,
+from attacks.checks.base import (CheckContext, Finding, allowance, indices, logits_of, restore_buffers, skipped,
                                  suite_attack_entries)
 from attacks.losses import get_loss
 from attacks.registry import CHECKS
+from harness.runtime import autocast
 
 # AutoAttack's constants (pyautoattack/checks.py, science.md 1.5)
 D1_PASSES = 5
@@ -207,7 +208,7 @@ def gradients(ctx: CheckContext) -> Finding:
                     stage = points[k][0] if k < 2 else "path"
                     xc = (points[k][1] if k < 2 else cur).detach().requires_grad_(True)
                     with torch.enable_grad():
-                        with amp(ctx.device, ctx.precision):
+                        with autocast(ctx.device, ctx.precision):
                             out = ctx.model(xc)
                         if not out.requires_grad:
                             return Finding("gradients", "fail", {"graph_broken": True, "loss": loss_name}, {"source": "I4"},
