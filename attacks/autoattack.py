@@ -34,7 +34,7 @@ from torch import nn
 
 from attacks.base import AttackResult, check_threat, eval_mode
 from attacks.registry import ATTACKS
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 VERSIONS = ("standard", "plus", "rand")
 COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol
 import torch
 from torch import nn
 
-from harness.errors import ConfigError, ThreatModelViolation
+from harness.core.errors import ConfigError, ThreatModelViolation
 
 NORMS = ("Linf", "L2")
 # float32 rounding of x + delta can leave |delta| a few ulps above eps

@@ -12,7 +12,7 @@ from typing import Callable, Dict
 import torch
 import torch.nn.functional as F
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 
 def _other_max(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -17,8 +17,8 @@ from attacks.base import AttackResult, ascend, check_threat, eval_mode, project,
 from attacks.losses import get_loss
 from attacks.registry import ATTACKS
 from harness import __version__
-from harness.errors import ConfigError
-from harness.runtime import autocast
+from harness.core.errors import ConfigError
+from harness.core.runtime import autocast
 
 
 def perturb(

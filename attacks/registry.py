@@ -1,5 +1,5 @@
 """The registries of this package. Each names the modules that fill it."""
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 ATTACKS = Registry("attacks", modules=["attacks.pgd", "attacks.autoattack"])
 SUITES = Registry("suites", modules=["attacks.suites"])

@@ -14,7 +14,7 @@ import copy
 from typing import Any, Dict, List
 
 from attacks.registry import ATTACKS, SUITES
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 SUITES.add("smoke", {
     "n": 64,

@@ -7,7 +7,7 @@ a model with some robustness (on a plain model every point breaks at once and th
 little). On the same model and the same first n test points:
 
 - PGD-K (CE, the given step size, uniform random start, 1 restart): ours through the evaluation
-  engine (``harness.evaluate.evaluate_model``, with its clean pass, its cascade, its eps-ball
+  engine (``harness.evaluation.evaluate_model``, with its clean pass, its cascade, its eps-ball
   check and its own labelling forward pass) beside torchattacks' PGD, IBM ART's PGD and
   pyautoattack's APGD-CE with the same number of iterations (APGD sets its own step size);
 - a suite (``quick``: AutoAttack standard then PGD-20, with its cheap sanity checks) beside
@@ -37,10 +37,10 @@ from attacks.pgd import FGSM, PGD, perturb  # noqa: E402
 from benchmarks import peers as P  # noqa: E402
 from benchmarks.common import fmt, format_table, machine, timed  # noqa: E402
 from harness.data import DataBundle, load_dataset  # noqa: E402
-from harness.evaluate import evaluate_model  # noqa: E402
+from harness.evaluation import evaluate_model  # noqa: E402
 from harness.models import build_model  # noqa: E402
-from harness.runtime import select_device, seed_everything  # noqa: E402
-from harness.threat import ThreatModel  # noqa: E402
+from harness.core.runtime import select_device, seed_everything  # noqa: E402
+from harness.core.threat import ThreatModel  # noqa: E402
 
 
 def train_model(bundle: DataBundle, device: torch.device, epochs: int = 2, model: str = "small-cnn", eps: float = 0.1,

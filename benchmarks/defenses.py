@@ -37,8 +37,8 @@ from defenses.registry import DEFENSES  # noqa: E402
 from harness import config as C  # noqa: E402
 from harness.data import DataBundle, load_dataset  # noqa: E402
 from harness.models import build_model  # noqa: E402
-from harness.runtime import resolved_precision, seed_everything, select_device  # noqa: E402
-from harness.train import lr_factor, make_optimizer  # noqa: E402
+from harness.core.runtime import resolved_precision, seed_everything, select_device  # noqa: E402
+from harness.training import lr_factor, make_optimizer  # noqa: E402
 
 TOLERANCE = 0.15  # a measured wall multiplier may exceed the theory by this fraction
 

@@ -5,7 +5,7 @@ attack step under each setting the device supports.
 
 A benchmark, not a test. The settings are the run config's ``precision`` (fp32; bf16 autocast)
 and ``memory_format`` (contiguous; channels_last), applied through the harness's own code paths
-(``defenses.base.TrainContext.autocast``, ``harness.runtime.apply_memory_format``,
+(``defenses.base.TrainContext.autocast``, ``harness.core.runtime.apply_memory_format``,
 ``attacks.pgd.perturb``). On CUDA the model is PreAct ResNet-18 on CIFAR-10-sized inputs
 (3x32x32, random images: kernel speed does not depend on pixel values), batch 128 for the
 training step and 512 for the attack step; elsewhere it is the data set's default model on its
@@ -30,7 +30,7 @@ from attacks.pgd import perturb  # noqa: E402
 from benchmarks.common import fmt, format_table, machine, timed  # noqa: E402
 from defenses.base import TrainContext  # noqa: E402
 from harness.models import build_model  # noqa: E402
-from harness.runtime import apply_memory_format, seed_everything, select_device  # noqa: E402
+from harness.core.runtime import apply_memory_format, seed_everything, select_device  # noqa: E402
 
 
 def settings_for(device: torch.device) -> List[Tuple[str, str]]:

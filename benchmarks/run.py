@@ -43,8 +43,8 @@ from benchmarks import knobs as K  # noqa: E402
 from benchmarks import peers as P  # noqa: E402
 from benchmarks.common import load_average, machine  # noqa: E402
 from harness.data import load_dataset  # noqa: E402
-from harness.runtime import select_device  # noqa: E402
-from harness.threat import ThreatModel  # noqa: E402
+from harness.core.runtime import select_device  # noqa: E402
+from harness.core.threat import ThreatModel  # noqa: E402
 
 PARTS = ("training", "evaluation", "knobs", "default-run")
 

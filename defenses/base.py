@@ -30,9 +30,9 @@ from torch import nn
 
 from attacks.base import eval_mode, project, resolve_step_size
 from harness import __version__
-from harness.errors import ConfigError
-from harness.runtime import autocast
-from harness.threat import ThreatModel
+from harness.core.errors import ConfigError
+from harness.core.runtime import autocast
+from harness.core.threat import ThreatModel
 
 # Data sets whose recipe is borrowed from another's (no paper recipe of their own).
 RECIPE_FAMILY: Dict[str, str] = {

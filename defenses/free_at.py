@@ -50,8 +50,8 @@ from torch import nn
 from attacks.base import ascend
 from defenses.base import TINY_BASE, DefenseBase, Option, StepResult, TrainContext
 from defenses.registry import DEFENSES
-from harness.runtime import autocast
-from harness.errors import ConfigError
+from harness.core.runtime import autocast
+from harness.core.errors import ConfigError
 
 
 def _mnist_like(eps: str) -> Dict[str, Any]:

@@ -1,4 +1,4 @@
 """The defense registry. Each registered object is a Defense class (see ``defenses.base``)."""
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 DEFENSES = Registry("defenses", modules=["defenses.erm", "defenses.pgd_at", "defenses.trades", "defenses.free_at", "defenses.fast_at"])

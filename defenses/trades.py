@@ -49,7 +49,7 @@ from torch import nn
 from attacks.base import ascend
 from defenses.base import TINY_BASE, DefenseBase, Option, StepResult, TrainContext, bn_mode
 from defenses.registry import DEFENSES
-from harness.runtime import autocast
+from harness.core.runtime import autocast
 
 
 def kl_sum(logits_target: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:

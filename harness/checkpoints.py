@@ -16,8 +16,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from harness.errors import CheckpointError
-from harness.io import atomic_torch_save, atomic_write_bytes
+from harness.core.errors import CheckpointError
+from harness.core.io import atomic_torch_save, atomic_write_bytes
 
 # prefixes that wrap a state dict in common training code, tried when keys do not match
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")

@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Any, Dict, Optional, Sequence
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 log = logging.getLogger("harness")
 S = argparse.SUPPRESS
@@ -174,7 +174,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.registry import all_registries, registry_for
+    from harness.plugins import all_registries, registry_for
 
     regs = [registry_for(args.kind)] if args.kind else list(all_registries().values())
     console = Console()
@@ -205,7 +205,7 @@ def cmd_run(ns: Dict[str, Any]) -> int:
         return run_pipeline(None, resume=resume)
     cfg = C.resolve(flags, file_cfg)
     if dry:
-        from harness.io import dumps
+        from harness.core.io import dumps
 
         sys.stdout.write(dumps(cfg))
         return 0
@@ -216,7 +216,7 @@ def cmd_run(ns: Dict[str, Any]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from harness.evaluate import evaluate_run_cli
+    from harness.evaluation import evaluate_run_cli
 
     return evaluate_run_cli(args.run_dir, checkpoint=args.checkpoint, suite=args.suite if hasattr(args, "suite") else None,
                             n=getattr(args, "n", None), batch_size=getattr(args, "batch_size", None),
@@ -230,7 +230,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from harness.audit import audit_command
+    from harness.audit.run import audit_command
 
     return audit_command(args)
 

@@ -16,8 +16,8 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from harness.errors import ConfigError
-from harness.threat import ThreatModel
+from harness.core.errors import ConfigError
+from harness.core.threat import ThreatModel
 
 DEFAULTS: Dict[str, Any] = {
     "defense": "fast-at",

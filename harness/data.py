@@ -23,8 +23,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from harness.errors import DataError
-from harness.registry import Registry
+from harness.core.errors import DataError
+from harness.core.registry import Registry
 
 DATASETS: Registry[Callable[..., "RawData"]] = Registry("datasets", modules=["harness.data"])
 

@@ -13,8 +13,8 @@ from typing import Callable, Sequence, Tuple
 import torch
 from torch import nn
 
-from harness.errors import ConfigError
-from harness.registry import Registry
+from harness.core.errors import ConfigError
+from harness.core.registry import Registry
 
 ModelFactory = Callable[[Tuple[int, int, int], int], nn.Module]
 MODELS: Registry[ModelFactory] = Registry("models", modules=["harness.models"])

@@ -21,9 +21,9 @@ from torch import nn
 
 from attacks.base import PassCounter, eval_mode, verify
 from attacks.pgd import FGSM, PGD
-from harness.errors import ConfigError
-from harness.stats import proportion
-from harness.threat import ThreatModel
+from harness.core.errors import ConfigError
+from harness.core.stats import proportion
+from harness.core.threat import ThreatModel
 
 
 def build_selection_attack(cfg: Mapping[str, Any], threat: ThreatModel, precision: str = "fp32") -> Any:

@@ -16,7 +16,7 @@ import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from harness import config as C
-from harness.rundir import RunDir, now_iso
+from harness.core.rundir import RunDir, now_iso
 
 log = logging.getLogger("harness.pipeline")
 
@@ -30,8 +30,8 @@ def run_pipeline(
     evaluate: bool = True,
 ) -> int:
     """Run (or resume) the pipeline; returns the exit code. ``evaluate=False`` stops after training."""
-    from harness.runtime import environment, resource_usage, select_device, set_threads
-    from harness.train import plan, train
+    from harness.core.runtime import environment, resource_usage, select_device, set_threads
+    from harness.training import plan, train
 
     if resume is not None:
         run = RunDir.open(resume)
@@ -104,7 +104,7 @@ def _sigterm_as_interrupt():
 
 
 def _evaluate(run: RunDir, cfg: Mapping[str, Any], progress: Optional[bool]) -> List[Dict[str, Any]]:
-    from harness.evaluate import evaluate_run
+    from harness.evaluation import evaluate_run
 
     ev = cfg["eval"]
     show = sys.stderr.isatty() if progress is None else bool(progress)

@@ -66,7 +66,7 @@ def zoo_entry(name: str, dataset: str, threat: str) -> dict:
     ``dataset`` (cifar10, cifar100, imagenet) and ``threat`` (Linf, L2, corruptions)."""
     import difflib
 
-    from harness.errors import ConfigError, UnknownNameError
+    from harness.core.errors import ConfigError, UnknownNameError
 
     robustbench()
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
@@ -115,7 +115,7 @@ def zoo_files(name: str, *, dataset: str, threat: str, model_dir: str | Path,
               checkpoint: Optional[str | Path] = None) -> Tuple[dict, List[Path]]:
     """The zoo entry for ``name`` and its weight files, which must exist: nothing is downloaded,
     a missing file is a ``CheckpointError`` that says where it was expected."""
-    from harness.errors import CheckpointError, ConfigError
+    from harness.core.errors import CheckpointError, ConfigError
 
     entry = zoo_entry(name, dataset, threat)
     ids = entry.get("gdrive_id")

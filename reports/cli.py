@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from harness.errors import HarnessError
-from harness.io import atomic_write_text
-from harness.rundir import RunDir
+from harness.core.errors import HarnessError
+from harness.core.io import atomic_write_text
+from harness.core.rundir import RunDir
 from reports.compare import build_comparison
 from reports.load import find_runs, load_run
 from reports.registry import RENDERERS

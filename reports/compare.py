@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from harness.stats import mean_std
+from harness.core.stats import mean_std
 from reports.load import EvalView, RunInfo, accuracy_of, ci_of, dig, fnum, worst_verdict
 from reports.table import Column, Group, Row, Table, Value
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from harness.errors import HarnessError
-from harness.rundir import RunDir
+from harness.core.errors import HarnessError
+from harness.core.rundir import RunDir
 
 # attack names whose implementation is the reference AutoAttack (pyautoattack)
 AUTOATTACK_NAMES = {"apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square", "autoattack", "apgd-ce-rand", "apgd-dlr-rand"}

@@ -1,4 +1,4 @@
 """The renderer registry (md, tex, csv, html)."""
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 RENDERERS = Registry("renderers", modules=["reports.renderers"])

@@ -13,7 +13,7 @@ import io
 import re
 from typing import List, Optional, Protocol, Sequence, Tuple
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from reports.registry import RENDERERS
 from reports.table import (Bullets, Callout, Cell, Code, Column, Document, Figure, Group, Heading, Para, Row, Span, Table,
                            TableBlock, Value)

@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from harness.errors import HarnessError
-from harness.rundir import RunDir
+from harness.core.errors import HarnessError
+from harness.core.rundir import RunDir
 from reports.load import EvalView, RunInfo, accuracy_of, as_dict, ci_of, dig, find_runs, fnum, load_run
 from reports.renderers import render_document
 from reports.svg import PALETTE, Band, Bracket, Chart, Series, VLine, line_chart

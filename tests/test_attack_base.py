@@ -8,7 +8,7 @@ from torch import nn
 
 from attacks.base import (PassCounter, batched, check_threat, eval_mode, norms, project, random_start,
                           resolve_step_size, verify)
-from harness.errors import ConfigError, ThreatModelViolation
+from harness.core.errors import ConfigError, ThreatModelViolation
 
 
 # -- step sizes -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from attacks.base import PassCounter, norms, verify
 from attacks.losses import dlr_loss, margin_loss
 from attacks.pgd import FGSM, PGD
 from attacks.registry import ATTACKS
-from harness.errors import ConfigError, ThreatModelViolation
+from harness.core.errors import ConfigError, ThreatModelViolation
 from trained_models import points, trained
 
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from harness.audit import AuditRefused, decide, guard_rails, parse_claim, parse_claim_attack, replay_spec, sign_test
+from harness.audit.run import AuditRefused, decide, guard_rails, parse_claim, parse_claim_attack, replay_spec, sign_test
 from harness.checkpoints import save_weights
 from harness.cli import main
-from harness.errors import ConfigError, UnknownNameError
-from harness.stats import proportion
-from harness.threat import ThreatModel
+from harness.core.errors import ConfigError, UnknownNameError
+from harness.core.stats import proportion
+from harness.core.threat import ThreatModel
 from trained_models import bundle, points, trained
 
 EPS = "0.05"
@@ -257,7 +257,7 @@ def test_unknown_factory_lists_what_the_file_defines(files, tmp_path, capsys):
 def test_model_file_may_import_its_siblings_and_sys_path_is_restored(tmp_path):
     import sys
 
-    from harness.model_files import ModelFileError, build_from_file, parse_model_spec
+    from harness.audit.model_files import ModelFileError, build_from_file, parse_model_spec
 
     (tmp_path / "audit_test_blocks.py").write_text("from torch import nn\n\n\ndef head(c, k):\n    return nn.Linear(c, k)\n")
     (tmp_path / "net.py").write_text("from torch import nn\nfrom audit_test_blocks import head\n\n\ndef make(num_classes, shape, depth=1):\n"

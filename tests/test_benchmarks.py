@@ -19,7 +19,7 @@ from benchmarks import knobs as K  # noqa: E402
 from benchmarks import peers as P  # noqa: E402
 from benchmarks import run as B  # noqa: E402
 from harness.data import load_dataset  # noqa: E402
-from harness.threat import ThreatModel  # noqa: E402
+from harness.core.threat import ThreatModel  # noqa: E402
 
 CPU = torch.device("cpu")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from harness import checkpoints as C
-from harness.errors import CheckpointError
+from harness.core.errors import CheckpointError
 from harness.models import build_model
 from hostile_pickles import HOSTILE
 
@@ -146,7 +146,7 @@ def test_shape_mismatches_are_listed_and_nothing_is_half_loaded():
 
 
 def test_resume_file_round_trip_with_weights_only(tmp_path):
-    from harness.runtime import rng_state
+    from harness.core.runtime import rng_state
 
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

@@ -17,8 +17,8 @@ from attacks.checks import ALL_CHECKS, CHEAP_CHECKS, STATUSES, CheckContext, Fin
 from attacks.checks.optimisation import incomplete_optimisation
 from attacks.pgd import PGD
 from attacks.registry import CHECKS
-from harness.errors import UnknownNameError
-from harness.registry import Entry
+from harness.core.errors import UnknownNameError
+from harness.core.registry import Entry
 
 from broken_models import ReferenceSquare, cascade, broken_models, train_small_cnn
 
@@ -193,8 +193,8 @@ def test_masked_gradients_are_caught_by_the_attack_comparisons(trained, points):
 
 
 def test_the_engine_stores_the_verdict_and_prints_it_above_the_numbers(trained, points):
-    from harness.evaluate import evaluate_model, summary_lines
-    from harness.threat import ThreatModel
+    from harness.evaluation import evaluate_model, summary_lines
+    from harness.core.threat import ThreatModel
 
     model = broken_models(trained.model, trained.data)["gradients"]
     x, y = points

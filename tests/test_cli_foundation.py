@@ -163,7 +163,7 @@ def _harness(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 def test_real_harness_ls_lists_every_registry():
-    from harness.registry import all_registries
+    from harness.plugins import all_registries
 
     proc = _harness("ls")
     assert proc.returncode == 0, proc.stderr

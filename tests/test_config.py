@@ -8,7 +8,7 @@ import pytest
 
 from harness import config as C
 from harness.cli import _nest, build_parser
-from harness.errors import ConfigError, UnknownNameError
+from harness.core.errors import ConfigError, UnknownNameError
 
 
 def _run_flags(*argv: str):
@@ -178,7 +178,7 @@ def test_parse_set():
 
 
 def test_a_saved_config_reloads_to_the_same_resolved_config(tmp_path, toy_defense):
-    from harness.rundir import RunDir
+    from harness.core.rundir import RunDir
 
     cfg = C.resolve({"train": {"epochs": 2}, "threat": {"eps": "8/255"}, "monitor": {"early_stop": False}},
                     {"defense": "toy-defense", "dataset": "digits", "data": {"data_dir": None}})

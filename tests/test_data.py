@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import harness.data as D
-from harness.errors import DataError
+from harness.core.errors import DataError
 from hostile_pickles import HOSTILE
 
 

@@ -13,9 +13,9 @@ from attacks.base import PassCounter, verify
 from defenses.base import Defense, TrainContext
 from defenses.registry import DEFENSES
 from harness import config as C
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.models import build_model
-from harness.threat import ThreatModel
+from harness.core.threat import ThreatModel
 
 NAMES = DEFENSES.names()
 REQUIRED_DESCRIPTOR = {"attack", "norm", "eps", "eps_value", "steps", "step_size", "step_size_expr", "loss",

@@ -14,12 +14,12 @@ from attacks.registry import ATTACKS
 from harness.checkpoints import save_weights
 from harness.cli import main
 from harness.config import DEFAULTS, deep_merge
-from harness.errors import DataError, ThreatModelViolation
-from harness.evaluate import evaluate_model
-from harness.io import atomic_write_json
-from harness.registry import Entry
-from harness.rundir import RunDir
-from harness.threat import ThreatModel
+from harness.core.errors import DataError, ThreatModelViolation
+from harness.evaluation import evaluate_model
+from harness.core.io import atomic_write_json
+from harness.core.registry import Entry
+from harness.core.rundir import RunDir
+from harness.core.threat import ThreatModel
 from trained_models import points, trained
 
 LINF = ThreatModel.parse("Linf", "0.1")

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.models import MODELS, Normalize, NormalizedModel, build_model
 
 # models that declare no shapes take any small image; these are the data sets' shapes

@@ -6,8 +6,8 @@ import types
 
 import pytest
 
-from harness.errors import HarnessError, UnknownNameError
-from harness.registry import Registry
+from harness.core.errors import HarnessError, UnknownNameError
+from harness.core.registry import Registry
 
 
 def _defense_like_registry() -> Registry:

@@ -22,8 +22,8 @@ from typing import List
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.stats import mean_std
+from harness.core.errors import HarnessError
+from harness.core.stats import mean_std
 from reports.cli import comparison_text, report_command
 from reports.compare import build_comparison
 from reports.load import eps_number, find_runs, load_run
@@ -265,7 +265,7 @@ def test_eval_without_worst_case_is_not_evaluated(tmp_path: Path) -> None:
 def test_unwritable_run_directory_is_one_clear_error(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    from harness.rundir import RunDir
+    from harness.core.rundir import RunDir
 
     def refuse(self: RunDir, name: str, text: str) -> Path:
         raise PermissionError(errno.EACCES, "Permission denied", str(self.path / name))
@@ -358,7 +358,7 @@ def test_mean_std_over_seeds_and_worst_verdict(runs: Path) -> None:
 
 
 def test_interval_over_seeds_stays_inside_0_1(runs: Path) -> None:
-    from harness.stats import proportion
+    from harness.core.stats import proportion
 
     shutil.copytree(runs / "erm-s0", runs / "erm-s1")
     cfg = json.loads((runs / "erm-s1" / "config.json").read_text(encoding="utf-8"))

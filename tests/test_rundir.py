@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import harness.io as hio
-from harness.errors import HarnessError
-from harness.io import SCHEMA_VERSION, atomic_write_json, atomic_write_text, dumps, read_json
-from harness.rundir import RunDir
+import harness.core.io as hio
+from harness.core.errors import HarnessError
+from harness.core.io import SCHEMA_VERSION, atomic_write_json, atomic_write_text, dumps, read_json
+from harness.core.rundir import RunDir
 
 
 def _leftovers(folder: Path):
@@ -97,7 +97,7 @@ def test_a_killed_process_leaves_the_previous_file_and_readers_ignore_its_temp_f
     before = target.read_bytes()
     code = (
         "import os, sys\n"
-        "import harness.io as hio\n"
+        "import harness.core.io as hio\n"
         "def w(f):\n"
         "    f.write(b'{\"schema\": \"eval-res'); f.flush(); os.fsync(f.fileno()); os._exit(9)\n"
         f"hio._atomic({str(target)!r}, w)\n"
@@ -228,7 +228,7 @@ def test_env_and_reports(tmp_path):
 
 
 def test_rundir_does_not_import_torch():
-    code = "import sys, harness.rundir, harness.io, harness.stats, harness.registry; print('torch' in sys.modules)"
+    code = "import sys, harness.core.rundir, harness.core.io, harness.core.stats, harness.core.registry; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness import runtime as R
-from harness.errors import ConfigError
+from harness.core import runtime as R
+from harness.core.errors import ConfigError
 
 
 def _no_gpu(monkeypatch):

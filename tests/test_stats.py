@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from harness.stats import Z95, mean_std, paired_difference, proportion, t95, wilson
+from harness.core.stats import Z95, mean_std, paired_difference, proportion, t95, wilson
 
 
 # Newcombe (1998), "Two-sided confidence intervals for the single proportion", Table I (Wilson score

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from harness.errors import ConfigError
-from harness.threat import ThreatModel, parse_eps, parse_norm
+from harness.core.errors import ConfigError
+from harness.core.threat import ThreatModel, parse_eps, parse_norm
 
 
 @pytest.mark.parametrize("text, value", [

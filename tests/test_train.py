@@ -8,15 +8,15 @@ import os
 import pytest
 import torch
 
-import harness.train as T
+import harness.training as T
 from defenses.registry import DEFENSES
 from harness import checkpoints as ckpt
 from harness import config as C
-from harness.errors import ConfigError, HarnessError
+from harness.core.errors import ConfigError, HarnessError
 from harness.models import build_model
 from harness.monitor import detect_catastrophic_overfitting, robust_overfitting
 from harness.pipeline import run_pipeline
-from harness.rundir import RunDir
+from harness.core.rundir import RunDir
 
 NAMES = DEFENSES.names()
 PROPORTION = {"accuracy", "correct", "n", "ci95"}
@@ -438,8 +438,8 @@ def test_the_progress_bar_path_trains_and_shows_the_running_loss(tmp_path):
 
 def test_channels_last_path_trains_evaluates_and_writes_contiguous_checkpoints(tmp_path):
     """memory_format channels_last (the CUDA default) on the CPU: the code path, not speed."""
-    from harness.evaluate import evaluate_run
-    from harness.runtime import resolved_memory_format
+    from harness.evaluation import evaluate_run
+    from harness.core.runtime import resolved_memory_format
 
     assert resolved_memory_format(torch.device("cpu")) == "contiguous"
     assert resolved_memory_format(torch.device("cuda")) == "channels_last"
@@ -454,7 +454,7 @@ def test_channels_last_path_trains_evaluates_and_writes_contiguous_checkpoints(t
 
 
 def test_a_missing_data_set_fails_before_a_run_directory_exists(tmp_path, no_data_sources):
-    from harness.errors import DataError
+    from harness.core.errors import DataError
 
     cfg = _cfg("fast-at", tmp_path, dataset="mnist", data={"data_dir": str(no_data_sources), "download": False})
     with pytest.raises(DataError):

@@ -34,10 +34,10 @@ import torch
 from torch import nn
 
 from attacks.base import AttackResult, PassCounter, batched, eval_mode, verify
-from harness.runtime import autocast
+from harness.core.runtime import autocast
 from attacks.pgd import PGD
 from attacks.registry import CHECKS
-from harness.errors import HarnessError, ThreatModelViolation
+from harness.core.errors import HarnessError, ThreatModelViolation
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from attacks.checks.base import (BLACKBOX, FAIL_FLOOR, PER_POINT_FAIL, PER_POINT
                                  logits_of, pgd, run_attack, skipped, suite_attack_entries, suite_robust, tiered)
 from attacks.pgd import FGSM, perturb
 from attacks.registry import CHECKS
-from harness.runtime import autocast
+from harness.core.runtime import autocast
 
 
 

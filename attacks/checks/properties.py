@@ -13,7 +13,7 @@ from attacks.checks.base import (CheckContext, Finding, allowance, indices, logi
                                  suite_attack_entries)
 from attacks.losses import get_loss
 from attacks.registry import CHECKS
-from harness.runtime import autocast
+from harness.core.runtime import autocast
 
 # AutoAttack's constants (pyautoattack/checks.py, science.md 1.5)
 D1_PASSES = 5

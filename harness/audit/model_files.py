@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 from torch import nn
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 
 class ModelFileError(HarnessError):

@@ -34,14 +34,14 @@ from defenses.registry import DEFENSES
 from harness import checkpoints as ckpt
 from harness.config import threat_of
 from harness.data import load_dataset
-from harness.errors import ConfigError, HarnessError
+from harness.core.errors import ConfigError, HarnessError
 from harness.models import build_model
 from harness.monitor import build_selection_attack, check_selection, detect_catastrophic_overfitting, evaluate_val, robust_overfitting
-from harness.rundir import RunDir, now_iso
-from harness.runtime import (apply_memory_format, autocast, resolved_memory_format, resolved_precision, rng_state, seed_everything,
+from harness.core.rundir import RunDir, now_iso
+from harness.core.runtime import (apply_memory_format, autocast, resolved_memory_format, resolved_precision, rng_state, seed_everything,
                              select_device, set_rng_state)
 
-log = logging.getLogger("harness.train")
+log = logging.getLogger("harness.training")
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("piecewise", "cyclic", "constant")
@@ -371,7 +371,7 @@ def _epoch(epoch: int, epochs: int, run: RunDir, cfg: Mapping[str, Any], p: _Pla
         ckpt.save_weights(run.checkpoint_path(f"epoch-{epoch}"), model, metadata={"epoch": epoch})
     if improved:
         ckpt.save_weights(run.checkpoint_path("best"), model, metadata={"epoch": epoch})
-        from harness.io import atomic_write_json
+        from harness.core.io import atomic_write_json
 
         atomic_write_json(run.checkpoint_meta_path("best"), {
             "epoch": epoch, "criterion": "selection-attack accuracy on the val split (first val_n points)",

@@ -76,7 +76,7 @@ def atomic_write_json(path: PathLike, obj: Dict[str, Any], *, schema: str) -> Pa
 
 
 def read_json(path: PathLike, *, schema: str | None = None) -> Dict[str, Any]:
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     path = Path(path)
     try:

@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Generic, Iterator, List, Sequence, Tuple, TypeVar
 
-from harness.errors import HarnessError, UnknownNameError
+from harness.core.errors import HarnessError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -128,25 +128,3 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"
-
-
-def all_registries() -> Dict[str, Registry]:
-    """Every registry of the project, by kind. Imports the plugin packages (and torch)."""
-    from attacks.registry import ATTACKS, CHECKS, SUITES
-    from defenses.registry import DEFENSES
-    from harness.data import DATASETS
-    from harness.models import MODELS
-    from reports.registry import RENDERERS
-
-    regs = [DEFENSES, ATTACKS, CHECKS, SUITES, DATASETS, MODELS, RENDERERS]
-    return {r.kind: r for r in regs}
-
-
-def registry_for(kind: str) -> Registry:
-    regs = all_registries()
-    if kind in regs:
-        return regs[kind]
-    close = difflib.get_close_matches(kind, list(regs), n=1)
-    hint = f" did you mean {close[0]!r}?" if close else ""
-    raise UnknownNameError(f"unknown registry {kind!r};{hint} known: {', '.join(regs)}")
-

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Dict, Union
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 NORMS = ("Linf", "L2")
 _NORM_ALIASES = {"linf": "Linf", "l-inf": "Linf", "inf": "Linf", "l_inf": "Linf", "l2": "L2", "2": "L2"}

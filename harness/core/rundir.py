@@ -17,7 +17,7 @@ Layout (everything needed to re-render or re-evaluate a run)::
         .state/SUITE--CKPT/   partial progress of an interrupted evaluation
       report.md, report.html, results.json
 
-All writes are atomic (see ``harness.io``). This module does not import torch, so
+All writes are atomic (see ``harness.core.io``). This module does not import torch, so
 ``reports/`` can read run directories without it.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from harness.errors import HarnessError
-from harness.io import SCHEMA_VERSION, atomic_write_json, atomic_write_text, dumps, read_json
+from harness.core.errors import HarnessError
+from harness.core.io import SCHEMA_VERSION, atomic_write_json, atomic_write_text, dumps, read_json
 
 CHECKPOINT_RE = re.compile(r"^(best|last|epoch-(\d+))$")
 

@@ -8,7 +8,7 @@ model-zoo name), a checkpoint, and a claim such as "53% robust at 8/255 under PG
 2. runs the guard rails (``guard_rails``) on up to ``GUARD_SAMPLE`` test points: a model that
    expects normalised or 0..255 input is an error; probabilities instead of logits, clean accuracy
    near chance, random outputs and eps values that are almost-but-not 8/255 are flagged;
-3. evaluates the first n test points with the suite and its sanity checks (``harness.evaluate``);
+3. evaluates the first n test points with the suite and its sanity checks (``harness.evaluation``);
 4. replays the claimed attack as far as its text says what it is (PGD-K, FGSM, CW-K) on the same
    points, so the report can show the claim's attack and the suite's side by side;
 5. decides (``decide``) and writes audit.json, audit.md and audit.html.
@@ -43,10 +43,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from harness.errors import ConfigError, HarnessError
-from harness.stats import proportion
+from harness.core.errors import ConfigError, HarnessError
+from harness.core.stats import proportion
 
-log = logging.getLogger("harness.audit")
+log = logging.getLogger("harness.audit.run")
 
 AUDIT_SCHEMA = "audit"
 # guard rails: how many test points they look at (forward passes only), and their thresholds
@@ -212,7 +212,7 @@ def load_audit_model(*, model: Optional[str], robustbench: Optional[str], checkp
     name) and ``robustbench`` (a zoo name), load the checkpoint as data, optionally put a
     ``Normalize`` in front, and return it in eval mode with a provenance record."""
     from harness.checkpoints import file_sha256, load_into, load_state_dict_file
-    from harness.model_files import build_from_file, parse_model_spec
+    from harness.audit.model_files import build_from_file, parse_model_spec
     from harness.models import NormalizedModel, build_model
 
     if (model is None) == (robustbench is None):
@@ -527,10 +527,10 @@ def run_audit(
     ...). Writing it is ``write_audit``'s job."""
     from attacks.suites import get_suite
     from harness.data import load_dataset
-    from harness.evaluate import evaluate_model
-    from harness.rundir import now_iso
-    from harness.runtime import environment, select_device
-    from harness.threat import ThreatModel
+    from harness.evaluation import evaluate_model
+    from harness.core.rundir import now_iso
+    from harness.core.runtime import environment, select_device
+    from harness.core.threat import ThreatModel
 
     t0 = time.perf_counter()
     claim_value = parse_claim(claim)
@@ -627,8 +627,8 @@ def run_audit(
 
 def write_audit(doc: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
     """audit.json (schema "audit", the eval result embedded), audit.md and audit.html, atomically."""
-    from harness.audit_report import render_html, render_markdown
-    from harness.io import atomic_write_json, atomic_write_text
+    from harness.audit.report import render_html, render_markdown
+    from harness.core.io import atomic_write_json, atomic_write_text
 
     out_dir = Path(out_dir)
     paths = {"json": out_dir / "audit.json", "md": out_dir / "audit.md", "html": out_dir / "audit.html"}
@@ -641,7 +641,7 @@ def write_audit(doc: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
 def audit_command(args: Any) -> int:
     """``harness audit``: run, write, print the summary. Exit 0 when the claim holds, 1 when it
     is overstated or the evaluation is unreliable; errors are HarnessErrors (exit 2)."""
-    from harness.audit_report import summary_lines
+    from harness.audit.report import summary_lines
 
     import warnings
 

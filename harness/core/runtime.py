@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 
 def select_device(name: str = "auto") -> torch.device:

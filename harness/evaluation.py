@@ -29,13 +29,13 @@ from torch import nn
 from attacks.base import PassCounter, eval_mode, verify
 from attacks.registry import ATTACKS
 from attacks.suites import expand_attacks, get_suite
-from harness.errors import DataError, HarnessError
-from harness.io import atomic_write_json, read_json
-from harness.rundir import RunDir, now_iso
-from harness.stats import proportion
-from harness.threat import ThreatModel
+from harness.core.errors import DataError, HarnessError
+from harness.core.io import atomic_write_json, read_json
+from harness.core.rundir import RunDir, now_iso
+from harness.core.stats import proportion
+from harness.core.threat import ThreatModel
 
-log = logging.getLogger("harness.evaluate")
+log = logging.getLogger("harness.evaluation")
 
 
 # -- building attacks --------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def load_run_model(run: RunDir, checkpoint: str, device: torch.device, bundle: A
     """Rebuild the run's model from its config and load ``checkpoint`` (best | last | epoch-N)."""
     from harness.checkpoints import load_into, load_resume, load_state_dict_file
     from harness.models import build_model
-    from harness.runtime import apply_memory_format, resolved_memory_format
+    from harness.core.runtime import apply_memory_format, resolved_memory_format
 
     cfg = run.read_config()
     if bundle is None:
@@ -389,7 +389,7 @@ def evaluate_run(
 ) -> List[Dict[str, Any]]:
     """Evaluate each checkpoint of ``run`` with the suite; write eval/SUITE--CKPT.json for each
     and return the result documents. Defaults come from the run's config."""
-    from harness.runtime import environment, resolved_precision, select_device, set_threads
+    from harness.core.runtime import environment, resolved_precision, select_device, set_threads
 
     cfg = run.read_config()
     set_threads(cfg.get("threads"))
