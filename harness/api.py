@@ -140,7 +140,7 @@ def evaluate(model: nn.Module, data: Data, *, eps: Union[float, str], norm: str 
     ``n`` points of its test split; ``n`` defaults to the suite's) or tensors ``(x, y)`` (the
     first ``n`` of them, all by default). ``device``: where to run (default: the model's); the
     model's train/eval mode is restored afterwards. ``checks``: run the suite's sanity checks."""
-    threat = ThreatModel.parse(norm, str(eps) if isinstance(eps, str) else float(eps))
+    threat = ThreatModel.parse(norm, eps)
     dev = select_device(device) if device is not None else _model_device(model)
     model = model.to(dev)
     surrogate = None
