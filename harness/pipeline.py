@@ -122,38 +122,6 @@ def _render(run: RunDir) -> None:
 
 
 def _print_summary(run: RunDir, summary: Mapping[str, Any], results: List[Dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from reports.summaries import run_summary_lines
 
-    console = Console()
-    co = summary.get("catastrophic_overfitting", {})
-    ro = summary.get("robust_overfitting", {})
-    lines = [f"run {run.path}",
-             f"trained {summary['epochs_run']}/{summary['epochs_planned']} epochs in {summary['wall_s']:.0f}s "
-             f"({summary['passes_per_example_per_epoch']['forward']:.2f} forward / "
-             f"{summary['passes_per_example_per_epoch']['backward']:.2f} backward passes per example per epoch); "
-             f"best epoch {summary['best_epoch']} by {summary['selection_attack']['label']} on val"]
-    if co.get("detected"):
-        lines.append(f"catastrophic overfitting at epoch {co['epoch']}: {co['detail']}")
-    if ro.get("flagged"):
-        lines.append(f"robust overfitting: best - last selection accuracy = {ro['gap']:.3f} (> {ro['threshold']})")
-    for line in lines:
-        console.print(line, highlight=False)
-    if not results:
-        return
-    table = Table(title="test split: clean and worst-case robust accuracy, 95% CI", title_justify="left")
-    for col in ("checkpoint", "epoch", "suite", "n", "clean", "robust", "checks"):
-        table.add_column(col)
-    for r in results:
-        clean, rob = r.get("clean") or {}, r.get("robust") or {}
-        table.add_row(str(r.get("checkpoint")), str(r.get("checkpoint_epoch")), str(r.get("suite")),
-                      str((r.get("data") or {}).get("n")), _pct(clean), _pct(rob), str((r.get("checks") or {}).get("verdict", "not run")))
-    console.print(table)
-
-
-def _pct(p: Mapping[str, Any]) -> str:
-    acc = p.get("accuracy")
-    if acc is None:
-        return "-"
-    ci = p.get("ci95") or [None, None]
-    return f"{100 * acc:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci[0] is not None else f"{100 * acc:.1f}%"
+    sys.stdout.write("\n".join(run_summary_lines(run.path, summary, results)) + "\n")

@@ -627,21 +627,21 @@ def run_audit(
 
 def write_audit(doc: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
     """audit.json (schema "audit", the eval result embedded), audit.md and audit.html, atomically."""
-    from harness.audit.report import render_html, render_markdown
     from harness.core.io import atomic_write_json, atomic_write_text
+    from reports.audit_report import render_audit
 
     out_dir = Path(out_dir)
     paths = {"json": out_dir / "audit.json", "md": out_dir / "audit.md", "html": out_dir / "audit.html"}
     atomic_write_json(paths["json"], doc, schema=AUDIT_SCHEMA)
-    atomic_write_text(paths["md"], render_markdown(doc))
-    atomic_write_text(paths["html"], render_html(doc))
+    atomic_write_text(paths["md"], render_audit(doc, "md"))
+    atomic_write_text(paths["html"], render_audit(doc, "html"))
     return paths
 
 
 def audit_command(args: Any) -> int:
     """``harness audit``: run, write, print the summary. Exit 0 when the claim holds, 1 when it
     is overstated or the evaluation is unreliable; errors are HarnessErrors (exit 2)."""
-    from harness.audit.report import summary_lines
+    from reports.summaries import audit_summary_lines
 
     import warnings
 
@@ -657,6 +657,6 @@ def audit_command(args: Any) -> int:
         normalize=getattr(args, "normalize", None), state_path=out / ".eval-state.json",
     )
     paths = write_audit(doc, out)
-    sys.stdout.write("\n".join(summary_lines(doc)) + "\n")
+    sys.stdout.write("\n".join(audit_summary_lines(doc)) + "\n")
     sys.stdout.write(f"  written: {paths['md']}, {paths['html'].name}, {paths['json'].name}\n")
     return EXIT_HOLDS if doc["verdict"]["outcome"] == "holds" else EXIT_NOT_HOLDING

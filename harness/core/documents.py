@@ -178,7 +178,7 @@ def _parse(value: Any, tp: Any, where: str, problems: List[str]) -> Any:
 
 def _dump(value: Any) -> Any:
     if isinstance(value, Document):
-        return value.to_json()
+        return value._json(top=False)
     if isinstance(value, (list, tuple)):
         return [_dump(v) for v in value]
     return jsonable(value)
@@ -270,11 +270,16 @@ class Document:
 
     def to_json(self) -> Dict[str, Any]:
         """The stored form: as read (same keys, same order) for a document from ``from_json``;
-        fields in declaration order for one built in code."""
+        fields in declaration order for one built in code, after ``schema`` and ``schema_version``
+        when it is a top-level document (one with a ``SCHEMA``; not when it is nested in another,
+        like a result's ``env``)."""
+        return self._json(top=True)
+
+    def _json(self, *, top: bool) -> Dict[str, Any]:
         fields = _fields(type(self))
         out: Dict[str, Any] = {}
         if self.key_order is None:
-            if self.SCHEMA is not None:
+            if self.SCHEMA is not None and top:
                 out.update({"schema": self.SCHEMA, "schema_version": SCHEMA_VERSION})
             for f, tp in fields:
                 value = getattr(self, f.name)
