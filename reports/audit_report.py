@@ -51,7 +51,8 @@ def model_line(doc: Mapping[str, Any]) -> str:
     else:
         what = f"registered model {m['name']}"
     ck = m.get("checkpoint")
-    w = f"weights {ck['path']} (sha256 {ck['sha256'][:12]})" if ck else "no checkpoint (weights as the factory returned them)"
+    w = (f"weights {ck['path']} (sha256 {ck['sha256'][:12]})" if ck
+         else "no checkpoint (weights as the factory returned them)")
     norm = m.get("normalize_added")
     added = (f"; Normalize added by the reviewer ({norm['source']}: mean {norm['mean']}, std {norm['std']})"
              if norm else "")
@@ -88,16 +89,18 @@ def _strength_table(doc: Mapping[str, Any]) -> Table:
     c = doc["strength"]["claimed"]
     rep = c.get("replayed")
     claimed = pct(doc["claim"]["value"])
+    passes = rep["passes"] if rep else {}
+    per_attacked = f"{_num(passes.get('forward_per_attacked'))} / {_num(passes.get('backward_per_attacked'))}"
     rows.append([f"claimed: {c.get('text') or '(not given)'}", _num(c.get("steps")), _num(c.get("restarts")),
                  c.get("loss") or "-", "-", _num(c.get("gradient_steps_per_example")),
-                 f"{_num(rep['passes'].get('forward_per_attacked'))} / {_num(rep['passes'].get('backward_per_attacked'))}"
-                 if rep else "-",
+                 per_attacked if rep else "-",
                  f"{claimed} claimed; {prop_text(rep['robust'])} as replayed here ({rep['label']})" if rep
                  else f"{claimed} claimed (not replayed)"])
     for r in doc["strength"]["harness"]:
         tq = r["queries"] if r.get("queries") is not None else r.get("targets")
+        per_attacked = f"{_num(r['forward_per_attacked'])} / {_num(r['backward_per_attacked'])}"
         rows.append([f"harness: {r['label']}", _num(r["steps"]), _num(r["restarts"]), r.get("loss") or "-", _num(tq),
-                     _num(r["gradient_steps"]), f"{_num(r['forward_per_attacked'])} / {_num(r['backward_per_attacked'])}",
+                     _num(r["gradient_steps"]), per_attacked,
                      f"{pct(r['accuracy_after'])} after it (cumulative, ran on {r['ran_on']})"])
     return _text_table(head, rows)
 
@@ -134,16 +137,16 @@ def build_audit_report(doc: Mapping[str, Any]) -> Document:
                                    [(g["rule"], g["status"], g["message"]) for g in guards["findings"]])))
     findings = EvalResult.coerce(doc["eval"]).checks.findings
     if findings:
-        out.add(Heading(2, "Sanity checks", "checks"),
-                TableBlock(_text_table(["Check", "Status", "Finding"], [(f.check, f.status, f.message) for f in findings])))
+        rows = [(f.check, f.status, f.message) for f in findings]
+        out.add(Heading(2, "Sanity checks", "checks"), TableBlock(_text_table(["Check", "Status", "Finding"], rows)))
     if doc.get("notes"):
         out.add(Heading(2, "Notes", "notes"), Bullets([text(n) for n in doc["notes"]]))
     out.add(Heading(2, "Verdict rule", "rule"), Para(text(v["rule"] + ".")))
     env: Dict[str, Any] = doc.get("env", {})
     versions = env.get("versions", {})
     footer: List[Span] = [(f"harness {env.get('harness')} (git {env.get('git_sha')}), torch {versions.get('torch')}, "
-                           f"pyautoattack {versions.get('pyautoattack')}; {doc['created']}; audit took {doc['wall_s']:.1f} s.",
-                           "i")]
+                           f"pyautoattack {versions.get('pyautoattack')}; {doc['created']}; "
+                           f"audit took {doc['wall_s']:.1f} s.", "i")]
     out.add(Para(footer))
     return out
 

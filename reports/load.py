@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from harness.core.documents import (AttackRecord, CheckpointRecord, Document, EnvRecord, EvalResult, Finding, MetricsRow,
-                                    Proportion, TrainingSummary)
+from harness.core.documents import (AttackRecord, CheckpointRecord, Document, EnvRecord, EvalResult, Finding,
+                                    MetricsRow, Proportion, TrainingSummary)
 from harness.core.errors import HarnessError
 from harness.core.rundir import RunDir
 
 # attack names whose implementation is the reference AutoAttack (pyautoattack)
-AUTOATTACK_NAMES = {"apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square", "autoattack", "apgd-ce-rand", "apgd-dlr-rand"}
+AUTOATTACK_NAMES = {"apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square", "autoattack", "apgd-ce-rand",
+                    "apgd-dlr-rand"}
 VERDICT_ORDER = ("reliable", "not run", "suspicious", "unreliable")  # worst last
 CHECKPOINT_ORDER = {"best": 0, "last": 1}
 
@@ -239,7 +240,9 @@ class EvalView:
         if f is None:
             return None
         xs, ys = f.values.get("eps"), f.values.get("accuracy")
-        pts = [(eps_number(x), fnum(y)) for x, y in zip(xs if isinstance(xs, list) else [], ys if isinstance(ys, list) else [])]
+        if not isinstance(xs, list) or not isinstance(ys, list):
+            return None
+        pts = [(eps_number(x), fnum(y)) for x, y in zip(xs, ys)]
         pts = [(x, y) for x, y in pts if x is not None and y is not None]
         if not pts:
             return None
@@ -448,7 +451,8 @@ class RunInfo:
 
     def passes_total(self) -> Optional[float]:
         """Forward + backward passes per training example over the whole training, as counted."""
-        per_row = [(fnum(r.train.passes.forward_per_example), fnum(r.train.passes.backward_per_example)) for r in self.metrics]
+        per_row = [(fnum(r.train.passes.forward_per_example), fnum(r.train.passes.backward_per_example))
+                   for r in self.metrics]
         if per_row and all(f is not None and b is not None for f, b in per_row):
             return sum(f + b for f, b in per_row)  # type: ignore[operator]
         pe = self.passes_per_epoch()
@@ -460,7 +464,8 @@ class RunInfo:
     def evaluations(self) -> List[EvalView]:
         """Finished evaluations, preferred suite first, best before last."""
         pref = self.section("eval").get("suite")
-        return sorted(self.evals.values(), key=lambda e: (e.suite != pref, e.suite, CHECKPOINT_ORDER.get(e.checkpoint, 2), e.checkpoint))
+        return sorted(self.evals.values(),
+                      key=lambda e: (e.suite != pref, e.suite, CHECKPOINT_ORDER.get(e.checkpoint, 2), e.checkpoint))
 
     def suites(self) -> List[str]:
         out: List[str] = []
@@ -502,11 +507,13 @@ def load_run(path: Path | str) -> RunInfo:
         info.problems.append("no environment record (env.json): versions, git sha and device unknown")
     raw_lines = 0
     if rd.metrics_path.exists():
-        raw_lines = sum(1 for line in rd.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
+        lines = rd.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        raw_lines = sum(1 for line in lines if line.strip())
     rows = [MetricsRow.from_json(r) for r in rd.read_metrics() if isinstance(r, dict)]
     info.metrics = sorted((r for r in rows if r.epoch is not None), key=lambda r: r.epoch)
     if raw_lines > len(info.metrics):
-        info.problems.append(f"{raw_lines - len(info.metrics)} unreadable line(s) in the per-epoch metrics were skipped")
+        skipped = raw_lines - len(info.metrics)
+        info.problems.append(f"{skipped} unreadable line(s) in the per-epoch metrics were skipped")
     try:
         training = rd.read_training()
         info.training = TrainingSummary.from_json(training) if training is not None else None

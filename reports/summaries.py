@@ -46,8 +46,8 @@ def eval_summary_lines(result: Union[EvalResult, Mapping[str, Any]]) -> List[str
     lines.append(f"  clean accuracy            {pct_ci(r.clean)}")
     for a in r.attacks:
         fwd, bwd = a.passes.forward_per_attacked or 0, a.passes.backward_per_attacked or 0
-        lines.append(f"  after {a.label or a.name or '?':<38} {pct(a.after.accuracy):>7}  (ran on {a.ran_on}, broke {a.broke}, "
-                     f"{fwd:.0f} fwd / {bwd:.0f} bwd per attacked point)")
+        lines.append(f"  after {a.label or a.name or '?':<38} {pct(a.after.accuracy):>7}  "
+                     f"(ran on {a.ran_on}, broke {a.broke}, {fwd:.0f} fwd / {bwd:.0f} bwd per attacked point)")
     lines.append(f"  robust accuracy {pct_ci(r.robust)} against {r.suite}, {t.label}, n={n} (per-example worst case)")
     c = r.cost
     if c.wall_s is not None and c.forward_per_example is not None and c.backward_per_example is not None:
@@ -87,8 +87,8 @@ def audit_summary_lines(doc: Mapping[str, Any]) -> List[str]:
     v, t, data, s = doc["verdict"], doc["threat"], doc["data"], doc["strength"]
     lines = [f"audit: {OUTCOME[v['outcome']]}" + (" (flagged)" if v["flagged"] else ""), f"  {v['text']}",
              f"  model: {model_line(doc)}",
-             f"  data: {data['dataset']} test, first {data['n']} points; {t['norm']} eps={t['eps']}; suite {doc['suite']}; "
-             f"seed {doc['seed']}",
+             f"  data: {data['dataset']} test, first {data['n']} points; {t['norm']} eps={t['eps']}; "
+             f"suite {doc['suite']}; seed {doc['seed']}",
              f"  clean accuracy {prop_text(doc['clean'])}",
              f"  measured robust accuracy {prop_text(doc['measured'])} ({doc['measured']['label']})"]
     reasons = "; ".join(v["checks_reasons"][:3])
@@ -98,7 +98,8 @@ def audit_summary_lines(doc: Mapping[str, Any]) -> List[str]:
     if rep:
         lines.append(f"  claimed attack as replayed here ({rep['label']}): robust accuracy {prop_text(rep['robust'])}")
     for a in EvalResult.coerce(doc["eval"]).attacks:
-        lines.append(f"  after {a.label or a.name or '?':<44} {pct(a.after.accuracy):>7}  (ran on {a.ran_on}, broke {a.broke})")
+        lines.append(f"  after {a.label or a.name or '?':<44} {pct(a.after.accuracy):>7}  "
+                     f"(ran on {a.ran_on}, broke {a.broke})")
     for g in doc["guard_rails"]["findings"]:
         if g["status"] != "ok":
             lines.append(f"  WARNING ({g['rule']}): {g['message']}")

@@ -13,8 +13,8 @@ from typing import Any, Dict, Iterator, List, Tuple, Type
 
 import pytest
 
-from harness.core.documents import (AttackRecord, ChecksBlock, CheckpointRecord, Document, EnvRecord, EvalResult, Finding,
-                                    MetricsRow, Passes, Proportion, TrainingSummary)
+from harness.core.documents import (AttackRecord, ChecksBlock, CheckpointRecord, Document, EnvRecord, EvalResult,
+                                    Finding, MetricsRow, Passes, Proportion, TrainingSummary)
 from harness.core.stats import proportion
 
 HERE = Path(__file__).resolve().parent
@@ -74,7 +74,8 @@ def test_fixture_fields_read_as_typed_values() -> None:
     assert t.stopped_early and t.catastrophic_overfitting.detected and t.catastrophic_overfitting.epoch == 5
     assert t.train_attack.label == "FGSM-RS, step 1.25 eps" and t.defense.name == "fast-at"
     assert t.passes_per_example_per_epoch.forward == 2.0 and t.warnings == []
-    rows = [MetricsRow.from_json(json.loads(line)) for line in (FIXTURE_RUNS / "erm-s0" / "metrics.jsonl").read_text().splitlines()]
+    lines = (FIXTURE_RUNS / "erm-s0" / "metrics.jsonl").read_text().splitlines()
+    rows = [MetricsRow.from_json(json.loads(line)) for line in lines]
     assert [r.epoch for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[0].val.train_attack.descriptor == {"attack": "none"} and rows[0].train.passes.forward_per_example == 1.0
 
@@ -197,8 +198,10 @@ def test_missing_fields_read_as_none_or_empty() -> None:
 
 
 def test_wrong_types_read_as_empty_with_a_problem_and_are_kept() -> None:
-    doc = {"suite": 7, "clean": {"accuracy": "high", "n": 10, "ci95": [0.1]}, "attacks": [{"name": "pgd"}, "fgsm", None],
-           "robust": None, "checks": {"verdict": "reliable", "reasons": "none", "findings": [{"check": "x", "status": "maybe"}]},
+    doc = {"suite": 7, "clean": {"accuracy": "high", "n": 10, "ci95": [0.1]},
+           "attacks": [{"name": "pgd"}, "fgsm", None],
+           "robust": None,
+           "checks": {"verdict": "reliable", "reasons": "none", "findings": [{"check": "x", "status": "maybe"}]},
            "cost": {"wall_s": float("nan")}, "future_field": {"a": 1}}
     r = EvalResult.from_json(doc)
     assert r.suite is None and r.clean.accuracy is None and r.clean.n == 10 and r.clean.ci95 is None
@@ -208,14 +211,16 @@ def test_wrong_types_read_as_empty_with_a_problem_and_are_kept() -> None:
     text = "\n".join(r.problems)
     for field_ in ("suite: expected text, found an integer", "clean.accuracy: expected a number, found text",
                    "clean.ci95: expected a pair of numbers", "attacks[1]: expected an object, found text; left out",
-                   "attacks[2]", "robust: expected an object, found null", "checks.reasons: expected a list, found text",
+                   "attacks[2]", "robust: expected an object, found null",
+                   "checks.reasons: expected a list, found text",
                    "cost.wall_s: expected a number"):
         assert field_ in text, field_
     assert r.extra["future_field"] == {"a": 1}
     out = r.to_json()
     # everything but the list items of the wrong type is written back as it was read
     assert out["suite"] == 7 and out["clean"] == {"accuracy": "high", "n": 10, "ci95": [0.1]} and out["robust"] is None
-    assert out["attacks"] == [{"name": "pgd"}] and out["checks"]["reasons"] == "none" and out["future_field"] == {"a": 1}
+    assert out["attacks"] == [{"name": "pgd"}] and out["checks"]["reasons"] == "none"
+    assert out["future_field"] == {"a": 1}
     assert list(out) == list(doc)
 
 
@@ -262,7 +267,8 @@ def test_documents_and_reports_import_no_torch() -> None:
                                               if p.stem != "__init__"]
     code = ("import sys\nsys.modules['torch'] = None\n" + "".join(f"import {m}\n" for m in modules) +
             "import json\nfrom reports.audit_report import render_audit\n"
-            f"doc = json.load(open({str(AUDIT_FIXTURE)!r}))\nassert render_audit(doc, 'md') and render_audit(doc, 'html')\n"
+            f"doc = json.load(open({str(AUDIT_FIXTURE)!r}))\n"
+            "assert render_audit(doc, 'md') and render_audit(doc, 'html')\n"
             "from reports.summaries import audit_summary_lines, eval_summary_lines\n"
             "assert audit_summary_lines(doc) and eval_summary_lines(doc['eval'])\nprint('ok')\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=60)

@@ -85,7 +85,8 @@ def _type_name(tp: Any) -> str:
         return "a pair of numbers"
     if isinstance(tp, type) and issubclass(tp, Document):
         return "an object"
-    return {str: "text", int: "an integer", float: "a number", bool: "true or false"}.get(tp, getattr(tp, "__name__", str(tp)))
+    names = {str: "text", int: "an integer", float: "a number", bool: "true or false"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _found(v: Any) -> str:
