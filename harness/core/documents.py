@@ -143,6 +143,9 @@ def _parse(value: Any, tp: Any, where: str, problems: List[str]) -> Any:
         if not isinstance(value, list):
             raise _Wrong
         (item,) = args or (Any,)
+        plain = _PLAIN.get(item)
+        if plain is not None and set(map(type, value)) <= plain:
+            return list(value)  # the common case, per-example lists of thousands: no per-item parsing
         out = []
         for i, v in enumerate(value):
             try:
@@ -177,10 +180,18 @@ def _parse(value: Any, tp: Any, where: str, problems: List[str]) -> Any:
     raise TypeError(f"documents: no parser for type {tp!r}")
 
 
+# list item types whose values need no parsing when their exact Python type is one of these
+_PLAIN: Dict[Any, frozenset] = {int: frozenset({int}), bool: frozenset({bool}), str: frozenset({str}),
+                                 Optional[int]: frozenset({int, _NONE}), Optional[str]: frozenset({str, _NONE})}
+_PLAIN_OUT = frozenset({int, bool, str, _NONE})
+
+
 def _dump(value: Any) -> Any:
     if isinstance(value, Document):
         return value._json(top=False)
     if isinstance(value, (list, tuple)):
+        if set(map(type, value)) <= _PLAIN_OUT:
+            return list(value)
         return [_dump(v) for v in value]
     return jsonable(value)
 
@@ -261,8 +272,10 @@ class Document:
         other than its default."""
         if self.key_order is not None and name in self.key_order:
             return name not in self.extra
-        f, tp = next((f, tp) for f, tp in _fields(type(self)) if f.name == name)
-        return getattr(self, name) != _default(f, tp)
+        for f, tp in _fields(type(self)):
+            if f.name == name:
+                return getattr(self, name) != _default(f, tp)
+        raise AttributeError(f"{type(self).__name__} has no field {name!r}")
 
     @classmethod
     def coerce(cls: Type[D], doc: Any) -> D:
