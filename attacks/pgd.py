@@ -126,6 +126,23 @@ class PGD:
     def generator(self, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.seed)
 
+    @property
+    def draws_fixed_per_batch(self) -> bool:
+        """Whether ``run`` draws the same from its generator for every batch of a given shape:
+        so with one restart (one random start for every point) or no random start. With more
+        restarts, a restart draws only for the points still robust, which only running the
+        attack tells."""
+        return not self.random_start or self.restarts == 1
+
+    def skip(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        """Draw from ``generator`` exactly what ``run`` draws on a batch shaped like ``x``, without
+        the model (only when ``draws_fixed_per_batch``). A rank of a sharded evaluation skips the
+        batches other ranks attack and still starts its own from the one-process generator state."""
+        if not self.draws_fixed_per_batch:
+            raise ValueError(f"{self.label()}: its draws depend on outcomes ({self.restarts} restarts); it cannot be skipped")
+        if self.random_start:
+            random_start(x, self.norm, self.eps, generator)
+
     @torch.no_grad()
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator: Optional[torch.Generator] = None) -> AttackResult:
         gen = generator if generator is not None else self.generator(x.device)

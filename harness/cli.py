@@ -3,11 +3,17 @@
 Flags are declared with ``default=argparse.SUPPRESS`` so a flag the user did not type is absent,
 never a falsy value that overrides a config file. Every ``HarnessError`` becomes one line on
 stderr and a non-zero exit.
+
+Under torchrun (``torchrun --nproc-per-node N -m harness run|eval|audit ...``) every process runs
+the command inside one process group (``harness.distributed.session``); rank 0 prints the
+results and logs, the others log warnings and errors only, each line marked with its rank.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from typing import Any, Dict, Optional, Sequence
 
@@ -81,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", dest="train.epochs", type=_positive_int, default=S)
     p.add_argument("--batch-size", dest="train.batch_size", type=_positive_int, default=S)
     p.add_argument("--lr", dest="train.lr", type=_positive_float, default=S, help="(peak) learning rate")
+    p.add_argument("--sync-bn", dest="train.sync_bn", action="store_true", default=S,
+                   help="under torchrun: SyncBatchNorm over the global batch (CUDA only; default: BatchNorm per process)")
     p.add_argument("--seed", dest="seed", type=_nonneg_int, default=S)
     p.add_argument("--device", dest="device", default=S, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", dest="precision", default=S, help="auto, fp32, bf16 or fp16 (mixed precision on GPU)")
@@ -150,10 +158,13 @@ def _version() -> str:
     return f"harness {__version__}"
 
 
-def _setup_logging(verbosity: int) -> None:
+def _setup_logging(verbosity: int, rank: Optional[int] = None) -> None:
     """Log lines go to stderr (stdout carries results: summaries, --dry-run configs). On a
-    terminal rich formats them; into a file or a pipe each event is one plain line."""
+    terminal rich formats them; into a file or a pipe each event is one plain line. ``rank``:
+    under torchrun, ranks other than 0 log warnings and errors only, and every line says its rank."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    if rank:
+        level = max(level, logging.WARNING)
     handler: logging.Handler
     if sys.stderr.isatty():
         from rich.console import Console
@@ -164,9 +175,11 @@ def _setup_logging(verbosity: int) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if rank is not None:
+        fmt = f"[rank {rank}] " + fmt
     handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    logging.getLogger("harness").setLevel(min(level, logging.INFO))
+    logging.getLogger("harness").setLevel(level if rank else min(level, logging.INFO))
 
 
 def _api() -> Any:
@@ -254,7 +267,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if args.command in ("run", "eval", "audit"):
+        return _in_process_group(parser, args)
     _setup_logging(args.verbose)
+    return _dispatch(parser, args)
+
+
+def _in_process_group(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """A command that may run under torchrun: joined to its process group for the duration (a
+    no-op in one process); rank 0 prints the results, the other ranks' stdout goes nowhere."""
+    from harness import distributed  # torch is imported only by the commands that need it
+
+    with contextlib.ExitStack() as stack:
+        try:
+            world = stack.enter_context(distributed.session())
+        except HarnessError as e:
+            sys.stderr.write(f"harness: error: {e}\n")
+            return e.exit_code
+        except (RuntimeError, ValueError) as e:  # torchrun's rendezvous or the backend refused us
+            sys.stderr.write(f"harness: error: could not join the torchrun process group: {e}\n")
+            return 2
+        _setup_logging(args.verbose, world.rank if world.distributed else None)
+        if world.is_writer:
+            return _dispatch(parser, args)
+        stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        return _dispatch(parser, args, prefix=f"[rank {world.rank}] ")
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, prefix: str = "") -> int:
+    """Run the command; every error ends as one line on stderr and an exit status."""
     try:
         if args.command == "ls":
             return cmd_ls(args)
@@ -267,15 +308,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "audit":
             return cmd_audit(args)
     except HarnessError as e:
-        sys.stderr.write(f"harness: error: {e}\n")
+        sys.stderr.write(f"{prefix}harness: error: {e}\n")
         return e.exit_code
     except OSError as e:
         # a full disk, a read-only folder, --out onto a file: one line; files already written stay
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        sys.stderr.write(f"harness: error: {e.strerror or e}{where}\n")
+        sys.stderr.write(f"{prefix}harness: error: {e.strerror or e}{where}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("harness: interrupted; finished files are kept (harness run --resume RUN_DIR continues a run)\n")
+        sys.stderr.write(f"{prefix}harness: interrupted; finished files are kept (harness run --resume RUN_DIR continues a run)\n")
         return 130
     parser.error(f"unknown command {args.command}")
     return 2

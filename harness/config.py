@@ -52,6 +52,7 @@ class TrainConfig(TypedDict):
     gamma: float
     cyclic_peak: float  # cyclic: fraction of training at which lr peaks
     keep_epoch_checkpoints: bool
+    sync_bn: bool  # under torchrun: SyncBatchNorm (batch statistics over the global batch); else per process
 
 
 class SelectionConfig(TypedDict):
@@ -140,6 +141,9 @@ DEFAULTS: Dict[str, Any] = {
         "gamma": 0.1,
         "cyclic_peak": 0.4,  # cyclic: fraction of training at which lr peaks
         "keep_epoch_checkpoints": True,
+        # under torchrun: SyncBatchNorm, batch statistics over the global batch (CUDA only);
+        # false: each process normalises with its own part's statistics. No effect in one process.
+        "sync_bn": False,
     },
     # the defense's own options (attack steps, step size, random start, BN mode, mixing, beta,
     # replays, ...), validated by the defense plugin
@@ -355,6 +359,8 @@ def check_train(train: Mapping[str, Any]) -> None:
     ms = train.get("milestones")
     if not isinstance(ms, list) or not all(isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 1 for m in ms):
         raise ConfigError(f"train.milestones must be a list of fractions of training in (0, 1), e.g. [0.5, 0.75]; got {ms!r}")
+    if not isinstance(train.get("sync_bn", False), bool):
+        raise ConfigError(f"train.sync_bn must be true or false, got {train.get('sync_bn')!r}")
     peak = train.get("cyclic_peak")
     if isinstance(peak, bool) or not isinstance(peak, (int, float)) or not 0 < peak < 1:
         raise ConfigError(f"train.cyclic_peak must be a fraction in (0, 1), got {peak!r}")

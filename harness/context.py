@@ -20,6 +20,7 @@ from attacks.factory import build as build_attack
 from attacks.suites import get_suite
 from defenses.base import DefenseBase
 from defenses.registry import DEFENSES
+from harness import distributed
 from harness.config import RunConfig
 from harness.core.errors import ConfigError
 from harness.core.runtime import (apply_memory_format, resolved_memory_format, resolved_precision, select_device,
@@ -90,9 +91,12 @@ class RunContext:
         on them bitwise), then the device, the data set (loaded here, once), the defense and the
         suite. Every config and data error surfaces here, before anything is written.
         ``threads``/``device`` override the config's (a resumed run keeps the thread count it began
-        with; ``harness eval --device``)."""
-        used_threads = set_threads(threads if threads is not None else cfg.get("threads"))
-        dev = select_device(device or cfg["device"])
+        with; ``harness eval --device``). Under torchrun each process takes its own device
+        (cuda:LOCAL_RANK or the CPU) and, unless set, its share of the cores (``harness.distributed``)."""
+        if threads is None:
+            threads = cfg.get("threads") if cfg.get("threads") is not None else distributed.default_threads()
+        used_threads = set_threads(threads)
+        dev = distributed.place(select_device(device or cfg["device"]))
         precision = resolved_precision(dev, cfg["precision"])
         threat = ThreatModel.from_dict(cfg["threat"])
         defense = DEFENSES.get(cfg["defense"])(threat, cfg.get("defense_options") or {}, precision=precision)

@@ -13,6 +13,18 @@ Protocol (docs/formats.md, "eval/SUITE--CKPT.json"):
 - progress is saved after each attack, so an interrupted evaluation resumes after the last
   finished attack (same seed, same numbers).
 
+Under torchrun (``harness.distributed``) each attack's batches (the one-process batches of the
+points still robust) are dealt round robin to the ranks and the adversarial examples gathered
+back in order before the next attack, so every batch holds the points it holds in one process:
+AutoAttack's components seed themselves per batch, and our PGD's generator skips the batches
+other ranks attack (``PGD.skip``), so the per-example outcome is the one-process outcome. PGD
+with several restarts draws per restart only for the points still robust, so its batches depend
+on each other's outcomes: it runs on rank 0 alone, the others wait. Passes are summed over
+ranks (AutoAttack's own input checks on the first batch of each call are paid once per rank, so
+its count is a little above one process's). The sanity checks run once, on rank 0, on the gathered cascade (they read the whole
+record: a per-check sharding would have to re-create each check's own batching), and their
+document is handed to every rank; rank 0 alone writes results and progress.
+
 For a run directory (``evaluate_checkpoints``) every result is tied to the digest of the weights
 it was computed on: a stored result is reused only for the same weights and setting, a stale one
 is recomputed, and identical weights (``best`` is often the last epoch) are evaluated once.
@@ -33,6 +45,7 @@ from torch import nn
 from attacks.base import PassCounter, eval_mode, verify
 from attacks.checks import CheckContext, checks_for, run_checks
 from attacks.suites import expand_attacks, suite_attack_names
+from harness import distributed
 from harness.checkpoints import load_into, load_resume, load_state_dict_file, weights_sha256
 from harness.context import EvalSetting, RunContext
 from harness.core.errors import DataError, HarnessError
@@ -81,7 +94,7 @@ class _State:
     def __init__(self, path: Optional[Path], fingerprint: str):
         self.path, self.fingerprint = path, fingerprint
         self.records: List[Dict[str, Any]] = []
-        if path is not None and path.exists():
+        if path is not None and path.exists() and distributed.world().is_writer:
             try:
                 doc = read_json(path, schema="eval-state")
             except HarnessError:
@@ -92,13 +105,14 @@ class _State:
                     log.info("resuming evaluation after %d finished attack(s) from %s", len(self.records), path)
             elif doc:
                 log.warning("ignoring saved evaluation progress in %s: it belongs to a different evaluation", path)
+        self.records = distributed.broadcast_object(self.records)  # every rank replays what rank 0 read
 
     def save(self) -> None:
-        if self.path is not None:
+        if self.path is not None and distributed.world().is_writer:
             atomic_write_json(self.path, {"fingerprint": self.fingerprint, "records": self.records}, schema="eval-state")
 
     def clear(self) -> None:
-        if self.path is not None and self.path.exists():
+        if self.path is not None and distributed.world().is_writer and self.path.exists():
             self.path.unlink()
 
 
@@ -147,6 +161,7 @@ class _Cascade:
         if idx.numel():
             xs, ys = x[idx], y[idx]
             x_adv, paths, traces = self._generate(attack, xs, ys, bar)
+            distributed.merge_passes(counter, snap)  # the other ranks' share of the attack
             used = counter.since(snap)  # the attack's own passes, not our labelling forward below
             # nothing outside the threat model is ever counted
             verify(xs, x_adv, self.setting.threat.norm, self.setting.threat.eps, what=f"{attack.label()} adversarial example")
@@ -179,25 +194,41 @@ class _Cascade:
                   bar: "_Progress") -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Adversarial examples for (xs, ys): in one call for attacks that batch themselves
         (AutoAttack batches exactly as the reference does), else in the suite's batches with one
-        generator across them. Returns (x_adv, path success, loss trace)."""
+        generator across them. Returns (x_adv, path success, loss trace).
+
+        Under torchrun a rank attacks its share of the batches (``distributed.BatchShard``): for
+        AutoAttack the concatenation of its batches, which AutoAttack cuts at the same
+        boundaries; for our attacks each of its batches, the generator skipped past the others'
+        (or, when their draws depend on outcomes, rank 0 attacks all). Every rank gets the
+        gathered result."""
+        dev = xs.device
         if getattr(attack, "batches_internally", False):
+            shard = distributed.BatchShard(xs.shape[0], getattr(attack, "batch_size", self.setting.batch_size))
             bar.start(attack.label(), total=None)
-            res = attack.run(self.model, xs, ys)
+            res = attack.run(self.model, shard.take(xs), shard.take(ys))
             bar.advance(1)
-            return res.x_adv, None, None
+            return shard.gather(res.x_adv, dev), None, None
         bs = self.setting.batch_size
-        gen = attack.generator(xs.device) if hasattr(attack, "generator") else None
+        gen = attack.generator(dev) if hasattr(attack, "generator") else None
+        shard = distributed.BatchShard(xs.shape[0], bs, dealt=bool(getattr(attack, "draws_fixed_per_batch", gen is None)))
         bar.start(attack.label(), total=-(-xs.shape[0] // bs))
-        x_adv, paths, traces = xs.clone(), [], []
-        for s in range(0, xs.shape[0], bs):
-            res = attack.run(self.model, xs[s:s + bs], ys[s:s + bs], generator=gen)
-            x_adv[s:s + bs] = res.x_adv
+        x_adv, paths, traces = [], [], []
+        for k, s in shard.batches():
+            if not shard.owns(k):
+                if gen is not None and shard.dealt:  # keep the generator where one process has it
+                    attack.skip(xs[s], gen)
+                continue
+            res = attack.run(self.model, xs[s], ys[s], generator=gen)
+            x_adv.append(res.x_adv)
             if res.path_success is not None:
                 paths.append(res.path_success)
             if res.loss_trace is not None:
-                traces.append(res.loss_trace)
+                traces.append(res.loss_trace.t())
             bar.advance(1)
-        return x_adv, (torch.cat(paths) if paths else None), (torch.cat(traces, dim=1) if traces else None)
+        mine = torch.cat(x_adv) if x_adv else None
+        path = shard.gather(torch.cat(paths) if paths else None, dev)
+        trace = shard.gather(torch.cat(traces) if traces else None, dev)
+        return shard.gather(mine, dev), path, (trace.t() if trace is not None else None)
 
     def per_example(self) -> Dict[str, Any]:
         return {"label": self.y.tolist(), "clean_correct": self.clean_correct.tolist(), "robust": self.robust.tolist(),
@@ -239,8 +270,10 @@ def evaluate_model(
                 state.records.append(cascade.attack(i, attack, desc, counter, bar))
                 state.save()
         attack_counts = counter.since(clean_counts)
-        checks = (_checks(model, x, y, setting, cascade, surrogate_data, progress) if run_checks
-                  else _not_run("checks disabled for this evaluation"))
+        if not run_checks:
+            checks = _not_run("checks disabled for this evaluation")
+        else:  # once, on rank 0, on the gathered cascade; every rank returns its document
+            checks = distributed.on_writer(lambda: _checks(model, x, y, setting, cascade, surrogate_data, progress))
         total = counter.snapshot()
     k_robust = int(cascade.robust.sum())
     result = {
@@ -296,7 +329,7 @@ class _Progress:
     """A rich progress bar per attack when attached to a terminal; silent otherwise."""
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled and sys.stderr.isatty() and distributed.world().is_writer
         self._p: Any = None
         self._task: Any = None
 
@@ -400,13 +433,18 @@ def evaluate_checkpoints(run: RunDir, ctx: RunContext, setting: EvalSetting, che
             res = evaluate_model(ck.model(ctx), x, y, setting,
                                  state_path=run.eval_state_dir(setting.suite_name, name).with_suffix(".json"),
                                  state_key=[name, ck.sha256], progress=progress, surrogate_data=surrogate)
+            env = environment(ctx.device)
+            world = distributed.describe()
+            if world is not None:
+                env["distributed"] = world
             doc = {"suite": res.pop("suite"), "checkpoint": name, "checkpoint_epoch": ck.epoch,
                    "data": {"dataset": ctx.config["dataset"], "split": "test", "n": int(x.shape[0]),
                             "subset": "first n in fixed order", "source": ctx.data.source},
-                   "weights_sha256": ck.sha256, "checkpoint_file": ck.file, **res, "env": environment(ctx.device)}
+                   "weights_sha256": ck.sha256, "checkpoint_file": ck.file, **res, "env": env}
             doc["per_example"] = {"index": list(range(int(x.shape[0]))), **doc["per_example"]}
             how = "evaluated"
             by_weights.setdefault(ck.sha256, (name, doc))
-        run.write_eval_result(setting.suite_name, name, doc)
+        if distributed.world().is_writer:
+            run.write_eval_result(setting.suite_name, name, doc)
         out.append((doc, how))
     return out

@@ -10,6 +10,12 @@
 - ``robust_overfitting``: the best-vs-last selection-accuracy gap (Rice et al. 2020).
 
 The test split never enters here: selection uses val only.
+
+Under torchrun the val batches (of the evaluation batch size) are dealt round robin to the ranks
+(``harness.distributed.BatchShard``) and the counts summed, so selection sees the numbers one
+process would: the FGSM and selection attacks seed themselves per batch, and the training attack's
+generator, shared across batches, skips the batches other ranks measure by drawing what the
+attack draws against a stand-in model (``skip_training_attack``).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import torch
 from torch import nn
 
 from attacks.base import PassCounter, eval_mode, verify
+from harness import distributed
 from harness.core.errors import ConfigError
 from harness.core.runtime import autocast
 from harness.core.stats import proportion
@@ -59,6 +66,7 @@ class Monitor:
         self.fgsm = ctx.attack({"attack": "fgsm"})
         self.warnings = check_selection(self.defense, self.selection)
         self.x, self.y = ctx.data.val.first(int(cfg["monitor"]["val_n"]))
+        self.num_classes = ctx.data.num_classes
 
     @property
     def n(self) -> int:
@@ -77,10 +85,14 @@ class Monitor:
         has_train_attack = defense.train_attack().get("attack") != "none"
         clean = torch.zeros(n, dtype=torch.bool, device=x.device)
         tr, fg, sel = torch.zeros_like(clean), torch.zeros_like(clean), torch.zeros_like(clean)
+        shard = distributed.BatchShard(n, self.batch_size)
         with PassCounter(model) as counter, eval_mode(model):
-            for i in range(0, n, self.batch_size):
-                s = slice(i, i + self.batch_size)
+            for k, s in shard.batches():
                 xb, yb = x[s], y[s]
+                if not shard.owns(k):  # another rank's batch: only keep the generator in step
+                    if has_train_attack:
+                        skip_training_attack(defense, xb, yb, train_gen, self.num_classes)
+                    continue
                 ok = _correct(model, xb, yb, self.amp)
                 clean[s] = ok
                 if has_train_attack:
@@ -93,7 +105,10 @@ class Monitor:
                     r = attack.run(model, xb, yb)
                     verify(xb, r.x_adv, threat.norm, threat.eps, what=what)
                     into[s] = ok & ~r.success
+            distributed.merge_passes(counter, {"forward": 0, "backward": 0})
             passes = counter.snapshot()
+        counts = distributed.sum_counts({"clean": int(clean.sum()), "train_attack": int(tr.sum()), "fgsm": int(fg.sum()),
+                                         "selection": int(sel.sum())})
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
         train_desc = dict(defense.train_attack())
@@ -101,8 +116,8 @@ class Monitor:
             train_desc["model_mode"] = "eval"  # measured on the eval-mode model, like every val number
             train_desc["model_mode_in_training"] = defense.train_attack().get("model_mode")
 
-        def block(mask: torch.Tensor, label: Optional[str] = None, desc: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-            out: Dict[str, Any] = proportion(int(mask.sum()), n)
+        def block(key: str, label: Optional[str] = None, desc: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+            out: Dict[str, Any] = proportion(counts[key], n)
             if label is not None:
                 out["label"] = label
                 out["descriptor"] = desc
@@ -113,14 +128,35 @@ class Monitor:
             "split": "val",
             "subset": "first n in fixed order",
             "wall_s": time.perf_counter() - t0,
-            "clean": block(clean),
-            "train_attack": block(tr, defense.train_attack_label(), train_desc),
-            "fgsm": block(fg, self.fgsm.label(), self.fgsm.describe()),
-            "selection": block(sel, self.selection.label(), self.selection.describe()),
+            "clean": block("clean"),
+            "train_attack": block("train_attack", defense.train_attack_label(), train_desc),
+            "fgsm": block("fgsm", self.fgsm.label(), self.fgsm.describe()),
+            "selection": block("selection", self.selection.label(), self.selection.describe()),
             "passes": {"forward": passes["forward"], "backward": passes["backward"],
                        "forward_per_example": passes["forward"] / max(n, 1),
                        "backward_per_example": passes["backward"] / max(n, 1)},
         }
+
+
+class _DrawsOnly(nn.Module):
+    """A stand-in model with no cost: logits that depend on the input (so input gradients
+    exist, all zero) and nothing else."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = int(num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :1].expand(-1, self.num_classes) * 0.0
+
+
+def skip_training_attack(defense: Any, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+                         num_classes: int) -> None:
+    """Draw from ``generator`` exactly what ``defense.attack`` draws on (x, y), without the real
+    model: the attack is run against a stand-in. Exact because a defense's training attack draws
+    an amount fixed by the batch's shape (random starts, initial noise), never by the model's
+    outputs (tested for every registered defense, tests/test_distributed.py)."""
+    defense.attack(_DrawsOnly(num_classes), x, y, generator)
 
 
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision_ctx: Any) -> torch.Tensor:

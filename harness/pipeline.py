@@ -5,6 +5,13 @@ from its last finished epoch (or, once training is done, from the evaluation). T
 (``harness.context``) is built once, before anything is written, so config and data errors leave
 no run directory behind; training and evaluation share it (one config, one data set).
 ``env.json`` records the status: "running", then "finished", "interrupted" or "failed".
+
+Under torchrun every process runs the pipeline (``harness.distributed``): rank 0 creates and
+writes the run directory and the others learn its path from it; "finished" is written by rank 0
+only after every rank reached the end. A run that dies never says "finished": the process that
+learns of the end (Ctrl-C, torchrun's SIGTERM after another process died, a collective that
+failed) writes "interrupted" or "failed", whatever its rank, since rank 0 may be the one that
+died; a "failed" status, with its error, is never overwritten by a later "interrupted".
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from harness import distributed
 from harness.config import RunConfig, validate_saved
 from harness.context import RunContext
 from harness.core.rundir import RunDir, now_iso
@@ -59,7 +67,9 @@ def run_pipeline(
         raise ValueError("run_pipeline needs a config or resume=RUN_DIR")
     ctx = RunContext.from_config(cfg, threads=threads)
     trainer = Trainer(ctx, progress=progress, on_epoch_end=on_epoch_end)
-    run = _open(run, ctx)
+    world = distributed.describe()  # every rank's host and pid, for env.json
+    opened = run
+    run = distributed.on_writer(lambda: _open(opened, ctx, world))
     log.info("run directory %s", run.path)
     with _sigterm_as_interrupt(), _status(run, ctx):
         if resume is not None:
@@ -71,16 +81,19 @@ def run_pipeline(
             results = evaluate_checkpoints(run, ctx, ctx.eval_setting(), list(ev["checkpoints"]),
                                            progress=_shows_progress(progress))
         # the report says "finished" only if the status is written before it is rendered
-        run.update_env(status="finished", finished=now_iso(), resources=resource_usage(ctx.device))
-    if evaluate:
+        distributed.barrier()  # and only once every process got here
+        if distributed.world().is_writer:
+            run.update_env(status="finished", finished=now_iso(), resources=resource_usage(ctx.device))
+    if evaluate and distributed.world().is_writer:
         _render(run)
     return Outcome(run, summary, results)
 
 
-def _open(run: Optional[RunDir], ctx: RunContext) -> RunDir:
+def _open(run: Optional[RunDir], ctx: RunContext, world: Optional[Dict[str, Any]] = None) -> RunDir:
     """A new run directory (created atomically, config and env written), or the resumed one
-    marked running again."""
+    marked running again. ``world``: the processes of a torchrun run (``distributed.describe``)."""
     cfg = ctx.config
+    processes = {"distributed": world} if world is not None else {}
     if run is None:
         out = cfg["out"]
         run = RunDir.create(out["root"], out.get("name") or RunDir.default_name(cfg))
@@ -88,10 +101,10 @@ def _open(run: Optional[RunDir], ctx: RunContext) -> RunDir:
         run.write_env({**environment(ctx.device), "started": now_iso(), "finished": None, "status": "running",
                        "precision": ctx.precision, "memory_format": ctx.memory_format,
                        "config_sources": ["defaults", f"recipe of {cfg['defense']} for {cfg['dataset']}",
-                                          "config file and flags (argv)"]})
+                                          "config file and flags (argv)"], **processes})
         return run
     env = run.read_env()
-    run.update_env(status="running", resumed=list(env.get("resumed") or []) + [now_iso()], finished=None)
+    run.update_env(status="running", resumed=list(env.get("resumed") or []) + [now_iso()], finished=None, **processes)
     return run
 
 
@@ -102,12 +115,22 @@ def _status(run: RunDir, ctx: RunContext) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        run.update_env(status="interrupted", interrupted=now_iso())
+        _mark_ended(run, "interrupted", interrupted=now_iso())
         raise
     except BaseException as e:
-        run.update_env(status="failed", failed=now_iso(), error=f"{type(e).__name__}: {e}",
-                       resources=resource_usage(ctx.device))
+        _mark_ended(run, "failed", failed=now_iso(), error=f"{type(e).__name__}: {e}", resources=resource_usage(ctx.device))
         raise
+
+
+def _mark_ended(run: RunDir, status: str, **fields: Any) -> None:
+    """Write how the run ended. Under torchrun any rank may (rank 0 may be the one that died);
+    the rank is recorded, and a "failed" status already there, with its error, stands."""
+    world = distributed.world()
+    if world.distributed:
+        if run.read_env().get("status") == "failed":
+            return
+        fields["ended_on_rank"] = world.rank
+    run.update_env(status=status, **fields)
 
 
 def _shows_progress(progress: Optional[bool]) -> bool:

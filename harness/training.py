@@ -16,6 +16,16 @@ After every epoch the loop
    interrupted.
 
 The test split is never touched here. ``training.json`` summarises the run when training ends.
+
+Under torchrun (``harness.distributed``) the model trains under DistributedDataParallel: the
+recipe's global batch is kept (each of N processes takes batch_size / N of every global batch of
+the one permutation all draw from the run's data generator), the defense's step runs on the DDP
+wrapper (its attack against the current replica, its update all-reducing the gradients), and
+the schedule counts global updates. BatchNorm is per process unless ``train.sync_bn``. After
+every epoch rank 0's weights and buffers go to every rank, val is sharded and summed, and every
+rank takes the same decisions; rank 0 alone writes, and ``last.pt`` holds every rank's RNG
+state, training-attack generator and defense state, so a killed multi-process run resumes (with
+the same number of processes) as one process does.
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ import torch
 from attacks.base import PassCounter
 from defenses.base import TrainContext
 from harness import checkpoints as ckpt
+from harness import distributed
 from harness.context import RunContext
 from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_json
@@ -180,21 +191,29 @@ class Trainer:
         self.run: Optional[RunDir] = None
         self.train_cfg, self.monitor_cfg = cfg["train"], cfg["monitor"]
         self.on_epoch_end = on_epoch_end
-        self.show = sys.stderr.isatty() if progress is None else bool(progress)
+        self.world = distributed.world()
+        self.show = (sys.stderr.isatty() if progress is None else bool(progress)) and self.world.is_writer
         seed_everything(ctx.seed)
         self.monitor = Monitor(ctx)
         early = self.monitor_cfg.get("early_stop")
         self.early_stop = ctx.defense.early_stop_default if early is None else bool(early)
         self.model = ctx.new_model()
-        self.optimizer = make_optimizer(self.model, self.train_cfg)
         self.epochs, self.batch_size = int(self.train_cfg["epochs"]), int(self.train_cfg["batch_size"])
-        self.batches = ctx.data.train.num_batches(self.batch_size)
+        if self.world.distributed:
+            distributed.per_rank_batch(self.batch_size)
+            if self.train_cfg.get("sync_bn"):
+                self.model = distributed.convert_sync_bn(self.model, ctx.device)
+        self.optimizer = make_optimizer(self.model, self.train_cfg)
+        self.batches = distributed.global_steps(len(ctx.data.train), self.batch_size)
         total_updates = self.epochs * self.batches * ctx.defense.updates_per_batch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(self.train_cfg, total_updates))
         self.scaler = torch.amp.GradScaler(ctx.device.type) if ctx.precision == "fp16" else None
         self.data_gen = torch.Generator().manual_seed(ctx.seed)
-        self.attack_gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 1)
+        # one stream per rank (rank 0's is the one-process stream): each rank attacks its own examples
+        self.attack_gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 1 + self.world.rank * 2**32)
         self.state = _fresh_state()
+        self.replica = distributed.Replica(self.model, device=ctx.device) if self.world.distributed else None
+        self.train_model = self.replica.ddp if self.replica is not None else self.model
         self.step_ctx = TrainContext(self.optimizer, self.scheduler, self.attack_gen, ctx.device, ctx.precision, self.scaler)
 
     # -- resume -------------------------------------------------------------------------------
@@ -209,15 +228,21 @@ class Trainer:
         saved = ckpt.load_resume(path)
         if saved.get("format") != RESUME_FORMAT or "loop" not in saved:
             raise HarnessError(f"{path} is not a resumable harness checkpoint (format {saved.get('format')!r})")
+        processes = int((saved.get("distributed") or {}).get("world_size", 1))
+        if processes != self.world.size:
+            raise HarnessError(f"{path} was written by {processes} process(es), this run has {self.world.size}: resume with "
+                               f"torchrun --nproc-per-node {processes} (or without torchrun for 1), since another number of "
+                               "processes changes the data shards and the random streams")
+        mine = saved["distributed"]["ranks"][self.world.rank] if self.world.distributed else saved
         ckpt.load_into(self.model, saved["model"], source=str(path), allow_net_only=False)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
-        self.ctx.defense.load_state_dict(saved.get("defense") or {})
+        self.ctx.defense.load_state_dict(mine.get("defense") or {})
         self.data_gen.set_state(saved["data_generator"])
-        self.attack_gen.set_state(saved["attack_generator"].to(self.attack_gen.get_state().device))
-        set_rng_state(saved["rng"])
+        self.attack_gen.set_state(mine["attack_generator"].to(self.attack_gen.get_state().device))
+        set_rng_state(mine["rng"])
         self.state = saved["loop"]
         self.step_ctx.updates = int(self.scheduler.last_epoch)
         done = int(self.state["epoch"])
@@ -228,7 +253,8 @@ class Trainer:
             raise HarnessError(
                 f"{run.metrics_path} lost the rows of finished epoch(s) {_ranges(missing)} (last.pt says {done} "
                 f"finished): the report and the training cost would undercount; restore the file or start a new run")
-        run.write_metrics(rows)
+        if self.world.is_writer:
+            run.write_metrics(rows)
         log.info("resuming %s after epoch %d of %d", run.path, done, self.epochs)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -252,7 +278,8 @@ class Trainer:
                 if bar is not None:
                     bar.stop()
         doc = self.summary()
-        run.write_training(doc)
+        if self.world.is_writer:
+            run.write_training(doc)
         return doc
 
     @property
@@ -262,8 +289,9 @@ class Trainer:
 
     def _one_epoch(self, epoch: int, counter: PassCounter, bar: Any) -> None:
         stats = self._train_epoch(epoch, counter, bar)
+        distributed.broadcast_module(self.model)  # every rank validates the weights rank 0 saves
         val = self.monitor.evaluate(self.model)
-        self.model.train()
+        self.train_model.train()
         decision = self._select(epoch, val)
         row = self._write_epoch(epoch, stats, val, decision)
         self._save_last()
@@ -272,7 +300,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, counter: PassCounter, bar: Any) -> EpochStats:
         defense, dev = self.ctx.defense, self.ctx.device
-        self.model.train()
+        self.train_model.train()
         task = bar.add_task(f"epoch {epoch}/{self.epochs}", total=self.batches, info="") if bar is not None else None
         shown = _LossDisplay(dev) if task is not None else None
         snap = counter.snapshot()
@@ -281,8 +309,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), dtype=torch.long, device=dev)
         seen = 0
-        for i, (x, y) in enumerate(self.ctx.data.train.batches(self.batch_size, shuffle=True, generator=self.data_gen)):
-            r = defense.train_step(self.model, x, y, self.step_ctx)
+        for i, (x, y) in enumerate(self._batches()):
+            r = defense.train_step(self.train_model, x, y, self.step_ctx)
             loss_sum += r.loss_sum.float()
             correct += r.correct
             seen += r.n
@@ -294,10 +322,23 @@ class Trainer:
             bar.remove_task(task)
         if not self.model.training:
             raise HarnessError(f"defense {defense.name!r} left the model in eval mode after its training step")
-        loss = float(loss_sum) / max(seen, 1)
+        totals = distributed.sum_counts({"loss": loss_sum, "correct": correct, "seen": seen})  # over every rank's part
+        distributed.merge_passes(counter, snap)
+        loss = float(totals["loss"]) / max(totals["seen"], 1)
         if not math.isfinite(loss):
             raise HarnessError(f"epoch {epoch}: the training loss is {loss}; lower train.lr or check the defense options")
-        return EpochStats(loss, int(correct) / max(seen, 1), wall, counter.since(snap))
+        return EpochStats(loss, int(totals["correct"]) / max(totals["seen"], 1), wall, counter.since(snap))
+
+    def _batches(self) -> Any:
+        """The epoch's minibatches: the one-process batches, or this rank's part of each global
+        batch (``distributed.rank_batches``), its share set as its gradient's weight."""
+        split = self.ctx.data.train
+        if self.replica is None:
+            yield from split.batches(self.batch_size, shuffle=True, generator=self.data_gen)
+            return
+        for x, y, share in distributed.rank_batches(split, self.batch_size, generator=self.data_gen):
+            self.replica.share = share
+            yield x, y
 
     def _select(self, epoch: int, val: Mapping[str, Any]) -> Selection:
         """Best by selection accuracy on val; catastrophic overfitting flagged (and the run
@@ -356,6 +397,19 @@ class Trainer:
                       "robust_overfitting_gap": float(best["selection"]) - val["selection"]["accuracy"],
                       "notes": decision.notes},
         }
+        if self.world.is_writer:
+            self._write_epoch_files(epoch, row, decision)
+        log.info("epoch %d/%d  loss %.4f  train acc %.3f  | val clean %.3f  %s %.3f  FGSM %.3f  %s %.3f%s  | %.1fs + %.1fs  "
+                 "%.2f fwd/ex%s", epoch, self.epochs, stats.loss, stats.accuracy, val["clean"]["accuracy"],
+                 defense.train_attack_label(), val["train_attack"]["accuracy"], val["fgsm"]["accuracy"],
+                 self.monitor.selection.label(), val["selection"]["accuracy"], "  [best]" if decision.improved else "",
+                 stats.wall_s, val["wall_s"], row["train"]["passes"]["forward_per_example"],
+                 "  CATASTROPHIC OVERFITTING" if decision.collapsed else "")
+        return row
+
+    def _write_epoch_files(self, epoch: int, row: Dict[str, Any], decision: Selection) -> None:
+        """The metrics row and the epoch's weights (rank 0's, which every rank holds)."""
+        run, val = self._run, row["val"]
         run.append_metrics(row)
         if self.train_cfg.get("keep_epoch_checkpoints", True):
             ckpt.save_weights(run.checkpoint_path(f"epoch-{epoch}"), self.model, metadata={"epoch": epoch})
@@ -365,17 +419,13 @@ class Trainer:
                 "epoch": epoch, "criterion": "selection-attack accuracy on the val split (first val_n points)",
                 "selection_accuracy": val["selection"]["accuracy"], "selection": val["selection"], "clean": val["clean"],
                 "split": "val", "n": val["n"]}, schema="checkpoint")
-        log.info("epoch %d/%d  loss %.4f  train acc %.3f  | val clean %.3f  %s %.3f  FGSM %.3f  %s %.3f%s  | %.1fs + %.1fs  "
-                 "%.2f fwd/ex%s", epoch, self.epochs, stats.loss, stats.accuracy, val["clean"]["accuracy"],
-                 defense.train_attack_label(), val["train_attack"]["accuracy"], val["fgsm"]["accuracy"],
-                 self.monitor.selection.label(), val["selection"]["accuracy"], "  [best]" if decision.improved else "",
-                 stats.wall_s, val["wall_s"], row["train"]["passes"]["forward_per_example"],
-                 "  CATASTROPHIC OVERFITTING" if decision.collapsed else "")
-        return row
 
     def _save_last(self) -> None:
-        """last.pt, written after the epoch's other files: a run killed before it redoes the epoch."""
-        ckpt.save_resume(self._run.checkpoint_path("last"), {
+        """last.pt, written after the epoch's other files: a run killed before it redoes the epoch.
+        Under torchrun it also holds every rank's own streams (``distributed.ranks``, in rank
+        order: RNG state, training-attack generator, defense state) and the number of processes;
+        the weights, optimizer, scheduler and data generator are the same on every rank."""
+        payload = {
             "format": RESUME_FORMAT,
             "model": ckpt.state_dict_of(self.model),
             "optimizer": self.optimizer.state_dict(),
@@ -388,7 +438,13 @@ class Trainer:
             "epoch": self.state["epoch"],
             "best": dict(self.state["best"]),
             "loop": self.state,
-        })
+        }
+        if self.world.distributed:
+            ranks = distributed.all_gather_object({"rng": rng_state(), "attack_generator": self.attack_gen.get_state().cpu(),
+                                                   "defense": self.ctx.defense.state_dict()})
+            payload["distributed"] = {"world_size": self.world.size, "ranks": ranks}
+        if self.world.is_writer:
+            ckpt.save_resume(self._run.checkpoint_path("last"), payload)
 
     def summary(self) -> Dict[str, Any]:
         """The ``training.json`` document."""
@@ -429,7 +485,16 @@ class Trainer:
             "precision": ctx.precision,
             "memory_format": ctx.memory_format,
             "warnings": list(monitor.warnings),
+            **({"distributed": self.describe_distributed()} if self.world.distributed else {}),
         }
+
+    def describe_distributed(self) -> Dict[str, Any]:
+        """How the work was split, for training.json (multi-process runs only)."""
+        n = self.world.size
+        return {"processes": n, "global_batch_size": self.batch_size, "per_process_batch_size": self.batch_size // n,
+                "batchnorm": "synchronised (SyncBatchNorm)" if self.train_cfg.get("sync_bn") else "per process",
+                "gradient_reduction": "all-reduce weighted by each process's share of the global batch",
+                "steps_per_epoch": self.batches}
 
 
 def train(run: RunDir, ctx: RunContext, *, resume: bool = False, progress: Optional[bool] = None,

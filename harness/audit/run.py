@@ -46,13 +46,14 @@ import torch
 from torch import nn
 
 from attacks.base import eval_mode
+from harness import distributed
 from harness.audit.model_files import build_from_file, parse_model_spec
 from harness.checkpoints import file_sha256, load_into, load_state_dict_file
 from harness.context import EvalSetting
 from harness.core.errors import ConfigError, HarnessError
 from harness.core.io import atomic_write_json, atomic_write_text
 from harness.core.rundir import now_iso
-from harness.core.runtime import environment, select_device
+from harness.core.runtime import environment, select_device, set_threads
 from harness.core.stats import proportion
 from harness.core.threat import ThreatModel
 from harness.data import load_dataset
@@ -543,7 +544,9 @@ class _Audit:
         self.claim = parse_claim(req.claim)
         self.threat = ThreatModel.parse(req.norm, req.eps)
         self.parsed = parse_claim_attack(req.claim_attack)
-        self.device = select_device(req.device)
+        if distributed.world().distributed:  # under torchrun: each process its share of the cores
+            set_threads(distributed.default_threads())
+        self.device = distributed.place(select_device(req.device))
 
     def load(self) -> None:
         req = self.req
@@ -674,9 +677,10 @@ def audit_command(args: Any) -> int:
     # torch warns about the pickle protocol of files it is about to refuse; the refusal says enough
     warnings.filterwarnings("ignore", message="Detected pickle protocol")
     out = Path(args.out) if getattr(args, "out", None) else default_out_dir(getattr(args, "model", None), getattr(args, "robustbench", None))
+    out = distributed.broadcast_object(out)  # under torchrun: rank 0's timestamp names the folder
     req = AuditRequest(**{f.name: getattr(args, f.name) for f in fields(AuditRequest) if hasattr(args, f.name)})
     doc = run_audit(req, state_path=out / ".eval-state.json")
-    paths = write_audit(doc, out)
+    paths = distributed.on_writer(lambda: write_audit(doc, out))
     sys.stdout.write("\n".join(audit_summary_lines(doc)) + "\n")
     sys.stdout.write(f"  written: {paths['md']}, {paths['html'].name}, {paths['json'].name}\n")
     return EXIT_HOLDS if doc["verdict"]["outcome"] == "holds" else EXIT_NOT_HOLDING
