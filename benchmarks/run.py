@@ -2,7 +2,7 @@
 libraries, and the default run, on the same machine in one process run.
 
     python benchmarks/run.py [--quick] [--json out.json] [--device auto] [--dataset fashion-mnist]
-                             [--skip training,evaluation,knobs,default-run]
+                             [--skip training,evaluation,knobs,default-run] [--with distributed]
 
 Prints one table per part and writes them all as JSON (``--json``). Sections:
 
@@ -19,6 +19,10 @@ Prints one table per part and writes them all as JSON (``--json``). Sections:
    default is chosen from a measurement (on CUDA: PreAct ResNet-18 on CIFAR-10-sized inputs).
 4. the default run (benchmarks/default_run.py): ``harness run --defense fast-at``, total wall
    time and peak memory, in a child process.
+5. distributed, with ``--with distributed`` only (several child processes, minutes):
+   benchmarks/distributed.py, examples/s of training and of the ``quick`` suite at 1 and 2 ranks
+   under torchrun on the CPU (gloo, one thread per rank), and the ratio. CPU only, whatever
+   ``--device`` says; GPU figures come from benchmarks/gpu.py.
 
 ``--quick`` shrinks every part (a smoke of the benchmark, a minute or two): fewer rounds, fewer
 points, a two-epoch default run with the smoke suite (so its figures are not the default run's).
@@ -39,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import attacks as A  # noqa: E402
 from benchmarks import defenses as D  # noqa: E402
 from benchmarks import default_run as R  # noqa: E402
+from benchmarks import distributed as DB  # noqa: E402
 from benchmarks import knobs as K  # noqa: E402
 from benchmarks import peers as P  # noqa: E402
 from benchmarks.common import load_average, machine  # noqa: E402
@@ -47,6 +52,7 @@ from harness.core.runtime import select_device  # noqa: E402
 from harness.core.threat import ThreatModel  # noqa: E402
 
 PARTS = ("training", "evaluation", "knobs", "default-run")
+OPT_IN = ("distributed",)  # parts that run only when asked for (--with)
 
 
 def settings(quick: bool) -> Dict[str, Any]:
@@ -59,8 +65,9 @@ def settings(quick: bool) -> Dict[str, Any]:
 
 
 def run_all(*, dataset: str = "fashion-mnist", device_name: str = "auto", quick: bool = False, skip: Sequence[str] = (),
-            log: Optional[Callable[[str], None]] = None, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Run the parts not in ``skip``; returns the JSON document."""
+            log: Optional[Callable[[str], None]] = None, overrides: Optional[Dict[str, Any]] = None,
+            include: Sequence[str] = ()) -> Dict[str, Any]:
+    """Run the parts not in ``skip``, and the opt-in parts in ``include``; returns the JSON document."""
     s = {**settings(quick), **(overrides or {})}
     device = select_device(device_name)
     log = log or (lambda m: None)
@@ -93,6 +100,8 @@ def run_all(*, dataset: str = "fashion-mnist", device_name: str = "auto", quick:
         log("default run: harness run --defense fast-at " + " ".join(s["default_run_extra"]))
         doc["default_run"] = R.run_default(s["default_run_extra"], device=device_name)
         doc["default_run"]["is_default"] = not s["default_run_extra"]
+    if "distributed" in include:
+        doc["distributed"] = DB.bench_distributed((1, 2), tiny=quick, log=log)
     doc["wall_s"] = time.perf_counter() - t0
     doc["load_average_after"] = load_average()
     return doc
@@ -120,6 +129,9 @@ def render(doc: Dict[str, Any]) -> str:
     if "default_run" in doc:
         dr = doc["default_run"]
         out += ["", "4. the default run" + ("" if dr.get("is_default") else " (REDUCED by --quick)") + ": " + R.default_run_table(dr)]
+    if "distributed" in doc:
+        out += ["", "5. distributed, 1 and 2 ranks under torchrun on the CPU" + (" (REDUCED by --quick)" if doc["quick"] else "") + ": "
+                + DB.distributed_table(doc["distributed"])]
     out += ["", f"benchmark wall time {doc['wall_s']:.0f} s"]
     return "\n".join(out)
 
@@ -131,16 +143,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dataset", default="fashion-mnist", help="data set for the training and evaluation parts")
     ap.add_argument("--skip", default="", help=f"comma-separated parts to skip: {', '.join(PARTS)}")
+    ap.add_argument("--with", dest="include", default="", help=f"comma-separated opt-in parts to run too: {', '.join(OPT_IN)}")
     args = ap.parse_args(argv)
     skip = [p for p in args.skip.split(",") if p]
     bad = [p for p in skip if p not in PARTS]
     if bad:
         ap.error(f"unknown part(s) {', '.join(bad)}; use {', '.join(PARTS)}")
+    include = [p for p in args.include.split(",") if p]
+    if [p for p in include if p not in OPT_IN]:
+        ap.error(f"unknown opt-in part(s) in --with {args.include}; use {', '.join(OPT_IN)}")
 
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-    doc = run_all(dataset=args.dataset, device_name=args.device, quick=args.quick, skip=skip, log=log)
+    doc = run_all(dataset=args.dataset, device_name=args.device, quick=args.quick, skip=skip, log=log, include=include)
     print(render(doc))
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=2, default=str) + "\n")

@@ -63,7 +63,9 @@ class _Parser(argparse.ArgumentParser):
 def _common_eval_flags(p: argparse.ArgumentParser, *, config_dests: bool) -> None:
     pre = "eval." if config_dests else ""
     p.add_argument("--suite", dest=f"{pre}suite", default=S, help="evaluation suite (harness ls suites)")
-    p.add_argument("--n", dest=f"{pre}n", type=_positive_int, default=S, help="number of test examples (the first n, fixed order)")
+    # torchrun reads "--n" as an ambiguous abbreviation of its own options: under torchrun write --n-points
+    p.add_argument("--n", "--n-points", dest=f"{pre}n", type=_positive_int, default=S,
+                   help="number of test examples (the first n, fixed order); --n-points under torchrun")
     p.add_argument("--eval-batch-size", dest=f"{pre}batch_size", type=_positive_int, default=S, help="batch size for attacks")
 
 

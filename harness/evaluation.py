@@ -410,13 +410,14 @@ def evaluate_checkpoints(run: RunDir, ctx: RunContext, setting: EvalSetting, che
     x, y = ctx.data.test.first(int(setting.n or len(ctx.data.test)))
     surrogate = ctx.data.train.first(min(len(ctx.data.train), SURROGATE_POINTS))
     by_weights: Dict[str, Tuple[str, Dict[str, Any]]] = {}
-    for suite, ckpt, doc in run.eval_results():
+    # what is stored is read by rank 0 and handed to every rank, so all decide alike even while rank 0 writes
+    for suite, ckpt, doc in distributed.on_writer(lambda: list(run.eval_results())):
         if suite == setting.suite_name and _reusable(doc, setting, str(doc.get("weights_sha256"))):
             by_weights.setdefault(str(doc["weights_sha256"]), (ckpt, doc))
     out: List[Tuple[Dict[str, Any], str]] = []
     for name in names:
         ck = Checkpoint(run, name)
-        stored = run.read_eval_result(setting.suite_name, name)
+        stored = distributed.on_writer(lambda: run.read_eval_result(setting.suite_name, name))
         if not force and _reusable(stored, setting, ck.sha256):
             log.info("%s: %s already evaluated with %s for these weights (use --force to re-run)", run.path, name,
                      setting.suite_name)

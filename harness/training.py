@@ -280,6 +280,7 @@ class Trainer:
         doc = self.summary()
         if self.world.is_writer:
             run.write_training(doc)
+        distributed.barrier()  # rank 0's files (last.pt, best, training.json) exist for every rank from here on
         return doc
 
     @property

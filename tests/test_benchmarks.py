@@ -107,3 +107,32 @@ def test_the_one_command_renders_every_part_it_ran():
     assert doc["schema"] == "benchmark" and doc["machine"]["torch_threads"] >= 1
     with pytest.raises(SystemExit):
         B.main(["--skip", "nonsense"])
+
+
+def test_the_distributed_benchmark_measures_ranks_and_the_one_command_renders_it(monkeypatch):
+    from benchmarks import distributed as DB
+
+    doc = DB.bench_distributed((2,), tiny=True)  # 2 ranks only: a 1-rank point is the same code, started the same way
+    p = doc["points"][0]
+    assert p["exit_code"] == 0 and p.get("suite_exit_code") == 0, p.get("error") or p.get("suite_error")
+    assert p["train_examples_per_s"] > 0 and p["suite_examples_per_s"] > 0 and p["train_ratio"] == pytest.approx(1.0)
+    assert p["same_per_example_as_first"] and "quick suite ex/s" in DB.distributed_table(doc)
+    monkeypatch.setattr(DB, "bench_distributed", lambda ranks, tiny, log: doc)
+    every = ["training", "evaluation", "knobs", "default-run"]
+    text = B.render(B.run_all(device_name="cpu", quick=True, skip=every, include=["distributed"]))
+    assert "5. distributed" in text and "1. training" not in text
+
+
+def test_the_gpu_benchmark_runs_every_path_on_the_cpu_with_tiny_sizes():
+    from benchmarks import gpu as G
+
+    doc = G.bench_gpu(tiny=True)
+    assert [(r["precision"], r["memory_format"]) for r in doc["training"]] == [
+        (p, m) for p in ("fp32", "bf16") for m in ("contiguous", "channels_last")]
+    assert all(r["epoch_s"] > 0 and r["train_examples_per_s"] > 0 for r in doc["training"])
+    assert [b["memory_format"] for b in doc["autoattack"]] == ["contiguous", "channels_last"]
+    assert all(c["examples_per_s"] > 0 and c["n"] == 4 for b in doc["autoattack"] for c in b["components"])
+    text = G.render(doc)
+    assert "1. Fast-AT" in text and "2. AutoAttack" in text and "APGD-CE" in text
+    bundle = G.synthetic_cifar(8, 2, 2)
+    assert bundle.train.x.dtype == torch.uint8 and tuple(bundle.train.x.shape) == (8, 3, 32, 32)
