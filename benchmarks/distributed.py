@@ -14,9 +14,10 @@ command's own measurements read from the files it wrote:
   val_n / ``val_wall_s``. At every R it is the same number of global updates on the same global
   batches (the weights differ a little: tests/test_distributed.py says why).
 - the quick suite: ``harness eval`` of the 1-rank run's last checkpoint, with ``--suite quick``;
-  examples/s = n / ``cost.wall_s`` (the whole cascade and the checks). The same checkpoint and
-  points at every R, so the per-example outcomes must be equal (the table says whether they are)
-  and the ratio is a speed-up.
+  examples/s = n / ``cost.wall_s`` (the whole cascade and the checks); "its attacks' ratio" is
+  the same for the cascade alone (the sum of the attacks' ``wall_s``: the sharded part; the
+  checks run on rank 0 alone). The same checkpoint and points at every R, so the per-example
+  outcomes must be equal (the table says whether they are) and the ratio is a speed-up.
 
 What to expect: on R free cores, up to R x for training (less the gradient all-reduce of every
 step) and for the suite's attacks (less the gathers between attacks, and the sanity checks, which
@@ -89,7 +90,9 @@ def suite_point(ranks: int, s: Dict[str, Any], run: Path, out_root: Path) -> Dic
         return point
     result = json.loads((copy / "eval" / "quick--last.json").read_text())
     n = int(result["clean"]["n"])
+    attacks_wall = sum(float(a["wall_s"]) for a in result["attacks"])  # sharded; the checks after them run on rank 0
     point.update({"suite_n": n, "suite_wall_s": result["cost"]["wall_s"], "suite_examples_per_s": n / result["cost"]["wall_s"],
+                  "suite_attacks_wall_s": attacks_wall, "suite_attacks_examples_per_s": n / attacks_wall,
                   "robust": result["robust"]["accuracy"], "per_example": result["per_example"]})
     return point
 
@@ -117,7 +120,7 @@ def bench_distributed(ranks: Sequence[int] = (1, 2), *, tiny: bool = False, over
     doc["load_average_after"] = load_average()
     base = doc["points"][0]
     for p in doc["points"]:
-        for key in ("train_examples_per_s", "val_examples_per_s", "suite_examples_per_s"):
+        for key in ("train_examples_per_s", "val_examples_per_s", "suite_examples_per_s", "suite_attacks_examples_per_s"):
             if p.get(key) and base.get(key):
                 p[key.replace("_examples_per_s", "_ratio")] = p[key] / base[key]
         if "per_example" in p and "per_example" in base:
@@ -136,13 +139,14 @@ def distributed_table(doc: Dict[str, Any]) -> str:
                      fmt(p.get("train_ratio"), ".2f", "x"), fmt(p.get("val_examples_per_s"), ".1f"),
                      fmt(p.get("val_ratio"), ".2f", "x"),
                      fmt(p.get("suite_examples_per_s"), ".2f") if evaluated else "FAILED", fmt(p.get("suite_ratio"), ".2f", "x"),
+                     fmt(p.get("suite_attacks_ratio"), ".2f", "x"),
                      {True: "yes", False: "NO"}.get(p.get("same_per_example_as_first"), "n/a")])
     s = doc["settings"]
     head = (f"{s['defense']} on {s['dataset']}, {s['epochs']} epoch(s); val_n {s['val_n']}; quick suite on n={s['n']} "
             f"(batch {s['eval_batch_size']}) of the first run's last checkpoint; CPU, gloo, 1 thread per rank; {doc['cpu_count']} CPUs, load average "
             f"{doc['load_average_before']} before, {doc['load_average_after']} after")
-    table = format_table(["ranks", "train ex/s", "ratio", "val ex/s", "ratio", "quick suite ex/s", "ratio", "same per-example"],
-                         rows)
+    table = format_table(["ranks", "train ex/s", "ratio", "val ex/s", "ratio", "quick suite ex/s", "ratio",
+                          "its attacks' ratio", "same per-example"], rows)
     return head + "\n" + table
 
 
