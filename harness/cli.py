@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-download", dest="data.download", action="store_false", default=S, help="never download data")
     _common_eval_flags(p, config_dests=True)
     p.add_argument("--out", dest="out.root", default=S, help="folder for run directories (default runs/)")
+    p.add_argument("--log", dest="log", action="append", default=S, metavar="LOGGER",
+                   help="mirror the metrics to a tracker: tensorboard, wandb or disk (repeatable; see harness ls loggers)")
     p.add_argument("--name", dest="out.name", default=S, help="run directory name (default: made from the config)")
     es = p.add_mutually_exclusive_group()
     es.add_argument("--early-stop", dest="monitor.early_stop", action="store_true", default=S, help="stop on catastrophic overfitting")

@@ -80,6 +80,8 @@ DEFAULTS: Dict[str, Any] = {
         "checkpoints": ["best", "last"],
     },
     "out": {"root": "runs", "name": None},
+    # metric loggers mirroring metrics.jsonl and the final results (harness.loggers): tensorboard, wandb, disk
+    "log": [],
 }
 
 SECTIONS_FREE = {"defense_options"}  # keys validated by their owner, not here

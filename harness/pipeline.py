@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from harness import config as C
 from harness.core.rundir import RunDir, now_iso
+from harness.loggers import build_loggers
 
 log = logging.getLogger("harness.pipeline")
 
@@ -51,6 +52,7 @@ def run_pipeline(
     device = select_device(cfg["device"])
     # config and data errors surface here, before a run directory exists
     prepared = plan(cfg, device, load_data=True)
+    loggers = build_loggers(cfg)  # an unknown logger or a missing package also fails here
 
     if resume is None:
         out = cfg["out"]
@@ -63,14 +65,16 @@ def run_pipeline(
         resumed = list(env.get("resumed") or []) + [now_iso()]
         run.update_env(status="running", resumed=resumed, finished=None)
     log.info("run directory %s", run.path)
+    loggers.open(run, resumed=resume is not None)
 
     with _sigterm_as_interrupt():
         try:
-            summary = train(run, cfg, device=device, resume=resume is not None, progress=progress, on_epoch_end=on_epoch_end,
+            summary = train(run, cfg, device=device, resume=resume is not None, progress=progress, on_epoch_end=loggers.epoch_hook(on_epoch_end),
                             prepared=prepared)
             results: List[Dict[str, Any]] = []
             if evaluate:
                 results = _evaluate(run, cfg, progress)
+                loggers.log_final(results)
             # the report says "finished" only if the status is written before it is rendered
             run.update_env(status="finished", finished=now_iso(), resources=resource_usage(device))
             if evaluate:
@@ -81,6 +85,8 @@ def run_pipeline(
         except BaseException as e:
             run.update_env(status="failed", failed=now_iso(), error=f"{type(e).__name__}: {e}", resources=resource_usage(device))
             raise
+        finally:
+            loggers.close()
     _print_summary(run, summary, results)
     return 0
 
