@@ -40,11 +40,14 @@ Invariants:
   pipeline calls before the run directory is created.
 - Resume: a resumed run logs on into the same places. The first epoch a resumed session logs,
   E, is where the trackers restart: TensorBoard gets ``purge_step=E`` (its reader drops events
-  of steps >= E written before the restart, i.e. an epoch that was redone), the disk log drops
-  its lines with step >= E, and W&B resumes the same run id (``resume="allow"``); W&B keys its
-  history on its own step counter, and ours is the ``epoch`` field, so a redone epoch appears
-  twice there with the same ``epoch`` value. Final results are logged once per run: ``env.json``
-  ``loggers.final_logged`` keeps a re-resumed finished run from logging them again.
+  of steps >= E written before the restart), the disk log drops its lines with step >= E, and
+  W&B resumes the same run id (``resume="allow"``). The loop logs an epoch only after its
+  ``last.pt`` is written (``on_epoch_end``), so an epoch is redone, and its old events purged,
+  only if a run dies between the two. W&B keys its history on its own step counter (ours is the
+  ``epoch`` field), so there a redone epoch would appear twice with the same ``epoch``; offline,
+  each session writes its own ``wandb/offline-run-*`` folder with the run's id (``env.json``
+  lists them in ``paths``; ``wandb sync`` them in that order). Final results are logged once per
+  run: ``env.json`` ``loggers.final_logged`` keeps a re-resumed finished run from logging them again.
 """
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ from harness.core.rundir import RunDir, now_iso
 log = logging.getLogger("harness.loggers")
 
 Scalar = Union[int, float]
+EpochHook = Callable[[int, Dict[str, Any]], None]
 
 
 class MetricLoggerInterface(Protocol):
@@ -100,9 +104,10 @@ def epoch_scalars(row: Mapping[str, Any], ro_gap: float) -> Dict[str, float]:
     out: Dict[str, float] = {}
     train = row.get("train") or {}
     passes = train.get("passes") or {}
-    for tag, value in (("train/loss", train.get("loss")), ("train/accuracy", train.get("accuracy")), ("train/lr", train.get("lr")),
-                       ("train/forward_per_example", passes.get("forward_per_example")),
-                       ("train/backward_per_example", passes.get("backward_per_example")), ("train/wall_s", train.get("wall_s"))):
+    for tag, value in (("train/loss", train.get("loss")), ("train/accuracy", train.get("accuracy")),
+                       ("train/lr", train.get("lr")), ("train/forward_per_example", passes.get("forward_per_example")),
+                       ("train/backward_per_example", passes.get("backward_per_example")),
+                       ("train/wall_s", train.get("wall_s"))):
         _put(out, tag, value)
     val = row.get("val") or {}
     for key in ("clean", "train_attack", "fgsm", "selection"):
@@ -166,7 +171,8 @@ class DiskLogger:
         self.log_dict({name: data}, step)
 
     def log_dict(self, payload: Mapping[str, Any], step: int) -> None:
-        self.lines.append({"step": int(step), **{k: (float(v) if not isinstance(v, str) else v) for k, v in payload.items()}})
+        values = {k: (v if isinstance(v, str) else float(v)) for k, v in payload.items()}
+        self.lines.append({"step": int(step), **values})
         atomic_write_text(self.path, "".join(dumps(x, indent=None).strip() + "\n" for x in self.lines))
 
     def log_text(self, name: str, text: str, step: int) -> None:
@@ -237,8 +243,8 @@ def wandb_mode(environ: Optional[Mapping[str, str]] = None) -> str:
     return "offline"
 
 
-@LOGGERS.register("wandb", summary="Weights & Biases, offline unless logged in or WANDB_MODE says otherwise (extra: harness[wandb])",
-                  package="wandb", extra="wandb")
+@LOGGERS.register("wandb", package="wandb", extra="wandb",
+                  summary="Weights & Biases; offline unless logged in or WANDB_MODE says so (extra: harness[wandb])")
 class WandBLogger:
     """A W&B run in ``RUN/wandb/`` named after the run directory, project ``$WANDB_PROJECT`` or
     "harness". ``epoch`` is the x-axis of every metric (``define_metric("*", step_metric="epoch")``,
@@ -252,7 +258,8 @@ class WandBLogger:
         mode = wandb_mode()
         kwargs: Dict[str, Any] = {"project": os.environ.get("WANDB_PROJECT") or "harness", "name": run.path.name,
                                   "dir": str(run.path), "mode": mode,
-                                  "settings": wandb.Settings(console="off", silent=True, save_code=False, disable_git=True)}
+                                  "settings": wandb.Settings(console="off", silent=True, save_code=False,
+                                                             disable_git=True)}
         if state.get("run_id"):
             kwargs.update(id=state["run_id"], resume="allow")
         self._run: Any = wandb.init(**kwargs)
@@ -260,9 +267,13 @@ class WandBLogger:
         self._run.define_metric("*", step_metric="epoch")
         state.update(mode=mode, run_id=self._run.id, project=kwargs["project"])
         try:
-            state["path"] = str(Path(self._run.dir).parent.relative_to(run.path))
+            folder = str(Path(self._run.dir).parent.relative_to(run.path))
         except (ValueError, TypeError):
-            state["path"] = str(getattr(self._run, "dir", ""))
+            folder = str(getattr(self._run, "dir", ""))
+        # offline, each session of a resumed run writes its own offline-run-* folder with the same
+        # run id; `wandb sync` of them in this order puts them into one W&B run
+        state["path"] = folder
+        state["paths"] = [p for p in state.get("paths") or [] if p != folder] + [folder]
 
     def log(self, name: str, data: Scalar, step: int) -> None:
         self._run.log({name: data, "epoch": int(step)})
@@ -309,8 +320,9 @@ def require_packages(names: Iterable[str]) -> None:
         try:
             importlib.import_module(package)
         except ImportError as e:
-            raise HarnessError(f"--log {n} needs the {package} package, which is not installed ({e.__class__.__name__}: {e}); "
-                               f"install it with: pip install 'harness[{meta.get('extra', package)}]'") from None
+            raise HarnessError(f"--log {n} needs the {package} package, which is not installed "
+                               f"({e.__class__.__name__}: {e}); install it with: "
+                               f"pip install 'harness[{meta.get('extra', package)}]'") from None
 
 
 def build_loggers(cfg: Mapping[str, Any]) -> "LoggerSet":
@@ -350,14 +362,15 @@ class LoggerSet:
             return
         previous = (run.read_env().get("loggers") or {}) if resumed else {}
         for n in self.names:
-            kept = {k: v for k, v in (previous.get(n) or {}).items() if k in ("run_id", "path", "mode", "project")}
+            kept = {k: v for k, v in (previous.get(n) or {}).items()
+                    if k in ("run_id", "path", "paths", "mode", "project")}
             self.state[n] = {**kept, "status": "pending"}
             self.active[n] = None
         self._final_done = bool(previous.get("final_logged"))
         self._write_env()
 
     # -- the three call sites ------------------------------------------------------------------
-    def epoch_hook(self, inner: Optional[Callable[[int, Dict[str, Any]], None]] = None) -> Optional[Callable[[int, Dict[str, Any]], None]]:
+    def epoch_hook(self, inner: Optional[EpochHook] = None) -> Optional[EpochHook]:
         """An ``on_epoch_end`` callback that logs the epoch's row, then calls ``inner``."""
         if not self.names:
             return inner
@@ -384,7 +397,8 @@ class LoggerSet:
             for d in docs:
                 self._call(n, "final results", lambda lg, d=d: lg.log_dict(d["scalars"], d["step"]))
                 for tag, text in d["texts"].items():
-                    self._call(n, "final results", lambda lg, tag=tag, text=text, d=d: lg.log_text(tag, text, d["step"]))
+                    self._call(n, "final results",
+                               lambda lg, tag=tag, text=text, d=d: lg.log_text(tag, text, d["step"]))
         self._final_done = True
         self._write_env()
 
@@ -411,7 +425,8 @@ class LoggerSet:
             if self.active.get(n) is None:
                 resume_from = first_step if self.resumed else None
                 factory = LOGGERS.get(n)
-                made = self._call(n, "open", lambda _: factory(self.run, resume_from=resume_from, state=self.state[n]), opening=True)
+                made = self._call(n, "open", lambda _: factory(self.run, resume_from=resume_from, state=self.state[n]),
+                                  opening=True)
                 if made is None:
                     continue
                 self.active[n] = made

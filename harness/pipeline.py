@@ -69,8 +69,8 @@ def run_pipeline(
 
     with _sigterm_as_interrupt():
         try:
-            summary = train(run, cfg, device=device, resume=resume is not None, progress=progress, on_epoch_end=loggers.epoch_hook(on_epoch_end),
-                            prepared=prepared)
+            summary = train(run, cfg, device=device, resume=resume is not None, progress=progress,
+                            on_epoch_end=loggers.epoch_hook(on_epoch_end), prepared=prepared)
             results: List[Dict[str, Any]] = []
             if evaluate:
                 results = _evaluate(run, cfg, progress)
