@@ -439,6 +439,8 @@ class LoggerSet:
         return out
 
     def _call(self, name: str, when: str, fn: Callable[[Any], Any], *, opening: bool = False) -> Any:
+        if name in self.failed:  # disabled: one failure, one warning
+            return None
         try:
             return fn(None if opening else self.active[name])
         except Exception as e:  # noqa: BLE001 - a tracker must never end the run; KeyboardInterrupt still does

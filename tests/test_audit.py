@@ -499,7 +499,8 @@ def _layout(name, state, layout):
     if layout == "no-mu-sigma":  # Wong2020Fast's file: the normalisation constants live in the architecture only
         return {"state_dict": {k: v for k, v in state.items() if k not in ("mu", "sigma")}}
     if layout == "last-best":  # Andriushchenko2020Understanding's file: robustbench takes 'last'
-        return {"last": {f"module.{k}": v for k, v in state.items()}, "best": {k: torch.zeros_like(v) for k, v in state.items()}}
+        return {"last": {f"module.{k}": v for k, v in state.items()},
+                "best": {k: torch.zeros_like(v) for k, v in state.items()}}
     raise AssertionError(layout)
 
 

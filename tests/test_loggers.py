@@ -15,9 +15,10 @@ import pytest
 from harness import config as C
 from harness.cli import main
 from harness.core.rundir import RunDir
-from harness.loggers import TensorBoardLogger, epoch_scalars, final_scalars, wandb_mode
+from harness.loggers import DiskLogger, TensorBoardLogger, build_loggers, epoch_scalars, final_scalars, wandb_mode
 from harness.pipeline import run_pipeline
 
+FIXTURE_RUN = Path(__file__).parent / "fixtures" / "runs" / "pgd-at-s0"
 TB_TOL = 1e-6  # TensorBoard stores scalars as float32: relative error <= 2**-24
 
 
@@ -33,8 +34,8 @@ def _wandb_env(mp: pytest.MonkeyPatch, root: Path) -> None:
     for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "WANDB_PROJECT"):
         mp.delenv(var, raising=False)
     mp.setenv("WANDB_MODE", "offline")
-    for var, sub in (("WANDB_DIR", "wandb-dir"), ("WANDB_CONFIG_DIR", "wandb-config"), ("WANDB_CACHE_DIR", "wandb-cache"),
-                     ("WANDB_DATA_DIR", "wandb-data")):
+    for var, sub in (("WANDB_DIR", "wandb-dir"), ("WANDB_CONFIG_DIR", "wandb-config"),
+                     ("WANDB_CACHE_DIR", "wandb-cache"), ("WANDB_DATA_DIR", "wandb-data")):
         mp.setenv(var, str(root / sub))
     mp.setenv("NETRC", str(root / "no-netrc"))
 
@@ -169,8 +170,8 @@ def test_wandb_offline_run_holds_the_same_values_as_metrics_jsonl(logged_run):
     assert [h["epoch"] for h in per_epoch] == [1, 2]
     for h, row in zip(per_epoch, rows):
         # W&B keeps float64: the values are the very numbers of metrics.jsonl
-        assert h == {**{k: v for k, v in h.items() if k.startswith("_")}, **epoch_scalars(row, cfg["monitor"]["ro_gap"]),
-                     "epoch": row["epoch"]}
+        wandb_own = {k: v for k, v in h.items() if k.startswith("_")}
+        assert h == {**wandb_own, **epoch_scalars(row, cfg["monitor"]["ro_gap"]), "epoch": row["epoch"]}
         assert h["val/selection"] == row["val"]["selection"]["accuracy"] and h["train/loss"] == row["train"]["loss"]
     for ckpt in ("best", "last"):
         res = run.read_eval_result("smoke", ckpt)
@@ -209,7 +210,8 @@ def test_disk_logger_and_the_mapping_agree_with_metrics_jsonl(logged_run):
     expected = _expected_epoch_values(rows, cfg["monitor"]["ro_gap"])
     for tag, values in expected.items():
         assert [x[tag] for x in lines[:2]] == values
-    assert final_scalars(run.read_eval_result("smoke", "best"))["scalars"] == {k: v for k, v in lines[2].items() if k != "step"}
+    final = {k: v for k, v in lines[2].items() if k != "step"}
+    assert final_scalars(run.read_eval_result("smoke", "best"))["scalars"] == final
 
 
 # -- failures ---------------------------------------------------------------------------------
@@ -241,6 +243,31 @@ def test_a_logger_failing_mid_run_is_disabled_and_the_run_finishes(tmp_path, cap
     assert any("test/smoke/best/robust" in line for line in run.scalars_path.read_text().splitlines())
 
 
+def test_a_logger_failing_on_the_final_results_is_called_no_more_and_warns_once(tmp_path, caplog, monkeypatch):
+    calls = []
+
+    def broken(self, name, text, step):
+        calls.append(name)
+        raise ValueError("no text today")
+
+    monkeypatch.setattr(DiskLogger, "log_text", broken)
+    run = RunDir.create(tmp_path, "r")
+    run.write_env({"status": "running"})
+    loggers = build_loggers({"log": ["disk"], "monitor": {"ro_gap": 0.03}})
+    loggers.open(run)
+    results = [json.loads(p.read_text()) for p in sorted((FIXTURE_RUN / "eval").glob("quick--*.json"))]
+    assert len(results) == 2
+    with caplog.at_level(logging.WARNING, logger="harness.loggers"):
+        loggers.log_final(results)
+        loggers.close()
+    assert calls == ["test/quick/best/verdict"]  # the second result never reached the disabled logger
+    assert len([r for r in caplog.records if r.name == "harness.loggers"]) == 1
+    state = run.read_env()["loggers"]["disk"]
+    assert state["status"] == "failed" and state["when"] == "final results" and "no text today" in state["error"]
+    lines = [json.loads(x) for x in run.scalars_path.read_text().splitlines()]
+    assert lines == [{"step": results[0]["checkpoint_epoch"], **final_scalars(results[0])["scalars"]}]
+
+
 def test_a_logger_failing_to_open_is_disabled_too(tmp_path, monkeypatch):
     def refuse(self, run, **kw):
         raise RuntimeError("no writer today")
@@ -266,8 +293,8 @@ def test_a_missing_package_is_one_line_exit_2_and_nothing_written(name, tmp_path
 
 
 def test_an_unknown_logger_name_suggests_the_close_one(tmp_path, capsys):
-    code = main(["run", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path), "--name", "x",
-                 "--log", "tensorbord"])
+    code = main(["run", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path),
+                 "--name", "x", "--log", "tensorbord"])
     err = capsys.readouterr().err
     assert code == 2 and "did you mean 'tensorboard'" in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
@@ -293,15 +320,16 @@ def test_a_resumed_run_logs_on_into_the_same_places(tmp_path, monkeypatch):
     ea = _accumulator(run.tensorboard_dir)
     assert len(list(run.tensorboard_dir.glob("events.out.tfevents.*"))) == 2  # one writer per session, one folder
     assert [e.step for e in ea.Scalars("val/selection")] == [1, 2, 3]
-    assert [e.value for e in ea.Scalars("val/selection")] == pytest.approx([r["val"]["selection"]["accuracy"] for r in rows],
-                                                                          rel=TB_TOL)
+    selection = [r["val"]["selection"]["accuracy"] for r in rows]
+    assert [e.value for e in ea.Scalars("val/selection")] == pytest.approx(selection, rel=TB_TOL)
     assert [json.loads(x)["step"] for x in run.scalars_path.read_text().splitlines()] == [1, 2, 3]
     wb = run.read_env()["loggers"]["wandb"]
     assert wb["run_id"] == first["wandb"]["run_id"] and len(wb["paths"]) == 2
     epochs = []
     for p in wb["paths"]:
         (f,) = (run.path / p).glob(f"run-{wb['run_id']}.wandb")
-        epochs += [_items(r.history.item)["epoch"] for r in _wandb_records(f) if r.WhichOneof("record_type") == "history"]
+        epochs += [_items(r.history.item)["epoch"] for r in _wandb_records(f)
+                   if r.WhichOneof("record_type") == "history"]
     assert epochs == [1, 2, 3]
 
 
