@@ -38,16 +38,16 @@ Invariants:
   the error and when it happened. Ctrl-C (``KeyboardInterrupt``) is never swallowed.
 - An unknown name or a missing package is one ``HarnessError`` from ``build_loggers``, which the
   pipeline calls before the run directory is created.
-- Resume: a resumed run logs on into the same places. The first epoch a resumed session logs,
-  E, is where the trackers restart: TensorBoard gets ``purge_step=E`` (its reader drops events
-  of steps >= E written before the restart), the disk log drops its lines with step >= E, and
-  W&B resumes the same run id (``resume="allow"``). The loop logs an epoch only after its
-  ``last.pt`` is written (``on_epoch_end``), so an epoch is redone, and its old events purged,
-  only if a run dies between the two. W&B keys its history on its own step counter (ours is the
-  ``epoch`` field), so there a redone epoch would appear twice with the same ``epoch``; offline,
-  each session writes its own ``wandb/offline-run-*`` folder with the run's id (``env.json``
-  lists them in ``paths``; ``wandb sync`` them in that order). Final results are logged once per
-  run: ``env.json`` ``loggers.final_logged`` keeps a re-resumed finished run from logging them again.
+- Resume: a resumed run logs on into the same places. ``env.json`` keeps each logger's
+  ``last_epoch``; a resumed session restarts the tracker after it: TensorBoard gets
+  ``purge_step=last_epoch + 1`` (its reader drops anything a killed session wrote past that), the
+  disk log drops its lines from there, W&B resumes the same run id (``resume="allow"``), and
+  epochs that finished (in metrics.jsonl) but were never logged, because the run died between
+  ``last.pt`` and ``on_epoch_end``, are logged from metrics.jsonl first. W&B keys its history on
+  its own step counter (ours is the ``epoch`` field); offline, each session writes its own
+  ``wandb/offline-run-*`` folder with the run's id (``env.json`` lists them in ``paths``;
+  ``wandb sync`` them in that order). Final results are logged once per run: ``env.json``
+  ``loggers.final_logged`` keeps a re-resumed finished run from logging them again.
 """
 from __future__ import annotations
 
@@ -363,7 +363,7 @@ class LoggerSet:
         previous = (run.read_env().get("loggers") or {}) if resumed else {}
         for n in self.names:
             kept = {k: v for k, v in (previous.get(n) or {}).items()
-                    if k in ("run_id", "path", "paths", "mode", "project")}
+                    if k in ("run_id", "path", "paths", "mode", "project", "last_epoch")}
             self.state[n] = {**kept, "status": "pending"}
             self.active[n] = None
         self._final_done = bool(previous.get("final_logged"))
@@ -384,9 +384,18 @@ class LoggerSet:
 
     def log_epoch(self, row: Mapping[str, Any]) -> None:
         step = int(row.get("epoch", 0))
+        live = self._live(first_step=step)
+        for n in live:
+            self._log_row(n, row)
+        if live:
+            self._write_env()
+
+    def _log_row(self, name: str, row: Mapping[str, Any], how: str = "") -> None:
+        step = int(row.get("epoch", 0))
         scalars = epoch_scalars(row, self.ro_gap)
-        for n in self._live(first_step=step):
-            self._call(n, f"epoch {step}", lambda lg: lg.log_dict(scalars, step))
+        self._call(name, f"epoch {step}{how}", lambda lg: lg.log_dict(scalars, step))
+        if name not in self.failed:
+            self.state[name]["last_epoch"] = step
 
     def log_final(self, results: Iterable[Mapping[str, Any]]) -> None:
         results = list(results)
@@ -423,7 +432,8 @@ class LoggerSet:
             if n in self.failed:
                 continue
             if self.active.get(n) is None:
-                resume_from = first_step if self.resumed else None
+                last = self.state[n].get("last_epoch")
+                resume_from = (int(last) + 1 if last is not None else 1) if self.resumed else None
                 factory = LOGGERS.get(n)
                 made = self._call(n, "open", lambda _: factory(self.run, resume_from=resume_from, state=self.state[n]),
                                   opening=True)
@@ -432,11 +442,22 @@ class LoggerSet:
                 self.active[n] = made
                 self.state[n]["status"] = "active"
                 self._call(n, "config", lambda lg: lg.log_config(self.cfg))
+                if resume_from is not None:
+                    self._backfill(n, resume_from, first_step)
                 if n in self.failed:
                     continue
                 self._write_env()
             out.append(n)
         return out
+
+    def _backfill(self, name: str, start: int, first_step: Optional[int]) -> None:
+        """Epochs finished (in metrics.jsonl, so in last.pt) but never logged: a run killed after
+        writing ``last.pt`` and before its loggers had the row. Logged now, from the file."""
+        assert self.run is not None
+        for row in self.run.read_metrics():
+            epoch = int(row.get("epoch", 0))
+            if epoch >= start and (first_step is None or epoch < first_step) and name not in self.failed:
+                self._log_row(name, row, " (backfilled on resume)")
 
     def _call(self, name: str, when: str, fn: Callable[[Any], Any], *, opening: bool = False) -> Any:
         if name in self.failed:  # disabled: one failure, one warning

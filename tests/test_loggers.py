@@ -333,6 +333,35 @@ def test_a_resumed_run_logs_on_into_the_same_places(tmp_path, monkeypatch):
     assert epochs == [1, 2, 3]
 
 
+def test_an_epoch_saved_but_never_logged_is_backfilled_on_resume(tmp_path, monkeypatch):
+    """Killed after epoch 2's last.pt, before its loggers had the row (the kill lands inside the
+    TensorBoard call): the resumed session logs epoch 2 from metrics.jsonl, then epoch 3."""
+    real = TensorBoardLogger.log_dict
+
+    def killed_at_two(self, payload, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        real(self, payload, step)
+
+    monkeypatch.setattr(TensorBoardLogger, "log_dict", killed_at_two)
+    cfg = _cfg(tmp_path, "gap", ["disk", "tensorboard"], train={"epochs": 3})
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, progress=False, evaluate=False)
+    run = RunDir(tmp_path / "gap")
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
+    assert run.read_env()["loggers"]["tensorboard"]["last_epoch"] == 1
+    assert run.read_env()["loggers"]["disk"]["last_epoch"] == 2
+    monkeypatch.setattr(TensorBoardLogger, "log_dict", real)
+    assert run_pipeline(None, resume=str(run.path), progress=False, evaluate=False) == 0
+    rows = run.read_metrics()
+    events = _accumulator(run.tensorboard_dir).Scalars("val/clean")
+    assert [e.step for e in events] == [1, 2, 3]
+    assert [e.value for e in events] == pytest.approx([r["val"]["clean"]["accuracy"] for r in rows], rel=TB_TOL)
+    # the disk logger had written epoch 2 before the kill: it is not written twice
+    assert [json.loads(x)["step"] for x in run.scalars_path.read_text().splitlines()] == [1, 2, 3]
+    assert {run.read_env()["loggers"][n]["last_epoch"] for n in ("tensorboard", "disk")} == {3}
+
+
 def test_tensorboard_purges_the_steps_a_resumed_session_redoes(tmp_path):
     """A run killed after epoch 3's events but before its last.pt redoes epoch 3 (and 4): the
     resumed writer starts with purge_step=3, and TensorBoard's reader drops the old events."""
