@@ -107,35 +107,30 @@ def pick_result(run: RunDir, checkpoint: str, suite: Optional[str]) -> Dict[str,
 
 def _load_weights(run: RunDir, checkpoint: str, result: Mapping[str, Any]) -> Tuple[Dict[str, Any], Any, int]:
     """The checkpoint's state dict in the run's architecture, the data bundle, and its epoch.
-    Refuses weights that are not the ones evaluated (their epoch differs from the result's)."""
+    Refuses weights that are not the ones evaluated (the result's weights digest, or its epoch
+    for results older than digests, differs)."""
     import torch
 
-    from harness.checkpoints import load_into, load_resume, load_state_dict_file, state_dict_of
+    from harness.checkpoints import load_into, state_dict_of
     from harness.data import load_dataset
+    from harness.evaluation import Checkpoint
     from harness.models import build_model
 
     cfg = run.read_config()
+    ck = Checkpoint(run, checkpoint)
+    digest = result.get("weights_sha256")
+    evaluated_epoch = result.get("checkpoint_epoch")
+    if (digest is not None and digest != ck.sha256) or (evaluated_epoch is not None and evaluated_epoch != ck.epoch):
+        raise HarnessError(f"{ck.path} holds other weights than the {result.get('suite')} evaluation of {checkpoint} "
+                           f"(epoch {ck.epoch} now, {evaluated_epoch} evaluated): re-evaluate with harness eval "
+                           f"{run.path} --checkpoint {checkpoint} --force before exporting")
     d = cfg["data"]
     bundle = load_dataset(cfg["dataset"], data_dir=d.get("data_dir"), val_size=d.get("val_size"),
                           split_seed=d.get("split_seed", 0), download=d.get("download", True), device="cpu")
-    path = run.checkpoint_path(checkpoint)
-    if not path.exists():
-        raise HarnessError(f"{run.path}: no checkpoint {checkpoint!r} ({path} does not exist)")
-    if checkpoint == "last":
-        payload = load_resume(path)
-        state, epoch = payload["model"], payload.get("epoch")
-    else:
-        state = load_state_dict_file(path)
-        meta = run.read_checkpoint_meta(checkpoint) or {}
-        epoch = meta.get("epoch", int(checkpoint.split("-")[1]) if checkpoint.startswith("epoch-") else None)
-    if result.get("checkpoint_epoch") is not None and epoch != result.get("checkpoint_epoch"):
-        raise HarnessError(f"{path} holds epoch {epoch}, but the evaluation is of epoch "
-                           f"{result.get('checkpoint_epoch')}: re-evaluate with harness eval {run.path} "
-                           f"--checkpoint {checkpoint} --force before exporting")
     with torch.device("cpu"):
         model = build_model(cfg["model"], bundle.shape, bundle.num_classes, bundle.mean, bundle.std)
-    load_into(model, state, source=str(path))
-    return state_dict_of(model.eval()), bundle, int(epoch) if epoch is not None else -1
+    load_into(model, ck.state, source=str(ck.path))
+    return state_dict_of(model.eval()), bundle, int(ck.epoch) if ck.epoch is not None else -1
 
 
 def _model_id(run: RunDir) -> str:

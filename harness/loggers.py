@@ -340,7 +340,7 @@ class LoggerSet:
         loggers.open(run, resumed=...)                     # the run directory exists
         train(..., on_epoch_end=loggers.epoch_hook(cb))    # log_epoch(row) after each epoch's files
         loggers.log_final(results)                         # after the evaluation
-        loggers.close()                                    # in a finally
+        loggers.close()                                    # in a finally (or: with loggers: ...)
 
     Every call into a logger goes through ``_call``, which turns an exception into a disabled
     logger, one warning, and a record in env.json."""
@@ -420,6 +420,12 @@ class LoggerSet:
         if self.names and self.run is not None:
             self._write_env()
         self.active = {n: None for n in self.active if n not in self.failed}
+
+    def __enter__(self) -> "LoggerSet":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # -- machinery -----------------------------------------------------------------------------
     def _live(self, first_step: Optional[int]) -> List[str]:

@@ -47,7 +47,7 @@ def logged_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         _wandb_env(mp, tmp)
         cfg = _cfg(tmp, "all", ["tensorboard", "wandb", "disk"])
-        assert run_pipeline(cfg, progress=False) == 0
+        run_pipeline(cfg, progress=False)
     return RunDir(tmp / "all"), cfg
 
 
@@ -228,7 +228,7 @@ def test_a_logger_failing_mid_run_is_disabled_and_the_run_finishes(tmp_path, cap
     monkeypatch.setattr(TensorBoardLogger, "log_dict", broken)
     cfg = _cfg(tmp_path, "broken", ["tensorboard", "disk"], eval={"suite": "smoke", "n": 16})
     with caplog.at_level(logging.WARNING, logger="harness.loggers"):
-        assert run_pipeline(cfg, progress=False) == 0
+        run_pipeline(cfg, progress=False)
     run = RunDir(tmp_path / "broken")
     env = run.read_env()
     assert env["status"] == "finished" and [r["epoch"] for r in run.read_metrics()] == [1, 2]
@@ -274,7 +274,7 @@ def test_a_logger_failing_to_open_is_disabled_too(tmp_path, monkeypatch):
 
     monkeypatch.setattr(TensorBoardLogger, "__init__", refuse)
     cfg = _cfg(tmp_path, "no-open", ["tensorboard"], train={"epochs": 1})
-    assert run_pipeline(cfg, progress=False, evaluate=False) == 0
+    run_pipeline(cfg, progress=False, evaluate=False)
     env = RunDir(tmp_path / "no-open").read_env()
     assert env["status"] == "finished"
     assert env["loggers"]["tensorboard"]["status"] == "failed" and env["loggers"]["tensorboard"]["when"] == "open"
@@ -314,7 +314,7 @@ def test_a_resumed_run_logs_on_into_the_same_places(tmp_path, monkeypatch):
     run = RunDir(tmp_path / "resumed")
     first = run.read_env()["loggers"]
     assert first["tensorboard"]["status"] == "closed"  # closed in the finally: its events are on disk
-    assert run_pipeline(None, resume=str(run.path), progress=False, evaluate=False) == 0
+    run_pipeline(None, resume=str(run.path), progress=False, evaluate=False)
     rows = run.read_metrics()
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     ea = _accumulator(run.tensorboard_dir)
@@ -352,7 +352,7 @@ def test_an_epoch_saved_but_never_logged_is_backfilled_on_resume(tmp_path, monke
     assert run.read_env()["loggers"]["tensorboard"]["last_epoch"] == 1
     assert run.read_env()["loggers"]["disk"]["last_epoch"] == 2
     monkeypatch.setattr(TensorBoardLogger, "log_dict", real)
-    assert run_pipeline(None, resume=str(run.path), progress=False, evaluate=False) == 0
+    run_pipeline(None, resume=str(run.path), progress=False, evaluate=False)
     rows = run.read_metrics()
     events = _accumulator(run.tensorboard_dir).Scalars("val/clean")
     assert [e.step for e in events] == [1, 2, 3]
