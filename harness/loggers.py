@@ -185,7 +185,7 @@ class DiskLogger:
         pass
 
 
-@LOGGERS.register("tensorboard", summary="TensorBoard event files in RUN/tensorboard/ (extra: harness[tensorboard])",
+@LOGGERS.register("tensorboard", summary="TensorBoard event files in RUN/tensorboard/ (the tensorboard extra)",
                   package="tensorboard", extra="tensorboard")
 class TensorBoardLogger:
     """``SummaryWriter(RUN/tensorboard, purge_step=E)`` (E: the first epoch of a resumed session).
@@ -244,7 +244,7 @@ def wandb_mode(environ: Optional[Mapping[str, str]] = None) -> str:
 
 
 @LOGGERS.register("wandb", package="wandb", extra="wandb",
-                  summary="Weights & Biases; offline unless logged in or WANDB_MODE says so (extra: harness[wandb])")
+                  summary="Weights & Biases; offline unless logged in or WANDB_MODE says so (the wandb extra)")
 class WandBLogger:
     """A W&B run in ``RUN/wandb/`` named after the run directory, project ``$WANDB_PROJECT`` or
     "harness". ``epoch`` is the x-axis of every metric (``define_metric("*", step_metric="epoch")``,
