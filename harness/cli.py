@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["md", "tex", "csv", "html"], default=None, help="comparison table format")
     p.add_argument("-o", "--output", default=None, help="write the table here instead of stdout")
 
+    # -- sweep --------------------------------------------------------------------------------
+    from harness.sweep import add_arguments as add_sweep_arguments
+
+    add_sweep_arguments(sub.add_parser("sweep", help="run a grid of runs (defenses x seeds x eps ...) locally or on Slurm"))
+
     # -- audit --------------------------------------------------------------------------------
     p = sub.add_parser("audit", help="re-evaluate someone else's model and checkpoint against a claimed number",
                        description="Re-evaluate a model and checkpoint with a suite and the sanity checks, and say whether a claimed "
@@ -235,6 +240,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return audit_command(args)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.sweep import sweep_command
+
+    return sweep_command(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -254,6 +265,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_report(args)
         if args.command == "audit":
             return cmd_audit(args)
+        if args.command == "sweep":
+            return cmd_sweep(args)
     except HarnessError as e:
         sys.stderr.write(f"harness: error: {e}\n")
         return e.exit_code
