@@ -83,7 +83,7 @@ STATES = ("pending", "running", "finished", "failed", "interrupted")
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # submitit's local default (2 minutes) would kill every real run
 RESERVED_KEYS = ("out",)  # the sweep decides where runs go and how they are named
 # Slurm job states in which a job may still run a cell (sacct's names); UNKNOWN: sacct does not
-# know the job yet, or cannot be asked: never resubmit what may still be running
+# know the job yet, or cannot be asked: for 10 minutes after submission, never resubmit it
 _SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING", "RESIZING",
                  "SUSPENDED", "SIGNALING", "STAGE_OUT", "PREEMPTED", "UNKNOWN"}
 # [slurm] keys of the sweep file -> submitit SlurmExecutor parameter
@@ -171,6 +171,7 @@ def _key_problem(key: str) -> Optional[str]:
 
 def _value_slug(value: Any) -> str:
     text = value if isinstance(value, str) else _canon(value)
+    text = "neg" + text[1:] if re.fullmatch(r"-\d.*", text) else text  # seed -1 is not seed 1
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "x"  # harness.core.rundir's slug
 
 
@@ -484,7 +485,18 @@ def _liveness(sweep: SweepDir, job: Optional[Mapping[str, Any]], record: Mapping
             return True, f"local job {job.get('id')}"
         return False, ""
     state = _slurm_state(sweep, str(job.get("id")))
+    if state == "UNKNOWN" and _age_s(job.get("submitted")) > 600:
+        return False, f"slurm job {job.get('id')} unknown to sacct"  # long gone, or never run
     return state in _SLURM_ACTIVE, f"slurm job {job.get('id')} {state}"
+
+
+def _age_s(iso: Any) -> float:
+    from datetime import datetime, timezone
+
+    try:
+        return (datetime.now(timezone.utc) - datetime.fromisoformat(str(iso))).total_seconds()
+    except ValueError:
+        return float("inf")
 
 
 def cell_state(sweep: SweepDir, cell: Cell, job: Optional[Mapping[str, Any]] = None) -> CellState:
