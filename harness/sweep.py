@@ -46,6 +46,7 @@ submitit/local/local.py, submitit/slurm/slurm.py, submitit/core/job_environment.
   interrupted and submitit requeues the job (``CellJob`` is ``Checkpointable``); the requeued job
   resumes the run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,12 +85,36 @@ LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # submitit's local default (2 minutes) would 
 RESERVED_KEYS = ("out",)  # the sweep decides where runs go and how they are named
 # Slurm job states in which a job may still run a cell (sacct's names); UNKNOWN: sacct does not
 # know the job yet, or cannot be asked: for 10 minutes after submission, never resubmit it
-_SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING", "RESIZING",
-                 "SUSPENDED", "SIGNALING", "STAGE_OUT", "PREEMPTED", "UNKNOWN"}
+_SLURM_ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "COMPLETING",
+    "RESIZING",
+    "SUSPENDED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "PREEMPTED",
+    "UNKNOWN",
+}
 # [slurm] keys of the sweep file -> submitit SlurmExecutor parameter
-SLURM_KEYS = {"partition": "partition", "time": "time", "gpus_per_job": "gpus_per_node", "cpus_per_task": "cpus_per_task",
-              "mem": "mem", "account": "account", "qos": "qos", "constraint": "constraint", "job_name": "job_name",
-              "setup": "setup", "array_parallelism": "array_parallelism", "additional": "additional_parameters"}
+SLURM_KEYS = {
+    "partition": "partition",
+    "time": "time",
+    "gpus_per_job": "gpus_per_node",
+    "cpus_per_task": "cpus_per_task",
+    "mem": "mem",
+    "account": "account",
+    "qos": "qos",
+    "constraint": "constraint",
+    "job_name": "job_name",
+    "setup": "setup",
+    "array_parallelism": "array_parallelism",
+    "additional": "additional_parameters",
+}
 
 
 class SweepError(HarnessError):
@@ -97,6 +122,7 @@ class SweepError(HarnessError):
 
 
 # -- the sweep file and its grid ------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -202,7 +228,9 @@ def read_sweep_file(path: str | Path) -> SweepSpec:
     slurm = doc.pop("slurm", None) or {}
     where = f"sweep file {p}"
     if not isinstance(grid, Mapping) or not grid:
-        raise SweepError(f"{where}: no [sweep] table of config keys and value lists; for one run use harness run --config {p}")
+        raise SweepError(
+            f"{where}: no [sweep] table of config keys and value lists; for one run use harness run --config {p}"
+        )
     if not isinstance(slurm, Mapping):
         raise SweepError(f"{where}: [slurm] must be a table")
     grid = dict(grid)
@@ -228,7 +256,7 @@ def read_sweep_file(path: str | Path) -> SweepSpec:
         else:
             values[key] = list(vals)
     if not isinstance(exclude_raw, list) or not all(isinstance(e, Mapping) for e in exclude_raw):
-        problems.append("exclude must be a list of tables, e.g. exclude = [{defense = \"erm\", seed = 1}]")
+        problems.append('exclude must be a list of tables, e.g. exclude = [{defense = "erm", seed = 1}]')
         exclude_raw = []
     exclude = [dict(_dotted(e)) for e in exclude_raw]
     for i, entry in enumerate(exclude, 1):
@@ -236,11 +264,16 @@ def read_sweep_file(path: str | Path) -> SweepSpec:
         if not entry:
             problems.append(f"exclude entry {i} is empty")
         elif unknown:
-            problems.append(f"exclude entry {i} names {', '.join(map(repr, unknown))}, not a swept key "
-                            f"(swept: {', '.join(values)})")
+            problems.append(
+                f"exclude entry {i} names {', '.join(map(repr, unknown))}, not a swept key "
+                f"(swept: {', '.join(values)})"
+            )
     if problems:
-        raise SweepError(f"{where}: " + "; ".join(problems) if len(problems) == 1 else
-                         f"{where}: {len(problems)} problems, nothing was started:\n" + "\n".join(f"  - {q}" for q in problems))
+        raise SweepError(
+            f"{where}: " + "; ".join(problems)
+            if len(problems) == 1
+            else f"{where}: {len(problems)} problems, nothing was started:\n" + "\n".join(f"  - {q}" for q in problems)
+        )
     keys = list(values)
     product = [dict(zip(keys, combo)) for combo in itertools.product(*(values[k] for k in keys))]
 
@@ -258,8 +291,18 @@ def read_sweep_file(path: str | Path) -> SweepSpec:
         raise SweepError(f"{where}: every one of the {len(product)} cells is excluded")
     names = cell_names(keys, kept)
     cells = [Cell(n, c) for n, c in zip(names, kept)]
-    return SweepSpec(p, doc, keys, values, exclude, dict(slurm), cells, len(product) - len(kept),
-                     hashlib.sha256(raw).hexdigest(), warnings)
+    return SweepSpec(
+        p,
+        doc,
+        keys,
+        values,
+        exclude,
+        dict(slurm),
+        cells,
+        len(product) - len(kept),
+        hashlib.sha256(raw).hexdigest(),
+        warnings,
+    )
 
 
 def _short_list(names: Sequence[str], limit: int = 4) -> str:
@@ -267,7 +310,9 @@ def _short_list(names: Sequence[str], limit: int = 4) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def resolve_cells(spec: SweepSpec, root: Path, *, threads: Optional[int] = None, check_plan: bool = True) -> Dict[str, Dict[str, Any]]:
+def resolve_cells(
+    spec: SweepSpec, root: Path, *, threads: Optional[int] = None, check_plan: bool = True
+) -> Dict[str, Dict[str, Any]]:
     """Every cell's resolved config (cell name -> config), with ``out`` pointing into ``root``.
     ``threads`` is given to cells whose file does not set it. Each config is checked the way a
     run checks it before training (``training.plan`` without data, and the evaluation suite);
@@ -288,10 +333,14 @@ def resolve_cells(spec: SweepSpec, root: Path, *, threads: Optional[int] = None,
         out[cell.name] = cfg
     if problems:
         bad = sum(len(v) for v in problems.values())
-        lines = [f"cells {_short_list(names)}: {msg}" if len(names) > 1 else f"cell {names[0]}: {msg}"
-                 for msg, names in problems.items()]
-        raise SweepError(f"sweep file {spec.path}: {bad} of {len(spec.cells)} cells cannot run, nothing was started:\n"
-                         + "\n".join(f"  - {line}" for line in lines))
+        lines = [
+            f"cells {_short_list(names)}: {msg}" if len(names) > 1 else f"cell {names[0]}: {msg}"
+            for msg, names in problems.items()
+        ]
+        raise SweepError(
+            f"sweep file {spec.path}: {bad} of {len(spec.cells)} cells cannot run, nothing was started:\n"
+            + "\n".join(f"  - {line}" for line in lines)
+        )
     return out
 
 
@@ -306,6 +355,7 @@ def _check_runnable(cfg: Mapping[str, Any]) -> None:
 
 
 # -- one cell, inside its job ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CellSpec:
@@ -363,9 +413,22 @@ def torchrun_command(spec: CellSpec, *, resume: bool) -> List[str]:
     """The command of a multi-GPU cell: torchrun (as ``python -m torch.distributed.run``, so the
     job's interpreter is used) with one process per GPU on the job's node, running ``harness run``
     on the cell's config file, or ``--resume`` on its run directory."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc-per-node={spec.gpus}",
-           "-m", "harness", "run"]
-    return cmd + (["--resume", spec.run_dir] if resume else ["--config", str(SweepDir(spec.sweep_dir).cell_config_path(spec.name))])
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc-per-node={spec.gpus}",
+        "-m",
+        "harness",
+        "run",
+    ]
+    return cmd + (
+        ["--resume", spec.run_dir]
+        if resume
+        else ["--config", str(SweepDir(spec.sweep_dir).cell_config_path(spec.name))]
+    )
 
 
 def _job_id() -> Optional[str]:
@@ -382,8 +445,14 @@ def run_cell(spec: CellSpec) -> str:
     sweep = SweepDir(spec.sweep_dir)
     run = RunDir(spec.run_dir)
     record = sweep.read_cell_record(spec.name)
-    attempt: Dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "job_id": _job_id(), "started": now_iso(),
-                               "ended": None, "outcome": None}
+    attempt: Dict[str, Any] = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "job_id": _job_id(),
+        "started": now_iso(),
+        "ended": None,
+        "outcome": None,
+    }
     record.setdefault("attempts", []).append(attempt)
     sweep.write_cell_record(spec.name, record)
     try:
@@ -435,6 +504,7 @@ def _torchrun(spec: CellSpec, sweep: SweepDir, resume: bool) -> None:
 
 
 # -- the state of each cell, read from disk -------------------------------------------------------
+
 
 @dataclass
 class CellState:
@@ -537,7 +607,9 @@ def cell_state(sweep: SweepDir, cell: Cell, job: Optional[Mapping[str, Any]] = N
     return CellState(cell, "pending")
 
 
-def cell_states(sweep: SweepDir, cells: Sequence[Cell], manifest: Optional[Mapping[str, Any]] = None) -> List[CellState]:
+def cell_states(
+    sweep: SweepDir, cells: Sequence[Cell], manifest: Optional[Mapping[str, Any]] = None
+) -> List[CellState]:
     jobs = {c.get("name"): c.get("job") for c in (manifest or {}).get("cells", []) if isinstance(c, Mapping)}
     return [cell_state(sweep, c, jobs.get(c.name)) for c in cells]
 
@@ -555,14 +627,21 @@ def _stale_cells(sweep: SweepDir, configs: Mapping[str, Mapping[str, Any]]) -> L
         except HarnessError:
             continue
         now = dict(C.flatten(cfg))
-        diff = [k for k in sorted(set(saved) | set(now)) if k.split(".")[0] not in ignore and _canon(saved.get(k)) != _canon(now.get(k))]
+        diff = [
+            k
+            for k in sorted(set(saved) | set(now))
+            if k.split(".")[0] not in ignore and _canon(saved.get(k)) != _canon(now.get(k))
+        ]
         if diff:
-            shown = ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:3]) + (" ..." if len(diff) > 3 else "")
+            shown = ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:3]) + (
+                " ..." if len(diff) > 3 else ""
+            )
             out.append(f"{name} ({shown})")
     return out
 
 
 # -- the driver -----------------------------------------------------------------------------------
+
 
 @dataclass
 class SweepOutcome:
@@ -621,7 +700,9 @@ def _slurm_minutes(value: Any) -> int:
     return math.ceil(secs / 60)
 
 
-def slurm_parameters(spec: SweepSpec, flags: Optional[Mapping[str, Any]] = None, *, jobs: Optional[int] = None) -> Dict[str, Any]:
+def slurm_parameters(
+    spec: SweepSpec, flags: Optional[Mapping[str, Any]] = None, *, jobs: Optional[int] = None
+) -> Dict[str, Any]:
     """submitit ``SlurmExecutor`` parameters from the file's ``[slurm]`` table, then ``flags``
     (the command line: partition, time, gpus_per_job, cpus_per_task, mem) on top."""
     import difflib
@@ -631,12 +712,17 @@ def slurm_parameters(spec: SweepSpec, flags: Optional[Mapping[str, Any]] = None,
     for key, value in merged.items():
         if key not in SLURM_KEYS:
             close = difflib.get_close_matches(key, list(SLURM_KEYS), n=1)
-            raise ConfigError(f"unknown [slurm] key {key!r}" + (f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(SLURM_KEYS)})"))
+            raise ConfigError(
+                f"unknown [slurm] key {key!r}"
+                + (f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(SLURM_KEYS)})")
+            )
         if key == "time":
             value = _slurm_minutes(value)
         elif key in ("gpus_per_job", "cpus_per_task", "array_parallelism"):
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "gpus_per_job" else 1):
-                raise ConfigError(f"slurm {key} must be a whole number >= {0 if key == 'gpus_per_job' else 1}, got {value!r}")
+                raise ConfigError(
+                    f"slurm {key} must be a whole number >= {0 if key == 'gpus_per_job' else 1}, got {value!r}"
+                )
         elif key == "mem":
             if isinstance(value, int) and not isinstance(value, bool):
                 value = f"{value}G"
@@ -694,8 +780,14 @@ class _Events:
         if enabled if enabled is not None else self.console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.bar = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                TimeElapsedColumn(), console=self.console)
+            self.bar = Progress(
+                TextColumn("sweep"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
             self.task = self.bar.add_task("sweep", total=total, completed=self.done + self.failed, info=self._info())
             self.bar.start()
 
@@ -738,35 +830,72 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 class _Sweep:
     """One invocation of ``harness sweep``: the plan, the manifest, and the jobs it started."""
 
-    def __init__(self, spec: SweepSpec, sweep_dir: Path, executor: str, configs: Dict[str, Dict[str, Any]],
-                 gpus: int, executor_info: Dict[str, Any]):
-        self.spec, self.sweep, self.executor, self.configs, self.gpus = spec, SweepDir(sweep_dir), executor, configs, gpus
+    def __init__(
+        self,
+        spec: SweepSpec,
+        sweep_dir: Path,
+        executor: str,
+        configs: Dict[str, Dict[str, Any]],
+        executor_info: Dict[str, Any],
+        *,
+        gpus: int,
+        params: Mapping[str, Any],
+        at_once: int,
+        gpu_ids: Sequence[int],
+    ):
+        self.spec, self.sweep, self.executor, self.configs = spec, SweepDir(sweep_dir), executor, configs
+        self.gpus, self.params, self.at_once, self.gpu_ids = gpus, dict(params), at_once, list(gpu_ids)
         old = self.sweep.read_manifest() or {}
-        self.jobs: Dict[str, Optional[Dict[str, Any]]] = {c.get("name"): c.get("job") for c in old.get("cells", [])
-                                                          if isinstance(c, Mapping)}
-        self.manifest: Dict[str, Any] = {"sweep_file": str(spec.path.resolve()), "sweep_file_sha256": spec.sha256,
-                                         "keys": spec.keys, "excluded": spec.excluded, "created": old.get("created") or now_iso(),
-                                         "updated": None, "executor": executor_info, "cells": [], "comparison": old.get("comparison")}
+        self.job_of: Dict[str, Optional[Dict[str, Any]]] = {
+            c.get("name"): c.get("job") for c in old.get("cells", []) if isinstance(c, Mapping)
+        }
+        self.manifest: Dict[str, Any] = {
+            "sweep_file": str(spec.path.resolve()),
+            "sweep_file_sha256": spec.sha256,
+            "keys": spec.keys,
+            "excluded": spec.excluded,
+            "created": old.get("created") or now_iso(),
+            "updated": None,
+            "executor": executor_info,
+            "cells": [],
+            "comparison": old.get("comparison"),
+        }
 
     def spec_of(self, cell: Cell) -> CellSpec:
         return CellSpec(cell.name, str(self.sweep.path.resolve()), self.configs[cell.name], self.gpus)
 
     def write_manifest(self) -> None:
         self.manifest["updated"] = now_iso()
-        self.manifest["cells"] = [{"name": c.name, "overrides": c.overrides, "run_dir": c.name, "job": self.jobs.get(c.name)}
-                                  for c in self.spec.cells]
+        self.manifest["cells"] = [
+            {"name": c.name, "overrides": c.overrides, "run_dir": c.name, "job": self.job_of.get(c.name)}
+            for c in self.spec.cells
+        ]
         self.sweep.write_manifest(self.manifest)
 
     def record_job(self, cell: Cell, job: Any) -> None:
-        self.jobs[cell.name] = {"executor": self.executor, "id": str(job.job_id), "host": socket.gethostname(), "submitted": now_iso()}
+        self.job_of[cell.name] = {
+            "executor": self.executor,
+            "id": str(job.job_id),
+            "host": socket.gethostname(),
+            "submitted": now_iso(),
+        }
 
     def states(self) -> List[CellState]:
-        return [cell_state(self.sweep, c, self.jobs.get(c.name)) for c in self.spec.cells]
+        return [cell_state(self.sweep, c, self.job_of.get(c.name)) for c in self.spec.cells]
 
 
-def run_sweep(path: str | Path, *, out: Optional[str | Path] = None, executor: str = "local", jobs: Optional[int] = None,
-              slurm: Optional[Mapping[str, Any]] = None, wait: bool = True, retry_failed: bool = False,
-              progress: Optional[bool] = None, poll_s: Optional[float] = None) -> SweepOutcome:
+def run_sweep(
+    path: str | Path,
+    *,
+    out: Optional[str | Path] = None,
+    executor: str = "local",
+    jobs: Optional[int] = None,
+    slurm: Optional[Mapping[str, Any]] = None,
+    wait: bool = True,
+    retry_failed: bool = False,
+    progress: Optional[bool] = None,
+    poll_s: Optional[float] = None,
+) -> SweepOutcome:
     """Run (or continue) the sweep of ``path``; see the module docstring. ``jobs``: concurrent
     cells (local: default one per GPU, else 1; slurm: the array's parallelism, default all).
     ``wait=False`` (Slurm) returns once the array is submitted. Bad keys or values raise
@@ -794,13 +923,28 @@ def run_sweep(path: str | Path, *, out: Optional[str | Path] = None, executor: s
         threads = max(1, cpus // max(gpus, 1)) if cpus else None
         info = {"name": "slurm", "parameters": params}
     configs = resolve_cells(spec, sweep_dir, threads=threads)
-    run = _Sweep(spec, sweep_dir, executor, configs, gpus, info)
-    stale = _stale_cells(run.sweep, configs)
+    run = _Sweep(spec, sweep_dir, executor, configs, info, gpus=gpus, params=params, at_once=jobs or 0, gpu_ids=gpu_ids)
+    with run.sweep.driver_lock():
+        return _drive(run, wait=wait, retry_failed=retry_failed, progress=progress, poll_s=poll_s)
+
+
+def _drive(
+    run: _Sweep, *, wait: bool, retry_failed: bool, progress: Optional[bool], poll_s: Optional[float]
+) -> SweepOutcome:
+    spec, sweep_dir, executor = run.spec, run.sweep.path, run.executor
+    stale = _stale_cells(run.sweep, run.configs)
     if stale:
-        raise SweepError(f"{len(stale)} cell(s) in {sweep_dir} ran with another config than {spec.path} gives now: "
-                         f"{'; '.join(stale[:3])}{' ...' if len(stale) > 3 else ''}; use another --out, or remove those run directories")
+        raise SweepError(
+            f"{len(stale)} cell(s) in {sweep_dir} ran with another config than {spec.path} gives now: "
+            f"{'; '.join(stale[:3])}{' ...' if len(stale) > 3 else ''}; "
+            "use another --out, or remove those run directories"
+        )
     states = run.states()
-    todo = [s.cell for s in states if not s.live and (s.state in ("pending", "interrupted") or (retry_failed and s.state == "failed"))]
+    todo = [
+        s.cell
+        for s in states
+        if not s.live and (s.state in ("pending", "interrupted") or (retry_failed and s.state == "failed"))
+    ]
     adopted = [s.cell for s in states if s.live]
     run.write_manifest()
     events = _Events(len(spec.cells), states, progress)
@@ -808,9 +952,9 @@ def run_sweep(path: str | Path, *, out: Optional[str | Path] = None, executor: s
     try:
         with _sigterm_as_interrupt():
             if executor == "local":
-                _drive_local(run, todo, adopted, jobs, gpu_ids, events, poll_s or 1.0)
+                _drive_local(run, todo, adopted, events, poll_s or 1.0)
             else:
-                _submit_slurm(run, todo, params, events)
+                _submit_slurm(run, todo, events)
                 if wait:
                     _wait(run, adopted + todo, events, poll_s or 30.0)
     except KeyboardInterrupt:
@@ -831,13 +975,13 @@ def run_sweep(path: str | Path, *, out: Optional[str | Path] = None, executor: s
     return SweepOutcome(run.sweep.path, spec.keys, states, tables, code)
 
 
-def _drive_local(run: _Sweep, todo: Sequence[Cell], adopted: Sequence[Cell], jobs: int, gpu_ids: Sequence[int],
-                 events: _Events, poll_s: float) -> None:
+def _drive_local(run: _Sweep, todo: Sequence[Cell], adopted: Sequence[Cell], events: _Events, poll_s: float) -> None:
     """At most ``jobs`` cells at once, each a submitit LocalExecutor job; cells still running
     under an earlier driver count against ``jobs`` and are waited for. On an interrupt the jobs
     started here are cancelled (their runs end as interrupted) before it is re-raised."""
     ex = submitit.LocalExecutor(folder=run.sweep.jobs_dir)
     ex.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
+    jobs, gpu_ids = run.at_once, run.gpu_ids
     queue = deque(todo)
     running: Dict[str, Tuple[Any, int, Cell]] = {}
     waiting = {c.name: c for c in adopted}
@@ -850,8 +994,10 @@ def _drive_local(run: _Sweep, todo: Sequence[Cell], adopted: Sequence[Cell], job
                 cell = queue.popleft()
                 slot = free.pop(0)
                 if run.gpus and gpu_ids:
-                    ex.update_parameters(gpus_per_node=run.gpus,
-                                         visible_gpus=[gpu_ids[(slot * run.gpus + k) % len(gpu_ids)] for k in range(run.gpus)])
+                    ex.update_parameters(
+                        gpus_per_node=run.gpus,
+                        visible_gpus=[gpu_ids[(slot * run.gpus + k) % len(gpu_ids)] for k in range(run.gpus)],
+                    )
                 resumed = RunDir(run.sweep.run_dir(cell.name)).config_path.exists()
                 job = ex.submit(CellJob(), run.spec_of(cell))
                 run.record_job(cell, job)
@@ -865,14 +1011,14 @@ def _drive_local(run: _Sweep, todo: Sequence[Cell], adopted: Sequence[Cell], job
                     free.append(slot)
                     _ended(run, cell, job, events)
             for name, cell in list(waiting.items()):
-                st = cell_state(run.sweep, cell, run.jobs.get(name))
+                st = cell_state(run.sweep, cell, run.job_of.get(name))
                 if not st.live:
                     del waiting[name]
                     events.event(name, st.state, st.detail)
     except KeyboardInterrupt:
         _stop_local(run, [(job, cell) for job, _, cell in running.values()])
         for name, (job, _, cell) in running.items():
-            st = cell_state(run.sweep, cell, run.jobs.get(name))
+            st = cell_state(run.sweep, cell, run.job_of.get(name))
             events.event(name, st.state if st.state != "running" else "interrupted", st.detail)
         raise
 
@@ -881,6 +1027,7 @@ def _stop_local(run: _Sweep, jobs: Sequence[Tuple[Any, Cell]], grace_s: float = 
     """SIGTERM to each job's controller (a local job's id is its pid), which hands it to the cell's
     process: the run ends as interrupted. Whatever still runs after ``grace_s`` is killed; its run
     then reads as interrupted (its process is gone) and resumes on the next sweep."""
+
     def send(pid: Any, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError, ValueError, TypeError):
             os.kill(int(pid), sig)
@@ -899,22 +1046,22 @@ def _stop_local(run: _Sweep, jobs: Sequence[Tuple[Any, Cell]], grace_s: float = 
 
 
 def _ended(run: _Sweep, cell: Cell, job: Any, events: _Events) -> None:
-    st = cell_state(run.sweep, cell, run.jobs.get(cell.name))
+    st = cell_state(run.sweep, cell, run.job_of.get(cell.name))
     if st.state in ("pending", "running"):  # the job died before the cell could record anything
         tail = (job.stderr() or "").strip().splitlines()[-1:] if hasattr(job, "stderr") else []
-        entry = run.jobs.get(cell.name) or {}
+        entry = run.job_of.get(cell.name) or {}
         entry["failed"] = f"job {job.job_id} ended without running the cell" + (f": {tail[0]}" if tail else "")
-        run.jobs[cell.name] = entry
+        run.job_of[cell.name] = entry
         st = cell_state(run.sweep, cell, entry)
     events.event(cell.name, st.state, st.detail if st.state != "finished" else "")
 
 
-def _submit_slurm(run: _Sweep, todo: Sequence[Cell], params: Mapping[str, Any], events: _Events) -> None:
+def _submit_slurm(run: _Sweep, todo: Sequence[Cell], events: _Events) -> None:
     """One job array over ``todo`` (a single job when there is one cell), as submitit submits it."""
     if not todo:
         return
     ex = submitit.SlurmExecutor(folder=run.sweep.jobs_dir)
-    ex.update_parameters(**params)
+    ex.update_parameters(**run.params)
     submitted = []
     with submitit.helpers.clean_env():  # a driver inside a Slurm allocation must not pass its job's variables on
         with ex.batch():
@@ -933,7 +1080,7 @@ def _wait(run: _Sweep, cells: Sequence[Cell], events: _Events, poll_s: float) ->
     seen: Dict[str, str] = {}
     while waiting:
         for name, cell in list(waiting.items()):
-            st = cell_state(run.sweep, cell, run.jobs.get(name))
+            st = cell_state(run.sweep, cell, run.job_of.get(name))
             if not st.live:
                 del waiting[name]
                 events.event(name, st.state, st.detail if st.state != "finished" else "")
@@ -945,6 +1092,7 @@ def _wait(run: _Sweep, cells: Sequence[Cell], events: _Events, poll_s: float) ->
 
 
 # -- status and the command line ------------------------------------------------------------------
+
 
 def sweep_status(path: str | Path, *, out: Optional[str | Path] = None) -> Tuple[Path, List[CellState]]:
     """The state of every cell of the sweep file's grid, read from the sweep folder (nothing is
@@ -982,6 +1130,7 @@ def _print_states(title: str, keys: Sequence[str], states: Sequence[CellState]) 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``harness sweep`` flags (harness/cli.py adds the subcommand and hands off to ``sweep_command``)."""
+
     def count(text: str) -> int:
         if not text.isdigit() or int(text) < 1:
             raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
@@ -989,19 +1138,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("file", help="sweep file (TOML): a base config and a [sweep] table of key = [values]")
     p.add_argument("--out", default=None, help="sweep folder (default sweeps/<file name without extension>)")
-    p.add_argument("--executor", choices=EXECUTORS, default="local", help="local processes (default) or a Slurm job array")
-    p.add_argument("--jobs", type=count, default=None, help="cells at once (local: default 1, or one per GPU; slurm: array parallelism)")
+    p.add_argument(
+        "--executor", choices=EXECUTORS, default="local", help="local processes (default) or a Slurm job array"
+    )
+    p.add_argument(
+        "--jobs",
+        type=count,
+        default=None,
+        help="cells at once (local: default 1, or one per GPU; slurm: array parallelism)",
+    )
     p.add_argument("--status", action="store_true", help="print each cell's state and exit")
-    p.add_argument("--dry-run", action="store_true", help="check the grid, print the cells (and the sbatch script) and exit")
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the grid, print the cells (and the sbatch script) and exit"
+    )
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again (resuming their runs)")
     p.add_argument("--no-wait", dest="wait", action="store_false", help="slurm: return once the job array is submitted")
-    for flag, key, kind in (("--partition", "partition", str), ("--time", "time", str), ("--gpus-per-job", "gpus_per_job", int),
-                            ("--cpus-per-task", "cpus_per_task", int), ("--mem", "mem", str)):
-        p.add_argument(flag, dest=f"slurm_{key}", type=kind, default=None, help=f"slurm {key} (overrides the file's [slurm] table)")
+    for flag, key, kind in (
+        ("--partition", "partition", str),
+        ("--time", "time", str),
+        ("--gpus-per-job", "gpus_per_job", int),
+        ("--cpus-per-task", "cpus_per_task", int),
+        ("--mem", "mem", str),
+    ):
+        p.add_argument(
+            flag,
+            dest=f"slurm_{key}",
+            type=kind,
+            default=None,
+            help=f"{key} of each job (overrides the file's [slurm] table)"
+            + ("; local jobs too" if "gpus" in key else ""),
+        )
 
 
 def sweep_command(args: argparse.Namespace) -> int:
-    slurm = {k[len("slurm_"):]: v for k, v in vars(args).items() if k.startswith("slurm_") and v is not None}
+    slurm = {k[len("slurm_") :]: v for k, v in vars(args).items() if k.startswith("slurm_") and v is not None}
     if args.status:
         spec = read_sweep_file(args.file)
         folder, states = sweep_status(args.file, out=args.out)
@@ -1009,13 +1179,22 @@ def sweep_command(args: argparse.Namespace) -> int:
         return 0
     if args.dry_run:
         return _dry_run(args, slurm)
-    outcome = run_sweep(args.file, out=args.out, executor=args.executor, jobs=args.jobs, slurm=slurm, wait=args.wait,
-                        retry_failed=args.retry_failed)
+    outcome = run_sweep(
+        args.file,
+        out=args.out,
+        executor=args.executor,
+        jobs=args.jobs,
+        slurm=slurm,
+        wait=args.wait,
+        retry_failed=args.retry_failed,
+    )
     _print_states(str(outcome.sweep_dir), outcome.keys, outcome.states)
     for p in outcome.tables:
         sys.stdout.write(f"wrote {p}\n")
     if outcome.exit_code == 130:
-        sys.stderr.write("harness: sweep interrupted; run the same command again to continue (finished cells are kept)\n")
+        sys.stderr.write(
+            "harness: sweep interrupted; run the same command again to continue (finished cells are kept)\n"
+        )
     return outcome.exit_code
 
 

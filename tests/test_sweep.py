@@ -1,6 +1,7 @@
 """``harness sweep``: the grid, its validation, the local executor end to end (finish, kill and
 re-run, a failing cell), ``--status``, ``harness report SWEEP_DIR``, and the Slurm submission as
 submitit writes it (fake sbatch / srun / sacct on PATH, no cluster)."""
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,9 @@ def _grid(folder: Path, sweep: str, *, name: str = "grid", epochs: int = 1, extr
 
 
 def _harness(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV
+    )
 
 
 def _env(run: Path) -> dict:
@@ -76,20 +79,28 @@ def _state_lines(stdout: str) -> dict:
 
 # -- the grid, without running anything -----------------------------------------------------------
 
+
 def test_grid_is_the_cartesian_product_minus_excludes_with_names_from_the_overrides(tmp_path):
-    p = _grid(tmp_path, """\
+    p = _grid(
+        tmp_path,
+        """\
         defense = ["erm", "fast-at"]
         seed = [0, 1]
         exclude = [{defense = "erm", seed = 1}]
         [sweep.threat]
         eps = ["0.1", "8/255"]
-        """)
+        """,
+    )
     spec = S.read_sweep_file(p)
     assert spec.keys == ["defense", "seed", "threat.eps"] and spec.excluded == 2 and not spec.warnings
-    assert [c.overrides for c in spec.cells][:3] == [{"defense": "erm", "seed": 0, "threat.eps": "0.1"},
-                                                     {"defense": "erm", "seed": 0, "threat.eps": "8/255"},
-                                                     {"defense": "fast-at", "seed": 0, "threat.eps": "0.1"}]
-    assert len(spec.cells) == 6 and not any(c.overrides["defense"] == "erm" and c.overrides["seed"] == 1 for c in spec.cells)
+    assert [c.overrides for c in spec.cells][:3] == [
+        {"defense": "erm", "seed": 0, "threat.eps": "0.1"},
+        {"defense": "erm", "seed": 0, "threat.eps": "8/255"},
+        {"defense": "fast-at", "seed": 0, "threat.eps": "0.1"},
+    ]
+    assert len(spec.cells) == 6 and not any(
+        c.overrides["defense"] == "erm" and c.overrides["seed"] == 1 for c in spec.cells
+    )
     names = [c.name for c in spec.cells]
     assert names[0] == "defense-erm-seed-0-eps-0.1" and names[1] == "defense-erm-seed-0-eps-8-255"
     assert names == [c.name for c in S.read_sweep_file(p).cells]  # deterministic: a re-run finds the same folders
@@ -99,7 +110,7 @@ def test_grid_is_the_cartesian_product_minus_excludes_with_names_from_the_overri
 
 
 def test_cells_get_cores_divided_by_jobs_unless_the_file_sets_threads(tmp_path):
-    spec = S.read_sweep_file(_grid(tmp_path, 'seed = [0, 1]\n'))
+    spec = S.read_sweep_file(_grid(tmp_path, "seed = [0, 1]\n"))
     assert {cfg["threads"] for cfg in S.resolve_cells(spec, tmp_path / "s", threads=3).values()} == {1}  # the file's
     spec.base.pop("threads")
     cfgs = S.resolve_cells(spec, tmp_path / "s", threads=3)
@@ -126,10 +137,15 @@ def test_bad_keys_and_values_are_reported_for_the_whole_grid_before_anything_is_
     msg = str(e.value)
     assert "3 of 4 cells cannot run, nothing was started" in msg
     assert "cell defense-erm-seed-neg1: seed must be an integer >= 0, got -1" in msg
-    assert "cells defense-pgd-a-seed-neg1, defense-pgd-a-seed-0: unknown defense 'pgd-a'" in msg and "did you mean 'pgd-at'" in msg
+    assert (
+        "cells defense-pgd-a-seed-neg1, defense-pgd-a-seed-0: unknown defense 'pgd-a'" in msg
+        and "did you mean 'pgd-at'" in msg
+    )
     # a defense option out of range is caught by the run's own plan, before anything starts
     p = _grid(tmp_path, 'defense = ["pgd-at"]\n"defense_options.steps" = [2, 0]\n', name="bad")
-    with pytest.raises(S.SweepError, match="(?s)1 of 2 cells cannot run.*cell defense-pgd-at-steps-0: defense_options.steps"):
+    with pytest.raises(
+        S.SweepError, match="(?s)1 of 2 cells cannot run.*cell defense-pgd-at-steps-0: defense_options.steps"
+    ):
         S.run_sweep(p, out=out)
     # an exclude naming an unswept key is an error; one that matches nothing is a warning
     p = _grid(tmp_path, 'defense = ["erm"]\nseed = [0]\nexclude = [{sed = 0}]\n', name="bad")
@@ -139,8 +155,11 @@ def test_bad_keys_and_values_are_reported_for_the_whole_grid_before_anything_is_
     spec = S.read_sweep_file(p)
     assert len(spec.cells) == 2
     assert spec.warnings == [f"sweep file {p}: exclude entry 1 (seed = 2) matches no cell (swept values: seed: 0, 1)"]
-    for bad, why in (("seed = 0\n", "must be a non-empty list"), ("seed = [0, 0]\n", "lists a value twice"),
-                     ('seed = [0]\nexclude = [{seed = 0}]\n', "every one of the 1 cells is excluded")):
+    for bad, why in (
+        ("seed = 0\n", "must be a non-empty list"),
+        ("seed = [0, 0]\n", "lists a value twice"),
+        ("seed = [0]\nexclude = [{seed = 0}]\n", "every one of the 1 cells is excluded"),
+    ):
         with pytest.raises(S.SweepError, match=why):
             S.read_sweep_file(_grid(tmp_path, bad, name="bad"))
     with pytest.raises(S.SweepError, match=r"no \[sweep\] table"):
@@ -150,6 +169,7 @@ def test_bad_keys_and_values_are_reported_for_the_whole_grid_before_anything_is_
 
 
 # -- the local executor, end to end ---------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory):
@@ -165,9 +185,19 @@ def test_a_2x2_sweep_finishes_and_writes_the_table_with_two_seeds_per_row(finish
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((sweep / "sweep.json").read_text())
     assert manifest["schema"] == "sweep-manifest" and manifest["keys"] == ["defense", "seed"]
-    assert manifest["executor"] == {"name": "local", "jobs": 2, "threads_per_cell": max(1, S._cores() // 2), "gpus_per_job": 0}
+    assert manifest["executor"] == {
+        "name": "local",
+        "jobs": 2,
+        "threads_per_cell": max(1, S._cores() // 2),
+        "gpus_per_job": 0,
+    }
     cells = {c["name"]: c for c in manifest["cells"]}
-    assert sorted(cells) == ["defense-erm-seed-0", "defense-erm-seed-1", "defense-fast-at-seed-0", "defense-fast-at-seed-1"]
+    assert sorted(cells) == [
+        "defense-erm-seed-0",
+        "defense-erm-seed-1",
+        "defense-fast-at-seed-0",
+        "defense-fast-at-seed-1",
+    ]
     for name, cell in cells.items():
         assert cell["run_dir"] == name and cell["job"]["executor"] == "local"
         run = sweep / name
@@ -182,13 +212,17 @@ def test_a_2x2_sweep_finishes_and_writes_the_table_with_two_seeds_per_row(finish
     assert (sweep / "comparison.csv").read_text().count("\n") >= 3
     # the progress: one line per event when not on a terminal; the final table on stdout
     assert done.stderr.count("sweep: started") == 4 and done.stderr.count("sweep: finished") == 4
-    assert "4 cells: 4 finished" in done.stdout and f"wrote sweeps/grid/comparison.md" in done.stdout
+    assert "4 cells: 4 finished" in done.stdout and "wrote sweeps/grid/comparison.md" in done.stdout
 
 
 def test_rerunning_a_finished_sweep_trains_nothing_and_status_and_report_read_the_folder(finished_sweep):
     root, p, sweep, done = finished_sweep
     assert done.returncode == 0, done.stderr[-3000:]
-    before = {n: (_env(sweep / n), (sweep / n / "metrics.jsonl").read_text()) for n in os.listdir(sweep) if (sweep / n / "env.json").exists()}
+    before = {
+        n: (_env(sweep / n), (sweep / n / "metrics.jsonl").read_text())
+        for n in os.listdir(sweep)
+        if (sweep / n / "env.json").exists()
+    }
     again = _harness("sweep", str(p), cwd=root, timeout=300)
     assert again.returncode == 0 and "sweep: started" not in again.stderr
     assert {n: (_env(sweep / n), (sweep / n / "metrics.jsonl").read_text()) for n in before} == before
@@ -211,7 +245,12 @@ def test_status_shows_every_state_and_the_error_of_a_failed_cell(finished_sweep,
     assert done.returncode == 0, done.stderr[-3000:]
     copy = tmp_path / "copy"
     shutil.copytree(sweep, copy)
-    fail, stop, gone, missing = "defense-erm-seed-0", "defense-erm-seed-1", "defense-fast-at-seed-0", "defense-fast-at-seed-1"
+    fail, stop, gone, missing = (
+        "defense-erm-seed-0",
+        "defense-erm-seed-1",
+        "defense-fast-at-seed-0",
+        "defense-fast-at-seed-1",
+    )
     RunDir(copy / fail).update_env(status="failed", error="RuntimeError: loss is nan at epoch 1")
     RunDir(copy / stop).update_env(status="interrupted", interrupted="2026-01-01T00:00:00+00:00")
     RunDir(copy / gone).update_env(status="running")  # its process was killed with no chance to say so
@@ -219,14 +258,21 @@ def test_status_shows_every_state_and_the_error_of_a_failed_cell(finished_sweep,
     status = _harness("sweep", str(p), "--status", "--out", str(copy), cwd=root, timeout=120)
     assert status.returncode == 0, status.stderr
     states = _state_lines(status.stdout)
-    assert {n: s for n, (s, _) in states.items()} == {fail: "failed", stop: "interrupted", gone: "interrupted", missing: "pending"}
+    assert {n: s for n, (s, _) in states.items()} == {
+        fail: "failed",
+        stop: "interrupted",
+        gone: "interrupted",
+        missing: "pending",
+    }
     assert "RuntimeError: loss is nan at epoch 1" in states[fail][1] and "process is gone" in states[gone][1]
     assert "1 pending, 1 failed, 2 interrupted" in status.stdout
     # a cell whose process is alive reads as running: a live submitit process stands in for it
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit"])
     try:
         record = SweepDir(copy).read_cell_record(gone)
-        record["attempts"].append({"pid": proc.pid, "host": __import__("socket").gethostname(), "started": "now", "ended": None})
+        record["attempts"].append(
+            {"pid": proc.pid, "host": __import__("socket").gethostname(), "started": "now", "ended": None}
+        )
         SweepDir(copy).write_cell_record(gone, record)
         _, live = S.sweep_status(p, out=copy)
         assert {s.cell.name: s.state for s in live}[gone] == "running"
@@ -239,10 +285,16 @@ def test_status_shows_every_state_and_the_error_of_a_failed_cell(finished_sweep,
 def test_a_killed_sweep_resumes_with_no_cell_trained_twice(tmp_path):
     """SIGTERM to the sweep while its second cell trains: the first stays finished, the second
     ends interrupted; the same command then resumes the second from its last epoch."""
-    p = _grid(tmp_path, 'seed = [0, 1]\n', name="kill", epochs=2)
+    p = _grid(tmp_path, "seed = [0, 1]\n", name="kill", epochs=2)
     sweep = tmp_path / "sweeps" / "kill"
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(p), "--jobs", "1"], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "sweep", str(p), "--jobs", "1"],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     second = RunDir(sweep / "seed-1")
     deadline = time.time() + 300
     while time.time() < deadline and not second.read_metrics() and proc.poll() is None:
@@ -262,7 +314,10 @@ def test_a_killed_sweep_resumes_with_no_cell_trained_twice(tmp_path):
     assert "sweep: resumed seed-1" in done.stderr and "seed-0" not in done.stderr
     assert (_env(sweep / "seed-0"), (sweep / "seed-0" / "metrics.jsonl").read_text()) == first
     assert [a["outcome"] for a in _attempts(sweep, "seed-0")] == ["finished"]
-    assert [(a["outcome"], a["resumed"]) for a in _attempts(sweep, "seed-1")] == [("interrupted", False), ("finished", True)]
+    assert [(a["outcome"], a["resumed"]) for a in _attempts(sweep, "seed-1")] == [
+        ("interrupted", False),
+        ("finished", True),
+    ]
     env = _env(sweep / "seed-1")
     assert env["status"] == "finished" and len(env["resumed"]) == 1
     assert second.read_metrics()[0] == epoch1 and [r["epoch"] for r in second.read_metrics()] == [1, 2]
@@ -287,6 +342,7 @@ def test_a_failed_cell_never_stops_the_others_and_its_error_is_shown(tmp_path):
 
 # -- Slurm, without a cluster ---------------------------------------------------------------------
 
+
 def _fake_slurm(bin_dir: Path) -> None:
     """sbatch answers like Slurm and keeps the script it was given; sacct says every task pends."""
     bin_dir.mkdir()
@@ -303,12 +359,17 @@ def _fake_slurm(bin_dir: Path) -> None:
 def test_slurm_submits_one_job_array_as_submitit_writes_it(tmp_path, monkeypatch):
     _fake_slurm(tmp_path / "bin")
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    p = _grid(tmp_path, 'defense = ["erm", "fast-at"]\nseed = [0, 1]\n',
-              extra='[slurm]\npartition = "gpu"\ntime = "1:30:00"\nmem = "32G"\ncpus_per_task = 8\n')
+    p = _grid(
+        tmp_path,
+        'defense = ["erm", "fast-at"]\nseed = [0, 1]\n',
+        extra='[slurm]\npartition = "gpu"\ntime = "1:30:00"\nmem = "32G"\ncpus_per_task = 8\n',
+    )
     p.write_text(p.read_text().replace("threads = 1\n", ""))  # threads follow the job's CPUs
     out = tmp_path / "sw"
     try:
-        outcome = S.run_sweep(p, out=out, executor="slurm", jobs=2, slurm={"gpus_per_job": 2}, wait=False, progress=False)
+        outcome = S.run_sweep(
+            p, out=out, executor="slurm", jobs=2, slurm={"gpus_per_job": 2}, wait=False, progress=False
+        )
         states = S.sweep_status(p, out=out)[1]
     finally:
         submitit.SlurmJob.watcher.clear()
@@ -316,10 +377,21 @@ def test_slurm_submits_one_job_array_as_submitit_writes_it(tmp_path, monkeypatch
     script = (tmp_path / "bin" / "submitted.sh").read_text()
     assert script == submitit.Job(SweepDir(out).jobs_dir, "4242").paths.submission_file.read_text()
     lines = set(script.splitlines())
-    for flag in ("--array=0-3%2", "--partition=gpu", "--time=90", "--gpus-per-node=2", "--cpus-per-task=8", "--mem=32G",
-                 "--job-name=harness-sweep-grid", "--signal=USR2@90"):
+    for flag in (
+        "--array=0-3%2",
+        "--partition=gpu",
+        "--time=90",
+        "--gpus-per-node=2",
+        "--cpus-per-task=8",
+        "--mem=32G",
+        "--job-name=harness-sweep-grid",
+        "--signal=USR2@90",
+    ):
         assert f"#SBATCH {flag}" in lines, flag
-    assert any(line.startswith("srun ") and line.endswith(f"-u -m submitit.core._submit {SweepDir(out).jobs_dir}") for line in lines)
+    assert any(
+        line.startswith("srun ") and line.endswith(f"-u -m submitit.core._submit {SweepDir(out).jobs_dir}")
+        for line in lines
+    )
     # the dry run shows the same script, made by submitit without a cluster
     assert S.slurm_script(out, S.slurm_parameters(S.read_sweep_file(p), {"gpus_per_job": 2}, jobs=2), 4) == script
     manifest = SweepDir(out).read_manifest()
@@ -341,12 +413,15 @@ def test_slurm_submits_one_job_array_as_submitit_writes_it(tmp_path, monkeypatch
 
 
 def test_bad_slurm_settings_are_clear_errors(tmp_path):
-    spec = S.read_sweep_file(_grid(tmp_path, 'seed = [0]\n', extra='[slurm]\npartiton = "gpu"\n'))
+    spec = S.read_sweep_file(_grid(tmp_path, "seed = [0]\n", extra='[slurm]\npartiton = "gpu"\n'))
     with pytest.raises(HarnessError, match="unknown \\[slurm\\] key 'partiton'; did you mean 'partition'"):
         S.slurm_parameters(spec)
     spec.slurm = {}
-    for flags, why in (({"time": "soon"}, "slurm time 'soon'"), ({"gpus_per_job": -1}, "gpus_per_job must be a whole number"),
-                       ({"mem": "lots"}, "slurm mem 'lots'")):
+    for flags, why in (
+        ({"time": "soon"}, "slurm time 'soon'"),
+        ({"gpus_per_job": -1}, "gpus_per_job must be a whole number"),
+        ({"mem": "lots"}, "slurm mem 'lots'"),
+    ):
         with pytest.raises(HarnessError, match=why):
             S.slurm_parameters(spec, flags)
     assert S.slurm_parameters(spec, {"time": "2-00:00:00", "mem": 16})["time"] == 2880
@@ -371,3 +446,13 @@ def test_the_scheduler_warning_ends_the_run_as_interrupted_then_hands_over_to_su
         assert signal.getsignal(signal.SIGUSR2) is submitit_handler
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_one_driver_per_sweep_folder(tmp_path):
+    """Two drivers on one folder would start the same pending cell twice: the second is refused."""
+    with SweepDir(tmp_path / "s").driver_lock():
+        with pytest.raises(HarnessError, match="another harness sweep is driving this folder"):
+            with SweepDir(tmp_path / "s").driver_lock():
+                pass
+    with SweepDir(tmp_path / "s").driver_lock():  # released when the first one ends
+        pass

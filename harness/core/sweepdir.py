@@ -11,13 +11,16 @@ Layout::
       NAME/                   the cell's run directory, an ordinary one (harness.core.rundir)
       submitit/               submitit's job folder: pickled jobs, sbatch scripts, logs
       comparison.md, .tex, .csv, .html   the comparison table over the cells' runs
+      .lock                   locked (flock) by the one process driving the sweep
 
 Like ``harness.core.rundir`` this module does not import torch, so ``reports/`` can read a sweep.
 """
+
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_json, read_json
@@ -34,6 +37,7 @@ class SweepDir:
     CELLS = "cells"
     JOBS = "submitit"
     COMPARISON = "comparison"
+    LOCK = ".lock"
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
@@ -61,6 +65,29 @@ class SweepDir:
 
     def comparison_path(self, extension: str) -> Path:
         return self.path / f"{self.COMPARISON}{extension}"
+
+    @contextlib.contextmanager
+    def driver_lock(self) -> Iterator[None]:
+        """Held by the one process that drives the sweep; the system releases it when that process
+        ends, however it ends. Two drivers on one folder would start the same cell twice."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no lock
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / self.LOCK, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise HarnessError(
+                    f"{self.path}: another harness sweep is driving this folder; wait for it "
+                    "(harness sweep FILE --status shows the cells)"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def read_manifest(self) -> Optional[Dict[str, Any]]:
         if not self.manifest_path.exists():
