@@ -27,7 +27,7 @@ Invariants:
   recipe < the sweep file's base < the cell's overrides; ``out`` belongs to the sweep.
 - The state of a cell is read from disk (its run directory's ``env.json``, its record in
   ``cells/``) and from the liveness of the job that last ran it, never kept in memory: a re-run
-  skips finished cells, resumes interrupted ones (``run_pipeline(None, resume=RUN_DIR)``), waits
+  skips finished cells, resumes interrupted ones (``harness.train(resume=RUN_DIR)``), waits
   for cells still running under an earlier driver, and never trains a finished cell again.
   Failed cells are retried only with ``retry_failed``.
 - A failed cell never stops the others. When every cell is finished or failed, the comparison
@@ -345,13 +345,21 @@ def resolve_cells(
 
 
 def _check_runnable(cfg: Mapping[str, Any]) -> None:
+    """What a run checks from its config before loading data (``RunContext.from_config`` and the
+    val ``Monitor``): the defense's options and a selection attack stronger than the training
+    attack. ``config.resolve`` has already checked the types and the names (suite included)."""
     import torch
 
-    from attacks.suites import get_suite
-    from harness.training import plan
+    from attacks.factory import build
+    from defenses.registry import DEFENSES
+    from harness.core.runtime import resolved_precision
+    from harness.core.threat import ThreatModel
+    from harness.monitor import check_selection
 
-    plan(cfg, torch.device("cpu"), load_data=False)  # the defense's options, the selection attack
-    get_suite(cfg["eval"]["suite"])
+    threat = ThreatModel.from_dict(cfg["threat"])
+    precision = resolved_precision(torch.device("cpu"), cfg["precision"])
+    defense = DEFENSES.get(cfg["defense"])(threat, cfg.get("defense_options") or {}, precision=precision)
+    check_selection(defense, build(dict(cfg["selection"]), threat, seed=int(cfg["seed"]), precision=precision))
 
 
 # -- one cell, inside its job ---------------------------------------------------------------------
@@ -466,12 +474,12 @@ def run_cell(spec: CellSpec) -> str:
             if spec.gpus > 1:
                 _torchrun(spec, sweep, resume)
             else:
-                from harness.pipeline import run_pipeline  # the training stack, only inside the job
+                from harness.api import train  # the training stack, only inside the job
 
                 if resume:
-                    run_pipeline(None, resume=spec.run_dir, progress=False)
+                    train(resume=spec.run_dir, progress=False)
                 else:
-                    run_pipeline(dict(spec.config), progress=False)
+                    train(config=dict(spec.config), progress=False)
         attempt["outcome"] = "finished"
         return "finished"
     except KeyboardInterrupt:

@@ -141,12 +141,15 @@ def test_bad_keys_and_values_are_reported_for_the_whole_grid_before_anything_is_
         "cells defense-pgd-a-seed-neg1, defense-pgd-a-seed-0: unknown defense 'pgd-a'" in msg
         and "did you mean 'pgd-at'" in msg
     )
-    # a defense option out of range is caught by the run's own plan, before anything starts
-    p = _grid(tmp_path, 'defense = ["pgd-at"]\n"defense_options.steps" = [2, 0]\n', name="bad")
-    with pytest.raises(
-        S.SweepError, match="(?s)1 of 2 cells cannot run.*cell defense-pgd-at-steps-0: defense_options.steps"
-    ):
+    # a defense option out of range, or a training attack as strong as the selection attack, is
+    # caught as the run itself would catch it, before anything starts
+    p = _grid(tmp_path, 'defense = ["pgd-at"]\n"defense_options.steps" = [2, 0, 30]\n', name="bad")
+    with pytest.raises(S.SweepError) as e:
         S.run_sweep(p, out=out)
+    assert "2 of 3 cells cannot run" in str(e.value) and "cell defense-pgd-at-steps-0: defense_options.steps" in str(
+        e.value
+    )
+    assert "cell defense-pgd-at-steps-30: the selection attack" in str(e.value) and "N > 30" in str(e.value)
     # an exclude naming an unswept key is an error; one that matches nothing is a warning
     p = _grid(tmp_path, 'defense = ["erm"]\nseed = [0]\nexclude = [{sed = 0}]\n', name="bad")
     with pytest.raises(S.SweepError, match="exclude entry 1 names 'sed', not a swept key"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 from harness.core.errors import ConfigError
 
@@ -78,11 +78,30 @@ class Eps:
 
 @dataclass(frozen=True)
 class ThreatModel:
-    """``norm`` in {Linf, L2}; ``eps`` in [0,1] pixel units; ``eps_text`` as the user wrote it."""
+    """``norm`` in {Linf, L2}; ``eps`` in [0,1] pixel units; ``eps_text`` as the user wrote it.
+
+    The one description of a threat that every attack, defense, check and result takes: parse it
+    once (``parse``) and hand the object down. Constructing it directly validates it too."""
 
     norm: str
     eps: float
-    eps_text: str
+    eps_text: str = ""
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"unknown norm {self.norm!r}; use one of {', '.join(NORMS)}")
+        eps = self.eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+            raise ConfigError(f"eps must be a positive number in [0,1] pixel units, got {eps!r}")
+        if self.norm == "Linf" and eps > 1:
+            raise ConfigError(f"Linf eps {eps:g} exceeds the [0,1] pixel range; did you mean {eps:g}/255?")
+        object.__setattr__(self, "eps", float(eps))
+        if not self.eps_text:
+            object.__setattr__(self, "eps_text", f"{float(eps):g}")
+
+    def with_eps(self, eps: float, text: Optional[str] = None) -> "ThreatModel":
+        """The same norm at another radius (eps sweeps, curricula)."""
+        return ThreatModel(self.norm, float(eps), text or f"{float(eps):g}")
 
     @classmethod
     def parse(cls, norm: str, eps: Union[str, float, int]) -> "ThreatModel":
