@@ -599,7 +599,7 @@ def cell_state(sweep: SweepDir, cell: Cell, job: Optional[Mapping[str, Any]] = N
         return CellState(cell, "finished", "", False, epochs)
     if status == "failed":
         return CellState(cell, "failed", str(env.get("error") or "failed"), False, epochs)
-    live, where = (False, "") if status == "interrupted" else _liveness(sweep, job, record)
+    live, where = _liveness(sweep, job, record)  # an interrupted run may be requeued and queued again
     if live:
         state = "running" if run.config_path.exists() or (attempts and attempts[-1].get("ended") is None) else "pending"
         return CellState(cell, state, where, True, epochs)
@@ -1173,6 +1173,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             dest=f"slurm_{key}",
             type=kind,
             default=None,
+            metavar="N" if kind is int else key.upper(),
             help=f"{key} of each job (overrides the file's [slurm] table)"
             + ("; local jobs too" if "gpus" in key else ""),
         )

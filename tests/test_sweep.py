@@ -332,7 +332,7 @@ def test_a_failed_cell_never_stops_the_others_and_its_error_is_shown(tmp_path):
     """val_size 5000 leaves digits no training data: an error only loading the data can find, so the
     cell fails inside its job, before its run directory exists; the other cell finishes."""
     p = _grid(tmp_path, '"data.val_size" = [5000, 100]\n', name="fail")
-    done = _harness("sweep", str(p), "--jobs", "1", cwd=tmp_path)
+    done = _harness("sweep", str(p), "--jobs", "2", cwd=tmp_path)
     sweep = tmp_path / "sweeps" / "fail"
     assert done.returncode == 1, done.stderr[-3000:]
     assert "sweep: failed val-size-5000: DataError: digits: val_size 5000 leaves no training data" in done.stderr
