@@ -69,8 +69,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-import submitit
-
 from harness import config as C
 from harness.core.errors import ConfigError, HarnessError
 from harness.core.io import atomic_write_json
@@ -379,12 +377,18 @@ class CellSpec:
         return str(Path(self.sweep_dir) / self.name)
 
 
-class CellJob(submitit.helpers.Checkpointable):
-    """The callable a submitit job runs: ``run_cell``. Checkpointable, so a job warned before its
+class CellJob:
+    """The callable a submitit job runs: ``run_cell``. Checkpointable (submitit looks for a
+    ``checkpoint`` method, as ``submitit.helpers.Checkpointable`` has), so a job warned before its
     time limit or preempted is requeued with the same cell, which then resumes its run."""
 
     def __call__(self, spec: CellSpec) -> str:
         return run_cell(spec)
+
+    def checkpoint(self, spec: CellSpec) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, spec)
 
 
 class _Preempted(KeyboardInterrupt):
@@ -440,6 +444,8 @@ def torchrun_command(spec: CellSpec, *, resume: bool) -> List[str]:
 
 
 def _job_id() -> Optional[str]:
+    import submitit
+
     try:
         return str(submitit.JobEnvironment().job_id)
     except Exception:  # noqa: BLE001 - not inside a submitit job (a direct call from Python)
@@ -484,6 +490,9 @@ def run_cell(spec: CellSpec) -> str:
         return "finished"
     except KeyboardInterrupt:
         attempt["outcome"] = "interrupted"
+        raise
+    except SystemExit:  # submitit's exit after requeuing the job (_preemption_as_interrupt)
+        attempt["outcome"] = "interrupted, requeued"
         raise
     except BaseException as e:
         attempt["outcome"] = "failed"
@@ -544,6 +553,8 @@ def _pid_alive(pid: Any) -> bool:
 
 
 def _slurm_state(sweep: SweepDir, job_id: str) -> str:
+    import submitit
+
     try:
         return str(submitit.SlurmJob(sweep.jobs_dir, job_id).state).split()[0].upper()
     except Exception:  # noqa: BLE001 - sacct missing or failing: the state is unknown
@@ -751,19 +762,19 @@ def slurm_parameters(
     return params
 
 
-class _OfflineSlurmExecutor(submitit.SlurmExecutor):
-    """submitit's SlurmExecutor on a machine without Slurm: only to write the sbatch script a
-    submission would use (``slurm_script``); it never submits."""
-
-    @classmethod
-    def affinity(cls) -> int:
-        return 2
-
-
 def slurm_script(sweep_dir: Path, params: Mapping[str, Any], count: int) -> str:
     """The sbatch script submitit writes for ``count`` cells with ``params`` (a job array when
     count > 1, as ``SlurmExecutor`` submits it), made by submitit itself without a cluster."""
-    ex = _OfflineSlurmExecutor(folder=SweepDir(sweep_dir).jobs_dir)
+    import submitit
+
+    class OfflineSlurmExecutor(submitit.SlurmExecutor):
+        """submitit's SlurmExecutor on a machine without Slurm (no srun): it only writes text."""
+
+        @classmethod
+        def affinity(cls) -> int:
+            return 2
+
+    ex = OfflineSlurmExecutor(folder=SweepDir(sweep_dir).jobs_dir)
     ex.update_parameters(**params)
     if count > 1:
         ex.parameters["map_count"] = count
@@ -987,6 +998,8 @@ def _drive_local(run: _Sweep, todo: Sequence[Cell], adopted: Sequence[Cell], eve
     """At most ``jobs`` cells at once, each a submitit LocalExecutor job; cells still running
     under an earlier driver count against ``jobs`` and are waited for. On an interrupt the jobs
     started here are cancelled (their runs end as interrupted) before it is re-raised."""
+    import submitit
+
     ex = submitit.LocalExecutor(folder=run.sweep.jobs_dir)
     ex.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
     jobs, gpu_ids = run.at_once, run.gpu_ids
@@ -1068,6 +1081,8 @@ def _submit_slurm(run: _Sweep, todo: Sequence[Cell], events: _Events) -> None:
     """One job array over ``todo`` (a single job when there is one cell), as submitit submits it."""
     if not todo:
         return
+    import submitit
+
     ex = submitit.SlurmExecutor(folder=run.sweep.jobs_dir)
     ex.update_parameters(**run.params)
     submitted = []

@@ -404,7 +404,9 @@ def test_slurm_submits_one_job_array_as_submitit_writes_it(tmp_path, monkeypatch
         job = submitit.SlurmJob(SweepDir(out).jobs_dir, cell["job"]["id"])
         sub = submitit.helpers.DelayedSubmission.load(job.paths.submitted_pickle)
         spec = sub.args[0]
-        assert isinstance(sub.function, S.CellJob) and hasattr(sub.function, "checkpoint")  # requeued on timeout
+        assert isinstance(sub.function, S.CellJob)
+        again = sub._checkpoint_function()  # what submitit requeues on a timeout or a preemption
+        assert again.function is sub.function and again.args == (spec,)
         assert spec.name == cell["name"] and spec.run_dir == str((out / cell["name"]).resolve()) and spec.gpus == 2
         assert spec.config["threads"] == 4 and spec.config["seed"] == cell["overrides"]["seed"]
         cmd = S.torchrun_command(spec, resume=False)
