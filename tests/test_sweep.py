@@ -328,6 +328,38 @@ def test_a_killed_sweep_resumes_with_no_cell_trained_twice(tmp_path):
     assert [(r[0], r[2]) for r in rows] == [("fast-at", "2")]
 
 
+def test_a_preempted_cell_is_requeued_by_submitit_and_resumes_its_run(tmp_path):
+    """The scheduler's warning (USR2, as Slurm sends it before a time limit or on preemption) to a
+    cell's process: the run ends as interrupted, submitit requeues the job (the local executor
+    restarts it), and the requeued job resumes the run from its last epoch, in one sweep."""
+    p = _grid(tmp_path, "seed = [0]\n", name="preempt", epochs=2)
+    sweep = tmp_path / "sweeps" / "preempt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "sweep", str(p)],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run = RunDir(sweep / "seed-0")
+    deadline = time.time() + 300
+    while time.time() < deadline and not run.read_metrics() and proc.poll() is None:
+        time.sleep(0.1)
+    epoch1 = run.read_metrics()[0]
+    os.kill(_attempts(sweep, "seed-0")[-1]["pid"], signal.SIGUSR2)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert [(a["outcome"], a["resumed"]) for a in _attempts(sweep, "seed-0")] == [
+        ("interrupted, requeued", False),
+        ("finished", True),
+    ]
+    env = _env(sweep / "seed-0")
+    assert env["status"] == "finished" and len(env["resumed"]) == 1
+    assert run.read_metrics()[0] == epoch1 and [r["epoch"] for r in run.read_metrics()] == [1, 2]
+    assert (sweep / "comparison.md").exists()
+
+
 def test_a_failed_cell_never_stops_the_others_and_its_error_is_shown(tmp_path):
     """val_size 5000 leaves digits no training data: an error only loading the data can find, so the
     cell fails inside its job, before its run directory exists; the other cell finishes."""
