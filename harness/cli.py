@@ -12,6 +12,8 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 from harness.core.errors import HarnessError
+from harness.core.rundir import RunDir
+from reports.summaries import eval_summary_lines, run_summary_lines
 
 log = logging.getLogger("harness")
 S = argparse.SUPPRESS
@@ -91,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-download", dest="data.download", action="store_false", default=S, help="never download data")
     _common_eval_flags(p, config_dests=True)
     p.add_argument("--out", dest="out.root", default=S, help="folder for run directories (default runs/)")
+    p.add_argument("--log", dest="log", action="append", default=S, metavar="LOGGER",
+                   help="mirror the metrics to a tracker: tensorboard, wandb or disk (repeatable; see harness ls loggers)")
     p.add_argument("--name", dest="out.name", default=S, help="run directory name (default: made from the config)")
     es = p.add_mutually_exclusive_group()
     es.add_argument("--early-stop", dest="monitor.early_stop", action="store_true", default=S, help="stop on catastrophic overfitting")
@@ -144,6 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--out", default=None, help="folder for the audit report (default audits/NAME-TIMESTAMP)")
+
+    # -- export -------------------------------------------------------------------------------
+    p = sub.add_parser("export", help="export a run's checkpoint: RobustBench model card, safetensors weights, loader")
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=["robustbench"], default="robustbench")
+    p.add_argument("-o", "--output", required=True, help="folder to write into")
+    p.add_argument("--checkpoint", default="best", help="best (default), last or epoch-N")
+    p.add_argument("--suite", default=None, help="the evaluation to take the numbers from (default: one with AutoAttack)")
+    p.add_argument("--model-id", default=None, help="RobustBench file name, e.g. Smith2026Robust (default: the run's name)")
+    for flag, what in (("--title", "name (the paper's title)"), ("--link", "link"), ("--authors", "authors"), ("--venue", "venue")):
+        p.add_argument(flag, default=None, help=f"the card's {what}")
+    p.add_argument("--force", action="store_true", help="export even an evaluation whose verdict is unreliable (the card says so)")
     return parser
 
 
@@ -224,13 +240,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     done = api.evaluate_run(args.run_dir, checkpoints=[args.checkpoint], suite=getattr(args, "suite", None),
                             n=getattr(args, "n", None), batch_size=getattr(args, "batch_size", None), device=args.device,
                             seed=args.seed, force=args.force, progress=sys.stderr.isatty())
-    from harness.core.rundir import RunDir
-    from harness.evaluation import summary_lines
-
     run = RunDir(args.run_dir)
     for ev, how in done:
         doc = ev.to_json()
-        sys.stdout.write("\n".join(summary_lines(doc)) + "\n")
+        sys.stdout.write("\n".join(eval_summary_lines(doc)) + "\n")
         where = run.eval_result_path(doc["suite"], doc["checkpoint"])
         said = {"evaluated": "written", "stored": "stored result for these weights, not re-run (--force re-runs)"}
         sys.stdout.write(f"  {said.get(how, 'written (' + how + ')')}: {where}\n")
@@ -256,42 +269,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _print_run_summary(outcome: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    summary = outcome.training
-    co = summary.get("catastrophic_overfitting", {})
-    ro = summary.get("robust_overfitting", {})
-    lines = [f"run {outcome.run.path}",
-             f"trained {summary['epochs_run']}/{summary['epochs_planned']} epochs in {summary['wall_s']:.0f}s "
-             f"({summary['passes_per_example_per_epoch']['forward']:.2f} forward / "
-             f"{summary['passes_per_example_per_epoch']['backward']:.2f} backward passes per example per epoch); "
-             f"best epoch {summary['best_epoch']} by {summary['selection_attack']['label']} on val"]
-    if co.get("detected"):
-        lines.append(f"catastrophic overfitting at epoch {co['epoch']}: {co['detail']}")
-    if ro.get("flagged"):
-        lines.append(f"robust overfitting: best - last selection accuracy = {ro['gap']:.3f} (> {ro['threshold']})")
-    for line in lines:
-        console.print(line, highlight=False)
-    if not outcome.results:
-        return
-    table = Table(title="test split: clean and worst-case robust accuracy, 95% CI", title_justify="left")
-    for col in ("checkpoint", "epoch", "suite", "n", "clean", "robust", "checks"):
-        table.add_column(col)
-    for r, how in outcome.results:
-        table.add_row(str(r.get("checkpoint")) + (f" ({how})" if how.startswith("same") else ""), str(r.get("checkpoint_epoch")),
-                      str(r.get("suite")), str((r.get("data") or {}).get("n")), _pct(r.get("clean") or {}),
-                      _pct(r.get("robust") or {}), str((r.get("checks") or {}).get("verdict", "not run")))
-    console.print(table)
-
-
-def _pct(p: Dict[str, Any]) -> str:
-    acc = p.get("accuracy")
-    if acc is None:
-        return "-"
-    ci = p.get("ci95") or [None, None]
-    return f"{100 * acc:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci[0] is not None else f"{100 * acc:.1f}%"
+    docs = [r for r, _ in outcome.results]
+    sys.stdout.write("\n".join(run_summary_lines(outcome.run.path, outcome.training, docs)) + "\n")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -314,6 +293,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_audit(args)
         if args.command == "sweep":
             return cmd_sweep(args)
+        if args.command == "export":
+            from harness.export import export_command
+
+            return export_command(args)
     except HarnessError as e:
         sys.stderr.write(f"harness: error: {e}\n")
         return e.exit_code

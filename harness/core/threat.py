@@ -39,6 +39,16 @@ def _parse_number(text: str) -> float:
         raise ConfigError(f"cannot parse eps {text!r}; write a number like 0.1 or a fraction like 8/255") from None
 
 
+def _number_text(value: Union[int, float]) -> str:
+    """How a number given from Python reads in labels: ``8/255`` for a float that is k/255 (the
+    field's usual budgets), else the shortest repr."""
+    if isinstance(value, float) and 0 < value <= 1 and math.isfinite(value):
+        k = value * 255
+        if abs(k - round(k)) < 1e-9 and round(k) >= 1:
+            return f"{round(k)}/255"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def parse_eps(value: Union[str, float, int], norm: str = "Linf") -> "Eps":
     """Parse an eps given as text (``"8/255"``, ``"0.1"``) or a number, in [0,1] pixel units.
 
@@ -49,7 +59,7 @@ def parse_eps(value: Union[str, float, int], norm: str = "Linf") -> "Eps":
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         # a config file can hold any JSON / TOML value here: true would silently mean eps = 1
         raise ConfigError(f"eps must be a number or text like 8/255, got {value!r}")
-    text = value.strip() if isinstance(value, str) else repr(float(value)) if isinstance(value, float) else str(value)
+    text = value.strip() if isinstance(value, str) else _number_text(value)
     eps = _parse_number(text) if isinstance(value, str) else float(value)
     if not math.isfinite(eps):
         raise ConfigError(f"eps must be a finite number, got {text!r}")
