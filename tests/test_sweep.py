@@ -300,7 +300,8 @@ def test_a_killed_sweep_resumes_with_no_cell_trained_twice(tmp_path):
     )
     second = RunDir(sweep / "seed-1")
     deadline = time.time() + 300
-    while time.time() < deadline and not second.read_metrics() and proc.poll() is None:
+    # epoch 1 is finished once last.pt holds it (its metrics row comes just before): from then on it is never redone
+    while time.time() < deadline and not second.checkpoint_path("last").exists() and proc.poll() is None:
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -344,7 +345,7 @@ def test_a_preempted_cell_is_requeued_by_submitit_and_resumes_its_run(tmp_path):
     )
     run = RunDir(sweep / "seed-0")
     deadline = time.time() + 300
-    while time.time() < deadline and not run.read_metrics() and proc.poll() is None:
+    while time.time() < deadline and not run.checkpoint_path("last").exists() and proc.poll() is None:
         time.sleep(0.1)
     epoch1 = run.read_metrics()[0]
     os.kill(_attempts(sweep, "seed-0")[-1]["pid"], signal.SIGUSR2)
