@@ -80,6 +80,8 @@ DEFAULTS: Dict[str, Any] = {
         "checkpoints": ["best", "last"],
     },
     "out": {"root": "runs", "name": None},
+    # the training attack's eps / steps over epochs (harness/curriculum.py): none | linear | points
+    "curriculum": {"schedule": "none", "ramp_epochs": 0, "ramp": "eps", "points": []},
 }
 
 SECTIONS_FREE = {"defense_options"}  # keys validated by their owner, not here
@@ -220,6 +222,9 @@ def check(cfg: Mapping[str, Any]) -> None:
     ckpts = cfg["eval"].get("checkpoints")
     if not isinstance(ckpts, list) or not ckpts:
         raise ConfigError("eval.checkpoints must be a non-empty list such as [\"best\", \"last\"]")
+    from harness.curriculum import check as check_curriculum
+
+    check_curriculum(cfg)
 
 
 def _int(section: Mapping[str, Any], key: str, *, minimum: int, where: str = "") -> None:

@@ -32,6 +32,7 @@ from attacks.pgd import FGSM
 from defenses.base import TrainContext
 from defenses.registry import DEFENSES
 from harness import checkpoints as ckpt
+from harness import curriculum
 from harness.config import threat_of
 from harness.data import load_dataset
 from harness.core.errors import ConfigError, HarnessError
@@ -288,6 +289,7 @@ def _epoch(epoch: int, epochs: int, run: RunDir, cfg: Mapping[str, Any], p: _Pla
            amp: Any, state: Dict[str, Any], bar: Any, batches: int) -> Dict[str, Any]:
     assert p.data is not None
     defense, dev, tcfg, mcfg = p.defense, p.device, cfg["train"], cfg["monitor"]
+    strength = curriculum.apply(defense, cfg, epoch)  # the training attack's eps / steps in force this epoch
     model.train()
     task = bar.add_task(f"epoch {epoch}/{epochs}", total=batches, info="") if bar is not None else None
     snap = counter.snapshot()
@@ -358,7 +360,7 @@ def _epoch(epoch: int, epochs: int, run: RunDir, cfg: Mapping[str, Any], p: _Pla
         "epochs": epochs,
         "time": now_iso(),
         "train": {"loss": loss, "accuracy": int(correct) / max(seen, 1), "accuracy_on": defense.accuracy_on, "lr": lr,
-                  "wall_s": train_wall, "examples": n_train, "updates": ctx.updates,
+                  "wall_s": train_wall, "examples": n_train, "updates": ctx.updates, "strength": strength,
                   "passes": {"forward": used["forward"], "backward": used["backward"],
                              "forward_per_example": used["forward"] / n_train, "backward_per_example": used["backward"] / n_train}},
         "val": val,
@@ -406,6 +408,7 @@ def _save_last(run: RunDir, model: torch.nn.Module, optimizer: torch.optim.Optim
 
 def _summary(run: RunDir, cfg: Mapping[str, Any], p: _Plan, state: Mapping[str, Any], epochs: int) -> Dict[str, Any]:
     defense = p.defense
+    final_strength = curriculum.apply(defense, cfg, max(int(state["epoch"]), 1))  # also after resuming a finished run
     hist = state["history"]
     best_sel = state["best"]["selection"]
     last_sel = hist[-1]["selection"] if hist else None
@@ -435,6 +438,7 @@ def _summary(run: RunDir, cfg: Mapping[str, Any], p: _Plan, state: Mapping[str, 
         "train_wall_s_per_epoch": float(state["train_wall_s"]) / max(int(state["epoch"]), 1),
         "passes_per_example_per_epoch": {"forward": state["passes"]["forward"] / ex, "backward": state["passes"]["backward"] / ex},
         "expected_passes_per_example_per_epoch": defense.expected_passes(),
+        "training_strength": final_strength,
         "device": str(p.device),
         "precision": p.precision,
         "memory_format": p.memory_format,

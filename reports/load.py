@@ -451,6 +451,21 @@ class RunInfo:
                 return f, b
         return None
 
+    def expected_passes_per_epoch(self) -> Optional[Tuple[float, float]]:
+        """(forward, backward) passes per training example per epoch by the paper's arithmetic."""
+        pe = dig(self.training, "expected_passes_per_example_per_epoch")
+        f, b = fnum(dig(pe, "forward")), fnum(dig(pe, "backward"))
+        return (f, b) if f is not None and b is not None else None
+
+    @property
+    def training_strength(self) -> Dict[str, Any]:
+        """The training attack's eps and steps in force at the end of training (a curriculum may
+        have weakened them), from training.json or else the last metrics row; {} if not recorded."""
+        for block in (dig(self.training, "training_strength"), dig(self.metrics, -1, "train", "strength")):
+            if isinstance(block, dict) and block:
+                return dict(block)
+        return {}
+
     def passes_total(self) -> Optional[float]:
         """Forward + backward passes per training example over the whole training, as counted."""
         per_row = [(fnum(dig(r, "train", "passes", "forward_per_example")), fnum(dig(r, "train", "passes", "backward_per_example")))
