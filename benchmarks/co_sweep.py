@@ -24,6 +24,7 @@ Regimes (``--regime``):
 Output in ``--out``: ``co_sweep.json`` (every number and the run directories), ``co_sweep.md``
 (the table) and ``co_sweep.svg`` (the figure).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,16 +43,40 @@ from harness.core.threat import parse_eps  # noqa: E402
 from harness.pipeline import run_pipeline  # noqa: E402
 from reports.svg import PALETTE, Chart, Series, line_chart  # noqa: E402
 
-COLORS = {"fast-at": PALETTE["red"], "n-fgsm": PALETTE["green"], "gradalign": PALETTE["purple"], "pgd-at": PALETTE["blue"]}
+COLORS = {
+    "fast-at": PALETTE["red"],
+    "n-fgsm": PALETTE["green"],
+    "gradalign": PALETTE["purple"],
+    "pgd-at": PALETTE["blue"],
+}
 log = logging.getLogger("co_sweep")
 
 
-def sweep_config(defense: str, dataset: str, eps: str, *, regime: str, root: str, val_n: int, selection_steps: int,
-                 pgd_steps: int, seed: int, threads: Optional[int], epochs: Optional[int], extra: Sequence[str] = ()) -> Dict[str, Any]:
+def sweep_config(
+    defense: str,
+    dataset: str,
+    eps: str,
+    *,
+    regime: str,
+    root: str,
+    val_n: int,
+    selection_steps: int,
+    pgd_steps: int,
+    seed: int,
+    threads: Optional[int],
+    epochs: Optional[int],
+    extra: Sequence[str] = (),
+) -> Dict[str, Any]:
     """The resolved config of one point of the sweep."""
-    flags: Dict[str, Any] = {"defense": defense, "dataset": dataset, "seed": seed, "threat": {"eps": eps},
-                             "selection": {"steps": selection_steps}, "monitor": {"val_n": val_n},
-                             "out": {"root": root, "name": run_name(defense, eps)}}
+    flags: Dict[str, Any] = {
+        "defense": defense,
+        "dataset": dataset,
+        "seed": seed,
+        "threat": {"eps": eps},
+        "selection": {"steps": selection_steps},
+        "monitor": {"val_n": val_n},
+        "out": {"root": root, "name": run_name(defense, eps)},
+    }
     if threads is not None:
         flags["threads"] = threads
     if regime == "common":
@@ -91,22 +116,38 @@ def point(path: Path) -> Dict[str, Any]:
     best = next((r for r in rows if r["epoch"] == training["best_epoch"]), last)
     co = training["catastrophic_overfitting"]
     cfg = run.read_config()
-    return {"defense": cfg["defense"], "eps": cfg["threat"]["eps"], "eps_value": parse_eps(cfg["threat"]["eps"]).value,
-            "run": str(path), "epochs_run": training["epochs_run"], "selection": last["val"]["selection"]["label"],
-            "n": last["val"]["n"], "last_robust": last["val"]["selection"]["accuracy"], "last_clean": last["val"]["clean"]["accuracy"],
-            "best_epoch": training["best_epoch"], "best_robust": best["val"]["selection"]["accuracy"],
-            "co": bool(co["detected"]), "co_epoch": co["epoch"], "train_attack": training["train_attack"]["label"],
-            "passes_per_epoch": training["passes_per_example_per_epoch"], "train_wall_s": training["train_wall_s"]}
+    return {
+        "defense": cfg["defense"],
+        "eps": cfg["threat"]["eps"],
+        "eps_value": parse_eps(cfg["threat"]["eps"]).value,
+        "run": str(path),
+        "epochs_run": training["epochs_run"],
+        "selection": last["val"]["selection"]["label"],
+        "n": last["val"]["n"],
+        "last_robust": last["val"]["selection"]["accuracy"],
+        "last_clean": last["val"]["clean"]["accuracy"],
+        "best_epoch": training["best_epoch"],
+        "best_robust": best["val"]["selection"]["accuracy"],
+        "co": bool(co["detected"]),
+        "co_epoch": co["epoch"],
+        "train_attack": training["train_attack"]["label"],
+        "passes_per_epoch": training["passes_per_example_per_epoch"],
+        "train_wall_s": training["train_wall_s"],
+    }
 
 
 def table_md(points: Sequence[Dict[str, Any]]) -> str:
-    head = "| defense | eps | PGD acc, last | clean, last | PGD acc, best (epoch) | catastrophic overfitting | passes fwd+bwd / ex / epoch | training attack |"
+    head = ("| defense | eps | PGD acc, last | clean, last | PGD acc, best (epoch) | catastrophic overfitting "
+            "| passes fwd+bwd / ex / epoch | training attack |")
     lines = [head, "|" + "---|" * 8]
     for p in sorted(points, key=lambda p: (p["defense"], p["eps_value"])):
         pe = p["passes_per_epoch"]
-        lines.append(f"| {p['defense']} | {p['eps']} | {100 * p['last_robust']:.1f}% | {100 * p['last_clean']:.1f}% | "
-                     f"{100 * p['best_robust']:.1f}% ({p['best_epoch']}) | {'yes, epoch ' + str(p['co_epoch']) if p['co'] else 'no'} | "
-                     f"{pe['forward']:.3g} + {pe['backward']:.3g} | {p['train_attack']} |")
+        lines.append(
+            f"| {p['defense']} | {p['eps']} | {100 * p['last_robust']:.1f}% | {100 * p['last_clean']:.1f}% | "
+            f"{100 * p['best_robust']:.1f}% ({p['best_epoch']}) | "
+            f"{'yes, epoch ' + str(p['co_epoch']) if p['co'] else 'no'} | "
+            f"{pe['forward']:.3g} + {pe['backward']:.3g} | {p['train_attack']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -117,12 +158,23 @@ def figure(points: Sequence[Dict[str, Any]], dataset: str) -> str:
     series = []
     for i, (name, ps) in enumerate(sorted(by.items())):
         ps = sorted(ps, key=lambda p: p["eps_value"])
-        series.append(Series(name, [p["eps_value"] for p in ps], [p["last_robust"] for p in ps],
-                             COLORS.get(name, list(PALETTE.values())[i % len(PALETTE)])))
+        series.append(
+            Series(
+                name,
+                [p["eps_value"] for p in ps],
+                [p["last_robust"] for p in ps],
+                COLORS.get(name, list(PALETTE.values())[i % len(PALETTE)]),
+            )
+        )
     attack = points[0]["selection"] if points else "PGD"
     n = points[0]["n"] if points else 0
-    chart = Chart(title=f"{attack} accuracy against training eps ({dataset}, last epoch, {n} val points)",
-                  x_label="training and evaluation eps (Linf)", y_label="robust accuracy", series=series, x_format="{:.3g}")
+    chart = Chart(
+        title=f"{attack} accuracy against training eps ({dataset}, last epoch, {n} val points)",
+        x_label="training and evaluation eps (Linf)",
+        y_label="robust accuracy",
+        series=series,
+        x_format="{:.3g}",
+    )
     return line_chart(chart)
 
 
@@ -147,9 +199,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     points = []
     for defense in args.defenses:
         for eps in args.eps:
-            cfg = sweep_config(defense, args.dataset, eps, regime=args.regime, root=args.root, val_n=args.val_n,
-                               selection_steps=args.selection_steps, pgd_steps=args.pgd_steps, seed=args.seed,
-                               threads=args.threads, epochs=args.epochs, extra=args.set)
+            cfg = sweep_config(
+                defense,
+                args.dataset,
+                eps,
+                regime=args.regime,
+                root=args.root,
+                val_n=args.val_n,
+                selection_steps=args.selection_steps,
+                pgd_steps=args.pgd_steps,
+                seed=args.seed,
+                threads=args.threads,
+                epochs=args.epochs,
+                extra=args.set,
+            )
             log.info("%s at eps %s", defense, eps)
             points.append(point(run_one(cfg, evaluate=args.evaluate)))
     out = Path(args.out)

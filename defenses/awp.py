@@ -30,6 +30,7 @@ default --awp-warmup 10), i.e. after 9 epochs without: the ``trades-awp`` recipe
 Cost: one extra forward and backward of the training loss per minibatch (TRADES: two, for x and
 x'); warm-up epochs do not pay it (``expected_passes`` gives the cost with AWP on).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,10 +48,15 @@ EPS = 1e-20  # the code's guard in diff_in_weights
 def awp_options(gamma: float, warmup: int, proxy_lr: float) -> Dict[str, Option]:
     """The AWP options with a host defense's code defaults."""
     return {
-        "awp_gamma": Option(gamma, "AWP size gamma: each perturbed layer moves by gamma x its weight norm (0: AWP off)", minimum=0.0),
+        "awp_gamma": Option(
+            gamma, "AWP size gamma: each perturbed layer moves by gamma x its weight norm (0: AWP off)", minimum=0.0
+        ),
         "awp_warmup": Option(warmup, "epochs trained without AWP before it switches on", kind="int", minimum=0),
-        "awp_proxy_lr": Option(proxy_lr, "learning rate of the proxy's one SGD ascent step (only its direction matters, "
-                                         "up to the 1e-20 guard)", minimum=0.0),
+        "awp_proxy_lr": Option(
+            proxy_lr,
+            "learning rate of the proxy's one SGD ascent step (only its direction matters, up to the 1e-20 guard)",
+            minimum=0.0,
+        ),
     }
 
 
@@ -84,13 +90,16 @@ class WeightPerturbation:
         as after the warm-up; gamma 0 switches AWP off, as in the code."""
         return self.gamma > 0 and (epoch is None or int(epoch) > self.warmup)
 
-    def direction(self, model: nn.Module, proxy_loss: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor],
-                  ctx: TrainContext) -> Dict[str, torch.Tensor]:
+    def direction(
+        self,
+        model: nn.Module,
+        proxy_loss: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor],
+        ctx: TrainContext,
+    ) -> Dict[str, torch.Tensor]:
         """d_l per perturbed layer: the proxy's SGD step on ``proxy_loss`` (the loss to *minimise*,
         i.e. the negated training loss), rescaled to the layer's weight norm.
         ``proxy_loss(forward)`` computes it with ``forward(x)`` = the proxy's logits."""
         layers = perturbed_layers(model)
-        names = {name for name, _ in layers}
         leaves = {name: p.detach().requires_grad_(True) for name, p in layers}
         state: Dict[str, torch.Tensor] = {name: leaves.get(name, p.detach()) for name, p in model.named_parameters()}
         state.update({name: b.detach().clone() for name, b in model.named_buffers()})
@@ -109,7 +118,6 @@ class WeightPerturbation:
                 new = old.add(g, alpha=-self.proxy_lr)  # the proxy optimizer's step
                 step = new - old
                 diff[name] = old.norm() / (step.norm() + EPS) * step
-        assert set(diff) == names
         return diff
 
     def apply(self, model: nn.Module, diff: Dict[str, torch.Tensor], sign: float) -> None:

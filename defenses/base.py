@@ -197,7 +197,8 @@ class Defense(Protocol):
         """The training attack on (x, y); final iterate; the model's mode is the caller's."""
         ...
 
-    def training_example(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def training_example(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         generator: Optional[torch.Generator]) -> torch.Tensor:
         """What the weight update trains on; within ``train_radius()`` of x and in the box."""
         ...
 
@@ -210,7 +211,8 @@ class Defense(Protocol):
     def begin_epoch(self, epoch: int) -> None:
         ...
 
-    def set_strength(self, eps: Optional[float] = None, steps: Optional[int] = None, *, eps_text: Optional[str] = None) -> None:
+    def set_strength(self, eps: Optional[float] = None, steps: Optional[int] = None, *,
+                     eps_text: Optional[str] = None) -> None:
         """Re-arm the training attack at a weaker strength (curriculum); None: as configured."""
         ...
 
@@ -303,24 +305,26 @@ class DefenseBase:
         """Called by the loop before epoch ``epoch`` (1-based) starts; AWP's warm-up reads it."""
         self.epoch = int(epoch)
 
-    def set_strength(self, eps: Optional[float] = None, steps: Optional[int] = None, *, eps_text: Optional[str] = None) -> None:
+    def set_strength(self, eps: Optional[float] = None, steps: Optional[int] = None, *,
+                     eps_text: Optional[str] = None) -> None:
         """Re-arm the training attack at ``eps`` (at most the threat model's) and ``steps`` (the
         option named by ``strength_steps_option``); None restores the configured value. Step sizes
         given as expressions of eps (``"2.5*eps/steps"``) follow the new eps and steps; numbers stay
         as given. Carried training state (Free-AT's perturbation) is kept."""
         if self.train_attack().get("attack") == "none":
-            raise ConfigError(f"defense {self.name!r} has no training attack whose strength a curriculum could schedule")
+            raise ConfigError(f"defense {self.name!r} has no training attack whose strength a curriculum could set")
         threat = self.full_threat
         if eps is not None:
             eps = float(eps)
             if not 0 < eps <= self.full_threat.eps * (1 + 1e-12):
-                raise ConfigError(f"a curriculum eps must lie in (0, {self.full_threat.eps_text}] (the threat model's), got {eps:g}")
+                raise ConfigError(f"a curriculum eps must lie in (0, {self.full_threat.eps_text}] "
+                                  f"(the threat model's), got {eps:g}")
             threat = ThreatModel(self.full_threat.norm, eps, eps_text or f"{eps:.6g}")
         options = dict(self.full_options)
         if steps is not None:
             key = self.strength_steps_option
             if key is None:
-                raise ConfigError(f"defense {self.name!r} has no attack steps a curriculum could schedule (only its eps)")
+                raise ConfigError(f"defense {self.name!r} has no attack steps a curriculum could set (only its eps)")
             options[key] = self.OPTIONS[key].check(self.name, key, steps)
         state = self.state_dict()
         self.threat, self.options = threat, options
@@ -333,8 +337,8 @@ class DefenseBase:
         steps, full_steps = self.train_attack_steps(), (self.full_options[key] if key else self.train_attack_steps())
         weaker = self.threat.eps < self.full_threat.eps * (1 - 1e-12) or steps < full_steps
         return {"eps": self.threat.eps_text, "eps_value": self.threat.eps, "steps": steps,
-                "threat_eps": self.full_threat.eps_text, "threat_eps_value": self.full_threat.eps, "configured_steps": full_steps,
-                "full_strength": not weaker}
+                "threat_eps": self.full_threat.eps_text, "threat_eps_value": self.full_threat.eps,
+                "configured_steps": full_steps, "full_strength": not weaker}
 
     def train_radius(self) -> float:
         """How far (threat norm) a training example may lie from its clean point: eps, unless a
@@ -397,7 +401,8 @@ class DefenseBase:
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
         return x.detach()
 
-    def training_example(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def training_example(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         generator: Optional[torch.Generator]) -> torch.Tensor:
         """The point the weight update's loss is computed on (before clean / adversarial mixing):
         the training attack's output, unless a defense trains on something else (N-FGSM)."""
         return self.attack(model, x, y, generator)

@@ -41,9 +41,11 @@ Recipes:
 
 | data set  | eps   | lambda | optimizer, schedule | epochs | batch | model |
 |-----------|-------|--------|---------------------|--------|-------|-------|
-| cifar10 (-100, svhn) | 8/255 | 0.2 (scheme above) | SGD 0.3, mom. 0.9, wd 5e-4, cyclic 0 -> 0.3 (at 2/5) -> 0 | 30 | 128 | preact-resnet18 |
-| fashion-mnist (derived) | 0.1 | 0.2 (derived scheme) | Adam, cyclic 0 -> 5e-3 (at 2/5) -> 0 (``fast-at``'s recipe) | 10 | 100 | small-cnn |
+| cifar10 (*) | 8/255 | 0.2 (scheme) | SGD 0.3, mom. 0.9, wd 5e-4, cyclic 0 -> 0.3 (2/5) -> 0 | 30 | 128 | preact-rn18 |
+| fashion-mnist (derived) | 0.1 | 0.2 (derived) | Adam, cyclic 0 -> 5e-3 (2/5) -> 0 (fast-at's) | 10 | 100 | small-cnn |
 | mnist (derived) | 0.3 | 0.2 (derived scheme) | same | 10 | 100 | small-cnn |
+
+(*) and cifar100, svhn, which borrow the CIFAR-10 recipe.
 
 CIFAR-10: ``--epochs 30 --lr_max 0.30`` (the README's and the scripts' GradAlign runs; the parser's
 default is 0.2), ``get_lr_schedule('cyclic')`` = interp(0 -> lr_max at epochs*2//5 -> 0), SGD
@@ -54,6 +56,7 @@ augmentation yet and runs fp32 on the CPU. MNIST-like recipes take ``fast-at``'s
 compare at equal schedule (the code trains MNIST CNNs with Adam too).
 Not early-stopped by default (the method's claim); the harness still flags catastrophic overfitting.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
@@ -68,7 +71,13 @@ from defenses.fast_at import FastAT
 from defenses.registry import DEFENSES
 from harness.core.runtime import autocast
 
-_OPTS = {"step_size": "1.25*eps", "random_start": False, "align_lambda": 0.2, "align_growth": 10.0, "attack_bn_mode": "train"}
+_OPTS = {
+    "step_size": "1.25*eps",
+    "random_start": False,
+    "align_lambda": 0.2,
+    "align_growth": 10.0,
+    "attack_bn_mode": "train",
+}
 
 
 def uniform_ball(x: torch.Tensor, norm: str, eps: float, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -84,7 +93,7 @@ def uniform_ball(x: torch.Tensor, norm: str, eps: float, generator: Optional[tor
 def alignment_regulariser(g1: torch.Tensor, g2: torch.Tensor, lam: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """(lambda * (1 - mean cos), cos per kept example) over the examples whose gradients are both non-zero."""
     a, b = g1.flatten(1).float(), g2.flatten(1).float()
-    na, nb = (a ** 2).sum(1) ** 0.5, (b ** 2).sum(1) ** 0.5
+    na, nb = (a**2).sum(1) ** 0.5, (b**2).sum(1) ** 0.5
     keep = (na != 0) & (nb != 0)
     cos = ((a[keep] / na[keep, None]) * (b[keep] / nb[keep, None])).sum(1)
     if cos.numel() == 0:
@@ -96,7 +105,10 @@ def _recipe_mnist_like(dataset: str, eps_ref: float) -> Dict[str, Any]:
     return {**FastAT.RECIPES[dataset], "defense_options": {**_OPTS, "align_eps_ref": eps_ref}}
 
 
-@DEFENSES.register("gradalign", summary="Andriushchenko & Flammarion 2020: FGSM + lambda * (1 - cos(grad at x, grad at x + eta)), double backprop")
+@DEFENSES.register(
+    "gradalign",
+    summary="Andriushchenko & Flammarion 2020: FGSM + lambda * (1 - cos(grad at x, grad at x + eta)), double backprop",
+)
 class GradAlign(DefenseBase):
     """FGSM + GradAlign (Andriushchenko & Flammarion 2020)."""
 
@@ -105,21 +117,41 @@ class GradAlign(DefenseBase):
     paper = "Andriushchenko, Flammarion 2020, Understanding and Improving Fast Adversarial Training (NeurIPS)"
     update_forwards = 2  # the regulariser's forward at x + eta and the update's, both in train mode
     OPTIONS = {
-        "step_size": Option("1.25*eps", "FGSM step, then clipped to the eps ball (from a zero start: a step of eps)", kind="step"),
-        "random_start": Option(False, "start FGSM from a uniform point of the ball (the code's attack_init random) "
-                                      "instead of x (zero, the GradAlign runs')", kind="bool"),
+        "step_size": Option(
+            "1.25*eps", "FGSM step, then clipped to the eps ball (from a zero start: a step of eps)", kind="step"
+        ),
+        "random_start": Option(
+            False,
+            "start FGSM from a uniform point of the ball (the code's attack_init random) "
+            "instead of x (zero, the GradAlign runs')",
+            kind="bool",
+        ),
         "align_lambda": Option(0.2, "lambda at eps = align_eps_ref", minimum=0.0),
         "align_eps_ref": Option(8 / 255, "the eps at which lambda = align_lambda", minimum=1e-12),
-        "align_growth": Option(10.0, "lambda's factor per further align_eps_ref of eps (1: constant lambda)", minimum=1e-12),
+        "align_growth": Option(
+            10.0, "lambda's factor per further align_eps_ref of eps (1: constant lambda)", minimum=1e-12
+        ),
         "attack_bn_mode": BN_MODE,
     }
     RECIPES = {
         "fashion-mnist": _recipe_mnist_like("fashion-mnist", 0.1),
         "mnist": _recipe_mnist_like("mnist", 0.3),
-        "cifar10": {"model": "preact-resnet18", "threat": {"norm": "Linf", "eps": "8/255"},
-                    "train": {"epochs": 30, "batch_size": 128, "optimizer": "sgd", "lr": 0.3, "momentum": 0.9,
-                              "weight_decay": 5e-4, "schedule": "cyclic", "cyclic_peak": 0.4, "keep_epoch_checkpoints": False},
-                    "defense_options": {**_OPTS, "align_eps_ref": 8 / 255}},
+        "cifar10": {
+            "model": "preact-resnet18",
+            "threat": {"norm": "Linf", "eps": "8/255"},
+            "train": {
+                "epochs": 30,
+                "batch_size": 128,
+                "optimizer": "sgd",
+                "lr": 0.3,
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "schedule": "cyclic",
+                "cyclic_peak": 0.4,
+                "keep_epoch_checkpoints": False,
+            },
+            "defense_options": {**_OPTS, "align_eps_ref": 8 / 255},
+        },
         "tiny": {**TINY_BASE, "defense_options": {**_OPTS, "align_eps_ref": 0.1}},
     }
 
@@ -129,10 +161,18 @@ class GradAlign(DefenseBase):
         self.lam = float(o["align_lambda"] * o["align_growth"] ** (self.threat.eps / o["align_eps_ref"] - 1.0))
 
     def train_attack(self) -> Dict[str, Any]:
-        return {"attack": "fgsm-rs" if self.options["random_start"] else "fgsm", **self.base_descriptor(), "steps": 1,
-                "step_size": self.alpha, "step_size_expr": str(self.options["step_size"]), "loss": "ce",
-                "random_start": self.options["random_start"], "model_mode": self.options["attack_bn_mode"],
-                "grad_align_lambda": self.lam, "align_point": "x + U(eps ball), not clipped to the box"}
+        return {
+            "attack": "fgsm-rs" if self.options["random_start"] else "fgsm",
+            **self.base_descriptor(),
+            "steps": 1,
+            "step_size": self.alpha,
+            "step_size_expr": str(self.options["step_size"]),
+            "loss": "ce",
+            "random_start": self.options["random_start"],
+            "model_mode": self.options["attack_bn_mode"],
+            "grad_align_lambda": self.lam,
+            "align_point": "x + U(eps ball), not clipped to the box",
+        }
 
     def train_attack_label(self) -> str:
         return f"{'FGSM-RS' if self.options['random_start'] else 'FGSM'} + GradAlign lambda {self.lam:.3g}"
@@ -143,18 +183,23 @@ class GradAlign(DefenseBase):
     def expected_passes(self) -> Dict[str, float]:
         return {"forward": 3.0, "backward": 4.0}
 
-    def _fgsm(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-              generator: Optional[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _fgsm(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """(x + delta, g1): the FGSM point and the input gradient it stepped along."""
         x = x.detach()
-        start = random_start(x, self.threat.norm, self.threat.eps, generator) if self.options["random_start"] else x.clone()
+        start = (
+            random_start(x, self.threat.norm, self.threat.eps, generator) if self.options["random_start"] else x.clone()
+        )
         start.requires_grad_(True)
         with autocast(x.device, self.precision):
             logits = model(start)
         (g1,) = torch.autograd.grad(F.cross_entropy(logits.float(), y), start)
         return self.project(x, ascend(start.detach(), g1, self.threat.norm, self.alpha)).detach(), g1.detach()
 
-    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> torch.Tensor:
         return self._fgsm(model, x, y, generator)[0]
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:

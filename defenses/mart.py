@@ -30,9 +30,11 @@ Recipes:
 
 | data set  | eps   | K, step | lambda | optimizer, schedule | epochs | batch | model |
 |-----------|-------|---------|--------|---------------------|--------|-------|-------|
-| cifar10 (-100, svhn) | 8/255 | 10, 0.007 | 6.0 | SGD 0.1, mom. 0.9, wd 7e-4, /10 at epoch 75, /100 at epoch 90 | 90 | 128 | wrn-34-10 |
+| cifar10 (*) | 8/255 | 10, 0.007 | 6.0 | SGD 0.1, mom. 0.9, wd 7e-4, /10 at 75, /100 at 90 | 90 | 128 | wrn-34-10 |
 | fashion-mnist (derived) | 0.1 | 40, eps/30 | 6.0 | SGD 0.01, mom. 0.9, /10 at epoch 55 | 100 | 128 | small-cnn |
 | mnist (derived) | 0.3 | 40, 0.01 | 6.0 | same | 100 | 128 | small-cnn |
+
+(*) and cifar100, svhn, which borrow the CIFAR-10 recipe.
 
 CIFAR-10 is ``train_wideresnet.py``'s defaults: ``--epochs 90 --lr 0.1 --momentum 0.9 --wd 7e-4
 --batch-size 128 --num-steps 10 --step-size 0.007 --beta 6.0``; ``adjust_learning_rate`` divides
@@ -45,6 +47,7 @@ MNIST and Fashion-MNIST have no recipe in the MART code: these are derived from 
 recipe (``defenses/trades.py``, the code MART builds on) with MART's lambda 6, and declared so.
 PGD-40 recipes raise the selection attack to PGD-50.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
@@ -59,8 +62,9 @@ from defenses.registry import DEFENSES
 from harness.core.runtime import autocast
 
 
-def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
-              beta: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mart_loss(
+    logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, boosted CE, robust term): the MART objective with the reference code's guards."""
     logits_nat, logits_adv = logits_nat.float(), logits_adv.float()
     n = logits_nat.shape[0]
@@ -76,38 +80,83 @@ def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tenso
     return boosted + beta * robust, boosted, robust
 
 
-_MNIST_TRAIN = {"epochs": 100, "batch_size": 128, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
-                "schedule": "piecewise", "milestones": [0.54], "gamma": 0.1}
+_MNIST_TRAIN = {
+    "epochs": 100,
+    "batch_size": 128,
+    "optimizer": "sgd",
+    "lr": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "schedule": "piecewise",
+    "milestones": [0.54],
+    "gamma": 0.1,
+}
 
 
-@DEFENSES.register("mart", summary="Wang et al. 2020: boosted CE on x' + lambda * KL(p(x)||p(x')) * (1 - p_y(x)), x' from PGD-10 on CE")
+@DEFENSES.register(
+    "mart", summary="Wang et al. 2020: boosted CE on x' + lambda * KL(p(x)||p(x')) * (1 - p_y(x)), x' from PGD-10 on CE"
+)
 class MART(DefenseBase):
     """MART (Wang et al. 2020)."""
 
     name = "mart"
     title = "MART"
-    paper = ("Wang, Zou, Yi, Bailey, Ma, Gu 2020, Improving Adversarial Robustness Requires Revisiting Misclassified "
-             "Examples (ICLR)")
+    paper = (
+        "Wang, Zou, Yi, Bailey, Ma, Gu 2020, Improving Adversarial Robustness Requires Revisiting Misclassified "
+        "Examples (ICLR)"
+    )
     update_forwards = 2
     strength_steps_option = "steps"
     OPTIONS = {
-        "beta": Option(6.0, "lambda, the weight of the misclassification-aware KL term (the code's --beta)", minimum=0.0),
+        "beta": Option(
+            6.0, "lambda, the weight of the misclassification-aware KL term (the code's --beta)", minimum=0.0
+        ),
         "steps": Option(10, "PGD steps K on the cross-entropy", kind="int", minimum=1),
         "step_size": Option(0.007, "PGD step size, a number or an expression of eps and steps", kind="step"),
         "init_std": Option(0.001, "std of the Gaussian start x + init_std * N(0, 1)", minimum=0.0),
-        "attack_bn_mode": Option("eval", "BatchNorm mode while generating the attack (the code: eval)",
-                                 kind="choice", choices=("train", "eval")),
+        "attack_bn_mode": Option(
+            "eval",
+            "BatchNorm mode while generating the attack (the code: eval)",
+            kind="choice",
+            choices=("train", "eval"),
+        ),
     }
     RECIPES = {
-        "fashion-mnist": {"threat": {"norm": "Linf", "eps": "0.1"}, "train": dict(_MNIST_TRAIN),
-                          "defense_options": {"beta": 6.0, "steps": 40, "step_size": "eps/30"}, "selection": {"steps": 50}},
-        "mnist": {"threat": {"norm": "Linf", "eps": "0.3"}, "train": dict(_MNIST_TRAIN),
-                  "defense_options": {"beta": 6.0, "steps": 40, "step_size": 0.01}, "selection": {"steps": 50}},
-        "cifar10": {"model": "wrn-34-10", "threat": {"norm": "Linf", "eps": "8/255"},
-                    "train": {"epochs": 90, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
-                              "weight_decay": 7e-4, "schedule": "piecewise", "milestones": [74 / 90, 89 / 90], "gamma": 0.1,
-                              "keep_epoch_checkpoints": False},
-                    "defense_options": {"beta": 6.0, "steps": 10, "step_size": 0.007, "init_std": 0.001, "attack_bn_mode": "eval"}},
+        "fashion-mnist": {
+            "threat": {"norm": "Linf", "eps": "0.1"},
+            "train": dict(_MNIST_TRAIN),
+            "defense_options": {"beta": 6.0, "steps": 40, "step_size": "eps/30"},
+            "selection": {"steps": 50},
+        },
+        "mnist": {
+            "threat": {"norm": "Linf", "eps": "0.3"},
+            "train": dict(_MNIST_TRAIN),
+            "defense_options": {"beta": 6.0, "steps": 40, "step_size": 0.01},
+            "selection": {"steps": 50},
+        },
+        "cifar10": {
+            "model": "wrn-34-10",
+            "threat": {"norm": "Linf", "eps": "8/255"},
+            "train": {
+                "epochs": 90,
+                "batch_size": 128,
+                "optimizer": "sgd",
+                "lr": 0.1,
+                "momentum": 0.9,
+                "weight_decay": 7e-4,
+                "schedule": "piecewise",
+                "milestones": [74 / 90, 89 / 90],
+                "gamma": 0.1,
+                "keep_epoch_checkpoints": False,
+            },
+            "defense_options": {
+                "beta": 6.0,
+                "steps": 10,
+                "step_size": 0.007,
+                "init_std": 0.001,
+                "attack_bn_mode": "eval",
+            },
+        },
         "tiny": {**TINY_BASE, "defense_options": {"beta": 6.0, "steps": 5, "step_size": "2.5*eps/steps"}},
     }
 
@@ -115,13 +164,23 @@ class MART(DefenseBase):
         self.alpha = self.step_size()
 
     def train_attack(self) -> Dict[str, Any]:
-        return {"attack": "pgd", **self.base_descriptor(), "steps": self.options["steps"], "step_size": self.alpha,
-                "step_size_expr": str(self.options["step_size"]), "loss": "ce", "random_start": False,
-                "init": f"x + {self.options['init_std']:g} * N(0,1)", "model_mode": self.options["attack_bn_mode"],
-                "beta": self.options["beta"]}
+        return {
+            "attack": "pgd",
+            **self.base_descriptor(),
+            "steps": self.options["steps"],
+            "step_size": self.alpha,
+            "step_size_expr": str(self.options["step_size"]),
+            "loss": "ce",
+            "random_start": False,
+            "init": f"x + {self.options['init_std']:g} * N(0,1)",
+            "model_mode": self.options["attack_bn_mode"],
+            "beta": self.options["beta"],
+        }
 
     def train_attack_label(self) -> str:
-        return f"PGD-{self.options['steps']} CE, step {self.options['step_size']} (MART, lambda {self.options['beta']:g})"
+        return (
+            f"PGD-{self.options['steps']} CE, step {self.options['step_size']} (MART, lambda {self.options['beta']:g})"
+        )
 
     def train_attack_steps(self) -> int:
         return int(self.options["steps"])
@@ -130,7 +189,9 @@ class MART(DefenseBase):
         k = float(self.options["steps"])
         return {"forward": k + 2.0, "backward": k + 2.0}
 
-    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> torch.Tensor:
         x = x.detach()
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_adv = x + self.options["init_std"] * noise

@@ -35,9 +35,11 @@ Recipes:
 
 | data set  | eps   | k, alpha | optimizer, schedule | epochs | batch | model |
 |-----------|-------|----------|---------------------|--------|-------|-------|
-| cifar10 (-100, svhn) | 8/255 | 2, eps | SGD 0.2, mom. 0.9, wd 5e-4, cyclic 0 -> 0.2 (at 1/2) -> 0 | 30 | 128 | preact-resnet18 |
-| fashion-mnist (derived) | 0.1 | 2, eps | Adam, cyclic 0 -> 5e-3 (at 2/5) -> 0 (``fast-at``'s recipe) | 10 | 100 | small-cnn |
+| cifar10 (*) | 8/255 | 2, eps | SGD 0.2, mom. 0.9, wd 5e-4, cyclic 0 -> 0.2 (1/2) -> 0 | 30 | 128 | preact-rn18 |
+| fashion-mnist (derived) | 0.1 | 2, eps | Adam, cyclic 0 -> 5e-3 (2/5) -> 0 (``fast-at``'s) | 10 | 100 | small-cnn |
 | mnist (derived) | 0.3 | 2, eps | same | 10 | 100 | small-cnn |
+
+(*) and cifar100, svhn, which borrow the CIFAR-10 recipe.
 
 CIFAR-10 is ``train.py``'s defaults (``--epochs 30 --lr-max 0.2 --lr-schedule cyclic`` with
 ``CyclicLR(step_size_up = step_size_down = half the iterations)``, SGD momentum 0.9, weight decay
@@ -49,6 +51,7 @@ a curriculum (``curriculum`` config section, per epoch); SVHN borrows the CIFAR-
 MNIST and Fashion-MNIST have no N-FGSM recipe in the code: ``fast-at``'s (the paper's MNIST recipe
 of Wong et al.) with N-FGSM's k and alpha, declared derived, so the two compare at equal budget.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
@@ -66,27 +69,45 @@ from harness.core.runtime import autocast
 _OPTS = {"noise_mult": 2.0, "step_size": "eps", "clip": 0.0, "attack_bn_mode": "train"}
 
 
-@DEFENSES.register("n-fgsm", summary="de Jorge et al. 2022: FGSM step eps from noise U(-2eps, 2eps), no projection back to the ball")
+@DEFENSES.register(
+    "n-fgsm", summary="de Jorge et al. 2022: FGSM step eps from noise U(-2eps, 2eps), no projection back to the ball"
+)
 class NFGSM(DefenseBase):
     """N-FGSM (de Jorge et al. 2022)."""
 
     name = "n-fgsm"
     title = "N-FGSM"
-    paper = ("de Jorge, Bibi, Volpi, Sanyal, Torr, Rogez, Dokania 2022, Make Some Noise: Reliable and Efficient "
-             "Single-Step Adversarial Training (NeurIPS)")
+    paper = (
+        "de Jorge, Bibi, Volpi, Sanyal, Torr, Rogez, Dokania 2022, Make Some Noise: Reliable and Efficient "
+        "Single-Step Adversarial Training (NeurIPS)"
+    )
     OPTIONS = {
         "noise_mult": Option(2.0, "k: the noise is uniform in the k*eps ball (0: no noise)", minimum=0.0),
         "step_size": Option("eps", "FGSM step alpha, a number or an expression of eps", kind="step"),
-        "clip": Option(0.0, "0: no projection (N-FGSM); c > 0: project the perturbation onto the c*eps ball", minimum=0.0),
+        "clip": Option(
+            0.0, "0: no projection (N-FGSM); c > 0: project the perturbation onto the c*eps ball", minimum=0.0
+        ),
         "attack_bn_mode": BN_MODE,
     }
     RECIPES = {
         "fashion-mnist": {**FastAT.RECIPES["fashion-mnist"], "defense_options": dict(_OPTS)},
         "mnist": {**FastAT.RECIPES["mnist"], "defense_options": dict(_OPTS)},
-        "cifar10": {"model": "preact-resnet18", "threat": {"norm": "Linf", "eps": "8/255"},
-                    "train": {"epochs": 30, "batch_size": 128, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9,
-                              "weight_decay": 5e-4, "schedule": "cyclic", "cyclic_peak": 0.5, "keep_epoch_checkpoints": False},
-                    "defense_options": dict(_OPTS)},
+        "cifar10": {
+            "model": "preact-resnet18",
+            "threat": {"norm": "Linf", "eps": "8/255"},
+            "train": {
+                "epochs": 30,
+                "batch_size": 128,
+                "optimizer": "sgd",
+                "lr": 0.2,
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "schedule": "cyclic",
+                "cyclic_peak": 0.5,
+                "keep_epoch_checkpoints": False,
+            },
+            "defense_options": dict(_OPTS),
+        },
         "tiny": {**TINY_BASE, "defense_options": dict(_OPTS)},
     }
 
@@ -100,17 +121,28 @@ class NFGSM(DefenseBase):
 
     def train_attack(self) -> Dict[str, Any]:
         k, c = self.options["noise_mult"], self.options["clip"]
-        return {"attack": "n-fgsm", **self.base_descriptor(), "steps": 1, "step_size": self.alpha,
-                "step_size_expr": str(self.options["step_size"]), "loss": "ce", "random_start": k > 0,
-                "noise": f"U(-{k:g} eps, {k:g} eps)" if k > 0 else "none", "noise_mult": k,
-                "projection": f"{c:g} eps ball" if c > 0 else "none (box only)", "train_radius": self.train_radius(),
-                "model_mode": self.options["attack_bn_mode"],
-                "measured_as": f"the N-FGSM point projected onto the eps ball and the box (training uses it unprojected, "
-                               f"up to {self.train_radius():.4g} from x)"}
+        return {
+            "attack": "n-fgsm",
+            **self.base_descriptor(),
+            "steps": 1,
+            "step_size": self.alpha,
+            "step_size_expr": str(self.options["step_size"]),
+            "loss": "ce",
+            "random_start": k > 0,
+            "noise": f"U(-{k:g} eps, {k:g} eps)" if k > 0 else "none",
+            "noise_mult": k,
+            "projection": f"{c:g} eps ball" if c > 0 else "none (box only)",
+            "train_radius": self.train_radius(),
+            "model_mode": self.options["attack_bn_mode"],
+            "measured_as": f"the N-FGSM point projected onto the eps ball and the box (training uses it unprojected, "
+            f"up to {self.train_radius():.4g} from x)",
+        }
 
     def train_attack_label(self) -> str:
         k = self.options["noise_mult"]
-        return f"N-FGSM, noise {k:g} eps, step {self.options['step_size']}" + ("" if self.options["clip"] > 0 else ", no projection")
+        return f"N-FGSM, noise {k:g} eps, step {self.options['step_size']}" + (
+            "" if self.options["clip"] > 0 else ", no projection"
+        )
 
     def train_attack_steps(self) -> int:
         return 1
@@ -118,7 +150,9 @@ class NFGSM(DefenseBase):
     def expected_passes(self) -> Dict[str, float]:
         return {"forward": 2.0, "backward": 2.0}
 
-    def training_example(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def training_example(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> torch.Tensor:
         """x + delta as the code trains on it: noise, one step, the box, no projection onto the ball."""
         x = x.detach()
         norm, eps, k = self.threat.norm, self.threat.eps, self.options["noise_mult"]
@@ -132,7 +166,9 @@ class NFGSM(DefenseBase):
             point = project(x, point, norm, self.options["clip"] * eps)
         return point.detach()
 
-    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> torch.Tensor:
         return self.project(x.detach(), self.training_example(model, x, y, generator))
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:

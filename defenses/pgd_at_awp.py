@@ -24,9 +24,11 @@ Recipes:
 
 | data set  | eps   | K, step | gamma | optimizer, schedule | epochs | batch | model |
 |-----------|-------|---------|-------|---------------------|--------|-------|-------|
-| cifar10 (-100, svhn) | 8/255 | 10, 2/255 | 0.01 | SGD 0.1, mom. 0.9, wd 5e-4, /10 at 50% and 75% | 200 | 128 | wrn-34-10 |
-| fashion-mnist (derived) | 0.1 | 40, 2*eps/K | 0.01 | ``pgd-at``'s recipe (Adam 1e-3, /10 at 90%, half of each batch adversarial) | 100 | 128 | small-cnn |
+| cifar10 (*) | 8/255 | 10, 2/255 | 0.01 | SGD 0.1, mom. 0.9, wd 5e-4, /10 at 50%, 75% | 200 | 128 | wrn-34-10 |
+| fashion-mnist (derived) | 0.1 | 40, 2*eps/K | 0.01 | pgd-at's: Adam 1e-3, /10 at 90%, f=0.5 | 100 | 128 | small-cnn |
 | mnist (derived) | 0.3 | 40, 0.01 | 0.01 | ``pgd-at``'s recipe (Adam 1e-4) | 83 | 50 | small-cnn |
+
+(*) and cifar100, svhn, which borrow the CIFAR-10 recipe.
 
 CIFAR-10 is the code's defaults (``--epochs 200 --lr-max 0.1 --lr-schedule piecewise``: lr 0.1, /10
 from half-way, /100 from three quarters; SGD momentum 0.9, weight decay 5e-4; ``--pgd-alpha 2
@@ -37,6 +39,7 @@ crops and flips; the harness has no augmentation yet. ``train_svhn.py`` differs 
 1/255, warm-up 5); SVHN borrows the CIFAR-10 recipe here. MNIST and Fashion-MNIST have no AWP recipe
 in the paper: ``pgd-at``'s recipes with AT-AWP's gamma, declared derived.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict
@@ -57,29 +60,55 @@ def _with_awp(recipe: Dict[str, Any]) -> Dict[str, Any]:
     return {**recipe, "defense_options": {**recipe["defense_options"], **_AWP}}
 
 
-@DEFENSES.register("pgd-at-awp", summary="Wu et al. 2020: PGD-AT with adversarial weight perturbation (gamma 0.01, layer-wise, restored after the step)")
+@DEFENSES.register(
+    "pgd-at-awp",
+    summary="Wu et al. 2020: PGD-AT with adversarial weight perturbation (gamma 0.01 per layer, undone after the step)",
+)
 class PGDATAWP(PGDAT):
     """PGD-AT with adversarial weight perturbation (Wu, Xia, Wang 2020)."""
 
     name = "pgd-at-awp"
     title = "AT-AWP"
-    paper = "Wu, Xia, Wang 2020, Adversarial Weight Perturbation Helps Robust Generalization (NeurIPS); on PGD-AT (Madry et al. 2018)"
+    paper = (
+        "Wu, Xia, Wang 2020, Adversarial Weight Perturbation Helps Robust Generalization (NeurIPS); "
+        "on PGD-AT (Madry et al. 2018)"
+    )
     OPTIONS = {**PGDAT.OPTIONS, **awp_options(gamma=0.01, warmup=0, proxy_lr=0.01)}
     RECIPES = {
         "fashion-mnist": _with_awp(PGDAT.RECIPES["fashion-mnist"]),
         "mnist": _with_awp(PGDAT.RECIPES["mnist"]),
-        "cifar10": {"model": "wrn-34-10", "threat": {"norm": "Linf", "eps": "8/255"},
-                    "train": {"epochs": 200, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
-                              "weight_decay": 5e-4, "schedule": "piecewise", "milestones": [0.5, 0.75], "gamma": 0.1,
-                              "keep_epoch_checkpoints": False},
-                    "defense_options": {"steps": 10, "step_size": "eps/4", "random_start": True, "adv_fraction": 1.0,
-                                        "attack_bn_mode": "train", **_AWP}},
+        "cifar10": {
+            "model": "wrn-34-10",
+            "threat": {"norm": "Linf", "eps": "8/255"},
+            "train": {
+                "epochs": 200,
+                "batch_size": 128,
+                "optimizer": "sgd",
+                "lr": 0.1,
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "schedule": "piecewise",
+                "milestones": [0.5, 0.75],
+                "gamma": 0.1,
+                "keep_epoch_checkpoints": False,
+            },
+            "defense_options": {
+                "steps": 10,
+                "step_size": "eps/4",
+                "random_start": True,
+                "adv_fraction": 1.0,
+                "attack_bn_mode": "train",
+                **_AWP,
+            },
+        },
         "tiny": {**TINY_BASE, "defense_options": {"steps": 5, "step_size": "2.5*eps/steps", **_AWP}},
     }
 
     def setup(self) -> None:
         super().setup()
-        self.awp = WeightPerturbation(self.options["awp_gamma"], self.options["awp_warmup"], self.options["awp_proxy_lr"])
+        self.awp = WeightPerturbation(
+            self.options["awp_gamma"], self.options["awp_warmup"], self.options["awp_proxy_lr"]
+        )
 
     def train_attack(self) -> Dict[str, Any]:
         return {**super().train_attack(), **self.awp.describe()}

@@ -24,9 +24,11 @@ Recipes:
 
 | data set  | eps   | K, step | beta | gamma, warm-up | optimizer, schedule | epochs | batch | model |
 |-----------|-------|---------|------|----------------|---------------------|--------|-------|-------|
-| cifar10 (-100, svhn) | 8/255 | 10, 2/255 | 6.0 | 0.005, 9 | SGD 0.1, mom. 0.9, wd 5e-4, /10 at epoch 100, /100 at 150 | 200 | 128 | wrn-34-10 |
+| cifar10 (*) | 8/255 | 10, 2/255 | 6.0 | 0.005, 9 | SGD 0.1, mom. 0.9, wd 5e-4, see below | 200 | 128 | wrn-34-10 |
 | fashion-mnist (derived) | 0.1 | 40, eps/30 | 1.0 | 0.005, 9 | ``trades``' MNIST recipe | 100 | 128 | small-cnn |
 | mnist (derived) | 0.3 | 40, 0.01 | 1.0 | 0.005, 9 | same | 100 | 128 | small-cnn |
+
+(*) and cifar100, svhn, which borrow the CIFAR-10 recipe.
 
 CIFAR-10 is the script's defaults (``--epochs 200 --lr 0.1 --momentum 0.9 --weight-decay 5e-4
 --epsilon 8 --num-steps 10 --step-size 2 --beta 6.0 --awp-gamma 0.005 --awp-warmup 10``, the
@@ -35,6 +37,7 @@ WideResNet34 architecture); ``adjust_learning_rate`` divides by 10 from epoch 10
 harness has no augmentation yet. MNIST and Fashion-MNIST: ``trades``' recipes with TRADES-AWP's
 gamma and warm-up, declared derived.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict
@@ -55,30 +58,57 @@ def _with_awp(recipe: Dict[str, Any]) -> Dict[str, Any]:
     return {**recipe, "defense_options": {**recipe["defense_options"], **_AWP}}
 
 
-@DEFENSES.register("trades-awp", summary="Wu et al. 2020: TRADES with adversarial weight perturbation (gamma 0.005, warm-up 9 epochs)")
+@DEFENSES.register(
+    "trades-awp", summary="Wu et al. 2020: TRADES with adversarial weight perturbation (gamma 0.005, warm-up 9 epochs)"
+)
 class TRADESAWP(TRADES):
     """TRADES with adversarial weight perturbation (Wu, Xia, Wang 2020)."""
 
     name = "trades-awp"
     title = "TRADES-AWP"
-    paper = "Wu, Xia, Wang 2020, Adversarial Weight Perturbation Helps Robust Generalization (NeurIPS); on TRADES (Zhang et al. 2019)"
+    paper = (
+        "Wu, Xia, Wang 2020, Adversarial Weight Perturbation Helps Robust Generalization (NeurIPS); "
+        "on TRADES (Zhang et al. 2019)"
+    )
     OPTIONS = {**TRADES.OPTIONS, **awp_options(gamma=0.005, warmup=9, proxy_lr=0.1)}
     RECIPES = {
         "fashion-mnist": _with_awp(TRADES.RECIPES["fashion-mnist"]),
         "mnist": _with_awp(TRADES.RECIPES["mnist"]),
-        "cifar10": {"model": "wrn-34-10", "threat": {"norm": "Linf", "eps": "8/255"},
-                    "train": {"epochs": 200, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
-                              "weight_decay": 5e-4, "schedule": "piecewise", "milestones": [99 / 200, 149 / 200], "gamma": 0.1,
-                              "keep_epoch_checkpoints": False},
-                    "defense_options": {"beta": 6.0, "steps": 10, "step_size": "eps/4", "init_std": 0.001,
-                                        "attack_bn_mode": "eval", **_AWP}},
-        "tiny": {**TINY_BASE, "defense_options": {"beta": 6.0, "steps": 5, "step_size": "2.5*eps/steps", **_AWP,
-                                                  "awp_warmup": 0}},
+        "cifar10": {
+            "model": "wrn-34-10",
+            "threat": {"norm": "Linf", "eps": "8/255"},
+            "train": {
+                "epochs": 200,
+                "batch_size": 128,
+                "optimizer": "sgd",
+                "lr": 0.1,
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "schedule": "piecewise",
+                "milestones": [99 / 200, 149 / 200],
+                "gamma": 0.1,
+                "keep_epoch_checkpoints": False,
+            },
+            "defense_options": {
+                "beta": 6.0,
+                "steps": 10,
+                "step_size": "eps/4",
+                "init_std": 0.001,
+                "attack_bn_mode": "eval",
+                **_AWP,
+            },
+        },
+        "tiny": {
+            **TINY_BASE,
+            "defense_options": {"beta": 6.0, "steps": 5, "step_size": "2.5*eps/steps", **_AWP, "awp_warmup": 0},
+        },
     }
 
     def setup(self) -> None:
         super().setup()
-        self.awp = WeightPerturbation(self.options["awp_gamma"], self.options["awp_warmup"], self.options["awp_proxy_lr"])
+        self.awp = WeightPerturbation(
+            self.options["awp_gamma"], self.options["awp_warmup"], self.options["awp_proxy_lr"]
+        )
 
     def train_attack(self) -> Dict[str, Any]:
         return {**super().train_attack(), **self.awp.describe()}
@@ -96,6 +126,7 @@ class TRADESAWP(TRADES):
         beta = self.options["beta"]
         diff = None
         if self.awp.active(self.epoch):
+
             def proxy_loss(f):
                 logits_nat = f(x)
                 return -(F.cross_entropy(logits_nat, y) + beta * kl_sum(logits_nat, f(x_adv)) / x.shape[0])

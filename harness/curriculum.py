@@ -26,6 +26,7 @@ end (``training_strength``), and the run report says when that was weaker than t
 the checkpoint is evaluated under: the named risk of curriculum training, a model undertrained
 for the final threat.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,10 @@ def _int(value: Any, where: str, minimum: int) -> int:
 def _points(c: Mapping[str, Any], threat: ThreatModel) -> List[Point]:
     raw = c["points"]
     if not isinstance(raw, list) or not raw:
-        raise ConfigError("curriculum.points must be a non-empty list of [epoch, eps] or [epoch, eps, steps] "
-                          "(or tables with epoch, eps, steps) when curriculum.schedule is 'points'")
+        raise ConfigError(
+            "curriculum.points must be a non-empty list of [epoch, eps] or [epoch, eps, steps] "
+            "(or tables with epoch, eps, steps) when curriculum.schedule is 'points'"
+        )
     out: List[Point] = []
     for i, p in enumerate(raw):
         where = f"curriculum.points[{i}]"
@@ -86,8 +89,10 @@ def _points(c: Mapping[str, Any], threat: ThreatModel) -> List[Point]:
         if eps is not None:
             e = parse_eps(eps, threat.norm)
             if e.value > threat.eps * (1 + 1e-12):
-                raise ConfigError(f"{where}: eps {e.text} exceeds the threat model's {threat.eps_text}; a curriculum only "
-                                  "weakens the training attack")
+                raise ConfigError(
+                    f"{where}: eps {e.text} exceeds the threat model's {threat.eps_text}; a curriculum only "
+                    "weakens the training attack"
+                )
             value, text = e.value, e.text
         if steps is not None:
             steps = _int(steps, f"{where} steps", 1)
@@ -106,8 +111,10 @@ def check(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"curriculum.schedule must be one of {', '.join(SCHEDULES)}, got {kind!r}")
     if kind == "none":
         if c["points"] or c["ramp_epochs"]:
-            raise ConfigError("curriculum.points / ramp_epochs are set but curriculum.schedule is 'none'; "
-                              "set curriculum.schedule to 'points' or 'linear'")
+            raise ConfigError(
+                "curriculum.points / ramp_epochs are set but curriculum.schedule is 'none'; "
+                "set curriculum.schedule to 'points' or 'linear'"
+            )
         return
     from defenses.registry import DEFENSES
 
@@ -115,7 +122,9 @@ def check(cfg: Mapping[str, Any]) -> None:
     threat = ThreatModel.from_dict(cfg["threat"])
     defense = cls(threat, cfg.get("defense_options") or {})
     if defense.train_attack().get("attack") == "none":
-        raise ConfigError(f"defense {cfg['defense']!r} trains without an attack: there is no strength for a curriculum to schedule")
+        raise ConfigError(
+            f"defense {cfg['defense']!r} trains without an attack: there is no strength for a curriculum to schedule"
+        )
     steps_scheduled: List[int] = []
     if kind == "linear":
         _int(c["ramp_epochs"], "curriculum.ramp_epochs", 1)
@@ -127,11 +136,15 @@ def check(cfg: Mapping[str, Any]) -> None:
         points = _points(c, threat)
         steps_scheduled += [p.steps for p in points if p.steps is not None]
     if steps_scheduled and cls.strength_steps_option is None:
-        raise ConfigError(f"defense {cfg['defense']!r} has no attack steps a curriculum could schedule; schedule its eps only")
+        raise ConfigError(
+            f"defense {cfg['defense']!r} has no attack steps a curriculum could schedule; schedule its eps only"
+        )
     selection_steps = cfg["selection"]["steps"]
     if steps_scheduled and max(steps_scheduled) >= selection_steps:
-        raise ConfigError(f"curriculum steps {max(steps_scheduled)} must stay below the selection attack's {selection_steps} "
-                          "steps (the selection attack must out-step the training attack)")
+        raise ConfigError(
+            f"curriculum steps {max(steps_scheduled)} must stay below the selection attack's {selection_steps} "
+            "steps (the selection attack must out-step the training attack)"
+        )
 
 
 def strength_at(cfg: Mapping[str, Any], epoch: int, threat: ThreatModel, steps: int) -> Point:

@@ -227,8 +227,9 @@ def undertrained_note(info: RunInfo) -> Optional[str]:
     if isinstance(steps, int):
         what.append(f"{steps} step(s)" + (f" < the configured {full_steps}" if weaker_steps else ""))
     sched = st.get("schedule")
-    return (f"Undertrained for the final threat: at the end of training (epoch {st.get('epoch', '?')}) the training attack ran "
-            f"at {', '.join(what)}, weaker than the threat model it is evaluated under ({info.norm} eps={target_text})"
+    return (f"Undertrained for the final threat: at the end of training (epoch {st.get('epoch', '?')}) the training "
+            f"attack ran at {', '.join(what)}, weaker than the threat model it is evaluated under "
+            f"({info.norm} eps={target_text})"
             + (f"; curriculum schedule '{sched}'" if sched and sched != "none" else "") + ".")
 
 

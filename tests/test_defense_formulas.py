@@ -7,6 +7,7 @@ point against de Jorge et al. 2022's definition (Sec. 4), GradAlign against Andr
 Flammarion 2020's regulariser (Sec. 5, Eq. 6). The registry-driven tests in test_defenses.py and
 test_train.py cover what every defense shares (passes, invariants, resume).
 """
+
 from __future__ import annotations
 
 import copy
@@ -50,6 +51,7 @@ def _softmax_rows(logits):
 
 
 # -- MART ------------------------------------------------------------------------------------------
+
 
 def mart_oracle(logits_nat, logits_adv, y, lam, *, guards):
     """Wang et al. 2020, the MART objective:
@@ -114,6 +116,7 @@ def test_mart_attack_is_pgd_on_cross_entropy_from_a_small_gaussian_start():
 
 # -- AWP -------------------------------------------------------------------------------------------
 
+
 def _awp_oracle_step(model, loss_fn, gamma, lr, momentum, weight_decay):
     """Wu et al. 2020, Algorithm 1 with one ascent step on v from 0: per weight matrix w_l,
     v_l = gamma * ||w_l|| * g_l / ||g_l|| with g_l = grad_{w_l} loss(w) (the ascent direction
@@ -172,7 +175,9 @@ def test_awp_perturbs_weight_matrices_only_by_gamma_times_their_norm():
     awp = WeightPerturbation(gamma=0.01, warmup=0, proxy_lr=0.01)
     diff = awp.direction(model, lambda f: -F.cross_entropy(f(x), y), _ctx(model))
     after_direction = model.state_dict()
-    assert all(torch.equal(before[k], after_direction[k]) for k in before)  # the proxy's BatchNorm update stays in the proxy
+    assert all(
+        torch.equal(before[k], after_direction[k]) for k in before
+    )  # the proxy's BatchNorm update stays in the proxy
     awp.apply(model, diff, +1.0)
     for name, p in model.named_parameters():
         moved = (p.detach() - before[name]).norm()
@@ -207,6 +212,7 @@ def test_awp_warm_up_trains_plain_then_switches_on():
 
 # -- N-FGSM ----------------------------------------------------------------------------------------
 
+
 def test_n_fgsm_trains_on_noise_of_k_eps_plus_a_step_of_alpha_without_projection():
     """de Jorge et al. 2022: x_train = clip_[0,1](x + eta + alpha * sign(grad at x + eta)),
     eta ~ U(-k eps, k eps) clipped to the box, alpha = eps, k = 2, no projection onto the ball."""
@@ -237,6 +243,7 @@ def test_n_fgsm_trains_on_noise_of_k_eps_plus_a_step_of_alpha_without_projection
 
 
 # -- GradAlign -------------------------------------------------------------------------------------
+
 
 def test_gradalign_regulariser_is_lambda_times_one_minus_cosine():
     from defenses.gradalign import alignment_regulariser

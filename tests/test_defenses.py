@@ -38,7 +38,8 @@ def _setup(name, *, seed=0, model=None, options=None):
 
 
 def test_every_planned_defense_is_registered():
-    assert set(NAMES) >= {"erm", "pgd-at", "trades", "free-at", "fast-at", "mart", "pgd-at-awp", "trades-awp", "n-fgsm", "gradalign"}
+    assert set(NAMES) >= {"erm", "pgd-at", "trades", "free-at", "fast-at",
+                          "mart", "pgd-at-awp", "trades-awp", "n-fgsm", "gradalign"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -62,7 +63,8 @@ def test_step_changes_weights_reports_loss_and_passes_and_leaves_train_mode(name
 
 @pytest.mark.parametrize("name,forward,backward", [
     ("erm", 1, 1), ("fast-at", 2, 2), ("pgd-at", 5 + 1, 5 + 1), ("trades", 5 + 3, 5 + 2), ("free-at", 4, 4),
-    ("mart", 5 + 2, 5 + 2), ("pgd-at-awp", 5 + 2, 5 + 2), ("trades-awp", 5 + 5, 5 + 4), ("n-fgsm", 2, 2), ("gradalign", 3, 4)])
+    ("mart", 5 + 2, 5 + 2), ("pgd-at-awp", 5 + 2, 5 + 2), ("trades-awp", 5 + 5, 5 + 4), ("n-fgsm", 2, 2),
+    ("gradalign", 3, 4)])
 def test_measured_passes_match_the_papers_arithmetic(name, forward, backward):
     """science.md section 4: plain 1, PGD-K K+1, TRADES-K about K+2 (plus the target forward),
     Fast-AT 2, Free-AT m per minibatch (synthetic recipes: K = 5, m = 4). MART K+2 (x and x'),
