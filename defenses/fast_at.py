@@ -92,7 +92,7 @@ class FastAT(DefenseBase):
         return {"forward": 2.0, "backward": 2.0}
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        return perturb(model, x, y, norm=self.threat.norm, eps=self.threat.eps, steps=1, step_size=self.alpha, loss="ce",
+        return perturb(model, x, y, threat=self.threat, steps=1, step_size=self.alpha, loss="ce",
                        random_init=self.options["random_start"], generator=generator, precision=self.precision)
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:

@@ -114,7 +114,7 @@ class PGDAT(DefenseBase):
         return {"forward": k + 1.0, "backward": k + 1.0}
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        return perturb(model, x, y, norm=self.threat.norm, eps=self.threat.eps, steps=self.options["steps"],
+        return perturb(model, x, y, threat=self.threat, steps=self.options["steps"],
                        step_size=self.alpha, loss=self.options["loss"], random_init=self.options["random_start"],
                        generator=generator, precision=self.precision)
 

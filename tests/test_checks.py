@@ -18,6 +18,7 @@ from attacks.checks.optimisation import incomplete_optimisation
 from attacks.pgd import PGD
 from attacks.registry import CHECKS
 from harness.core.errors import UnknownNameError
+from harness.core.threat import ThreatModel
 from harness.core.registry import Entry
 
 from broken_models import ReferenceSquare, cascade, broken_models, train_small_cnn
@@ -37,7 +38,7 @@ def points(trained):
 
 
 def standard_attacks():
-    return [PGD("Linf", EPS, steps=50), PGD("Linf", EPS, steps=50, loss="margin"), ReferenceSquare("Linf", EPS, queries=1000)]
+    return [PGD(ThreatModel("Linf", EPS), steps=50), PGD(ThreatModel("Linf", EPS), steps=50, loss="margin"), ReferenceSquare(ThreatModel("Linf", EPS), queries=1000)]
 
 
 def make_ctx(model, trained, points, *, attacks=None, surrogate=True, n=N, max_points=N, suite="standard"):
@@ -47,7 +48,7 @@ def make_ctx(model, trained, points, *, attacks=None, surrogate=True, n=N, max_p
     if attacks is not None:
         record, correct, robust = cascade(model, x, y, attacks)
         kw = {"attacks": record, "clean_correct": correct, "robust": robust}
-    return CheckContext(model=model, x=x, y=y, norm="Linf", eps=EPS, eps_text=f"{EPS:g}", num_classes=trained.data.num_classes,
+    return CheckContext(model=model, x=x, y=y, threat=ThreatModel("Linf", EPS), num_classes=trained.data.num_classes,
                         seed=0, batch_size=128, device=torch.device("cpu"), max_points=max_points, suite=suite,
                         surrogate_data=(trained.data.train.x, trained.data.train.y) if surrogate else None, **kw)
 
@@ -181,7 +182,7 @@ def test_masked_gradients_are_caught_by_the_attack_comparisons(trained, points):
     """The zero-gradient model through the full list with a white-box-only suite: black-box,
     noise, transfer and the eps sweep all see what the gradient attacks miss."""
     model = broken_models(trained.model, trained.data)["gradients"]
-    ctx = make_ctx(model, trained, points, attacks=[PGD("Linf", EPS, steps=20)], n=100)
+    ctx = make_ctx(model, trained, points, attacks=[PGD(ThreatModel("Linf", EPS), steps=20)], n=100)
     block = run_checks(ALL_CHECKS, ctx)
     f = by_name(block)
     assert block["verdict"] == "unreliable"
@@ -193,14 +194,13 @@ def test_masked_gradients_are_caught_by_the_attack_comparisons(trained, points):
 
 
 def test_the_engine_stores_the_verdict_and_prints_it_above_the_numbers(trained, points):
+    from harness.context import EvalSetting
     from harness.evaluation import evaluate_model, summary_lines
-    from harness.core.threat import ThreatModel
 
     model = broken_models(trained.model, trained.data)["gradients"]
     x, y = points
     suite = {"name": "pgd-cheap", "n": 60, "checks": "cheap", "attacks": [{"attack": "pgd", "steps": 20}]}
-    doc = evaluate_model(model, x[:60], y[:60], suite=suite, threat=ThreatModel.parse("Linf", "0.1"), num_classes=10,
-                         batch_size=64, progress=False)
+    doc = evaluate_model(model, x[:60], y[:60], EvalSetting(suite, ThreatModel.parse("Linf", "0.1"), 10, batch_size=64), progress=False)
     checks = doc["checks"]
     assert checks["verdict"] == "unreliable"
     assert [f["check"] for f in checks["findings"]] == CHEAP_CHECKS

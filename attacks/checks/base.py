@@ -38,6 +38,7 @@ from harness.core.runtime import autocast
 from attacks.pgd import PGD
 from attacks.registry import CHECKS
 from harness.core.errors import HarnessError, ThreatModelViolation
+from harness.core.threat import ThreatModel
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +129,7 @@ class CheckContext:
     model: nn.Module
     x: torch.Tensor
     y: torch.Tensor
-    norm: str
-    eps: float
-    eps_text: str
+    threat: ThreatModel
     num_classes: int
     seed: int
     batch_size: int
@@ -149,6 +148,18 @@ class CheckContext:
         self.batch_size = max(1, int(self.batch_size))
         if self.x.shape[0] != self.y.shape[0]:
             raise HarnessError(f"checks: {self.x.shape[0]} images but {self.y.shape[0]} labels")
+
+    @property
+    def norm(self) -> str:
+        return self.threat.norm
+
+    @property
+    def eps(self) -> float:
+        return self.threat.eps
+
+    @property
+    def eps_text(self) -> str:
+        return self.threat.eps_text
 
     @property
     def n(self) -> int:
@@ -250,9 +261,8 @@ def run_attack(ctx: CheckContext, attack: Any, idx: torch.Tensor, *, generator: 
 
 def pgd(ctx: CheckContext, *, eps: Optional[float] = None, steps: int = 20, restarts: int = 1, loss: str = "ce",
         seed_salt: str = "pgd") -> Any:
-    e = ctx.eps if eps is None else eps
-    return PGD(ctx.norm, e, steps=steps, restarts=restarts, loss=loss, seed=ctx.seed, precision=ctx.precision,
-               eps_text=ctx.eps_text if eps is None else f"{e:g}")
+    threat = ctx.threat if eps is None else ctx.threat.with_eps(eps)
+    return PGD(threat, steps=steps, restarts=restarts, loss=loss, seed=ctx.seed, precision=ctx.precision)
 
 
 def suite_attack_entries(ctx: CheckContext) -> List[Dict[str, Any]]:

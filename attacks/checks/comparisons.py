@@ -50,7 +50,7 @@ def fgsm_vs_pgd(ctx: CheckContext) -> Finding:
     idx = cc.nonzero().squeeze(1)
     if idx.numel() == 0:
         return skipped("fgsm-vs-pgd", "the model classifies none of the points correctly", points=m)
-    fgsm = FGSM(ctx.norm, ctx.eps, eps_text=ctx.eps_text, precision=ctx.precision, seed=ctx.seed)
+    fgsm = FGSM(ctx.threat, precision=ctx.precision, seed=ctx.seed)
     fg = _scatter(run_attack(ctx, fgsm, idx).success, idx, m)
     rob, src = suite_robust(ctx)
     p = pgd(ctx, steps=20, loss="ce")
@@ -304,7 +304,7 @@ def fit_surrogate(ctx: CheckContext) -> Tuple[nn.Module, Dict[str, Any]]:
             b = order[s]
             xb, yb = xs[b], labels[b]
             sur.eval()
-            xa = perturb(sur, xb, yb, norm=ctx.norm, eps=ctx.eps, steps=1, step_size=1.25 * ctx.eps, generator=gen)
+            xa = perturb(sur, xb, yb, threat=ctx.threat, steps=1, step_size=1.25 * ctx.eps, generator=gen)
             sur.train()
             loss = F.cross_entropy(sur(xa), yb)
             opt.zero_grad(set_to_none=True)
@@ -359,7 +359,7 @@ def transfer(ctx: CheckContext) -> Finding:
         for s in batched(idx.numel(), ctx.batch_size):
             b = idx[s]
             x, y = ctx.x[b], ctx.y[b]
-            xa = perturb(sur, x, y, norm=ctx.norm, eps=ctx.eps, steps=TRANSFER_STEPS,
+            xa = perturb(sur, x, y, threat=ctx.threat, steps=TRANSFER_STEPS,
                          step_size=2.5 * ctx.eps / TRANSFER_STEPS, loss="ce", generator=gen)
             verify(x, xa, ctx.norm, ctx.eps, what="transfer example (sanity check)")
             with torch.no_grad():
