@@ -12,6 +12,8 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 from harness.core.errors import HarnessError
+from harness.core.rundir import RunDir
+from reports.summaries import eval_summary_lines, run_summary_lines
 
 log = logging.getLogger("harness")
 S = argparse.SUPPRESS
@@ -219,13 +221,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     done = api.evaluate_run(args.run_dir, checkpoints=[args.checkpoint], suite=getattr(args, "suite", None),
                             n=getattr(args, "n", None), batch_size=getattr(args, "batch_size", None), device=args.device,
                             seed=args.seed, force=args.force, progress=sys.stderr.isatty())
-    from harness.core.rundir import RunDir
-    from harness.evaluation import summary_lines
-
     run = RunDir(args.run_dir)
     for ev, how in done:
         doc = ev.to_json()
-        sys.stdout.write("\n".join(summary_lines(doc)) + "\n")
+        sys.stdout.write("\n".join(eval_summary_lines(doc)) + "\n")
         where = run.eval_result_path(doc["suite"], doc["checkpoint"])
         said = {"evaluated": "written", "stored": "stored result for these weights, not re-run (--force re-runs)"}
         sys.stdout.write(f"  {said.get(how, 'written (' + how + ')')}: {where}\n")
@@ -245,42 +244,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _print_run_summary(outcome: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    summary = outcome.training
-    co = summary.get("catastrophic_overfitting", {})
-    ro = summary.get("robust_overfitting", {})
-    lines = [f"run {outcome.run.path}",
-             f"trained {summary['epochs_run']}/{summary['epochs_planned']} epochs in {summary['wall_s']:.0f}s "
-             f"({summary['passes_per_example_per_epoch']['forward']:.2f} forward / "
-             f"{summary['passes_per_example_per_epoch']['backward']:.2f} backward passes per example per epoch); "
-             f"best epoch {summary['best_epoch']} by {summary['selection_attack']['label']} on val"]
-    if co.get("detected"):
-        lines.append(f"catastrophic overfitting at epoch {co['epoch']}: {co['detail']}")
-    if ro.get("flagged"):
-        lines.append(f"robust overfitting: best - last selection accuracy = {ro['gap']:.3f} (> {ro['threshold']})")
-    for line in lines:
-        console.print(line, highlight=False)
-    if not outcome.results:
-        return
-    table = Table(title="test split: clean and worst-case robust accuracy, 95% CI", title_justify="left")
-    for col in ("checkpoint", "epoch", "suite", "n", "clean", "robust", "checks"):
-        table.add_column(col)
-    for r, how in outcome.results:
-        table.add_row(str(r.get("checkpoint")) + (f" ({how})" if how.startswith("same") else ""), str(r.get("checkpoint_epoch")),
-                      str(r.get("suite")), str((r.get("data") or {}).get("n")), _pct(r.get("clean") or {}),
-                      _pct(r.get("robust") or {}), str((r.get("checks") or {}).get("verdict", "not run")))
-    console.print(table)
-
-
-def _pct(p: Dict[str, Any]) -> str:
-    acc = p.get("accuracy")
-    if acc is None:
-        return "-"
-    ci = p.get("ci95") or [None, None]
-    return f"{100 * acc:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci[0] is not None else f"{100 * acc:.1f}%"
+    docs = [r for r, _ in outcome.results]
+    sys.stdout.write("\n".join(run_summary_lines(outcome.run.path, outcome.training, docs)) + "\n")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

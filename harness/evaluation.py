@@ -410,34 +410,3 @@ def evaluate_checkpoints(run: RunDir, ctx: RunContext, setting: EvalSetting, che
         run.write_eval_result(setting.suite_name, name, doc)
         out.append((doc, how))
     return out
-
-
-# -- CLI summary -------------------------------------------------------------------------------
-
-def pct(p: Optional[float]) -> str:
-    return "n/a" if p is None else f"{100 * p:.1f}%"
-
-
-def summary_lines(doc: Dict[str, Any]) -> List[str]:
-    """The CLI summary of one result: the verdict first, then every number with its label."""
-    t = doc["threat"]
-    n = doc["clean"]["n"]
-    head = f"{doc.get('checkpoint', 'model')}" + (f" (epoch {doc['checkpoint_epoch']})" if doc.get("checkpoint_epoch") is not None else "")
-    lines = [f"{head}: suite {doc['suite']}, {t['norm']} eps={t['eps']}, n={n}, seed {doc['seed']}"]
-    ch = doc.get("checks", {})
-    reasons = "; ".join(ch.get("reasons", [])[:3])
-    lines.append(f"  verdict: {ch.get('verdict', 'not run')}" + (f" ({reasons})" if reasons else ""))
-    for f in ch.get("findings", []):
-        lines.append(f"    {f.get('status', '?'):<7} {f.get('check', '?'):<19} {f.get('message', '')}")
-    c = doc["clean"]
-    lines.append(f"  clean accuracy            {pct(c['accuracy']):>7} [{pct(c['ci95'][0])}, {pct(c['ci95'][1])}]")
-    for a in doc["attacks"]:
-        af = a["after"]
-        lines.append(f"  after {a['label']:<38} {pct(af['accuracy']):>7}  (ran on {a['ran_on']}, broke {a['broke']}, "
-                     f"{a['passes']['forward_per_attacked'] or 0:.0f} fwd / {a['passes']['backward_per_attacked'] or 0:.0f} bwd per attacked point)")
-    r = doc["robust"]
-    lines.append(f"  robust accuracy {pct(r['accuracy'])} [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}] against {doc['suite']}, "
-                 f"{t['norm']} eps={t['eps']}, n={n} (per-example worst case)")
-    lines.append(f"  cost: {doc['cost']['wall_s']:.1f} s, {doc['cost']['forward_per_example']:.0f} forward / "
-                 f"{doc['cost']['backward_per_example']:.0f} backward passes per example")
-    return lines

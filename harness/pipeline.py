@@ -134,4 +134,3 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _render(run: RunDir) -> None:
     render_run(run.path)
-

@@ -76,6 +76,16 @@ def test_every_registered_check_is_in_the_lists_with_a_spec_sheet():
         assert entry.summary
 
 
+def test_the_running_order_is_declared_at_registration():
+    """ALL_CHECKS is read from the registry, not kept as a second list: each check declares its
+    place (``order=``), cheap model checks before attack comparisons, the costliest last."""
+    orders = {e.name: e.meta.get("order") for e in CHECKS.entries()}
+    assert all(isinstance(o, int) for o in orders.values()), orders
+    assert len(set(orders.values())) == len(orders)
+    assert ALL_CHECKS == sorted(orders, key=orders.get)
+    assert ALL_CHECKS[0] == "outputs" and ALL_CHECKS[-1] == "transfer"
+
+
 def test_unknown_check_name_gets_a_did_you_mean(trained, points):
     ctx = make_ctx(trained.model, trained, points, surrogate=False, n=8)
     with pytest.raises(UnknownNameError, match="did you mean 'gradients'"):
@@ -195,7 +205,8 @@ def test_masked_gradients_are_caught_by_the_attack_comparisons(trained, points):
 
 def test_the_engine_stores_the_verdict_and_prints_it_above_the_numbers(trained, points):
     from harness.context import EvalSetting
-    from harness.evaluation import evaluate_model, summary_lines
+    from harness.evaluation import evaluate_model
+    from reports.summaries import eval_summary_lines as summary_lines
 
     model = broken_models(trained.model, trained.data)["gradients"]
     x, y = points

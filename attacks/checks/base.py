@@ -37,13 +37,11 @@ from attacks.base import AttackResult, PassCounter, batched, eval_mode, verify
 from harness.core.runtime import autocast
 from attacks.pgd import PGD
 from attacks.registry import CHECKS
+from harness.core.documents import STATUSES, VERDICTS, Finding, jsonable
 from harness.core.errors import HarnessError, ThreatModelViolation
 from harness.core.threat import ThreatModel
 
 log = logging.getLogger(__name__)
-
-STATUSES = ("ok", "warn", "fail", "skipped")
-VERDICTS = ("reliable", "suspicious", "unreliable", "not run")
 
 # per-example allowances shared by the checks that count points (see "Small-sample allowances")
 PER_POINT_WARN = 0.005   # 0.5% of points: the A1/C1 allowance of science.md 1.6 (a proposal there)
@@ -56,34 +54,8 @@ BLACKBOX = {"square"}
 
 
 # ---------------------------------------------------------------------------------------------
-# findings and verdict
+# findings and verdict (a Finding is a stored document: it lives in harness.core.documents)
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Finding:
-    """What one check found. ``status``: ok / warn / fail / skipped. ``values``: what it measured
-    (plain numbers, lists, small dicts). ``threshold``: the rule it applied (a number or a dict of
-    named limits). ``message``: one sentence a person understands. ``cost`` is filled in by
-    ``run_checks``: wall time and passes through the model under evaluation."""
-
-    check: str
-    status: str
-    values: Dict[str, Any] = field(default_factory=dict)
-    threshold: Any = None
-    message: str = ""
-    cost: Dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"finding status must be one of {STATUSES}, got {self.status!r}")
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = {"check": self.check, "status": self.status, "values": jsonable(self.values),
-             "threshold": jsonable(self.threshold), "message": self.message}
-        if self.cost:
-            d["cost"] = jsonable(self.cost)
-        return d
-
-
 def skipped(check: str, reason: str, **values: Any) -> Finding:
     return Finding(check, "skipped", dict(values), None, reason)
 
@@ -190,24 +162,6 @@ def allowance(m: int, frac: float, floor: int = 1) -> int:
 
 def tiered(count: int, warn_above: int, fail_above: int) -> str:
     return "fail" if count > fail_above else "warn" if count > warn_above else "ok"
-
-
-def jsonable(v: Any) -> Any:
-    """Tensors, arrays and numpy scalars to plain Python; NaN and infinities to None (strict JSON)."""
-    if isinstance(v, torch.Tensor):
-        v = v.detach().cpu()
-        return jsonable(v.item() if v.dim() == 0 else v.tolist())
-    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):  # numpy
-        return jsonable(v.tolist())
-    if isinstance(v, Mapping):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (bool, int, float, str)) or v is None:
-        return v
-    return str(v)
 
 
 def as_bool(v: Any, n: int, device: torch.device) -> Optional[torch.Tensor]:

@@ -31,7 +31,8 @@ def _scatter(mask_sub: torch.Tensor, idx: torch.Tensor, m: int) -> torch.Tensor:
     return out
 
 
-@CHECKS.register("fgsm-vs-pgd", summary="the iterative attacks beat the one-step attack (A1/C1)", cheap=True, basis="A1/C1")
+@CHECKS.register("fgsm-vs-pgd", summary="the iterative attacks beat the one-step attack (A1/C1)",
+                 cheap=True, basis="A1/C1", order=60)
 def fgsm_vs_pgd(ctx: CheckContext) -> Finding:
     """One-step must not beat iterative (Athalye et al. A1, Carlini et al. C1; science.md 1.6).
 
@@ -116,8 +117,9 @@ def run_square(ctx: CheckContext, idx: torch.Tensor, queries: int = SQUARE_QUERI
     return success
 
 
-@CHECKS.register("square-vs-whitebox", summary="Square (black-box) breaks no points the white-box attacks missed (A2/C8/D4)",
-                 cheap=False, basis="A2/C8/D4")
+@CHECKS.register("square-vs-whitebox",
+                 summary="Square (black-box) breaks no points the white-box attacks missed (A2/C8/D4)",
+                 cheap=False, basis="A2/C8/D4", order=90)
 def square_vs_whitebox(ctx: CheckContext) -> Finding:
     """Black-box must not beat white-box (Athalye et al. A2, Carlini et al. C8, AutoAttack D4).
 
@@ -186,8 +188,9 @@ def _noise(shape: Tuple[int, ...], norm: str, eps: float, gen: torch.Generator, 
     return (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12) * eps).reshape(shape)  # on the sphere
 
 
-@CHECKS.register("random-noise", summary="random points in the eps ball break no points the gradient attacks missed (A4/C9)",
-                 cheap=False, basis="A4/C9")
+@CHECKS.register("random-noise",
+                 summary="random points in the eps ball break no points the gradient attacks missed (A4/C9)",
+                 cheap=False, basis="A4/C9", order=100)
 def random_noise(ctx: CheckContext) -> Finding:
     """Random sampling must not find adversarial examples the gradient attacks missed (Athalye
     et al. A4, Carlini et al. C9; science.md 1.6 "Random noise").
@@ -327,8 +330,9 @@ def logits_of_model(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch
         return torch.cat([model(x[s]).float() for s in batched(x.shape[0], batch_size)])
 
 
-@CHECKS.register("transfer", summary="adversarial examples from a surrogate model break no more points than white-box (C11/A2)",
-                 cheap=False, basis="C11/A2/I3")
+@CHECKS.register("transfer",
+                 summary="adversarial examples from a surrogate model break no more points than white-box (C11/A2)",
+                 cheap=False, basis="C11/A2/I3", order=120)
 def transfer(ctx: CheckContext) -> Finding:
     """Transfer attacks must be weaker than white-box attacks (Carlini et al. C11, Athalye et al.
     A2; Pintor et al. I3 for the transfer record).

@@ -47,7 +47,6 @@ from torch import nn
 
 from attacks.base import eval_mode
 from harness.audit.model_files import build_from_file, parse_model_spec
-from harness.audit.report import render_html, render_markdown, summary_lines
 from harness.checkpoints import file_sha256, load_into, load_state_dict_file
 from harness.context import EvalSetting
 from harness.core.errors import ConfigError, HarnessError
@@ -60,6 +59,8 @@ from harness.data import load_dataset
 from harness.evaluation import SURROGATE_POINTS, evaluate_model
 from harness.models import NormalizedModel, build_model
 from harness.robustbench_compat import load_zoo_model, zoo_files
+from reports.audit_report import render_audit
+from reports.summaries import audit_summary_lines
 
 log = logging.getLogger("harness.audit.run")
 
@@ -662,8 +663,8 @@ def write_audit(doc: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
     out_dir = Path(out_dir)
     paths = {"json": out_dir / "audit.json", "md": out_dir / "audit.md", "html": out_dir / "audit.html"}
     atomic_write_json(paths["json"], doc, schema=AUDIT_SCHEMA)
-    atomic_write_text(paths["md"], render_markdown(doc))
-    atomic_write_text(paths["html"], render_html(doc))
+    atomic_write_text(paths["md"], render_audit(doc, "md"))
+    atomic_write_text(paths["html"], render_audit(doc, "html"))
     return paths
 
 
@@ -676,6 +677,6 @@ def audit_command(args: Any) -> int:
     req = AuditRequest(**{f.name: getattr(args, f.name) for f in fields(AuditRequest) if hasattr(args, f.name)})
     doc = run_audit(req, state_path=out / ".eval-state.json")
     paths = write_audit(doc, out)
-    sys.stdout.write("\n".join(summary_lines(doc)) + "\n")
+    sys.stdout.write("\n".join(audit_summary_lines(doc)) + "\n")
     sys.stdout.write(f"  written: {paths['md']}, {paths['html'].name}, {paths['json'].name}\n")
     return EXIT_HOLDS if doc["verdict"]["outcome"] == "holds" else EXIT_NOT_HOLDING
