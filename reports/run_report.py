@@ -206,8 +206,9 @@ def undertrained_note(info: RunInfo) -> Optional[str]:
     """The sentence saying the training attack ended weaker than the threat the run is evaluated
     under (a curriculum that never reached full strength), or None."""
     st = info.training_strength
-    eps, steps = fnum(st.get("eps_value")), st.get("steps")
-    full_steps = st.get("configured_steps")
+    if st is None:
+        return None
+    eps, steps, full_steps = fnum(st.eps_value), st.steps, st.configured_steps
     head = info.headline_eval()
     target_eps = head.eps_value if head is not None and head.eps_value is not None else info.eps_value
     target_text = head.eps_text if head is not None and head.eps_value is not None else info.eps_text
@@ -217,11 +218,11 @@ def undertrained_note(info: RunInfo) -> Optional[str]:
     weaker_steps = isinstance(steps, int) and isinstance(full_steps, int) and steps < full_steps
     if not (weaker_eps or weaker_steps):
         return None
-    what = [f"eps={st.get('eps')}" + (f" < {target_text}" if weaker_eps else "")]
+    what = [f"eps={st.eps}" + (f" < {target_text}" if weaker_eps else "")]
     if isinstance(steps, int):
         what.append(f"{steps} step(s)" + (f" < the configured {full_steps}" if weaker_steps else ""))
-    sched = st.get("schedule")
-    return (f"Undertrained for the final threat: at the end of training (epoch {st.get('epoch', '?')}) the training "
+    sched = st.schedule
+    return (f"Undertrained for the final threat: at the end of training (epoch {st.epoch or '?'}) the training "
             f"attack ran at {', '.join(what)}, weaker than the threat model it is evaluated under "
             f"({info.norm} eps={target_text})"
             + (f"; curriculum schedule '{sched}'" if sched and sched != "none" else "") + ".")
