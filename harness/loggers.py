@@ -23,7 +23,8 @@ the epoch (the unit metrics.jsonl has), and every logger is opened lazily, at it
 
 What is logged, per epoch (step = epoch): ``train/loss``, ``train/accuracy``, ``train/lr``,
 ``train/forward_per_example`` and ``train/backward_per_example`` (passes counted by hooks),
-``train/wall_s``; ``val/clean``, ``val/train_attack``, ``val/fgsm``, ``val/selection``
+``train/wall_s``, ``train/attack_eps`` and ``train/attack_steps`` (the training attack in force:
+a curriculum ramps them); ``val/clean``, ``val/train_attack``, ``val/fgsm``, ``val/selection``
 (accuracies on the val split); ``best_epoch``; ``flags/catastrophic_overfitting`` (0/1),
 ``flags/robust_overfitting_gap`` (best-so-far minus this epoch's selection accuracy) and
 ``flags/robust_overfitting`` (0/1: that gap above ``monitor.ro_gap``, the rule of
