@@ -42,9 +42,16 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import torch
+
+from attacks.autoattack import version_components
+from harness.checkpoints import file_sha256, load_into, save_weights, state_dict_of
 from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_text
 from harness.core.rundir import RunDir, now_iso
+from harness.data import load_dataset
+from harness.evaluation import Checkpoint
+from harness.models import build_model
 
 # the fields every RobustBench Linf / L2 leaderboard file has, and the optional ones (see above)
 ROBUSTBENCH_FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
@@ -70,7 +77,6 @@ def percent(accuracy: float) -> str:
 def autoattack_stage(result: Mapping[str, Any]) -> Optional[Tuple[Dict[str, Any], List[str]]]:
     """``(proportion after AutoAttack standard, components)`` if the result's cascade begins with
     every component of AutoAttack standard from pyautoattack, else None."""
-    from attacks.autoattack import version_components
 
     norm = (result.get("threat") or {}).get("norm", "Linf")
     want = list(version_components("standard", norm))
@@ -105,18 +111,11 @@ def pick_result(run: RunDir, checkpoint: str, suite: Optional[str]) -> Dict[str,
     return found[0][1]
 
 
-def _load_weights(run: RunDir, checkpoint: str, result: Mapping[str, Any]) -> Tuple[Dict[str, Any], Any, int]:
+def _load_weights(run: RunDir, cfg: Mapping[str, Any], checkpoint: str,
+                  result: Mapping[str, Any]) -> Tuple[Dict[str, Any], Any, int]:
     """The checkpoint's state dict in the run's architecture, the data bundle, and its epoch.
     Refuses weights that are not the ones evaluated (the result's weights digest, or its epoch
     for results older than digests, differs)."""
-    import torch
-
-    from harness.checkpoints import load_into, state_dict_of
-    from harness.data import load_dataset
-    from harness.evaluation import Checkpoint
-    from harness.models import build_model
-
-    cfg = run.read_config()
     ck = Checkpoint(run, checkpoint)
     digest = result.get("weights_sha256")
     evaluated_epoch = result.get("checkpoint_epoch")
@@ -137,6 +136,25 @@ def _model_id(run: RunDir) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", run.path.name).strip("_") or "harness_model"
 
 
+def _notes(result: Dict[str, Any], dataset: str, n: int, test_size: int, verdict: str, reasons: List[str]) -> List[str]:
+    """What a reader of the card must know that RobustBench's fields cannot say."""
+    notes: List[str] = []
+    if n < test_size:
+        notes.append(f"Evaluated on the first {n} of the {test_size} test points (suite {result['suite']}, seed "
+                     f"{result.get('seed')}); RobustBench evaluates on the full test set.")
+    if dataset not in ROBUSTBENCH_DATASETS:
+        notes.append(f"Data set {dataset}: RobustBench's leaderboards cover {', '.join(ROBUSTBENCH_DATASETS)} only.")
+    if verdict == "unreliable":
+        notes.append("Exported with --force although harness's sanity checks judged this evaluation unreliable: "
+                     + "; ".join(reasons) + ".")
+    elif verdict == "suspicious":
+        notes.append("harness's sanity checks found this evaluation suspicious: " + "; ".join(reasons) + ".")
+    elif verdict == "not run":
+        notes.append("No gradient-masking sanity checks ran with this evaluation.")
+    return notes
+
+
+# size: the keyword options are the card's free-text fields (RobustBench's name, link, authors, venue)
 def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str = "best",
                        suite: Optional[str] = None, model_id: Optional[str] = None, name: Optional[str] = None,
                        link: str = "", authors: str = "", venue: str = "", force: bool = False) -> Dict[str, Path]:
@@ -146,8 +164,6 @@ def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, checkpoint: 
     (the checkpoint's weights, Normalize layer included: inputs in [0,1]), ``DIR/load_model.py``
     (builds the architecture, loads the weights) and ``DIR/README.md``. Nothing is written when
     the export is refused."""
-    from harness.checkpoints import file_sha256, save_weights
-
     run = RunDir.open(run_dir)
     cfg = run.read_config()
     result = pick_result(run, checkpoint, suite)
@@ -159,7 +175,7 @@ def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, checkpoint: 
                            f"({'; '.join(reasons[:2]) or 'see its checks'}); a leaderboard number needs a reliable "
                            "evaluation: fix the model or the evaluation, or pass --force to export it marked as "
                            "unreliable")
-    state, bundle, epoch = _load_weights(run, checkpoint, result)
+    state, bundle, epoch = _load_weights(run, cfg, checkpoint, result)
     aa, components = autoattack_stage(result)  # type: ignore[misc]  # pick_result guarantees it
     threat = result.get("threat") or cfg["threat"]
     n = int((result.get("data") or {}).get("n") or result["clean"]["n"])
@@ -170,21 +186,7 @@ def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, checkpoint: 
     training = run.read_training() or {}
     defense = training.get("defense") or {}
 
-    notes: List[str] = []
-    if n < test_size:
-        notes.append(f"Evaluated on the first {n} of the {test_size} test points (suite {result['suite']}, seed "
-                     f"{result.get('seed')}); RobustBench evaluates on the full test set.")
-    if cfg["dataset"] not in ROBUSTBENCH_DATASETS:
-        notes.append(f"Data set {cfg['dataset']}: RobustBench's leaderboards cover "
-                     f"{', '.join(ROBUSTBENCH_DATASETS)} only.")
-    if verdict == "unreliable":
-        notes.append("Exported with --force although harness's sanity checks judged this evaluation unreliable: "
-                     + "; ".join(reasons) + ".")
-    elif verdict == "suspicious":
-        notes.append("harness's sanity checks found this evaluation suspicious: " + "; ".join(reasons) + ".")
-    elif verdict == "not run":
-        notes.append("No gradient-masking sanity checks ran with this evaluation.")
-
+    notes = _notes(result, cfg["dataset"], n, test_size, verdict, reasons)
     card: Dict[str, Any] = {
         "link": link,
         "name": name or (f"{defense.get('title') or cfg['defense']} on {cfg['dataset']}, "
@@ -211,19 +213,8 @@ def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, checkpoint: 
     save_weights(weights, state, metadata={"run": str(run.path.name), "checkpoint": checkpoint, "epoch": str(epoch),
                                            "model": cfg["model"],
                                            "inputs": "[0,1] images, normalisation inside the model"})
-    card["harness"] = {
-        "run": str(run.path), "checkpoint": checkpoint, "checkpoint_epoch": epoch, "model": cfg["model"],
-        "defense": cfg["defense"], "paper": defense.get("paper"),
-        "threat": {"norm": threat.get("norm"), "eps": threat.get("eps"), "eps_value": threat.get("eps_value")},
-        "suite": result["suite"], "n": n, "test_size": test_size, "subset": (result.get("data") or {}).get("subset"),
-        "seed": result.get("seed"), "clean": result["clean"], "autoattack": {**aa, "components": components},
-        "robust": result["robust"], "verdict": verdict, "reasons": reasons,
-        "forced": bool(force and verdict == "unreliable"),
-        "weights": {"file": weights.name, "sha256": file_sha256(weights)},
-        "input": {"shape": list(bundle.shape), "num_classes": bundle.num_classes, "mean": list(bundle.mean),
-                  "std": list(bundle.std), "range": "[0,1]"},
-        "exported": now_iso(),
-    }
+    card["harness"] = _provenance(run, cfg, result, checkpoint, epoch, threat, bundle, weights, defense,
+                                  forced=bool(force and verdict == "unreliable"))
     # RobustBench's files are plain JSON without our schema keys; written atomically all the same
     atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
     loader = out / "load_model.py"
@@ -231,6 +222,28 @@ def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, checkpoint: 
     readme = out / "README.md"
     atomic_write_text(readme, _readme_text(model_id, card, card_path.relative_to(out), weights.name))
     return {"card": card_path, "weights": weights, "loader": loader, "readme": readme}
+
+
+# size: the facts an exported card records beside RobustBench's fields, each from its own source
+def _provenance(run: RunDir, cfg: Dict[str, Any], result: Dict[str, Any], checkpoint: str, epoch: int,
+                threat: Dict[str, Any], bundle: Any, weights: Path, defense: Dict[str, Any], *, forced: bool) -> Dict[str, Any]:
+    """The card's ``harness`` object (RobustBench's readers ignore it): where the numbers come from."""
+    checks = result.get("checks") or {}
+    aa, components = autoattack_stage(result)  # type: ignore[misc]
+    n = int((result.get("data") or {}).get("n") or result["clean"]["n"])
+    return {
+        "run": str(run.path), "checkpoint": checkpoint, "checkpoint_epoch": epoch, "model": cfg["model"],
+        "defense": cfg["defense"], "paper": defense.get("paper"),
+        "threat": {"norm": threat.get("norm"), "eps": threat.get("eps"), "eps_value": threat.get("eps_value")},
+        "suite": result["suite"], "n": n, "test_size": len(bundle.test), "subset": (result.get("data") or {}).get("subset"),
+        "seed": result.get("seed"), "clean": result["clean"], "autoattack": {**aa, "components": components},
+        "robust": result["robust"], "verdict": str(checks.get("verdict", "not run")),
+        "reasons": [str(r) for r in checks.get("reasons") or []], "forced": forced,
+        "weights": {"file": weights.name, "sha256": file_sha256(weights)},
+        "input": {"shape": list(bundle.shape), "num_classes": bundle.num_classes, "mean": list(bundle.mean),
+                  "std": list(bundle.std), "range": "[0,1]"},
+        "exported": now_iso(),
+    }
 
 
 def _loader_text(model_id: str, model: str, bundle: Any, run: RunDir, checkpoint: str, epoch: int) -> str:

@@ -294,3 +294,16 @@ def test_weights_digest_is_the_same_for_safetensors_and_last_pt(tmp_path):
     assert a == b
     model.body[1].bias.data[0] += 1e-6
     assert weights_sha256(model.state_dict()) != a
+
+
+def test_the_readme_python_example_runs(tmp_path):
+    """The README's "From Python" block, as a user would paste it (a fresh interpreter, a fresh folder)."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## From Python.*?```python\n(.*?)```", text, re.S).group(1)
+    done = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "finished" in done.stdout and (tmp_path / "runs" / "api-demo" / "report.md").exists()
+    assert (tmp_path / "result.json").exists()
