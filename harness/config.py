@@ -17,8 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+from attacks.suites import get_suite
+from defenses.registry import DEFENSES
 from harness.core.errors import ConfigError
 from harness.core.threat import ThreatModel
+from harness.data import DATASETS
+from harness.loggers import LOGGERS
+from harness.models import MODELS
 
 if sys.version_info >= (3, 11):
     from typing import TypedDict
@@ -292,8 +297,6 @@ def resolve(
     dataset = _pick("dataset", DEFAULTS, file_cfg, flags)
     recipe: Dict[str, Any] = {}
     if with_recipe:
-        from defenses.registry import DEFENSES
-
         recipe = DEFENSES.get(defense).recipe(dataset)
         validate_keys(recipe, where="")
     cfg = deep_merge(DEFAULTS, recipe)
@@ -315,12 +318,6 @@ def validate_saved(cfg: Mapping[str, Any]) -> RunConfig:
 def check_names(cfg: Mapping[str, Any]) -> None:
     """Every name the config gives is registered (defense, data set, model, suite), with a
     did-you-mean: ``--dry-run`` catches a misspelt name as surely as a real run does."""
-    from attacks.suites import get_suite
-    from defenses.registry import DEFENSES
-    from harness.data import DATASETS
-    from harness.loggers import LOGGERS
-    from harness.models import MODELS
-
     DEFENSES.entry(cfg["defense"])
     DATASETS.entry(cfg["dataset"])
     MODELS.entry(cfg["model"])
