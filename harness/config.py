@@ -21,6 +21,7 @@ from attacks.suites import get_suite
 from defenses.registry import DEFENSES
 from harness.core.errors import ConfigError
 from harness.core.threat import ThreatModel
+from harness.curriculum import check as check_curriculum
 from harness.data import DATASETS
 from harness.loggers import LOGGERS
 from harness.models import MODELS
@@ -355,8 +356,6 @@ def check(cfg: Mapping[str, Any]) -> None:
     ckpts = cfg["eval"].get("checkpoints")
     if not isinstance(ckpts, list) or not ckpts:
         raise ConfigError("eval.checkpoints must be a non-empty list such as [\"best\", \"last\"]")
-    from harness.curriculum import check as check_curriculum
-
     check_curriculum(cfg)
 
 

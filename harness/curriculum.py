@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
+from defenses.registry import DEFENSES
 from harness.core.errors import ConfigError
 from harness.core.threat import ThreatModel, parse_eps
 
@@ -116,8 +117,6 @@ def check(cfg: Mapping[str, Any]) -> None:
                 "set curriculum.schedule to 'points' or 'linear'"
             )
         return
-    from defenses.registry import DEFENSES
-
     cls = DEFENSES.get(cfg["defense"])
     threat = ThreatModel.from_dict(cfg["threat"])
     defense = cls(threat, cfg.get("defense_options") or {})
