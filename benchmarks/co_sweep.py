@@ -21,6 +21,10 @@ Regimes (``--regime``):
   pgd-at runs PGD-``--pgd-steps`` with step 2.5 eps / K on the whole batch;
 - ``recipes``: each defense's own recipe for the data set (only eps and the monitor changed).
 
+``--collect`` trains nothing and plots every finished run below ``--root``: the grid can be run in
+parallel by ``harness sweep GRID.toml --jobs N`` (a ``[sweep]`` over ``defense`` and ``threat.eps``)
+and plotted here.
+
 Output in ``--out``: ``co_sweep.json`` (every number and the run directories), ``co_sweep.md``
 (the table) and ``co_sweep.svg`` (the figure).
 """
@@ -118,6 +122,7 @@ def point(path: Path) -> Dict[str, Any]:
     cfg = run.read_config()
     return {
         "defense": cfg["defense"],
+        "dataset": cfg["dataset"],
         "eps": cfg["threat"]["eps"],
         "eps_value": parse_eps(cfg["threat"]["eps"]).value,
         "run": str(path),
@@ -134,6 +139,11 @@ def point(path: Path) -> Dict[str, Any]:
         "passes_per_epoch": training["passes_per_example_per_epoch"],
         "train_wall_s": training["train_wall_s"],
     }
+
+
+def collect(root: Path) -> List[Dict[str, Any]]:
+    """The points of every finished run directory below ``root`` (any depth), e.g. a sweep's cells."""
+    return [point(t.parent) for t in sorted(root.rglob("training.json"))]
 
 
 def table_md(points: Sequence[Dict[str, Any]]) -> str:
@@ -194,10 +204,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--root", default="runs/co-sweep", help="where the run directories go")
     ap.add_argument("--out", default="runs/co-sweep", help="where co_sweep.{json,md,svg} go")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config for every run")
+    ap.add_argument("--collect", action="store_true",
+                    help="train nothing: plot every finished run below --root (e.g. the cells of a harness sweep)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    points = []
-    for defense in args.defenses:
+    points = collect(Path(args.root)) if args.collect else []
+    for defense in [] if args.collect else args.defenses:
         for eps in args.eps:
             cfg = sweep_config(
                 defense,
@@ -217,10 +229,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             points.append(point(run_one(cfg, evaluate=args.evaluate)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"dataset": args.dataset, "regime": args.regime, "seed": args.seed, "points": points}
+    datasets = sorted({p["dataset"] for p in points}) or [args.dataset]
+    dataset = ", ".join(datasets)
+    doc = {"dataset": dataset, "regime": None if args.collect else args.regime, "seed": args.seed, "points": points}
     (out / "co_sweep.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "co_sweep.md").write_text(table_md(points))
-    (out / "co_sweep.svg").write_text(figure(points, args.dataset))
+    (out / "co_sweep.svg").write_text(figure(points, dataset))
     print(table_md(points))
     return 0
 

@@ -149,6 +149,11 @@ def test_co_sweep_trains_every_point_and_renders_the_figure(tmp_path):
     before = (tmp_path / "runs" / "fast-at-eps0.1" / "training.json").stat().st_mtime_ns
     assert S.main(argv) == 0
     assert (tmp_path / "runs" / "fast-at-eps0.1" / "training.json").stat().st_mtime_ns == before
+    # --collect plots what is there (e.g. a harness sweep's cells) without training anything
+    assert S.main(["--collect", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "collected")]) == 0
+    again = json.loads((tmp_path / "collected" / "co_sweep.json").read_text())
+    assert sorted(p["run"] for p in again["points"]) == sorted(p["run"] for p in doc["points"])
+    assert again["dataset"] == "digits" and "(digits," in (tmp_path / "collected" / "co_sweep.svg").read_text()
 
 
 def test_the_autoattack_wrapper_is_timed_beside_the_direct_call_and_agrees_point_by_point():
