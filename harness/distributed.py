@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import logging
 import os
+import platform
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, TypeVar, Union
 
@@ -183,10 +185,9 @@ def describe() -> Optional[Dict[str, Any]]:
     w = world()
     if not w.distributed:
         return None
-    import platform
-
     mine = {"rank": w.rank, "local_rank": w.local_rank, "host": platform.node(), "pid": os.getpid()}
-    return {"world_size": w.size, "local_world_size": w.local_size, "backend": backend(), "launcher": "torchrun",
+    return {"world_size": w.size, "local_world_size": w.local_size, "backend": str(dist.get_backend()),
+            "launcher": "torchrun" if launched() else "a process group joined by the caller",
             "ranks": all_gather_object(mine)}
 
 
@@ -349,8 +350,6 @@ class Replica:
 def _no_buffer_sync() -> Dict[str, bool]:
     """DDP's option for "do not broadcast buffers before every forward" (the initial sync stays):
     ``forward_sync_buffers`` in newer torch, ``broadcast_buffers`` before it."""
-    import inspect
-
     params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
