@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from harness.core.errors import ConfigError
+from harness.core.rundir import run_dir_name
 from harness.core.threat import ThreatModel
 
 if sys.version_info >= (3, 11):
@@ -337,6 +338,8 @@ def check(cfg: Mapping[str, Any]) -> None:
         _int(cfg, "threads", minimum=1)
     if cfg.get("memory_format", "auto") not in ("auto", "contiguous", "channels_last"):
         raise ConfigError(f"unknown memory_format {cfg['memory_format']!r}; use auto, contiguous or channels_last")
+    if cfg["out"].get("name") is not None:
+        run_dir_name(cfg["out"]["name"])  # --dry-run refuses a name that would leave --out, as a real run does
     ckpts = cfg["eval"].get("checkpoints")
     if not isinstance(ckpts, list) or not ckpts:
         raise ConfigError("eval.checkpoints must be a non-empty list such as [\"best\", \"last\"]")
