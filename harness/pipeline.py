@@ -59,11 +59,11 @@ def run_pipeline(
         raise ValueError("run_pipeline needs a config or resume=RUN_DIR")
     ctx = RunContext.from_config(cfg, threads=threads)
     trainer = Trainer(ctx, progress=progress, on_epoch_end=on_epoch_end)
+    if run is not None:
+        trainer.resume(run)  # damage is refused before anything in the run is marked or rewritten
     run = _open(run, ctx)
     log.info("run directory %s", run.path)
     with _sigterm_as_interrupt(), _status(run, ctx):
-        if resume is not None:
-            trainer.resume(run)
         summary = trainer.fit(run)
         results: List[Tuple[Dict[str, Any], str]] = []
         if evaluate:

@@ -112,3 +112,161 @@ def test_run_dir_name_keeps_ordinary_names_and_refuses_paths():
     for bad in ("..", ".", "a/b", "/abs", "x" * 300, None, "   "):
         with pytest.raises(ConfigError):
             run_dir_name(bad)
+
+
+# -- resume refuses damage; every OS error is one line ---------------------------------------
+
+def _error_line(err: str) -> str:
+    """The one error line of a command that may have logged progress before failing."""
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("harness: error")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def _files(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished two-epoch Fast-AT run on generated data (smoke suite): copy it before changing it."""
+    out = tmp_path_factory.mktemp("finished")
+    assert main(["run", "--defense", "fast-at", *QUICK, "--epochs", "2", "--out", str(out), "--name", "r"]) == 0
+    return out / "r"
+
+
+def _copy(run: Path, to: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, to / run.name))
+
+
+def test_resume_with_metrics_truncated_to_half_refuses_in_one_line_and_rewrites_nothing(finished_run, tmp_path, capsys):
+    run = _copy(finished_run, tmp_path)
+    data = (run / "metrics.jsonl").read_bytes()
+    (run / "metrics.jsonl").write_bytes(data[: len(data) // 2])
+    before = _files(run)
+    code, _, err = _cli(capsys, "run", "--resume", str(run))
+    assert code == 2
+    assert "metrics.jsonl" in _one_line(err)
+    assert _files(run) == before  # env.json still says finished; nothing marked, nothing rewritten
+
+
+@pytest.mark.parametrize("flag,value,hint", [("--suite", "smok", "smoke"), ("--dataset", "digitz", "digits"),
+                                             ("--model", "small-cn", "small-cnn"), ("--defense", "fast_at", "fast-at")])
+def test_dry_run_checks_every_name(capsys, flag, value, hint):
+    code, out, err = _cli(capsys, "run", "--dataset", "synthetic", flag, value, "--dry-run")
+    assert code == 2 and out == ""
+    line = _one_line(err)
+    assert value in line and hint in line
+
+
+def test_a_config_file_that_is_not_utf8_is_one_config_error_line(tmp_path, capsys):
+    bad = tmp_path / "cfg.toml"
+    bad.write_bytes("defense = \"fast-at\"\n# caf\u00e9\n".encode("latin-1"))
+    code, _, err = _cli(capsys, "run", "--config", str(bad), "--dry-run")
+    assert code == 2 and "not UTF-8" in _one_line(err) and str(bad) in err
+    from harness.config import load_config_file
+
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config_file(bad)
+
+
+def test_out_pointing_at_a_file_is_one_line(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("keep me\n")
+    code, _, err = _cli(capsys, "run", *QUICK, "--out", str(target), "--name", "x")
+    assert code == 2 and str(target) in _error_line(err)
+    assert target.read_text() == "keep me\n"
+
+
+def test_a_read_only_out_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "ro"
+    out.mkdir()
+    if os.geteuid() != 0:
+        out.chmod(0o555)
+    else:  # root writes anywhere: the file system answers as a read-only one would
+        import errno
+
+        real = os.mkdir
+
+        def mkdir(path, *a, **k):
+            if str(path).startswith(str(out)):
+                raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real(path, *a, **k)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+    try:
+        code, _, err = _cli(capsys, "run", *QUICK, "--out", str(out), "--name", "x")
+    finally:
+        out.chmod(0o755)
+    line = _error_line(err)
+    assert code == 2 and str(out / "x") in line
+    assert list(out.iterdir()) == []
+
+
+def test_disk_full_during_a_run_is_one_line_and_what_was_written_stays(tmp_path, capsys, monkeypatch):
+    """The disk fills while epoch 2's best checkpoint is written: exit 2 in one line; the config,
+    env, epoch 1's row and checkpoints stay readable, and the run resumes once there is room."""
+    import errno
+
+    import harness.core.io as io
+
+    real = io._atomic
+    full = {"on": True}
+
+    def atomic(path, write):
+        if full["on"] and Path(path).name == "epoch-002.safetensors":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, write)
+
+    monkeypatch.setattr(io, "_atomic", atomic)
+    out = tmp_path / "runs"
+    code, _, err = _cli(capsys, "run", "--defense", "fast-at", *QUICK, "--epochs", "2", "--out", str(out), "--name", "r")
+    line = _error_line(err)
+    assert code == 2 and "No space left on device" in line and "epoch-002.safetensors" in line
+    run = RunDir(out / "r")
+    assert run.read_config()["train"]["epochs"] == 2
+    assert run.read_env()["status"] == "failed"
+    assert [r["epoch"] for r in run.read_metrics(strict=True)][0] == 1  # epoch 2's row, if there, is redone
+    assert not list((out / "r").rglob("*.tmp"))
+    from harness.checkpoints import load_resume
+
+    assert load_resume(run.checkpoint_path("last"))["loop"]["epoch"] == 1
+    full["on"] = False
+    code, _, err = _cli(capsys, "run", "--resume", str(out / "r"))
+    assert code == 0, err
+    assert [r["epoch"] for r in run.read_metrics(strict=True)] == [1, 2] and run.read_env()["status"] == "finished"
+
+
+def test_torch_short_write_is_an_os_error_and_the_previous_file_stays(tmp_path, capsys, monkeypatch):
+    """torch.save into a full disk fails with RuntimeError("... unexpected pos ..."): it surfaces
+    as one OSError line naming the file; the previous last.pt is intact (epoch 1)."""
+    import torch
+
+    from harness.checkpoints import load_resume
+    from harness.core.io import atomic_torch_save
+
+    real = torch.save
+    calls = {"n": 0}
+
+    def save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second last.pt: after epoch 2
+            f.write(b"PK\x03\x04 half a zip")
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4416 vs 4310")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    out = tmp_path / "runs"
+    code, _, err = _cli(capsys, "run", "--defense", "fast-at", *QUICK, "--epochs", "2", "--out", str(out), "--name", "r")
+    line = _error_line(err)
+    assert code == 2 and "last.pt" in line and "disk may be full" in line
+    last = out / "r" / "checkpoints" / "last.pt"
+    assert load_resume(last)["loop"]["epoch"] == 1
+    assert not list((out / "r").rglob("*.tmp"))
+    # any other RuntimeError is a bug and keeps its type
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("something else")))
+    with pytest.raises(RuntimeError, match="something else"):
+        atomic_torch_save(tmp_path / "x.pt", {})
