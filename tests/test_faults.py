@@ -270,3 +270,45 @@ def test_torch_short_write_is_an_os_error_and_the_previous_file_stays(tmp_path, 
     monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("something else")))
     with pytest.raises(RuntimeError, match="something else"):
         atomic_torch_save(tmp_path / "x.pt", {})
+
+
+# -- malformed data files --------------------------------------------------------------------
+
+def _cifar_folder(tmp_path: Path, test_batch) -> Path:
+    """A CIFAR-10 folder of good training batches and ``test_batch`` pickled as given."""
+    from harness.data import write_cifar_batch
+
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        write_cifar_batch(folder / f"data_batch_{i}", rng.integers(0, 256, (4, 3, 32, 32)).astype(np.uint8), rng.integers(0, 10, 4))
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(test_batch, f, protocol=2)
+    return folder
+
+
+_GOOD = np.zeros((4, 3072), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("content,expected", [
+    ({"data": np.zeros((4, 100), dtype=np.uint8), "labels": [0, 1, 2, 3]}, "has shape (4, 100); expected N x 3072"),
+    ({"pixels": _GOOD, "labels": [0, 1, 2, 3]}, "no 'data' key (keys: labels, pixels)"),
+    ([_GOOD, [0, 1, 2, 3]], "holds a list, expected a CIFAR python batch"),
+    ({"data": _GOOD.tolist(), "labels": [0, 1, 2, 3]}, "'data' is a list; expected a uint8 array"),
+    ({"data": _GOOD.astype(np.float32), "labels": [0, 1, 2, 3]}, "'data' is a float32 array"),
+    ({"data": _GOOD, "labels": ["cat", "dog", "cat", "dog"]}, "expected a list of N whole numbers"),
+    ({"data": _GOOD, "labels": [0, 1]}, "4 images but 2 labels"),
+    ({"data": _GOOD}, "no 'labels' or 'fine_labels' key"),
+])
+def test_malformed_cifar_batches_are_one_line_naming_the_file(tmp_path, capsys, content, expected):
+    from harness.data import read_cifar_batch
+
+    folder = _cifar_folder(tmp_path, content)
+    with pytest.raises(DataError) as e:
+        read_cifar_batch(folder / "test_batch")
+    assert str(folder / "test_batch") in str(e.value) and expected in str(e.value)
+    code, _, err = _cli(capsys, "run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--no-download",
+                        "--device", "cpu", "--out", str(tmp_path / "runs"))
+    assert code == 2 and expected in _one_line(err) and "test_batch" in err
+    assert not (tmp_path / "runs").exists()
