@@ -312,3 +312,42 @@ def test_malformed_cifar_batches_are_one_line_naming_the_file(tmp_path, capsys, 
                         "--device", "cpu", "--out", str(tmp_path / "runs"))
     assert code == 2 and expected in _one_line(err) and "test_batch" in err
     assert not (tmp_path / "runs").exists()
+
+
+# -- attack budgets are bounded ---------------------------------------------------------------
+
+@pytest.mark.parametrize("claim_attack,what", [("PGD-99999999999", "99999999999 steps"),
+                                               ("PGD-20 x 99999999999 restarts", "99999999999 restarts"),
+                                               ("CW-5000 x 50 restarts", "250000 gradient steps")])
+def test_an_impossible_claimed_attack_is_one_line_before_anything_loads(tmp_path, capsys, claim_attack, what):
+    code, _, err = _cli(capsys, "audit", "--model", "small-cnn", "--checkpoint", str(tmp_path / "absent.safetensors"),
+                        "--dataset", "digits", "--eps", "0.1", "--claim", "0.5", "--claim-attack", claim_attack,
+                        "--out", str(tmp_path / "o"))
+    line = _one_line(err)
+    assert code == 2 and what in line and "--claim-attack" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_attack_constructors_bound_steps_and_restarts():
+    from attacks.base import MAX_GRADIENT_STEPS, MAX_RESTARTS, MAX_STEPS
+    from attacks.factory import build
+    from harness.core.threat import ThreatModel
+
+    threat = ThreatModel.parse("Linf", "0.1")
+    assert build({"attack": "pgd", "steps": MAX_STEPS}, threat).steps == MAX_STEPS
+    assert build({"attack": "pgd", "steps": 100, "restarts": MAX_RESTARTS}, threat).restarts == MAX_RESTARTS
+    for spec, match in (({"attack": "pgd", "steps": MAX_STEPS + 1}, "MAX_STEPS"),
+                        ({"attack": "pgd", "restarts": 99999999999}, "MAX_RESTARTS"),
+                        ({"attack": "pgd", "steps": MAX_STEPS, "restarts": MAX_GRADIENT_STEPS // MAX_STEPS + 1}, "MAX_GRADIENT_STEPS"),
+                        ({"attack": "pgd", "steps": 2.5}, "integer"),
+                        ({"attack": "pgd", "steps": True}, "integer")):
+        with pytest.raises(ConfigError, match=match):
+            build(spec, threat)
+
+
+@pytest.mark.parametrize("setting", ["selection.steps=99999999999", "selection.restarts=99999999999",
+                                     "defense_options.steps=99999999999"])
+def test_a_config_cannot_ask_for_an_unbounded_attack(tmp_path, capsys, setting):
+    code, _, err = _cli(capsys, "run", "--defense", "pgd-at", *QUICK, "--set", setting, "--out", str(tmp_path / "runs"))
+    assert code == 2 and "99999999999" in _one_line(err)
+    assert not (tmp_path / "runs").exists()

@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from attacks.base import eval_mode
+from attacks.base import check_budget, eval_mode
 from harness.audit.model_files import build_from_file, parse_model_spec
 from harness.checkpoints import file_sha256, load_into, load_state_dict_file
 from harness.context import EvalSetting
@@ -176,11 +176,16 @@ def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
 def replay_spec(parsed: Dict[str, Any], eps: float) -> Optional[Dict[str, Any]]:
     """The harness attack that reproduces the claimed one, when its text says enough: PGD-K and
     CW-K (K steps, the stated restarts and loss; the stated step size, else 2.5 eps / K) and FGSM.
-    Returns ``None`` for anything else (AutoAttack is part of the stronger suites already)."""
+    Returns ``None`` for anything else (AutoAttack is part of the stronger suites already). Steps
+    and restarts beyond the bounds every attack has (``attacks.base.check_budget``) are a
+    ``ConfigError``: the audit checks this before it loads anything."""
     fam = parsed.get("family")
     if fam == "fgsm":
         return {"attack": "fgsm", **({"random_start": True} if parsed.get("random_start") else {})}
     if fam in ("pgd", "cw") and parsed.get("steps"):
+        # the same bounds as every attack (attacks.base.MAX_*), checked before anything is loaded
+        check_budget(f"--claim-attack {parsed.get('text')!r}", steps=int(parsed["steps"]),
+                     restarts=int(parsed.get("restarts") or 1))
         spec: Dict[str, Any] = {"attack": "pgd", "steps": int(parsed["steps"]), "restarts": int(parsed.get("restarts") or 1),
                                 "loss": parsed.get("loss") or "ce", "step_size": "2.5*eps/steps"}
         if parsed.get("step_size"):
@@ -543,6 +548,7 @@ class _Audit:
         self.claim = parse_claim(req.claim)
         self.threat = ThreatModel.parse(req.norm, req.eps)
         self.parsed = parse_claim_attack(req.claim_attack)
+        replay_spec(self.parsed, self.threat.eps)  # an impossible budget fails now, not after the suite
         self.device = select_device(req.device)
 
     def load(self) -> None:
