@@ -351,3 +351,61 @@ def test_a_config_cannot_ask_for_an_unbounded_attack(tmp_path, capsys, setting):
     code, _, err = _cli(capsys, "run", "--defense", "pgd-at", *QUICK, "--set", setting, "--out", str(tmp_path / "runs"))
     assert code == 2 and "99999999999" in _one_line(err)
     assert not (tmp_path / "runs").exists()
+
+
+# -- the audit's verdict is the parent's alone ------------------------------------------------
+
+_EXITS = '''
+import os, signal, sys
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes, how):
+        super().__init__()
+        self.lin = nn.Linear(64, num_classes)
+        self.how, self.calls = how, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 3:  # after the first guard rails, in the middle of the audit
+            {how}
+        return self.lin(x.flatten(1))
+
+
+def at_build(num_classes, shape):
+    {how}
+
+
+def in_forward(num_classes, shape):
+    return Net(num_classes, "x")
+'''
+
+
+@pytest.mark.parametrize("how", ["os._exit(0)", "sys.exit(0)", "os.kill(os.getpid(), signal.SIGKILL)"])
+@pytest.mark.parametrize("factory", ["at_build", "in_forward"])
+def test_a_model_file_that_ends_the_process_is_an_error_never_holds(tmp_path, capsys, how, factory):
+    f = tmp_path / "exits.py"
+    f.write_text(_EXITS.replace("{how}", how))
+    code, out, err = _cli(capsys, "audit", "--model", f"{f}:{factory}", "--dataset", "digits", "--eps", "0.1",
+                          "--claim", "0", "--suite", "smoke", "--n", "16", "--out", str(tmp_path / "o"))
+    assert code == 2  # a claim of 0% would hold: the exit status must not be the model's to give
+    line = _one_line(err)
+    assert "without writing a result" in line and "no verdict" in line
+    assert "killed by signal 9" in line if "kill" in how else "exited with status 0" in line
+    assert out == "" and not (tmp_path / "o" / "audit.json").exists()
+
+
+def test_audit_out_onto_an_existing_file_is_one_line(tmp_path, capsys):
+    from harness.checkpoints import save_weights
+    from trained_models import trained
+
+    save_weights(tmp_path / "w.safetensors", trained("digits", adversarial=False))
+    target = tmp_path / "report"
+    target.write_text("keep me\n")
+    code, _, err = _cli(capsys, "audit", "--model", "small-cnn", "--checkpoint", str(tmp_path / "w.safetensors"),
+                        "--dataset", "digits", "--eps", "0.05", "--claim", "0.5", "--suite", "smoke", "--n", "16",
+                        "--out", str(target))
+    assert code == 2 and str(target) in _one_line(err)
+    assert target.read_text() == "keep me\n"

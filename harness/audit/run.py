@@ -13,6 +13,11 @@ model-zoo name), a checkpoint, and a claim such as "53% robust at 8/255 under PG
    points, so the report can show the claim's attack and the suite's side by side;
 5. decides (``decide``) and writes audit.json, audit.md and audit.html.
 
+``harness audit`` runs steps 1-5 in a child process (``run_audit_isolated``, ``harness.audit.child``):
+the model's code runs there, and the parent alone writes the files and decides the exit status
+from the document the child wrote. A child that ends without one (``os._exit(0)`` in a factory
+or a forward pass, a crash, a kill) is an error, exit 2, never "holds".
+
 The verdict rule (``decide``). ``measured`` is the robust accuracy on the n points, as the
 per-example worst case over every attack the audit ran (the suite, then the replayed claimed
 attack), with its 95% Wilson interval [lo, hi].
@@ -37,7 +42,7 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -674,14 +679,90 @@ def write_audit(doc: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
     return paths
 
 
+def check_request(req: AuditRequest) -> None:
+    """What can be checked without data or the model (the claim, eps, the claimed attack's
+    budget): a ``ConfigError`` here costs no child process and writes nothing."""
+    parse_claim(req.claim)
+    threat = ThreatModel.parse(req.norm, req.eps)
+    replay_spec(parse_claim_attack(req.claim_attack), threat.eps)
+
+
+class AuditProcessError(HarnessError):
+    """The audit's child process ended without a result, or reported an error (its one line)."""
+
+
+def _start_method() -> str:
+    """forkserver where there is one: its server imports torch and the harness once and forks
+    each child from that clean, single-threaded state (a spawned child would import them anew,
+    seconds per audit; a plain fork would copy a parent's running thread pools)."""
+    import multiprocessing
+
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def run_audit_isolated(req: AuditRequest, *, state_path: Optional[Path] = None, progress: bool = True,
+                       verbosity: int = 0) -> Dict[str, Any]:
+    """``run_audit`` in a child process (``harness.audit.child``), so that the model's code cannot
+    decide the exit status of ``harness audit``. Returns the audit document the child wrote, or
+    raises ``HarnessError``: the child's own error line, or "ended without a result" when it exited
+    (with any code, 0 included) or died before writing one."""
+    import json
+    import multiprocessing
+    import os
+    import tempfile
+
+    from harness.audit.child import child_main
+
+    ctx = multiprocessing.get_context(_start_method())
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload(["harness.audit.run"])
+    task = {"request": asdict(req), "state_path": str(state_path) if state_path else None, "progress": progress,
+            "verbosity": verbosity, "threads": torch.get_num_threads(), "cwd": os.getcwd(), "env": dict(os.environ),
+            "sys_path": list(sys.path)}
+    with tempfile.TemporaryDirectory(prefix="harness-audit-") as tmp:
+        result = Path(tmp) / "result.json"
+        proc = ctx.Process(target=child_main, args=(task, str(result)), name="harness-audit")
+        proc.start()
+        try:
+            proc.join()
+        except KeyboardInterrupt:  # the child got the same Ctrl-C; give it a moment to stop, then end it
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            raise
+        code = proc.exitcode if proc.exitcode is not None else -1
+        try:
+            doc = json.loads(result.read_text(encoding="utf-8")) if result.exists() else None
+        except (OSError, ValueError):
+            doc = None
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+    if not isinstance(doc, dict) or not ("audit" in doc or "error" in doc):
+        raise AuditProcessError(f"the audit process {how} without writing a result: the model's code (or a crash) ended it "
+                                "early; no verdict")
+    if "error" in doc:
+        err = doc["error"] if isinstance(doc["error"], dict) else {}
+        e = AuditProcessError(str(err.get("message") or f"the audit process {how} with an error"))
+        e.exit_code = int(err.get("exit_code") or 2)
+        raise e
+    audit = doc["audit"]
+    outcome = (audit.get("verdict") or {}).get("outcome") if isinstance(audit, dict) else None
+    if outcome not in ("holds", "overstated", "unreliable"):
+        raise AuditProcessError(f"the audit process {how} with a result that has no verdict ({outcome!r}); no verdict")
+    return audit
+
+
 def audit_command(args: Any) -> int:
-    """``harness audit``: run, write, print the summary. Exit 0 when the claim holds, 1 when it
-    is overstated or the evaluation is unreliable; errors are HarnessErrors (exit 2)."""
+    """``harness audit``: check the request, run the audit in a child process, write, print the
+    summary. Exit 0 when the claim holds, 1 when it is overstated or the evaluation is
+    unreliable; errors are HarnessErrors (exit 2), an early end of the child among them. Only
+    this process decides the exit status, from the audit document the child wrote."""
     # torch warns about the pickle protocol of files it is about to refuse; the refusal says enough
     warnings.filterwarnings("ignore", message="Detected pickle protocol")
     out = Path(args.out) if getattr(args, "out", None) else default_out_dir(getattr(args, "model", None), getattr(args, "robustbench", None))
     req = AuditRequest(**{f.name: getattr(args, f.name) for f in fields(AuditRequest) if hasattr(args, f.name)})
-    doc = run_audit(req, state_path=out / ".eval-state.json")
+    check_request(req)
+    doc = run_audit_isolated(req, state_path=out / ".eval-state.json", verbosity=int(getattr(args, "verbose", 0) or 0))
     paths = write_audit(doc, out)
     sys.stdout.write("\n".join(audit_summary_lines(doc)) + "\n")
     sys.stdout.write(f"  written: {paths['md']}, {paths['html'].name}, {paths['json'].name}\n")
