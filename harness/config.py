@@ -214,7 +214,7 @@ def load_config_file(path: str | Path) -> Dict[str, Any]:
 
 
 def parse_set(items: Iterable[str]) -> Dict[str, Any]:
-    """``--set train.lr=0.05 --set defense_options.alpha=1.25*eps`` -> nested dict.
+    """``--set train.lr=0.05 --set defense_options.step_size=1.25*eps`` -> nested dict.
     Values are parsed as JSON where they can be (numbers, true/false/null, lists), else kept as text."""
     out: Dict[str, Any] = {}
     for item in items:
@@ -300,13 +300,16 @@ def validate_saved(cfg: Mapping[str, Any]) -> RunConfig:
 
 def check_names(cfg: Mapping[str, Any]) -> None:
     """Every name the config gives is registered (defense, data set, model, suite), with a
-    did-you-mean: ``--dry-run`` catches a misspelt name as surely as a real run does."""
+    did-you-mean, and the defense knows every option in ``defense_options``: ``--dry-run``
+    catches a misspelt name or option as surely as a real run does."""
     from attacks.suites import get_suite
     from defenses.registry import DEFENSES
     from harness.data import DATASETS
     from harness.models import MODELS
 
-    DEFENSES.entry(cfg["defense"])
+    defense = DEFENSES.entry(cfg["defense"]).obj
+    if hasattr(defense, "resolve_options"):
+        defense.resolve_options(cfg.get("defense_options") or {})
     DATASETS.entry(cfg["dataset"])
     MODELS.entry(cfg["model"])
     get_suite(cfg["eval"]["suite"])
