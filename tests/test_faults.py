@@ -409,3 +409,91 @@ def test_audit_out_onto_an_existing_file_is_one_line(tmp_path, capsys):
                         "--out", str(target))
     assert code == 2 and str(target) in _one_line(err)
     assert target.read_text() == "keep me\n"
+
+
+# -- numbers that do not mislead --------------------------------------------------------------
+
+FIXTURE_RUNS = ROOT / "tests" / "fixtures" / "runs"
+
+
+@pytest.fixture
+def fixture_runs(tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(FIXTURE_RUNS, tmp_path / "runs"))
+
+
+def _table(root: Path):
+    from reports.compare import build_comparison
+    from reports.load import find_runs, load_run
+
+    return build_comparison([load_run(p) for p in find_runs([root])])
+
+
+def _row(table, defense: str):
+    return next(r for r in table.groups[0].rows if r.cells["defense"] == defense)
+
+
+def test_three_copies_of_one_seed_are_one_seed_with_the_per_run_interval(tmp_path):
+    import shutil
+
+    from harness.core.stats import wilson
+    from reports.cli import comparison_text
+
+    root = tmp_path / "runs"
+    for copy in ("a", "b", "c"):
+        shutil.copytree(FIXTURE_RUNS / "pgd-at-s0", root / f"pgd-at-s0-{copy}")
+    cell = _row(_table(root), "pgd-at").cells
+    assert cell["seeds"].mean == 1 and cell["worst_case"].std is None
+    assert cell["worst_case"].ci == pytest.approx(wilson(142, 200))  # 71.0% of 200: one run's Wilson interval
+    md = comparison_text([root], "md")
+    assert "| 1 |" in md and "71.0 [64.4, 76.8]" in md and "± 0.0" not in md and "[71.0, 71.0]" not in md
+    assert "3 runs but 1 distinct seed(s)" in md
+
+
+def test_time_vs_erm_is_per_example_per_epoch(fixture_runs):
+    """Doubling the erm control's epochs doubles its total wall time but not its cost per
+    example per epoch: the multiplier must not move. Before, it halved."""
+    before = _row(_table(fixture_runs), "pgd-at").cells["erm_multiplier"].mean
+    metrics = fixture_runs / "erm-s0" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+    extra = [{**r, "epoch": r["epoch"] + len(rows)} for r in rows]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows + extra), encoding="utf-8")
+    training = json.loads((fixture_runs / "erm-s0" / "training.json").read_text(encoding="utf-8"))
+    for k in ("train_wall_s", "wall_s"):
+        if isinstance(training.get(k), (int, float)):
+            training[k] *= 2
+    training["epochs_run"] = training["epochs_planned"] = 2 * len(rows)
+    (fixture_runs / "erm-s0" / "training.json").write_text(json.dumps(training), encoding="utf-8")
+    table = _table(fixture_runs)
+    assert _row(table, "pgd-at").cells["erm_multiplier"].mean == pytest.approx(before)
+    assert "per training example per epoch" in " ".join(table.notes)
+
+
+def test_time_vs_erm_says_when_batch_sizes_differ(fixture_runs):
+    cfg_path = fixture_runs / "erm-s0" / "config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["train"]["batch_size"] = 512
+    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+    notes = " ".join(_table(fixture_runs).notes)
+    assert "compares batch size 128 with the erm control's 512" in notes
+
+
+def test_val_numbers_in_the_report_carry_n_and_an_interval(fixture_runs):
+    from reports.run_report import render_run
+
+    render_run(fixture_runs / "pgd-at-s0")
+    md = (fixture_runs / "pgd-at-s0" / "report.md").read_text(encoding="utf-8")
+    assert "Val accuracies are on 500 val points" in md
+    assert "| 5 | 0.0333 | 0.72 | 76.0 | 81.0 [77.3, 84.2] |" in md  # the per-epoch table
+    assert "Selection attack on val (n=500)" in md and "| 72.0 [67.9, 75.8] | reliable |" in md  # the selection column
+    assert "best minus last, n=500): 3.0 percentage points [-2.7, 8.6] (95%" in md  # the robust-overfitting gap
+
+
+def test_difference_interval_is_newcombe_and_at_least_as_wide_as_each_wilson():
+    from harness.core.stats import difference_interval, wilson
+
+    lo, hi = difference_interval(360, 500, 345, 500)
+    assert lo < 0.03 < hi and lo == pytest.approx(-0.0266, abs=5e-4) and hi == pytest.approx(0.0863, abs=5e-4)
+    w = wilson(360, 500)
+    assert hi - lo > w[1] - w[0]
