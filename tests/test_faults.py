@@ -497,3 +497,66 @@ def test_difference_interval_is_newcombe_and_at_least_as_wide_as_each_wilson():
     assert lo < 0.03 < hi and lo == pytest.approx(-0.0266, abs=5e-4) and hi == pytest.approx(0.0863, abs=5e-4)
     w = wilson(360, 500)
     assert hi - lo > w[1] - w[0]
+
+
+# -- the guard against models that expect normalised input ------------------------------------
+
+def _trained_tolerant(seed: int = 0):
+    """A small CNN trained behind Normalize on digits with brightness and contrast jitter: served
+    without its normalisation it loses almost nothing, so accuracy alone cannot tell."""
+    import torch
+    import torch.nn.functional as F
+
+    from harness.models import build_model
+    from trained_models import bundle
+
+    torch.manual_seed(seed)
+    b = bundle("digits")
+    m = build_model("small-cnn", b.shape, b.num_classes, b.mean, b.std)
+    opt = torch.optim.Adam(m.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(12):
+        for x, y in b.train.batches(64, shuffle=True, generator=g):
+            contrast = torch.empty(x.shape[0], 1, 1, 1).uniform_(0.35, 1.0, generator=g)
+            offset = torch.empty(x.shape[0], 1, 1, 1).uniform_(0.0, 0.35, generator=g)
+            loss = F.cross_entropy(m((x * contrast + offset).clamp(0, 1)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return m.eval()
+
+
+def test_normalised_input_guard_says_it_had_no_power_on_digits(tmp_path, capsys):
+    """Trained with normalisation, served without it, on digits: the accuracy rule cannot fire
+    (before the fix the finding was a plain 'ok'); now the audit says the guard had no power,
+    with the power computed, and flags the verdict. The same weights behind Normalize pass."""
+    import torch
+
+    from harness.audit.run import guard_rails
+    from harness.models import NormalizedModel
+    from trained_models import bundle
+
+    b = bundle("digits")
+    wrapped = _trained_tolerant()
+    x, y = b.test.first(512)
+    served_bare = {g["rule"]: g for g in guard_rails(wrapped.net, x, y, mean=b.mean, std=b.std, num_classes=10)}
+    finding = served_bare["normalised-input"]
+    assert finding["values"]["sign_test_p"] > 0.05  # the accuracy gap alone says nothing here
+    assert finding["status"] == "warn" and "no power" in finding["message"]
+    assert finding["values"]["power"] < 0.8 and f"{100 * finding['values']['power']:.0f}%" in finding["message"]
+    fine = {g["rule"]: g for g in guard_rails(wrapped, x, y, mean=b.mean, std=b.std, num_classes=10)}["normalised-input"]
+    assert fine["status"] == "ok" and "normalises inside" in fine["message"]
+    assert isinstance(wrapped, NormalizedModel)
+    # through the CLI: the verdict is flagged and audit.md says why
+    model_file = tmp_path / "net.py"
+    model_file.write_text("from harness.models import small_cnn\n\n\ndef bare(num_classes, shape):\n"
+                          "    return small_cnn(shape, num_classes)\n")
+    torch.save(wrapped.net.state_dict(), tmp_path / "bare.pt")
+    code, out, err = _cli(capsys, "audit", "--model", f"{model_file}:bare", "--checkpoint", str(tmp_path / "bare.pt"),
+                          "--dataset", "digits", "--eps", "0.05", "--claim", "0", "--suite", "smoke", "--n", "32",
+                          "--out", str(tmp_path / "o"))
+    assert code == 0, err  # the claim of 0% holds, flagged
+    doc = json.loads((tmp_path / "o" / "audit.json").read_text())
+    assert {g["rule"]: g["status"] for g in doc["guard_rails"]["findings"]}["normalised-input"] == "warn"
+    assert doc["verdict"]["flagged"] and "no power" in doc["verdict"]["text"]
+    assert "this guard had no power here" in (tmp_path / "o" / "audit.md").read_text()

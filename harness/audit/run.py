@@ -79,6 +79,8 @@ INPUT_SCALE_GAP = 0.20        # error: transformed inputs >= 20 points more accu
 INPUT_SCALE_MIN_GAP = 0.02    # below a 2-point gap nothing is reported
 INPUT_SCALE_P_ERROR = 1e-3    # error: gap >= 2 points and sign-test p < 0.001
 INPUT_SCALE_P_WARN = 0.05     # warn: gap >= 2 points and p < 0.05
+INPUT_SCALE_MIN_POWER = 0.8  # below: the normalised-input rule could not have caught a model served without its normalisation
+POWER_DRAWS = 2000            # Monte Carlo draws of the rule's power (seeded: the same model gives the same number)
 PROBABILITY_TOL = 1e-5        # AutoAttack's D2: every row in [0,1] and summing to 1 within 1e-5
 CHANCE_FACTOR = 2.0           # warn: clean accuracy below twice chance (1 / classes)
 RANDOM_TOL = 1e-4             # AutoAttack's D1: max difference of L2-normalised outputs between two passes
@@ -307,6 +309,9 @@ def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Seq
       attacks with eps in pixel units on it measure nothing meaningful. Error when the gain is at
       least 20 points, or at least 2 points with a one-sided sign test on the points only one
       version gets right at p < 0.001; warn at p < 0.05.
+      When the rule passes but had little power (``_with_power``: below 80% to catch a model served
+      without its normalisation, as on digits, where such a model loses a point or two) and no
+      normalising module is found inside the model, the finding is a warning that says so.
     - ``0-255-input`` (same rule): the same comparison with inputs scaled to 0..255.
     - ``probabilities`` (warn): AutoAttack's D2 rule, every output row in [0,1] summing to 1
       within 1e-5; gradients of probabilities vanish and attacks under-perform.
@@ -337,11 +342,14 @@ def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Seq
         m = torch.tensor(list(mean), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         s = torch.tensor(list(std), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         correct = z.argmax(1) == y
+        normalised_correct = None
         for rule, xt, what, fix in (
                 ("normalised-input", (x - m) / s, "normalised with the data set's mean and std",
                  "wrap it (harness.models.NormalizedModel(net, mean, std)) or pass --normalize dataset (or MEAN:STD) to add it"),
                 ("0-255-input", x * 255.0, "scaled to 0..255", "wrap it so that forward multiplies its [0,1] input by 255")):
             correct_t = _logits(model, xt, batch_size).argmax(1) == y
+            if rule == "normalised-input":
+                normalised_correct = correct_t
             acc_t = float(correct_t.float().mean())
             gap = acc_t - acc
             only_t, only_01 = int((correct_t & ~correct).sum()), int((correct & ~correct_t).sum())
@@ -360,6 +368,10 @@ def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Seq
                 out.append(_finding(rule, "warn", f"{evidence}: check that its preprocessing is inside the model", **vals))
             else:
                 out.append(_finding(rule, "ok", f"not more accurate on inputs {what}", **vals))
+        if normalised_correct is not None:
+            denormalised_correct = _logits(model, x * s + m, batch_size).argmax(1) == y
+            out = [_with_power(g, model, correct, normalised_correct, denormalised_correct)
+                   if g["rule"] == "normalised-input" else g for g in out]
         lo, hi = float(z.min()), float(z.max())
         rowsum_err = float((z.sum(1) - 1).abs().max())
         probs = hi < 1 + PROBABILITY_TOL and lo > -PROBABILITY_TOL and rowsum_err < PROBABILITY_TOL
@@ -396,6 +408,84 @@ def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Seq
         out.append(_finding("eps", "warn" if warns else "ok", "; ".join(warns) if warns else f"eps {threat.eps_text}",
                             eps=threat.eps_text, eps_value=threat.eps))
     return out
+
+
+def _normaliser_inside(model: nn.Module) -> Optional[str]:
+    """The name of a submodule that normalises the input (the harness's ``Normalize`` /
+    ``NormalizedModel``, torchvision's ``Normalize``, or a module holding ``mean``/``std`` or
+    ``mu``/``sigma`` tensors, as RobustBench's models do), or None."""
+    for name, mod in model.named_modules():
+        kind = type(mod).__name__
+        if "Normaliz" in kind and kind != "BatchNorm2d":
+            return f"{name or 'the model'} ({kind})"
+        held = {k for k, v in list(mod.named_buffers(recurse=False)) + list(vars(mod).items()) if isinstance(v, torch.Tensor)}
+        if {"mean", "std"} <= held or {"mu", "sigma"} <= held:
+            return f"{name or 'the model'} ({kind})"
+    return None
+
+
+def rule_power(only_a: int, only_b: int, n: int, *, draws: int = POWER_DRAWS, seed: int = 0) -> float:
+    """Probability that the normalised-input rule fires (gap >= ``INPUT_SCALE_GAP``, or gap >=
+    ``INPUT_SCALE_MIN_GAP`` with sign-test p < ``INPUT_SCALE_P_ERROR``) on ``n`` points drawn
+    like these: ``only_a`` points right only on the input the model expects, ``only_b`` only on
+    the other. Monte Carlo over a multinomial with those rates, seeded."""
+    import numpy as np
+
+    if n <= 0 or only_a + only_b == 0:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    draws_ab = rng.multinomial(n, [only_a / n, only_b / n, 1 - (only_a + only_b) / n], size=draws)[:, :2]
+    cache: Dict[Tuple[int, int], bool] = {}
+    fired = 0
+    for a, b in map(tuple, draws_ab.tolist()):
+        if (a, b) not in cache:
+            gap = (a - b) / n
+            cache[(a, b)] = gap >= INPUT_SCALE_GAP or (gap >= INPUT_SCALE_MIN_GAP and sign_test(a, b) < INPUT_SCALE_P_ERROR)
+        fired += cache[(a, b)]
+    return fired / draws
+
+
+def _with_power(finding: Dict[str, Any], model: nn.Module, correct: torch.Tensor, normalised: torch.Tensor,
+                denormalised: torch.Tensor) -> Dict[str, Any]:
+    """The normalised-input rule's power on these points, added to its finding.
+
+    The rule compares accuracy on [0,1] images with accuracy on normalised ones; on a data set
+    whose accuracy barely depends on the normalisation (digits: a model served without the
+    normalisation it was trained with can lose only a point or two) it cannot fire, and "ok"
+    would mean nothing. The size of the effect it must detect is read off the model itself, in
+    both directions: normalising its input once more, and undoing the normalisation (how a copy
+    of it that expects normalised input would behave on [0,1] images). The smaller of the two
+    accuracy changes is taken (the model under audit may be either kind), and ``rule_power``
+    gives the probability that the rule fires on an effect of that size and n. When it is below
+    ``INPUT_SCALE_MIN_POWER`` and no normalising module is found inside the model, a passing
+    rule becomes a warning that says so, with the power; a normaliser found inside settles it."""
+    if finding["status"] != "ok":
+        return finding
+    n = int(correct.numel())
+    directions = []
+    for other in (normalised, denormalised):
+        a, b = int((correct & ~other).sum()), int((other & ~correct).sum())
+        directions.append((abs(a - b), max(a, b), min(a, b)))
+    _, only_a, only_b = min(directions)
+    power = rule_power(only_a, only_b, n)
+    inside = _normaliser_inside(model)
+    acc = float(correct.float().mean())
+    acc_n, acc_d = float(normalised.float().mean()), float(denormalised.float().mean())
+    values = {**finding["values"], "power": power, "threshold_power": INPUT_SCALE_MIN_POWER, "accuracy_denormalised": acc_d,
+              "effect_only_expected_correct": only_a, "effect_only_other_correct": only_b, "normaliser_inside": inside}
+    if inside is not None:
+        return _finding(finding["rule"], "ok", f"not more accurate on normalised inputs; the model normalises inside ({inside})",
+                        **values)
+    if power >= INPUT_SCALE_MIN_POWER:
+        return _finding(finding["rule"], "ok", f"not more accurate on normalised inputs (the rule's power here: {100 * power:.0f}%)",
+                        **values)
+    return _finding(finding["rule"], "warn",
+                    f"this guard had no power here: it compares accuracy on [0,1] and on normalised images, and on these {n} "
+                    f"points the model's accuracy moves little with the normalisation ({100 * acc:.1f}% on [0,1] images, "
+                    f"{100 * acc_n:.1f}% normalised, {100 * acc_d:.1f}% de-normalised): a model served without the "
+                    f"normalisation it was trained with would be caught with probability {100 * power:.0f}% (the rule's power; "
+                    f"{100 * INPUT_SCALE_MIN_POWER:.0f}% needed), and no normalising module was found inside this one; make "
+                    "sure its preprocessing is inside the model", **values)
 
 
 # -- the verdict -------------------------------------------------------------------------------
