@@ -17,9 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+from attacks.suites import get_suite
+from defenses.registry import DEFENSES
 from harness.core.errors import ConfigError
 from harness.core.rundir import run_dir_name
 from harness.core.threat import ThreatModel
+from harness.data import DATASETS
+from harness.loggers import LOGGERS
+from harness.models import MODELS
 
 if sys.version_info >= (3, 11):
     from typing import TypedDict
@@ -105,6 +110,7 @@ class RunConfig(TypedDict):
     monitor: MonitorConfig
     eval: EvalConfig
     out: OutConfig
+    log: List[str]
 
 
 DEFAULTS: Dict[str, Any] = {
@@ -168,6 +174,8 @@ DEFAULTS: Dict[str, Any] = {
         "checkpoints": ["best", "last"],
     },
     "out": {"root": "runs", "name": None},
+    # metric loggers mirroring metrics.jsonl and the final results (harness.loggers): tensorboard, wandb, disk
+    "log": [],
 }
 
 SECTIONS_FREE = {"defense_options"}  # keys validated by their owner, not here
@@ -278,8 +286,6 @@ def resolve(
     dataset = _pick("dataset", DEFAULTS, file_cfg, flags)
     recipe: Dict[str, Any] = {}
     if with_recipe:
-        from defenses.registry import DEFENSES
-
         recipe = DEFENSES.get(defense).recipe(dataset)
         validate_keys(recipe, where="")
     cfg = deep_merge(DEFAULTS, recipe)
@@ -302,17 +308,14 @@ def check_names(cfg: Mapping[str, Any]) -> None:
     """Every name the config gives is registered (defense, data set, model, suite), with a
     did-you-mean, and the defense knows every option in ``defense_options``: ``--dry-run``
     catches a misspelt name or option as surely as a real run does."""
-    from attacks.suites import get_suite
-    from defenses.registry import DEFENSES
-    from harness.data import DATASETS
-    from harness.models import MODELS
-
     defense = DEFENSES.entry(cfg["defense"]).obj
     if hasattr(defense, "resolve_options"):
         defense.resolve_options(cfg.get("defense_options") or {})
     DATASETS.entry(cfg["dataset"])
     MODELS.entry(cfg["model"])
     get_suite(cfg["eval"]["suite"])
+    for name in cfg.get("log") or []:
+        LOGGERS.entry(name)
 
 
 OPTIMIZERS = ("sgd", "adam")
