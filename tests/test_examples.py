@@ -4,13 +4,16 @@
 How each is checked (the quickest that still exercises what the user would meet):
 
 - run for real, on a finished one-epoch run of generated data: ``harness ls``, ``harness run
-  --resume RUN``, ``harness report RUN``, ``harness report RUNS --format tex -o FILE``
-  (``runs/<name>`` and ``runs/*`` stand for that run);
+  --resume RUN``, ``harness report RUN``, ``harness report RUNS --format tex -o FILE``,
+  (``runs/<name>``, ``runs/*`` and ``sweeps/grid`` stand for that run and its folder);
+  ``harness sweep grid.toml --status`` and ``--dry-run`` on the README's own grid.toml;
 - parsed and resolved with ``--dry-run`` (the real parser, config precedence, every name and
-  defense option checked; no training): every other ``harness run``;
+  defense option checked; no training): every other ``harness run`` and ``harness sweep`` (the
+  sweep's dry run checks every cell's config, or prints the sbatch script for Slurm);
 - parsed by the real parser and checked as far as possible without the model or the data
   (``harness audit``: the claim, eps and the claimed attack's budget; ``harness eval``: the suite
-  and checkpoint names): these would train or evaluate for minutes;
+  and checkpoint names; ``harness export``: the run directory): these would train or evaluate
+  for minutes (export needs an AutoAttack evaluation; tests/test_export.py runs it);
 - not run: the set-up and test commands in ``NOT_RUN`` (each with its reason); the benchmark's
   command line goes through ``benchmarks/run.py``'s own parser, with the benchmark itself
   replaced by a stub.
@@ -82,8 +85,14 @@ def finished(tmp_path_factory):
     return root / "r"
 
 
+def readme_grid() -> str:
+    """The README's example grid file (the ```toml block that starts with "# grid.toml")."""
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    return next(b for b in blocks if b.startswith("# grid.toml"))
+
+
 def _argv(command: str, run: Path) -> List[str]:
-    argv = shlex.split(command.replace("runs/<name>", str(run)))
+    argv = shlex.split(command.replace("runs/<name>", str(run)).replace("sweeps/grid", str(run.parent)))
     argv = argv[1:]  # "harness" or ".venv/bin/harness"
     expanded = []
     for a in argv:
@@ -109,6 +118,10 @@ def _check_without_running(argv: List[str]) -> None:
         get_suite(args.suite)
         if args.checkpoint != "all":
             RunDir(".").checkpoint_path(args.checkpoint)
+    elif args.command == "export":
+        from harness.core.rundir import RunDir
+
+        RunDir.open(args.run_dir)
     else:
         raise AssertionError(f"no way to check {argv!r} without running it: classify it in tests/test_examples.py")
 
@@ -125,18 +138,20 @@ def test_the_readme_has_commands_and_every_one_is_classified():
 def test_every_readme_harness_command_works(command, finished, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # "-o table.tex" and other relative outputs land here
     run = Path(shutil.copytree(finished, tmp_path / "copy" / "r"))
+    (tmp_path / "grid.toml").write_text(readme_grid(), encoding="utf-8")
     argv = _argv(command, run)
     sub = argv[0]
-    if sub in ("ls", "report") or (sub == "run" and "--resume" in argv):
+    if sub in ("ls", "report") or (sub == "run" and "--resume" in argv) or \
+            (sub == "sweep" and ("--status" in argv or "--dry-run" in argv)):
         code = main(argv)
-    elif sub == "run":
+    elif sub in ("run", "sweep"):
         code = main(argv + ["--dry-run"])
     else:
         _check_without_running(argv)
         code = 0
     err = capsys.readouterr().err
     assert code == 0, err
-    if "-o" in argv:
+    if "-o" in argv and sub == "report":
         assert (tmp_path / argv[argv.index("-o") + 1]).stat().st_size > 0
 
 
@@ -154,7 +169,7 @@ def test_the_benchmark_command_line_parses_through_its_own_parser(monkeypatch, t
         assert seen["quick"] is ("--quick" in argv)
 
 
-def test_help_texts_have_examples_and_every_example_works(capsys):
+def test_help_texts_have_examples_and_every_example_works(finished, capsys):
     examples = help_examples()
     flags = {argv[0] for _, argv in examples}
     assert {"--eps", "--set", "--claim-attack"} <= flags, examples
@@ -169,6 +184,9 @@ def test_help_texts_have_examples_and_every_example_works(capsys):
                 from harness.audit.run import parse_claim_attack
 
                 assert parse_claim_attack(argv[1])["parsed"], argv
+        elif sub == "export":
+            args = ["export", str(finished), "-o", "card", *argv]
+            _check_without_running(args)
         else:
             _check_without_running([sub, *argv])
     capsys.readouterr()
