@@ -199,7 +199,8 @@ def check_budget(owner: str, *, steps: Any = None, restarts: Any = None) -> None
     """``ConfigError`` unless ``steps`` and ``restarts`` (where given) are whole numbers from 1 to
     ``MAX_STEPS`` / ``MAX_RESTARTS`` and their product at most ``MAX_GRADIENT_STEPS``. Every
     attack constructor calls it, so a config, a suite or a claim cannot ask for more."""
-    for what, value, bound, usual in (("steps", steps, MAX_STEPS, "20 to 100"), ("restarts", restarts, MAX_RESTARTS, "1 to 10")):
+    bounds = (("steps", steps, MAX_STEPS, "20 to 100"), ("restarts", restarts, MAX_RESTARTS, "1 to 10"))
+    for what, value, bound, usual in bounds:
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -208,8 +209,8 @@ def check_budget(owner: str, *, steps: Any = None, restarts: Any = None) -> None
             raise ConfigError(f"{owner}: {value} {what} is more than the {bound} an attack may take "
                               f"(attacks.base.MAX_{what.upper()}; {usual} is usual)")
     if steps is not None and restarts is not None and steps * restarts > MAX_GRADIENT_STEPS:
-        raise ConfigError(f"{owner}: {steps} steps x {restarts} restarts = {steps * restarts} gradient steps per point, "
-                          f"more than the {MAX_GRADIENT_STEPS} an attack may take (attacks.base.MAX_GRADIENT_STEPS)")
+        raise ConfigError(f"{owner}: {steps} steps x {restarts} restarts = {steps * restarts} gradient steps per "
+                          f"point, more than the {MAX_GRADIENT_STEPS} an attack may take (attacks.base.MAX_GRADIENT_STEPS)")
 
 
 _OPS = {ast.Mult: operator.mul, ast.Div: operator.truediv, ast.Add: operator.add, ast.Sub: operator.sub}

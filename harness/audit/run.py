@@ -79,7 +79,7 @@ INPUT_SCALE_GAP = 0.20        # error: transformed inputs >= 20 points more accu
 INPUT_SCALE_MIN_GAP = 0.02    # below a 2-point gap nothing is reported
 INPUT_SCALE_P_ERROR = 1e-3    # error: gap >= 2 points and sign-test p < 0.001
 INPUT_SCALE_P_WARN = 0.05     # warn: gap >= 2 points and p < 0.05
-INPUT_SCALE_MIN_POWER = 0.8  # below: the normalised-input rule could not have caught a model served without its normalisation
+INPUT_SCALE_MIN_POWER = 0.8  # below: the rule could not have caught a model served without its normalisation
 POWER_DRAWS = 2000            # Monte Carlo draws of the rule's power (seeded: the same model gives the same number)
 PROBABILITY_TOL = 1e-5        # AutoAttack's D2: every row in [0,1] and summing to 1 within 1e-5
 CHANCE_FACTOR = 2.0           # warn: clean accuracy below twice chance (1 / classes)
@@ -418,7 +418,8 @@ def _normaliser_inside(model: nn.Module) -> Optional[str]:
         kind = type(mod).__name__
         if "Normaliz" in kind and kind != "BatchNorm2d":
             return f"{name or 'the model'} ({kind})"
-        held = {k for k, v in list(mod.named_buffers(recurse=False)) + list(vars(mod).items()) if isinstance(v, torch.Tensor)}
+        attrs = list(mod.named_buffers(recurse=False)) + list(vars(mod).items())
+        held = {k for k, v in attrs if isinstance(v, torch.Tensor)}
         if {"mean", "std"} <= held or {"mu", "sigma"} <= held:
             return f"{name or 'the model'} ({kind})"
     return None
@@ -440,7 +441,8 @@ def rule_power(only_a: int, only_b: int, n: int, *, draws: int = POWER_DRAWS, se
     for a, b in map(tuple, draws_ab.tolist()):
         if (a, b) not in cache:
             gap = (a - b) / n
-            cache[(a, b)] = gap >= INPUT_SCALE_GAP or (gap >= INPUT_SCALE_MIN_GAP and sign_test(a, b) < INPUT_SCALE_P_ERROR)
+            cache[(a, b)] = gap >= INPUT_SCALE_GAP or (gap >= INPUT_SCALE_MIN_GAP
+                                                        and sign_test(a, b) < INPUT_SCALE_P_ERROR)
         fired += cache[(a, b)]
     return fired / draws
 
@@ -471,16 +473,18 @@ def _with_power(finding: Dict[str, Any], model: nn.Module, correct: torch.Tensor
     inside = _normaliser_inside(model)
     acc = float(correct.float().mean())
     acc_n, acc_d = float(normalised.float().mean()), float(denormalised.float().mean())
-    values = {**finding["values"], "power": power, "threshold_power": INPUT_SCALE_MIN_POWER, "accuracy_denormalised": acc_d,
-              "effect_only_expected_correct": only_a, "effect_only_other_correct": only_b, "normaliser_inside": inside}
+    values = {**finding["values"], "power": power, "threshold_power": INPUT_SCALE_MIN_POWER,
+              "accuracy_denormalised": acc_d, "effect_only_expected_correct": only_a,
+              "effect_only_other_correct": only_b, "normaliser_inside": inside}
     if inside is not None:
-        return _finding(finding["rule"], "ok", f"not more accurate on normalised inputs; the model normalises inside ({inside})",
-                        **values)
+        return _finding(finding["rule"], "ok",
+                        f"not more accurate on normalised inputs; the model normalises inside ({inside})", **values)
     if power >= INPUT_SCALE_MIN_POWER:
-        return _finding(finding["rule"], "ok", f"not more accurate on normalised inputs (the rule's power here: {100 * power:.0f}%)",
-                        **values)
+        return _finding(finding["rule"], "ok",
+                        f"not more accurate on normalised inputs (the rule's power here: {100 * power:.0f}%)", **values)
     return _finding(finding["rule"], "warn",
-                    f"this guard had no power here: it compares accuracy on [0,1] and on normalised images, and on these {n} "
+                    "this guard had no power here: it compares accuracy on [0,1] and on normalised images, and on "
+                    f"these {n} "
                     f"points the model's accuracy moves little with the normalisation ({100 * acc:.1f}% on [0,1] images, "
                     f"{100 * acc_n:.1f}% normalised, {100 * acc_d:.1f}% de-normalised): a model served without the "
                     f"normalisation it was trained with would be caught with probability {100 * power:.0f}% (the rule's power; "
