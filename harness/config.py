@@ -22,6 +22,7 @@ from defenses.registry import DEFENSES
 from harness.core.errors import ConfigError
 from harness.core.rundir import run_dir_name
 from harness.core.threat import ThreatModel
+from harness.curriculum import check as check_curriculum
 from harness.data import DATASETS
 from harness.loggers import LOGGERS
 from harness.models import MODELS
@@ -91,6 +92,15 @@ class OutConfig(TypedDict):
     name: Optional[str]
 
 
+class CurriculumConfig(TypedDict):
+    """The training attack's eps / steps over epochs (``harness.curriculum``)."""
+
+    schedule: str  # none | linear | points
+    ramp_epochs: int  # linear: epochs of the ramp
+    ramp: str  # linear: eps | steps | both
+    points: List[Any]  # points: [epoch, eps] / [epoch, eps, steps] / {epoch, eps, steps}
+
+
 class RunConfig(TypedDict):
     """A resolved run configuration: ``DEFAULTS`` < recipe < config file < flags."""
 
@@ -111,6 +121,7 @@ class RunConfig(TypedDict):
     eval: EvalConfig
     out: OutConfig
     log: List[str]
+    curriculum: CurriculumConfig
 
 
 DEFAULTS: Dict[str, Any] = {
@@ -176,6 +187,8 @@ DEFAULTS: Dict[str, Any] = {
     "out": {"root": "runs", "name": None},
     # metric loggers mirroring metrics.jsonl and the final results (harness.loggers): tensorboard, wandb, disk
     "log": [],
+    # the training attack's eps / steps over epochs (harness/curriculum.py): none | linear | points
+    "curriculum": {"schedule": "none", "ramp_epochs": 0, "ramp": "eps", "points": []},
 }
 
 SECTIONS_FREE = {"defense_options"}  # keys validated by their owner, not here
@@ -349,6 +362,7 @@ def check(cfg: Mapping[str, Any]) -> None:
     ckpts = cfg["eval"].get("checkpoints")
     if not isinstance(ckpts, list) or not ckpts:
         raise ConfigError("eval.checkpoints must be a non-empty list such as [\"best\", \"last\"]")
+    check_curriculum(cfg)
 
 
 def check_train(train: Mapping[str, Any]) -> None:
