@@ -560,3 +560,20 @@ def test_normalised_input_guard_says_it_had_no_power_on_digits(tmp_path, capsys)
     assert {g["rule"]: g["status"] for g in doc["guard_rails"]["findings"]}["normalised-input"] == "warn"
     assert doc["verdict"]["flagged"] and "no power" in doc["verdict"]["text"]
     assert "this guard had no power here" in (tmp_path / "o" / "audit.md").read_text()
+
+
+def test_every_defense_bounds_its_training_attack_steps():
+    """Registry-driven: a defense added later gets the same bound on its steps / replays options."""
+    from attacks.base import MAX_STEPS
+    from defenses.registry import DEFENSES
+
+    checked = 0
+    for name in DEFENSES.names():
+        defense = DEFENSES.get(name)
+        for key in ("steps", "replays"):
+            if key in getattr(defense, "OPTIONS", {}):
+                defense.resolve_options({key: MAX_STEPS})
+                with pytest.raises(ConfigError, match=f"must be <= {MAX_STEPS}"):
+                    defense.resolve_options({key: MAX_STEPS + 1})
+                checked += 1
+    assert checked >= 3  # pgd-at, trades, free-at at least
