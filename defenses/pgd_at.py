@@ -41,6 +41,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from attacks.base import MAX_STEPS
 from attacks.pgd import perturb
 from defenses.base import BN_MODE, TINY_BASE, DefenseBase, Option, StepResult, TrainContext, bn_mode
 from defenses.registry import DEFENSES
@@ -55,7 +56,7 @@ class PGDAT(DefenseBase):
     paper = "Madry, Makelov, Schmidt, Tsipras, Vladu 2018, Towards Deep Learning Models Resistant to Adversarial Attacks (ICLR)"
     strength_steps_option = "steps"
     OPTIONS = {
-        "steps": Option(10, "PGD steps K of the training attack", kind="int", minimum=1),
+        "steps": Option(10, "PGD steps K of the training attack", kind="int", minimum=1, maximum=MAX_STEPS),
         "step_size": Option("2.5*eps/steps", "PGD step size, a number or an expression of eps and steps", kind="step"),
         "random_start": Option(True, "start from a uniform random point of the eps ball", kind="bool"),
         "loss": Option("ce", "attack loss", kind="choice", choices=("ce", "margin")),

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.base import ascend
+from attacks.base import MAX_STEPS, ascend
 from defenses.base import TINY_BASE, DefenseBase, Option, StepResult, TrainContext, bn_mode
 from defenses.registry import DEFENSES
 from harness.core.runtime import autocast
@@ -79,7 +79,7 @@ class TRADES(DefenseBase):
     strength_steps_option = "steps"
     OPTIONS = {
         "beta": Option(6.0, "weight of the KL robustness term (1/lambda in the paper)", minimum=0.0),
-        "steps": Option(10, "PGD steps K on the KL term", kind="int", minimum=1),
+        "steps": Option(10, "PGD steps K on the KL term", kind="int", minimum=1, maximum=MAX_STEPS),
         "step_size": Option(0.007, "PGD step size, a number or an expression of eps and steps", kind="step"),
         "init_std": Option(0.001, "std of the Gaussian start x + init_std * N(0, 1)", minimum=0.0),
         "attack_bn_mode": Option("eval", "BatchNorm mode while generating the attack (authors' code: eval)",

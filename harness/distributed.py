@@ -33,11 +33,14 @@ The rules the application keeps with it
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import inspect
 import logging
 import os
 import platform
+import signal
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, TypeVar, Union
 
@@ -123,16 +126,28 @@ def timeout() -> datetime.timedelta:
 
 
 @contextlib.contextmanager
-def session() -> Iterator[World]:
+def session(group: Optional[Mapping[str, Any]] = None) -> Iterator[World]:
     """Join torchrun's process group for the duration and leave it after. A no-op in one process
-    and when the caller already joined a group (theirs is used, and left to them)."""
-    own = launched() and dist.is_available() and not dist.is_initialized()
+    and when the caller already joined a group (theirs is used, and left to them).
+
+    ``group`` (from ``child_group``): instead, join the group that the child processes of a
+    run's ranks form among themselves (``harness audit`` evaluates in a child process, outside
+    torchrun's group), through a store rank 0's child hosts. Such a child also dies with its
+    parent (Linux), so a torchrun that stops the ranks never leaves their children waiting in a
+    collective."""
+    own = dist.is_available() and not dist.is_initialized() and (group is not None or launched())
     if own:
         if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
+            local = int(group["local_rank"]) if group is not None else int(os.environ.get("LOCAL_RANK", "0"))
             if local < torch.cuda.device_count():
                 torch.cuda.set_device(local)  # NCCL's collectives run on the current device
-        dist.init_process_group(backend=backend(), timeout=timeout())
+        if group is None:
+            dist.init_process_group(backend=backend(), timeout=timeout())
+        else:
+            _die_with_parent()
+            rank, size = int(group["rank"]), int(group["size"])
+            store = dist.TCPStore(str(group["host"]), int(group["port"]), size, is_master=rank == 0, timeout=timeout())
+            dist.init_process_group(backend=backend(), store=store, rank=rank, world_size=size, timeout=timeout())
         w = world()
         log.info("rank %d of %d (local %d of %d), backend %s", w.rank, w.size, w.local_rank, w.local_size, backend())
     try:
@@ -143,6 +158,32 @@ def session() -> Iterator[World]:
                 dist.destroy_process_group()
             except Exception:  # noqa: BLE001 - a peer may be gone already; leaving must not mask the real end
                 pass
+
+
+def child_group() -> Optional[Dict[str, Any]]:
+    """Where the child processes of this run's ranks meet to form a group of their own
+    (``session(group)``): a free port on rank 0's host, and this rank's place. None in one
+    process. Collective."""
+    w = world()
+    if not w.distributed:
+        return None
+    where = None
+    if w.is_writer:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            where = (socket.getfqdn(), s.getsockname()[1])
+    host, port = broadcast_object(where)
+    return {"host": host, "port": port, "rank": w.rank, "size": w.size, "local_rank": w.local_rank,
+            "local_size": w.local_size}
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGKILL when the parent process ends (elsewhere: nothing)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
 
 
 # -- what a rank runs on ----------------------------------------------------------------------------

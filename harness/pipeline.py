@@ -71,14 +71,14 @@ def run_pipeline(
     if not distributed.world().is_writer:
         loggers = LoggerSet([], ctx.config)  # the trackers mirror rank 0's files, once
     trainer = Trainer(ctx, progress=progress, on_epoch_end=loggers.epoch_hook(on_epoch_end))
+    if run is not None:
+        trainer.resume(run)  # damage is refused before anything in the run is marked or rewritten
     world = distributed.describe()  # every rank's host and pid, for env.json
     opened = run
     run = distributed.on_writer(lambda: _open(opened, ctx, world))
     log.info("run directory %s", run.path)
     loggers.open(run, resumed=resume is not None)
     with _sigterm_as_interrupt(), _status(run, ctx), loggers:
-        if resume is not None:
-            trainer.resume(run)
         summary = trainer.fit(run)
         results: List[Tuple[Dict[str, Any], str]] = []
         if evaluate:

@@ -322,3 +322,19 @@ def test_sync_bn_is_a_recorded_setting_and_needs_cuda(capsys):
         C.resolve({"dataset": "digits", "train": {"sync_bn": "yes"}})
     with pytest.raises(ConfigError, match="needs CUDA"):
         distributed.convert_sync_bn(torch.nn.BatchNorm2d(3), torch.device("cpu"))
+
+
+def test_an_audit_under_torchrun_is_sharded_in_its_child_processes_and_equals_one_process(two_process_run, tmp_path):
+    """``harness audit`` evaluates in a child process (outside torchrun's group): the ranks'
+    children form a group of their own, and the audit is the one-process audit."""
+    args = ["--model", "small-cnn", "--checkpoint", str(two_process_run.checkpoint_path("best")), "--dataset", "digits",
+            "--eps", "0.1", "--claim", "0.3", "--claim-attack", "PGD-10", "--suite", "smoke", "--eval-batch-size", "16",
+            "--device", "cpu"]
+    done = _torchrun("-m", "harness", "audit", *args, "--out", str(tmp_path / "two"))
+    assert done.returncode in (0, 1), (done.stdout + done.stderr)[-4000:]  # holds or not: a verdict, not an error
+    assert main(["audit", *args, "--out", str(tmp_path / "one")]) == done.returncode
+    two = json.loads((tmp_path / "two" / "audit.json").read_text())
+    one = json.loads((tmp_path / "one" / "audit.json").read_text())
+    assert two["env"]["distributed"]["world_size"] == 2 and "distributed" not in one["env"]
+    assert two["eval"]["per_example"] == one["eval"]["per_example"] and two["verdict"] == one["verdict"]
+    assert done.stdout.count("written:") == 1  # printed once, by rank 0
