@@ -17,6 +17,9 @@ How each is checked (the quickest that still exercises what the user would meet)
 - not run: the set-up and test commands in ``NOT_RUN`` (each with its reason); the benchmark's
   command line goes through ``benchmarks/run.py``'s own parser, with the benchmark itself
   replaced by a stub.
+- under torchrun (``torchrun ... -m harness COMMAND ...``): torchrun's own options through
+  torchrun's parser, then the harness command as its one-process form above (several processes
+  run for real in tests/test_distributed.py, on small data).
 
 A new README command or help example is checked the day it is written: a command that fits none
 of these fails the test until it is classified here.
@@ -47,10 +50,11 @@ BENCHMARK = ".venv/bin/python benchmarks/run.py"
 
 
 def readme_commands() -> List[str]:
-    """Every command of README.md's ```bash blocks, comments removed, ``a && b`` split."""
+    """Every command of README.md's ```bash blocks, comments removed, ``a && b`` split, lines
+    ending in a backslash joined to the next."""
     out = []
     for block in re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S):
-        for line in block.splitlines():
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
             if line and not line.startswith("#"):
                 out += [part.strip() for part in line.split("&&")]
@@ -126,16 +130,31 @@ def _check_without_running(argv: List[str]) -> None:
         raise AssertionError(f"no way to check {argv!r} without running it: classify it in tests/test_examples.py")
 
 
+def harness_part(command: str) -> str:
+    """A ``torchrun ... -m harness ARGS`` command as ``harness ARGS``, torchrun's own options
+    checked by torchrun's parser; any other command as it is."""
+    if not command.split()[0].endswith("torchrun"):
+        return command
+    from torch.distributed.run import get_args_parser
+
+    argv = shlex.split(command)[1:]
+    at = argv.index("-m")
+    assert argv[at + 1] == "harness", command
+    get_args_parser().parse_args(argv[:at] + ["-m", "harness"])
+    return shlex.join(["harness", *argv[at + 2:]])
+
+
 def test_the_readme_has_commands_and_every_one_is_classified():
-    commands = readme_commands()
+    commands = [harness_part(c) for c in readme_commands()]
     assert sum(c.split()[0].endswith("harness") for c in commands) >= 8
     for c in commands:
         assert c.split()[0].endswith("harness") or c in NOT_RUN or c.startswith(BENCHMARK), \
             f"README command {c!r} is neither run nor listed in NOT_RUN with a reason"
 
 
-@pytest.mark.parametrize("command", [c for c in readme_commands() if c.split()[0].endswith("harness")])
+@pytest.mark.parametrize("command", [c for c in readme_commands() if harness_part(c).split()[0].endswith("harness")])
 def test_every_readme_harness_command_works(command, finished, tmp_path, monkeypatch, capsys):
+    command = harness_part(command)
     monkeypatch.chdir(tmp_path)  # "-o table.tex" and other relative outputs land here
     run = Path(shutil.copytree(finished, tmp_path / "copy" / "r"))
     (tmp_path / "grid.toml").write_text(readme_grid(), encoding="utf-8")
