@@ -79,37 +79,10 @@ class Monitor:
         The model is in eval mode throughout and its modes are restored afterwards. Randomness
         comes from generators seeded with the run's seed afresh every call, so epochs are compared
         on the same random starts and the training RNG is never touched."""
-        defense, x, y, n = self.defense, self.x, self.y, self.n
-        threat, train_threat = self.threat, defense.threat  # a curriculum weakens only the training attack
+        defense, x, n = self.defense, self.x, self.n
         t0 = time.perf_counter()
-        train_gen = torch.Generator(device=x.device).manual_seed(self.seed + 2)
         has_train_attack = defense.train_attack().get("attack") != "none"
-        clean = torch.zeros(n, dtype=torch.bool, device=x.device)
-        tr, fg, sel = torch.zeros_like(clean), torch.zeros_like(clean), torch.zeros_like(clean)
-        shard = distributed.BatchShard(n, self.batch_size)
-        with PassCounter(model) as counter, eval_mode(model):
-            for k, s in shard.batches():
-                xb, yb = x[s], y[s]
-                if not shard.owns(k):  # another rank's batch: only keep the generator in step
-                    if has_train_attack:
-                        skip_training_attack(defense, xb, yb, train_gen, self.num_classes)
-                    continue
-                ok = _correct(model, xb, yb, self.amp)
-                clean[s] = ok
-                if has_train_attack:
-                    xa = defense.attack(model, xb, yb, train_gen)
-                    verify(xb, xa, train_threat.norm, train_threat.eps, what="training attack (val measurement)")
-                    tr[s] = ok & _correct(model, xa, yb, self.amp)
-                else:
-                    tr[s] = ok
-                for attack, into, what in ((self.fgsm, fg, "FGSM (val)"), (self.selection, sel, "selection attack (val)")):
-                    r = attack.run(model, xb, yb)
-                    verify(xb, r.x_adv, threat.norm, threat.eps, what=what)
-                    into[s] = ok & ~r.success
-            distributed.merge_passes(counter, {"forward": 0, "backward": 0})
-            passes = counter.snapshot()
-        counts = distributed.sum_counts({"clean": int(clean.sum()), "train_attack": int(tr.sum()), "fgsm": int(fg.sum()),
-                                         "selection": int(sel.sum())})
+        counts, passes = self._measure(model, has_train_attack)
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
         train_desc = dict(defense.train_attack())
@@ -137,6 +110,41 @@ class Monitor:
                        "forward_per_example": passes["forward"] / max(n, 1),
                        "backward_per_example": passes["backward"] / max(n, 1)},
         }
+
+
+    def _measure(self, model: nn.Module, has_train_attack: bool) -> Tuple[Dict[str, int], Dict[str, int]]:
+        """The points robust under each val attack, and the passes it took, counted over the
+        batches (under torchrun: over every process's batches, summed)."""
+        defense, x, y, n = self.defense, self.x, self.y, self.n
+        threat, train_threat = self.threat, defense.threat  # a curriculum weakens only the training attack
+        train_gen = torch.Generator(device=x.device).manual_seed(self.seed + 2)
+        clean = torch.zeros(n, dtype=torch.bool, device=x.device)
+        tr, fg, sel = torch.zeros_like(clean), torch.zeros_like(clean), torch.zeros_like(clean)
+        shard = distributed.BatchShard(n, self.batch_size)
+        with PassCounter(model) as counter, eval_mode(model):
+            for k, s in shard.batches():
+                xb, yb = x[s], y[s]
+                if not shard.owns(k):  # another rank's batch: only keep the generator in step
+                    if has_train_attack:
+                        skip_training_attack(defense, xb, yb, train_gen, self.num_classes)
+                    continue
+                ok = _correct(model, xb, yb, self.amp)
+                clean[s] = ok
+                if has_train_attack:
+                    xa = defense.attack(model, xb, yb, train_gen)
+                    verify(xb, xa, train_threat.norm, train_threat.eps, what="training attack (val measurement)")
+                    tr[s] = ok & _correct(model, xa, yb, self.amp)
+                else:
+                    tr[s] = ok
+                for attack, into, what in ((self.fgsm, fg, "FGSM (val)"), (self.selection, sel, "selection attack (val)")):
+                    r = attack.run(model, xb, yb)
+                    verify(xb, r.x_adv, threat.norm, threat.eps, what=what)
+                    into[s] = ok & ~r.success
+            distributed.merge_passes(counter, {"forward": 0, "backward": 0})
+            passes = counter.snapshot()
+        counts = distributed.sum_counts({"clean": int(clean.sum()), "train_attack": int(tr.sum()), "fgsm": int(fg.sum()),
+                                         "selection": int(sel.sum())})
+        return counts, passes
 
 
 class _DrawsOnly(nn.Module):
