@@ -110,7 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="_set", action="append", default=S, metavar="KEY=VALUE",
                    help="any config value, e.g. --set defense_options.alpha=1.25*eps (repeatable)")
     p.add_argument("--resume", dest="_resume", default=S, metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
-    p.add_argument("--dry-run", dest="_dry_run", action="store_true", default=S, help="print the resolved config and exit")
+    p.add_argument("--recipe-variant", dest="recipe.variant", default=S, metavar="NAME",
+                   help="a named variant of the defense's recipe, e.g. released or apex-o2 ('a+b' combines; --dry-run lists them)")
+    p.add_argument("--dry-run", dest="_dry_run", action="store_true", default=S,
+                   help="print the resolved config (stdout) and what it means, with every value's source (stderr), and exit")
 
     # -- eval ---------------------------------------------------------------------------------
     p = sub.add_parser("eval", help="evaluate a run's checkpoints with a suite")
@@ -194,7 +197,8 @@ def cmd_run(ns: Dict[str, Any]) -> int:
 
     resume = ns.pop("_resume", None)
     dry = ns.pop("_dry_run", False)
-    file_cfg = C.load_config_file(ns.pop("_config")) if "_config" in ns else {}
+    file_name = ns.pop("_config", None)
+    file_cfg = C.load_config_file(file_name) if file_name is not None else {}
     sets = C.parse_set(ns.pop("_set", []))
     flags = C.deep_merge(_nest(ns), sets)
     if resume is not None:
@@ -206,8 +210,11 @@ def cmd_run(ns: Dict[str, Any]) -> int:
     cfg = C.resolve(flags, file_cfg)
     if dry:
         from harness.core.io import dumps
+        from harness.recipes import dry_run_report
 
         sys.stdout.write(dumps(cfg))
+        sys.stdout.flush()
+        sys.stderr.write(dry_run_report(cfg, flags, file_cfg, file_name))
         return 0
     # imported only now: --dry-run and config errors do not need the training stack
     from harness.pipeline import run_pipeline

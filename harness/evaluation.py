@@ -337,13 +337,13 @@ class _Progress:
 def load_run_model(run: RunDir, checkpoint: str, device: torch.device, bundle: Any = None) -> Tuple[nn.Module, Dict[str, Any]]:
     """Rebuild the run's model from its config and load ``checkpoint`` (best | last | epoch-N)."""
     from harness.checkpoints import load_into, load_resume, load_state_dict_file
-    from harness.models import build_model
+    from harness.models import model_for
     from harness.core.runtime import apply_memory_format, resolved_memory_format
 
     cfg = run.read_config()
     if bundle is None:
         bundle = _load_data(cfg, device)
-    model = build_model(cfg["model"], bundle.shape, bundle.num_classes, bundle.mean, bundle.std).to(device)
+    model = model_for(cfg, bundle).to(device)
     path = run.checkpoint_path(checkpoint)
     if not path.exists():
         have = run.available_checkpoints()
@@ -371,7 +371,7 @@ def _load_data(cfg: Dict[str, Any], device: torch.device) -> Any:
 
     d = cfg["data"]
     return load_dataset(cfg["dataset"], data_dir=d.get("data_dir"), val_size=d["val_size"], split_seed=d["split_seed"],
-                        download=d.get("download", True), device=device)
+                        download=d.get("download", True), device=device, split=d.get("split", "random"))
 
 
 def evaluate_run(

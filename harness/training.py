@@ -33,9 +33,10 @@ from defenses.base import TrainContext
 from defenses.registry import DEFENSES
 from harness import checkpoints as ckpt
 from harness.config import threat_of
-from harness.data import load_dataset
+from harness.data import Augment, load_dataset
 from harness.core.errors import ConfigError, HarnessError
-from harness.models import build_model
+from harness.models import model_for
+from harness.stop_rules import build_stop_rule
 from harness.monitor import build_selection_attack, check_selection, detect_catastrophic_overfitting, evaluate_val, robust_overfitting
 from harness.core.rundir import RunDir, now_iso
 from harness.core.runtime import (apply_memory_format, autocast, resolved_memory_format, resolved_precision, rng_state, seed_everything,
@@ -66,6 +67,15 @@ def check_train_config(tcfg: Mapping[str, Any]) -> None:
     peak = tcfg.get("cyclic_peak")
     if isinstance(peak, bool) or not isinstance(peak, (int, float)) or not 0 < peak < 1:
         raise ConfigError(f"train.cyclic_peak must be a fraction in (0, 1), got {peak!r}")
+    cm = tcfg.get("cycle_momentum")
+    if cm is not None and not (isinstance(cm, list) and len(cm) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                                          and 0 <= v < 1 for v in cm) and cm[0] <= cm[1]):
+        raise ConfigError(f"train.cycle_momentum must be null or [base, max] with 0 <= base <= max < 1, e.g. [0.8, 0.9]; got {cm!r}")
+    if cm is not None and (tcfg["optimizer"] != "sgd" or tcfg["schedule"] != "cyclic"):
+        raise ConfigError("train.cycle_momentum cycles SGD's momentum against a cyclic lr: it needs optimizer sgd and schedule cyclic")
+    if tcfg.get("loss_scale", "dynamic") not in ("dynamic", 1, 1.0):
+        raise ConfigError(f"train.loss_scale must be dynamic or 1.0 (a static scale of 1, apex's in the Fast-AT code), "
+                          f"got {tcfg.get('loss_scale')!r}")
 
 
 def make_optimizer(model: torch.nn.Module, tcfg: Mapping[str, Any]) -> torch.optim.Optimizer:
@@ -106,6 +116,48 @@ def lr_factor(tcfg: Mapping[str, Any], total_updates: int) -> Callable[[int], fl
     return lambda k: 1.0
 
 
+def momentum_factor(tcfg: Mapping[str, Any], total_updates: int) -> Optional[Callable[[int], float]]:
+    """SGD momentum for update ``k`` when ``train.cycle_momentum`` = [base, max], else None.
+
+    torch's ``CyclicLR`` cycles momentum against the lr by default (``cycle_momentum=True``,
+    ``base_momentum=0.8``, ``max_momentum=0.9``), which the Fast-AT code inherits
+    (locuslab/fast_adversarial@54f7287 CIFAR10/train_fgsm.py:L86-88): with the lr at a fraction
+    f of its peak, momentum = max - (max - base) * f, so 0.9 -> 0.8 -> 0.9 over the cycle."""
+    cm = tcfg.get("cycle_momentum")
+    if cm is None:
+        return None
+    base, top = float(cm[0]), float(cm[1])
+    lr = lr_factor(tcfg, total_updates)
+    return lambda k: top - (top - base) * lr(k)
+
+
+class _CyclicMomentumLR(torch.optim.lr_scheduler.LambdaLR):
+    """``LambdaLR`` that also sets SGD's momentum for the coming update (``momentum_factor``);
+    the momentum follows from ``last_epoch``, so the scheduler's state dict resumes it."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: Callable[[int], float], momentum: Callable[[int], float]):
+        self._momentum = momentum
+        super().__init__(optimizer, lr)
+
+    def step(self, epoch: Optional[int] = None) -> None:  # type: ignore[override]
+        super().step() if epoch is None else super().step(epoch)
+        for group in self.optimizer.param_groups:
+            group["momentum"] = self._momentum(self.last_epoch)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, tcfg: Mapping[str, Any], total_updates: int) -> Any:
+    mom = momentum_factor(tcfg, total_updates)
+    lr = lr_factor(tcfg, total_updates)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr) if mom is None else _CyclicMomentumLR(optimizer, lr, mom)
+
+
+def make_scaler(device: torch.device, precision: str, tcfg: Mapping[str, Any]) -> Any:
+    """fp16 only: torch's dynamic GradScaler, or none for apex's static loss scale of 1."""
+    if precision != "fp16" or tcfg.get("loss_scale", "dynamic") != "dynamic":
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
 class _Plan:
     """Everything built from a config before training starts (and checked before a run directory
     is created): threat, device, data, model, defense, attacks, optimizer, schedule."""
@@ -123,11 +175,13 @@ class _Plan:
                          precision=self.precision)
         early = cfg["monitor"].get("early_stop")
         self.early_stop = self.defense.early_stop_default if early is None else bool(early)
+        self.stop_rule = build_stop_rule(cfg, self.threat, self.precision, self.early_stop)
         self.data = None
         if load_data:
             d = cfg["data"]
             self.data = load_dataset(cfg["dataset"], data_dir=d.get("data_dir"), val_size=d["val_size"],
-                                     split_seed=d["split_seed"], download=d["download"], device=self.device)
+                                     split_seed=d["split_seed"], download=d["download"], device=self.device,
+                                     split=d.get("split", "random"), augment=Augment.from_config(d))
             self.threat.check_input_dim(int(math.prod(self.data.shape)))
             if len(self.data.val) == 0:
                 raise ConfigError("data.val_size is 0: the per-epoch selection needs a validation split held out from train")
@@ -222,13 +276,13 @@ def train(
     for w in p.warnings:
         log.warning(w)
 
-    model = apply_memory_format(build_model(cfg["model"], data.shape, data.num_classes, data.mean, data.std).to(dev), p.memory_format)
+    model = apply_memory_format(model_for(cfg, data).to(dev), p.memory_format)
     optimizer = make_optimizer(model, tcfg)
     epochs, bs = int(tcfg["epochs"]), int(tcfg["batch_size"])
     batches = data.train.num_batches(bs)
     total_updates = epochs * batches * defense.updates_per_batch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(tcfg, total_updates))
-    scaler = torch.amp.GradScaler(dev.type) if p.precision == "fp16" else None
+    scheduler = make_scheduler(optimizer, tcfg, total_updates)
+    scaler = make_scaler(dev, p.precision, tcfg)
     data_gen = torch.Generator().manual_seed(seed)
     attack_gen = torch.Generator(device=dev).manual_seed(seed + 1)
     state = _fresh_state()
@@ -244,6 +298,8 @@ def train(
         if scaler is not None and saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
         defense.load_state_dict(saved.get("defense") or {})
+        if p.stop_rule is not None:
+            p.stop_rule.load_state_dict(saved.get("stop_rule") or {})
         data_gen.set_state(saved["data_generator"])
         attack_gen.set_state(saved["attack_generator"].to(attack_gen.get_state().device))
         set_rng_state(saved["rng"])
@@ -268,7 +324,7 @@ def train(
             bar.start()
         for epoch in range(state["epoch"] + 1, epochs + 1):
             row = _epoch(epoch, epochs, run, cfg, p, model, ctx, counter, data_gen, val_x, val_y, amp, state, bar, batches)
-            last_saved = _save_last(run, model, optimizer, scheduler, scaler, defense, data_gen, attack_gen, state)
+            last_saved = _save_last(run, model, optimizer, scheduler, scaler, defense, data_gen, attack_gen, state, p.stop_rule)
             log.debug("wrote %s", last_saved)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
@@ -298,6 +354,8 @@ def _epoch(epoch: int, epochs: int, run: RunDir, cfg: Mapping[str, Any], p: _Pla
     seen = 0
     shown = _LossDisplay(dev) if task is not None else None
     for i, (x, y) in enumerate(p.data.train.batches(int(tcfg["batch_size"]), shuffle=True, generator=data_gen)):
+        if p.stop_rule is not None:
+            p.stop_rule.observe(i, x, y)
         r = defense.train_step(model, x, y, ctx)
         loss_sum += r.loss_sum.float()
         correct += r.correct
@@ -324,10 +382,15 @@ def _epoch(epoch: int, epochs: int, run: RunDir, cfg: Mapping[str, Any], p: _Pla
     co, reasons = detect_catastrophic_overfitting(state["history"], accs, co_drop=float(mcfg["co_drop"]),
                                                   co_ratio=float(mcfg["co_ratio"]), use_train_attack=use_train)
     state["history"].append(accs)
+    # flagging (above) happens in every run; stopping is the stop rule's decision, made apart
+    rule = p.stop_rule.after_epoch(model, ctx.generator, co=co, reasons=reasons, epoch=epoch) if p.stop_rule is not None else None
+    stop = bool(rule and rule["fired"])
+    restored = p.stop_rule.restore(model) if stop and rule["rule"] != "val-collapse" else None
     best = state["best"]
     # a collapsed epoch's PGD number is the least trustworthy one (its loss surface is distorted),
-    # so it is never chosen over an earlier epoch: the paper keeps the weights from before the collapse
-    eligible = not co or best["epoch"] is None
+    # so it is never chosen over an earlier epoch: the paper keeps the weights from before the collapse;
+    # an epoch whose weights the stop rule threw away cannot be best either
+    eligible = (not co or best["epoch"] is None) and not (stop and restored is not None)
     improved = eligible and (best["selection"] is None or accs["selection"] > best["selection"])
     if improved:
         state["best"] = best = {"epoch": epoch, "selection": accs["selection"]}
@@ -338,11 +401,15 @@ def _epoch(epoch: int, epochs: int, run: RunDir, cfg: Mapping[str, Any], p: _Pla
                      else "kept as best only because no earlier epoch exists")
         if not state["co"]["detected"]:
             state["co"] = {"detected": True, "epoch": epoch, "detail": "; ".join(reasons)}
-    stop = co and p.early_stop
     if stop:
         state["stopped_early"] = True
-        state["stop_reason"] = f"catastrophic overfitting at epoch {epoch}: " + "; ".join(reasons)
-        notes.append("stopping early (monitor.early_stop); best keeps the weights from before the collapse")
+        state["stop_reason"] = (f"catastrophic overfitting at epoch {epoch}: " + "; ".join(reasons) if rule["rule"] == "val-collapse"
+                                else f"{rule['rule']} at epoch {epoch}: {rule['reason']}")
+        state["stop"] = {"rule": rule["rule"], "epoch": epoch, "restored_epoch": restored}
+        if restored is not None:
+            notes.append(f"stopping early ({rule['rule']}); the run keeps the weights of epoch {restored} (last.pt)")
+        else:
+            notes.append("stopping early (monitor.early_stop); best keeps the weights from before the collapse")
     state["epoch"] = epoch
     state["finished"] = stop or epoch == epochs
     state["train_wall_s"] += train_wall
@@ -366,8 +433,10 @@ def _epoch(epoch: int, epochs: int, run: RunDir, cfg: Mapping[str, Any], p: _Pla
         "flags": {"catastrophic_overfitting": bool(co), "robust_overfitting_gap": float(best["selection"]) - accs["selection"],
                   "notes": notes},
     }
+    if rule is not None:
+        row["stop_rule"] = rule
     run.append_metrics(row)
-    if tcfg.get("keep_epoch_checkpoints", True):
+    if tcfg.get("keep_epoch_checkpoints", True) and restored is None:
         ckpt.save_weights(run.checkpoint_path(f"epoch-{epoch}"), model, metadata={"epoch": epoch})
     if improved:
         ckpt.save_weights(run.checkpoint_path("best"), model, metadata={"epoch": epoch})
@@ -386,8 +455,9 @@ def _epoch(epoch: int, epochs: int, run: RunDir, cfg: Mapping[str, Any], p: _Pla
 
 
 def _save_last(run: RunDir, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
-               defense: Any, data_gen: torch.Generator, attack_gen: torch.Generator, state: Dict[str, Any]):
+               defense: Any, data_gen: torch.Generator, attack_gen: torch.Generator, state: Dict[str, Any], stop_rule: Any = None):
     payload = {
+        "stop_rule": stop_rule.state_dict() if stop_rule is not None else None,
         "format": RESUME_FORMAT,
         "model": ckpt.state_dict_of(model),
         "optimizer": optimizer.state_dict(),
@@ -413,7 +483,7 @@ def _summary(run: RunDir, cfg: Mapping[str, Any], p: _Plan, state: Mapping[str, 
                             float(cfg["monitor"].get("ro_gap", 0.03)))
     ex = max(int(state["passes"]["examples"]), 1)
     return {
-        "defense": {**defense.describe(), "recipe": DEFENSES.get(cfg["defense"]).recipe(cfg["dataset"])},
+        "defense": {**defense.describe(), "recipe": cfg.get("recipe")},
         "train_attack": {"label": defense.train_attack_label(), "descriptor": defense.train_attack()},
         "selection_attack": {"label": p.selection.label(), "descriptor": p.selection.describe()},
         "fgsm_attack": {"label": p.fgsm.label(), "descriptor": p.fgsm.describe()},
@@ -427,6 +497,8 @@ def _summary(run: RunDir, cfg: Mapping[str, Any], p: _Plan, state: Mapping[str, 
         "stopped_early": bool(state["stopped_early"]),
         "stop_reason": state["stop_reason"],
         "early_stop": p.early_stop,
+        "stop_rule": ({**p.stop_rule.describe(), "fired": bool(state["stopped_early"]), **(state.get("stop") or {})}
+                      if p.stop_rule is not None else None),
         "catastrophic_overfitting": dict(state["co"]),
         "robust_overfitting": ro,
         "wall_s": float(state["train_wall_s"]) + float(state["val_wall_s"]),
