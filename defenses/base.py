@@ -131,6 +131,10 @@ class PaperResult:
     printed (table and page, or a README line at a commit). ``checkpoint``: which checkpoint of
     ours stands for the paper's model ("last": the final, or early-stopped, weights; "best": chosen
     on val). ``autoattack``: the authors' released model under AutoAttack, where published.
+    ``bound``: "upper" when the published robust number bounds the accuracy from above (a
+    verifier's lower bound on the error) rather than measuring it. A recipe with no published
+    number on its data set still names the paper's evaluation (``suite``, ``attack``, ``n``) with
+    ``clean`` / ``robust`` None, so its reproduction is measured the paper's way.
     """
 
     source: str
@@ -144,6 +148,7 @@ class PaperResult:
     autoattack: Optional[float] = None
     autoattack_source: str = ""
     note: str = ""
+    bound: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

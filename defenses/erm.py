@@ -60,15 +60,20 @@ class ERM(DefenseBase):
                         "images/main_table.png; page not verified here)"),
                 attack="PGD-40, step eps/20, 1 restart (attacks.py:L55-72, train.py:L97) plus MIP (its robust accuracy is an upper "
                        "bound), first 1,000 test points", n=1000, suite="paper-mmr-fmnist", clean=0.905, robust=0.04,
-                model="the same small CNN (LeNetSmall, models.py:L68-100), Adam 1e-3, 100 epochs", checkpoint="last",
+                model="the same small CNN (LeNetSmall, models.py:L68-100), Adam 1e-3, 100 epochs", checkpoint="last", bound="upper",
                 note="a loose anchor: MMR's plain model, same architecture, a different schedule"),
             notes=(_NOTE,)),
         "mnist": Recipe(*combine(
             ({"threat": {"norm": "Linf", "eps": "0.3"}},
              {"threat.norm": cite("fast", "MNIST/train_mnist.py", 80, "Linf"),
               "threat.eps": cite("fast", "MNIST/train_mnist.py", 28, "--epsilon 0.3 (the threat the control is evaluated under)")}),
-            MNIST_SCHEDULE, MNIST_LIKE_DATA, FP32_MNIST), default_variant="control", notes=(_NOTE,)),
+            MNIST_SCHEDULE, MNIST_LIKE_DATA, FP32_MNIST), default_variant="control", notes=(_NOTE,),
+            paper=PaperResult(source="none: the control", attack="PGD-50, 10 restarts, step eps/30 (Fast-AT's MNIST evaluation)",
+                              n=10_000, suite="paper-fast-at-mnist", model="small CNN, 10 epochs", checkpoint="last")),
         "cifar10": Recipe(*combine(CIFAR_SCHEDULE, CIFAR_DATA, FP32_CIFAR), default_variant="control",
+                          paper=PaperResult(source="none: the control", attack="PGD-50, 10 restarts, step 2/255 (Fast-AT's "
+                                            "CIFAR-10 evaluation)", n=10_000, suite="paper-fast-at-cifar10",
+                                            model="PreAct ResNet-18, 15 epochs", checkpoint="last"),
                           notes=("the control: Fast-AT's CIFAR-10 schedule (train_fgsm.py) without the training attack",)),
         "tiny": tiny_recipe(),
     }

@@ -183,6 +183,9 @@ class FastAT(DefenseBase):
                 "before it followed the MNIST script", {"defense_options": {"clip_start": True}},
                 {"defense_options.clip_start": cite("fast", _F, "107-110", "delta clamped to the box before the gradient")})},
             default_variant="reference",
+            paper=PaperResult(source="none published: no Fast-AT number on Fashion-MNIST", attack="PGD-50, 10 restarts, step eps/30 "
+                              "(the paper's MNIST evaluation, MNIST/evaluate_mnist.py:L69-71, at Fashion-MNIST's eps)", n=10_000,
+                              suite="paper-fast-at-mnist", model="small CNN, 10 epochs", checkpoint="last"),
             notes=("no published Fast-AT number on Fashion-MNIST: the recipe is the paper's MNIST recipe at eps 0.1",)),
         "mnist": Recipe(*combine(
             ({"threat": {"norm": "Linf", "eps": "0.3"}},

@@ -86,6 +86,9 @@ def _mnist_like(eps: Any) -> Recipe:
           **_OPTS_SOURCES}),
         MNIST_LIKE_DATA, fp32(derived("fp32, as every reference"))),
         default_variant="derived",
+        paper=PaperResult(source="none published: no Free-AT number on MNIST-like data", attack="PGD-20, 10 restarts, step eps/4 "
+                          "(the paper's CIFAR-10 evaluation, README.md:L16, at this data set's eps)", n=10_000,
+                          suite="paper-free-cifar10", model="small CNN, 5 epochs of 8 replays", checkpoint="last"),
         notes=("no published Free-AT recipe or number on MNIST-like data: the recipe is derived (see each value's source)",))
 
 

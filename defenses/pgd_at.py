@@ -97,7 +97,7 @@ _MMR = Recipe(*combine(
                 "page not verified here)"),
         attack="PGD-40, step eps/20, 1 restart (attacks.py:L55-72) plus MIP (so its robust accuracy is an upper bound), "
                "first 1,000 test points", n=1000, suite="paper-mmr-fmnist", clean=0.8846, robust=0.785,
-        model="the same small CNN (LeNetSmall), 100 epochs", checkpoint="last"),
+        model="the same small CNN (LeNetSmall), 100 epochs", checkpoint="last", bound="upper"),
     notes=("MMR drops the last partial minibatch of every epoch (train.py:L126); the harness keeps it",))
 
 _MADRY_MNIST = Recipe(*combine(

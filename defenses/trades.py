@@ -134,6 +134,9 @@ class TRADES(DefenseBase):
              {"defense_options.step_size": derived("--step-size 0.01 at --epsilon 0.3 (train_trades_mnist.py:L28-32) "
                                                    "is eps/30, kept at Fashion-MNIST's eps")})),
             default_variant="mnist-script",
+            paper=PaperResult(source="none published: no TRADES number on Fashion-MNIST", attack="PGD-40, step eps/30, random start "
+                              "(the authors' MNIST evaluation, pgd_attack_mnist.py:L20-28, at Fashion-MNIST's eps)", n=10_000,
+                              suite="paper-trades-mnist", model="small CNN, 100 epochs", checkpoint="last"),
             notes=("no published TRADES number on Fashion-MNIST: the recipe is the authors' MNIST script at eps 0.1",)),
         "mnist": Recipe(*combine(
             ({"threat": {"norm": "Linf", "eps": "0.3"}, "defense_options": {"step_size": 0.01}},

@@ -177,9 +177,12 @@ def explain(cfg: Mapping[str, Any], sources: Mapping[str, str], *, bundle: Any =
         lines.append(f"recipe: {rec['defense']} on {rec['dataset']} (family {rec['family']}), variant {rec['variant']}"
                      + (f"; other variants: {', '.join(others)} (--recipe-variant NAME)" if others else ""))
         paper = rec.get("paper")
-        if paper:
-            nums = " / ".join(f"{100 * v:.2f}%" for v in (paper.get("clean"), paper.get("robust")) if v is not None)
-            lines.append(f"reproduces: {nums} ({paper['attack']}, n={paper['n']}) from {paper['source']}")
+        if paper and (paper.get("clean") is not None or paper.get("robust") is not None):
+            nums = " clean / ".join(f"{100 * v:.2f}%" for v in (paper.get("clean"), paper.get("robust")) if v is not None)
+            bound = " (an upper bound)" if paper.get("bound") == "upper" else ""
+            lines.append(f"reproduces: {nums} robust{bound} ({paper['attack']}, n={paper['n']}) from {paper['source']}")
+        elif paper:
+            lines.append(f"paper's evaluation: {paper['attack']}, n={paper['n']} ({paper['source']})")
         for note in rec.get("notes", []):
             lines.append(f"note: {note}")
         for key, value in (rec.get("differs_from_recipe") or {}).items():
