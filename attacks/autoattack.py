@@ -32,9 +32,10 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from attacks.base import AttackResult, check_threat, eval_mode
+from attacks.base import AttackResult, eval_mode
 from attacks.registry import ATTACKS
 from harness.core.errors import ConfigError
+from harness.core.threat import ThreatModel
 
 VERSIONS = ("standard", "plus", "rand")
 COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
@@ -64,19 +65,25 @@ class AutoAttackComponent:
 
     batches_internally = True
 
-    def __init__(self, norm: str, eps: float, *, component: str, version: str = "standard", seed: int = 0,
-                 num_classes: Optional[int] = None, batch_size: int = 500, eps_text: Optional[str] = None,
-                 precision: str = "fp32", **unknown: Any):
+    def __init__(self, threat: ThreatModel, *, component: str, version: str = "standard", seed: int = 0,
+                 num_classes: Optional[int] = None, batch_size: int = 500, **unknown: Any):
         if unknown:
             raise ConfigError(f"autoattack: unknown options {', '.join(sorted(unknown))}")
-        check_threat(norm, eps)
         if component not in COMPONENTS:
             raise ConfigError(f"unknown AutoAttack component {component!r}; use one of {', '.join(COMPONENTS)}")
-        self.norm, self.eps, self.eps_text = norm, float(eps), eps_text or f"{eps:g}"
+        self.threat = threat
         self.component, self.version, self.seed = component, version, int(seed)
         self.num_classes, self.batch_size = num_classes, int(batch_size)
         self.name = component
         self._aa = self._configure(nn.Identity())
+
+    @property
+    def norm(self) -> str:
+        return self.threat.norm
+
+    @property
+    def eps(self) -> float:
+        return self.threat.eps
 
     def _configure(self, model: nn.Module):
         pa = _pyautoattack()
@@ -99,7 +106,7 @@ class AutoAttackComponent:
     def describe(self) -> Dict[str, Any]:
         pa = _pyautoattack()
         aa = self._aa
-        d: Dict[str, Any] = {"attack": self.component, "norm": self.norm, "eps": self.eps_text, "eps_value": self.eps,
+        d: Dict[str, Any] = {"attack": self.component, "norm": self.norm, "eps": self.threat.eps_text, "eps_value": self.eps,
                              "autoattack_version": self.version, "seed": self.seed, "library": "pyautoattack",
                              "version": getattr(pa, "__version__", "unknown"), "model_mode": "eval", "precision": "fp32"}
         if self.component in ("apgd-ce", "apgd-dlr"):
@@ -156,20 +163,26 @@ def expand_autoattack(spec: Dict[str, Any], norm: str) -> List[Dict[str, Any]]:
 
 
 def _component_factory(component: str):
-    def make(norm: str, eps: float, **kw: Any) -> AutoAttackComponent:
-        return AutoAttackComponent(norm, eps, component=component, **kw)
+    def make(threat: ThreatModel, **kw: Any) -> AutoAttackComponent:
+        return AutoAttackComponent(threat, component=component, **kw)
 
     make.__doc__ = f"AutoAttack {_LABELS[component]} from pyautoattack (the reference code)"
     return make
 
 
 for _c in COMPONENTS:
-    ATTACKS.add(_c, _component_factory(_c), summary=f"AutoAttack's {_LABELS[_c]}, from pyautoattack (reference implementation)")
+    ATTACKS.add(_c, _component_factory(_c), summary=f"AutoAttack's {_LABELS[_c]}, from pyautoattack (reference implementation)",
+                needs=("num_classes", "batch_size"))
 
 
-def _autoattack(norm: str, eps: float, **kw: Any):  # pragma: no cover - expanded by the suite resolver
+def _autoattack(threat: ThreatModel, **kw: Any):  # pragma: no cover - expanded by the suite resolver
     raise ConfigError("'autoattack' expands into its components inside a suite; use a suite, or one component such as apgd-ce")
 
 
+def _label(spec: Dict[str, Any]) -> str:
+    v = spec.get("version", "standard")
+    return f"AutoAttack {v if isinstance(v, str) else '+'.join(v)}"
+
+
 ATTACKS.add("autoattack", _autoattack, summary="AutoAttack (pyautoattack): version standard | plus | rand | list of components; expands into components",
-            expand=expand_autoattack)
+            expand=expand_autoattack, label=_label)

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from harness.core.errors import ConfigError, ThreatModelViolation
+from harness.core.threat import ThreatModel
 
-NORMS = ("Linf", "L2")
 # float32 rounding of x + delta can leave |delta| a few ulps above eps
 BALL_TOL = 1e-5
 
@@ -46,11 +46,10 @@ class AttackResult:
 
 
 class Attack(Protocol):
-    """An attack: a small object configured once, run on batches."""
+    """An attack: a small object configured once (from a spec, by ``attacks.build``), run on batches."""
 
     name: str
-    norm: str
-    eps: float
+    threat: ThreatModel
 
     def describe(self) -> Dict[str, Any]:
         """Every setting that decides the attack's strength (the descriptor stored with results)."""
@@ -75,15 +74,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes:
             m.training = training
-
-
-def check_threat(norm: str, eps: float) -> None:
-    if norm not in NORMS:
-        raise ConfigError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-        raise ConfigError(f"eps must be a positive number in [0,1] pixel units, got {eps!r}")
-    if norm == "Linf" and eps > 1:
-        raise ConfigError(f"Linf eps {eps} exceeds the [0,1] pixel range; did you mean {eps:g}/255?")
 
 
 def norms(delta: torch.Tensor, norm: str) -> torch.Tensor:

@@ -13,12 +13,13 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
-from attacks.base import AttackResult, ascend, check_threat, eval_mode, project, random_start, resolve_step_size
+from attacks.base import AttackResult, ascend, eval_mode, project, random_start, resolve_step_size
 from attacks.losses import get_loss
 from attacks.registry import ATTACKS
 from harness import __version__
 from harness.core.errors import ConfigError
 from harness.core.runtime import autocast
+from harness.core.threat import ThreatModel
 
 
 def perturb(
@@ -26,8 +27,7 @@ def perturb(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    norm: str,
-    eps: float,
+    threat: ThreatModel,
     steps: int,
     step_size: float,
     loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "ce",
@@ -40,6 +40,7 @@ def perturb(
     the caller set it (training attacks choose their BatchNorm mode); only input gradients are
     taken. ``loss`` may be a name or a callable (logits, y) -> per-example loss."""
     loss_fn = get_loss(loss) if isinstance(loss, str) else loss
+    norm, eps = threat.norm, threat.eps
     x = x.detach()
     x_cur = random_start(x, norm, eps, generator) if random_init else x.clone()
     for _ in range(steps):
@@ -55,7 +56,7 @@ def perturb(
 class PGD:
     """Projected gradient descent (Madry et al. 2018), evaluation version.
 
-    Threat model: ``norm`` in {Linf, L2}, ``eps`` in [0,1] pixel units.
+    Threat model: a ``ThreatModel`` (norm Linf or L2, eps in [0,1] pixel units).
     Defaults: ``steps=20``, ``step_size="2.5*eps/steps"`` (Madry et al.'s rule, so the walk can
     cross the ball), ``restarts=1``, ``loss="ce"``, ``random_start=True`` (uniform in the ball).
     Keeps the best iterate per example over all iterates and restarts; restarts run only on points
@@ -66,8 +67,7 @@ class PGD:
 
     def __init__(
         self,
-        norm: str,
-        eps: float,
+        threat: ThreatModel,
         *,
         steps: int = 20,
         step_size: Any = "2.5*eps/steps",
@@ -77,9 +77,7 @@ class PGD:
         seed: int = 0,
         compact_every: int = 5,
         precision: str = "fp32",
-        eps_text: Optional[str] = None,
     ):
-        check_threat(norm, eps)
         if not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"{self.name}: steps must be an integer >= 1, got {steps!r}")
         if not isinstance(restarts, int) or restarts < 1:
@@ -87,17 +85,25 @@ class PGD:
         if restarts > 1 and not random_start:
             raise ConfigError(f"{self.name}: {restarts} restarts without a random start would repeat the same attack")
         get_loss(loss)
-        self.norm, self.eps, self.eps_text = norm, float(eps), eps_text or f"{eps:g}"
+        self.threat = threat
         self.steps, self.restarts, self.loss, self.random_start = steps, restarts, loss, bool(random_start)
         self.step_size_expr = step_size
         self.step_size = resolve_step_size(step_size, eps=self.eps, steps=steps)
         self.seed, self.compact_every, self.precision = int(seed), max(1, int(compact_every)), precision
 
+    @property
+    def norm(self) -> str:
+        return self.threat.norm
+
+    @property
+    def eps(self) -> float:
+        return self.threat.eps
+
     def describe(self) -> Dict[str, Any]:
         return {
             "attack": self.name,
             "norm": self.norm,
-            "eps": self.eps_text,
+            "eps": self.threat.eps_text,
             "eps_value": self.eps,
             "steps": self.steps,
             "step_size": self.step_size,
@@ -186,17 +192,18 @@ class FGSM(PGD):
 
     name = "fgsm"
 
-    def __init__(self, norm: str, eps: float, *, step_size: Any = "eps", random_start: bool = False, loss: str = "ce",
-                 seed: int = 0, precision: str = "fp32", eps_text: Optional[str] = None, **_ignored: Any):
+    def __init__(self, threat: ThreatModel, *, step_size: Any = "eps", random_start: bool = False, loss: str = "ce",
+                 seed: int = 0, precision: str = "fp32", **_ignored: Any):
         bad = {k for k in _ignored if k not in ("steps", "restarts")}
         if bad:
             raise ConfigError(f"fgsm: unknown options {', '.join(sorted(bad))}")
-        super().__init__(norm, eps, steps=1, step_size=step_size, restarts=1, loss=loss, random_start=random_start,
-                         seed=seed, precision=precision, eps_text=eps_text)
+        super().__init__(threat, steps=1, step_size=step_size, restarts=1, loss=loss, random_start=random_start,
+                         seed=seed, precision=precision)
 
     def label(self) -> str:
         return "FGSM" + (" (random start)" if self.random_start else "")
 
 
-ATTACKS.add("pgd", PGD, summary="PGD, Linf/L2, random start, restarts, CE/margin/DLR loss; keeps the best iterate")
-ATTACKS.add("fgsm", FGSM, summary="FGSM: one eps-sized signed-gradient step from the clean point")
+ATTACKS.add("pgd", PGD, summary="PGD, Linf/L2, random start, restarts, CE/margin/DLR loss; keeps the best iterate",
+            needs=("precision",))
+ATTACKS.add("fgsm", FGSM, summary="FGSM: one eps-sized signed-gradient step from the clean point", needs=("precision",))

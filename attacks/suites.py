@@ -11,7 +11,7 @@ worst case. ``checks`` names the sanity-check set run with the suite (``attacks.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 from attacks.registry import ATTACKS, SUITES
 from harness.core.errors import ConfigError
@@ -130,3 +130,14 @@ def expand_attacks(suite: Dict[str, Any], norm: str) -> List[Dict[str, Any]]:
         expand = entry.meta.get("expand")
         out.extend(expand(a, norm) if expand else [dict(a)])
     return out
+
+
+def suite_attack_names(suite: Dict[str, Any], build: Callable[[Dict[str, Any]], Any]) -> str:
+    """The suite's attacks as people name them (``AutoAttack standard; PGD-20 CE``): each attack's
+    own ``label()`` (``build`` turns a spec into the attack), a composite's ``label`` meta."""
+    parts = []
+    for spec in suite["attacks"]:
+        entry = ATTACKS.entry(spec["attack"])
+        named = entry.meta.get("label")
+        parts.append(named(spec) if named else build(spec).label())
+    return "; ".join(parts)

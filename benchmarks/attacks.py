@@ -37,6 +37,7 @@ from attacks.pgd import FGSM, PGD, perturb  # noqa: E402
 from benchmarks import peers as P  # noqa: E402
 from benchmarks.common import fmt, format_table, machine, timed  # noqa: E402
 from harness.data import DataBundle, load_dataset  # noqa: E402
+from harness.context import EvalSetting
 from harness.evaluation import evaluate_model  # noqa: E402
 from harness.models import build_model  # noqa: E402
 from harness.core.runtime import select_device, seed_everything  # noqa: E402
@@ -54,7 +55,7 @@ def train_model(bundle: DataBundle, device: torch.device, epochs: int = 2, model
         for i, (x, y) in enumerate(bundle.train.batches(128, shuffle=True, generator=g)):
             if max_batches is not None and i >= max_batches:
                 break
-            xa = perturb(m, x, y, norm="Linf", eps=eps, steps=1, step_size=1.25 * eps, random_init=True)
+            xa = perturb(m, x, y, threat=ThreatModel("Linf", eps), steps=1, step_size=1.25 * eps, random_init=True)
             loss = F.cross_entropy(m(xa), y)
             opt.zero_grad()
             loss.backward()
@@ -69,8 +70,8 @@ def bench_attacks(model, x, y, threat: ThreatModel, device: torch.device, batch_
     n = int(x.shape[0])
     rows = []
     eps = threat.eps
-    for a in [FGSM("Linf", eps), PGD("Linf", eps, steps=10, step_size="eps/4"), PGD("Linf", eps, steps=20, step_size="eps/4"),
-              PGD("Linf", eps, steps=100, restarts=5, step_size="2.5*eps/steps")]:
+    for a in [FGSM(ThreatModel("Linf", eps)), PGD(ThreatModel("Linf", eps), steps=10, step_size="eps/4"), PGD(ThreatModel("Linf", eps), steps=20, step_size="eps/4"),
+              PGD(ThreatModel("Linf", eps), steps=100, restarts=5, step_size="2.5*eps/steps")]:
         def go() -> int:
             ok = 0
             for s in range(0, n, batch_size):
@@ -101,8 +102,7 @@ def pgd_contenders(model, x, y, *, eps: float, eps_text: str, steps: int, step_s
              "attacks": [{"attack": "pgd", "steps": steps, "step_size": step_size, "restarts": 1, "loss": "ce"}]}
 
     def ours() -> torch.Tensor:
-        doc = evaluate_model(model, x, y, suite=suite, threat=threat, num_classes=num_classes, batch_size=batch_size,
-                             progress=False, run_checks=False)
+        doc = evaluate_model(model, x, y, EvalSetting(suite, threat, num_classes, batch_size=batch_size), progress=False, run_checks=False)
         return torch.tensor(doc["per_example"]["robust"], dtype=torch.bool, device=x.device)
 
     runs: Dict[str, Callable[[], torch.Tensor]] = {"harness": ours}
@@ -167,8 +167,7 @@ def bench_suite(model, x, y, *, suite: str, threat: ThreatModel, batch_size: int
     n = int(x.shape[0])
     if log:
         log(f"evaluation: suite {suite} on {n} points")
-    wall, _, doc = timed(lambda: evaluate_model(model, x, y, suite=suite, threat=threat, num_classes=num_classes,
-                                                batch_size=batch_size, progress=False), device)
+    wall, _, doc = timed(lambda: evaluate_model(model, x, y, EvalSetting(suite, threat, num_classes, batch_size=batch_size), progress=False), device)
     aa_s = sum(a["wall_s"] for a in doc["attacks"] if a["descriptor"].get("library") == "pyautoattack")
     out = {"suite": suite, "n": n, "rows": [{
         "library": "harness", "what": f"harness suite {suite} ({', '.join(a['label'] for a in doc['attacks'])}; checks: {doc['checks']['verdict']})",

@@ -39,6 +39,7 @@ from harness.data import DataBundle, load_dataset  # noqa: E402
 from harness.models import build_model  # noqa: E402
 from harness.core.runtime import resolved_precision, seed_everything, select_device  # noqa: E402
 from harness.training import lr_factor, make_optimizer  # noqa: E402
+from harness.core.threat import ThreatModel
 
 TOLERANCE = 0.15  # a measured wall multiplier may exceed the theory by this fraction
 
@@ -139,7 +140,7 @@ class PassCost:
         seen = 0
         for _ in range(k):
             x, y = next(self.t.stream)
-            perturb(self.t.model, x, y, norm="Linf", eps=self.eps, steps=1, step_size=self.eps / 4, generator=self.t.ctx.generator,
+            perturb(self.t.model, x, y, threat=ThreatModel("Linf", self.eps), steps=1, step_size=self.eps / 4, generator=self.t.ctx.generator,
                     precision=self.t.precision)
             seen += int(y.shape[0])
         return seen

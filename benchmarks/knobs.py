@@ -31,6 +31,7 @@ from benchmarks.common import fmt, format_table, machine, timed  # noqa: E402
 from defenses.base import TrainContext  # noqa: E402
 from harness.models import build_model  # noqa: E402
 from harness.core.runtime import apply_memory_format, seed_everything, select_device  # noqa: E402
+from harness.core.threat import ThreatModel
 
 
 def settings_for(device: torch.device) -> List[Tuple[str, str]]:
@@ -77,7 +78,7 @@ def bench_knobs(device: torch.device, *, dataset: str = "fashion-mnist", min_tim
 
         def attack_step(ctx=ctx, model=model, prec=prec) -> None:
             model.eval()
-            perturb(model, xa, ya, norm="Linf", eps=eps, steps=1, step_size=eps / 4, generator=ctx.generator, precision=prec)
+            perturb(model, xa, ya, threat=ThreatModel("Linf", eps), steps=1, step_size=eps / 4, generator=ctx.generator, precision=prec)
 
         cases[(prec, fmt_)] = {"train": train_step, "attack": attack_step, "k": {}, "wall": {"train": [], "attack": []}}
     for c in cases.values():  # warm-up (cuDNN autotuning, allocator) and the step count for min_time

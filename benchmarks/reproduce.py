@@ -74,8 +74,8 @@ def plan_run(defense: str, dataset: str, *, seed: int, variant: Optional[str], o
 def reproduce_one(cfg: Dict[str, Any], *, resume: bool, aa_suite: Optional[str], aa_n: Optional[int],
                   progress: bool = False) -> Path:
     """Train and evaluate one run (or continue it); returns its directory."""
+    from harness import api
     from harness.core.rundir import RunDir
-    from harness.evaluation import evaluate_run
     from harness.pipeline import run_pipeline
 
     path = Path(cfg["out"]["root"]) / cfg["out"]["name"]
@@ -94,7 +94,7 @@ def reproduce_one(cfg: Dict[str, Any], *, resume: bool, aa_suite: Optional[str],
     run = RunDir.open(path)
     if aa_suite:
         saved = run.read_config()
-        evaluate_run(run, checkpoints=list(saved["eval"]["checkpoints"]), suite=aa_suite, n=aa_n, progress=progress)
+        api.evaluate_run(run.path, checkpoints=list(saved["eval"]["checkpoints"]), suite=aa_suite, n=aa_n, progress=progress)
         try:
             from reports.run_report import render_run
 

@@ -270,7 +270,7 @@ class FastAT(DefenseBase):
         if self.options["random_start"] and not self.options["clip_start"]:
             return unclipped_start_step(model, x, y, norm=self.threat.norm, eps=self.threat.eps, step_size=self.alpha,
                                         generator=generator, precision=self.precision)
-        return perturb(model, x, y, norm=self.threat.norm, eps=self.threat.eps, steps=1, step_size=self.alpha, loss="ce",
+        return perturb(model, x, y, threat=self.threat, steps=1, step_size=self.alpha, loss="ce",
                        random_init=self.options["random_start"], generator=generator, precision=self.precision)
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:

@@ -1,6 +1,29 @@
 """harness: an evaluation-first benchmarking harness for adversarial training.
 
-This package's ``__init__`` imports nothing heavy: ``reports/`` uses ``harness.core.rundir`` and
-``harness.core.registry`` without torch.
+The Python API (``harness/api.py``)::
+
+    import harness
+    r = harness.evaluate(model, (x, y), eps=8/255)       # a suite and its sanity checks
+    print(r.robust_accuracy, r.verdict)
+    run = harness.train(defense="fast-at", dataset="fashion-mnist")   # harness run
+
+Importing ``harness`` is light: the API (and torch) load on first use, so ``reports/`` and the
+kernel (``harness.core``) can be imported without them.
 """
+from typing import Any
+
 __version__ = "0.1.0"
+
+_API = ("evaluate", "train", "evaluate_run", "resolve_config", "Run", "Evaluation")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from harness import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'harness' has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(list(globals()) + list(_API))

@@ -85,6 +85,21 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """A digest of the weights themselves (names, dtypes, shapes and values, in name order), the
+    same for ``best.safetensors`` and for the model inside ``last.pt`` when they hold the same
+    weights: results are tied to it, so identical weights are evaluated once and a result is
+    never shown for weights that have since changed."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _looks_like_safetensors(p: Path, head: bytes) -> bool:
     if len(head) < 8:
         return False

@@ -12,20 +12,11 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 from harness.core.errors import HarnessError
+from harness.core.rundir import RunDir
+from reports.summaries import eval_summary_lines, run_summary_lines
 
 log = logging.getLogger("harness")
 S = argparse.SUPPRESS
-
-
-def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return out
 
 
 def _positive_int(text: str) -> int:
@@ -163,14 +154,30 @@ def _version() -> str:
 
 
 def _setup_logging(verbosity: int) -> None:
-    from rich.console import Console
-    from rich.logging import RichHandler
-
+    """Log lines go to stderr (stdout carries results: summaries, --dry-run configs). On a
+    terminal rich formats them; into a file or a pipe each event is one plain line."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    # log lines go to stderr: stdout carries the results (summaries, --dry-run configs) and can be piped
-    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)
-    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("harness").setLevel(min(level, logging.INFO))
+
+
+def _api() -> Any:
+    """The library behind the commands, imported once a command runs: ``harness --help`` and
+    argument errors then answer without loading torch."""
+    from harness import api
+
+    return api
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -193,41 +200,45 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_run(ns: Dict[str, Any]) -> int:
-    from harness import config as C
-
+    api = _api()
     resume = ns.pop("_resume", None)
     dry = ns.pop("_dry_run", False)
-    file_name = ns.pop("_config", None)
-    file_cfg = C.load_config_file(file_name) if file_name is not None else {}
-    sets = C.parse_set(ns.pop("_set", []))
-    flags = C.deep_merge(_nest(ns), sets)
+    config = ns.pop("_config", None)
+    sets = api.C.parse_set(ns.pop("_set", []))
+    settings = {**ns, **sets}  # --set wins over the flags
     if resume is not None:
-        if flags or file_cfg:
+        if settings or config is not None:
             raise HarnessError("--resume continues a run with its saved config; other flags cannot be combined with it")
-        from harness.pipeline import run_pipeline
-
-        return run_pipeline(None, resume=resume)
-    cfg = C.resolve(flags, file_cfg)
-    if dry:
-        from harness.core.io import dumps
+        run = api.train(resume=resume)
+    elif dry:
         from harness.recipes import dry_run_report
 
-        sys.stdout.write(dumps(cfg))
+        file_cfg = api.C.load_config_file(config) if config is not None else {}
+        cfg = api.resolve_config(file_cfg, **settings)
+        sys.stdout.write(api.config_text(cfg))
         sys.stdout.flush()
-        sys.stderr.write(dry_run_report(cfg, flags, file_cfg, file_name))
+        # stdout stays a valid --config; what it means, with each value's source, goes to stderr
+        sys.stderr.write(dry_run_report(cfg, api.settings_to_flags(settings), file_cfg, config))
         return 0
-    # imported only now: --dry-run and config errors do not need the training stack
-    from harness.pipeline import run_pipeline
-
-    return run_pipeline(cfg)
+    else:
+        run = api.train(config=config, **settings)
+    _print_run_summary(run.outcome)
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from harness.evaluation import evaluate_run_cli
-
-    return evaluate_run_cli(args.run_dir, checkpoint=args.checkpoint, suite=args.suite if hasattr(args, "suite") else None,
-                            n=getattr(args, "n", None), batch_size=getattr(args, "batch_size", None),
-                            device=args.device, seed=args.seed, force=args.force)
+    api = _api()
+    done = api.evaluate_run(args.run_dir, checkpoints=[args.checkpoint], suite=getattr(args, "suite", None),
+                            n=getattr(args, "n", None), batch_size=getattr(args, "batch_size", None), device=args.device,
+                            seed=args.seed, force=args.force, progress=sys.stderr.isatty())
+    run = RunDir(args.run_dir)
+    for ev, how in done:
+        doc = ev.to_json()
+        sys.stdout.write("\n".join(eval_summary_lines(doc)) + "\n")
+        where = run.eval_result_path(doc["suite"], doc["checkpoint"])
+        said = {"evaluated": "written", "stored": "stored result for these weights, not re-run (--force re-runs)"}
+        sys.stdout.write(f"  {said.get(how, 'written (' + how + ')')}: {where}\n")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -242,6 +253,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return audit_command(args)
 
 
+def _print_run_summary(outcome: Any) -> None:
+    docs = [r for r, _ in outcome.results]
+    sys.stdout.write("\n".join(run_summary_lines(outcome.run.path, outcome.training, docs)) + "\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -253,8 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "ls":
             return cmd_ls(args)
         if args.command == "run":
-            ns = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
-            return cmd_run(ns)
+            return cmd_run({k: v for k, v in vars(args).items() if k not in ("command", "verbose")})
         if args.command == "eval":
             return cmd_eval(args)
         if args.command == "report":
@@ -264,6 +279,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except HarnessError as e:
         sys.stderr.write(f"harness: error: {e}\n")
         return e.exit_code
+    except OSError as e:
+        # a full disk, a read-only folder, --out onto a file: one line; files already written stay
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        sys.stderr.write(f"harness: error: {e.strerror or e}{where}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("harness: interrupted; finished files are kept (harness run --resume RUN_DIR continues a run)\n")
         return 130

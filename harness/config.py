@@ -13,11 +13,130 @@ import copy
 import difflib
 import json
 import re
+import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from harness.core.errors import ConfigError
 from harness.core.threat import ThreatModel
+
+if sys.version_info >= (3, 11):
+    from typing import TypedDict
+else:  # pragma: no cover - Python 3.10
+    from typing_extensions import TypedDict
+
+
+# -- the shape of a resolved config (a plain JSON dict: config.json is itself a valid --config) --
+class ThreatConfig(TypedDict):
+    norm: str  # Linf | L2
+    eps: Union[str, float]  # [0,1] pixel units, as typed ("8/255")
+
+
+class DataConfig(TypedDict):
+    data_dir: Optional[str]
+    val_size: Optional[int]  # held out from train with split_seed; None: min(5000, 10% of train)
+    split_seed: int
+    split: str  # random | numpy-legacy | first
+    download: bool
+    augment: str  # none | crop | crop-flip ("auto" is settled per data set when resolved)
+    crop_padding: int
+    pad_mode: str  # zeros | reflect
+
+
+class RecipeConfig(TypedDict, total=False):
+    """``variant`` is the setting; the rest is the recipe's record (``defenses.base.ResolvedRecipe.record``)."""
+
+    variant: Optional[str]
+    defense: str
+    dataset: str
+    family: str
+    default_variant: str
+    variants: Dict[str, str]
+    sources: Dict[str, str]
+    repositories: Dict[str, str]
+    paper: Optional[Dict[str, Any]]
+    notes: List[str]
+    differs_from_recipe: Dict[str, Any]
+
+
+class ModelOptions(TypedDict):
+    normalize: str  # dataset | none | per-image
+
+
+class TrainConfig(TypedDict):
+    epochs: int
+    batch_size: int
+    optimizer: str  # sgd | adam
+    lr: float  # the peak learning rate
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+    schedule: str  # piecewise | cyclic | constant
+    milestones: List[float]  # piecewise: fractions of training at which lr *= gamma
+    gamma: float
+    cyclic_peak: float  # cyclic: fraction of training at which lr peaks
+    cycle_momentum: Optional[List[float]]  # [base, max]: SGD momentum cycled against the cyclic lr
+    loss_scale: Union[str, float]  # fp16: dynamic | 1.0
+    keep_epoch_checkpoints: bool
+
+
+class SelectionConfig(TypedDict):
+    """The attack that picks the best checkpoint on val (an attack spec: ``attacks.factory.build``)."""
+
+    attack: str
+    steps: int
+    step_size: Union[str, float]
+    restarts: int
+    loss: str
+    random_start: bool
+
+
+class MonitorConfig(TypedDict):
+    val_n: int
+    co_drop: float
+    co_ratio: float
+    early_stop: Optional[bool]  # None: the defense decides
+    stop_rule: str  # val-collapse | first-batch-pgd
+    stop_steps: int
+    stop_step_size: Union[str, float]
+    stop_drop: float
+    ro_gap: float
+
+
+class EvalConfig(TypedDict):
+    suite: str
+    n: Optional[int]  # None: the suite's own n
+    batch_size: int
+    checkpoints: List[str]
+
+
+class OutConfig(TypedDict):
+    root: str
+    name: Optional[str]
+
+
+class RunConfig(TypedDict):
+    """A resolved run configuration: ``DEFAULTS`` < recipe < config file < flags."""
+
+    defense: str
+    dataset: str
+    model: str
+    threat: ThreatConfig
+    seed: int
+    device: str
+    precision: str
+    memory_format: str
+    threads: Optional[int]
+    data: DataConfig
+    recipe: RecipeConfig
+    model_options: ModelOptions
+    train: TrainConfig
+    defense_options: Dict[str, Any]
+    selection: SelectionConfig
+    monitor: MonitorConfig
+    eval: EvalConfig
+    out: OutConfig
+
 
 DEFAULTS: Dict[str, Any] = {
     "defense": "fast-at",
@@ -125,7 +244,12 @@ def load_config_file(path: str | Path) -> Dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p}: not UTF-8 text (byte {e.start}); save it as UTF-8 TOML or JSON") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p}: cannot read ({e.strerror or e})") from None
     try:
         if p.suffix.lower() == ".json":
             doc = json.loads(text)
@@ -200,7 +324,7 @@ def resolve(
     config_file: Optional[Mapping[str, Any]] = None,
     *,
     with_recipe: bool = True,
-) -> Dict[str, Any]:
+) -> RunConfig:
     """Merge the layers into one resolved config and validate it.
 
     ``flags`` and ``config_file`` are nested dicts holding only what the user gave.
@@ -223,12 +347,40 @@ def resolve(
     cfg = deep_merge(cfg, flags)
     recipes.finish(cfg, resolved)
     check(cfg)
-    return cfg
+    check_names(cfg)
+    return cfg  # type: ignore[return-value]
+
+
+def validate_saved(cfg: Mapping[str, Any]) -> RunConfig:
+    """A config read back from a run directory (``--resume``, ``harness eval``): the same checks
+    ``resolve`` made when the run began, without re-merging any layer."""
+    validate_keys(cfg)
+    check(cfg)
+    return cfg  # type: ignore[return-value]
+
+
+def check_names(cfg: Mapping[str, Any]) -> None:
+    """Every name the config gives is registered (defense, data set, model, suite), with a
+    did-you-mean: ``--dry-run`` catches a misspelt name as surely as a real run does."""
+    from attacks.suites import get_suite
+    from defenses.registry import DEFENSES
+    from harness.data import DATASETS
+    from harness.models import MODELS
+
+    DEFENSES.entry(cfg["defense"])
+    DATASETS.entry(cfg["dataset"])
+    MODELS.entry(cfg["model"])
+    get_suite(cfg["eval"]["suite"])
+
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("piecewise", "cyclic", "constant")
 
 
 def check(cfg: Mapping[str, Any]) -> None:
     """Type and range checks that do not need torch. Raises ``ConfigError`` on the first problem."""
     ThreatModel.from_dict(cfg["threat"])
+    check_train(cfg["train"])
     _int(cfg, "seed", minimum=0)
     _int(cfg["train"], "epochs", minimum=1, where="train.")
     _int(cfg["train"], "batch_size", minimum=1, where="train.")
@@ -267,6 +419,33 @@ def check(cfg: Mapping[str, Any]) -> None:
     ckpts = cfg["eval"].get("checkpoints")
     if not isinstance(ckpts, list) or not ckpts:
         raise ConfigError("eval.checkpoints must be a non-empty list such as [\"best\", \"last\"]")
+
+
+def check_train(train: Mapping[str, Any]) -> None:
+    """The ``train`` section's optimizer, schedule and their numbers."""
+    if train["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {train['optimizer']!r}")
+    if train["schedule"] not in SCHEDULES:
+        raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {train['schedule']!r}")
+    for key in ("momentum", "weight_decay", "gamma"):
+        v = train.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"train.{key} must be a number >= 0, got {v!r}")
+    ms = train.get("milestones")
+    if not isinstance(ms, list) or not all(isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 1 for m in ms):
+        raise ConfigError(f"train.milestones must be a list of fractions of training in (0, 1), e.g. [0.5, 0.75]; got {ms!r}")
+    peak = train.get("cyclic_peak")
+    if isinstance(peak, bool) or not isinstance(peak, (int, float)) or not 0 < peak < 1:
+        raise ConfigError(f"train.cyclic_peak must be a fraction in (0, 1), got {peak!r}")
+    cm = train.get("cycle_momentum")
+    if cm is not None and not (isinstance(cm, list) and len(cm) == 2 and cm[0] <= cm[1]
+                               and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in cm)):
+        raise ConfigError(f"train.cycle_momentum must be null or [base, max] with 0 <= base <= max < 1, e.g. [0.8, 0.9]; got {cm!r}")
+    if cm is not None and (train["optimizer"] != "sgd" or train["schedule"] != "cyclic"):
+        raise ConfigError("train.cycle_momentum cycles SGD's momentum against a cyclic lr: it needs optimizer sgd and schedule cyclic")
+    if train.get("loss_scale", "dynamic") not in ("dynamic", 1, 1.0):
+        raise ConfigError(f"train.loss_scale must be dynamic or 1.0 (a static scale of 1, apex's in the Fast-AT code), "
+                          f"got {train.get('loss_scale')!r}")
 
 
 def _int(section: Mapping[str, Any], key: str, *, minimum: int, where: str = "") -> None:

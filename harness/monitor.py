@@ -1,6 +1,6 @@
 """What the training loop watches after every epoch, and the flags it raises.
 
-- ``evaluate_val``: the checkpoint on the first ``val_n`` validation points, in eval mode:
+- ``Monitor.evaluate``: the checkpoint on the first ``val_n`` validation points, in eval mode:
   clean accuracy, accuracy under the training attack itself, under FGSM, and under the
   selection attack (stronger than the training attack). Every adversarial example is checked
   against the eps ball and the box before it is counted; a point counts as robust only if it is
@@ -20,22 +20,9 @@ import torch
 from torch import nn
 
 from attacks.base import PassCounter, eval_mode, verify
-from attacks.pgd import FGSM, PGD
 from harness.core.errors import ConfigError
+from harness.core.runtime import autocast
 from harness.core.stats import proportion
-from harness.core.threat import ThreatModel
-
-
-def build_selection_attack(cfg: Mapping[str, Any], threat: ThreatModel, precision: str = "fp32") -> Any:
-    """The declared selection attack (``cfg["selection"]``), seeded with the run's seed."""
-    s = cfg["selection"]
-    kwargs = dict(steps=s["steps"], step_size=s["step_size"], restarts=s["restarts"], loss=s["loss"],
-                  random_start=s["random_start"], seed=int(cfg["seed"]), precision=precision, eps_text=threat.eps_text)
-    if s["attack"] == "pgd":
-        return PGD(threat.norm, threat.eps, **kwargs)
-    from attacks.registry import ATTACKS
-
-    return ATTACKS.get(s["attack"])(threat.norm, threat.eps, **kwargs)
 
 
 def check_selection(defense: Any, selection: Any) -> List[str]:
@@ -54,88 +41,91 @@ def check_selection(defense: Any, selection: Any) -> List[str]:
     return warnings
 
 
+class Monitor:
+    """The per-epoch measurement on val, built once per run from its context.
+
+    It holds the first ``monitor.val_n`` validation points and the three val attacks: FGSM, the
+    selection attack (``cfg["selection"]``, built by the attack factory and checked to be stronger
+    than the training attack) and the training attack itself (the defense's ``attack``)."""
+
+    def __init__(self, ctx: Any):
+        cfg = ctx.config
+        ctx.require_val()
+        self.defense = ctx.defense
+        self.seed = ctx.seed
+        self.batch_size = ctx.eval_batch_size
+        self.amp = lambda: autocast(ctx.device, ctx.precision)
+        self.selection = ctx.attack(dict(cfg["selection"]))
+        self.fgsm = ctx.attack({"attack": "fgsm"})
+        self.warnings = check_selection(self.defense, self.selection)
+        self.x, self.y = ctx.data.val.first(int(cfg["monitor"]["val_n"]))
+
+    @property
+    def n(self) -> int:
+        return int(self.y.shape[0])
+
+    def evaluate(self, model: nn.Module) -> Dict[str, Any]:
+        """The ``val`` block of a metrics row (formats.md), plus its passes and wall time.
+
+        The model is in eval mode throughout and its modes are restored afterwards. Randomness
+        comes from generators seeded with the run's seed afresh every call, so epochs are compared
+        on the same random starts and the training RNG is never touched."""
+        defense, x, y, n = self.defense, self.x, self.y, self.n
+        threat = defense.threat
+        t0 = time.perf_counter()
+        train_gen = torch.Generator(device=x.device).manual_seed(self.seed + 2)
+        has_train_attack = defense.train_attack().get("attack") != "none"
+        clean = torch.zeros(n, dtype=torch.bool, device=x.device)
+        tr, fg, sel = torch.zeros_like(clean), torch.zeros_like(clean), torch.zeros_like(clean)
+        with PassCounter(model) as counter, eval_mode(model):
+            for i in range(0, n, self.batch_size):
+                s = slice(i, i + self.batch_size)
+                xb, yb = x[s], y[s]
+                ok = _correct(model, xb, yb, self.amp)
+                clean[s] = ok
+                if has_train_attack:
+                    xa = defense.attack(model, xb, yb, train_gen)
+                    verify(xb, xa, threat.norm, threat.eps, what="training attack (val measurement)")
+                    tr[s] = ok & _correct(model, xa, yb, self.amp)
+                else:
+                    tr[s] = ok
+                for attack, into, what in ((self.fgsm, fg, "FGSM (val)"), (self.selection, sel, "selection attack (val)")):
+                    r = attack.run(model, xb, yb)
+                    verify(xb, r.x_adv, threat.norm, threat.eps, what=what)
+                    into[s] = ok & ~r.success
+            passes = counter.snapshot()
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        train_desc = dict(defense.train_attack())
+        if has_train_attack:
+            train_desc["model_mode"] = "eval"  # measured on the eval-mode model, like every val number
+            train_desc["model_mode_in_training"] = defense.train_attack().get("model_mode")
+
+        def block(mask: torch.Tensor, label: Optional[str] = None, desc: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+            out: Dict[str, Any] = proportion(int(mask.sum()), n)
+            if label is not None:
+                out["label"] = label
+                out["descriptor"] = desc
+            return out
+
+        return {
+            "n": n,
+            "split": "val",
+            "subset": "first n in fixed order",
+            "wall_s": time.perf_counter() - t0,
+            "clean": block(clean),
+            "train_attack": block(tr, defense.train_attack_label(), train_desc),
+            "fgsm": block(fg, self.fgsm.label(), self.fgsm.describe()),
+            "selection": block(sel, self.selection.label(), self.selection.describe()),
+            "passes": {"forward": passes["forward"], "backward": passes["backward"],
+                       "forward_per_example": passes["forward"] / max(n, 1),
+                       "backward_per_example": passes["backward"] / max(n, 1)},
+        }
+
+
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision_ctx: Any) -> torch.Tensor:
     with torch.no_grad(), precision_ctx():
         return model(x).argmax(1) == y
-
-
-def evaluate_val(
-    model: nn.Module,
-    defense: Any,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    selection: Any,
-    fgsm: FGSM,
-    seed: int,
-    batch_size: int = 500,
-    amp: Any = None,
-) -> Dict[str, Any]:
-    """The ``val`` block of a metrics row (formats.md), plus its passes and wall time.
-
-    The model is in eval mode throughout and its modes are restored afterwards. Randomness comes
-    from generators seeded with ``seed`` afresh every call, so epochs are compared on the same
-    random starts and the training RNG is never touched."""
-    import contextlib
-
-    amp = amp or contextlib.nullcontext
-    n = int(y.shape[0])
-    t0 = time.perf_counter()
-    counter = PassCounter(model)
-    train_gen = torch.Generator(device=x.device).manual_seed(seed + 2)
-    has_train_attack = defense.train_attack().get("attack") != "none"
-    clean = torch.zeros(n, dtype=torch.bool, device=x.device)
-    tr = torch.zeros_like(clean)
-    fg = torch.zeros_like(clean)
-    sel = torch.zeros_like(clean)
-    try:
-        with eval_mode(model):
-            for i in range(0, n, batch_size):
-                xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-                ok = _correct(model, xb, yb, amp)
-                clean[i:i + batch_size] = ok
-                if has_train_attack:
-                    xa = defense.attack(model, xb, yb, train_gen)
-                    verify(xb, xa, defense.threat.norm, defense.threat.eps, what="training attack (val measurement)")
-                    tr[i:i + batch_size] = ok & _correct(model, xa, yb, amp)
-                else:
-                    tr[i:i + batch_size] = ok
-                r = fgsm.run(model, xb, yb)
-                verify(xb, r.x_adv, fgsm.norm, fgsm.eps, what="FGSM (val)")
-                fg[i:i + batch_size] = ok & ~r.success
-                r = selection.run(model, xb, yb)
-                verify(xb, r.x_adv, selection.norm, selection.eps, what="selection attack (val)")
-                sel[i:i + batch_size] = ok & ~r.success
-    finally:
-        counter.close()
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-    wall = time.perf_counter() - t0
-    train_desc = dict(defense.train_attack())
-    if has_train_attack:
-        train_desc["model_mode"] = "eval"  # measured on the eval-mode model, like every val number
-        train_desc["model_mode_in_training"] = defense.train_attack().get("model_mode")
-    passes = counter.snapshot()
-
-    def block(mask: torch.Tensor, label: Optional[str] = None, desc: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        out: Dict[str, Any] = proportion(int(mask.sum()), n)
-        if label is not None:
-            out["label"] = label
-            out["descriptor"] = desc
-        return out
-
-    return {
-        "n": n,
-        "split": "val",
-        "subset": "first n in fixed order",
-        "wall_s": wall,
-        "clean": block(clean),
-        "train_attack": block(tr, defense.train_attack_label(), train_desc),
-        "fgsm": block(fg, fgsm.label(), fgsm.describe()),
-        "selection": block(sel, selection.label(), selection.describe()),
-        "passes": {"forward": passes["forward"], "backward": passes["backward"],
-                   "forward_per_example": passes["forward"] / max(n, 1), "backward_per_example": passes["backward"] / max(n, 1)},
-    }
 
 
 def detect_catastrophic_overfitting(

@@ -6,8 +6,11 @@ After every epoch the loop
    model (``attacks.base.PassCounter``), never declared;
 2. evaluates the checkpoint on the first ``monitor.val_n`` validation points (clean, the
    training attack itself, FGSM, the selection attack) and appends a row to ``metrics.jsonl``;
-3. flags catastrophic overfitting (and stops if ``monitor.early_stop``, or the defense's own
-   default when that is null) and tracks the robust-overfitting gap;
+3. flags catastrophic overfitting in every run, and tracks the robust-overfitting gap; stopping
+   is apart (``harness/stop_rules.py``): when ``monitor.early_stop`` is on (or the defense's own
+   default when that is null) the run's stop rule decides, the monitor's flag (``val-collapse``)
+   or Wong et al.'s check on the epoch's first training minibatch (``first-batch-pgd``, which
+   keeps the previous epoch's weights);
 4. writes ``epoch-NNN.safetensors``, ``best.safetensors`` + ``best.json`` when the selection
    accuracy improved (an epoch flagged for catastrophic overfitting never replaces an earlier
    best), and last of all ``last.pt`` (weights, optimizer, scheduler, every RNG,
@@ -23,60 +26,29 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 
 from attacks.base import PassCounter
-from attacks.pgd import FGSM
 from defenses.base import TrainContext
-from defenses.registry import DEFENSES
 from harness import checkpoints as ckpt
-from harness.config import threat_of
-from harness.data import Augment, load_dataset
-from harness.core.errors import ConfigError, HarnessError
-from harness.models import model_for
-from harness.stop_rules import build_stop_rule
-from harness.monitor import build_selection_attack, check_selection, detect_catastrophic_overfitting, evaluate_val, robust_overfitting
+from harness.context import RunContext
+from harness.core.errors import HarnessError
+from harness.core.io import atomic_write_json
 from harness.core.rundir import RunDir, now_iso
-from harness.core.runtime import (apply_memory_format, autocast, resolved_memory_format, resolved_precision, rng_state, seed_everything,
-                             select_device, set_rng_state)
+from harness.core.runtime import rng_state, seed_everything, set_rng_state
+from harness.monitor import Monitor, detect_catastrophic_overfitting, robust_overfitting
+from harness.stop_rules import build_stop_rule
 
 log = logging.getLogger("harness.training")
 
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("piecewise", "cyclic", "constant")
 RESUME_FORMAT = 1
+EpochHook = Callable[[int, Dict[str, Any]], None]
 
 
-# -- configuration pieces -------------------------------------------------------------------------
-
-def check_train_config(tcfg: Mapping[str, Any]) -> None:
-    """Checks of ``train`` that the config module leaves to the loop; ConfigError on the first problem."""
-    if tcfg["optimizer"] not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {tcfg['optimizer']!r}")
-    if tcfg["schedule"] not in SCHEDULES:
-        raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {tcfg['schedule']!r}")
-    for key in ("momentum", "weight_decay", "gamma"):
-        v = tcfg.get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise ConfigError(f"train.{key} must be a number >= 0, got {v!r}")
-    ms = tcfg.get("milestones")
-    if not isinstance(ms, list) or not all(isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 1 for m in ms):
-        raise ConfigError(f"train.milestones must be a list of fractions of training in (0, 1), e.g. [0.5, 0.75]; got {ms!r}")
-    peak = tcfg.get("cyclic_peak")
-    if isinstance(peak, bool) or not isinstance(peak, (int, float)) or not 0 < peak < 1:
-        raise ConfigError(f"train.cyclic_peak must be a fraction in (0, 1), got {peak!r}")
-    cm = tcfg.get("cycle_momentum")
-    if cm is not None and not (isinstance(cm, list) and len(cm) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                                          and 0 <= v < 1 for v in cm) and cm[0] <= cm[1]):
-        raise ConfigError(f"train.cycle_momentum must be null or [base, max] with 0 <= base <= max < 1, e.g. [0.8, 0.9]; got {cm!r}")
-    if cm is not None and (tcfg["optimizer"] != "sgd" or tcfg["schedule"] != "cyclic"):
-        raise ConfigError("train.cycle_momentum cycles SGD's momentum against a cyclic lr: it needs optimizer sgd and schedule cyclic")
-    if tcfg.get("loss_scale", "dynamic") not in ("dynamic", 1, 1.0):
-        raise ConfigError(f"train.loss_scale must be dynamic or 1.0 (a static scale of 1, apex's in the Fast-AT code), "
-                          f"got {tcfg.get('loss_scale')!r}")
-
+# -- optimizer and schedule -----------------------------------------------------------------------
 
 def make_optimizer(model: torch.nn.Module, tcfg: Mapping[str, Any]) -> torch.optim.Optimizer:
     if tcfg["optimizer"] == "sgd":
@@ -158,42 +130,7 @@ def make_scaler(device: torch.device, precision: str, tcfg: Mapping[str, Any]) -
     return torch.amp.GradScaler(device.type)
 
 
-class _Plan:
-    """Everything built from a config before training starts (and checked before a run directory
-    is created): threat, device, data, model, defense, attacks, optimizer, schedule."""
-
-    def __init__(self, cfg: Mapping[str, Any], device: Optional[torch.device] = None, *, load_data: bool = True):
-        check_train_config(cfg["train"])
-        self.threat = threat_of(cfg)
-        self.device = device if device is not None else select_device(cfg["device"])
-        self.precision = resolved_precision(self.device, cfg["precision"])
-        self.memory_format = resolved_memory_format(self.device, cfg.get("memory_format", "auto"))
-        self.defense = DEFENSES.get(cfg["defense"])(self.threat, cfg.get("defense_options") or {}, precision=self.precision)
-        self.selection = build_selection_attack(cfg, self.threat, self.precision)
-        self.warnings = check_selection(self.defense, self.selection)
-        self.fgsm = FGSM(self.threat.norm, self.threat.eps, eps_text=self.threat.eps_text, seed=int(cfg["seed"]),
-                         precision=self.precision)
-        early = cfg["monitor"].get("early_stop")
-        self.early_stop = self.defense.early_stop_default if early is None else bool(early)
-        self.stop_rule = build_stop_rule(cfg, self.threat, self.precision, self.early_stop)
-        self.data = None
-        if load_data:
-            d = cfg["data"]
-            self.data = load_dataset(cfg["dataset"], data_dir=d.get("data_dir"), val_size=d["val_size"],
-                                     split_seed=d["split_seed"], download=d["download"], device=self.device,
-                                     split=d.get("split", "random"), augment=Augment.from_config(d))
-            self.threat.check_input_dim(int(math.prod(self.data.shape)))
-            if len(self.data.val) == 0:
-                raise ConfigError("data.val_size is 0: the per-epoch selection needs a validation split held out from train")
-
-
-def plan(cfg: Mapping[str, Any], device: Optional[torch.device] = None, *, load_data: bool = False) -> "_Plan":
-    """Check a config the way training will use it (and load its data if asked): every config
-    and data error surfaces here, before anything is written. Pass the result to ``train``."""
-    return _Plan(cfg, device, load_data=load_data)
-
-
-# -- the loop -------------------------------------------------------------------------------------
+# -- what the loop shows while it runs -------------------------------------------------------------
 
 def _progress(enabled: bool):
     if not enabled:
@@ -236,6 +173,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _fresh_state() -> Dict[str, Any]:
+    """The loop's own counters, saved in last.pt (plain types: ``weights_only`` loads them)."""
     return {
         "format": RESUME_FORMAT,
         "epoch": 0,
@@ -251,264 +189,328 @@ def _fresh_state() -> Dict[str, Any]:
     }
 
 
-def train(
-    run: RunDir,
-    cfg: Mapping[str, Any],
-    *,
-    device: Optional[torch.device] = None,
-    resume: bool = False,
-    progress: Optional[bool] = None,
-    on_epoch_end: Optional[Callable[[int, Dict[str, Any]], None]] = None,
-    prepared: Optional[_Plan] = None,
-) -> Dict[str, Any]:
-    """Train ``cfg``'s defense into ``run`` and return the ``training.json`` document.
+@dataclass
+class EpochStats:
+    """One epoch of training, as measured (before validation)."""
 
-    ``resume``: continue from ``checkpoints/last.pt`` if it exists (from scratch otherwise).
-    ``on_epoch_end(epoch, row)`` is called after an epoch's files are all written (tests
-    interrupt runs there). ``progress``: a rich progress bar (default: when stderr is a TTY).
-    ``prepared``: the result of ``plan(cfg, load_data=True)``, so data are not loaded twice."""
-    seed = int(cfg["seed"])
-    seed_everything(seed)
-    p = prepared if prepared is not None and prepared.data is not None else _Plan(cfg, device)
-    data, defense, dev = p.data, p.defense, p.device
-    assert data is not None
-    tcfg, mcfg = cfg["train"], cfg["monitor"]
-    for w in p.warnings:
-        log.warning(w)
+    loss: float
+    accuracy: float
+    wall_s: float
+    passes: Dict[str, int]
 
-    model = apply_memory_format(model_for(cfg, data).to(dev), p.memory_format)
-    optimizer = make_optimizer(model, tcfg)
-    epochs, bs = int(tcfg["epochs"]), int(tcfg["batch_size"])
-    batches = data.train.num_batches(bs)
-    total_updates = epochs * batches * defense.updates_per_batch
-    scheduler = make_scheduler(optimizer, tcfg, total_updates)
-    scaler = make_scaler(dev, p.precision, tcfg)
-    data_gen = torch.Generator().manual_seed(seed)
-    attack_gen = torch.Generator(device=dev).manual_seed(seed + 1)
-    state = _fresh_state()
 
-    last_path = run.checkpoint_path("last")
-    if resume and last_path.exists():
-        saved = ckpt.load_resume(last_path)
+@dataclass
+class Selection:
+    """What validation decided about one epoch."""
+
+    improved: bool
+    collapsed: bool
+    stop: bool
+    notes: List[str]
+    rule: Optional[Dict[str, Any]] = None  # the stop rule's record of this epoch
+    restored: Optional[int] = None  # the epoch whose weights the stop rule put back
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+class Trainer:
+    """Trains ``ctx.defense`` into ``run``; ``fit()`` returns the ``training.json`` document.
+
+    Built from the run context (model, optimizer, schedule, generators, the val monitor) before
+    any file is written, so config errors (a selection attack no stronger than the training
+    attack) surface first; the loop itself is ``fit(run)`` over four steps per epoch: ``_train_epoch`` (the defense's steps, measured),
+    ``monitor.evaluate`` (val), ``_select`` (best, collapse, stop), ``_write_epoch`` (the metrics
+    row and the checkpoints), then ``_save_last`` (everything a resume needs)."""
+
+    def __init__(self, ctx: RunContext, *, progress: Optional[bool] = None, on_epoch_end: Optional[EpochHook] = None):
+        cfg = ctx.config
+        self.ctx, self.cfg = ctx, cfg
+        self.run: Optional[RunDir] = None
+        self.train_cfg, self.monitor_cfg = cfg["train"], cfg["monitor"]
+        self.on_epoch_end = on_epoch_end
+        self.show = sys.stderr.isatty() if progress is None else bool(progress)
+        seed_everything(ctx.seed)
+        self.monitor = Monitor(ctx)
+        early = self.monitor_cfg.get("early_stop")
+        self.early_stop = ctx.defense.early_stop_default if early is None else bool(early)
+        self.model = ctx.new_model()
+        self.optimizer = make_optimizer(self.model, self.train_cfg)
+        self.epochs, self.batch_size = int(self.train_cfg["epochs"]), int(self.train_cfg["batch_size"])
+        self.batches = ctx.data.train.num_batches(self.batch_size)
+        total_updates = self.epochs * self.batches * ctx.defense.updates_per_batch
+        self.scheduler = make_scheduler(self.optimizer, self.train_cfg, total_updates)
+        self.scaler = make_scaler(ctx.device, ctx.precision, self.train_cfg)
+        self.stop_rule = build_stop_rule(cfg, ctx.threat, ctx.precision, self.early_stop)
+        self.data_gen = torch.Generator().manual_seed(ctx.seed)
+        self.attack_gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 1)
+        self.state = _fresh_state()
+        self.step_ctx = TrainContext(self.optimizer, self.scheduler, self.attack_gen, ctx.device, ctx.precision, self.scaler)
+
+    # -- resume -------------------------------------------------------------------------------
+    def resume(self, run: RunDir) -> None:
+        """Continue ``run`` from ``checkpoints/last.pt`` if it exists (from scratch otherwise). Rows
+        of an epoch that did not finish (killed after its row, before last.pt) are dropped and
+        redone; a metrics file that lost rows of finished epochs is damage, refused in one line."""
+        self.run = run
+        path = run.checkpoint_path("last")
+        if not path.exists():
+            return
+        saved = ckpt.load_resume(path)
         if saved.get("format") != RESUME_FORMAT or "loop" not in saved:
-            raise HarnessError(f"{last_path} is not a resumable harness checkpoint (format {saved.get('format')!r})")
-        ckpt.load_into(model, saved["model"], source=str(last_path), allow_net_only=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if scaler is not None and saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        defense.load_state_dict(saved.get("defense") or {})
-        if p.stop_rule is not None:
-            p.stop_rule.load_state_dict(saved.get("stop_rule") or {})
-        data_gen.set_state(saved["data_generator"])
-        attack_gen.set_state(saved["attack_generator"].to(attack_gen.get_state().device))
+            raise HarnessError(f"{path} is not a resumable harness checkpoint (format {saved.get('format')!r})")
+        ckpt.load_into(self.model, saved["model"], source=str(path), allow_net_only=False)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        self.ctx.defense.load_state_dict(saved.get("defense") or {})
+        if self.stop_rule is not None:
+            self.stop_rule.load_state_dict(saved.get("stop_rule") or {})
+        self.data_gen.set_state(saved["data_generator"])
+        self.attack_gen.set_state(saved["attack_generator"].to(self.attack_gen.get_state().device))
         set_rng_state(saved["rng"])
-        state = saved["loop"]
-        # rows of an epoch that did not finish (killed after its row, before last.pt) are redone
-        rows = [r for r in run.read_metrics() if int(r.get("epoch", 0)) <= state["epoch"]]
+        self.state = saved["loop"]
+        self.step_ctx.updates = int(self.scheduler.last_epoch)
+        done = int(self.state["epoch"])
+        rows = [r for r in run.read_metrics(strict=True) if int(r.get("epoch", 0)) <= done]
+        have = sorted(int(r["epoch"]) for r in rows)
+        if have != list(range(1, done + 1)):
+            missing = sorted(set(range(1, done + 1)) - set(have))
+            raise HarnessError(
+                f"{run.metrics_path} lost the rows of finished epoch(s) {_ranges(missing)} (last.pt says {done} "
+                f"finished): the report and the training cost would undercount; restore the file or start a new run")
         run.write_metrics(rows)
-        log.info("resuming %s after epoch %d of %d", run.path, state["epoch"], epochs)
-        if state["finished"]:
-            doc = _summary(run, cfg, p, state, epochs)
-            run.write_training(doc)
-            return doc
+        log.info("resuming %s after epoch %d of %d", run.path, done, self.epochs)
 
-    ctx = TrainContext(optimizer, scheduler, attack_gen, dev, p.precision, scaler, updates=int(scheduler.last_epoch))
-    val_x, val_y = data.val.first(int(mcfg["val_n"]))
-    amp = (lambda: autocast(dev, p.precision))
-    counter = PassCounter(model)
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    bar = _progress(show)
-    try:
-        if bar is not None:
-            bar.start()
-        for epoch in range(state["epoch"] + 1, epochs + 1):
-            row = _epoch(epoch, epochs, run, cfg, p, model, ctx, counter, data_gen, val_x, val_y, amp, state, bar, batches)
-            last_saved = _save_last(run, model, optimizer, scheduler, scaler, defense, data_gen, attack_gen, state, p.stop_rule)
-            log.debug("wrote %s", last_saved)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, row)
-            if state["finished"]:
-                break
-    finally:
-        counter.close()
-        if bar is not None:
-            bar.stop()
-    doc = _summary(run, cfg, p, state, epochs)
-    run.write_training(doc)
-    return doc
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self, run: RunDir) -> Dict[str, Any]:
+        """Train the remaining epochs into ``run``; returns (and writes) the training summary."""
+        self.run = run
+        for w in self.monitor.warnings:
+            log.warning(w)
+        if not self.state["finished"]:
+            bar = _progress(self.show)
+            counter = PassCounter(self.model)
+            try:
+                if bar is not None:
+                    bar.start()
+                for epoch in range(self.state["epoch"] + 1, self.epochs + 1):
+                    self._one_epoch(epoch, counter, bar)
+                    if self.state["finished"]:
+                        break
+            finally:
+                counter.close()
+                if bar is not None:
+                    bar.stop()
+        doc = self.summary()
+        run.write_training(doc)
+        return doc
+
+    @property
+    def _run(self) -> RunDir:
+        assert self.run is not None, "fit(run) sets the run directory"
+        return self.run
+
+    def _one_epoch(self, epoch: int, counter: PassCounter, bar: Any) -> None:
+        stats = self._train_epoch(epoch, counter, bar)
+        val = self.monitor.evaluate(self.model)
+        self.model.train()
+        decision = self._select(epoch, val)
+        row = self._write_epoch(epoch, stats, val, decision)
+        self._save_last()
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(epoch, row)
+
+    def _train_epoch(self, epoch: int, counter: PassCounter, bar: Any) -> EpochStats:
+        defense, dev = self.ctx.defense, self.ctx.device
+        self.model.train()
+        task = bar.add_task(f"epoch {epoch}/{self.epochs}", total=self.batches, info="") if bar is not None else None
+        shown = _LossDisplay(dev) if task is not None else None
+        snap = counter.snapshot()
+        _sync(dev)
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), dtype=torch.long, device=dev)
+        seen = 0
+        for i, (x, y) in enumerate(self.ctx.data.train.batches(self.batch_size, shuffle=True, generator=self.data_gen)):
+            if self.stop_rule is not None:
+                self.stop_rule.observe(i, x, y)
+            r = defense.train_step(self.model, x, y, self.step_ctx)
+            loss_sum += r.loss_sum.float()
+            correct += r.correct
+            seen += r.n
+            if shown is not None and (i % 10 == 0 or i == self.batches - 1):
+                bar.update(task, completed=i + 1, info=shown.update(loss_sum, seen))
+        _sync(dev)
+        wall = time.perf_counter() - t0
+        if task is not None:
+            bar.remove_task(task)
+        if not self.model.training:
+            raise HarnessError(f"defense {defense.name!r} left the model in eval mode after its training step")
+        loss = float(loss_sum) / max(seen, 1)
+        if not math.isfinite(loss):
+            raise HarnessError(f"epoch {epoch}: the training loss is {loss}; lower train.lr or check the defense options")
+        return EpochStats(loss, int(correct) / max(seen, 1), wall, counter.since(snap))
+
+    def _select(self, epoch: int, val: Mapping[str, Any]) -> Selection:
+        """Best by selection accuracy on val; catastrophic overfitting flagged in every run; the
+        run stopped if early stopping is on and its stop rule fires. A collapsed epoch's PGD number
+        is the least trustworthy one (its loss surface is distorted), so it never replaces an
+        earlier best: the paper keeps the weights from before the collapse. An epoch whose weights
+        the stop rule throws away (first-batch-pgd) cannot be best either."""
+        state, mcfg = self.state, self.monitor_cfg
+        accs = {"selection": val["selection"]["accuracy"], "fgsm": val["fgsm"]["accuracy"],
+                "train_attack": val["train_attack"]["accuracy"]}
+        use_train = self.ctx.defense.train_attack().get("attack") != "none"
+        collapsed, reasons = detect_catastrophic_overfitting(state["history"], accs, co_drop=float(mcfg["co_drop"]),
+                                                             co_ratio=float(mcfg["co_ratio"]), use_train_attack=use_train)
+        state["history"].append(accs)
+        rule = (self.stop_rule.after_epoch(self.model, self.attack_gen, co=collapsed, reasons=reasons, epoch=epoch)
+                if self.stop_rule is not None else None)
+        stop = bool(rule and rule["fired"])
+        restored = self.stop_rule.restore(self.model) if stop and rule["rule"] != "val-collapse" else None
+        best = state["best"]
+        eligible = (not collapsed or best["epoch"] is None) and not (stop and restored is not None)
+        improved = eligible and (best["selection"] is None or accs["selection"] > best["selection"])
+        if improved:
+            state["best"] = best = {"epoch": epoch, "selection": accs["selection"]}
+        notes: List[str] = []
+        if collapsed:
+            notes += reasons
+            notes.append("not eligible as best (catastrophic overfitting)" if best["epoch"] != epoch
+                         else "kept as best only because no earlier epoch exists")
+            if not state["co"]["detected"]:
+                state["co"] = {"detected": True, "epoch": epoch, "detail": "; ".join(reasons)}
+        if stop:
+            assert rule is not None
+            state["stopped_early"] = True
+            state["stop_reason"] = (f"catastrophic overfitting at epoch {epoch}: " + "; ".join(reasons) if rule["rule"] == "val-collapse"
+                                    else f"{rule['rule']} at epoch {epoch}: {rule['reason']}")
+            state["stop"] = {"rule": rule["rule"], "epoch": epoch, "restored_epoch": restored}
+            notes.append(f"stopping early ({rule['rule']}); the run keeps the weights of epoch {restored} (last.pt)"
+                         if restored is not None else "stopping early (monitor.early_stop); best keeps the weights from before the collapse")
+        state["epoch"] = epoch
+        state["finished"] = stop or epoch == self.epochs
+        return Selection(improved, collapsed, stop, notes, rule, restored)
+
+    def _write_epoch(self, epoch: int, stats: EpochStats, val: Dict[str, Any], decision: Selection) -> Dict[str, Any]:
+        state, defense, run = self.state, self.ctx.defense, self._run
+        n_train = len(self.ctx.data.train)
+        state["train_wall_s"] += stats.wall_s
+        state["val_wall_s"] += val["wall_s"]
+        state["passes"]["forward"] += stats.passes["forward"]
+        state["passes"]["backward"] += stats.passes["backward"]
+        state["passes"]["examples"] += n_train
+        best = state["best"]
+        row = {
+            "epoch": epoch,
+            "epochs": self.epochs,
+            "time": now_iso(),
+            "train": {"loss": stats.loss, "accuracy": stats.accuracy, "accuracy_on": defense.accuracy_on,
+                      "lr": float(self.optimizer.param_groups[0]["lr"]), "wall_s": stats.wall_s, "examples": n_train,
+                      "updates": self.step_ctx.updates,
+                      "passes": {"forward": stats.passes["forward"], "backward": stats.passes["backward"],
+                                 "forward_per_example": stats.passes["forward"] / n_train,
+                                 "backward_per_example": stats.passes["backward"] / n_train}},
+            "val": val,
+            "best_epoch": best["epoch"],
+            "flags": {"catastrophic_overfitting": decision.collapsed,
+                      "robust_overfitting_gap": float(best["selection"]) - val["selection"]["accuracy"],
+                      "notes": decision.notes},
+        }
+        if decision.rule is not None:
+            row["stop_rule"] = decision.rule  # stopping, recorded apart from the collapse flag
+        run.append_metrics(row)
+        if self.train_cfg.get("keep_epoch_checkpoints", True) and decision.restored is None:
+            ckpt.save_weights(run.checkpoint_path(f"epoch-{epoch}"), self.model, metadata={"epoch": epoch})
+        if decision.improved:
+            ckpt.save_weights(run.checkpoint_path("best"), self.model, metadata={"epoch": epoch})
+            atomic_write_json(run.checkpoint_meta_path("best"), {
+                "epoch": epoch, "criterion": "selection-attack accuracy on the val split (first val_n points)",
+                "selection_accuracy": val["selection"]["accuracy"], "selection": val["selection"], "clean": val["clean"],
+                "split": "val", "n": val["n"]}, schema="checkpoint")
+        log.info("epoch %d/%d  loss %.4f  train acc %.3f  | val clean %.3f  %s %.3f  FGSM %.3f  %s %.3f%s  | %.1fs + %.1fs  "
+                 "%.2f fwd/ex%s", epoch, self.epochs, stats.loss, stats.accuracy, val["clean"]["accuracy"],
+                 defense.train_attack_label(), val["train_attack"]["accuracy"], val["fgsm"]["accuracy"],
+                 self.monitor.selection.label(), val["selection"]["accuracy"], "  [best]" if decision.improved else "",
+                 stats.wall_s, val["wall_s"], row["train"]["passes"]["forward_per_example"],
+                 "  CATASTROPHIC OVERFITTING" if decision.collapsed else "")
+        return row
+
+    def _save_last(self) -> None:
+        """last.pt, written after the epoch's other files: a run killed before it redoes the epoch."""
+        ckpt.save_resume(self._run.checkpoint_path("last"), {
+            "format": RESUME_FORMAT,
+            "model": ckpt.state_dict_of(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "defense": self.ctx.defense.state_dict(),
+            "stop_rule": self.stop_rule.state_dict() if self.stop_rule is not None else None,
+            "rng": rng_state(),
+            "data_generator": self.data_gen.get_state(),
+            "attack_generator": self.attack_gen.get_state().cpu(),
+            "epoch": self.state["epoch"],
+            "best": dict(self.state["best"]),
+            "loop": self.state,
+        })
+
+    def summary(self) -> Dict[str, Any]:
+        """The ``training.json`` document."""
+        ctx, state, cfg = self.ctx, self.state, self.cfg
+        defense, monitor = ctx.defense, self.monitor
+        hist = state["history"]
+        best_sel = state["best"]["selection"]
+        last_sel = hist[-1]["selection"] if hist else None
+        ro = robust_overfitting(best_sel if best_sel is not None else 0.0, last_sel if last_sel is not None else 0.0,
+                                float(self.monitor_cfg.get("ro_gap", 0.03)))
+        examples = max(int(state["passes"]["examples"]), 1)
+        epochs_run = int(state["epoch"])
+        return {
+            "defense": {**defense.describe(), "recipe": cfg.get("recipe")},
+            "train_attack": {"label": defense.train_attack_label(), "descriptor": defense.train_attack()},
+            "selection_attack": {"label": monitor.selection.label(), "descriptor": monitor.selection.describe()},
+            "fgsm_attack": {"label": monitor.fgsm.label(), "descriptor": monitor.fgsm.describe()},
+            "val": {"split": "val", "n": monitor.n, "subset": "first n in fixed order", "held_out_from": "train",
+                    "split_seed": cfg["data"]["split_seed"]},
+            "epochs_planned": self.epochs,
+            "epochs_run": epochs_run,
+            "best_epoch": state["best"]["epoch"],
+            "best_selection_accuracy": best_sel,
+            "last_epoch": epochs_run,
+            "stopped_early": bool(state["stopped_early"]),
+            "stop_reason": state["stop_reason"],
+            "early_stop": self.early_stop,
+            "stop_rule": ({**self.stop_rule.describe(), "fired": bool(state["stopped_early"]), **(state.get("stop") or {})}
+                          if self.stop_rule is not None else None),
+            "catastrophic_overfitting": dict(state["co"]),
+            "robust_overfitting": ro,
+            "wall_s": float(state["train_wall_s"]) + float(state["val_wall_s"]),
+            "train_wall_s": float(state["train_wall_s"]),
+            "val_wall_s": float(state["val_wall_s"]),
+            "train_wall_s_per_epoch": float(state["train_wall_s"]) / max(epochs_run, 1),
+            "passes_per_example_per_epoch": {"forward": state["passes"]["forward"] / examples,
+                                             "backward": state["passes"]["backward"] / examples},
+            "expected_passes_per_example_per_epoch": defense.expected_passes(),
+            "device": str(ctx.device),
+            "precision": ctx.precision,
+            "memory_format": ctx.memory_format,
+            "warnings": list(monitor.warnings),
+        }
 
 
-def _epoch(epoch: int, epochs: int, run: RunDir, cfg: Mapping[str, Any], p: _Plan, model: torch.nn.Module,
-           ctx: TrainContext, counter: PassCounter, data_gen: torch.Generator, val_x: torch.Tensor, val_y: torch.Tensor,
-           amp: Any, state: Dict[str, Any], bar: Any, batches: int) -> Dict[str, Any]:
-    assert p.data is not None
-    defense, dev, tcfg, mcfg = p.defense, p.device, cfg["train"], cfg["monitor"]
-    model.train()
-    task = bar.add_task(f"epoch {epoch}/{epochs}", total=batches, info="") if bar is not None else None
-    snap = counter.snapshot()
-    _sync(dev)
-    t0 = time.perf_counter()
-    loss_sum = torch.zeros((), device=dev)
-    correct = torch.zeros((), dtype=torch.long, device=dev)
-    seen = 0
-    shown = _LossDisplay(dev) if task is not None else None
-    for i, (x, y) in enumerate(p.data.train.batches(int(tcfg["batch_size"]), shuffle=True, generator=data_gen)):
-        if p.stop_rule is not None:
-            p.stop_rule.observe(i, x, y)
-        r = defense.train_step(model, x, y, ctx)
-        loss_sum += r.loss_sum.float()
-        correct += r.correct
-        seen += r.n
-        if shown is not None and (i % 10 == 0 or i == batches - 1):
-            bar.update(task, completed=i + 1, info=shown.update(loss_sum, seen))
-    _sync(dev)
-    train_wall = time.perf_counter() - t0
-    if task is not None:
-        bar.remove_task(task)
-    if not model.training:
-        raise HarnessError(f"defense {defense.name!r} left the model in eval mode after its training step")
-    used = counter.since(snap)
-    loss = float(loss_sum) / max(seen, 1)
-    if not math.isfinite(loss):
-        raise HarnessError(f"epoch {epoch}: the training loss is {loss}; lower train.lr or check the defense options")
+def train(run: RunDir, ctx: RunContext, *, resume: bool = False, progress: Optional[bool] = None,
+          on_epoch_end: Optional[EpochHook] = None) -> Dict[str, Any]:
+    """Train ``ctx``'s defense into ``run`` and return the ``training.json`` document.
 
-    val = evaluate_val(model, defense, val_x, val_y, selection=p.selection, fgsm=p.fgsm, seed=int(cfg["seed"]),
-                       batch_size=int(cfg["eval"].get("batch_size") or 500), amp=amp)
-    model.train()
-    accs = {"selection": val["selection"]["accuracy"], "fgsm": val["fgsm"]["accuracy"],
-            "train_attack": val["train_attack"]["accuracy"]}
-    use_train = defense.train_attack().get("attack") != "none"
-    co, reasons = detect_catastrophic_overfitting(state["history"], accs, co_drop=float(mcfg["co_drop"]),
-                                                  co_ratio=float(mcfg["co_ratio"]), use_train_attack=use_train)
-    state["history"].append(accs)
-    # flagging (above) happens in every run; stopping is the stop rule's decision, made apart
-    rule = p.stop_rule.after_epoch(model, ctx.generator, co=co, reasons=reasons, epoch=epoch) if p.stop_rule is not None else None
-    stop = bool(rule and rule["fired"])
-    restored = p.stop_rule.restore(model) if stop and rule["rule"] != "val-collapse" else None
-    best = state["best"]
-    # a collapsed epoch's PGD number is the least trustworthy one (its loss surface is distorted),
-    # so it is never chosen over an earlier epoch: the paper keeps the weights from before the collapse;
-    # an epoch whose weights the stop rule threw away cannot be best either
-    eligible = (not co or best["epoch"] is None) and not (stop and restored is not None)
-    improved = eligible and (best["selection"] is None or accs["selection"] > best["selection"])
-    if improved:
-        state["best"] = best = {"epoch": epoch, "selection": accs["selection"]}
-    notes: List[str] = []
-    if co:
-        notes += reasons
-        notes.append("not eligible as best (catastrophic overfitting)" if best["epoch"] != epoch
-                     else "kept as best only because no earlier epoch exists")
-        if not state["co"]["detected"]:
-            state["co"] = {"detected": True, "epoch": epoch, "detail": "; ".join(reasons)}
-    if stop:
-        state["stopped_early"] = True
-        state["stop_reason"] = (f"catastrophic overfitting at epoch {epoch}: " + "; ".join(reasons) if rule["rule"] == "val-collapse"
-                                else f"{rule['rule']} at epoch {epoch}: {rule['reason']}")
-        state["stop"] = {"rule": rule["rule"], "epoch": epoch, "restored_epoch": restored}
-        if restored is not None:
-            notes.append(f"stopping early ({rule['rule']}); the run keeps the weights of epoch {restored} (last.pt)")
-        else:
-            notes.append("stopping early (monitor.early_stop); best keeps the weights from before the collapse")
-    state["epoch"] = epoch
-    state["finished"] = stop or epoch == epochs
-    state["train_wall_s"] += train_wall
-    state["val_wall_s"] += val["wall_s"]
-    n_train = len(p.data.train)
-    state["passes"]["forward"] += used["forward"]
-    state["passes"]["backward"] += used["backward"]
-    state["passes"]["examples"] += n_train
-    lr = float(ctx.optimizer.param_groups[0]["lr"])
-
-    row = {
-        "epoch": epoch,
-        "epochs": epochs,
-        "time": now_iso(),
-        "train": {"loss": loss, "accuracy": int(correct) / max(seen, 1), "accuracy_on": defense.accuracy_on, "lr": lr,
-                  "wall_s": train_wall, "examples": n_train, "updates": ctx.updates,
-                  "passes": {"forward": used["forward"], "backward": used["backward"],
-                             "forward_per_example": used["forward"] / n_train, "backward_per_example": used["backward"] / n_train}},
-        "val": val,
-        "best_epoch": best["epoch"],
-        "flags": {"catastrophic_overfitting": bool(co), "robust_overfitting_gap": float(best["selection"]) - accs["selection"],
-                  "notes": notes},
-    }
-    if rule is not None:
-        row["stop_rule"] = rule
-    run.append_metrics(row)
-    if tcfg.get("keep_epoch_checkpoints", True) and restored is None:
-        ckpt.save_weights(run.checkpoint_path(f"epoch-{epoch}"), model, metadata={"epoch": epoch})
-    if improved:
-        ckpt.save_weights(run.checkpoint_path("best"), model, metadata={"epoch": epoch})
-        from harness.core.io import atomic_write_json
-
-        atomic_write_json(run.checkpoint_meta_path("best"), {
-            "epoch": epoch, "criterion": "selection-attack accuracy on the val split (first val_n points)",
-            "selection_accuracy": accs["selection"], "selection": val["selection"], "clean": val["clean"],
-            "split": "val", "n": val["n"]}, schema="checkpoint")
-    log.info("epoch %d/%d  loss %.4f  train acc %.3f  | val clean %.3f  %s %.3f  FGSM %.3f  %s %.3f%s  | %.1fs + %.1fs  %.2f fwd/ex%s",
-             epoch, epochs, loss, row["train"]["accuracy"], val["clean"]["accuracy"], defense.train_attack_label(),
-             accs["train_attack"], accs["fgsm"], p.selection.label(), accs["selection"], "  [best]" if improved else "",
-             train_wall, val["wall_s"], row["train"]["passes"]["forward_per_example"],
-             "  CATASTROPHIC OVERFITTING" if co else "")
-    return row
+    ``resume``: continue from ``checkpoints/last.pt`` if it exists. ``on_epoch_end(epoch, row)``
+    is called after an epoch's files are all written (tests interrupt runs there).
+    ``progress``: a rich progress bar (default: when stderr is a TTY)."""
+    trainer = Trainer(ctx, progress=progress, on_epoch_end=on_epoch_end)
+    if resume:
+        trainer.resume(run)
+    return trainer.fit(run)
 
 
-def _save_last(run: RunDir, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
-               defense: Any, data_gen: torch.Generator, attack_gen: torch.Generator, state: Dict[str, Any], stop_rule: Any = None):
-    payload = {
-        "stop_rule": stop_rule.state_dict() if stop_rule is not None else None,
-        "format": RESUME_FORMAT,
-        "model": ckpt.state_dict_of(model),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "defense": defense.state_dict(),
-        "rng": rng_state(),
-        "data_generator": data_gen.get_state(),
-        "attack_generator": attack_gen.get_state().cpu(),
-        "epoch": state["epoch"],
-        "best": dict(state["best"]),
-        "loop": state,
-    }
-    return ckpt.save_resume(run.checkpoint_path("last"), payload)
-
-
-def _summary(run: RunDir, cfg: Mapping[str, Any], p: _Plan, state: Mapping[str, Any], epochs: int) -> Dict[str, Any]:
-    defense = p.defense
-    hist = state["history"]
-    best_sel = state["best"]["selection"]
-    last_sel = hist[-1]["selection"] if hist else None
-    ro = robust_overfitting(best_sel if best_sel is not None else 0.0, last_sel if last_sel is not None else 0.0,
-                            float(cfg["monitor"].get("ro_gap", 0.03)))
-    ex = max(int(state["passes"]["examples"]), 1)
-    return {
-        "defense": {**defense.describe(), "recipe": cfg.get("recipe")},
-        "train_attack": {"label": defense.train_attack_label(), "descriptor": defense.train_attack()},
-        "selection_attack": {"label": p.selection.label(), "descriptor": p.selection.describe()},
-        "fgsm_attack": {"label": p.fgsm.label(), "descriptor": p.fgsm.describe()},
-        "val": {"split": "val", "n": int(min(cfg["monitor"]["val_n"], len(p.data.val))) if p.data is not None else None,
-                "subset": "first n in fixed order", "held_out_from": "train", "split_seed": cfg["data"]["split_seed"]},
-        "epochs_planned": epochs,
-        "epochs_run": int(state["epoch"]),
-        "best_epoch": state["best"]["epoch"],
-        "best_selection_accuracy": best_sel,
-        "last_epoch": int(state["epoch"]),
-        "stopped_early": bool(state["stopped_early"]),
-        "stop_reason": state["stop_reason"],
-        "early_stop": p.early_stop,
-        "stop_rule": ({**p.stop_rule.describe(), "fired": bool(state["stopped_early"]), **(state.get("stop") or {})}
-                      if p.stop_rule is not None else None),
-        "catastrophic_overfitting": dict(state["co"]),
-        "robust_overfitting": ro,
-        "wall_s": float(state["train_wall_s"]) + float(state["val_wall_s"]),
-        "train_wall_s": float(state["train_wall_s"]),
-        "val_wall_s": float(state["val_wall_s"]),
-        "train_wall_s_per_epoch": float(state["train_wall_s"]) / max(int(state["epoch"]), 1),
-        "passes_per_example_per_epoch": {"forward": state["passes"]["forward"] / ex, "backward": state["passes"]["backward"] / ex},
-        "expected_passes_per_example_per_epoch": defense.expected_passes(),
-        "device": str(p.device),
-        "precision": p.precision,
-        "memory_format": p.memory_format,
-        "warnings": list(p.warnings),
-    }
+def _ranges(epochs: List[int]) -> str:
+    return ", ".join(str(e) for e in epochs[:10]) + (" ..." if len(epochs) > 10 else "")

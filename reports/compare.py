@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from harness.core.stats import mean_std
-from reports.load import EvalView, RunInfo, accuracy_of, ci_of, dig, fnum, worst_verdict
+from reports.load import EvalView, RunInfo, accuracy_of, ci_of, fnum, worst_verdict
 from reports.table import Column, Group, Row, Table, Value
 
 NOT_EVALUATED = "not evaluated"
@@ -64,13 +64,13 @@ def _suite_fingerprint(ev: EvalView) -> Tuple[Any, ...]:
     same suite at two eps has the same fingerprint; eps itself is a separate part of the key)."""
     out = []
     for a in ev.attacks:
-        d = dict(a.get("descriptor")) if isinstance(a.get("descriptor"), dict) else {}
+        d = dict(a.descriptor)
         step, eps = fnum(d.get("step_size")), fnum(d.get("eps_value"))
         if d.get("step_size_expr") not in (None, ""):
             d.pop("step_size", None)
         elif step is not None and eps:
             d["step_size"] = f"{step / eps:.6g}*eps"
-        out.append((str(a.get("name")), tuple(sorted((k, repr(v)) for k, v in d.items() if k not in _IGNORED_DESCRIPTOR))))
+        out.append((str(a.name), tuple(sorted((k, repr(v)) for k, v in d.items() if k not in _IGNORED_DESCRIPTOR))))
     return tuple(out)
 
 
@@ -235,7 +235,7 @@ def _row(table: Table, defense: str, variant: str, entries: Sequence[_Entry], ev
         for c in ("clean", "pgd", "autoattack", "worst_case", "last_worst_case"):
             cells[c] = Value.absent(NOT_EVALUATED)
         cells["verdict"] = Value.absent(NOT_EVALUATED)
-    cells["train_attack"] = _agg([accuracy_of(dig(e.run.metrics_row(e.run.best_epoch), "val", "train_attack"))
+    cells["train_attack"] = _agg([accuracy_of(e.run.metrics_row(e.run.best_epoch).val.train_attack)
                                   for e in entries if e.run.has_train_attack], k,
                                  missing="no metrics" if any(e.run.has_train_attack for e in entries) else "n/a")
     # cost is the cost of a whole training: runs still training do not count towards it

@@ -1,9 +1,11 @@
 """Read a run directory for reporting, without torch and without failing on a half-written run.
 
 ``load_run`` collects whatever the run has (config, env, per-epoch metrics, training summary,
-evaluation results) and records every file it could not use in ``RunInfo.problems`` instead of
-raising: a report of a killed or still-running run says what is missing, it does not invent it.
-Only a path that is not a run directory at all is an error.
+evaluation results) as typed documents (``harness.core.documents``) and records every file it
+could not use in ``RunInfo.problems`` instead of raising: a report of a killed or still-running
+run says what is missing, it does not invent it. Only a path that is not a run directory at all
+is an error. The documents read tolerantly (a missing or mistyped field is None or empty), so
+the reports read fields and never dig through dicts.
 """
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from harness.core.documents import (AttackRecord, CheckpointRecord, Document, EnvRecord, EvalResult, Finding,
+                                    MetricsRow, Proportion, TrainingSummary)
 from harness.core.errors import HarnessError
 from harness.core.rundir import RunDir
 
 # attack names whose implementation is the reference AutoAttack (pyautoattack)
-AUTOATTACK_NAMES = {"apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square", "autoattack", "apgd-ce-rand", "apgd-dlr-rand"}
+AUTOATTACK_NAMES = {"apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square", "autoattack", "apgd-ce-rand",
+                    "apgd-dlr-rand"}
 VERDICT_ORDER = ("reliable", "not run", "suspicious", "unreliable")  # worst last
 CHECKPOINT_ORDER = {"best": 0, "last": 1}
-
 
 def fnum(x: Any) -> Optional[float]:
     """A finite float, or None (stored JSON may hold null for NaN)."""
@@ -33,46 +37,27 @@ def fnum(x: Any) -> Optional[float]:
     return v if math.isfinite(v) else None
 
 
-def dig(doc: Any, *keys: Any, default: Any = None) -> Any:
-    """``doc[k1][k2]...`` or ``default`` when any level is absent or of the wrong type."""
-    cur = doc
-    for k in keys:
-        if isinstance(cur, dict) and k in cur:
-            cur = cur[k]
-        elif isinstance(cur, list) and isinstance(k, int) and -len(cur) <= k < len(cur):
-            cur = cur[k]
-        else:
-            return default
-    return default if cur is None else cur
+def stored(doc: Optional[Document], name: str) -> Any:
+    """The stored (JSON) form of field ``name`` of ``doc``, or None when the file does not hold it:
+    what ``results.json`` copies from the run's files."""
+    if doc is None or not doc.present(name):
+        return None
+    value = getattr(doc, name)
+    return value.to_json() if isinstance(value, Document) else value
 
 
-def as_dict(x: Any) -> Dict[str, Any]:
-    return x if isinstance(x, dict) else {}
+def accuracy_of(prop: Optional[Proportion]) -> Optional[float]:
+    return fnum(prop.accuracy) if prop is not None else None
 
 
-def as_list(x: Any) -> List[Any]:
-    return x if isinstance(x, list) else []
+def ci_of(prop: Optional[Proportion]) -> Optional[Tuple[float, float]]:
+    return prop.interval if prop is not None else None
 
 
-def as_text(x: Any) -> Optional[str]:
-    return None if x is None or x == "" else str(x)
-
-
-def accuracy_of(prop: Any) -> Optional[float]:
-    return fnum(prop.get("accuracy")) if isinstance(prop, dict) else None
-
-
-def ci_of(prop: Any) -> Optional[Tuple[float, float]]:
-    ci = prop.get("ci95") if isinstance(prop, dict) else None
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and fnum(ci[0]) is not None and fnum(ci[1]) is not None:
-        return (float(ci[0]), float(ci[1]))
-    return None
-
-
-def attack_family(attack: Dict[str, Any]) -> str:
+def attack_family(attack: AttackRecord) -> str:
     """pgd | autoattack | fgsm | other: the comparison table's PGD and AutoAttack columns."""
-    name = str(attack.get("name") or dig(attack, "descriptor", "attack", default="")).lower()
-    if dig(attack, "descriptor", "library") == "pyautoattack" or name in AUTOATTACK_NAMES:
+    name = str(attack.name or attack.descriptor.get("attack") or "").lower()
+    if attack.descriptor.get("library") == "pyautoattack" or name in AUTOATTACK_NAMES:
         return "autoattack"
     if name.startswith("pgd"):
         return "pgd"
@@ -81,11 +66,11 @@ def attack_family(attack: Dict[str, Any]) -> str:
     return "other"
 
 
-def _component_name(label: str, attack: Dict[str, Any]) -> str:
+def _component_name(label: str, attack: AttackRecord) -> str:
     """``AutoAttack standard: APGD-T (9 targets)`` -> ``APGD-T``."""
     short = re.sub(r"^AutoAttack[^:]*:\s*", "", label)
     short = re.sub(r"\s*\(.*\)$", "", short).strip()
-    return short or str(attack.get("name") or "?").upper()
+    return short or str(attack.name or "?").upper()
 
 
 def worst_verdict(verdicts: Iterable[str]) -> str:
@@ -112,87 +97,92 @@ def fmt_eps(text: Any, value: Optional[float] = None) -> str:
     return "?" if value is None else f"{value:g}"
 
 
-class EvalView:
-    """One ``eval/SUITE--CKPT.json`` result, read defensively."""
+def device_text(env: Optional[EnvRecord], unknown: str = "unknown") -> str:
+    """``cuda:0 (NVIDIA H100)``, ``cpu (x86_64)`` or what is known."""
+    dev, name = (env.device, env.device_name) if env is not None else (None, None)
+    if dev and name and name != dev:
+        return f"{dev} ({name})"
+    return str(dev or name or unknown)
 
-    def __init__(self, suite: str, checkpoint: str, doc: Dict[str, Any]):
-        self.suite = str(doc.get("suite") or suite)
-        self.checkpoint = str(doc.get("checkpoint") or checkpoint)
-        self.doc = doc
+
+class EvalView:
+    """One ``eval/SUITE--CKPT.json`` result (``result``, an ``EvalResult``) and what reports derive
+    from it."""
+
+    def __init__(self, suite: str, checkpoint: str, result: EvalResult):
+        self.suite = str(result.suite or suite)
+        self.checkpoint = str(result.checkpoint or checkpoint)
+        self.result = result
 
     @property
     def epoch(self) -> Optional[int]:
-        e = self.doc.get("checkpoint_epoch")
-        return int(e) if isinstance(e, (int, float)) and not isinstance(e, bool) else None
+        return self.result.checkpoint_epoch
 
     @property
     def norm(self) -> str:
-        return str(dig(self.doc, "threat", "norm", default="?"))
+        return str(self.result.threat.norm or "?")
 
     @property
     def eps_text(self) -> str:
-        return fmt_eps(dig(self.doc, "threat", "eps"), self.eps_value)
+        return fmt_eps(self.result.threat.eps, self.eps_value)
 
     @property
     def eps_value(self) -> Optional[float]:
-        return fnum(dig(self.doc, "threat", "eps_value")) or eps_number(dig(self.doc, "threat", "eps"))
+        return fnum(self.result.threat.eps_value) or eps_number(self.result.threat.eps)
 
     @property
     def n(self) -> Optional[int]:
-        n = dig(self.doc, "data", "n")
-        if n is None:
-            n = dig(self.doc, "robust", "n")
-        return int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None
+        return self.result.n
 
     @property
     def dataset(self) -> Optional[str]:
-        return dig(self.doc, "data", "dataset")
+        return self.result.data.dataset
 
     @property
     def split(self) -> str:
-        return str(dig(self.doc, "data", "split", default="test"))
+        return str(self.result.data.split or "test")
 
     @property
-    def clean(self) -> Optional[Dict[str, Any]]:
-        c = self.doc.get("clean")
-        return c if isinstance(c, dict) else None
+    def subset(self) -> Optional[str]:
+        return self.result.data.subset
 
     @property
-    def robust(self) -> Optional[Dict[str, Any]]:
-        r = self.doc.get("robust")
-        return r if isinstance(r, dict) and accuracy_of(r) is not None else None
+    def clean(self) -> Optional[Proportion]:
+        return self.result.clean if self.result.present("clean") else None
 
     @property
-    def attacks(self) -> List[Dict[str, Any]]:
-        a = self.doc.get("attacks")
-        return [x for x in a if isinstance(x, dict)] if isinstance(a, list) else []
+    def robust(self) -> Optional[Proportion]:
+        r = self.result.robust
+        return r if accuracy_of(r) is not None else None
+
+    @property
+    def attacks(self) -> List[AttackRecord]:
+        return self.result.attacks
 
     @property
     def verdict(self) -> str:
-        v = dig(self.doc, "checks", "verdict", default="not run")
+        v = self.result.checks.verdict
         return v if v in VERDICT_ORDER else "not run"
 
     @property
     def reasons(self) -> List[str]:
-        r = dig(self.doc, "checks", "reasons", default=[])
-        return [str(x) for x in r] if isinstance(r, list) else []
+        return self.result.checks.reasons
 
     @property
-    def findings(self) -> List[Dict[str, Any]]:
-        f = dig(self.doc, "checks", "findings", default=[])
-        return [x for x in f if isinstance(x, dict)] if isinstance(f, list) else []
+    def findings(self) -> List[Finding]:
+        return self.result.checks.findings
 
     @property
     def complete(self) -> bool:
         """A result with a worst-case number; anything less renders as not evaluated."""
         return self.robust is not None
 
-    def stage(self, family: str) -> Optional[Dict[str, Any]]:
+    def stage(self, family: str) -> Optional[Proportion]:
         """The cumulative accuracy after the last attack of ``family`` in the cascade."""
         found = None
         for a in self.attacks:
-            if attack_family(a) == family and isinstance(a.get("after"), dict):
-                found = a["after"]
+            if attack_family(a) == family and a.present("after"):
+                found = a.after
         return found
 
     def suite_description(self) -> str:
@@ -208,9 +198,10 @@ class EvalView:
                 aa.clear()
 
         for a in self.attacks:
-            label = str(a.get("label") or a.get("name") or "?")
+            label = str(a.label or a.name or "?")
             if attack_family(a) == "autoattack":
-                version = str(dig(a, "descriptor", "autoattack_version", default=""))
+                version = a.descriptor.get("autoattack_version")
+                version = "" if version is None else str(version)
                 if aa and version != aa_version:
                     flush()
                 aa_version = version
@@ -229,36 +220,37 @@ class EvalView:
         n = self.n if self.n is not None else "?"
         return f"against suite {self.suite} ({self.suite_description()}), {self.threat_label()}, n={n}"
 
+    def _sweep(self) -> Optional[Finding]:
+        return self.result.checks.finding("eps-sweep")
+
     def eps_sweep_attack(self) -> Optional[str]:
         """The attack the eps sweep ran at every eps (e.g. ``PGD-20 CE``)."""
-        for f in self.findings:
-            if f.get("check") == "eps-sweep":
-                a = dig(f, "values", "attack")
-                return a if isinstance(a, str) and a else None
-        return None
+        f = self._sweep()
+        a = f.values.get("attack") if f is not None else None
+        return a if isinstance(a, str) and a else None
 
     def eps_sweep_points(self) -> Optional[int]:
         """How many points the eps sweep ran on (it may be a subset of the n of the suite)."""
-        for f in self.findings:
-            if f.get("check") == "eps-sweep":
-                m = dig(f, "values", "points")
-                return m if isinstance(m, int) and not isinstance(m, bool) else None
-        return None
+        f = self._sweep()
+        m = f.values.get("points") if f is not None else None
+        return m if isinstance(m, int) and not isinstance(m, bool) else None
 
     def eps_sweep(self) -> Optional[Tuple[List[float], List[float]]]:
-        for f in self.findings:
-            if f.get("check") == "eps-sweep":
-                xs = as_list(dig(f, "values", "eps"))
-                ys = as_list(dig(f, "values", "accuracy"))
-                pts = [(eps_number(x), fnum(y)) for x, y in zip(xs, ys)]
-                pts = [(x, y) for x, y in pts if x is not None and y is not None]
-                if pts:
-                    pts.sort()
-                    return [p[0] for p in pts], [p[1] for p in pts]
-        return None
+        f = self._sweep()
+        if f is None:
+            return None
+        xs, ys = f.values.get("eps"), f.values.get("accuracy")
+        if not isinstance(xs, list) or not isinstance(ys, list):
+            return None
+        pts = [(eps_number(x), fnum(y)) for x, y in zip(xs, ys)]
+        pts = [(x, y) for x, y in pts if x is not None and y is not None]
+        if not pts:
+            return None
+        pts.sort()
+        return [p[0] for p in pts], [p[1] for p in pts]
 
     def cost_wall_s(self) -> Optional[float]:
-        return fnum(dig(self.doc, "cost", "wall_s"))
+        return fnum(self.result.cost.wall_s)
 
 
 @dataclass
@@ -267,13 +259,19 @@ class RunInfo:
 
     path: Path
     config: Dict[str, Any] = field(default_factory=dict)
-    env: Dict[str, Any] = field(default_factory=dict)
-    metrics: List[Dict[str, Any]] = field(default_factory=list)
-    training: Optional[Dict[str, Any]] = None
-    best_meta: Optional[Dict[str, Any]] = None
+    env: EnvRecord = field(default_factory=lambda: EnvRecord.from_json({}))
+    metrics: List[MetricsRow] = field(default_factory=list)
+    training: Optional[TrainingSummary] = None
+    best_meta: Optional[CheckpointRecord] = None
     evals: Dict[Tuple[str, str], EvalView] = field(default_factory=dict)
     partial_evals: List[Tuple[str, str]] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
+
+    # -- the config (a plain dict until the config is a typed document) -------------------------
+    def section(self, name: str) -> Dict[str, Any]:
+        """A section of the config (``threat``, ``train``, ``eval``, ...), empty when absent."""
+        s = self.config.get(name)
+        return s if isinstance(s, dict) else {}
 
     # -- identity -----------------------------------------------------------------------------
     @property
@@ -281,8 +279,13 @@ class RunInfo:
         return self.path.name
 
     @property
+    def summary(self) -> TrainingSummary:
+        """training.json, or an empty summary (every field None) while training has not finished."""
+        return self.training if self.training is not None else TrainingSummary.empty()
+
+    @property
     def defense(self) -> str:
-        return str(self.config.get("defense") or dig(self.training, "defense", "name", default="?"))
+        return str(self.config.get("defense") or self.summary.defense.name or "?")
 
     @property
     def dataset(self) -> str:
@@ -304,22 +307,22 @@ class RunInfo:
 
     @property
     def norm(self) -> str:
-        return str(dig(self.config, "threat", "norm", default="?"))
+        norm = self.section("threat").get("norm")
+        return "?" if norm is None else str(norm)
 
     @property
     def eps_text(self) -> str:
-        return fmt_eps(dig(self.config, "threat", "eps"))
+        return fmt_eps(self.section("threat").get("eps"))
 
     @property
     def eps_value(self) -> Optional[float]:
-        return eps_number(dig(self.config, "threat", "eps"))
+        return eps_number(self.section("threat").get("eps"))
 
     @property
     def status(self) -> str:
         """finished | running | failed | interrupted | unknown, from env.json and what is on disk."""
-        s = self.env.get("status")
-        if isinstance(s, str) and s:
-            return s
+        if self.env.status:
+            return self.env.status
         return "finished" if self.training is not None else "unknown"
 
     @property
@@ -328,59 +331,56 @@ class RunInfo:
 
     @property
     def device(self) -> str:
-        dev = self.env.get("device")
-        name = self.env.get("device_name")
-        if dev and name and name != dev:
-            return f"{dev} ({name})"
-        return str(dev or name or "unknown")
+        return device_text(self.env)
 
     # -- training -----------------------------------------------------------------------------
     @property
+    def last_row(self) -> MetricsRow:
+        """The last epoch's metrics row (an empty row when there is none yet)."""
+        return self.metrics[-1] if self.metrics else MetricsRow.empty()
+
+    @property
     def epochs_planned(self) -> Optional[int]:
-        v = dig(self.training, "epochs_planned")
-        if v is None:
-            v = dig(self.metrics, -1, "epochs")
-        if v is None:
-            v = dig(self.config, "train", "epochs")
-        return v if isinstance(v, int) else None
+        for v in (self.summary.epochs_planned, self.last_row.epochs, self.section("train").get("epochs")):
+            if v is not None:
+                return v if isinstance(v, int) else None
+        return None
 
     @property
     def epochs_run(self) -> int:
-        v = dig(self.training, "epochs_run")
-        if isinstance(v, int):
-            return v
-        return len(self.metrics)
+        v = self.summary.epochs_run
+        return v if v is not None else len(self.metrics)
 
     @property
     def best_epoch(self) -> Optional[int]:
-        for v in (dig(self.training, "best_epoch"), dig(self.best_meta, "epoch"), dig(self.metrics, -1, "best_epoch")):
-            if isinstance(v, int) and not isinstance(v, bool):
+        best_meta = self.best_meta if self.best_meta is not None else CheckpointRecord.empty()
+        for v in (self.summary.best_epoch, best_meta.epoch, self.last_row.best_epoch):
+            if v is not None:
                 return v
         return None
 
     @property
     def last_epoch(self) -> Optional[int]:
-        v = dig(self.training, "last_epoch")
-        if isinstance(v, int):
-            return v
-        v = dig(self.metrics, -1, "epoch")
-        return v if isinstance(v, int) else None
+        v = self.summary.last_epoch
+        return v if v is not None else self.last_row.epoch
 
-    def metrics_row(self, epoch: Optional[int]) -> Optional[Dict[str, Any]]:
-        if epoch is None:
-            return None
+    def metrics_row(self, epoch: Optional[int]) -> MetricsRow:
+        """The metrics row of ``epoch`` (an empty row when there is none)."""
         for r in self.metrics:
-            if r.get("epoch") == epoch:
+            if epoch is not None and r.epoch == epoch:
                 return r
-        return None
+        return MetricsRow.empty()
 
     def _attack_info(self, key: str, val_key: str) -> Tuple[Optional[str], Dict[str, Any]]:
         """(label, descriptor) of the training or selection attack, from training.json or else
         from the per-epoch metrics."""
-        for block in [dig(self.training, key)] + [dig(r, "val", val_key) for r in reversed(self.metrics)]:
-            block = as_dict(block)
-            if as_text(block.get("label")) or as_dict(block.get("descriptor")):
-                return as_text(block.get("label")), dict(as_dict(block.get("descriptor")))
+        blocks = [getattr(self.summary, key)] + [getattr(r.val, val_key) for r in reversed(self.metrics)]
+        for block in blocks:
+            if block is None:
+                continue
+            label, descriptor = block.label or None, block.descriptor or {}
+            if label or descriptor:
+                return label, dict(descriptor)
         return None, {}
 
     @property
@@ -402,58 +402,56 @@ class RunInfo:
     @property
     def catastrophic_overfitting(self) -> Tuple[bool, Optional[int], str]:
         """(detected, epoch, detail) from training.json, else from the per-epoch flags."""
-        co = dig(self.training, "catastrophic_overfitting")
-        if isinstance(co, dict):
-            return bool(co.get("detected")), co.get("epoch") if isinstance(co.get("epoch"), int) else None, str(co.get("detail") or "")
+        if self.summary.present("catastrophic_overfitting"):
+            co = self.summary.catastrophic_overfitting
+            return bool(co.detected), co.epoch, str(co.detail or "")
         for r in self.metrics:
-            if dig(r, "flags", "catastrophic_overfitting") is True:
-                notes = dig(r, "flags", "notes", default=[])
-                return True, r.get("epoch"), "; ".join(str(n) for n in notes) if isinstance(notes, list) else ""
+            if r.flags.catastrophic_overfitting is True:
+                return True, r.epoch, "; ".join(r.flags.notes)
         return False, None, ""
 
     @property
     def robust_overfitting(self) -> Tuple[Optional[float], bool, Optional[float]]:
         """(gap on val, flagged, threshold)."""
-        ro = dig(self.training, "robust_overfitting")
-        if isinstance(ro, dict):
-            return fnum(ro.get("gap")), bool(ro.get("flagged")), fnum(ro.get("threshold"))
-        gap = fnum(dig(self.metrics, -1, "flags", "robust_overfitting_gap"))
-        return gap, False, None
+        if self.summary.present("robust_overfitting"):
+            ro = self.summary.robust_overfitting
+            return fnum(ro.gap), bool(ro.flagged), fnum(ro.threshold)
+        return fnum(self.last_row.flags.robust_overfitting_gap), False, None
 
     def train_wall_s(self) -> Tuple[Optional[float], str]:
         """Training time and where it came from: the per-epoch training steps (excluding the
         per-epoch val monitoring) when every epoch has it, else training.json's total."""
-        w = fnum(dig(self.training, "train_wall_s"))
+        w = fnum(self.summary.train_wall_s)
         if w is not None:
             return w, "training steps"
-        walls = [fnum(dig(r, "train", "wall_s")) for r in self.metrics]
+        walls = [fnum(r.train.wall_s) for r in self.metrics]
         if walls and all(w is not None for w in walls):
             return sum(walls), "training steps"  # type: ignore[arg-type]
-        w = fnum(dig(self.training, "wall_s"))
+        w = fnum(self.summary.wall_s)
         if w is not None:
             return w, "training.json total"
         return None, ""
 
     def monitor_wall_s(self) -> Optional[float]:
-        walls = [fnum(dig(r, "val", "wall_s")) for r in self.metrics]
+        walls = [fnum(r.val.wall_s) for r in self.metrics]
         walls = [w for w in walls if w is not None]
         return sum(walls) if walls else None
 
     def passes_per_epoch(self) -> Optional[Tuple[float, float]]:
         """(forward, backward) passes per training example in one epoch."""
-        pe = dig(self.training, "passes_per_example_per_epoch")
-        f, b = fnum(dig(pe, "forward")), fnum(dig(pe, "backward"))
+        pe = self.summary.passes_per_example_per_epoch
+        f, b = fnum(pe.forward), fnum(pe.backward)
         if f is not None and b is not None:
             return f, b
         for r in reversed(self.metrics):
-            f, b = fnum(dig(r, "train", "passes", "forward_per_example")), fnum(dig(r, "train", "passes", "backward_per_example"))
+            f, b = fnum(r.train.passes.forward_per_example), fnum(r.train.passes.backward_per_example)
             if f is not None and b is not None:
                 return f, b
         return None
 
     def passes_total(self) -> Optional[float]:
         """Forward + backward passes per training example over the whole training, as counted."""
-        per_row = [(fnum(dig(r, "train", "passes", "forward_per_example")), fnum(dig(r, "train", "passes", "backward_per_example")))
+        per_row = [(fnum(r.train.passes.forward_per_example), fnum(r.train.passes.backward_per_example))
                    for r in self.metrics]
         if per_row and all(f is not None and b is not None for f, b in per_row):
             return sum(f + b for f, b in per_row)  # type: ignore[operator]
@@ -465,8 +463,9 @@ class RunInfo:
     # -- evaluation ---------------------------------------------------------------------------
     def evaluations(self) -> List[EvalView]:
         """Finished evaluations, preferred suite first, best before last."""
-        pref = dig(self.config, "eval", "suite")
-        return sorted(self.evals.values(), key=lambda e: (e.suite != pref, e.suite, CHECKPOINT_ORDER.get(e.checkpoint, 2), e.checkpoint))
+        pref = self.section("eval").get("suite")
+        return sorted(self.evals.values(),
+                      key=lambda e: (e.suite != pref, e.suite, CHECKPOINT_ORDER.get(e.checkpoint, 2), e.checkpoint))
 
     def suites(self) -> List[str]:
         out: List[str] = []
@@ -501,31 +500,35 @@ def load_run(path: Path | str) -> RunInfo:
     except HarnessError as e:
         info.problems.append(f"config unreadable: {e}")
     try:
-        info.env = rd.read_env()
+        info.env = EnvRecord.from_json(rd.read_env())
     except HarnessError as e:
         info.problems.append(f"environment record unreadable: {e}")
-    if not info.env:
+    if not info.env.to_json():
         info.problems.append("no environment record (env.json): versions, git sha and device unknown")
     raw_lines = 0
     if rd.metrics_path.exists():
-        raw_lines = sum(1 for line in rd.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
-    info.metrics = sorted((r for r in rd.read_metrics() if isinstance(r, dict) and isinstance(r.get("epoch"), int)),
-                          key=lambda r: r["epoch"])
+        lines = rd.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        raw_lines = sum(1 for line in lines if line.strip())
+    rows = [MetricsRow.from_json(r) for r in rd.read_metrics() if isinstance(r, dict)]
+    info.metrics = sorted((r for r in rows if r.epoch is not None), key=lambda r: r.epoch)
     if raw_lines > len(info.metrics):
-        info.problems.append(f"{raw_lines - len(info.metrics)} unreadable line(s) in the per-epoch metrics were skipped")
+        skipped = raw_lines - len(info.metrics)
+        info.problems.append(f"{skipped} unreadable line(s) in the per-epoch metrics were skipped")
     try:
-        info.training = rd.read_training()
+        training = rd.read_training()
+        info.training = TrainingSummary.from_json(training) if training is not None else None
     except HarnessError as e:
         info.problems.append(f"training summary unreadable: {e}")
     if info.training is None and not any("training summary" in q for q in info.problems):
         info.problems.append("no training summary (training.json): training has not finished")
     try:
-        info.best_meta = rd.read_checkpoint_meta("best")
+        best = rd.read_checkpoint_meta("best")
+        info.best_meta = CheckpointRecord.from_json(best) if best is not None else None
     except HarnessError as e:
         info.problems.append(f"best checkpoint record unreadable: {e}")
     errors: List[str] = []
     for suite, ckpt, doc in rd.eval_results(errors=errors):
-        ev = EvalView(suite, ckpt, doc)
+        ev = EvalView(suite, ckpt, EvalResult.from_json(doc))
         if not ev.complete:
             errors.append(f"evaluation {suite}--{ckpt} has no worst-case result; treated as not evaluated")
             continue

@@ -1,9 +1,10 @@
 """Thin renderers over the one table model: Markdown, LaTeX (booktabs), CSV and HTML.
 
 Each renderer turns a ``reports.table.Table`` into text; Markdown and HTML also render a whole
-``Document`` (the per-run report). Number formatting lives here and only here: tables hold
-fractions and seconds, renderers print percents and minutes. CSV keeps the stored units
-(fractions, seconds) so that it can be read back by a program.
+``Document`` (the per-run report). Number formatting lives here (percents through the one
+formatter, ``reports.numbers.pct``): tables hold fractions and seconds, renderers print percents
+and minutes. CSV keeps the stored units (fractions, seconds) so that it can be read back by a
+program.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import re
 from typing import List, Optional, Protocol, Sequence, Tuple
 
 from harness.core.errors import HarnessError
+from reports.numbers import pct
 from reports.registry import RENDERERS
 from reports.table import (Bullets, Callout, Cell, Code, Column, Document, Figure, Group, Heading, Para, Row, Span, Table,
                            TableBlock, Value)
@@ -34,10 +36,6 @@ class Renderer(Protocol):
 
 
 # -- numbers ---------------------------------------------------------------------------------
-
-
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}"
 
 
 def _g(v: float) -> str:
@@ -80,11 +78,11 @@ def format_value(v: Cell, col: Column, style: NumberStyle) -> str:
     assert v.mean is not None
     kind = col.kind
     if kind == "pct":
-        out = _pct(v.mean)
+        out = pct(v.mean, sign=False)
         if v.std is not None:
-            out += style.pm + _pct(v.std)
+            out += style.pm + pct(v.std, sign=False)
         if col.ci and v.ci is not None:
-            out += f" [{_pct(v.ci[0])}, {_pct(v.ci[1])}]"
+            out += f" [{pct(v.ci[0], sign=False)}, {pct(v.ci[1], sign=False)}]"
     elif kind == "seconds":
         scale, unit = _time_unit(v.mean)
         out = _time_num(v.mean, scale)

@@ -17,7 +17,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from harness.core.errors import HarnessError
 from harness.core.rundir import RunDir
-from reports.load import EvalView, RunInfo, accuracy_of, as_dict, ci_of, dig, find_runs, fnum, load_run
+from harness.core.documents import Document as StoredDocument
+from harness.core.documents import Proportion
+from reports.load import EvalView, RunInfo, accuracy_of, ci_of, device_text, find_runs, fnum, load_run, stored
+from reports.numbers import pct_ci as _pct_ci
 from reports.renderers import render_document
 from reports.svg import PALETTE, Band, Bracket, Chart, Series, VLine, line_chart
 from reports.table import (Callout, Code, Column, Document, Figure, Heading, Para, Span, Table, TableBlock, Value,
@@ -37,19 +40,11 @@ _STRENGTH_KEYS = {"attack", "norm", "eps", "eps_value", "steps", "step_size", "s
                   "random_start", "model_mode", "seed", "library", "version", "keeps_best_iterate", "autoattack_version"}
 
 
-def pct(v: Optional[float]) -> str:
-    return "?" if v is None else f"{100 * v:.1f}%"
+def pct_ci(prop: Optional[Proportion]) -> str:
+    return _pct_ci(prop, missing="?")
 
 
-def pct_ci(prop: Optional[Dict[str, Any]]) -> str:
-    acc, ci = accuracy_of(prop), ci_of(prop)
-    s = pct(acc)
-    if ci:
-        s += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
-    return s
-
-
-def prop_value(prop: Any) -> Value:
+def prop_value(prop: Optional[Proportion]) -> Value:
     acc = accuracy_of(prop)
     if acc is None:
         return Value.absent(NOT_EVALUATED)
@@ -175,16 +170,15 @@ def strength_table(info: RunInfo) -> Tuple[Table, List[str]]:
     for suite in info.suites():
         ev = info.evaluation(suite, "best") or next(e for e in info.evaluations() if e.suite == suite)
         for i, a in enumerate(ev.attacks, 1):
-            d = dict(as_dict(a.get("descriptor")))
+            d = dict(a.descriptor)
             # the effort on one attacked example; per example of n when the result does not say
-            f = fnum(dig(a, "passes", "forward_per_attacked"))
-            b = fnum(dig(a, "passes", "backward_per_attacked"))
+            f, b = fnum(a.passes.forward_per_attacked), fnum(a.passes.backward_per_attacked)
             if f is None or b is None:
-                f, b = fnum(dig(a, "passes", "forward_per_example")), fnum(dig(a, "passes", "backward_per_example"))
-            rows.append(row(f"eval {suite} #{i}", a.get("label") or a.get("name"), d, _passes(f, b)))
+                f, b = fnum(a.passes.forward_per_example), fnum(a.passes.backward_per_example)
+            rows.append(row(f"eval {suite} #{i}", a.label or a.name, d, _passes(f, b)))
             gs = gradient_steps(d)
             if gs is not None:
-                eval_steps.append((gs, str(a.get("label") or a.get("name"))))
+                eval_steps.append((gs, str(a.label or a.name)))
     if not info.suites():
         rows.append({"role": "evaluation", "attack": NOT_EVALUATED})
     elif eval_steps:
@@ -211,9 +205,8 @@ def cascade_table(ev: EvalView) -> Table:
     rows: List[Dict[str, Any]] = [{"pos": "", "attack": "clean (no attack)", "ran_on": Value(float(ev.n)) if ev.n else None,
                                    "after": prop_value(ev.clean)}]
     for i, a in enumerate(ev.attacks, 1):
-        rows.append({"pos": str(i), "attack": str(a.get("label") or a.get("name") or "?"),
-                     "ran_on": _val(a.get("ran_on")), "broke": _val(a.get("broke")), "after": prop_value(a.get("after")),
-                     "wall": _val(a.get("wall_s"))})
+        rows.append({"pos": str(i), "attack": str(a.label or a.name or "?"),
+                     "ran_on": _val(a.ran_on), "broke": _val(a.broke), "after": prop_value(a.after), "wall": _val(a.wall_s)})
     rows.append({"pos": "", "attack": "worst case over the suite", "after": prop_value(ev.robust), "wall": _val(ev.cost_wall_s())})
     return Table.simple("", cols, rows)
 
@@ -231,7 +224,7 @@ def best_vs_last_table(info: RunInfo, suite: str) -> Tuple[Table, List[List[Span
     for ckpt, epoch in (("best", info.best_epoch), ("last", info.last_epoch)):
         ev = info.evaluation(suite, ckpt)
         e = ev.epoch if ev and ev.epoch is not None else epoch
-        sel = accuracy_of(dig(info.metrics_row(e), "val", "selection"))
+        sel = accuracy_of(info.metrics_row(e).val.selection)
         rows.append({"ckpt": ckpt, "epoch": str(e) if e is not None else "—",
                      "clean": prop_value(ev.clean) if ev else Value.absent(NOT_EVALUATED),
                      "robust": prop_value(ev.robust) if ev else Value.absent(NOT_EVALUATED),
@@ -258,8 +251,7 @@ def checks_table(ev: EvalView) -> Optional[Table]:
     if not ev.findings:
         return None
     cols = [Column("check", "Check"), Column("status", "Status"), Column("message", "Finding")]
-    rows = [{"check": str(f.get("check", "?")), "status": str(f.get("status", "?")), "message": str(f.get("message") or "—")}
-            for f in ev.findings]
+    rows = [{"check": str(f.check or "?"), "status": str(f.status or "?"), "message": str(f.message or "—")} for f in ev.findings]
     return Table.simple("", cols, rows)
 
 
@@ -299,7 +291,8 @@ def eps_sweep_figure(evs: Sequence[EvalView]) -> Optional[Tuple[Figure, Table]]:
 
 def _series_label(info: RunInfo, key: str, fallback: str) -> str:
     for r in reversed(info.metrics):
-        lab = dig(r, "val", key, "label")
+        prop = getattr(r.val, key)
+        lab = prop.label if prop is not None else None
         if lab:
             return f"{fallback}: {lab}"
     return fallback
@@ -308,13 +301,13 @@ def _series_label(info: RunInfo, key: str, fallback: str) -> str:
 def epoch_figure(info: RunInfo) -> Optional[Figure]:
     if not info.metrics:
         return None
-    xs = [r["epoch"] for r in info.metrics]
+    xs = [r.epoch for r in info.metrics]
     series = []
     for key, name, color, dash in (("clean", "clean", PALETTE["blue"], ""), ("train_attack", "training attack", PALETTE["orange"], "6 3"),
                                    ("fgsm", "FGSM", PALETTE["green"], "2 3"), ("selection", "selection attack", PALETTE["red"], "")):
         if key == "train_attack" and not info.has_train_attack:
             continue  # plain training: "under the training attack" is the clean accuracy again
-        ys = [accuracy_of(dig(r, "val", key)) for r in info.metrics]
+        ys = [accuracy_of(getattr(r.val, key)) for r in info.metrics]
         if any(y is not None for y in ys):
             series.append(Series(_series_label(info, key, name) if key in ("train_attack", "selection") else name, xs, ys, color, dash))
     if not series:
@@ -328,11 +321,11 @@ def epoch_figure(info: RunInfo) -> Optional[Figure]:
         bands.append(Band(co_epoch - 0.5, max(xs) + 0.5, f"catastrophic overfitting from epoch {co_epoch}"))
     gap, flagged, _ = info.robust_overfitting
     last = info.last_epoch
-    sb = accuracy_of(dig(info.metrics_row(best), "val", "selection"))
-    sl = accuracy_of(dig(info.metrics_row(last), "val", "selection"))
+    sb = accuracy_of(info.metrics_row(best).val.selection)
+    sl = accuracy_of(info.metrics_row(last).val.selection)
     if flagged and sb is not None and sl is not None and last is not None and last != best:
         brackets.append(Bracket(last, sb, sl, f"robust overfitting: selection attack, best − last = {100 * (sb - sl):.1f} pp"))
-    n = dig(info.metrics, -1, "val", "n")
+    n = info.last_row.val.n
     chart = Chart(title=f"Accuracy on val after each epoch (n={n if n is not None else '?'})", x_label="epoch", y_label="accuracy on val",
                   series=series, integer_x=True, vlines=vlines, bands=bands, brackets=brackets)
     cap = ("Per-epoch accuracy on the held-out val split: clean, " + ("under the training attack, " if info.has_train_attack else "")
@@ -355,17 +348,14 @@ def epoch_table(info: RunInfo) -> Table:
     best = info.best_epoch
     for r in info.metrics:
         notes = []
-        if r["epoch"] == best:
+        if r.epoch == best:
             notes.append("selected")
-        if dig(r, "flags", "catastrophic_overfitting") is True:
+        if r.flags.catastrophic_overfitting is True:
             notes.append("catastrophic overfitting")
-        extra = dig(r, "flags", "notes", default=[])
-        if isinstance(extra, list):
-            notes += [str(x) for x in extra]
-        walls = [fnum(dig(r, "train", "wall_s")), fnum(dig(r, "val", "wall_s"))]
-        rows.append({"epoch": str(r["epoch"]), "lr": _val(dig(r, "train", "lr")), "loss": _val(dig(r, "train", "loss")),
-                     "tacc": _val(dig(r, "train", "accuracy")),
-                     **{k: _val(accuracy_of(dig(r, "val", k))) for k in ("clean", "train_attack", "fgsm", "selection")
+        notes += r.flags.notes
+        walls = [fnum(r.train.wall_s), fnum(r.val.wall_s)]
+        rows.append({"epoch": str(r.epoch), "lr": _val(r.train.lr), "loss": _val(r.train.loss), "tacc": _val(r.train.accuracy),
+                     **{k: _val(accuracy_of(getattr(r.val, k))) for k in ("clean", "train_attack", "fgsm", "selection")
                         if k != "train_attack" or info.has_train_attack},
                      "wall": Value(sum(w for w in walls if w is not None)) if any(w is not None for w in walls) else None,
                      "flags": "; ".join(notes) if notes else ""})
@@ -418,16 +408,14 @@ def cost_section(info: RunInfo, erm: Optional[RunInfo]) -> List[Any]:
     mon = info.monitor_wall_s()
     if mon is not None:
         rows.append({"item": "per-epoch val monitoring", "wall": Value(mon), "passes": "—", "device": info.device})
-    tot = fnum(dig(info.training, "wall_s"))
+    tot = fnum(info.summary.wall_s)
     if tot is not None and source != "training.json total":
         rows.append({"item": "training total (training.json)", "wall": Value(tot), "passes": "—", "device": info.device})
     for ev in info.evaluations():
-        f, b = fnum(dig(ev.doc, "cost", "forward_per_example")), fnum(dig(ev.doc, "cost", "backward_per_example"))
-        dev = dig(ev.doc, "env", "device")
-        name = dig(ev.doc, "env", "device_name")
+        f, b = fnum(ev.result.cost.forward_per_example), fnum(ev.result.cost.backward_per_example)
         rows.append({"item": f"evaluation {ev.suite}, {ev.checkpoint} checkpoint (n={ev.n})", "wall": _val(ev.cost_wall_s()),
                      "passes": f"{f:.4g} + {b:.4g}" if f is not None and b is not None else "—",
-                     "device": (f"{dev} ({name})" if dev and name and name != dev else str(dev or name or "—"))})
+                     "device": device_text(ev.result.env, "—")})
     blocks: List[Any] = [TableBlock(Table.simple("", cols, rows))]
     if info.defense == "erm":
         blocks.append(Para(text("This run is the plain-training control: other defenses' cost multipliers are relative to it.")))
@@ -466,27 +454,32 @@ def erm_multiplier(info: RunInfo, erm: Optional[RunInfo]) -> Dict[str, Any]:
 # -- provenance -------------------------------------------------------------------------------
 
 
+def _text(doc: Optional[StoredDocument], name: str, missing: str) -> str:
+    """A stored field as text (``None`` for a stored null), or ``missing`` when the file lacks it."""
+    return str(getattr(doc, name)) if doc is not None and doc.present(name) else missing
+
+
 def provenance_table(info: RunInfo) -> Table:
     env = info.env
-    versions = env.get("versions") if isinstance(env.get("versions"), dict) else {}
+    paper = info.summary.defense.paper
     rows = [("run", info.name), ("status", info.status), ("defense", info.defense),
-            ("paper", str(dig(info.training, "defense", "paper", default="—"))),
+            ("paper", str(paper) if paper is not None else "—"),
             ("data set", info.dataset), ("model", info.model), ("threat (training)", f"{info.norm} eps={info.eps_text}"),
             ("seed", str(info.seed) if info.seed is not None else "—"), ("device", info.device),
             ("precision", str(info.config.get("precision", "—"))),
-            ("harness", str(env.get("harness", "—"))), ("git sha", str(env.get("git_sha") or "unknown")),
-            ("python", str(env.get("python", "—"))), ("platform", str(env.get("platform", "—")))]
-    rows += [(k, str(v)) for k, v in versions.items() if v]
-    rows += [("started", str(env.get("started", "—"))), ("finished", str(env.get("finished") or "—"))]
-    if isinstance(env.get("config_sources"), list):
-        rows.append(("config sources", ", ".join(str(s) for s in env["config_sources"])))
-    if isinstance(env.get("argv"), list):
-        rows.append(("command", " ".join(str(a) for a in env["argv"])))
+            ("harness", _text(env, "harness", "—")), ("git sha", str(env.git_sha or "unknown")),
+            ("python", _text(env, "python", "—")), ("platform", _text(env, "platform", "—"))]
+    rows += [(k, str(v)) for k, v in env.versions.items() if v]
+    rows += [("started", _text(env, "started", "—")), ("finished", str(env.finished or "—"))]
+    if env.config_sources is not None:
+        rows.append(("config sources", ", ".join(env.config_sources)))
+    if env.argv is not None:
+        rows.append(("command", " ".join(env.argv)))
     for ev in info.evaluations():
-        e = ev.doc.get("env") if isinstance(ev.doc.get("env"), dict) else {}
+        r, e = ev.result, ev.result.env
         rows.append((f"evaluation {ev.suite}/{ev.checkpoint}",
-                     f"created {ev.doc.get('created', '?')}, seed {ev.doc.get('seed', '?')}, device {e.get('device', '?')}, "
-                     f"harness {e.get('harness', '?')}, git sha {e.get('git_sha') or 'unknown'}"))
+                     f"created {_text(r, 'created', '?')}, seed {_text(r, 'seed', '?')}, device {_text(e, 'device', '?')}, "
+                     f"harness {_text(e, 'harness', '?')}, git sha {(e.git_sha if e is not None else None) or 'unknown'}"))
     cols = [Column("k", "Field"), Column("v", "Value")]
     return Table.simple("", cols, [{"k": k, "v": v} for k, v in rows])
 
@@ -544,7 +537,8 @@ def build_run_report(info: RunInfo, erm: Optional[RunInfo] = None) -> Document:
     for suite in info.suites():
         evs = [e for e in info.evaluations() if e.suite == suite]
         doc.add(Heading(3, f"Suite {suite}"))
-        doc.add(Para(text(f"{evs[0].threat_label()}, n={evs[0].n} {evs[0].split} points ({dig(evs[0].doc, 'data', 'subset', default='subset not recorded')}). "
+        subset = evs[0].subset if evs[0].subset is not None else "subset not recorded"
+        doc.add(Para(text(f"{evs[0].threat_label()}, n={evs[0].n} {evs[0].split} points ({subset}). "
                           "Attacks run as a cascade, each only on the points still robust after the ones before it: "
                           "'Accuracy after' is cumulative and the last row is the per-example worst case.")))
         for ev in evs:
@@ -576,11 +570,12 @@ def build_run_report(info: RunInfo, erm: Optional[RunInfo] = None) -> Document:
     if co:
         s = f"Catastrophic overfitting detected at epoch {co_epoch}" + (f": {co_detail}" if co_detail else ".")
         doc.add(Callout("warning", [[("Catastrophic overfitting. ", "b"), (s, "")]]))
-    warnings = [str(w) for w in dig(info.training, "warnings", default=[]) if w] if isinstance(dig(info.training, "warnings"), list) else []
+    warnings = [w for w in info.summary.warnings if w]
     if warnings:
         doc.add(Callout("warning", [[("Warnings from training:", "b")]], [text(w) for w in warnings]))
-    if dig(info.training, "stopped_early"):
-        doc.add(Para(text(f"Training stopped early after epoch {info.last_epoch}: {dig(info.training, 'stop_reason', default='reason not recorded')}.")))
+    if info.summary.stopped_early:
+        reason = info.summary.stop_reason if info.summary.stop_reason is not None else "reason not recorded"
+        doc.add(Para(text(f"Training stopped early after epoch {info.last_epoch}: {reason}.")))
     if not info.metrics:
         doc.add(Para(text("No per-epoch metrics yet.")))
     else:
@@ -616,12 +611,11 @@ def _eval_json(ev: EvalView) -> Dict[str, Any]:
         "suite": ev.suite, "checkpoint": ev.checkpoint, "checkpoint_epoch": ev.epoch,
         "threat": {"norm": ev.norm, "eps": ev.eps_text, "eps_value": ev.eps_value},
         "split": ev.split, "n": ev.n, "suite_description": ev.suite_description(),
-        "clean": ev.clean, "robust": ev.robust,
-        "attacks": [{"name": a.get("name"), "label": a.get("label"), "descriptor": a.get("descriptor"), "ran_on": a.get("ran_on"),
-                     "broke": a.get("broke"), "after": a.get("after")} for a in ev.attacks],
+        "clean": stored(ev.result, "clean"), "robust": ev.robust.to_json() if ev.robust else None,
+        "attacks": [{k: stored(a, k) for k in ("name", "label", "descriptor", "ran_on", "broke", "after")} for a in ev.attacks],
         "verdict": ev.verdict, "reasons": ev.reasons,
-        "checks": [{k: f.get(k) for k in ("check", "status", "message")} for f in ev.findings],
-        "cost": ev.doc.get("cost"),
+        "checks": [{k: stored(f, k) for k in ("check", "status", "message")} for f in ev.findings],
+        "cost": stored(ev.result, "cost"),
     }
 
 
@@ -631,7 +625,8 @@ def results_doc(info: RunInfo, erm: Optional[RunInfo] = None) -> Dict[str, Any]:
     if head is not None:
         headline = {"evaluated": True, "sentence": headline_sentence(head), "suite": head.suite, "checkpoint": head.checkpoint,
                     "checkpoint_epoch": head.epoch, "norm": head.norm, "eps": head.eps_text, "eps_value": head.eps_value,
-                    "n": head.n, "robust": head.robust, "clean": head.clean, "verdict": head.verdict, "reasons": head.reasons}
+                    "n": head.n, "robust": head.robust.to_json() if head.robust else None, "clean": stored(head.result, "clean"),
+                    "verdict": head.verdict, "reasons": head.reasons}
     else:
         headline = {"evaluated": False, "sentence": "Not evaluated: no finished evaluation result.", "verdict": NOT_EVALUATED}
     st, _ = strength_table(info)
@@ -645,7 +640,7 @@ def results_doc(info: RunInfo, erm: Optional[RunInfo] = None) -> Dict[str, Any]:
         "evaluations": [_eval_json(e) for e in info.evaluations()],
         "training": {"finished": info.training_finished, "epochs_planned": info.epochs_planned, "epochs_run": info.epochs_run,
                      "best_epoch": info.best_epoch, "last_epoch": info.last_epoch,
-                     "stopped_early": dig(info.training, "stopped_early"), "stop_reason": dig(info.training, "stop_reason"),
+                     "stopped_early": info.summary.stopped_early, "stop_reason": info.summary.stop_reason,
                      "catastrophic_overfitting": {"detected": co, "epoch": co_epoch, "detail": co_detail},
                      "robust_overfitting": {"gap": gap, "flagged": flagged, "threshold": thr},
                      "train_attack": {"label": info.train_attack[0], "descriptor": info.train_attack[1]},
@@ -656,8 +651,8 @@ def results_doc(info: RunInfo, erm: Optional[RunInfo] = None) -> Dict[str, Any]:
                  "passes_per_example_total": info.passes_total(),
                  "eval_wall_s": {f"{e.suite}--{e.checkpoint}": e.cost_wall_s() for e in info.evaluations()},
                  "erm_multiplier": erm_multiplier(info, erm)},
-        "provenance": {"config": info.config, "env": info.env, "seed": info.seed, "device": info.device,
-                       "git_sha": info.env.get("git_sha")},
+        "provenance": {"config": info.config, "env": info.env.to_json(), "seed": info.seed, "device": info.device,
+                       "git_sha": info.env.git_sha},
         "problems": info.problems,
     }
 

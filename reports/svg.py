@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
+from reports.numbers import pct
+
 PALETTE = {
     "blue": "#1f6fb5",
     "orange": "#e07b00",
@@ -207,7 +209,7 @@ def line_chart(chart: Chart) -> str:
             if y is not None:
                 xl = str(int(x)) if chart.integer_x else chart.x_format.format(x)
                 parts.append(f'<circle cx="{_f(X(float(x)))}" cy="{_f(Y(float(y)))}" r="3" fill="{s.color}">'
-                             f"<title>{_e(s.name)}: {_e(chart.x_label)} {_e(xl)}, {100 * float(y):.1f}%</title></circle>")
+                             f"<title>{_e(s.name)}: {_e(chart.x_label)} {_e(xl)}, {pct(float(y))}</title></circle>")
     for b in chart.brackets:
         x = X(b.x) + 10
         ya, yb = Y(b.y0), Y(b.y1)

@@ -31,6 +31,7 @@ from attacks.base import AttackResult
 from attacks.pgd import perturb
 from harness.data import DataBundle, load_dataset
 from harness.models import build_model
+from harness.core.threat import ThreatModel
 
 
 class QuantisedInput(nn.Module):
@@ -138,7 +139,7 @@ def train_small_cnn(dataset: str = "digits", *, eps: float = 0.1, epochs: int = 
         for xb, yb in data.train.batches(128, shuffle=True, generator=gen):
             if adversarial:
                 model.eval()
-                xb = perturb(model, xb, yb, norm="Linf", eps=eps, steps=steps, step_size=eps / 2, generator=gen)
+                xb = perturb(model, xb, yb, threat=ThreatModel("Linf", eps), steps=steps, step_size=eps / 2, generator=gen)
             model.train()
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
@@ -154,8 +155,9 @@ class ReferenceSquare:
 
     name = "square"
 
-    def __init__(self, norm: str, eps: float, *, queries: int = 1000, seed: int = 0):
-        self.norm, self.eps, self.queries, self.seed = norm, eps, queries, seed
+    def __init__(self, threat: ThreatModel, *, queries: int = 1000, seed: int = 0):
+        self.threat, self.queries, self.seed = threat, queries, seed
+        self.norm, self.eps = threat.norm, threat.eps
 
     def label(self) -> str:
         return f"Square {self.queries}"

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.base import (PassCounter, batched, check_threat, eval_mode, norms, project, random_start,
+from attacks.base import (PassCounter, batched, eval_mode, norms, project, random_start,
                           resolve_step_size, verify)
 from harness.core.errors import ConfigError, ThreatModelViolation
+from harness.core.threat import ThreatModel
 
 
 # -- step sizes -------------------------------------------------------------------------------
@@ -61,16 +62,18 @@ def test_eps_over_steps_with_zero_steps():
 
 # -- threat checks, projection and verification ----------------------------------------------
 
-def test_check_threat():
-    check_threat("Linf", 8 / 255)
-    check_threat("L2", 2.0)
+def test_a_threat_model_validates_itself():
+    ThreatModel("Linf", 8 / 255)
+    ThreatModel("L2", 2.0)
     with pytest.raises(ConfigError, match="did you mean 8/255"):
-        check_threat("Linf", 8)
-    for bad in (0, -0.1, float("nan"), "0.1"):
+        ThreatModel("Linf", 8)
+    for bad in (0, -0.1, float("nan"), "0.1", True):
         with pytest.raises(ConfigError, match="positive number"):
-            check_threat("Linf", bad)  # type: ignore[arg-type]
+            ThreatModel("Linf", bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="unknown norm"):
-        check_threat("linf", 0.1)  # attacks take the canonical name; the CLI parses aliases
+        ThreatModel("linf", 0.1)  # the canonical name; ThreatModel.parse reads aliases
+    assert ThreatModel("Linf", 0.1).eps_text == "0.1"
+    assert ThreatModel("L2", 0.5).with_eps(1.0) == ThreatModel("L2", 1.0, "1")
 
 
 @pytest.fixture

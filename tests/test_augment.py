@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import harness.training as T
+from harness.context import RunContext
 from harness import checkpoints as ckpt
 from harness import config as C
 from harness.core.rundir import RunDir
@@ -102,7 +103,7 @@ def test_a_resumed_augmented_run_is_bitwise_the_uninterrupted_one(tmp_path):
         return run
 
     whole = new("whole")
-    T.train(whole, cfg, progress=False)
+    T.train(whole, RunContext.from_config(cfg), progress=False)
     cut = new("cut")
 
     def stop(epoch, row):
@@ -110,8 +111,8 @@ def test_a_resumed_augmented_run_is_bitwise_the_uninterrupted_one(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        T.train(cut, cfg, progress=False, on_epoch_end=stop)
-    T.train(cut, cfg, resume=True, progress=False)
+        T.train(cut, RunContext.from_config(cfg), progress=False, on_epoch_end=stop)
+    T.train(cut, RunContext.from_config(cfg), resume=True, progress=False)
     a = ckpt.load_resume(whole.checkpoint_path("last"))["model"]
     b = ckpt.load_resume(cut.checkpoint_path("last"))["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -119,7 +120,7 @@ def test_a_resumed_augmented_run_is_bitwise_the_uninterrupted_one(tmp_path):
     plain_cfg = C.deep_merge(cfg, {"data": {"augment": "none"}})
     plain = RunDir.create(tmp_path, "plain")
     plain.write_config(plain_cfg)
-    T.train(plain, plain_cfg, progress=False)
+    T.train(plain, RunContext.from_config(plain_cfg), progress=False)
     c = ckpt.load_resume(plain.checkpoint_path("last"))["model"]
     assert not all(torch.equal(a[k], c[k]) for k in a)
 

@@ -18,6 +18,7 @@ from attacks.checks.optimisation import incomplete_optimisation
 from attacks.pgd import PGD
 from attacks.registry import CHECKS
 from harness.core.errors import UnknownNameError
+from harness.core.threat import ThreatModel
 from harness.core.registry import Entry
 
 from broken_models import ReferenceSquare, cascade, broken_models, train_small_cnn
@@ -37,7 +38,7 @@ def points(trained):
 
 
 def standard_attacks():
-    return [PGD("Linf", EPS, steps=50), PGD("Linf", EPS, steps=50, loss="margin"), ReferenceSquare("Linf", EPS, queries=1000)]
+    return [PGD(ThreatModel("Linf", EPS), steps=50), PGD(ThreatModel("Linf", EPS), steps=50, loss="margin"), ReferenceSquare(ThreatModel("Linf", EPS), queries=1000)]
 
 
 def make_ctx(model, trained, points, *, attacks=None, surrogate=True, n=N, max_points=N, suite="standard"):
@@ -47,7 +48,7 @@ def make_ctx(model, trained, points, *, attacks=None, surrogate=True, n=N, max_p
     if attacks is not None:
         record, correct, robust = cascade(model, x, y, attacks)
         kw = {"attacks": record, "clean_correct": correct, "robust": robust}
-    return CheckContext(model=model, x=x, y=y, norm="Linf", eps=EPS, eps_text=f"{EPS:g}", num_classes=trained.data.num_classes,
+    return CheckContext(model=model, x=x, y=y, threat=ThreatModel("Linf", EPS), num_classes=trained.data.num_classes,
                         seed=0, batch_size=128, device=torch.device("cpu"), max_points=max_points, suite=suite,
                         surrogate_data=(trained.data.train.x, trained.data.train.y) if surrogate else None, **kw)
 
@@ -73,6 +74,16 @@ def test_every_registered_check_is_in_the_lists_with_a_spec_sheet():
         # every spec sheet cites the rule it implements (science.md section 1 IDs)
         assert any(part in doc for part in entry.meta["basis"].split("/")), entry.name
         assert entry.summary
+
+
+def test_the_running_order_is_declared_at_registration():
+    """ALL_CHECKS is read from the registry, not kept as a second list: each check declares its
+    place (``order=``), cheap model checks before attack comparisons, the costliest last."""
+    orders = {e.name: e.meta.get("order") for e in CHECKS.entries()}
+    assert all(isinstance(o, int) for o in orders.values()), orders
+    assert len(set(orders.values())) == len(orders)
+    assert ALL_CHECKS == sorted(orders, key=orders.get)
+    assert ALL_CHECKS[0] == "outputs" and ALL_CHECKS[-1] == "transfer"
 
 
 def test_unknown_check_name_gets_a_did_you_mean(trained, points):
@@ -181,7 +192,7 @@ def test_masked_gradients_are_caught_by_the_attack_comparisons(trained, points):
     """The zero-gradient model through the full list with a white-box-only suite: black-box,
     noise, transfer and the eps sweep all see what the gradient attacks miss."""
     model = broken_models(trained.model, trained.data)["gradients"]
-    ctx = make_ctx(model, trained, points, attacks=[PGD("Linf", EPS, steps=20)], n=100)
+    ctx = make_ctx(model, trained, points, attacks=[PGD(ThreatModel("Linf", EPS), steps=20)], n=100)
     block = run_checks(ALL_CHECKS, ctx)
     f = by_name(block)
     assert block["verdict"] == "unreliable"
@@ -193,14 +204,14 @@ def test_masked_gradients_are_caught_by_the_attack_comparisons(trained, points):
 
 
 def test_the_engine_stores_the_verdict_and_prints_it_above_the_numbers(trained, points):
-    from harness.evaluation import evaluate_model, summary_lines
-    from harness.core.threat import ThreatModel
+    from harness.context import EvalSetting
+    from harness.evaluation import evaluate_model
+    from reports.summaries import eval_summary_lines as summary_lines
 
     model = broken_models(trained.model, trained.data)["gradients"]
     x, y = points
     suite = {"name": "pgd-cheap", "n": 60, "checks": "cheap", "attacks": [{"attack": "pgd", "steps": 20}]}
-    doc = evaluate_model(model, x[:60], y[:60], suite=suite, threat=ThreatModel.parse("Linf", "0.1"), num_classes=10,
-                         batch_size=64, progress=False)
+    doc = evaluate_model(model, x[:60], y[:60], EvalSetting(suite, ThreatModel.parse("Linf", "0.1"), 10, batch_size=64), progress=False)
     checks = doc["checks"]
     assert checks["verdict"] == "unreliable"
     assert [f["check"] for f in checks["findings"]] == CHEAP_CHECKS

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from harness import config as C
-from harness.cli import _nest, build_parser
+from harness.api import settings_to_flags
+from harness.cli import build_parser
 from harness.core.errors import ConfigError, UnknownNameError
 
 
@@ -15,7 +16,7 @@ def _run_flags(*argv: str):
     """What ``harness run ARGV`` hands to ``config.resolve`` as the flags layer."""
     ns = vars(build_parser().parse_args(["run", *argv]))
     ns = {k: v for k, v in ns.items() if k not in ("command", "verbose") and not k.startswith("_")}
-    return _nest(ns)
+    return settings_to_flags(ns)
 
 
 def test_defaults_resolve_and_pass_their_own_checks():

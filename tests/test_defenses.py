@@ -15,7 +15,9 @@ from defenses.registry import DEFENSES
 from harness import config as C
 from harness.core.errors import ConfigError
 from harness.models import build_model
+from attacks.factory import build
 from harness.core.threat import ThreatModel
+from harness.monitor import check_selection
 
 NAMES = DEFENSES.names()
 REQUIRED_DESCRIPTOR = {"attack", "norm", "eps", "eps_value", "steps", "step_size", "step_size_expr", "loss",
@@ -109,9 +111,8 @@ def test_recipes_resolve_into_valid_configs(name, dataset):
     assert recipe["threat"]["eps"] == cfg["threat"]["eps"]
     threat = ThreatModel.from_dict(cfg["threat"])
     defense = DEFENSES.get(name)(threat, cfg["defense_options"])
-    from harness.monitor import build_selection_attack, check_selection
-
-    check_selection(defense, build_selection_attack(cfg, threat))  # the selection attack out-steps the training attack
+    # the selection attack (built by the attack factory, as the monitor builds it) out-steps the training attack
+    check_selection(defense, build(cfg["selection"], threat))
 
 
 def test_recipes_carry_the_papers_numbers():

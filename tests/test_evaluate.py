@@ -15,6 +15,7 @@ from harness.checkpoints import save_weights
 from harness.cli import main
 from harness.config import DEFAULTS, deep_merge
 from harness.core.errors import DataError, ThreatModelViolation
+from harness.context import EvalSetting
 from harness.evaluation import evaluate_model
 from harness.core.io import atomic_write_json
 from harness.core.registry import Entry
@@ -35,7 +36,7 @@ def robust_model():
 
 def test_cascade_is_the_per_example_worst_case(robust_model):
     x, y = points(n=100)
-    doc = evaluate_model(robust_model, x, y, suite=PGD_SUITE, threat=LINF, num_classes=10, progress=False)
+    doc = evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10), progress=False)
     pe = doc["per_example"]
     after = [a["after"]["accuracy"] for a in doc["attacks"]]
     assert doc["clean"]["accuracy"] >= after[0] >= after[1] >= after[2] == doc["robust"]["accuracy"]
@@ -58,8 +59,8 @@ def test_cascade_is_the_per_example_worst_case(robust_model):
 
 def test_same_seed_same_numbers(robust_model):
     x, y = points(n=60)
-    a = evaluate_model(robust_model, x, y, suite=PGD_SUITE, threat=LINF, num_classes=10, seed=5, progress=False)
-    b = evaluate_model(robust_model, x, y, suite=PGD_SUITE, threat=LINF, num_classes=10, seed=5, progress=False)
+    a = evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10, seed=5), progress=False)
+    b = evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10, seed=5), progress=False)
     assert a["per_example"] == b["per_example"]
     assert [r["after"] for r in a["attacks"]] == [r["after"] for r in b["attacks"]]
 
@@ -75,7 +76,7 @@ def test_autoattack_through_harness_equals_pyautoattack(robust_model, version, n
     # eps 0.15 leaves about half the points for the later, costlier components
     threat = ThreatModel.parse("Linf", "0.15")
     suite = {"name": "aa", "n": n, "checks": [], "attacks": [{"attack": "autoattack", "version": version}]}
-    doc = evaluate_model(robust_model, x, y, suite=suite, threat=threat, num_classes=10, seed=11, batch_size=batch_size, progress=False)
+    doc = evaluate_model(robust_model, x, y, EvalSetting(suite, threat, 10, seed=11, batch_size=batch_size), progress=False)
     names = ["apgd-ce", "apgd-t", "fab-t", "square"] if version == "standard" else version
     assert [a["name"] for a in doc["attacks"]] == names
     assert all(a["descriptor"]["library"] == "pyautoattack" for a in doc["attacks"])
@@ -96,8 +97,8 @@ def test_a_perturbation_outside_the_ball_is_rejected(robust_model, monkeypatch):
     class Cheat:
         name = "cheat"
 
-        def __init__(self, norm, eps, **kw):
-            self.norm, self.eps = norm, eps
+        def __init__(self, threat, **kw):
+            self.threat, self.eps = threat, threat.eps
 
         def describe(self):
             return {"attack": "cheat"}
@@ -112,19 +113,18 @@ def test_a_perturbation_outside_the_ball_is_rejected(robust_model, monkeypatch):
     monkeypatch.setitem(ATTACKS._entries, "cheat", Entry("cheat", Cheat))
     x, y = points(n=20)
     with pytest.raises(ThreatModelViolation, match="distance"):
-        evaluate_model(robust_model, x, y, suite={"name": "c", "n": 20, "attacks": [{"attack": "cheat"}], "checks": []},
-                       threat=LINF, num_classes=10, progress=False)
+        evaluate_model(robust_model, x, y, EvalSetting({"name": "c", "n": 20, "attacks": [{"attack": "cheat"}], "checks": []}, LINF, 10), progress=False)
 
 
 def test_normalised_inputs_are_refused(robust_model):
     x, y = points(n=10)
     with pytest.raises(DataError, match="normalised"):
-        evaluate_model(robust_model, (x - 0.5) / 0.25, y, suite="smoke", threat=LINF, num_classes=10, progress=False)
+        evaluate_model(robust_model, (x - 0.5) / 0.25, y, EvalSetting("smoke", LINF, 10), progress=False)
 
 
 def test_interrupted_evaluation_resumes_with_the_same_result(robust_model, tmp_path, monkeypatch):
     x, y = points(n=80)
-    whole = evaluate_model(robust_model, x, y, suite=PGD_SUITE, threat=LINF, num_classes=10, seed=2, progress=False)
+    whole = evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10, seed=2), progress=False)
     state = tmp_path / "state.json"
     real_run = attacks.pgd.PGD.run
     calls = {"n": 0}
@@ -137,11 +137,11 @@ def test_interrupted_evaluation_resumes_with_the_same_result(robust_model, tmp_p
 
     monkeypatch.setattr(attacks.pgd.PGD, "run", flaky)
     with pytest.raises(KeyboardInterrupt):
-        evaluate_model(robust_model, x, y, suite=PGD_SUITE, threat=LINF, num_classes=10, seed=2, progress=False, state_path=state)
+        evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10, seed=2), progress=False, state_path=state)
     assert state.exists() and len(json.loads(state.read_text())["records"]) == 2
     monkeypatch.setattr(attacks.pgd.PGD, "run", real_run)
     before = calls["n"]
-    resumed = evaluate_model(robust_model, x, y, suite=PGD_SUITE, threat=LINF, num_classes=10, seed=2, progress=False, state_path=state)
+    resumed = evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10, seed=2), progress=False, state_path=state)
     assert calls["n"] == before  # the finished attacks were not run again
     assert resumed["per_example"] == whole["per_example"]
     assert [a["after"] for a in resumed["attacks"]] == [a["after"] for a in whole["attacks"]]

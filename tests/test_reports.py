@@ -464,6 +464,20 @@ def test_run_html_is_valid_and_self_contained(runs: Path, run: str) -> None:
         assert p.tags.count("svg") == 1  # per-epoch curves only: not evaluated
 
 
+def test_audit_report_renders_through_reports_golden() -> None:
+    """The audit is one more document for the same renderers: Markdown (golden) and the run
+    report's self-contained HTML page, from audit.json alone."""
+    from reports.audit_report import render_audit
+
+    doc = json.loads((HERE / "fixtures" / "audit" / "audit.json").read_text(encoding="utf-8"))
+    md = render_audit(doc, "md")
+    check_golden("audit.md", md)
+    assert md.startswith("# Audit: claim overstated\n") and "| harness: PGD-20 CE |" in md
+    p = check_html(render_audit(doc, "html"))
+    assert p.tags.count("style") == 1 and "script" not in p.tags
+    assert 'class="callout unreliable"' in render_audit(doc, "html")  # overstated: the red box
+
+
 def test_training_figure_marks_selection_and_overfitting(runs: Path) -> None:
     render_run(runs / "fast-at-s1")
     html = (runs / "fast-at-s1" / "report.html").read_text(encoding="utf-8")

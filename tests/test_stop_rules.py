@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import harness.training as T
+from harness.context import RunContext
 from harness import checkpoints as ckpt
 from harness import config as C
 from harness.core.rundir import RunDir
@@ -120,7 +121,7 @@ def test_a_run_stopped_by_the_paper_s_rule_keeps_the_previous_epoch_and_records_
     def remember(epoch, row):
         saved[epoch] = {k: v.clone() for k, v in ckpt.load_resume(run.checkpoint_path("last"))["model"].items()}
 
-    doc = T.train(run, cfg, progress=False, on_epoch_end=remember)
+    doc = T.train(run, RunContext.from_config(cfg), progress=False, on_epoch_end=remember)
     rows = run.read_metrics()
     assert [r["stop_rule"]["fired"] for r in rows] == [False, False, True]
     assert [r["flags"]["catastrophic_overfitting"] for r in rows] == [False, False, False]
@@ -134,7 +135,7 @@ def test_a_run_stopped_by_the_paper_s_rule_keeps_the_previous_epoch_and_records_
 def test_the_monitor_flags_without_stopping_when_the_recipe_has_no_early_stop(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "detect_catastrophic_overfitting", lambda hist, cur, **k: (True, ["forced"]))
     cfg = _cfg(tmp_path, monitor={"early_stop": False})
-    doc = T.train(_run(cfg, tmp_path), cfg, progress=False)
+    doc = T.train(_run(cfg, tmp_path), RunContext.from_config(cfg), progress=False)
     assert doc["epochs_run"] == 3 and not doc["stopped_early"] and doc["stop_rule"] is None
     assert doc["catastrophic_overfitting"]["detected"]
 
@@ -142,7 +143,7 @@ def test_the_monitor_flags_without_stopping_when_the_recipe_has_no_early_stop(tm
 def test_a_run_resumed_across_the_rule_stops_where_the_whole_run_does(tmp_path):
     cfg = _cfg(tmp_path, train={"epochs": 3}, monitor={"stop_drop": 0.0})  # any drop at all fires
     whole = _run(cfg, tmp_path, "whole")
-    a = T.train(whole, cfg, progress=False)
+    a = T.train(whole, RunContext.from_config(cfg), progress=False)
     cut = _run(cfg, tmp_path, "cut")
 
     def stop(epoch, row):
@@ -150,8 +151,8 @@ def test_a_run_resumed_across_the_rule_stops_where_the_whole_run_does(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        T.train(cut, cfg, progress=False, on_epoch_end=stop)
-    b = T.train(cut, cfg, resume=True, progress=False)
+        T.train(cut, RunContext.from_config(cfg), progress=False, on_epoch_end=stop)
+    b = T.train(cut, RunContext.from_config(cfg), resume=True, progress=False)
     assert (a["epochs_run"], a["stopped_early"], a["stop_rule"]) == (b["epochs_run"], b["stopped_early"], b["stop_rule"])
     wa, wb = ckpt.load_resume(whole.checkpoint_path("last"))["model"], ckpt.load_resume(cut.checkpoint_path("last"))["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -205,9 +206,8 @@ def test_momentum_cycling_survives_a_resume_through_the_scheduler_state():
 def test_bad_momentum_cycles_and_loss_scales_are_config_errors(bad, tmp_path):
     from harness.core.errors import ConfigError
 
-    cfg = C.resolve({"defense": "erm", "dataset": "synthetic", "train": {"schedule": "cyclic", "optimizer": "sgd", **bad}})
     with pytest.raises(ConfigError):
-        T.plan(cfg)
+        C.resolve({"defense": "erm", "dataset": "synthetic", "train": {"schedule": "cyclic", "optimizer": "sgd", **bad}})
 
 
 def test_the_mnist_script_s_start_takes_the_gradient_outside_the_box():

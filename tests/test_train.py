@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+import harness.context
 import harness.training as T
 from defenses.registry import DEFENSES
 from harness import checkpoints as ckpt
@@ -15,6 +16,7 @@ from harness import config as C
 from harness.core.errors import ConfigError, HarnessError
 from harness.models import build_model
 from harness.monitor import detect_catastrophic_overfitting, robust_overfitting
+from harness.context import RunContext
 from harness.pipeline import run_pipeline
 from harness.core.rundir import RunDir
 
@@ -37,6 +39,11 @@ def _new_run(cfg, tmp_path, name=None):
     return run
 
 
+def _train(run, cfg, **kw):
+    """The training loop on a fresh context of ``cfg`` (as the pipeline builds it)."""
+    return T.train(run, RunContext.from_config(cfg), **kw)
+
+
 def _weights(run):
     return ckpt.load_resume(run.checkpoint_path("last"))["model"]
 
@@ -53,21 +60,21 @@ class _NoTestSplit:
 
 @pytest.fixture
 def no_test_split(monkeypatch):
-    real = T.load_dataset
+    real = harness.context.load_dataset
 
     def load(*a, **k):
         bundle = real(*a, **k)
         bundle.test = _NoTestSplit()
         return bundle
 
-    monkeypatch.setattr(T, "load_dataset", load)
+    monkeypatch.setattr(harness.context, "load_dataset", load)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_defense_trains_selects_on_val_and_writes_the_contract(name, tmp_path, no_test_split):
     cfg = _cfg(name, tmp_path)
     run = _new_run(cfg, tmp_path)
-    doc = T.train(run, cfg, progress=False)
+    doc = _train(run, cfg, progress=False)
 
     rows = run.read_metrics()
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -118,7 +125,7 @@ def test_every_defense_trains_selects_on_val_and_writes_the_contract(name, tmp_p
 def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(name, tmp_path):
     cfg = _cfg(name, tmp_path, train={"epochs": 2}, monitor={"val_n": 50})
     whole = _new_run(cfg, tmp_path, "whole")
-    T.train(whole, cfg, progress=False)
+    _train(whole, cfg, progress=False)
 
     cut = _new_run(cfg, tmp_path, "cut")
 
@@ -127,9 +134,9 @@ def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(name, 
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        T.train(cut, cfg, progress=False, on_epoch_end=stop_after_first)
+        _train(cut, cfg, progress=False, on_epoch_end=stop_after_first)
     assert [r["epoch"] for r in cut.read_metrics()] == [1]
-    T.train(cut, cfg, resume=True, progress=False)
+    _train(cut, cfg, resume=True, progress=False)
 
     a, b = _weights(whole), _weights(cut)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -147,7 +154,7 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_finished_epoch(tmp_path, m
     """Free-AT carries a perturbation between minibatches: it must survive the resume too."""
     cfg = _cfg("free-at", tmp_path, train={"epochs": 2}, monitor={"val_n": 50})
     whole = _new_run(cfg, tmp_path, "whole")
-    T.train(whole, cfg, progress=False)
+    _train(whole, cfg, progress=False)
 
     cls = DEFENSES.get("free-at")
     real_step = cls.train_step
@@ -163,10 +170,10 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_finished_epoch(tmp_path, m
     cut = _new_run(cfg, tmp_path, "cut")
     monkeypatch.setattr(cls, "train_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
-        T.train(cut, cfg, progress=False)
+        _train(cut, cfg, progress=False)
     monkeypatch.setattr(cls, "train_step", real_step)
     assert torch.load(cut.checkpoint_path("last"), weights_only=True)["epoch"] == 1
-    T.train(cut, cfg, resume=True, progress=False)
+    _train(cut, cfg, resume=True, progress=False)
     a, b = _weights(whole), _weights(cut)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -174,9 +181,9 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_finished_epoch(tmp_path, m
 def test_resuming_a_finished_run_trains_nothing(tmp_path):
     cfg = _cfg("erm", tmp_path)
     run = _new_run(cfg, tmp_path)
-    first = T.train(run, cfg, progress=False)
+    first = _train(run, cfg, progress=False)
     before = run.checkpoint_path("last").stat().st_mtime_ns
-    again = T.train(run, cfg, resume=True, progress=False)
+    again = _train(run, cfg, resume=True, progress=False)
     assert run.checkpoint_path("last").stat().st_mtime_ns == before
     assert again["epochs_run"] == first["epochs_run"] == 2
 
@@ -190,11 +197,11 @@ def test_a_row_written_before_the_kill_is_redone_not_duplicated(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        T.train(run, cfg, progress=False, on_epoch_end=stop)
+        _train(run, cfg, progress=False, on_epoch_end=stop)
     # simulate a kill after epoch 2's row was written but before its last.pt
     rows = run.read_metrics()
     run.write_metrics(rows + [{**rows[0], "epoch": 2}])
-    T.train(run, cfg, resume=True, progress=False)
+    _train(run, cfg, resume=True, progress=False)
     assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
 
 
@@ -235,7 +242,7 @@ def test_flagged_collapse_stops_fast_at_by_default_and_is_recorded_either_way(ea
                         lambda hist, cur, **k: (True, ["forced"]) if len(hist) == 1 else real(hist, cur, **k))
     cfg = _cfg("fast-at", tmp_path, train={"epochs": 4}, monitor={"early_stop": early_stop})
     run = _new_run(cfg, tmp_path)
-    doc = T.train(run, cfg, progress=False)
+    doc = _train(run, cfg, progress=False)
     rows = run.read_metrics()
     assert len(rows) == epochs_run == doc["epochs_run"]
     assert rows[1]["flags"]["catastrophic_overfitting"] is True
@@ -249,7 +256,7 @@ def test_flagged_collapse_stops_fast_at_by_default_and_is_recorded_either_way(ea
 def test_erm_does_not_stop_early_by_default(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "detect_catastrophic_overfitting", lambda hist, cur, **k: (True, ["forced"]))
     cfg = _cfg("erm", tmp_path, train={"epochs": 2})
-    doc = T.train(_new_run(cfg, tmp_path), cfg, progress=False)
+    doc = _train(_new_run(cfg, tmp_path), cfg, progress=False)
     assert doc["epochs_run"] == 2 and not doc["stopped_early"] and doc["catastrophic_overfitting"]["detected"]
 
 
@@ -261,7 +268,7 @@ def test_deliberately_collapsed_fast_at_is_flagged_and_stops(tmp_path):
     cfg = _cfg("fast-at", tmp_path, threat={"eps": "0.2"}, train={"epochs": 6},
                defense_options={"random_start": False}, monitor={"val_n": 200})
     run = _new_run(cfg, tmp_path)
-    doc = T.train(run, cfg, progress=False)
+    doc = _train(run, cfg, progress=False)
     rows = run.read_metrics()
     trace = [(r["val"]["fgsm"]["accuracy"], r["val"]["selection"]["accuracy"]) for r in rows]
     assert doc["catastrophic_overfitting"]["detected"], trace
@@ -278,7 +285,7 @@ def test_deliberately_collapsed_fast_at_is_flagged_and_stops(tmp_path):
 def test_a_selection_attack_no_stronger_than_the_training_attack_is_refused(tmp_path):
     cfg = _cfg("pgd-at", tmp_path, defense_options={"steps": 20})
     with pytest.raises(ConfigError, match="selection.steps=N with N > 20"):
-        T.plan(cfg, load_data=True)
+        T.Trainer(RunContext.from_config(cfg))
     with pytest.raises(ConfigError):
         run_pipeline(cfg, evaluate=False, progress=False)
     assert not (tmp_path / cfg["out"]["name"]).exists()  # refused before a run directory exists
@@ -287,7 +294,7 @@ def test_a_selection_attack_no_stronger_than_the_training_attack_is_refused(tmp_
 @pytest.mark.parametrize("bad", [{"optimizer": "lbfgs"}, {"schedule": "cosine"}, {"milestones": [50]}, {"cyclic_peak": 1.5}])
 def test_bad_training_settings_are_config_errors(bad, tmp_path):
     with pytest.raises(ConfigError):
-        T.plan(_cfg("erm", tmp_path, train=bad))
+        _cfg("erm", tmp_path, train=bad)
 
 
 def test_schedules():
@@ -302,7 +309,7 @@ def test_schedules():
 def test_free_at_schedule_counts_every_replay(tmp_path):
     cfg = _cfg("free-at", tmp_path, train={"epochs": 1, "schedule": "cyclic", "cyclic_peak": 0.5})
     run = _new_run(cfg, tmp_path)
-    T.train(run, cfg, progress=False)
+    _train(run, cfg, progress=False)
     row = run.read_metrics()[0]
     batches = -(-2500 // cfg["train"]["batch_size"])
     assert row["train"]["updates"] == batches * cfg["defense_options"]["replays"]
@@ -322,7 +329,7 @@ def test_pipeline_records_status_and_resumes_an_interrupted_run(tmp_path):
     path = tmp_path / cfg["out"]["name"]
     env = json.loads((path / "env.json").read_text())
     assert env["status"] == "interrupted" and env["started"]
-    assert run_pipeline(None, resume=str(path), evaluate=False, progress=False) == 0
+    run_pipeline(None, resume=str(path), evaluate=False, progress=False)
     env = json.loads((path / "env.json").read_text())
     assert env["status"] == "finished" and len(env["resumed"]) == 1
     assert env["resources"]["peak_rss_mib"] > 0  # the run's peak memory is measured, not assumed
@@ -336,7 +343,7 @@ def test_threads_are_set_recorded_and_kept_by_a_resumed_run(tmp_path):
     before = torch.get_num_threads()
     try:
         cfg = _cfg("erm", tmp_path, threads=2, train={"epochs": 1})
-        assert run_pipeline(cfg, evaluate=False, progress=False) == 0
+        run_pipeline(cfg, evaluate=False, progress=False)
         env = json.loads((tmp_path / cfg["out"]["name"] / "env.json").read_text())
         assert env["torch_threads"] == 2 == torch.get_num_threads()
 
@@ -350,7 +357,7 @@ def test_threads_are_set_recorded_and_kept_by_a_resumed_run(tmp_path):
         with pytest.raises(KeyboardInterrupt):
             run_pipeline(cfg, evaluate=False, progress=False, on_epoch_end=stop)
         torch.set_num_threads(2)
-        assert run_pipeline(None, resume=str(tmp_path / "unset"), evaluate=False, progress=False) == 0
+        run_pipeline(None, resume=str(tmp_path / "unset"), evaluate=False, progress=False)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
@@ -362,7 +369,7 @@ def test_pipeline_marks_a_failed_run(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise HarnessError("boom")
 
-    monkeypatch.setattr(T, "train", boom)
+    monkeypatch.setattr(T.Trainer, "fit", boom)
     with pytest.raises(HarnessError):
         run_pipeline(cfg, evaluate=False, progress=False)
     env = json.loads((tmp_path / cfg["out"]["name"] / "env.json").read_text())
@@ -424,13 +431,13 @@ def test_mixed_precision_path_runs(name, tmp_path):
     """bf16 autocast (the GPU default) through every defense's step and the val monitor; on the
     CPU it only checks the code path, not speed."""
     cfg = _cfg(name, tmp_path, precision="bf16", train={"epochs": 1}, monitor={"val_n": 50})
-    doc = T.train(_new_run(cfg, tmp_path), cfg, progress=False)
+    doc = _train(_new_run(cfg, tmp_path), cfg, progress=False)
     assert doc["precision"] == "bf16" and doc["epochs_run"] == 1
 
 
 def test_the_progress_bar_path_trains_and_shows_the_running_loss(tmp_path):
     cfg = _cfg("fast-at", tmp_path, train={"epochs": 1}, monitor={"val_n": 50})
-    doc = T.train(_new_run(cfg, tmp_path), cfg, progress=True)
+    doc = _train(_new_run(cfg, tmp_path), cfg, progress=True)
     assert doc["epochs_run"] == 1
     shown = T._LossDisplay(torch.device("cpu"))
     assert shown.update(torch.tensor(6.0), 4) == "loss 1.500"
@@ -438,19 +445,19 @@ def test_the_progress_bar_path_trains_and_shows_the_running_loss(tmp_path):
 
 def test_channels_last_path_trains_evaluates_and_writes_contiguous_checkpoints(tmp_path):
     """memory_format channels_last (the CUDA default) on the CPU: the code path, not speed."""
-    from harness.evaluation import evaluate_run
+    from harness.api import evaluate_run
     from harness.core.runtime import resolved_memory_format
 
     assert resolved_memory_format(torch.device("cpu")) == "contiguous"
     assert resolved_memory_format(torch.device("cuda")) == "channels_last"
     cfg = _cfg("fast-at", tmp_path, memory_format="channels_last", train={"epochs": 1}, monitor={"val_n": 50})
     run = _new_run(cfg, tmp_path)
-    doc = T.train(run, cfg, progress=False)
+    doc = _train(run, cfg, progress=False)
     assert doc["memory_format"] == "channels_last"
     weights = ckpt.load_state_dict_file(run.checkpoint_path("best"))
     assert all(v.is_contiguous() for v in weights.values())
-    res = evaluate_run(run, checkpoints=["best"], suite="smoke", n=32, progress=False)[0]
-    assert 0 <= res["robust"]["accuracy"] <= res["clean"]["accuracy"]
+    res, how = evaluate_run(run.path, checkpoints=["best"], suite="smoke", n=32)[0]
+    assert how == "evaluated" and 0 <= res.robust_accuracy <= res.clean_accuracy
 
 
 def test_a_missing_data_set_fails_before_a_run_directory_exists(tmp_path, no_data_sources):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from attacks.pgd import perturb
 from harness.data import DataBundle, load_dataset
 from harness.models import build_model
+from harness.core.threat import ThreatModel
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,7 +29,7 @@ def trained(name: str = "digits", adversarial: bool = False, epochs: int = 12, s
     for _ in range(epochs):
         for x, y in b.train.batches(64, shuffle=True, generator=g):
             if adversarial:
-                x = perturb(m, x, y, norm="Linf", eps=eps, steps=3, step_size=eps / 2, random_init=True)
+                x = perturb(m, x, y, threat=ThreatModel("Linf", eps), steps=3, step_size=eps / 2, random_init=True)
             loss = F.cross_entropy(m(x), y)
             opt.zero_grad()
             loss.backward()

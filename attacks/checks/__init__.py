@@ -1,6 +1,7 @@
 """Gradient-masking and attack-failure sanity checks, ending in a verdict.
 
-Importing this package registers every check in ``attacks.registry.CHECKS``:
+Importing this package registers every check in ``attacks.registry.CHECKS``, each with its
+place in the running order (``order=`` at registration):
 
 - model properties (``properties``): outputs (D2), randomness (D1), batch-dependence,
   dynamic (D5), gradients (D3/I4);
@@ -16,20 +17,23 @@ record (``checks_for``): square-vs-whitebox when the suite ran Square after whit
 """
 from typing import Any, List, Mapping, Optional, Sequence
 
-from attacks.checks.base import (BLACKBOX, STATUSES, VERDICTS, WHITEBOX, CheckContext, Finding, allowance, run_checks, skipped,
-                                 verdict)
+from attacks.checks.base import (BLACKBOX, STATUSES, VERDICTS, WHITEBOX, CheckContext, Finding, allowance, run_checks,
+                                 skipped, verdict)
 from attacks.checks import comparisons, optimisation, properties  # noqa: F401  (registers the checks)
 from attacks.registry import CHECKS
 
-# cheap model checks first, then attack comparisons, most expensive last
-ALL_CHECKS = [
-    "outputs", "randomness", "batch-dependence", "dynamic", "gradients",
-    "fgsm-vs-pgd", "loss-trace", "eps-sweep",
-    "square-vs-whitebox", "random-noise", "convergence", "transfer",
-]
+
+def _in_order() -> List[str]:
+    """Every registered check, in the order of its ``order`` meta (cheap model checks first, then
+    attack comparisons, most expensive last); a check registered without one runs after them."""
+    entries = CHECKS.entries()
+    return [e.name for e in sorted(entries, key=lambda e: (e.meta.get("order", float("inf")), e.name))]
+
+
+# the one list is the registry: these are views of it
+ALL_CHECKS = _in_order()
 # the quick subset: every check registered with cheap=True, in the same order
 CHEAP_CHECKS = [name for name in ALL_CHECKS if CHECKS.entry(name).meta.get("cheap")]
-
 
 
 def _free_from_record(cascade: Optional[Sequence[Mapping[str, Any]]]) -> List[str]:

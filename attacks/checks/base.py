@@ -37,12 +37,11 @@ from attacks.base import AttackResult, PassCounter, batched, eval_mode, verify
 from harness.core.runtime import autocast
 from attacks.pgd import PGD
 from attacks.registry import CHECKS
+from harness.core.documents import STATUSES, VERDICTS, Finding, jsonable
 from harness.core.errors import HarnessError, ThreatModelViolation
+from harness.core.threat import ThreatModel
 
 log = logging.getLogger(__name__)
-
-STATUSES = ("ok", "warn", "fail", "skipped")
-VERDICTS = ("reliable", "suspicious", "unreliable", "not run")
 
 # per-example allowances shared by the checks that count points (see "Small-sample allowances")
 PER_POINT_WARN = 0.005   # 0.5% of points: the A1/C1 allowance of science.md 1.6 (a proposal there)
@@ -55,34 +54,8 @@ BLACKBOX = {"square"}
 
 
 # ---------------------------------------------------------------------------------------------
-# findings and verdict
+# findings and verdict (a Finding is a stored document: it lives in harness.core.documents)
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Finding:
-    """What one check found. ``status``: ok / warn / fail / skipped. ``values``: what it measured
-    (plain numbers, lists, small dicts). ``threshold``: the rule it applied (a number or a dict of
-    named limits). ``message``: one sentence a person understands. ``cost`` is filled in by
-    ``run_checks``: wall time and passes through the model under evaluation."""
-
-    check: str
-    status: str
-    values: Dict[str, Any] = field(default_factory=dict)
-    threshold: Any = None
-    message: str = ""
-    cost: Dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"finding status must be one of {STATUSES}, got {self.status!r}")
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = {"check": self.check, "status": self.status, "values": jsonable(self.values),
-             "threshold": jsonable(self.threshold), "message": self.message}
-        if self.cost:
-            d["cost"] = jsonable(self.cost)
-        return d
-
-
 def skipped(check: str, reason: str, **values: Any) -> Finding:
     return Finding(check, "skipped", dict(values), None, reason)
 
@@ -128,9 +101,7 @@ class CheckContext:
     model: nn.Module
     x: torch.Tensor
     y: torch.Tensor
-    norm: str
-    eps: float
-    eps_text: str
+    threat: ThreatModel
     num_classes: int
     seed: int
     batch_size: int
@@ -149,6 +120,18 @@ class CheckContext:
         self.batch_size = max(1, int(self.batch_size))
         if self.x.shape[0] != self.y.shape[0]:
             raise HarnessError(f"checks: {self.x.shape[0]} images but {self.y.shape[0]} labels")
+
+    @property
+    def norm(self) -> str:
+        return self.threat.norm
+
+    @property
+    def eps(self) -> float:
+        return self.threat.eps
+
+    @property
+    def eps_text(self) -> str:
+        return self.threat.eps_text
 
     @property
     def n(self) -> int:
@@ -179,24 +162,6 @@ def allowance(m: int, frac: float, floor: int = 1) -> int:
 
 def tiered(count: int, warn_above: int, fail_above: int) -> str:
     return "fail" if count > fail_above else "warn" if count > warn_above else "ok"
-
-
-def jsonable(v: Any) -> Any:
-    """Tensors, arrays and numpy scalars to plain Python; NaN and infinities to None (strict JSON)."""
-    if isinstance(v, torch.Tensor):
-        v = v.detach().cpu()
-        return jsonable(v.item() if v.dim() == 0 else v.tolist())
-    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):  # numpy
-        return jsonable(v.tolist())
-    if isinstance(v, Mapping):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (bool, int, float, str)) or v is None:
-        return v
-    return str(v)
 
 
 def as_bool(v: Any, n: int, device: torch.device) -> Optional[torch.Tensor]:
@@ -250,9 +215,8 @@ def run_attack(ctx: CheckContext, attack: Any, idx: torch.Tensor, *, generator: 
 
 def pgd(ctx: CheckContext, *, eps: Optional[float] = None, steps: int = 20, restarts: int = 1, loss: str = "ce",
         seed_salt: str = "pgd") -> Any:
-    e = ctx.eps if eps is None else eps
-    return PGD(ctx.norm, e, steps=steps, restarts=restarts, loss=loss, seed=ctx.seed, precision=ctx.precision,
-               eps_text=ctx.eps_text if eps is None else f"{e:g}")
+    threat = ctx.threat if eps is None else ctx.threat.with_eps(eps)
+    return PGD(threat, steps=steps, restarts=restarts, loss=loss, seed=ctx.seed, precision=ctx.precision)
 
 
 def suite_attack_entries(ctx: CheckContext) -> List[Dict[str, Any]]:

@@ -31,7 +31,8 @@ def _scatter(mask_sub: torch.Tensor, idx: torch.Tensor, m: int) -> torch.Tensor:
     return out
 
 
-@CHECKS.register("fgsm-vs-pgd", summary="the iterative attacks beat the one-step attack (A1/C1)", cheap=True, basis="A1/C1")
+@CHECKS.register("fgsm-vs-pgd", summary="the iterative attacks beat the one-step attack (A1/C1)",
+                 cheap=True, basis="A1/C1", order=60)
 def fgsm_vs_pgd(ctx: CheckContext) -> Finding:
     """One-step must not beat iterative (Athalye et al. A1, Carlini et al. C1; science.md 1.6).
 
@@ -50,7 +51,7 @@ def fgsm_vs_pgd(ctx: CheckContext) -> Finding:
     idx = cc.nonzero().squeeze(1)
     if idx.numel() == 0:
         return skipped("fgsm-vs-pgd", "the model classifies none of the points correctly", points=m)
-    fgsm = FGSM(ctx.norm, ctx.eps, eps_text=ctx.eps_text, precision=ctx.precision, seed=ctx.seed)
+    fgsm = FGSM(ctx.threat, precision=ctx.precision, seed=ctx.seed)
     fg = _scatter(run_attack(ctx, fgsm, idx).success, idx, m)
     rob, src = suite_robust(ctx)
     p = pgd(ctx, steps=20, loss="ce")
@@ -116,8 +117,9 @@ def run_square(ctx: CheckContext, idx: torch.Tensor, queries: int = SQUARE_QUERI
     return success
 
 
-@CHECKS.register("square-vs-whitebox", summary="Square (black-box) breaks no points the white-box attacks missed (A2/C8/D4)",
-                 cheap=False, basis="A2/C8/D4")
+@CHECKS.register("square-vs-whitebox",
+                 summary="Square (black-box) breaks no points the white-box attacks missed (A2/C8/D4)",
+                 cheap=False, basis="A2/C8/D4", order=90)
 def square_vs_whitebox(ctx: CheckContext) -> Finding:
     """Black-box must not beat white-box (Athalye et al. A2, Carlini et al. C8, AutoAttack D4).
 
@@ -186,8 +188,9 @@ def _noise(shape: Tuple[int, ...], norm: str, eps: float, gen: torch.Generator, 
     return (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12) * eps).reshape(shape)  # on the sphere
 
 
-@CHECKS.register("random-noise", summary="random points in the eps ball break no points the gradient attacks missed (A4/C9)",
-                 cheap=False, basis="A4/C9")
+@CHECKS.register("random-noise",
+                 summary="random points in the eps ball break no points the gradient attacks missed (A4/C9)",
+                 cheap=False, basis="A4/C9", order=100)
 def random_noise(ctx: CheckContext) -> Finding:
     """Random sampling must not find adversarial examples the gradient attacks missed (Athalye
     et al. A4, Carlini et al. C9; science.md 1.6 "Random noise").
@@ -304,7 +307,7 @@ def fit_surrogate(ctx: CheckContext) -> Tuple[nn.Module, Dict[str, Any]]:
             b = order[s]
             xb, yb = xs[b], labels[b]
             sur.eval()
-            xa = perturb(sur, xb, yb, norm=ctx.norm, eps=ctx.eps, steps=1, step_size=1.25 * ctx.eps, generator=gen)
+            xa = perturb(sur, xb, yb, threat=ctx.threat, steps=1, step_size=1.25 * ctx.eps, generator=gen)
             sur.train()
             loss = F.cross_entropy(sur(xa), yb)
             opt.zero_grad(set_to_none=True)
@@ -327,8 +330,9 @@ def logits_of_model(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch
         return torch.cat([model(x[s]).float() for s in batched(x.shape[0], batch_size)])
 
 
-@CHECKS.register("transfer", summary="adversarial examples from a surrogate model break no more points than white-box (C11/A2)",
-                 cheap=False, basis="C11/A2/I3")
+@CHECKS.register("transfer",
+                 summary="adversarial examples from a surrogate model break no more points than white-box (C11/A2)",
+                 cheap=False, basis="C11/A2/I3", order=120)
 def transfer(ctx: CheckContext) -> Finding:
     """Transfer attacks must be weaker than white-box attacks (Carlini et al. C11, Athalye et al.
     A2; Pintor et al. I3 for the transfer record).
@@ -359,7 +363,7 @@ def transfer(ctx: CheckContext) -> Finding:
         for s in batched(idx.numel(), ctx.batch_size):
             b = idx[s]
             x, y = ctx.x[b], ctx.y[b]
-            xa = perturb(sur, x, y, norm=ctx.norm, eps=ctx.eps, steps=TRANSFER_STEPS,
+            xa = perturb(sur, x, y, threat=ctx.threat, steps=TRANSFER_STEPS,
                          step_size=2.5 * ctx.eps / TRANSFER_STEPS, loss="ce", generator=gen)
             verify(x, xa, ctx.norm, ctx.eps, what="transfer example (sanity check)")
             with torch.no_grad():

@@ -26,8 +26,9 @@ def large_eps(norm: str, dim: int) -> tuple[float, float]:
     return 0.5 * math.sqrt(dim), math.sqrt(dim)
 
 
-@CHECKS.register("eps-sweep", summary="accuracy falls as eps grows, to chance at eps 0.5 and to 0 unbounded (A3/A5/C5-C7/I6)",
-                 cheap=True, basis="A3/A5/C5/C6/C7/I6")
+@CHECKS.register("eps-sweep",
+                 summary="accuracy falls as eps grows, to chance at eps 0.5 and to 0 unbounded (A3/A5/C5-C7/I6)",
+                 cheap=True, basis="A3/A5/C5/C6/C7/I6", order=80)
 def eps_sweep(ctx: CheckContext) -> Finding:
     """Accuracy against eps (Athalye et al. A5/A3, Carlini et al. C5/C6/C7, Pintor et al. I6;
     science.md 1.6 "eps monotonicity" and "Unbounded gives 0%").
@@ -96,7 +97,8 @@ STEPS_WARN = 0.001     # C2: doubling the iterations changes accuracy by at most
 RESTARTS_WARN = 0.005  # C4: restarts change accuracy by at most 0.5 pp (science.md 1.6 proposal)
 
 
-@CHECKS.register("convergence", summary="more steps or more restarts break no further points (C2/C4)", cheap=False, basis="C2/C4")
+@CHECKS.register("convergence", summary="more steps or more restarts break no further points (C2/C4)",
+                 cheap=False, basis="C2/C4", order=110)
 def convergence(ctx: CheckContext) -> Finding:
     """The evaluation has converged: more iterations or more restarts do not lower accuracy
     noticeably (Carlini et al. C2/C4; science.md 1.6 "Convergence" and "Restarts").
@@ -157,7 +159,7 @@ def incomplete_optimisation(trace: torch.Tensor) -> torch.Tensor:
 
 
 @CHECKS.register("loss-trace", summary="no silent successes and no unfinished optimisation in the attack loss (I1/I2)",
-                 cheap=True, basis="I1/I2")
+                 cheap=True, basis="I1/I2", order=70)
 def loss_trace(ctx: CheckContext) -> Finding:
     """The attack loss trace (Pintor et al. 2022, indicators I1 and I2; science.md 1.6
     "Silent success" and "Convergence"). Reads the suite's record only (no cost); skipped when

@@ -29,7 +29,8 @@ def _first_batch(ctx: CheckContext) -> torch.Tensor:
     return torch.arange(min(ctx.m, ctx.batch_size), device=ctx.device)
 
 
-@CHECKS.register("outputs", summary="the model returns logits, not probabilities (AutoAttack D2)", cheap=True, basis="D2")
+@CHECKS.register("outputs", summary="the model returns logits, not probabilities (AutoAttack D2)",
+                 cheap=True, basis="D2", order=10)
 def outputs(ctx: CheckContext) -> Finding:
     """Outputs are logits, not probabilities (AutoAttack flag D2, science.md 1.5/1.6).
 
@@ -53,7 +54,8 @@ def outputs(ctx: CheckContext) -> Finding:
     return Finding("outputs", "ok", values, threshold, f"the model returns unnormalised scores{note}, not probabilities")
 
 
-@CHECKS.register("randomness", summary="repeated forward passes agree (AutoAttack D1)", cheap=True, basis="D1")
+@CHECKS.register("randomness", summary="repeated forward passes agree (AutoAttack D1)",
+                 cheap=True, basis="D1", order=20)
 def randomness(ctx: CheckContext) -> Finding:
     """Repeated forward passes agree (AutoAttack flag D1, science.md 1.5/1.6 "Determinism").
 
@@ -85,7 +87,8 @@ def randomness(ctx: CheckContext) -> Finding:
                    "gradient attacks without EOT overstate robustness; evaluate with the `rand` suite")
 
 
-@CHECKS.register("batch-dependence", summary="an example's output does not depend on the rest of its batch", cheap=True, basis="harness rule/D1")
+@CHECKS.register("batch-dependence", summary="an example's output does not depend on the rest of its batch",
+                 cheap=True, basis="harness rule/D1", order=30)
 def batch_dependence(ctx: CheckContext) -> Finding:
     """An example's output does not depend on the rest of its batch (BatchNorm in train mode,
     or anything else that mixes examples). Harness rule; tolerance from AutoAttack D1.
@@ -132,7 +135,8 @@ def batch_dependence(ctx: CheckContext) -> Finding:
 _DYNAMIC_NAMES = {"grad", "backward", "_make_grads"}
 
 
-@CHECKS.register("dynamic", summary="the forward pass does not run an optimisation (AutoAttack D5)", cheap=True, basis="D5")
+@CHECKS.register("dynamic", summary="the forward pass does not run an optimisation (AutoAttack D5)",
+                 cheap=True, basis="D5", order=40)
 def dynamic(ctx: CheckContext) -> Finding:
     """The forward pass does not compute gradients (AutoAttack flag D5): a defense that
     optimises at inference time needs an adaptive attack. Like AutoAttack, traces one forward
@@ -166,7 +170,9 @@ def dynamic(ctx: CheckContext) -> Finding:
 GRAD_PATH_STEPS = 10
 
 
-@CHECKS.register("gradients", summary="input gradients are finite and non-zero, at the start and along the path (D3/I4)", cheap=True, basis="D3/I4")
+@CHECKS.register("gradients",
+                 summary="input gradients are finite and non-zero, at the start and along the path (D3/I4)",
+                 cheap=True, basis="D3/I4", order=50)
 def gradients(ctx: CheckContext) -> Finding:
     """Input gradients are usable: finite and not all zero, at the clean point, at a random start
     and along a 10-step PGD path, for the CE and DLR losses (AutoAttack D3, Pintor et al. I4,

@@ -36,6 +36,8 @@ import math
 import re
 import sys
 import time
+import warnings
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -43,8 +45,22 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from attacks.base import eval_mode
+from harness.audit.model_files import build_from_file, parse_model_spec
+from harness.checkpoints import file_sha256, load_into, load_state_dict_file
+from harness.context import EvalSetting
 from harness.core.errors import ConfigError, HarnessError
+from harness.core.io import atomic_write_json, atomic_write_text
+from harness.core.rundir import now_iso
+from harness.core.runtime import environment, select_device
 from harness.core.stats import proportion
+from harness.core.threat import ThreatModel
+from harness.data import load_dataset
+from harness.evaluation import SURROGATE_POINTS, evaluate_model
+from harness.models import NormalizedModel, build_model
+from harness.robustbench_compat import load_zoo_model, zoo_files
+from reports.audit_report import render_audit
+from reports.summaries import audit_summary_lines
 
 log = logging.getLogger("harness.audit.run")
 
@@ -211,16 +227,10 @@ def load_audit_model(*, model: Optional[str], robustbench: Optional[str], checkp
     """Build the model named by exactly one of ``model`` (``FILE.py:FACTORY`` or a registered
     name) and ``robustbench`` (a zoo name), load the checkpoint as data, optionally put a
     ``Normalize`` in front, and return it in eval mode with a provenance record."""
-    from harness.checkpoints import file_sha256, load_into, load_state_dict_file
-    from harness.audit.model_files import build_from_file, parse_model_spec
-    from harness.models import NormalizedModel, build_model
-
     if (model is None) == (robustbench is None):
         raise ConfigError("name the model with exactly one of --model (FILE.py:FACTORY or a registered name) and --robustbench NAME")
     norm_rec = parse_normalize(normalize, bundle)
     if robustbench is not None:
-        from harness.robustbench_compat import load_zoo_model
-
         net, info = load_zoo_model(robustbench, dataset=bundle.name, threat=norm, model_dir=model_dir or "models", checkpoint=checkpoint)
     else:
         spec = parse_model_spec(model)
@@ -296,8 +306,6 @@ def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Seq
       randomised model needs ``--suite rand``.
     - ``eps`` (warn): eps close to but not equal to k/255 (e.g. 0.031 for 8/255).
     """
-    from attacks.base import eval_mode
-
     out: List[Dict[str, Any]] = []
     n = int(x.shape[0])
     with eval_mode(model):
@@ -501,162 +509,174 @@ def default_out_dir(model: Optional[str], robustbench: Optional[str]) -> Path:
     return Path("audits") / f"{_slug(name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_audit(
-    *,
-    dataset: str,
-    eps: str,
-    claim: Any,
-    model: Optional[str] = None,
-    robustbench: Optional[str] = None,
-    checkpoint: Optional[str] = None,
-    model_dir: Optional[str] = None,
-    norm: str = "Linf",
-    claim_attack: Optional[str] = None,
-    suite: str = "standard",
-    n: Optional[int] = None,
-    batch_size: int = 500,
-    data_dir: Optional[str] = None,
-    device: str = "auto",
-    seed: int = 0,
-    normalize: Optional[str] = None,
-    state_path: Optional[Path] = None,
-    progress: bool = True,
-) -> Dict[str, Any]:
-    """Audit a claim; returns the audit document (schema "audit"). Raises ``HarnessError`` for
-    anything that stops the audit (a refused checkpoint, a model expecting normalised input,
-    ...). Writing it is ``write_audit``'s job."""
-    from attacks.suites import get_suite
-    from harness.data import load_dataset
-    from harness.evaluation import evaluate_model
-    from harness.core.rundir import now_iso
-    from harness.core.runtime import environment, select_device
-    from harness.core.threat import ThreatModel
+@dataclass
+class AuditRequest:
+    """What a reviewer asks: the model (exactly one of ``model`` / ``robustbench``), its
+    checkpoint, the threat model and the claim, and how to evaluate (suite, n, seed, device)."""
 
-    t0 = time.perf_counter()
-    claim_value = parse_claim(claim)
-    threat = ThreatModel.parse(norm, eps)
-    suite_spec = get_suite(suite)
-    parsed = parse_claim_attack(claim_attack)
-    dev = select_device(device)
-    if robustbench is not None:  # fail on a wrong name or a missing file before loading any data
-        from harness.robustbench_compat import zoo_files
+    dataset: str
+    eps: str
+    claim: Any
+    model: Optional[str] = None
+    robustbench: Optional[str] = None
+    checkpoint: Optional[str] = None
+    model_dir: Optional[str] = None
+    norm: str = "Linf"
+    claim_attack: Optional[str] = None
+    suite: str = "standard"
+    n: Optional[int] = None
+    batch_size: int = 500
+    data_dir: Optional[str] = None
+    device: str = "auto"
+    seed: int = 0
+    normalize: Optional[str] = None
 
-        zoo_files(robustbench, dataset=dataset, threat=threat.norm, model_dir=model_dir or "models", checkpoint=checkpoint)
-    bundle = load_dataset(dataset, data_dir=data_dir, val_size=0, device=dev)
-    net, model_info = load_audit_model(model=model, robustbench=robustbench, checkpoint=checkpoint, model_dir=model_dir,
-                                       bundle=bundle, norm=threat.norm, normalize=normalize)
-    net = net.to(dev)
 
-    gx, gy = bundle.test.first(min(GUARD_SAMPLE, len(bundle.test)))
-    guards = guard_rails(net, gx, gy, mean=bundle.mean, std=bundle.std, num_classes=bundle.num_classes, batch_size=batch_size,
-                         threat=threat)
-    for g in guards:
-        if g["status"] == "warn":
-            log.warning("guard rail %s: %s", g["rule"], g["message"])
-    errors = [g for g in guards if g["status"] == "error"]
-    if errors:
-        raise AuditRefused("; ".join(g["message"] for g in errors))
+class _Audit:
+    """One audit, in the order of the module docstring: ``load`` (claim, data, model as data),
+    ``guard`` (refusals and warnings), ``evaluate`` (suite and checks), ``replay`` (the claimed
+    attack), then ``document`` (the verdict and the record)."""
 
-    n_eval = n or suite_spec["n"]
-    if n_eval > len(bundle.test):
-        log.warning("n=%d exceeds the %s test split (%d); using all %d", n_eval, dataset, len(bundle.test), len(bundle.test))
-        n_eval = len(bundle.test)
-    x, y = bundle.test.first(n_eval)
-    sx, sy = bundle.train.first(min(len(bundle.train), 5000))
-    ckpt_key = [model_info.get("file_sha256"), model_info.get("name"), normalize,
-                [f.get("sha256") for f in model_info.get("files", [])] or (model_info.get("checkpoint") or {}).get("sha256")]
-    eval_doc = evaluate_model(net, x, y, suite=suite, threat=threat, num_classes=bundle.num_classes, seed=seed, batch_size=batch_size,
-                              precision="fp32", state_path=state_path, state_key=["audit", ckpt_key], progress=progress,
-                              surrogate_data=(sx, sy))
-    eval_doc = {"suite": eval_doc.pop("suite"),
-                "data": {"dataset": dataset, "split": "test", "n": n_eval, "subset": "first n in fixed order", "source": bundle.source},
-                **eval_doc}
-    eval_doc["per_example"] = {"index": list(range(n_eval)), **eval_doc["per_example"]}
+    def __init__(self, req: AuditRequest, *, state_path: Optional[Path], progress: bool):
+        self.req, self.state_path, self.progress = req, state_path, progress
+        self.t0 = time.perf_counter()
+        self.claim = parse_claim(req.claim)
+        self.threat = ThreatModel.parse(req.norm, req.eps)
+        self.parsed = parse_claim_attack(req.claim_attack)
+        self.device = select_device(req.device)
 
-    # the claimed attack, as far as its text says, on the same points (standalone, not in the cascade)
-    replay = None
-    robust_all = torch.tensor(eval_doc["per_example"]["robust"], dtype=torch.bool)
-    spec = replay_spec(parsed, threat.eps)
-    if spec is not None:
-        rdoc = evaluate_model(net, x, y, suite={"name": "claimed-attack", "n": n_eval, "attacks": [spec], "checks": []}, threat=threat,
-                              num_classes=bundle.num_classes, seed=seed, batch_size=batch_size, precision="fp32", progress=progress,
-                              run_checks=False)
+    def load(self) -> None:
+        req = self.req
+        if req.robustbench is not None:  # fail on a wrong name or a missing file before loading any data
+            zoo_files(req.robustbench, dataset=req.dataset, threat=self.threat.norm, model_dir=req.model_dir or "models",
+                      checkpoint=req.checkpoint)
+        self.bundle = load_dataset(req.dataset, data_dir=req.data_dir, val_size=0, device=self.device)
+        net, self.model_info = load_audit_model(model=req.model, robustbench=req.robustbench, checkpoint=req.checkpoint,
+                                                model_dir=req.model_dir, bundle=self.bundle, norm=self.threat.norm,
+                                                normalize=req.normalize)
+        self.net = net.to(self.device)
+        self.setting = EvalSetting(req.suite, self.threat, self.bundle.num_classes, seed=req.seed, batch_size=req.batch_size)
+
+    def guard(self) -> None:
+        gx, gy = self.bundle.test.first(min(GUARD_SAMPLE, len(self.bundle.test)))
+        self.guard_sample = int(gx.shape[0])
+        self.guards = guard_rails(self.net, gx, gy, mean=self.bundle.mean, std=self.bundle.std,
+                                  num_classes=self.bundle.num_classes, batch_size=self.req.batch_size, threat=self.threat)
+        for g in self.guards:
+            if g["status"] == "warn":
+                log.warning("guard rail %s: %s", g["rule"], g["message"])
+        errors = [g for g in self.guards if g["status"] == "error"]
+        if errors:
+            raise AuditRefused("; ".join(g["message"] for g in errors))
+
+    def evaluate(self) -> None:
+        req, bundle = self.req, self.bundle
+        n_eval = req.n or self.setting.suite["n"]
+        if n_eval > len(bundle.test):
+            log.warning("n=%d exceeds the %s test split (%d); using all %d", n_eval, req.dataset, len(bundle.test),
+                        len(bundle.test))
+            n_eval = len(bundle.test)
+        self.x, self.y = bundle.test.first(n_eval)
+        info = self.model_info
+        weights = [f.get("sha256") for f in info.get("files", [])] or (info.get("checkpoint") or {}).get("sha256")
+        doc = evaluate_model(self.net, self.x, self.y, self.setting, state_path=self.state_path,
+                             state_key=["audit", [info.get("file_sha256"), info.get("name"), req.normalize, weights]],
+                             progress=self.progress, surrogate_data=bundle.train.first(min(len(bundle.train), SURROGATE_POINTS)))
+        doc = {"suite": doc.pop("suite"), "data": {"dataset": req.dataset, "split": "test", "n": n_eval,
+                                                   "subset": "first n in fixed order", "source": bundle.source}, **doc}
+        doc["per_example"] = {"index": list(range(n_eval)), **doc["per_example"]}
+        self.eval_doc = doc
+
+    def replay(self) -> Optional[Dict[str, Any]]:
+        """The claimed attack, as far as its text says, on the same points (standalone, not in the
+        cascade); the measured worst case then covers it too."""
+        self.robust_all = torch.tensor(self.eval_doc["per_example"]["robust"], dtype=torch.bool)
+        spec = replay_spec(self.parsed, self.threat.eps)
+        if spec is None:
+            return None
+        n = int(self.x.shape[0])
+        setting = EvalSetting({"name": "claimed-attack", "n": n, "attacks": [spec], "checks": []}, self.threat,
+                              self.bundle.num_classes, seed=self.req.seed, batch_size=self.req.batch_size)
+        rdoc = evaluate_model(self.net, self.x, self.y, setting, progress=self.progress, run_checks=False)
         rrob = torch.tensor(rdoc["per_example"]["robust"], dtype=torch.bool)
-        only = int((robust_all & ~rrob).sum())
-        replay = {"label": rdoc["attacks"][0]["label"], "descriptor": rdoc["attacks"][0]["descriptor"], "robust": rdoc["robust"],
-                  "passes": rdoc["attacks"][0]["passes"], "wall_s": rdoc["cost"]["wall_s"], "broke_points_suite_missed": only,
+        only = int((self.robust_all & ~rrob).sum())
+        first = rdoc["attacks"][0]
+        replay = {"label": first["label"], "descriptor": first["descriptor"], "robust": rdoc["robust"],
+                  "passes": first["passes"], "wall_s": rdoc["cost"]["wall_s"], "broke_points_suite_missed": only,
                   "assumed": [], "per_example_robust": rrob.tolist()}
         if spec["attack"] == "pgd" and not isinstance(spec["step_size"], float):
             replay["assumed"].append("step size not stated (or not in pixel units); used 2.5*eps/steps (Madry et al.)")
-        robust_all &= rrob
-    measured = proportion(int(robust_all.sum()), n_eval)
-    measured["label"] = eval_doc["robust"]["label"] + (" and the replayed claimed attack" if replay else "")
+        self.robust_all &= rrob
+        return replay
 
-    strength = compare_strength(parsed, eval_doc, replay)
-    flags = [f"guard rail {g['rule']}: {g['message']}" for g in guards if g["status"] == "warn"]
-    if strength["suite_stronger"] is False:
-        advice = ("use a suite that runs it" if parsed.get("family") == "autoattack" and suite_spec["name"] == "standard"
-                  else "use --suite standard")
-        flags.append(f"the suite is not stronger than the claimed attack ({strength['comparison']}); {advice}")
-    if replay is not None and replay["broke_points_suite_missed"]:
-        flags.append(f"the replayed claimed attack broke {replay['broke_points_suite_missed']} point(s) the suite did not")
-    verdict = decide(claim_value, measured, eval_doc.get("checks", {}), flags)
-    notes = []
-    if eval_doc.get("checks", {}).get("verdict") == "not run":
-        notes.append("sanity checks did not run (" + "; ".join(eval_doc["checks"].get("reasons", [])) +
-                     "): gradient masking was not tested")
-    return {
-        "created": now_iso(),
-        "verdict": verdict,
-        "claim": {"value": claim_value, "text": str(claim), "attack": parsed, "threat": threat.to_dict()},
-        "measured": measured,
-        "clean": eval_doc["clean"],
-        "model": model_info,
-        "data": eval_doc["data"],
-        "threat": threat.to_dict(),
-        "suite": eval_doc["suite"],
-        "seed": seed,
-        "guard_rails": {"sample": int(gx.shape[0]), "findings": guards},
-        "strength": strength,
-        "notes": notes,
-        "eval": eval_doc,
-        "wall_s": time.perf_counter() - t0,
-        "env": environment(dev),
-    }
+    def document(self, replay: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        eval_doc, req, suite_name = self.eval_doc, self.req, self.setting.suite_name
+        n_eval = int(self.x.shape[0])
+        measured = proportion(int(self.robust_all.sum()), n_eval)
+        measured["label"] = eval_doc["robust"]["label"] + (" and the replayed claimed attack" if replay else "")
+        strength = compare_strength(self.parsed, eval_doc, replay)
+        flags = [f"guard rail {g['rule']}: {g['message']}" for g in self.guards if g["status"] == "warn"]
+        if strength["suite_stronger"] is False:
+            advice = ("use a suite that runs it" if self.parsed.get("family") == "autoattack" and suite_name == "standard"
+                      else "use --suite standard")
+            flags.append(f"the suite is not stronger than the claimed attack ({strength['comparison']}); {advice}")
+        if replay is not None and replay["broke_points_suite_missed"]:
+            flags.append(f"the replayed claimed attack broke {replay['broke_points_suite_missed']} point(s) the suite did not")
+        checks = eval_doc.get("checks", {})
+        notes = []
+        if checks.get("verdict") == "not run":
+            notes.append("sanity checks did not run (" + "; ".join(checks.get("reasons", [])) +
+                         "): gradient masking was not tested")
+        return {
+            "created": now_iso(),
+            "verdict": decide(self.claim, measured, checks, flags),
+            "claim": {"value": self.claim, "text": str(req.claim), "attack": self.parsed, "threat": self.threat.to_dict()},
+            "measured": measured,
+            "clean": eval_doc["clean"],
+            "model": self.model_info,
+            "data": eval_doc["data"],
+            "threat": self.threat.to_dict(),
+            "suite": eval_doc["suite"],
+            "seed": req.seed,
+            "guard_rails": {"sample": self.guard_sample, "findings": self.guards},
+            "strength": strength,
+            "notes": notes,
+            "eval": eval_doc,
+            "wall_s": time.perf_counter() - self.t0,
+            "env": environment(self.device),
+        }
+
+
+def run_audit(req: AuditRequest, *, state_path: Optional[Path] = None, progress: bool = True) -> Dict[str, Any]:
+    """Audit a claim; returns the audit document (schema "audit"). Raises ``HarnessError`` for
+    anything that stops the audit (a refused checkpoint, a model expecting normalised input,
+    ...). Writing it is ``write_audit``'s job."""
+    audit = _Audit(req, state_path=state_path, progress=progress)
+    audit.load()
+    audit.guard()
+    audit.evaluate()
+    return audit.document(audit.replay())
 
 
 def write_audit(doc: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
     """audit.json (schema "audit", the eval result embedded), audit.md and audit.html, atomically."""
-    from harness.audit.report import render_html, render_markdown
-    from harness.core.io import atomic_write_json, atomic_write_text
-
     out_dir = Path(out_dir)
     paths = {"json": out_dir / "audit.json", "md": out_dir / "audit.md", "html": out_dir / "audit.html"}
     atomic_write_json(paths["json"], doc, schema=AUDIT_SCHEMA)
-    atomic_write_text(paths["md"], render_markdown(doc))
-    atomic_write_text(paths["html"], render_html(doc))
+    atomic_write_text(paths["md"], render_audit(doc, "md"))
+    atomic_write_text(paths["html"], render_audit(doc, "html"))
     return paths
 
 
 def audit_command(args: Any) -> int:
     """``harness audit``: run, write, print the summary. Exit 0 when the claim holds, 1 when it
     is overstated or the evaluation is unreliable; errors are HarnessErrors (exit 2)."""
-    from harness.audit.report import summary_lines
-
-    import warnings
-
     # torch warns about the pickle protocol of files it is about to refuse; the refusal says enough
     warnings.filterwarnings("ignore", message="Detected pickle protocol")
     out = Path(args.out) if getattr(args, "out", None) else default_out_dir(getattr(args, "model", None), getattr(args, "robustbench", None))
-    doc = run_audit(
-        dataset=args.dataset, eps=args.eps, claim=args.claim, model=getattr(args, "model", None),
-        robustbench=getattr(args, "robustbench", None), checkpoint=getattr(args, "checkpoint", None),
-        model_dir=getattr(args, "model_dir", None), norm=getattr(args, "norm", "Linf"), claim_attack=getattr(args, "claim_attack", None),
-        suite=getattr(args, "suite", "standard"), n=getattr(args, "n", None), batch_size=getattr(args, "batch_size", 500),
-        data_dir=getattr(args, "data_dir", None), device=getattr(args, "device", "auto"), seed=getattr(args, "seed", 0),
-        normalize=getattr(args, "normalize", None), state_path=out / ".eval-state.json",
-    )
+    req = AuditRequest(**{f.name: getattr(args, f.name) for f in fields(AuditRequest) if hasattr(args, f.name)})
+    doc = run_audit(req, state_path=out / ".eval-state.json")
     paths = write_audit(doc, out)
-    sys.stdout.write("\n".join(summary_lines(doc)) + "\n")
+    sys.stdout.write("\n".join(audit_summary_lines(doc)) + "\n")
     sys.stdout.write(f"  written: {paths['md']}, {paths['html'].name}, {paths['json'].name}\n")
     return EXIT_HOLDS if doc["verdict"]["outcome"] == "holds" else EXIT_NOT_HOLDING

@@ -174,19 +174,26 @@ class RunDir:
         return self.write_env(env)
 
     # -- metrics -----------------------------------------------------------------------------
-    def read_metrics(self) -> List[Dict[str, Any]]:
-        """Per-epoch rows. A torn last line (from a copy, or an older writer) is skipped."""
+    def read_metrics(self, *, strict: bool = False) -> List[Dict[str, Any]]:
+        """Per-epoch rows. A torn line (from a copy, or an older writer) is skipped, or with
+        ``strict`` (a resume, which must not build on damage) a ``HarnessError``."""
         if not self.metrics_path.exists():
             return []
         rows = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+        for k, line in enumerate(self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             line = line.strip()
             if not line:
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                if strict:
+                    raise HarnessError(f"{self.metrics_path}: line {k} is damaged (not a metrics row); "
+                                       "restore the file or start a new run")
                 continue
+            rows.append(row)
         return rows
 
     def write_metrics(self, rows: List[Dict[str, Any]]) -> Path:

@@ -23,7 +23,11 @@ def wilson(k: int, n: int, z: float = Z95) -> Tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # the interval always holds p; at k = 0 (k = n) its lower (upper) end is exactly 0 (1), which
+    # centre -+ half gives only up to rounding
+    lo = 0.0 if k == 0 else min(p, max(0.0, centre - half))
+    hi = 1.0 if k == n else max(p, min(1.0, centre + half))
+    return (lo, hi)
 
 
 def proportion(k: int, n: int) -> Dict[str, object]:

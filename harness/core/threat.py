@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 from harness.core.errors import ConfigError
 
@@ -39,6 +39,16 @@ def _parse_number(text: str) -> float:
         raise ConfigError(f"cannot parse eps {text!r}; write a number like 0.1 or a fraction like 8/255") from None
 
 
+def _number_text(value: Union[int, float]) -> str:
+    """How a number given from Python reads in labels: ``8/255`` for a float that is k/255 (the
+    field's usual budgets), else the shortest repr."""
+    if isinstance(value, float) and 0 < value <= 1 and math.isfinite(value):
+        k = value * 255
+        if abs(k - round(k)) < 1e-9 and round(k) >= 1:
+            return f"{round(k)}/255"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def parse_eps(value: Union[str, float, int], norm: str = "Linf") -> "Eps":
     """Parse an eps given as text (``"8/255"``, ``"0.1"``) or a number, in [0,1] pixel units.
 
@@ -49,7 +59,7 @@ def parse_eps(value: Union[str, float, int], norm: str = "Linf") -> "Eps":
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         # a config file can hold any JSON / TOML value here: true would silently mean eps = 1
         raise ConfigError(f"eps must be a number or text like 8/255, got {value!r}")
-    text = value.strip() if isinstance(value, str) else repr(float(value)) if isinstance(value, float) else str(value)
+    text = value.strip() if isinstance(value, str) else _number_text(value)
     eps = _parse_number(text) if isinstance(value, str) else float(value)
     if not math.isfinite(eps):
         raise ConfigError(f"eps must be a finite number, got {text!r}")
@@ -78,11 +88,30 @@ class Eps:
 
 @dataclass(frozen=True)
 class ThreatModel:
-    """``norm`` in {Linf, L2}; ``eps`` in [0,1] pixel units; ``eps_text`` as the user wrote it."""
+    """``norm`` in {Linf, L2}; ``eps`` in [0,1] pixel units; ``eps_text`` as the user wrote it.
+
+    The one description of a threat that every attack, defense, check and result takes: parse it
+    once (``parse``) and hand the object down. Constructing it directly validates it too."""
 
     norm: str
     eps: float
-    eps_text: str
+    eps_text: str = ""
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"unknown norm {self.norm!r}; use one of {', '.join(NORMS)}")
+        eps = self.eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+            raise ConfigError(f"eps must be a positive number in [0,1] pixel units, got {eps!r}")
+        if self.norm == "Linf" and eps > 1:
+            raise ConfigError(f"Linf eps {eps:g} exceeds the [0,1] pixel range; did you mean {eps:g}/255?")
+        object.__setattr__(self, "eps", float(eps))
+        if not self.eps_text:
+            object.__setattr__(self, "eps_text", f"{float(eps):g}")
+
+    def with_eps(self, eps: float, text: Optional[str] = None) -> "ThreatModel":
+        """The same norm at another radius (eps sweeps, curricula)."""
+        return ThreatModel(self.norm, float(eps), text or f"{float(eps):g}")
 
     @classmethod
     def parse(cls, norm: str, eps: Union[str, float, int]) -> "ThreatModel":

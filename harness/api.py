@@ -1,0 +1,304 @@
+"""The Python API, in the habits of the field; the CLI is a thin layer over it.
+
+- ``harness.evaluate(model, data, *, eps, norm="Linf", suite="quick", n=None, device=None)``: a
+  suite and its sanity checks on a model, like robustbench's ``benchmark(model, ...)`` and
+  AutoAttack's ``AutoAttack(model, norm, eps).run_standard_evaluation(x, y)``. ``data`` is a data
+  set name (its test split) or tensors ``(x, y)`` of [0,1] images and labels. Returns an
+  ``Evaluation``: clean and robust accuracy with 95% intervals, per-attack accuracies, per-example
+  outcomes, the verdict and its findings, ``to_json()`` and ``save(path)``.
+- ``harness.train(defense="fast-at", **config) -> Run``: the Python form of ``harness run``.
+- ``harness.evaluate_run(run_dir, ...)``: the Python form of ``harness eval``.
+
+Example::
+
+    import harness
+    r = harness.evaluate(model, (x, y), eps=8/255, suite="quick")
+    print(r.robust_accuracy, r.verdict)
+    run = harness.train(defense="pgd-at", dataset="fashion-mnist", epochs=10)
+    print(run.best.robust_accuracy)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from attacks.base import eval_mode
+from harness import config as C
+from harness.context import EvalSetting, RunContext
+from harness.core.errors import ConfigError, DataError
+from harness.core.io import atomic_write_json, dumps, read_json
+from harness.core.rundir import RunDir
+from harness.core.runtime import environment, select_device
+from harness.core.threat import ThreatModel
+from harness.data import load_dataset
+from harness.evaluation import SURROGATE_POINTS, evaluate_checkpoints, evaluate_model
+from harness.pipeline import Outcome, run_pipeline
+
+Data = Union[str, Tuple[torch.Tensor, torch.Tensor]]
+
+# short names for the settings people type most, as ``harness run``'s flags name them
+ALIASES = {
+    "eps": "threat.eps", "norm": "threat.norm", "epochs": "train.epochs", "batch_size": "train.batch_size",
+    "lr": "train.lr", "suite": "eval.suite", "n": "eval.n", "eval_batch_size": "eval.batch_size", "out": "out.root",
+    "name": "out.name", "data_dir": "data.data_dir", "val_size": "data.val_size", "download": "data.download",
+    "early_stop": "monitor.early_stop", "recipe_variant": "recipe.variant",
+}
+
+
+class Evaluation:
+    """One evaluation result (the ``eval-result`` document, docs/formats.md) with named accessors.
+
+    Accuracies are fractions; intervals are 95% Wilson intervals over the ``n`` points."""
+
+    def __init__(self, doc: Dict[str, Any]):
+        self.doc = doc
+
+    @property
+    def n(self) -> int:
+        return int(self.doc["clean"]["n"])
+
+    @property
+    def threat(self) -> ThreatModel:
+        return ThreatModel.from_dict(self.doc["threat"])
+
+    @property
+    def suite(self) -> str:
+        return str(self.doc["suite"])
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.doc["clean"]["accuracy"])
+
+    @property
+    def clean_ci95(self) -> Tuple[float, float]:
+        lo, hi = self.doc["clean"]["ci95"]
+        return float(lo), float(hi)
+
+    @property
+    def robust_accuracy(self) -> float:
+        """The per-example worst case over every attack of the suite."""
+        return float(self.doc["robust"]["accuracy"])
+
+    @property
+    def robust_ci95(self) -> Tuple[float, float]:
+        lo, hi = self.doc["robust"]["ci95"]
+        return float(lo), float(hi)
+
+    @property
+    def attack_accuracies(self) -> Dict[str, float]:
+        """Robust accuracy after each attack of the cascade (cumulative), by the attack's label."""
+        return {a["label"]: float(a["after"]["accuracy"]) for a in self.doc["attacks"]}
+
+    @property
+    def per_example(self) -> Dict[str, List[Any]]:
+        """label, clean_correct, robust, broken_by (position in ``attacks``) and adv_pred, per point."""
+        return self.doc["per_example"]
+
+    @property
+    def verdict(self) -> str:
+        """reliable, suspicious, unreliable, or not run (the sanity checks' verdict)."""
+        return str(self.doc["checks"]["verdict"])
+
+    @property
+    def findings(self) -> List[Dict[str, Any]]:
+        return list(self.doc["checks"].get("findings", []))
+
+    def to_json(self) -> Dict[str, Any]:
+        return self.doc
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write the document atomically (schema "eval-result"), readable by ``harness report``."""
+        return atomic_write_json(path, self.doc, schema="eval-result")
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "Evaluation":
+        return cls(read_json(path, schema="eval-result"))
+
+    def __repr__(self) -> str:
+        t = self.doc["threat"]
+        return (f"Evaluation(suite={self.suite!r}, {t['norm']} eps={t['eps']}, n={self.n}, clean={self.clean_accuracy:.4f}, "
+                f"robust={self.robust_accuracy:.4f}, verdict={self.verdict!r})")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def evaluate(model: nn.Module, data: Data, *, eps: Union[float, str], norm: str = "Linf", suite: Any = "quick",
+             n: Optional[int] = None, device: Optional[str] = None, seed: int = 0, batch_size: int = 500,
+             checks: bool = True, progress: bool = False, data_dir: Optional[str] = None) -> Evaluation:
+    """Evaluate ``model`` (inputs in [0,1], normalisation inside, logits out) under the threat
+    model (``norm``, ``eps`` in [0,1] pixel units, e.g. ``8/255`` or ``"8/255"``) with ``suite``
+    (a name from ``harness ls suites`` or an inline spec) on ``data``: a data set name (the first
+    ``n`` points of its test split; ``n`` defaults to the suite's) or tensors ``(x, y)`` (the
+    first ``n`` of them, all by default). ``device``: where to run (default: the model's); the
+    model's train/eval mode is restored afterwards. ``checks``: run the suite's sanity checks."""
+    threat = ThreatModel.parse(norm, eps)
+    dev = select_device(device) if device is not None else _model_device(model)
+    model = model.to(dev)
+    surrogate = None
+    if isinstance(data, str):
+        bundle = load_dataset(data, data_dir=data_dir, val_size=0, device=dev)
+        setting = EvalSetting(suite, threat, bundle.num_classes, seed=seed, batch_size=batch_size)
+        x, y = bundle.test.first(int(n or setting.suite["n"]))
+        surrogate = bundle.train.first(min(len(bundle.train), SURROGATE_POINTS))
+        source = {"dataset": data, "split": "test", "source": bundle.source}
+    else:
+        x, y = _tensors(data, dev, n)
+        setting = EvalSetting(suite, threat, _num_classes(model, x), seed=seed, batch_size=batch_size)
+        source = {"dataset": None, "split": "given tensors", "source": "tensors"}
+    doc = evaluate_model(model, x, y, setting, progress=progress, run_checks=checks, surrogate_data=surrogate)
+    doc = {"suite": doc.pop("suite"), "data": {**source, "n": int(x.shape[0]), "subset": "first n in fixed order"},
+           **doc, "env": environment(dev)}
+    return Evaluation(doc)
+
+
+def _tensors(data: Any, device: torch.device, n: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
+        raise DataError("data must be a data set name or a pair of tensors (x, y)")
+    x, y = data
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{x.shape[0]} images but {y.shape[0]} labels")
+    if x.dim() != 4:
+        raise DataError(f"images must be a [N, C, H, W] tensor, got shape {tuple(x.shape)}")
+    if n is not None:
+        x, y = x[:n], y[:n]
+    return x.detach().to(device, torch.float32), y.detach().to(device, torch.long)
+
+
+@torch.no_grad()
+def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    with eval_mode(model):
+        out = model(x[:1])
+    if out.dim() != 2:
+        raise DataError(f"the model returns shape {tuple(out.shape)}; expected logits of shape [N, classes]")
+    return int(out.shape[1])
+
+
+# -- training -------------------------------------------------------------------------------------
+
+def settings_to_flags(settings: Mapping[str, Any]) -> Dict[str, Any]:
+    """Keyword settings -> the nested layer of explicit settings that ``harness.config.resolve``
+    takes: a config key (``dataset="digits"``), a section (``train={"epochs": 3}``), a dotted key
+    (``**{"train.epochs": 3}``) or a short name (``epochs=3``, see ``ALIASES``)."""
+    nested: Dict[str, Any] = {}
+    for key, value in settings.items():
+        dotted = ALIASES.get(key, key)
+        node = nested
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"setting {key!r}: {part!r} is given both as a value and as a section")
+        leaf = parts[-1]
+        node[leaf] = C.deep_merge(node[leaf], value) if isinstance(value, Mapping) and isinstance(node.get(leaf), Mapping) \
+            else value
+    return nested
+
+
+def resolve_config(config: Union[None, str, Path, Mapping[str, Any]] = None, **settings: Any) -> C.RunConfig:
+    """The resolved config ``train`` would run: defaults < recipe < ``config`` (a TOML/JSON file
+    or a dict) < ``settings``."""
+    file_cfg = C.load_config_file(config) if isinstance(config, (str, Path)) else dict(config or {})
+    return C.resolve(settings_to_flags(settings), file_cfg)
+
+
+def train(defense: Optional[str] = None, *, config: Union[None, str, Path, Mapping[str, Any]] = None,
+          resume: Union[None, str, Path] = None, progress: Optional[bool] = None, evaluate: bool = True,
+          **settings: Any) -> "Run":
+    """Train ``defense`` (default fast-at), select on val, evaluate best and last with the run's
+    suite and render the report: ``harness run`` from Python. Settings as in ``resolve_config``;
+    ``resume=RUN_DIR`` continues a killed run (no other settings then)."""
+    if resume is not None:
+        if defense is not None or config is not None or settings:
+            raise ConfigError("resume continues a run with its saved config; other settings cannot be combined with it")
+        return Run.from_outcome(run_pipeline(None, resume=str(resume), progress=progress, evaluate=evaluate))
+    if defense is not None:
+        settings["defense"] = defense
+    cfg = resolve_config(config, **settings)
+    return Run.from_outcome(run_pipeline(cfg, progress=progress, evaluate=evaluate))
+
+
+def evaluate_run(run_dir: Union[str, Path], *, checkpoints: Sequence[str] = ("best",), suite: Optional[str] = None,
+                 n: Optional[int] = None, device: Optional[str] = None, seed: Optional[int] = None,
+                 batch_size: Optional[int] = None, force: bool = False,
+                 progress: bool = False) -> List[Tuple[Evaluation, str]]:
+    """Evaluate checkpoints of a run (``best``, ``last``, ``epoch-N`` or ``all``) with a suite
+    (default: the run's): ``harness eval`` from Python. Returns (evaluation, how) per checkpoint,
+    ``how`` saying whether it was evaluated, a stored result, or a copy for identical weights."""
+    run = RunDir.open(run_dir)
+    cfg = C.validate_saved(run.read_config())
+    ctx = RunContext.from_config(cfg, device=device)
+    setting = ctx.eval_setting(suite=suite, n=n, seed=seed, batch_size=batch_size)
+    return [(Evaluation(doc), how) for doc, how in evaluate_checkpoints(run, ctx, setting, checkpoints, force=force,
+                                                                         progress=progress)]
+
+
+class Run:
+    """A run directory as Python objects: its config, training summary, metrics and results."""
+
+    def __init__(self, path: Union[str, Path], outcome: Optional[Outcome] = None):
+        self.dir = RunDir.open(path)
+        self.outcome = outcome  # what the pipeline returned, when this process ran it
+        self._config: Optional[Dict[str, Any]] = None
+
+    @classmethod
+    def from_outcome(cls, outcome: Outcome) -> "Run":
+        return cls(outcome.run.path, outcome)
+
+    @property
+    def path(self) -> Path:
+        return self.dir.path
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        if self._config is None:
+            self._config = self.dir.read_config()
+        return self._config
+
+    @property
+    def status(self) -> str:
+        return str(self.dir.read_env().get("status", "unknown"))
+
+    @property
+    def training(self) -> Optional[Dict[str, Any]]:
+        return self.dir.read_training()
+
+    @property
+    def metrics(self) -> List[Dict[str, Any]]:
+        return self.dir.read_metrics()
+
+    def result(self, checkpoint: str = "best", suite: Optional[str] = None) -> Optional[Evaluation]:
+        doc = self.dir.read_eval_result(suite or self.config["eval"]["suite"], checkpoint)
+        return Evaluation(doc) if doc is not None else None
+
+    @property
+    def best(self) -> Optional[Evaluation]:
+        return self.result("best")
+
+    @property
+    def last(self) -> Optional[Evaluation]:
+        return self.result("last")
+
+    @property
+    def report(self) -> Path:
+        return self.dir.report_path("md")
+
+    def evaluate(self, checkpoint: str = "best", **kw: Any) -> Evaluation:
+        """``harness eval`` on this run; see ``evaluate_run`` for the keywords."""
+        return evaluate_run(self.path, checkpoints=[checkpoint], **kw)[0][0]
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, status={self.status!r})"
+
+
+def config_text(cfg: Mapping[str, Any]) -> str:
+    """A resolved config as the JSON ``--dry-run`` prints (itself a valid ``--config``)."""
+    return dumps(dict(cfg))
