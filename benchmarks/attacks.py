@@ -190,6 +190,47 @@ def bench_suite(model, x, y, *, suite: str, threat: ThreatModel, batch_size: int
     return out
 
 
+def bench_wrapper(model, x, y, *, threat: ThreatModel, batch_size: int, device: torch.device, num_classes: int,
+                  rounds: int = 3, log=None) -> Dict[str, Any]:
+    """What our AutoAttack adapter costs: AutoAttack standard through the evaluation engine (a
+    suite of it alone, no checks: the component cascade, its bookkeeping, the eps-ball check and
+    our labelling forward pass) beside ``pyautoattack``'s ``run_standard_evaluation`` called
+    directly, on the same points, in interleaved rounds (min wall time of each). ``speed_ratio``
+    = direct / ours: 1.0 means the wrapper costs nothing; the per-example outcomes must agree."""
+    n = int(x.shape[0])
+    setting = EvalSetting({"name": "autoattack-only", "n": n, "checks": None,
+                           "attacks": [{"attack": "autoattack", "version": "standard"}]}, threat, num_classes,
+                          batch_size=batch_size)
+    direct = P.autoattack(model, eps=threat.eps, version="standard", batch_size=batch_size, device=device, norm=threat.norm)
+    with torch.no_grad():
+        clean = torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size] for i in range(0, n, batch_size)])
+    runs: Dict[str, Callable[[], torch.Tensor]] = {
+        "harness": lambda: torch.tensor(evaluate_model(model, x, y, setting, run_checks=False)["per_example"]["robust"],
+                                        dtype=torch.bool, device=x.device),
+        "pyautoattack": lambda: clean & direct(x, y),
+    }
+    walls: Dict[str, List[float]] = {k: [] for k in runs}
+    masks: Dict[str, torch.Tensor] = {}
+    for r in range(rounds):
+        for k in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            if log:
+                log(f"evaluation: AutoAttack standard, {k}, round {r + 1}/{rounds}")
+            wall, _, mask = timed(runs[k], device)
+            walls[k].append(wall)
+            masks.setdefault(k, mask)
+    ours, theirs = min(walls["harness"]), min(walls["pyautoattack"])
+    return {"n": n, "rounds": rounds, "seconds_ours": ours, "seconds_direct": theirs, "speed_ratio": theirs / ours,
+            "seconds_rounds": walls, "same_per_example": bool(torch.equal(masks["harness"], masks["pyautoattack"])),
+            "accuracy": float(masks["harness"].float().mean())}
+
+
+def wrapper_line(w: Dict[str, Any]) -> str:
+    return (f"AutoAttack standard alone on {w['n']} points, min of {w['rounds']} interleaved rounds: through harness "
+            f"{fmt(w['seconds_ours'])} s, pyautoattack directly {fmt(w['seconds_direct'])} s: speed ratio "
+            f"{w['speed_ratio']:.3f} (direct / ours; 1.0 = the wrapper costs nothing); same per-example outcome: "
+            f"{'yes' if w['same_per_example'] else 'NO'}")
+
+
 def peers_table(blocks: Sequence[Dict[str, Any]]) -> str:
     headers = ["attack", "library", "n", "s", "ex/s", "ours x faster", "accuracy", "ours not weaker"]
     body = []
@@ -230,15 +271,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         xs, ys = bundle.test.first(args.suite_n)
         blocks.append(bench_suite(model, xs, ys, suite=args.suite, threat=threat, batch_size=args.batch_size, device=device,
                                   num_classes=bundle.num_classes))
+    wrapper = None
+    if args.suite_n and P.available("pyautoattack"):
+        xs, ys = bundle.test.first(args.suite_n)
+        wrapper = bench_wrapper(model, xs, ys, threat=threat, batch_size=args.batch_size, device=device,
+                                num_classes=bundle.num_classes, rounds=args.rounds)
     single = bench_attacks(model, x, y, threat, device, args.batch_size)
     print(f"evaluation, device {device}, torch threads {torch.get_num_threads()}, {threat.label()}, small-cnn (2 Fast-AT epochs)")
     print(peers_table(blocks))
+    if wrapper is not None:
+        print(wrapper_line(wrapper))
     print()
     print(format_table(["attack alone (Attack.run)", "s", "ex/s", "fwd/ex", "bwd/ex", "accuracy"],
                        [[r["what"], fmt(r["seconds"]), fmt(r["examples_per_s"], ".0f"), fmt(r["forward_per_example"], ".1f"),
                          fmt(r["backward_per_example"], ".1f"), fmt(100 * r["accuracy"], ".1f", "%")] for r in single]))
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(device), "peers": P.versions(), "blocks": blocks, "attacks": single},
+        Path(args.json).write_text(json.dumps({"machine": machine(device), "peers": P.versions(), "blocks": blocks, "attacks": single,
+                                               "autoattack_wrapper": wrapper},
                                               indent=2) + "\n")
     return 0
 

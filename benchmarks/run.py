@@ -86,6 +86,9 @@ def run_all(*, dataset: str = "fashion-mnist", device_name: str = "auto", quick:
             blocks.append(A.bench_suite(model, xs, ys, suite="quick", threat=threat, batch_size=500, device=device,
                                         num_classes=bundle.num_classes, log=log))
         doc["evaluation"] = {"model": f"small-cnn, {s['model_epochs']} Fast-AT epoch(s)", "threat": threat.label(), "blocks": blocks}
+        if s["suite_n"] and A.P.available("pyautoattack"):
+            doc["evaluation"]["autoattack_wrapper"] = A.bench_wrapper(model, xs, ys, threat=threat, batch_size=500, device=device,
+                                                                      num_classes=bundle.num_classes, rounds=2, log=log)
     if "knobs" not in skip:
         log("knobs: precision and memory format")
         doc["knobs"] = K.bench_knobs(device, min_time=s["knob_min_time"], dataset=dataset)
@@ -115,6 +118,8 @@ def render(doc: Dict[str, Any]) -> str:
         ev = doc["evaluation"]
         out += ["", f"2. evaluation: {ev['model']}, {ev['threat']}; same model, same points; 'ours x faster' = peer s / our s",
                 A.peers_table(ev["blocks"])]
+        if ev.get("autoattack_wrapper"):
+            out.append(A.wrapper_line(ev["autoattack_wrapper"]))
     if "knobs" in doc:
         out += ["", "3. knobs: " + doc["knobs"]["title"], K.knobs_table(doc["knobs"])]
     if "default_run" in doc:

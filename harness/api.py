@@ -28,6 +28,7 @@ from torch import nn
 from attacks.base import eval_mode
 from harness import config as C
 from harness.context import EvalSetting, RunContext
+from harness.core.documents import EvalResult, Finding
 from harness.core.errors import ConfigError, DataError
 from harness.core.io import atomic_write_json, dumps, read_json
 from harness.core.rundir import RunDir
@@ -48,78 +49,53 @@ ALIASES = {
 }
 
 
-class Evaluation:
-    """One evaluation result (the ``eval-result`` document, docs/formats.md) with named accessors.
-
-    Accuracies are fractions; intervals are 95% Wilson intervals over the ``n`` points."""
-
-    def __init__(self, doc: Dict[str, Any]):
-        self.doc = doc
-
-    @property
-    def n(self) -> int:
-        return int(self.doc["clean"]["n"])
-
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel.from_dict(self.doc["threat"])
-
-    @property
-    def suite(self) -> str:
-        return str(self.doc["suite"])
+class Evaluation(EvalResult):
+    """One evaluation result: the typed ``eval-result`` document (``harness.core.documents``,
+    docs/formats.md) with the accessors a notebook wants. Accuracies are fractions; intervals are
+    95% Wilson intervals over the ``n`` points; ``per_example`` holds label, clean_correct,
+    robust, broken_by (position in ``attacks``) and adv_pred per point."""
 
     @property
     def clean_accuracy(self) -> float:
-        return float(self.doc["clean"]["accuracy"])
+        return float(self.clean.accuracy)  # type: ignore[arg-type]
 
     @property
     def clean_ci95(self) -> Tuple[float, float]:
-        lo, hi = self.doc["clean"]["ci95"]
-        return float(lo), float(hi)
+        return self.clean.interval  # type: ignore[return-value]
 
     @property
     def robust_accuracy(self) -> float:
         """The per-example worst case over every attack of the suite."""
-        return float(self.doc["robust"]["accuracy"])
+        return float(self.robust.accuracy)  # type: ignore[arg-type]
 
     @property
     def robust_ci95(self) -> Tuple[float, float]:
-        lo, hi = self.doc["robust"]["ci95"]
-        return float(lo), float(hi)
+        return self.robust.interval  # type: ignore[return-value]
 
     @property
     def attack_accuracies(self) -> Dict[str, float]:
         """Robust accuracy after each attack of the cascade (cumulative), by the attack's label."""
-        return {a["label"]: float(a["after"]["accuracy"]) for a in self.doc["attacks"]}
-
-    @property
-    def per_example(self) -> Dict[str, List[Any]]:
-        """label, clean_correct, robust, broken_by (position in ``attacks``) and adv_pred, per point."""
-        return self.doc["per_example"]
+        return {str(a.label): float(a.after.accuracy) for a in self.attacks}  # type: ignore[arg-type]
 
     @property
     def verdict(self) -> str:
         """reliable, suspicious, unreliable, or not run (the sanity checks' verdict)."""
-        return str(self.doc["checks"]["verdict"])
+        return str(self.checks.verdict)
 
     @property
-    def findings(self) -> List[Dict[str, Any]]:
-        return list(self.doc["checks"].get("findings", []))
-
-    def to_json(self) -> Dict[str, Any]:
-        return self.doc
+    def findings(self) -> List[Finding]:
+        return list(self.checks.findings)
 
     def save(self, path: Union[str, Path]) -> Path:
-        """Write the document atomically (schema "eval-result"), readable by ``harness report``."""
-        return atomic_write_json(path, self.doc, schema="eval-result")
+        """Write the document atomically (schema "eval-result")."""
+        return atomic_write_json(path, self.to_json(), schema="eval-result")
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Evaluation":
-        return cls(read_json(path, schema="eval-result"))
+        return cls.from_json(read_json(path, schema="eval-result"))
 
     def __repr__(self) -> str:
-        t = self.doc["threat"]
-        return (f"Evaluation(suite={self.suite!r}, {t['norm']} eps={t['eps']}, n={self.n}, clean={self.clean_accuracy:.4f}, "
+        return (f"Evaluation(suite={self.suite!r}, {self.threat.label}, n={self.n}, clean={self.clean_accuracy:.4f}, "
                 f"robust={self.robust_accuracy:.4f}, verdict={self.verdict!r})")
 
 
@@ -157,7 +133,7 @@ def evaluate(model: nn.Module, data: Data, *, eps: Union[float, str], norm: str 
     doc = evaluate_model(model, x, y, setting, progress=progress, run_checks=checks, surrogate_data=surrogate)
     doc = {"suite": doc.pop("suite"), "data": {**source, "n": int(x.shape[0]), "subset": "first n in fixed order"},
            **doc, "env": environment(dev)}
-    return Evaluation(doc)
+    return Evaluation.from_json(doc)
 
 
 def _tensors(data: Any, device: torch.device, n: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -237,8 +213,8 @@ def evaluate_run(run_dir: Union[str, Path], *, checkpoints: Sequence[str] = ("be
     cfg = C.validate_saved(run.read_config())
     ctx = RunContext.from_config(cfg, device=device)
     setting = ctx.eval_setting(suite=suite, n=n, seed=seed, batch_size=batch_size)
-    return [(Evaluation(doc), how) for doc, how in evaluate_checkpoints(run, ctx, setting, checkpoints, force=force,
-                                                                         progress=progress)]
+    done = evaluate_checkpoints(run, ctx, setting, checkpoints, force=force, progress=progress)
+    return [(Evaluation.from_json(doc), how) for doc, how in done]
 
 
 class Run:
@@ -277,7 +253,7 @@ class Run:
 
     def result(self, checkpoint: str = "best", suite: Optional[str] = None) -> Optional[Evaluation]:
         doc = self.dir.read_eval_result(suite or self.config["eval"]["suite"], checkpoint)
-        return Evaluation(doc) if doc is not None else None
+        return Evaluation.from_json(doc) if doc is not None else None
 
     @property
     def best(self) -> Optional[Evaluation]:

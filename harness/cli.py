@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-download", dest="data.download", action="store_false", default=S, help="never download data")
     _common_eval_flags(p, config_dests=True)
     p.add_argument("--out", dest="out.root", default=S, help="folder for run directories (default runs/)")
+    p.add_argument("--log", dest="log", action="append", default=S, metavar="LOGGER",
+                   help="mirror the metrics to a tracker: tensorboard, wandb or disk (repeatable; see harness ls loggers)")
     p.add_argument("--name", dest="out.name", default=S, help="run directory name (default: made from the config)")
     es = p.add_mutually_exclusive_group()
     es.add_argument("--early-stop", dest="monitor.early_stop", action="store_true", default=S, help="stop on catastrophic overfitting")
@@ -144,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--out", default=None, help="folder for the audit report (default audits/NAME-TIMESTAMP)")
+
+    # -- export -------------------------------------------------------------------------------
+    p = sub.add_parser("export", help="export a run's checkpoint: RobustBench model card, safetensors weights, loader")
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=["robustbench"], default="robustbench")
+    p.add_argument("-o", "--output", required=True, help="folder to write into")
+    p.add_argument("--checkpoint", default="best", help="best (default), last or epoch-N")
+    p.add_argument("--suite", default=None, help="the evaluation to take the numbers from (default: one with AutoAttack)")
+    p.add_argument("--model-id", default=None, help="RobustBench file name, e.g. Smith2026Robust (default: the run's name)")
+    for flag, what in (("--title", "name (the paper's title)"), ("--link", "link"), ("--authors", "authors"), ("--venue", "venue")):
+        p.add_argument(flag, default=None, help=f"the card's {what}")
+    p.add_argument("--force", action="store_true", help="export even an evaluation whose verdict is unreliable (the card says so)")
     return parser
 
 
@@ -276,6 +290,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_report(args)
         if args.command == "audit":
             return cmd_audit(args)
+        if args.command == "export":
+            from harness.export import export_command
+
+            return export_command(args)
     except HarnessError as e:
         sys.stderr.write(f"harness: error: {e}\n")
         return e.exit_code

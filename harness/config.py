@@ -136,6 +136,7 @@ class RunConfig(TypedDict):
     monitor: MonitorConfig
     eval: EvalConfig
     out: OutConfig
+    log: List[str]
 
 
 DEFAULTS: Dict[str, Any] = {
@@ -224,6 +225,8 @@ DEFAULTS: Dict[str, Any] = {
         "checkpoints": ["best", "last"],
     },
     "out": {"root": "runs", "name": None},
+    # metric loggers mirroring metrics.jsonl and the final results (harness.loggers): tensorboard, wandb, disk
+    "log": [],
 }
 
 SECTIONS_FREE = {"defense_options"}  # keys validated by their owner, not here
@@ -365,12 +368,15 @@ def check_names(cfg: Mapping[str, Any]) -> None:
     from attacks.suites import get_suite
     from defenses.registry import DEFENSES
     from harness.data import DATASETS
+    from harness.loggers import LOGGERS
     from harness.models import MODELS
 
     DEFENSES.entry(cfg["defense"])
     DATASETS.entry(cfg["dataset"])
     MODELS.entry(cfg["model"])
     get_suite(cfg["eval"]["suite"])
+    for name in cfg.get("log") or []:
+        LOGGERS.entry(name)
 
 
 OPTIMIZERS = ("sgd", "adam")

@@ -21,6 +21,7 @@ from harness.context import RunContext
 from harness.core.rundir import RunDir, now_iso
 from harness.core.runtime import environment, resource_usage
 from harness.evaluation import evaluate_checkpoints
+from harness.loggers import build_loggers
 from harness.training import EpochHook, Trainer
 from reports.run_report import render_run
 
@@ -58,10 +59,12 @@ def run_pipeline(
     elif cfg is None:
         raise ValueError("run_pipeline needs a config or resume=RUN_DIR")
     ctx = RunContext.from_config(cfg, threads=threads)
-    trainer = Trainer(ctx, progress=progress, on_epoch_end=on_epoch_end)
+    loggers = build_loggers(ctx.config)  # an unknown logger or a missing package fails here, before the run dir
+    trainer = Trainer(ctx, progress=progress, on_epoch_end=loggers.epoch_hook(on_epoch_end))
     run = _open(run, ctx)
     log.info("run directory %s", run.path)
-    with _sigterm_as_interrupt(), _status(run, ctx):
+    loggers.open(run, resumed=resume is not None)
+    with _sigterm_as_interrupt(), _status(run, ctx), loggers:
         if resume is not None:
             trainer.resume(run)
         summary = trainer.fit(run)
@@ -70,6 +73,7 @@ def run_pipeline(
             ev = ctx.config["eval"]
             results = evaluate_checkpoints(run, ctx, ctx.eval_setting(), list(ev["checkpoints"]),
                                            progress=_shows_progress(progress))
+            loggers.log_final(doc for doc, _ in results)
         # the report says "finished" only if the status is written before it is rendered
         run.update_env(status="finished", finished=now_iso(), resources=resource_usage(ctx.device))
     if evaluate:

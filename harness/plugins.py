@@ -13,10 +13,11 @@ from defenses.registry import DEFENSES
 from harness.core.errors import UnknownNameError
 from harness.core.registry import Registry
 from harness.data import DATASETS
+from harness.loggers import LOGGERS
 from harness.models import MODELS
 from reports.registry import RENDERERS
 
-REGISTRIES: Dict[str, Registry] = {r.kind: r for r in (DEFENSES, ATTACKS, CHECKS, SUITES, DATASETS, MODELS, RENDERERS)}
+REGISTRIES: Dict[str, Registry] = {r.kind: r for r in (DEFENSES, ATTACKS, CHECKS, SUITES, DATASETS, MODELS, RENDERERS, LOGGERS)}
 
 
 def all_registries() -> Dict[str, Registry]:

@@ -52,6 +52,72 @@ def architectures(name: str) -> ModuleType:
 # the zoo's checkpoints for these models hold {"last": ..., "best": ...}; robustbench takes "last"
 _TAKE_LAST = ("Kireev2021Effectiveness", "Andriushchenko2020Understanding")
 
+# robustbench 1.1.1, robustbench/utils.py, _safe_load_state_dict: zoo files of these models lack
+# buffers the architecture defines (Wong2020Fast's file has no "mu"/"sigma": its normalisation
+# constants live in the architecture) or carry extra keys; robustbench then loads with
+# strict=False when the strict error names one of _LENIENT_MESSAGES. Same names, same messages.
+_LENIENT = frozenset({
+    "Andriushchenko2020Understanding", "Augustin2020Adversarial", "Engstrom2019Robustness", "Pang2020Boosting",
+    "Rice2020Overfitting", "Rony2019Decoupling", "Wong2020Fast", "Hendrycks2020AugMix_WRN",
+    "Hendrycks2020AugMix_ResNeXt", "Kireev2021Effectiveness_Gauss50percent", "Kireev2021Effectiveness_AugMixNoJSD",
+    "Kireev2021Effectiveness_RLAT", "Kireev2021Effectiveness_RLATAugMixNoJSD", "Kireev2021Effectiveness_RLATAugMix",
+    "Chen2020Efficient", "Wu2020Adversarial", "Augustin2020Adversarial_34_10", "Augustin2020Adversarial_34_10_extra",
+    "Diffenderfer2021Winning_LRR", "Diffenderfer2021Winning_LRR_CARD_Deck", "Diffenderfer2021Winning_Binary",
+    "Diffenderfer2021Winning_Binary_CARD_Deck", "Huang2022Revisiting_WRN-A4", "Bai2024MixedNUTS",
+})
+_LENIENT_MESSAGES = (
+    'Missing key(s) in state_dict: "mu", "sigma".',
+    'Unexpected key(s) in state_dict: "model_preact_hl1.1.weight"',
+    'Missing key(s) in state_dict: "normalize.mean", "normalize.std"',
+    'Unexpected key(s) in state_dict: "conv1.scores"',
+    'Missing key(s) in state_dict: "mean", "std".',
+)
+
+
+def load_like_robustbench(net: Any, state: Dict[str, Any], *, name: str, source: str) -> List[str]:
+    """Load ``state`` (prefixes already stripped) into ``net`` as robustbench's
+    ``_safe_load_state_dict`` does: strictly, except for the models it knows to fail in known ways,
+    which it loads non-strictly. The keys left out are listed in the returned notes, and shapes
+    must still match (robustbench would fail on a mismatch too)."""
+    from harness.checkpoints import load_into
+    from harness.core.errors import CheckpointError
+
+    try:
+        return load_into(net, state, source=source)
+    except CheckpointError:
+        if name not in _LENIENT:
+            raise
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            if not any(m in str(e) for m in _LENIENT_MESSAGES):
+                raise CheckpointError(f"{source} does not match {name}: {str(e).splitlines()[0]}") from None
+        want = net.state_dict()
+        bad = [k for k, v in state.items() if k in want and tuple(v.shape) != tuple(want[k].shape)]
+        if bad:
+            raise CheckpointError(f"{source} does not match {name}: shape mismatch for {', '.join(bad[:5])}")
+        missing = [k for k in want if k not in state]
+        unexpected = [k for k in state if k not in want]
+        net.load_state_dict(state, strict=False)
+        notes = [f"loaded non-strictly, as robustbench does for {name}"]
+        if missing:
+            notes.append(f"kept the architecture's own {', '.join(missing)} (not in the file)")
+        if unexpected:
+            notes.append(f"ignored {len(unexpected)} key(s) the architecture does not have: "
+                         f"{', '.join(unexpected[:5])}")
+        return notes
+
+
+def timm_name(name: str, dataset: str, threat: str) -> Optional[str]:
+    """The timm model robustbench's ``load_model`` takes instead of the zoo entry (it checks
+    ``timm.is_model(f"{name.lower().replace('-', '_')}_{dataset}_{threat.lower()}")`` first and
+    then downloads timm's pretrained weights), or None."""
+    robustbench()
+    import timm
+
+    candidate = f"{name.lower().replace('-', '_')}_{dataset.lower()}_{threat.lower()}"
+    return candidate if timm.is_model(candidate) else None
+
 
 def zoo_datasets() -> list:
     """The data sets the zoo has models for, by the harness's data set names."""
@@ -118,6 +184,11 @@ def zoo_files(name: str, *, dataset: str, threat: str, model_dir: str | Path,
     from harness.core.errors import CheckpointError, ConfigError
 
     entry = zoo_entry(name, dataset, threat)
+    hub = timm_name(name, dataset, threat)
+    if hub is not None:
+        raise ConfigError(f"robustbench loads {name} through timm ({hub}, pretrained weights from the Hugging Face "
+                          "hub), not from a model directory; the harness reads zoo weights only from MODEL_DIR "
+                          f"({dataset}/{threat}/{name}.pt): build the model yourself and use --model FILE.py:FACTORY")
     ids = entry.get("gdrive_id")
     members = len(ids) if isinstance(ids, list) else 0
     if dataset == "imagenet":
@@ -144,7 +215,7 @@ def load_zoo_model(name: str, *, dataset: str, threat: str, model_dir: str | Pat
     """The zoo architecture for ``name`` with weights read as data from ``model_dir`` (or from
     ``checkpoint``), in eval mode. Nothing is downloaded: a missing file is a ``CheckpointError``
     that says where it was expected. Returns the model and a provenance record."""
-    from harness.checkpoints import file_sha256, load_into, load_state_dict_file
+    from harness.checkpoints import file_sha256, load_state_dict_file
 
     entry, files = zoo_files(name, dataset=dataset, threat=threat, model_dir=model_dir, checkpoint=checkpoint)
     members = len(files) if isinstance(entry.get("gdrive_id"), list) else 0
@@ -153,7 +224,7 @@ def load_zoo_model(name: str, *, dataset: str, threat: str, model_dir: str | Pat
     targets = [model] if not members else list(model.models)
     for net, f in zip(targets, files):
         state = load_state_dict_file(f, prefer=("last",) if any(name.startswith(p) or name == p for p in _TAKE_LAST) else ())
-        notes += load_into(net, strip_like_robustbench(state), source=str(f))
+        notes += load_like_robustbench(net, strip_like_robustbench(state), name=name, source=str(f))
     model.eval()
     info = {"kind": "robustbench", "name": name, "dataset": dataset, "threat_model": threat,
             "architecture": type(model).__name__,

@@ -139,6 +139,24 @@ def _legend_layout(items: List[Tuple[str, str]], x0: float, width: float) -> Lis
     return out
 
 
+@dataclass
+class _Frame:
+    """Where the plot sits in the picture, and the maps from data to picture coordinates."""
+
+    left: float
+    top: float
+    pw: float
+    ph: float
+    x0: float
+    x1: float
+
+    def X(self, v: float) -> float:
+        return self.left + (min(max(v, self.x0), self.x1) - self.x0) / (self.x1 - self.x0) * self.pw
+
+    def Y(self, v: float) -> float:
+        return self.top + (1 - max(0.0, min(1.0, v))) * self.ph
+
+
 def line_chart(chart: Chart) -> str:
     """Accuracy (0-100%) against x, with markers, vertical marks, shaded bands and brackets.
     Every mark is explained in the legend under the plot; the plot itself carries only short labels."""
@@ -152,14 +170,7 @@ def line_chart(chart: Chart) -> str:
     rows = (max(r for _, r in layout) + 1) if layout else 0
     ph = H0 - top - 56 - 20  # the plot keeps its height; the legend adds rows below it
     H = top + ph + 56 + 20 * rows
-    x0, x1 = _x_range(chart)
-
-    def X(v: float) -> float:
-        return left + (min(max(v, x0), x1) - x0) / (x1 - x0) * pw
-
-    def Y(v: float) -> float:
-        return top + (1 - max(0.0, min(1.0, v))) * ph
-
+    frame = _Frame(left, top, pw, ph, *_x_range(chart))
     parts: List[str] = [
         f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
         f'aria-label="{_e(chart.title)}" font-family="Helvetica, Arial, sans-serif" font-size="12">',
@@ -167,31 +178,48 @@ def line_chart(chart: Chart) -> str:
         f'<rect x="0" y="0" width="{W}" height="{H}" fill="#ffffff"/>',
         f'<text x="{left}" y="22" font-size="14" font-weight="bold" fill="#24292f">{_e(chart.title)}</text>',
     ]
-    # bands first, under everything
+    parts += _axes(chart, frame)  # bands first, under everything, then grid, axes and vertical marks
+    parts += _plotted(chart, frame)
+    parts += _legend(chart, frame, items, layout)
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _axes(chart: Chart, f: _Frame) -> List[str]:
+    left, top, pw, ph = f.left, f.top, f.pw, f.ph
+    parts = []
     for b in chart.bands:
-        bx0, bx1 = X(b.x0), X(b.x1)
+        bx0, bx1 = f.X(b.x0), f.X(b.x1)
         parts.append(f'<rect x="{_f(min(bx0, bx1))}" y="{_f(top)}" width="{_f(max(2.0, abs(bx1 - bx0)))}" height="{_f(ph)}" '
                      f'fill="{b.color}" fill-opacity="0.12"/>')
-    # grid and axes
     for i in range(6):
         v = i / 5
-        y = Y(v)
+        y = f.Y(v)
         parts.append(f'<line x1="{left}" y1="{_f(y)}" x2="{left + pw}" y2="{_f(y)}" stroke="#d6dbe1" stroke-width="1"/>')
         parts.append(f'<text x="{left - 8}" y="{_f(y + 4)}" text-anchor="end" fill="#57606a">{int(round(v * 100))}%</text>')
-    for t in _x_ticks(chart, x0, x1):
-        x = X(t)
+    for t in _x_ticks(chart, f.x0, f.x1):
+        x = f.X(t)
         parts.append(f'<line x1="{_f(x)}" y1="{_f(top + ph)}" x2="{_f(x)}" y2="{_f(top + ph + 5)}" stroke="#57606a"/>')
         label = str(int(t)) if chart.integer_x else chart.x_format.format(t)
         parts.append(f'<text x="{_f(x)}" y="{_f(top + ph + 18)}" text-anchor="middle" fill="#57606a">{_e(label)}</text>')
     parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#8c959f"/>')
-    parts.append(f'<text x="{_f(left + pw / 2)}" y="{_f(top + ph + 36)}" text-anchor="middle" fill="#24292f">{_e(chart.x_label)}</text>')
-    parts.append(f'<text transform="translate(16 {_f(top + ph / 2)}) rotate(-90)" text-anchor="middle" fill="#24292f">{_e(chart.y_label)}</text>')
+    parts.append(f'<text x="{_f(left + pw / 2)}" y="{_f(top + ph + 36)}" text-anchor="middle" fill="#24292f">'
+                 f'{_e(chart.x_label)}</text>')
+    parts.append(f'<text transform="translate(16 {_f(top + ph / 2)}) rotate(-90)" text-anchor="middle" fill="#24292f">'
+                 f'{_e(chart.y_label)}</text>')
     for v in chart.vlines:
-        x = X(v.x)
-        parts.append(f'<line x1="{_f(x)}" y1="{top}" x2="{_f(x)}" y2="{top + ph}" stroke="{v.color}" stroke-width="1.5" stroke-dasharray="{v.dash}"/>')
+        x = f.X(v.x)
+        parts.append(f'<line x1="{_f(x)}" y1="{top}" x2="{_f(x)}" y2="{top + ph}" stroke="{v.color}" stroke-width="1.5" '
+                     f'stroke-dasharray="{v.dash}"/>')
         if v.short:
             parts.append(_label(x, top + 14, v.short, v.color, left, left + pw))
-    # series
+    return parts
+
+
+def _plotted(chart: Chart, f: _Frame) -> List[str]:
+    """The series (lines broken where a value is missing, a marker with a tooltip per point), then
+    the brackets."""
+    parts = []
     for s in chart.series:
         segs: List[List[Tuple[float, float]]] = [[]]
         for x, y in zip(s.xs, s.ys):
@@ -199,7 +227,7 @@ def line_chart(chart: Chart) -> str:
                 if segs[-1]:
                     segs.append([])
                 continue
-            segs[-1].append((X(float(x)), Y(float(y))))
+            segs[-1].append((f.X(float(x)), f.Y(float(y))))
         dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
         for seg in segs:
             if len(seg) > 1:
@@ -208,35 +236,44 @@ def line_chart(chart: Chart) -> str:
         for x, y in zip(s.xs, s.ys):
             if y is not None:
                 xl = str(int(x)) if chart.integer_x else chart.x_format.format(x)
-                parts.append(f'<circle cx="{_f(X(float(x)))}" cy="{_f(Y(float(y)))}" r="3" fill="{s.color}">'
+                parts.append(f'<circle cx="{_f(f.X(float(x)))}" cy="{_f(f.Y(float(y)))}" r="3" fill="{s.color}">'
                              f"<title>{_e(s.name)}: {_e(chart.x_label)} {_e(xl)}, {pct(float(y))}</title></circle>")
     for b in chart.brackets:
-        x = X(b.x) + 10
-        ya, yb = Y(b.y0), Y(b.y1)
-        parts.append(f'<path d="M{_f(x - 5)},{_f(ya)} H{_f(x)} V{_f(yb)} H{_f(x - 5)}" fill="none" stroke="{b.color}" stroke-width="2"/>')
-    # legend: series, then the marks
+        x = f.X(b.x) + 10
+        ya, yb = f.Y(b.y0), f.Y(b.y1)
+        parts.append(f'<path d="M{_f(x - 5)},{_f(ya)} H{_f(x)} V{_f(yb)} H{_f(x - 5)}" fill="none" stroke="{b.color}" '
+                     'stroke-width="2"/>')
+    return parts
+
+
+def _legend(chart: Chart, f: _Frame, items: List[Tuple[str, str]], layout: List[Tuple[float, int]]) -> List[str]:
+    """Series first, then the marks, each with its sample drawn as on the plot."""
     marks = {("vline", v.label): v for v in chart.vlines}
     bands = {("band", b.label): b for b in chart.bands}
     brackets = {("bracket", b.label): b for b in chart.brackets}
     series = {("series", s.name): s for s in chart.series}
+    parts = []
     for (kind, label), (x, row) in zip(items, layout):
-        y = top + ph + 54 + 20 * row
+        y = f.top + f.ph + 54 + 20 * row
         if kind == "series":
             s = series[(kind, label)]
             dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
-            parts.append(f'<line x1="{_f(x)}" y1="{y - 4}" x2="{_f(x + 22)}" y2="{y - 4}" stroke="{s.color}" stroke-width="2.5"{dash}/>')
+            parts.append(f'<line x1="{_f(x)}" y1="{y - 4}" x2="{_f(x + 22)}" y2="{y - 4}" stroke="{s.color}" '
+                         f'stroke-width="2.5"{dash}/>')
         elif kind == "vline":
             v = marks[(kind, label)]
-            parts.append(f'<line x1="{_f(x + 11)}" y1="{y - 12}" x2="{_f(x + 11)}" y2="{y + 3}" stroke="{v.color}" stroke-width="1.5" stroke-dasharray="4 3"/>')
+            parts.append(f'<line x1="{_f(x + 11)}" y1="{y - 12}" x2="{_f(x + 11)}" y2="{y + 3}" stroke="{v.color}" '
+                         'stroke-width="1.5" stroke-dasharray="4 3"/>')
         elif kind == "band":
             b = bands[(kind, label)]
-            parts.append(f'<rect x="{_f(x)}" y="{y - 12}" width="22" height="14" fill="{b.color}" fill-opacity="0.12" stroke="{b.color}" stroke-opacity="0.3"/>')
+            parts.append(f'<rect x="{_f(x)}" y="{y - 12}" width="22" height="14" fill="{b.color}" fill-opacity="0.12" '
+                         f'stroke="{b.color}" stroke-opacity="0.3"/>')
         else:
             k = brackets[(kind, label)]
-            parts.append(f'<path d="M{_f(x + 6)},{y - 12} H{_f(x + 12)} V{y + 2} H{_f(x + 6)}" fill="none" stroke="{k.color}" stroke-width="2"/>')
+            parts.append(f'<path d="M{_f(x + 6)},{y - 12} H{_f(x + 12)} V{y + 2} H{_f(x + 6)}" fill="none" '
+                         f'stroke="{k.color}" stroke-width="2"/>')
         parts.append(f'<text x="{_f(x + 28)}" y="{y}" fill="#24292f">{_e(label)}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
+    return parts
 
 
 def _label(x: float, y: float, text: str, color: str, lo: float, hi: float, anchor: str = "") -> str:

@@ -446,3 +446,102 @@ def test_robustbench_unknown_name_suggests_close_ones():
         zoo_entry("Ding2020MM", "cifar10", "Linf")
     with pytest.raises(ConfigError, match="no models for data set 'digits'"):
         zoo_entry(ZOO_NAME, "digits", "Linf")
+
+
+# -- robustbench's own loader reads the same files, with the network blocked ---------------------
+
+def _block_network(monkeypatch):
+    """Any connection attempt fails: robustbench's loader downloads (gdown) when a file is missing."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def _robustbench_load_model(monkeypatch):
+    from harness.robustbench_compat import robustbench
+
+    robustbench()
+    import robustbench.utils as rbu
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"robustbench tried to download {args}")
+
+    monkeypatch.setattr(rbu, "download_gdrive_new", no_download)
+    _block_network(monkeypatch)
+    return rbu.load_model
+
+
+def test_robustbenchs_own_loader_reads_the_same_file_offline(zoo, monkeypatch):
+    """robustbench 1.1.1's utils.load_model (zoo entry -> MODEL_DIR/DATASET/THREAT/NAME.pt ->
+    torch.load -> 'state_dict' -> strip 'module.' then 'model.' -> strict load) and the harness's
+    loader give the same network from the fixture's file."""
+    from harness.robustbench_compat import load_zoo_model
+
+    root, ref = zoo
+    load_model = _robustbench_load_model(monkeypatch)
+    before = sorted(str(p) for p in (root / "models").rglob("*"))
+    theirs = load_model(ZOO_NAME, model_dir=str(root / "models"), dataset="cifar10", threat_model="Linf")
+    ours, _ = load_zoo_model(ZOO_NAME, dataset="cifar10", threat="Linf", model_dir=root / "models")
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(theirs(x), ours(x)) and torch.equal(ours(x), ref(x))
+    assert sorted(str(p) for p in (root / "models").rglob("*")) == before  # nothing downloaded or added
+
+
+def _layout(name, state, layout):
+    if layout == "model-prefix":  # e.g. Chen2020Efficient's files: no wrapper, keys under 'model.'
+        return {f"model.{k}": v for k, v in state.items()}
+    if layout == "no-mu-sigma":  # Wong2020Fast's file: the normalisation constants live in the architecture only
+        return {"state_dict": {k: v for k, v in state.items() if k not in ("mu", "sigma")}}
+    if layout == "last-best":  # Andriushchenko2020Understanding's file: robustbench takes 'last'
+        return {"last": {f"module.{k}": v for k, v in state.items()},
+                "best": {k: torch.zeros_like(v) for k, v in state.items()}}
+    raise AssertionError(layout)
+
+
+@pytest.mark.parametrize("name,layout", [("Ding2020MMA", "model-prefix"), ("Wong2020Fast", "no-mu-sigma"),
+                                         ("Andriushchenko2020Understanding", "last-best")])
+def test_zoo_file_layouts_load_as_robustbench_loads_them(name, layout, tmp_path, monkeypatch):
+    from harness.robustbench_compat import load_zoo_model, zoo_entry
+
+    torch.manual_seed(0)
+    ref = zoo_entry(name, "cifar10", "Linf")["model"]().eval()
+    folder = tmp_path / "models" / "cifar10" / "Linf"
+    folder.mkdir(parents=True)
+    torch.save(_layout(name, ref.state_dict(), layout), folder / f"{name}.pt")
+    load_model = _robustbench_load_model(monkeypatch)
+    theirs = load_model(name, model_dir=str(tmp_path / "models"), dataset="cifar10", threat_model="Linf")
+    ours, info = load_zoo_model(name, dataset="cifar10", threat="Linf", model_dir=tmp_path / "models")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(theirs(x), ours(x)) and torch.equal(ours(x), ref(x))
+    if layout == "no-mu-sigma":
+        assert any("mu, sigma" in note for note in info["load_notes"])
+
+
+def test_a_strict_zoo_model_with_missing_keys_is_still_refused(tmp_path):
+    """Leniency is robustbench's, per model: Ding2020MMA is not on its list, so a file missing
+    a key is an error there and here."""
+    from harness.core.errors import CheckpointError
+    from harness.robustbench_compat import load_zoo_model, zoo_entry
+
+    ref = zoo_entry(ZOO_NAME, "cifar10", "Linf")["model"]()
+    state = ref.state_dict()
+    state.pop(next(iter(state)))
+    folder = tmp_path / "cifar10" / "Linf"
+    folder.mkdir(parents=True)
+    torch.save(state, folder / f"{ZOO_NAME}.pt")
+    with pytest.raises(CheckpointError, match="missing 1 key"):
+        load_zoo_model(ZOO_NAME, dataset="cifar10", threat="Linf", model_dir=tmp_path)
+
+
+def test_a_zoo_name_robustbench_takes_from_timm_is_one_clear_error(tmp_path):
+    from harness.robustbench_compat import zoo_files
+
+    with pytest.raises(ConfigError, match="through timm .*debenedetti2022light_xcit_s12_cifar10_linf"):
+        zoo_files("Debenedetti2022Light_XCiT-S12", dataset="cifar10", threat="Linf", model_dir=tmp_path)

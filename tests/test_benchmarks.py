@@ -107,3 +107,15 @@ def test_the_one_command_renders_every_part_it_ran():
     assert doc["schema"] == "benchmark" and doc["machine"]["torch_threads"] >= 1
     with pytest.raises(SystemExit):
         B.main(["--skip", "nonsense"])
+
+
+def test_the_autoattack_wrapper_is_timed_beside_the_direct_call_and_agrees_point_by_point():
+    bundle = load_dataset("synthetic")
+    model = A.train_model(bundle, CPU, epochs=1, max_batches=2)
+    x, y = bundle.test.first(6)
+    # eps 0.5 breaks every point in AutoAttack's first component: the timing is cheap, the bookkeeping all there
+    w = A.bench_wrapper(model, x, y, threat=ThreatModel.parse("Linf", "0.5"), batch_size=6, device=CPU, num_classes=10,
+                        rounds=1)
+    assert w["same_per_example"] and w["seconds_ours"] > 0 and w["seconds_direct"] > 0
+    assert w["speed_ratio"] == w["seconds_direct"] / w["seconds_ours"]
+    assert "speed ratio" in A.wrapper_line(w)

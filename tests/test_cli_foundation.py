@@ -168,7 +168,7 @@ def test_real_harness_ls_lists_every_registry():
     proc = _harness("ls")
     assert proc.returncode == 0, proc.stderr
     regs = all_registries()
-    assert set(regs) == {"defenses", "attacks", "checks", "suites", "datasets", "models", "renderers"}
+    assert set(regs) == {"defenses", "attacks", "checks", "suites", "datasets", "models", "renderers", "loggers"}
     for kind, reg in regs.items():
         assert kind in proc.stdout
         assert len(reg) > 0, f"nothing registered in {kind}"

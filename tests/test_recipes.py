@@ -333,3 +333,26 @@ def test_dry_run_marks_values_that_depart_from_the_recipe(cli, no_data_sources):
     assert code == 0, err
     assert "departs from the recipe: train.epochs = 3 (recipe: 100)" in err
     assert json.loads(out)["recipe"]["differs_from_recipe"] == {"train.epochs": 100}
+
+
+def test_normalisation_modes_follow_the_references():
+    import torch
+
+    from harness.models import Normalize, build_model
+
+    x = torch.rand(3, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    assert torch.equal(Normalize(mean, std, "none")(x), x)  # raw [0,1] pixels (MNIST references, TRADES)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(Normalize(mean, std, "dataset")(x), (x - m) / s)  # Fast-AT, Rice et al.
+    # TensorFlow's per_image_standardization of the 0..255 image (Madry et al., Shafahi et al.)
+    per = Normalize(mean, std, "per-image")(x)
+    for i in range(3):
+        v = 255 * x[i].flatten().double()
+        ref = (v - v.mean()) / max(float(v.std(unbiased=False)), 1 / math.sqrt(v.numel()))
+        assert torch.allclose(per[i].flatten().double(), ref, atol=1e-5)
+    flat = Normalize(mean, std, "per-image")(torch.full((1, 3, 4, 4), 0.5))
+    assert torch.equal(flat, torch.zeros_like(flat))  # a constant image meets the 1/sqrt(N) floor, not a division by 0
+    keys = {mode: list(build_model("small-cnn", (1, 8, 8), 10, (0.3,), (0.4,), mode).state_dict()) for mode in
+            ("dataset", "none", "per-image")}
+    assert keys["dataset"] == keys["none"] == keys["per-image"]  # one checkpoint layout for every mode

@@ -294,6 +294,24 @@ def restore_buffers(model: nn.Module, saved: Dict[str, torch.Tensor]) -> List[st
 ProgressFn = Callable[[Optional[str], int, int], None]
 
 
+def _run_one(name: str, fn: Callable[[CheckContext], Finding], ctx: CheckContext, counter: PassCounter) -> Finding:
+    """One check, its cost added to its finding. A ``ThreatModelViolation`` stops everything; any
+    other error becomes a "warn" finding: a check that could not run has not shown anything sound."""
+    snap, t = counter.snapshot(), time.perf_counter()
+    try:
+        f = fn(ctx)
+    except ThreatModelViolation:
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded in the finding and the log
+        log.exception("sanity check %s failed to run", name)
+        f = Finding(name, "warn", {"error": f"{type(e).__name__}: {e}"}, None,
+                    f"the check could not run ({type(e).__name__}: {e}), so this part of the evaluation is unverified")
+    if f.check != name:
+        f.check = name
+    f.cost = {"wall_s": round(time.perf_counter() - t, 4), **counter.since(snap), **f.cost}
+    return f
+
+
 def run_checks(names: Sequence[str], ctx: CheckContext, *, progress: Optional[ProgressFn] = None) -> Dict[str, Any]:
     """Run the named checks in order and return the stored "checks" block (docs/formats.md):
     verdict, reasons, findings (each with its cost), passes through the model under evaluation
@@ -318,20 +336,7 @@ def run_checks(names: Sequence[str], ctx: CheckContext, *, progress: Optional[Pr
         for i, (name, fn) in enumerate(fns):
             if progress is not None:
                 progress(name, i, len(fns))
-            snap, t = counter.snapshot(), time.perf_counter()
-            try:
-                f = fn(ctx)
-            except ThreatModelViolation:
-                raise
-            except Exception as e:  # noqa: BLE001 - recorded in the finding and the log
-                log.exception("sanity check %s failed to run", name)
-                f = Finding(name, "warn", {"error": f"{type(e).__name__}: {e}"}, None,
-                            f"the check could not run ({type(e).__name__}: {e}), so this part of the evaluation is unverified")
-            if f.check != name:
-                f.check = name
-            passes = counter.since(snap)
-            f.cost = {"wall_s": round(time.perf_counter() - t, 4), **passes, **f.cost}
-            findings.append(f)
+            findings.append(_run_one(name, fn, ctx, counter))
     finally:
         counter.close()
         restored = restore_buffers(ctx.model, buffers)

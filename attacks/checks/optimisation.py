@@ -158,6 +158,59 @@ def incomplete_optimisation(trace: torch.Tensor) -> torch.Tensor:
     return (last.max(0).values - last.min(0).values) > I2_TOL
 
 
+class _Traces:
+    """What the suite's record says, per point, for the loss-trace check: which points an attack
+    ran on and broke, silent successes (I1), and which survivors' loss traces can be judged and
+    look unconverged (I2), with one row per attack for the record."""
+
+    def __init__(self, n: int, device: torch.device):
+        self.n, self.device = n, device
+        self.survived = torch.zeros(n, dtype=torch.bool, device=device)
+        self.broken = torch.zeros(n, dtype=torch.bool, device=device)
+        self.judged = torch.zeros(n, dtype=torch.bool, device=device)
+        self.unconverged = torch.ones(n, dtype=torch.bool, device=device)
+        self.untraced = torch.zeros(n, dtype=torch.bool, device=device)
+        self.silent = torch.zeros(n, dtype=torch.bool, device=device)
+        self.per_attack: List[Dict[str, Any]] = []
+
+    def add(self, a: Dict[str, Any]) -> None:
+        n, device = self.n, self.device
+        label = str(a.get("label") or a.get("name") or a["kind"])
+        ran = a["ran_on"] if a.get("ran_on") is not None else torch.ones(n, dtype=torch.bool, device=device)
+        broke = a["broke"] if a.get("broke") is not None else torch.zeros(n, dtype=torch.bool, device=device)
+        self.survived |= ran
+        self.broken |= broke
+        row: Dict[str, Any] = {"attack": label, "ran_on": int(ran.sum())}
+        if a.get("path_success") is not None:
+            silent = a["path_success"] & ~broke & ran
+            self.silent |= silent
+            row["silent_success"] = int(silent.sum())
+            row["silent_indices"] = indices(silent)
+        tr = a.get("loss_trace")
+        left = ran & ~broke
+        if tr is not None and tr.dim() == 2 and tr.shape[1] == n and tr.shape[0] - 1 >= I2_LAST:
+            cols = left.nonzero().squeeze(1)
+            if cols.numel():
+                cols = cols[torch.isfinite(tr[:, cols]).all(0)]
+            inc = incomplete_optimisation(tr[:, cols]) if cols.numel() else torch.zeros(0, dtype=torch.bool, device=device)
+            traced = torch.zeros(n, dtype=torch.bool, device=device)
+            traced[cols] = True
+            self.judged |= traced
+            self.unconverged[cols] &= inc
+            self.untraced |= left & ~traced  # survivors whose trace is incomplete (NaN) cannot be judged
+            row["i2_points"] = int(cols.numel())
+            row["i2_incomplete"] = int(inc.sum())
+        else:
+            # an iterative white-box attack without a trace (e.g. AutoAttack's APGD) may well have
+            # converged on these points, so they cannot be judged; one-step and black-box attacks
+            # say nothing about the gradient attacks' convergence
+            steps = (a.get("descriptor") or {}).get("steps")
+            if a["kind"] in WHITEBOX and not (isinstance(steps, int) and steps <= 1):
+                self.untraced |= left
+            row["i2_points"] = 0
+        self.per_attack.append(row)
+
+
 @CHECKS.register("loss-trace", summary="no silent successes and no unfinished optimisation in the attack loss (I1/I2)",
                  cheap=True, basis="I1/I2", order=70)
 def loss_trace(ctx: CheckContext) -> Finding:
@@ -179,51 +232,11 @@ def loss_trace(ctx: CheckContext) -> Finding:
     n = ctx.n
     if not any(a.get("path_success") is not None or a.get("loss_trace") is not None for a in entries):
         return skipped("loss-trace", "the suite's record has no loss traces or per-iterate success flags to read")
-    device = ctx.device
-    survived = torch.zeros(n, dtype=torch.bool, device=device)
-    broken = torch.zeros(n, dtype=torch.bool, device=device)
-    judged = torch.zeros(n, dtype=torch.bool, device=device)
-    unconverged = torch.ones(n, dtype=torch.bool, device=device)
-    untraced = torch.zeros(n, dtype=torch.bool, device=device)
-    per_attack: List[Dict[str, Any]] = []
-    silent_all = torch.zeros(n, dtype=torch.bool, device=device)
+    t = _Traces(n, ctx.device)
     for a in entries:
-        label = str(a.get("label") or a.get("name") or a["kind"])
-        ran = a["ran_on"] if a.get("ran_on") is not None else torch.ones(n, dtype=torch.bool, device=device)
-        broke = a["broke"] if a.get("broke") is not None else torch.zeros(n, dtype=torch.bool, device=device)
-        survived |= ran
-        broken |= broke
-        row: Dict[str, Any] = {"attack": label, "ran_on": int(ran.sum())}
-        if a.get("path_success") is not None:
-            silent = a["path_success"] & ~broke & ran
-            silent_all |= silent
-            row["silent_success"] = int(silent.sum())
-            row["silent_indices"] = indices(silent)
-        tr = a.get("loss_trace")
-        left = ran & ~broke
-        if tr is not None and tr.dim() == 2 and tr.shape[1] == n and tr.shape[0] - 1 >= I2_LAST:
-            cols = left.nonzero().squeeze(1)
-            if cols.numel():
-                cols = cols[torch.isfinite(tr[:, cols]).all(0)]
-            inc = incomplete_optimisation(tr[:, cols]) if cols.numel() else torch.zeros(0, dtype=torch.bool, device=device)
-            traced = torch.zeros(n, dtype=torch.bool, device=device)
-            traced[cols] = True
-            judged |= traced
-            unconverged[cols] &= inc
-            untraced |= left & ~traced  # survivors whose trace is incomplete (NaN) cannot be judged
-            row["i2_points"] = int(cols.numel())
-            row["i2_incomplete"] = int(inc.sum())
-        else:
-            # an iterative white-box attack without a trace (e.g. AutoAttack's APGD) may well have
-            # converged on these points, so they cannot be judged; one-step and black-box attacks
-            # say nothing about the gradient attacks' convergence
-            steps = (a.get("descriptor") or {}).get("steps")
-            if a["kind"] in WHITEBOX and not (isinstance(steps, int) and steps <= 1):
-                untraced |= left
-            row["i2_points"] = 0
-        per_attack.append(row)
-    survivors = survived & ~broken
-    judged_points = judged & survivors & ~untraced
+        t.add(a)
+    silent_all, unconverged, per_attack = t.silent, t.unconverged, t.per_attack
+    judged_points = t.judged & t.survived & ~t.broken & ~t.untraced
     k_unconv = int((unconverged & judged_points).sum())
     k_judged = int(judged_points.sum())
     silent_total = int(silent_all.sum())

@@ -4,7 +4,7 @@ inference time, and whether its input gradients are usable."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -170,6 +170,65 @@ def dynamic(ctx: CheckContext) -> Finding:
 GRAD_PATH_STEPS = 10
 
 
+class _GradientScan:
+    """The gradients check's measurement for one loss: per point, whether the input gradient is
+    exactly zero (while the point is still correctly classified) or non-finite, at the clean
+    point, a random start and along a ``GRAD_PATH_STEPS``-step PGD path."""
+
+    STAGES = ("clean", "random start", "path")
+
+    def __init__(self, ctx: CheckContext, loss_name: str):
+        self.ctx, self.loss_name, self.loss_fn = ctx, loss_name, get_loss(loss_name)
+        self.zero = torch.zeros(ctx.m, dtype=torch.bool, device=ctx.device)
+        self.nonfinite = torch.zeros(ctx.m, dtype=torch.bool, device=ctx.device)
+        self.per_stage = {s: 0 for s in self.STAGES}
+        self.step = 2.5 * ctx.eps / GRAD_PATH_STEPS
+
+    def batch(self, sl: slice) -> Optional[Finding]:
+        """Scan the points ``sl``; a Finding (fail) if the graph turns out to be broken."""
+        ctx = self.ctx
+        xb, yb = ctx.x[sl], ctx.y[sl]
+        gen = ctx.generator(f"gradients-{self.loss_name}-{sl.start}")
+        cur = random_start(xb, ctx.norm, ctx.eps, gen)
+        for k in range(GRAD_PATH_STEPS + 2):
+            stage, xk = ("clean", xb.clone()) if k == 0 else ("random start", cur) if k == 1 else ("path", cur)
+            xc = xk.detach().requires_grad_(True)
+            g, lv, out, broken = self._gradient(xc, yb)
+            if broken is not None:
+                return broken
+            s = g.detach().reshape(g.shape[0], -1).abs().sum(1)
+            bad = ~torch.isfinite(s) | ~torch.isfinite(lv.detach())
+            # only where the point is still correctly classified: an attack stops there, and DLR is
+            # constant (zero gradient) wherever the true class is the third-highest logit
+            isz = (s == 0) & ~bad & (out.detach().argmax(1) == yb)
+            self.nonfinite[sl] |= bad
+            self.zero[sl] |= isz
+            self.per_stage[stage] += int(isz.sum())
+            if 1 <= k <= GRAD_PATH_STEPS:
+                gg = torch.nan_to_num(g.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+                cur = project(xb, ascend(xc.detach(), gg, ctx.norm, self.step), ctx.norm, ctx.eps)
+        return None
+
+    def _gradient(self, xc: torch.Tensor, yb: torch.Tensor) -> Tuple[Any, Any, Any, Optional[Finding]]:
+        ctx, loss_name = self.ctx, self.loss_name
+        with torch.enable_grad():
+            with autocast(ctx.device, ctx.precision):
+                out = ctx.model(xc)
+            if not out.requires_grad:
+                return None, None, None, Finding(
+                    "gradients", "fail", {"graph_broken": True, "loss": loss_name}, {"source": "I4"},
+                    "the model's output does not depend differentiably on its input (the graph is broken): gradient "
+                    "attacks cannot work; use BPDA or a gradient-free attack")
+            lv = self.loss_fn(out.float(), yb)
+            try:
+                (g,) = torch.autograd.grad(lv.sum(), xc, allow_unused=True)
+            except RuntimeError as e:
+                return None, None, None, Finding(
+                    "gradients", "fail", {"graph_broken": True, "loss": loss_name, "error": str(e)}, {"source": "I4"},
+                    f"taking the input gradient fails ({e}): the graph is broken")
+        return (g if g is not None else torch.zeros_like(xc)), lv, out, None
+
+
 @CHECKS.register("gradients",
                  summary="input gradients are finite and non-zero, at the start and along the path (D3/I4)",
                  cheap=True, basis="D3/I4", order=50)
@@ -191,57 +250,19 @@ def gradients(ctx: CheckContext) -> Finding:
       Square still work, CE-based attacks are blind).
     Cost: 2 losses x (2 + 10) forward+backward passes per point."""
     m = ctx.m
-    x, y = ctx.x[:m], ctx.y[:m]
     losses = ["ce", "dlr" if ctx.num_classes >= 3 else "margin"]
-    stages = ["clean", "random start", "path"]
     zero: Dict[str, Dict[str, int]] = {}
     zero_any: Dict[str, torch.Tensor] = {}
     nonfinite: Dict[str, torch.Tensor] = {}
-    step = 2.5 * ctx.eps / GRAD_PATH_STEPS
     with eval_mode(ctx.model):
         for loss_name in losses:
-            loss_fn = get_loss(loss_name)
-            z = torch.zeros(m, dtype=torch.bool, device=ctx.device)
-            nf = torch.zeros(m, dtype=torch.bool, device=ctx.device)
-            per_stage = {s: 0 for s in stages}
+            scan = _GradientScan(ctx, loss_name)
             for start in range(0, m, ctx.batch_size):
-                sl = slice(start, min(start + ctx.batch_size, m))
-                xb, yb = x[sl], y[sl]
-                gen = ctx.generator(f"gradients-{loss_name}-{start}")
-                points = [("clean", xb.clone()), ("random start", random_start(xb, ctx.norm, ctx.eps, gen))]
-                cur = points[1][1]
-                for k in range(GRAD_PATH_STEPS + 2):
-                    stage = points[k][0] if k < 2 else "path"
-                    xc = (points[k][1] if k < 2 else cur).detach().requires_grad_(True)
-                    with torch.enable_grad():
-                        with autocast(ctx.device, ctx.precision):
-                            out = ctx.model(xc)
-                        if not out.requires_grad:
-                            return Finding("gradients", "fail", {"graph_broken": True, "loss": loss_name}, {"source": "I4"},
-                                           "the model's output does not depend differentiably on its input (the graph is "
-                                           "broken): gradient attacks cannot work; use BPDA or a gradient-free attack")
-                        lv = loss_fn(out.float(), yb)
-                        try:
-                            (g,) = torch.autograd.grad(lv.sum(), xc, allow_unused=True)
-                        except RuntimeError as e:
-                            return Finding("gradients", "fail", {"graph_broken": True, "loss": loss_name, "error": str(e)},
-                                           {"source": "I4"}, f"taking the input gradient fails ({e}): the graph is broken")
-                    if g is None:
-                        g = torch.zeros_like(xc)
-                    s = g.detach().reshape(g.shape[0], -1).abs().sum(1)
-                    bad = ~torch.isfinite(s) | ~torch.isfinite(lv.detach())
-                    # only where the point is still correctly classified: an attack stops there, and DLR is
-                    # constant (zero gradient) wherever the true class is the third-highest logit
-                    isz = (s == 0) & ~bad & (out.detach().argmax(1) == yb)
-                    nf[sl] |= bad
-                    z[sl] |= isz
-                    per_stage[stage] += int(isz.sum())
-                    if 1 <= k <= GRAD_PATH_STEPS:
-                        gg = torch.nan_to_num(g.detach(), nan=0.0, posinf=0.0, neginf=0.0)
-                        cur = project(xb, ascend(xc.detach(), gg, ctx.norm, step), ctx.norm, ctx.eps)
-            zero[loss_name] = per_stage
-            zero_any[loss_name] = z
-            nonfinite[loss_name] = nf
+                broken = scan.batch(slice(start, min(start + ctx.batch_size, m)))
+                if broken is not None:
+                    return broken
+            zero[loss_name], zero_any[loss_name], nonfinite[loss_name] = scan.per_stage, scan.zero, scan.nonfinite
+    stages = list(_GradientScan.STAGES)
     ce, inv = losses
     n_zero_inv, n_zero_ce = int(zero_any[inv].sum()), int(zero_any[ce].sum())
     n_nf = int((nonfinite[ce] | nonfinite[inv]).sum())

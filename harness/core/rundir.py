@@ -16,6 +16,9 @@ Layout (everything needed to re-render or re-evaluate a run)::
         SUITE--CKPT.json      one result file per (suite, checkpoint)
         .state/SUITE--CKPT/   partial progress of an interrupted evaluation
       report.md, report.html, results.json
+      tensorboard/            event files of --log tensorboard (harness.loggers)
+      wandb/                  the W&B run of --log wandb (offline runs: wandb/offline-run-*)
+      scalars.jsonl           flat scalars of --log disk
 
 All writes are atomic (see ``harness.core.io``). This module does not import torch, so
 ``reports/`` can read run directories without it.
@@ -54,6 +57,8 @@ class RunDir:
     REPORT_MD = "report.md"
     REPORT_HTML = "report.html"
     RESULTS = "results.json"
+    TENSORBOARD = "tensorboard"
+    SCALARS = "scalars.jsonl"
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
@@ -110,6 +115,14 @@ class RunDir:
     @property
     def eval_dir(self) -> Path:
         return self.path / self.EVAL
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / self.TENSORBOARD
+
+    @property
+    def scalars_path(self) -> Path:
+        return self.path / self.SCALARS
 
     def checkpoint_path(self, name: str) -> Path:
         """``last`` -> the resumable .pt file; ``best`` / ``epoch-N`` -> safetensors weights."""
