@@ -32,7 +32,8 @@ SUITES.add("quick", {
         {"attack": "pgd", "steps": 20, "step_size": "eps/4", "restarts": 1, "loss": "ce"},
     ],
     "checks": "cheap",
-}, summary="AutoAttack standard, then PGD-20 CE; n=500; cheap checks and square-vs-whitebox from AutoAttack's own Square (minutes on a CPU for a small CNN)")
+}, summary="AutoAttack standard, then PGD-20 CE; n=500; cheap checks and square-vs-whitebox from AutoAttack's own "
+           "Square (minutes on a CPU for a small CNN)")
 
 SUITES.add("standard", {
     "n": 1000,
@@ -88,17 +89,21 @@ _paper("paper-madry-cifar10", 10_000, {"steps": 20, "restarts": 1, "step_size": 
        "Madry et al. 2018 CIFAR-10: 20-step PGD on the cross-entropy, step 2/255 (MadryLab/cifar10_challenge@f15682d "
        "README.md:L42, config.json:L28); full test set")
 _paper("paper-madry-mnist", 10_000, {"steps": 100, "restarts": 50, "step_size": "eps/30"},
-       "Madry et al. 2018 MNIST: 100-step PGD on the cross-entropy, 50 random restarts, step 0.01 (MadryLab/mnist_challenge@3ee3643 "
+       "Madry et al. 2018 MNIST: 100-step PGD on the cross-entropy, 50 random restarts, step 0.01 "
+       "(MadryLab/mnist_challenge@3ee3643 "
        "README.md:L61, config.json:L21); full test set")
 _paper("paper-free-cifar10", 10_000, {"steps": 20, "restarts": 10, "step_size": "eps/4"},
        "Shafahi et al. 2019 CIFAR-10: PGD-20, 10 restarts, step 2/255 (ashafahi/free_adv_train@c42cac2 README.md:L16, "
        "config.py:L29-30); full test set")
 _paper("paper-rice-cifar10", 10_000, {"steps": 10, "restarts": 1, "step_size": "eps/4"},
-       "Rice et al. 2020 CIFAR-10: PGD-10, step 2/255, 1 restart (locuslab/robust_overfitting@c47a25c train_cifar.py:L140-142, "
+       "Rice et al. 2020 CIFAR-10: PGD-10, step 2/255, 1 restart (locuslab/robust_overfitting@c47a25c "
+       "train_cifar.py:L140-142, "
        "L366); full test set")
 _paper("paper-mmr-fmnist", 1_000, {"steps": 40, "restarts": 1, "step_size": "2*eps/steps"},
-       "Croce et al. 2019 (MMR) Fashion-MNIST: PGD-40, step 2*eps/40, random start (max-andr/provable-robustness-max-linear-regions"
-       "@28200b6 attacks.py:L55-72), first 1,000 test points as Table 1 (the paper adds a MIP lower bound, not run here)")
+       "Croce et al. 2019 (MMR) Fashion-MNIST: PGD-40, step 2*eps/40, random start "
+       "(max-andr/provable-robustness-max-linear-regions"
+       "@28200b6 attacks.py:L55-72), first 1,000 test points as Table 1 (the paper adds a MIP lower bound, not run "
+       "here)")
 
 
 def get_suite(name_or_spec: Any) -> Dict[str, Any]:

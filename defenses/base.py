@@ -80,7 +80,8 @@ RECIPE_FAMILY: Dict[str, str] = {
 BORROWED_ADJUSTMENTS: Dict[str, Tuple[Dict[str, Any], Dict[str, str]]] = {
     # SVHN digits must not be mirrored; Rice et al.'s SVHN script trains without augmentation
     "svhn": ({"data": {"augment": "none"}},
-             {"data.augment": "locuslab/robust_overfitting@c47a25c train_svhn.py:L157-160 (ToTensor only: no crop, no flip)"}),
+             {"data.augment": "locuslab/robust_overfitting@c47a25c train_svhn.py:L157-160 (ToTensor only: no crop, no "
+                              "flip)"}),
 }
 
 # What the harness uses on the generated test data sets (8x8 images, a few thousand examples):
@@ -197,7 +198,8 @@ class Recipe:
             if v not in names:
                 close = difflib.get_close_matches(v, names, n=1)
                 hint = f" did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"unknown recipe variant {v!r} for {defense or 'this defense'} on {dataset or family};{hint} "
+                raise ConfigError(f"unknown recipe variant {v!r} for {defense or 'this defense'} on "
+                                  f"{dataset or family};{hint} "
                                   f"its variants: {', '.join(names)}")
         chosen = [v for v in dict.fromkeys(wanted) if v != self.default_variant]
         config, sources, paper = copy.deepcopy(self.config), dict(self.sources), self.paper
@@ -446,7 +448,8 @@ class DefenseBase:
                 close = difflib.get_close_matches(k, list(cls.OPTIONS), n=1)
                 hint = f" did you mean {close[0]!r}?" if close else ""
                 known = ", ".join(cls.OPTIONS) or "(none)"
-                raise ConfigError(f"unknown option defense_options.{k} for defense {cls.name!r};{hint} its options: {known}")
+                raise ConfigError(f"unknown option defense_options.{k} for defense {cls.name!r};{hint} its options: "
+                                  f"{known}")
             out[k] = cls.OPTIONS[k].check(cls.name, k, v)
         return out
 
@@ -463,8 +466,9 @@ class DefenseBase:
             # no published number belongs to a borrowed recipe: the paper trained on another data set
             over, why = BORROWED_ADJUSTMENTS.get(dataset, ({}, {}))
             variants = {n: Variant(v.doc, v.config, v.sources, None) for n, v in recipe.variants.items()}
-            recipe = Recipe(_merged(recipe.config, over), {**recipe.sources, **why}, variants, recipe.default_variant, None,
-                            recipe.notes + (f"{dataset} borrows the {family} recipe: no paper trained on {dataset}",))
+            note = f"{dataset} borrows the {family} recipe: no paper trained on {dataset}"
+            recipe = Recipe(_merged(recipe.config, over), {**recipe.sources, **why}, variants, recipe.default_variant,
+                            None, recipe.notes + (note,))
         return recipe
 
     @classmethod
@@ -533,7 +537,8 @@ class DefenseBase:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state:
-            raise ConfigError(f"defense {self.name!r} carries no training state, but the checkpoint holds {sorted(state)}")
+            raise ConfigError(f"defense {self.name!r} carries no training state, but the checkpoint holds "
+                              f"{sorted(state)}")
 
     # -- the step -----------------------------------------------------------------------------
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:

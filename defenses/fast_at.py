@@ -40,11 +40,13 @@ Options (defaults and why):
 
 Recipes (every value with its source: ``harness run --defense fast-at --dataset D --dry-run``):
 
-| data set          | eps   | optimizer, schedule                      | epochs | batch | model | start | stop rule |
-|-------------------|-------|------------------------------------------|--------|-------|-------|-------|-----------|
-| fashion-mnist     | 0.1   | Adam, cyclic lr 0 -> 5e-3 (at 2/5) -> 0  | 10     | 100   | small-cnn | unclipped | none |
-| mnist             | 0.3   | same (the paper's MNIST recipe, alpha 0.375) | 10 | 100   | small-cnn | unclipped | none |
-| cifar10 (-100, svhn) | 8/255 | SGD, wd 5e-4, cyclic lr 0 -> 0.2 -> 0 and momentum 0.9 -> 0.8 -> 0.9 | 15 | 128 | preact-resnet18 | clipped | first-batch-pgd |
+| data set      | eps   | optimizer, schedule                      | epochs | batch | model | start | stop rule |
+|---------------|-------|------------------------------------------|--------|-------|-------|-------|-----------|
+| fashion-mnist | 0.1   | Adam, cyclic lr 0 -> 5e-3 (at 2/5) -> 0  | 10     | 100   | small-cnn | unclipped | none |
+| mnist         | 0.3   | same (the paper's MNIST recipe, alpha 0.375) | 10 | 100 | small-cnn | unclipped | none |
+| cifar10 (+)   | 8/255 | SGD, wd 5e-4, lr 0->0.2->0, mom 0.9->0.8->0.9 | 15 | 128 | preact-rn18 | clipped | 1st batch|
+
+(+: and CIFAR-100, SVHN, which borrow it.)
 
 CIFAR-10 trains with random crop (zero padding 4) and flips and mean/std normalisation in the
 model; MNIST-like data with neither (raw [0,1] pixels). All recipes train in fp32 (the README:
@@ -62,7 +64,8 @@ from torch import nn
 
 from attacks.pgd import perturb
 from attacks.base import ascend, project
-from defenses.base import BN_MODE, DefenseBase, Option, PaperResult, Recipe, StepResult, TrainContext, Variant, bn_mode, tiny_recipe
+from defenses.base import (BN_MODE, DefenseBase, Option, PaperResult, Recipe, StepResult, TrainContext, Variant,
+                           bn_mode, tiny_recipe)
 from defenses.references import cite, harness
 from defenses.recipe_parts import CIFAR_DATA, MNIST_LIKE_DATA, combine, fashion_mnist_eps, fp32
 from defenses.registry import DEFENSES
@@ -113,7 +116,8 @@ CIFAR_SCHEDULE = ({
     "train.cyclic_peak": cite("fast", _F, 88, "step_size_up = step_size_down = lr_steps / 2"),
     "train.cycle_momentum": cite("fast", _F, "87-88", "CyclicLR's defaults cycle_momentum=True, base_momentum 0.8, "
                                  "max_momentum 0.9: momentum 0.9 -> 0.8 -> 0.9"),
-    "train.keep_epoch_checkpoints": harness("per-epoch weights of a 15-epoch ResNet are not kept (storage); best and last are"),
+    "train.keep_epoch_checkpoints": harness("per-epoch weights of a 15-epoch ResNet are not kept (storage); best and "
+                                            "last are"),
     "model_options.normalize": cite("fast", _U, "8-9,27", "transforms.Normalize(cifar10_mean, cifar10_std)"),
     "data.augment": cite("fast", _U, "24-25", "RandomCrop(32, padding=4), RandomHorizontalFlip()"),
     "data.crop_padding": cite("fast", _U, 24, "padding=4"),
@@ -155,7 +159,8 @@ def unclipped_start_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     return x_cur.detach()
 
 
-@DEFENSES.register("fast-at", summary="Wong et al. 2020: FGSM from a random start, step 1.25 eps, cyclic lr, early stop on catastrophic overfitting")
+@DEFENSES.register("fast-at", summary="Wong et al. 2020: FGSM from a random start, step 1.25 eps, cyclic lr, early "
+                                      "stop on catastrophic overfitting")
 class FastAT(DefenseBase):
     """FGSM-RS adversarial training (Wong, Rice, Kolter 2020)."""
 
@@ -166,67 +171,84 @@ class FastAT(DefenseBase):
     OPTIONS = {
         "step_size": Option("1.25*eps", "FGSM step alpha, a number or an expression of eps", kind="step"),
         "random_start": Option(True, "start from a uniform random point of the eps ball (FGSM-RS); false is plain FGSM", kind="bool"),
-        "clip_start": Option(True, "clip the random start into the [0,1] box before the gradient (the CIFAR-10 script); "
-                             "false: gradient at the unclipped start, clipped after the step (the MNIST script)", kind="bool"),
+        "clip_start": Option(True, "clip the random start into the [0,1] box before the gradient (the CIFAR-10 "
+                                   "script); "
+                             "false: gradient at the unclipped start, clipped after the step (the MNIST script)",
+                             kind="bool"),
         "attack_bn_mode": BN_MODE,
     }
     RECIPES = {
         "fashion-mnist": Recipe(*combine(
             fashion_mnist_eps(), MNIST_SCHEDULE, MNIST_LIKE_DATA, FP32_MNIST, MNIST_NO_STOP,
-            ({"defense_options": {"step_size": "1.25*eps", "random_start": True, "clip_start": False, "attack_bn_mode": "train"}},
+            ({"defense_options": {"step_size": "1.25*eps", "random_start": True, "clip_start": False,
+                                  "attack_bn_mode": "train"}},
              {"defense_options.step_size": cite("fast", _M, "28-29", "--alpha 0.375 at --epsilon 0.3: 1.25 eps"),
               "defense_options.random_start": cite("fast", _M, 74, "delta uniform in [-eps, eps]"),
-              "defense_options.clip_start": cite("fast", _M, "74-81", "gradient at the unclipped X + delta, clipped after the step"),
+              "defense_options.clip_start": cite("fast", _M, "74-81",
+                                                 "gradient at the unclipped X + delta, clipped after the step"),
               "defense_options.attack_bn_mode": cite("fast", _M, 50, "model.train(), never switched")})),
             variants={"clipped-start": Variant(
-                "clip the random start into the box before the gradient (the CIFAR-10 script's order), as the harness did "
+                "clip the random start into the box before the gradient (the CIFAR-10 script's order), as the harness "
+                "did "
                 "before it followed the MNIST script", {"defense_options": {"clip_start": True}},
-                {"defense_options.clip_start": cite("fast", _F, "107-110", "delta clamped to the box before the gradient")})},
+                {"defense_options.clip_start": cite("fast", _F, "107-110",
+                                                    "delta clamped to the box before the gradient")})},
             default_variant="reference",
-            paper=PaperResult(source="none published: no Fast-AT number on Fashion-MNIST", attack="PGD-50, 10 restarts, step eps/30 "
-                              "(the paper's MNIST evaluation, MNIST/evaluate_mnist.py:L69-71, at Fashion-MNIST's eps)", n=10_000,
-                              suite="paper-fast-at-mnist", model="small CNN, 10 epochs", checkpoint="last"),
+            paper=PaperResult(source="none published: no Fast-AT number on Fashion-MNIST",
+                              attack="PGD-50, 10 restarts, step eps/30 (the paper's MNIST evaluation, "
+                                     "MNIST/evaluate_mnist.py:L69-71, at Fashion-MNIST's eps)",
+                              n=10_000, suite="paper-fast-at-mnist", model="small CNN, 10 epochs", checkpoint="last"),
             notes=("no published Fast-AT number on Fashion-MNIST: the recipe is the paper's MNIST recipe at eps 0.1",)),
         "mnist": Recipe(*combine(
             ({"threat": {"norm": "Linf", "eps": "0.3"}},
              {"threat.norm": cite("fast", _M, "74,80", "Linf"), "threat.eps": cite("fast", _M, 28, "--epsilon 0.3")}),
             MNIST_SCHEDULE, MNIST_LIKE_DATA, FP32_MNIST, MNIST_NO_STOP,
-            ({"defense_options": {"step_size": "1.25*eps", "random_start": True, "clip_start": False, "attack_bn_mode": "train"}},
+            ({"defense_options": {"step_size": "1.25*eps", "random_start": True, "clip_start": False,
+                                  "attack_bn_mode": "train"}},
              {"defense_options.step_size": cite("fast", _M, 29, "--alpha 0.375 = 1.25 x 0.3"),
               "defense_options.random_start": cite("fast", _M, 74, "delta uniform in [-eps, eps]"),
-              "defense_options.clip_start": cite("fast", _M, "74-81", "gradient at the unclipped X + delta, clipped after the step"),
+              "defense_options.clip_start": cite("fast", _M, "74-81",
+                                                 "gradient at the unclipped X + delta, clipped after the step"),
               "defense_options.attack_bn_mode": cite("fast", _M, 50, "model.train(), never switched")})),
             variants={"clipped-start": Variant(
                 "clip the random start into the box before the gradient (the CIFAR-10 script's order)",
                 {"defense_options": {"clip_start": True}},
-                {"defense_options.clip_start": cite("fast", _F, "107-110", "delta clamped to the box before the gradient")})},
+                {"defense_options.clip_start": cite("fast", _F, "107-110",
+                                                    "delta clamped to the box before the gradient")})},
             default_variant="reference",
             paper=PaperResult(
-                source=cite("autoattack", "README.md", 132, "Wong et al. 2020 MNIST: clean 98.50, reported 88.77, AA 82.93"),
-                attack="PGD-50, 10 restarts, step 0.01 (MNIST/evaluate_mnist.py:L69-71)", n=10_000, suite="paper-fast-at-mnist",
-                clean=0.9850, robust=0.8877, model="the paper's MNIST CNN (MNIST/mnist_net.py), 10 epochs", checkpoint="last",
+                source=cite("autoattack", "README.md", 132,
+                            "Wong et al. 2020 MNIST: clean 98.50, reported 88.77, AA 82.93"),
+                attack="PGD-50, 10 restarts, step 0.01 (MNIST/evaluate_mnist.py:L69-71)", n=10_000,
+                suite="paper-fast-at-mnist", clean=0.9850, robust=0.8877,
+                model="the paper's MNIST CNN (MNIST/mnist_net.py), 10 epochs", checkpoint="last",
                 autoattack=0.8293, autoattack_source=cite("autoattack", "README.md", 132)),
             notes=("trains on all 60,000 MNIST images in the reference; the harness holds out 1,000 for selection",)),
         "cifar10": Recipe(*combine(
             CIFAR_SCHEDULE, CIFAR_DATA, FP32_CIFAR,
-            ({"defense_options": {"step_size": "1.25*eps", "random_start": True, "clip_start": True, "attack_bn_mode": "train"},
-              "monitor": {"early_stop": True, "stop_rule": "first-batch-pgd", "stop_steps": 5, "stop_step_size": "eps/4",
-                          "stop_drop": 0.2}},
+            ({"defense_options": {"step_size": "1.25*eps", "random_start": True, "clip_start": True,
+                                  "attack_bn_mode": "train"},
+              "monitor": {"early_stop": True, "stop_rule": "first-batch-pgd", "stop_steps": 5,
+                          "stop_step_size": "eps/4", "stop_drop": 0.2}},
              {"defense_options.step_size": cite("fast", _F, "30-31,69", "--alpha 10 at --epsilon 8: 1.25 eps"),
-              "defense_options.random_start": cite("fast", _F, "32,107-109", "--delta-init random: uniform in [-eps, eps]"),
+              "defense_options.random_start": cite("fast", _F, "32,107-109",
+                                                   "--delta-init random: uniform in [-eps, eps]"),
               "defense_options.clip_start": cite("fast", _F, 110, "delta clamped to the box before the gradient"),
               "defense_options.attack_bn_mode": cite("fast", _F, 73, "model.train(), never switched"),
               "monitor.early_stop": cite("fast", _F, "36,130-140", "the paper's early stop (--early-stop); the README "
                                          "recommends it against catastrophic overfitting (README.md:L49)"),
-              "monitor.stop_rule": cite("fast", _F, "103-104,130-133", "PGD on the epoch's first training minibatch, train mode"),
+              "monitor.stop_rule": cite("fast", _F, "103-104,130-133",
+                                        "PGD on the epoch's first training minibatch, train mode"),
               "monitor.stop_steps": cite("fast", _F, 133, "attack_pgd(..., pgd_alpha, 5, 1, opt): 5 steps, 1 restart"),
               "monitor.stop_step_size": cite("fast", _F, 70, "pgd_alpha = 2/255 at eps 8/255: eps/4, scaled with eps"),
-              "monitor.stop_drop": cite("fast", _F, 137, "robust_acc - prev_robust_acc < -0.2 -> break, keep best_state_dict")})),
+              "monitor.stop_drop": cite("fast", _F, 137,
+                                        "robust_acc - prev_robust_acc < -0.2 -> break, keep best_state_dict")})),
             variants={
                 "released": Variant("the released script's defaults: no early stop (--early-stop is off unless given)",
                                     {"monitor": {"early_stop": False}},
-                                    {"monitor.early_stop": cite("fast", _F, 36, "action='store_true': off by default")}),
-                "apex-o2": Variant("the released script's precision: apex O2 ('almost fp16') with a static loss scale of 1; "
+                                    {"monitor.early_stop": cite("fast", _F, 36, "store_true: off by default")}),
+                "apex-o2": Variant("the released script's precision: apex O2 ('almost fp16') with a static loss scale "
+                                   "of 1; "
                                    "here fp16 autocast with fp32 master weights and no loss scaling",
                                    {"precision": "fp16", "train": {"loss_scale": 1.0}},
                                    {"precision": cite("fast", _F, "37,76-79", "--opt-level O2 (amp.initialize)"),
@@ -237,14 +259,20 @@ class FastAT(DefenseBase):
                 source=cite("fast", "README.md", 29, "FGSM: 86.06% clean, 46.06% at eps 8/255, 12 minutes"),
                 attack=_PGD50, n=10_000, suite="paper-fast-at-cifar10", clean=0.8606, robust=0.4606,
                 model="PreAct ResNet-18, 15 epochs", checkpoint="last", autoattack=0.4321,
-                autoattack_source=cite("autoattack", "README.md", 85, "Wong et al. 2020: clean 83.34, reported 46.06, AA 43.21"),
-                note="the paper's table (Wong et al. 2020, Table 3, as quoted in locuslab/fast_adversarial issue #8; page not "
+                autoattack_source=cite("autoattack", "README.md", 85,
+                                       "Wong et al. 2020: clean 83.34, reported 46.06, AA 43.21"),
+                note="the paper's table (Wong et al. 2020, Table 3, as quoted in locuslab/fast_adversarial issue #8; "
+                     "page not "
                      "verified here) lists 83.81% clean / 46.06% PGD for the same method"),
-            notes=("the reference trains on all 50,000 images (one cyclic schedule over 391 minibatches per epoch); the "
+            notes=("the reference trains on all 50,000 images (one cyclic schedule over 391 minibatches per epoch); "
+                   "the "
                    "harness holds out Rice et al.'s 1,000 for selection, so an epoch has 383",
-                   "torch's CyclicLR gives update k the lr of position k / total, the harness (k + 1) / total: one update apart",
-                   "the early-stop check runs in train mode as in the reference, so BatchNorm running statistics move with it")),
-        "tiny": tiny_recipe({"defense_options": {"step_size": "1.25*eps", "random_start": True, "attack_bn_mode": "train"}}),
+                   "torch's CyclicLR gives update k the lr of position k / total, the harness (k + 1) / total: one "
+                   "update apart",
+                   "the early-stop check runs in train mode as in the reference, so BatchNorm running statistics move "
+                   "with it")),
+        "tiny": tiny_recipe({"defense_options": {"step_size": "1.25*eps", "random_start": True,
+                                                 "attack_bn_mode": "train"}}),
     }
 
     def setup(self) -> None:

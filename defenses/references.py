@@ -14,7 +14,7 @@ Every recipe value carries a citation ``"<owner>/<repo>@<sha7> <path>:L<lines> (
 | rice        | locuslab/robust_overfitting (Rice et al. 2020)    | c47a25c5e00c8b2bb35488d962c04dd771b7e9af |
 | madry-mnist | MadryLab/mnist_challenge (Madry et al. 2018)      | 3ee3643c4a8c59458d8c191b84027f4a6cbd9580 |
 | madry-cifar | MadryLab/cifar10_challenge (Madry et al. 2018)    | f15682d9f1e26eb47a2d3b371ef8b6c7abcf6276 |
-| mmr         | max-andr/provable-robustness-max-linear-regions (Croce et al. 2019) | 28200b663986310021c70c5a98c959a943731f66 |
+| mmr         | max-andr/provable-robustness-max-linear-regions (MMR, 2019) | 28200b663986310021c70c5a98c959a943731f66 |
 | autoattack  | fra31/auto-attack (Croce & Hein 2020), README tables | a39220048b3c9f2cca9a4d3a54604793c68eca7e |
 
 Values no reference fixes (a data set no paper used, the harness's own val split) are cited with

@@ -414,7 +414,8 @@ def check(cfg: Mapping[str, Any]) -> None:
     if d.get("pad_mode", "zeros") not in ("zeros", "reflect"):
         raise ConfigError(f"data.pad_mode must be zeros or reflect, got {d.get('pad_mode')!r}")
     if cfg.get("model_options", {}).get("normalize", "dataset") not in ("dataset", "none", "per-image"):
-        raise ConfigError(f"model_options.normalize must be dataset, none or per-image, got {cfg['model_options'].get('normalize')!r}")
+        raise ConfigError("model_options.normalize must be dataset, none or per-image, "
+                          f"got {cfg['model_options'].get('normalize')!r}")
     m = cfg["monitor"]
     if m.get("stop_rule", "val-collapse") not in ("val-collapse", "first-batch-pgd"):
         raise ConfigError(f"monitor.stop_rule must be val-collapse or first-batch-pgd, got {m.get('stop_rule')!r}")
@@ -444,11 +445,14 @@ def check_train(train: Mapping[str, Any]) -> None:
     if isinstance(peak, bool) or not isinstance(peak, (int, float)) or not 0 < peak < 1:
         raise ConfigError(f"train.cyclic_peak must be a fraction in (0, 1), got {peak!r}")
     cm = train.get("cycle_momentum")
-    if cm is not None and not (isinstance(cm, list) and len(cm) == 2 and cm[0] <= cm[1]
-                               and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in cm)):
-        raise ConfigError(f"train.cycle_momentum must be null or [base, max] with 0 <= base <= max < 1, e.g. [0.8, 0.9]; got {cm!r}")
+    numbers = isinstance(cm, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
+                                           for v in cm)
+    if cm is not None and not (numbers and len(cm) == 2 and cm[0] <= cm[1]):
+        raise ConfigError("train.cycle_momentum must be null or [base, max] with 0 <= base <= max < 1, "
+                          f"e.g. [0.8, 0.9]; got {cm!r}")
     if cm is not None and (train["optimizer"] != "sgd" or train["schedule"] != "cyclic"):
-        raise ConfigError("train.cycle_momentum cycles SGD's momentum against a cyclic lr: it needs optimizer sgd and schedule cyclic")
+        raise ConfigError("train.cycle_momentum cycles SGD's momentum against a cyclic lr: it needs optimizer sgd and "
+                          "schedule cyclic")
     if train.get("loss_scale", "dynamic") not in ("dynamic", 1, 1.0):
         raise ConfigError(f"train.loss_scale must be dynamic or 1.0 (a static scale of 1, apex's in the Fast-AT code), "
                           f"got {train.get('loss_scale')!r}")

@@ -123,12 +123,14 @@ def data_plan(cfg: Mapping[str, Any], bundle: Any = None) -> List[str]:
     official = OFFICIAL_SIZES.get(name)
     split = d.get("split", "random")
     how = {"random": f"a random permutation (numpy default_rng, seed {d.get('split_seed', 0)})",
-           "numpy-legacy": f"np.random.seed({d.get('split_seed', 0)}); np.random.permutation (Rice et al.'s generate_validation.py)",
+           "numpy-legacy": f"np.random.seed({d.get('split_seed', 0)}); np.random.permutation (Rice et al.'s "
+                           "generate_validation.py)",
            "first": "the first examples of the official train file (TensorFlow's read_data_sets)"}.get(split, split)
     lines = []
     if official is not None:
         n_val = val if val is not None else min(5000, official[0] // 10)
-        lines.append(f"data: {name}: train {official[0] - n_val:,} / val {n_val:,} (held out of the official {official[0]:,} "
+        lines.append(f"data: {name}: train {official[0] - n_val:,} / val {n_val:,} (held out of the official "
+                     f"{official[0]:,} "
                      f"by {how}) / test {official[1]:,}")
     else:
         lines.append(f"data: {name}: val {val if val is not None else 'min(5000, 10%)'} held out of train by {how}")
@@ -138,10 +140,12 @@ def data_plan(cfg: Mapping[str, Any], bundle: Any = None) -> List[str]:
     aug = d.get("augment", "none")
     if aug == "crop-flip":
         lines.append(f"augmentation: random crop to the image size from a {d.get('crop_padding', 4)}-pixel "
-                     f"{d.get('pad_mode', 'zeros')} padding + horizontal flip (p=0.5), per training batch on the device, "
+                     f"{d.get('pad_mode', 'zeros')} padding + horizontal flip (p=0.5), per training batch on the "
+                     "device, "
                      "drawn from the run's data generator (resumes bitwise)")
     elif aug == "crop":
-        lines.append(f"augmentation: random crop from a {d.get('crop_padding', 4)}-pixel {d.get('pad_mode', 'zeros')} padding, "
+        lines.append(f"augmentation: random crop from a {d.get('crop_padding', 4)}-pixel {d.get('pad_mode', 'zeros')} "
+                     "padding, "
                      "per training batch on the device, drawn from the run's data generator")
     else:
         lines.append("augmentation: none")
@@ -154,13 +158,16 @@ def stop_plan(cfg: Mapping[str, Any], early_stop_default: Optional[bool] = None)
     on = early_stop_default if early is None else bool(early)
     rule = m.get("stop_rule", "val-collapse")
     lines = [f"collapse monitor (flags only, every run): first {m['val_n']} val points, eval mode, selection attack; "
-             f"flags catastrophic overfitting when it drops by > {m['co_drop']} while FGSM / training-attack accuracy holds"]
+             f"flags catastrophic overfitting when it drops by > {m['co_drop']} while FGSM / training-attack accuracy "
+             "holds"]
     if not on:
         lines.append("stop rule: none (training runs all epochs)")
     elif rule == "first-batch-pgd":
         lines.append(f"stop rule: first-batch-pgd (Wong et al. 2020, train_fgsm.py): PGD-{m.get('stop_steps', 5)} "
-                     f"(step {m.get('stop_step_size', 'eps/4')}, 1 restart) on the epoch's first training minibatch, model in "
-                     f"train mode; stop when that accuracy drops by more than {m.get('stop_drop', 0.2)} from the previous "
+                     f"(step {m.get('stop_step_size', 'eps/4')}, 1 restart) on the epoch's first training minibatch, "
+                     "model in "
+                     f"train mode; stop when that accuracy drops by more than {m.get('stop_drop', 0.2)} from the "
+                     "previous "
                      "epoch's, and keep the previous epoch's weights")
     else:
         lines.append("stop rule: val-collapse (the harness's own): stop when the collapse monitor flags")
@@ -178,7 +185,8 @@ def explain(cfg: Mapping[str, Any], sources: Mapping[str, str], *, bundle: Any =
                      + (f"; other variants: {', '.join(others)} (--recipe-variant NAME)" if others else ""))
         paper = rec.get("paper")
         if paper and (paper.get("clean") is not None or paper.get("robust") is not None):
-            nums = " clean / ".join(f"{100 * v:.2f}%" for v in (paper.get("clean"), paper.get("robust")) if v is not None)
+            values = (paper.get("clean"), paper.get("robust"))
+            nums = " clean / ".join(f"{100 * v:.2f}%" for v in values if v is not None)
             bound = " (an upper bound)" if paper.get("bound") == "upper" else ""
             lines.append(f"reproduces: {nums} robust{bound} ({paper['attack']}, n={paper['n']}) from {paper['source']}")
         elif paper:
@@ -191,7 +199,8 @@ def explain(cfg: Mapping[str, Any], sources: Mapping[str, str], *, bundle: Any =
         lines.append(f"recipe: none for {cfg['defense']} on {cfg['dataset']} (harness defaults)")
     lines += data_plan(cfg, bundle)
     mo = cfg.get("model_options", {})
-    lines.append(f"model: {cfg['model']}, input normalisation {mo.get('normalize', 'dataset')}; precision {cfg['precision']}"
+    lines.append(f"model: {cfg['model']}, input normalisation {mo.get('normalize', 'dataset')}; precision "
+                 f"{cfg['precision']}"
                  + (f", loss scale {cfg['train'].get('loss_scale')}" if cfg["precision"] == "fp16" else ""))
     lines += stop_plan(cfg, early_stop_default)
     lines.append("values and their sources:")

@@ -82,7 +82,8 @@ class FirstBatchPGDRule:
         self.previous_weights: Optional[Dict[str, torch.Tensor]] = None
 
     def label(self) -> str:
-        return (f"first-batch-pgd: PGD-{self.steps} (step {self.step_size_expr}, 1 restart) on the epoch's first training "
+        return (f"first-batch-pgd: PGD-{self.steps} (step {self.step_size_expr}, 1 restart) on the epoch's first "
+                "training "
                 f"minibatch, train mode; stop when its accuracy drops by more than {self.drop:g} (Wong et al. 2020)")
 
     def describe(self) -> Dict[str, Any]:
@@ -96,7 +97,8 @@ class FirstBatchPGDRule:
         if index == 0:
             self.first = (x.detach().clone(), y.detach().clone())
 
-    def accuracy(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> float:
+    def accuracy(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 generator: Optional[torch.Generator]) -> float:
         """The rule's PGD accuracy on (x, y), the model in whatever mode the caller left it (train)."""
         eps, norm = self.threat.eps, self.threat.norm
         if norm == "Linf":
@@ -132,7 +134,8 @@ class FirstBatchPGDRule:
         fired = acc - self.previous_accuracy < -self.drop  # train_fgsm.py:L137
         record = {"rule": self.name, "accuracy": acc, "previous": self.previous_accuracy, "n": int(y.shape[0]),
                   "fired": bool(fired), "wall_s": time.perf_counter() - t0,
-                  "reason": (f"first-batch PGD-{self.steps} accuracy fell from {self.previous_accuracy:.3f} to {acc:.3f} "
+                  "reason": (f"first-batch PGD-{self.steps} accuracy fell from {self.previous_accuracy:.3f} to "
+                             f"{acc:.3f} "
                              f"(more than {self.drop:g})") if fired else None}
         if not fired:
             self.previous_accuracy = acc  # train_fgsm.py:L139-140
@@ -150,7 +153,8 @@ class FirstBatchPGDRule:
 
     def state_dict(self) -> Dict[str, Any]:
         weights = None if self.previous_weights is None else {k: v.cpu() for k, v in self.previous_weights.items()}
-        return {"previous_accuracy": self.previous_accuracy, "previous_epoch": self.previous_epoch, "previous_weights": weights}
+        return {"previous_accuracy": self.previous_accuracy, "previous_epoch": self.previous_epoch,
+                "previous_weights": weights}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.previous_accuracy = float(state.get("previous_accuracy", 0.0))

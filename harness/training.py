@@ -384,11 +384,13 @@ class Trainer:
         if stop:
             assert rule is not None
             state["stopped_early"] = True
-            state["stop_reason"] = (f"catastrophic overfitting at epoch {epoch}: " + "; ".join(reasons) if rule["rule"] == "val-collapse"
+            by_monitor = rule["rule"] == "val-collapse"
+            state["stop_reason"] = (f"catastrophic overfitting at epoch {epoch}: " + "; ".join(reasons) if by_monitor
                                     else f"{rule['rule']} at epoch {epoch}: {rule['reason']}")
             state["stop"] = {"rule": rule["rule"], "epoch": epoch, "restored_epoch": restored}
             notes.append(f"stopping early ({rule['rule']}); the run keeps the weights of epoch {restored} (last.pt)"
-                         if restored is not None else "stopping early (monitor.early_stop); best keeps the weights from before the collapse")
+                         if restored is not None
+                         else "stopping early (monitor.early_stop); best keeps the weights from before the collapse")
         state["epoch"] = epoch
         state["finished"] = stop or epoch == self.epochs
         return Selection(improved, collapsed, stop, notes, rule, restored)
@@ -481,8 +483,8 @@ class Trainer:
             "stopped_early": bool(state["stopped_early"]),
             "stop_reason": state["stop_reason"],
             "early_stop": self.early_stop,
-            "stop_rule": ({**self.stop_rule.describe(), "fired": bool(state["stopped_early"]), **(state.get("stop") or {})}
-                          if self.stop_rule is not None else None),
+            "stop_rule": ({**self.stop_rule.describe(), "fired": bool(state["stopped_early"]),
+                           **(state.get("stop") or {})} if self.stop_rule is not None else None),
             "catastrophic_overfitting": dict(state["co"]),
             "robust_overfitting": ro,
             "wall_s": float(state["train_wall_s"]) + float(state["val_wall_s"]),

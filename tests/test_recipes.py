@@ -80,7 +80,8 @@ TABLE = [
     ("fast-at", "fashion-mnist", D, "defense_options.clip_start", False, f"{FAST} MNIST/train_mnist.py:L74-81"),
     ("fast-at", "fashion-mnist", D, "monitor.early_stop", False, f"{FAST} MNIST/train_mnist.py:L63-112"),
     ("fast-at", "fashion-mnist", D, "data.val_size", 1000, "the references train on all 60,000"),
-    ("fast-at", "fashion-mnist", "clipped-start", "defense_options.clip_start", True, f"{FAST} CIFAR10/train_fgsm.py:L107-110"),
+    ("fast-at", "fashion-mnist", "clipped-start", "defense_options.clip_start", True,
+     f"{FAST} CIFAR10/train_fgsm.py:L107-110"),
     # -- erm: the Fast-AT schedule without the attack ----------------------------------------------------------
     ("erm", "fashion-mnist", D, "train.lr", 5e-3, f"{FAST} MNIST/train_mnist.py:L31"),
     ("erm", "fashion-mnist", D, "model_options.normalize", "none", f"{FAST} MNIST/train_mnist.py:L46"),
@@ -211,7 +212,8 @@ def test_the_resolved_config_records_recipe_variant_sources_and_repositories():
 
 def test_a_saved_config_with_its_recipe_record_resolves_to_itself(tmp_path):
     cfg = C.resolve({"defense": "fast-at", "dataset": "cifar10", "recipe": {"variant": "released+apex-o2"}, "seed": 3})
-    assert cfg["recipe"]["variant"] == "released+apex-o2" and cfg["precision"] == "fp16" and not cfg["monitor"]["early_stop"]
+    assert cfg["recipe"]["variant"] == "released+apex-o2"
+    assert cfg["precision"] == "fp16" and not cfg["monitor"]["early_stop"]
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     again = C.resolve(config_file=C.load_config_file(path))
@@ -289,22 +291,25 @@ def _cifar_dir(tmp_path, n_per_batch=300, n_test=200):
     folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(5):
-        write_cifar_batch(folder / f"data_batch_{i + 1}", rng.integers(0, 256, (n_per_batch, 3, 32, 32), dtype=np.uint8),
-                          rng.integers(0, 10, n_per_batch))
-    write_cifar_batch(folder / "test_batch", rng.integers(0, 256, (n_test, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n_test))
+        images = rng.integers(0, 256, (n_per_batch, 3, 32, 32), dtype=np.uint8)
+        write_cifar_batch(folder / f"data_batch_{i + 1}", images, rng.integers(0, 10, n_per_batch))
+    images = rng.integers(0, 256, (n_test, 3, 32, 32), dtype=np.uint8)
+    write_cifar_batch(folder / "test_batch", images, rng.integers(0, 10, n_test))
     return tmp_path
 
 
 def test_dry_run_fast_at_cifar10_shows_augmentation_sizes_stop_rule_and_sources(cli, tmp_path, no_data_sources):
     data_dir = _cifar_dir(tmp_path)
-    code, out, err = cli("run", "--defense", "fast-at", "--dataset", "cifar10", "--data-dir", str(data_dir), "--dry-run")
+    code, out, err = cli("run", "--defense", "fast-at", "--dataset", "cifar10", "--data-dir", str(data_dir),
+                         "--dry-run")
     assert code == 0, err
     cfg = json.loads(out)  # stdout stays a valid config
     assert cfg["recipe"]["variant"] == "paper"
     assert "random crop" in err and "4-pixel zeros padding + horizontal flip" in err
     assert "train 49,000 / val 1,000 (held out of the official 50,000 by np.random.seed(0)" in err
     assert "found locally" in err and "train 500 / val 1,000 / test 200" in err
-    assert "stop rule: first-batch-pgd" in err and "PGD-5 (step eps/4" in err and "keep the previous epoch's weights" in err
+    assert "stop rule: first-batch-pgd" in err and "PGD-5 (step eps/4" in err
+    assert "keep the previous epoch's weights" in err
     assert "collapse monitor (flags only, every run)" in err
     assert "reproduces: 86.06% clean / 46.06% robust" in err
     lines = {line.split(" = ")[0].strip(): line for line in err.splitlines() if " = " in line}
@@ -329,7 +334,8 @@ def test_dry_run_shows_every_recipe_value_with_its_source(cli, defense, dataset,
 
 
 def test_dry_run_marks_values_that_depart_from_the_recipe(cli, no_data_sources):
-    code, out, err = cli("run", "--defense", "trades", "--dataset", "mnist", "--epochs", "3", "--no-download", "--dry-run")
+    code, out, err = cli("run", "--defense", "trades", "--dataset", "mnist", "--epochs", "3", "--no-download",
+                         "--dry-run")
     assert code == 0, err
     assert "departs from the recipe: train.epochs = 3 (recipe: 100)" in err
     assert json.loads(out)["recipe"]["differs_from_recipe"] == {"train.epochs": 100}

@@ -58,7 +58,8 @@ def test_an_unfinished_run_is_refused_without_resume(reproduced, tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
     (runs / "erm-digits-test-s0").mkdir()
-    (runs / "erm-digits-test-s0" / "env.json").write_text(json.dumps({"schema": "env", "schema_version": 1, "status": "interrupted"}))
+    env = {"schema": "env", "schema_version": 1, "status": "interrupted"}
+    (runs / "erm-digits-test-s0" / "env.json").write_text(json.dumps(env))
     code = R.main(["--dataset", "digits", "--defenses", "erm", "--epochs", "1", "--out", str(runs), "--doc",
                    str(tmp_path / "d.md"), "--no-aa"])
     assert code == 2

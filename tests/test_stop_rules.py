@@ -18,7 +18,8 @@ from harness.stop_rules import FirstBatchPGDRule, ValCollapseRule, build_stop_ru
 
 
 def _cfg(tmp_path, **over):
-    return C.resolve(C.deep_merge({"defense": "fast-at", "dataset": "synthetic", "device": "cpu", "train": {"epochs": 3},
+    return C.resolve(C.deep_merge({"defense": "fast-at", "dataset": "synthetic", "device": "cpu",
+                                   "train": {"epochs": 3},
                                    "monitor": {"val_n": 60, "early_stop": True, "stop_rule": "first-batch-pgd"},
                                    "out": {"root": str(tmp_path), "name": "run"}}, over))
 
@@ -109,7 +110,8 @@ def test_build_stop_rule_follows_early_stop_and_stop_rule(tmp_path):
     assert isinstance(build_stop_rule(cfg, threat, "fp32", True), ValCollapseRule)
 
 
-def test_a_run_stopped_by_the_paper_s_rule_keeps_the_previous_epoch_and_records_flag_and_stop_apart(tmp_path, monkeypatch):
+def test_a_run_stopped_by_the_paper_s_rule_keeps_the_previous_epoch_and_records_flag_and_stop_apart(tmp_path,
+                                                                                                    monkeypatch):
     accs = iter([0.6, 0.7, 0.2])
     monkeypatch.setattr(FirstBatchPGDRule, "accuracy", lambda self, *a, **k: next(accs))
     # the monitor flags nothing here: the stop is the rule's alone
@@ -153,10 +155,13 @@ def test_a_run_resumed_across_the_rule_stops_where_the_whole_run_does(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         T.train(cut, RunContext.from_config(cfg), progress=False, on_epoch_end=stop)
     b = T.train(cut, RunContext.from_config(cfg), resume=True, progress=False)
-    assert (a["epochs_run"], a["stopped_early"], a["stop_rule"]) == (b["epochs_run"], b["stopped_early"], b["stop_rule"])
-    wa, wb = ckpt.load_resume(whole.checkpoint_path("last"))["model"], ckpt.load_resume(cut.checkpoint_path("last"))["model"]
+    assert (a["epochs_run"], a["stopped_early"], a["stop_rule"]) == \
+        (b["epochs_run"], b["stopped_early"], b["stop_rule"])
+    wa = ckpt.load_resume(whole.checkpoint_path("last"))["model"]
+    wb = ckpt.load_resume(cut.checkpoint_path("last"))["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert [r["stop_rule"]["accuracy"] for r in whole.read_metrics()] == [r["stop_rule"]["accuracy"] for r in cut.read_metrics()]
+    accuracies = [[r["stop_rule"]["accuracy"] for r in run.read_metrics()] for run in (whole, cut)]
+    assert accuracies[0] == accuracies[1]
 
 
 # -- the schedule around it -------------------------------------------------------------------------------
@@ -172,7 +177,8 @@ def test_momentum_cycles_against_the_lr_as_torch_s_cyclic_lr_does():
     # torch's CyclicLR with the Fast-AT arguments, one update later (it gives update k the lr of k / total)
     p = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=0.2, momentum=0.9)
-    ref = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.0, max_lr=0.2, step_size_up=total / 2, step_size_down=total / 2)
+    ref = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.0, max_lr=0.2, step_size_up=total / 2,
+                                            step_size_down=total / 2)
     ours_opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2, momentum=0.9)
     ours = T.make_scheduler(ours_opt, {**tcfg, "lr": 0.2}, total)
     for k in range(total - 1):
@@ -207,7 +213,8 @@ def test_bad_momentum_cycles_and_loss_scales_are_config_errors(bad, tmp_path):
     from harness.core.errors import ConfigError
 
     with pytest.raises(ConfigError):
-        C.resolve({"defense": "erm", "dataset": "synthetic", "train": {"schedule": "cyclic", "optimizer": "sgd", **bad}})
+        C.resolve({"defense": "erm", "dataset": "synthetic",
+                   "train": {"schedule": "cyclic", "optimizer": "sgd", **bad}})
 
 
 def test_the_mnist_script_s_start_takes_the_gradient_outside_the_box():
