@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["md", "tex", "csv", "html"], default=None, help="comparison table format")
     p.add_argument("-o", "--output", default=None, help="write the table here instead of stdout")
 
+    # -- sweep --------------------------------------------------------------------------------
+    from harness.sweep import add_arguments as add_sweep_arguments
+
+    add_sweep_arguments(sub.add_parser("sweep", help="run a grid of runs (defenses x seeds x eps ...) locally or on Slurm"))
+
     # -- audit --------------------------------------------------------------------------------
     p = sub.add_parser("audit", help="re-evaluate someone else's model and checkpoint against a claimed number",
                        description="Re-evaluate a model and checkpoint with a suite and the sanity checks, and say whether a claimed "
@@ -267,6 +272,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return audit_command(args)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.sweep import sweep_command
+
+    return sweep_command(args)
+
+
 def _print_run_summary(outcome: Any) -> None:
     docs = [r for r, _ in outcome.results]
     sys.stdout.write("\n".join(run_summary_lines(outcome.run.path, outcome.training, docs)) + "\n")
@@ -290,6 +301,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_report(args)
         if args.command == "audit":
             return cmd_audit(args)
+        if args.command == "sweep":
+            return cmd_sweep(args)
         if args.command == "export":
             from harness.export import export_command
 

@@ -17,8 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+from attacks.suites import get_suite
+from defenses.registry import DEFENSES
 from harness.core.errors import ConfigError
 from harness.core.threat import ThreatModel
+from harness.data import DATASETS
+from harness.loggers import LOGGERS
+from harness.models import MODELS
 
 if sys.version_info >= (3, 11):
     from typing import TypedDict
@@ -365,12 +370,6 @@ def validate_saved(cfg: Mapping[str, Any]) -> RunConfig:
 def check_names(cfg: Mapping[str, Any]) -> None:
     """Every name the config gives is registered (defense, data set, model, suite), with a
     did-you-mean: ``--dry-run`` catches a misspelt name as surely as a real run does."""
-    from attacks.suites import get_suite
-    from defenses.registry import DEFENSES
-    from harness.data import DATASETS
-    from harness.loggers import LOGGERS
-    from harness.models import MODELS
-
     DEFENSES.entry(cfg["defense"])
     DATASETS.entry(cfg["dataset"])
     MODELS.entry(cfg["model"])

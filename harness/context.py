@@ -27,6 +27,7 @@ from harness.core.runtime import (apply_memory_format, resolved_memory_format, r
 from harness.core.threat import ThreatModel
 from harness.data import Augment, DataBundle, load_dataset
 from harness.models import model_for
+from harness.monitor import check_selection
 
 log = logging.getLogger("harness.context")
 
@@ -38,6 +39,16 @@ def load_data(cfg: Mapping[str, Any], device: torch.device) -> DataBundle:
     return load_dataset(cfg["dataset"], data_dir=d.get("data_dir"), val_size=d["val_size"], split_seed=d["split_seed"],
                         download=d.get("download", True), device=device, split=d.get("split", "random"),
                         augment=Augment.from_config(d))
+
+
+def check_runnable(cfg: RunConfig) -> None:
+    """What a run checks from its config before it loads any data, without loading it (a sweep
+    checks every cell this way before starting one): the defense and its options, and a selection
+    attack stronger than the training attack (``harness.monitor.check_selection``)."""
+    threat = ThreatModel.from_dict(cfg["threat"])
+    precision = resolved_precision(torch.device("cpu"), cfg["precision"])
+    defense = DEFENSES.get(cfg["defense"])(threat, cfg.get("defense_options") or {}, precision=precision)
+    check_selection(defense, build_attack(dict(cfg["selection"]), threat, seed=int(cfg["seed"]), precision=precision))
 
 
 @dataclass

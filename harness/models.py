@@ -23,6 +23,7 @@ from torch import nn
 
 from harness.core.errors import ConfigError
 from harness.core.registry import Registry
+from harness.robustbench_compat import architectures
 
 ModelFactory = Callable[[Tuple[int, int, int], int], nn.Module]
 MODELS: Registry[ModelFactory] = Registry("models", modules=["harness.models"])
@@ -184,6 +185,4 @@ def wrn_34_10(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
 
 
 def _rb(module: str):
-    from harness.robustbench_compat import architectures
-
     return architectures(module)

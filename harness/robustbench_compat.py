@@ -10,12 +10,16 @@ needed: it is slow to import and pulls in timm.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Dict, List, Optional, Tuple
+
+from harness.checkpoints import file_sha256, load_into, load_state_dict_file
+from harness.core.errors import CheckpointError, ConfigError, UnknownNameError
 
 
 def _alias_autoattack() -> None:
@@ -79,9 +83,6 @@ def load_like_robustbench(net: Any, state: Dict[str, Any], *, name: str, source:
     ``_safe_load_state_dict`` does: strictly, except for the models it knows to fail in known ways,
     which it loads non-strictly. The keys left out are listed in the returned notes, and shapes
     must still match (robustbench would fail on a mismatch too)."""
-    from harness.checkpoints import load_into
-    from harness.core.errors import CheckpointError
-
     try:
         return load_into(net, state, source=source)
     except CheckpointError:
@@ -130,10 +131,6 @@ def zoo_datasets() -> list:
 def zoo_entry(name: str, dataset: str, threat: str) -> dict:
     """The zoo's entry for ``name`` (its ``model`` constructor and download ids) under
     ``dataset`` (cifar10, cifar100, imagenet) and ``threat`` (Linf, L2, corruptions)."""
-    import difflib
-
-    from harness.core.errors import ConfigError, UnknownNameError
-
     robustbench()
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
     from robustbench.model_zoo.models import model_dicts
@@ -181,8 +178,6 @@ def zoo_files(name: str, *, dataset: str, threat: str, model_dir: str | Path,
               checkpoint: Optional[str | Path] = None) -> Tuple[dict, List[Path]]:
     """The zoo entry for ``name`` and its weight files, which must exist: nothing is downloaded,
     a missing file is a ``CheckpointError`` that says where it was expected."""
-    from harness.core.errors import CheckpointError, ConfigError
-
     entry = zoo_entry(name, dataset, threat)
     hub = timm_name(name, dataset, threat)
     if hub is not None:
@@ -215,8 +210,6 @@ def load_zoo_model(name: str, *, dataset: str, threat: str, model_dir: str | Pat
     """The zoo architecture for ``name`` with weights read as data from ``model_dir`` (or from
     ``checkpoint``), in eval mode. Nothing is downloaded: a missing file is a ``CheckpointError``
     that says where it was expected. Returns the model and a provenance record."""
-    from harness.checkpoints import file_sha256, load_state_dict_file
-
     entry, files = zoo_files(name, dataset=dataset, threat=threat, model_dir=model_dir, checkpoint=checkpoint)
     members = len(files) if isinstance(entry.get("gdrive_id"), list) else 0
     model = entry["model"]()

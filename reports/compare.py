@@ -19,8 +19,10 @@ from reports.table import Column, Group, Row, Table, Value
 
 NOT_EVALUATED = "not evaluated"
 KEY_FIELDS = ("dataset", "model", "norm", "eps", "suite", "n")
-# config keys that do not change what a run trains: never split rows over them
-_IGNORED_CONFIG = ("seed", "device", "out.", "data.data_dir", "data.download", "eval.", "train.keep_epoch_checkpoints")
+# config keys that do not change what a run trains: never split rows over them (threads: the CPU
+# share a run was given, e.g. by harness sweep --jobs, changes bits but not the method)
+_IGNORED_CONFIG = ("seed", "device", "threads", "out.", "data.data_dir", "data.download", "eval.",
+                   "train.keep_epoch_checkpoints")
 # descriptor keys that may differ between evaluations of one suite without changing its strength
 _IGNORED_DESCRIPTOR = {"seed", "version", "eps", "eps_value"}
 

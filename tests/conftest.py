@@ -70,6 +70,18 @@ def toy_defense(monkeypatch: pytest.MonkeyPatch) -> Any:
     return ToyDefense
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Any:
+    """``harness.cli.main`` installs its own log handler on the stderr of the moment (pytest's
+    capture, closed after the test): every test leaves the root logger as it found it."""
+    import logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    yield
+    root.handlers[:], root.level = saved
+
+
 def pytest_configure(config: Any) -> None:
     # The tests use tiny models on small batches, where intra-op threads cost more in
     # synchronisation than they save (measured: 0.34 ms vs 2.1 ms per forward/backward of the

@@ -25,15 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 QUICK = {"epochs": 1, "suite": "smoke", "n": 16, "device": "cpu", "monitor.val_n": 40}
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """``main()`` installs its own log handler on stderr (pytest's capture, closed after the test)."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    yield
-    root.handlers[:], root.level = saved
-
-
 def _fresh_python(code: str) -> str:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})

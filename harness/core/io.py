@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, IO, Union
 
+from harness.core.errors import HarnessError
+
 SCHEMA_VERSION = 1
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -76,8 +78,6 @@ def atomic_write_json(path: PathLike, obj: Dict[str, Any], *, schema: str) -> Pa
 
 
 def read_json(path: PathLike, *, schema: str | None = None) -> Dict[str, Any]:
-    from harness.core.errors import HarnessError
-
     path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))

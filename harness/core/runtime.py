@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from harness import __version__
 from harness.core.errors import ConfigError
 
 
@@ -155,8 +156,6 @@ def _version(mod: str) -> Optional[str]:
 
 def environment(device: Optional[torch.device] = None) -> Dict[str, Any]:
     """Versions, git sha, machine and device: the provenance block of every run and result."""
-    from harness import __version__
-
     env: Dict[str, Any] = {
         "harness": __version__,
         "git_sha": git_sha(),
