@@ -15,7 +15,10 @@ Forward and backward passes per example are counted by hooks on the model
 The theory is the paper's arithmetic (``Defense.expected_passes``) in units of one forward plus
 one backward pass: PGD-K at adversarial fraction f about f*K + 1, TRADES-K about K + 2 (plus one
 forward-only pass for the clean target), Fast-AT 2, Free-AT m (one per replay; its epochs are
-divided by m, so a whole run costs about what plain training does).
+divided by m, so a whole run costs about what plain training does), MART K + 2 (x and x' in the
+update), AWP one more pass than its host (TRADES-AWP two: x and x' through the proxy), N-FGSM 2,
+GradAlign 4 backward units over 3 forwards (FGSM, the regulariser's input gradient, the update and
+the double backward through that gradient). AWP is timed after its warm-up (the steady state).
 """
 from __future__ import annotations
 
@@ -240,7 +243,12 @@ def bench_pass_costs_for(rows: Sequence[Dict[str, Any]], dataset: str, device: t
 # take the weight gradient (TRADES' update backpropagates through two forward passes: 2 units);
 # Free-AT's replays are updates that also take the input gradient. Used to price the theory with
 # the pass costs measured on this machine, so what is left over is the harness's own overhead.
-UPDATE_UNITS = {"fast-at": 1.0, "pgd-at": 1.0, "trades": 2.0}
+UPDATE_UNITS = {"fast-at": 1.0, "pgd-at": 1.0, "trades": 2.0, "mart": 2.0, "n-fgsm": 1.0,
+                # AWP: the proxy's pass takes weight gradients like an update
+                "pgd-at-awp": 2.0, "trades-awp": 4.0,
+                # GradAlign: FGSM and the regulariser's first gradient are input-gradient passes; the update
+                # and its double backward through that gradient take weight gradients
+                "gradalign": 2.0}
 REPLAY_DEFENSES = {"free-at"}
 
 

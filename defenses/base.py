@@ -8,13 +8,22 @@ per minibatch). The training loop owns everything around it: data order, the lea
 schedule, per-epoch validation, checkpoints, cost accounting.
 
 Invariants every defense keeps (tested for every registered defense):
-- inputs and training attacks are images in [0,1]; training examples lie in the eps ball and the box;
+- inputs and training attacks are images in [0,1]; training examples (``training_example``, what
+  the weight update's loss is computed on) lie in the box and within ``train_radius()`` of the
+  clean point in the threat norm: the eps ball, except where a defense declares a larger radius
+  by design (N-FGSM's unprojected step) and says so in its docstring;
 - on return from ``train_step`` the model is in train mode (the BatchNorm mode used *while
   generating* the training attack is the ``attack_bn_mode`` option and is recorded);
 - all randomness comes from ``ctx.generator`` (on the data's device), so a resumed run is
   bitwise identical to an uninterrupted one on the CPU;
 - ``attack`` is the training attack itself (final iterate, model mode left to the caller), so the
-  harness can measure accuracy under it on the validation split.
+  harness can measure accuracy under it on the validation split; it always returns points of the
+  threat model (eps ball and box): a defense whose training example lies outside the ball returns
+  it projected and records that in its descriptor (``measured_as``);
+- ``set_strength`` re-arms the training attack at a weaker eps and/or fewer steps (curriculum
+  training, ``harness.curriculum``) and ``begin_epoch`` tells the defense which epoch starts
+  (AWP's warm-up); both are called by the loop at the start of every epoch and depend on the epoch
+  number alone, so a resumed run re-derives them.
 
 Recipes (the shape, once for every defense)
 -------------------------------------------
@@ -184,6 +193,22 @@ class Recipe:
         """A recipe in the old shape (a plain partial config): every value is "not cited"."""
         cfg = copy.deepcopy(dict(config))
         return cls(cfg, {k: "not cited (recipe without sources)" for k in _leaves(cfg)})
+
+    def extended(self, config: Mapping[str, Any], sources: Mapping[str, str], *, replace: Tuple[str, ...] = (),
+                 notes: Tuple[str, ...] = ()) -> "Recipe":
+        """This recipe with ``config`` merged over it (a defense built on another's recipe, e.g. AWP
+        on PGD-AT), each added value cited in ``sources``; the top-level sections in ``replace``
+        (e.g. ``defense_options``) are dropped first, with the variants that set them. The published
+        numbers belong to the original defense, so the extended recipe and its variants carry none."""
+        def keep(key: str) -> bool:
+            return key.split(".")[0] not in replace
+
+        base = {k: v for k, v in self.config.items() if k not in replace}
+        variants = {n: Variant(v.doc, v.config, v.sources, None) for n, v in self.variants.items()
+                    if all(keep(k) for k in _leaves(v.config))}
+        kept = {k: v for k, v in self.sources.items() if keep(k)}
+        return Recipe(_merged(base, config), {**kept, **sources}, variants, self.default_variant, None,
+                      self.notes + tuple(notes))
 
     def variant_names(self) -> List[str]:
         return [self.default_variant] + [n for n in self.variants if n != self.default_variant]
@@ -389,7 +414,23 @@ class Defense(Protocol):
         """The training attack on (x, y); final iterate; the model's mode is the caller's."""
         ...
 
+    def training_example(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         generator: Optional[torch.Generator]) -> torch.Tensor:
+        """What the weight update trains on; within ``train_radius()`` of x and in the box."""
+        ...
+
+    def train_radius(self) -> float:
+        ...
+
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
+        ...
+
+    def begin_epoch(self, epoch: int) -> None:
+        ...
+
+    def set_strength(self, eps: Optional[float] = None, steps: Optional[int] = None, *,
+                     eps_text: Optional[str] = None) -> None:
+        """Re-arm the training attack at a weaker strength (curriculum); None: as configured."""
         ...
 
     def state_dict(self) -> Dict[str, Any]:
@@ -411,6 +452,17 @@ def bn_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
         yield model
 
 
+def with_options(recipe: Union["Recipe", Mapping[str, Any]], options: Mapping[str, Any],
+                 source: str) -> Union["Recipe", Dict[str, Any]]:
+    """Another defense's recipe (a ``Recipe``, or a plain dict in the old shape) with its
+    ``defense_options`` replaced by ``options``, each cited with ``source``: how a defense built on
+    another's schedule (N-FGSM and GradAlign on Fast-AT's) states its own options."""
+    if isinstance(recipe, Recipe):
+        return recipe.extended({"defense_options": dict(options)}, {f"defense_options.{k}": source for k in options},
+                               replace=("defense_options",))
+    return {**recipe, "defense_options": dict(options)}
+
+
 class DefenseBase:
     """Option validation, recipes and descriptors shared by the plugins.
 
@@ -428,6 +480,11 @@ class DefenseBase:
     RECIPES: ClassVar[Dict[str, Union[Recipe, Dict[str, Any]]]] = {}
     # which forward pass "train.accuracy" is measured on
     accuracy_on: ClassVar[str] = "adversarial"
+    # forward passes of the weight update per minibatch in train mode (the ones that touch
+    # BatchNorm statistics whatever ``attack_bn_mode`` says): TRADES and MART forward x and x'
+    update_forwards: ClassVar[int] = 1
+    # the option a curriculum may schedule as the training attack's "steps" (None: not schedulable)
+    strength_steps_option: ClassVar[Optional[str]] = None
 
     def __init__(self, threat: ThreatModel, options: Optional[Mapping[str, Any]] = None, *, precision: str = "fp32"):
         if threat.norm not in self.threat_models:
@@ -435,6 +492,10 @@ class DefenseBase:
         self.threat = threat
         self.precision = precision
         self.options = self.resolve_options(options or {})
+        # what the run is configured for; ``threat`` / ``options`` are what is in force (curriculum)
+        self.full_threat = threat
+        self.full_options = dict(self.options)
+        self.epoch: Optional[int] = None
         self.updates_per_batch = 1
         self.setup()
 
@@ -488,6 +549,51 @@ class DefenseBase:
     def setup(self) -> None:
         """Resolve derived values (step sizes) once the threat model is known."""
 
+    # -- strength in force (curriculum) and the epoch ----------------------------------------
+    def begin_epoch(self, epoch: int) -> None:
+        """Called by the loop before epoch ``epoch`` (1-based) starts; AWP's warm-up reads it."""
+        self.epoch = int(epoch)
+
+    def set_strength(self, eps: Optional[float] = None, steps: Optional[int] = None, *,
+                     eps_text: Optional[str] = None) -> None:
+        """Re-arm the training attack at ``eps`` (at most the threat model's) and ``steps`` (the
+        option named by ``strength_steps_option``); None restores the configured value. Step sizes
+        given as expressions of eps (``"2.5*eps/steps"``) follow the new eps and steps; numbers stay
+        as given. Carried training state (Free-AT's perturbation) is kept."""
+        if self.train_attack().get("attack") == "none":
+            raise ConfigError(f"defense {self.name!r} has no training attack whose strength a curriculum could set")
+        threat = self.full_threat
+        if eps is not None:
+            eps = float(eps)
+            if not 0 < eps <= self.full_threat.eps * (1 + 1e-12):
+                raise ConfigError(f"a curriculum eps must lie in (0, {self.full_threat.eps_text}] "
+                                  f"(the threat model's), got {eps:g}")
+            threat = ThreatModel(self.full_threat.norm, eps, eps_text or f"{eps:.6g}")
+        options = dict(self.full_options)
+        if steps is not None:
+            key = self.strength_steps_option
+            if key is None:
+                raise ConfigError(f"defense {self.name!r} has no attack steps a curriculum could set (only its eps)")
+            options[key] = self.OPTIONS[key].check(self.name, key, steps)
+        state = self.state_dict()
+        self.threat, self.options = threat, options
+        self.setup()
+        self.load_state_dict(state)
+
+    def strength(self) -> Dict[str, Any]:
+        """The training attack's strength in force beside the configured one."""
+        key = self.strength_steps_option
+        steps, full_steps = self.train_attack_steps(), (self.full_options[key] if key else self.train_attack_steps())
+        weaker = self.threat.eps < self.full_threat.eps * (1 - 1e-12) or steps < full_steps
+        return {"eps": self.threat.eps_text, "eps_value": self.threat.eps, "steps": steps,
+                "threat_eps": self.full_threat.eps_text, "threat_eps_value": self.full_threat.eps,
+                "configured_steps": full_steps, "full_strength": not weaker}
+
+    def train_radius(self) -> float:
+        """How far (threat norm) a training example may lie from its clean point: eps, unless a
+        defense trains outside the ball by design (N-FGSM)."""
+        return self.threat.eps
+
     def step_size(self, key: str = "step_size", steps_key: Optional[str] = "steps") -> float:
         steps = int(self.options[steps_key]) if steps_key else 1
         return resolve_step_size(self.options[key], eps=self.threat.eps, steps=steps)
@@ -529,6 +635,7 @@ class DefenseBase:
             "early_stop_default": self.early_stop_default,
             "expected_passes_per_example_per_epoch": self.expected_passes(),
             "accuracy_on": self.accuracy_on,
+            "strength": self.strength() if self.train_attack().get("attack") != "none" else None,
         }
 
     # -- training state -----------------------------------------------------------------------
@@ -543,6 +650,12 @@ class DefenseBase:
     # -- the step -----------------------------------------------------------------------------
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
         return x.detach()
+
+    def training_example(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         generator: Optional[torch.Generator]) -> torch.Tensor:
+        """The point the weight update's loss is computed on (before clean / adversarial mixing):
+        the training attack's output, unless a defense trains on something else (N-FGSM)."""
+        return self.attack(model, x, y, generator)
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
         raise NotImplementedError

@@ -254,6 +254,7 @@ class PGDAT(DefenseBase):
     name = "pgd-at"
     title = "PGD-AT"
     paper = "Madry, Makelov, Schmidt, Tsipras, Vladu 2018, Towards Deep Learning Models Resistant to Adversarial Attacks (ICLR)"
+    strength_steps_option = "steps"
     OPTIONS = {
         "steps": Option(10, "PGD steps K of the training attack", kind="int", minimum=1),
         "step_size": Option("2.5*eps/steps", "PGD step size, a number or an expression of eps and steps", kind="step"),
@@ -305,12 +306,15 @@ class PGDAT(DefenseBase):
                        step_size=self.alpha, loss=self.options["loss"], random_init=self.options["random_start"],
                        generator=generator, precision=self.precision)
 
-    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
+    def mixed_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+        """The minibatch the update trains on: its first ``adv_fraction`` replaced by the attack."""
         # the first n_adv examples of a shuffled batch are a random subset (MMR: int(ae_frac * batch))
         n_adv = int(self.options["adv_fraction"] * x.shape[0])
-        x_in = x
-        if n_adv > 0:
-            with bn_mode(model, self.options["attack_bn_mode"]):
-                x_adv = self.attack(model, x[:n_adv], y[:n_adv], ctx.generator)
-            x_in = torch.cat([x_adv, x[n_adv:]]) if n_adv < x.shape[0] else x_adv
-        return self.ce_update(model, x_in, y, ctx)
+        if n_adv == 0:
+            return x
+        with bn_mode(model, self.options["attack_bn_mode"]):
+            x_adv = self.attack(model, x[:n_adv], y[:n_adv], ctx.generator)
+        return torch.cat([x_adv, x[n_adv:]]) if n_adv < x.shape[0] else x_adv
+
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
+        return self.ce_update(model, self.mixed_batch(model, x, y, ctx), y, ctx)

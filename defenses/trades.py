@@ -127,6 +127,8 @@ class TRADES(DefenseBase):
     title = "TRADES"
     paper = "Zhang, Yu, Jiao, Xing, El Ghaoui, Jordan 2019, Theoretically Principled Trade-off between Robustness and Accuracy (ICML)"
     accuracy_on = "clean"
+    update_forwards = 2
+    strength_steps_option = "steps"
     OPTIONS = {
         "beta": Option(6.0, "weight of the KL robustness term (1/lambda in the paper)", minimum=0.0),
         "steps": Option(10, "PGD steps K on the KL term", kind="int", minimum=1),

@@ -21,6 +21,7 @@ from attacks.suites import get_suite
 from defenses.registry import DEFENSES
 from harness.core.errors import ConfigError
 from harness.core.threat import ThreatModel
+from harness.curriculum import check as check_curriculum
 from harness.data import DATASETS
 from harness.loggers import LOGGERS
 from harness.models import MODELS
@@ -120,6 +121,15 @@ class OutConfig(TypedDict):
     name: Optional[str]
 
 
+class CurriculumConfig(TypedDict):
+    """The training attack's eps / steps over epochs (``harness.curriculum``)."""
+
+    schedule: str  # none | linear | points
+    ramp_epochs: int  # linear: epochs of the ramp
+    ramp: str  # linear: eps | steps | both
+    points: List[Any]  # points: [epoch, eps] / [epoch, eps, steps] / {epoch, eps, steps}
+
+
 class RunConfig(TypedDict):
     """A resolved run configuration: ``DEFAULTS`` < recipe < config file < flags."""
 
@@ -142,6 +152,7 @@ class RunConfig(TypedDict):
     eval: EvalConfig
     out: OutConfig
     log: List[str]
+    curriculum: CurriculumConfig
 
 
 DEFAULTS: Dict[str, Any] = {
@@ -232,6 +243,8 @@ DEFAULTS: Dict[str, Any] = {
     "out": {"root": "runs", "name": None},
     # metric loggers mirroring metrics.jsonl and the final results (harness.loggers): tensorboard, wandb, disk
     "log": [],
+    # the training attack's eps / steps over epochs (harness/curriculum.py): none | linear | points
+    "curriculum": {"schedule": "none", "ramp_epochs": 0, "ramp": "eps", "points": []},
 }
 
 SECTIONS_FREE = {"defense_options"}  # keys validated by their owner, not here
@@ -425,6 +438,7 @@ def check(cfg: Mapping[str, Any]) -> None:
     ckpts = cfg["eval"].get("checkpoints")
     if not isinstance(ckpts, list) or not ckpts:
         raise ConfigError("eval.checkpoints must be a non-empty list such as [\"best\", \"last\"]")
+    check_curriculum(cfg)
 
 
 def check_train(train: Mapping[str, Any]) -> None:

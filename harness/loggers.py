@@ -23,7 +23,8 @@ the epoch (the unit metrics.jsonl has), and every logger is opened lazily, at it
 
 What is logged, per epoch (step = epoch): ``train/loss``, ``train/accuracy``, ``train/lr``,
 ``train/forward_per_example`` and ``train/backward_per_example`` (passes counted by hooks),
-``train/wall_s``; ``val/clean``, ``val/train_attack``, ``val/fgsm``, ``val/selection``
+``train/wall_s``, ``train/attack_eps`` and ``train/attack_steps`` (the training attack in force:
+a curriculum ramps them); ``val/clean``, ``val/train_attack``, ``val/fgsm``, ``val/selection``
 (accuracies on the val split); ``best_epoch``; ``flags/catastrophic_overfitting`` (0/1),
 ``flags/robust_overfitting_gap`` (best-so-far minus this epoch's selection accuracy) and
 ``flags/robust_overfitting`` (0/1: that gap above ``monitor.ro_gap``, the rule of
@@ -109,6 +110,9 @@ def epoch_scalars(row: Mapping[str, Any], ro_gap: float) -> Dict[str, float]:
                        ("train/backward_per_example", passes.get("backward_per_example")),
                        ("train/wall_s", train.get("wall_s"))):
         _put(out, tag, value)
+    strength = train.get("strength") or {}  # the training attack in force (a curriculum ramps it)
+    _put(out, "train/attack_eps", strength.get("eps_value"))
+    _put(out, "train/attack_steps", strength.get("steps"))
     val = row.get("val") or {}
     for key in ("clean", "train_attack", "fgsm", "selection"):
         _put(out, f"val/{key}", (val.get(key) or {}).get("accuracy"))

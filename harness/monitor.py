@@ -52,6 +52,7 @@ class Monitor:
         cfg = ctx.config
         ctx.require_val()
         self.defense = ctx.defense
+        self.threat = ctx.threat
         self.seed = ctx.seed
         self.batch_size = ctx.eval_batch_size
         self.amp = lambda: autocast(ctx.device, ctx.precision)
@@ -71,7 +72,7 @@ class Monitor:
         comes from generators seeded with the run's seed afresh every call, so epochs are compared
         on the same random starts and the training RNG is never touched."""
         defense, x, y, n = self.defense, self.x, self.y, self.n
-        threat = defense.threat
+        threat, train_threat = self.threat, defense.threat  # a curriculum weakens only the training attack
         t0 = time.perf_counter()
         train_gen = torch.Generator(device=x.device).manual_seed(self.seed + 2)
         has_train_attack = defense.train_attack().get("attack") != "none"
@@ -85,7 +86,7 @@ class Monitor:
                 clean[s] = ok
                 if has_train_attack:
                     xa = defense.attack(model, xb, yb, train_gen)
-                    verify(xb, xa, threat.norm, threat.eps, what="training attack (val measurement)")
+                    verify(xb, xa, train_threat.norm, train_threat.eps, what="training attack (val measurement)")
                     tr[s] = ok & _correct(model, xa, yb, self.amp)
                 else:
                     tr[s] = ok

@@ -34,6 +34,7 @@ import torch
 from attacks.base import PassCounter
 from defenses.base import TrainContext
 from harness import checkpoints as ckpt
+from harness import curriculum
 from harness.context import RunContext
 from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_json
@@ -197,6 +198,7 @@ class EpochStats:
     accuracy: float
     wall_s: float
     passes: Dict[str, int]
+    strength: Dict[str, Any]  # the training attack's eps / steps in force (harness/curriculum.py)
 
 
 @dataclass
@@ -323,6 +325,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, counter: PassCounter, bar: Any) -> EpochStats:
         defense, dev = self.ctx.defense, self.ctx.device
+        strength = curriculum.apply(defense, self.cfg, epoch)
         self.model.train()
         task = bar.add_task(f"epoch {epoch}/{self.epochs}", total=self.batches, info="") if bar is not None else None
         shown = _LossDisplay(dev) if task is not None else None
@@ -350,7 +353,7 @@ class Trainer:
         loss = float(loss_sum) / max(seen, 1)
         if not math.isfinite(loss):
             raise HarnessError(f"epoch {epoch}: the training loss is {loss}; lower train.lr or check the defense options")
-        return EpochStats(loss, int(correct) / max(seen, 1), wall, counter.since(snap))
+        return EpochStats(loss, int(correct) / max(seen, 1), wall, counter.since(snap), strength)
 
     def _select(self, epoch: int, val: Mapping[str, Any]) -> Selection:
         """Best by selection accuracy on val; catastrophic overfitting flagged in every run; the
@@ -410,7 +413,7 @@ class Trainer:
             "time": now_iso(),
             "train": {"loss": stats.loss, "accuracy": stats.accuracy, "accuracy_on": defense.accuracy_on,
                       "lr": float(self.optimizer.param_groups[0]["lr"]), "wall_s": stats.wall_s, "examples": n_train,
-                      "updates": self.step_ctx.updates,
+                      "updates": self.step_ctx.updates, "strength": stats.strength,
                       "passes": {"forward": stats.passes["forward"], "backward": stats.passes["backward"],
                                  "forward_per_example": stats.passes["forward"] / n_train,
                                  "backward_per_example": stats.passes["backward"] / n_train}},
@@ -468,6 +471,7 @@ class Trainer:
                                 float(self.monitor_cfg.get("ro_gap", 0.03)))
         examples = max(int(state["passes"]["examples"]), 1)
         epochs_run = int(state["epoch"])
+        final_strength = curriculum.apply(defense, cfg, max(epochs_run, 1))  # also after resuming a finished run
         return {
             "defense": {**defense.describe(), "recipe": cfg.get("recipe")},
             "train_attack": {"label": defense.train_attack_label(), "descriptor": defense.train_attack()},
@@ -494,6 +498,7 @@ class Trainer:
             "passes_per_example_per_epoch": {"forward": state["passes"]["forward"] / examples,
                                              "backward": state["passes"]["backward"] / examples},
             "expected_passes_per_example_per_epoch": defense.expected_passes(),
+            "training_strength": final_strength,
             "device": str(ctx.device),
             "precision": ctx.precision,
             "memory_format": ctx.memory_format,

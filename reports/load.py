@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from harness.core.documents import (AttackRecord, CheckpointRecord, Document, EnvRecord, EvalResult, Finding,
-                                    MetricsRow, Proportion, TrainingSummary)
+                                    MetricsRow, Proportion, TrainingStrength, TrainingSummary)
 from harness.core.errors import HarnessError
 from harness.core.rundir import RunDir
 
@@ -447,6 +447,21 @@ class RunInfo:
             f, b = fnum(r.train.passes.forward_per_example), fnum(r.train.passes.backward_per_example)
             if f is not None and b is not None:
                 return f, b
+        return None
+
+    def expected_passes_per_epoch(self) -> Optional[Tuple[float, float]]:
+        """(forward, backward) passes per training example per epoch by the paper's arithmetic."""
+        pe = self.summary.expected_passes_per_example_per_epoch
+        f, b = (fnum(pe.forward), fnum(pe.backward)) if pe is not None else (None, None)
+        return (f, b) if f is not None and b is not None else None
+
+    @property
+    def training_strength(self) -> Optional[TrainingStrength]:
+        """The training attack's eps and steps in force at the end of training (a curriculum may
+        have weakened them), from training.json or else the last metrics row; None if not recorded."""
+        for st in (self.summary.training_strength, self.metrics[-1].train.strength if self.metrics else None):
+            if st is not None and st.eps_value is not None:
+                return st
         return None
 
     def passes_total(self) -> Optional[float]:

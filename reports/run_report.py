@@ -145,6 +145,9 @@ def strength_table(info: RunInfo) -> Tuple[Table, List[str]]:
     label, d = info.train_attack
     pe = info.passes_per_epoch()
     train_passes = _passes(pe[0], pe[1], "per epoch") if pe else "—"
+    theory = info.expected_passes_per_epoch()
+    if pe and theory:
+        train_passes += f" (paper's arithmetic {_passes(*theory)})"
     if not info.has_train_attack:
         rows.append({"role": "training", "attack": label or "none (plain training)", "passes": train_passes})
         steps_text.append("training attack 0 (plain training)")
@@ -188,12 +191,41 @@ def strength_table(info: RunInfo) -> Tuple[Table, List[str]]:
         cols = [c for c in cols if c.key != "other"]
     t = Table.simple("", cols, rows)
     notes = []
+    weaker = undertrained_note(info)
+    if weaker:
+        notes.append(weaker)
     if steps_text:
         notes.append("Gradient steps per example (steps × restarts × target classes): " + "; ".join(steps_text) + ".")
     notes.append("Passes per example, forward + backward: training is counted per epoch and includes the weight update; the "
                  "selection attack's count is nominal (restarts × (steps + 1) forward, restarts × steps backward); evaluation "
                  "attacks are counted per attacked example.")
     return t, notes
+
+
+def undertrained_note(info: RunInfo) -> Optional[str]:
+    """The sentence saying the training attack ended weaker than the threat the run is evaluated
+    under (a curriculum that never reached full strength), or None."""
+    st = info.training_strength
+    if st is None:
+        return None
+    eps, steps, full_steps = fnum(st.eps_value), st.steps, st.configured_steps
+    head = info.headline_eval()
+    target_eps = head.eps_value if head is not None and head.eps_value is not None else info.eps_value
+    target_text = head.eps_text if head is not None and head.eps_value is not None else info.eps_text
+    if eps is None or target_eps is None:
+        return None
+    weaker_eps = eps < target_eps * (1 - 1e-9)
+    weaker_steps = isinstance(steps, int) and isinstance(full_steps, int) and steps < full_steps
+    if not (weaker_eps or weaker_steps):
+        return None
+    what = [f"eps={st.eps}" + (f" < {target_text}" if weaker_eps else "")]
+    if isinstance(steps, int):
+        what.append(f"{steps} step(s)" + (f" < the configured {full_steps}" if weaker_steps else ""))
+    sched = st.schedule
+    return (f"Undertrained for the final threat: at the end of training (epoch {st.epoch or '?'}) the training "
+            f"attack ran at {', '.join(what)}, weaker than the threat model it is evaluated under "
+            f"({info.norm} eps={target_text})"
+            + (f"; curriculum schedule '{sched}'" if sched and sched != "none" else "") + ".")
 
 
 # -- evaluation sections ------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 timed test: speed targets belong to benchmarks/run.py, never to the test suite."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -36,6 +37,22 @@ def test_training_multipliers_passes_and_pass_costs():
     assert all(r["theory_priced_here"] > 0 for r in rows)
     table = D.training_table(rows)
     assert "free-at" in table and "theory here" in table and "update + input grad" in D.pass_costs_table(costs)
+
+
+def test_every_registered_defense_is_priced_and_counted_as_its_paper_says():
+    """The cost table covers every defense: its theory is priced on this machine (how its units
+    split into attack steps and weight updates is declared), and its measured passes equal the
+    paper's arithmetic."""
+    from defenses.registry import DEFENSES
+
+    names = [n for n in DEFENSES.names() if n != "erm"]
+    assert set(names) <= set(D.UPDATE_UNITS) | D.REPLAY_DEFENSES
+    new = ["mart", "pgd-at-awp", "trades-awp", "n-fgsm", "gradalign"]
+    rows = D.bench_training("synthetic", CPU, new, rounds=1, min_time=0.01, warmup=1)
+    for r in rows:
+        assert r["forward_per_example"] == pytest.approx(r["expected"]["forward"]), r["defense"]
+        assert r["backward_per_example"] == pytest.approx(r["expected"]["backward"]), r["defense"]
+        assert r["theory"] == r["expected"]["backward"]
 
 
 def test_our_pgd_beside_the_peers_on_the_same_points():
@@ -107,6 +124,36 @@ def test_the_one_command_renders_every_part_it_ran():
     assert doc["schema"] == "benchmark" and doc["machine"]["torch_threads"] >= 1
     with pytest.raises(SystemExit):
         B.main(["--skip", "nonsense"])
+
+
+def test_co_sweep_trains_every_point_and_renders_the_figure(tmp_path):
+    """benchmarks/co_sweep.py on digits with one epoch per run: the runs, the table, the figure,
+    and a second call that reuses the finished runs."""
+    from benchmarks import co_sweep as S
+
+    argv = ["--dataset", "digits", "--eps", "0.05", "0.1", "--defenses", "fast-at", "n-fgsm", "--epochs", "1",
+            "--val-n", "40", "--selection-steps", "3", "--threads", "1",
+            "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    assert S.main(argv) == 0
+    doc = json.loads((tmp_path / "out" / "co_sweep.json").read_text())
+    expected = {(d, e) for d in ("fast-at", "n-fgsm") for e in ("0.05", "0.1")}
+    assert {(p["defense"], p["eps"]) for p in doc["points"]} == expected
+    for p in doc["points"]:
+        assert 0 <= p["last_robust"] <= p["last_clean"] <= 1 and p["epochs_run"] == 1 and p["selection"] == "PGD-3 CE"
+        assert p["passes_per_epoch"]["backward"] == pytest.approx(2.0)
+    svg = (tmp_path / "out" / "co_sweep.svg").read_text()
+    assert svg.startswith("<svg") and "n-fgsm" in svg and "fast-at" in svg
+    assert "| n-fgsm | 0.1 |" in (tmp_path / "out" / "co_sweep.md").read_text()
+    cfg = json.loads((tmp_path / "runs" / "fast-at-eps0.1" / "config.json").read_text())
+    assert cfg["monitor"]["early_stop"] is False and cfg["threat"]["eps"] == "0.1"
+    before = (tmp_path / "runs" / "fast-at-eps0.1" / "training.json").stat().st_mtime_ns
+    assert S.main(argv) == 0
+    assert (tmp_path / "runs" / "fast-at-eps0.1" / "training.json").stat().st_mtime_ns == before
+    # --collect plots what is there (e.g. a harness sweep's cells) without training anything
+    assert S.main(["--collect", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "collected")]) == 0
+    again = json.loads((tmp_path / "collected" / "co_sweep.json").read_text())
+    assert sorted(p["run"] for p in again["points"]) == sorted(p["run"] for p in doc["points"])
+    assert again["dataset"] == "digits" and "(digits," in (tmp_path / "collected" / "co_sweep.svg").read_text()
 
 
 def test_the_autoattack_wrapper_is_timed_beside_the_direct_call_and_agrees_point_by_point():

@@ -190,7 +190,7 @@ def test_real_unknown_defense_fast_at(cli, offline):
     assert code == 2 and out == ""
     line = _one_error_line(err)
     assert line.startswith("harness: error: unknown defense 'fast_at'; did you mean 'fast-at'?")
-    assert "known: erm, fast-at, free-at, pgd-at, trades" in line
+    assert "known: erm, fast-at, free-at, gradalign, mart, n-fgsm, pgd-at, pgd-at-awp, trades, trades-awp" in line
 
 
 def test_real_eps_8_fails_with_a_hint(cli, offline):

@@ -40,7 +40,8 @@ def _setup(name, *, seed=0, model=None, options=None):
 
 
 def test_every_planned_defense_is_registered():
-    assert set(NAMES) >= {"erm", "pgd-at", "trades", "free-at", "fast-at"}
+    assert set(NAMES) >= {"erm", "pgd-at", "trades", "free-at", "fast-at",
+                          "mart", "pgd-at-awp", "trades-awp", "n-fgsm", "gradalign"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -63,10 +64,15 @@ def test_step_changes_weights_reports_loss_and_passes_and_leaves_train_mode(name
 
 
 @pytest.mark.parametrize("name,forward,backward", [
-    ("erm", 1, 1), ("fast-at", 2, 2), ("pgd-at", 5 + 1, 5 + 1), ("trades", 5 + 3, 5 + 2), ("free-at", 4, 4)])
+    ("erm", 1, 1), ("fast-at", 2, 2), ("pgd-at", 5 + 1, 5 + 1), ("trades", 5 + 3, 5 + 2), ("free-at", 4, 4),
+    ("mart", 5 + 2, 5 + 2), ("pgd-at-awp", 5 + 2, 5 + 2), ("trades-awp", 5 + 5, 5 + 4), ("n-fgsm", 2, 2),
+    ("gradalign", 3, 4)])
 def test_measured_passes_match_the_papers_arithmetic(name, forward, backward):
     """science.md section 4: plain 1, PGD-K K+1, TRADES-K about K+2 (plus the target forward),
-    Fast-AT 2, Free-AT m per minibatch (synthetic recipes: K = 5, m = 4)."""
+    Fast-AT 2, Free-AT m per minibatch (synthetic recipes: K = 5, m = 4). MART K+2 (x and x'),
+    AWP one more pass (TRADES-AWP two: x and x' through the proxy), N-FGSM 2 like FGSM, GradAlign
+    3 forward and 4 backward (its double backpropagation counts as a second backward through the
+    regulariser's forward)."""
     defense, model, ctx, x, y = _setup(name)
     model.train()
     with PassCounter(model) as counter:
@@ -89,7 +95,15 @@ def test_training_attack_stays_in_the_threat_model_and_is_described(name):
     defense, model, ctx, x, y = _setup(name)
     model.eval()
     x_adv = defense.attack(model, x, y, torch.Generator().manual_seed(3))
-    verify(x, x_adv, defense.threat.norm, defense.threat.eps)
+    verify(x, x_adv, defense.threat.norm, defense.threat.eps)  # what val counts: always the threat model
+    # what the update trains on: the box and the declared radius (the eps ball unless the defense
+    # trains outside it by design, N-FGSM)
+    x_train = defense.training_example(model, x, y, torch.Generator().manual_seed(3))
+    radius = defense.train_radius()
+    verify(x, x_train, defense.threat.norm, radius, what=f"{name} training example")
+    assert radius >= defense.threat.eps
+    if radius == defense.threat.eps:
+        assert torch.equal(x_train, x_adv)  # the training example is the measured attack
     d = defense.describe()
     assert d["name"] == name and d["paper"] and d["threat_model"]["eps"] == "0.1"
     desc = d["train_attack"]["descriptor"]
@@ -183,8 +197,7 @@ def test_attack_bn_mode_decides_which_forwards_touch_batchnorm(name):
         assert model.training
     steps = defense.train_attack_steps()
     if "eval" in tracked:
-        update_forwards = 2 if name == "trades" else 1
-        assert tracked["eval"] == update_forwards
+        assert tracked["eval"] == DEFENSES.get(name).update_forwards
     if "train" in tracked and name != "free-at":
         assert tracked["train"] > tracked.get("eval", 1)
     if name == "free-at":

@@ -73,6 +73,8 @@ def _expected_epoch_values(rows: List[Dict[str, Any]], ro_gap: float) -> Dict[st
         put("train/lr", t["lr"])
         put("train/forward_per_example", t["passes"]["forward_per_example"])
         put("train/backward_per_example", t["passes"]["backward_per_example"])
+        put("train/attack_eps", t["strength"]["eps_value"])
+        put("train/attack_steps", t["strength"]["steps"])
         for k in ("clean", "train_attack", "fgsm", "selection"):
             put(f"val/{k}", v[k]["accuracy"])
         put("best_epoch", r["best_epoch"])

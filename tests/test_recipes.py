@@ -183,9 +183,17 @@ def _recipes():
             yield name, family, recipe
 
 
+CORE = ("erm", "fast-at", "pgd-at", "trades", "free-at")
+
+
 @pytest.mark.parametrize("name, family, recipe", list(_recipes()), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_recipe_value_has_exactly_one_source_that_says_where_it_comes_from(name, family, recipe):
-    assert isinstance(recipe, Recipe)
+    if not isinstance(recipe, Recipe):
+        # the old shape (a plain partial config) still loads, every value "not cited"
+        assert name not in CORE, f"{name}'s {family} recipe has no sources"
+        converted = DEFENSES.get(name).recipe_for(family if family != "tiny" else "digits")
+        assert converted is not None and all(t.startswith("not cited") for t in converted.sources.values())
+        return
     assert recipe.default_variant not in recipe.variants  # the base config is the default variant
     shas = [f"{repo}@{sha[:7]}" for repo, sha in REPOS.values()]
     for cfg, sources in [(recipe.config, recipe.sources)] + [(v.config, v.sources) for v in recipe.variants.values()]:

@@ -147,7 +147,9 @@ def test_project_registries_name_their_modules():
 
     for reg in (ATTACKS, CHECKS, SUITES, DEFENSES, DATASETS, MODELS):
         assert reg.modules, reg.kind
-    assert set(DEFENSES.modules) == {"defenses.erm", "defenses.pgd_at", "defenses.trades", "defenses.free_at", "defenses.fast_at"}
+    assert set(DEFENSES.modules) == {
+        "defenses.erm", "defenses.pgd_at", "defenses.trades", "defenses.free_at", "defenses.fast_at",
+        "defenses.mart", "defenses.pgd_at_awp", "defenses.trades_awp", "defenses.n_fgsm", "defenses.gradalign"}
 
 
 def test_dataset_and_model_registries_hold_the_documented_names():

@@ -591,6 +591,22 @@ class RobustOverfitting(Document):
 
 
 @dataclass
+class TrainingStrength(Document):
+    """The training attack's strength in force (curriculum training, ``harness.curriculum``):
+    a metrics row's ``train.strength`` (that epoch), training.json's ``training_strength`` (the end)."""
+
+    epoch: Optional[int] = optional()
+    schedule: Optional[str] = optional()
+    eps: Optional[Union[str, float]]
+    eps_value: Optional[float]
+    steps: Optional[int]
+    threat_eps: Optional[Union[str, float]]
+    threat_eps_value: Optional[float]
+    configured_steps: Optional[int]
+    full_strength: Optional[bool]
+
+
+@dataclass
 class DefenseInfo(Document):
     """A defense's ``describe()`` (and the paper recipe merged under the config)."""
 
@@ -604,6 +620,7 @@ class DefenseInfo(Document):
     early_stop_default: Optional[bool] = optional()
     expected_passes_per_example_per_epoch: Optional[PassCount] = optional()
     accuracy_on: Optional[str] = optional()
+    strength: Optional[TrainingStrength] = optional()
     recipe: Dict[str, Any] = optional(factory=dict)
 
 
@@ -647,6 +664,7 @@ class TrainingSummary(Document):
     train_wall_s_per_epoch: Optional[float] = optional()
     passes_per_example_per_epoch: PassCount
     expected_passes_per_example_per_epoch: Optional[PassCount] = optional()
+    training_strength: Optional[TrainingStrength] = optional()
     device: Optional[str] = optional()
     precision: Optional[str] = optional()
     memory_format: Optional[str] = optional()
@@ -664,6 +682,7 @@ class TrainBlock(Document):
     wall_s: Optional[float]
     examples: Optional[int]
     updates: Optional[int] = optional()
+    strength: Optional[TrainingStrength] = optional()
     passes: Passes
 
 
@@ -723,5 +742,5 @@ class CheckpointRecord(Document):
 
 __all__ = ["Document", "optional", "jsonable", "STATUSES", "VERDICTS", "Proportion", "PassCount", "Passes", "Threat",
            "AttackInfo", "AttackRecord", "Finding", "ChecksBlock", "EvalData", "PerExample", "EvalCost", "EnvRecord",
-           "EvalResult", "CatastrophicOverfitting", "RobustOverfitting", "DefenseInfo", "ValSplit", "TrainingSummary",
-           "TrainBlock", "ValBlock", "EpochFlags", "MetricsRow", "CheckpointRecord"]
+           "EvalResult", "CatastrophicOverfitting", "RobustOverfitting", "TrainingStrength", "DefenseInfo", "ValSplit",
+           "TrainingSummary", "TrainBlock", "ValBlock", "EpochFlags", "MetricsRow", "CheckpointRecord"]

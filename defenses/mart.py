@@ -1,0 +1,215 @@
+"""``mart``: MART, misclassification-aware adversarial training (Wang et al. 2020).
+
+Paper: Y. Wang, D. Zou, J. Yi, J. Bailey, X. Ma, Q. Gu, "Improving Adversarial Robustness Requires
+Revisiting Misclassified Examples", ICLR 2020. Reference code: github.com/YisenWang/MART at commit
+2d83e17b381dd2ee52223695e517bf6d5ff09c2c, ``mart.py`` (``mart_loss``) and ``train_wideresnet.py``
+(the CIFAR-10 WRN-34-10 settings). Threat model: Linf (the paper's); L2 supported (not in the code:
+the same loop with the normalised-gradient step and the L2 projection).
+
+Objective (paper, Sec. 3, the MART risk; code ``mart_loss``), with p = softmax(f(x)),
+p' = softmax(f(x')) and n the batch size:
+
+    L = 1/n sum_i [ BCE(p'_i, y_i) + lambda * KL(p_i || p'_i) * (1 - p_i[y_i]) ]
+    BCE(p', y) = -log p'[y] - log(1 - max_{k != y} p'[k])
+
+``lambda`` is the option ``beta`` (the code's name). The code's numerical guards are kept exactly:
+``log(1.0001 - p' + 1e-12)`` in the boosted term, ``log(p' + 1e-12)`` inside the KL, and the weight
+``1.0000001 - p[y]``; the gradient flows through p (both inside the KL and through the weight), as in
+the code, which never detaches the clean forward.
+
+Training step, detail by detail against the code:
+- attack: the model in eval mode (``model.eval()`` in ``mart_loss``: option ``attack_bn_mode`` =
+  "eval"); start x' = x + 0.001 * N(0, 1) (not clipped to the box before the first step, as the
+  code); K = 10 signed-gradient steps of 0.007 on the cross-entropy (the code's mean; the sign is
+  the same for the sum used here), each followed by the projection onto the eps ball and [0,1];
+  the final iterate is the training example;
+- update: back in train mode, f(x) then f(x') (two forward passes, in the code's order), the loss
+  above, one optimizer step. Cost: K attack passes + 2 forward and 2 backward, so K + 2 of each.
+
+Recipes:
+
+| data set  | eps   | K, step | lambda | optimizer, schedule | epochs | batch | model |
+|-----------|-------|---------|--------|---------------------|--------|-------|-------|
+| cifar10 (*) | 8/255 | 10, 0.007 | 6.0 | SGD 0.1, mom. 0.9, wd 7e-4, /10 at 75, /100 at 90 | 90 | 128 | wrn-34-10 |
+| fashion-mnist (derived) | 0.1 | 40, eps/30 | 6.0 | SGD 0.01, mom. 0.9, /10 at epoch 55 | 100 | 128 | small-cnn |
+| mnist (derived) | 0.3 | 40, 0.01 | 6.0 | same | 100 | 128 | small-cnn |
+
+(*) and cifar100, svhn, which borrow the CIFAR-10 recipe.
+
+CIFAR-10 is ``train_wideresnet.py``'s defaults: ``--epochs 90 --lr 0.1 --momentum 0.9 --wd 7e-4
+--batch-size 128 --num-steps 10 --step-size 0.007 --beta 6.0``; ``adjust_learning_rate`` divides
+by 10 from epoch 75 and by 100 from epoch 90 (1-based epochs, so milestones 74/90 and 89/90 here;
+its "/1000 from epoch 100" branch is never reached in 90 epochs). The code's eps is 0.031; the
+recipe uses 8/255 (0.03137) so numbers compare with every other defense here, as ``trades`` does.
+The ResNet-18 script (``train_resnet.py``) differs: lr 0.01, wd 3.5e-3, 120 epochs, beta 5.0.
+The code trains with random crops and flips; the harness has no augmentation yet.
+MNIST and Fashion-MNIST have no recipe in the MART code: these are derived from the TRADES MNIST
+recipe (``defenses/trades.py``, the code MART builds on) with MART's lambda 6, and declared so.
+PGD-40 recipes raise the selection attack to PGD-50.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attacks.base import ascend
+from defenses.base import TINY_BASE, DefenseBase, Option, StepResult, TrainContext, bn_mode
+from defenses.registry import DEFENSES
+from harness.core.runtime import autocast
+
+
+def mart_loss(
+    logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, boosted CE, robust term): the MART objective with the reference code's guards."""
+    logits_nat, logits_adv = logits_nat.float(), logits_adv.float()
+    n = logits_nat.shape[0]
+    adv_probs = F.softmax(logits_adv, dim=1)
+    top2 = torch.argsort(adv_probs, dim=1)[:, -2:]
+    # the most likely wrong class: the top class unless it is y, then the runner-up
+    wrong = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+    boosted = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), wrong)
+    nat_probs = F.softmax(logits_nat, dim=1)
+    true_probs = nat_probs.gather(1, y.unsqueeze(1)).squeeze(1)
+    kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(dim=1)
+    robust = (kl * (1.0000001 - true_probs)).sum() / n
+    return boosted + beta * robust, boosted, robust
+
+
+_MNIST_TRAIN = {
+    "epochs": 100,
+    "batch_size": 128,
+    "optimizer": "sgd",
+    "lr": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "schedule": "piecewise",
+    "milestones": [0.54],
+    "gamma": 0.1,
+}
+
+
+@DEFENSES.register(
+    "mart", summary="Wang et al. 2020: boosted CE on x' + lambda * KL(p(x)||p(x')) * (1 - p_y(x)), x' from PGD-10 on CE"
+)
+class MART(DefenseBase):
+    """MART (Wang et al. 2020)."""
+
+    name = "mart"
+    title = "MART"
+    paper = (
+        "Wang, Zou, Yi, Bailey, Ma, Gu 2020, Improving Adversarial Robustness Requires Revisiting Misclassified "
+        "Examples (ICLR)"
+    )
+    update_forwards = 2
+    strength_steps_option = "steps"
+    OPTIONS = {
+        "beta": Option(
+            6.0, "lambda, the weight of the misclassification-aware KL term (the code's --beta)", minimum=0.0
+        ),
+        "steps": Option(10, "PGD steps K on the cross-entropy", kind="int", minimum=1),
+        "step_size": Option(0.007, "PGD step size, a number or an expression of eps and steps", kind="step"),
+        "init_std": Option(0.001, "std of the Gaussian start x + init_std * N(0, 1)", minimum=0.0),
+        "attack_bn_mode": Option(
+            "eval",
+            "BatchNorm mode while generating the attack (the code: eval)",
+            kind="choice",
+            choices=("train", "eval"),
+        ),
+    }
+    RECIPES = {
+        "fashion-mnist": {
+            "threat": {"norm": "Linf", "eps": "0.1"},
+            "train": dict(_MNIST_TRAIN),
+            "defense_options": {"beta": 6.0, "steps": 40, "step_size": "eps/30"},
+            "selection": {"steps": 50},
+        },
+        "mnist": {
+            "threat": {"norm": "Linf", "eps": "0.3"},
+            "train": dict(_MNIST_TRAIN),
+            "defense_options": {"beta": 6.0, "steps": 40, "step_size": 0.01},
+            "selection": {"steps": 50},
+        },
+        "cifar10": {
+            "model": "wrn-34-10",
+            "threat": {"norm": "Linf", "eps": "8/255"},
+            "train": {
+                "epochs": 90,
+                "batch_size": 128,
+                "optimizer": "sgd",
+                "lr": 0.1,
+                "momentum": 0.9,
+                "weight_decay": 7e-4,
+                "schedule": "piecewise",
+                "milestones": [74 / 90, 89 / 90],
+                "gamma": 0.1,
+                "keep_epoch_checkpoints": False,
+            },
+            "defense_options": {
+                "beta": 6.0,
+                "steps": 10,
+                "step_size": 0.007,
+                "init_std": 0.001,
+                "attack_bn_mode": "eval",
+            },
+        },
+        "tiny": {**TINY_BASE, "defense_options": {"beta": 6.0, "steps": 5, "step_size": "2.5*eps/steps"}},
+    }
+
+    def setup(self) -> None:
+        self.alpha = self.step_size()
+
+    def train_attack(self) -> Dict[str, Any]:
+        return {
+            "attack": "pgd",
+            **self.base_descriptor(),
+            "steps": self.options["steps"],
+            "step_size": self.alpha,
+            "step_size_expr": str(self.options["step_size"]),
+            "loss": "ce",
+            "random_start": False,
+            "init": f"x + {self.options['init_std']:g} * N(0,1)",
+            "model_mode": self.options["attack_bn_mode"],
+            "beta": self.options["beta"],
+        }
+
+    def train_attack_label(self) -> str:
+        return (
+            f"PGD-{self.options['steps']} CE, step {self.options['step_size']} (MART, lambda {self.options['beta']:g})"
+        )
+
+    def train_attack_steps(self) -> int:
+        return int(self.options["steps"])
+
+    def expected_passes(self) -> Dict[str, float]:
+        k = float(self.options["steps"])
+        return {"forward": k + 2.0, "backward": k + 2.0}
+
+    def attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> torch.Tensor:
+        x = x.detach()
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv = x + self.options["init_std"] * noise
+        for _ in range(self.options["steps"]):
+            x_adv.requires_grad_(True)
+            with autocast(x.device, self.precision):
+                logits = model(x_adv)
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), x_adv)
+            x_adv = self.project(x, ascend(x_adv.detach(), grad, self.threat.norm, self.alpha))
+        return x_adv.detach()
+
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
+        with bn_mode(model, self.options["attack_bn_mode"]):
+            x_adv = self.attack(model, x, y, ctx.generator)
+        with ctx.autocast():
+            logits_nat = model(x)
+            logits_adv = model(x_adv)
+        loss, _, _ = mart_loss(logits_nat, logits_adv, y, self.options["beta"])
+        ctx.step(loss)
+        n = int(y.shape[0])
+        return StepResult(loss.detach() * n, (logits_adv.detach().argmax(1) == y).sum(), n)
