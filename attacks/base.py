@@ -184,6 +184,35 @@ class PassCounter:
         self.close()
 
 
+# Attack budgets have bounds, so that a typo ("PGD-99999999999", "x 99999999999 restarts") is one
+# clear error instead of a 24 TB allocation (PGD keeps steps + 1 loss values per point) or a run
+# that never ends. The usual evaluations run 20 to 100 steps (PGD-20, PGD-100, AutoAttack's APGD
+# at 100 iterations) with 1 to 10 restarts (AutoAttack "plus": 5), and the longest reported
+# evaluations run a few thousand steps; the bounds sit an order of magnitude above those. At the
+# bound the loss trace is 40 KB per point (400 MB for 10,000 points).
+MAX_STEPS = 10_000
+MAX_RESTARTS = 100
+MAX_GRADIENT_STEPS = 100_000  # steps x restarts, per point
+
+
+def check_budget(owner: str, *, steps: Any = None, restarts: Any = None) -> None:
+    """``ConfigError`` unless ``steps`` and ``restarts`` (where given) are whole numbers from 1 to
+    ``MAX_STEPS`` / ``MAX_RESTARTS`` and their product at most ``MAX_GRADIENT_STEPS``. Every
+    attack constructor calls it, so a config, a suite or a claim cannot ask for more."""
+    bounds = (("steps", steps, MAX_STEPS, "20 to 100"), ("restarts", restarts, MAX_RESTARTS, "1 to 10"))
+    for what, value, bound, usual in bounds:
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{owner}: {what} must be an integer >= 1, got {value!r}")
+        if value > bound:
+            raise ConfigError(f"{owner}: {value} {what} is more than the {bound} an attack may take "
+                              f"(attacks.base.MAX_{what.upper()}; {usual} is usual)")
+    if steps is not None and restarts is not None and steps * restarts > MAX_GRADIENT_STEPS:
+        raise ConfigError(f"{owner}: {steps} steps x {restarts} restarts = {steps * restarts} gradient steps per "
+                          f"point, more than the {MAX_GRADIENT_STEPS} an attack may take (attacks.base.MAX_GRADIENT_STEPS)")
+
+
 _OPS = {ast.Mult: operator.mul, ast.Div: operator.truediv, ast.Add: operator.add, ast.Sub: operator.sub}
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
-from attacks.base import AttackResult, ascend, eval_mode, project, random_start, resolve_step_size
+from attacks.base import AttackResult, ascend, check_budget, eval_mode, project, random_start, resolve_step_size
 from attacks.losses import get_loss
 from attacks.registry import ATTACKS
 from harness import __version__
@@ -78,10 +78,7 @@ class PGD:
         compact_every: int = 5,
         precision: str = "fp32",
     ):
-        if not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"{self.name}: steps must be an integer >= 1, got {steps!r}")
-        if not isinstance(restarts, int) or restarts < 1:
-            raise ConfigError(f"{self.name}: restarts must be an integer >= 1, got {restarts!r}")
+        check_budget(self.name, steps=steps, restarts=restarts)
         if restarts > 1 and not random_start:
             raise ConfigError(f"{self.name}: {restarts} restarts without a random start would repeat the same attack")
         get_loss(loss)

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.base import ascend
+from attacks.base import MAX_STEPS, ascend
 from defenses.base import DefenseBase, Option, PaperResult, Recipe, StepResult, TrainContext, tiny_recipe
 from defenses.recipe_parts import CIFAR_DATA, MNIST_LIKE_DATA, combine, fashion_mnist_eps, fp32
 from defenses.references import cite, derived
@@ -106,7 +106,8 @@ class FreeAT(DefenseBase):
     title = "Free-AT"
     paper = "Shafahi, Najibi, Ghiasi, Xu, Dickerson, Studer, Davis, Taylor, Goldstein 2019, Adversarial Training for Free! (NeurIPS)"
     OPTIONS = {
-        "replays": Option(8, "minibatch replays m (optimizer steps per minibatch); divide the epochs by m", kind="int", minimum=1),
+        "replays": Option(8, "minibatch replays m (optimizer steps per minibatch); divide the epochs by m", kind="int",
+                          minimum=1, maximum=MAX_STEPS),
         "step_size": Option("eps", "step of the carried perturbation per replay, a number or an expression of eps", kind="step"),
         "attack_bn_mode": Option("train", "fixed: the replay's forward pass both trains and attacks", kind="choice", choices=("train",)),
     }

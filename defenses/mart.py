@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.base import ascend
+from attacks.base import MAX_STEPS, ascend
 from defenses.base import TINY_BASE, DefenseBase, Option, StepResult, TrainContext, bn_mode
 from defenses.registry import DEFENSES
 from harness.core.runtime import autocast
@@ -111,7 +111,7 @@ class MART(DefenseBase):
         "beta": Option(
             6.0, "lambda, the weight of the misclassification-aware KL term (the code's --beta)", minimum=0.0
         ),
-        "steps": Option(10, "PGD steps K on the cross-entropy", kind="int", minimum=1),
+        "steps": Option(10, "PGD steps K on the cross-entropy", kind="int", minimum=1, maximum=MAX_STEPS),
         "step_size": Option(0.007, "PGD step size, a number or an expression of eps and steps", kind="step"),
         "init_std": Option(0.001, "std of the Gaussian start x + init_std * N(0, 1)", minimum=0.0),
         "attack_bn_mode": Option(

@@ -53,6 +53,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from attacks.base import MAX_STEPS
 from attacks.pgd import perturb
 from harness.core.errors import ConfigError
 from defenses.base import (BN_MODE, DefenseBase, Option, PaperResult, Recipe, StepResult, TrainContext, Variant,
@@ -256,7 +257,7 @@ class PGDAT(DefenseBase):
     paper = "Madry, Makelov, Schmidt, Tsipras, Vladu 2018, Towards Deep Learning Models Resistant to Adversarial Attacks (ICLR)"
     strength_steps_option = "steps"
     OPTIONS = {
-        "steps": Option(10, "PGD steps K of the training attack", kind="int", minimum=1),
+        "steps": Option(10, "PGD steps K of the training attack", kind="int", minimum=1, maximum=MAX_STEPS),
         "step_size": Option("2.5*eps/steps", "PGD step size, a number or an expression of eps and steps", kind="step"),
         "random_start": Option(True, "start from a uniform random point of the eps ball", kind="bool"),
         "clip_start": Option(True, "clip the random start into the [0,1] box before the first gradient (Madry et al.); "

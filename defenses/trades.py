@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.base import ascend
+from attacks.base import MAX_STEPS, ascend
 from defenses.base import (DefenseBase, Option, PaperResult, Recipe, StepResult, TrainContext, Variant, bn_mode,
                            tiny_recipe)
 from defenses.recipe_parts import CIFAR_DATA, MNIST_LIKE_DATA, combine, fashion_mnist_eps, fp32
@@ -131,7 +131,7 @@ class TRADES(DefenseBase):
     strength_steps_option = "steps"
     OPTIONS = {
         "beta": Option(6.0, "weight of the KL robustness term (1/lambda in the paper)", minimum=0.0),
-        "steps": Option(10, "PGD steps K on the KL term", kind="int", minimum=1),
+        "steps": Option(10, "PGD steps K on the KL term", kind="int", minimum=1, maximum=MAX_STEPS),
         "step_size": Option(0.007, "PGD step size, a number or an expression of eps and steps", kind="step"),
         "init_std": Option(0.001, "std of the Gaussian start x + init_std * N(0, 1)", minimum=0.0),
         "attack_bn_mode": Option("eval", "BatchNorm mode while generating the attack (authors' code: eval)",

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--no-early-stop", dest="monitor.early_stop", action="store_false", default=S)
     p.add_argument("--config", dest="_config", default=S, help="TOML or JSON config file (a saved config.json works)")
     p.add_argument("--set", dest="_set", action="append", default=S, metavar="KEY=VALUE",
-                   help="any config value, e.g. --set defense_options.alpha=1.25*eps (repeatable)")
+                   help="any config value, e.g. --set defense_options.step_size=1.25*eps (repeatable)")
     p.add_argument("--resume", dest="_resume", default=S, metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     p.add_argument("--recipe-variant", dest="recipe.variant", default=S, metavar="NAME",
                    help="a named variant of the defense's recipe, e.g. released or apex-o2 ('a+b' combines; --dry-run lists them)")

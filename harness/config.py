@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 from attacks.suites import get_suite
 from defenses.registry import DEFENSES
 from harness.core.errors import ConfigError
+from harness.core.rundir import run_dir_name
 from harness.core.threat import ThreatModel
 from harness.curriculum import check as check_curriculum
 from harness.data import DATASETS
@@ -291,7 +292,7 @@ def load_config_file(path: str | Path) -> Dict[str, Any]:
 
 
 def parse_set(items: Iterable[str]) -> Dict[str, Any]:
-    """``--set train.lr=0.05 --set defense_options.alpha=1.25*eps`` -> nested dict.
+    """``--set train.lr=0.05 --set defense_options.step_size=1.25*eps`` -> nested dict.
     Values are parsed as JSON where they can be (numbers, true/false/null, lists), else kept as text."""
     out: Dict[str, Any] = {}
     for item in items:
@@ -382,8 +383,11 @@ def validate_saved(cfg: Mapping[str, Any]) -> RunConfig:
 
 def check_names(cfg: Mapping[str, Any]) -> None:
     """Every name the config gives is registered (defense, data set, model, suite), with a
-    did-you-mean: ``--dry-run`` catches a misspelt name as surely as a real run does."""
-    DEFENSES.entry(cfg["defense"])
+    did-you-mean, and the defense knows every option in ``defense_options``: ``--dry-run``
+    catches a misspelt name or option as surely as a real run does."""
+    defense = DEFENSES.entry(cfg["defense"]).obj
+    if hasattr(defense, "resolve_options"):
+        defense.resolve_options(cfg.get("defense_options") or {})
     DATASETS.entry(cfg["dataset"])
     MODELS.entry(cfg["model"])
     get_suite(cfg["eval"]["suite"])
@@ -435,6 +439,8 @@ def check(cfg: Mapping[str, Any]) -> None:
     drop = m.get("stop_drop")
     if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop <= 1:
         raise ConfigError(f"monitor.stop_drop must be a fraction in [0, 1], got {drop!r}")
+    if cfg["out"].get("name") is not None:
+        run_dir_name(cfg["out"]["name"])  # --dry-run refuses a name that would leave --out, as a real run does
     ckpts = cfg["eval"].get("checkpoints")
     if not isinstance(ckpts, list) or not ckpts:
         raise ConfigError("eval.checkpoints must be a non-empty list such as [\"best\", \"last\"]")

@@ -407,8 +407,16 @@ class _SafeUnpickler(pickle.Unpickler):
         raise DataError(f"refusing to load {module}.{name} from a data file: data sets are data, never code")
 
 
+CIFAR_IMAGE = (3, 32, 32)
+
+
 def read_cifar_batch(path: Path) -> Tuple[np.ndarray, np.ndarray]:
-    """One CIFAR python batch -> (uint8 [N,3,32,32], int64 labels). Works for CIFAR-10 and -100."""
+    """One CIFAR python batch -> (uint8 [N,3,32,32], int64 labels). Works for CIFAR-10 and -100.
+
+    The file must hold what the official batches hold: a dict with ``data``, a uint8 array of N
+    rows of 3*32*32 values (or N images of 3x32x32), and ``labels`` (CIFAR-10) or
+    ``fine_labels`` (CIFAR-100), N whole numbers. Anything else is a ``DataError`` naming the
+    file and what was expected; nothing is reshaped or cast by guesswork."""
     try:
         with open(path, "rb") as f:
             d = _SafeUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
@@ -416,11 +424,32 @@ def read_cifar_batch(path: Path) -> Tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as e:  # noqa: BLE001 - truncated or foreign files
         raise DataError(f"{path}: not a readable CIFAR batch ({type(e).__name__}: {e}); delete it and fetch it again") from None
-    x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    labels = d.get("labels", d.get("fine_labels"))
+    expected = "a CIFAR python batch: a dict with 'data' (uint8, N x 3072) and 'labels' or 'fine_labels' (N integers)"
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: holds a {type(d).__name__}, expected {expected}")
+    keys = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
+    if "data" not in keys:
+        raise DataError(f"{path}: no 'data' key (keys: {', '.join(map(str, sorted(keys, key=str)))}); expected {expected}")
+    data = keys["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        what = f"a {data.dtype} array" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
+        raise DataError(f"{path}: 'data' is {what}; expected a uint8 array of N x 3072 pixel values")
+    size = int(np.prod(CIFAR_IMAGE))
+    if not (data.ndim == 2 and data.shape[1] == size) and not (data.ndim == 4 and data.shape[1:] == CIFAR_IMAGE):
+        raise DataError(f"{path}: 'data' has shape {data.shape}; expected N x {size} (N images of 3x32x32)")
+    labels = keys.get("labels", keys.get("fine_labels"))
     if labels is None:
-        raise DataError(f"{path}: no labels in CIFAR batch")
-    return x, np.asarray(labels, dtype=np.int64)
+        raise DataError(f"{path}: no labels (no 'labels' or 'fine_labels' key); expected {expected}")
+    try:
+        y = np.asarray(labels)
+    except Exception:  # noqa: BLE001 - ragged or foreign objects
+        y = np.asarray([None])
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: labels are {type(labels).__name__} of {y.dtype} with shape {y.shape}; expected a list of "
+                        "N whole numbers")
+    if y.shape[0] != data.shape[0]:
+        raise DataError(f"{path}: {data.shape[0]} images but {y.shape[0]} labels")
+    return data.reshape(-1, *CIFAR_IMAGE), y.astype(np.int64)
 
 
 def write_cifar_batch(path: Path, x: np.ndarray, y: np.ndarray, *, fine: bool = False) -> None:

@@ -61,12 +61,12 @@ def run_pipeline(
     ctx = RunContext.from_config(cfg, threads=threads)
     loggers = build_loggers(ctx.config)  # an unknown logger or a missing package fails here, before the run dir
     trainer = Trainer(ctx, progress=progress, on_epoch_end=loggers.epoch_hook(on_epoch_end))
+    if run is not None:
+        trainer.resume(run)  # damage is refused before anything in the run is marked or rewritten
     run = _open(run, ctx)
     log.info("run directory %s", run.path)
     loggers.open(run, resumed=resume is not None)
     with _sigterm_as_interrupt(), _status(run, ctx), loggers:
-        if resume is not None:
-            trainer.resume(run)
         summary = trainer.fit(run)
         results: List[Tuple[Dict[str, Any], str]] = []
         if evaluate:

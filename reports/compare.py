@@ -13,8 +13,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from harness.core.stats import mean_std
-from reports.load import EvalView, RunInfo, accuracy_of, ci_of, fnum, worst_verdict
+from harness.core.stats import mean_std, wilson
+from reports.load import EvalView, RunInfo, accuracy_of, fnum, worst_verdict
 from reports.table import Column, Group, Row, Table, Value
 
 NOT_EVALUATED = "not evaluated"
@@ -138,24 +138,47 @@ def _variants(entries: Sequence[_Entry]) -> List[Tuple[str, List[_Entry]]]:
     return list(parts.items())
 
 
-def _agg(values: Sequence[Optional[float]], of: int, *, single_ci: Optional[Tuple[float, float]] = None,
+def _seed_key(run: RunInfo) -> str:
+    return f"seed {run.seed}" if run.seed is not None else f"run {run.name}"  # no seed: the run is its own
+
+
+def _per_seed(entries: Sequence[_Entry], values: Sequence[Optional[float]]) -> List[Optional[float]]:
+    """One value per distinct seed: runs of one seed are copies of one experiment, not independent
+    samples, so they are averaged into one value before any mean, std or interval over seeds."""
+    groups: "OrderedDict[str, List[float]]" = OrderedDict()
+    for e, v in zip(entries, values):
+        vals = groups.setdefault(_seed_key(e.run), [])
+        if v is not None:
+            vals.append(v)
+    return [sum(v) / len(v) if v else None for v in groups.values()]
+
+
+def _agg(values: Sequence[Optional[float]], of: int, *, points: Optional[int] = None,
          missing: str = NOT_EVALUATED, fraction: bool = True) -> Value:
+    """Mean ± sample std over ``values`` (one per distinct seed). An accuracy measured on
+    ``points`` test points gets a 95% interval never narrower than the Wilson interval of one
+    run's n points: averaging seeds on the same test points does not shrink the test-set
+    sampling error, so a Student-t interval over seeds is widened to cover it."""
     vals = [v for v in values if v is not None]
     if not vals:
         return Value.absent(missing)
     ms = mean_std(vals)
-    ci = tuple(ms["ci95"]) if ms["ci95"] else (single_ci if len(vals) == 1 else None)
+    ci = tuple(ms["ci95"]) if ms["ci95"] else None
+    if points:
+        w = wilson(int(round(ms["mean"] * points)), points)
+        ci = w if ci is None else (min(ci[0], w[0]), max(ci[1], w[1]))
     if ci is not None and fraction:
         ci = (max(0.0, ci[0]), min(1.0, ci[1]))  # an accuracy's interval stays inside [0, 1]
     return Value(ms["mean"], ms["std"], ci, count=len(vals), of=of)  # type: ignore[arg-type]
 
 
-def _erm_walls(runs: Sequence[RunInfo]) -> Dict[Tuple[str, str], List[float]]:
-    out: Dict[Tuple[str, str], List[float]] = {}
+def _erm_rates(runs: Sequence[RunInfo]) -> Dict[Tuple[str, str], List[Tuple[float, Optional[int]]]]:
+    """(seconds per training example per epoch, batch size) of the finished erm control runs."""
+    out: Dict[Tuple[str, str], List[Tuple[float, Optional[int]]]] = {}
     for r in runs:
-        w = r.train_wall_s()[0]
-        if r.defense == "erm" and w is not None and r.training_finished:
-            out.setdefault((r.dataset, r.model), []).append(w)
+        rate = r.train_s_per_example()
+        if r.defense == "erm" and rate is not None and r.training_finished:
+            out.setdefault((r.dataset, r.model), []).append((rate, r.batch_size))
     return out
 
 
@@ -180,13 +203,18 @@ COLUMN_NOTES = {
                     "selected epoch, from the per-epoch metrics; every other accuracy column is on the test points of its group.",
     "pgd": "Attacks run as a cascade, each only on the points still robust: PGD and AutoAttack give the accuracy after that stage "
            "of the cascade (so they include any stage before it); 'not run' when the suite has no such stage.",
-    "worst_case": "Per-example worst case over every attack of the suite. Mean ± sample std over seeds; [ ] is a 95% interval: "
-                  "Student-t over seeds when there are two or more, else the Wilson interval over the n test points.",
+    "seeds": "Distinct seeds. Runs that share a seed are copies of one experiment, not independent: they are averaged into "
+             "one value per seed before the mean ± std over seeds.",
+    "worst_case": "Per-example worst case over every attack of the suite. Mean ± sample std over distinct seeds; [ ] is a 95% "
+                  "interval: Student-t over seeds when there are two or more, widened to at least the Wilson interval over one "
+                  "run's n test points (seeds evaluated on the same points do not shrink the test-set sampling error).",
     "verdict": "Sanity-check verdict of the best checkpoint's evaluation; when seeds disagree the worst is shown, with how many seeds have it.",
     "train_time_s": "Wall time of the training steps, excluding the per-epoch val monitoring; mean ± std over seeds.",
     "passes_per_example": "Forward + backward passes per training example over the whole training, counted by the harness.",
-    "erm_multiplier": "Training wall time over that of the erm (plain training) control runs with the same data set and model "
-                      "among the inputs; 'no control' when there is none. Machines may differ: compare with care.",
+    "erm_multiplier": "Training-step wall time per training example per epoch, over the same for the erm (plain training) "
+                      "control runs with the same data set and model among the inputs: runs of different epochs or training-set "
+                      "sizes compare fairly. Controls of the same batch size are used when there are any; otherwise a note says "
+                      "the batch sizes differ. 'no control' when there is none. Machines may differ: compare with care.",
 }
 COLUMN_NOTES["autoattack"] = COLUMN_NOTES["pgd"]  # one note, one mark, for both cascade columns
 
@@ -212,17 +240,17 @@ def _trained_with(entries: Sequence[_Entry]) -> str:
 
 
 def _row(table: Table, defense: str, variant: str, entries: Sequence[_Entry], evaluated: bool,
-         erm: Dict[Tuple[str, str], List[float]]) -> Row:
-    k = len(entries)
+         erm: Dict[Tuple[str, str], List[Tuple[float, Optional[int]]]]) -> Row:
+    k = len({_seed_key(e.run) for e in entries})  # distinct seeds: the independent repetitions
     best = [e.best for e in entries]
     label = defense + (f" ({variant})" if variant else "")
 
     def acc(evs: Iterable[Optional[EvalView]], get: Any) -> List[Optional[float]]:
-        return [accuracy_of(get(ev)) if ev is not None else None for ev in evs]
+        return _per_seed(entries, [accuracy_of(get(ev)) if ev is not None else None for ev in evs])
 
     cells: Dict[str, Any] = {"defense": label, "trained_with": _trained_with(entries), "seeds": Value(float(k))}
     if evaluated:
-        one = best[0] if k == 1 else None
+        points = next((ev.n for ev in best if ev is not None and ev.n), None)
         cells["clean"] = _agg(acc(best, lambda ev: ev.clean), k)
         has_pgd = any(ev is not None and ev.stage("pgd") is not None for ev in best)
         has_aa = any(ev is not None and ev.stage("autoattack") is not None for ev in best)
@@ -230,36 +258,32 @@ def _row(table: Table, defense: str, variant: str, entries: Sequence[_Entry], ev
         cells["pgd"] = _agg(acc(best, lambda ev: ev.stage("pgd")), k, missing=NOT_EVALUATED if no_best or has_pgd else "not run")
         cells["autoattack"] = _agg(acc(best, lambda ev: ev.stage("autoattack")), k,
                                    missing=NOT_EVALUATED if no_best or has_aa else "not run")
-        cells["worst_case"] = _agg(acc(best, lambda ev: ev.robust), k, single_ci=ci_of(one.robust) if one else None)
+        cells["worst_case"] = _agg(acc(best, lambda ev: ev.robust), k, points=points)
         cells["last_worst_case"] = _agg(acc([e.last for e in entries], lambda ev: ev.robust), k)
         cells["verdict"] = _verdict_cell(entries)
     else:
         for c in ("clean", "pgd", "autoattack", "worst_case", "last_worst_case"):
             cells[c] = Value.absent(NOT_EVALUATED)
         cells["verdict"] = Value.absent(NOT_EVALUATED)
-    cells["train_attack"] = _agg([accuracy_of(e.run.metrics_row(e.run.best_epoch).val.train_attack)
-                                  for e in entries if e.run.has_train_attack], k,
-                                 missing="no metrics" if any(e.run.has_train_attack for e in entries) else "n/a")
+    with_attack = [e for e in entries if e.run.has_train_attack]
+    cells["train_attack"] = _agg(_per_seed(with_attack, [accuracy_of(e.run.metrics_row(e.run.best_epoch).val.train_attack)
+                                                         for e in with_attack]), k,
+                                 missing="no metrics" if with_attack else "n/a")
     # cost is the cost of a whole training: runs still training do not count towards it
     finished = [e for e in entries if e.run.training_finished]
     unfinished = "training not finished"
-    walls = [e.run.train_wall_s()[0] for e in finished]
+    walls = _per_seed(finished, [e.run.train_wall_s()[0] for e in finished])
     cells["train_time_s"] = _agg(walls, k, missing=unfinished if not finished else "no timing", fraction=False)
-    cells["passes_per_example"] = _agg([e.run.passes_total() for e in finished], k, missing=unfinished if not finished else "no count",
-                                       fraction=False)
-    ds, model = entries[0].run.dataset, entries[0].run.model
-    control = erm.get((ds, model))
-    wv = [w for w in walls if w is not None]
-    if control and wv:
-        cells["erm_multiplier"] = Value((sum(wv) / len(wv)) / (sum(control) / len(control)), count=len(wv), of=k)
-    else:
-        cells["erm_multiplier"] = Value.absent(unfinished if not finished else "no control" if not control else "no timing")
+    cells["passes_per_example"] = _agg(_per_seed(finished, [e.run.passes_total() for e in finished]), k,
+                                       missing=unfinished if not finished else "no count", fraction=False)
     row = Row(cells, sources=[f"{e.run.name} (seed {e.run.seed})" for e in entries])
+    _erm_cell(table, row, label, finished, erm, k, unfinished)
     # what the reader must know about the runs behind this row
     seeds = [e.run.seed for e in entries]
     dup = sorted({s for s in seeds if s is not None and seeds.count(s) > 1})
     if dup:
-        row.marks.append(table.note(f"{label}: several runs share seed(s) {', '.join(map(str, dup))}; each run counts once."))
+        row.marks.append(table.note(f"{label}: {len(entries)} runs but {k} distinct seed(s) (seed(s) {', '.join(map(str, dup))} "
+                                    "repeated); runs of one seed are averaged into one value and count as one seed."))
     for e in entries:
         r = e.run
         if not r.training_finished:
@@ -270,6 +294,26 @@ def _row(table: Table, defense: str, variant: str, entries: Sequence[_Entry], ev
             row.marks.append(table.note(f"{r.name}: " + "; ".join(bad) + "."))
     row.status = "" if evaluated else NOT_EVALUATED
     return row
+
+
+def _erm_cell(table: Table, row: Row, label: str, finished: Sequence[_Entry],
+              erm: Dict[Tuple[str, str], List[Tuple[float, Optional[int]]]], k: int, unfinished: str) -> None:
+    """Time vs ERM: training-step seconds per training example per epoch over the control's, so
+    that runs of different epochs or training-set sizes compare fairly; controls of the same
+    batch size when there are any (per-example speed depends on it), else all, with a note."""
+    rates = [r for r in _per_seed(finished, [e.run.train_s_per_example() for e in finished]) if r is not None]
+    control = erm.get((finished[0].run.dataset, finished[0].run.model), []) if finished else []
+    if not (control and rates):
+        row.cells["erm_multiplier"] = Value.absent(unfinished if not finished else "no control" if not control else "no timing")
+        return
+    batches = sorted({e.run.batch_size for e in finished if e.run.batch_size is not None})
+    same = [rate for rate, b in control if b in batches]
+    if not same:
+        theirs = sorted({b for _, b in control if b is not None})
+        row.marks.append(table.note(f"{label}: Time vs ERM compares batch size {', '.join(map(str, batches)) or '?'} with the "
+                                    f"erm control's {', '.join(map(str, theirs)) or '?'}; per-example speed depends on it."))
+        same = [rate for rate, _ in control]
+    row.cells["erm_multiplier"] = Value((sum(rates) / len(rates)) / (sum(same) / len(same)), count=len(rates), of=k)
 
 
 def _why_apart(g: _Group, earlier: Sequence[Tuple[int, _Group]]) -> Optional[str]:
@@ -303,7 +347,7 @@ def build_comparison(runs: Sequence[RunInfo], title: Optional[str] = None) -> Ta
     table.note("Rows are grouped by evaluation condition (data set, model, norm, eps, suite and its attacks, n); runs that differ in "
                "any of them are never averaged together.")
     table.columns = [replace(c, marks=(table.note(COLUMN_NOTES[c.key]),)) if c.key in COLUMN_NOTES else c for c in COLUMNS]
-    erm = _erm_walls(runs)
+    erm = _erm_rates(runs)
     groups = _groups(runs)
     done: List[Tuple[int, _Group]] = []
     for gi, g in enumerate(groups, 1):

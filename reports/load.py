@@ -432,6 +432,20 @@ class RunInfo:
             return w, "training.json total"
         return None, ""
 
+    def train_s_per_example(self) -> Optional[float]:
+        """Training-step wall time per training example per epoch (the per-epoch rows' wall time
+        over the examples they trained on): comparable across runs of different epochs and
+        training-set sizes, unlike the total. None unless every epoch recorded both."""
+        rows = [(fnum(r.train.wall_s), r.train.examples) for r in self.metrics]
+        if not rows or not all(w is not None and isinstance(n, int) and n > 0 for w, n in rows):
+            return None
+        return sum(w for w, _ in rows) / sum(n for _, n in rows)  # type: ignore[misc]
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        b = self.section("train").get("batch_size")
+        return b if isinstance(b, int) and not isinstance(b, bool) else None
+
     def monitor_wall_s(self) -> Optional[float]:
         walls = [fnum(r.val.wall_s) for r in self.metrics]
         walls = [w for w in walls if w is not None]

@@ -19,6 +19,7 @@ from harness.core.errors import HarnessError
 from harness.core.rundir import RunDir
 from harness.core.documents import Document as StoredDocument
 from harness.core.documents import Proportion
+from harness.core.stats import difference_interval
 from reports.load import EvalView, RunInfo, accuracy_of, ci_of, device_text, find_runs, fnum, load_run, stored
 from reports.numbers import pct_ci as _pct_ci
 from reports.renderers import render_document
@@ -250,17 +251,17 @@ def _val(x: Any) -> Optional[Value]:
 
 def best_vs_last_table(info: RunInfo, suite: str) -> Tuple[Table, List[List[Span]]]:
     cols = [Column("ckpt", "Checkpoint"), Column("epoch", "Epoch"), Column("clean", "Clean", "pct", ci=True),
-            Column("robust", "Worst case", "pct", ci=True), Column("sel", "Selection attack on val", "pct"),
-            Column("verdict", "Verdict")]
+            Column("robust", "Worst case", "pct", ci=True),
+            Column("sel", f"Selection attack on val{_val_n_text(info)}", "pct", ci=True), Column("verdict", "Verdict")]
     rows = []
     for ckpt, epoch in (("best", info.best_epoch), ("last", info.last_epoch)):
         ev = info.evaluation(suite, ckpt)
         e = ev.epoch if ev and ev.epoch is not None else epoch
-        sel = accuracy_of(info.metrics_row(e).val.selection)
+        sel = info.metrics_row(e).val.selection
         rows.append({"ckpt": ckpt, "epoch": str(e) if e is not None else "—",
                      "clean": prop_value(ev.clean) if ev else Value.absent(NOT_EVALUATED),
                      "robust": prop_value(ev.robust) if ev else Value.absent(NOT_EVALUATED),
-                     "sel": Value(sel) if sel is not None else None,
+                     "sel": prop_value(sel) if accuracy_of(sel) is not None else None,
                      "verdict": ev.verdict if ev else NOT_EVALUATED})
     lines: List[List[Span]] = []
     b, l = info.evaluation(suite, "best"), info.evaluation(suite, "last")
@@ -272,11 +273,37 @@ def best_vs_last_table(info: RunInfo, suite: str) -> Tuple[Table, List[List[Span
                               + (" (the best checkpoint is the last epoch)." if same else ".")))
     gap, flagged, thr = info.robust_overfitting
     if gap is not None:
-        s = f"Robust overfitting on val (selection attack, best minus last): {100 * gap:.1f} percentage points"
+        s = f"Robust overfitting on val (selection attack, best minus last{_val_n_text(info, ', n=')}): {100 * gap:.1f} percentage points"
+        ci = _gap_interval(info)
+        if ci is not None:
+            s += (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}] (95%, Newcombe's interval for two proportions; conservative, "
+                  "both are on the same val points)")
         if thr is not None:
             s += f", threshold {100 * thr:.1f}"
         lines.append([(s + "; ", ""), ("flagged." if flagged else "not flagged.", "b" if flagged else "")])
     return Table.simple("", cols, rows), lines
+
+
+def _val_n_text(info: RunInfo, prefix: str = " (n=") -> str:
+    """`` (n=500)``: how many val points the per-epoch accuracies were measured on ('' if unknown)."""
+    ns = {r.val.n for r in info.metrics if isinstance(r.val.n, int)}
+    if not ns:
+        return ""
+    n = "/".join(str(v) for v in sorted(ns))
+    return f"{prefix}{n})" if prefix.startswith(" (") else f"{prefix}{n}"
+
+
+def _gap_interval(info: RunInfo) -> Optional[Tuple[float, float]]:
+    """The 95% interval of the best-minus-last selection accuracy on val, from the two epochs' counts."""
+    best, last = info.best_epoch, info.last_epoch
+    if best is None or last is None:
+        return None
+    a, b = info.metrics_row(best).val.selection, info.metrics_row(last).val.selection
+    if a is None or b is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in (a.correct, a.n, b.correct, b.n)):
+        return None
+    if not (a.n and b.n):
+        return None
+    return difference_interval(a.correct, a.n, b.correct, b.n)
 
 
 def checks_table(ev: EvalView) -> Optional[Table]:
@@ -369,10 +396,15 @@ def epoch_figure(info: RunInfo) -> Optional[Figure]:
     return Figure(line_chart(chart), cap)
 
 
+def _val_prop(prop: Optional[Proportion]) -> Optional[Value]:
+    return prop_value(prop) if accuracy_of(prop) is not None else None
+
+
 def epoch_table(info: RunInfo) -> Table:
     cols = [Column("epoch", "Epoch"), Column("lr", "LR", "number"), Column("loss", "Train loss", "number"),
-            Column("tacc", "Train acc", "pct"), Column("clean", "Clean", "pct"), Column("train_attack", "Training attack", "pct"),
-            Column("fgsm", "FGSM", "pct"), Column("selection", "Selection attack", "pct"), Column("wall", "Wall time", "seconds"),
+            Column("tacc", "Train acc", "pct"), Column("clean", "Clean", "pct", ci=True),
+            Column("train_attack", "Training attack", "pct", ci=True), Column("fgsm", "FGSM", "pct", ci=True),
+            Column("selection", "Selection attack", "pct", ci=True), Column("wall", "Wall time", "seconds"),
             Column("flags", "Notes")]
     if not info.has_train_attack:
         cols = [c for c in cols if c.key != "train_attack"]
@@ -387,7 +419,7 @@ def epoch_table(info: RunInfo) -> Table:
         notes += r.flags.notes
         walls = [fnum(r.train.wall_s), fnum(r.val.wall_s)]
         rows.append({"epoch": str(r.epoch), "lr": _val(r.train.lr), "loss": _val(r.train.loss), "tacc": _val(r.train.accuracy),
-                     **{k: _val(accuracy_of(getattr(r.val, k))) for k in ("clean", "train_attack", "fgsm", "selection")
+                     **{k: _val_prop(getattr(r.val, k)) for k in ("clean", "train_attack", "fgsm", "selection")
                         if k != "train_attack" or info.has_train_attack},
                      "wall": Value(sum(w for w in walls if w is not None)) if any(w is not None for w in walls) else None,
                      "flags": "; ".join(notes) if notes else ""})
@@ -615,7 +647,9 @@ def build_run_report(info: RunInfo, erm: Optional[RunInfo] = None) -> Document:
         best = info.best_epoch
         so_far = "" if info.training_finished else " so far (training has not finished)"
         doc.add(Para(text(f"Selected checkpoint{so_far}: epoch {best if best is not None else '?'} (highest accuracy under the "
-                          f"selection attack{' ' + sel_label if sel_label else ''} on val); last: epoch {info.last_epoch}.")))
+                          f"selection attack{' ' + sel_label if sel_label else ''} on val); last: epoch {info.last_epoch}. "
+                          f"Val accuracies are on {_val_n_text(info, '') or 'an unrecorded number of'} val points after "
+                          "each epoch, with 95% Wilson intervals in [ ].")))
         fig = epoch_figure(info)
         if fig is not None:
             doc.add(fig)

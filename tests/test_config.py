@@ -127,9 +127,14 @@ def test_unknown_or_misshapen_keys(cfg, match):
         C.resolve(config_file=cfg, with_recipe=False)
 
 
-def test_defense_options_are_free_form():
-    cfg = C.resolve({"defense_options": {"anything": [1, 2], "alpha": "1.25*eps"}}, with_recipe=False)
+def test_defense_options_are_left_to_their_defense(toy_defense):
+    # the config layer does not know them; a defense without option checks takes anything...
+    cfg = C.resolve({"defense": "toy-defense", "defense_options": {"anything": [1, 2], "alpha": "1.25*eps"}},
+                    with_recipe=False)
     assert cfg["defense_options"] == {"anything": [1, 2], "alpha": "1.25*eps"}
+    # ...and a real one checks its own at resolve time, so --dry-run catches a wrong option (issue 12)
+    with pytest.raises(ConfigError, match="unknown option defense_options.alpha for defense 'fast-at'"):
+        C.resolve({"defense": "fast-at", "defense_options": {"alpha": "1.25*eps"}}, with_recipe=False)
 
 
 @pytest.mark.parametrize("layer, match", [

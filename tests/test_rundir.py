@@ -145,12 +145,12 @@ def test_read_json_errors(tmp_path, content, match):
 # -- the run directory ------------------------------------------------------------------------
 
 def test_create_lays_out_the_folders_and_refuses_a_used_one(tmp_path):
-    run = RunDir.create(tmp_path, "fast-at/fashion mnist")
+    run = RunDir.create(tmp_path, "fast-at fashion mnist")
     assert run.path == tmp_path / "fast-at-fashion-mnist"
     assert run.checkpoints_dir.is_dir() and run.eval_dir.is_dir()
     run.write_config({"seed": 0})
     with pytest.raises(HarnessError, match="already exists and is not empty.*--resume"):
-        RunDir.create(tmp_path, "fast-at/fashion mnist")
+        RunDir.create(tmp_path, "fast-at fashion mnist")
 
 
 def test_open_needs_a_config(tmp_path):

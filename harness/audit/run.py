@@ -13,6 +13,11 @@ model-zoo name), a checkpoint, and a claim such as "53% robust at 8/255 under PG
    points, so the report can show the claim's attack and the suite's side by side;
 5. decides (``decide``) and writes audit.json, audit.md and audit.html.
 
+``harness audit`` runs steps 1-5 in a child process (``run_audit_isolated``, ``harness.audit.child``):
+the model's code runs there, and the parent alone writes the files and decides the exit status
+from the document the child wrote. A child that ends without one (``os._exit(0)`` in a factory
+or a forward pass, a crash, a kill) is an error, exit 2, never "holds".
+
 The verdict rule (``decide``). ``measured`` is the robust accuracy on the n points, as the
 per-example worst case over every attack the audit ran (the suite, then the replayed claimed
 attack), with its 95% Wilson interval [lo, hi].
@@ -37,7 +42,7 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -45,7 +50,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from attacks.base import eval_mode
+from attacks.base import check_budget, eval_mode
 from harness.audit.model_files import build_from_file, parse_model_spec
 from harness.checkpoints import file_sha256, load_into, load_state_dict_file
 from harness.context import EvalSetting
@@ -74,6 +79,8 @@ INPUT_SCALE_GAP = 0.20        # error: transformed inputs >= 20 points more accu
 INPUT_SCALE_MIN_GAP = 0.02    # below a 2-point gap nothing is reported
 INPUT_SCALE_P_ERROR = 1e-3    # error: gap >= 2 points and sign-test p < 0.001
 INPUT_SCALE_P_WARN = 0.05     # warn: gap >= 2 points and p < 0.05
+INPUT_SCALE_MIN_POWER = 0.8  # below: the rule could not have caught a model served without its normalisation
+POWER_DRAWS = 2000            # Monte Carlo draws of the rule's power (seeded: the same model gives the same number)
 PROBABILITY_TOL = 1e-5        # AutoAttack's D2: every row in [0,1] and summing to 1 within 1e-5
 CHANCE_FACTOR = 2.0           # warn: clean accuracy below twice chance (1 / classes)
 RANDOM_TOL = 1e-4             # AutoAttack's D1: max difference of L2-normalised outputs between two passes
@@ -176,11 +183,16 @@ def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
 def replay_spec(parsed: Dict[str, Any], eps: float) -> Optional[Dict[str, Any]]:
     """The harness attack that reproduces the claimed one, when its text says enough: PGD-K and
     CW-K (K steps, the stated restarts and loss; the stated step size, else 2.5 eps / K) and FGSM.
-    Returns ``None`` for anything else (AutoAttack is part of the stronger suites already)."""
+    Returns ``None`` for anything else (AutoAttack is part of the stronger suites already). Steps
+    and restarts beyond the bounds every attack has (``attacks.base.check_budget``) are a
+    ``ConfigError``: the audit checks this before it loads anything."""
     fam = parsed.get("family")
     if fam == "fgsm":
         return {"attack": "fgsm", **({"random_start": True} if parsed.get("random_start") else {})}
     if fam in ("pgd", "cw") and parsed.get("steps"):
+        # the same bounds as every attack (attacks.base.MAX_*), checked before anything is loaded
+        check_budget(f"--claim-attack {parsed.get('text')!r}", steps=int(parsed["steps"]),
+                     restarts=int(parsed.get("restarts") or 1))
         spec: Dict[str, Any] = {"attack": "pgd", "steps": int(parsed["steps"]), "restarts": int(parsed.get("restarts") or 1),
                                 "loss": parsed.get("loss") or "ce", "step_size": "2.5*eps/steps"}
         if parsed.get("step_size"):
@@ -297,6 +309,9 @@ def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Seq
       attacks with eps in pixel units on it measure nothing meaningful. Error when the gain is at
       least 20 points, or at least 2 points with a one-sided sign test on the points only one
       version gets right at p < 0.001; warn at p < 0.05.
+      When the rule passes but had little power (``_with_power``: below 80% to catch a model served
+      without its normalisation, as on digits, where such a model loses a point or two) and no
+      normalising module is found inside the model, the finding is a warning that says so.
     - ``0-255-input`` (same rule): the same comparison with inputs scaled to 0..255.
     - ``probabilities`` (warn): AutoAttack's D2 rule, every output row in [0,1] summing to 1
       within 1e-5; gradients of probabilities vanish and attacks under-perform.
@@ -327,11 +342,14 @@ def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Seq
         m = torch.tensor(list(mean), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         s = torch.tensor(list(std), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         correct = z.argmax(1) == y
+        normalised_correct = None
         for rule, xt, what, fix in (
                 ("normalised-input", (x - m) / s, "normalised with the data set's mean and std",
                  "wrap it (harness.models.NormalizedModel(net, mean, std)) or pass --normalize dataset (or MEAN:STD) to add it"),
                 ("0-255-input", x * 255.0, "scaled to 0..255", "wrap it so that forward multiplies its [0,1] input by 255")):
             correct_t = _logits(model, xt, batch_size).argmax(1) == y
+            if rule == "normalised-input":
+                normalised_correct = correct_t
             acc_t = float(correct_t.float().mean())
             gap = acc_t - acc
             only_t, only_01 = int((correct_t & ~correct).sum()), int((correct & ~correct_t).sum())
@@ -350,6 +368,10 @@ def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Seq
                 out.append(_finding(rule, "warn", f"{evidence}: check that its preprocessing is inside the model", **vals))
             else:
                 out.append(_finding(rule, "ok", f"not more accurate on inputs {what}", **vals))
+        if normalised_correct is not None:
+            denormalised_correct = _logits(model, x * s + m, batch_size).argmax(1) == y
+            out = [_with_power(g, model, correct, normalised_correct, denormalised_correct)
+                   if g["rule"] == "normalised-input" else g for g in out]
         lo, hi = float(z.min()), float(z.max())
         rowsum_err = float((z.sum(1) - 1).abs().max())
         probs = hi < 1 + PROBABILITY_TOL and lo > -PROBABILITY_TOL and rowsum_err < PROBABILITY_TOL
@@ -386,6 +408,88 @@ def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Seq
         out.append(_finding("eps", "warn" if warns else "ok", "; ".join(warns) if warns else f"eps {threat.eps_text}",
                             eps=threat.eps_text, eps_value=threat.eps))
     return out
+
+
+def _normaliser_inside(model: nn.Module) -> Optional[str]:
+    """The name of a submodule that normalises the input (the harness's ``Normalize`` /
+    ``NormalizedModel``, torchvision's ``Normalize``, or a module holding ``mean``/``std`` or
+    ``mu``/``sigma`` tensors, as RobustBench's models do), or None."""
+    for name, mod in model.named_modules():
+        kind = type(mod).__name__
+        if "Normaliz" in kind and kind != "BatchNorm2d":
+            return f"{name or 'the model'} ({kind})"
+        attrs = list(mod.named_buffers(recurse=False)) + list(vars(mod).items())
+        held = {k for k, v in attrs if isinstance(v, torch.Tensor)}
+        if {"mean", "std"} <= held or {"mu", "sigma"} <= held:
+            return f"{name or 'the model'} ({kind})"
+    return None
+
+
+def rule_power(only_a: int, only_b: int, n: int, *, draws: int = POWER_DRAWS, seed: int = 0) -> float:
+    """Probability that the normalised-input rule fires (gap >= ``INPUT_SCALE_GAP``, or gap >=
+    ``INPUT_SCALE_MIN_GAP`` with sign-test p < ``INPUT_SCALE_P_ERROR``) on ``n`` points drawn
+    like these: ``only_a`` points right only on the input the model expects, ``only_b`` only on
+    the other. Monte Carlo over a multinomial with those rates, seeded."""
+    import numpy as np
+
+    if n <= 0 or only_a + only_b == 0:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    draws_ab = rng.multinomial(n, [only_a / n, only_b / n, 1 - (only_a + only_b) / n], size=draws)[:, :2]
+    cache: Dict[Tuple[int, int], bool] = {}
+    fired = 0
+    for a, b in map(tuple, draws_ab.tolist()):
+        if (a, b) not in cache:
+            gap = (a - b) / n
+            cache[(a, b)] = gap >= INPUT_SCALE_GAP or (gap >= INPUT_SCALE_MIN_GAP
+                                                        and sign_test(a, b) < INPUT_SCALE_P_ERROR)
+        fired += cache[(a, b)]
+    return fired / draws
+
+
+def _with_power(finding: Dict[str, Any], model: nn.Module, correct: torch.Tensor, normalised: torch.Tensor,
+                denormalised: torch.Tensor) -> Dict[str, Any]:
+    """The normalised-input rule's power on these points, added to its finding.
+
+    The rule compares accuracy on [0,1] images with accuracy on normalised ones; on a data set
+    whose accuracy barely depends on the normalisation (digits: a model served without the
+    normalisation it was trained with can lose only a point or two) it cannot fire, and "ok"
+    would mean nothing. The size of the effect it must detect is read off the model itself, in
+    both directions: normalising its input once more, and undoing the normalisation (how a copy
+    of it that expects normalised input would behave on [0,1] images). The smaller of the two
+    accuracy changes is taken (the model under audit may be either kind), and ``rule_power``
+    gives the probability that the rule fires on an effect of that size and n. When it is below
+    ``INPUT_SCALE_MIN_POWER`` and no normalising module is found inside the model, a passing
+    rule becomes a warning that says so, with the power; a normaliser found inside settles it."""
+    if finding["status"] != "ok":
+        return finding
+    n = int(correct.numel())
+    directions = []
+    for other in (normalised, denormalised):
+        a, b = int((correct & ~other).sum()), int((other & ~correct).sum())
+        directions.append((abs(a - b), max(a, b), min(a, b)))
+    _, only_a, only_b = min(directions)
+    power = rule_power(only_a, only_b, n)
+    inside = _normaliser_inside(model)
+    acc = float(correct.float().mean())
+    acc_n, acc_d = float(normalised.float().mean()), float(denormalised.float().mean())
+    values = {**finding["values"], "power": power, "threshold_power": INPUT_SCALE_MIN_POWER,
+              "accuracy_denormalised": acc_d, "effect_only_expected_correct": only_a,
+              "effect_only_other_correct": only_b, "normaliser_inside": inside}
+    if inside is not None:
+        return _finding(finding["rule"], "ok",
+                        f"not more accurate on normalised inputs; the model normalises inside ({inside})", **values)
+    if power >= INPUT_SCALE_MIN_POWER:
+        return _finding(finding["rule"], "ok",
+                        f"not more accurate on normalised inputs (the rule's power here: {100 * power:.0f}%)", **values)
+    return _finding(finding["rule"], "warn",
+                    "this guard had no power here: it compares accuracy on [0,1] and on normalised images, and on "
+                    f"these {n} "
+                    f"points the model's accuracy moves little with the normalisation ({100 * acc:.1f}% on [0,1] images, "
+                    f"{100 * acc_n:.1f}% normalised, {100 * acc_d:.1f}% de-normalised): a model served without the "
+                    f"normalisation it was trained with would be caught with probability {100 * power:.0f}% (the rule's power; "
+                    f"{100 * INPUT_SCALE_MIN_POWER:.0f}% needed), and no normalising module was found inside this one; make "
+                    "sure its preprocessing is inside the model", **values)
 
 
 # -- the verdict -------------------------------------------------------------------------------
@@ -543,6 +647,7 @@ class _Audit:
         self.claim = parse_claim(req.claim)
         self.threat = ThreatModel.parse(req.norm, req.eps)
         self.parsed = parse_claim_attack(req.claim_attack)
+        replay_spec(self.parsed, self.threat.eps)  # an impossible budget fails now, not after the suite
         self.device = select_device(req.device)
 
     def load(self) -> None:
@@ -668,14 +773,90 @@ def write_audit(doc: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
     return paths
 
 
+def check_request(req: AuditRequest) -> None:
+    """What can be checked without data or the model (the claim, eps, the claimed attack's
+    budget): a ``ConfigError`` here costs no child process and writes nothing."""
+    parse_claim(req.claim)
+    threat = ThreatModel.parse(req.norm, req.eps)
+    replay_spec(parse_claim_attack(req.claim_attack), threat.eps)
+
+
+class AuditProcessError(HarnessError):
+    """The audit's child process ended without a result, or reported an error (its one line)."""
+
+
+def _start_method() -> str:
+    """forkserver where there is one: its server imports torch and the harness once and forks
+    each child from that clean, single-threaded state (a spawned child would import them anew,
+    seconds per audit; a plain fork would copy a parent's running thread pools)."""
+    import multiprocessing
+
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def run_audit_isolated(req: AuditRequest, *, state_path: Optional[Path] = None, progress: bool = True,
+                       verbosity: int = 0) -> Dict[str, Any]:
+    """``run_audit`` in a child process (``harness.audit.child``), so that the model's code cannot
+    decide the exit status of ``harness audit``. Returns the audit document the child wrote, or
+    raises ``HarnessError``: the child's own error line, or "ended without a result" when it exited
+    (with any code, 0 included) or died before writing one."""
+    import json
+    import multiprocessing
+    import os
+    import tempfile
+
+    from harness.audit.child import child_main
+
+    ctx = multiprocessing.get_context(_start_method())
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload(["harness.audit.run"])
+    task = {"request": asdict(req), "state_path": str(state_path) if state_path else None, "progress": progress,
+            "verbosity": verbosity, "threads": torch.get_num_threads(), "cwd": os.getcwd(), "env": dict(os.environ),
+            "sys_path": list(sys.path)}
+    with tempfile.TemporaryDirectory(prefix="harness-audit-") as tmp:
+        result = Path(tmp) / "result.json"
+        proc = ctx.Process(target=child_main, args=(task, str(result)), name="harness-audit")
+        proc.start()
+        try:
+            proc.join()
+        except KeyboardInterrupt:  # the child got the same Ctrl-C; give it a moment to stop, then end it
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            raise
+        code = proc.exitcode if proc.exitcode is not None else -1
+        try:
+            doc = json.loads(result.read_text(encoding="utf-8")) if result.exists() else None
+        except (OSError, ValueError):
+            doc = None
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+    if not isinstance(doc, dict) or not ("audit" in doc or "error" in doc):
+        raise AuditProcessError(f"the audit process {how} without writing a result: the model's code (or a crash) ended it "
+                                "early; no verdict")
+    if "error" in doc:
+        err = doc["error"] if isinstance(doc["error"], dict) else {}
+        e = AuditProcessError(str(err.get("message") or f"the audit process {how} with an error"))
+        e.exit_code = int(err.get("exit_code") or 2)
+        raise e
+    audit = doc["audit"]
+    outcome = (audit.get("verdict") or {}).get("outcome") if isinstance(audit, dict) else None
+    if outcome not in ("holds", "overstated", "unreliable"):
+        raise AuditProcessError(f"the audit process {how} with a result that has no verdict ({outcome!r}); no verdict")
+    return audit
+
+
 def audit_command(args: Any) -> int:
-    """``harness audit``: run, write, print the summary. Exit 0 when the claim holds, 1 when it
-    is overstated or the evaluation is unreliable; errors are HarnessErrors (exit 2)."""
+    """``harness audit``: check the request, run the audit in a child process, write, print the
+    summary. Exit 0 when the claim holds, 1 when it is overstated or the evaluation is
+    unreliable; errors are HarnessErrors (exit 2), an early end of the child among them. Only
+    this process decides the exit status, from the audit document the child wrote."""
     # torch warns about the pickle protocol of files it is about to refuse; the refusal says enough
     warnings.filterwarnings("ignore", message="Detected pickle protocol")
     out = Path(args.out) if getattr(args, "out", None) else default_out_dir(getattr(args, "model", None), getattr(args, "robustbench", None))
     req = AuditRequest(**{f.name: getattr(args, f.name) for f in fields(AuditRequest) if hasattr(args, f.name)})
-    doc = run_audit(req, state_path=out / ".eval-state.json")
+    check_request(req)
+    doc = run_audit_isolated(req, state_path=out / ".eval-state.json", verbosity=int(getattr(args, "verbose", 0) or 0))
     paths = write_audit(doc, out)
     sys.stdout.write("\n".join(audit_summary_lines(doc)) + "\n")
     sys.stdout.write(f"  written: {paths['md']}, {paths['html'].name}, {paths['json'].name}\n")

@@ -5,6 +5,7 @@ version intact. Every JSON document carries ``schema_version``.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -97,7 +98,23 @@ def read_json(path: PathLike, *, schema: str | None = None) -> Dict[str, Any]:
     return doc
 
 
+# torch.save reports a short write (a full disk under its zip writer) as a RuntimeError, not an OSError
+_TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+
+
 def atomic_torch_save(path: PathLike, obj: Any) -> Path:
+    """``torch.save`` into ``path``, atomically. A write torch could not finish (its RuntimeError
+    "unexpected pos ..." from a full disk) is raised as an ``OSError`` naming the file, like
+    every other failed write; the previous version of the file is left as it was."""
     import torch
 
-    return _atomic(path, lambda f: torch.save(obj, f))
+    def save(f: IO[bytes]) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            if not any(m in str(e) for m in _TORCH_WRITE_FAILURES):
+                raise
+            raise OSError(errno.EIO, "could not finish writing (the disk may be full); the previous version is kept",
+                          str(path)) from e
+
+    return _atomic(path, save)

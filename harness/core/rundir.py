@@ -26,12 +26,13 @@ All writes are atomic (see ``harness.core.io``). This module does not import tor
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from harness.core.errors import HarnessError
+from harness.core.errors import ConfigError, HarnessError
 from harness.core.io import SCHEMA_VERSION, atomic_write_json, atomic_write_text, dumps, read_json
 
 CHECKPOINT_RE = re.compile(r"^(best|last|epoch-(\d+))$")
@@ -43,6 +44,30 @@ def now_iso() -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+MAX_NAME = 200  # folder names stop at 255 bytes on most file systems; leave room for suffixes
+
+
+def run_dir_name(name: Any) -> str:
+    """The folder name of a run called ``name`` (``--name``), or a ``ConfigError``.
+
+    A run name is one folder inside ``--out``, never a path: a name with a path separator, or one
+    that is only dots (``.``, ``..``: the root itself or its parent), is refused rather than
+    rewritten, so a run can never land outside ``--out`` or in a folder the user did not mean.
+    Other characters outside ``[A-Za-z0-9.]`` become ``-`` (spaces, ``=``, ``*``)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"run name {name!r}: expected a folder name such as pgd-at-seed1")
+    if "/" in name or "\\" in name or "\0" in name:
+        raise ConfigError(f"run name {name!r}: a run name is one folder inside --out, without path separators; "
+                           "put the parent folders in --out")
+    slug = _slug(name)
+    if not slug.strip("."):
+        raise ConfigError(f"run name {name!r} names no folder of its own (it would be --out itself or a folder above it); "
+                           "choose a name with letters or digits")
+    if len(slug) > MAX_NAME:
+        raise ConfigError(f"run name of {len(slug)} characters: at most {MAX_NAME}")
+    return slug
 
 
 class RunDir:
@@ -66,12 +91,22 @@ class RunDir:
     # -- creation / opening ------------------------------------------------------------------
     @classmethod
     def create(cls, root: Union[str, Path], name: str) -> "RunDir":
-        root = Path(root)
-        path = root / _slug(name)
-        if path.exists() and any(path.iterdir()):
+        """A new, empty run directory ``root/name``, claimed atomically.
+
+        The claim is the exclusive creation of ``RUN/checkpoints/`` (``os.mkdir`` without
+        ``exist_ok``): of two runs started at once with the same ``--out`` and ``--name``, exactly
+        one creates it and goes on; the other gets a ``HarnessError`` before writing anything. A
+        folder that exists and holds anything is refused up front; an empty one (made by hand) is
+        claimed the same way."""
+        path = Path(root) / run_dir_name(name)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise HarnessError(f"run directory {path} already exists and is not empty; choose another --name or use --resume {path}")
         path.mkdir(parents=True, exist_ok=True)
-        (path / cls.CHECKPOINTS).mkdir(exist_ok=True)
+        try:
+            os.mkdir(path / cls.CHECKPOINTS)
+        except FileExistsError:
+            raise HarnessError(f"run directory {path} was just taken by another run started at the same time; "
+                               "choose another --name") from None
         (path / cls.EVAL).mkdir(exist_ok=True)
         return cls(path)
 

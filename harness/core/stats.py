@@ -62,6 +62,17 @@ def mean_std(values: Sequence[float]) -> Dict[str, Optional[float]]:
     return {"mean": m, "std": sd, "n": k, "ci95": [m - half, m + half]}
 
 
+def difference_interval(k1: int, n1: int, k2: int, n2: int) -> Tuple[float, float]:
+    """95% interval for p1 - p2 (Newcombe 1998, method 10: the two Wilson intervals combined).
+    It assumes independent samples; for two accuracies on the same points (positively
+    correlated) it is conservative, i.e. at least as wide as a paired interval would be."""
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson(k1, n1)
+    l2, u2 = wilson(k2, n2)
+    d = p1 - p2
+    return (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
 def paired_difference(a: List[bool], b: List[bool]) -> Dict[str, int]:
     """Counts of (a and not b) and (b and not a) over the same examples."""
     only_a = sum(1 for x, y in zip(a, b) if x and not y)
