@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any config value, e.g. --set defense_options.step_size=1.25*eps (repeatable)")
     p.add_argument("--resume", dest="_resume", default=S, metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     p.add_argument("--recipe-variant", dest="recipe.variant", default=S, metavar="NAME",
-                   help="a named variant of the defense's recipe, e.g. released or apex-o2 ('a+b' combines; --dry-run lists them)")
+                   help="a named variant of the defense's recipe ('a+b' combines; --dry-run lists a recipe's variants, as "
+                        "released and apex-o2 of fast-at on cifar10)")
     p.add_argument("--dry-run", dest="_dry_run", action="store_true", default=S,
                    help="print the resolved config (stdout) and what it means, with every value's source (stderr), and exit")
 
