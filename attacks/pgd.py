@@ -22,6 +22,7 @@ from harness.core.runtime import autocast
 from harness.core.threat import ThreatModel
 
 
+# size: a spec sheet of the training attacks' inner loop: each keyword is a setting papers state
 def perturb(
     model: nn.Module,
     x: torch.Tensor,
@@ -65,6 +66,7 @@ class PGD:
 
     name = "pgd"
 
+    # size: the attack's settings, each a keyword with the paper's default (the docstring is the spec sheet)
     def __init__(
         self,
         threat: ThreatModel,

@@ -107,6 +107,7 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+# size: the public API's keywords, in the habits of robustbench's benchmark() and AutoAttack
 def evaluate(model: nn.Module, data: Data, *, eps: Union[float, str], norm: str = "Linf", suite: Any = "quick",
              n: Optional[int] = None, device: Optional[str] = None, seed: int = 0, batch_size: int = 500,
              checks: bool = True, progress: bool = False, data_dir: Optional[str] = None) -> Evaluation:
@@ -202,6 +203,7 @@ def train(defense: Optional[str] = None, *, config: Union[None, str, Path, Mappi
     return Run.from_outcome(run_pipeline(cfg, progress=progress, evaluate=evaluate))
 
 
+# size: harness eval's options as keywords
 def evaluate_run(run_dir: Union[str, Path], *, checkpoints: Sequence[str] = ("best",), suite: Optional[str] = None,
                  n: Optional[int] = None, device: Optional[str] = None, seed: Optional[int] = None,
                  batch_size: Optional[int] = None, force: bool = False,

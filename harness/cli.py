@@ -66,12 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in (_add_ls, _add_run, _add_eval, _add_report, _add_sweep, _add_audit, _add_export):
+        add(sub)
+    return parser
 
-    # -- ls -----------------------------------------------------------------------------------
+
+def _add_ls(sub: Any) -> None:
     p = sub.add_parser("ls", help="list what is registered (defenses, attacks, checks, suites, datasets, models, renderers)")
     p.add_argument("kind", nargs="?", help="one registry to list")
 
-    # -- run ----------------------------------------------------------------------------------
+
+def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="train with a defense, select on val, evaluate best and last, write the report")
     p.add_argument("--defense", dest="defense", default=S, help="defense plugin (harness ls defenses); default fast-at")
     p.add_argument("--dataset", dest="dataset", default=S, help="data set (harness ls datasets); default fashion-mnist")
@@ -109,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", dest="_dry_run", action="store_true", default=S,
                    help="print the resolved config (stdout) and what it means, with every value's source (stderr), and exit")
 
-    # -- eval ---------------------------------------------------------------------------------
+
+def _add_eval(sub: Any) -> None:
     p = sub.add_parser("eval", help="evaluate a run's checkpoints with a suite")
     p.add_argument("run_dir")
     p.add_argument("--checkpoint", default="best", help="best, last, epoch-N or all (default best)")
@@ -118,18 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=None, help="attack seed (default: the run's seed)")
     p.add_argument("--force", action="store_true", help="re-run even if a finished result exists")
 
-    # -- report -------------------------------------------------------------------------------
+
+def _add_report(sub: Any) -> None:
     p = sub.add_parser("report", help="render one run's report, or a comparison table over runs")
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--format", choices=["md", "tex", "csv", "html"], default=None, help="comparison table format")
     p.add_argument("-o", "--output", default=None, help="write the table here instead of stdout")
 
-    # -- sweep --------------------------------------------------------------------------------
+
+def _add_sweep(sub: Any) -> None:
     from harness.sweep import add_arguments as add_sweep_arguments
 
     add_sweep_arguments(sub.add_parser("sweep", help="run a grid of runs (defenses x seeds x eps ...) locally or on Slurm"))
 
-    # -- audit --------------------------------------------------------------------------------
+
+def _add_audit(sub: Any) -> None:
     p = sub.add_parser("audit", help="re-evaluate someone else's model and checkpoint against a claimed number",
                        description="Re-evaluate a model and checkpoint with a suite and the sanity checks, and say whether a claimed "
                                    "robust accuracy holds. Checkpoints are loaded as data, never code. Writes audit.md, audit.html and "
@@ -153,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--out", default=None, help="folder for the audit report (default audits/NAME-TIMESTAMP)")
 
-    # -- export -------------------------------------------------------------------------------
+
+def _add_export(sub: Any) -> None:
     p = sub.add_parser("export", help="export a run's checkpoint: RobustBench model card, safetensors weights, loader")
     p.add_argument("run_dir")
     p.add_argument("--format", choices=["robustbench"], default="robustbench")
@@ -164,7 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, what in (("--title", "name (the paper's title)"), ("--link", "link"), ("--authors", "authors"), ("--venue", "venue")):
         p.add_argument(flag, default=None, help=f"the card's {what}")
     p.add_argument("--force", action="store_true", help="export even an evaluation whose verdict is unreliable (the card says so)")
-    return parser
 
 
 def _version() -> str:

@@ -327,6 +327,7 @@ def _read_idx_dir(d: Path) -> Dict[str, np.ndarray]:
     return out
 
 
+# size: the facts of one IDX data set (names, folders, statistics, classes, where to get it)
 def _idx_dataset(
     name: str,
     tv_name: str,
@@ -459,6 +460,7 @@ def write_cifar_batch(path: Path, x: np.ndarray, y: np.ndarray, *, fine: bool = 
         pickle.dump(d, f, protocol=2)
 
 
+# size: the facts of one CIFAR data set (folder, file names, classes, statistics)
 def _cifar(name: str, folder: str, train_files: List[str], test_file: str, tv_name: str, num_classes: int,
            mean: Tuple[float, ...], std: Tuple[float, ...], data_dir: Optional[Path], download: bool) -> RawData:
     roots = ([data_dir] if data_dir else []) + [default_cache_dir()]

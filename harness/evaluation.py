@@ -204,6 +204,7 @@ class _Cascade:
                 "broken_by": [None if b < 0 else int(b) for b in self.broken_by.tolist()], "adv_pred": self.adv_pred.tolist()}
 
 
+# size: the setting is one object; the rest are keyword-only switches of one call (resume file, progress, checks)
 def evaluate_model(
     model: nn.Module,
     x: torch.Tensor,

@@ -155,6 +155,33 @@ def _notes(result: Dict[str, Any], dataset: str, n: int, test_size: int, verdict
     return notes
 
 
+# size: RobustBench's free-text fields (name, link, authors, venue) are the card's own keywords
+def _card(cfg: Mapping[str, Any], result: Mapping[str, Any], threat: Mapping[str, Any], defense: Mapping[str, Any], *,
+          name: Optional[str], link: str, authors: str, venue: str, notes: List[str], verdict: str) -> Dict[str, Any]:
+    """RobustBench's model_info fields, in its files' order (robustbench/utils.py ModelInfo)."""
+    aa, _ = autoattack_stage(result)  # type: ignore[misc]  # pick_result guarantees it
+    card: Dict[str, Any] = {
+        "link": link,
+        "name": name or (f"{defense.get('title') or cfg['defense']} on {cfg['dataset']}, "
+                         "trained and evaluated with harness"),
+        "authors": authors,
+        "additional_data": False,
+        "number_forward_passes": 1,
+        "dataset": cfg["dataset"],
+        "venue": venue,
+        "architecture": ARCHITECTURES.get(cfg["model"], cfg["model"]),
+        "eps": str(threat.get("eps")),
+        "clean_acc": percent(result["clean"]["accuracy"]),
+        "reported": percent(result["robust"]["accuracy"]),
+        "autoattack_acc": percent(aa["accuracy"]),
+    }
+    if notes:
+        card["footnote"] = " ".join(notes)
+    if verdict in ("reliable", "suspicious", "unreliable"):
+        card["unreliable"] = verdict != "reliable"
+    return card
+
+
 # size: the keyword options are the card's free-text fields (RobustBench's name, link, authors, venue)
 def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str = "best",
                        suite: Optional[str] = None, model_id: Optional[str] = None, name: Optional[str] = None,
@@ -177,7 +204,6 @@ def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, checkpoint: 
                            "evaluation: fix the model or the evaluation, or pass --force to export it marked as "
                            "unreliable")
     state, bundle, epoch = _load_weights(run, cfg, checkpoint, result)
-    aa, components = autoattack_stage(result)  # type: ignore[misc]  # pick_result guarantees it
     threat = result.get("threat") or cfg["threat"]
     n = int((result.get("data") or {}).get("n") or result["clean"]["n"])
     test_size = len(bundle.test)
@@ -187,26 +213,8 @@ def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, checkpoint: 
     training = run.read_training() or {}
     defense = training.get("defense") or {}
 
-    notes = _notes(result, cfg["dataset"], n, test_size, verdict, reasons)
-    card: Dict[str, Any] = {
-        "link": link,
-        "name": name or (f"{defense.get('title') or cfg['defense']} on {cfg['dataset']}, "
-                         "trained and evaluated with harness"),
-        "authors": authors,
-        "additional_data": False,
-        "number_forward_passes": 1,
-        "dataset": cfg["dataset"],
-        "venue": venue,
-        "architecture": ARCHITECTURES.get(cfg["model"], cfg["model"]),
-        "eps": str(threat.get("eps")),
-        "clean_acc": percent(result["clean"]["accuracy"]),
-        "reported": percent(result["robust"]["accuracy"]),
-        "autoattack_acc": percent(aa["accuracy"]),
-    }
-    if notes:
-        card["footnote"] = " ".join(notes)
-    if verdict in ("reliable", "suspicious", "unreliable"):
-        card["unreliable"] = verdict != "reliable"
+    card = _card(cfg, result, threat, defense, name=name, link=link, authors=authors, venue=venue,
+                 notes=_notes(result, cfg["dataset"], n, test_size, verdict, reasons), verdict=verdict)
 
     out = Path(out_dir)
     weights = out / f"{model_id}.safetensors"

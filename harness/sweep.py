@@ -216,6 +216,64 @@ def cell_names(keys: Sequence[str], cells: Sequence[Mapping[str, Any]]) -> List[
     return out
 
 
+def _grid_values(grid: Mapping[str, Any], problems: List[str]) -> Dict[str, List[Any]]:
+    """The swept keys (dotted) and their values; what is wrong with them goes to ``problems``."""
+    values: Dict[str, List[Any]] = OrderedDict()
+    for key, vals in _dotted(grid):
+        why = _key_problem(key)
+        if why:
+            problems.append(why)
+        elif key in values:
+            problems.append(f"{key!r} is swept twice (as a dotted key and as a nested table)")
+        elif not isinstance(vals, list) or not vals:
+            problems.append(f"{key!r} must be a non-empty list of values, got {vals!r}")
+        elif len({_canon(v) for v in vals}) < len(vals):
+            problems.append(f"{key!r} lists a value twice: {vals!r}")
+        else:
+            values[key] = list(vals)
+    return values
+
+
+def _exclude_entries(exclude_raw: Any, values: Mapping[str, List[Any]], problems: List[str]) -> List[Dict[str, Any]]:
+    """The ``exclude`` tables as dotted key -> value; each must name swept keys only."""
+    if not isinstance(exclude_raw, list) or not all(isinstance(e, Mapping) for e in exclude_raw):
+        problems.append('exclude must be a list of tables, e.g. exclude = [{defense = "erm", seed = 1}]')
+        return []
+    exclude = [dict(_dotted(e)) for e in exclude_raw]
+    for i, entry in enumerate(exclude, 1):
+        unknown = [k for k in entry if k not in values]
+        if not entry:
+            problems.append(f"exclude entry {i} is empty")
+        elif unknown:
+            problems.append(
+                f"exclude entry {i} names {', '.join(map(repr, unknown))}, not a swept key "
+                f"(swept: {', '.join(values)})"
+            )
+    return exclude
+
+
+def _expand(values: Mapping[str, List[Any]], exclude: List[Dict[str, Any]],
+            where: str) -> Tuple[List[Dict[str, Any]], int, List[str]]:
+    """The cartesian product of the swept values minus the excluded cells: (cells kept, how many
+    were excluded, a warning per exclude entry that matches nothing)."""
+    keys = list(values)
+    product = [dict(zip(keys, combo)) for combo in itertools.product(*(values[k] for k in keys))]
+
+    def matches(cell: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
+        return all(_canon(cell[k]) == _canon(v) for k, v in entry.items())
+
+    warnings = []
+    for i, entry in enumerate(exclude, 1):
+        if not any(matches(c, entry) for c in product):
+            shown = ", ".join(f"{k} = {_canon(v)}" for k, v in entry.items())
+            swept = "; ".join(f"{k}: {', '.join(_canon(v) for v in values[k])}" for k in entry)
+            warnings.append(f"{where}: exclude entry {i} ({shown}) matches no cell (swept values: {swept})")
+    kept = [c for c in product if not any(matches(c, e) for e in exclude)]
+    if not kept:
+        raise SweepError(f"{where}: every one of the {len(product)} cells is excluded")
+    return kept, len(product) - len(kept), warnings
+
+
 def read_sweep_file(path: str | Path) -> SweepSpec:
     """Parse a sweep file and expand its grid. Key errors (unknown, reserved, not a list, an
     ``exclude`` naming an unswept key) are all reported in one ``SweepError``; values are checked
@@ -241,32 +299,8 @@ def read_sweep_file(path: str | Path) -> SweepSpec:
         C.validate_keys({k: v for k, v in doc.items() if k not in RESERVED_KEYS})
     except ConfigError as e:
         problems.append(f"base config: {e}")
-    values: Dict[str, List[Any]] = OrderedDict()
-    for key, vals in _dotted(grid):
-        why = _key_problem(key)
-        if why:
-            problems.append(why)
-        elif key in values:
-            problems.append(f"{key!r} is swept twice (as a dotted key and as a nested table)")
-        elif not isinstance(vals, list) or not vals:
-            problems.append(f"{key!r} must be a non-empty list of values, got {vals!r}")
-        elif len({_canon(v) for v in vals}) < len(vals):
-            problems.append(f"{key!r} lists a value twice: {vals!r}")
-        else:
-            values[key] = list(vals)
-    if not isinstance(exclude_raw, list) or not all(isinstance(e, Mapping) for e in exclude_raw):
-        problems.append('exclude must be a list of tables, e.g. exclude = [{defense = "erm", seed = 1}]')
-        exclude_raw = []
-    exclude = [dict(_dotted(e)) for e in exclude_raw]
-    for i, entry in enumerate(exclude, 1):
-        unknown = [k for k in entry if k not in values]
-        if not entry:
-            problems.append(f"exclude entry {i} is empty")
-        elif unknown:
-            problems.append(
-                f"exclude entry {i} names {', '.join(map(repr, unknown))}, not a swept key "
-                f"(swept: {', '.join(values)})"
-            )
+    values = _grid_values(grid, problems)
+    exclude = _exclude_entries(exclude_raw, values, problems)
     if problems:
         raise SweepError(
             f"{where}: " + "; ".join(problems)
@@ -274,20 +308,7 @@ def read_sweep_file(path: str | Path) -> SweepSpec:
             else f"{where}: {len(problems)} problems, nothing was started:\n" + "\n".join(f"  - {q}" for q in problems)
         )
     keys = list(values)
-    product = [dict(zip(keys, combo)) for combo in itertools.product(*(values[k] for k in keys))]
-
-    def matches(cell: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
-        return all(_canon(cell[k]) == _canon(v) for k, v in entry.items())
-
-    warnings = []
-    for i, entry in enumerate(exclude, 1):
-        if not any(matches(c, entry) for c in product):
-            shown = ", ".join(f"{k} = {_canon(v)}" for k, v in entry.items())
-            swept = "; ".join(f"{k}: {', '.join(_canon(v) for v in values[k])}" for k in entry)
-            warnings.append(f"{where}: exclude entry {i} ({shown}) matches no cell (swept values: {swept})")
-    kept = [c for c in product if not any(matches(c, e) for e in exclude)]
-    if not kept:
-        raise SweepError(f"{where}: every one of the {len(product)} cells is excluded")
+    kept, dropped, warnings = _expand(values, exclude, where)
     names = cell_names(keys, kept)
     cells = [Cell(n, c) for n, c in zip(names, kept)]
     return SweepSpec(
@@ -298,7 +319,7 @@ def read_sweep_file(path: str | Path) -> SweepSpec:
         exclude,
         dict(slurm),
         cells,
-        len(product) - len(kept),
+        dropped,
         hashlib.sha256(raw).hexdigest(),
         warnings,
     )
@@ -832,6 +853,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 class _Sweep:
     """One invocation of ``harness sweep``: the plan, the manifest, and the jobs it started."""
 
+    # size: what run_sweep resolved (plan, folder, executor and its resources), handed over once
     def __init__(
         self,
         spec: SweepSpec,
@@ -886,6 +908,7 @@ class _Sweep:
         return [cell_state(self.sweep, c, self.job_of.get(c.name)) for c in self.spec.cells]
 
 
+# size: the sweep command's options, keyword-only, as `harness sweep` takes them
 def run_sweep(
     path: str | Path,
     *,

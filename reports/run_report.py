@@ -126,68 +126,17 @@ def _passes(f: Optional[float], b: Optional[float], how: str = "") -> str:
     return f"{f:.4g} + {b:.4g}" + (f" {how}" if how else "")
 
 
+STRENGTH_COLUMNS = [Column("role", "Role"), Column("attack", "Attack"), Column("threat", "Threat"), Column("steps", "Steps"),
+                    Column("restarts", "Restarts"), Column("step", "Step size"), Column("loss", "Loss"),
+                    Column("targets", "Targets"), Column("rs", "Random start"), Column("mode", "BN mode"),
+                    Column("passes", "Passes / example"), Column("other", "Other")]
+
+
 def strength_table(info: RunInfo) -> Tuple[Table, List[str]]:
     """Training, selection and every evaluation attack side by side; the sentence under it."""
-    cols = [Column("role", "Role"), Column("attack", "Attack"), Column("threat", "Threat"), Column("steps", "Steps"),
-            Column("restarts", "Restarts"), Column("step", "Step size"), Column("loss", "Loss"), Column("targets", "Targets"),
-            Column("rs", "Random start"), Column("mode", "BN mode"), Column("passes", "Passes / example"),
-            Column("other", "Other")]
-    rows: List[Dict[str, Any]] = []
-
-    def row(role: str, label: Optional[str], d: Dict[str, Any], passes: str) -> Dict[str, Any]:
-        eps = d.get("eps") if d.get("eps") not in (None, "") else (f"{d['eps_value']:g}" if fnum(d.get("eps_value")) is not None else None)
-        return {"role": role, "attack": _attack_name(label, d),
-                "threat": f"{d.get('norm', '?')} eps={eps}" if eps is not None else "—",
-                "steps": _int_or_dash(d.get("steps")), "restarts": _int_or_dash(d.get("restarts")), "step": _step_size(d),
-                "loss": str(d.get("loss") or "—"), "targets": _targets(d), "rs": _yesno(d.get("random_start")),
-                "mode": str(d.get("model_mode") or "—"), "passes": passes, "other": _other(d)}
-
     steps_text: List[str] = []
-    label, d = info.train_attack
-    pe = info.passes_per_epoch()
-    train_passes = _passes(pe[0], pe[1], "per epoch") if pe else "—"
-    theory = info.expected_passes_per_epoch()
-    if pe and theory:
-        train_passes += f" (paper's arithmetic {_passes(*theory)})"
-    if not info.has_train_attack:
-        rows.append({"role": "training", "attack": label or "none (plain training)", "passes": train_passes})
-        steps_text.append("training attack 0 (plain training)")
-    elif label or d:
-        # the BatchNorm mode while the attack ran in training (the val measurement runs it in eval mode)
-        d = dict(d, model_mode=d.get("model_mode_in_training") or d.get("model_mode"))
-        d.pop("model_mode_in_training", None)
-        rows.append(row("training", label, d, train_passes))
-        gs = gradient_steps(d)
-        steps_text.append(f"training attack {gs if gs is not None else '?'}")
-    else:
-        rows.append({"role": "training", "attack": "unknown (no training summary or metrics yet)", "passes": train_passes})
-    label, d = info.selection_attack
-    if label or d:
-        steps, restarts = d.get("steps"), d.get("restarts") if isinstance(d.get("restarts"), int) else 1
-        nominal = _passes(restarts * (steps + 1), restarts * steps, "nominal") if isinstance(steps, int) else "—"
-        rows.append(row("selection (val)", label, d, nominal))
-        gs = gradient_steps(d)
-        steps_text.append(f"selection attack {gs if gs is not None else '?'}")
-    else:
-        rows.append({"role": "selection (val)", "attack": "unknown (no training summary or metrics yet)"})
-    eval_steps: List[Tuple[int, str]] = []
-    for suite in info.suites():
-        ev = info.evaluation(suite, "best") or next(e for e in info.evaluations() if e.suite == suite)
-        for i, a in enumerate(ev.attacks, 1):
-            d = dict(a.descriptor)
-            # the effort on one attacked example; per example of n when the result does not say
-            f, b = fnum(a.passes.forward_per_attacked), fnum(a.passes.backward_per_attacked)
-            if f is None or b is None:
-                f, b = fnum(a.passes.forward_per_example), fnum(a.passes.backward_per_example)
-            rows.append(row(f"eval {suite} #{i}", a.label or a.name, d, _passes(f, b)))
-            gs = gradient_steps(d)
-            if gs is not None:
-                eval_steps.append((gs, str(a.label or a.name)))
-    if not info.suites():
-        rows.append({"role": "evaluation", "attack": NOT_EVALUATED})
-    elif eval_steps:
-        top = max(eval_steps, key=lambda t: t[0])  # the first in cascade order on a tie
-        steps_text.append(f"strongest evaluation attack {top[0]} ({top[1]})")
+    rows = [_training_row(info, steps_text), _selection_row(info, steps_text)] + _evaluation_rows(info, steps_text)
+    cols = STRENGTH_COLUMNS
     if all(r.get("other", "—") == "—" for r in rows):
         cols = [c for c in cols if c.key != "other"]
     t = Table.simple("", cols, rows)
@@ -201,6 +150,69 @@ def strength_table(info: RunInfo) -> Tuple[Table, List[str]]:
                  "selection attack's count is nominal (restarts × (steps + 1) forward, restarts × steps backward); evaluation "
                  "attacks are counted per attacked example.")
     return t, notes
+
+
+def _strength_row(role: str, label: Optional[str], d: Dict[str, Any], passes: str) -> Dict[str, Any]:
+    eps = d.get("eps") if d.get("eps") not in (None, "") else (f"{d['eps_value']:g}" if fnum(d.get("eps_value")) is not None else None)
+    return {"role": role, "attack": _attack_name(label, d),
+            "threat": f"{d.get('norm', '?')} eps={eps}" if eps is not None else "—",
+            "steps": _int_or_dash(d.get("steps")), "restarts": _int_or_dash(d.get("restarts")), "step": _step_size(d),
+            "loss": str(d.get("loss") or "—"), "targets": _targets(d), "rs": _yesno(d.get("random_start")),
+            "mode": str(d.get("model_mode") or "—"), "passes": passes, "other": _other(d)}
+
+
+def _training_row(info: RunInfo, steps_text: List[str]) -> Dict[str, Any]:
+    label, d = info.train_attack
+    pe = info.passes_per_epoch()
+    train_passes = _passes(pe[0], pe[1], "per epoch") if pe else "—"
+    theory = info.expected_passes_per_epoch()
+    if pe and theory:
+        train_passes += f" (paper's arithmetic {_passes(*theory)})"
+    if not info.has_train_attack:
+        steps_text.append("training attack 0 (plain training)")
+        return {"role": "training", "attack": label or "none (plain training)", "passes": train_passes}
+    if not (label or d):
+        return {"role": "training", "attack": "unknown (no training summary or metrics yet)", "passes": train_passes}
+    # the BatchNorm mode while the attack ran in training (the val measurement runs it in eval mode)
+    d = dict(d, model_mode=d.get("model_mode_in_training") or d.get("model_mode"))
+    d.pop("model_mode_in_training", None)
+    gs = gradient_steps(d)
+    steps_text.append(f"training attack {gs if gs is not None else '?'}")
+    return _strength_row("training", label, d, train_passes)
+
+
+def _selection_row(info: RunInfo, steps_text: List[str]) -> Dict[str, Any]:
+    label, d = info.selection_attack
+    if not (label or d):
+        return {"role": "selection (val)", "attack": "unknown (no training summary or metrics yet)"}
+    steps, restarts = d.get("steps"), d.get("restarts") if isinstance(d.get("restarts"), int) else 1
+    nominal = _passes(restarts * (steps + 1), restarts * steps, "nominal") if isinstance(steps, int) else "—"
+    gs = gradient_steps(d)
+    steps_text.append(f"selection attack {gs if gs is not None else '?'}")
+    return _strength_row("selection (val)", label, d, nominal)
+
+
+def _evaluation_rows(info: RunInfo, steps_text: List[str]) -> List[Dict[str, Any]]:
+    rows: List[Dict[str, Any]] = []
+    eval_steps: List[Tuple[int, str]] = []
+    for suite in info.suites():
+        ev = info.evaluation(suite, "best") or next(e for e in info.evaluations() if e.suite == suite)
+        for i, a in enumerate(ev.attacks, 1):
+            d = dict(a.descriptor)
+            # the effort on one attacked example; per example of n when the result does not say
+            f, b = fnum(a.passes.forward_per_attacked), fnum(a.passes.backward_per_attacked)
+            if f is None or b is None:
+                f, b = fnum(a.passes.forward_per_example), fnum(a.passes.backward_per_example)
+            rows.append(_strength_row(f"eval {suite} #{i}", a.label or a.name, d, _passes(f, b)))
+            gs = gradient_steps(d)
+            if gs is not None:
+                eval_steps.append((gs, str(a.label or a.name)))
+    if not info.suites():
+        rows.append({"role": "evaluation", "attack": NOT_EVALUATED})
+    elif eval_steps:
+        top = max(eval_steps, key=lambda t: t[0])  # the first in cascade order on a tie
+        steps_text.append(f"strongest evaluation attack {top[0]} ({top[1]})")
+    return rows
 
 
 def undertrained_note(info: RunInfo) -> Optional[str]:
@@ -564,11 +576,33 @@ def identity_line(info: RunInfo) -> List[Span]:
 
 
 def build_run_report(info: RunInfo, erm: Optional[RunInfo] = None) -> Document:
+    """The run report, in the order a reader needs it: the verdict and the headline number, the
+    strength of every attack involved, the evaluation on test, training and selection on val,
+    the cost, the provenance."""
     doc = Document(f"harness report: {info.name}")
     doc.add(Para(identity_line(info)))
-    head = info.headline_eval()
+    _headline_section(doc, info)
+    doc.add(Heading(2, "Attack strength: training vs selection vs evaluation", "strength"))
+    st, notes = strength_table(info)
+    doc.add(TableBlock(st))
+    for n in notes:
+        doc.add(Para(text(n)))
+    _evaluation_section(doc, info)
+    _training_section(doc, info)
+    doc.add(Heading(2, "Cost", "cost"))
+    doc.add(*cost_section(info, erm))
+    doc.add(Heading(2, "Provenance", "provenance"))
+    doc.add(TableBlock(provenance_table(info)))
+    if info.config:
+        cfg = {k: v for k, v in info.config.items() if k not in ("schema", "schema_version")}
+        doc.add(Para(text("Resolved config (a valid --config):")))
+        doc.add(Code(json.dumps(cfg, indent=2, sort_keys=False), "json"))
+    return doc
 
-    # 1. the verdict, then the headline
+
+def _headline_section(doc: Document, info: RunInfo) -> None:
+    """The verdict first, then the headline number (or why there is none), then what is missing."""
+    head = info.headline_eval()
     if head is not None:
         verdict = [("Verdict: " + head.verdict + ".", "b"), (" " + VERDICT_TEXT[head.verdict][0].upper() + VERDICT_TEXT[head.verdict][1:], "")]
         doc.add(Callout(head.verdict.replace(" ", "-"), [verdict], [text(r) for r in head.reasons]))
@@ -587,14 +621,9 @@ def build_run_report(info: RunInfo, erm: Optional[RunInfo] = None) -> Document:
         doc.add(Callout("warning", [[("Incomplete run directory.", "b"), (" What is missing or unreadable:", "")]],
                         [text(p) for p in info.problems]))
 
-    # 2. attack strength
-    doc.add(Heading(2, "Attack strength: training vs selection vs evaluation", "strength"))
-    st, notes = strength_table(info)
-    doc.add(TableBlock(st))
-    for n in notes:
-        doc.add(Para(text(n)))
 
-    # 3. evaluation
+def _evaluation_section(doc: Document, info: RunInfo) -> None:
+    """Per suite: the cascade of each checkpoint, best vs last, the sanity checks, the eps sweep."""
     doc.add(Heading(2, "Evaluation on test", "evaluation"))
     if not info.evals:
         doc.add(Para(text(f"{NOT_EVALUATED[0].upper() + NOT_EVALUATED[1:]}: no finished result under eval/.")))
@@ -628,7 +657,9 @@ def build_run_report(info: RunInfo, erm: Optional[RunInfo] = None) -> Document:
         else:
             doc.add(Para(text("No eps sweep in this suite.")))
 
-    # 4. training
+
+def _training_section(doc: Document, info: RunInfo) -> None:
+    """Training and selection on val: flags, warnings, the stop, the per-epoch figure and table."""
     doc.add(Heading(2, "Training and checkpoint selection (val split)", "training"))
     co, co_epoch, co_detail = info.catastrophic_overfitting
     if co:
@@ -654,19 +685,6 @@ def build_run_report(info: RunInfo, erm: Optional[RunInfo] = None) -> Document:
         if fig is not None:
             doc.add(fig)
         doc.add(TableBlock(epoch_table(info)))
-
-    # 5. cost
-    doc.add(Heading(2, "Cost", "cost"))
-    doc.add(*cost_section(info, erm))
-
-    # 6. provenance
-    doc.add(Heading(2, "Provenance", "provenance"))
-    doc.add(TableBlock(provenance_table(info)))
-    if info.config:
-        cfg = {k: v for k, v in info.config.items() if k not in ("schema", "schema_version")}
-        doc.add(Para(text("Resolved config (a valid --config):")))
-        doc.add(Code(json.dumps(cfg, indent=2, sort_keys=False), "json"))
-    return doc
 
 
 # -- results.json -------------------------------------------------------------------------------

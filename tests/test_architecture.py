@@ -298,3 +298,27 @@ def test_the_readme_python_example_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "finished" in done.stdout and (tmp_path / "runs" / "api-demo" / "report.md").exists()
     assert (tmp_path / "result.json").exists()
+
+
+def test_long_functions_say_why():
+    """Engines a reader can hold in their head: no function over 60 lines or 8 parameters (self and
+    cls aside) without a ``# size: <reason>`` comment right above it (above its decorators)."""
+    import ast
+
+    offenders = []
+    for package in ("harness", "attacks", "defenses", "reports"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            lines = path.read_text().splitlines()
+            for node in ast.walk(ast.parse("\n".join(lines))):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                a = node.args
+                params = [p for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in ("self", "cls")]
+                length = node.end_lineno - node.lineno + 1
+                if length <= 60 and len(params) <= 8:
+                    continue
+                first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+                if not lines[first - 2].strip().startswith("# size:"):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines, "
+                                     f"{len(params)} parameters)")
+    assert not offenders, "split these, or say why they are whole:\n" + "\n".join(offenders)

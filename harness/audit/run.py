@@ -321,93 +321,116 @@ def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Seq
       randomised model needs ``--suite rand``.
     - ``eps`` (warn): eps close to but not equal to k/255 (e.g. 0.031 for 8/255).
     """
-    out: List[Dict[str, Any]] = []
-    n = int(x.shape[0])
     with eval_mode(model):
-        try:
-            z = _logits(model, x, batch_size)
-        except AuditRefused:
-            raise
-        except Exception as e:  # noqa: BLE001 - a model that cannot run on the data set's images
-            raise AuditRefused(f"the model fails on {tuple(x.shape[1:])} images in [0,1] ({type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''}); does it match the data set?") from None
-        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[0] != n or z.shape[1] != num_classes:
-            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise AuditRefused(f"the model returns {shape} for {n} inputs; expected logits of shape ({n}, {num_classes}): "
-                               "wrap it so that forward returns only the logits")
-        if not torch.isfinite(z).all():
-            raise AuditRefused("the model returns NaN or infinite outputs on clean test images")
-        out.append(_finding("output-shape", "ok", f"logits of shape (n, {num_classes})"))
-        acc = float((z.argmax(1) == y).float().mean())
-        m = torch.tensor(list(mean), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        s = torch.tensor(list(std), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        z = _checked_logits(model, x, num_classes, batch_size)
         correct = z.argmax(1) == y
-        normalised_correct = None
-        for rule, xt, what, fix in (
-                ("normalised-input", (x - m) / s, "normalised with the data set's mean and std",
-                 "wrap it (harness.models.NormalizedModel(net, mean, std)) or pass --normalize dataset (or MEAN:STD) to add it"),
-                ("0-255-input", x * 255.0, "scaled to 0..255", "wrap it so that forward multiplies its [0,1] input by 255")):
-            correct_t = _logits(model, xt, batch_size).argmax(1) == y
-            if rule == "normalised-input":
-                normalised_correct = correct_t
-            acc_t = float(correct_t.float().mean())
-            gap = acc_t - acc
-            only_t, only_01 = int((correct_t & ~correct).sum()), int((correct & ~correct_t).sum())
-            p = sign_test(only_t, only_01)
-            vals = dict(accuracy_01=acc, accuracy_transformed=acc_t, gap=gap, only_transformed_correct=only_t, only_01_correct=only_01,
-                        sign_test_p=p, n=n, threshold_gap=INPUT_SCALE_GAP, threshold_min_gap=INPUT_SCALE_MIN_GAP,
-                        threshold_p_error=INPUT_SCALE_P_ERROR, threshold_p_warn=INPUT_SCALE_P_WARN)
-            evidence = (f"the model is {100 * gap:.1f} points more accurate on inputs {what} ({100 * acc_t:.1f}%) than on [0,1] images "
-                        f"({100 * acc:.1f}%; {only_t} points right only that way, {only_01} only on [0,1] images, sign test p={p:.2g})")
-            if gap >= INPUT_SCALE_GAP or (gap >= INPUT_SCALE_MIN_GAP and p < INPUT_SCALE_P_ERROR):
-                out.append(_finding(rule, "error",
-                                    f"{evidence}: it expects that input. Attacks work on [0,1] images with eps in pixel units, so an "
-                                    f"evaluation of this model would be meaningless; the preprocessing must live inside the model: {fix}",
-                                    **vals))
-            elif gap >= INPUT_SCALE_MIN_GAP and p < INPUT_SCALE_P_WARN:
-                out.append(_finding(rule, "warn", f"{evidence}: check that its preprocessing is inside the model", **vals))
-            else:
-                out.append(_finding(rule, "ok", f"not more accurate on inputs {what}", **vals))
-        if normalised_correct is not None:
-            denormalised_correct = _logits(model, x * s + m, batch_size).argmax(1) == y
-            out = [_with_power(g, model, correct, normalised_correct, denormalised_correct)
-                   if g["rule"] == "normalised-input" else g for g in out]
-        lo, hi = float(z.min()), float(z.max())
-        rowsum_err = float((z.sum(1) - 1).abs().max())
-        probs = hi < 1 + PROBABILITY_TOL and lo > -PROBABILITY_TOL and rowsum_err < PROBABILITY_TOL
-        vals = dict(min=lo, max=hi, max_row_sum_error=rowsum_err, tolerance=PROBABILITY_TOL)
-        if probs:
-            out.append(_finding("probabilities", "warn",
-                                "the model outputs probabilities (every row in [0,1] and summing to 1), not logits: gradients through "
-                                "a softmax vanish and attacks under-perform, so the robust accuracy may be overestimated "
-                                "(AutoAttack flag D2); make forward return the logits", **vals))
-        else:
-            out.append(_finding("probabilities", "ok", "outputs are not probabilities", **vals))
-        chance = 1.0 / num_classes
-        vals = dict(accuracy=acc, chance=chance, threshold=CHANCE_FACTOR * chance, n=n)
-        if acc < CHANCE_FACTOR * chance:
-            out.append(_finding("clean-accuracy", "warn",
-                                f"clean accuracy {100 * acc:.1f}% on {n} test points is below twice chance ({100 * CHANCE_FACTOR * chance:.0f}%): "
-                                "wrong weights, wrong data set or wrong preprocessing", **vals))
-        else:
-            out.append(_finding("clean-accuracy", "ok", f"clean accuracy {100 * acc:.1f}% on {n} test points", **vals))
-        k = min(n, RANDOM_POINTS)
-        a, b = _logits(model, x[:k], batch_size), _logits(model, x[:k], batch_size)
-        diff = float((torch.nn.functional.normalize(a, dim=1) - torch.nn.functional.normalize(b, dim=1)).norm(dim=1).max())
-        changed = int((a.argmax(1) != b.argmax(1)).sum())
-        vals = dict(max_difference=diff, predictions_changed=changed, tolerance=RANDOM_TOL, n=k)
-        if diff > RANDOM_TOL or changed:
-            out.append(_finding("deterministic", "warn",
-                                f"two identical forward passes in eval mode differ ({changed} predictions changed, output difference "
-                                f"{diff:.2g}): the model is randomised; evaluate it with --suite rand (expectation over transformation)",
-                                **vals))
-        else:
-            out.append(_finding("deterministic", "ok", "identical outputs on repeated forward passes", **vals))
+        out = [_finding("output-shape", "ok", f"logits of shape (n, {num_classes})")]
+        out += _input_scale_rules(model, x, y, correct, mean, std, batch_size)
+        out += [_probabilities_rule(z), _clean_accuracy_rule(correct, num_classes),
+                _deterministic_rule(model, x, batch_size)]
     if threat is not None:
         warns = threat.warnings()
         out.append(_finding("eps", "warn" if warns else "ok", "; ".join(warns) if warns else f"eps {threat.eps_text}",
                             eps=threat.eps_text, eps_value=threat.eps))
     return out
+
+
+def _checked_logits(model: nn.Module, x: torch.Tensor, num_classes: int, batch_size: int) -> torch.Tensor:
+    """The model's outputs on clean [0,1] images; refused unless one finite logit row per input."""
+    n = int(x.shape[0])
+    try:
+        z = _logits(model, x, batch_size)
+    except AuditRefused:
+        raise
+    except Exception as e:  # noqa: BLE001 - a model that cannot run on the data set's images
+        raise AuditRefused(f"the model fails on {tuple(x.shape[1:])} images in [0,1] ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}); does it match the data set?") from None
+    if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[0] != n or z.shape[1] != num_classes:
+        shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        raise AuditRefused(f"the model returns {shape} for {n} inputs; expected logits of shape ({n}, {num_classes}): "
+                           "wrap it so that forward returns only the logits")
+    if not torch.isfinite(z).all():
+        raise AuditRefused("the model returns NaN or infinite outputs on clean test images")
+    return z
+
+
+def _input_scale_rules(model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor,
+                       mean: Sequence[float], std: Sequence[float], batch_size: int) -> List[Dict[str, Any]]:
+    """``normalised-input`` and ``0-255-input``: is the model more accurate on transformed inputs
+    than on [0,1] images (it expects them)? The first also reports its own power."""
+    n, acc = int(x.shape[0]), float(correct.float().mean())
+    m = torch.tensor(list(mean), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(list(std), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    out: List[Dict[str, Any]] = []
+    normalised_correct = None
+    for rule, xt, what, fix in (
+            ("normalised-input", (x - m) / s, "normalised with the data set's mean and std",
+             "wrap it (harness.models.NormalizedModel(net, mean, std)) or pass --normalize dataset (or MEAN:STD) to add it"),
+            ("0-255-input", x * 255.0, "scaled to 0..255", "wrap it so that forward multiplies its [0,1] input by 255")):
+        correct_t = _logits(model, xt, batch_size).argmax(1) == y
+        if rule == "normalised-input":
+            normalised_correct = correct_t
+        acc_t = float(correct_t.float().mean())
+        gap = acc_t - acc
+        only_t, only_01 = int((correct_t & ~correct).sum()), int((correct & ~correct_t).sum())
+        p = sign_test(only_t, only_01)
+        vals = dict(accuracy_01=acc, accuracy_transformed=acc_t, gap=gap, only_transformed_correct=only_t,
+                    only_01_correct=only_01, sign_test_p=p, n=n, threshold_gap=INPUT_SCALE_GAP,
+                    threshold_min_gap=INPUT_SCALE_MIN_GAP, threshold_p_error=INPUT_SCALE_P_ERROR,
+                    threshold_p_warn=INPUT_SCALE_P_WARN)
+        evidence = (f"the model is {100 * gap:.1f} points more accurate on inputs {what} ({100 * acc_t:.1f}%) than on [0,1] "
+                    f"images ({100 * acc:.1f}%; {only_t} points right only that way, {only_01} only on [0,1] images, sign "
+                    f"test p={p:.2g})")
+        if gap >= INPUT_SCALE_GAP or (gap >= INPUT_SCALE_MIN_GAP and p < INPUT_SCALE_P_ERROR):
+            out.append(_finding(rule, "error",
+                                f"{evidence}: it expects that input. Attacks work on [0,1] images with eps in pixel units, so "
+                                "an evaluation of this model would be meaningless; the preprocessing must live inside the "
+                                f"model: {fix}", **vals))
+        elif gap >= INPUT_SCALE_MIN_GAP and p < INPUT_SCALE_P_WARN:
+            out.append(_finding(rule, "warn", f"{evidence}: check that its preprocessing is inside the model", **vals))
+        else:
+            out.append(_finding(rule, "ok", f"not more accurate on inputs {what}", **vals))
+    assert normalised_correct is not None
+    denormalised_correct = _logits(model, x * s + m, batch_size).argmax(1) == y
+    return [_with_power(g, model, correct, normalised_correct, denormalised_correct)
+            if g["rule"] == "normalised-input" else g for g in out]
+
+
+def _probabilities_rule(z: torch.Tensor) -> Dict[str, Any]:
+    lo, hi = float(z.min()), float(z.max())
+    rowsum_err = float((z.sum(1) - 1).abs().max())
+    vals = dict(min=lo, max=hi, max_row_sum_error=rowsum_err, tolerance=PROBABILITY_TOL)
+    if hi < 1 + PROBABILITY_TOL and lo > -PROBABILITY_TOL and rowsum_err < PROBABILITY_TOL:
+        return _finding("probabilities", "warn",
+                        "the model outputs probabilities (every row in [0,1] and summing to 1), not logits: gradients "
+                        "through a softmax vanish and attacks under-perform, so the robust accuracy may be overestimated "
+                        "(AutoAttack flag D2); make forward return the logits", **vals)
+    return _finding("probabilities", "ok", "outputs are not probabilities", **vals)
+
+
+def _clean_accuracy_rule(correct: torch.Tensor, num_classes: int) -> Dict[str, Any]:
+    n, acc = int(correct.numel()), float(correct.float().mean())
+    chance = 1.0 / num_classes
+    vals = dict(accuracy=acc, chance=chance, threshold=CHANCE_FACTOR * chance, n=n)
+    if acc < CHANCE_FACTOR * chance:
+        return _finding("clean-accuracy", "warn",
+                        f"clean accuracy {100 * acc:.1f}% on {n} test points is below twice chance "
+                        f"({100 * CHANCE_FACTOR * chance:.0f}%): wrong weights, wrong data set or wrong preprocessing", **vals)
+    return _finding("clean-accuracy", "ok", f"clean accuracy {100 * acc:.1f}% on {n} test points", **vals)
+
+
+def _deterministic_rule(model: nn.Module, x: torch.Tensor, batch_size: int) -> Dict[str, Any]:
+    k = min(int(x.shape[0]), RANDOM_POINTS)
+    a, b = _logits(model, x[:k], batch_size), _logits(model, x[:k], batch_size)
+    diff = float((torch.nn.functional.normalize(a, dim=1) - torch.nn.functional.normalize(b, dim=1)).norm(dim=1).max())
+    changed = int((a.argmax(1) != b.argmax(1)).sum())
+    vals = dict(max_difference=diff, predictions_changed=changed, tolerance=RANDOM_TOL, n=k)
+    if diff > RANDOM_TOL or changed:
+        return _finding("deterministic", "warn",
+                        f"two identical forward passes in eval mode differ ({changed} predictions changed, output difference "
+                        f"{diff:.2g}): the model is randomised; evaluate it with --suite rand (expectation over "
+                        "transformation)", **vals)
+    return _finding("deterministic", "ok", "identical outputs on repeated forward passes", **vals)
 
 
 def _normaliser_inside(model: nn.Module) -> Optional[str]:

@@ -116,6 +116,7 @@ class _Wrong(Exception):
     """A value does not have its field's type."""
 
 
+# size: one branch per type a document field can have (the tolerant reader's whole grammar)
 def _parse(value: Any, tp: Any, where: str, problems: List[str]) -> Any:
     """``value`` as type ``tp``; raises ``_Wrong`` when it is not one. Items of a list that are
     of the wrong type are dropped (each noted in ``problems``); the list itself stays."""
