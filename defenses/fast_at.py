@@ -69,6 +69,7 @@ from defenses.base import (BN_MODE, DefenseBase, Option, PaperResult, Recipe, St
 from defenses.references import cite, harness
 from defenses.recipe_parts import CIFAR_DATA, MNIST_LIKE_DATA, combine, fashion_mnist_eps, fp32
 from defenses.registry import DEFENSES
+from harness.core.threat import ThreatModel
 
 _F = "CIFAR10/train_fgsm.py"
 _U = "CIFAR10/utils.py"
@@ -131,7 +132,7 @@ FP32_MNIST = fp32(cite("fast", _M, "1-13", "no apex: plain fp32 PyTorch"))
 _PGD50 = "PGD-50, 10 restarts, step 2/255 (CIFAR10/train_fgsm.py:L157, utils.py:L88-90), eval mode"
 
 
-def unclipped_start_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float, step_size: float,
+def unclipped_start_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, step_size: float,
                          generator: Optional[torch.Generator], precision: str = "fp32", steps: int = 1) -> torch.Tensor:
     """Signed-gradient steps from a uniform start in the eps ball that is *not* clipped to the box
     before the first gradient: the gradient is taken at x + delta even where it leaves [0,1]; each
@@ -140,6 +141,7 @@ def unclipped_start_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     and the box; the model's mode is the caller's."""
     from harness.core.runtime import autocast
 
+    norm, eps = threat.norm, threat.eps
     x = x.detach()
     shape = (x.shape[0],) + (1,) * (x.dim() - 1)
     if norm == "Linf":
@@ -296,8 +298,8 @@ class FastAT(DefenseBase):
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
         if self.options["random_start"] and not self.options["clip_start"]:
-            return unclipped_start_step(model, x, y, norm=self.threat.norm, eps=self.threat.eps, step_size=self.alpha,
-                                        generator=generator, precision=self.precision)
+            return unclipped_start_step(model, x, y, threat=self.threat, step_size=self.alpha, generator=generator,
+                                        precision=self.precision)
         return perturb(model, x, y, threat=self.threat, steps=1, step_size=self.alpha, loss="ce",
                        random_init=self.options["random_start"], generator=generator, precision=self.precision)
 

@@ -301,8 +301,8 @@ class PGDAT(DefenseBase):
         if self.options["random_start"] and not self.options["clip_start"]:
             if self.options["loss"] != "ce":
                 raise ConfigError("pgd-at: clip_start false follows MMR's cross-entropy PGD; use loss ce")
-            return unclipped_start_step(model, x, y, norm=self.threat.norm, eps=self.threat.eps, step_size=self.alpha,
-                                        generator=generator, precision=self.precision, steps=self.options["steps"])
+            return unclipped_start_step(model, x, y, threat=self.threat, step_size=self.alpha, generator=generator,
+                                        precision=self.precision, steps=self.options["steps"])
         return perturb(model, x, y, threat=self.threat, steps=self.options["steps"],
                        step_size=self.alpha, loss=self.options["loss"], random_init=self.options["random_start"],
                        generator=generator, precision=self.precision)
