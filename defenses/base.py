@@ -1,4 +1,4 @@
-"""The Defense interface and what every defense plugin shares.
+"""The Defense interface, the Recipe shape, and what every defense plugin shares.
 
 A defense is a class registered in ``defenses.registry.DEFENSES``. The harness builds it once per
 run from the threat model and the run's ``defense_options``, then calls ``train_step`` on every
@@ -24,6 +24,37 @@ Invariants every defense keeps (tested for every registered defense):
   training, ``harness.curriculum``) and ``begin_epoch`` tells the defense which epoch starts
   (AWP's warm-up); both are called by the loop at the start of every epoch and depend on the epoch
   number alone, so a resumed run re-derives them.
+
+Recipes (the shape, once for every defense)
+-------------------------------------------
+A defense's ``RECIPES`` maps a recipe family (``RECIPE_FAMILY``: the data set, or the one whose
+recipe it borrows) to a ``Recipe``:
+
+- ``config``: a partial config in the DEFAULTS shape (``harness/config.py``): everything the
+  reference code fixes that changes results: threat, model and its normalisation, data
+  augmentation and val split, optimizer and schedule (momentum cycling included), precision, the
+  defense's options, the stop rule;
+- ``sources``: flat config key (``"train.lr"``) -> where the value comes from, one entry per leaf
+  of ``config`` (``defenses.references.cite`` for released code at a commit, ``harness(...)`` or
+  ``derived(...)`` where no reference fixes the value, with the reason);
+- ``variants``: named overlays where references disagree or a user may want the other legitimate
+  setting (PGD-AT CIFAR-10 ``paper`` PGD-7 vs ``released`` PGD-10; Fast-AT ``apex-o2``; ...), each
+  with its own sources. The base ``config`` *is* the default variant (``default_variant`` names it),
+  so a variant only lists what it changes; several combine with ``+`` (``released+apex-o2``) as
+  long as they set different keys;
+- ``paper``: the published number this recipe reproduces (``PaperResult``: clean / robust, the
+  paper's attack and n, where it is printed, and the suite that re-runs that attack here);
+- ``notes``: the differences from the reference the harness keeps on purpose (architecture
+  stand-ins, the held-out val split), said once so no one rediscovers them.
+
+The user picks a variant with ``--recipe-variant NAME`` (config key ``recipe.variant``). The
+resolved config records the recipe in its ``recipe`` section (``ResolvedRecipe.record``): defense,
+data set, family, variant, every value's source, the repositories cited with their commits, the
+paper's number, and every key where the run departs from the recipe (``differs_from_recipe``).
+
+The old shape still loads: a ``RECIPES`` entry may be a plain partial-config dict (as defenses
+written before recipes had sources); it becomes a ``Recipe`` whose values are all cited as
+"not cited". Converting one is mechanical: ``Recipe(config=<the dict>, sources={key: cite(...)})``.
 """
 from __future__ import annotations
 
@@ -31,8 +62,8 @@ import contextlib
 import copy
 import difflib
 import math
-from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Iterator, Mapping, Optional, Protocol, Tuple, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple, Union, runtime_checkable
 
 import torch
 from torch import nn
@@ -43,7 +74,7 @@ from harness.core.errors import ConfigError
 from harness.core.runtime import autocast
 from harness.core.threat import ThreatModel
 
-# Data sets whose recipe is borrowed from another's (no paper recipe of their own).
+# The recipe family of each data set: its own, or the one whose recipe it borrows.
 RECIPE_FAMILY: Dict[str, str] = {
     "fashion-mnist": "fashion-mnist",
     "mnist": "mnist",
@@ -52,6 +83,14 @@ RECIPE_FAMILY: Dict[str, str] = {
     "svhn": "cifar10",
     "digits": "tiny",
     "synthetic": "tiny",
+}
+
+# What a borrowing data set changes in the recipe it borrows, and why.
+BORROWED_ADJUSTMENTS: Dict[str, Tuple[Dict[str, Any], Dict[str, str]]] = {
+    # SVHN digits must not be mirrored; Rice et al.'s SVHN script trains without augmentation
+    "svhn": ({"data": {"augment": "none"}},
+             {"data.augment": "locuslab/robust_overfitting@c47a25c train_svhn.py:L157-160 (ToTensor only: no crop, no "
+                              "flip)"}),
 }
 
 # What the harness uses on the generated test data sets (8x8 images, a few thousand examples):
@@ -63,6 +102,184 @@ TINY_BASE: Dict[str, Any] = {
               "schedule": "constant"},
     "monitor": {"val_n": 200},
 }
+TINY_SOURCE = "harness: test recipe for the generated 8x8 data sets (small and quick, no paper)"
+
+
+def tiny_recipe(extra: Optional[Mapping[str, Any]] = None) -> "Recipe":
+    """The recipe of the generated test data sets: ``TINY_BASE`` plus ``extra``, every value
+    cited as the harness's test recipe."""
+    config = _merged(TINY_BASE, extra or {})
+    return Recipe(config, {k: TINY_SOURCE for k in _leaves(config)}, default_variant="test")
+
+
+def _leaves(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Flat ``{"train.lr": 0.1}`` view of a nested partial config (lists are leaves)."""
+    out: Dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
+    # plugins import only harness.core, so the config module's deep_merge is not available here
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
+    return out
+
+
+@dataclass(frozen=True)
+class PaperResult:
+    """A number the authors published, and how the harness re-measures it.
+
+    ``clean`` / ``robust``: fractions as published (None where not published). ``attack`` and
+    ``n``: the paper's evaluation attack and sample size; ``suite``: the suite in
+    ``attacks/suites.py`` that re-runs that attack with that n. ``source``: where the number is
+    printed (table and page, or a README line at a commit). ``checkpoint``: which checkpoint of
+    ours stands for the paper's model ("last": the final, or early-stopped, weights; "best": chosen
+    on val). ``autoattack``: the authors' released model under AutoAttack, where published.
+    ``bound``: "upper" when the published robust number bounds the accuracy from above (a
+    verifier's lower bound on the error) rather than measuring it. A recipe with no published
+    number on its data set still names the paper's evaluation (``suite``, ``attack``, ``n``) with
+    ``clean`` / ``robust`` None, so its reproduction is measured the paper's way.
+    """
+
+    source: str
+    attack: str
+    n: Optional[int]
+    suite: str
+    clean: Optional[float] = None
+    robust: Optional[float] = None
+    model: str = ""
+    checkpoint: str = "last"
+    autoattack: Optional[float] = None
+    autoattack_source: str = ""
+    note: str = ""
+    bound: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named overlay of a recipe: what it changes (``config``), why (``doc``) and the source of
+    each value it sets; ``paper`` replaces the recipe's published number when the variant
+    reproduces a different paper (e.g. Rice et al.'s PGD-AT)."""
+
+    doc: str
+    config: Dict[str, Any] = field(default_factory=dict)
+    sources: Dict[str, str] = field(default_factory=dict)
+    paper: Optional[PaperResult] = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A paper's recipe for one data-set family: partial config, per-value sources, named variants
+    (the base config is the variant ``default_variant``), the published number, declared notes."""
+
+    config: Dict[str, Any]
+    sources: Dict[str, str]
+    variants: Dict[str, Variant] = field(default_factory=dict)
+    default_variant: str = "reference"
+    paper: Optional[PaperResult] = None
+    notes: Tuple[str, ...] = ()
+
+    @classmethod
+    def legacy(cls, config: Mapping[str, Any]) -> "Recipe":
+        """A recipe in the old shape (a plain partial config): every value is "not cited"."""
+        cfg = copy.deepcopy(dict(config))
+        return cls(cfg, {k: "not cited (recipe without sources)" for k in _leaves(cfg)})
+
+    def extended(self, config: Mapping[str, Any], sources: Mapping[str, str], *, replace: Tuple[str, ...] = (),
+                 notes: Tuple[str, ...] = ()) -> "Recipe":
+        """This recipe with ``config`` merged over it (a defense built on another's recipe, e.g. AWP
+        on PGD-AT), each added value cited in ``sources``; the top-level sections in ``replace``
+        (e.g. ``defense_options``) are dropped first, with the variants that set them. The published
+        numbers belong to the original defense, so the extended recipe and its variants carry none."""
+        def keep(key: str) -> bool:
+            return key.split(".")[0] not in replace
+
+        base = {k: v for k, v in self.config.items() if k not in replace}
+        variants = {n: Variant(v.doc, v.config, v.sources, None) for n, v in self.variants.items()
+                    if all(keep(k) for k in _leaves(v.config))}
+        kept = {k: v for k, v in self.sources.items() if keep(k)}
+        return Recipe(_merged(base, config), {**kept, **sources}, variants, self.default_variant, None,
+                      self.notes + tuple(notes))
+
+    def variant_names(self) -> List[str]:
+        return [self.default_variant] + [n for n in self.variants if n != self.default_variant]
+
+    def resolve(self, variant: Optional[str] = None, *, defense: str = "", dataset: str = "",
+                family: str = "") -> "ResolvedRecipe":
+        """The recipe with ``variant`` applied ("a+b" combines; None: the default). Unknown names
+        and two variants setting the same key are ``ConfigError``s."""
+        wanted = [v.strip() for v in (variant or self.default_variant).split("+") if v.strip()]
+        names = self.variant_names()
+        for v in wanted:
+            if v not in names:
+                close = difflib.get_close_matches(v, names, n=1)
+                hint = f" did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown recipe variant {v!r} for {defense or 'this defense'} on "
+                                  f"{dataset or family};{hint} "
+                                  f"its variants: {', '.join(names)}")
+        chosen = [v for v in dict.fromkeys(wanted) if v != self.default_variant]
+        config, sources, paper = copy.deepcopy(self.config), dict(self.sources), self.paper
+        set_by: Dict[str, str] = {}
+        for name in chosen:
+            v = self.variants[name]
+            for key in _leaves(v.config):
+                if key in set_by:
+                    raise ConfigError(f"recipe variants {set_by[key]!r} and {name!r} both set {key}; pick one")
+                set_by[key] = name
+            config = _merged(config, v.config)
+            sources.update(v.sources)
+            paper = v.paper or paper
+        return ResolvedRecipe(defense=defense, dataset=dataset, family=family,
+                              variant="+".join(chosen) or self.default_variant, default_variant=self.default_variant,
+                              variants={n: self.variants[n].doc for n in self.variants},
+                              config=config, sources=sources, paper=paper, notes=self.notes)
+
+
+@dataclass
+class ResolvedRecipe:
+    """A recipe with its variant applied: the partial config merged under the user's layers, and
+    the record of it that goes into the resolved config's ``recipe`` section."""
+
+    defense: str
+    dataset: str
+    family: str
+    variant: str
+    default_variant: str
+    variants: Dict[str, str]
+    config: Dict[str, Any]
+    sources: Dict[str, str]
+    paper: Optional[PaperResult] = None
+    notes: Tuple[str, ...] = ()
+
+    def record(self, resolved: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+        """The ``recipe`` section of config.json. With the fully resolved config, it also lists
+        every key whose value departs from the recipe (``{key: recipe value}``)."""
+        from defenses.references import repositories_cited
+
+        differs: Dict[str, Any] = {}
+        if resolved is not None:
+            final = _leaves(resolved)
+            for key, value in _leaves(self.config).items():
+                if key in final and final[key] != value:
+                    differs[key] = value
+        return {
+            "defense": self.defense, "dataset": self.dataset, "family": self.family,
+            "variant": self.variant, "default_variant": self.default_variant, "variants": dict(self.variants),
+            "sources": dict(sorted(self.sources.items())),
+            "repositories": repositories_cited(self.sources),
+            "paper": self.paper.to_dict() if self.paper is not None else None,
+            "notes": list(self.notes),
+            "differs_from_recipe": differs,
+        }
 
 
 @dataclass(frozen=True)
@@ -235,11 +452,23 @@ def bn_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
         yield model
 
 
+def with_options(recipe: Union["Recipe", Mapping[str, Any]], options: Mapping[str, Any],
+                 source: str) -> Union["Recipe", Dict[str, Any]]:
+    """Another defense's recipe (a ``Recipe``, or a plain dict in the old shape) with its
+    ``defense_options`` replaced by ``options``, each cited with ``source``: how a defense built on
+    another's schedule (N-FGSM and GradAlign on Fast-AT's) states its own options."""
+    if isinstance(recipe, Recipe):
+        return recipe.extended({"defense_options": dict(options)}, {f"defense_options.{k}": source for k in options},
+                               replace=("defense_options",))
+    return {**recipe, "defense_options": dict(options)}
+
+
 class DefenseBase:
     """Option validation, recipes and descriptors shared by the plugins.
 
     A subclass declares ``name``, ``title``, ``paper``, ``OPTIONS`` (name -> ``Option``) and
-    ``RECIPES`` (recipe family -> partial config), and implements ``attack`` and ``train_step``.
+    ``RECIPES`` (recipe family -> ``Recipe``, or a plain partial config in the old shape), and
+    implements ``attack`` and ``train_step``.
     """
 
     name: ClassVar[str] = ""
@@ -248,7 +477,7 @@ class DefenseBase:
     threat_models: ClassVar[Tuple[str, ...]] = ("Linf", "L2")
     early_stop_default: ClassVar[bool] = False
     OPTIONS: ClassVar[Dict[str, Option]] = {}
-    RECIPES: ClassVar[Dict[str, Dict[str, Any]]] = {}
+    RECIPES: ClassVar[Dict[str, Union[Recipe, Dict[str, Any]]]] = {}
     # which forward pass "train.accuracy" is measured on
     accuracy_on: ClassVar[str] = "adversarial"
     # forward passes of the weight update per minibatch in train mode (the ones that touch
@@ -280,18 +509,38 @@ class DefenseBase:
                 close = difflib.get_close_matches(k, list(cls.OPTIONS), n=1)
                 hint = f" did you mean {close[0]!r}?" if close else ""
                 known = ", ".join(cls.OPTIONS) or "(none)"
-                raise ConfigError(f"unknown option defense_options.{k} for defense {cls.name!r};{hint} its options: {known}")
+                raise ConfigError(f"unknown option defense_options.{k} for defense {cls.name!r};{hint} its options: "
+                                  f"{known}")
             out[k] = cls.OPTIONS[k].check(cls.name, k, v)
         return out
 
     @classmethod
-    def recipe(cls, dataset: str) -> Dict[str, Any]:
-        """The paper's recipe for ``dataset`` (a partial config). Data sets without their own
-        recipe borrow a related one (see ``RECIPE_FAMILY``); an unknown data set gets none."""
+    def recipe_for(cls, dataset: str) -> Optional[Recipe]:
+        """The ``Recipe`` for ``dataset``: its family's (``RECIPE_FAMILY``), with the borrowing
+        data set's adjustments (``BORROWED_ADJUSTMENTS``); None for a data set without one."""
         family = RECIPE_FAMILY.get(dataset)
         if family is None or family not in cls.RECIPES:
+            return None
+        entry = cls.RECIPES[family]
+        recipe = entry if isinstance(entry, Recipe) else Recipe.legacy(entry)
+        if dataset != family:
+            # no published number belongs to a borrowed recipe: the paper trained on another data set
+            over, why = BORROWED_ADJUSTMENTS.get(dataset, ({}, {}))
+            variants = {n: Variant(v.doc, v.config, v.sources, None) for n, v in recipe.variants.items()}
+            note = f"{dataset} borrows the {family} recipe: no paper trained on {dataset}"
+            recipe = Recipe(_merged(recipe.config, over), {**recipe.sources, **why}, variants, recipe.default_variant,
+                            None, recipe.notes + (note,))
+        return recipe
+
+    @classmethod
+    def recipe(cls, dataset: str, variant: Optional[str] = None) -> Dict[str, Any]:
+        """The paper's recipe for ``dataset`` as a partial config (the default variant unless
+        ``variant`` is given). Data sets without their own recipe borrow a related one (see
+        ``RECIPE_FAMILY``); an unknown data set gets none."""
+        recipe = cls.recipe_for(dataset)
+        if recipe is None:
             return {}
-        return copy.deepcopy(cls.RECIPES[family])
+        return recipe.resolve(variant, defense=cls.name, dataset=dataset).config
 
     @classmethod
     def option_docs(cls) -> Dict[str, str]:
@@ -395,7 +644,8 @@ class DefenseBase:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state:
-            raise ConfigError(f"defense {self.name!r} carries no training state, but the checkpoint holds {sorted(state)}")
+            raise ConfigError(f"defense {self.name!r} carries no training state, but the checkpoint holds "
+                              f"{sorted(state)}")
 
     # -- the step -----------------------------------------------------------------------------
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:

@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.base import ascend, norms, random_start
-from defenses.base import BN_MODE, TINY_BASE, DefenseBase, Option, StepResult, TrainContext, bn_mode
+from defenses.base import BN_MODE, TINY_BASE, DefenseBase, Option, StepResult, TrainContext, bn_mode, with_options
 from defenses.fast_at import FastAT
 from defenses.registry import DEFENSES
 from harness.core.runtime import autocast
@@ -101,8 +101,9 @@ def alignment_regulariser(g1: torch.Tensor, g2: torch.Tensor, lam: float) -> Tup
     return lam * (1.0 - cos.mean()), cos
 
 
-def _recipe_mnist_like(dataset: str, eps_ref: float) -> Dict[str, Any]:
-    return {**FastAT.RECIPES[dataset], "defense_options": {**_OPTS, "align_eps_ref": eps_ref}}
+def _recipe_mnist_like(dataset: str, eps_ref: float) -> Any:
+    return with_options(FastAT.RECIPES[dataset], {**_OPTS, "align_eps_ref": eps_ref},
+                        "derived: GradAlign's options (tml-epfl/understanding-fast-adv-training) on fast-at's recipe")
 
 
 @DEFENSES.register(

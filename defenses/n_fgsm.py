@@ -61,12 +61,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.base import ascend, project, random_start
-from defenses.base import BN_MODE, TINY_BASE, DefenseBase, Option, StepResult, TrainContext, bn_mode
+from defenses.base import BN_MODE, TINY_BASE, DefenseBase, Option, StepResult, TrainContext, bn_mode, with_options
 from defenses.fast_at import FastAT
 from defenses.registry import DEFENSES
 from harness.core.runtime import autocast
 
 _OPTS = {"noise_mult": 2.0, "step_size": "eps", "clip": 0.0, "attack_bn_mode": "train"}
+_DERIVED = "derived: N-FGSM's k, alpha, clip and BatchNorm mode (pdejorge/N-FGSM train.py) on fast-at's recipe"
 
 
 @DEFENSES.register(
@@ -90,8 +91,8 @@ class NFGSM(DefenseBase):
         "attack_bn_mode": BN_MODE,
     }
     RECIPES = {
-        "fashion-mnist": {**FastAT.RECIPES["fashion-mnist"], "defense_options": dict(_OPTS)},
-        "mnist": {**FastAT.RECIPES["mnist"], "defense_options": dict(_OPTS)},
+        "fashion-mnist": with_options(FastAT.RECIPES["fashion-mnist"], _OPTS, _DERIVED),
+        "mnist": with_options(FastAT.RECIPES["mnist"], _OPTS, _DERIVED),
         "cifar10": {
             "model": "preact-resnet18",
             "threat": {"norm": "Linf", "eps": "8/255"},

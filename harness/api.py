@@ -45,7 +45,7 @@ ALIASES = {
     "eps": "threat.eps", "norm": "threat.norm", "epochs": "train.epochs", "batch_size": "train.batch_size",
     "lr": "train.lr", "suite": "eval.suite", "n": "eval.n", "eval_batch_size": "eval.batch_size", "out": "out.root",
     "name": "out.name", "data_dir": "data.data_dir", "val_size": "data.val_size", "download": "data.download",
-    "early_stop": "monitor.early_stop",
+    "early_stop": "monitor.early_stop", "recipe_variant": "recipe.variant",
 }
 
 

@@ -118,7 +118,11 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--set", dest="_set", action="append", default=S, metavar="KEY=VALUE",
                    help="any config value, e.g. --set defense_options.step_size=1.25*eps (repeatable)")
     p.add_argument("--resume", dest="_resume", default=S, metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
-    p.add_argument("--dry-run", dest="_dry_run", action="store_true", default=S, help="print the resolved config and exit")
+    p.add_argument("--recipe-variant", dest="recipe.variant", default=S, metavar="NAME",
+                   help="a named variant of the defense's recipe ('a+b' combines; --dry-run lists a recipe's variants, as "
+                        "released and apex-o2 of fast-at on cifar10)")
+    p.add_argument("--dry-run", dest="_dry_run", action="store_true", default=S,
+                   help="print the resolved config (stdout) and what it means, with every value's source (stderr), and exit")
 
 
 def _add_eval(sub: Any) -> None:
@@ -251,7 +255,14 @@ def cmd_run(ns: Dict[str, Any]) -> int:
             raise HarnessError("--resume continues a run with its saved config; other flags cannot be combined with it")
         run = api.train(resume=resume)
     elif dry:
-        sys.stdout.write(api.config_text(api.resolve_config(config, **settings)))
+        from harness.recipes import dry_run_report
+
+        file_cfg = api.C.load_config_file(config) if config is not None else {}
+        cfg = api.resolve_config(file_cfg, **settings)
+        sys.stdout.write(api.config_text(cfg))
+        sys.stdout.flush()
+        # stdout stays a valid --config; what it means, with each value's source, goes to stderr
+        sys.stderr.write(dry_run_report(cfg, api.settings_to_flags(settings), file_cfg, config))
         return 0
     else:
         run = api.train(config=config, **settings)

@@ -43,7 +43,31 @@ class DataConfig(TypedDict):
     data_dir: Optional[str]
     val_size: Optional[int]  # held out from train with split_seed; None: min(5000, 10% of train)
     split_seed: int
+    split: str  # random | numpy-legacy | first
     download: bool
+    augment: str  # none | crop | crop-flip ("auto" is settled per data set when resolved)
+    crop_padding: int
+    pad_mode: str  # zeros | reflect
+
+
+class RecipeConfig(TypedDict, total=False):
+    """``variant`` is the setting; the rest is the recipe's record (``defenses.base.ResolvedRecipe.record``)."""
+
+    variant: Optional[str]
+    defense: str
+    dataset: str
+    family: str
+    default_variant: str
+    variants: Dict[str, str]
+    sources: Dict[str, str]
+    repositories: Dict[str, str]
+    paper: Optional[Dict[str, Any]]
+    notes: List[str]
+    differs_from_recipe: Dict[str, Any]
+
+
+class ModelOptions(TypedDict):
+    normalize: str  # dataset | none | per-image
 
 
 class TrainConfig(TypedDict):
@@ -58,6 +82,8 @@ class TrainConfig(TypedDict):
     milestones: List[float]  # piecewise: fractions of training at which lr *= gamma
     gamma: float
     cyclic_peak: float  # cyclic: fraction of training at which lr peaks
+    cycle_momentum: Optional[List[float]]  # [base, max]: SGD momentum cycled against the cyclic lr
+    loss_scale: Union[str, float]  # fp16: dynamic | 1.0
     keep_epoch_checkpoints: bool
     sync_bn: bool  # under torchrun: SyncBatchNorm (batch statistics over the global batch); else per process
 
@@ -78,6 +104,10 @@ class MonitorConfig(TypedDict):
     co_drop: float
     co_ratio: float
     early_stop: Optional[bool]  # None: the defense decides
+    stop_rule: str  # val-collapse | first-batch-pgd
+    stop_steps: int
+    stop_step_size: Union[str, float]
+    stop_drop: float
     ro_gap: float
 
 
@@ -115,6 +145,8 @@ class RunConfig(TypedDict):
     memory_format: str
     threads: Optional[int]
     data: DataConfig
+    recipe: RecipeConfig
+    model_options: ModelOptions
     train: TrainConfig
     defense_options: Dict[str, Any]
     selection: SelectionConfig
@@ -144,8 +176,22 @@ DEFAULTS: Dict[str, Any] = {
         "data_dir": None,
         "val_size": None,  # held out from train with split_seed; None: min(5000, 10% of train)
         "split_seed": 0,
+        # how val is held out: random (numpy default_rng) | numpy-legacy (np.random.seed + permutation,
+        # Rice et al.'s split) | first (the first val_size examples, TensorFlow's read_data_sets)
+        "split": "random",
         "download": True,
+        # training-batch augmentation on the device: auto (crop-flip on CIFAR-10/100, none elsewhere) | none |
+        # crop | crop-flip; crop_padding pixels of pad_mode (zeros | reflect) padding around each image
+        "augment": "auto",
+        "crop_padding": 4,
+        "pad_mode": "zeros",
     },
+    # the defense's recipe: which variant (None: the recipe's default); the other keys of this section
+    # in a saved config are the recipe's record (sources, paper, ...), recomputed when it is read
+    "recipe": {"variant": None},
+    # normalize: dataset (per-channel mean/std inside the model) | none (raw [0,1] pixels) |
+    # per-image (TensorFlow's per_image_standardization, as Madry et al.'s and Shafahi et al.'s models)
+    "model_options": {"normalize": "dataset"},
     "train": {
         "epochs": 10,
         "batch_size": 128,
@@ -158,6 +204,10 @@ DEFAULTS: Dict[str, Any] = {
         "milestones": [0.5, 0.75],  # piecewise: fractions of training at which lr *= gamma
         "gamma": 0.1,
         "cyclic_peak": 0.4,  # cyclic: fraction of training at which lr peaks
+        # [base, max]: SGD momentum cycles max -> base -> max against the lr, as torch's CyclicLR does by
+        # default (cycle_momentum, 0.8 / 0.9); None: momentum stays train.momentum
+        "cycle_momentum": None,
+        "loss_scale": "dynamic",  # fp16 only: dynamic (GradScaler) | 1.0 (static scale 1, apex's in the Fast-AT code)
         "keep_epoch_checkpoints": True,
         # under torchrun: SyncBatchNorm, batch statistics over the global batch (CUDA only);
         # false: each process normalises with its own part's statistics. No effect in one process.
@@ -180,6 +230,13 @@ DEFAULTS: Dict[str, Any] = {
         "co_drop": 0.2,  # catastrophic overfitting: selection acc drops by more than this...
         "co_ratio": 0.5,  # ...or falls below this fraction of the best so far while FGSM/train acc holds
         "early_stop": None,  # None: the defense decides (Fast-AT stops on catastrophic overfitting)
+        # what stops a run when early_stop is on: val-collapse (the monitor's flag above) | first-batch-pgd
+        # (Wong et al. 2020: PGD-stop_steps, step stop_step_size, on the epoch's first training batch in
+        # train mode; stop when its accuracy drops by more than stop_drop and keep the previous epoch's weights)
+        "stop_rule": "val-collapse",
+        "stop_steps": 5,
+        "stop_step_size": "eps/4",
+        "stop_drop": 0.2,
         "ro_gap": 0.03,  # robust overfitting: flag a best-minus-last selection-accuracy gap above this
     },
     "eval": {
@@ -266,6 +323,10 @@ def validate_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any] = DEFAULTS, 
             close = difflib.get_close_matches(k, list(schema), n=1)
             hint = f"; did you mean {where + close[0]!r}?" if close else ""
             raise ConfigError(f"unknown config key {where + k!r}{hint}")
+        if k == "recipe" and isinstance(v, Mapping):
+            from harness.recipes import RECORD_KEYS
+
+            v = {kk: vv for kk, vv in v.items() if kk not in RECORD_KEYS}  # a saved config's record, not settings
         if k in SECTIONS_FREE:
             if not isinstance(v, Mapping):
                 raise ConfigError(f"config key {where + k!r} must be a table")
@@ -295,19 +356,22 @@ def resolve(
     ``flags`` and ``config_file`` are nested dicts holding only what the user gave.
     The defense's recipe is looked up for the defense and data set that the higher layers name.
     """
-    flags = dict(flags or {})
-    file_cfg = dict(config_file or {})
+    from harness import recipes
+
+    flags = recipes.strip_record(flags or {})
+    file_cfg = recipes.strip_record(config_file or {})
     validate_keys(file_cfg)
     validate_keys(flags)
     defense = _pick("defense", DEFAULTS, file_cfg, flags)
     dataset = _pick("dataset", DEFAULTS, file_cfg, flags)
-    recipe: Dict[str, Any] = {}
-    if with_recipe:
-        recipe = DEFENSES.get(defense).recipe(dataset)
-        validate_keys(recipe, where="")
+    variant = _pick("variant", DEFAULTS["recipe"], file_cfg.get("recipe", {}), flags.get("recipe", {}))
+    resolved = recipes.resolve_recipe(defense, dataset, variant) if with_recipe else None
+    recipe: Dict[str, Any] = resolved.config if resolved is not None else {}
+    validate_keys(recipe, where="")
     cfg = deep_merge(DEFAULTS, recipe)
     cfg = deep_merge(cfg, file_cfg)
     cfg = deep_merge(cfg, flags)
+    recipes.finish(cfg, resolved)
     check(cfg)
     check_names(cfg)
     return cfg  # type: ignore[return-value]
@@ -361,6 +425,24 @@ def check(cfg: Mapping[str, Any]) -> None:
         _int(cfg, "threads", minimum=1)
     if cfg.get("memory_format", "auto") not in ("auto", "contiguous", "channels_last"):
         raise ConfigError(f"unknown memory_format {cfg['memory_format']!r}; use auto, contiguous or channels_last")
+    d = cfg["data"]
+    if d.get("split", "random") not in ("random", "numpy-legacy", "first"):
+        raise ConfigError(f"data.split must be random, numpy-legacy or first, got {d.get('split')!r}")
+    if d.get("augment", "none") not in ("auto", "none", "crop", "crop-flip"):
+        raise ConfigError(f"data.augment must be auto, none, crop or crop-flip, got {d.get('augment')!r}")
+    _int(d, "crop_padding", minimum=0, where="data.")
+    if d.get("pad_mode", "zeros") not in ("zeros", "reflect"):
+        raise ConfigError(f"data.pad_mode must be zeros or reflect, got {d.get('pad_mode')!r}")
+    if cfg.get("model_options", {}).get("normalize", "dataset") not in ("dataset", "none", "per-image"):
+        raise ConfigError("model_options.normalize must be dataset, none or per-image, "
+                          f"got {cfg['model_options'].get('normalize')!r}")
+    m = cfg["monitor"]
+    if m.get("stop_rule", "val-collapse") not in ("val-collapse", "first-batch-pgd"):
+        raise ConfigError(f"monitor.stop_rule must be val-collapse or first-batch-pgd, got {m.get('stop_rule')!r}")
+    _int(m, "stop_steps", minimum=1, where="monitor.")
+    drop = m.get("stop_drop")
+    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop <= 1:
+        raise ConfigError(f"monitor.stop_drop must be a fraction in [0, 1], got {drop!r}")
     if cfg["out"].get("name") is not None:
         run_dir_name(cfg["out"]["name"])  # --dry-run refuses a name that would leave --out, as a real run does
     ckpts = cfg["eval"].get("checkpoints")
@@ -387,6 +469,18 @@ def check_train(train: Mapping[str, Any]) -> None:
     peak = train.get("cyclic_peak")
     if isinstance(peak, bool) or not isinstance(peak, (int, float)) or not 0 < peak < 1:
         raise ConfigError(f"train.cyclic_peak must be a fraction in (0, 1), got {peak!r}")
+    cm = train.get("cycle_momentum")
+    numbers = isinstance(cm, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
+                                           for v in cm)
+    if cm is not None and not (numbers and len(cm) == 2 and cm[0] <= cm[1]):
+        raise ConfigError("train.cycle_momentum must be null or [base, max] with 0 <= base <= max < 1, "
+                          f"e.g. [0.8, 0.9]; got {cm!r}")
+    if cm is not None and (train["optimizer"] != "sgd" or train["schedule"] != "cyclic"):
+        raise ConfigError("train.cycle_momentum cycles SGD's momentum against a cyclic lr: it needs optimizer sgd and "
+                          "schedule cyclic")
+    if train.get("loss_scale", "dynamic") not in ("dynamic", 1, 1.0):
+        raise ConfigError(f"train.loss_scale must be dynamic or 1.0 (a static scale of 1, apex's in the Fast-AT code), "
+                          f"got {train.get('loss_scale')!r}")
 
 
 def _int(section: Mapping[str, Any], key: str, *, minimum: int, where: str = "") -> None:

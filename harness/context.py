@@ -26,18 +26,20 @@ from harness.core.errors import ConfigError
 from harness.core.runtime import (apply_memory_format, resolved_memory_format, resolved_precision, select_device,
                                   set_threads)
 from harness.core.threat import ThreatModel
-from harness.data import DataBundle, load_dataset
-from harness.models import build_model
+from harness.data import Augment, DataBundle, load_dataset
+from harness.models import model_for
 from harness.monitor import check_selection
 
 log = logging.getLogger("harness.context")
 
 
 def load_data(cfg: Mapping[str, Any], device: torch.device) -> DataBundle:
-    """The config's data set, with its val split held out, on ``device``."""
+    """The config's data set, with its val split held out (``data.split``) and the training
+    augmentation attached to its train split (``data.augment``), on ``device``."""
     d = cfg["data"]
     return load_dataset(cfg["dataset"], data_dir=d.get("data_dir"), val_size=d["val_size"], split_seed=d["split_seed"],
-                        download=d.get("download", True), device=device)
+                        download=d.get("download", True), device=device, split=d.get("split", "random"),
+                        augment=Augment.from_config(d))
 
 
 def check_runnable(cfg: RunConfig) -> None:
@@ -120,9 +122,8 @@ class RunContext:
 
     def new_model(self) -> nn.Module:
         """A freshly initialised model of the config's architecture, on the device, in the
-        resolved memory format (normalisation inside, from the data set's statistics)."""
-        d = self.data
-        model = build_model(self.config["model"], d.shape, d.num_classes, d.mean, d.std).to(self.device)
+        resolved memory format (normalisation inside, as ``model_options.normalize`` says)."""
+        model = model_for(self.config, self.data).to(self.device)
         return apply_memory_format(model, self.memory_format)
 
     def attack(self, spec: Mapping[str, Any], *, seed: Optional[int] = None) -> Any:

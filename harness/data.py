@@ -5,6 +5,12 @@ validation split from train with a fixed seed, so checkpoint selection never see
 split. Images are kept as uint8 where the source is 8-bit (four times less memory, and the whole
 set can stay on the GPU); ``Split.batch`` turns them into float [0,1] on the fly.
 
+Training-batch augmentation (``Augment``: random crop from a padded image, horizontal flip) is
+a data option: ``load_dataset(..., augment=...)`` attaches it to the train split, and
+``Split.batches`` applies it to every shuffled batch on the batch's device, drawing the crop
+offsets and flips from the same CPU generator as the shuffle, so a run resumed from its saved
+data generator sees bitwise the same batches. Val and test are never augmented.
+
 Sources, in order: ``--data-dir``; a system copy (Debian's ``dataset-fashion-mnist`` puts
 Fashion-MNIST in /usr/share/datasets/fashion-mnist); a download through torchvision (when
 ``download`` is on). A data set that cannot be found is a ``DataError`` that says how to get it.
@@ -50,18 +56,70 @@ class RawData:
     classes: Optional[List[str]] = None
 
 
+@dataclass(frozen=True)
+class Augment:
+    """Random crop (from a ``padding``-pixel ``pad_mode`` border back to the image size) and
+    horizontal flip with probability 1/2, per example, applied to a whole batch on its device.
+
+    References: torchvision ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip()`` (zero
+    padding; locuslab/fast_adversarial CIFAR10/utils.py:L23-28, yaodongyu/TRADES
+    train_trades_cifar10.py:L59-63), TensorFlow's ``resize_image_with_crop_or_pad`` to 36 +
+    ``random_crop`` + ``random_flip_left_right`` (zero padding of 2 pixels a side;
+    MadryLab/cifar10_challenge cifar10_input.py:L96-102), and Rice et al.'s ``pad(..., mode='reflect')`` + ``Crop`` +
+    ``FlipLR`` (locuslab/robust_overfitting utils.py:L26-50). Every crop offset in
+    [0, 2 * padding] is equally likely, as in all of them.
+
+    Randomness: per batch, ``2 * n`` offsets and ``n`` flips drawn from ``generator`` (CPU), so
+    the batch is a function of the generator's state alone, whatever the device.
+    """
+
+    crop_padding: int = 4
+    pad_mode: str = "zeros"  # zeros | reflect
+    flip: bool = True
+
+    @classmethod
+    def from_config(cls, data_cfg: Any) -> Optional["Augment"]:
+        kind = data_cfg.get("augment", "none")
+        if kind in ("none", None, "auto"):
+            return None
+        return cls(int(data_cfg.get("crop_padding", 4)), str(data_cfg.get("pad_mode", "zeros")), kind == "crop-flip")
+
+    def describe(self) -> Dict[str, Any]:
+        return {"crop_padding": self.crop_padding, "pad_mode": self.pad_mode, "flip": self.flip,
+                "where": "training batches, on the device", "randomness": "the run's data generator"}
+
+    def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        n, _, h, w = x.shape
+        p = self.crop_padding
+        if p > 0:
+            offsets = torch.randint(0, 2 * p + 1, (2, n), generator=generator).to(x.device)
+            mode = "constant" if self.pad_mode == "zeros" else "reflect"
+            padded = torch.nn.functional.pad(x, (p, p, p, p), mode=mode)
+            rows = (offsets[0].view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+            cols = (offsets[1].view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+            idx = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+            chan = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+            x = padded[idx, chan, rows, cols]
+        if self.flip:
+            flip = (torch.rand(n, generator=generator) < 0.5).to(x.device).view(n, 1, 1, 1)
+            x = torch.where(flip, x.flip(3), x)
+        return x
+
+
 @dataclass
 class Split:
-    """Images ``x`` (uint8 0..255 or float [0,1]) and labels ``y`` (int64), possibly on a device."""
+    """Images ``x`` (uint8 0..255 or float [0,1]) and labels ``y`` (int64), possibly on a device.
+    ``augment``: applied by ``batches`` to every shuffled batch (the train split's, if any)."""
 
     x: torch.Tensor
     y: torch.Tensor
+    augment: Optional[Augment] = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def to(self, device: torch.device | str) -> "Split":
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), self.y.to(device), self.augment)
 
     def images(self, idx: Any = slice(None)) -> torch.Tensor:
         """Float images in [0,1] for ``idx``: always a new tensor, never a view of the split."""
@@ -85,8 +143,10 @@ class Split:
         generator: Optional[torch.Generator] = None,
         drop_last: bool = False,
     ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x in [0,1], y) on the split's device. Shuffling uses ``generator`` (CPU)."""
+        """Yield (x in [0,1], y) on the split's device. Shuffling uses ``generator`` (CPU); a
+        shuffled split with ``augment`` is augmented batch by batch from the same generator."""
         n = len(self)
+        augment = self.augment if shuffle else None
         if shuffle:
             order = torch.randperm(n, generator=generator).to(self.y.device)
         else:
@@ -97,7 +157,8 @@ class Split:
                 idx: Any = slice(start, min(start + batch_size, n))
             else:
                 idx = order[start : start + batch_size]
-            yield self.images(idx), self.y[idx]
+            x = self.images(idx)
+            yield (augment(x, generator) if augment is not None else x), self.y[idx]
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         n = len(self)
@@ -117,10 +178,11 @@ class DataBundle:
     source: str
     split_seed: int
     classes: Optional[List[str]] = None
+    split: str = "random"
 
     def to(self, device: torch.device | str) -> "DataBundle":
         return DataBundle(self.name, self.train.to(device), self.val.to(device), self.test.to(device), self.num_classes,
-                          self.shape, self.mean, self.std, self.source, self.split_seed, self.classes)
+                          self.shape, self.mean, self.std, self.source, self.split_seed, self.classes, self.split)
 
     def info(self) -> Dict[str, Any]:
         return {
@@ -130,7 +192,9 @@ class DataBundle:
             "num_classes": self.num_classes,
             "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
             "split_seed": self.split_seed,
+            "split": self.split,
             "val_held_out_from": "train",
+            "augment": self.train.augment.describe() if self.train.augment is not None else None,
         }
 
 
@@ -142,9 +206,18 @@ def load_dataset(
     split_seed: int = 0,
     download: bool = True,
     device: torch.device | str = "cpu",
+    split: str = "random",
+    augment: Optional[Augment] = None,
 ) -> DataBundle:
     """Load ``name`` and hold ``val_size`` examples out of train with ``split_seed``
-    (``None``: min(5000, 10% of train), so small data sets keep most of their training data)."""
+    (``None``: min(5000, 10% of train), so small data sets keep most of their training data).
+
+    ``split``: "random" (a ``numpy.random.default_rng(split_seed)`` permutation), "numpy-legacy"
+    (``np.random.seed(split_seed); np.random.permutation(n)``, the first ``val_size`` are val:
+    with seed 0 and 1,000 this is exactly Rice et al.'s CIFAR-10 split, locuslab/robust_overfitting
+    generate_validation.py:L5-9,L23-26) or "first" (the first ``val_size`` examples of the official
+    train file, as TensorFlow's ``read_data_sets(validation_size=5000)`` that Madry et al.'s MNIST
+    code uses). ``augment`` goes to the train split."""
     loader = DATASETS.get(name)
     raw = loader(data_dir=Path(data_dir) if data_dir else None, download=download)
     _check_raw(name, raw)
@@ -153,17 +226,24 @@ def load_dataset(
         val_size = min(5000, n_train // 10)
     if val_size >= n_train:
         raise DataError(f"{name}: val_size {val_size} leaves no training data (train has {n_train} examples)")
-    perm = np.random.default_rng(split_seed).permutation(n_train)
+    if split == "random":
+        perm = np.random.default_rng(split_seed).permutation(n_train)
+    elif split == "numpy-legacy":
+        perm = np.random.RandomState(split_seed).permutation(n_train)
+    elif split == "first":
+        perm = np.arange(n_train)
+    else:
+        raise DataError(f"unknown val split {split!r}; use random, numpy-legacy or first")
     val_idx, train_idx = np.sort(perm[:val_size]), np.sort(perm[val_size:])
 
-    def split(x: np.ndarray, y: np.ndarray) -> Split:
-        return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)).long())
+    def part(x: np.ndarray, y: np.ndarray, aug: Optional[Augment] = None) -> Split:
+        return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)).long(), aug)
 
     bundle = DataBundle(
         name=name,
-        train=split(raw.train_x[train_idx], raw.train_y[train_idx]),
-        val=split(raw.train_x[val_idx], raw.train_y[val_idx]),
-        test=split(raw.test_x, raw.test_y),
+        train=part(raw.train_x[train_idx], raw.train_y[train_idx], augment),
+        val=part(raw.train_x[val_idx], raw.train_y[val_idx]),
+        test=part(raw.test_x, raw.test_y),
         num_classes=raw.num_classes,
         shape=tuple(raw.train_x.shape[1:]),  # type: ignore[arg-type]
         mean=tuple(raw.mean),
@@ -171,6 +251,7 @@ def load_dataset(
         source=raw.source,
         split_seed=split_seed,
         classes=raw.classes,
+        split=split,
     )
     return bundle.to(device)
 

@@ -333,27 +333,38 @@ def global_steps(n: int, batch_size: int) -> int:
     return full + (1 if rest >= max(1, world().size) else 0)
 
 
-def rank_batches(split: Any, batch_size: int, *, generator: torch.Generator) -> Iterator[Tuple[torch.Tensor, torch.Tensor, float]]:
-    """This rank's part of every global batch of one epoch, as (x in [0,1], y, share).
+Batch = Tuple[torch.Tensor, torch.Tensor]
 
-    Invariant: every rank draws the same permutation from ``generator`` (the run's data generator,
-    consumed exactly as ``Split.batches`` consumes it in one process: one ``randperm`` per epoch);
-    global batch k is ``order[k*B:(k+1)*B]``, the one-process batch k; rank r takes the r-th of N
-    consecutive, disjoint parts of it (B/N each; ``per_rank_batch`` checks that N divides B). So
-    the union of the ranks' batches at step k is the one-process batch k. A final partial batch of
-    B' examples is split into N consecutive parts whose sizes differ by at most one
-    (``tensor_split``), and skipped when B' < N (see ``global_steps``). ``share`` is this part's
-    size / the global batch's: the weight of its gradient in the all-reduce (``Replica``), so the
-    reduced gradient is the global batch's mean gradient even when the parts differ in size."""
+
+def rank_batches(split: Any, batch_size: int, *, generator: torch.Generator) -> Iterator[Tuple[torch.Tensor, torch.Tensor,
+                                                                                                float, Batch]]:
+    """This rank's part of every global batch of one epoch, as (x in [0,1], y, share, whole).
+
+    Invariant: every rank draws from ``generator`` (the run's data generator) exactly what
+    ``Split.batches`` draws in one process: one ``randperm`` per epoch, then, where the split is
+    augmented, each global batch's crop offsets and flips; global batch k is ``order[k*B:(k+1)*B]``
+    augmented as in one process (every rank augments the whole batch, so the draws and the images
+    are the one-process ones), and rank r takes the r-th of N consecutive, disjoint parts of it
+    (B/N each; ``per_rank_batch`` checks that N divides B). So the union of the ranks' batches at
+    step k is the one-process batch k. A final partial batch of B' examples is split into N
+    consecutive parts whose sizes differ by at most one (``tensor_split``), and skipped when
+    B' < N (see ``global_steps``). ``share`` is this part's size / the global batch's: the weight
+    of its gradient in the all-reduce (``Replica``), so the reduced gradient is the global batch's
+    mean gradient even when the parts differ in size. ``whole`` is the global batch (x, y) itself."""
     w = world()
     n = len(split)
+    augment = getattr(split, "augment", None)
     order = torch.randperm(n, generator=generator).to(split.y.device)
     for start in range(0, n, batch_size):
         batch = order[start:start + batch_size]
+        x = split.images(batch)
+        if augment is not None:
+            x = augment(x, generator)
         if batch.numel() < w.size:
-            break
-        part = torch.tensor_split(batch, w.size)[w.rank]
-        yield split.images(part), split.y[part], part.numel() / batch.numel()
+            break  # after its draws: the generator stays where one process leaves it
+        y = split.y[batch]
+        part = torch.tensor_split(torch.arange(batch.numel(), device=batch.device), w.size)[w.rank]
+        yield x[part], y[part], part.numel() / batch.numel(), (x, y)
 
 
 def _weighted_allreduce(replica, bucket):  # type: ignore[no-untyped-def]

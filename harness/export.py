@@ -51,7 +51,7 @@ from harness.core.io import atomic_write_text
 from harness.core.rundir import RunDir, now_iso
 from harness.data import load_dataset
 from harness.evaluation import Checkpoint
-from harness.models import build_model
+from harness.models import model_for
 
 # the fields every RobustBench Linf / L2 leaderboard file has, and the optional ones (see above)
 ROBUSTBENCH_FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
@@ -125,9 +125,10 @@ def _load_weights(run: RunDir, cfg: Mapping[str, Any], checkpoint: str,
                            f"{run.path} --checkpoint {checkpoint} --force before exporting")
     d = cfg["data"]
     bundle = load_dataset(cfg["dataset"], data_dir=d.get("data_dir"), val_size=d.get("val_size"),
-                          split_seed=d.get("split_seed", 0), download=d.get("download", True), device="cpu")
+                          split_seed=d.get("split_seed", 0), download=d.get("download", True), device="cpu",
+                          split=d.get("split", "random"))
     with torch.device("cpu"):
-        model = build_model(cfg["model"], bundle.shape, bundle.num_classes, bundle.mean, bundle.std)
+        model = model_for(cfg, bundle)  # the run's input normalisation (model_options.normalize) included
     load_into(model, ck.state, source=str(ck.path))
     return state_dict_of(model.eval()), bundle, int(ck.epoch) if ck.epoch is not None else -1
 
@@ -226,7 +227,8 @@ def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, checkpoint: 
     # RobustBench's files are plain JSON without our schema keys; written atomically all the same
     atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
     loader = out / "load_model.py"
-    atomic_write_text(loader, _loader_text(model_id, cfg["model"], bundle, run, checkpoint, epoch))
+    normalize = (cfg.get("model_options") or {}).get("normalize", "dataset")
+    atomic_write_text(loader, _loader_text(model_id, cfg["model"], bundle, run, checkpoint, epoch, normalize))
     readme = out / "README.md"
     atomic_write_text(readme, _readme_text(model_id, card, card_path.relative_to(out), weights.name))
     return {"card": card_path, "weights": weights, "loader": loader, "readme": readme}
@@ -249,12 +251,14 @@ def _provenance(run: RunDir, cfg: Dict[str, Any], result: Dict[str, Any], checkp
         "reasons": [str(r) for r in checks.get("reasons") or []], "forced": forced,
         "weights": {"file": weights.name, "sha256": file_sha256(weights)},
         "input": {"shape": list(bundle.shape), "num_classes": bundle.num_classes, "mean": list(bundle.mean),
-                  "std": list(bundle.std), "range": "[0,1]"},
+                  "std": list(bundle.std), "range": "[0,1]",
+                  "normalize": (cfg.get("model_options") or {}).get("normalize", "dataset")},
         "exported": now_iso(),
     }
 
 
-def _loader_text(model_id: str, model: str, bundle: Any, run: RunDir, checkpoint: str, epoch: int) -> str:
+def _loader_text(model_id: str, model: str, bundle: Any, run: RunDir, checkpoint: str, epoch: int,
+                 normalize: str = "dataset") -> str:
     shape = tuple(int(s) for s in bundle.shape)
     return f'''"""Load {model_id}: checkpoint {checkpoint} (epoch {epoch}) of the harness run {run.path.name}.
 
@@ -275,7 +279,7 @@ WEIGHTS = Path(__file__).with_name("{model_id}.safetensors")
 
 def load_model():
     model = build_model({model!r}, {shape!r}, {bundle.num_classes},
-                        mean={tuple(bundle.mean)!r}, std={tuple(bundle.std)!r})
+                        mean={tuple(bundle.mean)!r}, std={tuple(bundle.std)!r}, normalize={normalize!r})
     model.load_state_dict(load_file(str(WEIGHTS)))
     return model.eval()
 

@@ -5,10 +5,18 @@ A factory takes the input shape (C, H, W), the number of classes and the data se
 mean and std, and returns the network *without* normalisation; ``build_model`` puts a
 ``Normalize`` layer in front. ``preact-resnet18`` and the WideResNets are robustbench's own
 architectures (through ``harness.robustbench_compat``).
+
+What the ``Normalize`` layer does is a model option the recipes set
+(``model_options.normalize``), because the references differ: ``dataset`` (per-channel mean and
+std; Wong et al., Rice et al.), ``none`` (raw [0,1] pixels: the MNIST references and TRADES on
+CIFAR-10) and ``per-image`` (TensorFlow's ``per_image_standardization``: Madry et al.'s and
+Shafahi et al.'s CIFAR-10 models). The layer keeps its ``mean`` / ``std`` buffers in every mode,
+so checkpoints have one layout.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple
+import math
+from typing import Any, Callable, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -21,27 +29,51 @@ ModelFactory = Callable[[Tuple[int, int, int], int], nn.Module]
 MODELS: Registry[ModelFactory] = Registry("models", modules=["harness.models"])
 
 
-class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel. Stored as buffers so it travels with the weights."""
+NORMALIZE_MODES = ("dataset", "none", "per-image")
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+
+class Normalize(nn.Module):
+    """The input layer of every model, by ``mode``:
+
+    - ``dataset``: ``(x - mean) / std`` per channel (buffers, so they travel with the weights);
+    - ``none``: the identity (mean 0, std 1): the network sees raw [0,1] pixels;
+    - ``per-image``: TensorFlow's ``per_image_standardization`` of the 0..255 image the TF
+      references feed (MadryLab/cifar10_challenge model.py:L40-41, ashafahi/free_adv_train
+      free_model.py:L55): ``(v - mean(v)) / max(std(v), 1 / sqrt(N))`` with v = 255 x over all N
+      values of one image, std the population one.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], mode: str = "dataset"):
         super().__init__()
+        if mode not in NORMALIZE_MODES:
+            raise ConfigError(f"unknown normalisation {mode!r}; use {', '.join(NORMALIZE_MODES)}")
+        self.mode = mode
+        if mode != "dataset":
+            mean, std = [0.0] * len(mean), [1.0] * len(std)
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "per-image":
+            v = x.flatten(1) * 255.0
+            floor = 1.0 / math.sqrt(v.shape[1])
+            mu = v.mean(dim=1, keepdim=True)
+            sd = v.std(dim=1, unbiased=False, keepdim=True).clamp_min(floor)
+            return ((v - mu) / sd).view_as(x)
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:
+        if self.mode != "dataset":
+            return f"mode={self.mode}"
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
 class NormalizedModel(nn.Sequential):
     """``Normalize`` then the network. Takes [0,1] images, returns logits."""
 
-    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], mode: str = "dataset"):
         super().__init__()
-        self.normalize = Normalize(mean, std)
+        self.normalize = Normalize(mean, std, mode)
         self.net = net
 
 
@@ -100,7 +132,7 @@ class InputGradConv2d(nn.Conv2d):
 
 
 def build_model(name: str, shape: Tuple[int, int, int], num_classes: int,
-                mean: Sequence[float], std: Sequence[float]) -> NormalizedModel:
+                mean: Sequence[float], std: Sequence[float], normalize: str = "dataset") -> NormalizedModel:
     factory = MODELS.get(name)
     entry = MODELS.entry(name)
     allowed = entry.meta.get("shapes")
@@ -109,7 +141,13 @@ def build_model(name: str, shape: Tuple[int, int, int], num_classes: int,
                           f"the data set gives {'x'.join(map(str, shape))}")
     if len(mean) != shape[0] or len(std) != shape[0]:
         raise ConfigError(f"normalisation statistics have {len(mean)} channel(s), the inputs {shape[0]}")
-    return NormalizedModel(factory(tuple(shape), num_classes), mean, std)
+    return NormalizedModel(factory(tuple(shape), num_classes), mean, std, normalize)
+
+
+def model_for(cfg: Mapping[str, Any], bundle: Any) -> NormalizedModel:
+    """The run's model for its data: ``cfg["model"]`` with ``cfg["model_options"]``."""
+    normalize = (cfg.get("model_options") or {}).get("normalize", "dataset")
+    return build_model(cfg["model"], bundle.shape, bundle.num_classes, bundle.mean, bundle.std, normalize)
 
 
 @MODELS.register("small-cnn", summary="conv4x4-16 s2, conv4x4-32 s2, FC100, FC (Wong et al. / MMR small CNN), any small grayscale or RGB input")

@@ -6,8 +6,11 @@ After every epoch the loop
    model (``attacks.base.PassCounter``), never declared;
 2. evaluates the checkpoint on the first ``monitor.val_n`` validation points (clean, the
    training attack itself, FGSM, the selection attack) and appends a row to ``metrics.jsonl``;
-3. flags catastrophic overfitting (and stops if ``monitor.early_stop``, or the defense's own
-   default when that is null) and tracks the robust-overfitting gap;
+3. flags catastrophic overfitting in every run, and tracks the robust-overfitting gap; stopping
+   is apart (``harness/stop_rules.py``): when ``monitor.early_stop`` is on (or the defense's own
+   default when that is null) the run's stop rule decides, the monitor's flag (``val-collapse``)
+   or Wong et al.'s check on the epoch's first training minibatch (``first-batch-pgd``, which
+   keeps the previous epoch's weights);
 4. writes ``epoch-NNN.safetensors``, ``best.safetensors`` + ``best.json`` when the selection
    accuracy improved (an epoch flagged for catastrophic overfitting never replaces an earlier
    best), and last of all ``last.pt`` (weights, optimizer, scheduler, every RNG,
@@ -48,6 +51,7 @@ from harness.core.io import atomic_write_json
 from harness.core.rundir import RunDir, now_iso
 from harness.core.runtime import rng_state, seed_everything, set_rng_state
 from harness.monitor import Monitor, detect_catastrophic_overfitting, robust_overfitting
+from harness.stop_rules import build_stop_rule
 
 log = logging.getLogger("harness.training")
 
@@ -93,6 +97,48 @@ def lr_factor(tcfg: Mapping[str, Any], total_updates: int) -> Callable[[int], fl
 
         return piecewise
     return lambda k: 1.0
+
+
+def momentum_factor(tcfg: Mapping[str, Any], total_updates: int) -> Optional[Callable[[int], float]]:
+    """SGD momentum for update ``k`` when ``train.cycle_momentum`` = [base, max], else None.
+
+    torch's ``CyclicLR`` cycles momentum against the lr by default (``cycle_momentum=True``,
+    ``base_momentum=0.8``, ``max_momentum=0.9``), which the Fast-AT code inherits
+    (locuslab/fast_adversarial@54f7287 CIFAR10/train_fgsm.py:L86-88): with the lr at a fraction
+    f of its peak, momentum = max - (max - base) * f, so 0.9 -> 0.8 -> 0.9 over the cycle."""
+    cm = tcfg.get("cycle_momentum")
+    if cm is None:
+        return None
+    base, top = float(cm[0]), float(cm[1])
+    lr = lr_factor(tcfg, total_updates)
+    return lambda k: top - (top - base) * lr(k)
+
+
+class _CyclicMomentumLR(torch.optim.lr_scheduler.LambdaLR):
+    """``LambdaLR`` that also sets SGD's momentum for the coming update (``momentum_factor``);
+    the momentum follows from ``last_epoch``, so the scheduler's state dict resumes it."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: Callable[[int], float], momentum: Callable[[int], float]):
+        self._momentum = momentum
+        super().__init__(optimizer, lr)
+
+    def step(self, epoch: Optional[int] = None) -> None:  # type: ignore[override]
+        super().step() if epoch is None else super().step(epoch)
+        for group in self.optimizer.param_groups:
+            group["momentum"] = self._momentum(self.last_epoch)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, tcfg: Mapping[str, Any], total_updates: int) -> Any:
+    mom = momentum_factor(tcfg, total_updates)
+    lr = lr_factor(tcfg, total_updates)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr) if mom is None else _CyclicMomentumLR(optimizer, lr, mom)
+
+
+def make_scaler(device: torch.device, precision: str, tcfg: Mapping[str, Any]) -> Any:
+    """fp16 only: torch's dynamic GradScaler, or none for apex's static loss scale of 1."""
+    if precision != "fp16" or tcfg.get("loss_scale", "dynamic") != "dynamic":
+        return None
+    return torch.amp.GradScaler(device.type)
 
 
 # -- what the loop shows while it runs -------------------------------------------------------------
@@ -173,6 +219,8 @@ class Selection:
     collapsed: bool
     stop: bool
     notes: List[str]
+    rule: Optional[Dict[str, Any]] = None  # the stop rule's record of this epoch
+    restored: Optional[int] = None  # the epoch whose weights the stop rule put back
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -207,8 +255,9 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.train_cfg)
         self.batches = distributed.global_steps(len(ctx.data.train), self.batch_size)
         total_updates = self.epochs * self.batches * ctx.defense.updates_per_batch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(self.train_cfg, total_updates))
-        self.scaler = torch.amp.GradScaler(ctx.device.type) if ctx.precision == "fp16" else None
+        self.scheduler = make_scheduler(self.optimizer, self.train_cfg, total_updates)
+        self.scaler = make_scaler(ctx.device, ctx.precision, self.train_cfg)
+        self.stop_rule = build_stop_rule(cfg, ctx.threat, ctx.precision, self.early_stop)
         self.data_gen = torch.Generator().manual_seed(ctx.seed)
         # one stream per rank (rank 0's is the one-process stream): each rank attacks its own examples
         self.attack_gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 1 + self.world.rank * 2**32)
@@ -241,6 +290,8 @@ class Trainer:
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         self.ctx.defense.load_state_dict(mine.get("defense") or {})
+        if self.stop_rule is not None:
+            self.stop_rule.load_state_dict(saved.get("stop_rule") or {})
         self.data_gen.set_state(saved["data_generator"])
         self.attack_gen.set_state(mine["attack_generator"].to(self.attack_gen.get_state().device))
         set_rng_state(mine["rng"])
@@ -333,21 +384,29 @@ class Trainer:
         return EpochStats(loss, int(totals["correct"]) / max(totals["seen"], 1), wall, counter.since(snap), strength)
 
     def _batches(self) -> Any:
-        """The epoch's minibatches: the one-process batches, or this rank's part of each global
-        batch (``distributed.rank_batches``), its share set as its gradient's weight."""
+        """The epoch's minibatches, each shown first to the stop rule (Wong et al.'s keeps the
+        first): the one-process batches, or under torchrun this rank's part of each global batch
+        (``distributed.rank_batches``), its share set as its gradient's weight; there the stop
+        rule, which runs on rank 0, sees the whole global batch, as one process's would."""
         split = self.ctx.data.train
         if self.replica is None:
-            yield from split.batches(self.batch_size, shuffle=True, generator=self.data_gen)
+            for i, (x, y) in enumerate(split.batches(self.batch_size, shuffle=True, generator=self.data_gen)):
+                if self.stop_rule is not None:
+                    self.stop_rule.observe(i, x, y)
+                yield x, y
             return
-        for x, y, share in distributed.rank_batches(split, self.batch_size, generator=self.data_gen):
+        for i, (x, y, share, whole) in enumerate(distributed.rank_batches(split, self.batch_size, generator=self.data_gen)):
+            if self.stop_rule is not None and self.world.is_writer:
+                self.stop_rule.observe(i, *whole)
             self.replica.share = share
             yield x, y
 
     def _select(self, epoch: int, val: Mapping[str, Any]) -> Selection:
-        """Best by selection accuracy on val; catastrophic overfitting flagged (and the run
-        stopped if early stopping is on). A collapsed epoch's PGD number is the least trustworthy
-        one (its loss surface is distorted), so it never replaces an earlier best: the paper keeps
-        the weights from before the collapse."""
+        """Best by selection accuracy on val; catastrophic overfitting flagged in every run; the
+        run stopped if early stopping is on and its stop rule fires. A collapsed epoch's PGD number
+        is the least trustworthy one (its loss surface is distorted), so it never replaces an
+        earlier best: the paper keeps the weights from before the collapse. An epoch whose weights
+        the stop rule throws away (first-batch-pgd) cannot be best either."""
         state, mcfg = self.state, self.monitor_cfg
         accs = {"selection": val["selection"]["accuracy"], "fgsm": val["fgsm"]["accuracy"],
                 "train_attack": val["train_attack"]["accuracy"]}
@@ -355,8 +414,15 @@ class Trainer:
         collapsed, reasons = detect_catastrophic_overfitting(state["history"], accs, co_drop=float(mcfg["co_drop"]),
                                                              co_ratio=float(mcfg["co_ratio"]), use_train_attack=use_train)
         state["history"].append(accs)
+        # under torchrun the stop rule is rank 0's (it saw the whole first batch), its verdict every rank's
+        rule = (distributed.on_writer(lambda: self.stop_rule.after_epoch(self.model, self.attack_gen, co=collapsed,
+                                                                          reasons=reasons, epoch=epoch))
+                if self.stop_rule is not None else None)
+        stop = bool(rule and rule["fired"])
+        restored = self._restore() if stop and rule["rule"] != "val-collapse" else None
         best = state["best"]
-        improved = (not collapsed or best["epoch"] is None) and (best["selection"] is None or accs["selection"] > best["selection"])
+        eligible = (not collapsed or best["epoch"] is None) and not (stop and restored is not None)
+        improved = eligible and (best["selection"] is None or accs["selection"] > best["selection"])
         if improved:
             state["best"] = best = {"epoch": epoch, "selection": accs["selection"]}
         notes: List[str] = []
@@ -366,14 +432,26 @@ class Trainer:
                          else "kept as best only because no earlier epoch exists")
             if not state["co"]["detected"]:
                 state["co"] = {"detected": True, "epoch": epoch, "detail": "; ".join(reasons)}
-        stop = collapsed and self.early_stop
         if stop:
+            assert rule is not None
             state["stopped_early"] = True
-            state["stop_reason"] = f"catastrophic overfitting at epoch {epoch}: " + "; ".join(reasons)
-            notes.append("stopping early (monitor.early_stop); best keeps the weights from before the collapse")
+            by_monitor = rule["rule"] == "val-collapse"
+            state["stop_reason"] = (f"catastrophic overfitting at epoch {epoch}: " + "; ".join(reasons) if by_monitor
+                                    else f"{rule['rule']} at epoch {epoch}: {rule['reason']}")
+            state["stop"] = {"rule": rule["rule"], "epoch": epoch, "restored_epoch": restored}
+            notes.append(f"stopping early ({rule['rule']}); the run keeps the weights of epoch {restored} (last.pt)"
+                         if restored is not None
+                         else "stopping early (monitor.early_stop); best keeps the weights from before the collapse")
         state["epoch"] = epoch
         state["finished"] = stop or epoch == self.epochs
-        return Selection(improved, collapsed, stop, notes)
+        return Selection(improved, collapsed, stop, notes, rule, restored)
+
+    def _restore(self) -> Optional[int]:
+        """The stop rule puts back the weights it kept (rank 0's rule; every rank then holds them)."""
+        restored = distributed.on_writer(lambda: self.stop_rule.restore(self.model))
+        if restored is not None:
+            distributed.broadcast_module(self.model)
+        return restored
 
     def _write_epoch(self, epoch: int, stats: EpochStats, val: Dict[str, Any], decision: Selection) -> Dict[str, Any]:
         state, defense, run = self.state, self.ctx.defense, self._run
@@ -400,6 +478,8 @@ class Trainer:
                       "robust_overfitting_gap": float(best["selection"]) - val["selection"]["accuracy"],
                       "notes": decision.notes},
         }
+        if decision.rule is not None:
+            row["stop_rule"] = decision.rule  # stopping, recorded apart from the collapse flag
         if self.world.is_writer:
             self._write_epoch_files(epoch, row, decision)
         log.info("epoch %d/%d  loss %.4f  train acc %.3f  | val clean %.3f  %s %.3f  FGSM %.3f  %s %.3f%s  | %.1fs + %.1fs  "
@@ -414,7 +494,7 @@ class Trainer:
         """The metrics row and the epoch's weights (rank 0's, which every rank holds)."""
         run, val = self._run, row["val"]
         run.append_metrics(row)
-        if self.train_cfg.get("keep_epoch_checkpoints", True):
+        if self.train_cfg.get("keep_epoch_checkpoints", True) and decision.restored is None:
             ckpt.save_weights(run.checkpoint_path(f"epoch-{epoch}"), self.model, metadata={"epoch": epoch})
         if decision.improved:
             ckpt.save_weights(run.checkpoint_path("best"), self.model, metadata={"epoch": epoch})
@@ -435,6 +515,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "defense": self.ctx.defense.state_dict(),
+            "stop_rule": self.stop_rule.state_dict() if self.stop_rule is not None else None,
             "rng": rng_state(),
             "data_generator": self.data_gen.get_state(),
             "attack_generator": self.attack_gen.get_state().cpu(),
@@ -462,7 +543,7 @@ class Trainer:
         epochs_run = int(state["epoch"])
         final_strength = curriculum.apply(defense, cfg, max(epochs_run, 1))  # also after resuming a finished run
         return {
-            "defense": {**defense.describe(), "recipe": type(defense).recipe(cfg["dataset"])},
+            "defense": {**defense.describe(), "recipe": cfg.get("recipe")},
             "train_attack": {"label": defense.train_attack_label(), "descriptor": defense.train_attack()},
             "selection_attack": {"label": monitor.selection.label(), "descriptor": monitor.selection.describe()},
             "fgsm_attack": {"label": monitor.fgsm.label(), "descriptor": monitor.fgsm.describe()},
@@ -476,6 +557,8 @@ class Trainer:
             "stopped_early": bool(state["stopped_early"]),
             "stop_reason": state["stop_reason"],
             "early_stop": self.early_stop,
+            "stop_rule": ({**self.stop_rule.describe(), "fired": bool(state["stopped_early"]),
+                           **(state.get("stop") or {})} if self.stop_rule is not None else None),
             "catastrophic_overfitting": dict(state["co"]),
             "robust_overfitting": ro,
             "wall_s": float(state["train_wall_s"]) + float(state["val_wall_s"]),

@@ -213,26 +213,34 @@ def _as_rank(monkeypatch: pytest.MonkeyPatch, rank: int, size: int) -> None:
     monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=rank, size=size, local_rank=rank, local_size=size))
 
 
-@pytest.mark.parametrize("size,per", [(2, 12), (3, 5), (4, 2), (4, 12)])
-def test_the_union_of_the_processes_parts_is_the_one_process_batch(monkeypatch, size, per):
-    """1337 training examples: the last global batch keeps 17, 2 (< 3: skipped), 1 (< 4: skipped), 41."""
-    from harness.data import load_dataset
+@pytest.mark.parametrize("size,per,augment", [(2, 12, False), (3, 5, False), (4, 2, True), (4, 12, True)])
+def test_the_union_of_the_processes_parts_is_the_one_process_batch(monkeypatch, size, per, augment):
+    """1337 training examples: the last global batch keeps 17, 2 (< 3: skipped), 1 (< 4: skipped),
+    41. Augmented (crop and flip from the data generator): the same images as one process, and the
+    generator left where one process leaves it, so the next epoch's order is the same too."""
+    from harness.data import Augment, Split, load_dataset
 
     split = load_dataset("digits", val_size=100).train
+    if augment:
+        split = Split(split.x, split.y, Augment(crop_padding=2))
     batch = per * size
-    one = [y for _, y in split.batches(batch, shuffle=True, generator=torch.Generator().manual_seed(3))]
+    gen1 = torch.Generator().manual_seed(3)
+    one = list(split.batches(batch, shuffle=True, generator=gen1))
     parts = []
     for rank in range(size):
         _as_rank(monkeypatch, rank, size)
         assert distributed.per_rank_batch(batch) == per
-        parts.append(list(distributed.rank_batches(split, batch, generator=torch.Generator().manual_seed(3))))
+        gen = torch.Generator().manual_seed(3)
+        parts.append(list(distributed.rank_batches(split, batch, generator=gen)))
+        assert torch.equal(gen.get_state(), gen1.get_state())
     steps = distributed.global_steps(len(split), batch)
     assert all(len(p) == steps for p in parts)
     rest = len(split) % batch
     assert steps == len(one) - (1 if 0 < rest < size else 0)
     for k in range(steps):
-        ys = [p[k][1] for p in parts]
-        assert torch.equal(torch.cat(ys), one[k])  # disjoint, in order, together the one-process batch
+        xs, ys = [p[k][0] for p in parts], [p[k][1] for p in parts]
+        assert torch.equal(torch.cat(ys), one[k][1]) and torch.equal(torch.cat(xs), one[k][0])  # disjoint, in order
+        assert torch.equal(parts[0][k][3][0], one[k][0])  # the whole global batch, for rank 0's stop rule
         assert sum(p[k][2] for p in parts) == pytest.approx(1.0)
         assert max(len(y) for y in ys) - min(len(y) for y in ys) <= 1
         if k < len(split) // batch:

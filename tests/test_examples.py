@@ -47,6 +47,7 @@ NOT_RUN: Dict[str, str] = {
     ".venv/bin/python -m pytest -q": "the test suite itself",
 }
 BENCHMARK = ".venv/bin/python benchmarks/run.py"
+REPRODUCE = ".venv/bin/python benchmarks/reproduce.py"
 
 
 def readme_commands() -> List[str]:
@@ -148,7 +149,7 @@ def test_the_readme_has_commands_and_every_one_is_classified():
     commands = [harness_part(c) for c in readme_commands()]
     assert sum(c.split()[0].endswith("harness") for c in commands) >= 8
     for c in commands:
-        assert c.split()[0].endswith("harness") or c in NOT_RUN or c.startswith(BENCHMARK), \
+        assert c.split()[0].endswith("harness") or c in NOT_RUN or c.startswith((BENCHMARK, REPRODUCE)), \
             f"README command {c!r} is neither run nor listed in NOT_RUN with a reason"
 
 
@@ -186,6 +187,23 @@ def test_the_benchmark_command_line_parses_through_its_own_parser(monkeypatch, t
         argv = [a if a != "cost.json" else str(tmp_path / "cost.json") for a in shlex.split(c)[2:]]
         assert B.main(argv) == 0
         assert seen["quick"] is ("--quick" in argv)
+
+
+def test_the_reproduction_command_lines_parse_and_resolve_every_recipe_they_name(monkeypatch, tmp_path):
+    """The README's benchmarks/reproduce.py lines through its own parser: every run's config is
+    resolved (recipe, variant, the paper's suite); training, evaluation and the table are stubbed."""
+    import benchmarks.reproduce as R
+
+    planned, rendered = [], []
+    monkeypatch.setattr(R, "reproduce_one", lambda cfg, **kw: planned.append(cfg))
+    monkeypatch.setattr(R, "write_doc", lambda out, doc: rendered.append(doc))
+    commands = [c for c in readme_commands() if c.startswith(REPRODUCE)]
+    assert commands
+    for c in commands:
+        argv = shlex.split(c)[2:] + ["--out", str(tmp_path / "runs"), "--doc", str(tmp_path / "doc.md")]
+        assert R.main(argv) == 0
+    assert {cfg["defense"] for cfg in planned} == {"erm", "fast-at", "pgd-at", "trades", "free-at"}
+    assert all(cfg["eval"]["suite"].startswith("paper-") for cfg in planned) and rendered
 
 
 def test_help_texts_have_examples_and_every_example_works(finished, capsys):

@@ -655,6 +655,8 @@ class TrainingSummary(Document):
     stopped_early: Optional[bool]
     stop_reason: Optional[str]
     early_stop: Optional[bool] = optional()
+    # the rule that may stop the run (harness/stop_rules.py): descriptor, fired, epoch, restored_epoch
+    stop_rule: Optional[Dict[str, Any]] = optional()
     catastrophic_overfitting: CatastrophicOverfitting
     robust_overfitting: RobustOverfitting
     wall_s: Optional[float]
@@ -720,6 +722,8 @@ class MetricsRow(Document):
     val: ValBlock
     best_epoch: Optional[int]
     flags: EpochFlags
+    # the stop rule's check of this epoch, recorded apart from the collapse flag (present when the run can stop)
+    stop_rule: Optional[Dict[str, Any]] = optional()
 
 
 @dataclass

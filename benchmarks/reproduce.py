@@ -1,0 +1,361 @@
+"""Reproduce the papers: train each defense's recipe, evaluate it the paper's way and with
+AutoAttack, and write ``docs/reproductions.md`` from the run directories alone.
+
+    python benchmarks/reproduce.py --dataset fashion-mnist [--defenses erm,fast-at,pgd-at,trades,free-at]
+                                   [--variant fast-at=clipped-start] [--seeds 0,1,2] [--epochs N]
+                                   [--out runs/reproduce] [--threads 1] [--device auto] [--resume]
+                                   [--eval-n N] [--aa-n 1000] [--aa-suite autoattack] [--no-aa]
+                                   [--doc docs/reproductions.md]
+    python benchmarks/reproduce.py --render-only [--out runs/reproduce] [--doc docs/reproductions.md]
+
+For each defense (one at a time, in the order given) and seed: the recipe of that defense for the
+data set (its default variant, or ``--variant DEFENSE=NAME``) is resolved as ``harness run``
+would, with the evaluation set to the paper's (the recipe's ``paper.suite``, its n and its
+checkpoint: ``last`` for the final weights, ``best`` where the paper selected on val); the run
+trains, selects, evaluates under the paper's attack, and then under AutoAttack (``--aa-suite``,
+``--aa-n`` points). Run directories are named ``DEFENSE-DATASET-VARIANT-sSEED`` under ``--out``:
+a finished one is skipped; an unfinished one is continued with ``--resume`` (training from its
+last finished epoch, evaluation from its last finished attack) and refused without it.
+
+The table is rendered from the run directories only (``config.json``'s recipe record holds the
+paper's number and its citation, ``training.json`` the cost, ``eval/*.json`` our numbers): nothing
+in ``docs/reproductions.md`` is typed by hand. ``--render-only`` re-renders from finished (or
+half-finished) runs; what is missing shows as "not run" or "not finished".
+
+``--epochs`` shortens training (for smoke tests); a shortened run says so in the epochs column.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.core.errors import HarnessError  # noqa: E402
+from harness.core.io import atomic_write_text, read_json  # noqa: E402
+
+DEFAULT_DEFENSES = ("erm", "fast-at", "pgd-at", "trades", "free-at")
+FALLBACK_SUITE = "smoke"  # a recipe without a paper evaluation (the generated test data sets)
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+def run_name(defense: str, dataset: str, variant: str, seed: int) -> str:
+    return f"{defense}-{dataset}-{variant}-s{seed}".replace("+", "_")
+
+
+def plan_run(defense: str, dataset: str, *, seed: int, variant: Optional[str], out: Path, threads: Optional[int],
+             device: str, epochs: Optional[int], eval_n: Optional[int], data_dir: Optional[str]) -> Dict[str, Any]:
+    """The resolved config of one reproduction run (as ``harness run`` would resolve it)."""
+    from harness import config as C
+
+    flags: Dict[str, Any] = {"defense": defense, "dataset": dataset, "seed": seed, "device": device}
+    if variant:
+        flags["recipe"] = {"variant": variant}
+    if threads:
+        flags["threads"] = threads
+    if data_dir:
+        flags["data"] = {"data_dir": data_dir}
+    if epochs:
+        flags["train"] = {"epochs": epochs}
+    cfg = C.resolve(flags)
+    paper = cfg["recipe"].get("paper") if cfg.get("recipe") else None
+    suite = paper["suite"] if paper else FALLBACK_SUITE
+    n = eval_n or (paper["n"] if paper else None)
+    checkpoint = paper["checkpoint"] if paper else "last"
+    cfg = C.resolve(C.deep_merge(flags, {
+        "eval": {"suite": suite, "n": n, "checkpoints": [checkpoint]},
+        "out": {"root": str(out), "name": run_name(defense, dataset, cfg["recipe"].get("variant") or "none", seed)}}))
+    return cfg
+
+
+def reproduce_one(cfg: Dict[str, Any], *, resume: bool, aa_suite: Optional[str], aa_n: Optional[int],
+                  progress: bool = False) -> Path:
+    """Train and evaluate one run (or continue it); returns its directory."""
+    from harness import api
+    from harness.core.rundir import RunDir
+    from harness.pipeline import run_pipeline
+
+    path = Path(cfg["out"]["root"]) / cfg["out"]["name"]
+    if path.exists():
+        env = read_json(path / "env.json") if (path / "env.json").exists() else {}
+        if env.get("status") != "finished":
+            if not resume:
+                raise HarnessError(f"{path} exists and is not finished: pass --resume to continue it")
+            print(f"continuing {path}", flush=True)
+            run_pipeline(None, resume=str(path), progress=progress)
+        else:
+            print(f"{path}: trained and evaluated with {cfg['eval']['suite']} already", flush=True)
+    else:
+        print(f"training {path}", flush=True)
+        run_pipeline(cfg, progress=progress)
+    run = RunDir.open(path)
+    if aa_suite:
+        saved = run.read_config()
+        api.evaluate_run(run.path, checkpoints=list(saved["eval"]["checkpoints"]), suite=aa_suite, n=aa_n,
+                         progress=progress)
+        try:
+            from reports.run_report import render_run
+
+            render_run(run.path)
+        except ImportError:  # reports are optional in a minimal build
+            pass
+    return path
+
+
+# -- rendering (no torch) ---------------------------------------------------------------------------
+
+def _pct(p: Optional[float]) -> str:
+    return "-" if p is None else f"{100 * p:.2f}"
+
+
+def _prop(doc: Optional[Mapping[str, Any]]) -> str:
+    if not doc or doc.get("accuracy") is None:
+        return "-"
+    lo, hi = (doc.get("ci95") or [None, None])[:2]
+    ci = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None else ""
+    return f"{100 * doc['accuracy']:.2f}{ci}"
+
+
+def _minutes(s: Optional[float]) -> str:
+    if s is None:
+        return "-"
+    if s < 120:
+        return f"{s:.0f} s"
+    return f"{s / 60:.1f} min" if s < 3600 else f"{s / 3600:.2f} h"
+
+
+def _within(value: Optional[float], doc: Optional[Mapping[str, Any]], bound: str = "") -> str:
+    """Does the published value lie in our 95% interval ("yes" / "no"); for an upper bound, is
+    our interval at or below it."""
+    if value is None or not doc or not doc.get("ci95"):
+        return "-"
+    lo, hi = doc["ci95"][:2]
+    if bound == "upper":
+        return "yes (below the bound)" if lo <= value else "no (above the bound)"
+    return "yes" if lo <= value <= hi else "no"
+
+
+def collect(out: Path) -> List[Dict[str, Any]]:
+    """One record per run directory under ``out`` that carries a recipe record."""
+    rows = []
+    for cfg_path in sorted(out.glob("*/config.json")):
+        run = cfg_path.parent
+        try:
+            cfg = read_json(cfg_path)
+        except HarnessError:
+            continue
+        rec = cfg.get("recipe") or {}
+        if not rec.get("defense"):
+            continue
+        env = read_json(run / "env.json") if (run / "env.json").exists() else {}
+        training = read_json(run / "training.json") if (run / "training.json").exists() else None
+        ev = cfg.get("eval") or {}
+        ckpt = (ev.get("checkpoints") or ["last"])[0]
+        paper_eval = _read_eval(run, ev.get("suite"), ckpt)
+        aa_eval = None
+        for path in sorted((run / "eval").glob(f"*--{ckpt}.json")) if (run / "eval").exists() else []:
+            doc = read_json(path)
+            names = {a.get("name") for a in doc.get("attacks", [])}
+            if doc.get("suite") != ev.get("suite") and names & {"apgd-ce", "apgd-t", "fab-t", "square"}:
+                aa_eval = doc
+        rows.append({"run": run.name, "path": run, "cfg": cfg, "recipe": rec, "env": env, "training": training,
+                     "checkpoint": ckpt, "paper_eval": paper_eval, "aa_eval": aa_eval})
+    return rows
+
+
+def _read_eval(run: Path, suite: Optional[str], ckpt: str) -> Optional[Dict[str, Any]]:
+    path = run / "eval" / f"{suite}--{ckpt}.json"
+    return read_json(path) if suite and path.exists() else None
+
+
+def _cost(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+    t = row["training"]
+    if not t:
+        return "-"
+    ds, seed = row["cfg"]["dataset"], row["cfg"]["seed"]
+    erm = next((r for r in rows if r["cfg"]["defense"] == "erm" and r["cfg"]["dataset"] == ds
+                and r["cfg"]["seed"] == seed and r["training"]), None)
+    if erm is None:
+        return "no erm run"
+    if erm is row:
+        return "1 (control)"
+    wall = t["train_wall_s"] / max(t["epochs_run"], 1)
+    erm_wall = erm["training"]["train_wall_s"] / max(erm["training"]["epochs_run"], 1)
+    passes = sum(t["passes_per_example_per_epoch"].values())
+    erm_passes = sum(erm["training"]["passes_per_example_per_epoch"].values())
+    return f"{wall / erm_wall:.1f}x per epoch ({passes / erm_passes:.1f}x passes)"
+
+
+def render(out: Path) -> str:
+    rows = collect(out)
+    lines = [
+        "# Reproductions: our numbers beside the papers'",
+        "",
+        "Generated by `python benchmarks/reproduce.py` from the run directories under "
+        f"`{out}` (re-render: `python benchmarks/reproduce.py --render-only --out {out}`). Every number below is read "
+        "from a "
+        "run directory: the paper's from the recipe record in its `config.json` (the value and its citation come from "
+        "the "
+        "defense's recipe in `defenses/`), ours from `eval/*.json`, the cost from `training.json`. Nothing is typed by "
+        "hand.",
+        "",
+        "Accuracies in %; ours with the 95% Wilson interval. \"paper attack\": the paper's own evaluation replayed by "
+        "the "
+        "suite named under it, with the paper's n; \"AA\": AutoAttack standard (pyautoattack) on the first n test "
+        "points. "
+        "\"in CI\": whether the published number lies in our interval (clean / robust). Wall time: training steps plus "
+        "the "
+        "per-epoch val monitor, on the device in the env column; cost: training seconds per epoch and measured "
+        "forward + backward passes per example, over the erm control of the same data set and seed.",
+        "",
+    ]
+    if not rows:
+        return "\n".join(lines + ["No reproduction runs found.", ""])
+    lines += ["| defense | data | variant | model | epochs | paper: clean / robust | paper's attack, n | ours: clean | "
+              "ours: robust (paper attack) | in CI | ours: AA robust | authors' model under AA | wall time | cost over "
+              "erm | "
+              "device |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    notes: List[str] = []
+    for row in rows:
+        cfg, rec, t = row["cfg"], row["recipe"], row["training"]
+        paper = rec.get("paper") or {}
+        planned = (rec.get("differs_from_recipe") or {}).get("train.epochs")
+        if t:
+            epochs = f"{t['epochs_run']}/{t['epochs_planned']}"
+            if t.get("stopped_early"):
+                epochs += " (stopped)"
+        else:
+            epochs = f"not finished (0/{cfg['train']['epochs']})"
+        if planned is not None:
+            epochs += f" (recipe: {planned})"
+        if paper.get("clean") is not None or paper.get("robust") is not None:
+            bound = " (upper bound)" if paper.get("bound") else ""
+            published = f"{_pct(paper.get('clean'))} / {_pct(paper.get('robust'))}{bound}"
+        else:
+            published = "none published"
+        pe, aa = row["paper_eval"], row["aa_eval"]
+        ours_clean = _prop(pe.get("clean")) if pe else "not run"
+        ours_rob = (_prop(pe.get("robust")) + f" (n={pe['data']['n']}, {row['checkpoint']})") if pe else "not run"
+        within = "-"
+        if pe:
+            robust_in = _within(paper.get("robust"), pe.get("robust"), paper.get("bound", ""))
+            within = f"{_within(paper.get('clean'), pe.get('clean'))} / {robust_in}"
+        ours_aa = (_prop(aa.get("robust")) + f" (n={aa['data']['n']})") if aa else "not run"
+        authors_aa = _pct(paper.get("autoattack")) if paper.get("autoattack") is not None else "-"
+        wall = _minutes(t.get("wall_s")) if t else "-"
+        device = row["env"].get("device_name") or row["env"].get("device")
+        ref = len(notes) + 1
+        notes.append(f"{ref}. `{row['run']}`: {paper.get('source', 'no paper')}. Paper's attack: "
+                     f"{paper.get('attack', '-')}"
+                     + (f"; {paper['note']}" if paper.get("note") else "") + ". Recipe notes: "
+                     + ("; ".join(rec.get("notes") or []) or "none") + ".")
+        lines.append(f"| {cfg['defense']} [{ref}] | {cfg['dataset']} | {rec.get('variant')} | {cfg['model']} | "
+                     f"{epochs} | "
+                     f"{published} | {paper.get('suite') or (pe or {}).get('suite', '-')}, "
+                     f"n={paper.get('n') or ((pe or {}).get('data') or {}).get('n', '-')} | {ours_clean} | {ours_rob} "
+                     f"| {within} | "
+                     f"{ours_aa} | {authors_aa} | {wall} | {_cost(row, rows)} | {device or '-'} |")
+    lines += ["", "## Sources and notes", ""] + notes + [""]
+    lines += _seed_summary(rows)
+    return "\n".join(lines)
+
+
+def _seed_summary(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    """Mean and standard deviation over seeds for every (defense, data, variant) run more than once."""
+    import statistics
+
+    groups: Dict[Tuple[str, str, str], List[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["cfg"]["defense"], r["cfg"]["dataset"], r["recipe"].get("variant")), []).append(r)
+    out = []
+    for (defense, dataset, variant), rs in sorted(groups.items()):
+        done = [r for r in rs if r["paper_eval"]]
+        if len(done) < 2:
+            continue
+
+        def stat(get: Any) -> str:
+            vals = [get(r) for r in done if get(r) is not None]
+            if len(vals) < 2:
+                return "-"
+            return f"{100 * statistics.mean(vals):.2f} +- {100 * statistics.stdev(vals):.2f}"
+
+        out.append(f"| {defense} | {dataset} | {variant} | {len(done)} "
+                   f"({', '.join(str(r['cfg']['seed']) for r in done)}) | "
+                   f"{stat(lambda r: r['paper_eval']['clean']['accuracy'])} | "
+                   f"{stat(lambda r: r['paper_eval']['robust']['accuracy'])} | "
+                   f"{stat(lambda r: r['aa_eval']['robust']['accuracy'] if r['aa_eval'] else None)} |")
+    if not out:
+        return []
+    return ["## Over seeds", "", "Mean +- standard deviation over the seeds run (accuracies in %).", "",
+            "| defense | data | variant | seeds | clean | robust (paper attack) | AA robust |",
+            "|---|---|---|---|---|---|---|"] + out + [""]
+
+
+def write_doc(out: Path, doc: Path) -> Path:
+    atomic_write_text(doc, render(out))
+    return doc
+
+
+# -- command line -------------------------------------------------------------------------------------
+
+def parse_variants(items: Sequence[str]) -> Dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, variant = item.partition("=")
+        if not sep or not name or not variant:
+            raise HarnessError(f"--variant expects DEFENSE=VARIANT, got {item!r}")
+        out[name] = variant
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--defenses", default=",".join(DEFAULT_DEFENSES), help="comma-separated, trained in this order")
+    p.add_argument("--variant", action="append", default=[], metavar="DEFENSE=NAME",
+                   help="a recipe variant for one defense")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--epochs", type=int, default=None, help="shorten training (smoke tests); the table says so")
+    p.add_argument("--out", default="runs/reproduce")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--resume", action="store_true", help="continue unfinished run directories")
+    p.add_argument("--eval-n", type=int, default=None, help="points for the paper's attack (default: the paper's n)")
+    p.add_argument("--aa-suite", default="autoattack", help="the AutoAttack suite (harness ls suites)")
+    p.add_argument("--aa-n", type=int, default=None, help="points for AutoAttack (default: the suite's n)")
+    p.add_argument("--no-aa", action="store_true", help="skip the AutoAttack evaluation")
+    p.add_argument("--doc", default="docs/reproductions.md")
+    p.add_argument("--render-only", action="store_true", help="only re-render the table from the run directories")
+    p.add_argument("--progress", action="store_true", help="progress bars")
+    args = p.parse_args(argv)
+    out, doc = Path(args.out), Path(args.doc)
+    try:
+        if not args.render_only:
+            import logging
+
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            variants = parse_variants(args.variant)
+            defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            plans = [plan_run(d, args.dataset, seed=s, variant=variants.get(d), out=out, threads=args.threads,
+                              device=args.device, epochs=args.epochs, eval_n=args.eval_n, data_dir=args.data_dir)
+                     for d in defenses for s in seeds]  # every config checked before anything trains
+            for cfg in plans:
+                reproduce_one(cfg, resume=args.resume, aa_suite=None if args.no_aa else args.aa_suite, aa_n=args.aa_n,
+                              progress=args.progress)
+                write_doc(out, doc)  # the table grows as runs finish
+        write_doc(out, doc)
+    except HarnessError as e:
+        sys.stderr.write(f"reproduce: error: {e}\n")
+        return 2
+    print(f"wrote {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,372 @@
+"""Each recipe resolves to its reference code's values, each value cites where it comes from,
+and `harness run --dry-run` shows it all.
+
+The table below has one row per value: (defense, data set, variant, config key, expected value,
+a piece of the expected source). The source piece pins repository, commit and file (and line
+where the value is one), so a recipe that drifts from its reference, or a citation that drifts
+from its value, fails here. Values were read with git from the repositories in
+``defenses/references.py`` at the commits listed there.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from defenses.base import Recipe, Variant, _leaves
+from defenses.references import REPOS
+from defenses.registry import DEFENSES
+from harness import config as C
+from harness.cli import main
+from harness.core.errors import ConfigError
+
+FAST = "locuslab/fast_adversarial@54f7287"
+TRADES = "yaodongyu/TRADES@6e8e11b"
+FREE = "ashafahi/free_adv_train@c42cac2"
+RICE = "locuslab/robust_overfitting@c47a25c"
+MADRY_M = "MadryLab/mnist_challenge@3ee3643"
+MADRY_C = "MadryLab/cifar10_challenge@f15682d"
+MMR = "max-andr/provable-robustness-max-linear-regions@28200b6"
+AA = "fra31/auto-attack@a392200"
+
+D = None  # the recipe's default variant
+
+TABLE = [
+    # -- fast-at, CIFAR-10: CIFAR10/train_fgsm.py and utils.py ---------------------------------------------
+    ("fast-at", "cifar10", D, "threat.eps", "8/255", f"{FAST} CIFAR10/train_fgsm.py:L30"),
+    ("fast-at", "cifar10", D, "defense_options.step_size", "1.25*eps", f"{FAST} CIFAR10/train_fgsm.py:L30-31,69"),
+    ("fast-at", "cifar10", D, "defense_options.clip_start", True, f"{FAST} CIFAR10/train_fgsm.py:L110"),
+    ("fast-at", "cifar10", D, "defense_options.attack_bn_mode", "train", f"{FAST} CIFAR10/train_fgsm.py:L73"),
+    ("fast-at", "cifar10", D, "train.epochs", 15, f"{FAST} CIFAR10/train_fgsm.py:L24"),
+    ("fast-at", "cifar10", D, "train.batch_size", 128, f"{FAST} CIFAR10/train_fgsm.py:L22"),
+    ("fast-at", "cifar10", D, "train.lr", 0.2, f"{FAST} CIFAR10/train_fgsm.py:L27"),
+    ("fast-at", "cifar10", D, "train.weight_decay", 5e-4, f"{FAST} CIFAR10/train_fgsm.py:L28"),
+    ("fast-at", "cifar10", D, "train.momentum", 0.9, f"{FAST} CIFAR10/train_fgsm.py:L29"),
+    ("fast-at", "cifar10", D, "train.schedule", "cyclic", f"{FAST} CIFAR10/train_fgsm.py:L25,86-88"),
+    ("fast-at", "cifar10", D, "train.cyclic_peak", 0.5, f"{FAST} CIFAR10/train_fgsm.py:L88"),
+    ("fast-at", "cifar10", D, "train.cycle_momentum", [0.8, 0.9], f"{FAST} CIFAR10/train_fgsm.py:L87-88"),
+    ("fast-at", "cifar10", D, "model", "preact-resnet18", f"{FAST} CIFAR10/train_fgsm.py:L72"),
+    ("fast-at", "cifar10", D, "model_options.normalize", "dataset", f"{FAST} CIFAR10/utils.py:L8-9,27"),
+    ("fast-at", "cifar10", D, "data.augment", "crop-flip", f"{FAST} CIFAR10/utils.py:L24-25"),
+    ("fast-at", "cifar10", D, "data.crop_padding", 4, f"{FAST} CIFAR10/utils.py:L24"),
+    ("fast-at", "cifar10", D, "data.pad_mode", "zeros", f"{FAST} CIFAR10/utils.py:L24"),
+    ("fast-at", "cifar10", D, "data.val_size", 1000, "the reference trains on all 50,000"),
+    ("fast-at", "cifar10", D, "data.split", "numpy-legacy", f"{RICE} generate_validation.py:L5-9,23-26"),
+    ("fast-at", "cifar10", D, "precision", "fp32", f"{FAST} README.md:L19"),
+    ("fast-at", "cifar10", D, "monitor.early_stop", True, f"{FAST} CIFAR10/train_fgsm.py:L36,130-140"),
+    ("fast-at", "cifar10", D, "monitor.stop_rule", "first-batch-pgd", f"{FAST} CIFAR10/train_fgsm.py:L103-104,130-133"),
+    ("fast-at", "cifar10", D, "monitor.stop_steps", 5, f"{FAST} CIFAR10/train_fgsm.py:L133"),
+    ("fast-at", "cifar10", D, "monitor.stop_step_size", "eps/4", f"{FAST} CIFAR10/train_fgsm.py:L70"),
+    ("fast-at", "cifar10", D, "monitor.stop_drop", 0.2, f"{FAST} CIFAR10/train_fgsm.py:L137"),
+    ("fast-at", "cifar10", "released", "monitor.early_stop", False, f"{FAST} CIFAR10/train_fgsm.py:L36"),
+    ("fast-at", "cifar10", "apex-o2", "precision", "fp16", f"{FAST} CIFAR10/train_fgsm.py:L37,76-79"),
+    ("fast-at", "cifar10", "apex-o2", "train.loss_scale", 1.0, f"{FAST} CIFAR10/train_fgsm.py:L39"),
+    # -- fast-at, MNIST and Fashion-MNIST: MNIST/train_mnist.py ---------------------------------------------
+    ("fast-at", "mnist", D, "threat.eps", "0.3", f"{FAST} MNIST/train_mnist.py:L28"),
+    ("fast-at", "mnist", D, "defense_options.step_size", "1.25*eps", f"{FAST} MNIST/train_mnist.py:L29"),
+    ("fast-at", "mnist", D, "defense_options.clip_start", False, f"{FAST} MNIST/train_mnist.py:L74-81"),
+    ("fast-at", "mnist", D, "train.epochs", 10, f"{FAST} MNIST/train_mnist.py:L26"),
+    ("fast-at", "mnist", D, "train.batch_size", 100, f"{FAST} MNIST/train_mnist.py:L24"),
+    ("fast-at", "mnist", D, "train.optimizer", "adam", f"{FAST} MNIST/train_mnist.py:L52"),
+    ("fast-at", "mnist", D, "train.lr", 5e-3, f"{FAST} MNIST/train_mnist.py:L31"),
+    ("fast-at", "mnist", D, "train.cyclic_peak", 0.4, f"{FAST} MNIST/train_mnist.py:L54"),
+    ("fast-at", "mnist", D, "model_options.normalize", "none", f"{FAST} MNIST/train_mnist.py:L46"),
+    ("fast-at", "mnist", D, "monitor.early_stop", False, f"{FAST} MNIST/train_mnist.py:L63-112"),
+    ("fast-at", "mnist", D, "data.augment", "none", f"{FAST} MNIST/train_mnist.py:L46"),
+    ("fast-at", "mnist", "clipped-start", "defense_options.clip_start", True, f"{FAST} CIFAR10/train_fgsm.py:L107-110"),
+    ("fast-at", "fashion-mnist", D, "threat.eps", "0.1", f"{MMR} train.py:L22-23"),
+    ("fast-at", "fashion-mnist", D, "defense_options.clip_start", False, f"{FAST} MNIST/train_mnist.py:L74-81"),
+    ("fast-at", "fashion-mnist", D, "monitor.early_stop", False, f"{FAST} MNIST/train_mnist.py:L63-112"),
+    ("fast-at", "fashion-mnist", D, "data.val_size", 1000, "the references train on all 60,000"),
+    ("fast-at", "fashion-mnist", "clipped-start", "defense_options.clip_start", True,
+     f"{FAST} CIFAR10/train_fgsm.py:L107-110"),
+    # -- erm: the Fast-AT schedule without the attack ----------------------------------------------------------
+    ("erm", "fashion-mnist", D, "train.lr", 5e-3, f"{FAST} MNIST/train_mnist.py:L31"),
+    ("erm", "fashion-mnist", D, "model_options.normalize", "none", f"{FAST} MNIST/train_mnist.py:L46"),
+    ("erm", "cifar10", D, "train.cycle_momentum", [0.8, 0.9], f"{FAST} CIFAR10/train_fgsm.py:L87-88"),
+    ("erm", "cifar10", D, "data.augment", "crop-flip", f"{FAST} CIFAR10/utils.py:L24-25"),
+    # -- trades: train_trades_{mnist,cifar10}.py and trades.py -------------------------------------------------
+    ("trades", "mnist", D, "train.milestones", [0.54, 0.74, 0.89], f"{TRADES} train_trades_mnist.py:L135-140"),
+    ("trades", "mnist", D, "train.gamma", 0.1, f"{TRADES} train_trades_mnist.py:L136-140"),
+    ("trades", "mnist", D, "train.lr", 0.01, f"{TRADES} train_trades_mnist.py:L22"),
+    ("trades", "mnist", D, "train.weight_decay", 0.0, f"{TRADES} train_trades_mnist.py:L148"),
+    ("trades", "mnist", D, "train.epochs", 100, f"{TRADES} train_trades_mnist.py:L20"),
+    ("trades", "mnist", D, "defense_options.beta", 1.0, f"{TRADES} train_trades_mnist.py:L34"),
+    ("trades", "mnist", D, "defense_options.steps", 40, f"{TRADES} train_trades_mnist.py:L30"),
+    ("trades", "mnist", D, "defense_options.step_size", 0.01, f"{TRADES} train_trades_mnist.py:L32"),
+    ("trades", "mnist", D, "model_options.normalize", "none", f"{TRADES} train_trades_mnist.py:L57-58"),
+    ("trades", "fashion-mnist", D, "train.milestones", [0.54, 0.74, 0.89], "c56d2f2"),
+    ("trades", "fashion-mnist", D, "defense_options.step_size", "eps/30", "derived"),
+    ("trades", "cifar10", D, "train.epochs", 76, f"{TRADES} train_trades_cifar10.py:L20"),
+    ("trades", "cifar10", D, "train.milestones", [74 / 76], f"{TRADES} train_trades_cifar10.py:L140-141"),
+    ("trades", "cifar10", D, "train.weight_decay", 2e-4, f"{TRADES} train_trades_cifar10.py:L22"),
+    ("trades", "cifar10", D, "defense_options.beta", 6.0, f"{TRADES} train_trades_cifar10.py:L36"),
+    ("trades", "cifar10", D, "defense_options.step_size", 0.007, f"{TRADES} train_trades_cifar10.py:L34"),
+    ("trades", "cifar10", D, "defense_options.attack_bn_mode", "eval", f"{TRADES} trades.py:L28,73"),
+    ("trades", "cifar10", D, "model_options.normalize", "none", f"{TRADES} train_trades_cifar10.py:L59-63"),
+    ("trades", "cifar10", D, "data.augment", "crop-flip", f"{TRADES} train_trades_cifar10.py:L60-61"),
+    ("trades", "cifar10", D, "threat.eps", "8/255", "harness"),
+    ("trades", "cifar10", "paper-eps", "threat.eps", "0.031", f"{TRADES} train_trades_cifar10.py:L30"),
+    # -- pgd-at: MMR (Fashion-MNIST), Madry (MNIST, CIFAR-10), Rice et al. --------------------------------------
+    ("pgd-at", "fashion-mnist", D, "defense_options.steps", 40, f"{MMR} train.py:L97"),
+    ("pgd-at", "fashion-mnist", D, "defense_options.step_size", "2*eps/steps", f"{MMR} attacks.py:L62"),
+    ("pgd-at", "fashion-mnist", D, "defense_options.clip_start", False, f"{MMR} attacks.py:L210-215,193-196"),
+    ("pgd-at", "fashion-mnist", D, "defense_options.adv_fraction", 0.5, f"{MMR} README.md:L62-66"),
+    ("pgd-at", "fashion-mnist", D, "train.milestones", [0.89], f"{MMR} train.py:L240-242"),
+    ("pgd-at", "fashion-mnist", D, "train.lr", 1e-3, f"{MMR} train.py:L83"),
+    ("pgd-at", "fashion-mnist", D, "train.epochs", 100, f"{MMR} train.py:L69"),
+    ("pgd-at", "fashion-mnist", D, "model_options.normalize", "none", f"{MMR} data.py:L26"),
+    ("pgd-at", "mnist", D, "defense_options.steps", 40, f"{MADRY_M} config.json:L20"),
+    ("pgd-at", "mnist", D, "defense_options.step_size", 0.01, f"{MADRY_M} config.json:L21"),
+    ("pgd-at", "mnist", D, "defense_options.clip_start", True, f"{MADRY_M} pgd_attack.py:L46-48"),
+    ("pgd-at", "mnist", D, "train.batch_size", 50, f"{MADRY_M} config.json:L11"),
+    ("pgd-at", "mnist", D, "train.lr", 1e-4, f"{MADRY_M} train.py:L39"),
+    ("pgd-at", "mnist", D, "train.epochs", 91, "100,000 steps (config.json:L7) x batch 50 / 55,000"),
+    ("pgd-at", "mnist", D, "data.val_size", 5000, f"{MADRY_M} train.py:L34"),
+    ("pgd-at", "mnist", D, "data.split", "first", f"{MADRY_M} train.py:L34"),
+    ("pgd-at", "cifar10", D, "defense_options.steps", 7, "7 steps of size 2"),
+    ("pgd-at", "cifar10", D, "defense_options.step_size", "eps/4", f"{MADRY_C} config.json:L28"),
+    ("pgd-at", "cifar10", D, "train.epochs", 205, "80,000 steps (config.json:L11) x batch 128 / 50,000"),
+    ("pgd-at", "cifar10", D, "train.weight_decay", 2e-4, f"{MADRY_C} config.json:L17"),
+    ("pgd-at", "cifar10", D, "train.milestones", [0.5, 0.75], f"{MADRY_C} config.json:L16"),
+    ("pgd-at", "cifar10", D, "model_options.normalize", "per-image", f"{MADRY_C} model.py:L40-41"),
+    ("pgd-at", "cifar10", D, "data.crop_padding", 2, f"{MADRY_C} cifar10_input.py:L96-97"),
+    ("pgd-at", "cifar10", "released", "defense_options.steps", 10, f"{MADRY_C} config.json:L27"),
+    ("pgd-at", "cifar10", "rice", "defense_options.steps", 10, f"{RICE} train_cifar.py:L140"),
+    ("pgd-at", "cifar10", "rice", "model", "preact-resnet18", f"{RICE} train_cifar.py:L128,208-209"),
+    ("pgd-at", "cifar10", "rice", "train.epochs", 200, f"{RICE} train_cifar.py:L133"),
+    ("pgd-at", "cifar10", "rice", "train.weight_decay", 5e-4, f"{RICE} train_cifar.py:L230"),
+    ("pgd-at", "cifar10", "rice", "model_options.normalize", "dataset", f"{RICE} train_cifar.py:L20-24,324"),
+    ("pgd-at", "cifar10", "rice", "data.pad_mode", "reflect", f"{RICE} utils.py:L26-27"),
+    ("pgd-at", "cifar10", "rice", "data.crop_padding", 4, f"{RICE} train_cifar.py:L183,197"),
+    ("pgd-at", "cifar10", "rice", "data.val_size", 1000, f"{RICE} generate_validation.py:L9"),
+    # -- free-at: the TensorFlow code -----------------------------------------------------------------------
+    ("free-at", "cifar10", D, "defense_options.replays", 8, f"{FREE} config.py:L23"),
+    ("free-at", "cifar10", D, "defense_options.step_size", "eps", f"{FREE} free_train.py:L56-58"),
+    ("free-at", "cifar10", D, "train.epochs", 26, "80,000 steps including replays (config.py:L15) / m 8"),
+    ("free-at", "cifar10", D, "train.weight_decay", 2e-4, f"{FREE} config.py:L21"),
+    ("free-at", "cifar10", D, "train.milestones", [0.5, 0.75], f"{FREE} config.py:L20"),
+    ("free-at", "cifar10", D, "model_options.normalize", "per-image", f"{FREE} free_model.py:L55"),
+    ("free-at", "cifar10", D, "data.augment", "crop-flip", f"{FREE} cifar10_input.py:L107-113"),
+    ("free-at", "cifar10", D, "data.crop_padding", 2, f"{FREE} cifar10_input.py:L107-108"),
+    ("free-at", "fashion-mnist", D, "train.epochs", 5, "derived"),
+    ("free-at", "fashion-mnist", D, "defense_options.replays", 8, f"{FREE} config.py:L23"),
+]
+
+
+def _get(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize("defense, dataset, variant, key, expected, source", TABLE,
+                         ids=[f"{d}-{ds}-{v or 'default'}-{k}" for d, ds, v, k, *_ in TABLE])
+def test_recipe_resolves_to_the_reference_value_and_cites_it(defense, dataset, variant, key, expected, source):
+    cfg = C.resolve({"defense": defense, "dataset": dataset, **({"recipe": {"variant": variant}} if variant else {})})
+    value = _get(cfg, key)
+    if isinstance(expected, float):
+        assert value == pytest.approx(expected)
+    elif isinstance(expected, list) and expected and isinstance(expected[0], float):
+        assert value == pytest.approx(expected)
+    else:
+        assert value == expected
+    assert source in cfg["recipe"]["sources"][key], cfg["recipe"]["sources"][key]
+
+
+def _recipes():
+    for name in DEFENSES.names():
+        for family, recipe in DEFENSES.get(name).RECIPES.items():
+            yield name, family, recipe
+
+
+CORE = ("erm", "fast-at", "pgd-at", "trades", "free-at")
+
+
+@pytest.mark.parametrize("name, family, recipe", list(_recipes()), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_recipe_value_has_exactly_one_source_that_says_where_it_comes_from(name, family, recipe):
+    if not isinstance(recipe, Recipe):
+        # the old shape (a plain partial config) still loads, every value "not cited"
+        assert name not in CORE, f"{name}'s {family} recipe has no sources"
+        converted = DEFENSES.get(name).recipe_for(family if family != "tiny" else "digits")
+        assert converted is not None and all(t.startswith("not cited") for t in converted.sources.values())
+        return
+    assert recipe.default_variant not in recipe.variants  # the base config is the default variant
+    shas = [f"{repo}@{sha[:7]}" for repo, sha in REPOS.values()]
+    for cfg, sources in [(recipe.config, recipe.sources)] + [(v.config, v.sources) for v in recipe.variants.values()]:
+        assert set(_leaves(cfg)) == set(sources), set(_leaves(cfg)) ^ set(sources)
+        for key, text in sources.items():
+            assert "not cited" not in text, (key, text)
+            assert (any(s in text for s in shas) or text.startswith(("harness:", "derived:", "fp32:"))
+                    or "Madry et al. 2018, the paper's text" in text), (key, text)
+
+
+def test_the_resolved_config_records_recipe_variant_sources_and_repositories():
+    cfg = C.resolve({"defense": "pgd-at", "dataset": "cifar10", "recipe": {"variant": "released"}})
+    rec = cfg["recipe"]
+    assert (rec["defense"], rec["dataset"], rec["family"], rec["variant"], rec["default_variant"]) == \
+        ("pgd-at", "cifar10", "cifar10", "released", "paper")
+    assert set(rec["variants"]) == {"released", "rice"}
+    assert rec["sources"]["defense_options.steps"].startswith("MadryLab/cifar10_challenge@f15682d config.json:L27")
+    assert rec["repositories"]["MadryLab/cifar10_challenge@f15682d"] == REPOS["madry-cifar"][1]
+    assert rec["paper"]["robust"] == pytest.approx(0.4704) and rec["paper"]["suite"] == "paper-madry-cifar10"
+    assert rec["differs_from_recipe"] == {}
+    over = C.resolve({"defense": "pgd-at", "dataset": "cifar10", "train": {"epochs": 2}})
+    assert over["recipe"]["differs_from_recipe"] == {"train.epochs": 205}
+
+
+def test_a_saved_config_with_its_recipe_record_resolves_to_itself(tmp_path):
+    cfg = C.resolve({"defense": "fast-at", "dataset": "cifar10", "recipe": {"variant": "released+apex-o2"}, "seed": 3})
+    assert cfg["recipe"]["variant"] == "released+apex-o2"
+    assert cfg["precision"] == "fp16" and not cfg["monitor"]["early_stop"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    again = C.resolve(config_file=C.load_config_file(path))
+    assert again == cfg
+
+
+def test_variant_names_are_checked_and_may_not_overlap():
+    with pytest.raises(ConfigError, match="unknown recipe variant 'relased'.*did you mean 'released'"):
+        C.resolve({"defense": "fast-at", "dataset": "cifar10", "recipe": {"variant": "relased"}})
+    with pytest.raises(ConfigError, match="has no recipe for"):
+        C.resolve({"defense": "fast-at", "dataset": "no-such-set", "recipe": {"variant": "x"}})
+    recipe = Recipe({"train": {"lr": 1.0}}, {"train.lr": "harness: a"},
+                    variants={"a": Variant("a", {"train": {"lr": 2.0}}, {"train.lr": "harness: b"}),
+                              "b": Variant("b", {"train": {"lr": 3.0}}, {"train.lr": "harness: c"})})
+    assert recipe.resolve("a").config == {"train": {"lr": 2.0}}
+    assert recipe.resolve(None).variant == "reference" and recipe.resolve("reference+a").variant == "a"
+    with pytest.raises(ConfigError, match="both set train.lr"):
+        recipe.resolve("a+b")
+
+
+def test_a_defense_in_the_old_recipe_shape_still_resolves(toy_defense):
+    cfg = C.resolve({"defense": "toy-defense", "dataset": "digits"})
+    assert cfg["train"]["lr"] == 0.05 and cfg["threat"]["eps"] == "0.2"
+    assert cfg["recipe"]["variant"] == "reference"
+    assert all(text.startswith("not cited") for text in cfg["recipe"]["sources"].values())
+    from defenses.base import DefenseBase
+
+    class Old(DefenseBase):
+        name = "old"
+        RECIPES = {"mnist": {"train": {"epochs": 4}}}
+
+    assert Old.recipe("mnist") == {"train": {"epochs": 4}}
+    assert Old.recipe_for("mnist").sources == {"train.epochs": "not cited (recipe without sources)"}
+
+
+def test_a_borrowing_data_set_keeps_the_recipe_but_not_the_papers_number():
+    svhn = C.resolve({"defense": "fast-at", "dataset": "svhn"})
+    assert svhn["data"]["augment"] == "none" and "train_svhn.py" in svhn["recipe"]["sources"]["data.augment"]
+    assert svhn["recipe"]["paper"] is None and svhn["train"]["lr"] == 0.2
+    c100 = C.resolve({"defense": "pgd-at", "dataset": "cifar100", "recipe": {"variant": "rice"}})
+    assert c100["recipe"]["paper"] is None and c100["data"]["augment"] == "crop-flip"
+
+
+def test_the_fast_at_cifar_recipe_is_the_paper_s_15_epoch_schedule_with_its_stop_rule():
+    cfg = C.resolve({"defense": "fast-at", "dataset": "cifar10"})
+    assert math.isclose(cfg["train"]["lr"], 0.2) and cfg["recipe"]["paper"]["robust"] == pytest.approx(0.4606)
+    assert cfg["recipe"]["paper"]["suite"] == "paper-fast-at-cifar10" and cfg["recipe"]["paper"]["n"] == 10_000
+
+
+# -- the dry run -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def cli(capsys):
+    import logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+
+    def run(*argv):
+        try:
+            code = main(list(argv))
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    root.handlers[:], root.level = saved
+
+
+def _cifar_dir(tmp_path, n_per_batch=300, n_test=200):
+    from harness.data import write_cifar_batch
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        images = rng.integers(0, 256, (n_per_batch, 3, 32, 32), dtype=np.uint8)
+        write_cifar_batch(folder / f"data_batch_{i + 1}", images, rng.integers(0, 10, n_per_batch))
+    images = rng.integers(0, 256, (n_test, 3, 32, 32), dtype=np.uint8)
+    write_cifar_batch(folder / "test_batch", images, rng.integers(0, 10, n_test))
+    return tmp_path
+
+
+def test_dry_run_fast_at_cifar10_shows_augmentation_sizes_stop_rule_and_sources(cli, tmp_path, no_data_sources):
+    data_dir = _cifar_dir(tmp_path)
+    code, out, err = cli("run", "--defense", "fast-at", "--dataset", "cifar10", "--data-dir", str(data_dir),
+                         "--dry-run")
+    assert code == 0, err
+    cfg = json.loads(out)  # stdout stays a valid config
+    assert cfg["recipe"]["variant"] == "paper"
+    assert "random crop" in err and "4-pixel zeros padding + horizontal flip" in err
+    assert "train 49,000 / val 1,000 (held out of the official 50,000 by np.random.seed(0)" in err
+    assert "found locally" in err and "train 500 / val 1,000 / test 200" in err
+    assert "stop rule: first-batch-pgd" in err and "PGD-5 (step eps/4" in err
+    assert "keep the previous epoch's weights" in err
+    assert "collapse monitor (flags only, every run)" in err
+    assert "reproduces: 86.06% clean / 46.06% robust" in err
+    lines = {line.split(" = ")[0].strip(): line for line in err.splitlines() if " = " in line}
+    assert "locuslab/fast_adversarial@54f7287 CIFAR10/train_fgsm.py:L27" in lines["train.lr"]
+    assert "CIFAR10/train_fgsm.py:L87-88" in lines["train.cycle_momentum"]
+    assert "command line" in lines["dataset"] and "command line" in lines["data.data_dir"]
+    assert "harness default" in lines["seed"]
+    assert "other variants: released, apex-o2" in err
+
+
+@pytest.mark.parametrize("defense", ["erm", "fast-at", "pgd-at", "trades", "free-at"])
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "mnist", "cifar10"])
+def test_dry_run_shows_every_recipe_value_with_its_source(cli, defense, dataset, no_data_sources):
+    code, out, err = cli("run", "--defense", defense, "--dataset", dataset, "--no-download", "--dry-run")
+    assert code == 0, err
+    cfg = json.loads(out)
+    shown = {line.split(" = ")[0].strip(): line for line in err.splitlines() if line.startswith("  ") and " = " in line}
+    for key, source in cfg["recipe"]["sources"].items():
+        assert key in shown and source in shown[key], (key, source)
+    assert f"recipe: {defense} on {dataset}" in err and "augmentation:" in err and "stop rule:" in err
+    assert ("crop" in err.split("augmentation:")[1].splitlines()[0]) == (dataset == "cifar10")
+
+
+def test_dry_run_marks_values_that_depart_from_the_recipe(cli, no_data_sources):
+    code, out, err = cli("run", "--defense", "trades", "--dataset", "mnist", "--epochs", "3", "--no-download",
+                         "--dry-run")
+    assert code == 0, err
+    assert "departs from the recipe: train.epochs = 3 (recipe: 100)" in err
+    assert json.loads(out)["recipe"]["differs_from_recipe"] == {"train.epochs": 100}
+
+
+def test_normalisation_modes_follow_the_references():
+    import torch
+
+    from harness.models import Normalize, build_model
+
+    x = torch.rand(3, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    assert torch.equal(Normalize(mean, std, "none")(x), x)  # raw [0,1] pixels (MNIST references, TRADES)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(Normalize(mean, std, "dataset")(x), (x - m) / s)  # Fast-AT, Rice et al.
+    # TensorFlow's per_image_standardization of the 0..255 image (Madry et al., Shafahi et al.)
+    per = Normalize(mean, std, "per-image")(x)
+    for i in range(3):
+        v = 255 * x[i].flatten().double()
+        ref = (v - v.mean()) / max(float(v.std(unbiased=False)), 1 / math.sqrt(v.numel()))
+        assert torch.allclose(per[i].flatten().double(), ref, atol=1e-5)
+    flat = Normalize(mean, std, "per-image")(torch.full((1, 3, 4, 4), 0.5))
+    assert torch.equal(flat, torch.zeros_like(flat))  # a constant image meets the 1/sqrt(N) floor, not a division by 0
+    keys = {mode: list(build_model("small-cnn", (1, 8, 8), 10, (0.3,), (0.4,), mode).state_dict()) for mode in
+            ("dataset", "none", "per-image")}
+    assert keys["dataset"] == keys["none"] == keys["per-image"]  # one checkpoint layout for every mode

@@ -1,0 +1,80 @@
+"""benchmarks/reproduce.py end to end on the bundled digits with one-epoch runs: it trains each
+defense's recipe, evaluates it the paper's way and with AutoAttack, and renders the table from the
+run directories alone (a smoke of the command, not a reproduction)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import reproduce as R  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    out = tmp_path_factory.mktemp("repro")
+    doc = out / "reproductions.md"
+    code = R.main(["--dataset", "digits", "--defenses", "erm,fast-at", "--epochs", "1", "--threads", "1",
+                   "--out", str(out / "runs"), "--doc", str(doc), "--aa-n", "8", "--eval-n", "48"])
+    assert code == 0
+    return out, doc
+
+
+def test_every_row_comes_from_its_run_directory(reproduced):
+    out, doc = reproduced
+    text = doc.read_text()
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["erm-digits-test-s0", "fast-at-digits-test-s0"]
+    for name in runs:
+        run = out / "runs" / name
+        ev = json.loads((run / "eval" / "smoke--last.json").read_text())
+        aa = json.loads((run / "eval" / "autoattack--last.json").read_text())
+        assert ev["data"]["n"] == 48 and aa["data"]["n"] == 8
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name.split('-digits')[0]} ["))
+        assert R._prop(ev["robust"]) in row and R._prop(ev["clean"]) in row and R._prop(aa["robust"]) in row
+        assert "1/1 (recipe: 3)" in row and "none published" in row
+    assert "1 (control)" in text and "x per epoch" in text
+
+
+def test_render_only_gives_the_same_table_and_resume_skips_finished_runs(reproduced, capsys):
+    out, doc = reproduced
+    before = doc.read_text()
+    again = out / "again.md"
+    assert R.main(["--render-only", "--out", str(out / "runs"), "--doc", str(again)]) == 0
+    assert again.read_text() == before
+    assert R.main(["--dataset", "digits", "--defenses", "erm", "--epochs", "1", "--out", str(out / "runs"),
+                   "--doc", str(again), "--aa-n", "8", "--eval-n", "48", "--resume"]) == 0
+    assert "trained and evaluated with smoke already" in capsys.readouterr().out
+
+
+def test_an_unfinished_run_is_refused_without_resume(reproduced, tmp_path):
+    out, _ = reproduced
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "erm-digits-test-s0").mkdir()
+    env = {"schema": "env", "schema_version": 1, "status": "interrupted"}
+    (runs / "erm-digits-test-s0" / "env.json").write_text(json.dumps(env))
+    code = R.main(["--dataset", "digits", "--defenses", "erm", "--epochs", "1", "--out", str(runs), "--doc",
+                   str(tmp_path / "d.md"), "--no-aa"])
+    assert code == 2
+
+
+def test_the_table_carries_the_papers_numbers_from_the_recipe_record(tmp_path):
+    """A run directory holding only a config (not trained yet) already shows the paper's number and
+    its citation, read from config.json."""
+    from harness import config as C
+    from harness.core.rundir import RunDir
+
+    cfg = C.resolve({"defense": "pgd-at", "dataset": "fashion-mnist", "out": {"root": str(tmp_path), "name": "p"}})
+    run = RunDir.create(tmp_path, "p")
+    run.write_config(cfg)
+    text = R.render(tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| pgd-at"))
+    assert "88.46 / 78.50 (upper bound)" in row and "paper-mmr-fmnist, n=1000" in row and "not finished" in row
+    assert "Croce, Andriushchenko, Hein 2019 (AISTATS), Table 1" in text
