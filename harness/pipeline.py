@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import sys
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from harness.config import RunConfig, validate_saved
 from harness.context import RunContext
 from harness.core.rundir import RunDir, now_iso
-from harness.core.runtime import environment, resource_usage
+from harness.core.runtime import environment, resource_usage, sigterm_as_interrupt
 from harness.evaluation import evaluate_checkpoints
 from harness.loggers import build_loggers
 from harness.training import EpochHook, Trainer
@@ -66,7 +64,7 @@ def run_pipeline(
     run = _open(run, ctx)
     log.info("run directory %s", run.path)
     loggers.open(run, resumed=resume is not None)
-    with _sigterm_as_interrupt(), _status(run, ctx), loggers:
+    with sigterm_as_interrupt(), _status(run, ctx), loggers:
         summary = trainer.fit(run)
         results: List[Tuple[Dict[str, Any], str]] = []
         if evaluate:
@@ -116,24 +114,6 @@ def _status(run: RunDir, ctx: RunContext) -> Iterator[None]:
 
 def _shows_progress(progress: Optional[bool]) -> bool:
     return sys.stderr.isatty() if progress is None else bool(progress)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """``kill PID`` (SIGTERM) ends a run like Ctrl-C: the status says "interrupted" and
-    everything already written stays. Only the main thread can install signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _render(run: RunDir) -> None:
