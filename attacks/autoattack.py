@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from attacks.base import AttackResult, eval_mode
+from attacks.base import AttackResult, UnderThreat, eval_mode
 from attacks.registry import ATTACKS
 from harness.core.errors import ConfigError
 from harness.core.threat import ThreatModel
@@ -58,7 +58,7 @@ def version_components(version: str, norm: str) -> List[str]:
     return list(aa.attacks_to_run)
 
 
-class AutoAttackComponent:
+class AutoAttackComponent(UnderThreat):
     """One AutoAttack component (``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``, ``apgd-dlr``,
     ``fab``) from the reference ``pyautoattack`` package, configured as AutoAttack's ``version``
     configures it. Runs on all points it is given, batching internally like AutoAttack."""
@@ -76,14 +76,6 @@ class AutoAttackComponent:
         self.num_classes, self.batch_size = num_classes, int(batch_size)
         self.name = component
         self._aa = self._configure(nn.Identity())
-
-    @property
-    def norm(self) -> str:
-        return self.threat.norm
-
-    @property
-    def eps(self) -> float:
-        return self.threat.eps
 
     def _configure(self, model: nn.Module):
         pa = _pyautoattack()

@@ -45,6 +45,25 @@ class AttackResult:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
+class UnderThreat:
+    """``norm``, ``eps`` and ``eps_text`` of the object's ``threat`` (a ``ThreatModel``), read as
+    attributes, as the formulas of attacks and checks use them."""
+
+    threat: ThreatModel
+
+    @property
+    def norm(self) -> str:
+        return self.threat.norm
+
+    @property
+    def eps(self) -> float:
+        return self.threat.eps
+
+    @property
+    def eps_text(self) -> str:
+        return self.threat.eps_text
+
+
 class Attack(Protocol):
     """An attack: a small object configured once (from a spec, by ``attacks.build``), run on batches."""
 

@@ -13,7 +13,8 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
-from attacks.base import AttackResult, ascend, check_budget, eval_mode, project, random_start, resolve_step_size
+from attacks.base import (AttackResult, UnderThreat, ascend, check_budget, eval_mode, project, random_start,
+                          resolve_step_size)
 from attacks.losses import get_loss
 from attacks.registry import ATTACKS
 from harness import __version__
@@ -35,15 +36,20 @@ def perturb(
     random_init: bool = True,
     generator: Optional[torch.Generator] = None,
     precision: str = "fp32",
+    start: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """``steps`` iterations of projected gradient ascent from ``x`` (or a uniform random start),
+    """``steps`` iterations of projected gradient ascent from ``x`` (or a uniform random start, or
+    ``start``: a given first iterate, taken as it is, e.g. TRADES' and MART's x + 0.001 N(0,1)),
     returning the final iterate in the eps ball and the [0,1] box. The model's mode is left as
     the caller set it (training attacks choose their BatchNorm mode); only input gradients are
     taken. ``loss`` may be a name or a callable (logits, y) -> per-example loss."""
     loss_fn = get_loss(loss) if isinstance(loss, str) else loss
     norm, eps = threat.norm, threat.eps
     x = x.detach()
-    x_cur = random_start(x, norm, eps, generator) if random_init else x.clone()
+    if start is not None:
+        x_cur = start.detach().clone()
+    else:
+        x_cur = random_start(x, norm, eps, generator) if random_init else x.clone()
     for _ in range(steps):
         x_cur.requires_grad_(True)
         with autocast(x.device, precision):
@@ -54,7 +60,7 @@ def perturb(
     return x_cur.detach()
 
 
-class PGD:
+class PGD(UnderThreat):
     """Projected gradient descent (Madry et al. 2018), evaluation version.
 
     Threat model: a ``ThreatModel`` (norm Linf or L2, eps in [0,1] pixel units).
@@ -89,14 +95,6 @@ class PGD:
         self.step_size_expr = step_size
         self.step_size = resolve_step_size(step_size, eps=self.eps, steps=steps)
         self.seed, self.compact_every, self.precision = int(seed), max(1, int(compact_every)), precision
-
-    @property
-    def norm(self) -> str:
-        return self.threat.norm
-
-    @property
-    def eps(self) -> float:
-        return self.threat.eps
 
     def describe(self) -> Dict[str, Any]:
         return {

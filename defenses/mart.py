@@ -56,10 +56,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.base import MAX_STEPS, ascend
+from attacks.base import MAX_STEPS
+from attacks.pgd import perturb
 from defenses.base import TINY_BASE, DefenseBase, Option, StepResult, TrainContext, bn_mode
 from defenses.registry import DEFENSES
-from harness.core.runtime import autocast
 
 
 def mart_loss(
@@ -194,14 +194,9 @@ class MART(DefenseBase):
     ) -> torch.Tensor:
         x = x.detach()
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv = x + self.options["init_std"] * noise
-        for _ in range(self.options["steps"]):
-            x_adv.requires_grad_(True)
-            with autocast(x.device, self.precision):
-                logits = model(x_adv)
-            (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), x_adv)
-            x_adv = self.project(x, ascend(x_adv.detach(), grad, self.threat.norm, self.alpha))
-        return x_adv.detach()
+        # the code's start: x + 0.001 N(0,1), neither projected nor clipped before the first gradient
+        return perturb(model, x, y, threat=self.threat, steps=self.options["steps"], step_size=self.alpha, loss="ce",
+                       start=x + self.options["init_std"] * noise, precision=self.precision)
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
         with bn_mode(model, self.options["attack_bn_mode"]):

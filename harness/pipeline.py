@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import sys
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -27,7 +25,7 @@ from harness import distributed
 from harness.config import RunConfig, validate_saved
 from harness.context import RunContext
 from harness.core.rundir import RunDir, now_iso
-from harness.core.runtime import environment, resource_usage
+from harness.core.runtime import environment, resource_usage, sigterm_as_interrupt
 from harness.evaluation import evaluate_checkpoints
 from harness.loggers import LoggerSet, build_loggers
 from harness.training import EpochHook, Trainer
@@ -78,7 +76,7 @@ def run_pipeline(
     run = distributed.on_writer(lambda: _open(opened, ctx, world))
     log.info("run directory %s", run.path)
     loggers.open(run, resumed=resume is not None)
-    with _sigterm_as_interrupt(), _status(run, ctx), loggers:
+    with sigterm_as_interrupt(), _status(run, ctx), loggers:
         summary = trainer.fit(run)
         results: List[Tuple[Dict[str, Any], str]] = []
         if evaluate:
@@ -141,24 +139,6 @@ def _mark_ended(run: RunDir, status: str, **fields: Any) -> None:
 
 def _shows_progress(progress: Optional[bool]) -> bool:
     return sys.stderr.isatty() if progress is None else bool(progress)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """``kill PID`` (SIGTERM) ends a run like Ctrl-C: the status says "interrupted" and
-    everything already written stays. Only the main thread can install signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _render(run: RunDir) -> None:

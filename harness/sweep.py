@@ -74,6 +74,7 @@ from harness.context import check_runnable
 from harness.core.errors import ConfigError, HarnessError
 from harness.core.io import atomic_write_json
 from harness.core.rundir import RunDir, now_iso
+from harness.core.runtime import sigterm_as_interrupt
 from harness.core.sweepdir import SweepDir
 
 log = logging.getLogger("harness.sweep")
@@ -480,7 +481,7 @@ def run_cell(spec: CellSpec) -> str:
         resume = run.config_path.exists()
         attempt["resumed"] = resume
         # submitit's job ignores SIGTERM (it logs it); here it ends the run as interrupted, as for harness run
-        with _sigterm_as_interrupt(), _preemption_as_interrupt():
+        with sigterm_as_interrupt(), _preemption_as_interrupt():
             if spec.gpus > 1:
                 _torchrun(spec, sweep, resume)
             else:
@@ -834,22 +835,6 @@ class _Events:
             self.bar.stop()
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class _Sweep:
     """One invocation of ``harness sweep``: the plan, the manifest, and the jobs it started."""
 
@@ -975,7 +960,7 @@ def _drive(
     events = _Events(len(spec.cells), states, progress)
     code = 0
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             if executor == "local":
                 _drive_local(run, todo, adopted, events, poll_s or 1.0)
             else:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import torch
 from torch import nn
 
-from attacks.base import AttackResult, PassCounter, batched, eval_mode, verify
+from attacks.base import AttackResult, PassCounter, UnderThreat, batched, eval_mode, verify
 from harness.core.runtime import autocast
 from attacks.pgd import PGD
 from attacks.registry import CHECKS
@@ -89,7 +89,7 @@ def verdict(findings: Iterable[Union[Finding, Mapping[str, Any]]]) -> Tuple[str,
 # context
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class CheckContext:
+class CheckContext(UnderThreat):
     """Everything a check may read. ``x`` are the suite's n test points in [0,1] on ``device``.
 
     ``attacks`` is the suite's cascade record, in order: dicts with "name", "label",
@@ -120,18 +120,6 @@ class CheckContext:
         self.batch_size = max(1, int(self.batch_size))
         if self.x.shape[0] != self.y.shape[0]:
             raise HarnessError(f"checks: {self.x.shape[0]} images but {self.y.shape[0]} labels")
-
-    @property
-    def norm(self) -> str:
-        return self.threat.norm
-
-    @property
-    def eps(self) -> float:
-        return self.threat.eps
-
-    @property
-    def eps_text(self) -> str:
-        return self.threat.eps_text
 
     @property
     def n(self) -> int:
