@@ -127,6 +127,11 @@ class _CyclicMomentumLR(torch.optim.lr_scheduler.LambdaLR):
         for group in self.optimizer.param_groups:
             group["momentum"] = self._momentum(self.last_epoch)
 
+    def state_dict(self) -> Dict[str, Any]:
+        """LambdaLR's state without the momentum function, which the config rebuilds (as it does the
+        lr's): a function cannot go into last.pt."""
+        return {k: v for k, v in super().state_dict().items() if k != "_momentum"}
+
 
 def make_scheduler(optimizer: torch.optim.Optimizer, tcfg: Mapping[str, Any], total_updates: int) -> Any:
     mom = momentum_factor(tcfg, total_updates)

@@ -467,3 +467,18 @@ def test_a_missing_data_set_fails_before_a_run_directory_exists(tmp_path, no_dat
     with pytest.raises(DataError):
         run_pipeline(cfg, evaluate=False, progress=False)
     assert not (tmp_path / cfg["out"]["name"]).exists()
+
+
+def test_a_run_with_cyclic_momentum_writes_last_pt_and_reads_it_back(tmp_path):
+    """train.cycle_momentum (the Fast-AT CIFAR-10 recipe's) keeps a function in its scheduler;
+    last.pt holds the scheduler's state without it (the config rebuilds it), so it is written,
+    and a resume of the finished run reads it."""
+    from harness.api import train
+
+    settings = {"dataset": "digits", "defense": "fast-at", "epochs": 2, "threads": 1, "device": "cpu", "suite": "smoke",
+                "monitor.val_n": 40, "train.optimizer": "sgd", "train.schedule": "cyclic",
+                "train.cycle_momentum": [0.8, 0.9], "out": str(tmp_path)}
+    whole = train(**settings, name="whole", evaluate=False)
+    saved = torch.load(whole.dir.checkpoint_path("last"), weights_only=True)
+    assert "_momentum" not in saved["scheduler"] and saved["scheduler"]["last_epoch"] > 0
+    assert train(resume=whole.path, evaluate=False).status == "finished"  # read back; nothing left to train
