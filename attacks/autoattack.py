@@ -25,6 +25,7 @@ own state at component granularity.)
 Descriptors are read from the configured pyautoattack objects, not assumed. AutoAttack runs in
 fp32 on the model as given; the model is in eval mode during the attack and its mode is restored.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
@@ -39,7 +40,14 @@ from harness.core.threat import ThreatModel
 
 VERSIONS = ("standard", "plus", "rand")
 COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
-_LABELS = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square", "apgd-dlr": "APGD-DLR", "fab": "FAB"}
+_LABELS = {
+    "apgd-ce": "APGD-CE",
+    "apgd-t": "APGD-T",
+    "fab-t": "FAB-T",
+    "square": "Square",
+    "apgd-dlr": "APGD-DLR",
+    "fab": "FAB",
+}
 
 
 def _pyautoattack():
@@ -53,7 +61,9 @@ def _pyautoattack():
 def version_components(version: str, norm: str) -> List[str]:
     """The components AutoAttack runs for ``version``, in its own order."""
     if version not in VERSIONS:
-        raise ConfigError(f"unknown AutoAttack version {version!r}; use one of {', '.join(VERSIONS)} or a list of components")
+        raise ConfigError(
+            f"unknown AutoAttack version {version!r}; use one of {', '.join(VERSIONS)} or a list of components"
+        )
     aa = _pyautoattack().AutoAttack(nn.Identity(), norm=norm, eps=0.1, version=version, seed=0, device="cpu")
     return list(aa.attacks_to_run)
 
@@ -65,8 +75,17 @@ class AutoAttackComponent(UnderThreat):
 
     batches_internally = True
 
-    def __init__(self, threat: ThreatModel, *, component: str, version: str = "standard", seed: int = 0,
-                 num_classes: Optional[int] = None, batch_size: int = 500, **unknown: Any):
+    def __init__(
+        self,
+        threat: ThreatModel,
+        *,
+        component: str,
+        version: str = "standard",
+        seed: int = 0,
+        num_classes: Optional[int] = None,
+        batch_size: int = 500,
+        **unknown: Any,
+    ):
         if unknown:
             raise ConfigError(f"autoattack: unknown options {', '.join(sorted(unknown))}")
         if component not in COMPONENTS:
@@ -82,11 +101,24 @@ class AutoAttackComponent(UnderThreat):
         if self.version in VERSIONS:
             aa = pa.AutoAttack(model, norm=self.norm, eps=self.eps, version=self.version, seed=self.seed, device="cpu")
             if self.component not in aa.attacks_to_run:
-                raise ConfigError(f"AutoAttack {self.version} has no component {self.component!r} (it runs {', '.join(aa.attacks_to_run)})")
+                raise ConfigError(
+                    f"AutoAttack {self.version} has no component {self.component!r} "
+                    f"(it runs {', '.join(aa.attacks_to_run)})"
+                )
         else:  # AutoAttack's own defaults for a custom list
-            aa = pa.AutoAttack(model, norm=self.norm, eps=self.eps, version="custom", attacks=[self.component], seed=self.seed, device="cpu")
+            aa = pa.AutoAttack(
+                model,
+                norm=self.norm,
+                eps=self.eps,
+                version="custom",
+                attacks=[self.component],
+                seed=self.seed,
+                device="cpu",
+            )
         if self.num_classes is not None and self.num_classes < 3 and self.component in ("apgd-dlr", "apgd-t", "fab-t"):
-            raise ConfigError(f"AutoAttack {self.component} needs at least 3 classes (DLR loss); the data set has {self.num_classes}")
+            raise ConfigError(
+                f"AutoAttack {self.component} needs at least 3 classes (DLR loss); the data set has {self.num_classes}"
+            )
         if self.num_classes is not None and self.component in ("apgd-t", "fab-t"):
             # AutoAttack's check D6: targets + 1 <= classes; fewer classes means fewer targets
             k = min(aa.apgd_targeted.n_target_classes, self.num_classes - 1)
@@ -98,31 +130,73 @@ class AutoAttackComponent(UnderThreat):
     def describe(self) -> Dict[str, Any]:
         pa = _pyautoattack()
         aa = self._aa
-        d: Dict[str, Any] = {"attack": self.component, "norm": self.norm, "eps": self.threat.eps_text, "eps_value": self.eps,
-                             "autoattack_version": self.version, "seed": self.seed, "library": "pyautoattack",
-                             "version": getattr(pa, "__version__", "unknown"), "model_mode": "eval", "precision": "fp32"}
+        d: Dict[str, Any] = {
+            "attack": self.component,
+            "norm": self.norm,
+            "eps": self.threat.eps_text,
+            "eps_value": self.eps,
+            "autoattack_version": self.version,
+            "seed": self.seed,
+            "library": "pyautoattack",
+            "version": getattr(pa, "__version__", "unknown"),
+            "model_mode": "eval",
+            "precision": "fp32",
+        }
         if self.component in ("apgd-ce", "apgd-dlr"):
             a = aa.apgd
-            d.update(steps=a.n_iter, restarts=a.n_restarts, loss=self.component.split("-")[1], targets="untargeted",
-                     step_size="adaptive (2 eps initial)", eot_iter=a.eot_iter, rho=a.thr_decr, random_start=True)
+            d.update(
+                steps=a.n_iter,
+                restarts=a.n_restarts,
+                loss=self.component.split("-")[1],
+                targets="untargeted",
+                step_size="adaptive (2 eps initial)",
+                eot_iter=a.eot_iter,
+                rho=a.thr_decr,
+                random_start=True,
+            )
         elif self.component == "apgd-t":
             a = aa.apgd_targeted
-            d.update(steps=a.n_iter, restarts=a.n_restarts, loss="dlr-targeted", targets=a.n_target_classes,
-                     step_size="adaptive (2 eps initial)", eot_iter=a.eot_iter, random_start=True)
+            d.update(
+                steps=a.n_iter,
+                restarts=a.n_restarts,
+                loss="dlr-targeted",
+                targets=a.n_target_classes,
+                step_size="adaptive (2 eps initial)",
+                eot_iter=a.eot_iter,
+                random_start=True,
+            )
         elif self.component in ("fab", "fab-t"):
             f = aa.fab
-            d.update(steps=f.n_iter, restarts=1 if self.component == "fab-t" else f.n_restarts, loss="minimal distance",
-                     targets=f.n_target_classes if self.component == "fab-t" else "untargeted", random_start=True)
+            d.update(
+                steps=f.n_iter,
+                restarts=1 if self.component == "fab-t" else f.n_restarts,
+                loss="minimal distance",
+                targets=f.n_target_classes if self.component == "fab-t" else "untargeted",
+                random_start=True,
+            )
         elif self.component == "square":
             s = aa.square
-            d.update(queries=s.n_queries, restarts=s.n_restarts, p_init=s.p_init, loss="margin", targets="untargeted",
-                     steps=s.n_queries, random_start=True)
+            d.update(
+                queries=s.n_queries,
+                restarts=s.n_restarts,
+                p_init=s.p_init,
+                loss="margin",
+                targets="untargeted",
+                steps=s.n_queries,
+                random_start=True,
+            )
         return d
 
     def label(self) -> str:
         d = self.describe()
-        extra = {"apgd-ce": f"{d.get('steps')} it", "apgd-dlr": f"{d.get('steps')} it", "apgd-t": f"{d.get('targets')} targets",
-                 "fab-t": f"{d.get('targets')} targets", "fab": f"{d.get('restarts')} restarts", "square": f"{d.get('queries')} queries"}[self.component]
+        extra = {
+            "apgd-ce": f"{d.get('steps')} it",
+            "apgd-dlr": f"{d.get('steps')} it",
+            "apgd-t": f"{d.get('targets')} targets",
+            "fab-t": f"{d.get('targets')} targets",
+            "fab": f"{d.get('restarts')} restarts",
+            "square": f"{d.get('queries')} queries",
+        }[self.component]
         eot = f", EOT {d['eot_iter']}" if d.get("eot_iter", 1) and d.get("eot_iter", 1) > 1 else ""
         return f"AutoAttack {self.version}: {_LABELS[self.component]} ({extra}{eot})"
 
@@ -137,7 +211,7 @@ class AutoAttackComponent(UnderThreat):
         with eval_mode(model):
             x_adv, y_adv = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
         x_adv = x_adv.detach().to(x.device)
-        success = (y_adv.to(y.device) != y)
+        success = y_adv.to(y.device) != y
         return AttackResult(x_adv=x_adv, success=success, adv_pred=y_adv.to(y.device))
 
 
@@ -163,12 +237,18 @@ def _component_factory(component: str):
 
 
 for _c in COMPONENTS:
-    ATTACKS.add(_c, _component_factory(_c), summary=f"AutoAttack's {_LABELS[_c]}, from pyautoattack (reference implementation)",
-                needs=("num_classes", "batch_size"))
+    ATTACKS.add(
+        _c,
+        _component_factory(_c),
+        summary=f"AutoAttack's {_LABELS[_c]}, from pyautoattack (reference implementation)",
+        needs=("num_classes", "batch_size"),
+    )
 
 
 def _autoattack(threat: ThreatModel, **kw: Any):  # pragma: no cover - expanded by the suite resolver
-    raise ConfigError("'autoattack' expands into its components inside a suite; use a suite, or one component such as apgd-ce")
+    raise ConfigError(
+        "'autoattack' expands into its components inside a suite; use a suite, or one component such as apgd-ce"
+    )
 
 
 def _label(spec: Dict[str, Any]) -> str:
@@ -176,5 +256,10 @@ def _label(spec: Dict[str, Any]) -> str:
     return f"AutoAttack {v if isinstance(v, str) else '+'.join(v)}"
 
 
-ATTACKS.add("autoattack", _autoattack, summary="AutoAttack (pyautoattack): version standard | plus | rand | list of components; expands into components",
-            expand=expand_autoattack, label=_label)
+ATTACKS.add(
+    "autoattack",
+    _autoattack,
+    summary="AutoAttack (pyautoattack): version standard | plus | rand | list of components; expands into components",
+    expand=expand_autoattack,
+    label=_label,
+)

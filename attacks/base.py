@@ -7,6 +7,7 @@ Invariants, for every attack in this package:
 - only input gradients are taken (``torch.autograd.grad`` w.r.t. the perturbation), never
   parameter gradients, so an attack inside a training step leaves ``.grad`` untouched.
 """
+
 from __future__ import annotations
 
 import ast
@@ -78,8 +79,7 @@ class Attack(Protocol):
         """A short human label, e.g. ``PGD-20 CE, 1 restart``."""
         ...
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
-        ...
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult: ...
 
 
 @contextlib.contextmanager
@@ -225,11 +225,15 @@ def check_budget(owner: str, *, steps: Any = None, restarts: Any = None) -> None
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{owner}: {what} must be an integer >= 1, got {value!r}")
         if value > bound:
-            raise ConfigError(f"{owner}: {value} {what} is more than the {bound} an attack may take "
-                              f"(attacks.base.MAX_{what.upper()}; {usual} is usual)")
+            raise ConfigError(
+                f"{owner}: {value} {what} is more than the {bound} an attack may take "
+                f"(attacks.base.MAX_{what.upper()}; {usual} is usual)"
+            )
     if steps is not None and restarts is not None and steps * restarts > MAX_GRADIENT_STEPS:
-        raise ConfigError(f"{owner}: {steps} steps x {restarts} restarts = {steps * restarts} gradient steps per "
-                          f"point, more than the {MAX_GRADIENT_STEPS} an attack may take (attacks.base.MAX_GRADIENT_STEPS)")
+        raise ConfigError(
+            f"{owner}: {steps} steps x {restarts} restarts = {steps * restarts} gradient steps per "
+            f"point, more than the {MAX_GRADIENT_STEPS} an attack may take (attacks.base.MAX_GRADIENT_STEPS)"
+        )
 
 
 _OPS = {ast.Mult: operator.mul, ast.Div: operator.truediv, ast.Add: operator.add, ast.Sub: operator.sub}
@@ -244,7 +248,9 @@ def resolve_step_size(expr: Any, *, eps: float, steps: int) -> float:
         try:
             tree = ast.parse(expr.strip(), mode="eval")
         except SyntaxError:
-            raise ConfigError(f"cannot parse step size {expr!r}; use a number or e.g. 'eps/4', '2.5*eps/steps'") from None
+            raise ConfigError(
+                f"cannot parse step size {expr!r}; use a number or e.g. 'eps/4', '2.5*eps/steps'"
+            ) from None
         try:
             value = float(_eval(tree.body, {"eps": eps, "steps": steps}, expr))
         except ZeroDivisionError:

@@ -6,6 +6,7 @@ facts of the run it needs (``needs=("precision",)`` for our PGD and FGSM, ``("nu
 "batch_size")`` for the AutoAttack components), and ``build`` hands over exactly those. No caller
 special-cases an attack by its name, and a new attack is built the day it is registered.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
@@ -17,8 +18,15 @@ from harness.core.threat import ThreatModel
 RUN_FACTS = ("precision", "num_classes", "batch_size")
 
 
-def build(spec: Mapping[str, Any], threat: ThreatModel, *, seed: int = 0, precision: str = "fp32",
-          num_classes: Optional[int] = None, batch_size: int = 500) -> Any:
+def build(
+    spec: Mapping[str, Any],
+    threat: ThreatModel,
+    *,
+    seed: int = 0,
+    precision: str = "fp32",
+    num_classes: Optional[int] = None,
+    batch_size: int = 500,
+) -> Any:
     """The attack ``spec`` describes, under ``threat``. Options in the spec are the attack's own
     (steps, loss, restarts, ...); run facts come from the arguments, and only where the attack's
     registry entry declares that it needs them."""

@@ -5,6 +5,7 @@
 - ``dlr``: Croce & Hein's difference-of-logits ratio, -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3),
   invariant to shifting and scaling the logits (needs >= 3 classes).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict

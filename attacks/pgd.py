@@ -6,6 +6,7 @@ success"), runs each restart only on points still robust, and stops spending wor
 once they break. ``perturb`` is the plain iteration that training attacks use (final iterate,
 model mode left to the caller).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
@@ -13,8 +14,16 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
-from attacks.base import (AttackResult, UnderThreat, ascend, check_budget, eval_mode, project, random_start,
-                          resolve_step_size)
+from attacks.base import (
+    AttackResult,
+    UnderThreat,
+    ascend,
+    check_budget,
+    eval_mode,
+    project,
+    random_start,
+    resolve_step_size,
+)
 from attacks.losses import get_loss
 from attacks.registry import ATTACKS
 from harness import __version__
@@ -136,12 +145,16 @@ class PGD(UnderThreat):
         the model (only when ``draws_fixed_per_batch``). A rank of a sharded evaluation skips the
         batches other ranks attack and still starts its own from the one-process generator state."""
         if not self.draws_fixed_per_batch:
-            raise ValueError(f"{self.label()}: its draws depend on outcomes ({self.restarts} restarts); it cannot be skipped")
+            raise ValueError(
+                f"{self.label()}: its draws depend on outcomes ({self.restarts} restarts); it cannot be skipped"
+            )
         if self.random_start:
             random_start(x, self.norm, self.eps, generator)
 
     @torch.no_grad()
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator: Optional[torch.Generator] = None) -> AttackResult:
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator: Optional[torch.Generator] = None
+    ) -> AttackResult:
         gen = generator if generator is not None else self.generator(x.device)
         loss_fn = get_loss(self.loss)
         x, y = x.detach(), y.detach()
@@ -196,7 +209,9 @@ class PGD(UnderThreat):
                             if pos.numel() == 0:
                                 break
                 best_adv[pos], best_loss[pos], success[pos], adv_pred[pos] = b_adv, b_loss, b_succ, b_pred
-        return AttackResult(x_adv=best_adv, success=success, path_success=success.clone(), loss_trace=trace, adv_pred=adv_pred)
+        return AttackResult(
+            x_adv=best_adv, success=success, path_success=success.clone(), loss_trace=trace, adv_pred=adv_pred
+        )
 
 
 class FGSM(PGD):
@@ -206,18 +221,39 @@ class FGSM(PGD):
 
     name = "fgsm"
 
-    def __init__(self, threat: ThreatModel, *, step_size: Any = "eps", random_start: bool = False, loss: str = "ce",
-                 seed: int = 0, precision: str = "fp32", **_ignored: Any):
+    def __init__(
+        self,
+        threat: ThreatModel,
+        *,
+        step_size: Any = "eps",
+        random_start: bool = False,
+        loss: str = "ce",
+        seed: int = 0,
+        precision: str = "fp32",
+        **_ignored: Any,
+    ):
         bad = {k for k in _ignored if k not in ("steps", "restarts")}
         if bad:
             raise ConfigError(f"fgsm: unknown options {', '.join(sorted(bad))}")
-        super().__init__(threat, steps=1, step_size=step_size, restarts=1, loss=loss, random_start=random_start,
-                         seed=seed, precision=precision)
+        super().__init__(
+            threat,
+            steps=1,
+            step_size=step_size,
+            restarts=1,
+            loss=loss,
+            random_start=random_start,
+            seed=seed,
+            precision=precision,
+        )
 
     def label(self) -> str:
         return "FGSM" + (" (random start)" if self.random_start else "")
 
 
-ATTACKS.add("pgd", PGD, summary="PGD, Linf/L2, random start, restarts, CE/margin/DLR loss; keeps the best iterate",
-            needs=("precision",))
+ATTACKS.add(
+    "pgd",
+    PGD,
+    summary="PGD, Linf/L2, random start, restarts, CE/margin/DLR loss; keeps the best iterate",
+    needs=("precision",),
+)
 ATTACKS.add("fgsm", FGSM, summary="FGSM: one eps-sized signed-gradient step from the clean point", needs=("precision",))

@@ -1,4 +1,5 @@
 """The registries of this package. Each names the modules that fill it."""
+
 from harness.core.registry import Registry
 
 ATTACKS = Registry("attacks", modules=["attacks.pgd", "attacks.autoattack"])

@@ -8,6 +8,7 @@ AutoAttack number, comparable with published ones; the PGD runs after it can onl
 worst case. ``checks`` names the sanity-check set run with the suite (``attacks.checks``):
 ``"all"``, ``"cheap"`` or a list, minus ``exclude``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,50 +17,70 @@ from typing import Any, Callable, Dict, List
 from attacks.registry import ATTACKS, SUITES
 from harness.core.errors import ConfigError
 
-SUITES.add("smoke", {
-    "n": 64,
-    "attacks": [
-        {"attack": "fgsm"},
-        {"attack": "pgd", "steps": 20, "step_size": "eps/4", "restarts": 1, "loss": "ce"},
-    ],
-    "checks": "cheap",
-}, summary="for tests: FGSM, PGD-20; n=64; cheap checks (seconds)")
+SUITES.add(
+    "smoke",
+    {
+        "n": 64,
+        "attacks": [
+            {"attack": "fgsm"},
+            {"attack": "pgd", "steps": 20, "step_size": "eps/4", "restarts": 1, "loss": "ce"},
+        ],
+        "checks": "cheap",
+    },
+    summary="for tests: FGSM, PGD-20; n=64; cheap checks (seconds)",
+)
 
-SUITES.add("quick", {
-    "n": 500,
-    "attacks": [
-        {"attack": "autoattack", "version": "standard"},
-        {"attack": "pgd", "steps": 20, "step_size": "eps/4", "restarts": 1, "loss": "ce"},
-    ],
-    "checks": "cheap",
-}, summary="AutoAttack standard, then PGD-20 CE; n=500; cheap checks and square-vs-whitebox from AutoAttack's own "
-           "Square (minutes on a CPU for a small CNN)")
+SUITES.add(
+    "quick",
+    {
+        "n": 500,
+        "attacks": [
+            {"attack": "autoattack", "version": "standard"},
+            {"attack": "pgd", "steps": 20, "step_size": "eps/4", "restarts": 1, "loss": "ce"},
+        ],
+        "checks": "cheap",
+    },
+    summary="AutoAttack standard, then PGD-20 CE; n=500; cheap checks and square-vs-whitebox from AutoAttack's own "
+    "Square (minutes on a CPU for a small CNN)",
+)
 
-SUITES.add("standard", {
-    "n": 1000,
-    "attacks": [
-        {"attack": "autoattack", "version": "standard"},
-        {"attack": "pgd", "steps": 100, "step_size": "2.5*eps/steps", "restarts": 5, "loss": "ce"},
-        {"attack": "pgd", "steps": 100, "step_size": "2.5*eps/steps", "restarts": 5, "loss": "margin"},
-    ],
-    "checks": "all",
-}, summary="AutoAttack standard, PGD-100 x5 restarts on CE and on the margin loss; n=1000; all checks")
+SUITES.add(
+    "standard",
+    {
+        "n": 1000,
+        "attacks": [
+            {"attack": "autoattack", "version": "standard"},
+            {"attack": "pgd", "steps": 100, "step_size": "2.5*eps/steps", "restarts": 5, "loss": "ce"},
+            {"attack": "pgd", "steps": 100, "step_size": "2.5*eps/steps", "restarts": 5, "loss": "margin"},
+        ],
+        "checks": "all",
+    },
+    summary="AutoAttack standard, PGD-100 x5 restarts on CE and on the margin loss; n=1000; all checks",
+)
 
-SUITES.add("rand", {
-    "n": 1000,
-    "attacks": [
-        {"attack": "autoattack", "version": "rand"},
-    ],
-    "checks": "all",
-    "exclude": ["randomness"],
-}, summary="for randomised models: AutoAttack rand (APGD-CE, APGD-DLR with EOT 20); n=1000; all checks but randomness")
+SUITES.add(
+    "rand",
+    {
+        "n": 1000,
+        "attacks": [
+            {"attack": "autoattack", "version": "rand"},
+        ],
+        "checks": "all",
+        "exclude": ["randomness"],
+    },
+    summary="for randomised models: AutoAttack rand (APGD-CE, APGD-DLR with EOT 20); n=1000; all checks but randomness",
+)
 
 
-SUITES.add("autoattack", {
-    "n": 1000,
-    "attacks": [{"attack": "autoattack", "version": "standard"}],
-    "checks": "cheap",
-}, summary="AutoAttack standard alone (the number papers since 2020 report); n=1000; cheap checks")
+SUITES.add(
+    "autoattack",
+    {
+        "n": 1000,
+        "attacks": [{"attack": "autoattack", "version": "standard"}],
+        "checks": "cheap",
+    },
+    summary="AutoAttack standard alone (the number papers since 2020 report); n=1000; cheap checks",
+)
 
 # -- the papers' own evaluations, so a reproduction is measured under the paper's attack and n --------
 # Each replays the released evaluation code of one paper (cited in the summary); step sizes are
@@ -69,41 +90,80 @@ SUITES.add("autoattack", {
 
 
 def _paper(name: str, n: int, attack: Dict[str, Any], summary: str) -> None:
-    SUITES.add(name, {"n": n, "attacks": [{"attack": "pgd", "loss": "ce", **attack}], "checks": [], "paper": summary},
-               summary=summary)
+    SUITES.add(
+        name,
+        {"n": n, "attacks": [{"attack": "pgd", "loss": "ce", **attack}], "checks": [], "paper": summary},
+        summary=summary,
+    )
 
 
-_paper("paper-fast-at-cifar10", 10_000, {"steps": 50, "restarts": 10, "step_size": "eps/4"},
-       "Wong et al. 2020 CIFAR-10: PGD-50, 10 restarts, step 2/255 at 8/255 (locuslab/fast_adversarial@54f7287 "
-       "CIFAR10/train_fgsm.py:L157, utils.py:L88-90); full test set")
-_paper("paper-fast-at-mnist", 10_000, {"steps": 50, "restarts": 10, "step_size": "eps/30"},
-       "Wong et al. 2020 MNIST: PGD-50, 10 restarts, step 0.01 at 0.3 (locuslab/fast_adversarial@54f7287 "
-       "MNIST/evaluate_mnist.py:L69-71); full test set")
-_paper("paper-trades-cifar10", 10_000, {"steps": 20, "restarts": 1, "step_size": 0.003},
-       "Zhang et al. 2019 CIFAR-10: PGD-20 ('FGSM-20'), step 0.003, random start (yaodongyu/TRADES@6e8e11b "
-       "pgd_attack_cifar10.py:L20-28); full test set")
-_paper("paper-trades-mnist", 10_000, {"steps": 40, "restarts": 1, "step_size": "eps/30"},
-       "Zhang et al. 2019 MNIST: PGD-40 ('FGSM-40'), step 0.01 at 0.3, random start (yaodongyu/TRADES@6e8e11b "
-       "pgd_attack_mnist.py:L20-28); full test set")
-_paper("paper-madry-cifar10", 10_000, {"steps": 20, "restarts": 1, "step_size": "eps/4"},
-       "Madry et al. 2018 CIFAR-10: 20-step PGD on the cross-entropy, step 2/255 (MadryLab/cifar10_challenge@f15682d "
-       "README.md:L42, config.json:L28); full test set")
-_paper("paper-madry-mnist", 10_000, {"steps": 100, "restarts": 50, "step_size": "eps/30"},
-       "Madry et al. 2018 MNIST: 100-step PGD on the cross-entropy, 50 random restarts, step 0.01 "
-       "(MadryLab/mnist_challenge@3ee3643 "
-       "README.md:L61, config.json:L21); full test set")
-_paper("paper-free-cifar10", 10_000, {"steps": 20, "restarts": 10, "step_size": "eps/4"},
-       "Shafahi et al. 2019 CIFAR-10: PGD-20, 10 restarts, step 2/255 (ashafahi/free_adv_train@c42cac2 README.md:L16, "
-       "config.py:L29-30); full test set")
-_paper("paper-rice-cifar10", 10_000, {"steps": 10, "restarts": 1, "step_size": "eps/4"},
-       "Rice et al. 2020 CIFAR-10: PGD-10, step 2/255, 1 restart (locuslab/robust_overfitting@c47a25c "
-       "train_cifar.py:L140-142, "
-       "L366); full test set")
-_paper("paper-mmr-fmnist", 1_000, {"steps": 40, "restarts": 1, "step_size": "2*eps/steps"},
-       "Croce et al. 2019 (MMR) Fashion-MNIST: PGD-40, step 2*eps/40, random start "
-       "(max-andr/provable-robustness-max-linear-regions"
-       "@28200b6 attacks.py:L55-72), first 1,000 test points as Table 1 (the paper adds a MIP lower bound, not run "
-       "here)")
+_paper(
+    "paper-fast-at-cifar10",
+    10_000,
+    {"steps": 50, "restarts": 10, "step_size": "eps/4"},
+    "Wong et al. 2020 CIFAR-10: PGD-50, 10 restarts, step 2/255 at 8/255 (locuslab/fast_adversarial@54f7287 "
+    "CIFAR10/train_fgsm.py:L157, utils.py:L88-90); full test set",
+)
+_paper(
+    "paper-fast-at-mnist",
+    10_000,
+    {"steps": 50, "restarts": 10, "step_size": "eps/30"},
+    "Wong et al. 2020 MNIST: PGD-50, 10 restarts, step 0.01 at 0.3 (locuslab/fast_adversarial@54f7287 "
+    "MNIST/evaluate_mnist.py:L69-71); full test set",
+)
+_paper(
+    "paper-trades-cifar10",
+    10_000,
+    {"steps": 20, "restarts": 1, "step_size": 0.003},
+    "Zhang et al. 2019 CIFAR-10: PGD-20 ('FGSM-20'), step 0.003, random start (yaodongyu/TRADES@6e8e11b "
+    "pgd_attack_cifar10.py:L20-28); full test set",
+)
+_paper(
+    "paper-trades-mnist",
+    10_000,
+    {"steps": 40, "restarts": 1, "step_size": "eps/30"},
+    "Zhang et al. 2019 MNIST: PGD-40 ('FGSM-40'), step 0.01 at 0.3, random start (yaodongyu/TRADES@6e8e11b "
+    "pgd_attack_mnist.py:L20-28); full test set",
+)
+_paper(
+    "paper-madry-cifar10",
+    10_000,
+    {"steps": 20, "restarts": 1, "step_size": "eps/4"},
+    "Madry et al. 2018 CIFAR-10: 20-step PGD on the cross-entropy, step 2/255 (MadryLab/cifar10_challenge@f15682d "
+    "README.md:L42, config.json:L28); full test set",
+)
+_paper(
+    "paper-madry-mnist",
+    10_000,
+    {"steps": 100, "restarts": 50, "step_size": "eps/30"},
+    "Madry et al. 2018 MNIST: 100-step PGD on the cross-entropy, 50 random restarts, step 0.01 "
+    "(MadryLab/mnist_challenge@3ee3643 "
+    "README.md:L61, config.json:L21); full test set",
+)
+_paper(
+    "paper-free-cifar10",
+    10_000,
+    {"steps": 20, "restarts": 10, "step_size": "eps/4"},
+    "Shafahi et al. 2019 CIFAR-10: PGD-20, 10 restarts, step 2/255 (ashafahi/free_adv_train@c42cac2 README.md:L16, "
+    "config.py:L29-30); full test set",
+)
+_paper(
+    "paper-rice-cifar10",
+    10_000,
+    {"steps": 10, "restarts": 1, "step_size": "eps/4"},
+    "Rice et al. 2020 CIFAR-10: PGD-10, step 2/255, 1 restart (locuslab/robust_overfitting@c47a25c "
+    "train_cifar.py:L140-142, "
+    "L366); full test set",
+)
+_paper(
+    "paper-mmr-fmnist",
+    1_000,
+    {"steps": 40, "restarts": 1, "step_size": "2*eps/steps"},
+    "Croce et al. 2019 (MMR) Fashion-MNIST: PGD-40, step 2*eps/40, random start "
+    "(max-andr/provable-robustness-max-linear-regions"
+    "@28200b6 attacks.py:L55-72), first 1,000 test points as Table 1 (the paper adds a MIP lower bound, not run "
+    "here)",
+)
 
 
 def get_suite(name_or_spec: Any) -> Dict[str, Any]:

@@ -147,8 +147,10 @@ def collect(root: Path) -> List[Dict[str, Any]]:
 
 
 def table_md(points: Sequence[Dict[str, Any]]) -> str:
-    head = ("| defense | eps | PGD acc, last | clean, last | PGD acc, best (epoch) | catastrophic overfitting "
-            "| passes fwd+bwd / ex / epoch | training attack |")
+    head = (
+        "| defense | eps | PGD acc, last | clean, last | PGD acc, best (epoch) | catastrophic overfitting "
+        "| passes fwd+bwd / ex / epoch | training attack |"
+    )
     lines = [head, "|" + "---|" * 8]
     for p in sorted(points, key=lambda p: (p["defense"], p["eps_value"])):
         pe = p["passes_per_epoch"]
@@ -204,8 +206,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--root", default="runs/co-sweep", help="where the run directories go")
     ap.add_argument("--out", default="runs/co-sweep", help="where co_sweep.{json,md,svg} go")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config for every run")
-    ap.add_argument("--collect", action="store_true",
-                    help="train nothing: plot every finished run below --root (e.g. the cells of a harness sweep)")
+    ap.add_argument(
+        "--collect",
+        action="store_true",
+        help="train nothing: plot every finished run below --root (e.g. the cells of a harness sweep)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     points = collect(Path(args.root)) if args.collect else []

@@ -4,6 +4,7 @@ Absolute times on a shared machine are noisy; the benchmarks report ratios measu
 process, interleaved and taken as the minimum over rounds (the round least disturbed by other
 processes), and record the machine's load average before and after so a reader can judge.
 """
+
 from __future__ import annotations
 
 import os

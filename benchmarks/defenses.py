@@ -19,7 +19,8 @@ divided by m, so a whole run costs about what plain training does), MART K + 2 (
 update), AWP one more pass than its host (TRADES-AWP two: x and x' through the proxy), N-FGSM 2,
 GradAlign 4 backward units over 3 forwards (FGSM, the regulariser's input gradient, the update and
 the double backward through that gradient). AWP is timed after its warm-up (the steady state).
-"""
+"""  # noqa: E501 - usage lines kept whole
+
 from __future__ import annotations
 
 import argparse
@@ -38,17 +39,23 @@ from benchmarks.common import fmt, format_table, machine, timed  # noqa: E402
 from defenses.base import TrainContext  # noqa: E402
 from defenses.registry import DEFENSES  # noqa: E402
 from harness import config as C  # noqa: E402
+from harness.core.runtime import resolved_precision, seed_everything, select_device  # noqa: E402
+from harness.core.threat import ThreatModel
 from harness.data import DataBundle, load_dataset  # noqa: E402
 from harness.models import build_model  # noqa: E402
-from harness.core.runtime import resolved_precision, seed_everything, select_device  # noqa: E402
 from harness.training import lr_factor, make_optimizer  # noqa: E402
-from harness.core.threat import ThreatModel
 
 TOLERANCE = 0.15  # a measured wall multiplier may exceed the theory by this fraction
 
 
-def regime(name: str, dataset: str, *, batch_size: Optional[int] = None, model: Optional[str] = None,
-           precision: Optional[str] = None) -> Dict[str, Any]:
+def regime(
+    name: str,
+    dataset: str,
+    *,
+    batch_size: Optional[int] = None,
+    model: Optional[str] = None,
+    precision: Optional[str] = None,
+) -> Dict[str, Any]:
     """The resolved config of ``name``'s recipe on ``dataset``, with optional overrides."""
     flags: Dict[str, Any] = {"defense": name, "dataset": dataset}
     if batch_size is not None:
@@ -69,14 +76,17 @@ class Trainer:
         seed_everything(seed)
         self.device = device
         self.precision = resolved_precision(device, cfg["precision"])
-        self.defense = DEFENSES.get(defense_name)(C.threat_of(cfg), cfg["defense_options"] if defense_name == cfg["defense"] else {},
-                                                  precision=self.precision)
+        self.defense = DEFENSES.get(defense_name)(
+            C.threat_of(cfg), cfg["defense_options"] if defense_name == cfg["defense"] else {}, precision=self.precision
+        )
         self.model = build_model(cfg["model"], data.shape, data.num_classes, data.mean, data.std).to(device)
         self.bs = int(cfg["train"]["batch_size"])
         opt = make_optimizer(self.model, cfg["train"])
         total = data.train.num_batches(self.bs) * int(cfg["train"]["epochs"]) * self.defense.updates_per_batch
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg["train"], total))
-        self.ctx = TrainContext(opt, sched, torch.Generator(device=device).manual_seed(seed + 1), device, self.precision)
+        self.ctx = TrainContext(
+            opt, sched, torch.Generator(device=device).manual_seed(seed + 1), device, self.precision
+        )
         self.data = data
         self.gen = torch.Generator().manual_seed(seed)
         self.stream = self._stream()
@@ -100,7 +110,9 @@ class Trainer:
         return seen
 
 
-def _measure_pair(trainers: Dict[str, Trainer], *, warmup: int, rounds: int, min_time: float) -> Dict[str, Dict[str, Any]]:
+def _measure_pair(
+    trainers: Dict[str, Trainer], *, warmup: int, rounds: int, min_time: float
+) -> Dict[str, Dict[str, Any]]:
     """Alternate the trainers in ``rounds`` timed rounds; per-example wall and CPU time, the minimum
     over rounds; passes per example counted over the warm-up steps."""
     out: Dict[str, Dict[str, Any]] = {}
@@ -108,12 +120,16 @@ def _measure_pair(trainers: Dict[str, Trainer], *, warmup: int, rounds: int, min
     for key, t in trainers.items():
         with PassCounter(t.model) as counter:
             wall, _, seen = timed(lambda: t.steps(warmup), t.device)
-        out[key] = {"forward_per_example": counter.forward / seen, "backward_per_example": counter.backward / seen,
-                    "rounds": [], "examples_per_round": 0}
+        out[key] = {
+            "forward_per_example": counter.forward / seen,
+            "backward_per_example": counter.backward / seen,
+            "rounds": [],
+            "examples_per_round": 0,
+        }
         k[key] = max(1, math.ceil(min_time / max(wall / warmup, 1e-6)))
     keys = list(trainers)
     for r in range(rounds):
-        for key in (keys if r % 2 == 0 else keys[::-1]):
+        for key in keys if r % 2 == 0 else keys[::-1]:
             t = trainers[key]
             wall, cpu, seen = timed(lambda: t.steps(k[key]), t.device)
             out[key]["rounds"].append({"wall_s": wall, "cpu_s": cpu, "examples": seen})
@@ -143,8 +159,16 @@ class PassCost:
         seen = 0
         for _ in range(k):
             x, y = next(self.t.stream)
-            perturb(self.t.model, x, y, threat=ThreatModel("Linf", self.eps), steps=1, step_size=self.eps / 4, generator=self.t.ctx.generator,
-                    precision=self.t.precision)
+            perturb(
+                self.t.model,
+                x,
+                y,
+                threat=ThreatModel("Linf", self.eps),
+                steps=1,
+                step_size=self.eps / 4,
+                generator=self.t.ctx.generator,
+                precision=self.t.precision,
+            )
             seen += int(y.shape[0])
         return seen
 
@@ -160,8 +184,16 @@ class PassCost:
         return seen
 
 
-def bench_pass_costs(dataset: str, data: DataBundle, device: torch.device, batch_size: int, *, rounds: int = 3,
-                     min_time: float = 0.5, model: Optional[str] = None) -> Dict[str, Any]:
+def bench_pass_costs(
+    dataset: str,
+    data: DataBundle,
+    device: torch.device,
+    batch_size: int,
+    *,
+    rounds: int = 3,
+    min_time: float = 0.5,
+    model: Optional[str] = None,
+) -> Dict[str, Any]:
     """What one pass pair costs in each of its three uses, relative to the plain update."""
     cfg = regime("erm", dataset, batch_size=batch_size, model=model)
     pc = PassCost(cfg, data, device)
@@ -170,13 +202,21 @@ def bench_pass_costs(dataset: str, data: DataBundle, device: torch.device, batch
         def __init__(self, fn):
             self.steps, self.model, self.device = fn, pc.t.model, device
 
-    m = _measure_pair({"plain": _Adapter(pc.plain), "attack": _Adapter(pc.attack), "with_input_grad": _Adapter(pc.with_input_grad)},
-                      warmup=2, rounds=rounds, min_time=min_time)
+    m = _measure_pair(
+        {"plain": _Adapter(pc.plain), "attack": _Adapter(pc.attack), "with_input_grad": _Adapter(pc.with_input_grad)},
+        warmup=2,
+        rounds=rounds,
+        min_time=min_time,
+    )
     base = m["plain"]["wall_us_per_example"]
-    return {"model": cfg["model"], "batch_size": int(cfg["train"]["batch_size"]), "optimizer": cfg["train"]["optimizer"],
-            "plain_us_per_example": base,
-            "attack_step": m["attack"]["wall_us_per_example"] / base,
-            "update_with_input_grad": m["with_input_grad"]["wall_us_per_example"] / base}
+    return {
+        "model": cfg["model"],
+        "batch_size": int(cfg["train"]["batch_size"]),
+        "optimizer": cfg["train"]["optimizer"],
+        "plain_us_per_example": base,
+        "attack_step": m["attack"]["wall_us_per_example"] / base,
+        "update_with_input_grad": m["with_input_grad"]["wall_us_per_example"] / base,
+    }
 
 
 def theory_units(expected: Dict[str, float]) -> float:
@@ -185,13 +225,26 @@ def theory_units(expected: Dict[str, float]) -> float:
     return float(expected["backward"])
 
 
-def bench_defense(name: str, data: DataBundle, device: torch.device, *, dataset: str, rounds: int = 3, min_time: float = 0.5,
-                  warmup: int = 2, batch_size: Optional[int] = None, model: Optional[str] = None,
-                  precision: Optional[str] = None) -> Dict[str, Any]:
+def bench_defense(
+    name: str,
+    data: DataBundle,
+    device: torch.device,
+    *,
+    dataset: str,
+    rounds: int = 3,
+    min_time: float = 0.5,
+    warmup: int = 2,
+    batch_size: Optional[int] = None,
+    model: Optional[str] = None,
+    precision: Optional[str] = None,
+) -> Dict[str, Any]:
     """One defense against ``erm`` in the defense's own regime (model, batch size, optimizer)."""
     cfg = regime(name, dataset, batch_size=batch_size, model=model, precision=precision)
-    trainers = {"erm": Trainer("erm", cfg, data, device), name: Trainer(name, cfg, data, device)} if name != "erm" else \
-        {"erm": Trainer("erm", cfg, data, device)}
+    trainers = (
+        {"erm": Trainer("erm", cfg, data, device), name: Trainer(name, cfg, data, device)}
+        if name != "erm"
+        else {"erm": Trainer("erm", cfg, data, device)}
+    )
     m = _measure_pair(trainers, warmup=warmup, rounds=rounds, min_time=min_time)
     d, e = m[name], m["erm"]
     defense = trainers[name].defense
@@ -199,25 +252,44 @@ def bench_defense(name: str, data: DataBundle, device: torch.device, *, dataset:
     theory = theory_units(expected)
     wall_mult = d["wall_us_per_example"] / e["wall_us_per_example"]
     return {
-        "defense": name, "train_attack": defense.train_attack_label(), "model": cfg["model"], "batch_size": int(cfg["train"]["batch_size"]),
-        "optimizer": cfg["train"]["optimizer"], "precision": trainers[name].precision, "recipe_epochs": int(cfg["train"]["epochs"]),
-        "forward_per_example": d["forward_per_example"], "backward_per_example": d["backward_per_example"], "expected": expected,
+        "defense": name,
+        "train_attack": defense.train_attack_label(),
+        "model": cfg["model"],
+        "batch_size": int(cfg["train"]["batch_size"]),
+        "optimizer": cfg["train"]["optimizer"],
+        "precision": trainers[name].precision,
+        "recipe_epochs": int(cfg["train"]["epochs"]),
+        "forward_per_example": d["forward_per_example"],
+        "backward_per_example": d["backward_per_example"],
+        "expected": expected,
         "theory": theory,
         "passes_multiplier": d["backward_per_example"] / e["backward_per_example"],
-        "wall_us_per_example": d["wall_us_per_example"], "erm_wall_us_per_example": e["wall_us_per_example"],
+        "wall_us_per_example": d["wall_us_per_example"],
+        "erm_wall_us_per_example": e["wall_us_per_example"],
         "wall_multiplier": wall_mult,
         "cpu_multiplier": d["cpu_us_per_example"] / e["cpu_us_per_example"],
         "over_theory": wall_mult / theory - 1.0,
         "within_tolerance": wall_mult <= theory * (1 + TOLERANCE),
         "recipe_run_cost_erm_epochs": wall_mult * int(cfg["train"]["epochs"]),
         "timed_examples_per_round": {"defense": d["examples_per_round"], "erm": e["examples_per_round"]},
-        "rounds": rounds, "rounds_detail": {"defense": d["rounds"], "erm": e["rounds"]},
+        "rounds": rounds,
+        "rounds_detail": {"defense": d["rounds"], "erm": e["rounds"]},
     }
 
 
-def bench_training(dataset: str, device: torch.device, names: Optional[Sequence[str]] = None, *, rounds: int = 3,
-                   min_time: float = 0.5, warmup: int = 2, batch_size: Optional[int] = None, model: Optional[str] = None,
-                   precision: Optional[str] = None, log=None) -> List[Dict[str, Any]]:
+def bench_training(
+    dataset: str,
+    device: torch.device,
+    names: Optional[Sequence[str]] = None,
+    *,
+    rounds: int = 3,
+    min_time: float = 0.5,
+    warmup: int = 2,
+    batch_size: Optional[int] = None,
+    model: Optional[str] = None,
+    precision: Optional[str] = None,
+    log=None,
+) -> List[Dict[str, Any]]:
     names = [n for n in (names or DEFENSES.names()) if n != "erm"]
     val = C.resolve({"defense": "erm", "dataset": dataset})["data"]["val_size"]
     data = load_dataset(dataset, val_size=val, device=device)
@@ -225,13 +297,26 @@ def bench_training(dataset: str, device: torch.device, names: Optional[Sequence[
     for n in names:
         if log:
             log(f"training: {n}")
-        rows.append(bench_defense(n, data, device, dataset=dataset, rounds=rounds, min_time=min_time, warmup=warmup,
-                                  batch_size=batch_size, model=model, precision=precision))
+        rows.append(
+            bench_defense(
+                n,
+                data,
+                device,
+                dataset=dataset,
+                rounds=rounds,
+                min_time=min_time,
+                warmup=warmup,
+                batch_size=batch_size,
+                model=model,
+                precision=precision,
+            )
+        )
     return rows
 
 
-def bench_pass_costs_for(rows: Sequence[Dict[str, Any]], dataset: str, device: torch.device, *, rounds: int = 3,
-                         min_time: float = 0.5) -> List[Dict[str, Any]]:
+def bench_pass_costs_for(
+    rows: Sequence[Dict[str, Any]], dataset: str, device: torch.device, *, rounds: int = 3, min_time: float = 0.5
+) -> List[Dict[str, Any]]:
     """Pass costs in every (model, batch size) regime the training rows used."""
     val = C.resolve({"defense": "erm", "dataset": dataset})["data"]["val_size"]
     data = load_dataset(dataset, val_size=val, device=device)
@@ -243,12 +328,19 @@ def bench_pass_costs_for(rows: Sequence[Dict[str, Any]], dataset: str, device: t
 # take the weight gradient (TRADES' update backpropagates through two forward passes: 2 units);
 # Free-AT's replays are updates that also take the input gradient. Used to price the theory with
 # the pass costs measured on this machine, so what is left over is the harness's own overhead.
-UPDATE_UNITS = {"fast-at": 1.0, "pgd-at": 1.0, "trades": 2.0, "mart": 2.0, "n-fgsm": 1.0,
-                # AWP: the proxy's pass takes weight gradients like an update
-                "pgd-at-awp": 2.0, "trades-awp": 4.0,
-                # GradAlign: FGSM and the regulariser's first gradient are input-gradient passes; the update
-                # and its double backward through that gradient take weight gradients
-                "gradalign": 2.0}
+UPDATE_UNITS = {
+    "fast-at": 1.0,
+    "pgd-at": 1.0,
+    "trades": 2.0,
+    "mart": 2.0,
+    "n-fgsm": 1.0,
+    # AWP: the proxy's pass takes weight gradients like an update
+    "pgd-at-awp": 2.0,
+    "trades-awp": 4.0,
+    # GradAlign: FGSM and the regulariser's first gradient are input-gradient passes; the update
+    # and its double backward through that gradient take weight gradients
+    "gradalign": 2.0,
+}
 REPLAY_DEFENSES = {"free-at"}
 
 
@@ -273,23 +365,63 @@ def annotate(rows: Sequence[Dict[str, Any]], costs: Sequence[Dict[str, Any]]) ->
 
 
 def pass_costs_table(costs: Sequence[Dict[str, Any]]) -> str:
-    return format_table(["model, batch", "plain update us/ex", "attack step (input grad only)", "update + input grad (Free-AT replay)"],
-                        [[f"{c['model']}, {c['batch_size']}", fmt(c["plain_us_per_example"], ".1f"), fmt(c["attack_step"], ".2f", "x"),
-                          fmt(c["update_with_input_grad"], ".2f", "x")] for c in costs], "lrrr")
+    return format_table(
+        ["model, batch", "plain update us/ex", "attack step (input grad only)", "update + input grad (Free-AT replay)"],
+        [
+            [
+                f"{c['model']}, {c['batch_size']}",
+                fmt(c["plain_us_per_example"], ".1f"),
+                fmt(c["attack_step"], ".2f", "x"),
+                fmt(c["update_with_input_grad"], ".2f", "x"),
+            ]
+            for c in costs
+        ],
+        "lrrr",
+    )
 
 
 def training_table(rows: Sequence[Dict[str, Any]]) -> str:
-    headers = ["defense", "training attack", "model, batch", "fwd/ex", "bwd/ex", "theory", "passes x", "wall x", "cpu x",
-               "vs theory", "theory here", "overhead", "us/ex", "erm us/ex", "epochs", "run x erm-epoch"]
+    headers = [
+        "defense",
+        "training attack",
+        "model, batch",
+        "fwd/ex",
+        "bwd/ex",
+        "theory",
+        "passes x",
+        "wall x",
+        "cpu x",
+        "vs theory",
+        "theory here",
+        "overhead",
+        "us/ex",
+        "erm us/ex",
+        "epochs",
+        "run x erm-epoch",
+    ]
     body = []
     for r in rows:
         here = r.get("theory_priced_here")
-        body.append([r["defense"], r["train_attack"][:40], f"{r['model']}, {r['batch_size']}", fmt(r["forward_per_example"]),
-                     fmt(r["backward_per_example"]), fmt(r["theory"], "g"), fmt(r["passes_multiplier"]), fmt(r["wall_multiplier"]),
-                     fmt(r["cpu_multiplier"]), f"{100 * r['over_theory']:+.0f}%" + ("" if r["within_tolerance"] else " !"),
-                     fmt(here), "n/a" if here is None else f"{100 * r['harness_overhead']:+.0f}%",
-                     fmt(r["wall_us_per_example"], ".0f"), fmt(r["erm_wall_us_per_example"], ".0f"), r["recipe_epochs"],
-                     fmt(r["recipe_run_cost_erm_epochs"], ".0f")])
+        body.append(
+            [
+                r["defense"],
+                r["train_attack"][:40],
+                f"{r['model']}, {r['batch_size']}",
+                fmt(r["forward_per_example"]),
+                fmt(r["backward_per_example"]),
+                fmt(r["theory"], "g"),
+                fmt(r["passes_multiplier"]),
+                fmt(r["wall_multiplier"]),
+                fmt(r["cpu_multiplier"]),
+                f"{100 * r['over_theory']:+.0f}%" + ("" if r["within_tolerance"] else " !"),
+                fmt(here),
+                "n/a" if here is None else f"{100 * r['harness_overhead']:+.0f}%",
+                fmt(r["wall_us_per_example"], ".0f"),
+                fmt(r["erm_wall_us_per_example"], ".0f"),
+                r["recipe_epochs"],
+                fmt(r["recipe_run_cost_erm_epochs"], ".0f"),
+            ]
+        )
     return format_table(headers, body, "lll" + "r" * 13)
 
 
@@ -306,8 +438,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     device = select_device(args.device)
-    rows = bench_training(args.dataset, device, args.only, rounds=args.rounds, min_time=args.min_time, batch_size=args.batch_size,
-                          model=args.model, precision=args.precision)
+    rows = bench_training(
+        args.dataset,
+        device,
+        args.only,
+        rounds=args.rounds,
+        min_time=args.min_time,
+        batch_size=args.batch_size,
+        model=args.model,
+        precision=args.precision,
+    )
     costs = bench_pass_costs_for(rows, args.dataset, device, rounds=args.rounds, min_time=args.min_time)
     annotate(rows, costs)
     print(f"training cost per example, {args.dataset}, device {device}, torch threads {torch.get_num_threads()}")
@@ -316,8 +456,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("what one pass pair costs on this machine, relative to a plain update in the same regime")
     print(pass_costs_table(costs))
     if args.json:
-        Path(args.json).write_text(json.dumps({"dataset": args.dataset, "machine": machine(device), "rows": rows, "pass_costs": costs},
-                                              indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {"dataset": args.dataset, "machine": machine(device), "rows": rows, "pass_costs": costs}, indent=2
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ training step and 512 for the attack step; elsewhere it is the data set's defaul
 real images. Each setting is timed in ``rounds`` interleaved rounds of about ``min_time``
 seconds; the figure is the minimum over rounds, relative to fp32 / contiguous.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,9 @@ import torch.nn.functional as F  # noqa: E402
 from attacks.pgd import perturb  # noqa: E402
 from benchmarks.common import fmt, format_table, machine, timed  # noqa: E402
 from defenses.base import TrainContext  # noqa: E402
-from harness.models import build_model  # noqa: E402
 from harness.core.runtime import apply_memory_format, seed_everything, select_device  # noqa: E402
 from harness.core.threat import ThreatModel
+from harness.models import build_model  # noqa: E402
 
 
 def settings_for(device: torch.device) -> List[Tuple[str, str]]:
@@ -41,7 +42,9 @@ def settings_for(device: torch.device) -> List[Tuple[str, str]]:
     return [(p, m) for p in precisions for m in ("contiguous", "channels_last")]
 
 
-def _inputs(device: torch.device, dataset: str, batch: int) -> Tuple[str, Tuple[int, int, int], int, Any, Any, torch.Tensor, torch.Tensor]:
+def _inputs(
+    device: torch.device, dataset: str, batch: int
+) -> Tuple[str, Tuple[int, int, int], int, Any, Any, torch.Tensor, torch.Tensor]:
     if device.type == "cuda":
         g = torch.Generator(device=device).manual_seed(0)
         x = torch.rand((batch, 3, 32, 32), generator=g, device=device)
@@ -56,8 +59,15 @@ def _inputs(device: torch.device, dataset: str, batch: int) -> Tuple[str, Tuple[
     return cfg["model"], b.shape, b.num_classes, b.mean, b.std, x, y
 
 
-def bench_knobs(device: torch.device, *, dataset: str = "fashion-mnist", min_time: float = 0.5, rounds: int = 3,
-                train_batch: int = 128, attack_batch: Optional[int] = None) -> Dict[str, Any]:
+def bench_knobs(
+    device: torch.device,
+    *,
+    dataset: str = "fashion-mnist",
+    min_time: float = 0.5,
+    rounds: int = 3,
+    train_batch: int = 128,
+    attack_batch: Optional[int] = None,
+) -> Dict[str, Any]:
     attack_batch = attack_batch or (512 if device.type == "cuda" else train_batch)
     name, shape, classes, mean, std, x_all, y_all = _inputs(device, dataset, max(train_batch, attack_batch))
     xt, yt = x_all[:train_batch], y_all[:train_batch]
@@ -78,7 +88,16 @@ def bench_knobs(device: torch.device, *, dataset: str = "fashion-mnist", min_tim
 
         def attack_step(ctx=ctx, model=model, prec=prec) -> None:
             model.eval()
-            perturb(model, xa, ya, threat=ThreatModel("Linf", eps), steps=1, step_size=eps / 4, generator=ctx.generator, precision=prec)
+            perturb(
+                model,
+                xa,
+                ya,
+                threat=ThreatModel("Linf", eps),
+                steps=1,
+                step_size=eps / 4,
+                generator=ctx.generator,
+                precision=prec,
+            )
 
         cases[(prec, fmt_)] = {"train": train_step, "attack": attack_step, "k": {}, "wall": {"train": [], "attack": []}}
     for c in cases.values():  # warm-up (cuDNN autotuning, allocator) and the step count for min_time
@@ -98,24 +117,59 @@ def bench_knobs(device: torch.device, *, dataset: str = "fashion-mnist", min_tim
     rows = []
     for (prec, fmt_), c in cases.items():
         tr, at = min(c["wall"]["train"]), min(c["wall"]["attack"])
-        rows.append({"precision": prec, "memory_format": fmt_, "train_us_per_example": 1e6 * tr, "attack_step_us_per_example": 1e6 * at,
-                     "train_speedup": min(base["wall"]["train"]) / tr, "attack_speedup": min(base["wall"]["attack"]) / at})
-    title = (f"{name} on {'x'.join(map(str, shape))} inputs, {device}: one SGD training step (batch {train_batch}) and one PGD step "
-             f"(batch {attack_batch}) per example; speed-up over fp32 / contiguous (min over {rounds} rounds)")
-    return {"model": name, "shape": list(shape), "device": str(device), "train_batch": train_batch, "attack_batch": attack_batch,
-            "rounds": rounds, "rows": rows, "title": title}
+        rows.append(
+            {
+                "precision": prec,
+                "memory_format": fmt_,
+                "train_us_per_example": 1e6 * tr,
+                "attack_step_us_per_example": 1e6 * at,
+                "train_speedup": min(base["wall"]["train"]) / tr,
+                "attack_speedup": min(base["wall"]["attack"]) / at,
+            }
+        )
+    title = (
+        f"{name} on {'x'.join(map(str, shape))} inputs, {device}: "
+        f"one SGD training step (batch {train_batch}) and one PGD step "
+        f"(batch {attack_batch}) per example; speed-up over fp32 / contiguous (min over {rounds} rounds)"
+    )
+    return {
+        "model": name,
+        "shape": list(shape),
+        "device": str(device),
+        "train_batch": train_batch,
+        "attack_batch": attack_batch,
+        "rounds": rounds,
+        "rows": rows,
+        "title": title,
+    }
 
 
 def knobs_table(doc: Dict[str, Any]) -> str:
-    return format_table(["precision", "memory format", "train us/ex", "x", "attack step us/ex", "x"],
-                        [[r["precision"], r["memory_format"], fmt(r["train_us_per_example"], ".1f"), fmt(r["train_speedup"]),
-                          fmt(r["attack_step_us_per_example"], ".1f"), fmt(r["attack_speedup"])] for r in doc["rows"]], "llrrrr")
+    return format_table(
+        ["precision", "memory format", "train us/ex", "x", "attack step us/ex", "x"],
+        [
+            [
+                r["precision"],
+                r["memory_format"],
+                fmt(r["train_us_per_example"], ".1f"),
+                fmt(r["train_speedup"]),
+                fmt(r["attack_step_us_per_example"], ".1f"),
+                fmt(r["attack_speedup"]),
+            ]
+            for r in doc["rows"]
+        ],
+        "llrrrr",
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--dataset", default="fashion-mnist", help="the data set's model and images (CPU); CUDA uses CIFAR-10-sized inputs")
+    ap.add_argument(
+        "--dataset",
+        default="fashion-mnist",
+        help="the data set's model and images (CPU); CUDA uses CIFAR-10-sized inputs",
+    )
     ap.add_argument("--min-time", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", default=None)

@@ -24,6 +24,7 @@ half-finished) runs; what is missing shows as "not run" or "not finished".
 
 ``--epochs`` shortens training (for smoke tests); a shortened run says so in the epochs column.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,12 +43,24 @@ FALLBACK_SUITE = "smoke"  # a recipe without a paper evaluation (the generated t
 
 # -- running ----------------------------------------------------------------------------------------
 
+
 def run_name(defense: str, dataset: str, variant: str, seed: int) -> str:
     return f"{defense}-{dataset}-{variant}-s{seed}".replace("+", "_")
 
 
-def plan_run(defense: str, dataset: str, *, seed: int, variant: Optional[str], out: Path, threads: Optional[int],
-             device: str, epochs: Optional[int], eval_n: Optional[int], data_dir: Optional[str]) -> Dict[str, Any]:
+def plan_run(
+    defense: str,
+    dataset: str,
+    *,
+    seed: int,
+    variant: Optional[str],
+    out: Path,
+    threads: Optional[int],
+    device: str,
+    epochs: Optional[int],
+    eval_n: Optional[int],
+    data_dir: Optional[str],
+) -> Dict[str, Any]:
     """The resolved config of one reproduction run (as ``harness run`` would resolve it)."""
     from harness import config as C
 
@@ -65,14 +78,24 @@ def plan_run(defense: str, dataset: str, *, seed: int, variant: Optional[str], o
     suite = paper["suite"] if paper else FALLBACK_SUITE
     n = eval_n or (paper["n"] if paper else None)
     checkpoint = paper["checkpoint"] if paper else "last"
-    cfg = C.resolve(C.deep_merge(flags, {
-        "eval": {"suite": suite, "n": n, "checkpoints": [checkpoint]},
-        "out": {"root": str(out), "name": run_name(defense, dataset, cfg["recipe"].get("variant") or "none", seed)}}))
+    cfg = C.resolve(
+        C.deep_merge(
+            flags,
+            {
+                "eval": {"suite": suite, "n": n, "checkpoints": [checkpoint]},
+                "out": {
+                    "root": str(out),
+                    "name": run_name(defense, dataset, cfg["recipe"].get("variant") or "none", seed),
+                },
+            },
+        )
+    )
     return cfg
 
 
-def reproduce_one(cfg: Dict[str, Any], *, resume: bool, aa_suite: Optional[str], aa_n: Optional[int],
-                  progress: bool = False) -> Path:
+def reproduce_one(
+    cfg: Dict[str, Any], *, resume: bool, aa_suite: Optional[str], aa_n: Optional[int], progress: bool = False
+) -> Path:
     """Train and evaluate one run (or continue it); returns its directory."""
     from harness import api
     from harness.core.rundir import RunDir
@@ -94,8 +117,9 @@ def reproduce_one(cfg: Dict[str, Any], *, resume: bool, aa_suite: Optional[str],
     run = RunDir.open(path)
     if aa_suite:
         saved = run.read_config()
-        api.evaluate_run(run.path, checkpoints=list(saved["eval"]["checkpoints"]), suite=aa_suite, n=aa_n,
-                         progress=progress)
+        api.evaluate_run(
+            run.path, checkpoints=list(saved["eval"]["checkpoints"]), suite=aa_suite, n=aa_n, progress=progress
+        )
         try:
             from reports.run_report import render_run
 
@@ -106,6 +130,7 @@ def reproduce_one(cfg: Dict[str, Any], *, resume: bool, aa_suite: Optional[str],
 
 
 # -- rendering (no torch) ---------------------------------------------------------------------------
+
 
 def _pct(p: Optional[float]) -> str:
     return "-" if p is None else f"{100 * p:.2f}"
@@ -161,8 +186,19 @@ def collect(out: Path) -> List[Dict[str, Any]]:
             names = {a.get("name") for a in doc.get("attacks", [])}
             if doc.get("suite") != ev.get("suite") and names & {"apgd-ce", "apgd-t", "fab-t", "square"}:
                 aa_eval = doc
-        rows.append({"run": run.name, "path": run, "cfg": cfg, "recipe": rec, "env": env, "training": training,
-                     "checkpoint": ckpt, "paper_eval": paper_eval, "aa_eval": aa_eval})
+        rows.append(
+            {
+                "run": run.name,
+                "path": run,
+                "cfg": cfg,
+                "recipe": rec,
+                "env": env,
+                "training": training,
+                "checkpoint": ckpt,
+                "paper_eval": paper_eval,
+                "aa_eval": aa_eval,
+            }
+        )
     return rows
 
 
@@ -176,8 +212,14 @@ def _cost(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     if not t:
         return "-"
     ds, seed = row["cfg"]["dataset"], row["cfg"]["seed"]
-    erm = next((r for r in rows if r["cfg"]["defense"] == "erm" and r["cfg"]["dataset"] == ds
-                and r["cfg"]["seed"] == seed and r["training"]), None)
+    erm = next(
+        (
+            r
+            for r in rows
+            if r["cfg"]["defense"] == "erm" and r["cfg"]["dataset"] == ds and r["cfg"]["seed"] == seed and r["training"]
+        ),
+        None,
+    )
     if erm is None:
         return "no erm run"
     if erm is row:
@@ -202,11 +244,11 @@ def render(out: Path) -> str:
         "defense's recipe in `defenses/`), ours from `eval/*.json`, the cost from `training.json`. Nothing is typed by "
         "hand.",
         "",
-        "Accuracies in %; ours with the 95% Wilson interval. \"paper attack\": the paper's own evaluation replayed by "
+        'Accuracies in %; ours with the 95% Wilson interval. "paper attack": the paper\'s own evaluation replayed by '
         "the "
-        "suite named under it, with the paper's n; \"AA\": AutoAttack standard (pyautoattack) on the first n test "
+        'suite named under it, with the paper\'s n; "AA": AutoAttack standard (pyautoattack) on the first n test '
         "points. "
-        "\"in CI\": whether the published number lies in our interval (clean / robust). Wall time: training steps plus "
+        '"in CI": whether the published number lies in our interval (clean / robust). Wall time: training steps plus '
         "the "
         "per-epoch val monitor, on the device in the env column; cost: training seconds per epoch and measured "
         "forward + backward passes per example, over the erm control of the same data set and seed.",
@@ -214,11 +256,13 @@ def render(out: Path) -> str:
     ]
     if not rows:
         return "\n".join(lines + ["No reproduction runs found.", ""])
-    lines += ["| defense | data | variant | model | epochs | paper: clean / robust | paper's attack, n | ours: clean | "
-              "ours: robust (paper attack) | in CI | ours: AA robust | authors' model under AA | wall time | cost over "
-              "erm | "
-              "device |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| defense | data | variant | model | epochs | paper: clean / robust | paper's attack, n | ours: clean | "
+        "ours: robust (paper attack) | in CI | ours: AA robust | authors' model under AA | wall time | cost over "
+        "erm | "
+        "device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     notes: List[str] = []
     for row in rows:
         cfg, rec, t = row["cfg"], row["recipe"], row["training"]
@@ -249,16 +293,22 @@ def render(out: Path) -> str:
         wall = _minutes(t.get("wall_s")) if t else "-"
         device = row["env"].get("device_name") or row["env"].get("device")
         ref = len(notes) + 1
-        notes.append(f"{ref}. `{row['run']}`: {paper.get('source', 'no paper')}. Paper's attack: "
-                     f"{paper.get('attack', '-')}"
-                     + (f"; {paper['note']}" if paper.get("note") else "") + ". Recipe notes: "
-                     + ("; ".join(rec.get("notes") or []) or "none") + ".")
-        lines.append(f"| {cfg['defense']} [{ref}] | {cfg['dataset']} | {rec.get('variant')} | {cfg['model']} | "
-                     f"{epochs} | "
-                     f"{published} | {paper.get('suite') or (pe or {}).get('suite', '-')}, "
-                     f"n={paper.get('n') or ((pe or {}).get('data') or {}).get('n', '-')} | {ours_clean} | {ours_rob} "
-                     f"| {within} | "
-                     f"{ours_aa} | {authors_aa} | {wall} | {_cost(row, rows)} | {device or '-'} |")
+        notes.append(
+            f"{ref}. `{row['run']}`: {paper.get('source', 'no paper')}. Paper's attack: "
+            f"{paper.get('attack', '-')}"
+            + (f"; {paper['note']}" if paper.get("note") else "")
+            + ". Recipe notes: "
+            + ("; ".join(rec.get("notes") or []) or "none")
+            + "."
+        )
+        lines.append(
+            f"| {cfg['defense']} [{ref}] | {cfg['dataset']} | {rec.get('variant')} | {cfg['model']} | "
+            f"{epochs} | "
+            f"{published} | {paper.get('suite') or (pe or {}).get('suite', '-')}, "
+            f"n={paper.get('n') or ((pe or {}).get('data') or {}).get('n', '-')} | {ours_clean} | {ours_rob} "
+            f"| {within} | "
+            f"{ours_aa} | {authors_aa} | {wall} | {_cost(row, rows)} | {device or '-'} |"
+        )
     lines += ["", "## Sources and notes", ""] + notes + [""]
     lines += _seed_summary(rows)
     return "\n".join(lines)
@@ -283,16 +333,27 @@ def _seed_summary(rows: Sequence[Mapping[str, Any]]) -> List[str]:
                 return "-"
             return f"{100 * statistics.mean(vals):.2f} +- {100 * statistics.stdev(vals):.2f}"
 
-        out.append(f"| {defense} | {dataset} | {variant} | {len(done)} "
-                   f"({', '.join(str(r['cfg']['seed']) for r in done)}) | "
-                   f"{stat(lambda r: r['paper_eval']['clean']['accuracy'])} | "
-                   f"{stat(lambda r: r['paper_eval']['robust']['accuracy'])} | "
-                   f"{stat(lambda r: r['aa_eval']['robust']['accuracy'] if r['aa_eval'] else None)} |")
+        out.append(
+            f"| {defense} | {dataset} | {variant} | {len(done)} "
+            f"({', '.join(str(r['cfg']['seed']) for r in done)}) | "
+            f"{stat(lambda r: r['paper_eval']['clean']['accuracy'])} | "
+            f"{stat(lambda r: r['paper_eval']['robust']['accuracy'])} | "
+            f"{stat(lambda r: r['aa_eval']['robust']['accuracy'] if r['aa_eval'] else None)} |"
+        )
     if not out:
         return []
-    return ["## Over seeds", "", "Mean +- standard deviation over the seeds run (accuracies in %).", "",
+    return (
+        [
+            "## Over seeds",
+            "",
+            "Mean +- standard deviation over the seeds run (accuracies in %).",
+            "",
             "| defense | data | variant | seeds | clean | robust (paper attack) | AA robust |",
-            "|---|---|---|---|---|---|---|"] + out + [""]
+            "|---|---|---|---|---|---|---|",
+        ]
+        + out
+        + [""]
+    )
 
 
 def write_doc(out: Path, doc: Path) -> Path:
@@ -301,6 +362,7 @@ def write_doc(out: Path, doc: Path) -> Path:
 
 
 # -- command line -------------------------------------------------------------------------------------
+
 
 def parse_variants(items: Sequence[str]) -> Dict[str, str]:
     out = {}
@@ -316,8 +378,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--defenses", default=",".join(DEFAULT_DEFENSES), help="comma-separated, trained in this order")
-    p.add_argument("--variant", action="append", default=[], metavar="DEFENSE=NAME",
-                   help="a recipe variant for one defense")
+    p.add_argument(
+        "--variant", action="append", default=[], metavar="DEFENSE=NAME", help="a recipe variant for one defense"
+    )
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--epochs", type=int, default=None, help="shorten training (smoke tests); the table says so")
     p.add_argument("--out", default="runs/reproduce")
@@ -342,12 +405,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             variants = parse_variants(args.variant)
             defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-            plans = [plan_run(d, args.dataset, seed=s, variant=variants.get(d), out=out, threads=args.threads,
-                              device=args.device, epochs=args.epochs, eval_n=args.eval_n, data_dir=args.data_dir)
-                     for d in defenses for s in seeds]  # every config checked before anything trains
+            plans = [
+                plan_run(
+                    d,
+                    args.dataset,
+                    seed=s,
+                    variant=variants.get(d),
+                    out=out,
+                    threads=args.threads,
+                    device=args.device,
+                    epochs=args.epochs,
+                    eval_n=args.eval_n,
+                    data_dir=args.data_dir,
+                )
+                for d in defenses
+                for s in seeds
+            ]  # every config checked before anything trains
             for cfg in plans:
-                reproduce_one(cfg, resume=args.resume, aa_suite=None if args.no_aa else args.aa_suite, aa_n=args.aa_n,
-                              progress=args.progress)
+                reproduce_one(
+                    cfg,
+                    resume=args.resume,
+                    aa_suite=None if args.no_aa else args.aa_suite,
+                    aa_n=args.aa_n,
+                    progress=args.progress,
+                )
                 write_doc(out, doc)  # the table grows as runs finish
         write_doc(out, doc)
     except HarnessError as e:

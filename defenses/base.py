@@ -56,6 +56,7 @@ The old shape still loads: a ``RECIPES`` entry may be a plain partial-config dic
 written before recipes had sources); it becomes a ``Recipe`` whose values are all cited as
 "not cited". Converting one is mechanical: ``Recipe(config=<the dict>, sources={key: cite(...)})``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -88,9 +89,13 @@ RECIPE_FAMILY: Dict[str, str] = {
 # What a borrowing data set changes in the recipe it borrows, and why.
 BORROWED_ADJUSTMENTS: Dict[str, Tuple[Dict[str, Any], Dict[str, str]]] = {
     # SVHN digits must not be mirrored; Rice et al.'s SVHN script trains without augmentation
-    "svhn": ({"data": {"augment": "none"}},
-             {"data.augment": "locuslab/robust_overfitting@c47a25c train_svhn.py:L157-160 (ToTensor only: no crop, no "
-                              "flip)"}),
+    "svhn": (
+        {"data": {"augment": "none"}},
+        {
+            "data.augment": "locuslab/robust_overfitting@c47a25c train_svhn.py:L157-160 (ToTensor only: no crop, no "
+            "flip)"
+        },
+    ),
 }
 
 # What the harness uses on the generated test data sets (8x8 images, a few thousand examples):
@@ -98,8 +103,14 @@ BORROWED_ADJUSTMENTS: Dict[str, Tuple[Dict[str, Any], Dict[str, str]]] = {
 TINY_BASE: Dict[str, Any] = {
     "threat": {"norm": "Linf", "eps": "0.1"},
     "data": {"val_size": 500},
-    "train": {"epochs": 3, "batch_size": 64, "optimizer": "adam", "lr": 0.005, "weight_decay": 0.0,
-              "schedule": "constant"},
+    "train": {
+        "epochs": 3,
+        "batch_size": 64,
+        "optimizer": "adam",
+        "lr": 0.005,
+        "weight_decay": 0.0,
+        "schedule": "constant",
+    },
     "monitor": {"val_n": 200},
 }
 TINY_SOURCE = "harness: test recipe for the generated 8x8 data sets (small and quick, no paper)"
@@ -194,27 +205,39 @@ class Recipe:
         cfg = copy.deepcopy(dict(config))
         return cls(cfg, {k: "not cited (recipe without sources)" for k in _leaves(cfg)})
 
-    def extended(self, config: Mapping[str, Any], sources: Mapping[str, str], *, replace: Tuple[str, ...] = (),
-                 notes: Tuple[str, ...] = ()) -> "Recipe":
+    def extended(
+        self,
+        config: Mapping[str, Any],
+        sources: Mapping[str, str],
+        *,
+        replace: Tuple[str, ...] = (),
+        notes: Tuple[str, ...] = (),
+    ) -> "Recipe":
         """This recipe with ``config`` merged over it (a defense built on another's recipe, e.g. AWP
         on PGD-AT), each added value cited in ``sources``; the top-level sections in ``replace``
         (e.g. ``defense_options``) are dropped first, with the variants that set them. The published
         numbers belong to the original defense, so the extended recipe and its variants carry none."""
+
         def keep(key: str) -> bool:
             return key.split(".")[0] not in replace
 
         base = {k: v for k, v in self.config.items() if k not in replace}
-        variants = {n: Variant(v.doc, v.config, v.sources, None) for n, v in self.variants.items()
-                    if all(keep(k) for k in _leaves(v.config))}
+        variants = {
+            n: Variant(v.doc, v.config, v.sources, None)
+            for n, v in self.variants.items()
+            if all(keep(k) for k in _leaves(v.config))
+        }
         kept = {k: v for k, v in self.sources.items() if keep(k)}
-        return Recipe(_merged(base, config), {**kept, **sources}, variants, self.default_variant, None,
-                      self.notes + tuple(notes))
+        return Recipe(
+            _merged(base, config), {**kept, **sources}, variants, self.default_variant, None, self.notes + tuple(notes)
+        )
 
     def variant_names(self) -> List[str]:
         return [self.default_variant] + [n for n in self.variants if n != self.default_variant]
 
-    def resolve(self, variant: Optional[str] = None, *, defense: str = "", dataset: str = "",
-                family: str = "") -> "ResolvedRecipe":
+    def resolve(
+        self, variant: Optional[str] = None, *, defense: str = "", dataset: str = "", family: str = ""
+    ) -> "ResolvedRecipe":
         """The recipe with ``variant`` applied ("a+b" combines; None: the default). Unknown names
         and two variants setting the same key are ``ConfigError``s."""
         wanted = [v.strip() for v in (variant or self.default_variant).split("+") if v.strip()]
@@ -223,9 +246,11 @@ class Recipe:
             if v not in names:
                 close = difflib.get_close_matches(v, names, n=1)
                 hint = f" did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"unknown recipe variant {v!r} for {defense or 'this defense'} on "
-                                  f"{dataset or family};{hint} "
-                                  f"its variants: {', '.join(names)}")
+                raise ConfigError(
+                    f"unknown recipe variant {v!r} for {defense or 'this defense'} on "
+                    f"{dataset or family};{hint} "
+                    f"its variants: {', '.join(names)}"
+                )
         chosen = [v for v in dict.fromkeys(wanted) if v != self.default_variant]
         config, sources, paper = copy.deepcopy(self.config), dict(self.sources), self.paper
         set_by: Dict[str, str] = {}
@@ -238,10 +263,18 @@ class Recipe:
             config = _merged(config, v.config)
             sources.update(v.sources)
             paper = v.paper or paper
-        return ResolvedRecipe(defense=defense, dataset=dataset, family=family,
-                              variant="+".join(chosen) or self.default_variant, default_variant=self.default_variant,
-                              variants={n: self.variants[n].doc for n in self.variants},
-                              config=config, sources=sources, paper=paper, notes=self.notes)
+        return ResolvedRecipe(
+            defense=defense,
+            dataset=dataset,
+            family=family,
+            variant="+".join(chosen) or self.default_variant,
+            default_variant=self.default_variant,
+            variants={n: self.variants[n].doc for n in self.variants},
+            config=config,
+            sources=sources,
+            paper=paper,
+            notes=self.notes,
+        )
 
 
 @dataclass
@@ -272,8 +305,12 @@ class ResolvedRecipe:
                 if key in final and final[key] != value:
                     differs[key] = value
         return {
-            "defense": self.defense, "dataset": self.dataset, "family": self.family,
-            "variant": self.variant, "default_variant": self.default_variant, "variants": dict(self.variants),
+            "defense": self.defense,
+            "dataset": self.dataset,
+            "family": self.family,
+            "variant": self.variant,
+            "default_variant": self.default_variant,
+            "variants": dict(self.variants),
             "sources": dict(sorted(self.sources.items())),
             "repositories": repositories_cited(self.sources),
             "paper": self.paper.to_dict() if self.paper is not None else None,
@@ -326,8 +363,13 @@ class Option:
         return value
 
 
-BN_MODE = Option("train", "BatchNorm mode while generating the training attack: 'train' (batch statistics, "
-                 "as the paper's code does) or 'eval' (running statistics)", kind="choice", choices=("train", "eval"))
+BN_MODE = Option(
+    "train",
+    "BatchNorm mode while generating the training attack: 'train' (batch statistics, "
+    "as the paper's code does) or 'eval' (running statistics)",
+    kind="choice",
+    choices=("train", "eval"),
+)
 
 
 @dataclass
@@ -398,8 +440,7 @@ class Defense(Protocol):
         """The training attack's descriptor (``{"attack": "none"}`` for plain training)."""
         ...
 
-    def train_attack_label(self) -> str:
-        ...
+    def train_attack_label(self) -> str: ...
 
     def train_attack_steps(self) -> int:
         """Gradient steps of the training attack (0 for none): the selection attack must take more."""
@@ -410,26 +451,27 @@ class Defense(Protocol):
         (the harness measures the real ones and reports both)."""
         ...
 
-    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> torch.Tensor:
         """The training attack on (x, y); final iterate; the model's mode is the caller's."""
         ...
 
-    def training_example(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                         generator: Optional[torch.Generator]) -> torch.Tensor:
+    def training_example(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> torch.Tensor:
         """What the weight update trains on; within ``train_radius()`` of x and in the box."""
         ...
 
-    def train_radius(self) -> float:
-        ...
+    def train_radius(self) -> float: ...
 
-    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
-        ...
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult: ...
 
-    def begin_epoch(self, epoch: int) -> None:
-        ...
+    def begin_epoch(self, epoch: int) -> None: ...
 
-    def set_strength(self, eps: Optional[float] = None, steps: Optional[int] = None, *,
-                     eps_text: Optional[str] = None) -> None:
+    def set_strength(
+        self, eps: Optional[float] = None, steps: Optional[int] = None, *, eps_text: Optional[str] = None
+    ) -> None:
         """Re-arm the training attack at a weaker strength (curriculum); None: as configured."""
         ...
 
@@ -437,8 +479,7 @@ class Defense(Protocol):
         """Training state the defense carries between steps (Free-AT's perturbation), for resume."""
         ...
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        ...
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
 @contextlib.contextmanager
@@ -452,14 +493,18 @@ def bn_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
         yield model
 
 
-def with_options(recipe: Union["Recipe", Mapping[str, Any]], options: Mapping[str, Any],
-                 source: str) -> Union["Recipe", Dict[str, Any]]:
+def with_options(
+    recipe: Union["Recipe", Mapping[str, Any]], options: Mapping[str, Any], source: str
+) -> Union["Recipe", Dict[str, Any]]:
     """Another defense's recipe (a ``Recipe``, or a plain dict in the old shape) with its
     ``defense_options`` replaced by ``options``, each cited with ``source``: how a defense built on
     another's schedule (N-FGSM and GradAlign on Fast-AT's) states its own options."""
     if isinstance(recipe, Recipe):
-        return recipe.extended({"defense_options": dict(options)}, {f"defense_options.{k}": source for k in options},
-                               replace=("defense_options",))
+        return recipe.extended(
+            {"defense_options": dict(options)},
+            {f"defense_options.{k}": source for k in options},
+            replace=("defense_options",),
+        )
     return {**recipe, "defense_options": dict(options)}
 
 
@@ -509,8 +554,9 @@ class DefenseBase:
                 close = difflib.get_close_matches(k, list(cls.OPTIONS), n=1)
                 hint = f" did you mean {close[0]!r}?" if close else ""
                 known = ", ".join(cls.OPTIONS) or "(none)"
-                raise ConfigError(f"unknown option defense_options.{k} for defense {cls.name!r};{hint} its options: "
-                                  f"{known}")
+                raise ConfigError(
+                    f"unknown option defense_options.{k} for defense {cls.name!r};{hint} its options: {known}"
+                )
             out[k] = cls.OPTIONS[k].check(cls.name, k, v)
         return out
 
@@ -528,8 +574,14 @@ class DefenseBase:
             over, why = BORROWED_ADJUSTMENTS.get(dataset, ({}, {}))
             variants = {n: Variant(v.doc, v.config, v.sources, None) for n, v in recipe.variants.items()}
             note = f"{dataset} borrows the {family} recipe: no paper trained on {dataset}"
-            recipe = Recipe(_merged(recipe.config, over), {**recipe.sources, **why}, variants, recipe.default_variant,
-                            None, recipe.notes + (note,))
+            recipe = Recipe(
+                _merged(recipe.config, over),
+                {**recipe.sources, **why},
+                variants,
+                recipe.default_variant,
+                None,
+                recipe.notes + (note,),
+            )
         return recipe
 
     @classmethod
@@ -554,8 +606,9 @@ class DefenseBase:
         """Called by the loop before epoch ``epoch`` (1-based) starts; AWP's warm-up reads it."""
         self.epoch = int(epoch)
 
-    def set_strength(self, eps: Optional[float] = None, steps: Optional[int] = None, *,
-                     eps_text: Optional[str] = None) -> None:
+    def set_strength(
+        self, eps: Optional[float] = None, steps: Optional[int] = None, *, eps_text: Optional[str] = None
+    ) -> None:
         """Re-arm the training attack at ``eps`` (at most the threat model's) and ``steps`` (the
         option named by ``strength_steps_option``); None restores the configured value. Step sizes
         given as expressions of eps (``"2.5*eps/steps"``) follow the new eps and steps; numbers stay
@@ -566,8 +619,9 @@ class DefenseBase:
         if eps is not None:
             eps = float(eps)
             if not 0 < eps <= self.full_threat.eps * (1 + 1e-12):
-                raise ConfigError(f"a curriculum eps must lie in (0, {self.full_threat.eps_text}] "
-                                  f"(the threat model's), got {eps:g}")
+                raise ConfigError(
+                    f"a curriculum eps must lie in (0, {self.full_threat.eps_text}] (the threat model's), got {eps:g}"
+                )
             threat = ThreatModel(self.full_threat.norm, eps, eps_text or f"{eps:.6g}")
         options = dict(self.full_options)
         if steps is not None:
@@ -585,9 +639,15 @@ class DefenseBase:
         key = self.strength_steps_option
         steps, full_steps = self.train_attack_steps(), (self.full_options[key] if key else self.train_attack_steps())
         weaker = self.threat.eps < self.full_threat.eps * (1 - 1e-12) or steps < full_steps
-        return {"eps": self.threat.eps_text, "eps_value": self.threat.eps, "steps": steps,
-                "threat_eps": self.full_threat.eps_text, "threat_eps_value": self.full_threat.eps,
-                "configured_steps": full_steps, "full_strength": not weaker}
+        return {
+            "eps": self.threat.eps_text,
+            "eps_value": self.threat.eps,
+            "steps": steps,
+            "threat_eps": self.full_threat.eps_text,
+            "threat_eps_value": self.full_threat.eps,
+            "configured_steps": full_steps,
+            "full_strength": not weaker,
+        }
 
     def train_radius(self) -> float:
         """How far (threat norm) a training example may lie from its clean point: eps, unless a
@@ -644,15 +704,19 @@ class DefenseBase:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state:
-            raise ConfigError(f"defense {self.name!r} carries no training state, but the checkpoint holds "
-                              f"{sorted(state)}")
+            raise ConfigError(
+                f"defense {self.name!r} carries no training state, but the checkpoint holds {sorted(state)}"
+            )
 
     # -- the step -----------------------------------------------------------------------------
-    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> torch.Tensor:
         return x.detach()
 
-    def training_example(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                         generator: Optional[torch.Generator]) -> torch.Tensor:
+    def training_example(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> torch.Tensor:
         """The point the weight update's loss is computed on (before clean / adversarial mixing):
         the training attack's output, unless a defense trains on something else (N-FGSM)."""
         return self.attack(model, x, y, generator)

@@ -26,6 +26,7 @@ loose anchor, not a reproduction.
 
 Options: none.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict
@@ -39,8 +40,10 @@ from defenses.recipe_parts import CIFAR_DATA, MNIST_LIKE_DATA, combine, fashion_
 from defenses.references import cite
 from defenses.registry import DEFENSES
 
-_NOTE = ("the control: Fast-AT's schedule on this data set without the training attack "
-         "(train_mnist.py --attack none on MNIST)")
+_NOTE = (
+    "the control: Fast-AT's schedule on this data set without the training attack "
+    "(train_mnist.py --attack none on MNIST)"
+)
 
 
 @DEFENSES.register("erm", summary="plain training (the control): 1 forward + 1 backward per example")
@@ -54,36 +57,72 @@ class ERM(DefenseBase):
     OPTIONS: Dict[str, Any] = {}
     RECIPES = {
         "fashion-mnist": Recipe(
-            *combine(fashion_mnist_eps(), MNIST_SCHEDULE, MNIST_LIKE_DATA, FP32_MNIST), default_variant="control",
+            *combine(fashion_mnist_eps(), MNIST_SCHEDULE, MNIST_LIKE_DATA, FP32_MNIST),
+            default_variant="control",
             paper=PaperResult(
-                source=("Croce, Andriushchenko, Hein 2019 (AISTATS), Table 1, F-MNIST, CNN, plain, Linf eps 0.1: test "
-                        "error 9.50%, "
-                        "lower bound of the robust error 96.0% "
-                        "(max-andr/provable-robustness-max-linear-regions@28200b6 "
-                        "images/main_table.png; page not verified here)"),
+                source=(
+                    "Croce, Andriushchenko, Hein 2019 (AISTATS), Table 1, F-MNIST, CNN, plain, Linf eps 0.1: test "
+                    "error 9.50%, "
+                    "lower bound of the robust error 96.0% "
+                    "(max-andr/provable-robustness-max-linear-regions@28200b6 "
+                    "images/main_table.png; page not verified here)"
+                ),
                 attack="PGD-40, step eps/20, 1 restart (attacks.py:L55-72, train.py:L97) plus MIP (its robust accuracy "
-                       "is an upper "
-                       "bound), first 1,000 test points", n=1000, suite="paper-mmr-fmnist", clean=0.905, robust=0.04,
-                model="the same small CNN (LeNetSmall, models.py:L68-100), Adam 1e-3, 100 epochs", checkpoint="last",
+                "is an upper "
+                "bound), first 1,000 test points",
+                n=1000,
+                suite="paper-mmr-fmnist",
+                clean=0.905,
+                robust=0.04,
+                model="the same small CNN (LeNetSmall, models.py:L68-100), Adam 1e-3, 100 epochs",
+                checkpoint="last",
                 bound="upper",
-                note="a loose anchor: MMR's plain model, same architecture, a different schedule"),
-            notes=(_NOTE,)),
-        "mnist": Recipe(*combine(
-            ({"threat": {"norm": "Linf", "eps": "0.3"}},
-             {"threat.norm": cite("fast", "MNIST/train_mnist.py", 80, "Linf"),
-              "threat.eps": cite("fast", "MNIST/train_mnist.py", 28,
-                                 "--epsilon 0.3 (the threat the control is evaluated under)")}),
-            MNIST_SCHEDULE, MNIST_LIKE_DATA, FP32_MNIST), default_variant="control", notes=(_NOTE,),
-            paper=PaperResult(source="none: the control",
-                              attack="PGD-50, 10 restarts, step eps/30 (Fast-AT's MNIST evaluation)", n=10_000,
-                              suite="paper-fast-at-mnist", model="small CNN, 10 epochs", checkpoint="last")),
-        "cifar10": Recipe(*combine(CIFAR_SCHEDULE, CIFAR_DATA, FP32_CIFAR), default_variant="control",
-                          paper=PaperResult(source="none: the control",
-                                            attack="PGD-50, 10 restarts, step 2/255 (Fast-AT's CIFAR-10 evaluation)",
-                                            n=10_000, suite="paper-fast-at-cifar10",
-                                            model="PreAct ResNet-18, 15 epochs", checkpoint="last"),
-                          notes=("the control: Fast-AT's CIFAR-10 schedule (train_fgsm.py) without the training "
-                                 "attack",)),
+                note="a loose anchor: MMR's plain model, same architecture, a different schedule",
+            ),
+            notes=(_NOTE,),
+        ),
+        "mnist": Recipe(
+            *combine(
+                (
+                    {"threat": {"norm": "Linf", "eps": "0.3"}},
+                    {
+                        "threat.norm": cite("fast", "MNIST/train_mnist.py", 80, "Linf"),
+                        "threat.eps": cite(
+                            "fast",
+                            "MNIST/train_mnist.py",
+                            28,
+                            "--epsilon 0.3 (the threat the control is evaluated under)",
+                        ),
+                    },
+                ),
+                MNIST_SCHEDULE,
+                MNIST_LIKE_DATA,
+                FP32_MNIST,
+            ),
+            default_variant="control",
+            notes=(_NOTE,),
+            paper=PaperResult(
+                source="none: the control",
+                attack="PGD-50, 10 restarts, step eps/30 (Fast-AT's MNIST evaluation)",
+                n=10_000,
+                suite="paper-fast-at-mnist",
+                model="small CNN, 10 epochs",
+                checkpoint="last",
+            ),
+        ),
+        "cifar10": Recipe(
+            *combine(CIFAR_SCHEDULE, CIFAR_DATA, FP32_CIFAR),
+            default_variant="control",
+            paper=PaperResult(
+                source="none: the control",
+                attack="PGD-50, 10 restarts, step 2/255 (Fast-AT's CIFAR-10 evaluation)",
+                n=10_000,
+                suite="paper-fast-at-cifar10",
+                model="PreAct ResNet-18, 15 epochs",
+                checkpoint="last",
+            ),
+            notes=("the control: Fast-AT's CIFAR-10 schedule (train_fgsm.py) without the training attack",),
+        ),
         "tiny": tiny_recipe(),
     }
 

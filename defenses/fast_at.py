@@ -55,6 +55,7 @@ a static loss scale of 1, is the variant ``apex-o2``. Fashion-MNIST has no publi
 recipe: it takes the paper's MNIST recipe with Fashion-MNIST's standard eps 0.1 (Wong & Kolter
 2018, Croce et al. 2019).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
@@ -62,12 +63,22 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from attacks.pgd import perturb
 from attacks.base import ascend, project
-from defenses.base import (BN_MODE, DefenseBase, Option, PaperResult, Recipe, StepResult, TrainContext, Variant,
-                           bn_mode, tiny_recipe)
-from defenses.references import cite, harness
+from attacks.pgd import perturb
+from defenses.base import (
+    BN_MODE,
+    DefenseBase,
+    Option,
+    PaperResult,
+    Recipe,
+    StepResult,
+    TrainContext,
+    Variant,
+    bn_mode,
+    tiny_recipe,
+)
 from defenses.recipe_parts import CIFAR_DATA, MNIST_LIKE_DATA, combine, fashion_mnist_eps, fp32
+from defenses.references import cite, harness
 from defenses.registry import DEFENSES
 from harness.core.threat import ThreatModel
 
@@ -76,64 +87,111 @@ _U = "CIFAR10/utils.py"
 _M = "MNIST/train_mnist.py"
 
 # the MNIST script (train_mnist.py), shared by fast-at and its erm control on MNIST-like data
-MNIST_SCHEDULE = ({
-    "model": "small-cnn",
-    "train": {"epochs": 10, "batch_size": 100, "optimizer": "adam", "lr": 5e-3, "weight_decay": 0.0,
-              "schedule": "cyclic", "cyclic_peak": 0.4},
-    "model_options": {"normalize": "none"},
-}, {
-    "model": cite("fast", "MNIST/mnist_net.py", "8-18", "conv4x4-16 s2, conv4x4-32 s2, FC100, FC10"),
-    "train.epochs": cite("fast", _M, 26, "--epochs 10"),
-    "train.batch_size": cite("fast", _M, 24, "--batch-size 100"),
-    "train.optimizer": cite("fast", _M, 52, "torch.optim.Adam"),
-    "train.lr": cite("fast", _M, 31, "--lr-max 5e-3: the cyclic schedule's peak"),
-    "train.weight_decay": cite("fast", _M, 52, "Adam without weight decay"),
-    "train.schedule": cite("fast", _M, "53-54,70", "np.interp([0, epochs*2//5, epochs], [0, lr_max, 0]) per minibatch"),
-    "train.cyclic_peak": cite("fast", _M, 54, "peak at epochs * 2 // 5 = 4 of 10 epochs"),
-    "model_options.normalize": cite("fast", _M, 46, "transforms.ToTensor() only: raw [0,1] pixels"),
-})
-MNIST_NO_STOP = ({"monitor": {"early_stop": False}},
-                 {"monitor.early_stop": cite("fast", _M, "63-112", "the MNIST script has no early stop")})
+MNIST_SCHEDULE = (
+    {
+        "model": "small-cnn",
+        "train": {
+            "epochs": 10,
+            "batch_size": 100,
+            "optimizer": "adam",
+            "lr": 5e-3,
+            "weight_decay": 0.0,
+            "schedule": "cyclic",
+            "cyclic_peak": 0.4,
+        },
+        "model_options": {"normalize": "none"},
+    },
+    {
+        "model": cite("fast", "MNIST/mnist_net.py", "8-18", "conv4x4-16 s2, conv4x4-32 s2, FC100, FC10"),
+        "train.epochs": cite("fast", _M, 26, "--epochs 10"),
+        "train.batch_size": cite("fast", _M, 24, "--batch-size 100"),
+        "train.optimizer": cite("fast", _M, 52, "torch.optim.Adam"),
+        "train.lr": cite("fast", _M, 31, "--lr-max 5e-3: the cyclic schedule's peak"),
+        "train.weight_decay": cite("fast", _M, 52, "Adam without weight decay"),
+        "train.schedule": cite(
+            "fast", _M, "53-54,70", "np.interp([0, epochs*2//5, epochs], [0, lr_max, 0]) per minibatch"
+        ),
+        "train.cyclic_peak": cite("fast", _M, 54, "peak at epochs * 2 // 5 = 4 of 10 epochs"),
+        "model_options.normalize": cite("fast", _M, 46, "transforms.ToTensor() only: raw [0,1] pixels"),
+    },
+)
+MNIST_NO_STOP = (
+    {"monitor": {"early_stop": False}},
+    {"monitor.early_stop": cite("fast", _M, "63-112", "the MNIST script has no early stop")},
+)
 
 # the CIFAR-10 script (train_fgsm.py), shared with the erm control
-CIFAR_SCHEDULE = ({
-    "model": "preact-resnet18",
-    "threat": {"norm": "Linf", "eps": "8/255"},
-    "train": {"epochs": 15, "batch_size": 128, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4,
-              "schedule": "cyclic", "cyclic_peak": 0.5, "cycle_momentum": [0.8, 0.9], "keep_epoch_checkpoints": False},
-    "model_options": {"normalize": "dataset"},
-    "data": {"augment": "crop-flip", "crop_padding": 4, "pad_mode": "zeros"},
-}, {
-    "model": cite("fast", _F, 72, "PreActResNet18()"),
-    "threat.norm": cite("fast", _F, "30,68", "Linf"),
-    "threat.eps": cite("fast", _F, 30, "--epsilon 8 (/255)"),
-    "train.epochs": cite("fast", _F, 24, "--epochs 15"),
-    "train.batch_size": cite("fast", _F, 22, "--batch-size 128"),
-    "train.optimizer": cite("fast", _F, 75, "torch.optim.SGD"),
-    "train.lr": cite("fast", _F, 27, "--lr-max 0.2, --lr-min 0 (L26)"),
-    "train.momentum": cite("fast", _F, 29, "--momentum 0.9"),
-    "train.weight_decay": cite("fast", _F, 28, "--weight-decay 5e-4"),
-    "train.schedule": cite("fast", _F, "25,86-88", "CyclicLR, stepped every minibatch (L129)"),
-    "train.cyclic_peak": cite("fast", _F, 88, "step_size_up = step_size_down = lr_steps / 2"),
-    "train.cycle_momentum": cite("fast", _F, "87-88", "CyclicLR's defaults cycle_momentum=True, base_momentum 0.8, "
-                                 "max_momentum 0.9: momentum 0.9 -> 0.8 -> 0.9"),
-    "train.keep_epoch_checkpoints": harness("per-epoch weights of a 15-epoch ResNet are not kept (storage); best and "
-                                            "last are"),
-    "model_options.normalize": cite("fast", _U, "8-9,27", "transforms.Normalize(cifar10_mean, cifar10_std)"),
-    "data.augment": cite("fast", _U, "24-25", "RandomCrop(32, padding=4), RandomHorizontalFlip()"),
-    "data.crop_padding": cite("fast", _U, 24, "padding=4"),
-    "data.pad_mode": cite("fast", _U, 24, "RandomCrop pads with zeros (torchvision's fill=0)"),
-})
+CIFAR_SCHEDULE = (
+    {
+        "model": "preact-resnet18",
+        "threat": {"norm": "Linf", "eps": "8/255"},
+        "train": {
+            "epochs": 15,
+            "batch_size": 128,
+            "optimizer": "sgd",
+            "lr": 0.2,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "cyclic",
+            "cyclic_peak": 0.5,
+            "cycle_momentum": [0.8, 0.9],
+            "keep_epoch_checkpoints": False,
+        },
+        "model_options": {"normalize": "dataset"},
+        "data": {"augment": "crop-flip", "crop_padding": 4, "pad_mode": "zeros"},
+    },
+    {
+        "model": cite("fast", _F, 72, "PreActResNet18()"),
+        "threat.norm": cite("fast", _F, "30,68", "Linf"),
+        "threat.eps": cite("fast", _F, 30, "--epsilon 8 (/255)"),
+        "train.epochs": cite("fast", _F, 24, "--epochs 15"),
+        "train.batch_size": cite("fast", _F, 22, "--batch-size 128"),
+        "train.optimizer": cite("fast", _F, 75, "torch.optim.SGD"),
+        "train.lr": cite("fast", _F, 27, "--lr-max 0.2, --lr-min 0 (L26)"),
+        "train.momentum": cite("fast", _F, 29, "--momentum 0.9"),
+        "train.weight_decay": cite("fast", _F, 28, "--weight-decay 5e-4"),
+        "train.schedule": cite("fast", _F, "25,86-88", "CyclicLR, stepped every minibatch (L129)"),
+        "train.cyclic_peak": cite("fast", _F, 88, "step_size_up = step_size_down = lr_steps / 2"),
+        "train.cycle_momentum": cite(
+            "fast",
+            _F,
+            "87-88",
+            "CyclicLR's defaults cycle_momentum=True, base_momentum 0.8, max_momentum 0.9: momentum 0.9 -> 0.8 -> 0.9",
+        ),
+        "train.keep_epoch_checkpoints": harness(
+            "per-epoch weights of a 15-epoch ResNet are not kept (storage); best and last are"
+        ),
+        "model_options.normalize": cite("fast", _U, "8-9,27", "transforms.Normalize(cifar10_mean, cifar10_std)"),
+        "data.augment": cite("fast", _U, "24-25", "RandomCrop(32, padding=4), RandomHorizontalFlip()"),
+        "data.crop_padding": cite("fast", _U, 24, "padding=4"),
+        "data.pad_mode": cite("fast", _U, 24, "RandomCrop pads with zeros (torchvision's fill=0)"),
+    },
+)
 
-FP32_CIFAR = fp32(cite("fast", "README.md", 19, "'All examples can be run without mixed-precision'; the script's own "
-                       "default, apex O2, is the variant apex-o2"))
+FP32_CIFAR = fp32(
+    cite(
+        "fast",
+        "README.md",
+        19,
+        "'All examples can be run without mixed-precision'; the script's own default, apex O2, is the variant apex-o2",
+    )
+)
 FP32_MNIST = fp32(cite("fast", _M, "1-13", "no apex: plain fp32 PyTorch"))
 
 _PGD50 = "PGD-50, 10 restarts, step 2/255 (CIFAR10/train_fgsm.py:L157, utils.py:L88-90), eval mode"
 
 
-def unclipped_start_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, step_size: float,
-                         generator: Optional[torch.Generator], precision: str = "fp32", steps: int = 1) -> torch.Tensor:
+def unclipped_start_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    threat: ThreatModel,
+    step_size: float,
+    generator: Optional[torch.Generator],
+    precision: str = "fp32",
+    steps: int = 1,
+) -> torch.Tensor:
     """Signed-gradient steps from a uniform start in the eps ball that is *not* clipped to the box
     before the first gradient: the gradient is taken at x + delta even where it leaves [0,1]; each
     step is then projected onto the ball and the box (locuslab/fast_adversarial MNIST/train_mnist.py
@@ -161,8 +219,11 @@ def unclipped_start_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     return x_cur.detach()
 
 
-@DEFENSES.register("fast-at", summary="Wong et al. 2020: FGSM from a random start, step 1.25 eps, cyclic lr, early "
-                                      "stop on catastrophic overfitting")
+@DEFENSES.register(
+    "fast-at",
+    summary="Wong et al. 2020: FGSM from a random start, step 1.25 eps, cyclic lr, early "
+    "stop on catastrophic overfitting",
+)
 class FastAT(DefenseBase):
     """FGSM-RS adversarial training (Wong, Rice, Kolter 2020)."""
 
@@ -172,119 +233,250 @@ class FastAT(DefenseBase):
     early_stop_default = True
     OPTIONS = {
         "step_size": Option("1.25*eps", "FGSM step alpha, a number or an expression of eps", kind="step"),
-        "random_start": Option(True, "start from a uniform random point of the eps ball (FGSM-RS); false is plain FGSM", kind="bool"),
-        "clip_start": Option(True, "clip the random start into the [0,1] box before the gradient (the CIFAR-10 "
-                                   "script); "
-                             "false: gradient at the unclipped start, clipped after the step (the MNIST script)",
-                             kind="bool"),
+        "random_start": Option(
+            True, "start from a uniform random point of the eps ball (FGSM-RS); false is plain FGSM", kind="bool"
+        ),
+        "clip_start": Option(
+            True,
+            "clip the random start into the [0,1] box before the gradient (the CIFAR-10 "
+            "script); "
+            "false: gradient at the unclipped start, clipped after the step (the MNIST script)",
+            kind="bool",
+        ),
         "attack_bn_mode": BN_MODE,
     }
     RECIPES = {
-        "fashion-mnist": Recipe(*combine(
-            fashion_mnist_eps(), MNIST_SCHEDULE, MNIST_LIKE_DATA, FP32_MNIST, MNIST_NO_STOP,
-            ({"defense_options": {"step_size": "1.25*eps", "random_start": True, "clip_start": False,
-                                  "attack_bn_mode": "train"}},
-             {"defense_options.step_size": cite("fast", _M, "28-29", "--alpha 0.375 at --epsilon 0.3: 1.25 eps"),
-              "defense_options.random_start": cite("fast", _M, 74, "delta uniform in [-eps, eps]"),
-              "defense_options.clip_start": cite("fast", _M, "74-81",
-                                                 "gradient at the unclipped X + delta, clipped after the step"),
-              "defense_options.attack_bn_mode": cite("fast", _M, 50, "model.train(), never switched")})),
-            variants={"clipped-start": Variant(
-                "clip the random start into the box before the gradient (the CIFAR-10 script's order), as the harness "
-                "did "
-                "before it followed the MNIST script", {"defense_options": {"clip_start": True}},
-                {"defense_options.clip_start": cite("fast", _F, "107-110",
-                                                    "delta clamped to the box before the gradient")})},
-            default_variant="reference",
-            paper=PaperResult(source="none published: no Fast-AT number on Fashion-MNIST",
-                              attack="PGD-50, 10 restarts, step eps/30 (the paper's MNIST evaluation, "
-                                     "MNIST/evaluate_mnist.py:L69-71, at Fashion-MNIST's eps)",
-                              n=10_000, suite="paper-fast-at-mnist", model="small CNN, 10 epochs", checkpoint="last"),
-            notes=("no published Fast-AT number on Fashion-MNIST: the recipe is the paper's MNIST recipe at eps 0.1",)),
-        "mnist": Recipe(*combine(
-            ({"threat": {"norm": "Linf", "eps": "0.3"}},
-             {"threat.norm": cite("fast", _M, "74,80", "Linf"), "threat.eps": cite("fast", _M, 28, "--epsilon 0.3")}),
-            MNIST_SCHEDULE, MNIST_LIKE_DATA, FP32_MNIST, MNIST_NO_STOP,
-            ({"defense_options": {"step_size": "1.25*eps", "random_start": True, "clip_start": False,
-                                  "attack_bn_mode": "train"}},
-             {"defense_options.step_size": cite("fast", _M, 29, "--alpha 0.375 = 1.25 x 0.3"),
-              "defense_options.random_start": cite("fast", _M, 74, "delta uniform in [-eps, eps]"),
-              "defense_options.clip_start": cite("fast", _M, "74-81",
-                                                 "gradient at the unclipped X + delta, clipped after the step"),
-              "defense_options.attack_bn_mode": cite("fast", _M, 50, "model.train(), never switched")})),
-            variants={"clipped-start": Variant(
-                "clip the random start into the box before the gradient (the CIFAR-10 script's order)",
-                {"defense_options": {"clip_start": True}},
-                {"defense_options.clip_start": cite("fast", _F, "107-110",
-                                                    "delta clamped to the box before the gradient")})},
+        "fashion-mnist": Recipe(
+            *combine(
+                fashion_mnist_eps(),
+                MNIST_SCHEDULE,
+                MNIST_LIKE_DATA,
+                FP32_MNIST,
+                MNIST_NO_STOP,
+                (
+                    {
+                        "defense_options": {
+                            "step_size": "1.25*eps",
+                            "random_start": True,
+                            "clip_start": False,
+                            "attack_bn_mode": "train",
+                        }
+                    },
+                    {
+                        "defense_options.step_size": cite(
+                            "fast", _M, "28-29", "--alpha 0.375 at --epsilon 0.3: 1.25 eps"
+                        ),
+                        "defense_options.random_start": cite("fast", _M, 74, "delta uniform in [-eps, eps]"),
+                        "defense_options.clip_start": cite(
+                            "fast", _M, "74-81", "gradient at the unclipped X + delta, clipped after the step"
+                        ),
+                        "defense_options.attack_bn_mode": cite("fast", _M, 50, "model.train(), never switched"),
+                    },
+                ),
+            ),
+            variants={
+                "clipped-start": Variant(
+                    "clip the random start into the box before the gradient (the CIFAR-10 script's order), "
+                    "as the harness did before it followed the MNIST script",
+                    {"defense_options": {"clip_start": True}},
+                    {
+                        "defense_options.clip_start": cite(
+                            "fast", _F, "107-110", "delta clamped to the box before the gradient"
+                        )
+                    },
+                )
+            },
             default_variant="reference",
             paper=PaperResult(
-                source=cite("autoattack", "README.md", 132,
-                            "Wong et al. 2020 MNIST: clean 98.50, reported 88.77, AA 82.93"),
-                attack="PGD-50, 10 restarts, step 0.01 (MNIST/evaluate_mnist.py:L69-71)", n=10_000,
-                suite="paper-fast-at-mnist", clean=0.9850, robust=0.8877,
-                model="the paper's MNIST CNN (MNIST/mnist_net.py), 10 epochs", checkpoint="last",
-                autoattack=0.8293, autoattack_source=cite("autoattack", "README.md", 132)),
-            notes=("trains on all 60,000 MNIST images in the reference; the harness holds out 1,000 for selection",)),
-        "cifar10": Recipe(*combine(
-            CIFAR_SCHEDULE, CIFAR_DATA, FP32_CIFAR,
-            ({"defense_options": {"step_size": "1.25*eps", "random_start": True, "clip_start": True,
-                                  "attack_bn_mode": "train"},
-              "monitor": {"early_stop": True, "stop_rule": "first-batch-pgd", "stop_steps": 5,
-                          "stop_step_size": "eps/4", "stop_drop": 0.2}},
-             {"defense_options.step_size": cite("fast", _F, "30-31,69", "--alpha 10 at --epsilon 8: 1.25 eps"),
-              "defense_options.random_start": cite("fast", _F, "32,107-109",
-                                                   "--delta-init random: uniform in [-eps, eps]"),
-              "defense_options.clip_start": cite("fast", _F, 110, "delta clamped to the box before the gradient"),
-              "defense_options.attack_bn_mode": cite("fast", _F, 73, "model.train(), never switched"),
-              "monitor.early_stop": cite("fast", _F, "36,130-140", "the paper's early stop (--early-stop); the README "
-                                         "recommends it against catastrophic overfitting (README.md:L49)"),
-              "monitor.stop_rule": cite("fast", _F, "103-104,130-133",
-                                        "PGD on the epoch's first training minibatch, train mode"),
-              "monitor.stop_steps": cite("fast", _F, 133, "attack_pgd(..., pgd_alpha, 5, 1, opt): 5 steps, 1 restart"),
-              "monitor.stop_step_size": cite("fast", _F, 70, "pgd_alpha = 2/255 at eps 8/255: eps/4, scaled with eps"),
-              "monitor.stop_drop": cite("fast", _F, 137,
-                                        "robust_acc - prev_robust_acc < -0.2 -> break, keep best_state_dict")})),
+                source="none published: no Fast-AT number on Fashion-MNIST",
+                attack="PGD-50, 10 restarts, step eps/30 (the paper's MNIST evaluation, "
+                "MNIST/evaluate_mnist.py:L69-71, at Fashion-MNIST's eps)",
+                n=10_000,
+                suite="paper-fast-at-mnist",
+                model="small CNN, 10 epochs",
+                checkpoint="last",
+            ),
+            notes=("no published Fast-AT number on Fashion-MNIST: the recipe is the paper's MNIST recipe at eps 0.1",),
+        ),
+        "mnist": Recipe(
+            *combine(
+                (
+                    {"threat": {"norm": "Linf", "eps": "0.3"}},
+                    {
+                        "threat.norm": cite("fast", _M, "74,80", "Linf"),
+                        "threat.eps": cite("fast", _M, 28, "--epsilon 0.3"),
+                    },
+                ),
+                MNIST_SCHEDULE,
+                MNIST_LIKE_DATA,
+                FP32_MNIST,
+                MNIST_NO_STOP,
+                (
+                    {
+                        "defense_options": {
+                            "step_size": "1.25*eps",
+                            "random_start": True,
+                            "clip_start": False,
+                            "attack_bn_mode": "train",
+                        }
+                    },
+                    {
+                        "defense_options.step_size": cite("fast", _M, 29, "--alpha 0.375 = 1.25 x 0.3"),
+                        "defense_options.random_start": cite("fast", _M, 74, "delta uniform in [-eps, eps]"),
+                        "defense_options.clip_start": cite(
+                            "fast", _M, "74-81", "gradient at the unclipped X + delta, clipped after the step"
+                        ),
+                        "defense_options.attack_bn_mode": cite("fast", _M, 50, "model.train(), never switched"),
+                    },
+                ),
+            ),
             variants={
-                "released": Variant("the released script's defaults: no early stop (--early-stop is off unless given)",
-                                    {"monitor": {"early_stop": False}},
-                                    {"monitor.early_stop": cite("fast", _F, 36, "store_true: off by default")}),
-                "apex-o2": Variant("the released script's precision: apex O2 ('almost fp16') with a static loss scale "
-                                   "of 1; "
-                                   "here fp16 autocast with fp32 master weights and no loss scaling",
-                                   {"precision": "fp16", "train": {"loss_scale": 1.0}},
-                                   {"precision": cite("fast", _F, "37,76-79", "--opt-level O2 (amp.initialize)"),
-                                    "train.loss_scale": cite("fast", _F, 39, "--loss-scale 1.0 (static)")}),
+                "clipped-start": Variant(
+                    "clip the random start into the box before the gradient (the CIFAR-10 script's order)",
+                    {"defense_options": {"clip_start": True}},
+                    {
+                        "defense_options.clip_start": cite(
+                            "fast", _F, "107-110", "delta clamped to the box before the gradient"
+                        )
+                    },
+                )
+            },
+            default_variant="reference",
+            paper=PaperResult(
+                source=cite(
+                    "autoattack", "README.md", 132, "Wong et al. 2020 MNIST: clean 98.50, reported 88.77, AA 82.93"
+                ),
+                attack="PGD-50, 10 restarts, step 0.01 (MNIST/evaluate_mnist.py:L69-71)",
+                n=10_000,
+                suite="paper-fast-at-mnist",
+                clean=0.9850,
+                robust=0.8877,
+                model="the paper's MNIST CNN (MNIST/mnist_net.py), 10 epochs",
+                checkpoint="last",
+                autoattack=0.8293,
+                autoattack_source=cite("autoattack", "README.md", 132),
+            ),
+            notes=("trains on all 60,000 MNIST images in the reference; the harness holds out 1,000 for selection",),
+        ),
+        "cifar10": Recipe(
+            *combine(
+                CIFAR_SCHEDULE,
+                CIFAR_DATA,
+                FP32_CIFAR,
+                (
+                    {
+                        "defense_options": {
+                            "step_size": "1.25*eps",
+                            "random_start": True,
+                            "clip_start": True,
+                            "attack_bn_mode": "train",
+                        },
+                        "monitor": {
+                            "early_stop": True,
+                            "stop_rule": "first-batch-pgd",
+                            "stop_steps": 5,
+                            "stop_step_size": "eps/4",
+                            "stop_drop": 0.2,
+                        },
+                    },
+                    {
+                        "defense_options.step_size": cite(
+                            "fast", _F, "30-31,69", "--alpha 10 at --epsilon 8: 1.25 eps"
+                        ),
+                        "defense_options.random_start": cite(
+                            "fast", _F, "32,107-109", "--delta-init random: uniform in [-eps, eps]"
+                        ),
+                        "defense_options.clip_start": cite(
+                            "fast", _F, 110, "delta clamped to the box before the gradient"
+                        ),
+                        "defense_options.attack_bn_mode": cite("fast", _F, 73, "model.train(), never switched"),
+                        "monitor.early_stop": cite(
+                            "fast",
+                            _F,
+                            "36,130-140",
+                            "the paper's early stop (--early-stop); the README "
+                            "recommends it against catastrophic overfitting (README.md:L49)",
+                        ),
+                        "monitor.stop_rule": cite(
+                            "fast", _F, "103-104,130-133", "PGD on the epoch's first training minibatch, train mode"
+                        ),
+                        "monitor.stop_steps": cite(
+                            "fast", _F, 133, "attack_pgd(..., pgd_alpha, 5, 1, opt): 5 steps, 1 restart"
+                        ),
+                        "monitor.stop_step_size": cite(
+                            "fast", _F, 70, "pgd_alpha = 2/255 at eps 8/255: eps/4, scaled with eps"
+                        ),
+                        "monitor.stop_drop": cite(
+                            "fast", _F, 137, "robust_acc - prev_robust_acc < -0.2 -> break, keep best_state_dict"
+                        ),
+                    },
+                ),
+            ),
+            variants={
+                "released": Variant(
+                    "the released script's defaults: no early stop (--early-stop is off unless given)",
+                    {"monitor": {"early_stop": False}},
+                    {"monitor.early_stop": cite("fast", _F, 36, "store_true: off by default")},
+                ),
+                "apex-o2": Variant(
+                    "the released script's precision: apex O2 ('almost fp16') with a static loss scale "
+                    "of 1; "
+                    "here fp16 autocast with fp32 master weights and no loss scaling",
+                    {"precision": "fp16", "train": {"loss_scale": 1.0}},
+                    {
+                        "precision": cite("fast", _F, "37,76-79", "--opt-level O2 (amp.initialize)"),
+                        "train.loss_scale": cite("fast", _F, 39, "--loss-scale 1.0 (static)"),
+                    },
+                ),
             },
             default_variant="paper",
             paper=PaperResult(
                 source=cite("fast", "README.md", 29, "FGSM: 86.06% clean, 46.06% at eps 8/255, 12 minutes"),
-                attack=_PGD50, n=10_000, suite="paper-fast-at-cifar10", clean=0.8606, robust=0.4606,
-                model="PreAct ResNet-18, 15 epochs", checkpoint="last", autoattack=0.4321,
-                autoattack_source=cite("autoattack", "README.md", 85,
-                                       "Wong et al. 2020: clean 83.34, reported 46.06, AA 43.21"),
+                attack=_PGD50,
+                n=10_000,
+                suite="paper-fast-at-cifar10",
+                clean=0.8606,
+                robust=0.4606,
+                model="PreAct ResNet-18, 15 epochs",
+                checkpoint="last",
+                autoattack=0.4321,
+                autoattack_source=cite(
+                    "autoattack", "README.md", 85, "Wong et al. 2020: clean 83.34, reported 46.06, AA 43.21"
+                ),
                 note="the paper's table (Wong et al. 2020, Table 3, as quoted in locuslab/fast_adversarial issue #8; "
-                     "page not "
-                     "verified here) lists 83.81% clean / 46.06% PGD for the same method"),
-            notes=("the reference trains on all 50,000 images (one cyclic schedule over 391 minibatches per epoch); "
-                   "the "
-                   "harness holds out Rice et al.'s 1,000 for selection, so an epoch has 383",
-                   "torch's CyclicLR gives update k the lr of position k / total, the harness (k + 1) / total: one "
-                   "update apart",
-                   "the early-stop check runs in train mode as in the reference, so BatchNorm running statistics move "
-                   "with it")),
-        "tiny": tiny_recipe({"defense_options": {"step_size": "1.25*eps", "random_start": True,
-                                                 "attack_bn_mode": "train"}}),
+                "page not "
+                "verified here) lists 83.81% clean / 46.06% PGD for the same method",
+            ),
+            notes=(
+                "the reference trains on all 50,000 images (one cyclic schedule over 391 minibatches per epoch); "
+                "the "
+                "harness holds out Rice et al.'s 1,000 for selection, so an epoch has 383",
+                "torch's CyclicLR gives update k the lr of position k / total, the harness (k + 1) / total: one "
+                "update apart",
+                "the early-stop check runs in train mode as in the reference, so BatchNorm running statistics move "
+                "with it",
+            ),
+        ),
+        "tiny": tiny_recipe(
+            {"defense_options": {"step_size": "1.25*eps", "random_start": True, "attack_bn_mode": "train"}}
+        ),
     }
 
     def setup(self) -> None:
         self.alpha = self.step_size(steps_key=None)
 
     def train_attack(self) -> Dict[str, Any]:
-        return {"attack": "fgsm-rs" if self.options["random_start"] else "fgsm", **self.base_descriptor(), "steps": 1,
-                "step_size": self.alpha, "step_size_expr": str(self.options["step_size"]), "loss": "ce",
-                "random_start": self.options["random_start"], "model_mode": self.options["attack_bn_mode"],
-                "clip_start": self.options["clip_start"]}
+        return {
+            "attack": "fgsm-rs" if self.options["random_start"] else "fgsm",
+            **self.base_descriptor(),
+            "steps": 1,
+            "step_size": self.alpha,
+            "step_size_expr": str(self.options["step_size"]),
+            "loss": "ce",
+            "random_start": self.options["random_start"],
+            "model_mode": self.options["attack_bn_mode"],
+            "clip_start": self.options["clip_start"],
+        }
 
     def train_attack_label(self) -> str:
         unclipped = ", unclipped start" if self.options["random_start"] and not self.options["clip_start"] else ""
@@ -296,12 +488,25 @@ class FastAT(DefenseBase):
     def expected_passes(self) -> Dict[str, float]:
         return {"forward": 2.0, "backward": 2.0}
 
-    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> torch.Tensor:
         if self.options["random_start"] and not self.options["clip_start"]:
-            return unclipped_start_step(model, x, y, threat=self.threat, step_size=self.alpha, generator=generator,
-                                        precision=self.precision)
-        return perturb(model, x, y, threat=self.threat, steps=1, step_size=self.alpha, loss="ce",
-                       random_init=self.options["random_start"], generator=generator, precision=self.precision)
+            return unclipped_start_step(
+                model, x, y, threat=self.threat, step_size=self.alpha, generator=generator, precision=self.precision
+            )
+        return perturb(
+            model,
+            x,
+            y,
+            threat=self.threat,
+            steps=1,
+            step_size=self.alpha,
+            loss="ce",
+            random_init=self.options["random_start"],
+            generator=generator,
+            precision=self.precision,
+        )
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
         with bn_mode(model, self.options["attack_bn_mode"]):

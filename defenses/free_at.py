@@ -39,7 +39,8 @@ including replays, as Madry's 205 epochs; WRN-32-10, stored here as robustbench'
 per-image standardisation inside the model; Madry's crop + flip augmentation; fp32). MNIST and
 Fashion-MNIST have no published Free-AT recipe: these are derived (40 natural epochs of Adam,
 split into 5 epochs of 8 replays, raw [0,1] input and no augmentation like every MNIST reference).
-"""
+"""  # noqa: E501 - the recipe table kept whole
+
 from __future__ import annotations
 
 import math
@@ -54,118 +55,218 @@ from defenses.base import DefenseBase, Option, PaperResult, Recipe, StepResult, 
 from defenses.recipe_parts import CIFAR_DATA, MNIST_LIKE_DATA, combine, fashion_mnist_eps, fp32
 from defenses.references import cite, derived
 from defenses.registry import DEFENSES
-from harness.core.runtime import autocast
 from harness.core.errors import ConfigError
-
+from harness.core.runtime import autocast
 
 _CFG = "config.py"
 _OPTS_SOURCES = {
     "defense_options.replays": cite("free", _CFG, 23, "--replay_m 8"),
-    "defense_options.step_size": cite("free", "free_train.py", "56-58",
-                                      "new_pert = pert + epsilon * sign(grad): a step of eps"),
+    "defense_options.step_size": cite(
+        "free", "free_train.py", "56-58", "new_pert = pert + epsilon * sign(grad): a step of eps"
+    ),
 }
 
 
 def _mnist_like(eps: Any) -> Recipe:
-    return Recipe(*combine(
-        eps,
-        ({"model": "small-cnn", "model_options": {"normalize": "none"},
-          "train": {"epochs": math.ceil(40 / 8), "batch_size": 128, "optimizer": "adam", "lr": 1e-3,
-                    "weight_decay": 0.0, "schedule": "piecewise", "milestones": [0.5, 0.75], "gamma": 0.1},
-          "defense_options": {"replays": 8, "step_size": "eps"}},
-         {"model": derived("the small CNN of the other MNIST-family recipes (Fast-AT's MNIST net)"),
-          "model_options.normalize": derived("raw [0,1] pixels, as every MNIST-family reference feeds"),
-          "train.epochs": derived("40 natural epochs of the harness's choice, divided by m = 8 (free_train.py:L97-99: "
-                                  "a new "
-                                  "minibatch every m steps)"),
-          "train.batch_size": cite("free", _CFG, 19, "--train_batch_size 128"),
-          "train.optimizer": derived("Adam, as the MNIST-family references train small CNNs"),
-          "train.lr": derived("Adam 1e-3 (MMR's Fashion-MNIST rate, "
-                              "max-andr/provable-robustness-max-linear-regions@28200b6 train.py:L83)"),
-          "train.weight_decay": derived("none for Adam on MNIST-like data"),
-          "train.schedule": cite("free", _CFG, 20, "piecewise, as the CIFAR schedule"),
-          "train.milestones": cite("free", _CFG, 20, "at 40k and 60k of 80k steps: 50% and 75%"),
-          "train.gamma": cite("free", _CFG, 20, "0.1 -> 0.01 -> 0.001"),
-          **_OPTS_SOURCES}),
-        MNIST_LIKE_DATA, fp32(derived("fp32, as every reference"))),
+    return Recipe(
+        *combine(
+            eps,
+            (
+                {
+                    "model": "small-cnn",
+                    "model_options": {"normalize": "none"},
+                    "train": {
+                        "epochs": math.ceil(40 / 8),
+                        "batch_size": 128,
+                        "optimizer": "adam",
+                        "lr": 1e-3,
+                        "weight_decay": 0.0,
+                        "schedule": "piecewise",
+                        "milestones": [0.5, 0.75],
+                        "gamma": 0.1,
+                    },
+                    "defense_options": {"replays": 8, "step_size": "eps"},
+                },
+                {
+                    "model": derived("the small CNN of the other MNIST-family recipes (Fast-AT's MNIST net)"),
+                    "model_options.normalize": derived("raw [0,1] pixels, as every MNIST-family reference feeds"),
+                    "train.epochs": derived(
+                        "40 natural epochs of the harness's choice, divided by m = 8 (free_train.py:L97-99: "
+                        "a new "
+                        "minibatch every m steps)"
+                    ),
+                    "train.batch_size": cite("free", _CFG, 19, "--train_batch_size 128"),
+                    "train.optimizer": derived("Adam, as the MNIST-family references train small CNNs"),
+                    "train.lr": derived(
+                        "Adam 1e-3 (MMR's Fashion-MNIST rate, "
+                        "max-andr/provable-robustness-max-linear-regions@28200b6 train.py:L83)"
+                    ),
+                    "train.weight_decay": derived("none for Adam on MNIST-like data"),
+                    "train.schedule": cite("free", _CFG, 20, "piecewise, as the CIFAR schedule"),
+                    "train.milestones": cite("free", _CFG, 20, "at 40k and 60k of 80k steps: 50% and 75%"),
+                    "train.gamma": cite("free", _CFG, 20, "0.1 -> 0.01 -> 0.001"),
+                    **_OPTS_SOURCES,
+                },
+            ),
+            MNIST_LIKE_DATA,
+            fp32(derived("fp32, as every reference")),
+        ),
         default_variant="derived",
-        paper=PaperResult(source="none published: no Free-AT number on MNIST-like data",
-                          attack="PGD-20, 10 restarts, step eps/4 (the paper's CIFAR-10 evaluation, README.md:L16, at "
-                                 "this data set's eps)", n=10_000,
-                          suite="paper-free-cifar10", model="small CNN, 5 epochs of 8 replays", checkpoint="last"),
-        notes=("no published Free-AT recipe or number on MNIST-like data: the recipe is derived (see each value's "
-               "source)",))
+        paper=PaperResult(
+            source="none published: no Free-AT number on MNIST-like data",
+            attack="PGD-20, 10 restarts, step eps/4 (the paper's CIFAR-10 evaluation, README.md:L16, at "
+            "this data set's eps)",
+            n=10_000,
+            suite="paper-free-cifar10",
+            model="small CNN, 5 epochs of 8 replays",
+            checkpoint="last",
+        ),
+        notes=(
+            "no published Free-AT recipe or number on MNIST-like data: the recipe is derived (see each value's source)",
+        ),
+    )
 
 
-@DEFENSES.register("free-at", summary="Shafahi et al. 2019: m minibatch replays, one backward for weights and input, "
-                                      "perturbation carried over")
+@DEFENSES.register(
+    "free-at",
+    summary="Shafahi et al. 2019: m minibatch replays, one backward for weights and input, perturbation carried over",
+)
 class FreeAT(DefenseBase):
     """Free adversarial training (Shafahi et al. 2019)."""
 
     name = "free-at"
     title = "Free-AT"
-    paper = "Shafahi, Najibi, Ghiasi, Xu, Dickerson, Studer, Davis, Taylor, Goldstein 2019, Adversarial Training for Free! (NeurIPS)"
+    paper = (
+        "Shafahi, Najibi, Ghiasi, Xu, Dickerson, Studer, Davis, Taylor, Goldstein 2019, "
+        "Adversarial Training for Free! (NeurIPS)"
+    )
     OPTIONS = {
-        "replays": Option(8, "minibatch replays m (optimizer steps per minibatch); divide the epochs by m", kind="int",
-                          minimum=1, maximum=MAX_STEPS),
-        "step_size": Option("eps", "step of the carried perturbation per replay, a number or an expression of eps", kind="step"),
-        "attack_bn_mode": Option("train", "fixed: the replay's forward pass both trains and attacks", kind="choice", choices=("train",)),
+        "replays": Option(
+            8,
+            "minibatch replays m (optimizer steps per minibatch); divide the epochs by m",
+            kind="int",
+            minimum=1,
+            maximum=MAX_STEPS,
+        ),
+        "step_size": Option(
+            "eps", "step of the carried perturbation per replay, a number or an expression of eps", kind="step"
+        ),
+        "attack_bn_mode": Option(
+            "train", "fixed: the replay's forward pass both trains and attacks", kind="choice", choices=("train",)
+        ),
     }
     RECIPES = {
         "fashion-mnist": _mnist_like(fashion_mnist_eps()),
-        "mnist": _mnist_like(({"threat": {"norm": "Linf", "eps": "0.3"}},
-                              {"threat.norm": derived("Linf, MNIST's standard threat"),
-                               "threat.eps": cite("madry-mnist", "config.json", 19, "MNIST's standard eps 0.3")})),
-        "cifar10": Recipe(*combine(
-            ({"model": "wrn-34-10", "threat": {"norm": "Linf", "eps": "8/255"},
-              "model_options": {"normalize": "per-image"},
-              "train": {"epochs": math.ceil(80_000 / 8 * 128 / 50_000), "batch_size": 128, "optimizer": "sgd",
-                        "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "schedule": "piecewise",
-                        "milestones": [0.5, 0.75], "gamma": 0.1, "keep_epoch_checkpoints": False},
-              "defense_options": {"replays": 8, "step_size": "eps"},
-              "data": {"augment": "crop-flip", "crop_padding": 2, "pad_mode": "zeros"}},
-             {"model": cite("free", "README.md", 9, "WRN 32-10; robustbench lists the model as WRN-34-10"),
-              "threat.norm": cite("free", "free_train.py", 58, "clip_by_value(new_pert, -eps, eps): Linf"),
-              "threat.eps": cite("free", _CFG, 28, "--epsilon 8.0 on the 0..255 scale"),
-              "model_options.normalize": cite("free", "free_model.py", 55, "tf.image.per_image_standardization"),
-              "train.epochs": derived("80,000 steps including replays (config.py:L15) / m 8 = 10,000 minibatches x 128 "
-                                      "/ 50,000 "
-                                      "images = 25.6 -> 26 epochs"),
-              "train.batch_size": cite("free", _CFG, 19, "--train_batch_size 128"),
-              "train.optimizer": cite("free", "free_train.py", 48, "tf.train.MomentumOptimizer"),
-              "train.lr": cite("free", _CFG, 20, "step_size_schedule [[0, 0.1], [40000, 0.01], [60000, 0.001]]"),
-              "train.momentum": cite("free", _CFG, 22, "--momentum 0.9"),
-              "train.weight_decay": cite("free", _CFG, 21,
-                                         "--weight_decay 0.0002 (conv / FC kernels only, as Madry's model)"),
-              "train.schedule": cite("free", "free_train.py", "45-47",
-                                     "piecewise_constant on the global step, which counts replays"),
-              "train.milestones": cite("free", _CFG, 20, "40k and 60k of 80k steps"),
-              "train.gamma": cite("free", _CFG, 20, "0.1 -> 0.01 -> 0.001"),
-              "train.keep_epoch_checkpoints": derived("per-epoch weights of a WideResNet are not kept (storage); best "
-                                                      "and last are"),
-              "data.augment": cite("free", "cifar10_input.py", "107-113",
-                                   "resize_image_with_crop_or_pad to 36, random_crop 32, "
-                                   "random_flip_left_right"),
-              "data.crop_padding": cite("free", "cifar10_input.py", "107-108", "32 + 4 = 36: 2 pixels a side"),
-              "data.pad_mode": cite("free", "cifar10_input.py", 107, "resize_image_with_crop_or_pad pads with zeros"),
-              **_OPTS_SOURCES}),
-            CIFAR_DATA, fp32(cite("free", "free_train.py", "41-64", "TensorFlow fp32 graph"))),
+        "mnist": _mnist_like(
+            (
+                {"threat": {"norm": "Linf", "eps": "0.3"}},
+                {
+                    "threat.norm": derived("Linf, MNIST's standard threat"),
+                    "threat.eps": cite("madry-mnist", "config.json", 19, "MNIST's standard eps 0.3"),
+                },
+            )
+        ),
+        "cifar10": Recipe(
+            *combine(
+                (
+                    {
+                        "model": "wrn-34-10",
+                        "threat": {"norm": "Linf", "eps": "8/255"},
+                        "model_options": {"normalize": "per-image"},
+                        "train": {
+                            "epochs": math.ceil(80_000 / 8 * 128 / 50_000),
+                            "batch_size": 128,
+                            "optimizer": "sgd",
+                            "lr": 0.1,
+                            "momentum": 0.9,
+                            "weight_decay": 2e-4,
+                            "schedule": "piecewise",
+                            "milestones": [0.5, 0.75],
+                            "gamma": 0.1,
+                            "keep_epoch_checkpoints": False,
+                        },
+                        "defense_options": {"replays": 8, "step_size": "eps"},
+                        "data": {"augment": "crop-flip", "crop_padding": 2, "pad_mode": "zeros"},
+                    },
+                    {
+                        "model": cite("free", "README.md", 9, "WRN 32-10; robustbench lists the model as WRN-34-10"),
+                        "threat.norm": cite("free", "free_train.py", 58, "clip_by_value(new_pert, -eps, eps): Linf"),
+                        "threat.eps": cite("free", _CFG, 28, "--epsilon 8.0 on the 0..255 scale"),
+                        "model_options.normalize": cite(
+                            "free", "free_model.py", 55, "tf.image.per_image_standardization"
+                        ),
+                        "train.epochs": derived(
+                            "80,000 steps including replays (config.py:L15) / m 8 = 10,000 minibatches x 128 "
+                            "/ 50,000 "
+                            "images = 25.6 -> 26 epochs"
+                        ),
+                        "train.batch_size": cite("free", _CFG, 19, "--train_batch_size 128"),
+                        "train.optimizer": cite("free", "free_train.py", 48, "tf.train.MomentumOptimizer"),
+                        "train.lr": cite(
+                            "free", _CFG, 20, "step_size_schedule [[0, 0.1], [40000, 0.01], [60000, 0.001]]"
+                        ),
+                        "train.momentum": cite("free", _CFG, 22, "--momentum 0.9"),
+                        "train.weight_decay": cite(
+                            "free", _CFG, 21, "--weight_decay 0.0002 (conv / FC kernels only, as Madry's model)"
+                        ),
+                        "train.schedule": cite(
+                            "free",
+                            "free_train.py",
+                            "45-47",
+                            "piecewise_constant on the global step, which counts replays",
+                        ),
+                        "train.milestones": cite("free", _CFG, 20, "40k and 60k of 80k steps"),
+                        "train.gamma": cite("free", _CFG, 20, "0.1 -> 0.01 -> 0.001"),
+                        "train.keep_epoch_checkpoints": derived(
+                            "per-epoch weights of a WideResNet are not kept (storage); best and last are"
+                        ),
+                        "data.augment": cite(
+                            "free",
+                            "cifar10_input.py",
+                            "107-113",
+                            "resize_image_with_crop_or_pad to 36, random_crop 32, random_flip_left_right",
+                        ),
+                        "data.crop_padding": cite(
+                            "free", "cifar10_input.py", "107-108", "32 + 4 = 36: 2 pixels a side"
+                        ),
+                        "data.pad_mode": cite(
+                            "free", "cifar10_input.py", 107, "resize_image_with_crop_or_pad pads with zeros"
+                        ),
+                        **_OPTS_SOURCES,
+                    },
+                ),
+                CIFAR_DATA,
+                fp32(cite("free", "free_train.py", "41-64", "TensorFlow fp32 graph")),
+            ),
             default_variant="released",
             paper=PaperResult(
-                source=cite("free", "README.md", 16,
-                            "Free-8: natural 85.96, PGD-100 46.19, CW-100 46.60, 10-restart PGD-20 46.33"),
+                source=cite(
+                    "free",
+                    "README.md",
+                    16,
+                    "Free-8: natural 85.96, PGD-100 46.19, CW-100 46.60, 10-restart PGD-20 46.33",
+                ),
                 attack="PGD-20, 10 restarts, step 2/255 (multi_restart_pgd_attack.py:L51-66; config.py:L29-30)",
                 n=10_000,
-                suite="paper-free-cifar10", clean=0.8596, robust=0.4633, model="WRN-32-10, m = 8", checkpoint="last",
+                suite="paper-free-cifar10",
+                clean=0.8596,
+                robust=0.4633,
+                model="WRN-32-10, m = 8",
+                checkpoint="last",
                 autoattack=0.4147,
-                autoattack_source=cite("autoattack", "README.md", 86,
-                                       "Shafahi et al. 2019: clean 86.11, reported 46.19, AA 41.47")),
-            notes=("the reference trains on all 50,000 images; the harness holds out Rice et al.'s 1,000 for selection",
-                   "the reference clips x + pert to the box in the forward pass and only eps-clips pert; the harness "
-                   "clips the "
-                   "carried perturbation to the box of each minibatch (the PyTorch port's behaviour)",
-                   "the reference feeds 0..255 pixels; per-image standardisation makes the scale irrelevant up to its "
-                   "floor")),
+                autoattack_source=cite(
+                    "autoattack", "README.md", 86, "Shafahi et al. 2019: clean 86.11, reported 46.19, AA 41.47"
+                ),
+            ),
+            notes=(
+                "the reference trains on all 50,000 images; the harness holds out Rice et al.'s 1,000 for selection",
+                "the reference clips x + pert to the box in the forward pass and only eps-clips pert; the harness "
+                "clips the "
+                "carried perturbation to the box of each minibatch (the PyTorch port's behaviour)",
+                "the reference feeds 0..255 pixels; per-image standardisation makes the scale irrelevant up to its "
+                "floor",
+            ),
+        ),
         "tiny": tiny_recipe({"defense_options": {"replays": 4, "step_size": "eps"}}),
     }
 
@@ -176,10 +277,19 @@ class FreeAT(DefenseBase):
 
     def train_attack(self) -> Dict[str, Any]:
         m = self.options["replays"]
-        return {"attack": "free", **self.base_descriptor(), "steps": m, "replays": m, "step_size": self.alpha,
-                "step_size_expr": str(self.options["step_size"]), "loss": "ce", "random_start": False,
-                "carried": True, "model_mode": "train",
-                "measured_as": f"PGD-{m} CE from a zero start, step {self.options['step_size']}, final iterate"}
+        return {
+            "attack": "free",
+            **self.base_descriptor(),
+            "steps": m,
+            "replays": m,
+            "step_size": self.alpha,
+            "step_size_expr": str(self.options["step_size"]),
+            "loss": "ce",
+            "random_start": False,
+            "carried": True,
+            "model_mode": "train",
+            "measured_as": f"PGD-{m} CE from a zero start, step {self.options['step_size']}, final iterate",
+        }
 
     def train_attack_label(self) -> str:
         return f"Free (m={self.options['replays']}, step {self.options['step_size']}, carried)"
@@ -200,7 +310,9 @@ class FreeAT(DefenseBase):
             raise ConfigError(f"free-at: unexpected training state {sorted(unknown)}")
         self.delta = state["delta"].clone() if "delta" in state else None
 
-    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> torch.Tensor:
         x = x.detach()
         x_adv = x.clone()
         for _ in range(self.options["replays"]):
@@ -229,6 +341,7 @@ class FreeAT(DefenseBase):
 
             delta = self.delta[:n].clamp(lo, hi)  # carried over, clipped to this batch's box
         else:
+
             def next_delta(delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
                 return self.project(x, ascend(x + delta, grad, self.threat.norm, self.alpha)) - x
 

@@ -102,8 +102,11 @@ def alignment_regulariser(g1: torch.Tensor, g2: torch.Tensor, lam: float) -> Tup
 
 
 def _recipe_mnist_like(dataset: str, eps_ref: float) -> Any:
-    return with_options(FastAT.RECIPES[dataset], {**_OPTS, "align_eps_ref": eps_ref},
-                        "derived: GradAlign's options (tml-epfl/understanding-fast-adv-training) on fast-at's recipe")
+    return with_options(
+        FastAT.RECIPES[dataset],
+        {**_OPTS, "align_eps_ref": eps_ref},
+        "derived: GradAlign's options (tml-epfl/understanding-fast-adv-training) on fast-at's recipe",
+    )
 
 
 @DEFENSES.register(

@@ -195,8 +195,17 @@ class MART(DefenseBase):
         x = x.detach()
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         # the code's start: x + 0.001 N(0,1), neither projected nor clipped before the first gradient
-        return perturb(model, x, y, threat=self.threat, steps=self.options["steps"], step_size=self.alpha, loss="ce",
-                       start=x + self.options["init_std"] * noise, precision=self.precision)
+        return perturb(
+            model,
+            x,
+            y,
+            threat=self.threat,
+            steps=self.options["steps"],
+            step_size=self.alpha,
+            loss="ce",
+            start=x + self.options["init_std"] * noise,
+            precision=self.precision,
+        )
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
         with bn_mode(model, self.options["attack_bn_mode"]):

@@ -46,6 +46,7 @@ last 11 of 100 epochs, batch 128), whose CNN reached 11.54% clean error and a 21
 lower bound at eps 0.1 on the first 1000 test points. Recipes whose K is 40 raise the selection
 attack to PGD-50, because the selection attack must take more steps than the training attack.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
@@ -55,197 +56,382 @@ from torch import nn
 
 from attacks.base import MAX_STEPS
 from attacks.pgd import perturb
-from harness.core.errors import ConfigError
-from defenses.base import (BN_MODE, DefenseBase, Option, PaperResult, Recipe, StepResult, TrainContext, Variant,
-                           bn_mode, tiny_recipe)
+from defenses.base import (
+    BN_MODE,
+    DefenseBase,
+    Option,
+    PaperResult,
+    Recipe,
+    StepResult,
+    TrainContext,
+    Variant,
+    bn_mode,
+    tiny_recipe,
+)
 from defenses.fast_at import unclipped_start_step
 from defenses.recipe_parts import CIFAR_DATA, MNIST_LIKE_DATA, combine, fashion_mnist_eps, fp32
 from defenses.references import cite, derived, harness
 from defenses.registry import DEFENSES
+from harness.core.errors import ConfigError
 
-_SEL50 = ({"selection": {"steps": 50}},
-          {"selection.steps": harness("the selection attack must out-step the training attack's 40 steps")})
+_SEL50 = (
+    {"selection": {"steps": 50}},
+    {"selection.steps": harness("the selection attack must out-step the training attack's 40 steps")},
+)
 
-_MMR = Recipe(*combine(
-    fashion_mnist_eps(),
-    ({"model": "small-cnn", "model_options": {"normalize": "none"},
-      "train": {"epochs": 100, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                "schedule": "piecewise", "milestones": [0.89], "gamma": 0.1},
-      "defense_options": {"steps": 40, "step_size": "2*eps/steps", "random_start": True, "clip_start": False,
-                          "adv_fraction": 0.5, "attack_bn_mode": "train"}},
-     {"model": cite("mmr", "models.py", "68-100", "LeNetSmall: conv4x4-16 s2, conv4x4-32 s2, FC100, FC10"),
-      "model_options.normalize": cite("mmr", "data.py", 26, "x / 255 only: raw [0,1] pixels"),
-      "train.epochs": cite("mmr", "train.py", 69, "--n_epochs 100"),
-      "train.batch_size": cite("mmr", "train.py", 82, "hps.batch_size = 128"),
-      "train.optimizer": cite("mmr", "train.py", 152, "tf.train.AdamOptimizer"),
-      "train.lr": cite("mmr", "train.py", 83, "hps.lr = 0.001"),
-      "train.weight_decay": cite("mmr", "train.py", "173-190", "the loss has no weight decay term"),
-      "train.schedule": cite("mmr", "train.py", "240-242", "lr / 10 for epoch >= 0.9 * n_epochs"),
-      "train.milestones": cite("mmr", "train.py", "240-242", "epochs 90..100 of 1..100 at lr/10: from 89% of training"),
-      "train.gamma": cite("mmr", "train.py", 242, "hps.lr / 10"),
-      "defense_options.steps": cite("mmr", "train.py", 97, "pgd_n_iter = 40 for mnist and fmnist"),
-      "defense_options.step_size": cite("mmr", "attacks.py", 62, "eps_iter = eps / pgd_n_iter * 2"),
-      "defense_options.random_start": cite("mmr", "attacks.py", "128-130,210-212",
-                                           "rand_init=True: uniform in [-eps, eps]"),
-      "defense_options.clip_start": cite("mmr", "attacks.py", "210-215,193-196",
-                                         "the start is clipped to the eps ball only; "
-                                         "the box is applied after each step"),
-      "defense_options.adv_fraction": cite("mmr", "README.md", "62-66", "model file names carry ae_frac; the README's "
-                                           "example has ae_frac=0.5 ('50% of adversarial examples in every batch'); "
-                                           "train.py:L29-36"),
-      "defense_options.attack_bn_mode": harness("no BatchNorm in the model (LeNetSmall): the mode changes nothing")}),
-    MNIST_LIKE_DATA, fp32(cite("mmr", "train.py", "133-152", "TensorFlow fp32 graph")), _SEL50),
-    variants={"full-batch": Variant("every example of the minibatch adversarial (Madry et al.'s adv. fraction 1.0)",
-                                    {"defense_options": {"adv_fraction": 1.0}},
-                                    {"defense_options.adv_fraction": cite("madry-mnist", "train.py", "83-90", "all")})},
+_MMR = Recipe(
+    *combine(
+        fashion_mnist_eps(),
+        (
+            {
+                "model": "small-cnn",
+                "model_options": {"normalize": "none"},
+                "train": {
+                    "epochs": 100,
+                    "batch_size": 128,
+                    "optimizer": "adam",
+                    "lr": 1e-3,
+                    "weight_decay": 0.0,
+                    "schedule": "piecewise",
+                    "milestones": [0.89],
+                    "gamma": 0.1,
+                },
+                "defense_options": {
+                    "steps": 40,
+                    "step_size": "2*eps/steps",
+                    "random_start": True,
+                    "clip_start": False,
+                    "adv_fraction": 0.5,
+                    "attack_bn_mode": "train",
+                },
+            },
+            {
+                "model": cite("mmr", "models.py", "68-100", "LeNetSmall: conv4x4-16 s2, conv4x4-32 s2, FC100, FC10"),
+                "model_options.normalize": cite("mmr", "data.py", 26, "x / 255 only: raw [0,1] pixels"),
+                "train.epochs": cite("mmr", "train.py", 69, "--n_epochs 100"),
+                "train.batch_size": cite("mmr", "train.py", 82, "hps.batch_size = 128"),
+                "train.optimizer": cite("mmr", "train.py", 152, "tf.train.AdamOptimizer"),
+                "train.lr": cite("mmr", "train.py", 83, "hps.lr = 0.001"),
+                "train.weight_decay": cite("mmr", "train.py", "173-190", "the loss has no weight decay term"),
+                "train.schedule": cite("mmr", "train.py", "240-242", "lr / 10 for epoch >= 0.9 * n_epochs"),
+                "train.milestones": cite(
+                    "mmr", "train.py", "240-242", "epochs 90..100 of 1..100 at lr/10: from 89% of training"
+                ),
+                "train.gamma": cite("mmr", "train.py", 242, "hps.lr / 10"),
+                "defense_options.steps": cite("mmr", "train.py", 97, "pgd_n_iter = 40 for mnist and fmnist"),
+                "defense_options.step_size": cite("mmr", "attacks.py", 62, "eps_iter = eps / pgd_n_iter * 2"),
+                "defense_options.random_start": cite(
+                    "mmr", "attacks.py", "128-130,210-212", "rand_init=True: uniform in [-eps, eps]"
+                ),
+                "defense_options.clip_start": cite(
+                    "mmr",
+                    "attacks.py",
+                    "210-215,193-196",
+                    "the start is clipped to the eps ball only; the box is applied after each step",
+                ),
+                "defense_options.adv_fraction": cite(
+                    "mmr",
+                    "README.md",
+                    "62-66",
+                    "model file names carry ae_frac; the README's "
+                    "example has ae_frac=0.5 ('50% of adversarial examples in every batch'); "
+                    "train.py:L29-36",
+                ),
+                "defense_options.attack_bn_mode": harness(
+                    "no BatchNorm in the model (LeNetSmall): the mode changes nothing"
+                ),
+            },
+        ),
+        MNIST_LIKE_DATA,
+        fp32(cite("mmr", "train.py", "133-152", "TensorFlow fp32 graph")),
+        _SEL50,
+    ),
+    variants={
+        "full-batch": Variant(
+            "every example of the minibatch adversarial (Madry et al.'s adv. fraction 1.0)",
+            {"defense_options": {"adv_fraction": 1.0}},
+            {"defense_options.adv_fraction": cite("madry-mnist", "train.py", "83-90", "all")},
+        )
+    },
     default_variant="mmr",
     paper=PaperResult(
-        source=("Croce, Andriushchenko, Hein 2019 (AISTATS), Table 1, F-MNIST, CNN, at, Linf eps 0.1: test error "
-                "11.54%, lower "
-                "bound of the robust error 21.5% (max-andr/provable-robustness-max-linear-regions@28200b6 "
-                "images/main_table.png; "
-                "page not verified here)"),
+        source=(
+            "Croce, Andriushchenko, Hein 2019 (AISTATS), Table 1, F-MNIST, CNN, at, Linf eps 0.1: test error "
+            "11.54%, lower "
+            "bound of the robust error 21.5% (max-andr/provable-robustness-max-linear-regions@28200b6 "
+            "images/main_table.png; "
+            "page not verified here)"
+        ),
         attack="PGD-40, step eps/20, 1 restart (attacks.py:L55-72) plus MIP (so its robust accuracy is an upper "
-               "bound), "
-               "first 1,000 test points", n=1000, suite="paper-mmr-fmnist", clean=0.8846, robust=0.785,
-        model="the same small CNN (LeNetSmall), 100 epochs", checkpoint="last", bound="upper"),
-    notes=("MMR drops the last partial minibatch of every epoch (train.py:L126); the harness keeps it",))
+        "bound), "
+        "first 1,000 test points",
+        n=1000,
+        suite="paper-mmr-fmnist",
+        clean=0.8846,
+        robust=0.785,
+        model="the same small CNN (LeNetSmall), 100 epochs",
+        checkpoint="last",
+        bound="upper",
+    ),
+    notes=("MMR drops the last partial minibatch of every epoch (train.py:L126); the harness keeps it",),
+)
 
-_MADRY_MNIST = Recipe(*combine(
-    ({"threat": {"norm": "Linf", "eps": "0.3"}, "model": "small-cnn", "model_options": {"normalize": "none"},
-      "train": {"epochs": 91, "batch_size": 50, "optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0,
-                "schedule": "constant"},
-      "defense_options": {"steps": 40, "step_size": 0.01, "random_start": True, "clip_start": True, "adv_fraction": 1.0,
-                          "attack_bn_mode": "train"},
-      "data": {"val_size": 5000, "split": "first", "split_seed": 0, "augment": "none"}},
-     {"threat.norm": cite("madry-mnist", "pgd_attack.py", 58, "Linf"),
-      "threat.eps": cite("madry-mnist", "config.json", 19, "epsilon 0.3"),
-      "model": harness("small-cnn stands in for Madry's CNN (conv5x5-32, pool, conv5x5-64, pool, FC1024; "
-                       "model.py:L19-45), "
-                       "which is not registered"),
-      "model_options.normalize": cite("madry-mnist", "model.py", "13-16", "x_input is fed as is: raw [0,1] pixels"),
-      "train.epochs": derived("100,000 steps (config.json:L7) x batch 50 / 55,000 training images = 90.9 -> 91 epochs"),
-      "train.batch_size": cite("madry-mnist", "config.json", 11, "training_batch_size 50"),
-      "train.optimizer": cite("madry-mnist", "train.py", 39, "tf.train.AdamOptimizer(1e-4)"),
-      "train.lr": cite("madry-mnist", "train.py", 39, "1e-4"),
-      "train.weight_decay": cite("madry-mnist", "train.py", "39-40", "minimises model.xent only"),
-      "train.schedule": cite("madry-mnist", "train.py", 39, "a constant learning rate"),
-      "defense_options.steps": cite("madry-mnist", "config.json", 20, "k 40"),
-      "defense_options.step_size": cite("madry-mnist", "config.json", 21, "a 0.01"),
-      "defense_options.random_start": cite("madry-mnist", "config.json", 22, "random_start true"),
-      "defense_options.clip_start": cite("madry-mnist", "pgd_attack.py", "46-48",
-                                         "x_nat + uniform, then np.clip(x, 0, 1)"),
-      "defense_options.adv_fraction": cite("madry-mnist", "train.py", "83-90,117",
-                                           "trains on the adversarial batch only"),
-      "defense_options.attack_bn_mode": harness("the model has no BatchNorm, so the mode changes nothing"),
-      "data.val_size": cite("madry-mnist", "train.py", 34,
-                            "input_data.read_data_sets: validation_size 5000 by default"),
-      "data.split": cite("madry-mnist", "train.py", 34,
-                         "TensorFlow's read_data_sets holds out the first 5,000 train images "
-                         "(tensorflow contrib/learn/datasets/mnist.py, not fetched here)"),
-      "data.split_seed": harness("unused by the 'first' split"),
-      "data.augment": cite("madry-mnist", "train.py", "79-83", "batches are attacked and fed as they come")}),
-    fp32(cite("madry-mnist", "train.py", "36-40", "TensorFlow fp32 graph")), _SEL50),
+_MADRY_MNIST = Recipe(
+    *combine(
+        (
+            {
+                "threat": {"norm": "Linf", "eps": "0.3"},
+                "model": "small-cnn",
+                "model_options": {"normalize": "none"},
+                "train": {
+                    "epochs": 91,
+                    "batch_size": 50,
+                    "optimizer": "adam",
+                    "lr": 1e-4,
+                    "weight_decay": 0.0,
+                    "schedule": "constant",
+                },
+                "defense_options": {
+                    "steps": 40,
+                    "step_size": 0.01,
+                    "random_start": True,
+                    "clip_start": True,
+                    "adv_fraction": 1.0,
+                    "attack_bn_mode": "train",
+                },
+                "data": {"val_size": 5000, "split": "first", "split_seed": 0, "augment": "none"},
+            },
+            {
+                "threat.norm": cite("madry-mnist", "pgd_attack.py", 58, "Linf"),
+                "threat.eps": cite("madry-mnist", "config.json", 19, "epsilon 0.3"),
+                "model": harness(
+                    "small-cnn stands in for Madry's CNN (conv5x5-32, pool, conv5x5-64, pool, FC1024; "
+                    "model.py:L19-45), "
+                    "which is not registered"
+                ),
+                "model_options.normalize": cite(
+                    "madry-mnist", "model.py", "13-16", "x_input is fed as is: raw [0,1] pixels"
+                ),
+                "train.epochs": derived(
+                    "100,000 steps (config.json:L7) x batch 50 / 55,000 training images = 90.9 -> 91 epochs"
+                ),
+                "train.batch_size": cite("madry-mnist", "config.json", 11, "training_batch_size 50"),
+                "train.optimizer": cite("madry-mnist", "train.py", 39, "tf.train.AdamOptimizer(1e-4)"),
+                "train.lr": cite("madry-mnist", "train.py", 39, "1e-4"),
+                "train.weight_decay": cite("madry-mnist", "train.py", "39-40", "minimises model.xent only"),
+                "train.schedule": cite("madry-mnist", "train.py", 39, "a constant learning rate"),
+                "defense_options.steps": cite("madry-mnist", "config.json", 20, "k 40"),
+                "defense_options.step_size": cite("madry-mnist", "config.json", 21, "a 0.01"),
+                "defense_options.random_start": cite("madry-mnist", "config.json", 22, "random_start true"),
+                "defense_options.clip_start": cite(
+                    "madry-mnist", "pgd_attack.py", "46-48", "x_nat + uniform, then np.clip(x, 0, 1)"
+                ),
+                "defense_options.adv_fraction": cite(
+                    "madry-mnist", "train.py", "83-90,117", "trains on the adversarial batch only"
+                ),
+                "defense_options.attack_bn_mode": harness("the model has no BatchNorm, so the mode changes nothing"),
+                "data.val_size": cite(
+                    "madry-mnist", "train.py", 34, "input_data.read_data_sets: validation_size 5000 by default"
+                ),
+                "data.split": cite(
+                    "madry-mnist",
+                    "train.py",
+                    34,
+                    "TensorFlow's read_data_sets holds out the first 5,000 train images "
+                    "(tensorflow contrib/learn/datasets/mnist.py, not fetched here)",
+                ),
+                "data.split_seed": harness("unused by the 'first' split"),
+                "data.augment": cite("madry-mnist", "train.py", "79-83", "batches are attacked and fed as they come"),
+            },
+        ),
+        fp32(cite("madry-mnist", "train.py", "36-40", "TensorFlow fp32 graph")),
+        _SEL50,
+    ),
     default_variant="released",
     paper=PaperResult(
-        source=cite("madry-mnist", "README.md", 61,
-                    "100-step PGD on the cross-entropy loss with 50 random restarts: 89.62%"),
-        attack="PGD-100, 50 restarts, step 0.01, CE", n=10_000, suite="paper-madry-mnist", clean=0.9853, robust=0.8962,
-        model="Madry's CNN (model.py), 100k steps", checkpoint="last", autoattack=0.8850,
-        autoattack_source=cite("autoattack", "README.md", 129,
-                               "Madry et al. 2018 MNIST: clean 98.53, reported 89.62, AA 88.50"),
-        note="clean accuracy from fra31/auto-attack README.md:L129"),
-    notes=("Madry's CNN is larger than small-cnn: expect lower clean and robust accuracy than the paper's",))
+        source=cite(
+            "madry-mnist", "README.md", 61, "100-step PGD on the cross-entropy loss with 50 random restarts: 89.62%"
+        ),
+        attack="PGD-100, 50 restarts, step 0.01, CE",
+        n=10_000,
+        suite="paper-madry-mnist",
+        clean=0.9853,
+        robust=0.8962,
+        model="Madry's CNN (model.py), 100k steps",
+        checkpoint="last",
+        autoattack=0.8850,
+        autoattack_source=cite(
+            "autoattack", "README.md", 129, "Madry et al. 2018 MNIST: clean 98.53, reported 89.62, AA 88.50"
+        ),
+        note="clean accuracy from fra31/auto-attack README.md:L129",
+    ),
+    notes=("Madry's CNN is larger than small-cnn: expect lower clean and robust accuracy than the paper's",),
+)
 
 _MC = "config.json"
-_MADRY_CIFAR = Recipe(*combine(
-    ({"model": "wrn-34-10", "threat": {"norm": "Linf", "eps": "8/255"}, "model_options": {"normalize": "per-image"},
-      "train": {"epochs": 205, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4,
-                "schedule": "piecewise", "milestones": [0.5, 0.75], "gamma": 0.1, "keep_epoch_checkpoints": False},
-      "defense_options": {"steps": 7, "step_size": "eps/4", "random_start": True, "clip_start": True,
-                          "adv_fraction": 1.0,
-                          "attack_bn_mode": "train"},
-      "data": {"augment": "crop-flip", "crop_padding": 2, "pad_mode": "zeros"}},
-     {"model": cite("madry-cifar", "model.py", "46-76",
-                    "filters [16, 160, 320, 640], 5 units per stage: WRN-32-10, robustbench "
-                    "calls it WRN-34-10"),
-      "threat.norm": cite("madry-cifar", "pgd_attack.py", 58, "Linf"),
-      "threat.eps": cite("madry-cifar", _MC, 26, "epsilon 8.0 on the 0..255 scale"),
-      "model_options.normalize": cite("madry-cifar", "model.py", "40-41", "tf.image.per_image_standardization"),
-      "train.epochs": derived("80,000 steps (config.json:L11) x batch 128 / 50,000 images = 204.8 -> 205 epochs"),
-      "train.batch_size": cite("madry-cifar", _MC, 15, "training_batch_size 128"),
-      "train.optimizer": cite("madry-cifar", "train.py", 52, "tf.train.MomentumOptimizer"),
-      "train.lr": cite("madry-cifar", _MC, 16, "step_size_schedule [[0, 0.1], [40000, 0.01], [60000, 0.001]]"),
-      "train.momentum": cite("madry-cifar", _MC, 18, "momentum 0.9"),
-      "train.weight_decay": cite("madry-cifar", _MC, 17,
-                                 "weight_decay 0.0002 (on conv / FC kernels only, model.py:L145-151)"),
-      "train.schedule": cite("madry-cifar", "train.py", "44-50", "tf.train.piecewise_constant on the step"),
-      "train.milestones": cite("madry-cifar", _MC, 16, "40k and 60k of 80k steps"),
-      "train.gamma": cite("madry-cifar", _MC, 16, "0.1 -> 0.01 -> 0.001"),
-      "train.keep_epoch_checkpoints": harness("per-epoch weights of a WideResNet are not kept (storage); best and last "
-                                              "are"),
-      "defense_options.steps": ("Madry et al. 2018, the paper's text: 'PGD ... 7 steps of size 2' (page not verified "
-                                "here; "
-                                "ashafahi/free_adv_train@c42cac2 README.md:L17 calls the public model 'Madry 7-PGD'); "
-                                "the released config.json:L27 says 10: variant released"),
-      "defense_options.step_size": cite("madry-cifar", _MC, 28, "step_size 2.0 (2/255 at eps 8/255: eps/4)"),
-      "defense_options.random_start": cite("madry-cifar", _MC, 29, "random_start true"),
-      "defense_options.clip_start": cite("madry-cifar", "pgd_attack.py", "46-48",
-                                         "x_nat + uniform, then np.clip(x, 0, 255)"),
-      "defense_options.adv_fraction": cite("madry-cifar", "train.py", "103-137",
-                                           "trains on the adversarial batch only"),
-      "defense_options.attack_bn_mode": cite("madry-cifar", "train.py", 41,
-                                             "one Model(mode='train') attacks and trains"),
-      "data.augment": cite("madry-cifar", "cifar10_input.py", "96-102",
-                           "resize_image_with_crop_or_pad to 36, random_crop 32, "
-                           "random_flip_left_right"),
-      "data.crop_padding": cite("madry-cifar", "cifar10_input.py", "96-97", "32 + 4 = 36: 2 pixels a side"),
-      "data.pad_mode": cite("madry-cifar", "cifar10_input.py", "96-97",
-                            "resize_image_with_crop_or_pad pads with zeros")}),
-    CIFAR_DATA, fp32(cite("madry-cifar", "train.py", "41-54", "TensorFlow fp32 graph"))),
+_MADRY_CIFAR = Recipe(
+    *combine(
+        (
+            {
+                "model": "wrn-34-10",
+                "threat": {"norm": "Linf", "eps": "8/255"},
+                "model_options": {"normalize": "per-image"},
+                "train": {
+                    "epochs": 205,
+                    "batch_size": 128,
+                    "optimizer": "sgd",
+                    "lr": 0.1,
+                    "momentum": 0.9,
+                    "weight_decay": 2e-4,
+                    "schedule": "piecewise",
+                    "milestones": [0.5, 0.75],
+                    "gamma": 0.1,
+                    "keep_epoch_checkpoints": False,
+                },
+                "defense_options": {
+                    "steps": 7,
+                    "step_size": "eps/4",
+                    "random_start": True,
+                    "clip_start": True,
+                    "adv_fraction": 1.0,
+                    "attack_bn_mode": "train",
+                },
+                "data": {"augment": "crop-flip", "crop_padding": 2, "pad_mode": "zeros"},
+            },
+            {
+                "model": cite(
+                    "madry-cifar",
+                    "model.py",
+                    "46-76",
+                    "filters [16, 160, 320, 640], 5 units per stage: WRN-32-10, robustbench calls it WRN-34-10",
+                ),
+                "threat.norm": cite("madry-cifar", "pgd_attack.py", 58, "Linf"),
+                "threat.eps": cite("madry-cifar", _MC, 26, "epsilon 8.0 on the 0..255 scale"),
+                "model_options.normalize": cite(
+                    "madry-cifar", "model.py", "40-41", "tf.image.per_image_standardization"
+                ),
+                "train.epochs": derived(
+                    "80,000 steps (config.json:L11) x batch 128 / 50,000 images = 204.8 -> 205 epochs"
+                ),
+                "train.batch_size": cite("madry-cifar", _MC, 15, "training_batch_size 128"),
+                "train.optimizer": cite("madry-cifar", "train.py", 52, "tf.train.MomentumOptimizer"),
+                "train.lr": cite(
+                    "madry-cifar", _MC, 16, "step_size_schedule [[0, 0.1], [40000, 0.01], [60000, 0.001]]"
+                ),
+                "train.momentum": cite("madry-cifar", _MC, 18, "momentum 0.9"),
+                "train.weight_decay": cite(
+                    "madry-cifar", _MC, 17, "weight_decay 0.0002 (on conv / FC kernels only, model.py:L145-151)"
+                ),
+                "train.schedule": cite("madry-cifar", "train.py", "44-50", "tf.train.piecewise_constant on the step"),
+                "train.milestones": cite("madry-cifar", _MC, 16, "40k and 60k of 80k steps"),
+                "train.gamma": cite("madry-cifar", _MC, 16, "0.1 -> 0.01 -> 0.001"),
+                "train.keep_epoch_checkpoints": harness(
+                    "per-epoch weights of a WideResNet are not kept (storage); best and last are"
+                ),
+                "defense_options.steps": (
+                    "Madry et al. 2018, the paper's text: 'PGD ... 7 steps of size 2' (page not verified "
+                    "here; "
+                    "ashafahi/free_adv_train@c42cac2 README.md:L17 calls the public model 'Madry 7-PGD'); "
+                    "the released config.json:L27 says 10: variant released"
+                ),
+                "defense_options.step_size": cite("madry-cifar", _MC, 28, "step_size 2.0 (2/255 at eps 8/255: eps/4)"),
+                "defense_options.random_start": cite("madry-cifar", _MC, 29, "random_start true"),
+                "defense_options.clip_start": cite(
+                    "madry-cifar", "pgd_attack.py", "46-48", "x_nat + uniform, then np.clip(x, 0, 255)"
+                ),
+                "defense_options.adv_fraction": cite(
+                    "madry-cifar", "train.py", "103-137", "trains on the adversarial batch only"
+                ),
+                "defense_options.attack_bn_mode": cite(
+                    "madry-cifar", "train.py", 41, "one Model(mode='train') attacks and trains"
+                ),
+                "data.augment": cite(
+                    "madry-cifar",
+                    "cifar10_input.py",
+                    "96-102",
+                    "resize_image_with_crop_or_pad to 36, random_crop 32, random_flip_left_right",
+                ),
+                "data.crop_padding": cite("madry-cifar", "cifar10_input.py", "96-97", "32 + 4 = 36: 2 pixels a side"),
+                "data.pad_mode": cite(
+                    "madry-cifar", "cifar10_input.py", "96-97", "resize_image_with_crop_or_pad pads with zeros"
+                ),
+            },
+        ),
+        CIFAR_DATA,
+        fp32(cite("madry-cifar", "train.py", "41-54", "TensorFlow fp32 graph")),
+    ),
     variants={
-        "released": Variant("Madry's released config.json: PGD-10 (also Rice et al.'s training attack)",
-                            {"defense_options": {"steps": 10}},
-                            {"defense_options.steps": cite("madry-cifar", _MC, 27, "num_steps 10")}),
+        "released": Variant(
+            "Madry's released config.json: PGD-10 (also Rice et al.'s training attack)",
+            {"defense_options": {"steps": 10}},
+            {"defense_options.steps": cite("madry-cifar", _MC, 27, "num_steps 10")},
+        ),
         "rice": Variant(
             "Rice et al. 2020's recipe: PreAct ResNet-18, PGD-10 of 2/255, 200 epochs, lr 0.1 /10 at 100 and 150, wd "
             "5e-4, "
             "mean/std input, reflect-padded crop + flip, best checkpoint on their 1,000 val images",
-            {"model": "preact-resnet18", "model_options": {"normalize": "dataset"},
-             "train": {"epochs": 200, "weight_decay": 5e-4},
-             "defense_options": {"steps": 10}, "data": {"pad_mode": "reflect", "crop_padding": 4, "val_size": 1000}},
-            {"model": cite("rice", "train_cifar.py", "128,208-209", "--model PreActResNet18"),
-             "model_options.normalize": cite("rice", "train_cifar.py", "20-24,324",
-                                             "normalize(X) with cifar10 mean / std"),
-             "train.epochs": cite("rice", "train_cifar.py", 133, "--epochs 200"),
-             "train.weight_decay": cite("rice", "train_cifar.py", 230, "SGD(..., momentum=0.9, weight_decay=5e-4)"),
-             "defense_options.steps": cite("rice", "train_cifar.py", 140, "--attack-iters 10"),
-             "data.pad_mode": cite("rice", "utils.py", "26-27", "np.pad(..., mode='reflect'); train_cifar.py:L197"),
-             "data.crop_padding": cite("rice", "train_cifar.py", "183,197", "pad(..., 4), then Crop(32, 32)"),
-             "data.val_size": cite("rice", "generate_validation.py", 9, "n = 1000")},
+            {
+                "model": "preact-resnet18",
+                "model_options": {"normalize": "dataset"},
+                "train": {"epochs": 200, "weight_decay": 5e-4},
+                "defense_options": {"steps": 10},
+                "data": {"pad_mode": "reflect", "crop_padding": 4, "val_size": 1000},
+            },
+            {
+                "model": cite("rice", "train_cifar.py", "128,208-209", "--model PreActResNet18"),
+                "model_options.normalize": cite(
+                    "rice", "train_cifar.py", "20-24,324", "normalize(X) with cifar10 mean / std"
+                ),
+                "train.epochs": cite("rice", "train_cifar.py", 133, "--epochs 200"),
+                "train.weight_decay": cite("rice", "train_cifar.py", 230, "SGD(..., momentum=0.9, weight_decay=5e-4)"),
+                "defense_options.steps": cite("rice", "train_cifar.py", 140, "--attack-iters 10"),
+                "data.pad_mode": cite("rice", "utils.py", "26-27", "np.pad(..., mode='reflect'); train_cifar.py:L197"),
+                "data.crop_padding": cite("rice", "train_cifar.py", "183,197", "pad(..., 4), then Crop(32, 32)"),
+                "data.val_size": cite("rice", "generate_validation.py", 9, "n = 1000"),
+            },
             paper=PaperResult(
-                source=cite("rice", "experiments/cifar10_validation/preactresnet18/output.log", "207-208",
-                            "epoch 102, the best val PGD-10 accuracy (52.4%): test 81.80% clean, 53.11% PGD-10"),
-                attack="PGD-10, step 2/255, 1 restart (train_cifar.py:L366), eval mode", n=10_000,
+                source=cite(
+                    "rice",
+                    "experiments/cifar10_validation/preactresnet18/output.log",
+                    "207-208",
+                    "epoch 102, the best val PGD-10 accuracy (52.4%): test 81.80% clean, 53.11% PGD-10",
+                ),
+                attack="PGD-10, step 2/255, 1 restart (train_cifar.py:L366), eval mode",
+                n=10_000,
                 suite="paper-rice-cifar10",
-                clean=0.8180, robust=0.5311, model="PreAct ResNet-18, 200 epochs, best on val", checkpoint="best",
-                note="the final epoch (199) of the same run: 84.15% / 46.41% (output.log:L404)")),
+                clean=0.8180,
+                robust=0.5311,
+                model="PreAct ResNet-18, 200 epochs, best on val",
+                checkpoint="best",
+                note="the final epoch (199) of the same run: 84.15% / 46.41% (output.log:L404)",
+            ),
+        ),
     },
     default_variant="paper",
     paper=PaperResult(
         source=cite("madry-cifar", "README.md", 42, "20-step PGD on the cross-entropy loss: 47.04% (the secret model)"),
-        attack="PGD-20, step 2/255, 1 restart, CE", n=10_000, suite="paper-madry-cifar10", clean=0.8714, robust=0.4704,
-        model="WRN-32-10 (robustbench: WRN-34-10), 80k steps", checkpoint="last", autoattack=0.4404,
-        autoattack_source=cite("autoattack", "README.md", 83,
-                               "Madry et al. 2018: clean 87.14, reported 47.04, AA 44.04"),
-        note="clean accuracy from fra31/auto-attack README.md:L83"),
-    notes=("the reference feeds 0..255 pixels; the harness feeds [0,1] and per-image standardisation scales them back "
-           "(harness/models.py Normalize)",
-           "weight decay applies to every parameter here, to conv / FC kernels only in the reference "
-           "(model.py:L145-151)",
-           "Rice et al. select on val with their training attack (PGD-10); the harness's selection attack must "
-           "out-step it "
-           "(PGD-20)"))
+        attack="PGD-20, step 2/255, 1 restart, CE",
+        n=10_000,
+        suite="paper-madry-cifar10",
+        clean=0.8714,
+        robust=0.4704,
+        model="WRN-32-10 (robustbench: WRN-34-10), 80k steps",
+        checkpoint="last",
+        autoattack=0.4404,
+        autoattack_source=cite(
+            "autoattack", "README.md", 83, "Madry et al. 2018: clean 87.14, reported 47.04, AA 44.04"
+        ),
+        note="clean accuracy from fra31/auto-attack README.md:L83",
+    ),
+    notes=(
+        "the reference feeds 0..255 pixels; the harness feeds [0,1] and per-image standardisation scales them back "
+        "(harness/models.py Normalize)",
+        "weight decay applies to every parameter here, to conv / FC kernels only in the reference (model.py:L145-151)",
+        "Rice et al. select on val with their training attack (PGD-10); the harness's selection attack must "
+        "out-step it "
+        "(PGD-20)",
+    ),
+)
 
 
 @DEFENSES.register("pgd-at", summary="Madry et al. 2018: PGD-K from a random start on cross-entropy, final iterate")
@@ -254,19 +440,29 @@ class PGDAT(DefenseBase):
 
     name = "pgd-at"
     title = "PGD-AT"
-    paper = "Madry, Makelov, Schmidt, Tsipras, Vladu 2018, Towards Deep Learning Models Resistant to Adversarial Attacks (ICLR)"
+    paper = (
+        "Madry, Makelov, Schmidt, Tsipras, Vladu 2018, "
+        "Towards Deep Learning Models Resistant to Adversarial Attacks (ICLR)"
+    )
     strength_steps_option = "steps"
     OPTIONS = {
         "steps": Option(10, "PGD steps K of the training attack", kind="int", minimum=1, maximum=MAX_STEPS),
         "step_size": Option("2.5*eps/steps", "PGD step size, a number or an expression of eps and steps", kind="step"),
         "random_start": Option(True, "start from a uniform random point of the eps ball", kind="bool"),
-        "clip_start": Option(True, "clip the random start into the [0,1] box before the first gradient (Madry et al.); "
-                             "false: gradient at the unclipped start, box applied after each step (MMR's cleverhans "
-                             "PGD)", kind="bool"),
+        "clip_start": Option(
+            True,
+            "clip the random start into the [0,1] box before the first gradient (Madry et al.); "
+            "false: gradient at the unclipped start, box applied after each step (MMR's cleverhans "
+            "PGD)",
+            kind="bool",
+        ),
         "loss": Option("ce", "attack loss", kind="choice", choices=("ce", "margin")),
-        "adv_fraction": Option(1.0, "fraction of every minibatch replaced by its adversarial example (clean / "
-                                    "adversarial mixing)",
-                               minimum=0.0, maximum=1.0),
+        "adv_fraction": Option(
+            1.0,
+            "fraction of every minibatch replaced by its adversarial example (clean / adversarial mixing)",
+            minimum=0.0,
+            maximum=1.0,
+        ),
         "attack_bn_mode": BN_MODE,
     }
     RECIPES = {
@@ -280,10 +476,18 @@ class PGDAT(DefenseBase):
         self.alpha = self.step_size()
 
     def train_attack(self) -> Dict[str, Any]:
-        return {"attack": "pgd", **self.base_descriptor(), "steps": self.options["steps"], "step_size": self.alpha,
-                "step_size_expr": str(self.options["step_size"]), "loss": self.options["loss"],
-                "random_start": self.options["random_start"], "model_mode": self.options["attack_bn_mode"],
-                "adv_fraction": self.options["adv_fraction"], "clip_start": self.options["clip_start"]}
+        return {
+            "attack": "pgd",
+            **self.base_descriptor(),
+            "steps": self.options["steps"],
+            "step_size": self.alpha,
+            "step_size_expr": str(self.options["step_size"]),
+            "loss": self.options["loss"],
+            "random_start": self.options["random_start"],
+            "model_mode": self.options["attack_bn_mode"],
+            "adv_fraction": self.options["adv_fraction"],
+            "clip_start": self.options["clip_start"],
+        }
 
     def train_attack_label(self) -> str:
         frac = self.options["adv_fraction"]
@@ -297,15 +501,34 @@ class PGDAT(DefenseBase):
         k = self.options["steps"] * self.options["adv_fraction"]
         return {"forward": k + 1.0, "backward": k + 1.0}
 
-    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> torch.Tensor:
         if self.options["random_start"] and not self.options["clip_start"]:
             if self.options["loss"] != "ce":
                 raise ConfigError("pgd-at: clip_start false follows MMR's cross-entropy PGD; use loss ce")
-            return unclipped_start_step(model, x, y, threat=self.threat, step_size=self.alpha, generator=generator,
-                                        precision=self.precision, steps=self.options["steps"])
-        return perturb(model, x, y, threat=self.threat, steps=self.options["steps"],
-                       step_size=self.alpha, loss=self.options["loss"], random_init=self.options["random_start"],
-                       generator=generator, precision=self.precision)
+            return unclipped_start_step(
+                model,
+                x,
+                y,
+                threat=self.threat,
+                step_size=self.alpha,
+                generator=generator,
+                precision=self.precision,
+                steps=self.options["steps"],
+            )
+        return perturb(
+            model,
+            x,
+            y,
+            threat=self.threat,
+            steps=self.options["steps"],
+            step_size=self.alpha,
+            loss=self.options["loss"],
+            random_init=self.options["random_start"],
+            generator=generator,
+            precision=self.precision,
+        )
 
     def mixed_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
         """The minibatch the update trains on: its first ``adv_fraction`` replaced by the attack."""

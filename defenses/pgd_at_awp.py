@@ -50,8 +50,8 @@ from torch import nn
 
 from defenses.awp import WeightPerturbation, awp_options
 from defenses.base import TINY_BASE, Recipe, StepResult, TrainContext
-from defenses.references import derived
 from defenses.pgd_at import PGDAT
+from defenses.references import derived
 from defenses.registry import DEFENSES
 
 _AWP = {"awp_gamma": 0.01, "awp_warmup": 0, "awp_proxy_lr": 0.01}
@@ -60,9 +60,10 @@ _AWP = {"awp_gamma": 0.01, "awp_warmup": 0, "awp_proxy_lr": 0.01}
 def _with_awp(recipe: Any) -> Any:
     """``pgd-at``'s recipe (a ``Recipe`` with sources, or a plain dict) with AWP's options on top."""
     if isinstance(recipe, Recipe):
-        return recipe.extended({"defense_options": dict(_AWP)},
-                               {f"defense_options.{k}": derived("AWP's setting (Wu, Xia, Wang 2020) on pgd-at's recipe")
-                                for k in _AWP})
+        return recipe.extended(
+            {"defense_options": dict(_AWP)},
+            {f"defense_options.{k}": derived("AWP's setting (Wu, Xia, Wang 2020) on pgd-at's recipe") for k in _AWP},
+        )
     return {**recipe, "defense_options": {**recipe["defense_options"], **_AWP}}
 
 

@@ -20,6 +20,7 @@ Every recipe value carries a citation ``"<owner>/<repo>@<sha7> <path>:L<lines> (
 Values no reference fixes (a data set no paper used, the harness's own val split) are cited with
 ``harness(...)`` or ``derived(...)``: the text says what was decided and why.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Tuple

@@ -41,6 +41,7 @@ paper's code uses eps 0.031; the recipe uses 8/255 (0.03137) so the numbers are 
 every other defense here, and the variant ``paper-eps`` uses 0.031. PGD-40 recipes raise the
 selection attack to PGD-50.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
@@ -50,58 +51,104 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.base import MAX_STEPS, ascend
-from defenses.base import (DefenseBase, Option, PaperResult, Recipe, StepResult, TrainContext, Variant, bn_mode,
-                           tiny_recipe)
+from defenses.base import (
+    DefenseBase,
+    Option,
+    PaperResult,
+    Recipe,
+    StepResult,
+    TrainContext,
+    Variant,
+    bn_mode,
+    tiny_recipe,
+)
 from defenses.recipe_parts import CIFAR_DATA, MNIST_LIKE_DATA, combine, fashion_mnist_eps, fp32
 from defenses.references import cite, derived, harness
 from defenses.registry import DEFENSES
+from harness.core.runtime import autocast
 
 _TM = "train_trades_mnist.py"
 _TC = "train_trades_cifar10.py"
 
 # train_trades_mnist.py at HEAD (the learning-rate fix of c56d2f2 included)
-_MNIST = ({
-    "model": "small-cnn", "model_options": {"normalize": "none"},
-    "train": {"epochs": 100, "batch_size": 128, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
-              "schedule": "piecewise", "milestones": [0.54, 0.74, 0.89], "gamma": 0.1},
-    "defense_options": {"beta": 1.0, "steps": 40, "init_std": 0.001, "attack_bn_mode": "eval",
-                        "detach_clean_in_kl": False},
-    "selection": {"steps": 50},
-}, {
-    "model": harness("small-cnn stands in for the authors' SmallCNN (4 conv + 3 FC with dropout, models/small_cnn.py), "
-                     "which is not registered"),
-    "model_options.normalize": cite("trades", _TM, "57-58", "transforms.ToTensor() only: raw [0,1] pixels"),
-    "train.epochs": cite("trades", _TM, 20, "--epochs 100"),
-    "train.batch_size": cite("trades", _TM, 16, "--batch-size 128"),
-    "train.optimizer": cite("trades", _TM, 148, "optim.SGD"),
-    "train.lr": cite("trades", _TM, 22, "--lr 0.01"),
-    "train.momentum": cite("trades", _TM, 24, "--momentum 0.9"),
-    "train.weight_decay": cite("trades", _TM, 148, "SGD without weight_decay"),
-    "train.schedule": cite("trades", _TM, "132-142,152", "adjust_learning_rate at the start of every epoch"),
-    "train.milestones": cite("trades", _TM, "135-140",
-                             "x0.1 from epoch 55, x0.01 from 75, x0.001 from 90 (1-based of 100: "
-                             "54%, 74%, 89% of training); fixed by yaodongyu/TRADES@c56d2f2 'fix "
-                             "adjust_learning_rate'"),
-    "train.gamma": cite("trades", _TM, "136-140", "args.lr * 0.1, * 0.01, * 0.001"),
-    "defense_options.beta": cite("trades", _TM, 34, "--beta 1.0"),
-    "defense_options.steps": cite("trades", _TM, 30, "--num-steps 40"),
-    "defense_options.init_std": cite("trades", "trades.py", 31, "x_natural + 0.001 * randn"),
-    "defense_options.attack_bn_mode": cite("trades", "trades.py", "28,73",
-                                           "model.eval() for the attack, model.train() after"),
-    "defense_options.detach_clean_in_kl": cite("trades", "trades.py", "81-82",
-                                               "the KL term keeps the gradient through f(x)"),
-    "selection.steps": harness("the selection attack must out-step the training attack's 40 steps"),
-})
+_MNIST = (
+    {
+        "model": "small-cnn",
+        "model_options": {"normalize": "none"},
+        "train": {
+            "epochs": 100,
+            "batch_size": 128,
+            "optimizer": "sgd",
+            "lr": 0.01,
+            "momentum": 0.9,
+            "weight_decay": 0.0,
+            "schedule": "piecewise",
+            "milestones": [0.54, 0.74, 0.89],
+            "gamma": 0.1,
+        },
+        "defense_options": {
+            "beta": 1.0,
+            "steps": 40,
+            "init_std": 0.001,
+            "attack_bn_mode": "eval",
+            "detach_clean_in_kl": False,
+        },
+        "selection": {"steps": 50},
+    },
+    {
+        "model": harness(
+            "small-cnn stands in for the authors' SmallCNN (4 conv + 3 FC with dropout, models/small_cnn.py), "
+            "which is not registered"
+        ),
+        "model_options.normalize": cite("trades", _TM, "57-58", "transforms.ToTensor() only: raw [0,1] pixels"),
+        "train.epochs": cite("trades", _TM, 20, "--epochs 100"),
+        "train.batch_size": cite("trades", _TM, 16, "--batch-size 128"),
+        "train.optimizer": cite("trades", _TM, 148, "optim.SGD"),
+        "train.lr": cite("trades", _TM, 22, "--lr 0.01"),
+        "train.momentum": cite("trades", _TM, 24, "--momentum 0.9"),
+        "train.weight_decay": cite("trades", _TM, 148, "SGD without weight_decay"),
+        "train.schedule": cite("trades", _TM, "132-142,152", "adjust_learning_rate at the start of every epoch"),
+        "train.milestones": cite(
+            "trades",
+            _TM,
+            "135-140",
+            "x0.1 from epoch 55, x0.01 from 75, x0.001 from 90 (1-based of 100: "
+            "54%, 74%, 89% of training); fixed by yaodongyu/TRADES@c56d2f2 'fix "
+            "adjust_learning_rate'",
+        ),
+        "train.gamma": cite("trades", _TM, "136-140", "args.lr * 0.1, * 0.01, * 0.001"),
+        "defense_options.beta": cite("trades", _TM, 34, "--beta 1.0"),
+        "defense_options.steps": cite("trades", _TM, 30, "--num-steps 40"),
+        "defense_options.init_std": cite("trades", "trades.py", 31, "x_natural + 0.001 * randn"),
+        "defense_options.attack_bn_mode": cite(
+            "trades", "trades.py", "28,73", "model.eval() for the attack, model.train() after"
+        ),
+        "defense_options.detach_clean_in_kl": cite(
+            "trades", "trades.py", "81-82", "the KL term keeps the gradient through f(x)"
+        ),
+        "selection.steps": harness("the selection attack must out-step the training attack's 40 steps"),
+    },
+)
 _FP32 = fp32(cite("trades", _TC, "150-160", "plain fp32 PyTorch"))
 _MNIST_PAPER = PaperResult(
-    source=cite("trades", "README.md", 223,
-                "MNIST white-box leaderboard, 'FGSM-40' (initial entry): 99.48% natural, 96.07% robust"),
-    attack="PGD-40 ('FGSM-40'), step 0.01, random start (pgd_attack_mnist.py:L20-28)", n=10_000,
+    source=cite(
+        "trades",
+        "README.md",
+        223,
+        "MNIST white-box leaderboard, 'FGSM-40' (initial entry): 99.48% natural, 96.07% robust",
+    ),
+    attack="PGD-40 ('FGSM-40'), step 0.01, random start (pgd_attack_mnist.py:L20-28)",
+    n=10_000,
     suite="paper-trades-mnist",
-    clean=0.9948, robust=0.9607, model="the authors' SmallCNN (4 conv + 3 FC), 100 epochs", checkpoint="last",
-    autoattack=0.9281, autoattack_source=cite("autoattack", "README.md", 127,
-                                              "Zhang et al. 2019b MNIST: clean 99.48, reported 95.60, AA 92.81"))
-from harness.core.runtime import autocast
+    clean=0.9948,
+    robust=0.9607,
+    model="the authors' SmallCNN (4 conv + 3 FC), 100 epochs",
+    checkpoint="last",
+    autoattack=0.9281,
+    autoattack_source=cite(
+        "autoattack", "README.md", 127, "Zhang et al. 2019b MNIST: clean 99.48, reported 95.60, AA 92.81"
+    ),
+)
 
 
 def kl_sum(logits_target: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -109,8 +156,9 @@ def kl_sum(logits_target: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tenso
     return F.kl_div(F.log_softmax(logits_adv.float(), dim=1), F.softmax(logits_target.float(), dim=1), reduction="sum")
 
 
-def trades_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float,
-                *, detach_clean: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def trades_loss(
+    logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float, *, detach_clean: bool = False
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, natural CE, robust KL per example): loss = CE(f(x), y) + beta * KL(f(x) || f(x')) / n."""
     n = logits_nat.shape[0]
     natural = F.cross_entropy(logits_nat.float(), y)
@@ -125,7 +173,10 @@ class TRADES(DefenseBase):
 
     name = "trades"
     title = "TRADES"
-    paper = "Zhang, Yu, Jiao, Xing, El Ghaoui, Jordan 2019, Theoretically Principled Trade-off between Robustness and Accuracy (ICML)"
+    paper = (
+        "Zhang, Yu, Jiao, Xing, El Ghaoui, Jordan 2019, "
+        "Theoretically Principled Trade-off between Robustness and Accuracy (ICML)"
+    )
     accuracy_on = "clean"
     update_forwards = 2
     strength_steps_option = "steps"
@@ -134,86 +185,171 @@ class TRADES(DefenseBase):
         "steps": Option(10, "PGD steps K on the KL term", kind="int", minimum=1, maximum=MAX_STEPS),
         "step_size": Option(0.007, "PGD step size, a number or an expression of eps and steps", kind="step"),
         "init_std": Option(0.001, "std of the Gaussian start x + init_std * N(0, 1)", minimum=0.0),
-        "attack_bn_mode": Option("eval", "BatchNorm mode while generating the attack (authors' code: eval)",
-                                 kind="choice", choices=("train", "eval")),
+        "attack_bn_mode": Option(
+            "eval",
+            "BatchNorm mode while generating the attack (authors' code: eval)",
+            kind="choice",
+            choices=("train", "eval"),
+        ),
         "detach_clean_in_kl": Option(False, "stop the gradient at f(x) inside the KL term of the loss", kind="bool"),
     }
     RECIPES = {
-        "fashion-mnist": Recipe(*combine(
-            fashion_mnist_eps(), _MNIST, MNIST_LIKE_DATA, _FP32,
-            ({"defense_options": {"step_size": "eps/30"}},
-             {"defense_options.step_size": derived("--step-size 0.01 at --epsilon 0.3 (train_trades_mnist.py:L28-32) "
-                                                   "is eps/30, kept at Fashion-MNIST's eps")})),
+        "fashion-mnist": Recipe(
+            *combine(
+                fashion_mnist_eps(),
+                _MNIST,
+                MNIST_LIKE_DATA,
+                _FP32,
+                (
+                    {"defense_options": {"step_size": "eps/30"}},
+                    {
+                        "defense_options.step_size": derived(
+                            "--step-size 0.01 at --epsilon 0.3 (train_trades_mnist.py:L28-32) "
+                            "is eps/30, kept at Fashion-MNIST's eps"
+                        )
+                    },
+                ),
+            ),
             default_variant="mnist-script",
-            paper=PaperResult(source="none published: no TRADES number on Fashion-MNIST",
-                              attack="PGD-40, step eps/30, random start (the authors' MNIST evaluation, "
-                                     "pgd_attack_mnist.py:L20-28, at Fashion-MNIST's eps)", n=10_000,
-                              suite="paper-trades-mnist", model="small CNN, 100 epochs", checkpoint="last"),
-            notes=("no published TRADES number on Fashion-MNIST: the recipe is the authors' MNIST script at eps 0.1",)),
-        "mnist": Recipe(*combine(
-            ({"threat": {"norm": "Linf", "eps": "0.3"}, "defense_options": {"step_size": 0.01}},
-             {"threat.norm": cite("trades", "trades.py", "39-41", "Linf"),
-              "threat.eps": cite("trades", _TM, 28, "--epsilon 0.3"),
-              "defense_options.step_size": cite("trades", _TM, 32, "--step-size 0.01")}),
-            _MNIST, MNIST_LIKE_DATA, _FP32),
-            default_variant="released", paper=_MNIST_PAPER,
-            notes=("the reference trains on all 60,000 images; the harness holds out 1,000 for selection",)),
-        "cifar10": Recipe(*combine(
-            ({"model": "wrn-34-10", "threat": {"norm": "Linf", "eps": "8/255"}, "model_options": {"normalize": "none"},
-              "train": {"epochs": 76, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
-                        "weight_decay": 2e-4, "schedule": "piecewise", "milestones": [74 / 76], "gamma": 0.1,
-                        "keep_epoch_checkpoints": False},
-              "defense_options": {"beta": 6.0, "steps": 10, "step_size": 0.007, "init_std": 0.001,
-                                  "attack_bn_mode": "eval",
-                                  "detach_clean_in_kl": False},
-              "data": {"augment": "crop-flip", "crop_padding": 4, "pad_mode": "zeros"}},
-             {"model": cite("trades", _TC, 152, "WideResNet(): depth 34, widen factor 10 (models/wideresnet.py:L51)"),
-              "threat.norm": cite("trades", "trades.py", "39-41", "Linf"),
-              "threat.eps": harness("8/255 (0.03137) so the number sits beside the other defenses'; the script's "
-                                    "--epsilon is "
-                                    "0.031 (train_trades_cifar10.py:L30): variant paper-eps"),
-              "model_options.normalize": cite("trades", _TC, "59-63",
-                                              "RandomCrop, RandomHorizontalFlip, ToTensor: no Normalize"),
-              "train.epochs": cite("trades", _TC, 20, "--epochs 76"),
-              "train.batch_size": cite("trades", _TC, 16, "--batch-size 128"),
-              "train.optimizer": cite("trades", _TC, 153, "optim.SGD"),
-              "train.lr": cite("trades", _TC, 24, "--lr 0.1"),
-              "train.momentum": cite("trades", _TC, 26, "--momentum 0.9"),
-              "train.weight_decay": cite("trades", _TC, 22, "--weight-decay 2e-4"),
-              "train.schedule": cite("trades", _TC, "137-147,157", "adjust_learning_rate at the start of every epoch"),
-              "train.milestones": cite("trades", _TC, "140-141", "x0.1 from epoch 75 of 1..76: from 74/76 of training"),
-              "train.gamma": cite("trades", _TC, 141, "args.lr * 0.1"),
-              "train.keep_epoch_checkpoints": harness("per-epoch weights of a WideResNet are not kept (storage); best "
-                                                      "and last are"),
-              "defense_options.beta": cite("trades", _TC, 36, "--beta 6.0 (since e20f7b9)"),
-              "defense_options.steps": cite("trades", _TC, 32, "--num-steps 10"),
-              "defense_options.step_size": cite("trades", _TC, 34, "--step-size 0.007"),
-              "defense_options.init_std": cite("trades", "trades.py", 31, "x_natural + 0.001 * randn"),
-              "defense_options.attack_bn_mode": cite("trades", "trades.py", "28,73",
-                                                     "model.eval() for the attack, model.train() after"),
-              "defense_options.detach_clean_in_kl": cite("trades", "trades.py", "81-82",
-                                                         "the KL term keeps the gradient through f(x)"),
-              "data.augment": cite("trades", _TC, "60-61", "RandomCrop(32, padding=4), RandomHorizontalFlip()"),
-              "data.crop_padding": cite("trades", _TC, 60, "padding=4"),
-              "data.pad_mode": cite("trades", _TC, 60, "RandomCrop pads with zeros (torchvision's fill=0)")}),
-            CIFAR_DATA, _FP32),
-            variants={"paper-eps": Variant("the authors' eps 0.031 (train_trades_cifar10.py:L30), for the comparison "
-                                           "with their number",
-                                           {"threat": {"eps": "0.031"}},
-                                           {"threat.eps": cite("trades", _TC, 30, "--epsilon 0.031")})},
+            paper=PaperResult(
+                source="none published: no TRADES number on Fashion-MNIST",
+                attack="PGD-40, step eps/30, random start (the authors' MNIST evaluation, "
+                "pgd_attack_mnist.py:L20-28, at Fashion-MNIST's eps)",
+                n=10_000,
+                suite="paper-trades-mnist",
+                model="small CNN, 100 epochs",
+                checkpoint="last",
+            ),
+            notes=("no published TRADES number on Fashion-MNIST: the recipe is the authors' MNIST script at eps 0.1",),
+        ),
+        "mnist": Recipe(
+            *combine(
+                (
+                    {"threat": {"norm": "Linf", "eps": "0.3"}, "defense_options": {"step_size": 0.01}},
+                    {
+                        "threat.norm": cite("trades", "trades.py", "39-41", "Linf"),
+                        "threat.eps": cite("trades", _TM, 28, "--epsilon 0.3"),
+                        "defense_options.step_size": cite("trades", _TM, 32, "--step-size 0.01"),
+                    },
+                ),
+                _MNIST,
+                MNIST_LIKE_DATA,
+                _FP32,
+            ),
+            default_variant="released",
+            paper=_MNIST_PAPER,
+            notes=("the reference trains on all 60,000 images; the harness holds out 1,000 for selection",),
+        ),
+        "cifar10": Recipe(
+            *combine(
+                (
+                    {
+                        "model": "wrn-34-10",
+                        "threat": {"norm": "Linf", "eps": "8/255"},
+                        "model_options": {"normalize": "none"},
+                        "train": {
+                            "epochs": 76,
+                            "batch_size": 128,
+                            "optimizer": "sgd",
+                            "lr": 0.1,
+                            "momentum": 0.9,
+                            "weight_decay": 2e-4,
+                            "schedule": "piecewise",
+                            "milestones": [74 / 76],
+                            "gamma": 0.1,
+                            "keep_epoch_checkpoints": False,
+                        },
+                        "defense_options": {
+                            "beta": 6.0,
+                            "steps": 10,
+                            "step_size": 0.007,
+                            "init_std": 0.001,
+                            "attack_bn_mode": "eval",
+                            "detach_clean_in_kl": False,
+                        },
+                        "data": {"augment": "crop-flip", "crop_padding": 4, "pad_mode": "zeros"},
+                    },
+                    {
+                        "model": cite(
+                            "trades", _TC, 152, "WideResNet(): depth 34, widen factor 10 (models/wideresnet.py:L51)"
+                        ),
+                        "threat.norm": cite("trades", "trades.py", "39-41", "Linf"),
+                        "threat.eps": harness(
+                            "8/255 (0.03137) so the number sits beside the other defenses'; the script's "
+                            "--epsilon is "
+                            "0.031 (train_trades_cifar10.py:L30): variant paper-eps"
+                        ),
+                        "model_options.normalize": cite(
+                            "trades", _TC, "59-63", "RandomCrop, RandomHorizontalFlip, ToTensor: no Normalize"
+                        ),
+                        "train.epochs": cite("trades", _TC, 20, "--epochs 76"),
+                        "train.batch_size": cite("trades", _TC, 16, "--batch-size 128"),
+                        "train.optimizer": cite("trades", _TC, 153, "optim.SGD"),
+                        "train.lr": cite("trades", _TC, 24, "--lr 0.1"),
+                        "train.momentum": cite("trades", _TC, 26, "--momentum 0.9"),
+                        "train.weight_decay": cite("trades", _TC, 22, "--weight-decay 2e-4"),
+                        "train.schedule": cite(
+                            "trades", _TC, "137-147,157", "adjust_learning_rate at the start of every epoch"
+                        ),
+                        "train.milestones": cite(
+                            "trades", _TC, "140-141", "x0.1 from epoch 75 of 1..76: from 74/76 of training"
+                        ),
+                        "train.gamma": cite("trades", _TC, 141, "args.lr * 0.1"),
+                        "train.keep_epoch_checkpoints": harness(
+                            "per-epoch weights of a WideResNet are not kept (storage); best and last are"
+                        ),
+                        "defense_options.beta": cite("trades", _TC, 36, "--beta 6.0 (since e20f7b9)"),
+                        "defense_options.steps": cite("trades", _TC, 32, "--num-steps 10"),
+                        "defense_options.step_size": cite("trades", _TC, 34, "--step-size 0.007"),
+                        "defense_options.init_std": cite("trades", "trades.py", 31, "x_natural + 0.001 * randn"),
+                        "defense_options.attack_bn_mode": cite(
+                            "trades", "trades.py", "28,73", "model.eval() for the attack, model.train() after"
+                        ),
+                        "defense_options.detach_clean_in_kl": cite(
+                            "trades", "trades.py", "81-82", "the KL term keeps the gradient through f(x)"
+                        ),
+                        "data.augment": cite(
+                            "trades", _TC, "60-61", "RandomCrop(32, padding=4), RandomHorizontalFlip()"
+                        ),
+                        "data.crop_padding": cite("trades", _TC, 60, "padding=4"),
+                        "data.pad_mode": cite("trades", _TC, 60, "RandomCrop pads with zeros (torchvision's fill=0)"),
+                    },
+                ),
+                CIFAR_DATA,
+                _FP32,
+            ),
+            variants={
+                "paper-eps": Variant(
+                    "the authors' eps 0.031 (train_trades_cifar10.py:L30), for the comparison with their number",
+                    {"threat": {"eps": "0.031"}},
+                    {"threat.eps": cite("trades", _TC, 30, "--epsilon 0.031")},
+                )
+            },
             default_variant="eps-8-255",
             paper=PaperResult(
-                source=cite("trades", "README.md", 260,
-                            "CIFAR-10 white-box leaderboard, 'FGSM-20' (initial entry): 84.92% natural, "
-                            "56.61% robust"),
+                source=cite(
+                    "trades",
+                    "README.md",
+                    260,
+                    "CIFAR-10 white-box leaderboard, 'FGSM-20' (initial entry): 84.92% natural, 56.61% robust",
+                ),
                 attack="PGD-20 ('FGSM-20'), step 0.003, random start, eps 0.031 (pgd_attack_cifar10.py:L20-28, L54-80)",
-                n=10_000, suite="paper-trades-cifar10", clean=0.8492, robust=0.5661,
-                model="WRN-34-10, 76 epochs, beta 6", checkpoint="last", autoattack=0.5308,
-                autoattack_source=cite("autoattack", "README.md", 73,
-                                       "Zhang et al. 2019b: clean 84.92, reported 56.43, AA 53.08"),
-                note="measured at eps 0.031: compare with the variant paper-eps"),
-            notes=("the reference trains on all 50,000 images; the harness holds out Rice et al.'s 1,000 for "
-                   "selection",)),
+                n=10_000,
+                suite="paper-trades-cifar10",
+                clean=0.8492,
+                robust=0.5661,
+                model="WRN-34-10, 76 epochs, beta 6",
+                checkpoint="last",
+                autoattack=0.5308,
+                autoattack_source=cite(
+                    "autoattack", "README.md", 73, "Zhang et al. 2019b: clean 84.92, reported 56.43, AA 53.08"
+                ),
+                note="measured at eps 0.031: compare with the variant paper-eps",
+            ),
+            notes=(
+                "the reference trains on all 50,000 images; the harness holds out Rice et al.'s 1,000 for selection",
+            ),
+        ),
         "tiny": tiny_recipe({"defense_options": {"beta": 6.0, "steps": 5, "step_size": "2.5*eps/steps"}}),
     }
 
@@ -221,13 +357,23 @@ class TRADES(DefenseBase):
         self.alpha = self.step_size()
 
     def train_attack(self) -> Dict[str, Any]:
-        return {"attack": "trades-kl", **self.base_descriptor(), "steps": self.options["steps"], "step_size": self.alpha,
-                "step_size_expr": str(self.options["step_size"]), "loss": "kl", "random_start": False,
-                "init": f"x + {self.options['init_std']:g} * N(0,1)", "model_mode": self.options["attack_bn_mode"],
-                "beta": self.options["beta"]}
+        return {
+            "attack": "trades-kl",
+            **self.base_descriptor(),
+            "steps": self.options["steps"],
+            "step_size": self.alpha,
+            "step_size_expr": str(self.options["step_size"]),
+            "loss": "kl",
+            "random_start": False,
+            "init": f"x + {self.options['init_std']:g} * N(0,1)",
+            "model_mode": self.options["attack_bn_mode"],
+            "beta": self.options["beta"],
+        }
 
     def train_attack_label(self) -> str:
-        return f"PGD-{self.options['steps']} KL, step {self.options['step_size']} (TRADES, beta {self.options['beta']:g})"
+        return (
+            f"PGD-{self.options['steps']} KL, step {self.options['step_size']} (TRADES, beta {self.options['beta']:g})"
+        )
 
     def train_attack_steps(self) -> int:
         return int(self.options["steps"])
@@ -236,7 +382,9 @@ class TRADES(DefenseBase):
         k = float(self.options["steps"])
         return {"forward": k + 3.0, "backward": k + 2.0}
 
-    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> torch.Tensor:
         x = x.detach()
         with torch.no_grad(), autocast(x.device, self.precision):
             target = model(x).float()
@@ -256,7 +404,9 @@ class TRADES(DefenseBase):
         with ctx.autocast():
             logits_nat = model(x)
             logits_adv = model(x_adv)
-        loss, _, _ = trades_loss(logits_nat, logits_adv, y, self.options["beta"], detach_clean=self.options["detach_clean_in_kl"])
+        loss, _, _ = trades_loss(
+            logits_nat, logits_adv, y, self.options["beta"], detach_clean=self.options["detach_clean_in_kl"]
+        )
         ctx.step(loss)
         n = int(y.shape[0])
         return StepResult(loss.detach() * n, (logits_nat.detach().argmax(1) == y).sum(), n)

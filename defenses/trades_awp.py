@@ -58,9 +58,10 @@ _AWP = {"awp_gamma": 0.005, "awp_warmup": 9, "awp_proxy_lr": 0.1}
 def _with_awp(recipe: Any) -> Any:
     """``trades``'s recipe (a ``Recipe`` with sources, or a plain dict) with AWP's options on top."""
     if isinstance(recipe, Recipe):
-        return recipe.extended({"defense_options": dict(_AWP)},
-                               {f"defense_options.{k}": derived("AWP's setting (Wu, Xia, Wang 2020) on trades's recipe")
-                                for k in _AWP})
+        return recipe.extended(
+            {"defense_options": dict(_AWP)},
+            {f"defense_options.{k}": derived("AWP's setting (Wu, Xia, Wang 2020) on trades's recipe") for k in _AWP},
+        )
     return {**recipe, "defense_options": {**recipe["defense_options"], **_AWP}}
 
 

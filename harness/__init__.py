@@ -10,6 +10,7 @@ The Python API (``harness/api.py``)::
 Importing ``harness`` is light: the API (and torch) load on first use, so ``reports/`` and the
 kernel (``harness.core``) can be imported without them.
 """
+
 from typing import Any
 
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ Example::
     run = harness.train(defense="pgd-at", dataset="fashion-mnist", epochs=10)
     print(run.best.robust_accuracy)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,10 +43,21 @@ Data = Union[str, Tuple[torch.Tensor, torch.Tensor]]
 
 # short names for the settings people type most, as ``harness run``'s flags name them
 ALIASES = {
-    "eps": "threat.eps", "norm": "threat.norm", "epochs": "train.epochs", "batch_size": "train.batch_size",
-    "lr": "train.lr", "suite": "eval.suite", "n": "eval.n", "eval_batch_size": "eval.batch_size", "out": "out.root",
-    "name": "out.name", "data_dir": "data.data_dir", "val_size": "data.val_size", "download": "data.download",
-    "early_stop": "monitor.early_stop", "recipe_variant": "recipe.variant",
+    "eps": "threat.eps",
+    "norm": "threat.norm",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "suite": "eval.suite",
+    "n": "eval.n",
+    "eval_batch_size": "eval.batch_size",
+    "out": "out.root",
+    "name": "out.name",
+    "data_dir": "data.data_dir",
+    "val_size": "data.val_size",
+    "download": "data.download",
+    "early_stop": "monitor.early_stop",
+    "recipe_variant": "recipe.variant",
 }
 
 
@@ -95,8 +107,10 @@ class Evaluation(EvalResult):
         return cls.from_json(read_json(path, schema="eval-result"))
 
     def __repr__(self) -> str:
-        return (f"Evaluation(suite={self.suite!r}, {self.threat.label}, n={self.n}, clean={self.clean_accuracy:.4f}, "
-                f"robust={self.robust_accuracy:.4f}, verdict={self.verdict!r})")
+        return (
+            f"Evaluation(suite={self.suite!r}, {self.threat.label}, n={self.n}, clean={self.clean_accuracy:.4f}, "
+            f"robust={self.robust_accuracy:.4f}, verdict={self.verdict!r})"
+        )
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -108,9 +122,21 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 # size: the public API's keywords, in the habits of robustbench's benchmark() and AutoAttack
-def evaluate(model: nn.Module, data: Data, *, eps: Union[float, str], norm: str = "Linf", suite: Any = "quick",
-             n: Optional[int] = None, device: Optional[str] = None, seed: int = 0, batch_size: int = 500,
-             checks: bool = True, progress: bool = False, data_dir: Optional[str] = None) -> Evaluation:
+def evaluate(
+    model: nn.Module,
+    data: Data,
+    *,
+    eps: Union[float, str],
+    norm: str = "Linf",
+    suite: Any = "quick",
+    n: Optional[int] = None,
+    device: Optional[str] = None,
+    seed: int = 0,
+    batch_size: int = 500,
+    checks: bool = True,
+    progress: bool = False,
+    data_dir: Optional[str] = None,
+) -> Evaluation:
     """Evaluate ``model`` (inputs in [0,1], normalisation inside, logits out) under the threat
     model (``norm``, ``eps`` in [0,1] pixel units, e.g. ``8/255`` or ``"8/255"``) with ``suite``
     (a name from ``harness ls suites`` or an inline spec) on ``data``: a data set name (the first
@@ -132,8 +158,12 @@ def evaluate(model: nn.Module, data: Data, *, eps: Union[float, str], norm: str 
         setting = EvalSetting(suite, threat, _num_classes(model, x), seed=seed, batch_size=batch_size)
         source = {"dataset": None, "split": "given tensors", "source": "tensors"}
     doc = evaluate_model(model, x, y, setting, progress=progress, run_checks=checks, surrogate_data=surrogate)
-    doc = {"suite": doc.pop("suite"), "data": {**source, "n": int(x.shape[0]), "subset": "first n in fixed order"},
-           **doc, "env": environment(dev)}
+    doc = {
+        "suite": doc.pop("suite"),
+        "data": {**source, "n": int(x.shape[0]), "subset": "first n in fixed order"},
+        **doc,
+        "env": environment(dev),
+    }
     return Evaluation.from_json(doc)
 
 
@@ -161,6 +191,7 @@ def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
 
 # -- training -------------------------------------------------------------------------------------
 
+
 def settings_to_flags(settings: Mapping[str, Any]) -> Dict[str, Any]:
     """Keyword settings -> the nested layer of explicit settings that ``harness.config.resolve``
     takes: a config key (``dataset="digits"``), a section (``train={"epochs": 3}``), a dotted key
@@ -175,8 +206,11 @@ def settings_to_flags(settings: Mapping[str, Any]) -> Dict[str, Any]:
             if not isinstance(node, dict):
                 raise ConfigError(f"setting {key!r}: {part!r} is given both as a value and as a section")
         leaf = parts[-1]
-        node[leaf] = C.deep_merge(node[leaf], value) if isinstance(value, Mapping) and isinstance(node.get(leaf), Mapping) \
+        node[leaf] = (
+            C.deep_merge(node[leaf], value)
+            if isinstance(value, Mapping) and isinstance(node.get(leaf), Mapping)
             else value
+        )
     return nested
 
 
@@ -187,9 +221,15 @@ def resolve_config(config: Union[None, str, Path, Mapping[str, Any]] = None, **s
     return C.resolve(settings_to_flags(settings), file_cfg)
 
 
-def train(defense: Optional[str] = None, *, config: Union[None, str, Path, Mapping[str, Any]] = None,
-          resume: Union[None, str, Path] = None, progress: Optional[bool] = None, evaluate: bool = True,
-          **settings: Any) -> "Run":
+def train(
+    defense: Optional[str] = None,
+    *,
+    config: Union[None, str, Path, Mapping[str, Any]] = None,
+    resume: Union[None, str, Path] = None,
+    progress: Optional[bool] = None,
+    evaluate: bool = True,
+    **settings: Any,
+) -> "Run":
     """Train ``defense`` (default fast-at), select on val, evaluate best and last with the run's
     suite and render the report: ``harness run`` from Python. Settings as in ``resolve_config``;
     ``resume=RUN_DIR`` continues a killed run (no other settings then)."""
@@ -204,10 +244,18 @@ def train(defense: Optional[str] = None, *, config: Union[None, str, Path, Mappi
 
 
 # size: harness eval's options as keywords
-def evaluate_run(run_dir: Union[str, Path], *, checkpoints: Sequence[str] = ("best",), suite: Optional[str] = None,
-                 n: Optional[int] = None, device: Optional[str] = None, seed: Optional[int] = None,
-                 batch_size: Optional[int] = None, force: bool = False,
-                 progress: bool = False) -> List[Tuple[Evaluation, str]]:
+def evaluate_run(
+    run_dir: Union[str, Path],
+    *,
+    checkpoints: Sequence[str] = ("best",),
+    suite: Optional[str] = None,
+    n: Optional[int] = None,
+    device: Optional[str] = None,
+    seed: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    force: bool = False,
+    progress: bool = False,
+) -> List[Tuple[Evaluation, str]]:
     """Evaluate checkpoints of a run (``best``, ``last``, ``epoch-N`` or ``all``) with a suite
     (default: the run's): ``harness eval`` from Python. Returns (evaluation, how) per checkpoint,
     ``how`` saying whether it was evaluated, a stored result, or a copy for identical weights."""

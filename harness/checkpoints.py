@@ -7,6 +7,7 @@
 - A truncated or corrupt file, and keys that do not match the model, are errors that say what
   is wrong (missing / unexpected keys, shape mismatches), never a half-loaded model.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -28,11 +29,17 @@ def state_dict_of(model: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def save_weights(path: str | Path, model_or_state: nn.Module | Mapping[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> Path:
+def save_weights(
+    path: str | Path, model_or_state: nn.Module | Mapping[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None
+) -> Path:
     """Write weights as safetensors, atomically. Tied weights are stored once per name (cloned)."""
     from safetensors.torch import save
 
-    state = state_dict_of(model_or_state) if isinstance(model_or_state, nn.Module) else {k: v.detach().cpu().contiguous() for k, v in model_or_state.items()}
+    state = (
+        state_dict_of(model_or_state)
+        if isinstance(model_or_state, nn.Module)
+        else {k: v.detach().cpu().contiguous() for k, v in model_or_state.items()}
+    )
     # safetensors refuses tensors that share storage; give each its own
     seen = set()
     for k, v in list(state.items()):
@@ -117,7 +124,9 @@ def _load_safetensors(p: Path) -> Dict[str, torch.Tensor]:
     try:
         return load_file(str(p))
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
-        raise CheckpointError(f"checkpoint {p} is not a readable safetensors file ({type(e).__name__}: {e}); it may be truncated") from None
+        raise CheckpointError(
+            f"checkpoint {p} is not a readable safetensors file ({type(e).__name__}: {e}); it may be truncated"
+        ) from None
 
 
 def _torch_load(p: Path) -> Any:
@@ -127,15 +136,20 @@ def _torch_load(p: Path) -> Any:
         text = str(e)
         if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
             raise CheckpointError(
-                f"refusing to load {p}: torch's safe loader (weights_only=True) rejects it ({_reason(text)}); it is not plain "
+                f"refusing to load {p}: torch's safe loader (weights_only=True) rejects it ({_reason(text)}); "
+                "it is not plain "
                 "tensor data, and unpickling it in full could run code; checkpoints are data, never code: "
                 "convert it to safetensors or a plain state dict"
             ) from None
         msg = text.splitlines()[0] if text else ""
-        raise CheckpointError(f"checkpoint {p} cannot be read ({msg}); it may be truncated or not a torch file") from None
+        raise CheckpointError(
+            f"checkpoint {p} cannot be read ({msg}); it may be truncated or not a torch file"
+        ) from None
     except Exception as e:  # noqa: BLE001 - a foreign file makes torch.load fail in many ways (KeyError, struct.error, ...)
         msg = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint {p} cannot be read ({msg}); it may be truncated or not a torch file") from None
+        raise CheckpointError(
+            f"checkpoint {p} cannot be read ({msg}); it may be truncated or not a torch file"
+        ) from None
 
 
 def _reason(msg: str) -> str:
@@ -157,18 +171,23 @@ def _unwrap(obj: Any, p: Path) -> Dict[str, torch.Tensor]:
         for k in _WRAPPER_KEYS:
             if k in obj and isinstance(obj[k], Mapping):
                 return _unwrap(obj[k], p)
-    raise CheckpointError(f"checkpoint {p} holds no state dict (found {type(obj).__name__}"
-                          + (f" with keys {', '.join(map(str, list(obj)[:8]))}" if isinstance(obj, Mapping) else "") + ")")
+    raise CheckpointError(
+        f"checkpoint {p} holds no state dict (found {type(obj).__name__}"
+        + (f" with keys {', '.join(map(str, list(obj)[:8]))}" if isinstance(obj, Mapping) else "")
+        + ")"
+    )
 
 
 def _candidates(state: Dict[str, torch.Tensor]) -> Iterable[Tuple[str, Dict[str, torch.Tensor]]]:
     yield "", state
     for pre in _STRIP_PREFIXES:
         if any(k.startswith(pre) for k in state):
-            yield f"stripped {pre!r}", {k[len(pre):] if k.startswith(pre) else k: v for k, v in state.items()}
+            yield f"stripped {pre!r}", {k[len(pre) :] if k.startswith(pre) else k: v for k, v in state.items()}
 
 
-def load_into(model: nn.Module, state: Dict[str, torch.Tensor], *, source: str = "checkpoint", allow_net_only: bool = True) -> List[str]:
+def load_into(
+    model: nn.Module, state: Dict[str, torch.Tensor], *, source: str = "checkpoint", allow_net_only: bool = True
+) -> List[str]:
     """Load ``state`` into ``model`` strictly. Tries the usual wrapper prefixes (``module.``,
     ``model.``); for a model with a ``Normalize`` front layer (``normalize.*`` + ``net.*``), a
     state dict of the bare network also loads. Returns notes on what was adapted; raises
@@ -177,8 +196,16 @@ def load_into(model: nn.Module, state: Dict[str, torch.Tensor], *, source: str =
     best: Optional[Tuple[int, str, Dict[str, torch.Tensor], List[str], List[str]]] = None
     tries = list(_candidates(state))
     if allow_net_only and any(k.startswith("net.") for k in want) and not any(k.startswith("net.") for k in state):
-        tries += [(f"{how}, as the network behind Normalize".strip(", "), {**{k: v for k, v in want.items() if k.startswith("normalize.")}, **{f"net.{k}": v for k, v in s.items()}})
-                  for how, s in list(tries)]
+        tries += [
+            (
+                f"{how}, as the network behind Normalize".strip(", "),
+                {
+                    **{k: v for k, v in want.items() if k.startswith("normalize.")},
+                    **{f"net.{k}": v for k, v in s.items()},
+                },
+            )
+            for how, s in list(tries)
+        ]
     for how, cand in tries:
         missing = [k for k in want if k not in cand]
         unexpected = [k for k in cand if k not in want]
@@ -192,12 +219,23 @@ def load_into(model: nn.Module, state: Dict[str, torch.Tensor], *, source: str =
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+            parts.append(
+                f"missing {len(missing)} key(s): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
+            )
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:10])}{' ...' if len(unexpected) > 10 else ''}")
+            parts.append(
+                f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:10])}"
+                f"{' ...' if len(unexpected) > 10 else ''}"
+            )
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))
-    bad = [f"{k} {tuple(cand[k].shape)} vs model {tuple(v.shape)}" for k, v in want.items() if tuple(cand[k].shape) != tuple(v.shape)]
+    bad = [
+        f"{k} {tuple(cand[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in want.items()
+        if tuple(cand[k].shape) != tuple(v.shape)
+    ]
     if bad:
-        raise CheckpointError(f"{source} does not match the model: shape mismatch for {len(bad)} key(s): {'; '.join(bad[:5])}")
+        raise CheckpointError(
+            f"{source} does not match the model: shape mismatch for {len(bad)} key(s): {'; '.join(bad[:5])}"
+        )
     model.load_state_dict(cand, strict=True)
     return [how] if how else []

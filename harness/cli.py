@@ -8,6 +8,7 @@ Under torchrun (``torchrun --nproc-per-node N -m harness run|eval|audit ...``) e
 the command inside one process group (``harness.distributed.session``); rank 0 prints the
 results and logs, the others log warnings and errors only, each line marked with its rank.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,9 +65,17 @@ def _common_eval_flags(p: argparse.ArgumentParser, *, config_dests: bool) -> Non
     pre = "eval." if config_dests else ""
     p.add_argument("--suite", dest=f"{pre}suite", default=S, help="evaluation suite (harness ls suites)")
     # torchrun reads "--n" as an ambiguous abbreviation of its own options: under torchrun write --n-points
-    p.add_argument("--n", "--n-points", dest=f"{pre}n", type=_positive_int, default=S,
-                   help="number of test examples (the first n, fixed order); --n-points under torchrun")
-    p.add_argument("--eval-batch-size", dest=f"{pre}batch_size", type=_positive_int, default=S, help="batch size for attacks")
+    p.add_argument(
+        "--n",
+        "--n-points",
+        dest=f"{pre}n",
+        type=_positive_int,
+        default=S,
+        help="number of test examples (the first n, fixed order); --n-points under torchrun",
+    )
+    p.add_argument(
+        "--eval-batch-size", dest=f"{pre}batch_size", type=_positive_int, default=S, help="batch size for attacks"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_ls(sub: Any) -> None:
-    p = sub.add_parser("ls", help="list what is registered (defenses, attacks, checks, suites, datasets, models, renderers)")
+    p = sub.add_parser(
+        "ls", help="list what is registered (defenses, attacks, checks, suites, datasets, models, renderers)"
+    )
     p.add_argument("kind", nargs="?", help="one registry to list")
 
 
@@ -89,40 +100,92 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--defense", dest="defense", default=S, help="defense plugin (harness ls defenses); default fast-at")
     p.add_argument("--dataset", dest="dataset", default=S, help="data set (harness ls datasets); default fashion-mnist")
     p.add_argument("--model", dest="model", default=S, help="model (harness ls models); default small-cnn")
-    p.add_argument("--eps", dest="threat.eps", default=S, help="perturbation budget in [0,1] pixel units, e.g. 0.1 or 8/255")
+    p.add_argument(
+        "--eps", dest="threat.eps", default=S, help="perturbation budget in [0,1] pixel units, e.g. 0.1 or 8/255"
+    )
     p.add_argument("--norm", dest="threat.norm", default=S, help="Linf or L2")
     p.add_argument("--epochs", dest="train.epochs", type=_positive_int, default=S)
     p.add_argument("--batch-size", dest="train.batch_size", type=_positive_int, default=S)
     p.add_argument("--lr", dest="train.lr", type=_positive_float, default=S, help="(peak) learning rate")
-    p.add_argument("--sync-bn", dest="train.sync_bn", action="store_true", default=S,
-                   help="under torchrun: SyncBatchNorm over the global batch (CUDA only; default: BatchNorm per process)")
+    p.add_argument(
+        "--sync-bn",
+        dest="train.sync_bn",
+        action="store_true",
+        default=S,
+        help="under torchrun: SyncBatchNorm over the global batch (CUDA only; default: BatchNorm per process)",
+    )
     p.add_argument("--seed", dest="seed", type=_nonneg_int, default=S)
     p.add_argument("--device", dest="device", default=S, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", dest="precision", default=S, help="auto, fp32, bf16 or fp16 (mixed precision on GPU)")
-    p.add_argument("--threads", dest="threads", type=_positive_int, default=S,
-                   help="CPU threads for torch (default: torch's choice, one per core); a resumed run keeps its count")
-    p.add_argument("--memory-format", dest="memory_format", default=S,
-                   help="auto, contiguous or channels_last (auto: channels-last on CUDA, contiguous elsewhere)")
+    p.add_argument(
+        "--threads",
+        dest="threads",
+        type=_positive_int,
+        default=S,
+        help="CPU threads for torch (default: torch's choice, one per core); a resumed run keeps its count",
+    )
+    p.add_argument(
+        "--memory-format",
+        dest="memory_format",
+        default=S,
+        help="auto, contiguous or channels_last (auto: channels-last on CUDA, contiguous elsewhere)",
+    )
     p.add_argument("--data-dir", dest="data.data_dir", default=S, help="folder holding the data set files")
-    p.add_argument("--val-size", dest="data.val_size", type=_nonneg_int, default=S, help="examples held out from train for selection")
+    p.add_argument(
+        "--val-size",
+        dest="data.val_size",
+        type=_nonneg_int,
+        default=S,
+        help="examples held out from train for selection",
+    )
     p.add_argument("--no-download", dest="data.download", action="store_false", default=S, help="never download data")
     _common_eval_flags(p, config_dests=True)
     p.add_argument("--out", dest="out.root", default=S, help="folder for run directories (default runs/)")
-    p.add_argument("--log", dest="log", action="append", default=S, metavar="LOGGER",
-                   help="mirror the metrics to a tracker: tensorboard, wandb or disk (repeatable; see harness ls loggers)")
+    p.add_argument(
+        "--log",
+        dest="log",
+        action="append",
+        default=S,
+        metavar="LOGGER",
+        help="mirror the metrics to a tracker: tensorboard, wandb or disk (repeatable; see harness ls loggers)",
+    )
     p.add_argument("--name", dest="out.name", default=S, help="run directory name (default: made from the config)")
     es = p.add_mutually_exclusive_group()
-    es.add_argument("--early-stop", dest="monitor.early_stop", action="store_true", default=S, help="stop on catastrophic overfitting")
+    es.add_argument(
+        "--early-stop",
+        dest="monitor.early_stop",
+        action="store_true",
+        default=S,
+        help="stop on catastrophic overfitting",
+    )
     es.add_argument("--no-early-stop", dest="monitor.early_stop", action="store_false", default=S)
     p.add_argument("--config", dest="_config", default=S, help="TOML or JSON config file (a saved config.json works)")
-    p.add_argument("--set", dest="_set", action="append", default=S, metavar="KEY=VALUE",
-                   help="any config value, e.g. --set defense_options.step_size=1.25*eps (repeatable)")
-    p.add_argument("--resume", dest="_resume", default=S, metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
-    p.add_argument("--recipe-variant", dest="recipe.variant", default=S, metavar="NAME",
-                   help="a named variant of the defense's recipe ('a+b' combines; --dry-run lists a recipe's variants, as "
-                        "released and apex-o2 of fast-at on cifar10)")
-    p.add_argument("--dry-run", dest="_dry_run", action="store_true", default=S,
-                   help="print the resolved config (stdout) and what it means, with every value's source (stderr), and exit")
+    p.add_argument(
+        "--set",
+        dest="_set",
+        action="append",
+        default=S,
+        metavar="KEY=VALUE",
+        help="any config value, e.g. --set defense_options.step_size=1.25*eps (repeatable)",
+    )
+    p.add_argument(
+        "--resume", dest="_resume", default=S, metavar="RUN_DIR", help="continue a killed run from its last checkpoint"
+    )
+    p.add_argument(
+        "--recipe-variant",
+        dest="recipe.variant",
+        default=S,
+        metavar="NAME",
+        help="a named variant of the defense's recipe ('a+b' combines; --dry-run lists a recipe's variants, as "
+        "released and apex-o2 of fast-at on cifar10)",
+    )
+    p.add_argument(
+        "--dry-run",
+        dest="_dry_run",
+        action="store_true",
+        default=S,
+        help="print the resolved config (stdout) and what it means, with every value's source (stderr), and exit",
+    )
 
 
 def _add_eval(sub: Any) -> None:
@@ -145,27 +208,46 @@ def _add_report(sub: Any) -> None:
 def _add_sweep(sub: Any) -> None:
     from harness.sweep import add_arguments as add_sweep_arguments
 
-    add_sweep_arguments(sub.add_parser("sweep", help="run a grid of runs (defenses x seeds x eps ...) locally or on Slurm"))
+    add_sweep_arguments(
+        sub.add_parser("sweep", help="run a grid of runs (defenses x seeds x eps ...) locally or on Slurm")
+    )
 
 
 def _add_audit(sub: Any) -> None:
-    p = sub.add_parser("audit", help="re-evaluate someone else's model and checkpoint against a claimed number",
-                       description="Re-evaluate a model and checkpoint with a suite and the sanity checks, and say whether a claimed "
-                                   "robust accuracy holds. Checkpoints are loaded as data, never code. Writes audit.md, audit.html and "
-                                   "audit.json. The suite defaults to 'standard'. Exit status: 0 the claim holds, 1 overstated or the evaluation "
-                                   "is unreliable, 2 error.")
+    p = sub.add_parser(
+        "audit",
+        help="re-evaluate someone else's model and checkpoint against a claimed number",
+        description="Re-evaluate a model and checkpoint with a suite and the sanity checks, and say whether a claimed "
+        "robust accuracy holds. Checkpoints are loaded as data, never code. Writes audit.md, audit.html and "
+        "audit.json. The suite defaults to 'standard'. Exit status: 0 the claim holds, 1 overstated or the evaluation "
+        "is unreliable, 2 error.",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="FILE.py:FACTORY (a Python file you chose to run) or a registered model name")
     src.add_argument("--robustbench", help="a RobustBench model-zoo name (weights from --model-dir)")
     p.add_argument("--checkpoint", help="weights: .safetensors, or a state dict loaded with weights_only=True")
-    p.add_argument("--model-dir", default=None, help="local RobustBench model directory, laid out MODEL_DIR/DATASET/THREAT/NAME.pt (default ./models)")
+    p.add_argument(
+        "--model-dir",
+        default=None,
+        help="local RobustBench model directory, laid out MODEL_DIR/DATASET/THREAT/NAME.pt (default ./models)",
+    )
     p.add_argument("--dataset", required=True)
     p.add_argument("--eps", required=True)
     p.add_argument("--norm", default="Linf")
-    p.add_argument("--claim", required=True, help="claimed robust accuracy as a fraction (0.53) or percent (53 or 53%%)")
-    p.add_argument("--claim-attack", default=None, help="the attack behind the claim, e.g. 'PGD-20', 'PGD-100 x5 restarts', 'AutoAttack'")
-    p.add_argument("--normalize", default=None, metavar="dataset|MEAN:STD",
-                   help="put a Normalize layer in front of a model that expects normalised input (recorded in the audit)")
+    p.add_argument(
+        "--claim", required=True, help="claimed robust accuracy as a fraction (0.53) or percent (53 or 53%%)"
+    )
+    p.add_argument(
+        "--claim-attack",
+        default=None,
+        help="the attack behind the claim, e.g. 'PGD-20', 'PGD-100 x5 restarts', 'AutoAttack'",
+    )
+    p.add_argument(
+        "--normalize",
+        default=None,
+        metavar="dataset|MEAN:STD",
+        help="put a Normalize layer in front of a model that expects normalised input (recorded in the audit)",
+    )
     _common_eval_flags(p, config_dests=False)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
@@ -179,11 +261,22 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--format", choices=["robustbench"], default="robustbench")
     p.add_argument("-o", "--output", required=True, help="folder to write into")
     p.add_argument("--checkpoint", default="best", help="best (default), last or epoch-N")
-    p.add_argument("--suite", default=None, help="the evaluation to take the numbers from (default: one with AutoAttack)")
-    p.add_argument("--model-id", default=None, help="RobustBench file name, e.g. Smith2026Robust (default: the run's name)")
-    for flag, what in (("--title", "name (the paper's title)"), ("--link", "link"), ("--authors", "authors"), ("--venue", "venue")):
+    p.add_argument(
+        "--suite", default=None, help="the evaluation to take the numbers from (default: one with AutoAttack)"
+    )
+    p.add_argument(
+        "--model-id", default=None, help="RobustBench file name, e.g. Smith2026Robust (default: the run's name)"
+    )
+    for flag, what in (
+        ("--title", "name (the paper's title)"),
+        ("--link", "link"),
+        ("--authors", "authors"),
+        ("--venue", "venue"),
+    ):
         p.add_argument(flag, default=None, help=f"the card's {what}")
-    p.add_argument("--force", action="store_true", help="export even an evaluation whose verdict is unreliable (the card says so)")
+    p.add_argument(
+        "--force", action="store_true", help="export even an evaluation whose verdict is unreliable (the card says so)"
+    )
 
 
 def _version() -> str:
@@ -272,9 +365,17 @@ def cmd_run(ns: Dict[str, Any]) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     api = _api()
-    done = api.evaluate_run(args.run_dir, checkpoints=[args.checkpoint], suite=getattr(args, "suite", None),
-                            n=getattr(args, "n", None), batch_size=getattr(args, "batch_size", None), device=args.device,
-                            seed=args.seed, force=args.force, progress=sys.stderr.isatty())
+    done = api.evaluate_run(
+        args.run_dir,
+        checkpoints=[args.checkpoint],
+        suite=getattr(args, "suite", None),
+        n=getattr(args, "n", None),
+        batch_size=getattr(args, "batch_size", None),
+        device=args.device,
+        seed=args.seed,
+        force=args.force,
+        progress=sys.stderr.isatty(),
+    )
     run = RunDir(args.run_dir)
     for ev, how in done:
         doc = ev.to_json()
@@ -369,7 +470,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, prefix:
         sys.stderr.write(f"{prefix}harness: error: {e.strerror or e}{where}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write(f"{prefix}harness: interrupted; finished files are kept (harness run --resume RUN_DIR continues a run)\n")
+        sys.stderr.write(
+            f"{prefix}harness: interrupted; finished files are kept (harness run --resume RUN_DIR continues a run)\n"
+        )
         return 130
     parser.error(f"unknown command {args.command}")
     return 2

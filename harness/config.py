@@ -7,6 +7,7 @@ type is absent (argparse ``SUPPRESS``), never a falsy value that could override 
 The resolved config is a plain dict of JSON types; ``RunDir.write_config`` saves it and that file
 is itself a valid ``--config``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -415,7 +416,11 @@ def check(cfg: Mapping[str, Any]) -> None:
     _int(cfg["monitor"], "val_n", minimum=1, where="monitor.")
     if cfg["eval"].get("n") is not None:
         _int(cfg["eval"], "n", minimum=1, where="eval.")
-    if not isinstance(cfg["train"].get("lr"), (int, float)) or isinstance(cfg["train"].get("lr"), bool) or cfg["train"]["lr"] <= 0:
+    if (
+        not isinstance(cfg["train"].get("lr"), (int, float))
+        or isinstance(cfg["train"].get("lr"), bool)
+        or cfg["train"]["lr"] <= 0
+    ):
         raise ConfigError(f"train.lr must be a positive number, got {cfg['train'].get('lr')!r}")
     if not (isinstance(cfg["device"], str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg["device"])):
         raise ConfigError(f"unknown device {cfg['device']!r}; use auto, cpu, cuda, cuda:N or mps")
@@ -434,8 +439,9 @@ def check(cfg: Mapping[str, Any]) -> None:
     if d.get("pad_mode", "zeros") not in ("zeros", "reflect"):
         raise ConfigError(f"data.pad_mode must be zeros or reflect, got {d.get('pad_mode')!r}")
     if cfg.get("model_options", {}).get("normalize", "dataset") not in ("dataset", "none", "per-image"):
-        raise ConfigError("model_options.normalize must be dataset, none or per-image, "
-                          f"got {cfg['model_options'].get('normalize')!r}")
+        raise ConfigError(
+            f"model_options.normalize must be dataset, none or per-image, got {cfg['model_options'].get('normalize')!r}"
+        )
     m = cfg["monitor"]
     if m.get("stop_rule", "val-collapse") not in ("val-collapse", "first-batch-pgd"):
         raise ConfigError(f"monitor.stop_rule must be val-collapse or first-batch-pgd, got {m.get('stop_rule')!r}")
@@ -447,7 +453,7 @@ def check(cfg: Mapping[str, Any]) -> None:
         run_dir_name(cfg["out"]["name"])  # --dry-run refuses a name that would leave --out, as a real run does
     ckpts = cfg["eval"].get("checkpoints")
     if not isinstance(ckpts, list) or not ckpts:
-        raise ConfigError("eval.checkpoints must be a non-empty list such as [\"best\", \"last\"]")
+        raise ConfigError('eval.checkpoints must be a non-empty list such as ["best", "last"]')
     check_curriculum(cfg)
 
 
@@ -462,25 +468,34 @@ def check_train(train: Mapping[str, Any]) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ConfigError(f"train.{key} must be a number >= 0, got {v!r}")
     ms = train.get("milestones")
-    if not isinstance(ms, list) or not all(isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 1 for m in ms):
-        raise ConfigError(f"train.milestones must be a list of fractions of training in (0, 1), e.g. [0.5, 0.75]; got {ms!r}")
+    if not isinstance(ms, list) or not all(
+        isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 1 for m in ms
+    ):
+        raise ConfigError(
+            f"train.milestones must be a list of fractions of training in (0, 1), e.g. [0.5, 0.75]; got {ms!r}"
+        )
     if not isinstance(train.get("sync_bn", False), bool):
         raise ConfigError(f"train.sync_bn must be true or false, got {train.get('sync_bn')!r}")
     peak = train.get("cyclic_peak")
     if isinstance(peak, bool) or not isinstance(peak, (int, float)) or not 0 < peak < 1:
         raise ConfigError(f"train.cyclic_peak must be a fraction in (0, 1), got {peak!r}")
     cm = train.get("cycle_momentum")
-    numbers = isinstance(cm, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
-                                           for v in cm)
+    numbers = isinstance(cm, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in cm
+    )
     if cm is not None and not (numbers and len(cm) == 2 and cm[0] <= cm[1]):
-        raise ConfigError("train.cycle_momentum must be null or [base, max] with 0 <= base <= max < 1, "
-                          f"e.g. [0.8, 0.9]; got {cm!r}")
+        raise ConfigError(
+            f"train.cycle_momentum must be null or [base, max] with 0 <= base <= max < 1, e.g. [0.8, 0.9]; got {cm!r}"
+        )
     if cm is not None and (train["optimizer"] != "sgd" or train["schedule"] != "cyclic"):
-        raise ConfigError("train.cycle_momentum cycles SGD's momentum against a cyclic lr: it needs optimizer sgd and "
-                          "schedule cyclic")
+        raise ConfigError(
+            "train.cycle_momentum cycles SGD's momentum against a cyclic lr: it needs optimizer sgd and schedule cyclic"
+        )
     if train.get("loss_scale", "dynamic") not in ("dynamic", 1, 1.0):
-        raise ConfigError(f"train.loss_scale must be dynamic or 1.0 (a static scale of 1, apex's in the Fast-AT code), "
-                          f"got {train.get('loss_scale')!r}")
+        raise ConfigError(
+            f"train.loss_scale must be dynamic or 1.0 (a static scale of 1, apex's in the Fast-AT code), "
+            f"got {train.get('loss_scale')!r}"
+        )
 
 
 def _int(section: Mapping[str, Any], key: str, *, minimum: int, where: str = "") -> None:

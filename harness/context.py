@@ -6,6 +6,7 @@ count are resolved once, the data set is loaded once, the defense and the evalua
 built once. Training, per-epoch monitoring and the final evaluation read what they need from it;
 no stage re-reads config.json, re-parses the threat or reloads the data.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,13 @@ from defenses.registry import DEFENSES
 from harness import distributed
 from harness.config import RunConfig
 from harness.core.errors import ConfigError
-from harness.core.runtime import (apply_memory_format, resolved_memory_format, resolved_precision, select_device,
-                                  set_threads)
+from harness.core.runtime import (
+    apply_memory_format,
+    resolved_memory_format,
+    resolved_precision,
+    select_device,
+    set_threads,
+)
 from harness.core.threat import ThreatModel
 from harness.data import Augment, DataBundle, load_dataset
 from harness.models import model_for
@@ -37,9 +43,16 @@ def load_data(cfg: Mapping[str, Any], device: torch.device) -> DataBundle:
     """The config's data set, with its val split held out (``data.split``) and the training
     augmentation attached to its train split (``data.augment``), on ``device``."""
     d = cfg["data"]
-    return load_dataset(cfg["dataset"], data_dir=d.get("data_dir"), val_size=d["val_size"], split_seed=d["split_seed"],
-                        download=d.get("download", True), device=device, split=d.get("split", "random"),
-                        augment=Augment.from_config(d))
+    return load_dataset(
+        cfg["dataset"],
+        data_dir=d.get("data_dir"),
+        val_size=d["val_size"],
+        split_seed=d["split_seed"],
+        download=d.get("download", True),
+        device=device,
+        split=d.get("split", "random"),
+        augment=Augment.from_config(d),
+    )
 
 
 def check_runnable(cfg: RunConfig) -> None:
@@ -78,8 +91,14 @@ class EvalSetting:
         return str(self.suite["name"])
 
     def attack(self, spec: Mapping[str, Any]) -> Any:
-        return build_attack(spec, self.threat, seed=self.seed, precision=self.precision, num_classes=self.num_classes,
-                            batch_size=self.batch_size)
+        return build_attack(
+            spec,
+            self.threat,
+            seed=self.seed,
+            precision=self.precision,
+            num_classes=self.num_classes,
+            batch_size=self.batch_size,
+        )
 
 
 @dataclass
@@ -98,8 +117,14 @@ class RunContext:
     suite: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, *, threads: Optional[int] = None, device: Optional[str] = None,
-                    data: Optional[DataBundle] = None) -> "RunContext":
+    def from_config(
+        cls,
+        cfg: RunConfig,
+        *,
+        threads: Optional[int] = None,
+        device: Optional[str] = None,
+        data: Optional[DataBundle] = None,
+    ) -> "RunContext":
         """Resolve ``cfg`` (already checked by ``harness.config``): threads first (CPU results depend
         on them bitwise), then the device, the data set (loaded here, once), the defense and the
         suite. Every config and data error surfaces here, before anything is written.
@@ -116,9 +141,18 @@ class RunContext:
         suite = get_suite(cfg["eval"]["suite"])
         bundle = data if data is not None else load_data(cfg, dev)
         threat.check_input_dim(int(math.prod(bundle.shape)))
-        return cls(config=cfg, threat=threat, device=dev, precision=precision,
-                   memory_format=resolved_memory_format(dev, cfg.get("memory_format", "auto")), threads=used_threads,
-                   data=bundle, defense=defense, seed=int(cfg["seed"]), suite=suite)
+        return cls(
+            config=cfg,
+            threat=threat,
+            device=dev,
+            precision=precision,
+            memory_format=resolved_memory_format(dev, cfg.get("memory_format", "auto")),
+            threads=used_threads,
+            data=bundle,
+            defense=defense,
+            seed=int(cfg["seed"]),
+            suite=suite,
+        )
 
     def new_model(self) -> nn.Module:
         """A freshly initialised model of the config's architecture, on the device, in the
@@ -128,25 +162,45 @@ class RunContext:
 
     def attack(self, spec: Mapping[str, Any], *, seed: Optional[int] = None) -> Any:
         """An attack under the run's threat model, seeded with the run's seed (or ``seed``)."""
-        return build_attack(spec, self.threat, seed=self.seed if seed is None else seed, precision=self.precision,
-                            num_classes=self.data.num_classes, batch_size=self.eval_batch_size)
+        return build_attack(
+            spec,
+            self.threat,
+            seed=self.seed if seed is None else seed,
+            precision=self.precision,
+            num_classes=self.data.num_classes,
+            batch_size=self.eval_batch_size,
+        )
 
     @property
     def eval_batch_size(self) -> int:
         return int(self.config["eval"].get("batch_size") or 500)
 
-    def eval_setting(self, *, suite: Optional[str] = None, n: Optional[int] = None, seed: Optional[int] = None,
-                     batch_size: Optional[int] = None) -> EvalSetting:
+    def eval_setting(
+        self,
+        *,
+        suite: Optional[str] = None,
+        n: Optional[int] = None,
+        seed: Optional[int] = None,
+        batch_size: Optional[int] = None,
+    ) -> EvalSetting:
         """The final evaluation's setting: the run's suite, n, seed and batch size unless given."""
         spec = get_suite(suite) if suite else self.suite
         want = int(n or self.config["eval"].get("n") or spec["n"])
         n_eval = min(want, len(self.data.test))
         if n_eval < want:
             log.warning("n=%d exceeds the test split (%d); using all %d", want, n_eval, n_eval)
-        return EvalSetting(suite=spec, threat=self.threat, num_classes=self.data.num_classes, n=n_eval,
-                           seed=self.seed if seed is None else int(seed), batch_size=int(batch_size or self.eval_batch_size),
-                           precision=self.precision)
+        return EvalSetting(
+            suite=spec,
+            threat=self.threat,
+            num_classes=self.data.num_classes,
+            n=n_eval,
+            seed=self.seed if seed is None else int(seed),
+            batch_size=int(batch_size or self.eval_batch_size),
+            precision=self.precision,
+        )
 
     def require_val(self) -> None:
         if len(self.data.val) == 0:
-            raise ConfigError("data.val_size is 0: the per-epoch selection needs a validation split held out from train")
+            raise ConfigError(
+                "data.val_size is 0: the per-epoch selection needs a validation split held out from train"
+            )

@@ -15,6 +15,7 @@ Sources, in order: ``--data-dir``; a system copy (Debian's ``dataset-fashion-mni
 Fashion-MNIST in /usr/share/datasets/fashion-mnist); a download through torchvision (when
 ``download`` is on). A data set that cannot be found is a ``DataError`` that says how to get it.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -85,8 +86,13 @@ class Augment:
         return cls(int(data_cfg.get("crop_padding", 4)), str(data_cfg.get("pad_mode", "zeros")), kind == "crop-flip")
 
     def describe(self) -> Dict[str, Any]:
-        return {"crop_padding": self.crop_padding, "pad_mode": self.pad_mode, "flip": self.flip,
-                "where": "training batches, on the device", "randomness": "the run's data generator"}
+        return {
+            "crop_padding": self.crop_padding,
+            "pad_mode": self.pad_mode,
+            "flip": self.flip,
+            "where": "training batches, on the device",
+            "randomness": "the run's data generator",
+        }
 
     def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -181,8 +187,20 @@ class DataBundle:
     split: str = "random"
 
     def to(self, device: torch.device | str) -> "DataBundle":
-        return DataBundle(self.name, self.train.to(device), self.val.to(device), self.test.to(device), self.num_classes,
-                          self.shape, self.mean, self.std, self.source, self.split_seed, self.classes, self.split)
+        return DataBundle(
+            self.name,
+            self.train.to(device),
+            self.val.to(device),
+            self.test.to(device),
+            self.num_classes,
+            self.shape,
+            self.mean,
+            self.std,
+            self.source,
+            self.split_seed,
+            self.classes,
+            self.split,
+        )
 
     def info(self) -> Dict[str, Any]:
         return {
@@ -265,13 +283,16 @@ def _check_raw(name: str, raw: RawData) -> None:
         if x.dtype != np.uint8:
             lo, hi = float(x.min()), float(x.max())
             if lo < 0.0 or hi > 1.0:
-                raise DataError(f"{name}: {part} images range over [{lo:.3g}, {hi:.3g}]; inputs must be in [0,1] "
-                                "(normalisation belongs inside the model)")
+                raise DataError(
+                    f"{name}: {part} images range over [{lo:.3g}, {hi:.3g}]; inputs must be in [0,1] "
+                    "(normalisation belongs inside the model)"
+                )
         if y.min() < 0 or y.max() >= raw.num_classes:
             raise DataError(f"{name}: {part} labels outside 0..{raw.num_classes - 1}")
 
 
 # -- file formats ------------------------------------------------------------------------------
+
 
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (the MNIST / Fashion-MNIST format), gzip-compressed or not."""
@@ -280,7 +301,9 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:  # type: ignore[operator]
             data = f.read()
     except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read ({e}); the file is corrupt or truncated, delete it and fetch it again") from None
+        raise DataError(
+            f"{path}: cannot read ({e}); the file is corrupt or truncated, delete it and fetch it again"
+        ) from None
     if len(data) < 4:
         raise DataError(f"{path}: not an IDX file (too short)")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
@@ -292,7 +315,9 @@ def read_idx(path: Path) -> np.ndarray:
     expected = int(np.prod(dims)) if dims else 0
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != expected:
-        raise DataError(f"{path}: IDX header says {expected} values but the file holds {body.size}; the file is truncated")
+        raise DataError(
+            f"{path}: IDX header says {expected} values but the file holds {body.size}; the file is truncated"
+        )
     return body.reshape(dims).copy()  # frombuffer is read-only
 
 
@@ -355,7 +380,10 @@ def _idx_dataset(
             getattr(torchvision.datasets, tv_name)(str(root), train=True, download=True)
             getattr(torchvision.datasets, tv_name)(str(root), train=False, download=True)
         except Exception as e:  # noqa: BLE001 - any download failure ends in the same advice
-            raise DataError(f"{name} not found locally and the download failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {how_to_get}") from None
+            raise DataError(
+                f"{name} not found locally and the download failed "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {how_to_get}"
+            ) from None
         found = _find_idx_dir([root / tv_name / "raw"])
     if found is None:
         looked = ", ".join(str(c) for c in roots)
@@ -365,21 +393,48 @@ def _idx_dataset(
         if a[f"{part}_x"].shape[0] != a[f"{part}_y"].shape[0]:
             raise DataError(f"{found}: {part} images and labels differ in count")
     return RawData(
-        train_x=a["train_x"][:, None], train_y=a["train_y"].astype(np.int64),
-        test_x=a["test_x"][:, None], test_y=a["test_y"].astype(np.int64),
-        num_classes=10, mean=(mean,), std=(std,), source=str(found), classes=classes,
+        train_x=a["train_x"][:, None],
+        train_y=a["train_y"].astype(np.int64),
+        test_x=a["test_x"][:, None],
+        test_y=a["test_y"].astype(np.int64),
+        num_classes=10,
+        mean=(mean,),
+        std=(std,),
+        source=str(found),
+        classes=classes,
     )
 
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
-@DATASETS.register("fashion-mnist", summary="Fashion-MNIST, 28x28 grayscale, 10 classes (default; Debian package or download)")
+@DATASETS.register(
+    "fashion-mnist", summary="Fashion-MNIST, 28x28 grayscale, 10 classes (default; Debian package or download)"
+)
 def fashion_mnist(data_dir: Optional[Path] = None, download: bool = True) -> RawData:
     return _idx_dataset(
-        "fashion-mnist", "FashionMNIST", data_dir, download, [SYSTEM_FASHION_MNIST], 0.2860, 0.3530, FASHION_CLASSES,
+        "fashion-mnist",
+        "FashionMNIST",
+        data_dir,
+        download,
+        [SYSTEM_FASHION_MNIST],
+        0.2860,
+        0.3530,
+        FASHION_CLASSES,
         "install Debian's package (sudo apt-get install dataset-fashion-mnist), or pass --data-dir DIR holding "
-        "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz, "
+        "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+        "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz, "
         "or run once with network access to download it",
     )
 
@@ -387,8 +442,16 @@ def fashion_mnist(data_dir: Optional[Path] = None, download: bool = True) -> Raw
 @DATASETS.register("mnist", summary="MNIST, 28x28 grayscale, 10 classes (--data-dir or download)")
 def mnist(data_dir: Optional[Path] = None, download: bool = True) -> RawData:
     return _idx_dataset(
-        "mnist", "MNIST", data_dir, download, [Path("/usr/share/datasets/mnist")], 0.1307, 0.3081, [str(i) for i in range(10)],
-        "pass --data-dir DIR holding the four MNIST IDX files (train-images-idx3-ubyte.gz, ...), or run once with network access to download it",
+        "mnist",
+        "MNIST",
+        data_dir,
+        download,
+        [Path("/usr/share/datasets/mnist")],
+        0.1307,
+        0.3081,
+        [str(i) for i in range(10)],
+        "pass --data-dir DIR holding the four MNIST IDX files (train-images-idx3-ubyte.gz, ...), "
+        "or run once with network access to download it",
     )
 
 
@@ -397,9 +460,16 @@ class _SafeUnpickler(pickle.Unpickler):
     files need (dicts, lists, bytes and numpy arrays) may be constructed."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("builtins", "list"), ("builtins", "dict"), ("_codecs", "encode"), ("collections", "OrderedDict"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("builtins", "list"),
+        ("builtins", "dict"),
+        ("_codecs", "encode"),
+        ("collections", "OrderedDict"),
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -424,13 +494,17 @@ def read_cifar_batch(path: Path) -> Tuple[np.ndarray, np.ndarray]:
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated or foreign files
-        raise DataError(f"{path}: not a readable CIFAR batch ({type(e).__name__}: {e}); delete it and fetch it again") from None
+        raise DataError(
+            f"{path}: not a readable CIFAR batch ({type(e).__name__}: {e}); delete it and fetch it again"
+        ) from None
     expected = "a CIFAR python batch: a dict with 'data' (uint8, N x 3072) and 'labels' or 'fine_labels' (N integers)"
     if not isinstance(d, dict):
         raise DataError(f"{path}: holds a {type(d).__name__}, expected {expected}")
     keys = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
     if "data" not in keys:
-        raise DataError(f"{path}: no 'data' key (keys: {', '.join(map(str, sorted(keys, key=str)))}); expected {expected}")
+        raise DataError(
+            f"{path}: no 'data' key (keys: {', '.join(map(str, sorted(keys, key=str)))}); expected {expected}"
+        )
     data = keys["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
         what = f"a {data.dtype} array" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
@@ -446,8 +520,10 @@ def read_cifar_batch(path: Path) -> Tuple[np.ndarray, np.ndarray]:
     except Exception:  # noqa: BLE001 - ragged or foreign objects
         y = np.asarray([None])
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{path}: labels are {type(labels).__name__} of {y.dtype} with shape {y.shape}; expected a list of "
-                        "N whole numbers")
+        raise DataError(
+            f"{path}: labels are {type(labels).__name__} of {y.dtype} with shape {y.shape}; expected a list of "
+            "N whole numbers"
+        )
     if y.shape[0] != data.shape[0]:
         raise DataError(f"{path}: {data.shape[0]} images but {y.shape[0]} labels")
     return data.reshape(-1, *CIFAR_IMAGE), y.astype(np.int64)
@@ -455,14 +531,27 @@ def read_cifar_batch(path: Path) -> Tuple[np.ndarray, np.ndarray]:
 
 def write_cifar_batch(path: Path, x: np.ndarray, y: np.ndarray, *, fine: bool = False) -> None:
     """Write a CIFAR-format python batch: used by tests to build data in the official format."""
-    d = {"data": np.ascontiguousarray(x, dtype=np.uint8).reshape(x.shape[0], -1), ("fine_labels" if fine else "labels"): list(map(int, y))}
+    d = {
+        "data": np.ascontiguousarray(x, dtype=np.uint8).reshape(x.shape[0], -1),
+        ("fine_labels" if fine else "labels"): list(map(int, y)),
+    }
     with open(path, "wb") as f:
         pickle.dump(d, f, protocol=2)
 
 
 # size: the facts of one CIFAR data set (folder, file names, classes, statistics)
-def _cifar(name: str, folder: str, train_files: List[str], test_file: str, tv_name: str, num_classes: int,
-           mean: Tuple[float, ...], std: Tuple[float, ...], data_dir: Optional[Path], download: bool) -> RawData:
+def _cifar(
+    name: str,
+    folder: str,
+    train_files: List[str],
+    test_file: str,
+    tv_name: str,
+    num_classes: int,
+    mean: Tuple[float, ...],
+    std: Tuple[float, ...],
+    data_dir: Optional[Path],
+    download: bool,
+) -> RawData:
     roots = ([data_dir] if data_dir else []) + [default_cache_dir()]
     found = None
     for r in roots:
@@ -472,7 +561,11 @@ def _cifar(name: str, folder: str, train_files: List[str], test_file: str, tv_na
                 break
         if found:
             break
-    how = f"pass --data-dir DIR holding {folder}/ (the python version from https://www.cs.toronto.edu/~kriz/cifar.html), or run once with network access to download it"
+    how = (
+        f"pass --data-dir DIR holding {folder}/ "
+        "(the python version from https://www.cs.toronto.edu/~kriz/cifar.html), "
+        "or run once with network access to download it"
+    )
     if found is None and download:
         root = data_dir or default_cache_dir()
         try:
@@ -486,20 +579,48 @@ def _cifar(name: str, folder: str, train_files: List[str], test_file: str, tv_na
         raise DataError(f"{name} not found (looked in {', '.join(str(r) for r in roots)}); {how}")
     parts = [read_cifar_batch(found / f) for f in train_files]
     tx, ty = read_cifar_batch(found / test_file)
-    return RawData(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), tx, ty,
-                   num_classes, mean, std, str(found))
+    return RawData(
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        tx,
+        ty,
+        num_classes,
+        mean,
+        std,
+        str(found),
+    )
 
 
 @DATASETS.register("cifar10", summary="CIFAR-10, 32x32 RGB, 10 classes (--data-dir or download)")
 def cifar10(data_dir: Optional[Path] = None, download: bool = True) -> RawData:
-    return _cifar("cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "CIFAR10", 10,
-                  (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), data_dir, download)
+    return _cifar(
+        "cifar10",
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        "CIFAR10",
+        10,
+        (0.4914, 0.4822, 0.4465),
+        (0.2471, 0.2435, 0.2616),
+        data_dir,
+        download,
+    )
 
 
 @DATASETS.register("cifar100", summary="CIFAR-100, 32x32 RGB, 100 classes (--data-dir or download)")
 def cifar100(data_dir: Optional[Path] = None, download: bool = True) -> RawData:
-    return _cifar("cifar100", "cifar-100-python", ["train"], "test", "CIFAR100", 100,
-                  (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), data_dir, download)
+    return _cifar(
+        "cifar100",
+        "cifar-100-python",
+        ["train"],
+        "test",
+        "CIFAR100",
+        100,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        data_dir,
+        download,
+    )
 
 
 @DATASETS.register("svhn", summary="SVHN cropped digits, 32x32 RGB, 10 classes (--data-dir or download)")
@@ -507,7 +628,10 @@ def svhn(data_dir: Optional[Path] = None, download: bool = True) -> RawData:
     roots = ([data_dir] if data_dir else []) + [default_cache_dir()]
     files = ("train_32x32.mat", "test_32x32.mat")
     found = next((d for r in roots for d in (r, r / "svhn") if all((d / f).exists() for f in files)), None)
-    how = "pass --data-dir DIR holding train_32x32.mat and test_32x32.mat (http://ufldl.stanford.edu/housenumbers/), or run once with network access to download them"
+    how = (
+        "pass --data-dir DIR holding train_32x32.mat and test_32x32.mat (http://ufldl.stanford.edu/housenumbers/), "
+        "or run once with network access to download them"
+    )
     if found is None and download:
         root = data_dir or default_cache_dir()
         try:
@@ -532,7 +656,9 @@ def svhn(data_dir: Optional[Path] = None, download: bool = True) -> RawData:
         y = m["y"].astype(np.int64).reshape(-1)
         y[y == 10] = 0  # SVHN stores digit 0 as label 10
         out.append((x, y))
-    return RawData(out[0][0], out[0][1], out[1][0], out[1][1], 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), str(found))
+    return RawData(
+        out[0][0], out[0][1], out[1][0], out[1][1], 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), str(found)
+    )
 
 
 @DATASETS.register("digits", summary="scikit-learn's bundled 8x8 digits, 10 classes (offline; for tests and demos)")
@@ -548,7 +674,9 @@ def digits(data_dir: Optional[Path] = None, download: bool = True) -> RawData:
 
 
 @DATASETS.register("synthetic", summary="generated 1x8x8 images of 10 noisy prototypes (offline; for tests)")
-def synthetic(data_dir: Optional[Path] = None, download: bool = True, n_train: int = 3000, n_test: int = 600) -> RawData:
+def synthetic(
+    data_dir: Optional[Path] = None, download: bool = True, n_train: int = 3000, n_test: int = 600
+) -> RawData:
     """Ten random prototype images plus pixel noise, clipped to [0,1]. Learnable in seconds,
     yet not trivially robust: prototypes differ by about 0.35 per pixel on average."""
     rng = np.random.default_rng(1234)

@@ -30,6 +30,7 @@ The rules the application keeps with it
 - Counts (``sum_counts``, ``merge_passes``) are summed over ranks, so every figure (accuracy,
   passes per example) is the one a single process doing all the work would report.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -94,8 +95,12 @@ def world() -> World:
     if size < 2:
         return SINGLE
     rank = dist.get_rank()
-    return World(rank=rank, size=size, local_rank=int(os.environ.get("LOCAL_RANK", rank)),
-                 local_size=int(os.environ.get("LOCAL_WORLD_SIZE", size)))
+    return World(
+        rank=rank,
+        size=size,
+        local_rank=int(os.environ.get("LOCAL_RANK", rank)),
+        local_size=int(os.environ.get("LOCAL_WORLD_SIZE", size)),
+    )
 
 
 def launched() -> bool:
@@ -173,8 +178,14 @@ def child_group() -> Optional[Dict[str, Any]]:
             s.bind(("", 0))
             where = (socket.getfqdn(), s.getsockname()[1])
     host, port = broadcast_object(where)
-    return {"host": host, "port": port, "rank": w.rank, "size": w.size, "local_rank": w.local_rank,
-            "local_size": w.local_size}
+    return {
+        "host": host,
+        "port": port,
+        "rank": w.rank,
+        "size": w.size,
+        "local_rank": w.local_rank,
+        "local_size": w.local_size,
+    }
 
 
 def _die_with_parent() -> None:
@@ -188,6 +199,7 @@ def _die_with_parent() -> None:
 
 # -- what a rank runs on ----------------------------------------------------------------------------
 
+
 def place(device: torch.device) -> torch.device:
     """This rank's device for a run on ``device``: cuda:LOCAL_RANK for CUDA, the CPU for the CPU;
     ``device`` itself in one process."""
@@ -196,16 +208,22 @@ def place(device: torch.device) -> torch.device:
         return device
     if device.type == "cuda":
         if device.index is not None:
-            raise ConfigError(f"--device {device}: under torchrun each process takes cuda:LOCAL_RANK; use --device cuda "
-                              "(or auto), or CUDA_VISIBLE_DEVICES to choose the GPUs")
+            raise ConfigError(
+                f"--device {device}: under torchrun each process takes cuda:LOCAL_RANK; use --device cuda "
+                "(or auto), or CUDA_VISIBLE_DEVICES to choose the GPUs"
+            )
         count = torch.cuda.device_count()
         if w.local_rank >= count:
-            raise ConfigError(f"LOCAL_RANK {w.local_rank} but {count} CUDA device(s) visible on this node: run one process per "
-                              f"GPU (--nproc-per-node {count} or fewer)")
+            raise ConfigError(
+                f"LOCAL_RANK {w.local_rank} but {count} CUDA device(s) visible on this node: run one process per "
+                f"GPU (--nproc-per-node {count} or fewer)"
+            )
         dev = torch.device("cuda", w.local_rank)
         torch.cuda.set_device(dev)
         return dev
-    raise ConfigError(f"--device {device}: a run under torchrun needs CUDA (one GPU per process, NCCL) or the CPU (gloo)")
+    raise ConfigError(
+        f"--device {device}: a run under torchrun needs CUDA (one GPU per process, NCCL) or the CPU (gloo)"
+    )
 
 
 def default_threads() -> Optional[int]:
@@ -227,12 +245,17 @@ def describe() -> Optional[Dict[str, Any]]:
     if not w.distributed:
         return None
     mine = {"rank": w.rank, "local_rank": w.local_rank, "host": platform.node(), "pid": os.getpid()}
-    return {"world_size": w.size, "local_world_size": w.local_size, "backend": str(dist.get_backend()),
-            "launcher": "torchrun" if launched() else "a process group joined by the caller",
-            "ranks": all_gather_object(mine)}
+    return {
+        "world_size": w.size,
+        "local_world_size": w.local_size,
+        "backend": str(dist.get_backend()),
+        "launcher": "torchrun" if launched() else "a process group joined by the caller",
+        "ranks": all_gather_object(mine),
+    }
 
 
 # -- collectives (identity in one process) ----------------------------------------------------------
+
 
 def barrier() -> None:
     if world().distributed:
@@ -316,12 +339,15 @@ def broadcast_module(model: nn.Module) -> None:
 
 # -- training: data shards and the replica -----------------------------------------------------------
 
+
 def per_rank_batch(batch_size: int) -> int:
     """The per-rank batch that keeps the recipe's global batch: ``batch_size`` / N, which must divide."""
     w = world()
     if batch_size % w.size:
-        raise ConfigError(f"train.batch_size {batch_size} does not divide among {w.size} processes; the recipe's global batch "
-                          f"is kept (each process takes batch_size / {w.size}), so choose a multiple of {w.size}")
+        raise ConfigError(
+            f"train.batch_size {batch_size} does not divide among {w.size} processes; the recipe's global batch "
+            f"is kept (each process takes batch_size / {w.size}), so choose a multiple of {w.size}"
+        )
     return batch_size // w.size
 
 
@@ -336,8 +362,9 @@ def global_steps(n: int, batch_size: int) -> int:
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
-def rank_batches(split: Any, batch_size: int, *, generator: torch.Generator) -> Iterator[Tuple[torch.Tensor, torch.Tensor,
-                                                                                                float, Batch]]:
+def rank_batches(
+    split: Any, batch_size: int, *, generator: torch.Generator
+) -> Iterator[Tuple[torch.Tensor, torch.Tensor, float, Batch]]:
     """This rank's part of every global batch of one epoch, as (x in [0,1], y, share, whole).
 
     Invariant: every rank draws from ``generator`` (the run's data generator) exactly what
@@ -356,7 +383,7 @@ def rank_batches(split: Any, batch_size: int, *, generator: torch.Generator) -> 
     augment = getattr(split, "augment", None)
     order = torch.randperm(n, generator=generator).to(split.y.device)
     for start in range(0, n, batch_size):
-        batch = order[start:start + batch_size]
+        batch = order[start : start + batch_size]
         x = split.images(batch)
         if augment is not None:
             x = augment(x, generator)
@@ -409,12 +436,15 @@ def _no_buffer_sync() -> Dict[str, bool]:
 def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` with SyncBatchNorm in place of BatchNorm (before the optimizer and DDP see it)."""
     if device.type != "cuda":
-        raise ConfigError("train.sync_bn (--sync-bn) needs CUDA: torch's SyncBatchNorm works on GPU modules only; on the CPU "
-                          "BatchNorm stays per process")
+        raise ConfigError(
+            "train.sync_bn (--sync-bn) needs CUDA: torch's SyncBatchNorm works on GPU modules only; on the CPU "
+            "BatchNorm stays per process"
+        )
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 # -- evaluation: the one-process batches, dealt to ranks ----------------------------------------------
+
 
 class BatchShard:
     """``n`` rows in batches of ``batch_size`` (the one-process batching), dealt to the ranks.
@@ -439,7 +469,9 @@ class BatchShard:
         return self.owner(k) == self.world.rank
 
     def batches(self) -> List[Tuple[int, slice]]:
-        return [(k, slice(k * self.batch_size, min((k + 1) * self.batch_size, self.n))) for k in range(self.num_batches)]
+        return [
+            (k, slice(k * self.batch_size, min((k + 1) * self.batch_size, self.n))) for k in range(self.num_batches)
+        ]
 
     def rows(self, rank: Optional[int] = None) -> torch.Tensor:
         r = self.world.rank if rank is None else rank
@@ -458,7 +490,9 @@ class BatchShard:
         Collective (the trailing shape and dtype are agreed first: a rank with no rows sends none)."""
         if not self.world.distributed:
             return part
-        meta = all_gather_object(None if part is None else (tuple(part.shape[1:]), str(part.dtype).replace("torch.", "")))
+        meta = all_gather_object(
+            None if part is None else (tuple(part.shape[1:]), str(part.dtype).replace("torch.", ""))
+        )
         known = [m for m in meta if m is not None]
         if not known:
             return None
@@ -470,10 +504,10 @@ class BatchShard:
         if local.shape[0] != counts[self.world.rank]:
             raise RuntimeError(f"rank {self.world.rank} gathers {local.shape[0]} rows, owns {counts[self.world.rank]}")
         padded = torch.zeros((max(counts), *tail), dtype=wire, device=device)
-        padded[:local.shape[0]] = local.to(device=device, dtype=wire)
+        padded[: local.shape[0]] = local.to(device=device, dtype=wire)
         received = [torch.empty_like(padded) for _ in range(self.world.size)]
         dist.all_gather(received, padded)
         out = torch.empty((self.n, *tail), dtype=dtype, device=device)
         for r, got in enumerate(received):
-            out[self.rows(r).to(device)] = got[:counts[r]].to(dtype)
+            out[self.rows(r).to(device)] = got[: counts[r]].to(dtype)
         return out

@@ -21,14 +21,16 @@ other ranks attack (``PGD.skip``), so the per-example outcome is the one-process
 with several restarts draws per restart only for the points still robust, so its batches depend
 on each other's outcomes: it runs on rank 0 alone, the others wait. Passes are summed over
 ranks (AutoAttack's own input checks on the first batch of each call are paid once per rank, so
-its count is a little above one process's). The sanity checks run once, on rank 0, on the gathered cascade (they read the whole
-record: a per-check sharding would have to re-create each check's own batching), and their
-document is handed to every rank; rank 0 alone writes results and progress.
+its count is a little above one process's). The sanity checks run once, on rank 0, on the
+gathered cascade (they read the whole record: a per-check sharding would have to re-create each
+check's own batching), and their document is handed to every rank; rank 0 alone writes results
+and progress.
 
 For a run directory (``evaluate_checkpoints``) every result is tied to the digest of the weights
 it was computed on: a stored result is reused only for the same weights and setting, a stale one
 is recomputed, and identical weights (``best`` is often the last epoch) are evaluated once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,7 +63,8 @@ SURROGATE_POINTS = 5000  # training points the transfer check may fit its surrog
 
 def _passes(counts: Dict[str, int], n: int, attacked: int) -> Dict[str, Any]:
     return {
-        "forward": counts["forward"], "backward": counts["backward"],
+        "forward": counts["forward"],
+        "backward": counts["backward"],
         "forward_per_example": counts["forward"] / n if n else None,
         "backward_per_example": counts["backward"] / n if n else None,
         "forward_per_attacked": counts["forward"] / attacked if attacked else None,
@@ -74,7 +77,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     with eval_mode(model):
         if not x.shape[0]:
             return torch.zeros(0, dtype=torch.long, device=x.device)
-        return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
+        return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
 
 
 def check_inputs(x: torch.Tensor) -> None:
@@ -82,11 +85,14 @@ def check_inputs(x: torch.Tensor) -> None:
         raise DataError("no evaluation points")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > 1:
-        raise DataError(f"evaluation inputs range over [{lo:.3g}, {hi:.3g}], not [0,1]: the data looks normalised; "
-                        "eps is defined in [0,1] pixel units, so normalisation must live inside the model")
+        raise DataError(
+            f"evaluation inputs range over [{lo:.3g}, {hi:.3g}], not [0,1]: the data looks normalised; "
+            "eps is defined in [0,1] pixel units, so normalisation must live inside the model"
+        )
 
 
 # -- resumable state ---------------------------------------------------------------------------
+
 
 class _State:
     """Finished attacks of one evaluation, saved after each attack (atomically)."""
@@ -109,7 +115,9 @@ class _State:
 
     def save(self) -> None:
         if self.path is not None and distributed.world().is_writer:
-            atomic_write_json(self.path, {"fingerprint": self.fingerprint, "records": self.records}, schema="eval-state")
+            atomic_write_json(
+                self.path, {"fingerprint": self.fingerprint, "records": self.records}, schema="eval-state"
+            )
 
     def clear(self) -> None:
         if self.path is not None and distributed.world().is_writer and self.path.exists():
@@ -122,10 +130,13 @@ def _fingerprint(*parts: Any) -> str:
 
 # -- the engine --------------------------------------------------------------------------------
 
+
 class _Cascade:
     """The suite's attacks in order, each on the points still robust; the per-example record."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, setting: EvalSetting, clean_pred: torch.Tensor):
+    def __init__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, setting: EvalSetting, clean_pred: torch.Tensor
+    ):
         self.model, self.x, self.y, self.setting = model, x, y, setting
         n = int(x.shape[0])
         self.n = n
@@ -145,11 +156,21 @@ class _Cascade:
         self.broken_by[broke] = i
         self.adv_pred[broke] = apred[broke]
         self.records.append({k: v for k, v in saved.items() if not k.startswith("_")})
-        self.trail.append({"name": attack.name, "label": attack.label(), "descriptor": desc,
-                           "ran_on": torch.tensor(saved["_ran_on"], dtype=torch.bool, device=dev), "broke": broke,
-                           "path_success": None, "loss_trace": None})
+        self.trail.append(
+            {
+                "name": attack.name,
+                "label": attack.label(),
+                "descriptor": desc,
+                "ran_on": torch.tensor(saved["_ran_on"], dtype=torch.bool, device=dev),
+                "broke": broke,
+                "path_success": None,
+                "loss_trace": None,
+            }
+        )
 
-    def attack(self, i: int, attack: Any, desc: Dict[str, Any], counter: PassCounter, bar: "_Progress") -> Dict[str, Any]:
+    def attack(
+        self, i: int, attack: Any, desc: Dict[str, Any], counter: PassCounter, bar: "_Progress"
+    ) -> Dict[str, Any]:
         """Run attack ``i`` on the points still robust; returns the state record to save."""
         x, y, bs, n = self.x, self.y, self.setting.batch_size, self.n
         idx = self.robust.nonzero().squeeze(1)
@@ -164,7 +185,13 @@ class _Cascade:
             distributed.merge_passes(counter, snap)  # the other ranks' share of the attack
             used = counter.since(snap)  # the attack's own passes, not our labelling forward below
             # nothing outside the threat model is ever counted
-            verify(xs, x_adv, self.setting.threat.norm, self.setting.threat.eps, what=f"{attack.label()} adversarial example")
+            verify(
+                xs,
+                x_adv,
+                self.setting.threat.norm,
+                self.setting.threat.eps,
+                what=f"{attack.label()} adversarial example",
+            )
             pred = predict(self.model, x_adv, bs)
             success = pred != ys
             broke_idx = idx[success]
@@ -179,19 +206,36 @@ class _Cascade:
         broke = torch.zeros(n, dtype=torch.bool, device=x.device)
         broke[idx[success]] = True
         k = int(self.robust.sum())
-        rec = {"name": attack.name, "label": attack.label(), "descriptor": desc, "ran_on": int(idx.numel()),
-               "broke": int(success.sum()), "after": proportion(k, n),
-               "passes": _passes(used, n, int(idx.numel())), "wall_s": time.perf_counter() - t0}
+        rec = {
+            "name": attack.name,
+            "label": attack.label(),
+            "descriptor": desc,
+            "ran_on": int(idx.numel()),
+            "broke": int(success.sum()),
+            "after": proportion(k, n),
+            "passes": _passes(used, n, int(idx.numel())),
+            "wall_s": time.perf_counter() - t0,
+        }
         if i == 0:
             rec["alone"] = proportion(k, n)
         self.records.append(rec)
-        self.trail.append({"name": attack.name, "label": attack.label(), "descriptor": desc, "ran_on": ran_on, "broke": broke,
-                           "path_success": path if attack.name in ("pgd", "fgsm") else None, "loss_trace": trace})
+        self.trail.append(
+            {
+                "name": attack.name,
+                "label": attack.label(),
+                "descriptor": desc,
+                "ran_on": ran_on,
+                "broke": broke,
+                "path_success": path if attack.name in ("pgd", "fgsm") else None,
+                "loss_trace": trace,
+            }
+        )
         log.info("%s: ran on %d, broke %d, robust %.2f%%", attack.label(), idx.numel(), int(success.sum()), 100 * k / n)
         return {**rec, "_broke": broke.tolist(), "_ran_on": ran_on.tolist(), "_adv_pred": self.adv_pred.tolist()}
 
-    def _generate(self, attack: Any, xs: torch.Tensor, ys: torch.Tensor,
-                  bar: "_Progress") -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def _generate(
+        self, attack: Any, xs: torch.Tensor, ys: torch.Tensor, bar: "_Progress"
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Adversarial examples for (xs, ys): in one call for attacks that batch themselves
         (AutoAttack batches exactly as the reference does), else in the suite's batches with one
         generator across them. Returns (x_adv, path success, loss trace).
@@ -210,7 +254,9 @@ class _Cascade:
             return shard.gather(res.x_adv, dev), None, None
         bs = self.setting.batch_size
         gen = attack.generator(dev) if hasattr(attack, "generator") else None
-        shard = distributed.BatchShard(xs.shape[0], bs, dealt=bool(getattr(attack, "draws_fixed_per_batch", gen is None)))
+        shard = distributed.BatchShard(
+            xs.shape[0], bs, dealt=bool(getattr(attack, "draws_fixed_per_batch", gen is None))
+        )
         bar.start(attack.label(), total=-(-xs.shape[0] // bs))
         x_adv, paths, traces = [], [], []
         for k, s in shard.batches():
@@ -231,8 +277,13 @@ class _Cascade:
         return shard.gather(mine, dev), path, (trace.t() if trace is not None else None)
 
     def per_example(self) -> Dict[str, Any]:
-        return {"label": self.y.tolist(), "clean_correct": self.clean_correct.tolist(), "robust": self.robust.tolist(),
-                "broken_by": [None if b < 0 else int(b) for b in self.broken_by.tolist()], "adv_pred": self.adv_pred.tolist()}
+        return {
+            "label": self.y.tolist(),
+            "clean_correct": self.clean_correct.tolist(),
+            "robust": self.robust.tolist(),
+            "broken_by": [None if b < 0 else int(b) for b in self.broken_by.tolist()],
+            "adv_pred": self.adv_pred.tolist(),
+        }
 
 
 # size: the setting is one object; the rest are keyword-only switches of one call (resume file, progress, checks)
@@ -284,12 +335,21 @@ def evaluate_model(
         "seed": setting.seed,
         "clean": proportion(int(cascade.clean_correct.sum()), n),
         "attacks": cascade.records,
-        "robust": {**proportion(k_robust, n),
-                   "label": f"worst case over {setting.suite_name} ({suite_attack_names(setting.suite, setting.attack)}), {threat.label()}, n={n}"},
+        "robust": {
+            **proportion(k_robust, n),
+            "label": (
+                f"worst case over {setting.suite_name} ({suite_attack_names(setting.suite, setting.attack)}), "
+                f"{threat.label()}, n={n}"
+            ),
+        },
         "per_example": cascade.per_example(),
         "checks": checks,
-        "cost": {"wall_s": time.perf_counter() - t0, **_passes(total, n, n), "clean_passes": clean_counts,
-                 "attack_passes": attack_counts},
+        "cost": {
+            "wall_s": time.perf_counter() - t0,
+            **_passes(total, n, n),
+            "clean_passes": clean_counts,
+            "attack_passes": attack_counts,
+        },
         "precision": setting.precision,
         "batch_size": setting.batch_size,
         "created": now_iso(),
@@ -307,19 +367,39 @@ def _not_run(reason: str) -> Dict[str, Any]:
     return {"verdict": "not run", "reasons": [reason], "findings": []}
 
 
-def _checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, setting: EvalSetting, cascade: _Cascade,
-            surrogate_data: Optional[Tuple[torch.Tensor, torch.Tensor]], progress: bool) -> Dict[str, Any]:
+def _checks(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    setting: EvalSetting,
+    cascade: _Cascade,
+    surrogate_data: Optional[Tuple[torch.Tensor, torch.Tensor]],
+    progress: bool,
+) -> Dict[str, Any]:
     """The suite's sanity checks on the finished cascade, ending in the verdict."""
     suite = setting.suite
     want = suite.get("checks")
     if not want:
         return _not_run(f"suite {setting.suite_name} runs no checks")
     names = checks_for(want, cascade.trail, suite.get("exclude", []))
-    ctx = CheckContext(model=model, x=x, y=y, threat=setting.threat, num_classes=setting.num_classes, seed=setting.seed,
-                       batch_size=setting.batch_size, device=x.device, precision=setting.precision,
-                       clean_correct=cascade.clean_correct, robust=cascade.robust, attacks=cascade.trail,
-                       surrogate_data=surrogate_data, suite=setting.suite_name)
+    ctx = CheckContext(
+        model=model,
+        x=x,
+        y=y,
+        threat=setting.threat,
+        num_classes=setting.num_classes,
+        seed=setting.seed,
+        batch_size=setting.batch_size,
+        device=x.device,
+        precision=setting.precision,
+        clean_correct=cascade.clean_correct,
+        robust=cascade.robust,
+        attacks=cascade.trail,
+        surrogate_data=surrogate_data,
+        suite=setting.suite_name,
+    )
     with _Progress(progress) as bar:
+
         def report(name: Optional[str], done: int, total: int) -> None:
             bar.start("" if name is None else f"check {name} ({done + 1}/{total})", total=None)
 
@@ -338,8 +418,13 @@ class _Progress:
         if self.enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                               TimeElapsedColumn(), transient=False)
+            self._p = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                transient=False,
+            )
             self._p.__enter__()
         return self
 
@@ -361,6 +446,7 @@ class _Progress:
 
 # -- run directories ---------------------------------------------------------------------------
 
+
 class Checkpoint:
     """One checkpoint of a run, loaded as data: its weights, epoch, file and weights digest."""
 
@@ -368,8 +454,10 @@ class Checkpoint:
         path = run.checkpoint_path(name)
         if not path.exists():
             have = run.available_checkpoints()
-            raise HarnessError(f"{run.path}: no checkpoint {name!r} "
-                               f"(have: {', '.join(have) or 'none; the run has not finished an epoch'})")
+            raise HarnessError(
+                f"{run.path}: no checkpoint {name!r} "
+                f"(have: {', '.join(have) or 'none; the run has not finished an epoch'})"
+            )
         self.name, self.path = name, path
         self.epoch: Optional[int] = None
         if name == "last":
@@ -394,13 +482,25 @@ class Checkpoint:
 
 def _reusable(doc: Optional[Dict[str, Any]], setting: EvalSetting, sha: str) -> bool:
     """A stored result stands for these weights under this setting (suite, n, seed, threat)."""
-    return (doc is not None and doc.get("weights_sha256") == sha and (doc.get("data") or {}).get("n") == setting.n
-            and doc.get("seed") == setting.seed and doc.get("threat") == setting.threat.to_dict()
-            and doc.get("suite_spec") == {k: v for k, v in setting.suite.items() if k != "name"})
+    return (
+        doc is not None
+        and doc.get("weights_sha256") == sha
+        and (doc.get("data") or {}).get("n") == setting.n
+        and doc.get("seed") == setting.seed
+        and doc.get("threat") == setting.threat.to_dict()
+        and doc.get("suite_spec") == {k: v for k, v in setting.suite.items() if k != "name"}
+    )
 
 
-def evaluate_checkpoints(run: RunDir, ctx: RunContext, setting: EvalSetting, checkpoints: Sequence[str], *,
-                         force: bool = False, progress: bool = False) -> List[Tuple[Dict[str, Any], str]]:
+def evaluate_checkpoints(
+    run: RunDir,
+    ctx: RunContext,
+    setting: EvalSetting,
+    checkpoints: Sequence[str],
+    *,
+    force: bool = False,
+    progress: bool = False,
+) -> List[Tuple[Dict[str, Any], str]]:
     """Evaluate each named checkpoint of ``run`` under ``setting`` and write eval/SUITE--CKPT.json.
 
     Returns (result, how) per checkpoint, ``how`` one of "evaluated", "stored" (an earlier result
@@ -420,29 +520,57 @@ def evaluate_checkpoints(run: RunDir, ctx: RunContext, setting: EvalSetting, che
         ck = Checkpoint(run, name)
         stored = distributed.on_writer(lambda: run.read_eval_result(setting.suite_name, name))
         if not force and _reusable(stored, setting, ck.sha256):
-            log.info("%s: %s already evaluated with %s for these weights (use --force to re-run)", run.path, name,
-                     setting.suite_name)
+            log.info(
+                "%s: %s already evaluated with %s for these weights (use --force to re-run)",
+                run.path,
+                name,
+                setting.suite_name,
+            )
             out.append((stored, "stored"))  # type: ignore[arg-type]
             continue
         if stored is not None and not force:
-            log.warning("%s: the stored %s result of %s is not for the checkpoint's current weights or setting; "
-                        "evaluating again", run.path, setting.suite_name, name)
+            log.warning(
+                "%s: the stored %s result of %s is not for the checkpoint's current weights or setting; "
+                "evaluating again",
+                run.path,
+                setting.suite_name,
+                name,
+            )
         twin = by_weights.get(ck.sha256) if not force else None
         if twin is not None and twin[0] != name:
             doc = {**twin[1], "checkpoint": name, "checkpoint_epoch": ck.epoch, "same_weights_as": twin[0]}
             how = f"same weights as {twin[0]}"
         else:
-            res = evaluate_model(ck.model(ctx), x, y, setting,
-                                 state_path=run.eval_state_dir(setting.suite_name, name).with_suffix(".json"),
-                                 state_key=[name, ck.sha256], progress=progress, surrogate_data=surrogate)
+            res = evaluate_model(
+                ck.model(ctx),
+                x,
+                y,
+                setting,
+                state_path=run.eval_state_dir(setting.suite_name, name).with_suffix(".json"),
+                state_key=[name, ck.sha256],
+                progress=progress,
+                surrogate_data=surrogate,
+            )
             env = environment(ctx.device)
             world = distributed.describe()
             if world is not None:
                 env["distributed"] = world
-            doc = {"suite": res.pop("suite"), "checkpoint": name, "checkpoint_epoch": ck.epoch,
-                   "data": {"dataset": ctx.config["dataset"], "split": "test", "n": int(x.shape[0]),
-                            "subset": "first n in fixed order", "source": ctx.data.source},
-                   "weights_sha256": ck.sha256, "checkpoint_file": ck.file, **res, "env": env}
+            doc = {
+                "suite": res.pop("suite"),
+                "checkpoint": name,
+                "checkpoint_epoch": ck.epoch,
+                "data": {
+                    "dataset": ctx.config["dataset"],
+                    "split": "test",
+                    "n": int(x.shape[0]),
+                    "subset": "first n in fixed order",
+                    "source": ctx.data.source,
+                },
+                "weights_sha256": ck.sha256,
+                "checkpoint_file": ck.file,
+                **res,
+                "env": env,
+            }
             doc["per_example"] = {"index": list(range(int(x.shape[0]))), **doc["per_example"]}
             how = "evaluated"
             by_weights.setdefault(ck.sha256, (name, doc))

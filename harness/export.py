@@ -35,6 +35,7 @@ Everything the leaderboard fields cannot carry (fractions with their 95% interva
 seed, checkpoint epoch, verdict and reasons, the weights' SHA-256) is in the card's ``harness``
 object, which RobustBench's readers ignore.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,20 @@ from harness.evaluation import Checkpoint
 from harness.models import model_for
 
 # the fields every RobustBench Linf / L2 leaderboard file has, and the optional ones (see above)
-ROBUSTBENCH_FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
-                      "architecture", "eps", "clean_acc", "reported", "autoattack_acc")
+ROBUSTBENCH_FIELDS = (
+    "link",
+    "name",
+    "authors",
+    "additional_data",
+    "number_forward_passes",
+    "dataset",
+    "venue",
+    "architecture",
+    "eps",
+    "clean_acc",
+    "reported",
+    "autoattack_acc",
+)
 ROBUSTBENCH_OPTIONAL = ("footnote", "unreliable", "external")
 
 # RobustBench's architecture names for ours (their spelling: "PreActResNet-18", "WideResNet-28-10")
@@ -81,10 +94,13 @@ def autoattack_stage(result: Mapping[str, Any]) -> Optional[Tuple[Dict[str, Any]
     norm = (result.get("threat") or {}).get("norm", "Linf")
     want = list(version_components("standard", norm))
     attacks = list(result.get("attacks") or [])
-    head = attacks[:len(want)]
+    head = attacks[: len(want)]
     names = [a.get("name") for a in head]
-    ok = (names == want and all((a.get("descriptor") or {}).get("library") == "pyautoattack"
-                                and (a.get("descriptor") or {}).get("autoattack_version") == "standard" for a in head))
+    ok = names == want and all(
+        (a.get("descriptor") or {}).get("library") == "pyautoattack"
+        and (a.get("descriptor") or {}).get("autoattack_version") == "standard"
+        for a in head
+    )
     if not ok or not head[-1].get("after"):
         return None
     return dict(head[-1]["after"]), names
@@ -103,16 +119,19 @@ def pick_result(run: RunDir, checkpoint: str, suite: Optional[str]) -> Dict[str,
         what = f"suite {suite!r}" if suite else "any suite"
         suites = ", ".join(sorted({s for s, _ in others}))
         seen = f" (evaluated with {suites}, none running AutoAttack standard first)" if others else ""
-        raise HarnessError(f"{run.path}: no evaluation of checkpoint {checkpoint!r} with {what} ran AutoAttack "
-                           f"standard{seen}; RobustBench's number is AutoAttack's: run harness eval {run.path} "
-                           f"--checkpoint {checkpoint} --suite standard (or quick) first")
+        raise HarnessError(
+            f"{run.path}: no evaluation of checkpoint {checkpoint!r} with {what} ran AutoAttack "
+            f"standard{seen}; RobustBench's number is AutoAttack's: run harness eval {run.path} "
+            f"--checkpoint {checkpoint} --suite standard (or quick) first"
+        )
     own = (cfg.get("eval") or {}).get("suite")
     found.sort(key=lambda sr: (sr[0] != own, -int((sr[1].get("data") or {}).get("n") or 0)))
     return found[0][1]
 
 
-def _load_weights(run: RunDir, cfg: Mapping[str, Any], checkpoint: str,
-                  result: Mapping[str, Any]) -> Tuple[Dict[str, Any], Any, int]:
+def _load_weights(
+    run: RunDir, cfg: Mapping[str, Any], checkpoint: str, result: Mapping[str, Any]
+) -> Tuple[Dict[str, Any], Any, int]:
     """The checkpoint's state dict in the run's architecture, the data bundle, and its epoch.
     Refuses weights that are not the ones evaluated (the result's weights digest, or its epoch
     for results older than digests, differs)."""
@@ -120,13 +139,21 @@ def _load_weights(run: RunDir, cfg: Mapping[str, Any], checkpoint: str,
     digest = result.get("weights_sha256")
     evaluated_epoch = result.get("checkpoint_epoch")
     if (digest is not None and digest != ck.sha256) or (evaluated_epoch is not None and evaluated_epoch != ck.epoch):
-        raise HarnessError(f"{ck.path} holds other weights than the {result.get('suite')} evaluation of {checkpoint} "
-                           f"(epoch {ck.epoch} now, {evaluated_epoch} evaluated): re-evaluate with harness eval "
-                           f"{run.path} --checkpoint {checkpoint} --force before exporting")
+        raise HarnessError(
+            f"{ck.path} holds other weights than the {result.get('suite')} evaluation of {checkpoint} "
+            f"(epoch {ck.epoch} now, {evaluated_epoch} evaluated): re-evaluate with harness eval "
+            f"{run.path} --checkpoint {checkpoint} --force before exporting"
+        )
     d = cfg["data"]
-    bundle = load_dataset(cfg["dataset"], data_dir=d.get("data_dir"), val_size=d.get("val_size"),
-                          split_seed=d.get("split_seed", 0), download=d.get("download", True), device="cpu",
-                          split=d.get("split", "random"))
+    bundle = load_dataset(
+        cfg["dataset"],
+        data_dir=d.get("data_dir"),
+        val_size=d.get("val_size"),
+        split_seed=d.get("split_seed", 0),
+        download=d.get("download", True),
+        device="cpu",
+        split=d.get("split", "random"),
+    )
     with torch.device("cpu"):
         model = model_for(cfg, bundle)  # the run's input normalisation (model_options.normalize) included
     load_into(model, ck.state, source=str(ck.path))
@@ -141,13 +168,18 @@ def _notes(result: Dict[str, Any], dataset: str, n: int, test_size: int, verdict
     """What a reader of the card must know that RobustBench's fields cannot say."""
     notes: List[str] = []
     if n < test_size:
-        notes.append(f"Evaluated on the first {n} of the {test_size} test points (suite {result['suite']}, seed "
-                     f"{result.get('seed')}); RobustBench evaluates on the full test set.")
+        notes.append(
+            f"Evaluated on the first {n} of the {test_size} test points (suite {result['suite']}, seed "
+            f"{result.get('seed')}); RobustBench evaluates on the full test set."
+        )
     if dataset not in ROBUSTBENCH_DATASETS:
         notes.append(f"Data set {dataset}: RobustBench's leaderboards cover {', '.join(ROBUSTBENCH_DATASETS)} only.")
     if verdict == "unreliable":
-        notes.append("Exported with --force although harness's sanity checks judged this evaluation unreliable: "
-                     + "; ".join(reasons) + ".")
+        notes.append(
+            "Exported with --force although harness's sanity checks judged this evaluation unreliable: "
+            + "; ".join(reasons)
+            + "."
+        )
     elif verdict == "suspicious":
         notes.append("harness's sanity checks found this evaluation suspicious: " + "; ".join(reasons) + ".")
     elif verdict == "not run":
@@ -156,14 +188,25 @@ def _notes(result: Dict[str, Any], dataset: str, n: int, test_size: int, verdict
 
 
 # size: RobustBench's free-text fields (name, link, authors, venue) are the card's own keywords
-def _card(cfg: Mapping[str, Any], result: Mapping[str, Any], threat: Mapping[str, Any], defense: Mapping[str, Any], *,
-          name: Optional[str], link: str, authors: str, venue: str, notes: List[str], verdict: str) -> Dict[str, Any]:
+def _card(
+    cfg: Mapping[str, Any],
+    result: Mapping[str, Any],
+    threat: Mapping[str, Any],
+    defense: Mapping[str, Any],
+    *,
+    name: Optional[str],
+    link: str,
+    authors: str,
+    venue: str,
+    notes: List[str],
+    verdict: str,
+) -> Dict[str, Any]:
     """RobustBench's model_info fields, in its files' order (robustbench/utils.py ModelInfo)."""
     aa, _ = autoattack_stage(result)  # type: ignore[misc]  # pick_result guarantees it
     card: Dict[str, Any] = {
         "link": link,
-        "name": name or (f"{defense.get('title') or cfg['defense']} on {cfg['dataset']}, "
-                         "trained and evaluated with harness"),
+        "name": name
+        or (f"{defense.get('title') or cfg['defense']} on {cfg['dataset']}, trained and evaluated with harness"),
         "authors": authors,
         "additional_data": False,
         "number_forward_passes": 1,
@@ -183,9 +226,19 @@ def _card(cfg: Mapping[str, Any], result: Mapping[str, Any], threat: Mapping[str
 
 
 # size: the keyword options are the card's free-text fields (RobustBench's name, link, authors, venue)
-def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str = "best",
-                       suite: Optional[str] = None, model_id: Optional[str] = None, name: Optional[str] = None,
-                       link: str = "", authors: str = "", venue: str = "", force: bool = False) -> Dict[str, Path]:
+def export_robustbench(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    checkpoint: str = "best",
+    suite: Optional[str] = None,
+    model_id: Optional[str] = None,
+    name: Optional[str] = None,
+    link: str = "",
+    authors: str = "",
+    venue: str = "",
+    force: bool = False,
+) -> Dict[str, Path]:
     """Write the card, the weights and the loader into ``out_dir``; return their paths.
 
     ``DIR/model_info/DATASET/THREAT/MODEL_ID.json`` (the card), ``DIR/MODEL_ID.safetensors``
@@ -199,10 +252,12 @@ def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, checkpoint: 
     verdict = str(checks.get("verdict", "not run"))
     reasons = [str(r) for r in checks.get("reasons") or []]
     if verdict == "unreliable" and not force:
-        raise HarnessError(f"the {result['suite']} evaluation of {checkpoint} is unreliable "
-                           f"({'; '.join(reasons[:2]) or 'see its checks'}); a leaderboard number needs a reliable "
-                           "evaluation: fix the model or the evaluation, or pass --force to export it marked as "
-                           "unreliable")
+        raise HarnessError(
+            f"the {result['suite']} evaluation of {checkpoint} is unreliable "
+            f"({'; '.join(reasons[:2]) or 'see its checks'}); a leaderboard number needs a reliable "
+            "evaluation: fix the model or the evaluation, or pass --force to export it marked as "
+            "unreliable"
+        )
     state, bundle, epoch = _load_weights(run, cfg, checkpoint, result)
     threat = result.get("threat") or cfg["threat"]
     n = int((result.get("data") or {}).get("n") or result["clean"]["n"])
@@ -213,17 +268,45 @@ def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, checkpoint: 
     training = run.read_training() or {}
     defense = training.get("defense") or {}
 
-    card = _card(cfg, result, threat, defense, name=name, link=link, authors=authors, venue=venue,
-                 notes=_notes(result, cfg["dataset"], n, test_size, verdict, reasons), verdict=verdict)
+    card = _card(
+        cfg,
+        result,
+        threat,
+        defense,
+        name=name,
+        link=link,
+        authors=authors,
+        venue=venue,
+        notes=_notes(result, cfg["dataset"], n, test_size, verdict, reasons),
+        verdict=verdict,
+    )
 
     out = Path(out_dir)
     weights = out / f"{model_id}.safetensors"
     card_path = out / "model_info" / cfg["dataset"] / str(threat.get("norm")) / f"{model_id}.json"
-    save_weights(weights, state, metadata={"run": str(run.path.name), "checkpoint": checkpoint, "epoch": str(epoch),
-                                           "model": cfg["model"],
-                                           "inputs": "[0,1] images, normalisation inside the model"})
-    card["harness"] = _provenance(run, cfg, result, checkpoint, epoch, threat, bundle, weights, defense,
-                                  forced=bool(force and verdict == "unreliable"))
+    save_weights(
+        weights,
+        state,
+        metadata={
+            "run": str(run.path.name),
+            "checkpoint": checkpoint,
+            "epoch": str(epoch),
+            "model": cfg["model"],
+            "inputs": "[0,1] images, normalisation inside the model",
+        },
+    )
+    card["harness"] = _provenance(
+        run,
+        cfg,
+        result,
+        checkpoint,
+        epoch,
+        threat,
+        bundle,
+        weights,
+        defense,
+        forced=bool(force and verdict == "unreliable"),
+    )
     # RobustBench's files are plain JSON without our schema keys; written atomically all the same
     atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
     loader = out / "load_model.py"
@@ -235,30 +318,58 @@ def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, checkpoint: 
 
 
 # size: the facts an exported card records beside RobustBench's fields, each from its own source
-def _provenance(run: RunDir, cfg: Dict[str, Any], result: Dict[str, Any], checkpoint: str, epoch: int,
-                threat: Dict[str, Any], bundle: Any, weights: Path, defense: Dict[str, Any], *, forced: bool) -> Dict[str, Any]:
+def _provenance(
+    run: RunDir,
+    cfg: Dict[str, Any],
+    result: Dict[str, Any],
+    checkpoint: str,
+    epoch: int,
+    threat: Dict[str, Any],
+    bundle: Any,
+    weights: Path,
+    defense: Dict[str, Any],
+    *,
+    forced: bool,
+) -> Dict[str, Any]:
     """The card's ``harness`` object (RobustBench's readers ignore it): where the numbers come from."""
     checks = result.get("checks") or {}
     aa, components = autoattack_stage(result)  # type: ignore[misc]
     n = int((result.get("data") or {}).get("n") or result["clean"]["n"])
     return {
-        "run": str(run.path), "checkpoint": checkpoint, "checkpoint_epoch": epoch, "model": cfg["model"],
-        "defense": cfg["defense"], "paper": defense.get("paper"),
+        "run": str(run.path),
+        "checkpoint": checkpoint,
+        "checkpoint_epoch": epoch,
+        "model": cfg["model"],
+        "defense": cfg["defense"],
+        "paper": defense.get("paper"),
         "threat": {"norm": threat.get("norm"), "eps": threat.get("eps"), "eps_value": threat.get("eps_value")},
-        "suite": result["suite"], "n": n, "test_size": len(bundle.test), "subset": (result.get("data") or {}).get("subset"),
-        "seed": result.get("seed"), "clean": result["clean"], "autoattack": {**aa, "components": components},
-        "robust": result["robust"], "verdict": str(checks.get("verdict", "not run")),
-        "reasons": [str(r) for r in checks.get("reasons") or []], "forced": forced,
+        "suite": result["suite"],
+        "n": n,
+        "test_size": len(bundle.test),
+        "subset": (result.get("data") or {}).get("subset"),
+        "seed": result.get("seed"),
+        "clean": result["clean"],
+        "autoattack": {**aa, "components": components},
+        "robust": result["robust"],
+        "verdict": str(checks.get("verdict", "not run")),
+        "reasons": [str(r) for r in checks.get("reasons") or []],
+        "forced": forced,
         "weights": {"file": weights.name, "sha256": file_sha256(weights)},
-        "input": {"shape": list(bundle.shape), "num_classes": bundle.num_classes, "mean": list(bundle.mean),
-                  "std": list(bundle.std), "range": "[0,1]",
-                  "normalize": (cfg.get("model_options") or {}).get("normalize", "dataset")},
+        "input": {
+            "shape": list(bundle.shape),
+            "num_classes": bundle.num_classes,
+            "mean": list(bundle.mean),
+            "std": list(bundle.std),
+            "range": "[0,1]",
+            "normalize": (cfg.get("model_options") or {}).get("normalize", "dataset"),
+        },
         "exported": now_iso(),
     }
 
 
-def _loader_text(model_id: str, model: str, bundle: Any, run: RunDir, checkpoint: str, epoch: int,
-                 normalize: str = "dataset") -> str:
+def _loader_text(
+    model_id: str, model: str, bundle: Any, run: RunDir, checkpoint: str, epoch: int, normalize: str = "dataset"
+) -> str:
     shape = tuple(int(s) for s in bundle.shape)
     return f'''"""Load {model_id}: checkpoint {checkpoint} (epoch {epoch}) of the harness run {run.path.name}.
 
@@ -294,21 +405,28 @@ if __name__ == "__main__":
 
 def _readme_text(model_id: str, card: Mapping[str, Any], card_rel: Path, weights: str) -> str:
     h = card["harness"]
-    lines = [f"# {model_id}", "", card["name"], "",
-             "| field | value |", "|---|---|"]
+    lines = [f"# {model_id}", "", card["name"], "", "| field | value |", "|---|---|"]
     for k in ROBUSTBENCH_FIELDS + ROBUSTBENCH_OPTIONAL:
         if k in card:
             lines.append(f"| {k} | {json.dumps(card[k]) if not isinstance(card[k], str) else card[k]} |")
-    lines += ["", f"Evaluated with the harness suite `{h['suite']}` on the first {h['n']} of {h['test_size']} "
-              f"test points (seed {h['seed']}); AutoAttack standard ({', '.join(h['autoattack']['components'])}) "
-              f"from pyautoattack; sanity-check verdict: {h['verdict']}.", "",
-              "## Files", "",
-              f"- `{card_rel.as_posix()}`: the RobustBench model card "
-              "(their `model_info/DATASET/THREAT/ID.json` layout)",
-              f"- `{weights}`: the weights (safetensors, Normalize layer included: inputs in [0,1])",
-              "- `load_model.py`: builds the architecture and loads the weights", "",
-              "```python", "from load_model import load_model",
-              "model = load_model()  # eval mode, takes [0,1] images", "```", ""]
+    lines += [
+        "",
+        f"Evaluated with the harness suite `{h['suite']}` on the first {h['n']} of {h['test_size']} "
+        f"test points (seed {h['seed']}); AutoAttack standard ({', '.join(h['autoattack']['components'])}) "
+        f"from pyautoattack; sanity-check verdict: {h['verdict']}.",
+        "",
+        "## Files",
+        "",
+        f"- `{card_rel.as_posix()}`: the RobustBench model card (their `model_info/DATASET/THREAT/ID.json` layout)",
+        f"- `{weights}`: the weights (safetensors, Normalize layer included: inputs in [0,1])",
+        "- `load_model.py`: builds the architecture and loads the weights",
+        "",
+        "```python",
+        "from load_model import load_model",
+        "model = load_model()  # eval mode, takes [0,1] images",
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -318,13 +436,24 @@ def export_command(args: Any) -> int:
 
     if args.format != "robustbench":
         raise HarnessError(f"unknown export format {args.format!r}; use robustbench")
-    paths = export_robustbench(args.run_dir, args.output, checkpoint=args.checkpoint, suite=args.suite,
-                               model_id=args.model_id, name=args.title, link=args.link or "",
-                               authors=args.authors or "", venue=args.venue or "", force=args.force)
+    paths = export_robustbench(
+        args.run_dir,
+        args.output,
+        checkpoint=args.checkpoint,
+        suite=args.suite,
+        model_id=args.model_id,
+        name=args.title,
+        link=args.link or "",
+        authors=args.authors or "",
+        venue=args.venue or "",
+        force=args.force,
+    )
     card = json.loads(paths["card"].read_text())
-    sys.stdout.write(f"RobustBench card {paths['card']}: clean {card['clean_acc']}%, "
-                     f"AutoAttack {card['autoattack_acc']}% (n={card['harness']['n']}, "
-                     f"verdict {card['harness']['verdict']})\n")
+    sys.stdout.write(
+        f"RobustBench card {paths['card']}: clean {card['clean_acc']}%, "
+        f"AutoAttack {card['autoattack_acc']}% (n={card['harness']['n']}, "
+        f"verdict {card['harness']['verdict']})\n"
+    )
     for key in ("weights", "loader", "readme"):
         sys.stdout.write(f"  {key}: {paths[key]}\n")
     return 0

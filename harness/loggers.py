@@ -50,6 +50,7 @@ Invariants:
   ``wandb sync`` them in that order). Final results are logged once per run: ``env.json``
   ``loggers.final_logged`` keeps a re-resumed finished run from logging them again.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -76,20 +77,15 @@ EpochHook = Callable[[int, Dict[str, Any]], None]
 class MetricLoggerInterface(Protocol):
     """One tracker. ``step`` is the epoch; ``close`` flushes, and nothing is logged after it."""
 
-    def log(self, name: str, data: Scalar, step: int) -> None:
-        ...
+    def log(self, name: str, data: Scalar, step: int) -> None: ...
 
-    def log_dict(self, payload: Mapping[str, Scalar], step: int) -> None:
-        ...
+    def log_dict(self, payload: Mapping[str, Scalar], step: int) -> None: ...
 
-    def log_text(self, name: str, text: str, step: int) -> None:
-        ...
+    def log_text(self, name: str, text: str, step: int) -> None: ...
 
-    def log_config(self, config: Mapping[str, Any]) -> None:
-        ...
+    def log_config(self, config: Mapping[str, Any]) -> None: ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 # A factory builds a logger for a run: factory(run, resume_from=E or None, state=dict). ``state``
@@ -100,15 +96,20 @@ LOGGERS: Registry[LoggerFactory] = Registry("loggers", modules=["harness.loggers
 
 # -- what is logged ----------------------------------------------------------------------------
 
+
 def epoch_scalars(row: Mapping[str, Any], ro_gap: float) -> Dict[str, float]:
     """The scalars of one metrics.jsonl row (docs/formats.md), by tag. Absent values are left out."""
     out: Dict[str, float] = {}
     train = row.get("train") or {}
     passes = train.get("passes") or {}
-    for tag, value in (("train/loss", train.get("loss")), ("train/accuracy", train.get("accuracy")),
-                       ("train/lr", train.get("lr")), ("train/forward_per_example", passes.get("forward_per_example")),
-                       ("train/backward_per_example", passes.get("backward_per_example")),
-                       ("train/wall_s", train.get("wall_s"))):
+    for tag, value in (
+        ("train/loss", train.get("loss")),
+        ("train/accuracy", train.get("accuracy")),
+        ("train/lr", train.get("lr")),
+        ("train/forward_per_example", passes.get("forward_per_example")),
+        ("train/backward_per_example", passes.get("backward_per_example")),
+        ("train/wall_s", train.get("wall_s")),
+    ):
         _put(out, tag, value)
     strength = train.get("strength") or {}  # the training attack in force (a curriculum ramps it)
     _put(out, "train/attack_eps", strength.get("eps_value"))
@@ -152,6 +153,7 @@ def _put(out: Dict[str, float], tag: str, value: Any) -> bool:
 
 # -- the loggers -------------------------------------------------------------------------------
 
+
 @LOGGERS.register("disk", summary="RUN/scalars.jsonl: one flat line of scalars per step (no package needed)")
 class DiskLogger:
     """Flat scalars in ``RUN/scalars.jsonl``, rewritten atomically on every step (the file is small,
@@ -189,8 +191,12 @@ class DiskLogger:
         pass
 
 
-@LOGGERS.register("tensorboard", summary="TensorBoard event files in RUN/tensorboard/ (the tensorboard extra)",
-                  package="tensorboard", extra="tensorboard")
+@LOGGERS.register(
+    "tensorboard",
+    summary="TensorBoard event files in RUN/tensorboard/ (the tensorboard extra)",
+    package="tensorboard",
+    extra="tensorboard",
+)
 class TensorBoardLogger:
     """``SummaryWriter(RUN/tensorboard, purge_step=E)`` (E: the first epoch of a resumed session).
     Scalars are old-style summaries (float32); texts and the config are text summaries
@@ -247,8 +253,12 @@ def wandb_mode(environ: Optional[Mapping[str, str]] = None) -> str:
     return "offline"
 
 
-@LOGGERS.register("wandb", package="wandb", extra="wandb",
-                  summary="Weights & Biases; offline unless logged in or WANDB_MODE says so (the wandb extra)")
+@LOGGERS.register(
+    "wandb",
+    package="wandb",
+    extra="wandb",
+    summary="Weights & Biases; offline unless logged in or WANDB_MODE says so (the wandb extra)",
+)
 class WandBLogger:
     """A W&B run in ``RUN/wandb/`` named after the run directory, project ``$WANDB_PROJECT`` or
     "harness". ``epoch`` is the x-axis of every metric (``define_metric("*", step_metric="epoch")``,
@@ -260,10 +270,13 @@ class WandBLogger:
 
         state = {} if state is None else state
         mode = wandb_mode()
-        kwargs: Dict[str, Any] = {"project": os.environ.get("WANDB_PROJECT") or "harness", "name": run.path.name,
-                                  "dir": str(run.path), "mode": mode,
-                                  "settings": wandb.Settings(console="off", silent=True, save_code=False,
-                                                             disable_git=True)}
+        kwargs: Dict[str, Any] = {
+            "project": os.environ.get("WANDB_PROJECT") or "harness",
+            "name": run.path.name,
+            "dir": str(run.path),
+            "mode": mode,
+            "settings": wandb.Settings(console="off", silent=True, save_code=False, disable_git=True),
+        }
         if state.get("run_id"):
             kwargs.update(id=state["run_id"], resume="allow")
         self._run: Any = wandb.init(**kwargs)
@@ -299,13 +312,14 @@ class WandBLogger:
 
 # -- the set of a run's loggers ----------------------------------------------------------------
 
+
 def logger_names(cfg: Mapping[str, Any]) -> List[str]:
     """``cfg["log"]`` checked: a list of registered names (a single string is one name)."""
     names = cfg.get("log") or []
     if isinstance(names, str):
         names = [names]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"log must be a list of logger names such as [\"tensorboard\"], got {names!r}")
+        raise ConfigError(f'log must be a list of logger names such as ["tensorboard"], got {names!r}')
     out: List[str] = []
     for n in names:
         LOGGERS.entry(n)  # unknown -> did-you-mean
@@ -324,9 +338,11 @@ def require_packages(names: Iterable[str]) -> None:
         try:
             importlib.import_module(package)
         except ImportError as e:
-            raise HarnessError(f"--log {n} needs the {package} package, which is not installed "
-                               f"({e.__class__.__name__}: {e}); install it with: "
-                               f"pip install 'harness[{meta.get('extra', package)}]'") from None
+            raise HarnessError(
+                f"--log {n} needs the {package} package, which is not installed "
+                f"({e.__class__.__name__}: {e}); install it with: "
+                f"pip install 'harness[{meta.get('extra', package)}]'"
+            ) from None
 
 
 def build_loggers(cfg: Mapping[str, Any]) -> "LoggerSet":
@@ -366,8 +382,11 @@ class LoggerSet:
             return
         previous = (run.read_env().get("loggers") or {}) if resumed else {}
         for n in self.names:
-            kept = {k: v for k, v in (previous.get(n) or {}).items()
-                    if k in ("run_id", "path", "paths", "mode", "project", "last_epoch")}
+            kept = {
+                k: v
+                for k, v in (previous.get(n) or {}).items()
+                if k in ("run_id", "path", "paths", "mode", "project", "last_epoch")
+            }
             self.state[n] = {**kept, "status": "pending"}
             self.active[n] = None
         self._final_done = bool(previous.get("final_logged"))
@@ -410,8 +429,9 @@ class LoggerSet:
             for d in docs:
                 self._call(n, "final results", lambda lg, d=d: lg.log_dict(d["scalars"], d["step"]))
                 for tag, text in d["texts"].items():
-                    self._call(n, "final results",
-                               lambda lg, tag=tag, text=text, d=d: lg.log_text(tag, text, d["step"]))
+                    self._call(
+                        n, "final results", lambda lg, tag=tag, text=text, d=d: lg.log_text(tag, text, d["step"])
+                    )
         self._final_done = True
         self._write_env()
 
@@ -445,8 +465,9 @@ class LoggerSet:
                 last = self.state[n].get("last_epoch")
                 resume_from = (int(last) + 1 if last is not None else 1) if self.resumed else None
                 factory = LOGGERS.get(n)
-                made = self._call(n, "open", lambda _: factory(self.run, resume_from=resume_from, state=self.state[n]),
-                                  opening=True)
+                made = self._call(
+                    n, "open", lambda _: factory(self.run, resume_from=resume_from, state=self.state[n]), opening=True
+                )
                 if made is None:
                     continue
                 self.active[n] = made
@@ -489,8 +510,12 @@ class LoggerSet:
             except Exception:  # noqa: BLE001 - already failed; the first error is the one recorded
                 pass
         self.state.setdefault(name, {}).update(status="failed", error=text, when=when, failed=now_iso())
-        log.warning("logger %s failed at %s and is disabled for the rest of the run (%s); metrics.jsonl is unaffected",
-                    name, when, text)
+        log.warning(
+            "logger %s failed at %s and is disabled for the rest of the run (%s); metrics.jsonl is unaffected",
+            name,
+            when,
+            text,
+        )
         self._write_env()
 
     def _write_env(self) -> None:

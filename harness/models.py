@@ -13,6 +13,7 @@ CIFAR-10) and ``per-image`` (TensorFlow's ``per_image_standardization``: Madry e
 Shafahi et al.'s CIFAR-10 models). The layer keeps its ``mean`` / ``std`` buffers in every mode,
 so checkpoints have one layout.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,12 +94,27 @@ class _InputGradConv(torch.autograd.Function):
         stride, padding, kernel = list(ctx.stride), list(ctx.padding), list(weight.shape[-2:])
         if ctx.needs_input_grad[0]:
             # the transposed convolution's output size can fall short of x's by up to stride - 1
-            out_pad = [x.shape[-2 + i] - ((grad_out.shape[-2 + i] - 1) * stride[i] - 2 * padding[i] + kernel[i]) for i in range(2)]
-            grad_x = torch.ops.aten.slow_conv_transpose2d(grad_out, weight, kernel, None, stride, padding, out_pad, [1, 1])
+            out_pad = [
+                x.shape[-2 + i] - ((grad_out.shape[-2 + i] - 1) * stride[i] - 2 * padding[i] + kernel[i])
+                for i in range(2)
+            ]
+            grad_x = torch.ops.aten.slow_conv_transpose2d(
+                grad_out, weight, kernel, None, stride, padding, out_pad, [1, 1]
+            )
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad_out, x, weight, [weight.shape[0]] if ctx.has_bias else None, stride, padding, [1, 1], False, [0, 0], 1,
-                [False, ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]])
+                grad_out,
+                x,
+                weight,
+                [weight.shape[0]] if ctx.has_bias else None,
+                stride,
+                padding,
+                [1, 1],
+                False,
+                [0, 0],
+                1,
+                [False, ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]],
+            )
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -124,21 +140,38 @@ class InputGradConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and not _cpu_autocast() and self.groups == 1
-                and tuple(self.dilation) == (1, 1) and self.padding_mode == "zeros" and not isinstance(self.padding, str)):
+        if (
+            x.requires_grad
+            and torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and not _cpu_autocast()
+            and self.groups == 1
+            and tuple(self.dilation) == (1, 1)
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+        ):
             return _InputGradConv.apply(x, self.weight, self.bias, tuple(self.stride), tuple(self.padding))
         return super().forward(x)
 
 
-def build_model(name: str, shape: Tuple[int, int, int], num_classes: int,
-                mean: Sequence[float], std: Sequence[float], normalize: str = "dataset") -> NormalizedModel:
+def build_model(
+    name: str,
+    shape: Tuple[int, int, int],
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    normalize: str = "dataset",
+) -> NormalizedModel:
     factory = MODELS.get(name)
     entry = MODELS.entry(name)
     allowed = entry.meta.get("shapes")
     if allowed and tuple(shape) not in [tuple(s) for s in allowed]:
-        raise ConfigError(f"model {name!r} takes inputs of shape {' or '.join('x'.join(map(str, s)) for s in allowed)}, "
-                          f"the data set gives {'x'.join(map(str, shape))}")
+        raise ConfigError(
+            f"model {name!r} takes inputs of shape {' or '.join('x'.join(map(str, s)) for s in allowed)}, "
+            f"the data set gives {'x'.join(map(str, shape))}"
+        )
     if len(mean) != shape[0] or len(std) != shape[0]:
         raise ConfigError(f"normalisation statistics have {len(mean)} channel(s), the inputs {shape[0]}")
     return NormalizedModel(factory(tuple(shape), num_classes), mean, std, normalize)
@@ -150,7 +183,10 @@ def model_for(cfg: Mapping[str, Any], bundle: Any) -> NormalizedModel:
     return build_model(cfg["model"], bundle.shape, bundle.num_classes, bundle.mean, bundle.std, normalize)
 
 
-@MODELS.register("small-cnn", summary="conv4x4-16 s2, conv4x4-32 s2, FC100, FC (Wong et al. / MMR small CNN), any small grayscale or RGB input")
+@MODELS.register(
+    "small-cnn",
+    summary="conv4x4-16 s2, conv4x4-32 s2, FC100, FC (Wong et al. / MMR small CNN), any small grayscale or RGB input",
+)
 def small_cnn(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
     """The small CNN of the Fast-AT MNIST experiments and the MMR Fashion-MNIST table:
     conv 4x4x16 stride 2, conv 4x4x32 stride 2, FC 100, FC num_classes, ReLU activations.
@@ -159,27 +195,40 @@ def small_cnn(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
     h2, w2 = (h + 2 - 4) // 2 + 1, (w + 2 - 4) // 2 + 1
     h3, w3 = (h2 + 2 - 4) // 2 + 1, (w2 + 2 - 4) // 2 + 1
     return nn.Sequential(
-        InputGradConv2d(c, 16, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
+        InputGradConv2d(c, 16, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
         nn.Flatten(),
-        nn.Linear(32 * h3 * w3, 100), nn.ReLU(),
+        nn.Linear(32 * h3 * w3, 100),
+        nn.ReLU(),
         nn.Linear(100, num_classes),
     )
 
 
-@MODELS.register("preact-resnet18", summary="PreAct ResNet-18 for 32x32 RGB (robustbench's architecture, as in Fast-AT)", shapes=[(3, 32, 32)])
+@MODELS.register(
+    "preact-resnet18",
+    summary="PreAct ResNet-18 for 32x32 RGB (robustbench's architecture, as in Fast-AT)",
+    shapes=[(3, 32, 32)],
+)
 def preact_resnet18(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
     r = _rb("resnet")
     # bn_before_fc: the final BN + ReLU of Wong et al.'s PreActResNet18
     return r.PreActResNet(r.PreActBlock, [2, 2, 2, 2], num_classes=num_classes, bn_before_fc=True)
 
 
-@MODELS.register("wrn-28-10", summary="WideResNet-28-10 for 32x32 RGB (robustbench's architecture)", shapes=[(3, 32, 32)])
+@MODELS.register(
+    "wrn-28-10", summary="WideResNet-28-10 for 32x32 RGB (robustbench's architecture)", shapes=[(3, 32, 32)]
+)
 def wrn_28_10(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
     return _rb("wide_resnet").WideResNet(depth=28, widen_factor=10, num_classes=num_classes)
 
 
-@MODELS.register("wrn-34-10", summary="WideResNet-34-10 for 32x32 RGB (robustbench's architecture, as in TRADES / Madry)", shapes=[(3, 32, 32)])
+@MODELS.register(
+    "wrn-34-10",
+    summary="WideResNet-34-10 for 32x32 RGB (robustbench's architecture, as in TRADES / Madry)",
+    shapes=[(3, 32, 32)],
+)
 def wrn_34_10(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
     return _rb("wide_resnet").WideResNet(depth=34, widen_factor=10, num_classes=num_classes)
 

@@ -17,6 +17,7 @@ process would: the FGSM and selection attacks seed themselves per batch, and the
 generator, shared across batches, skips the batches other ranks measure by drawing what the
 attack draws against a stand-in model (``skip_training_attack``).
 """
+
 from __future__ import annotations
 
 import time
@@ -40,11 +41,15 @@ def check_selection(defense: Any, selection: Any) -> List[str]:
     if steps <= train_steps:
         raise ConfigError(
             f"the selection attack {selection.label()} takes {steps} steps, not more than the training attack "
-            f"{defense.train_attack_label()} ({train_steps}); a checkpoint chosen by it would be chosen by the attack it was "
-            f"trained against: set --set selection.steps=N with N > {train_steps}")
+            f"{defense.train_attack_label()} ({train_steps}); "
+            "a checkpoint chosen by it would be chosen by the attack it was "
+            f"trained against: set --set selection.steps=N with N > {train_steps}"
+        )
     warnings = []
     if not getattr(selection, "random_start", True):
-        warnings.append(f"the selection attack {selection.label()} has no random start; selection may favour gradient masking")
+        warnings.append(
+            f"the selection attack {selection.label()} has no random start; selection may favour gradient masking"
+        )
     return warnings
 
 
@@ -106,11 +111,13 @@ class Monitor:
             "train_attack": block("train_attack", defense.train_attack_label(), train_desc),
             "fgsm": block("fgsm", self.fgsm.label(), self.fgsm.describe()),
             "selection": block("selection", self.selection.label(), self.selection.describe()),
-            "passes": {"forward": passes["forward"], "backward": passes["backward"],
-                       "forward_per_example": passes["forward"] / max(n, 1),
-                       "backward_per_example": passes["backward"] / max(n, 1)},
+            "passes": {
+                "forward": passes["forward"],
+                "backward": passes["backward"],
+                "forward_per_example": passes["forward"] / max(n, 1),
+                "backward_per_example": passes["backward"] / max(n, 1),
+            },
         }
-
 
     def _measure(self, model: nn.Module, has_train_attack: bool) -> Tuple[Dict[str, int], Dict[str, int]]:
         """The points robust under each val attack, and the passes it took, counted over the
@@ -136,14 +143,23 @@ class Monitor:
                     tr[s] = ok & _correct(model, xa, yb, self.amp)
                 else:
                     tr[s] = ok
-                for attack, into, what in ((self.fgsm, fg, "FGSM (val)"), (self.selection, sel, "selection attack (val)")):
+                for attack, into, what in (
+                    (self.fgsm, fg, "FGSM (val)"),
+                    (self.selection, sel, "selection attack (val)"),
+                ):
                     r = attack.run(model, xb, yb)
                     verify(xb, r.x_adv, threat.norm, threat.eps, what=what)
                     into[s] = ok & ~r.success
             distributed.merge_passes(counter, {"forward": 0, "backward": 0})
             passes = counter.snapshot()
-        counts = distributed.sum_counts({"clean": int(clean.sum()), "train_attack": int(tr.sum()), "fgsm": int(fg.sum()),
-                                         "selection": int(sel.sum())})
+        counts = distributed.sum_counts(
+            {
+                "clean": int(clean.sum()),
+                "train_attack": int(tr.sum()),
+                "fgsm": int(fg.sum()),
+                "selection": int(sel.sum()),
+            }
+        )
         return counts, passes
 
 
@@ -159,8 +175,9 @@ class _DrawsOnly(nn.Module):
         return x.flatten(1)[:, :1].expand(-1, self.num_classes) * 0.0
 
 
-def skip_training_attack(defense: Any, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
-                         num_classes: int) -> None:
+def skip_training_attack(
+    defense: Any, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, num_classes: int
+) -> None:
     """Draw from ``generator`` exactly what ``defense.attack`` draws on (x, y), without the real
     model: the attack is run against a stand-in. Exact because a defense's training attack draws
     an amount fixed by the batch's shape (random starts, initial noise), never by the model's
@@ -207,7 +224,9 @@ def detect_catastrophic_overfitting(
         if sel < co_ratio * best:
             reasons.append(f"selection accuracy {sel:.3f} is below {co_ratio:g} x the best so far ({best:.3f})")
     if sel < co_ratio * one_step:
-        reasons.append(f"selection accuracy {sel:.3f} is below {co_ratio:g} x the FGSM / training-attack accuracy ({one_step:.3f})")
+        reasons.append(
+            f"selection accuracy {sel:.3f} is below {co_ratio:g} x the FGSM / training-attack accuracy ({one_step:.3f})"
+        )
     if not reasons:
         return False, []
     reasons.append(f"while FGSM / training-attack accuracy stays at {one_step:.3f}")
@@ -216,4 +235,10 @@ def detect_catastrophic_overfitting(
 
 def robust_overfitting(best: float, last: float, threshold: float) -> Dict[str, Any]:
     gap = float(best) - float(last)
-    return {"gap": gap, "flagged": gap > threshold, "threshold": threshold, "best_selection": best, "last_selection": last}
+    return {
+        "gap": gap,
+        "flagged": gap > threshold,
+        "threshold": threshold,
+        "best_selection": best,
+        "last_selection": last,
+    }

@@ -13,6 +13,7 @@ learns of the end (Ctrl-C, torchrun's SIGTERM after another process died, a coll
 failed) writes "interrupted" or "failed", whatever its rank, since rank 0 may be the one that
 died; a "failed" status, with its error, is never overwritten by a later "interrupted".
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -81,8 +82,9 @@ def run_pipeline(
         results: List[Tuple[Dict[str, Any], str]] = []
         if evaluate:
             ev = ctx.config["eval"]
-            results = evaluate_checkpoints(run, ctx, ctx.eval_setting(), list(ev["checkpoints"]),
-                                           progress=_shows_progress(progress))
+            results = evaluate_checkpoints(
+                run, ctx, ctx.eval_setting(), list(ev["checkpoints"]), progress=_shows_progress(progress)
+            )
             loggers.log_final(doc for doc, _ in results)
         # the report says "finished" only if the status is written before it is rendered
         distributed.barrier()  # and only once every process got here
@@ -102,10 +104,22 @@ def _open(run: Optional[RunDir], ctx: RunContext, world: Optional[Dict[str, Any]
         out = cfg["out"]
         run = RunDir.create(out["root"], out.get("name") or RunDir.default_name(cfg))
         run.write_config(dict(cfg))
-        run.write_env({**environment(ctx.device), "started": now_iso(), "finished": None, "status": "running",
-                       "precision": ctx.precision, "memory_format": ctx.memory_format,
-                       "config_sources": ["defaults", f"recipe of {cfg['defense']} for {cfg['dataset']}",
-                                          "config file and flags (argv)"], **processes})
+        run.write_env(
+            {
+                **environment(ctx.device),
+                "started": now_iso(),
+                "finished": None,
+                "status": "running",
+                "precision": ctx.precision,
+                "memory_format": ctx.memory_format,
+                "config_sources": [
+                    "defaults",
+                    f"recipe of {cfg['defense']} for {cfg['dataset']}",
+                    "config file and flags (argv)",
+                ],
+                **processes,
+            }
+        )
         return run
     env = run.read_env()
     run.update_env(status="running", resumed=list(env.get("resumed") or []) + [now_iso()], finished=None, **processes)
@@ -122,7 +136,9 @@ def _status(run: RunDir, ctx: RunContext) -> Iterator[None]:
         _mark_ended(run, "interrupted", interrupted=now_iso())
         raise
     except BaseException as e:
-        _mark_ended(run, "failed", failed=now_iso(), error=f"{type(e).__name__}: {e}", resources=resource_usage(ctx.device))
+        _mark_ended(
+            run, "failed", failed=now_iso(), error=f"{type(e).__name__}: {e}", resources=resource_usage(ctx.device)
+        )
         raise
 
 

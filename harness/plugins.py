@@ -3,6 +3,7 @@
 This lives in the application, not in the kernel's ``harness.core.registry``: it imports the
 plugin packages (and so torch), and the kernel must never import what stands on it.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -17,7 +18,9 @@ from harness.loggers import LOGGERS
 from harness.models import MODELS
 from reports.registry import RENDERERS
 
-REGISTRIES: Dict[str, Registry] = {r.kind: r for r in (DEFENSES, ATTACKS, CHECKS, SUITES, DATASETS, MODELS, RENDERERS, LOGGERS)}
+REGISTRIES: Dict[str, Registry] = {
+    r.kind: r for r in (DEFENSES, ATTACKS, CHECKS, SUITES, DATASETS, MODELS, RENDERERS, LOGGERS)
+}
 
 
 def all_registries() -> Dict[str, Registry]:

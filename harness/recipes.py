@@ -11,19 +11,35 @@ and recomputed, so a saved config.json resolves to itself.
 the data plan (train / val / test sizes, the val split, augmentation), the precision, the stop
 rule and the collapse monitor, and every value with its source. No torch is imported here.
 """
+
 from __future__ import annotations
 
 import copy
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 # every key of the recipe section but "variant" is recomputed, never read as a setting
-RECORD_KEYS = ("defense", "dataset", "family", "default_variant", "variants", "sources", "repositories", "paper",
-               "notes", "differs_from_recipe")
+RECORD_KEYS = (
+    "defense",
+    "dataset",
+    "family",
+    "default_variant",
+    "variants",
+    "sources",
+    "repositories",
+    "paper",
+    "notes",
+    "differs_from_recipe",
+)
 
 # the official train / test sizes, for saying what a recipe's split means without loading the data
 OFFICIAL_SIZES: Dict[str, Tuple[int, int]] = {
-    "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "svhn": (73_257, 26_032),
-    "mnist": (60_000, 10_000), "fashion-mnist": (60_000, 10_000), "digits": (1_437, 360), "synthetic": (3_000, 600),
+    "cifar10": (50_000, 10_000),
+    "cifar100": (50_000, 10_000),
+    "svhn": (73_257, 26_032),
+    "mnist": (60_000, 10_000),
+    "fashion-mnist": (60_000, 10_000),
+    "digits": (1_437, 360),
+    "synthetic": (3_000, 600),
 }
 
 # data.augment "auto": what the references do on each data set (crop + flip on CIFAR-like
@@ -55,7 +71,6 @@ def resolve_recipe(defense: str, dataset: str, variant: Optional[str]) -> Any:
     """The ``ResolvedRecipe`` for (defense, dataset, variant), or None when there is no recipe."""
     from defenses.base import RECIPE_FAMILY
     from defenses.registry import DEFENSES
-
     from harness.core.errors import ConfigError
 
     recipe = recipe_of(DEFENSES.get(defense), dataset)
@@ -85,8 +100,9 @@ def _leaves(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def value_sources(cfg: Mapping[str, Any], *, flags: Mapping[str, Any], file_cfg: Mapping[str, Any],
-                  file_name: Optional[str] = None) -> Dict[str, str]:
+def value_sources(
+    cfg: Mapping[str, Any], *, flags: Mapping[str, Any], file_cfg: Mapping[str, Any], file_name: Optional[str] = None
+) -> Dict[str, str]:
     """Where each value of the resolved config comes from: the command line, the config file,
     the recipe (its citation) or the harness default."""
     rec = cfg.get("recipe") or {}
@@ -122,31 +138,41 @@ def data_plan(cfg: Mapping[str, Any], bundle: Any = None) -> List[str]:
     val = d.get("val_size")
     official = OFFICIAL_SIZES.get(name)
     split = d.get("split", "random")
-    how = {"random": f"a random permutation (numpy default_rng, seed {d.get('split_seed', 0)})",
-           "numpy-legacy": f"np.random.seed({d.get('split_seed', 0)}); np.random.permutation (Rice et al.'s "
-                           "generate_validation.py)",
-           "first": "the first examples of the official train file (TensorFlow's read_data_sets)"}.get(split, split)
+    how = {
+        "random": f"a random permutation (numpy default_rng, seed {d.get('split_seed', 0)})",
+        "numpy-legacy": f"np.random.seed({d.get('split_seed', 0)}); np.random.permutation (Rice et al.'s "
+        "generate_validation.py)",
+        "first": "the first examples of the official train file (TensorFlow's read_data_sets)",
+    }.get(split, split)
     lines = []
     if official is not None:
         n_val = val if val is not None else min(5000, official[0] // 10)
-        lines.append(f"data: {name}: train {official[0] - n_val:,} / val {n_val:,} (held out of the official "
-                     f"{official[0]:,} "
-                     f"by {how}) / test {official[1]:,}")
+        lines.append(
+            f"data: {name}: train {official[0] - n_val:,} / val {n_val:,} (held out of the official "
+            f"{official[0]:,} "
+            f"by {how}) / test {official[1]:,}"
+        )
     else:
         lines.append(f"data: {name}: val {val if val is not None else 'min(5000, 10%)'} held out of train by {how}")
     if bundle is not None:
-        lines.append(f"      found locally ({bundle.source}): train {len(bundle.train):,} / val {len(bundle.val):,} / "
-                     f"test {len(bundle.test):,}")
+        lines.append(
+            f"      found locally ({bundle.source}): train {len(bundle.train):,} / val {len(bundle.val):,} / "
+            f"test {len(bundle.test):,}"
+        )
     aug = d.get("augment", "none")
     if aug == "crop-flip":
-        lines.append(f"augmentation: random crop to the image size from a {d.get('crop_padding', 4)}-pixel "
-                     f"{d.get('pad_mode', 'zeros')} padding + horizontal flip (p=0.5), per training batch on the "
-                     "device, "
-                     "drawn from the run's data generator (resumes bitwise)")
+        lines.append(
+            f"augmentation: random crop to the image size from a {d.get('crop_padding', 4)}-pixel "
+            f"{d.get('pad_mode', 'zeros')} padding + horizontal flip (p=0.5), per training batch on the "
+            "device, "
+            "drawn from the run's data generator (resumes bitwise)"
+        )
     elif aug == "crop":
-        lines.append(f"augmentation: random crop from a {d.get('crop_padding', 4)}-pixel {d.get('pad_mode', 'zeros')} "
-                     "padding, "
-                     "per training batch on the device, drawn from the run's data generator")
+        lines.append(
+            f"augmentation: random crop from a {d.get('crop_padding', 4)}-pixel {d.get('pad_mode', 'zeros')} "
+            "padding, "
+            "per training batch on the device, drawn from the run's data generator"
+        )
     else:
         lines.append("augmentation: none")
     return lines
@@ -157,32 +183,39 @@ def stop_plan(cfg: Mapping[str, Any], early_stop_default: Optional[bool] = None)
     early = m.get("early_stop")
     on = early_stop_default if early is None else bool(early)
     rule = m.get("stop_rule", "val-collapse")
-    lines = [f"collapse monitor (flags only, every run): first {m['val_n']} val points, eval mode, selection attack; "
-             f"flags catastrophic overfitting when it drops by > {m['co_drop']} while FGSM / training-attack accuracy "
-             "holds"]
+    lines = [
+        f"collapse monitor (flags only, every run): first {m['val_n']} val points, eval mode, selection attack; "
+        f"flags catastrophic overfitting when it drops by > {m['co_drop']} while FGSM / training-attack accuracy "
+        "holds"
+    ]
     if not on:
         lines.append("stop rule: none (training runs all epochs)")
     elif rule == "first-batch-pgd":
-        lines.append(f"stop rule: first-batch-pgd (Wong et al. 2020, train_fgsm.py): PGD-{m.get('stop_steps', 5)} "
-                     f"(step {m.get('stop_step_size', 'eps/4')}, 1 restart) on the epoch's first training minibatch, "
-                     "model in "
-                     f"train mode; stop when that accuracy drops by more than {m.get('stop_drop', 0.2)} from the "
-                     "previous "
-                     "epoch's, and keep the previous epoch's weights")
+        lines.append(
+            f"stop rule: first-batch-pgd (Wong et al. 2020, train_fgsm.py): PGD-{m.get('stop_steps', 5)} "
+            f"(step {m.get('stop_step_size', 'eps/4')}, 1 restart) on the epoch's first training minibatch, "
+            "model in "
+            f"train mode; stop when that accuracy drops by more than {m.get('stop_drop', 0.2)} from the "
+            "previous "
+            "epoch's, and keep the previous epoch's weights"
+        )
     else:
         lines.append("stop rule: val-collapse (the harness's own): stop when the collapse monitor flags")
     return lines
 
 
-def explain(cfg: Mapping[str, Any], sources: Mapping[str, str], *, bundle: Any = None,
-            early_stop_default: Optional[bool] = None) -> str:
+def explain(
+    cfg: Mapping[str, Any], sources: Mapping[str, str], *, bundle: Any = None, early_stop_default: Optional[bool] = None
+) -> str:
     """The dry-run report: recipe, data plan, precision, stop rule, then every value and its source."""
     rec = cfg.get("recipe") or {}
     lines = []
     if rec.get("defense"):
         others = [v for v in rec.get("variants", {}) if v not in rec.get("variant", "").split("+")]
-        lines.append(f"recipe: {rec['defense']} on {rec['dataset']} (family {rec['family']}), variant {rec['variant']}"
-                     + (f"; other variants: {', '.join(others)} (--recipe-variant NAME)" if others else ""))
+        lines.append(
+            f"recipe: {rec['defense']} on {rec['dataset']} (family {rec['family']}), variant {rec['variant']}"
+            + (f"; other variants: {', '.join(others)} (--recipe-variant NAME)" if others else "")
+        )
         paper = rec.get("paper")
         if paper and (paper.get("clean") is not None or paper.get("robust") is not None):
             values = (paper.get("clean"), paper.get("robust"))
@@ -199,9 +232,10 @@ def explain(cfg: Mapping[str, Any], sources: Mapping[str, str], *, bundle: Any =
         lines.append(f"recipe: none for {cfg['defense']} on {cfg['dataset']} (harness defaults)")
     lines += data_plan(cfg, bundle)
     mo = cfg.get("model_options", {})
-    lines.append(f"model: {cfg['model']}, input normalisation {mo.get('normalize', 'dataset')}; precision "
-                 f"{cfg['precision']}"
-                 + (f", loss scale {cfg['train'].get('loss_scale')}" if cfg["precision"] == "fp16" else ""))
+    lines.append(
+        f"model: {cfg['model']}, input normalisation {mo.get('normalize', 'dataset')}; precision "
+        f"{cfg['precision']}" + (f", loss scale {cfg['train'].get('loss_scale')}" if cfg["precision"] == "fp16" else "")
+    )
     lines += stop_plan(cfg, early_stop_default)
     lines.append("values and their sources:")
     width = max((len(k) + len(_fmt(_get(cfg, k))) for k in sources), default=0) + 3
@@ -211,12 +245,12 @@ def explain(cfg: Mapping[str, Any], sources: Mapping[str, str], *, bundle: Any =
     return "\n".join(lines) + "\n"
 
 
-def dry_run_report(cfg: Mapping[str, Any], flags: Mapping[str, Any], file_cfg: Mapping[str, Any],
-                   file_name: Optional[str] = None) -> str:
+def dry_run_report(
+    cfg: Mapping[str, Any], flags: Mapping[str, Any], file_cfg: Mapping[str, Any], file_name: Optional[str] = None
+) -> str:
     """``explain`` for ``harness run --dry-run``; the data set is loaded only if it is on this
     machine already (never downloaded), to show its real split sizes beside the reference's."""
     from defenses.registry import DEFENSES
-
     from harness.core.errors import HarnessError
 
     bundle = None
@@ -224,8 +258,14 @@ def dry_run_report(cfg: Mapping[str, Any], flags: Mapping[str, Any], file_cfg: M
         from harness.data import load_dataset
 
         d = cfg["data"]
-        bundle = load_dataset(cfg["dataset"], data_dir=d.get("data_dir"), val_size=d.get("val_size"),
-                              split_seed=d.get("split_seed", 0), download=False, split=d.get("split", "random"))
+        bundle = load_dataset(
+            cfg["dataset"],
+            data_dir=d.get("data_dir"),
+            val_size=d.get("val_size"),
+            split_seed=d.get("split_seed", 0),
+            download=False,
+            split=d.get("split", "random"),
+        )
     except HarnessError:
         bundle = None
     sources = value_sources(cfg, flags=strip_record(flags), file_cfg=strip_record(file_cfg), file_name=file_name)

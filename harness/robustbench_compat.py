@@ -8,6 +8,7 @@ use ourselves. Its data loaders also import ``pkg_resources`` (setuptools < 81, 
 pyproject.toml). Import robustbench only through ``robustbench()`` below, and only where it is
 needed: it is slow to import and pulls in timm.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -60,15 +61,34 @@ _TAKE_LAST = ("Kireev2021Effectiveness", "Andriushchenko2020Understanding")
 # buffers the architecture defines (Wong2020Fast's file has no "mu"/"sigma": its normalisation
 # constants live in the architecture) or carry extra keys; robustbench then loads with
 # strict=False when the strict error names one of _LENIENT_MESSAGES. Same names, same messages.
-_LENIENT = frozenset({
-    "Andriushchenko2020Understanding", "Augustin2020Adversarial", "Engstrom2019Robustness", "Pang2020Boosting",
-    "Rice2020Overfitting", "Rony2019Decoupling", "Wong2020Fast", "Hendrycks2020AugMix_WRN",
-    "Hendrycks2020AugMix_ResNeXt", "Kireev2021Effectiveness_Gauss50percent", "Kireev2021Effectiveness_AugMixNoJSD",
-    "Kireev2021Effectiveness_RLAT", "Kireev2021Effectiveness_RLATAugMixNoJSD", "Kireev2021Effectiveness_RLATAugMix",
-    "Chen2020Efficient", "Wu2020Adversarial", "Augustin2020Adversarial_34_10", "Augustin2020Adversarial_34_10_extra",
-    "Diffenderfer2021Winning_LRR", "Diffenderfer2021Winning_LRR_CARD_Deck", "Diffenderfer2021Winning_Binary",
-    "Diffenderfer2021Winning_Binary_CARD_Deck", "Huang2022Revisiting_WRN-A4", "Bai2024MixedNUTS",
-})
+_LENIENT = frozenset(
+    {
+        "Andriushchenko2020Understanding",
+        "Augustin2020Adversarial",
+        "Engstrom2019Robustness",
+        "Pang2020Boosting",
+        "Rice2020Overfitting",
+        "Rony2019Decoupling",
+        "Wong2020Fast",
+        "Hendrycks2020AugMix_WRN",
+        "Hendrycks2020AugMix_ResNeXt",
+        "Kireev2021Effectiveness_Gauss50percent",
+        "Kireev2021Effectiveness_AugMixNoJSD",
+        "Kireev2021Effectiveness_RLAT",
+        "Kireev2021Effectiveness_RLATAugMixNoJSD",
+        "Kireev2021Effectiveness_RLATAugMix",
+        "Chen2020Efficient",
+        "Wu2020Adversarial",
+        "Augustin2020Adversarial_34_10",
+        "Augustin2020Adversarial_34_10_extra",
+        "Diffenderfer2021Winning_LRR",
+        "Diffenderfer2021Winning_LRR_CARD_Deck",
+        "Diffenderfer2021Winning_Binary",
+        "Diffenderfer2021Winning_Binary_CARD_Deck",
+        "Huang2022Revisiting_WRN-A4",
+        "Bai2024MixedNUTS",
+    }
+)
 _LENIENT_MESSAGES = (
     'Missing key(s) in state_dict: "mu", "sigma".',
     'Unexpected key(s) in state_dict: "model_preact_hl1.1.weight"',
@@ -104,8 +124,9 @@ def load_like_robustbench(net: Any, state: Dict[str, Any], *, name: str, source:
         if missing:
             notes.append(f"kept the architecture's own {', '.join(missing)} (not in the file)")
         if unexpected:
-            notes.append(f"ignored {len(unexpected)} key(s) the architecture does not have: "
-                         f"{', '.join(unexpected[:5])}")
+            notes.append(
+                f"ignored {len(unexpected)} key(s) the architecture does not have: {', '.join(unexpected[:5])}"
+            )
         return notes
 
 
@@ -138,18 +159,26 @@ def zoo_entry(name: str, dataset: str, threat: str) -> dict:
     try:
         ds = BenchmarkDataset(dataset)
     except ValueError:
-        raise ConfigError(f"RobustBench has no models for data set {dataset!r}; its model zoo covers "
-                          f"{', '.join(d.value for d in BenchmarkDataset)}") from None
+        raise ConfigError(
+            f"RobustBench has no models for data set {dataset!r}; its model zoo covers "
+            f"{', '.join(d.value for d in BenchmarkDataset)}"
+        ) from None
     try:
         tm = ThreatModel(threat)
     except ValueError:
-        raise ConfigError(f"RobustBench has no threat model {threat!r}; use one of {', '.join(t.value for t in ThreatModel)}") from None
+        raise ConfigError(
+            f"RobustBench has no threat model {threat!r}; use one of {', '.join(t.value for t in ThreatModel)}"
+        ) from None
     models = model_dicts.get(ds, {}).get(tm)
     if not models:
         raise ConfigError(f"RobustBench has no {dataset} models for the {threat} threat model")
     if name not in models:
         close = difflib.get_close_matches(name, list(models), n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(close)}?" if close else f" ({len(models)} models; see robustbench's model zoo)"
+        hint = (
+            f"; did you mean {' or '.join(close)}?"
+            if close
+            else f" ({len(models)} models; see robustbench's model zoo)"
+        )
         raise UnknownNameError(f"no RobustBench model {name!r} for {dataset} {threat}{hint}")
     return models[name]
 
@@ -170,28 +199,33 @@ def strip_like_robustbench(state: Dict[str, Any]) -> Dict[str, Any]:
     """Remove the ``module.`` then ``model.`` prefixes, as robustbench does for its zoo files."""
     for pre in ("module.", "model."):
         if any(k.startswith(pre) for k in state):
-            state = {k[len(pre):] if k.startswith(pre) else k: v for k, v in state.items()}
+            state = {k[len(pre) :] if k.startswith(pre) else k: v for k, v in state.items()}
     return state
 
 
-def zoo_files(name: str, *, dataset: str, threat: str, model_dir: str | Path,
-              checkpoint: Optional[str | Path] = None) -> Tuple[dict, List[Path]]:
+def zoo_files(
+    name: str, *, dataset: str, threat: str, model_dir: str | Path, checkpoint: Optional[str | Path] = None
+) -> Tuple[dict, List[Path]]:
     """The zoo entry for ``name`` and its weight files, which must exist: nothing is downloaded,
     a missing file is a ``CheckpointError`` that says where it was expected."""
     entry = zoo_entry(name, dataset, threat)
     hub = timm_name(name, dataset, threat)
     if hub is not None:
-        raise ConfigError(f"robustbench loads {name} through timm ({hub}, pretrained weights from the Hugging Face "
-                          "hub), not from a model directory; the harness reads zoo weights only from MODEL_DIR "
-                          f"({dataset}/{threat}/{name}.pt): build the model yourself and use --model FILE.py:FACTORY")
+        raise ConfigError(
+            f"robustbench loads {name} through timm ({hub}, pretrained weights from the Hugging Face "
+            "hub), not from a model directory; the harness reads zoo weights only from MODEL_DIR "
+            f"({dataset}/{threat}/{name}.pt): build the model yourself and use --model FILE.py:FACTORY"
+        )
     ids = entry.get("gdrive_id")
     members = len(ids) if isinstance(ids, list) else 0
     if dataset == "imagenet":
         raise ConfigError("RobustBench ImageNet models are not supported: the harness has no ImageNet data set loader")
     if checkpoint is not None:
         if members:
-            raise ConfigError(f"RobustBench model {name} is an ensemble of {members} networks; put its files in --model-dir "
-                              "(NAME.pt_m0.pt, ...) instead of passing --checkpoint")
+            raise ConfigError(
+                f"RobustBench model {name} is an ensemble of {members} networks; put its files in --model-dir "
+                "(NAME.pt_m0.pt, ...) instead of passing --checkpoint"
+            )
         files = [Path(checkpoint)]
     else:
         files = zoo_weight_files(name, dataset, threat, model_dir, members)
@@ -201,12 +235,14 @@ def zoo_files(name: str, *, dataset: str, threat: str, model_dir: str | Path,
                 f"RobustBench weights for {name} not found: expected {absent[0]}"
                 + (f" (and {len(absent) - 1} more ensemble file(s))" if len(absent) > 1 else "")
                 + f" (layout MODEL_DIR/{dataset}/{threat}/{name}.pt, or .safetensors); nothing is downloaded here: "
-                "copy the file there from a machine with network access, or pass --model-dir / --checkpoint")
+                "copy the file there from a machine with network access, or pass --model-dir / --checkpoint"
+            )
     return entry, files
 
 
-def load_zoo_model(name: str, *, dataset: str, threat: str, model_dir: str | Path,
-                   checkpoint: Optional[str | Path] = None) -> Tuple[Any, Dict[str, Any]]:
+def load_zoo_model(
+    name: str, *, dataset: str, threat: str, model_dir: str | Path, checkpoint: Optional[str | Path] = None
+) -> Tuple[Any, Dict[str, Any]]:
     """The zoo architecture for ``name`` with weights read as data from ``model_dir`` (or from
     ``checkpoint``), in eval mode. Nothing is downloaded: a missing file is a ``CheckpointError``
     that says where it was expected. Returns the model and a provenance record."""
@@ -216,13 +252,21 @@ def load_zoo_model(name: str, *, dataset: str, threat: str, model_dir: str | Pat
     notes: List[str] = []
     targets = [model] if not members else list(model.models)
     for net, f in zip(targets, files):
-        state = load_state_dict_file(f, prefer=("last",) if any(name.startswith(p) or name == p for p in _TAKE_LAST) else ())
+        state = load_state_dict_file(
+            f, prefer=("last",) if any(name.startswith(p) or name == p for p in _TAKE_LAST) else ()
+        )
         notes += load_like_robustbench(net, strip_like_robustbench(state), name=name, source=str(f))
     model.eval()
-    info = {"kind": "robustbench", "name": name, "dataset": dataset, "threat_model": threat,
-            "architecture": type(model).__name__,
-            "files": [{"path": str(f), "sha256": file_sha256(f)} for f in files],
-            "load_notes": notes, "robustbench_version": _robustbench_version()}
+    info = {
+        "kind": "robustbench",
+        "name": name,
+        "dataset": dataset,
+        "threat_model": threat,
+        "architecture": type(model).__name__,
+        "files": [{"path": str(f), "sha256": file_sha256(f)} for f in files],
+        "load_notes": notes,
+        "robustbench_version": _robustbench_version(),
+    }
     return model, info
 
 

@@ -23,6 +23,7 @@ Randomness comes from the generator the loop passes (the training attack's, save
 and the rule's own state (previous accuracy and previous weights) is saved in last.pt too, so a
 resumed run stops where an uninterrupted one would.
 """
+
 from __future__ import annotations
 
 import time
@@ -51,10 +52,20 @@ class ValCollapseRule:
     def observe(self, index: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """Training batches are not needed by this rule."""
 
-    def after_epoch(self, model: nn.Module, generator: Optional[torch.Generator], *, co: bool,
-                    reasons: List[str], epoch: Optional[int] = None) -> Dict[str, Any]:
-        return {"rule": self.name, "fired": bool(co),
-                "reason": ("catastrophic overfitting: " + "; ".join(reasons)) if co else None}
+    def after_epoch(
+        self,
+        model: nn.Module,
+        generator: Optional[torch.Generator],
+        *,
+        co: bool,
+        reasons: List[str],
+        epoch: Optional[int] = None,
+    ) -> Dict[str, Any]:
+        return {
+            "rule": self.name,
+            "fired": bool(co),
+            "reason": ("catastrophic overfitting: " + "; ".join(reasons)) if co else None,
+        }
 
     def restore(self, model: nn.Module) -> Optional[int]:
         return None  # the weights stay; best (chosen on val) already excludes flagged epochs
@@ -71,8 +82,15 @@ class FirstBatchPGDRule:
 
     name = "first-batch-pgd"
 
-    def __init__(self, threat: ThreatModel, *, steps: int = 5, step_size: Any = "eps/4", drop: float = 0.2,
-                 precision: str = "fp32"):
+    def __init__(
+        self,
+        threat: ThreatModel,
+        *,
+        steps: int = 5,
+        step_size: Any = "eps/4",
+        drop: float = 0.2,
+        precision: str = "fp32",
+    ):
         self.threat, self.steps, self.step_size_expr, self.drop = threat, int(steps), step_size, float(drop)
         self.alpha = resolve_step_size(step_size, eps=threat.eps, steps=self.steps)
         self.precision = precision
@@ -82,23 +100,36 @@ class FirstBatchPGDRule:
         self.previous_weights: Optional[Dict[str, torch.Tensor]] = None
 
     def label(self) -> str:
-        return (f"first-batch-pgd: PGD-{self.steps} (step {self.step_size_expr}, 1 restart) on the epoch's first "
-                "training "
-                f"minibatch, train mode; stop when its accuracy drops by more than {self.drop:g} (Wong et al. 2020)")
+        return (
+            f"first-batch-pgd: PGD-{self.steps} (step {self.step_size_expr}, 1 restart) on the epoch's first "
+            "training "
+            f"minibatch, train mode; stop when its accuracy drops by more than {self.drop:g} (Wong et al. 2020)"
+        )
 
     def describe(self) -> Dict[str, Any]:
-        return {"rule": self.name, "label": self.label(), "steps": self.steps, "step_size": self.alpha,
-                "step_size_expr": str(self.step_size_expr), "restarts": 1, "drop": self.drop, "model_mode": "train",
-                "data": "the epoch's first training minibatch", "norm": self.threat.norm, "eps": self.threat.eps_text,
-                "keeps": "the weights after the previous epoch's check",
-                "source": "locuslab/fast_adversarial@54f7287 CIFAR10/train_fgsm.py:L130-140, CIFAR10/utils.py:L55-85"}
+        return {
+            "rule": self.name,
+            "label": self.label(),
+            "steps": self.steps,
+            "step_size": self.alpha,
+            "step_size_expr": str(self.step_size_expr),
+            "restarts": 1,
+            "drop": self.drop,
+            "model_mode": "train",
+            "data": "the epoch's first training minibatch",
+            "norm": self.threat.norm,
+            "eps": self.threat.eps_text,
+            "keeps": "the weights after the previous epoch's check",
+            "source": "locuslab/fast_adversarial@54f7287 CIFAR10/train_fgsm.py:L130-140, CIFAR10/utils.py:L55-85",
+        }
 
     def observe(self, index: int, x: torch.Tensor, y: torch.Tensor) -> None:
         if index == 0:
             self.first = (x.detach().clone(), y.detach().clone())
 
-    def accuracy(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 generator: Optional[torch.Generator]) -> float:
+    def accuracy(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> float:
         """The rule's PGD accuracy on (x, y), the model in whatever mode the caller left it (train)."""
         eps, norm = self.threat.eps, self.threat.norm
         if norm == "Linf":
@@ -123,8 +154,15 @@ class FirstBatchPGDRule:
             out = model((x + delta).clamp(0.0, 1.0))  # train_fgsm.py:L134-136
         return float((out.argmax(1) == y).float().mean())
 
-    def after_epoch(self, model: nn.Module, generator: Optional[torch.Generator], *, co: bool = False,
-                    reasons: Optional[List[str]] = None, epoch: Optional[int] = None) -> Dict[str, Any]:
+    def after_epoch(
+        self,
+        model: nn.Module,
+        generator: Optional[torch.Generator],
+        *,
+        co: bool = False,
+        reasons: Optional[List[str]] = None,
+        epoch: Optional[int] = None,
+    ) -> Dict[str, Any]:
         if self.first is None:
             raise RuntimeError("first-batch-pgd: no training minibatch was observed this epoch")
         x, y = self.first
@@ -132,11 +170,21 @@ class FirstBatchPGDRule:
         t0 = time.perf_counter()
         acc = self.accuracy(model, x, y, generator)
         fired = acc - self.previous_accuracy < -self.drop  # train_fgsm.py:L137
-        record = {"rule": self.name, "accuracy": acc, "previous": self.previous_accuracy, "n": int(y.shape[0]),
-                  "fired": bool(fired), "wall_s": time.perf_counter() - t0,
-                  "reason": (f"first-batch PGD-{self.steps} accuracy fell from {self.previous_accuracy:.3f} to "
-                             f"{acc:.3f} "
-                             f"(more than {self.drop:g})") if fired else None}
+        record = {
+            "rule": self.name,
+            "accuracy": acc,
+            "previous": self.previous_accuracy,
+            "n": int(y.shape[0]),
+            "fired": bool(fired),
+            "wall_s": time.perf_counter() - t0,
+            "reason": (
+                f"first-batch PGD-{self.steps} accuracy fell from {self.previous_accuracy:.3f} to "
+                f"{acc:.3f} "
+                f"(more than {self.drop:g})"
+            )
+            if fired
+            else None,
+        }
         if not fired:
             self.previous_accuracy = acc  # train_fgsm.py:L139-140
             self.previous_epoch = epoch
@@ -153,8 +201,11 @@ class FirstBatchPGDRule:
 
     def state_dict(self) -> Dict[str, Any]:
         weights = None if self.previous_weights is None else {k: v.cpu() for k, v in self.previous_weights.items()}
-        return {"previous_accuracy": self.previous_accuracy, "previous_epoch": self.previous_epoch,
-                "previous_weights": weights}
+        return {
+            "previous_accuracy": self.previous_accuracy,
+            "previous_epoch": self.previous_epoch,
+            "previous_weights": weights,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.previous_accuracy = float(state.get("previous_accuracy", 0.0))
@@ -169,6 +220,11 @@ def build_stop_rule(cfg: Mapping[str, Any], threat: ThreatModel, precision: str,
         return None
     m = cfg["monitor"]
     if m.get("stop_rule", "val-collapse") == "first-batch-pgd":
-        return FirstBatchPGDRule(threat, steps=int(m.get("stop_steps", 5)), step_size=m.get("stop_step_size", "eps/4"),
-                                 drop=float(m.get("stop_drop", 0.2)), precision=precision)
+        return FirstBatchPGDRule(
+            threat,
+            steps=int(m.get("stop_steps", 5)),
+            step_size=m.get("stop_step_size", "eps/4"),
+            drop=float(m.get("stop_drop", 0.2)),
+            precision=precision,
+        )
     return ValCollapseRule()

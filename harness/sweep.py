@@ -247,14 +247,14 @@ def _exclude_entries(exclude_raw: Any, values: Mapping[str, List[Any]], problems
             problems.append(f"exclude entry {i} is empty")
         elif unknown:
             problems.append(
-                f"exclude entry {i} names {', '.join(map(repr, unknown))}, not a swept key "
-                f"(swept: {', '.join(values)})"
+                f"exclude entry {i} names {', '.join(map(repr, unknown))}, not a swept key (swept: {', '.join(values)})"
             )
     return exclude
 
 
-def _expand(values: Mapping[str, List[Any]], exclude: List[Dict[str, Any]],
-            where: str) -> Tuple[List[Dict[str, Any]], int, List[str]]:
+def _expand(
+    values: Mapping[str, List[Any]], exclude: List[Dict[str, Any]], where: str
+) -> Tuple[List[Dict[str, Any]], int, List[str]]:
     """The cartesian product of the swept values minus the excluded cells: (cells kept, how many
     were excluded, a warning per exclude entry that matches nothing)."""
     keys = list(values)

@@ -30,6 +30,7 @@ rank takes the same decisions; rank 0 alone writes, and ``last.pt`` holds every 
 state, training-attack generator and defense state, so a killed multi-process run resumes (with
 the same number of processes) as one process does.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,10 +62,16 @@ EpochHook = Callable[[int, Dict[str, Any]], None]
 
 # -- optimizer and schedule -----------------------------------------------------------------------
 
+
 def make_optimizer(model: torch.nn.Module, tcfg: Mapping[str, Any]) -> torch.optim.Optimizer:
     if tcfg["optimizer"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
-                               weight_decay=tcfg["weight_decay"], nesterov=bool(tcfg["nesterov"]))
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=tcfg["lr"],
+            momentum=tcfg["momentum"],
+            weight_decay=tcfg["weight_decay"],
+            nesterov=bool(tcfg["nesterov"]),
+        )
     return torch.optim.Adam(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
 
 
@@ -148,13 +155,20 @@ def make_scaler(device: torch.device, precision: str, tcfg: Mapping[str, Any]) -
 
 # -- what the loop shows while it runs -------------------------------------------------------------
 
+
 def _progress(enabled: bool):
     if not enabled:
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[info]}"), transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        transient=True,
+    )
 
 
 class _LossDisplay:
@@ -230,14 +244,16 @@ class Selection:
 
 # -- the loop -------------------------------------------------------------------------------------
 
+
 class Trainer:
     """Trains ``ctx.defense`` into ``run``; ``fit()`` returns the ``training.json`` document.
 
     Built from the run context (model, optimizer, schedule, generators, the val monitor) before
     any file is written, so config errors (a selection attack no stronger than the training
-    attack) surface first; the loop itself is ``fit(run)`` over four steps per epoch: ``_train_epoch`` (the defense's steps, measured),
-    ``monitor.evaluate`` (val), ``_select`` (best, collapse, stop), ``_write_epoch`` (the metrics
-    row and the checkpoints), then ``_save_last`` (everything a resume needs)."""
+    attack) surface first; the loop itself is ``fit(run)`` over four steps per epoch:
+    ``_train_epoch`` (the defense's steps, measured), ``monitor.evaluate`` (val), ``_select``
+    (best, collapse, stop), ``_write_epoch`` (the metrics row and the checkpoints), then
+    ``_save_last`` (everything a resume needs)."""
 
     def __init__(self, ctx: RunContext, *, progress: Optional[bool] = None, on_epoch_end: Optional[EpochHook] = None):
         cfg = ctx.config
@@ -269,7 +285,9 @@ class Trainer:
         self.state = _fresh_state()
         self.replica = distributed.Replica(self.model, device=ctx.device) if self.world.distributed else None
         self.train_model = self.replica.ddp if self.replica is not None else self.model
-        self.step_ctx = TrainContext(self.optimizer, self.scheduler, self.attack_gen, ctx.device, ctx.precision, self.scaler)
+        self.step_ctx = TrainContext(
+            self.optimizer, self.scheduler, self.attack_gen, ctx.device, ctx.precision, self.scaler
+        )
 
     # -- resume -------------------------------------------------------------------------------
     def resume(self, run: RunDir) -> None:
@@ -285,9 +303,11 @@ class Trainer:
             raise HarnessError(f"{path} is not a resumable harness checkpoint (format {saved.get('format')!r})")
         processes = int((saved.get("distributed") or {}).get("world_size", 1))
         if processes != self.world.size:
-            raise HarnessError(f"{path} was written by {processes} process(es), this run has {self.world.size}: resume with "
-                               f"torchrun --nproc-per-node {processes} (or without torchrun for 1), since another number of "
-                               "processes changes the data shards and the random streams")
+            raise HarnessError(
+                f"{path} was written by {processes} process(es), this run has {self.world.size}: resume with "
+                f"torchrun --nproc-per-node {processes} (or without torchrun for 1), since another number of "
+                "processes changes the data shards and the random streams"
+            )
         mine = saved["distributed"]["ranks"][self.world.rank] if self.world.distributed else saved
         ckpt.load_into(self.model, saved["model"], source=str(path), allow_net_only=False)
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -309,7 +329,8 @@ class Trainer:
             missing = sorted(set(range(1, done + 1)) - set(have))
             raise HarnessError(
                 f"{run.metrics_path} lost the rows of finished epoch(s) {_ranges(missing)} (last.pt says {done} "
-                f"finished): the report and the training cost would undercount; restore the file or start a new run")
+                f"finished): the report and the training cost would undercount; restore the file or start a new run"
+            )
         if self.world.is_writer:
             run.write_metrics(rows)
         log.info("resuming %s after epoch %d of %d", run.path, done, self.epochs)
@@ -385,7 +406,9 @@ class Trainer:
         distributed.merge_passes(counter, snap)
         loss = float(totals["loss"]) / max(totals["seen"], 1)
         if not math.isfinite(loss):
-            raise HarnessError(f"epoch {epoch}: the training loss is {loss}; lower train.lr or check the defense options")
+            raise HarnessError(
+                f"epoch {epoch}: the training loss is {loss}; lower train.lr or check the defense options"
+            )
         return EpochStats(loss, int(totals["correct"]) / max(totals["seen"], 1), wall, counter.since(snap), strength)
 
     def _batches(self) -> Any:
@@ -400,7 +423,9 @@ class Trainer:
                     self.stop_rule.observe(i, x, y)
                 yield x, y
             return
-        for i, (x, y, share, whole) in enumerate(distributed.rank_batches(split, self.batch_size, generator=self.data_gen)):
+        for i, (x, y, share, whole) in enumerate(
+            distributed.rank_batches(split, self.batch_size, generator=self.data_gen)
+        ):
             if self.stop_rule is not None and self.world.is_writer:
                 self.stop_rule.observe(i, *whole)
             self.replica.share = share
@@ -413,16 +438,30 @@ class Trainer:
         earlier best: the paper keeps the weights from before the collapse. An epoch whose weights
         the stop rule throws away (first-batch-pgd) cannot be best either."""
         state, mcfg = self.state, self.monitor_cfg
-        accs = {"selection": val["selection"]["accuracy"], "fgsm": val["fgsm"]["accuracy"],
-                "train_attack": val["train_attack"]["accuracy"]}
+        accs = {
+            "selection": val["selection"]["accuracy"],
+            "fgsm": val["fgsm"]["accuracy"],
+            "train_attack": val["train_attack"]["accuracy"],
+        }
         use_train = self.ctx.defense.train_attack().get("attack") != "none"
-        collapsed, reasons = detect_catastrophic_overfitting(state["history"], accs, co_drop=float(mcfg["co_drop"]),
-                                                             co_ratio=float(mcfg["co_ratio"]), use_train_attack=use_train)
+        collapsed, reasons = detect_catastrophic_overfitting(
+            state["history"],
+            accs,
+            co_drop=float(mcfg["co_drop"]),
+            co_ratio=float(mcfg["co_ratio"]),
+            use_train_attack=use_train,
+        )
         state["history"].append(accs)
         # under torchrun the stop rule is rank 0's (it saw the whole first batch), its verdict every rank's
-        rule = (distributed.on_writer(lambda: self.stop_rule.after_epoch(self.model, self.attack_gen, co=collapsed,
-                                                                          reasons=reasons, epoch=epoch))
-                if self.stop_rule is not None else None)
+        rule = (
+            distributed.on_writer(
+                lambda: self.stop_rule.after_epoch(
+                    self.model, self.attack_gen, co=collapsed, reasons=reasons, epoch=epoch
+                )
+            )
+            if self.stop_rule is not None
+            else None
+        )
         stop = bool(rule and rule["fired"])
         restored = self._restore() if stop and rule["rule"] != "val-collapse" else None
         best = state["best"]
@@ -433,20 +472,28 @@ class Trainer:
         notes: List[str] = []
         if collapsed:
             notes += reasons
-            notes.append("not eligible as best (catastrophic overfitting)" if best["epoch"] != epoch
-                         else "kept as best only because no earlier epoch exists")
+            notes.append(
+                "not eligible as best (catastrophic overfitting)"
+                if best["epoch"] != epoch
+                else "kept as best only because no earlier epoch exists"
+            )
             if not state["co"]["detected"]:
                 state["co"] = {"detected": True, "epoch": epoch, "detail": "; ".join(reasons)}
         if stop:
             assert rule is not None
             state["stopped_early"] = True
             by_monitor = rule["rule"] == "val-collapse"
-            state["stop_reason"] = (f"catastrophic overfitting at epoch {epoch}: " + "; ".join(reasons) if by_monitor
-                                    else f"{rule['rule']} at epoch {epoch}: {rule['reason']}")
+            state["stop_reason"] = (
+                f"catastrophic overfitting at epoch {epoch}: " + "; ".join(reasons)
+                if by_monitor
+                else f"{rule['rule']} at epoch {epoch}: {rule['reason']}"
+            )
             state["stop"] = {"rule": rule["rule"], "epoch": epoch, "restored_epoch": restored}
-            notes.append(f"stopping early ({rule['rule']}); the run keeps the weights of epoch {restored} (last.pt)"
-                         if restored is not None
-                         else "stopping early (monitor.early_stop); best keeps the weights from before the collapse")
+            notes.append(
+                f"stopping early ({rule['rule']}); the run keeps the weights of epoch {restored} (last.pt)"
+                if restored is not None
+                else "stopping early (monitor.early_stop); best keeps the weights from before the collapse"
+            )
         state["epoch"] = epoch
         state["finished"] = stop or epoch == self.epochs
         return Selection(improved, collapsed, stop, notes, rule, restored)
@@ -459,7 +506,7 @@ class Trainer:
         return restored
 
     def _write_epoch(self, epoch: int, stats: EpochStats, val: Dict[str, Any], decision: Selection) -> Dict[str, Any]:
-        state, defense, run = self.state, self.ctx.defense, self._run
+        state, defense = self.state, self.ctx.defense
         n_train = len(self.ctx.data.train)
         state["train_wall_s"] += stats.wall_s
         state["val_wall_s"] += val["wall_s"]
@@ -471,28 +518,53 @@ class Trainer:
             "epoch": epoch,
             "epochs": self.epochs,
             "time": now_iso(),
-            "train": {"loss": stats.loss, "accuracy": stats.accuracy, "accuracy_on": defense.accuracy_on,
-                      "lr": float(self.optimizer.param_groups[0]["lr"]), "wall_s": stats.wall_s, "examples": n_train,
-                      "updates": self.step_ctx.updates, "strength": stats.strength,
-                      "passes": {"forward": stats.passes["forward"], "backward": stats.passes["backward"],
-                                 "forward_per_example": stats.passes["forward"] / n_train,
-                                 "backward_per_example": stats.passes["backward"] / n_train}},
+            "train": {
+                "loss": stats.loss,
+                "accuracy": stats.accuracy,
+                "accuracy_on": defense.accuracy_on,
+                "lr": float(self.optimizer.param_groups[0]["lr"]),
+                "wall_s": stats.wall_s,
+                "examples": n_train,
+                "updates": self.step_ctx.updates,
+                "strength": stats.strength,
+                "passes": {
+                    "forward": stats.passes["forward"],
+                    "backward": stats.passes["backward"],
+                    "forward_per_example": stats.passes["forward"] / n_train,
+                    "backward_per_example": stats.passes["backward"] / n_train,
+                },
+            },
             "val": val,
             "best_epoch": best["epoch"],
-            "flags": {"catastrophic_overfitting": decision.collapsed,
-                      "robust_overfitting_gap": float(best["selection"]) - val["selection"]["accuracy"],
-                      "notes": decision.notes},
+            "flags": {
+                "catastrophic_overfitting": decision.collapsed,
+                "robust_overfitting_gap": float(best["selection"]) - val["selection"]["accuracy"],
+                "notes": decision.notes,
+            },
         }
         if decision.rule is not None:
             row["stop_rule"] = decision.rule  # stopping, recorded apart from the collapse flag
         if self.world.is_writer:
             self._write_epoch_files(epoch, row, decision)
-        log.info("epoch %d/%d  loss %.4f  train acc %.3f  | val clean %.3f  %s %.3f  FGSM %.3f  %s %.3f%s  | %.1fs + %.1fs  "
-                 "%.2f fwd/ex%s", epoch, self.epochs, stats.loss, stats.accuracy, val["clean"]["accuracy"],
-                 defense.train_attack_label(), val["train_attack"]["accuracy"], val["fgsm"]["accuracy"],
-                 self.monitor.selection.label(), val["selection"]["accuracy"], "  [best]" if decision.improved else "",
-                 stats.wall_s, val["wall_s"], row["train"]["passes"]["forward_per_example"],
-                 "  CATASTROPHIC OVERFITTING" if decision.collapsed else "")
+        log.info(
+            "epoch %d/%d  loss %.4f  train acc %.3f  | val clean %.3f  %s %.3f  FGSM %.3f  %s %.3f%s  | %.1fs + %.1fs  "
+            "%.2f fwd/ex%s",
+            epoch,
+            self.epochs,
+            stats.loss,
+            stats.accuracy,
+            val["clean"]["accuracy"],
+            defense.train_attack_label(),
+            val["train_attack"]["accuracy"],
+            val["fgsm"]["accuracy"],
+            self.monitor.selection.label(),
+            val["selection"]["accuracy"],
+            "  [best]" if decision.improved else "",
+            stats.wall_s,
+            val["wall_s"],
+            row["train"]["passes"]["forward_per_example"],
+            "  CATASTROPHIC OVERFITTING" if decision.collapsed else "",
+        )
         return row
 
     def _write_epoch_files(self, epoch: int, row: Dict[str, Any], decision: Selection) -> None:
@@ -503,10 +575,19 @@ class Trainer:
             ckpt.save_weights(run.checkpoint_path(f"epoch-{epoch}"), self.model, metadata={"epoch": epoch})
         if decision.improved:
             ckpt.save_weights(run.checkpoint_path("best"), self.model, metadata={"epoch": epoch})
-            atomic_write_json(run.checkpoint_meta_path("best"), {
-                "epoch": epoch, "criterion": "selection-attack accuracy on the val split (first val_n points)",
-                "selection_accuracy": val["selection"]["accuracy"], "selection": val["selection"], "clean": val["clean"],
-                "split": "val", "n": val["n"]}, schema="checkpoint")
+            atomic_write_json(
+                run.checkpoint_meta_path("best"),
+                {
+                    "epoch": epoch,
+                    "criterion": "selection-attack accuracy on the val split (first val_n points)",
+                    "selection_accuracy": val["selection"]["accuracy"],
+                    "selection": val["selection"],
+                    "clean": val["clean"],
+                    "split": "val",
+                    "n": val["n"],
+                },
+                schema="checkpoint",
+            )
 
     def _save_last(self) -> None:
         """last.pt, written after the epoch's other files: a run killed before it redoes the epoch.
@@ -529,8 +610,13 @@ class Trainer:
             "loop": self.state,
         }
         if self.world.distributed:
-            ranks = distributed.all_gather_object({"rng": rng_state(), "attack_generator": self.attack_gen.get_state().cpu(),
-                                                   "defense": self.ctx.defense.state_dict()})
+            ranks = distributed.all_gather_object(
+                {
+                    "rng": rng_state(),
+                    "attack_generator": self.attack_gen.get_state().cpu(),
+                    "defense": self.ctx.defense.state_dict(),
+                }
+            )
             payload["distributed"] = {"world_size": self.world.size, "ranks": ranks}
         if self.world.is_writer:
             ckpt.save_resume(self._run.checkpoint_path("last"), payload)
@@ -542,8 +628,11 @@ class Trainer:
         hist = state["history"]
         best_sel = state["best"]["selection"]
         last_sel = hist[-1]["selection"] if hist else None
-        ro = robust_overfitting(best_sel if best_sel is not None else 0.0, last_sel if last_sel is not None else 0.0,
-                                float(self.monitor_cfg.get("ro_gap", 0.03)))
+        ro = robust_overfitting(
+            best_sel if best_sel is not None else 0.0,
+            last_sel if last_sel is not None else 0.0,
+            float(self.monitor_cfg.get("ro_gap", 0.03)),
+        )
         examples = max(int(state["passes"]["examples"]), 1)
         epochs_run = int(state["epoch"])
         final_strength = curriculum.apply(defense, cfg, max(epochs_run, 1))  # also after resuming a finished run
@@ -552,8 +641,13 @@ class Trainer:
             "train_attack": {"label": defense.train_attack_label(), "descriptor": defense.train_attack()},
             "selection_attack": {"label": monitor.selection.label(), "descriptor": monitor.selection.describe()},
             "fgsm_attack": {"label": monitor.fgsm.label(), "descriptor": monitor.fgsm.describe()},
-            "val": {"split": "val", "n": monitor.n, "subset": "first n in fixed order", "held_out_from": "train",
-                    "split_seed": cfg["data"]["split_seed"]},
+            "val": {
+                "split": "val",
+                "n": monitor.n,
+                "subset": "first n in fixed order",
+                "held_out_from": "train",
+                "split_seed": cfg["data"]["split_seed"],
+            },
             "epochs_planned": self.epochs,
             "epochs_run": epochs_run,
             "best_epoch": state["best"]["epoch"],
@@ -562,16 +656,21 @@ class Trainer:
             "stopped_early": bool(state["stopped_early"]),
             "stop_reason": state["stop_reason"],
             "early_stop": self.early_stop,
-            "stop_rule": ({**self.stop_rule.describe(), "fired": bool(state["stopped_early"]),
-                           **(state.get("stop") or {})} if self.stop_rule is not None else None),
+            "stop_rule": (
+                {**self.stop_rule.describe(), "fired": bool(state["stopped_early"]), **(state.get("stop") or {})}
+                if self.stop_rule is not None
+                else None
+            ),
             "catastrophic_overfitting": dict(state["co"]),
             "robust_overfitting": ro,
             "wall_s": float(state["train_wall_s"]) + float(state["val_wall_s"]),
             "train_wall_s": float(state["train_wall_s"]),
             "val_wall_s": float(state["val_wall_s"]),
             "train_wall_s_per_epoch": float(state["train_wall_s"]) / max(epochs_run, 1),
-            "passes_per_example_per_epoch": {"forward": state["passes"]["forward"] / examples,
-                                             "backward": state["passes"]["backward"] / examples},
+            "passes_per_example_per_epoch": {
+                "forward": state["passes"]["forward"] / examples,
+                "backward": state["passes"]["backward"] / examples,
+            },
             "expected_passes_per_example_per_epoch": defense.expected_passes(),
             "training_strength": final_strength,
             "device": str(ctx.device),
@@ -584,14 +683,24 @@ class Trainer:
     def describe_distributed(self) -> Dict[str, Any]:
         """How the work was split, for training.json (multi-process runs only)."""
         n = self.world.size
-        return {"processes": n, "global_batch_size": self.batch_size, "per_process_batch_size": self.batch_size // n,
-                "batchnorm": "synchronised (SyncBatchNorm)" if self.train_cfg.get("sync_bn") else "per process",
-                "gradient_reduction": "all-reduce weighted by each process's share of the global batch",
-                "steps_per_epoch": self.batches}
+        return {
+            "processes": n,
+            "global_batch_size": self.batch_size,
+            "per_process_batch_size": self.batch_size // n,
+            "batchnorm": "synchronised (SyncBatchNorm)" if self.train_cfg.get("sync_bn") else "per process",
+            "gradient_reduction": "all-reduce weighted by each process's share of the global batch",
+            "steps_per_epoch": self.batches,
+        }
 
 
-def train(run: RunDir, ctx: RunContext, *, resume: bool = False, progress: Optional[bool] = None,
-          on_epoch_end: Optional[EpochHook] = None) -> Dict[str, Any]:
+def train(
+    run: RunDir,
+    ctx: RunContext,
+    *,
+    resume: bool = False,
+    progress: Optional[bool] = None,
+    on_epoch_end: Optional[EpochHook] = None,
+) -> Dict[str, Any]:
     """Train ``ctx``'s defense into ``run`` and return the ``training.json`` document.
 
     ``resume``: continue from ``checkpoints/last.pt`` if it exists. ``on_epoch_end(epoch, row)``

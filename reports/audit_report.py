@@ -7,6 +7,7 @@ no scripts and no external links. A pure function of the audit.json document (do
 torch. Order, by design: the verdict on the claim, the numbers behind it, the claimed attack
 beside the harness's, then the evidence (guard rails, sanity checks), notes and the rule.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Sequence
@@ -44,18 +45,24 @@ def model_line(doc: Mapping[str, Any]) -> str:
     m = doc["model"]
     if m["kind"] == "robustbench":
         files = ", ".join(f"{f['path']} (sha256 {f['sha256'][:12]})" for f in m.get("files", []))
-        return (f"RobustBench {m['name']} ({m['architecture']}, robustbench {m.get('robustbench_version')}), "
-                f"weights {files}")
+        return (
+            f"RobustBench {m['name']} ({m['architecture']}, robustbench {m.get('robustbench_version')}), "
+            f"weights {files}"
+        )
     if m["kind"] == "file":
         what = f"{m['file']}:{m['factory']} (file sha256 {m['file_sha256'][:12]})"
     else:
         what = f"registered model {m['name']}"
     ck = m.get("checkpoint")
-    w = (f"weights {ck['path']} (sha256 {ck['sha256'][:12]})" if ck
-         else "no checkpoint (weights as the factory returned them)")
+    w = (
+        f"weights {ck['path']} (sha256 {ck['sha256'][:12]})"
+        if ck
+        else "no checkpoint (weights as the factory returned them)"
+    )
     norm = m.get("normalize_added")
-    added = (f"; Normalize added by the reviewer ({norm['source']}: mean {norm['mean']}, std {norm['std']})"
-             if norm else "")
+    added = (
+        f"; Normalize added by the reviewer ({norm['source']}: mean {norm['mean']}, std {norm['std']})" if norm else ""
+    )
     return f"{what}, {w}{added}"
 
 
@@ -83,25 +90,51 @@ def _summary_table(doc: Mapping[str, Any]) -> Table:
 
 
 def _strength_table(doc: Mapping[str, Any]) -> Table:
-    head = ["Attack", "Steps", "Restarts", "Loss", "Targets / queries", "Gradient steps per point",
-            "Passes per attacked point (fwd / bwd)", "Robust accuracy"]
+    head = [
+        "Attack",
+        "Steps",
+        "Restarts",
+        "Loss",
+        "Targets / queries",
+        "Gradient steps per point",
+        "Passes per attacked point (fwd / bwd)",
+        "Robust accuracy",
+    ]
     rows: List[List[Any]] = []
     c = doc["strength"]["claimed"]
     rep = c.get("replayed")
     claimed = pct(doc["claim"]["value"])
     passes = rep["passes"] if rep else {}
     per_attacked = f"{_num(passes.get('forward_per_attacked'))} / {_num(passes.get('backward_per_attacked'))}"
-    rows.append([f"claimed: {c.get('text') or '(not given)'}", _num(c.get("steps")), _num(c.get("restarts")),
-                 c.get("loss") or "-", "-", _num(c.get("gradient_steps_per_example")),
-                 per_attacked if rep else "-",
-                 f"{claimed} claimed; {prop_text(rep['robust'])} as replayed here ({rep['label']})" if rep
-                 else f"{claimed} claimed (not replayed)"])
+    rows.append(
+        [
+            f"claimed: {c.get('text') or '(not given)'}",
+            _num(c.get("steps")),
+            _num(c.get("restarts")),
+            c.get("loss") or "-",
+            "-",
+            _num(c.get("gradient_steps_per_example")),
+            per_attacked if rep else "-",
+            f"{claimed} claimed; {prop_text(rep['robust'])} as replayed here ({rep['label']})"
+            if rep
+            else f"{claimed} claimed (not replayed)",
+        ]
+    )
     for r in doc["strength"]["harness"]:
         tq = r["queries"] if r.get("queries") is not None else r.get("targets")
         per_attacked = f"{_num(r['forward_per_attacked'])} / {_num(r['backward_per_attacked'])}"
-        rows.append([f"harness: {r['label']}", _num(r["steps"]), _num(r["restarts"]), r.get("loss") or "-", _num(tq),
-                     _num(r["gradient_steps"]), per_attacked,
-                     f"{pct(r['accuracy_after'])} after it (cumulative, ran on {r['ran_on']})"])
+        rows.append(
+            [
+                f"harness: {r['label']}",
+                _num(r["steps"]),
+                _num(r["restarts"]),
+                r.get("loss") or "-",
+                _num(tq),
+                _num(r["gradient_steps"]),
+                per_attacked,
+                f"{pct(r['accuracy_after'])} after it (cumulative, ran on {r['ran_on']})",
+            ]
+        )
     return _text_table(head, rows)
 
 
@@ -124,17 +157,34 @@ def build_audit_report(doc: Mapping[str, Any]) -> Document:
     if rep:
         step = rep["descriptor"].get("step_size_expr") or rep["descriptor"].get("step_size")
         assumed = " ".join(rep.get("assumed", []))
-        out.add(Para(text(f"The claimed attack was replayed on the same points as {rep['label']} (step size {step})."
-                          + (f" {assumed}" if assumed else ""))))
+        out.add(
+            Para(
+                text(
+                    f"The claimed attack was replayed on the same points as {rep['label']} (step size {step})."
+                    + (f" {assumed}" if assumed else "")
+                )
+            )
+        )
     hc = strength["harness_cost"]
-    out.add(Para(text(f"Harness evaluation cost: {hc['wall_s']:.1f} s, {hc['forward_per_example']:.0f} forward / "
-                      f"{hc['backward_per_example']:.0f} backward passes per example.")))
+    out.add(
+        Para(
+            text(
+                f"Harness evaluation cost: {hc['wall_s']:.1f} s, {hc['forward_per_example']:.0f} forward / "
+                f"{hc['backward_per_example']:.0f} backward passes per example."
+            )
+        )
+    )
 
     guards = doc["guard_rails"]
-    out.add(Heading(2, "Guard rails", "guard-rails"),
-            Para(text(f"On the first {guards['sample']} test points (forward passes only).")),
-            TableBlock(_text_table(["Rule", "Status", "Finding"],
-                                   [(g["rule"], g["status"], g["message"]) for g in guards["findings"]])))
+    out.add(
+        Heading(2, "Guard rails", "guard-rails"),
+        Para(text(f"On the first {guards['sample']} test points (forward passes only).")),
+        TableBlock(
+            _text_table(
+                ["Rule", "Status", "Finding"], [(g["rule"], g["status"], g["message"]) for g in guards["findings"]]
+            )
+        ),
+    )
     findings = EvalResult.coerce(doc["eval"]).checks.findings
     if findings:
         rows = [(f.check, f.status, f.message) for f in findings]
@@ -144,9 +194,14 @@ def build_audit_report(doc: Mapping[str, Any]) -> Document:
     out.add(Heading(2, "Verdict rule", "rule"), Para(text(v["rule"] + ".")))
     env: Dict[str, Any] = doc.get("env", {})
     versions = env.get("versions", {})
-    footer: List[Span] = [(f"harness {env.get('harness')} (git {env.get('git_sha')}), torch {versions.get('torch')}, "
-                           f"pyautoattack {versions.get('pyautoattack')}; {doc['created']}; "
-                           f"audit took {doc['wall_s']:.1f} s.", "i")]
+    footer: List[Span] = [
+        (
+            f"harness {env.get('harness')} (git {env.get('git_sha')}), torch {versions.get('torch')}, "
+            f"pyautoattack {versions.get('pyautoattack')}; {doc['created']}; "
+            f"audit took {doc['wall_s']:.1f} s.",
+            "i",
+        )
+    ]
     out.add(Para(footer))
     return out
 

@@ -9,6 +9,7 @@
   re-renders the sweep's comparison table over its cells' runs into ``comparison.md``, ``.tex``,
   ``.csv`` and ``.html`` in that folder; with ``--format`` / ``-o`` it prints or writes one table.
 """
+
 from __future__ import annotations
 
 import sys
@@ -45,14 +46,18 @@ def write_sweep_comparison(sweep_dir: str | Path) -> List[Path]:
     if not runs:
         raise HarnessError(f"{sweep.path}: no cell of the sweep has a run directory yet; nothing to compare")
     table = build_comparison([load_run(p) for p in runs])
-    return [atomic_write_text(sweep.comparison_path(RENDERERS.get(fmt).extension), _render_comparison(table, fmt))
-            for fmt in SWEEP_FORMATS]
+    return [
+        atomic_write_text(sweep.comparison_path(RENDERERS.get(fmt).extension), _render_comparison(table, fmt))
+        for fmt in SWEEP_FORMATS
+    ]
 
 
 def _render_comparison(table: Table, fmt: str) -> str:
     if fmt == "html":
         # the page title is the table's title; the table itself then needs no caption
-        body = Table(title="", columns=table.columns, groups=table.groups, notes=table.notes, key_fields=table.key_fields)
+        body = Table(
+            title="", columns=table.columns, groups=table.groups, notes=table.notes, key_fields=table.key_fields
+        )
         return render_document(Document(table.title, [TableBlock(body)], wide=True), "html")
     return render_table(table, fmt)
 
@@ -75,7 +80,9 @@ def report_command(runs: Sequence[str], *, fmt: Optional[str] = None, output: Op
         written = render_run(runs[0])
         info = load_run(runs[0])
         head = info.headline_eval()
-        sys.stdout.write((headline_sentence(head) + f" Verdict: {head.verdict}." if head else f"{info.name}: not evaluated.") + "\n")
+        sys.stdout.write(
+            (headline_sentence(head) + f" Verdict: {head.verdict}." if head else f"{info.name}: not evaluated.") + "\n"
+        )
         for p in written:
             sys.stdout.write(f"wrote {p}\n")
         return 0
@@ -85,7 +92,9 @@ def report_command(runs: Sequence[str], *, fmt: Optional[str] = None, output: Op
     if output:
         out = Path(output)
         if out.is_dir():
-            raise HarnessError(f"-o {out}: is a folder; give a file name such as {out / ('comparison' + RENDERERS.get(fmt).extension)}")
+            raise HarnessError(
+                f"-o {out}: is a folder; give a file name such as {out / ('comparison' + RENDERERS.get(fmt).extension)}"
+            )
         atomic_write_text(out, text)
         sys.stdout.write(f"wrote {out}\n")
     else:

@@ -7,6 +7,7 @@ config, when two runs of one defense differ in more than the seed), mean +- samp
 
 The table is built once, here, as a ``reports.table.Table``; ``reports.renderers`` prints it.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -21,8 +22,16 @@ NOT_EVALUATED = "not evaluated"
 KEY_FIELDS = ("dataset", "model", "norm", "eps", "suite", "n")
 # config keys that do not change what a run trains: never split rows over them (threads: the CPU
 # share a run was given, e.g. by harness sweep --jobs, changes bits but not the method)
-_IGNORED_CONFIG = ("seed", "device", "threads", "out.", "data.data_dir", "data.download", "eval.",
-                   "train.keep_epoch_checkpoints")
+_IGNORED_CONFIG = (
+    "seed",
+    "device",
+    "threads",
+    "out.",
+    "data.data_dir",
+    "data.download",
+    "eval.",
+    "train.keep_epoch_checkpoints",
+)
 # descriptor keys that may differ between evaluations of one suite without changing its strength
 _IGNORED_DESCRIPTOR = {"seed", "version", "eps", "eps_value"}
 
@@ -57,8 +66,11 @@ def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def _training_config(run: RunInfo) -> Dict[str, Any]:
-    return {k: v for k, v in _flatten(run.config).items()
-            if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in _IGNORED_CONFIG)}
+    return {
+        k: v
+        for k, v in _flatten(run.config).items()
+        if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in _IGNORED_CONFIG)
+    }
 
 
 def _suite_fingerprint(ev: EvalView) -> Tuple[Any, ...]:
@@ -81,11 +93,30 @@ def _eps_key(v: Optional[float], text: str) -> Any:
 
 
 def _condition(ev: EvalView, run: RunInfo) -> Tuple[Tuple[Any, ...], Dict[str, Any], str]:
-    fields = {"dataset": ev.dataset or run.dataset, "model": run.model, "norm": ev.norm, "eps": ev.eps_text, "suite": ev.suite,
-              "n": ev.n, "split": ev.split, "attacks": ev.suite_description()}
-    key = (fields["dataset"], run.model, ev.norm, _eps_key(ev.eps_value, ev.eps_text), ev.suite, _suite_fingerprint(ev), ev.n, ev.split)
-    title = (f"{fields['dataset']}, {run.model}, {ev.norm} eps={ev.eps_text}, suite {ev.suite} ({fields['attacks']}), "
-             f"n={ev.n if ev.n is not None else '?'} {ev.split} points")
+    fields = {
+        "dataset": ev.dataset or run.dataset,
+        "model": run.model,
+        "norm": ev.norm,
+        "eps": ev.eps_text,
+        "suite": ev.suite,
+        "n": ev.n,
+        "split": ev.split,
+        "attacks": ev.suite_description(),
+    }
+    key = (
+        fields["dataset"],
+        run.model,
+        ev.norm,
+        _eps_key(ev.eps_value, ev.eps_text),
+        ev.suite,
+        _suite_fingerprint(ev),
+        ev.n,
+        ev.split,
+    )
+    title = (
+        f"{fields['dataset']}, {run.model}, {ev.norm} eps={ev.eps_text}, suite {ev.suite} ({fields['attacks']}), "
+        f"n={ev.n if ev.n is not None else '?'} {ev.split} points"
+    )
     return key, fields, title
 
 
@@ -107,15 +138,31 @@ def _groups(runs: Sequence[RunInfo]) -> List[_Group]:
                 entry.last = ev
         if not by_key:
             key = (run.dataset, run.model, run.norm, _eps_key(run.eps_value, run.eps_text), None, (), None, None)
-            fields = {"dataset": run.dataset, "model": run.model, "norm": run.norm, "eps": run.eps_text, "suite": None, "n": None}
+            fields = {
+                "dataset": run.dataset,
+                "model": run.model,
+                "norm": run.norm,
+                "eps": run.eps_text,
+                "suite": None,
+                "n": None,
+            }
             title = f"{run.dataset}, {run.model}, {run.norm} eps={run.eps_text} (training): not evaluated"
             groups.setdefault(key, _Group(key, fields, title, False)).entries.append(_Entry(run))
 
     def order(g: _Group) -> Tuple[Any, ...]:
         eps = g.key[3] if isinstance(g.key[3], float) else float("inf")
         # larger evaluations first: they are the ones to quote
-        return (not g.evaluated, str(g.key[0]), str(g.key[1]), str(g.key[2]), eps, str(g.key[4]), -(g.key[6] or 0),
-                str(g.key[7]), repr(g.key[5]))  # the last two only break ties, so input order never matters
+        return (
+            not g.evaluated,
+            str(g.key[0]),
+            str(g.key[1]),
+            str(g.key[2]),
+            eps,
+            str(g.key[4]),
+            -(g.key[6] or 0),
+            str(g.key[7]),
+            repr(g.key[5]),
+        )  # the last two only break ties, so input order never matters
 
     return sorted(groups.values(), key=order)
 
@@ -153,8 +200,14 @@ def _per_seed(entries: Sequence[_Entry], values: Sequence[Optional[float]]) -> L
     return [sum(v) / len(v) if v else None for v in groups.values()]
 
 
-def _agg(values: Sequence[Optional[float]], of: int, *, points: Optional[int] = None,
-         missing: str = NOT_EVALUATED, fraction: bool = True) -> Value:
+def _agg(
+    values: Sequence[Optional[float]],
+    of: int,
+    *,
+    points: Optional[int] = None,
+    missing: str = NOT_EVALUATED,
+    fraction: bool = True,
+) -> Value:
     """Mean ± sample std over ``values`` (one per distinct seed). An accuracy measured on
     ``points`` test points gets a 95% interval never narrower than the Wilson interval of one
     run's n points: averaging seeds on the same test points does not shrink the test-set
@@ -199,22 +252,29 @@ COLUMNS = [
 ]
 
 COLUMN_NOTES = {
-    "train_attack": "Accuracy under each defense's own training attack (named two columns to the left) on the val split at the "
-                    "selected epoch, from the per-epoch metrics; every other accuracy column is on the test points of its group.",
-    "pgd": "Attacks run as a cascade, each only on the points still robust: PGD and AutoAttack give the accuracy after that stage "
-           "of the cascade (so they include any stage before it); 'not run' when the suite has no such stage.",
-    "seeds": "Distinct seeds. Runs that share a seed are copies of one experiment, not independent: they are averaged into "
-             "one value per seed before the mean ± std over seeds.",
-    "worst_case": "Per-example worst case over every attack of the suite. Mean ± sample std over distinct seeds; [ ] is a 95% "
-                  "interval: Student-t over seeds when there are two or more, widened to at least the Wilson interval over one "
-                  "run's n test points (seeds evaluated on the same points do not shrink the test-set sampling error).",
-    "verdict": "Sanity-check verdict of the best checkpoint's evaluation; when seeds disagree the worst is shown, with how many seeds have it.",
+    "train_attack": "Accuracy under each defense's own training attack (named two columns to the left) "
+    "on the val split at the "
+    "selected epoch, from the per-epoch metrics; every other accuracy column is on the test points of its group.",
+    "pgd": "Attacks run as a cascade, each only on the points still robust: "
+    "PGD and AutoAttack give the accuracy after that stage "
+    "of the cascade (so they include any stage before it); 'not run' when the suite has no such stage.",
+    "seeds": "Distinct seeds. Runs that share a seed are copies of one experiment, not independent: "
+    "they are averaged into "
+    "one value per seed before the mean ± std over seeds.",
+    "worst_case": "Per-example worst case over every attack of the suite. "
+    "Mean ± sample std over distinct seeds; [ ] is a 95% "
+    "interval: Student-t over seeds when there are two or more, widened to at least the Wilson interval over one "
+    "run's n test points (seeds evaluated on the same points do not shrink the test-set sampling error).",
+    "verdict": "Sanity-check verdict of the best checkpoint's evaluation; "
+    "when seeds disagree the worst is shown, with how many seeds have it.",
     "train_time_s": "Wall time of the training steps, excluding the per-epoch val monitoring; mean ± std over seeds.",
-    "passes_per_example": "Forward + backward passes per training example over the whole training, counted by the harness.",
-    "erm_multiplier": "Training-step wall time per training example per epoch, over the same for the erm (plain training) "
-                      "control runs with the same data set and model among the inputs: runs of different epochs or training-set "
-                      "sizes compare fairly. Controls of the same batch size are used when there are any; otherwise a note says "
-                      "the batch sizes differ. 'no control' when there is none. Machines may differ: compare with care.",
+    "passes_per_example": "Forward + backward passes per training example over the whole training, "
+    "counted by the harness.",
+    "erm_multiplier": "Training-step wall time per training example per epoch, "
+    "over the same for the erm (plain training) "
+    "control runs with the same data set and model among the inputs: runs of different epochs or training-set "
+    "sizes compare fairly. Controls of the same batch size are used when there are any; otherwise a note says "
+    "the batch sizes differ. 'no control' when there is none. Machines may differ: compare with care.",
 }
 COLUMN_NOTES["autoattack"] = COLUMN_NOTES["pgd"]  # one note, one mark, for both cascade columns
 
@@ -239,8 +299,14 @@ def _trained_with(entries: Sequence[_Entry]) -> str:
     return " / ".join(labels)
 
 
-def _row(table: Table, defense: str, variant: str, entries: Sequence[_Entry], evaluated: bool,
-         erm: Dict[Tuple[str, str], List[Tuple[float, Optional[int]]]]) -> Row:
+def _row(
+    table: Table,
+    defense: str,
+    variant: str,
+    entries: Sequence[_Entry],
+    evaluated: bool,
+    erm: Dict[Tuple[str, str], List[Tuple[float, Optional[int]]]],
+) -> Row:
     k = len({_seed_key(e.run) for e in entries})  # distinct seeds: the independent repetitions
     best = [e.best for e in entries]
     label = defense + (f" ({variant})" if variant else "")
@@ -255,9 +321,12 @@ def _row(table: Table, defense: str, variant: str, entries: Sequence[_Entry], ev
         has_pgd = any(ev is not None and ev.stage("pgd") is not None for ev in best)
         has_aa = any(ev is not None and ev.stage("autoattack") is not None for ev in best)
         no_best = all(ev is None for ev in best)
-        cells["pgd"] = _agg(acc(best, lambda ev: ev.stage("pgd")), k, missing=NOT_EVALUATED if no_best or has_pgd else "not run")
-        cells["autoattack"] = _agg(acc(best, lambda ev: ev.stage("autoattack")), k,
-                                   missing=NOT_EVALUATED if no_best or has_aa else "not run")
+        cells["pgd"] = _agg(
+            acc(best, lambda ev: ev.stage("pgd")), k, missing=NOT_EVALUATED if no_best or has_pgd else "not run"
+        )
+        cells["autoattack"] = _agg(
+            acc(best, lambda ev: ev.stage("autoattack")), k, missing=NOT_EVALUATED if no_best or has_aa else "not run"
+        )
         cells["worst_case"] = _agg(acc(best, lambda ev: ev.robust), k, points=points)
         cells["last_worst_case"] = _agg(acc([e.last for e in entries], lambda ev: ev.robust), k)
         cells["verdict"] = _verdict_cell(entries)
@@ -266,29 +335,43 @@ def _row(table: Table, defense: str, variant: str, entries: Sequence[_Entry], ev
             cells[c] = Value.absent(NOT_EVALUATED)
         cells["verdict"] = Value.absent(NOT_EVALUATED)
     with_attack = [e for e in entries if e.run.has_train_attack]
-    cells["train_attack"] = _agg(_per_seed(with_attack, [accuracy_of(e.run.metrics_row(e.run.best_epoch).val.train_attack)
-                                                         for e in with_attack]), k,
-                                 missing="no metrics" if with_attack else "n/a")
+    cells["train_attack"] = _agg(
+        _per_seed(
+            with_attack, [accuracy_of(e.run.metrics_row(e.run.best_epoch).val.train_attack) for e in with_attack]
+        ),
+        k,
+        missing="no metrics" if with_attack else "n/a",
+    )
     # cost is the cost of a whole training: runs still training do not count towards it
     finished = [e for e in entries if e.run.training_finished]
     unfinished = "training not finished"
     walls = _per_seed(finished, [e.run.train_wall_s()[0] for e in finished])
     cells["train_time_s"] = _agg(walls, k, missing=unfinished if not finished else "no timing", fraction=False)
-    cells["passes_per_example"] = _agg(_per_seed(finished, [e.run.passes_total() for e in finished]), k,
-                                       missing=unfinished if not finished else "no count", fraction=False)
+    cells["passes_per_example"] = _agg(
+        _per_seed(finished, [e.run.passes_total() for e in finished]),
+        k,
+        missing=unfinished if not finished else "no count",
+        fraction=False,
+    )
     row = Row(cells, sources=[f"{e.run.name} (seed {e.run.seed})" for e in entries])
     _erm_cell(table, row, label, finished, erm, k, unfinished)
     # what the reader must know about the runs behind this row
     seeds = [e.run.seed for e in entries]
     dup = sorted({s for s in seeds if s is not None and seeds.count(s) > 1})
     if dup:
-        row.marks.append(table.note(f"{label}: {len(entries)} runs but {k} distinct seed(s) (seed(s) {', '.join(map(str, dup))} "
-                                    "repeated); runs of one seed are averaged into one value and count as one seed."))
+        row.marks.append(
+            table.note(
+                f"{label}: {len(entries)} runs but {k} distinct seed(s) (seed(s) {', '.join(map(str, dup))} "
+                "repeated); runs of one seed are averaged into one value and count as one seed."
+            )
+        )
     for e in entries:
         r = e.run
         if not r.training_finished:
             planned = r.epochs_planned if r.epochs_planned is not None else "?"
-            row.marks.append(table.note(f"{r.name}: training not finished (status {r.status}, {r.epochs_run} of {planned} epochs)."))
+            row.marks.append(
+                table.note(f"{r.name}: training not finished (status {r.status}, {r.epochs_run} of {planned} epochs).")
+            )
         bad = [p for p in r.problems if p.startswith("evaluation")]
         if bad:
             row.marks.append(table.note(f"{r.name}: " + "; ".join(bad) + "."))
@@ -296,22 +379,35 @@ def _row(table: Table, defense: str, variant: str, entries: Sequence[_Entry], ev
     return row
 
 
-def _erm_cell(table: Table, row: Row, label: str, finished: Sequence[_Entry],
-              erm: Dict[Tuple[str, str], List[Tuple[float, Optional[int]]]], k: int, unfinished: str) -> None:
+def _erm_cell(
+    table: Table,
+    row: Row,
+    label: str,
+    finished: Sequence[_Entry],
+    erm: Dict[Tuple[str, str], List[Tuple[float, Optional[int]]]],
+    k: int,
+    unfinished: str,
+) -> None:
     """Time vs ERM: training-step seconds per training example per epoch over the control's, so
     that runs of different epochs or training-set sizes compare fairly; controls of the same
     batch size when there are any (per-example speed depends on it), else all, with a note."""
     rates = [r for r in _per_seed(finished, [e.run.train_s_per_example() for e in finished]) if r is not None]
     control = erm.get((finished[0].run.dataset, finished[0].run.model), []) if finished else []
     if not (control and rates):
-        row.cells["erm_multiplier"] = Value.absent(unfinished if not finished else "no control" if not control else "no timing")
+        row.cells["erm_multiplier"] = Value.absent(
+            unfinished if not finished else "no control" if not control else "no timing"
+        )
         return
     batches = sorted({e.run.batch_size for e in finished if e.run.batch_size is not None})
     same = [rate for rate, b in control if b in batches]
     if not same:
         theirs = sorted({b for _, b in control if b is not None})
-        row.marks.append(table.note(f"{label}: Time vs ERM compares batch size {', '.join(map(str, batches)) or '?'} with the "
-                                    f"erm control's {', '.join(map(str, theirs)) or '?'}; per-example speed depends on it."))
+        row.marks.append(
+            table.note(
+                f"{label}: Time vs ERM compares batch size {', '.join(map(str, batches)) or '?'} with the "
+                f"erm control's {', '.join(map(str, theirs)) or '?'}; per-example speed depends on it."
+            )
+        )
         same = [rate for rate, _ in control]
     row.cells["erm_multiplier"] = Value((sum(rates) / len(rates)) / (sum(same) / len(same)), count=len(rates), of=k)
 
@@ -322,7 +418,10 @@ def _why_apart(g: _Group, earlier: Sequence[Tuple[int, _Group]]) -> Optional[str
         return None
     best: Optional[Tuple[int, int, List[str]]] = None
     for idx, other in earlier:
-        if not other.evaluated or (other.fields.get("dataset"), other.fields.get("model")) != (g.fields.get("dataset"), g.fields.get("model")):
+        if not other.evaluated or (other.fields.get("dataset"), other.fields.get("model")) != (
+            g.fields.get("dataset"),
+            g.fields.get("model"),
+        ):
             continue
         diffs = []
         for f in ("norm", "eps", "suite", "n", "split"):
@@ -333,7 +432,9 @@ def _why_apart(g: _Group, earlier: Sequence[Tuple[int, _Group]]) -> Optional[str
         if g.fields.get("suite") == other.fields.get("suite") and g.key[5] != other.key[5]:
             diffs.append(f"suite {g.fields.get('suite')} ran different attacks or settings")
         # another suite name usually means other attacks too: the closer group is the one to explain against
-        score = len(diffs) + (1 if g.fields.get("suite") != other.fields.get("suite") and g.key[5] != other.key[5] else 0)
+        score = len(diffs) + (
+            1 if g.fields.get("suite") != other.fields.get("suite") and g.key[5] != other.key[5] else 0
+        )
         if diffs and (best is None or score < best[0]):
             best = (score, idx, diffs)
     if best is None:
@@ -343,10 +444,17 @@ def _why_apart(g: _Group, earlier: Sequence[Tuple[int, _Group]]) -> Optional[str
 
 def build_comparison(runs: Sequence[RunInfo], title: Optional[str] = None) -> Table:
     """One table over ``runs``. Accuracies are stored as fractions; renderers print percents."""
-    table = Table(title or f"Comparison of {len(runs)} run(s): accuracy in %, mean ± std over seeds", [], key_fields=KEY_FIELDS)
-    table.note("Rows are grouped by evaluation condition (data set, model, norm, eps, suite and its attacks, n); runs that differ in "
-               "any of them are never averaged together.")
-    table.columns = [replace(c, marks=(table.note(COLUMN_NOTES[c.key]),)) if c.key in COLUMN_NOTES else c for c in COLUMNS]
+    table = Table(
+        title or f"Comparison of {len(runs)} run(s): accuracy in %, mean ± std over seeds", [], key_fields=KEY_FIELDS
+    )
+    table.note(
+        "Rows are grouped by evaluation condition (data set, model, norm, eps, suite and its attacks, n); "
+        "runs that differ in "
+        "any of them are never averaged together."
+    )
+    table.columns = [
+        replace(c, marks=(table.note(COLUMN_NOTES[c.key]),)) if c.key in COLUMN_NOTES else c for c in COLUMNS
+    ]
     erm = _erm_rates(runs)
     groups = _groups(runs)
     done: List[Tuple[int, _Group]] = []
@@ -356,10 +464,23 @@ def build_comparison(runs: Sequence[RunInfo], title: Optional[str] = None) -> Ta
         if why:
             group.marks.append(table.note(why))
         if not g.evaluated:
-            group.marks.append(table.note("Not evaluated: these runs have no finished evaluation result; their test columns are "
-                                          "empty, not zero. Per-epoch val numbers are shown where recorded; cost only once training has finished."))
+            group.marks.append(
+                table.note(
+                    "Not evaluated: these runs have no finished evaluation result; their test columns are "
+                    "empty, not zero. Per-epoch val numbers are shown where recorded; "
+                    "cost only once training has finished."
+                )
+            )
         by_defense: "OrderedDict[str, List[_Entry]]" = OrderedDict()
-        for e in sorted(g.entries, key=lambda e: (e.run.defense != "erm", e.run.defense, e.run.seed if e.run.seed is not None else -1, e.run.name)):
+        for e in sorted(
+            g.entries,
+            key=lambda e: (
+                e.run.defense != "erm",
+                e.run.defense,
+                e.run.seed if e.run.seed is not None else -1,
+                e.run.name,
+            ),
+        ):
             by_defense.setdefault(e.run.defense, []).append(e)
         for defense, entries in by_defense.items():
             for variant, part in _variants(entries):

@@ -7,6 +7,7 @@ run says what is missing, it does not invent it. Only a path that is not a run d
 is an error. The documents read tolerantly (a missing or mistyped field is None or empty), so
 the reports read fields and never dig through dicts.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,16 +16,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from harness.core.documents import (AttackRecord, CheckpointRecord, Document, EnvRecord, EvalResult, Finding,
-                                    MetricsRow, Proportion, TrainingStrength, TrainingSummary)
+from harness.core.documents import (
+    AttackRecord,
+    CheckpointRecord,
+    Document,
+    EnvRecord,
+    EvalResult,
+    Finding,
+    MetricsRow,
+    Proportion,
+    TrainingStrength,
+    TrainingSummary,
+)
 from harness.core.errors import HarnessError
 from harness.core.rundir import RunDir
 
 # attack names whose implementation is the reference AutoAttack (pyautoattack)
-AUTOATTACK_NAMES = {"apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square", "autoattack", "apgd-ce-rand",
-                    "apgd-dlr-rand"}
+AUTOATTACK_NAMES = {
+    "apgd-ce",
+    "apgd-t",
+    "apgd-dlr",
+    "fab",
+    "fab-t",
+    "square",
+    "autoattack",
+    "apgd-ce-rand",
+    "apgd-dlr-rand",
+}
 VERDICT_ORDER = ("reliable", "not run", "suspicious", "unreliable")  # worst last
 CHECKPOINT_ORDER = {"best": 0, "last": 1}
+
 
 def fnum(x: Any) -> Optional[float]:
     """A finite float, or None (stored JSON may hold null for NaN)."""
@@ -480,8 +501,9 @@ class RunInfo:
 
     def passes_total(self) -> Optional[float]:
         """Forward + backward passes per training example over the whole training, as counted."""
-        per_row = [(fnum(r.train.passes.forward_per_example), fnum(r.train.passes.backward_per_example))
-                   for r in self.metrics]
+        per_row = [
+            (fnum(r.train.passes.forward_per_example), fnum(r.train.passes.backward_per_example)) for r in self.metrics
+        ]
         if per_row and all(f is not None and b is not None for f, b in per_row):
             return sum(f + b for f, b in per_row)  # type: ignore[operator]
         pe = self.passes_per_epoch()
@@ -493,8 +515,10 @@ class RunInfo:
     def evaluations(self) -> List[EvalView]:
         """Finished evaluations, preferred suite first, best before last."""
         pref = self.section("eval").get("suite")
-        return sorted(self.evals.values(),
-                      key=lambda e: (e.suite != pref, e.suite, CHECKPOINT_ORDER.get(e.checkpoint, 2), e.checkpoint))
+        return sorted(
+            self.evals.values(),
+            key=lambda e: (e.suite != pref, e.suite, CHECKPOINT_ORDER.get(e.checkpoint, 2), e.checkpoint),
+        )
 
     def suites(self) -> List[str]:
         out: List[str] = []

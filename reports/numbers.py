@@ -4,6 +4,7 @@ Stored accuracies are fractions (docs/formats.md); they become percents only whe
 One decimal everywhere: the 95% intervals of the sample sizes we evaluate on are wider than a
 tenth of a point, so more digits would claim a precision the numbers do not have.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional

@@ -2,6 +2,7 @@
 
 Output is deterministic (fixed rounding), so the same run always renders the same figure.
 """
+
 from __future__ import annotations
 
 import html
@@ -190,27 +191,41 @@ def _axes(chart: Chart, f: _Frame) -> List[str]:
     parts = []
     for b in chart.bands:
         bx0, bx1 = f.X(b.x0), f.X(b.x1)
-        parts.append(f'<rect x="{_f(min(bx0, bx1))}" y="{_f(top)}" width="{_f(max(2.0, abs(bx1 - bx0)))}" height="{_f(ph)}" '
-                     f'fill="{b.color}" fill-opacity="0.12"/>')
+        parts.append(
+            f'<rect x="{_f(min(bx0, bx1))}" y="{_f(top)}" width="{_f(max(2.0, abs(bx1 - bx0)))}" height="{_f(ph)}" '
+            f'fill="{b.color}" fill-opacity="0.12"/>'
+        )
     for i in range(6):
         v = i / 5
         y = f.Y(v)
-        parts.append(f'<line x1="{left}" y1="{_f(y)}" x2="{left + pw}" y2="{_f(y)}" stroke="#d6dbe1" stroke-width="1"/>')
-        parts.append(f'<text x="{left - 8}" y="{_f(y + 4)}" text-anchor="end" fill="#57606a">{int(round(v * 100))}%</text>')
+        parts.append(
+            f'<line x1="{left}" y1="{_f(y)}" x2="{left + pw}" y2="{_f(y)}" stroke="#d6dbe1" stroke-width="1"/>'
+        )
+        parts.append(
+            f'<text x="{left - 8}" y="{_f(y + 4)}" text-anchor="end" fill="#57606a">{int(round(v * 100))}%</text>'
+        )
     for t in _x_ticks(chart, f.x0, f.x1):
         x = f.X(t)
         parts.append(f'<line x1="{_f(x)}" y1="{_f(top + ph)}" x2="{_f(x)}" y2="{_f(top + ph + 5)}" stroke="#57606a"/>')
         label = str(int(t)) if chart.integer_x else chart.x_format.format(t)
-        parts.append(f'<text x="{_f(x)}" y="{_f(top + ph + 18)}" text-anchor="middle" fill="#57606a">{_e(label)}</text>')
+        parts.append(
+            f'<text x="{_f(x)}" y="{_f(top + ph + 18)}" text-anchor="middle" fill="#57606a">{_e(label)}</text>'
+        )
     parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#8c959f"/>')
-    parts.append(f'<text x="{_f(left + pw / 2)}" y="{_f(top + ph + 36)}" text-anchor="middle" fill="#24292f">'
-                 f'{_e(chart.x_label)}</text>')
-    parts.append(f'<text transform="translate(16 {_f(top + ph / 2)}) rotate(-90)" text-anchor="middle" fill="#24292f">'
-                 f'{_e(chart.y_label)}</text>')
+    parts.append(
+        f'<text x="{_f(left + pw / 2)}" y="{_f(top + ph + 36)}" text-anchor="middle" fill="#24292f">'
+        f"{_e(chart.x_label)}</text>"
+    )
+    parts.append(
+        f'<text transform="translate(16 {_f(top + ph / 2)}) rotate(-90)" text-anchor="middle" fill="#24292f">'
+        f"{_e(chart.y_label)}</text>"
+    )
     for v in chart.vlines:
         x = f.X(v.x)
-        parts.append(f'<line x1="{_f(x)}" y1="{top}" x2="{_f(x)}" y2="{top + ph}" stroke="{v.color}" stroke-width="1.5" '
-                     f'stroke-dasharray="{v.dash}"/>')
+        parts.append(
+            f'<line x1="{_f(x)}" y1="{top}" x2="{_f(x)}" y2="{top + ph}" stroke="{v.color}" stroke-width="1.5" '
+            f'stroke-dasharray="{v.dash}"/>'
+        )
         if v.short:
             parts.append(_label(x, top + 14, v.short, v.color, left, left + pw))
     return parts
@@ -236,13 +251,17 @@ def _plotted(chart: Chart, f: _Frame) -> List[str]:
         for x, y in zip(s.xs, s.ys):
             if y is not None:
                 xl = str(int(x)) if chart.integer_x else chart.x_format.format(x)
-                parts.append(f'<circle cx="{_f(f.X(float(x)))}" cy="{_f(f.Y(float(y)))}" r="3" fill="{s.color}">'
-                             f"<title>{_e(s.name)}: {_e(chart.x_label)} {_e(xl)}, {pct(float(y))}</title></circle>")
+                parts.append(
+                    f'<circle cx="{_f(f.X(float(x)))}" cy="{_f(f.Y(float(y)))}" r="3" fill="{s.color}">'
+                    f"<title>{_e(s.name)}: {_e(chart.x_label)} {_e(xl)}, {pct(float(y))}</title></circle>"
+                )
     for b in chart.brackets:
         x = f.X(b.x) + 10
         ya, yb = f.Y(b.y0), f.Y(b.y1)
-        parts.append(f'<path d="M{_f(x - 5)},{_f(ya)} H{_f(x)} V{_f(yb)} H{_f(x - 5)}" fill="none" stroke="{b.color}" '
-                     'stroke-width="2"/>')
+        parts.append(
+            f'<path d="M{_f(x - 5)},{_f(ya)} H{_f(x)} V{_f(yb)} H{_f(x - 5)}" fill="none" stroke="{b.color}" '
+            'stroke-width="2"/>'
+        )
     return parts
 
 
@@ -258,20 +277,28 @@ def _legend(chart: Chart, f: _Frame, items: List[Tuple[str, str]], layout: List[
         if kind == "series":
             s = series[(kind, label)]
             dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
-            parts.append(f'<line x1="{_f(x)}" y1="{y - 4}" x2="{_f(x + 22)}" y2="{y - 4}" stroke="{s.color}" '
-                         f'stroke-width="2.5"{dash}/>')
+            parts.append(
+                f'<line x1="{_f(x)}" y1="{y - 4}" x2="{_f(x + 22)}" y2="{y - 4}" stroke="{s.color}" '
+                f'stroke-width="2.5"{dash}/>'
+            )
         elif kind == "vline":
             v = marks[(kind, label)]
-            parts.append(f'<line x1="{_f(x + 11)}" y1="{y - 12}" x2="{_f(x + 11)}" y2="{y + 3}" stroke="{v.color}" '
-                         'stroke-width="1.5" stroke-dasharray="4 3"/>')
+            parts.append(
+                f'<line x1="{_f(x + 11)}" y1="{y - 12}" x2="{_f(x + 11)}" y2="{y + 3}" stroke="{v.color}" '
+                'stroke-width="1.5" stroke-dasharray="4 3"/>'
+            )
         elif kind == "band":
             b = bands[(kind, label)]
-            parts.append(f'<rect x="{_f(x)}" y="{y - 12}" width="22" height="14" fill="{b.color}" fill-opacity="0.12" '
-                         f'stroke="{b.color}" stroke-opacity="0.3"/>')
+            parts.append(
+                f'<rect x="{_f(x)}" y="{y - 12}" width="22" height="14" fill="{b.color}" fill-opacity="0.12" '
+                f'stroke="{b.color}" stroke-opacity="0.3"/>'
+            )
         else:
             k = brackets[(kind, label)]
-            parts.append(f'<path d="M{_f(x + 6)},{y - 12} H{_f(x + 12)} V{y + 2} H{_f(x + 6)}" fill="none" '
-                         f'stroke="{k.color}" stroke-width="2"/>')
+            parts.append(
+                f'<path d="M{_f(x + 6)},{y - 12} H{_f(x + 12)} V{y + 2} H{_f(x + 6)}" fill="none" '
+                f'stroke="{k.color}" stroke-width="2"/>'
+            )
         parts.append(f'<text x="{_f(x + 28)}" y="{y}" fill="#24292f">{_e(label)}</text>')
     return parts
 
@@ -284,5 +311,7 @@ def _label(x: float, y: float, text: str, color: str, lo: float, hi: float, anch
         if x + 4 + approx > hi:
             anchor = "end"
     dx = 4 if anchor == "start" else -4
-    return (f'<text x="{_f(x + dx)}" y="{_f(y)}" text-anchor="{anchor}" fill="{color}" '
-            f'stroke="#ffffff" stroke-width="3" paint-order="stroke">{_e(text)}</text>')
+    return (
+        f'<text x="{_f(x + dx)}" y="{_f(y)}" text-anchor="{anchor}" fill="{color}" '
+        f'stroke="#ffffff" stroke-width="3" paint-order="stroke">{_e(text)}</text>'
+    )

@@ -7,6 +7,7 @@ HTML. Nothing here formats a percent: that happens only at render time, in one p
 Footnotes are structured: ``Table.note(text)`` returns a mark (1, 2, ...) that columns, groups
 and rows refer to, so every renderer prints the same marks and the same notes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -18,6 +18,7 @@ in a few seconds on a CPU (PGD-AT with ``attacks.pgd.perturb``). ``cascade`` run
 attacks as an evaluation suite would (each on the points still robust) and returns the record
 a ``CheckContext`` reads; ``ReferenceSquare`` puts pyautoattack's Square into such a cascade.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,9 +30,9 @@ from torch import nn
 
 from attacks.base import AttackResult
 from attacks.pgd import perturb
+from harness.core.threat import ThreatModel
 from harness.data import DataBundle, load_dataset
 from harness.models import build_model
-from harness.core.threat import ThreatModel
 
 
 class QuantisedInput(nn.Module):
@@ -122,8 +123,15 @@ class Trained:
     seconds: float
 
 
-def train_small_cnn(dataset: str = "digits", *, eps: float = 0.1, epochs: int = 10, steps: int = 3, seed: int = 0,
-                    adversarial: bool = True) -> Trained:
+def train_small_cnn(
+    dataset: str = "digits",
+    *,
+    eps: float = 0.1,
+    epochs: int = 10,
+    steps: int = 3,
+    seed: int = 0,
+    adversarial: bool = True,
+) -> Trained:
     """PGD-AT (``steps`` steps of size eps/2 from a random start, BatchNorm-free small CNN) on the
     train split, Adam 3e-3, batch 128. On ``digits`` at eps 0.1: about 95% clean and 75% under
     PGD-20 on the test split after a few seconds on a CPU."""
@@ -139,7 +147,9 @@ def train_small_cnn(dataset: str = "digits", *, eps: float = 0.1, epochs: int = 
         for xb, yb in data.train.batches(128, shuffle=True, generator=gen):
             if adversarial:
                 model.eval()
-                xb = perturb(model, xb, yb, threat=ThreatModel("Linf", eps), steps=steps, step_size=eps / 2, generator=gen)
+                xb = perturb(
+                    model, xb, yb, threat=ThreatModel("Linf", eps), steps=steps, step_size=eps / 2, generator=gen
+                )
             model.train()
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
@@ -163,21 +173,32 @@ class ReferenceSquare:
         return f"Square {self.queries}"
 
     def describe(self) -> Dict[str, Any]:
-        return {"attack": "square", "norm": self.norm, "eps": f"{self.eps:g}", "eps_value": self.eps,
-                "queries": self.queries, "library": "pyautoattack", "seed": self.seed}
+        return {
+            "attack": "square",
+            "norm": self.norm,
+            "eps": f"{self.eps:g}",
+            "eps_value": self.eps,
+            "queries": self.queries,
+            "library": "pyautoattack",
+            "seed": self.seed,
+        }
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
         from pyautoattack.square import SquareAttack
 
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             model.eval()
-            atk = SquareAttack(model, norm=self.norm, n_queries=self.queries, eps=self.eps, seed=self.seed, device=x.device)
+            atk = SquareAttack(
+                model, norm=self.norm, n_queries=self.queries, eps=self.eps, seed=self.seed, device=x.device
+            )
             adv = atk.perturb(x, y)
             success = model(adv).argmax(1) != y
         return AttackResult(x_adv=adv, success=success)
 
 
-def cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Any]) -> Tuple[List[Dict[str, Any]], torch.Tensor, torch.Tensor]:
+def cascade(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Any]
+) -> Tuple[List[Dict[str, Any]], torch.Tensor, torch.Tensor]:
     """Run ``attacks`` (objects with ``.run(model, x, y)``) as a cascade: each only on the
     points still robust. Returns (record for ``CheckContext.attacks``, clean_correct, robust)."""
     with torch.no_grad():
@@ -201,6 +222,15 @@ def cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequenc
                 trace = torch.full((r.loss_trace.shape[0], n), float("nan"))
                 trace[:, idx] = r.loss_trace
         robust &= ~broke
-        record.append({"name": atk.name, "label": atk.label(), "descriptor": atk.describe(), "ran_on": ran_on,
-                       "broke": broke, "path_success": path, "loss_trace": trace})
+        record.append(
+            {
+                "name": atk.name,
+                "label": atk.label(),
+                "descriptor": atk.describe(),
+                "ran_on": ran_on,
+                "broke": broke,
+                "path_success": path,
+                "loss_trace": trace,
+            }
+        )
     return record, correct, robust

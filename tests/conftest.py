@@ -1,4 +1,5 @@
 """Shared fixtures. Keep this file small: a fixture lives here only when several test files use it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,8 +58,10 @@ def toy_defense(monkeypatch: pytest.MonkeyPatch) -> Any:
 
         @classmethod
         def recipe(cls, dataset: str) -> Dict[str, Any]:
-            base: Dict[str, Any] = {"train": {"epochs": 7, "lr": 0.05, "schedule": "cyclic"},
-                                    "defense_options": {"steps": 3, "step_size": "eps/2"}}
+            base: Dict[str, Any] = {
+                "train": {"epochs": 7, "lr": 0.05, "schedule": "cyclic"},
+                "defense_options": {"steps": 3, "step_size": "eps/2"},
+            }
             if dataset == "digits":
                 base["threat"] = {"eps": "0.2"}
                 base["train"]["batch_size"] = 32

@@ -7,6 +7,7 @@
 - ``ddp-attack OUT_JSON``: a PGD attack through the DDP wrapper in train mode, then one update
   with unequal parts of a global batch; rank 0 writes what it observed to OUT_JSON.
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,7 +66,9 @@ def ddp_attack(out: str) -> int:
         x, y = x_all[parts[world.rank]], y_all[parts[world.rank]]
         threat = ThreatModel.parse("Linf", "0.1")
         replica.ddp.train()
-        x_adv = perturb(replica.ddp, x, y, threat=threat, steps=3, step_size=0.05, generator=torch.Generator().manual_seed(1))
+        x_adv = perturb(
+            replica.ddp, x, y, threat=threat, steps=3, step_size=0.05, generator=torch.Generator().manual_seed(1)
+        )
         after_attack = {"hooks_fired": len(fired), "grads_none": all(p.grad is None for p in model.parameters())}
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
         replica.share = y.numel() / y_all.numel()
@@ -77,15 +80,26 @@ def ddp_attack(out: str) -> int:
         if world.is_writer:
             ref_opt = torch.optim.SGD(reference.parameters(), lr=0.5)
             ref_opt.zero_grad()
-            loss = sum(nn.functional.cross_entropy(reference(a), y_all[s]) * (y_all[s].numel() / 6) for a, s in zip(advs, parts))
+            loss = sum(
+                nn.functional.cross_entropy(reference(a), y_all[s]) * (y_all[s].numel() / 6)
+                for a, s in zip(advs, parts)
+            )
             loss.backward()
             ref_opt.step()
             ref = torch.cat([p.detach().flatten() for p in reference.parameters()])
-            Path(out).write_text(json.dumps({
-                **after_attack, "ranks_equal": bool(torch.equal(every[0], every[1])),
-                "max_diff_to_global_batch": float((every[0] - ref).abs().max()),
-                "moved": float((every[0] - torch.cat([p.detach().flatten() for p in _model().parameters()])).abs().max()),
-                "backend": dist.get_backend()}))
+            Path(out).write_text(
+                json.dumps(
+                    {
+                        **after_attack,
+                        "ranks_equal": bool(torch.equal(every[0], every[1])),
+                        "max_diff_to_global_batch": float((every[0] - ref).abs().max()),
+                        "moved": float(
+                            (every[0] - torch.cat([p.detach().flatten() for p in _model().parameters()])).abs().max()
+                        ),
+                        "backend": dist.get_backend(),
+                    }
+                )
+            )
     return 0
 
 

@@ -1,5 +1,6 @@
 """Pickles that run code when unpickled: what a checkpoint or a data batch from outside may hide.
 Each one, if it ran, would leave a file at ``path``; the loaders must refuse them first."""
+
 import os
 
 

@@ -1,6 +1,7 @@
 """The shape of the code, as checks: the layering (kernel < plugins < application), compute once
 (one data-set load per run, one read of config.json per command, identical weights evaluated once
 per suite), results tied to the weights they were computed on, the Python API, and log lines."""
+
 from __future__ import annotations
 
 import json
@@ -26,45 +27,72 @@ QUICK = {"epochs": 1, "suite": "smoke", "n": 16, "device": "cpu", "monitor.val_n
 
 
 def _fresh_python(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
 # -- layering ------------------------------------------------------------------------------------
 
-PLUGINS = ["attacks.pgd", "attacks.autoattack", "attacks.suites", "attacks.factory", "attacks.checks", "defenses.erm",
-           "defenses.pgd_at", "defenses.trades", "defenses.free_at", "defenses.fast_at", "reports.run_report",
-           "reports.compare", "reports.cli"]
+PLUGINS = [
+    "attacks.pgd",
+    "attacks.autoattack",
+    "attacks.suites",
+    "attacks.factory",
+    "attacks.checks",
+    "defenses.erm",
+    "defenses.pgd_at",
+    "defenses.trades",
+    "defenses.free_at",
+    "defenses.fast_at",
+    "reports.run_report",
+    "reports.compare",
+    "reports.cli",
+]
 
 
 def test_plugins_and_reports_never_import_the_application():
     """attacks/, defenses/ and reports/ stand on the kernel (harness.core) alone: imported in a
     fresh interpreter, they load no other harness module."""
-    out = _fresh_python("import sys\n" + "".join(f"import {m}\n" for m in PLUGINS) +
-                        "print(sorted(m for m in sys.modules if m.startswith('harness')))")
+    out = _fresh_python(
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in PLUGINS)
+        + "print(sorted(m for m in sys.modules if m.startswith('harness')))"
+    )
     loaded = eval(out)  # a printed list of module names
-    assert loaded and all(m == "harness" or m == "harness.core" or m.startswith("harness.core.") for m in loaded), loaded
+    assert loaded and all(m == "harness" or m == "harness.core" or m.startswith("harness.core.") for m in loaded), (
+        loaded
+    )
 
 
 def test_the_kernel_imports_neither_plugins_nor_the_application_nor_torch_beyond_runtime():
-    out = _fresh_python("import sys\nimport harness.core.errors, harness.core.registry, harness.core.io, "
-                        "harness.core.rundir, harness.core.threat, harness.core.stats\n"
-                        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('harness', 'attacks', 'defenses', "
-                        "'reports', 'torch')))")
+    out = _fresh_python(
+        "import sys\nimport harness.core.errors, harness.core.registry, harness.core.io, "
+        "harness.core.rundir, harness.core.threat, harness.core.stats\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('harness', 'attacks', 'defenses', "
+        "'reports', 'torch')))"
+    )
     loaded = eval(out)
     assert not [m for m in loaded if not m.startswith("harness")], loaded
     assert all(m in ("harness", "harness.core") or m.startswith("harness.core.") for m in loaded), loaded
 
 
 def test_importing_harness_is_light_and_the_api_loads_on_use():
-    out = _fresh_python("import sys, harness\nprint('torch' in sys.modules, callable(harness.evaluate), "
-                        "'torch' in sys.modules)")
+    out = _fresh_python(
+        "import sys, harness\nprint('torch' in sys.modules, callable(harness.evaluate), 'torch' in sys.modules)"
+    )
     assert out.split() == ["False", "True", "True"]
 
 
 # -- compute once ------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def counting_data(monkeypatch):
@@ -110,7 +138,8 @@ def evaluations(monkeypatch):
 
 
 def test_one_data_set_load_no_config_read_and_one_evaluation_for_identical_weights(
-        tmp_path, counting_data, config_reads, evaluations):
+    tmp_path, counting_data, config_reads, evaluations
+):
     """One epoch: best and last are the same weights. The whole `harness run` loads the data set
     once, reads config.json once (the report renderer, which builds reports from files alone), and
     runs the suite once for both checkpoints."""
@@ -126,7 +155,8 @@ def test_one_data_set_load_no_config_read_and_one_evaluation_for_identical_weigh
 
 
 def test_harness_eval_reads_the_config_once_and_reuses_results_only_for_the_same_weights(
-        tmp_path, counting_data, config_reads, evaluations, capsys):
+    tmp_path, counting_data, config_reads, evaluations, capsys
+):
     run = harness.train(defense="erm", dataset="counting", out=str(tmp_path), name="r", **{**QUICK, "epochs": 2})
     evaluations.clear()
     counting_data.clear()
@@ -168,6 +198,7 @@ def test_a_truncated_checkpoint_is_one_error_line_and_the_stored_result_stays(tm
 
 # -- the Python API ------------------------------------------------------------------------------
 
+
 class UsersNet(nn.Module):
     """A user's own module, nothing of ours inside: [0,1] images in, logits out."""
 
@@ -202,12 +233,14 @@ def test_evaluate_a_users_module_on_tensors(tmp_path):
 def test_the_issue_one_liner_runs_in_a_fresh_interpreter():
     """The issue's own command, default suite (quick: AutoAttack standard + PGD-20), on a user's
     nn.Module and tensors."""
-    code = ("import torch, harness\n"
-            "from torch import nn\n"
-            "torch.manual_seed(0)\n"
-            "model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n"
-            "x, y = torch.rand(12, 1, 8, 8), torch.randint(0, 10, (12,))\n"
-            "r = harness.evaluate(model, (x, y), eps=0.1); print(r.robust_accuracy, r.verdict)\n")
+    code = (
+        "import torch, harness\n"
+        "from torch import nn\n"
+        "torch.manual_seed(0)\n"
+        "model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n"
+        "x, y = torch.rand(12, 1, 8, 8), torch.randint(0, 10, (12,))\n"
+        "r = harness.evaluate(model, (x, y), eps=0.1); print(r.robust_accuracy, r.verdict)\n"
+    )
     acc, verdict = _fresh_python(code).split()
     assert 0 <= float(acc) <= 1 and verdict in ("reliable", "suspicious", "unreliable")
 
@@ -246,12 +279,14 @@ def test_train_is_harness_run_from_python(tmp_path):
 def test_settings_take_sections_dotted_keys_and_short_names():
     from harness.api import settings_to_flags
 
-    flags = settings_to_flags({"eps": "8/255", "train": {"lr": 0.1}, "train.epochs": 3, "epochs": 4,
-                               "defense_options": {"steps": 2}})
+    flags = settings_to_flags(
+        {"eps": "8/255", "train": {"lr": 0.1}, "train.epochs": 3, "epochs": 4, "defense_options": {"steps": 2}}
+    )
     assert flags == {"threat": {"eps": "8/255"}, "train": {"lr": 0.1, "epochs": 4}, "defense_options": {"steps": 2}}
 
 
 # -- logs -------------------------------------------------------------------------------------------
+
 
 def test_log_lines_into_a_pipe_are_one_line_per_event(capfd):
     from harness.cli import _setup_logging
@@ -268,8 +303,14 @@ def test_log_lines_into_a_pipe_are_one_line_per_event(capfd):
 
 
 def test_the_run_records_the_precision_it_used(tmp_path):
-    run = harness.train("erm", dataset="synthetic", out=str(tmp_path), name="p", evaluate=False,
-                        **{k: v for k, v in QUICK.items() if k not in ("suite", "n")})
+    run = harness.train(
+        "erm",
+        dataset="synthetic",
+        out=str(tmp_path),
+        name="p",
+        evaluate=False,
+        **{k: v for k, v in QUICK.items() if k not in ("suite", "n")},
+    )
     env: Dict[str, Any] = json.loads((run.path / "env.json").read_text())
     assert run.config["precision"] == "auto" and env["precision"] == "fp32" and run.training["precision"] == "fp32"
 
@@ -293,8 +334,14 @@ def test_the_readme_python_example_runs(tmp_path):
 
     text = (ROOT / "README.md").read_text()
     block = re.search(r"## From Python.*?```python\n(.*?)```", text, re.S).group(1)
-    done = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-c", block],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "finished" in done.stdout and (tmp_path / "runs" / "api-demo" / "report.md").exists()
     assert (tmp_path / "result.json").exists()
@@ -319,6 +366,7 @@ def test_long_functions_say_why():
                     continue
                 first = min([d.lineno for d in node.decorator_list] + [node.lineno])
                 if not lines[first - 2].strip().startswith("# size:"):
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines, "
-                                     f"{len(params)} parameters)")
+                    offenders.append(
+                        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines, {len(params)} parameters)"
+                    )
     assert not offenders, "split these, or say why they are whole:\n" + "\n".join(offenders)

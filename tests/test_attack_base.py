@@ -1,48 +1,61 @@
 """What every attack shares: step-size expressions (never code), projection onto the eps ball and
 the [0,1] box, verification before anything is counted, random starts, and the pass counter."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from attacks.base import (PassCounter, batched, eval_mode, norms, project, random_start,
-                          resolve_step_size, verify)
+from attacks.base import PassCounter, batched, eval_mode, norms, project, random_start, resolve_step_size, verify
 from harness.core.errors import ConfigError, ThreatModelViolation
 from harness.core.threat import ThreatModel
 
-
 # -- step sizes -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("expr, expected", [
-    ("eps/4", 0.1 / 4), ("2.5*eps/steps", 2.5 * 0.1 / 10), ("1.25*eps", 0.125), (" eps / 4 ", 0.025),
-    ("eps/steps*2", 0.02), ("(eps+eps)/8", 0.025), ("eps - eps/2", 0.05), ("2/255", 2 / 255),
-    (0.01, 0.01), (1, 1.0),
-])
+
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        ("eps/4", 0.1 / 4),
+        ("2.5*eps/steps", 2.5 * 0.1 / 10),
+        ("1.25*eps", 0.125),
+        (" eps / 4 ", 0.025),
+        ("eps/steps*2", 0.02),
+        ("(eps+eps)/8", 0.025),
+        ("eps - eps/2", 0.05),
+        ("2/255", 2 / 255),
+        (0.01, 0.01),
+        (1, 1.0),
+    ],
+)
 def test_step_size_expressions(expr, expected):
     assert resolve_step_size(expr, eps=0.1, steps=10) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("expr, match", [
-    ("__import__('os').system('true')", "only numbers, eps, steps"),
-    ("__import__('os')", "only numbers, eps, steps"),
-    ("eps**2", "only numbers, eps, steps"),
-    ("open('x', 'w')", "only numbers, eps, steps"),
-    ("eps.real", "only numbers, eps, steps"),
-    ("[eps][0]", "only numbers, eps, steps"),
-    ("lr/4", "only numbers, eps, steps"),
-    ("eps if True else 1", "only numbers, eps, steps"),
-    ("'eps'", "only numbers, eps, steps"),
-    ("eps/", "cannot parse"),
-    ("", "cannot parse"),
-    ("eps/0", "divides by zero"),
-    ("eps/steps-eps/steps", "must be > 0"),
-    ("-eps", "must be > 0"),
-    (0, "must be > 0"),
-    (float("inf"), "must be > 0"),
-    (True, "must be a number"),
-    (None, "must be a number"),
-])
+@pytest.mark.parametrize(
+    "expr, match",
+    [
+        ("__import__('os').system('true')", "only numbers, eps, steps"),
+        ("__import__('os')", "only numbers, eps, steps"),
+        ("eps**2", "only numbers, eps, steps"),
+        ("open('x', 'w')", "only numbers, eps, steps"),
+        ("eps.real", "only numbers, eps, steps"),
+        ("[eps][0]", "only numbers, eps, steps"),
+        ("lr/4", "only numbers, eps, steps"),
+        ("eps if True else 1", "only numbers, eps, steps"),
+        ("'eps'", "only numbers, eps, steps"),
+        ("eps/", "cannot parse"),
+        ("", "cannot parse"),
+        ("eps/0", "divides by zero"),
+        ("eps/steps-eps/steps", "must be > 0"),
+        ("-eps", "must be > 0"),
+        (0, "must be > 0"),
+        (float("inf"), "must be > 0"),
+        (True, "must be a number"),
+        (None, "must be a number"),
+    ],
+)
 def test_bad_step_sizes_are_config_errors(expr, match):
     with pytest.raises(ConfigError, match=match):
         resolve_step_size(expr, eps=0.1, steps=10)
@@ -61,6 +74,7 @@ def test_eps_over_steps_with_zero_steps():
 
 
 # -- threat checks, projection and verification ----------------------------------------------
+
 
 def test_a_threat_model_validates_itself():
     ThreatModel("Linf", 8 / 255)
@@ -167,7 +181,7 @@ def test_random_start_l2_is_uniform_in_the_ball_not_on_its_surface():
     assert float(r.max()) <= 0.2 + 1e-6
     # uniform in a 4-ball: P(r <= eps / 2) = (1/2)^4
     assert float((r <= 0.1).float().mean()) == pytest.approx(1 / 16, abs=0.015)
-    assert float((r <= 0.2 * 0.5 ** 0.25).float().mean()) == pytest.approx(0.5, abs=0.03)
+    assert float((r <= 0.2 * 0.5**0.25).float().mean()) == pytest.approx(0.5, abs=0.03)
 
 
 def test_norms_and_batched():
@@ -177,6 +191,7 @@ def test_norms_and_batched():
 
 
 # -- eval mode and the pass counter -----------------------------------------------------------
+
 
 def test_eval_mode_restores_every_submodule_mode():
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Sequential(nn.Dropout(), nn.BatchNorm1d(2)))

@@ -1,16 +1,17 @@
 """Attacks: ordering FGSM/PGD/clean, balls, restarts, losses, model mode, AutoAttack equality."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from trained_models import points, trained
 
 from attacks.base import PassCounter, norms, verify
+from attacks.factory import build
 from attacks.losses import dlr_loss, margin_loss
 from attacks.pgd import FGSM, PGD
-from attacks.factory import build
 from attacks.registry import ATTACKS
 from harness.core.errors import ConfigError, ThreatModelViolation, UnknownNameError
-from trained_models import points, trained
 from harness.core.threat import ThreatModel
 
 

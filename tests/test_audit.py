@@ -1,6 +1,7 @@
 """`harness audit`: verdicts on claims, checkpoints as data (hostile pickles refused, key
 mismatches listed), model files that fail to import, the guard rails, and RobustBench names with
 weights from a local model directory. Digits / generated data, the smoke suite, no network."""
+
 from __future__ import annotations
 
 import builtins
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from trained_models import bundle, points, trained
 
 from harness.audit.run import AuditRefused, decide, guard_rails, parse_claim, parse_claim_attack, replay_spec, sign_test
 from harness.checkpoints import save_weights
@@ -19,7 +21,6 @@ from harness.cli import main
 from harness.core.errors import ConfigError, UnknownNameError
 from harness.core.stats import proportion
 from harness.core.threat import ThreatModel
-from trained_models import bundle, points, trained
 
 EPS = "0.05"
 BASE = ["audit", "--dataset", "digits", "--eps", EPS, "--suite", "smoke", "--n", "32"]
@@ -77,12 +78,26 @@ def _audit(argv, capsys):
 def overstated(files):
     """One audit through the CLI of a claim far above what the model can have (99%)."""
     out = files / "overstated"
-    code = main(BASE + ["--model", "small-cnn", "--checkpoint", str(files / "w.safetensors"), "--claim", "0.99",
-                        "--claim-attack", "PGD-20", "--out", str(out)])
+    code = main(
+        BASE
+        + [
+            "--model",
+            "small-cnn",
+            "--checkpoint",
+            str(files / "w.safetensors"),
+            "--claim",
+            "0.99",
+            "--claim-attack",
+            "PGD-20",
+            "--out",
+            str(out),
+        ]
+    )
     return code, out, json.loads((out / "audit.json").read_text())
 
 
 # -- verdicts ----------------------------------------------------------------------------------
+
 
 def test_claim_above_the_measurement_is_overstated_by_the_gap(overstated):
     code, out, doc = overstated
@@ -106,8 +121,22 @@ def test_claim_above_the_measurement_is_overstated_by_the_gap(overstated):
 
 def test_true_claim_holds(overstated, files, capsys):
     measured = overstated[2]["measured"]["accuracy"]
-    code, out, err = _audit(BASE + ["--model", "small-cnn", "--checkpoint", str(files / "w.safetensors"),
-                                    "--claim", f"{100 * measured:.4f}%", "--claim-attack", "PGD-20", "--out", str(files / "holds")], capsys)
+    code, out, err = _audit(
+        BASE
+        + [
+            "--model",
+            "small-cnn",
+            "--checkpoint",
+            str(files / "w.safetensors"),
+            "--claim",
+            f"{100 * measured:.4f}%",
+            "--claim-attack",
+            "PGD-20",
+            "--out",
+            str(files / "holds"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     doc = json.loads((files / "holds" / "audit.json").read_text())
     assert doc["verdict"]["outcome"] == "holds"
@@ -130,7 +159,9 @@ def test_verdict_rule_boundaries():
     assert decide(0.40, robust, ok, flags=["guard rail probabilities: ..."])["flagged"]
 
 
-@pytest.mark.parametrize("text,value", [("0.53", 0.53), ("53", 0.53), ("53%", 0.53), ("1", 1.0), ("0", 0.0), ("100%", 1.0)])
+@pytest.mark.parametrize(
+    "text,value", [("0.53", 0.53), ("53", 0.53), ("53%", 0.53), ("1", 1.0), ("0", 0.0), ("100%", 1.0)]
+)
 def test_claim_as_fraction_or_percent(text, value):
     assert parse_claim(text) == pytest.approx(value)
 
@@ -141,27 +172,38 @@ def test_impossible_claims_are_errors(text):
         parse_claim(text)
 
 
-@pytest.mark.parametrize("text,family,steps,restarts,loss", [
-    ("PGD-20", "pgd", 20, None, "ce"),
-    ("PGD-100 x5 restarts", "pgd", 100, 5, "ce"),
-    ("PGD 50 steps, 10 restarts, step 2/255", "pgd", 50, 10, "ce"),
-    ("CW-100", "cw", 100, None, "margin"),
-    ("PGD-20 with the CW loss", "cw", 20, None, "margin"),
-    ("FGSM", "fgsm", 1, 1, "ce"),
-    ("AutoAttack", "autoattack", None, None, None),
-    ("AA (standard)", "autoattack", None, None, None),
-    ("APGD-CE", "apgd-ce", None, None, "ce"),
-    ("Square 5000 queries", "square", 5000, None, "margin"),
-    ("10-step PGD", "pgd", 10, None, "ce"),
-])
+@pytest.mark.parametrize(
+    "text,family,steps,restarts,loss",
+    [
+        ("PGD-20", "pgd", 20, None, "ce"),
+        ("PGD-100 x5 restarts", "pgd", 100, 5, "ce"),
+        ("PGD 50 steps, 10 restarts, step 2/255", "pgd", 50, 10, "ce"),
+        ("CW-100", "cw", 100, None, "margin"),
+        ("PGD-20 with the CW loss", "cw", 20, None, "margin"),
+        ("FGSM", "fgsm", 1, 1, "ce"),
+        ("AutoAttack", "autoattack", None, None, None),
+        ("AA (standard)", "autoattack", None, None, None),
+        ("APGD-CE", "apgd-ce", None, None, "ce"),
+        ("Square 5000 queries", "square", 5000, None, "margin"),
+        ("10-step PGD", "pgd", 10, None, "ce"),
+    ],
+)
 def test_claimed_attack_text_is_parsed(text, family, steps, restarts, loss):
     p = parse_claim_attack(text)
     assert p["text"] == text and p["parsed"]
     assert (p["family"], p["steps"], p["restarts"], p["loss"]) == (family, steps, restarts, loss)
 
 
-@pytest.mark.parametrize("text,version", [("AutoAttack", "standard"), ("AutoAttack+", "plus"), ("AA plus", "plus"),
-                                          ("AutoAttack rand", "rand"), ("AutoAttack (APGD-CE + APGD-T)", "standard")])
+@pytest.mark.parametrize(
+    "text,version",
+    [
+        ("AutoAttack", "standard"),
+        ("AutoAttack+", "plus"),
+        ("AA plus", "plus"),
+        ("AutoAttack rand", "rand"),
+        ("AutoAttack (APGD-CE + APGD-T)", "standard"),
+    ],
+)
 def test_autoattack_version_in_a_claim(text, version):
     assert parse_claim_attack(text)["version"] == version
 
@@ -169,13 +211,23 @@ def test_autoattack_version_in_a_claim(text, version):
 def test_claimed_attack_replay_spec():
     p = parse_claim_attack("PGD 50 steps, 10 restarts, step 2/255")
     assert p["step_size"] == "2/255"
-    assert replay_spec(p, 8 / 255) == {"attack": "pgd", "steps": 50, "restarts": 10, "loss": "ce", "step_size": pytest.approx(2 / 255)}
+    assert replay_spec(p, 8 / 255) == {
+        "attack": "pgd",
+        "steps": 50,
+        "restarts": 10,
+        "loss": "ce",
+        "step_size": pytest.approx(2 / 255),
+    }
     assert replay_spec(parse_claim_attack("CW-30"), 0.1)["loss"] == "margin"
     assert replay_spec(parse_claim_attack("AutoAttack"), 0.1) is None
-    assert not parse_claim_attack("my secret attack")["parsed"] and replay_spec(parse_claim_attack("my secret attack"), 0.1) is None
+    assert (
+        not parse_claim_attack("my secret attack")["parsed"]
+        and replay_spec(parse_claim_attack("my secret attack"), 0.1) is None
+    )
 
 
 # -- checkpoints are data ----------------------------------------------------------------------
+
 
 class _CreatesFile:
     """Unpickling this calls open(path, "w"): the file appears if the pickle is ever run."""
@@ -199,7 +251,9 @@ def test_hostile_pickle_is_refused_and_never_runs(files, tmp_path, capsys, fmt, 
         with open(ckpt, "wb") as f:
             pickle.dump(payload, f, protocol=2)
     spec = "small-cnn" if source == "registered" else f"{files / 'models.py'}:wrapped"
-    code, out, err = _audit(BASE + ["--model", spec, "--checkpoint", str(ckpt), "--claim", "0.5", "--out", str(tmp_path / "o")], capsys)
+    code, out, err = _audit(
+        BASE + ["--model", spec, "--checkpoint", str(ckpt), "--claim", "0.5", "--out", str(tmp_path / "o")], capsys
+    )
     assert code == 2
     assert not marker.exists()
     assert err.count("\n") == 1 and "refusing to load" in err and "could run code" in err
@@ -210,8 +264,20 @@ def test_hostile_pickle_is_refused_and_never_runs(files, tmp_path, capsys, fmt, 
 def test_truncated_checkpoint_is_one_clear_error(files, tmp_path, capsys):
     data = (files / "w.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
-    code, _, err = _audit(BASE + ["--model", "small-cnn", "--checkpoint", str(tmp_path / "cut.safetensors"), "--claim", "0.5",
-                                  "--out", str(tmp_path / "o")], capsys)
+    code, _, err = _audit(
+        BASE
+        + [
+            "--model",
+            "small-cnn",
+            "--checkpoint",
+            str(tmp_path / "cut.safetensors"),
+            "--claim",
+            "0.5",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 2 and "truncated" in err and err.count("\n") == 1
 
 
@@ -219,38 +285,90 @@ def test_mismatched_keys_are_listed(model, tmp_path, capsys):
     state = {k: v for k, v in model.state_dict().items() if k != "net.7.bias"}
     state["net.9.weight"] = torch.zeros(3)
     save_weights(tmp_path / "renamed.safetensors", state)
-    code, _, err = _audit(BASE + ["--model", "small-cnn", "--checkpoint", str(tmp_path / "renamed.safetensors"), "--claim", "0.5",
-                                  "--out", str(tmp_path / "o")], capsys)
+    code, _, err = _audit(
+        BASE
+        + [
+            "--model",
+            "small-cnn",
+            "--checkpoint",
+            str(tmp_path / "renamed.safetensors"),
+            "--claim",
+            "0.5",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 2
     assert "missing 1 key(s): net.7.bias" in err and "unexpected 1 key(s): net.9.weight" in err
     # same keys, wrong shapes (a 5-class head): every mismatch named with both shapes
     wrong = {k: (v[:5] if k.startswith("net.7") else v) for k, v in model.state_dict().items()}
     save_weights(tmp_path / "shapes.safetensors", wrong)
-    code, _, err = _audit(BASE + ["--model", "small-cnn", "--checkpoint", str(tmp_path / "shapes.safetensors"), "--claim", "0.5",
-                                  "--out", str(tmp_path / "o")], capsys)
+    code, _, err = _audit(
+        BASE
+        + [
+            "--model",
+            "small-cnn",
+            "--checkpoint",
+            str(tmp_path / "shapes.safetensors"),
+            "--claim",
+            "0.5",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 2 and "shape mismatch for 2 key(s)" in err and "net.7.weight (5, 100) vs model (10, 100)" in err
 
 
 # -- model files -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("source,line,what", [
-    ("import torch\n\n\ndef make(:\n    pass\n", 4, "SyntaxError"),
-    ("import torch\n\nx = 1\nraise_here = undefined_name + 1\n", 4, "NameError"),
-    ("def make():\n    return helper()\n\n\ndef helper():\n    return 1 / 0\n", 6, "ZeroDivisionError"),
-])
+
+@pytest.mark.parametrize(
+    "source,line,what",
+    [
+        ("import torch\n\n\ndef make(:\n    pass\n", 4, "SyntaxError"),
+        ("import torch\n\nx = 1\nraise_here = undefined_name + 1\n", 4, "NameError"),
+        ("def make():\n    return helper()\n\n\ndef helper():\n    return 1 / 0\n", 6, "ZeroDivisionError"),
+    ],
+)
 def test_model_file_errors_name_the_file_and_line(tmp_path, capsys, files, source, line, what):
     f = tmp_path / "net.py"
     f.write_text(source)
-    code, out, err = _audit(BASE + ["--model", f"{f}:make", "--checkpoint", str(files / "w.safetensors"), "--claim", "0.5",
-                                    "--out", str(tmp_path / "o")], capsys)
+    code, out, err = _audit(
+        BASE
+        + [
+            "--model",
+            f"{f}:make",
+            "--checkpoint",
+            str(files / "w.safetensors"),
+            "--claim",
+            "0.5",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"{f}:{line}" in err and what in err
 
 
 def test_unknown_factory_lists_what_the_file_defines(files, tmp_path, capsys):
-    code, _, err = _audit(BASE + ["--model", f"{files / 'models.py'}:make", "--checkpoint", str(files / "w.safetensors"),
-                                  "--claim", "0.5", "--out", str(tmp_path / "o")], capsys)
+    code, _, err = _audit(
+        BASE
+        + [
+            "--model",
+            f"{files / 'models.py'}:make",
+            "--checkpoint",
+            str(files / "w.safetensors"),
+            "--claim",
+            "0.5",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 2 and "no function 'make'" in err and "bare" in err and "wrapped" in err
 
 
@@ -259,11 +377,17 @@ def test_model_file_may_import_its_siblings_and_sys_path_is_restored(tmp_path):
 
     from harness.audit.model_files import ModelFileError, build_from_file, parse_model_spec
 
-    (tmp_path / "audit_test_blocks.py").write_text("from torch import nn\n\n\ndef head(c, k):\n    return nn.Linear(c, k)\n")
-    (tmp_path / "net.py").write_text("from torch import nn\nfrom audit_test_blocks import head\n\n\ndef make(num_classes, shape, depth=1):\n"
-                                     "    return nn.Sequential(nn.Flatten(), head(shape[0] * shape[1] * shape[2], num_classes))\n")
+    (tmp_path / "audit_test_blocks.py").write_text(
+        "from torch import nn\n\n\ndef head(c, k):\n    return nn.Linear(c, k)\n"
+    )
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\nfrom audit_test_blocks import head\n\n\ndef make(num_classes, shape, depth=1):\n"
+        "    return nn.Sequential(nn.Flatten(), head(shape[0] * shape[1] * shape[2], num_classes))\n"
+    )
     before = list(sys.path)
-    net, info = build_from_file(parse_model_spec(f"{tmp_path / 'net.py'}:make"), shape=(1, 8, 8), num_classes=10, mean=(0.3,), std=(0.38,))
+    net, info = build_from_file(
+        parse_model_spec(f"{tmp_path / 'net.py'}:make"), shape=(1, 8, 8), num_classes=10, mean=(0.3,), std=(0.38,)
+    )
     assert sys.path == before
     assert net(torch.rand(2, 1, 8, 8)).shape == (2, 10)
     assert info["factory_kwargs"] == {"num_classes": 10, "shape": [1, 8, 8]} and len(info["file_sha256"]) == 64
@@ -273,6 +397,7 @@ def test_model_file_may_import_its_siblings_and_sys_path_is_restored(tmp_path):
 
 
 # -- guard rails -------------------------------------------------------------------------------
+
 
 def test_model_outputting_probabilities_is_flagged(files, tmp_path, capsys):
     import importlib.util
@@ -284,8 +409,20 @@ def test_model_outputting_probabilities_is_flagged(files, tmp_path, capsys):
     net = mod.probs(10, b.shape, b.mean, b.std)
     net.net.load_state_dict(trained("digits", adversarial=False).state_dict())
     save_weights(tmp_path / "probs.safetensors", net)
-    code, out, err = _audit(BASE + ["--model", f"{files / 'models.py'}:probs", "--checkpoint", str(tmp_path / "probs.safetensors"),
-                                    "--claim", "0", "--out", str(tmp_path / "o")], capsys)
+    code, out, err = _audit(
+        BASE
+        + [
+            "--model",
+            f"{files / 'models.py'}:probs",
+            "--checkpoint",
+            str(tmp_path / "probs.safetensors"),
+            "--claim",
+            "0",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     # the guard rail warns, and the sanity checks' `outputs` finding makes the evaluation unreliable
     assert code == 1
     doc = json.loads((tmp_path / "o" / "audit.json").read_text())
@@ -367,13 +504,21 @@ class _Constant(nn.Module):
 
 def test_sign_test():
     assert sign_test(0, 0) == 1.0
-    assert sign_test(17, 1) == pytest.approx(19 / 2 ** 18)
+    assert sign_test(17, 1) == pytest.approx(19 / 2**18)
     assert sign_test(5, 5) > 0.5
 
 
 def test_eps_in_0_255_units_is_rejected(files, tmp_path, capsys):
-    argv = [a if a != EPS else "8" for a in BASE] + ["--model", "small-cnn", "--checkpoint", str(files / "w.safetensors"),
-                                                    "--claim", "0.5", "--out", str(tmp_path / "o")]
+    argv = [a if a != EPS else "8" for a in BASE] + [
+        "--model",
+        "small-cnn",
+        "--checkpoint",
+        str(files / "w.safetensors"),
+        "--claim",
+        "0.5",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     code, _, err = _audit(argv, capsys)
     assert code == 2 and "did you mean --eps 8/255" in err
 
@@ -395,7 +540,9 @@ def zoo(tmp_path_factory):
     ref = zoo_entry(ZOO_NAME, "cifar10", "Linf")["model"]().eval()
     d = root / "models" / "cifar10" / "Linf"
     d.mkdir(parents=True)
-    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}, "epoch": 99}, d / f"{ZOO_NAME}.pt")
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}, "epoch": 99}, d / f"{ZOO_NAME}.pt"
+    )
     data = root / "data" / "cifar-10-batches-py"
     data.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -418,9 +565,32 @@ def test_robustbench_weights_load_as_data_into_the_zoo_architecture(zoo):
 
 def test_robustbench_audit_through_the_cli(zoo, tmp_path, capsys):
     root, _ = zoo
-    code, out, err = _audit(["audit", "--robustbench", ZOO_NAME, "--model-dir", str(root / "models"), "--dataset", "cifar10",
-                             "--data-dir", str(root / "data"), "--eps", "8/255", "--claim", "0.5", "--claim-attack", "AutoAttack",
-                             "--suite", "smoke", "--n", "4", "--out", str(tmp_path / "o")], capsys)
+    code, out, err = _audit(
+        [
+            "audit",
+            "--robustbench",
+            ZOO_NAME,
+            "--model-dir",
+            str(root / "models"),
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(root / "data"),
+            "--eps",
+            "8/255",
+            "--claim",
+            "0.5",
+            "--claim-attack",
+            "AutoAttack",
+            "--suite",
+            "smoke",
+            "--n",
+            "4",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code in (0, 1), err
     doc = json.loads((tmp_path / "o" / "audit.json").read_text())
     assert doc["model"]["kind"] == "robustbench" and doc["model"]["name"] == ZOO_NAME
@@ -432,8 +602,26 @@ def test_robustbench_audit_through_the_cli(zoo, tmp_path, capsys):
 def test_robustbench_missing_weights_is_one_clear_error(zoo, tmp_path, capsys):
     root, _ = zoo
     empty = tmp_path / "nothing-here"
-    code, _, err = _audit(["audit", "--robustbench", ZOO_NAME, "--model-dir", str(empty), "--dataset", "cifar10",
-                           "--data-dir", str(root / "data"), "--eps", "8/255", "--claim", "0.5", "--out", str(tmp_path / "o")], capsys)
+    code, _, err = _audit(
+        [
+            "audit",
+            "--robustbench",
+            ZOO_NAME,
+            "--model-dir",
+            str(empty),
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(root / "data"),
+            "--eps",
+            "8/255",
+            "--claim",
+            "0.5",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 2 and err.count("\n") == 1
     assert str(empty / "cifar10" / "Linf" / f"{ZOO_NAME}.pt") in err and "nothing is downloaded" in err
     assert not empty.exists()  # robustbench's own loader would have created it and started a download
@@ -449,6 +637,7 @@ def test_robustbench_unknown_name_suggests_close_ones():
 
 
 # -- robustbench's own loader reads the same files, with the network blocked ---------------------
+
 
 def _block_network(monkeypatch):
     """Any connection attempt fails: robustbench's loader downloads (gdown) when a file is missing."""
@@ -499,13 +688,21 @@ def _layout(name, state, layout):
     if layout == "no-mu-sigma":  # Wong2020Fast's file: the normalisation constants live in the architecture only
         return {"state_dict": {k: v for k, v in state.items() if k not in ("mu", "sigma")}}
     if layout == "last-best":  # Andriushchenko2020Understanding's file: robustbench takes 'last'
-        return {"last": {f"module.{k}": v for k, v in state.items()},
-                "best": {k: torch.zeros_like(v) for k, v in state.items()}}
+        return {
+            "last": {f"module.{k}": v for k, v in state.items()},
+            "best": {k: torch.zeros_like(v) for k, v in state.items()},
+        }
     raise AssertionError(layout)
 
 
-@pytest.mark.parametrize("name,layout", [("Ding2020MMA", "model-prefix"), ("Wong2020Fast", "no-mu-sigma"),
-                                         ("Andriushchenko2020Understanding", "last-best")])
+@pytest.mark.parametrize(
+    "name,layout",
+    [
+        ("Ding2020MMA", "model-prefix"),
+        ("Wong2020Fast", "no-mu-sigma"),
+        ("Andriushchenko2020Understanding", "last-best"),
+    ],
+)
 def test_zoo_file_layouts_load_as_robustbench_loads_them(name, layout, tmp_path, monkeypatch):
     from harness.robustbench_compat import load_zoo_model, zoo_entry
 

@@ -1,14 +1,15 @@
 """Training-batch augmentation (random crop from a padded image, horizontal flip): what it draws,
 that it is a function of the data generator alone, and that a resumed run sees the same batches."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 import harness.training as T
-from harness.context import RunContext
 from harness import checkpoints as ckpt
 from harness import config as C
+from harness.context import RunContext
 from harness.core.rundir import RunDir
 from harness.data import Augment, Split, load_dataset
 
@@ -23,7 +24,7 @@ def _windows(x, p, mode):
     h, w = x.shape[-2:]
     for dy in range(2 * p + 1):
         for dx in range(2 * p + 1):
-            win = padded[:, dy:dy + h, dx:dx + w]
+            win = padded[:, dy : dy + h, dx : dx + w]
             yield (dy, dx, False), win
             yield (dy, dx, True), win.flip(-1)
 
@@ -92,9 +93,17 @@ def test_load_dataset_puts_the_augmentation_on_train_only():
 
 
 def test_a_resumed_augmented_run_is_bitwise_the_uninterrupted_one(tmp_path):
-    cfg = C.resolve({"defense": "fast-at", "dataset": "synthetic", "device": "cpu", "train": {"epochs": 2},
-                     "data": {"augment": "crop-flip", "crop_padding": 2, "pad_mode": "reflect"},
-                     "monitor": {"val_n": 50}, "out": {"root": str(tmp_path), "name": "x"}})
+    cfg = C.resolve(
+        {
+            "defense": "fast-at",
+            "dataset": "synthetic",
+            "device": "cpu",
+            "train": {"epochs": 2},
+            "data": {"augment": "crop-flip", "crop_padding": 2, "pad_mode": "reflect"},
+            "monitor": {"val_n": 50},
+            "out": {"root": str(tmp_path), "name": "x"},
+        }
+    )
     assert cfg["data"]["augment"] == "crop-flip"
 
     def new(name):

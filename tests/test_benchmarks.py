@@ -1,5 +1,6 @@
 """The cost benchmark's pieces run on a tiny setting (generated data, a few steps). A smoke, not a
 timed test: speed targets belong to benchmarks/run.py, never to the test suite."""
+
 from __future__ import annotations
 
 import json
@@ -14,13 +15,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import attacks as A  # noqa: E402
-from benchmarks import defenses as D  # noqa: E402
 from benchmarks import default_run as R  # noqa: E402
+from benchmarks import defenses as D  # noqa: E402
 from benchmarks import knobs as K  # noqa: E402
 from benchmarks import peers as P  # noqa: E402
 from benchmarks import run as B  # noqa: E402
-from harness.data import load_dataset  # noqa: E402
 from harness.core.threat import ThreatModel  # noqa: E402
+from harness.data import load_dataset  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -29,7 +30,9 @@ def test_training_multipliers_passes_and_pass_costs():
     rows = D.bench_training("synthetic", CPU, ["fast-at", "free-at"], rounds=1, min_time=0.01, warmup=1)
     by = {r["defense"]: r for r in rows}
     assert by["fast-at"]["forward_per_example"] == pytest.approx(2.0) and by["fast-at"]["theory"] == 2.0
-    assert by["free-at"]["backward_per_example"] == pytest.approx(by["free-at"]["theory"])  # m replays, counted by hooks
+    assert by["free-at"]["backward_per_example"] == pytest.approx(
+        by["free-at"]["theory"]
+    )  # m replays, counted by hooks
     assert all(r["wall_multiplier"] > 0 and r["erm_wall_us_per_example"] > 0 for r in rows)
     costs = D.bench_pass_costs_for(rows, "synthetic", CPU, rounds=1, min_time=0.01)
     assert {(c["model"], c["batch_size"]) for c in costs} == {(r["model"], r["batch_size"]) for r in rows}
@@ -59,8 +62,19 @@ def test_our_pgd_beside_the_peers_on_the_same_points():
     bundle = load_dataset("synthetic")
     model = A.train_model(bundle, CPU, epochs=1, max_batches=5)
     x, y = bundle.test.first(48)
-    block = A.bench_peers(model, x, y, eps=0.1, eps_text="0.1", steps=3, step_size="eps/4", batch_size=32, device=CPU,
-                          num_classes=10, rounds=1)
+    block = A.bench_peers(
+        model,
+        x,
+        y,
+        eps=0.1,
+        eps_text="0.1",
+        steps=3,
+        step_size="eps/4",
+        batch_size=32,
+        device=CPU,
+        num_classes=10,
+        rounds=1,
+    )
     libs = {r["library"]: r for r in block["rows"]}
     assert "harness" in libs and libs["harness"]["examples_per_s"] > 0
     for name in ("torchattacks", "art", "pyautoattack"):
@@ -82,8 +96,17 @@ def test_a_suite_beside_autoattack_direct():
     bundle = load_dataset("synthetic")
     model = A.train_model(bundle, CPU, epochs=1, max_batches=5)
     x, y = bundle.test.first(16)
-    out = A.bench_suite(model, x, y, suite="smoke", threat=ThreatModel.parse("Linf", "0.1"), batch_size=16, device=CPU,
-                        num_classes=10, peer=False)
+    out = A.bench_suite(
+        model,
+        x,
+        y,
+        suite="smoke",
+        threat=ThreatModel.parse("Linf", "0.1"),
+        batch_size=16,
+        device=CPU,
+        num_classes=10,
+        peer=False,
+    )
     assert out["rows"][0]["library"] == "harness" and 0 <= out["rows"][0]["accuracy"] <= 1
 
 
@@ -116,8 +139,17 @@ def test_the_default_run_measures_wall_time_and_peak_memory(tmp_path):
 
 
 def test_the_one_command_renders_every_part_it_ran():
-    small = {"train_rounds": 1, "train_min_time": 0.01, "eval_n": 32, "eval_steps": [2], "eval_rounds": 1, "suite_n": 0,
-             "model_epochs": 1, "model_batches": 3, "knob_min_time": 0.01}
+    small = {
+        "train_rounds": 1,
+        "train_min_time": 0.01,
+        "eval_n": 32,
+        "eval_steps": [2],
+        "eval_rounds": 1,
+        "suite_n": 0,
+        "model_epochs": 1,
+        "model_batches": 3,
+        "knob_min_time": 0.01,
+    }
     doc = B.run_all(dataset="synthetic", device_name="cpu", quick=True, skip=["default-run"], overrides=small)
     text = B.render(doc)
     assert "1. training" in text and "2. evaluation" in text and "3. knobs" in text and "4. the default run" not in text
@@ -145,7 +177,8 @@ def test_the_gpu_benchmark_runs_every_path_on_the_cpu_with_tiny_sizes():
 
     doc = G.bench_gpu(tiny=True)
     assert [(r["precision"], r["memory_format"]) for r in doc["training"]] == [
-        (p, m) for p in ("fp32", "bf16") for m in ("contiguous", "channels_last")]
+        (p, m) for p in ("fp32", "bf16") for m in ("contiguous", "channels_last")
+    ]
     assert all(r["epoch_s"] > 0 and r["train_examples_per_s"] > 0 for r in doc["training"])
     assert [b["memory_format"] for b in doc["autoattack"]] == ["contiguous", "channels_last"]
     assert all(c["examples_per_s"] > 0 and c["n"] == 4 for b in doc["autoattack"] for c in b["components"])
@@ -160,9 +193,28 @@ def test_co_sweep_trains_every_point_and_renders_the_figure(tmp_path):
     and a second call that reuses the finished runs."""
     from benchmarks import co_sweep as S
 
-    argv = ["--dataset", "digits", "--eps", "0.05", "0.1", "--defenses", "fast-at", "n-fgsm", "--epochs", "1",
-            "--val-n", "40", "--selection-steps", "3", "--threads", "1",
-            "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    argv = [
+        "--dataset",
+        "digits",
+        "--eps",
+        "0.05",
+        "0.1",
+        "--defenses",
+        "fast-at",
+        "n-fgsm",
+        "--epochs",
+        "1",
+        "--val-n",
+        "40",
+        "--selection-steps",
+        "3",
+        "--threads",
+        "1",
+        "--root",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert S.main(argv) == 0
     doc = json.loads((tmp_path / "out" / "co_sweep.json").read_text())
     expected = {(d, e) for d in ("fast-at", "n-fgsm") for e in ("0.05", "0.1")}
@@ -190,8 +242,9 @@ def test_the_autoattack_wrapper_is_timed_beside_the_direct_call_and_agrees_point
     model = A.train_model(bundle, CPU, epochs=1, max_batches=2)
     x, y = bundle.test.first(6)
     # eps 0.5 breaks every point in AutoAttack's first component: the timing is cheap, the bookkeeping all there
-    w = A.bench_wrapper(model, x, y, threat=ThreatModel.parse("Linf", "0.5"), batch_size=6, device=CPU, num_classes=10,
-                        rounds=1)
+    w = A.bench_wrapper(
+        model, x, y, threat=ThreatModel.parse("Linf", "0.5"), batch_size=6, device=CPU, num_classes=10, rounds=1
+    )
     assert w["same_per_example"] and w["seconds_ours"] > 0 and w["seconds_direct"] > 0
     assert w["speed_ratio"] == w["seconds_direct"] / w["seconds_ours"]
     assert "speed ratio" in A.wrapper_line(w)

@@ -1,17 +1,18 @@
 """Checkpoints are data, never code: safetensors weights, weights_only torch files, hostile pickles
 refused before anything in them runs, truncated files and mismatched keys reported clearly."""
+
 from __future__ import annotations
 
 import pickle
 
 import pytest
 import torch
+from hostile_pickles import HOSTILE
 from torch import nn
 
 from harness import checkpoints as C
 from harness.core.errors import CheckpointError
 from harness.models import build_model
-from hostile_pickles import HOSTILE
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -78,7 +79,9 @@ def test_weights_of_the_bare_network_load_behind_normalize(tmp_path):
 
 @pytest.mark.parametrize("hostile", HOSTILE)
 @pytest.mark.parametrize("fmt", ["pickle-2", "pickle-latest", "torch-zip"])
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch says it about protocol 5, which is the point
+@pytest.mark.filterwarnings(
+    "ignore:Detected pickle protocol:UserWarning"
+)  # torch says it about protocol 5, which is the point
 def test_a_hostile_pickle_is_refused_and_never_runs(tmp_path, hostile, fmt):
     target = tmp_path / "pwned"
     payload = {"weight": torch.zeros(2), "x": hostile(str(target))}
@@ -140,7 +143,9 @@ def test_shape_mismatches_are_listed_and_nothing_is_half_loaded():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = {k: torch.ones_like(v) for k, v in model.state_dict().items()}
     state["net.5.weight"] = torch.ones(100, 99)
-    with pytest.raises(CheckpointError, match=r"shape mismatch for 1 key\(s\): net.5.weight \(100, 99\) vs model \(100, 128\)"):
+    with pytest.raises(
+        CheckpointError, match=r"shape mismatch for 1 key\(s\): net.5.weight \(100, 99\) vs model \(100, 128\)"
+    ):
         C.load_into(model, state)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -153,8 +158,14 @@ def test_resume_file_round_trip_with_weights_only(tmp_path):
     model(torch.rand(4, 1, 8, 8)).sum().backward()
     opt.step()
     sched = torch.optim.lr_scheduler.StepLR(opt, 2)
-    payload = {"epoch": 4, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-               "rng": rng_state(), "best": {"epoch": 2, "acc": 0.25}}
+    payload = {
+        "epoch": 4,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": rng_state(),
+        "best": {"epoch": 2, "acc": 0.25},
+    }
     p = C.save_resume(tmp_path / "last.pt", payload)
     torch.load(p, weights_only=True)  # the file itself is plain data
     back = C.load_resume(p)

@@ -4,6 +4,7 @@ leave "reliable"; a healthy adversarially trained small CNN passes every check a
 One small CNN is trained once per module (PGD-AT on the bundled digits, a few seconds); the
 broken models wrap it (tests/broken_models.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import math
 
 import pytest
 import torch
+from broken_models import ReferenceSquare, broken_models, cascade, train_small_cnn
 
 from attacks.base import PassCounter
 from attacks.checks import ALL_CHECKS, CHEAP_CHECKS, STATUSES, CheckContext, Finding, run_checks, verdict
@@ -18,10 +20,8 @@ from attacks.checks.optimisation import incomplete_optimisation
 from attacks.pgd import PGD
 from attacks.registry import CHECKS
 from harness.core.errors import UnknownNameError
-from harness.core.threat import ThreatModel
 from harness.core.registry import Entry
-
-from broken_models import ReferenceSquare, cascade, broken_models, train_small_cnn
+from harness.core.threat import ThreatModel
 
 EPS = 0.1
 N = 200
@@ -38,7 +38,11 @@ def points(trained):
 
 
 def standard_attacks():
-    return [PGD(ThreatModel("Linf", EPS), steps=50), PGD(ThreatModel("Linf", EPS), steps=50, loss="margin"), ReferenceSquare(ThreatModel("Linf", EPS), queries=1000)]
+    return [
+        PGD(ThreatModel("Linf", EPS), steps=50),
+        PGD(ThreatModel("Linf", EPS), steps=50, loss="margin"),
+        ReferenceSquare(ThreatModel("Linf", EPS), queries=1000),
+    ]
 
 
 def make_ctx(model, trained, points, *, attacks=None, surrogate=True, n=N, max_points=N, suite="standard"):
@@ -48,9 +52,20 @@ def make_ctx(model, trained, points, *, attacks=None, surrogate=True, n=N, max_p
     if attacks is not None:
         record, correct, robust = cascade(model, x, y, attacks)
         kw = {"attacks": record, "clean_correct": correct, "robust": robust}
-    return CheckContext(model=model, x=x, y=y, threat=ThreatModel("Linf", EPS), num_classes=trained.data.num_classes,
-                        seed=0, batch_size=128, device=torch.device("cpu"), max_points=max_points, suite=suite,
-                        surrogate_data=(trained.data.train.x, trained.data.train.y) if surrogate else None, **kw)
+    return CheckContext(
+        model=model,
+        x=x,
+        y=y,
+        threat=ThreatModel("Linf", EPS),
+        num_classes=trained.data.num_classes,
+        seed=0,
+        batch_size=128,
+        device=torch.device("cpu"),
+        max_points=max_points,
+        suite=suite,
+        surrogate_data=(trained.data.train.x, trained.data.train.y) if surrogate else None,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +83,9 @@ def test_every_registered_check_is_in_the_lists_with_a_spec_sheet():
     assert sorted(ALL_CHECKS) == CHECKS.names()
     assert len(set(ALL_CHECKS)) == len(ALL_CHECKS)
     assert set(CHEAP_CHECKS) < set(ALL_CHECKS)
-    assert {"gradients", "outputs", "randomness", "batch-dependence", "fgsm-vs-pgd", "eps-sweep", "loss-trace"} <= set(CHEAP_CHECKS)
+    assert {"gradients", "outputs", "randomness", "batch-dependence", "fgsm-vs-pgd", "eps-sweep", "loss-trace"} <= set(
+        CHEAP_CHECKS
+    )
     for entry in CHECKS.entries():
         doc = entry.obj.__doc__ or ""
         # every spec sheet cites the rule it implements (science.md section 1 IDs)
@@ -211,7 +228,9 @@ def test_the_engine_stores_the_verdict_and_prints_it_above_the_numbers(trained, 
     model = broken_models(trained.model, trained.data)["gradients"]
     x, y = points
     suite = {"name": "pgd-cheap", "n": 60, "checks": "cheap", "attacks": [{"attack": "pgd", "steps": 20}]}
-    doc = evaluate_model(model, x[:60], y[:60], EvalSetting(suite, ThreatModel.parse("Linf", "0.1"), 10, batch_size=64), progress=False)
+    doc = evaluate_model(
+        model, x[:60], y[:60], EvalSetting(suite, ThreatModel.parse("Linf", "0.1"), 10, batch_size=64), progress=False
+    )
     checks = doc["checks"]
     assert checks["verdict"] == "unreliable"
     assert [f["check"] for f in checks["findings"]] == CHEAP_CHECKS
@@ -233,7 +252,9 @@ def test_the_cheap_set_adds_the_checks_a_suite_record_makes_free():
     assert "square-vs-whitebox" in with_square and set(CHEAP_CHECKS) <= set(with_square)
     assert with_square == [c for c in ALL_CHECKS if c in with_square]  # the usual order
     assert checks_for("cheap", [entry("fgsm"), entry("pgd")]) == CHEAP_CHECKS  # no Square: it would cost queries
-    assert "square-vs-whitebox" not in checks_for("cheap", [entry("square"), entry("pgd")])  # nothing before Square to compare
+    assert "square-vs-whitebox" not in checks_for(
+        "cheap", [entry("square"), entry("pgd")]
+    )  # nothing before Square to compare
     assert checks_for("cheap", aa, exclude=["square-vs-whitebox"]) == CHEAP_CHECKS
     assert checks_for("all") == ALL_CHECKS
     assert checks_for(["transfer", "outputs", "transfer"]) == ["transfer", "outputs"]
@@ -241,9 +262,15 @@ def test_the_cheap_set_adds_the_checks_a_suite_record_makes_free():
 
 # -- the loss trace from a record ------------------------------------------------------------------
 def _record(n, *, steps, broke=None, path=None, trace=None):
-    return {"name": "pgd", "label": f"PGD-{steps} CE", "descriptor": {"attack": "pgd", "steps": steps},
-            "ran_on": torch.ones(n, dtype=torch.bool), "broke": torch.zeros(n, dtype=torch.bool) if broke is None else broke,
-            "path_success": path, "loss_trace": trace}
+    return {
+        "name": "pgd",
+        "label": f"PGD-{steps} CE",
+        "descriptor": {"attack": "pgd", "steps": steps},
+        "ran_on": torch.ones(n, dtype=torch.bool),
+        "broke": torch.zeros(n, dtype=torch.bool) if broke is None else broke,
+        "path_success": path,
+        "loss_trace": trace,
+    }
 
 
 def test_loss_trace_flags_silent_success_from_the_record(trained, points):
@@ -302,8 +329,11 @@ def test_a_check_that_crashes_is_a_warning_not_a_pass(trained, points, monkeypat
 
     monkeypatch.setitem(CHECKS._entries, "boom", Entry("boom", boom, "always raises"))
     calls = []
-    block = run_checks(["outputs", "boom"], make_ctx(trained.model, trained, points, surrogate=False, n=8),
-                       progress=lambda name, done, total: calls.append((name, done, total)))
+    block = run_checks(
+        ["outputs", "boom"],
+        make_ctx(trained.model, trained, points, surrogate=False, n=8),
+        progress=lambda name, done, total: calls.append((name, done, total)),
+    )
     f = by_name(block)["boom"]
     assert f["status"] == "warn" and "kaboom" in f["values"]["error"]
     assert block["verdict"] == "suspicious"
@@ -311,7 +341,9 @@ def test_a_check_that_crashes_is_a_warning_not_a_pass(trained, points, monkeypat
 
 
 def test_findings_are_strict_json_even_with_nan_values():
-    f = Finding("x", "ok", {"a": float("nan"), "t": torch.tensor([1.0, math.inf]), "b": torch.tensor(True)}, {"lim": 1e-4}, "m")
+    f = Finding(
+        "x", "ok", {"a": float("nan"), "t": torch.tensor([1.0, math.inf]), "b": torch.tensor(True)}, {"lim": 1e-4}, "m"
+    )
     d = f.to_dict()
     assert d["values"] == {"a": None, "t": [1.0, None], "b": True}
     json.dumps(d, allow_nan=False)

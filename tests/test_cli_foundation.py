@@ -7,6 +7,7 @@ calls) with a toy defense patched into the registry, so they run on any checkout
 training pipeline and every registry's plugin modules; two of them run ``python -m harness`` in a
 subprocess, as a user would.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,6 +50,7 @@ def _one_error_line(err: str) -> str:
 
 # -- in-process: runs on any checkout ---------------------------------------------------------
 
+
 def test_no_command_prints_help_and_exits_2(cli):
     code, out, _ = cli()
     assert code == 2 and "usage: harness" in out
@@ -59,13 +61,16 @@ def test_version(cli):
     assert code == 0 and out.startswith("harness ")
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["run", "--epochs", "0"], "argument --epochs: expected a number >= 1"),
-    (["run", "--seed", "-1"], "argument --seed: expected a number >= 0"),
-    (["run", "--lr", "abc"], "argument --lr: expected a number"),
-    (["run", "--early-stop", "--no-early-stop"], "not allowed with argument"),
-    (["fly"], "invalid choice: 'fly'"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["run", "--epochs", "0"], "argument --epochs: expected a number >= 1"),
+        (["run", "--seed", "-1"], "argument --seed: expected a number >= 0"),
+        (["run", "--lr", "abc"], "argument --lr: expected a number"),
+        (["run", "--early-stop", "--no-early-stop"], "not allowed with argument"),
+        (["fly"], "invalid choice: 'fly'"),
+    ],
+)
 def test_bad_arguments_are_one_line_and_exit_2(cli, argv, match):
     code, _, err = cli(*argv)
     assert code == 2
@@ -101,20 +106,38 @@ def test_good_eps_parses(cli, toy_defense, eps, norm):
 
 def test_flags_beat_the_config_file_and_untyped_flags_do_not(cli, toy_defense, tmp_path):
     cfg_file = tmp_path / "c.toml"
-    cfg_file.write_text('defense = "toy-defense"\nseed = 9\n[data]\ndownload = true\nval_size = 100\n'
-                        '[train]\nepochs = 3\nlr = 0.2\n[monitor]\nearly_stop = true\n')
-    code, out, err = cli("run", "--config", str(cfg_file), "--seed", "0", "--no-download", "--no-early-stop",
-                         "--set", "train.momentum=0", "--dry-run")
+    cfg_file.write_text(
+        'defense = "toy-defense"\nseed = 9\n[data]\ndownload = true\nval_size = 100\n'
+        "[train]\nepochs = 3\nlr = 0.2\n[monitor]\nearly_stop = true\n"
+    )
+    code, out, err = cli(
+        "run",
+        "--config",
+        str(cfg_file),
+        "--seed",
+        "0",
+        "--no-download",
+        "--no-early-stop",
+        "--set",
+        "train.momentum=0",
+        "--dry-run",
+    )
     assert code == 0, err
     cfg = json.loads(out)
-    assert cfg["seed"] == 0 and cfg["data"]["download"] is False and cfg["monitor"]["early_stop"] is False  # falsy flags win
+    assert (
+        cfg["seed"] == 0 and cfg["data"]["download"] is False and cfg["monitor"]["early_stop"] is False
+    )  # falsy flags win
     assert cfg["train"]["momentum"] == 0
-    assert cfg["train"]["epochs"] == 3 and cfg["train"]["lr"] == 0.2 and cfg["data"]["val_size"] == 100  # untyped: the file's
+    assert (
+        cfg["train"]["epochs"] == 3 and cfg["train"]["lr"] == 0.2 and cfg["data"]["val_size"] == 100
+    )  # untyped: the file's
     assert cfg["train"]["schedule"] == "cyclic"  # the recipe, under the file
 
 
 def test_the_printed_config_is_a_valid_config_file(cli, toy_defense, tmp_path):
-    code, out, _ = cli("run", "--defense", "toy-defense", "--dataset", "digits", "--eps", "8/255", "--epochs", "2", "--dry-run")
+    code, out, _ = cli(
+        "run", "--defense", "toy-defense", "--dataset", "digits", "--eps", "8/255", "--epochs", "2", "--dry-run"
+    )
     assert code == 0
     (tmp_path / "resolved.json").write_text(out)
     code, again, err = cli("run", "--config", str(tmp_path / "resolved.json"), "--dry-run")
@@ -122,7 +145,9 @@ def test_the_printed_config_is_a_valid_config_file(cli, toy_defense, tmp_path):
     assert json.loads(again) == json.loads(out)
 
 
-@pytest.mark.parametrize("content, match", [("seed = = 1", "cannot parse"), ('[train]\nlrr = 1\n', "did you mean 'train.lr'")])
+@pytest.mark.parametrize(
+    "content, match", [("seed = = 1", "cannot parse"), ("[train]\nlrr = 1\n", "did you mean 'train.lr'")]
+)
 def test_bad_config_file_is_one_line(cli, toy_defense, tmp_path, content, match):
     (tmp_path / "c.toml").write_text(content)
     code, _, err = cli("run", "--defense", "toy-defense", "--config", str(tmp_path / "c.toml"), "--dry-run")
@@ -143,6 +168,7 @@ def test_ls_one_registry_and_a_misspelt_one(cli):
 
 # -- these need the five real defenses, the training pipeline and every plugin module ---------
 
+
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
     """Flags and environment that stop a run that got too far from touching real data or the network."""
@@ -158,8 +184,9 @@ def offline(tmp_path, monkeypatch):
 def _harness(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
     """``python -m harness ARGV`` as a user runs it (the environment comes from ``offline``)."""
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "harness", *argv], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_real_harness_ls_lists_every_registry():

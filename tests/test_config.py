@@ -1,5 +1,6 @@
 """Config precedence: defaults < defense recipe < --config file (TOML or JSON) < explicit flags.
 A flag the user did not type is absent, never a falsy value that overrides the file."""
+
 from __future__ import annotations
 
 import json
@@ -79,11 +80,34 @@ def test_untyped_flags_are_absent():
 
 
 def test_flags_land_in_their_config_sections():
-    flags = _run_flags("--eps", "8/255", "--norm", "L2", "--epochs", "2", "--lr", "0.01", "--data-dir", "/d",
-                       "--suite", "quick", "--n", "100", "--out", "o", "--name", "x", "--early-stop")
+    flags = _run_flags(
+        "--eps",
+        "8/255",
+        "--norm",
+        "L2",
+        "--epochs",
+        "2",
+        "--lr",
+        "0.01",
+        "--data-dir",
+        "/d",
+        "--suite",
+        "quick",
+        "--n",
+        "100",
+        "--out",
+        "o",
+        "--name",
+        "x",
+        "--early-stop",
+    )
     assert flags == {
-        "threat": {"eps": "8/255", "norm": "L2"}, "train": {"epochs": 2, "lr": 0.01}, "data": {"data_dir": "/d"},
-        "eval": {"suite": "quick", "n": 100}, "out": {"root": "o", "name": "x"}, "monitor": {"early_stop": True},
+        "threat": {"eps": "8/255", "norm": "L2"},
+        "train": {"epochs": 2, "lr": 0.01},
+        "data": {"data_dir": "/d"},
+        "eval": {"suite": "quick", "n": 100},
+        "out": {"root": "o", "name": "x"},
+        "monitor": {"early_stop": True},
     }
     C.validate_keys(flags)  # every flag names a real config key
 
@@ -99,11 +123,14 @@ def test_toml_and_json_config_files(tmp_path):
     assert a["threat"]["eps"] == "8/255" and a["train"]["milestones"] == [0.3] and a["train"]["lr"] == 0.1
 
 
-@pytest.mark.parametrize("name, text, match", [
-    ("bad.json", "{not json", "cannot parse"),
-    ("bad.toml", "seed = = 3", "cannot parse"),
-    ("list.json", "[1, 2]", "top level"),
-])
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        ("bad.json", "{not json", "cannot parse"),
+        ("bad.toml", "seed = = 3", "cannot parse"),
+        ("list.json", "[1, 2]", "top level"),
+    ],
+)
 def test_unreadable_config_files(tmp_path, name, text, match):
     p = tmp_path / name
     p.write_text(text)
@@ -116,12 +143,15 @@ def test_missing_config_file(tmp_path):
         C.load_config_file(tmp_path / "nope.toml")
 
 
-@pytest.mark.parametrize("cfg, match", [
-    ({"trian": {}}, "unknown config key 'trian'; did you mean 'train'"),
-    ({"train": {"lrr": 0.1}}, "unknown config key 'train.lrr'; did you mean 'train.lr'"),
-    ({"train": 3}, "'train' must be a table"),
-    ({"defense_options": 3}, "'defense_options' must be a table"),
-])
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        ({"trian": {}}, "unknown config key 'trian'; did you mean 'train'"),
+        ({"train": {"lrr": 0.1}}, "unknown config key 'train.lrr'; did you mean 'train.lr'"),
+        ({"train": 3}, "'train' must be a table"),
+        ({"defense_options": 3}, "'defense_options' must be a table"),
+    ],
+)
 def test_unknown_or_misshapen_keys(cfg, match):
     with pytest.raises(ConfigError, match=match):
         C.resolve(config_file=cfg, with_recipe=False)
@@ -129,37 +159,41 @@ def test_unknown_or_misshapen_keys(cfg, match):
 
 def test_defense_options_are_left_to_their_defense(toy_defense):
     # the config layer does not know them; a defense without option checks takes anything...
-    cfg = C.resolve({"defense": "toy-defense", "defense_options": {"anything": [1, 2], "alpha": "1.25*eps"}},
-                    with_recipe=False)
+    cfg = C.resolve(
+        {"defense": "toy-defense", "defense_options": {"anything": [1, 2], "alpha": "1.25*eps"}}, with_recipe=False
+    )
     assert cfg["defense_options"] == {"anything": [1, 2], "alpha": "1.25*eps"}
     # ...and a real one checks its own at resolve time, so --dry-run catches a wrong option (issue 12)
     with pytest.raises(ConfigError, match="unknown option defense_options.alpha for defense 'fast-at'"):
         C.resolve({"defense": "fast-at", "defense_options": {"alpha": "1.25*eps"}}, with_recipe=False)
 
 
-@pytest.mark.parametrize("layer, match", [
-    ({"threat": {"eps": "8"}}, "did you mean --eps 8/255"),
-    ({"threat": {"eps": 16}}, "did you mean --eps 16/255"),
-    ({"threat": {"eps": 0}}, "eps must be > 0"),
-    ({"threat": {"norm": "L1"}}, "unknown norm"),
-    ({"train": {"epochs": 0}}, "train.epochs must be an integer >= 1"),
-    ({"train": {"epochs": 2.5}}, "train.epochs must be an integer"),
-    ({"train": {"batch_size": True}}, "train.batch_size must be an integer"),
-    ({"train": {"lr": 0}}, "train.lr must be a positive number"),
-    ({"train": {"lr": True}}, "train.lr must be a positive number"),
-    ({"seed": -1}, "seed must be an integer >= 0"),
-    ({"data": {"val_size": -1}}, "data.val_size"),
-    ({"monitor": {"val_n": 0}}, "monitor.val_n"),
-    ({"eval": {"n": 0}}, "eval.n"),
-    ({"device": "gpu"}, "unknown device 'gpu'"),
-    ({"device": "cuda:abc"}, "unknown device 'cuda:abc'"),
-    ({"device": "cuda1"}, "unknown device 'cuda1'"),
-    ({"precision": "fp8"}, "unknown precision"),
-    ({"memory_format": "nhwc"}, "unknown memory_format"),
-    ({"threads": 0}, "threads must be an integer >= 1"),
-    ({"threads": True}, "threads must be an integer >= 1"),
-    ({"eval": {"checkpoints": []}}, "eval.checkpoints"),
-])
+@pytest.mark.parametrize(
+    "layer, match",
+    [
+        ({"threat": {"eps": "8"}}, "did you mean --eps 8/255"),
+        ({"threat": {"eps": 16}}, "did you mean --eps 16/255"),
+        ({"threat": {"eps": 0}}, "eps must be > 0"),
+        ({"threat": {"norm": "L1"}}, "unknown norm"),
+        ({"train": {"epochs": 0}}, "train.epochs must be an integer >= 1"),
+        ({"train": {"epochs": 2.5}}, "train.epochs must be an integer"),
+        ({"train": {"batch_size": True}}, "train.batch_size must be an integer"),
+        ({"train": {"lr": 0}}, "train.lr must be a positive number"),
+        ({"train": {"lr": True}}, "train.lr must be a positive number"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"data": {"val_size": -1}}, "data.val_size"),
+        ({"monitor": {"val_n": 0}}, "monitor.val_n"),
+        ({"eval": {"n": 0}}, "eval.n"),
+        ({"device": "gpu"}, "unknown device 'gpu'"),
+        ({"device": "cuda:abc"}, "unknown device 'cuda:abc'"),
+        ({"device": "cuda1"}, "unknown device 'cuda1'"),
+        ({"precision": "fp8"}, "unknown precision"),
+        ({"memory_format": "nhwc"}, "unknown memory_format"),
+        ({"threads": 0}, "threads must be an integer >= 1"),
+        ({"threads": True}, "threads must be an integer >= 1"),
+        ({"eval": {"checkpoints": []}}, "eval.checkpoints"),
+    ],
+)
 def test_bad_values_are_config_errors(layer, match):
     with pytest.raises(ConfigError, match=match):
         C.resolve(config_file=layer, with_recipe=False)
@@ -168,15 +202,31 @@ def test_bad_values_are_config_errors(layer, match):
 
 
 def test_good_values_pass():
-    cfg = C.resolve({"threat": {"eps": 0.3}, "device": "cuda:1", "precision": "bf16", "eval": {"n": 10}}, with_recipe=False)
+    cfg = C.resolve(
+        {"threat": {"eps": 0.3}, "device": "cuda:1", "precision": "bf16", "eval": {"n": 10}}, with_recipe=False
+    )
     assert C.threat_of(cfg).eps == 0.3 and cfg["device"] == "cuda:1"
 
 
 def test_parse_set():
-    got = C.parse_set(["train.lr=0.05", "defense_options.alpha=1.25*eps", "eval.checkpoints=[\"best\"]",
-                       "monitor.early_stop=null", "data.download=false", "out.name=my run"])
-    assert got == {"train": {"lr": 0.05}, "defense_options": {"alpha": "1.25*eps"}, "eval": {"checkpoints": ["best"]},
-                   "monitor": {"early_stop": None}, "data": {"download": False}, "out": {"name": "my run"}}
+    got = C.parse_set(
+        [
+            "train.lr=0.05",
+            "defense_options.alpha=1.25*eps",
+            'eval.checkpoints=["best"]',
+            "monitor.early_stop=null",
+            "data.download=false",
+            "out.name=my run",
+        ]
+    )
+    assert got == {
+        "train": {"lr": 0.05},
+        "defense_options": {"alpha": "1.25*eps"},
+        "eval": {"checkpoints": ["best"]},
+        "monitor": {"early_stop": None},
+        "data": {"download": False},
+        "out": {"name": "my run"},
+    }
     for bad in ("train.lr", "=3"):
         with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
             C.parse_set([bad])
@@ -187,8 +237,10 @@ def test_parse_set():
 def test_a_saved_config_reloads_to_the_same_resolved_config(tmp_path, toy_defense):
     from harness.core.rundir import RunDir
 
-    cfg = C.resolve({"train": {"epochs": 2}, "threat": {"eps": "8/255"}, "monitor": {"early_stop": False}},
-                    {"defense": "toy-defense", "dataset": "digits", "data": {"data_dir": None}})
+    cfg = C.resolve(
+        {"train": {"epochs": 2}, "threat": {"eps": "8/255"}, "monitor": {"early_stop": False}},
+        {"defense": "toy-defense", "dataset": "digits", "data": {"data_dir": None}},
+    )
     run = RunDir.create(tmp_path, "r")
     run.write_config(cfg)
     # as --config (through the same resolve, recipe layer included) and as read back by the run directory
@@ -201,7 +253,12 @@ def test_a_saved_config_reloads_to_the_same_resolved_config(tmp_path, toy_defens
 
 
 def test_flatten():
-    assert dict(C.flatten({"a": 1, "b": {"c": 2, "d": {}}, "e": {"f": {"g": None}}})) == {"a": 1, "b.c": 2, "b.d": {}, "e.f.g": None}
+    assert dict(C.flatten({"a": 1, "b": {"c": 2, "d": {}}, "e": {"f": {"g": None}}})) == {
+        "a": 1,
+        "b.c": 2,
+        "b.d": {},
+        "e.f.g": None,
+    }
 
 
 def test_deep_merge_replaces_lists_and_scalars_and_merges_tables():

@@ -112,7 +112,7 @@ def test_strength_in_force_is_recorded_per_epoch_and_the_report_warns_when_it_en
     assert doc["train_attack"]["descriptor"]["eps"] == "0.075"
     render_run(run.path)
     report = run.path.joinpath("report.md").read_text()
-    line = next(l for l in report.splitlines() if l.startswith("Undertrained for the final threat"))
+    line = next(ln for ln in report.splitlines() if ln.startswith("Undertrained for the final threat"))
     assert "eps=0.075" in line and "the configured 5" in line and "(Linf eps=0.1)" in line
 
     full = _cfg(tmp_path, name="full", curriculum={"schedule": "points", "points": [[1, "0.05", 2], [3, "0.1", 5]]})

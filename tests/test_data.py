@@ -1,5 +1,6 @@
 """Data sets: the official file formats read back from small files built in a temporary folder
 (no network), float [0,1] images and integer labels, train / val (held out from train) / test."""
+
 from __future__ import annotations
 
 import gzip
@@ -8,13 +9,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from hostile_pickles import HOSTILE
 
 import harness.data as D
 from harness.core.errors import DataError
-from hostile_pickles import HOSTILE
-
 
 # -- IDX (MNIST, Fashion-MNIST) ---------------------------------------------------------------
+
 
 def test_idx_round_trip_in_the_official_layout(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, size=(7, 28, 28), dtype=np.uint8)
@@ -90,6 +91,7 @@ def test_mismatched_idx_counts(tmp_path, no_data_sources, write_idx_dataset):
 
 # -- the splits -------------------------------------------------------------------------------
 
+
 def _rows(x: torch.Tensor):
     return {bytes(r.numpy().tobytes()) for r in x}
 
@@ -103,7 +105,9 @@ def test_val_is_held_out_from_train_with_a_fixed_seed(tmp_path, no_data_sources,
     d = load(val_size=80, split_seed=0)
     assert torch.equal(a.val.x, b.val.x) and torch.equal(a.train.y, b.train.y)  # same seed, same split
     assert not torch.equal(a.val.x, c.val.x)  # the seed decides
-    assert (len(d.train), len(d.val)) == (120, 80) and a.split_seed == 0 and c.split_seed == 1  # the size is configurable
+    assert (
+        (len(d.train), len(d.val)) == (120, 80) and a.split_seed == 0 and c.split_seed == 1
+    )  # the size is configurable
     # val and train partition the official train part; the test part is never touched
     train_rows = _rows(torch.from_numpy(arrays["train_x"]))
     assert _rows(a.val.x[:, 0]) | _rows(a.train.x[:, 0]) == train_rows
@@ -128,7 +132,9 @@ def test_batches_are_float_in_0_1_with_integer_labels(tmp_path, no_data_sources,
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.max()) > 0.9
     assert torch.equal(x, b.train.x.float() / 255) and torch.equal(y, b.train.y)
     assert [len(v) for v in ys] == [16, 16, 16, 12] and b.train.num_batches(16) == 4
-    assert [len(v) for _, v in b.train.batches(16, drop_last=True)] == [16, 16, 16] and b.train.num_batches(16, drop_last=True) == 3
+    assert [len(v) for _, v in b.train.batches(16, drop_last=True)] == [16, 16, 16] and b.train.num_batches(
+        16, drop_last=True
+    ) == 3
     x0, y0 = b.test.first(5)
     assert x0.shape == (5, 1, 28, 28) and torch.equal(y0, b.test.y[:5])
     assert len(b.test.first(1000)[1]) == 20
@@ -136,7 +142,12 @@ def test_batches_are_float_in_0_1_with_integer_labels(tmp_path, no_data_sources,
 
 def test_shuffling_follows_its_generator(tmp_path, no_data_sources):
     b = D.load_dataset("synthetic", val_size=100)
-    order = lambda seed: torch.cat([y for _, y in b.train.batches(64, shuffle=True, generator=torch.Generator().manual_seed(seed))])  # noqa: E731
+
+    def order(seed):
+        return torch.cat(
+            [y for _, y in b.train.batches(64, shuffle=True, generator=torch.Generator().manual_seed(seed))]
+        )
+
     assert torch.equal(order(3), order(3)) and not torch.equal(order(3), order(4))
     assert torch.equal(order(3).sort().values, b.train.y.sort().values)  # a permutation: every example once
 
@@ -152,6 +163,7 @@ def test_batches_are_copies_not_views_of_the_data_set():
 
 
 # -- CIFAR (python pickle batches) ------------------------------------------------------------
+
 
 def _cifar_arrays(n: int, seed: int, classes: int = 10):
     rng = np.random.default_rng(seed)
@@ -203,7 +215,10 @@ def test_cifar_reader_refuses_a_hostile_pickle(tmp_path, hostile, protocol):
     target = tmp_path / "pwned"
     x, y = _cifar_arrays(2, 0)
     (tmp_path / "data_batch_1").write_bytes(
-        pickle.dumps({"data": x.reshape(2, -1), "labels": list(map(int, y)), "x": hostile(str(target))}, protocol=protocol))
+        pickle.dumps(
+            {"data": x.reshape(2, -1), "labels": list(map(int, y)), "x": hostile(str(target))}, protocol=protocol
+        )
+    )
     with pytest.raises(DataError, match="never code"):
         D.read_cifar_batch(tmp_path / "data_batch_1")
     assert not target.exists()
@@ -222,6 +237,7 @@ def test_truncated_or_incomplete_cifar_batch(tmp_path):
 
 
 # -- SVHN (.mat) ------------------------------------------------------------------------------
+
 
 def test_svhn_from_mat_files(tmp_path, no_data_sources):
     import scipy.io
@@ -243,6 +259,7 @@ def test_svhn_from_mat_files(tmp_path, no_data_sources):
 
 
 # -- offline data sets and every registered data set ------------------------------------------
+
 
 @pytest.mark.parametrize("name, shape", [("digits", (1, 8, 8)), ("synthetic", (1, 8, 8))])
 def test_offline_data_sets(name, shape):

@@ -1,5 +1,6 @@
 """Every registered defense: one training step on generated data, checked against the paper's
 arithmetic and the harness's invariants. A new defense is tested here without a new test."""
+
 from __future__ import annotations
 
 import math
@@ -10,23 +11,37 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.base import PassCounter, verify
+from attacks.factory import build
 from defenses.base import Defense, TrainContext
 from defenses.registry import DEFENSES
 from harness import config as C
 from harness.core.errors import ConfigError
-from harness.models import build_model
-from attacks.factory import build
 from harness.core.threat import ThreatModel
+from harness.models import build_model
 from harness.monitor import check_selection
 
 NAMES = DEFENSES.names()
-REQUIRED_DESCRIPTOR = {"attack", "norm", "eps", "eps_value", "steps", "step_size", "step_size_expr", "loss",
-                       "random_start", "model_mode", "library", "version"}
+REQUIRED_DESCRIPTOR = {
+    "attack",
+    "norm",
+    "eps",
+    "eps_value",
+    "steps",
+    "step_size",
+    "step_size_expr",
+    "loss",
+    "random_start",
+    "model_mode",
+    "library",
+    "version",
+}
 
 
 def _setup(name, *, seed=0, model=None, options=None):
     torch.manual_seed(seed)
-    cfg = C.resolve({"defense": name, "dataset": "synthetic", "device": "cpu", **({"defense_options": options} if options else {})})
+    cfg = C.resolve(
+        {"defense": name, "dataset": "synthetic", "device": "cpu", **({"defense_options": options} if options else {})}
+    )
     threat = ThreatModel.from_dict(cfg["threat"])
     defense = DEFENSES.get(name)(threat, cfg["defense_options"])
     if model is None:
@@ -40,8 +55,18 @@ def _setup(name, *, seed=0, model=None, options=None):
 
 
 def test_every_planned_defense_is_registered():
-    assert set(NAMES) >= {"erm", "pgd-at", "trades", "free-at", "fast-at",
-                          "mart", "pgd-at-awp", "trades-awp", "n-fgsm", "gradalign"}
+    assert set(NAMES) >= {
+        "erm",
+        "pgd-at",
+        "trades",
+        "free-at",
+        "fast-at",
+        "mart",
+        "pgd-at-awp",
+        "trades-awp",
+        "n-fgsm",
+        "gradalign",
+    }
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -63,10 +88,21 @@ def test_step_changes_weights_reports_loss_and_passes_and_leaves_train_mode(name
     assert ctx.updates == defense.updates_per_batch
 
 
-@pytest.mark.parametrize("name,forward,backward", [
-    ("erm", 1, 1), ("fast-at", 2, 2), ("pgd-at", 5 + 1, 5 + 1), ("trades", 5 + 3, 5 + 2), ("free-at", 4, 4),
-    ("mart", 5 + 2, 5 + 2), ("pgd-at-awp", 5 + 2, 5 + 2), ("trades-awp", 5 + 5, 5 + 4), ("n-fgsm", 2, 2),
-    ("gradalign", 3, 4)])
+@pytest.mark.parametrize(
+    "name,forward,backward",
+    [
+        ("erm", 1, 1),
+        ("fast-at", 2, 2),
+        ("pgd-at", 5 + 1, 5 + 1),
+        ("trades", 5 + 3, 5 + 2),
+        ("free-at", 4, 4),
+        ("mart", 5 + 2, 5 + 2),
+        ("pgd-at-awp", 5 + 2, 5 + 2),
+        ("trades-awp", 5 + 5, 5 + 4),
+        ("n-fgsm", 2, 2),
+        ("gradalign", 3, 4),
+    ],
+)
 def test_measured_passes_match_the_papers_arithmetic(name, forward, backward):
     """science.md section 4: plain 1, PGD-K K+1, TRADES-K about K+2 (plus the target forward),
     Fast-AT 2, Free-AT m per minibatch (synthetic recipes: K = 5, m = 4). MART K+2 (x and x'),
@@ -131,18 +167,38 @@ def test_recipes_resolve_into_valid_configs(name, dataset):
 
 def test_recipes_carry_the_papers_numbers():
     fast = C.resolve({"defense": "fast-at", "dataset": "mnist"})
-    assert (fast["threat"]["eps"], fast["train"]["optimizer"], fast["train"]["lr"], fast["train"]["schedule"],
-            fast["train"]["batch_size"], fast["train"]["epochs"], fast["defense_options"]["step_size"]) == \
-        ("0.3", "adam", 5e-3, "cyclic", 100, 10, "1.25*eps")
+    assert (
+        fast["threat"]["eps"],
+        fast["train"]["optimizer"],
+        fast["train"]["lr"],
+        fast["train"]["schedule"],
+        fast["train"]["batch_size"],
+        fast["train"]["epochs"],
+        fast["defense_options"]["step_size"],
+    ) == ("0.3", "adam", 5e-3, "cyclic", 100, 10, "1.25*eps")
     fast_c = C.resolve({"defense": "fast-at", "dataset": "cifar10"})
-    assert (fast_c["threat"]["eps"], fast_c["train"]["lr"], fast_c["train"]["epochs"], fast_c["model"]) == ("8/255", 0.2, 15, "preact-resnet18")
+    assert (fast_c["threat"]["eps"], fast_c["train"]["lr"], fast_c["train"]["epochs"], fast_c["model"]) == (
+        "8/255",
+        0.2,
+        15,
+        "preact-resnet18",
+    )
     pgd = C.resolve({"defense": "pgd-at", "dataset": "fashion-mnist"})
-    assert (pgd["threat"]["eps"], pgd["defense_options"]["steps"], pgd["defense_options"]["adv_fraction"],
-            pgd["train"]["optimizer"], pgd["train"]["epochs"]) == ("0.1", 40, 0.5, "adam", 100)
+    assert (
+        pgd["threat"]["eps"],
+        pgd["defense_options"]["steps"],
+        pgd["defense_options"]["adv_fraction"],
+        pgd["train"]["optimizer"],
+        pgd["train"]["epochs"],
+    ) == ("0.1", 40, 0.5, "adam", 100)
     assert pgd["selection"]["steps"] > 40
     trades = C.resolve({"defense": "trades", "dataset": "cifar10"})
-    assert (trades["defense_options"]["beta"], trades["defense_options"]["steps"], trades["defense_options"]["step_size"],
-            trades["train"]["epochs"]) == (6.0, 10, 0.007, 76)
+    assert (
+        trades["defense_options"]["beta"],
+        trades["defense_options"]["steps"],
+        trades["defense_options"]["step_size"],
+        trades["train"]["epochs"],
+    ) == (6.0, 10, 0.007, 76)
     free = C.resolve({"defense": "free-at", "dataset": "cifar10"})
     assert free["defense_options"]["replays"] == 8 and free["train"]["epochs"] == math.ceil(205 / 8)
     assert C.resolve({"defense": "fast-at"})["threat"]["eps"] == "0.1"  # the default: Fashion-MNIST at 0.1
@@ -160,8 +216,17 @@ def test_erm_rejects_any_option():
         DEFENSES.get("erm").resolve_options({"steps": 3})
 
 
-@pytest.mark.parametrize("bad", [{"steps": 0}, {"steps": 2.5}, {"random_start": "yes"}, {"step_size": "eps**2"},
-                                 {"attack_bn_mode": "frozen"}, {"adv_fraction": 1.5}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"steps": 0},
+        {"steps": 2.5},
+        {"random_start": "yes"},
+        {"step_size": "eps**2"},
+        {"attack_bn_mode": "frozen"},
+        {"adv_fraction": 1.5},
+    ],
+)
 def test_bad_option_values_are_config_errors(bad):
     with pytest.raises(ConfigError):
         DEFENSES.get("pgd-at").resolve_options(bad)

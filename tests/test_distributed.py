@@ -14,6 +14,7 @@ The data-level invariants (the union of the processes' parts of a global batch i
 batch; the evaluation batches are dealt whole) and the skip-ahead of the random streams are tested
 in this process, without launching anything.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,16 +40,45 @@ WORKER = ROOT / "tests" / "distributed_worker.py"
 
 # An AutoAttack component (dealt batches, per-batch seeding), PGD with one restart (dealt
 # batches, generator skipped ahead) and with two (rank 0 alone): every path of the sharded cascade.
-SUITE = {"name": "dist", "n": 48, "checks": "cheap", "attacks": [
-    {"attack": "autoattack", "version": ["apgd-ce"]},
-    {"attack": "pgd", "steps": 10, "step_size": "eps/4", "restarts": 1},
-    {"attack": "pgd", "steps": 5, "restarts": 2, "loss": "margin"},
-]}
+SUITE = {
+    "name": "dist",
+    "n": 48,
+    "checks": "cheap",
+    "attacks": [
+        {"attack": "autoattack", "version": ["apgd-ce"]},
+        {"attack": "pgd", "steps": 10, "step_size": "eps/4", "restarts": 1},
+        {"attack": "pgd", "steps": 5, "restarts": 2, "loss": "margin"},
+    ],
+}
 # eval batch 16 (3 batches of the 48 test points, 7 of the 100 val points): batches are dealt to both processes
-SETTINGS: Dict[str, Any] = {"dataset": "digits", "defense": "fast-at", "epochs": 2, "threads": 1, "device": "cpu",
-                            "eval_batch_size": 16, "monitor.val_n": 100, "suite": SUITE}
-FLAGS = ["--dataset", "digits", "--defense", "fast-at", "--epochs", "2", "--threads", "1", "--device", "cpu",
-         "--eval-batch-size", "16", "--set", "monitor.val_n=100", "--set", "eval.suite=" + json.dumps(SUITE)]
+SETTINGS: Dict[str, Any] = {
+    "dataset": "digits",
+    "defense": "fast-at",
+    "epochs": 2,
+    "threads": 1,
+    "device": "cpu",
+    "eval_batch_size": 16,
+    "monitor.val_n": 100,
+    "suite": SUITE,
+}
+FLAGS = [
+    "--dataset",
+    "digits",
+    "--defense",
+    "fast-at",
+    "--epochs",
+    "2",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+    "--eval-batch-size",
+    "16",
+    "--set",
+    "monitor.val_n=100",
+    "--set",
+    "eval.suite=" + json.dumps(SUITE),
+]
 
 # Two processes and one train to nearby, not equal, weights: each process draws its own random
 # starts for its half of a batch (one process draws one stream for the whole batch), and the
@@ -62,8 +92,14 @@ TRAIN_TOLERANCE = 0.1
 
 def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-                           *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -102,6 +138,7 @@ def _metrics(run: RunDir) -> List[Dict[str, Any]]:
 
 # -- a 2-process run, end to end -------------------------------------------------------------------
 
+
 def test_torchrun_writes_one_complete_run_whose_evaluation_equals_one_process_eval(two_process_run, tmp_path):
     run = two_process_run
     env = run.read_env()
@@ -119,7 +156,9 @@ def test_torchrun_writes_one_complete_run_whose_evaluation_equals_one_process_ev
     two, one = run.read_eval_result("dist", "best"), copy.read_eval_result("dist", "best")
     assert two is not None and one is not None
     assert two["per_example"] == one["per_example"]
-    assert [(a["label"], a["ran_on"], a["broke"]) for a in two["attacks"]] == [(a["label"], a["ran_on"], a["broke"]) for a in one["attacks"]]
+    assert [(a["label"], a["ran_on"], a["broke"]) for a in two["attacks"]] == [
+        (a["label"], a["ran_on"], a["broke"]) for a in one["attacks"]
+    ]
     # passes are summed over processes: our PGD's are exactly one process's; AutoAttack runs its own
     # input checks on the first batch of every call, once per process, so it pays a few more
     assert [a["passes"] for a in two["attacks"][1:]] == [a["passes"] for a in one["attacks"][1:]]
@@ -166,6 +205,7 @@ def test_two_processes_train_to_the_accuracies_of_one(two_process_run, tmp_path)
 
 # -- a process dies --------------------------------------------------------------------------------
 
+
 def test_a_killed_process_leaves_the_run_interrupted_and_resumable(killed_run, tmp_path, capsys):
     run = killed_run
     env = run.read_env()
@@ -192,10 +232,14 @@ def test_the_resumed_run_finishes_with_the_weights_of_an_uninterrupted_one(kille
         a = load_state_dict_file(killed_run.checkpoint_path(name))
         b = load_state_dict_file(two_process_run.checkpoint_path(name))
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    assert killed_run.read_eval_result("dist", "best")["per_example"] == two_process_run.read_eval_result("dist", "best")["per_example"]
+    assert (
+        killed_run.read_eval_result("dist", "best")["per_example"]
+        == two_process_run.read_eval_result("dist", "best")["per_example"]
+    )
 
 
 # -- DDP and the attack ----------------------------------------------------------------------------
+
 
 def test_an_attack_through_the_ddp_wrapper_reduces_nothing_and_the_update_is_the_global_batchs(tmp_path):
     out = tmp_path / "ddp.json"
@@ -209,8 +253,11 @@ def test_an_attack_through_the_ddp_wrapper_reduces_nothing_and_the_update_is_the
 
 # -- invariants, in this process ----------------------------------------------------------------------
 
+
 def _as_rank(monkeypatch: pytest.MonkeyPatch, rank: int, size: int) -> None:
-    monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=rank, size=size, local_rank=rank, local_size=size))
+    monkeypatch.setattr(
+        distributed, "world", lambda: distributed.World(rank=rank, size=size, local_rank=rank, local_size=size)
+    )
 
 
 @pytest.mark.parametrize("size,per,augment", [(2, 12, False), (3, 5, False), (4, 2, True), (4, 12, True)])
@@ -335,9 +382,26 @@ def test_sync_bn_is_a_recorded_setting_and_needs_cuda(capsys):
 def test_an_audit_under_torchrun_is_sharded_in_its_child_processes_and_equals_one_process(two_process_run, tmp_path):
     """``harness audit`` evaluates in a child process (outside torchrun's group): the ranks'
     children form a group of their own, and the audit is the one-process audit."""
-    args = ["--model", "small-cnn", "--checkpoint", str(two_process_run.checkpoint_path("best")), "--dataset", "digits",
-            "--eps", "0.1", "--claim", "0.3", "--claim-attack", "PGD-10", "--suite", "smoke", "--eval-batch-size", "16",
-            "--device", "cpu"]
+    args = [
+        "--model",
+        "small-cnn",
+        "--checkpoint",
+        str(two_process_run.checkpoint_path("best")),
+        "--dataset",
+        "digits",
+        "--eps",
+        "0.1",
+        "--claim",
+        "0.3",
+        "--claim-attack",
+        "PGD-10",
+        "--suite",
+        "smoke",
+        "--eval-batch-size",
+        "16",
+        "--device",
+        "cpu",
+    ]
     done = _torchrun("-m", "harness", "audit", *args, "--out", str(tmp_path / "two"))
     assert done.returncode in (0, 1), (done.stdout + done.stderr)[-4000:]  # holds or not: a verdict, not an error
     assert main(["audit", *args, "--out", str(tmp_path / "one")]) == done.returncode

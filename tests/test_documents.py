@@ -2,6 +2,7 @@
 back unchanged, key order included (the fixture runs, a freshly written run, an audit); broken
 files read tolerantly; a document built in code writes what today's writers write; reports/
 reads fields (no dig helper) and imports no torch."""
+
 from __future__ import annotations
 
 import json
@@ -13,16 +14,32 @@ from typing import Any, Dict, Iterator, List, Tuple, Type
 
 import pytest
 
-from harness.core.documents import (AttackRecord, ChecksBlock, CheckpointRecord, Document, EnvRecord, EvalResult,
-                                    Finding, MetricsRow, Passes, Proportion, TrainingSummary)
+from harness.core.documents import (
+    AttackRecord,
+    CheckpointRecord,
+    ChecksBlock,
+    Document,
+    EnvRecord,
+    EvalResult,
+    Finding,
+    MetricsRow,
+    Passes,
+    Proportion,
+    TrainingSummary,
+)
 from harness.core.stats import proportion
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 FIXTURE_RUNS = HERE / "fixtures" / "runs"
 AUDIT_FIXTURE = HERE / "fixtures" / "audit" / "audit.json"
-CLASSES: Dict[str, Type[Document]] = {"eval-result": EvalResult, "metrics-row": MetricsRow, "training": TrainingSummary,
-                                      "env": EnvRecord, "checkpoint": CheckpointRecord}
+CLASSES: Dict[str, Type[Document]] = {
+    "eval-result": EvalResult,
+    "metrics-row": MetricsRow,
+    "training": TrainingSummary,
+    "env": EnvRecord,
+    "checkpoint": CheckpointRecord,
+}
 
 
 def stored_documents(root: Path) -> Iterator[Tuple[str, Dict[str, Any]]]:
@@ -103,9 +120,19 @@ def fresh_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from harness.pipeline import run_pipeline
 
     out = tmp_path_factory.mktemp("fresh")
-    cfg = C.resolve({"defense": "fast-at", "dataset": "digits", "device": "cpu", "threads": 1,
-                     "train": {"epochs": 2}, "monitor": {"val_n": 100}, "data": {"val_size": 200},
-                     "eval": {"suite": "smoke", "n": 32}, "out": {"root": str(out), "name": "fresh"}})
+    cfg = C.resolve(
+        {
+            "defense": "fast-at",
+            "dataset": "digits",
+            "device": "cpu",
+            "threads": 1,
+            "train": {"epochs": 2},
+            "monitor": {"val_n": 100},
+            "data": {"val_size": 200},
+            "eval": {"suite": "smoke", "n": 32},
+            "out": {"root": str(out), "name": "fresh"},
+        }
+    )
     outcome = run_pipeline(cfg, progress=False)
     assert outcome.run.path == out / "fresh"
     return out / "fresh"
@@ -118,7 +145,7 @@ def _strip_order(doc: Document) -> Document:
     doc.key_order = None
     for f in dataclasses.fields(doc):
         v = getattr(doc, f.name)
-        for item in (v if isinstance(v, list) else [v]):
+        for item in v if isinstance(v, list) else [v]:
             if isinstance(item, Document) and f.name not in ("extra", "problems", "key_order"):
                 _strip_order(item)
     return doc
@@ -177,8 +204,11 @@ def test_constructors_give_the_stored_shapes() -> None:
     assert Passes.counted(counts, 50, 21).to_json() == _passes(counts, 50, 21)
     assert ChecksBlock.not_run("suite smoke runs no checks").to_json() == _not_run("suite smoke runs no checks")
     f = Finding("outputs", "ok", {"max_prob": float("nan")}, 0.99, "fine")
-    assert f.to_json() == f.to_dict() == {"check": "outputs", "status": "ok", "values": {"max_prob": None},
-                                          "threshold": 0.99, "message": "fine"}
+    assert (
+        f.to_json()
+        == f.to_dict()
+        == {"check": "outputs", "status": "ok", "values": {"max_prob": None}, "threshold": 0.99, "message": "fine"}
+    )
     with pytest.raises(ValueError):
         Finding("outputs", "passed")
     row = MetricsRow.from_json({"epoch": 1})
@@ -199,22 +229,31 @@ def test_missing_fields_read_as_none_or_empty() -> None:
 
 
 def test_wrong_types_read_as_empty_with_a_problem_and_are_kept() -> None:
-    doc = {"suite": 7, "clean": {"accuracy": "high", "n": 10, "ci95": [0.1]},
-           "attacks": [{"name": "pgd"}, "fgsm", None],
-           "robust": None,
-           "checks": {"verdict": "reliable", "reasons": "none", "findings": [{"check": "x", "status": "maybe"}]},
-           "cost": {"wall_s": float("nan")}, "future_field": {"a": 1}}
+    doc = {
+        "suite": 7,
+        "clean": {"accuracy": "high", "n": 10, "ci95": [0.1]},
+        "attacks": [{"name": "pgd"}, "fgsm", None],
+        "robust": None,
+        "checks": {"verdict": "reliable", "reasons": "none", "findings": [{"check": "x", "status": "maybe"}]},
+        "cost": {"wall_s": float("nan")},
+        "future_field": {"a": 1},
+    }
     r = EvalResult.from_json(doc)
     assert r.suite is None and r.clean.accuracy is None and r.clean.n == 10 and r.clean.ci95 is None
     assert [a.name for a in r.attacks] == ["pgd"] and r.checks.reasons == [] and r.robust.accuracy is None
     assert r.checks.findings[0].status == "maybe"  # a stored finding is evidence: read, not validated
     assert r.cost.wall_s is None
     text = "\n".join(r.problems)
-    for field_ in ("suite: expected text, found an integer", "clean.accuracy: expected a number, found text",
-                   "clean.ci95: expected a pair of numbers", "attacks[1]: expected an object, found text; left out",
-                   "attacks[2]", "robust: expected an object, found null",
-                   "checks.reasons: expected a list, found text",
-                   "cost.wall_s: expected a number"):
+    for field_ in (
+        "suite: expected text, found an integer",
+        "clean.accuracy: expected a number, found text",
+        "clean.ci95: expected a pair of numbers",
+        "attacks[1]: expected an object, found text; left out",
+        "attacks[2]",
+        "robust: expected an object, found null",
+        "checks.reasons: expected a list, found text",
+        "cost.wall_s: expected a number",
+    ):
         assert field_ in text, field_
     assert r.extra["future_field"] == {"a": 1}
     out = r.to_json()
@@ -264,14 +303,18 @@ def test_reports_read_fields_not_dig_paths() -> None:
 
 
 def test_documents_and_reports_import_no_torch() -> None:
-    modules = ["harness.core.documents"] + [f"reports.{p.stem}" for p in sorted((REPO / "reports").glob("*.py"))
-                                              if p.stem != "__init__"]
-    code = ("import sys\nsys.modules['torch'] = None\n" + "".join(f"import {m}\n" for m in modules) +
-            "import json\nfrom reports.audit_report import render_audit\n"
-            f"doc = json.load(open({str(AUDIT_FIXTURE)!r}))\n"
-            "assert render_audit(doc, 'md') and render_audit(doc, 'html')\n"
-            "from reports.summaries import audit_summary_lines, eval_summary_lines\n"
-            "assert audit_summary_lines(doc) and eval_summary_lines(doc['eval'])\nprint('ok')\n")
+    modules = ["harness.core.documents"] + [
+        f"reports.{p.stem}" for p in sorted((REPO / "reports").glob("*.py")) if p.stem != "__init__"
+    ]
+    code = (
+        "import sys\nsys.modules['torch'] = None\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + "import json\nfrom reports.audit_report import render_audit\n"
+        f"doc = json.load(open({str(AUDIT_FIXTURE)!r}))\n"
+        "assert render_audit(doc, 'md') and render_audit(doc, 'html')\n"
+        "from reports.summaries import audit_summary_lines, eval_summary_lines\n"
+        "assert audit_summary_lines(doc) and eval_summary_lines(doc['eval'])\nprint('ok')\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"

@@ -1,5 +1,6 @@
 """The evaluation engine and `harness eval`: cascade, verification, equality with pyautoattack,
 determinism, resume, and results that re-load and match what was printed."""
+
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ import re
 
 import pytest
 import torch
+from trained_models import points, trained
 
 import attacks.pgd
 from attacks.base import AttackResult
@@ -14,19 +16,25 @@ from attacks.registry import ATTACKS
 from harness.checkpoints import save_weights
 from harness.cli import main
 from harness.config import DEFAULTS, deep_merge
-from harness.core.errors import DataError, ThreatModelViolation
 from harness.context import EvalSetting
-from harness.evaluation import evaluate_model
+from harness.core.errors import DataError, ThreatModelViolation
 from harness.core.io import atomic_write_json
 from harness.core.registry import Entry
 from harness.core.rundir import RunDir
 from harness.core.threat import ThreatModel
-from trained_models import points, trained
+from harness.evaluation import evaluate_model
 
 LINF = ThreatModel.parse("Linf", "0.1")
-PGD_SUITE = {"name": "two-pgd", "n": 100, "checks": [],
-             "attacks": [{"attack": "fgsm"}, {"attack": "pgd", "steps": 10, "step_size": "eps/4"},
-                         {"attack": "pgd", "steps": 10, "restarts": 2, "loss": "margin", "step_size": "eps/4"}]}
+PGD_SUITE = {
+    "name": "two-pgd",
+    "n": 100,
+    "checks": [],
+    "attacks": [
+        {"attack": "fgsm"},
+        {"attack": "pgd", "steps": 10, "step_size": "eps/4"},
+        {"attack": "pgd", "steps": 10, "restarts": 2, "loss": "margin", "step_size": "eps/4"},
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +73,17 @@ def test_same_seed_same_numbers(robust_model):
     assert [r["after"] for r in a["attacks"]] == [r["after"] for r in b["attacks"]]
 
 
-@pytest.mark.parametrize("version,n,batch_size", [
-    ("standard", 16, 16),  # the whole standard version (Square's 5000 queries make this the costly case)
-    (["apgd-ce", "apgd-t"], 30, 8),  # several batches: the cascade batches still-robust points exactly as AutoAttack does
-])
+@pytest.mark.parametrize(
+    "version,n,batch_size",
+    [
+        ("standard", 16, 16),  # the whole standard version (Square's 5000 queries make this the costly case)
+        (
+            ["apgd-ce", "apgd-t"],
+            30,
+            8,
+        ),  # several batches: the cascade batches still-robust points exactly as AutoAttack does
+    ],
+)
 def test_autoattack_through_harness_equals_pyautoattack(robust_model, version, n, batch_size):
     from pyautoattack import AutoAttack
 
@@ -76,7 +91,9 @@ def test_autoattack_through_harness_equals_pyautoattack(robust_model, version, n
     # eps 0.15 leaves about half the points for the later, costlier components
     threat = ThreatModel.parse("Linf", "0.15")
     suite = {"name": "aa", "n": n, "checks": [], "attacks": [{"attack": "autoattack", "version": version}]}
-    doc = evaluate_model(robust_model, x, y, EvalSetting(suite, threat, 10, seed=11, batch_size=batch_size), progress=False)
+    doc = evaluate_model(
+        robust_model, x, y, EvalSetting(suite, threat, 10, seed=11, batch_size=batch_size), progress=False
+    )
     names = ["apgd-ce", "apgd-t", "fab-t", "square"] if version == "standard" else version
     assert [a["name"] for a in doc["attacks"]] == names
     assert all(a["descriptor"]["library"] == "pyautoattack" for a in doc["attacks"])
@@ -113,7 +130,13 @@ def test_a_perturbation_outside_the_ball_is_rejected(robust_model, monkeypatch):
     monkeypatch.setitem(ATTACKS._entries, "cheat", Entry("cheat", Cheat))
     x, y = points(n=20)
     with pytest.raises(ThreatModelViolation, match="distance"):
-        evaluate_model(robust_model, x, y, EvalSetting({"name": "c", "n": 20, "attacks": [{"attack": "cheat"}], "checks": []}, LINF, 10), progress=False)
+        evaluate_model(
+            robust_model,
+            x,
+            y,
+            EvalSetting({"name": "c", "n": 20, "attacks": [{"attack": "cheat"}], "checks": []}, LINF, 10),
+            progress=False,
+        )
 
 
 def test_normalised_inputs_are_refused(robust_model):
@@ -141,7 +164,9 @@ def test_interrupted_evaluation_resumes_with_the_same_result(robust_model, tmp_p
     assert state.exists() and len(json.loads(state.read_text())["records"]) == 2
     monkeypatch.setattr(attacks.pgd.PGD, "run", real_run)
     before = calls["n"]
-    resumed = evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10, seed=2), progress=False, state_path=state)
+    resumed = evaluate_model(
+        robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10, seed=2), progress=False, state_path=state
+    )
     assert calls["n"] == before  # the finished attacks were not run again
     assert resumed["per_example"] == whole["per_example"]
     assert [a["after"] for a in resumed["attacks"]] == [a["after"] for a in whole["attacks"]]
@@ -150,8 +175,16 @@ def test_interrupted_evaluation_resumes_with_the_same_result(robust_model, tmp_p
 
 @pytest.fixture()
 def run_dir(tmp_path, robust_model):
-    cfg = deep_merge(DEFAULTS, {"defense": "erm", "dataset": "digits", "data": {"val_size": 200}, "device": "cpu",
-                                "eval": {"suite": "smoke", "n": 50}})
+    cfg = deep_merge(
+        DEFAULTS,
+        {
+            "defense": "erm",
+            "dataset": "digits",
+            "data": {"val_size": 200},
+            "device": "cpu",
+            "eval": {"suite": "smoke", "n": 50},
+        },
+    )
     run = RunDir.create(tmp_path, "r")
     run.write_config(cfg)
     save_weights(run.checkpoint_path("best"), robust_model)

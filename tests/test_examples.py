@@ -24,6 +24,7 @@ How each is checked (the quickest that still exercises what the user would meet)
 A new README command or help example is checked the day it is written: a command that fits none
 of these fails the test until it is classified here.
 """
+
 from __future__ import annotations
 
 import glob
@@ -85,8 +86,34 @@ def help_examples() -> List[tuple]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    assert main(["run", "--defense", "fast-at", "--dataset", "synthetic", "--epochs", "1", "--suite", "smoke", "--n", "16",
-                 "--device", "cpu", "--threads", "1", "--set", "monitor.val_n=40", "--out", str(root), "--name", "r"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--defense",
+                "fast-at",
+                "--dataset",
+                "synthetic",
+                "--epochs",
+                "1",
+                "--suite",
+                "smoke",
+                "--n",
+                "16",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--set",
+                "monitor.val_n=40",
+                "--out",
+                str(root),
+                "--name",
+                "r",
+            ]
+        )
+        == 0
+    )
     return root / "r"
 
 
@@ -114,7 +141,9 @@ def _check_without_running(argv: List[str]) -> None:
         from harness.audit.model_files import parse_model_spec
         from harness.audit.run import AuditRequest, check_request
 
-        check_request(AuditRequest(**{f.name: getattr(args, f.name) for f in fields(AuditRequest) if hasattr(args, f.name)}))
+        check_request(
+            AuditRequest(**{f.name: getattr(args, f.name) for f in fields(AuditRequest) if hasattr(args, f.name)})
+        )
         parse_model_spec(args.model)
     elif args.command == "eval":
         from attacks.suites import get_suite
@@ -142,15 +171,16 @@ def harness_part(command: str) -> str:
     at = argv.index("-m")
     assert argv[at + 1] == "harness", command
     get_args_parser().parse_args(argv[:at] + ["-m", "harness"])
-    return shlex.join(["harness", *argv[at + 2:]])
+    return shlex.join(["harness", *argv[at + 2 :]])
 
 
 def test_the_readme_has_commands_and_every_one_is_classified():
     commands = [harness_part(c) for c in readme_commands()]
     assert sum(c.split()[0].endswith("harness") for c in commands) >= 8
     for c in commands:
-        assert c.split()[0].endswith("harness") or c in NOT_RUN or c.startswith((BENCHMARK, REPRODUCE)), \
+        assert c.split()[0].endswith("harness") or c in NOT_RUN or c.startswith((BENCHMARK, REPRODUCE)), (
             f"README command {c!r} is neither run nor listed in NOT_RUN with a reason"
+        )
 
 
 @pytest.mark.parametrize("command", [c for c in readme_commands() if harness_part(c).split()[0].endswith("harness")])
@@ -161,8 +191,11 @@ def test_every_readme_harness_command_works(command, finished, tmp_path, monkeyp
     (tmp_path / "grid.toml").write_text(readme_grid(), encoding="utf-8")
     argv = _argv(command, run)
     sub = argv[0]
-    if sub in ("ls", "report") or (sub == "run" and "--resume" in argv) or \
-            (sub == "sweep" and ("--status" in argv or "--dry-run" in argv)):
+    if (
+        sub in ("ls", "report")
+        or (sub == "run" and "--resume" in argv)
+        or (sub == "sweep" and ("--status" in argv or "--dry-run" in argv))
+    ):
         code = main(argv)
     elif sub in ("run", "sweep"):
         code = main(argv + ["--dry-run"])
@@ -215,8 +248,9 @@ def test_help_texts_have_examples_and_every_example_works(finished, capsys):
             code = main(["run", "--dataset", "synthetic", *argv, "--dry-run"])
             assert code == 0, (argv, capsys.readouterr().err)
         elif sub == "audit":
-            _check_without_running(["audit", "--model", "small-cnn", "--dataset", "digits", "--eps", "0.1",
-                                    "--claim", "0.5", *argv])
+            _check_without_running(
+                ["audit", "--model", "small-cnn", "--dataset", "digits", "--eps", "0.1", "--claim", "0.5", *argv]
+            )
             if argv[0] == "--claim-attack":
                 from harness.audit.run import parse_claim_attack
 

@@ -2,6 +2,7 @@
 files with the run's numbers, the weights load back with equal outputs, and an unreliable or
 missing AutoAttack evaluation is refused. A digits run (plain training, one epoch) evaluated
 with the quick suite (AutoAttack standard from pyautoattack, then PGD-20) on 32 points."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,20 @@ from harness.pipeline import run_pipeline
 # 78fcc9e48a07a861268f295a777b975f25155964: all 188 files model_info/{cifar10,cifar100,imagenet}/{Linf,L2}/*.json
 # carry exactly these 12 (e.g. model_info/cifar10/Linf/Wong2020Fast.json); footnote, unreliable and
 # external are optional. Written out here, not imported from harness.export, so the test checks it.
-RB_FIELDS = {"link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue", "architecture",
-             "eps", "clean_acc", "reported", "autoattack_acc"}
+RB_FIELDS = {
+    "link",
+    "name",
+    "authors",
+    "additional_data",
+    "number_forward_passes",
+    "dataset",
+    "venue",
+    "architecture",
+    "eps",
+    "clean_acc",
+    "reported",
+    "autoattack_acc",
+}
 RB_OPTIONAL = {"footnote", "unreliable", "external"}
 N = 32
 
@@ -32,10 +45,19 @@ N = 32
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
-    cfg = C.resolve({"defense": "erm", "dataset": "digits", "device": "cpu", "threads": 1, "train": {"epochs": 1},
-                     "threat": {"eps": "0.3"},  # AutoAttack breaks most points at once: seconds, not minutes
-                     "monitor": {"val_n": 100}, "eval": {"suite": "quick", "n": N, "checkpoints": ["best"]},
-                     "out": {"root": str(tmp), "name": "erm-digits"}})
+    cfg = C.resolve(
+        {
+            "defense": "erm",
+            "dataset": "digits",
+            "device": "cpu",
+            "threads": 1,
+            "train": {"epochs": 1},
+            "threat": {"eps": "0.3"},  # AutoAttack breaks most points at once: seconds, not minutes
+            "monitor": {"val_n": 100},
+            "eval": {"suite": "quick", "n": N, "checkpoints": ["best"]},
+            "out": {"root": str(tmp), "name": "erm-digits"},
+        }
+    )
     run_pipeline(cfg, progress=False)
     return RunDir(tmp / "erm-digits")
 
@@ -43,8 +65,25 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
     out = tmp_path_factory.mktemp("card")
-    assert main(["export", str(run.path), "--format", "robustbench", "-o", str(out), "--model-id", "Harness2026Digits",
-                 "--authors", "A. Person, B. Person", "--venue", "arXiv 2026"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(run.path),
+                "--format",
+                "robustbench",
+                "-o",
+                str(out),
+                "--model-id",
+                "Harness2026Digits",
+                "--authors",
+                "A. Person, B. Person",
+                "--venue",
+                "arXiv 2026",
+            ]
+        )
+        == 0
+    )
     (card_path,) = (out / "model_info" / "digits" / "Linf").glob("*.json")
     return out, card_path, json.loads(card_path.read_text())
 
@@ -87,8 +126,9 @@ def test_the_card_has_every_robustbench_field_with_the_runs_values(run, exported
 def test_the_weights_load_back_into_the_architecture_with_equal_outputs(run, exported):
     out, _, _ = exported
     loaded = runpy.run_path(str(out / "load_model.py"))["load_model"]()
-    from harness.models import build_model
     from trained_models import bundle
+
+    from harness.models import build_model
 
     data = bundle("digits")
     reference = build_model("small-cnn", data.shape, data.num_classes, data.mean, data.std)

@@ -3,13 +3,13 @@ stale, one clear line and exit 2 for bad input, numbers that do not mislead.
 
 Each test failed before its fix. Runs use generated or digits data, the smoke suite, one thread.
 """
+
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,8 +22,22 @@ from harness.core.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-QUICK = ["--dataset", "synthetic", "--epochs", "1", "--suite", "smoke", "--n", "16", "--device", "cpu", "--threads", "1",
-         "--set", "monitor.val_n=40"]
+QUICK = [
+    "--dataset",
+    "synthetic",
+    "--epochs",
+    "1",
+    "--suite",
+    "smoke",
+    "--n",
+    "16",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--set",
+    "monitor.val_n=40",
+]
 
 
 def _cli(capsys, *argv: str):
@@ -44,6 +58,7 @@ def _one_line(err: str) -> str:
 
 
 # -- the run directory: claimed atomically, always inside --out --------------------------------
+
 
 def test_two_runs_claiming_one_directory_at_the_same_moment_one_loses_in_one_line(tmp_path, monkeypatch):
     """The race made deterministic: a competitor creates the same run directory between our
@@ -116,6 +131,7 @@ def test_run_dir_name_keeps_ordinary_names_and_refuses_paths():
 
 # -- resume refuses damage; every OS error is one line ---------------------------------------
 
+
 def _error_line(err: str) -> str:
     """The one error line of a command that may have logged progress before failing."""
     assert "Traceback" not in err, err
@@ -153,8 +169,15 @@ def test_resume_with_metrics_truncated_to_half_refuses_in_one_line_and_rewrites_
     assert _files(run) == before  # env.json still says finished; nothing marked, nothing rewritten
 
 
-@pytest.mark.parametrize("flag,value,hint", [("--suite", "smok", "smoke"), ("--dataset", "digitz", "digits"),
-                                             ("--model", "small-cn", "small-cnn"), ("--defense", "fast_at", "fast-at")])
+@pytest.mark.parametrize(
+    "flag,value,hint",
+    [
+        ("--suite", "smok", "smoke"),
+        ("--dataset", "digitz", "digits"),
+        ("--model", "small-cn", "small-cnn"),
+        ("--defense", "fast_at", "fast-at"),
+    ],
+)
 def test_dry_run_checks_every_name(capsys, flag, value, hint):
     code, out, err = _cli(capsys, "run", "--dataset", "synthetic", flag, value, "--dry-run")
     assert code == 2 and out == ""
@@ -164,7 +187,7 @@ def test_dry_run_checks_every_name(capsys, flag, value, hint):
 
 def test_a_config_file_that_is_not_utf8_is_one_config_error_line(tmp_path, capsys):
     bad = tmp_path / "cfg.toml"
-    bad.write_bytes("defense = \"fast-at\"\n# caf\u00e9\n".encode("latin-1"))
+    bad.write_bytes('defense = "fast-at"\n# caf\u00e9\n'.encode("latin-1"))
     code, _, err = _cli(capsys, "run", "--config", str(bad), "--dry-run")
     assert code == 2 and "not UTF-8" in _one_line(err) and str(bad) in err
     from harness.config import load_config_file
@@ -223,7 +246,9 @@ def test_disk_full_during_a_run_is_one_line_and_what_was_written_stays(tmp_path,
 
     monkeypatch.setattr(io, "_atomic", atomic)
     out = tmp_path / "runs"
-    code, _, err = _cli(capsys, "run", "--defense", "fast-at", *QUICK, "--epochs", "2", "--out", str(out), "--name", "r")
+    code, _, err = _cli(
+        capsys, "run", "--defense", "fast-at", *QUICK, "--epochs", "2", "--out", str(out), "--name", "r"
+    )
     line = _error_line(err)
     assert code == 2 and "No space left on device" in line and "epoch-002.safetensors" in line
     run = RunDir(out / "r")
@@ -260,7 +285,9 @@ def test_torch_short_write_is_an_os_error_and_the_previous_file_stays(tmp_path, 
 
     monkeypatch.setattr(torch, "save", save)
     out = tmp_path / "runs"
-    code, _, err = _cli(capsys, "run", "--defense", "fast-at", *QUICK, "--epochs", "2", "--out", str(out), "--name", "r")
+    code, _, err = _cli(
+        capsys, "run", "--defense", "fast-at", *QUICK, "--epochs", "2", "--out", str(out), "--name", "r"
+    )
     line = _error_line(err)
     assert code == 2 and "last.pt" in line and "disk may be full" in line
     last = out / "r" / "checkpoints" / "last.pt"
@@ -274,6 +301,7 @@ def test_torch_short_write_is_an_os_error_and_the_previous_file_stays(tmp_path, 
 
 # -- malformed data files --------------------------------------------------------------------
 
+
 def _cifar_folder(tmp_path: Path, test_batch) -> Path:
     """A CIFAR-10 folder of good training batches and ``test_batch`` pickled as given."""
     from harness.data import write_cifar_batch
@@ -282,7 +310,9 @@ def _cifar_folder(tmp_path: Path, test_batch) -> Path:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(1, 6):
-        write_cifar_batch(folder / f"data_batch_{i}", rng.integers(0, 256, (4, 3, 32, 32)).astype(np.uint8), rng.integers(0, 10, 4))
+        write_cifar_batch(
+            folder / f"data_batch_{i}", rng.integers(0, 256, (4, 3, 32, 32)).astype(np.uint8), rng.integers(0, 10, 4)
+        )
     with open(folder / "test_batch", "wb") as f:
         pickle.dump(test_batch, f, protocol=2)
     return folder
@@ -291,16 +321,19 @@ def _cifar_folder(tmp_path: Path, test_batch) -> Path:
 _GOOD = np.zeros((4, 3072), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("content,expected", [
-    ({"data": np.zeros((4, 100), dtype=np.uint8), "labels": [0, 1, 2, 3]}, "has shape (4, 100); expected N x 3072"),
-    ({"pixels": _GOOD, "labels": [0, 1, 2, 3]}, "no 'data' key (keys: labels, pixels)"),
-    ([_GOOD, [0, 1, 2, 3]], "holds a list, expected a CIFAR python batch"),
-    ({"data": _GOOD.tolist(), "labels": [0, 1, 2, 3]}, "'data' is a list; expected a uint8 array"),
-    ({"data": _GOOD.astype(np.float32), "labels": [0, 1, 2, 3]}, "'data' is a float32 array"),
-    ({"data": _GOOD, "labels": ["cat", "dog", "cat", "dog"]}, "expected a list of N whole numbers"),
-    ({"data": _GOOD, "labels": [0, 1]}, "4 images but 2 labels"),
-    ({"data": _GOOD}, "no 'labels' or 'fine_labels' key"),
-])
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        ({"data": np.zeros((4, 100), dtype=np.uint8), "labels": [0, 1, 2, 3]}, "has shape (4, 100); expected N x 3072"),
+        ({"pixels": _GOOD, "labels": [0, 1, 2, 3]}, "no 'data' key (keys: labels, pixels)"),
+        ([_GOOD, [0, 1, 2, 3]], "holds a list, expected a CIFAR python batch"),
+        ({"data": _GOOD.tolist(), "labels": [0, 1, 2, 3]}, "'data' is a list; expected a uint8 array"),
+        ({"data": _GOOD.astype(np.float32), "labels": [0, 1, 2, 3]}, "'data' is a float32 array"),
+        ({"data": _GOOD, "labels": ["cat", "dog", "cat", "dog"]}, "expected a list of N whole numbers"),
+        ({"data": _GOOD, "labels": [0, 1]}, "4 images but 2 labels"),
+        ({"data": _GOOD}, "no 'labels' or 'fine_labels' key"),
+    ],
+)
 def test_malformed_cifar_batches_are_one_line_naming_the_file(tmp_path, capsys, content, expected):
     from harness.data import read_cifar_batch
 
@@ -308,21 +341,53 @@ def test_malformed_cifar_batches_are_one_line_naming_the_file(tmp_path, capsys, 
     with pytest.raises(DataError) as e:
         read_cifar_batch(folder / "test_batch")
     assert str(folder / "test_batch") in str(e.value) and expected in str(e.value)
-    code, _, err = _cli(capsys, "run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--no-download",
-                        "--device", "cpu", "--out", str(tmp_path / "runs"))
+    code, _, err = _cli(
+        capsys,
+        "run",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--no-download",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "runs"),
+    )
     assert code == 2 and expected in _one_line(err) and "test_batch" in err
     assert not (tmp_path / "runs").exists()
 
 
 # -- attack budgets are bounded ---------------------------------------------------------------
 
-@pytest.mark.parametrize("claim_attack,what", [("PGD-99999999999", "99999999999 steps"),
-                                               ("PGD-20 x 99999999999 restarts", "99999999999 restarts"),
-                                               ("CW-5000 x 50 restarts", "250000 gradient steps")])
+
+@pytest.mark.parametrize(
+    "claim_attack,what",
+    [
+        ("PGD-99999999999", "99999999999 steps"),
+        ("PGD-20 x 99999999999 restarts", "99999999999 restarts"),
+        ("CW-5000 x 50 restarts", "250000 gradient steps"),
+    ],
+)
 def test_an_impossible_claimed_attack_is_one_line_before_anything_loads(tmp_path, capsys, claim_attack, what):
-    code, _, err = _cli(capsys, "audit", "--model", "small-cnn", "--checkpoint", str(tmp_path / "absent.safetensors"),
-                        "--dataset", "digits", "--eps", "0.1", "--claim", "0.5", "--claim-attack", claim_attack,
-                        "--out", str(tmp_path / "o"))
+    code, _, err = _cli(
+        capsys,
+        "audit",
+        "--model",
+        "small-cnn",
+        "--checkpoint",
+        str(tmp_path / "absent.safetensors"),
+        "--dataset",
+        "digits",
+        "--eps",
+        "0.1",
+        "--claim",
+        "0.5",
+        "--claim-attack",
+        claim_attack,
+        "--out",
+        str(tmp_path / "o"),
+    )
     line = _one_line(err)
     assert code == 2 and what in line and "--claim-attack" in line
     assert not (tmp_path / "o").exists()
@@ -336,17 +401,20 @@ def test_attack_constructors_bound_steps_and_restarts():
     threat = ThreatModel.parse("Linf", "0.1")
     assert build({"attack": "pgd", "steps": MAX_STEPS}, threat).steps == MAX_STEPS
     assert build({"attack": "pgd", "steps": 100, "restarts": MAX_RESTARTS}, threat).restarts == MAX_RESTARTS
-    for spec, match in (({"attack": "pgd", "steps": MAX_STEPS + 1}, "MAX_STEPS"),
-                        ({"attack": "pgd", "restarts": 99999999999}, "MAX_RESTARTS"),
-                        ({"attack": "pgd", "steps": MAX_STEPS, "restarts": MAX_GRADIENT_STEPS // MAX_STEPS + 1}, "MAX_GRADIENT_STEPS"),
-                        ({"attack": "pgd", "steps": 2.5}, "integer"),
-                        ({"attack": "pgd", "steps": True}, "integer")):
+    for spec, match in (
+        ({"attack": "pgd", "steps": MAX_STEPS + 1}, "MAX_STEPS"),
+        ({"attack": "pgd", "restarts": 99999999999}, "MAX_RESTARTS"),
+        ({"attack": "pgd", "steps": MAX_STEPS, "restarts": MAX_GRADIENT_STEPS // MAX_STEPS + 1}, "MAX_GRADIENT_STEPS"),
+        ({"attack": "pgd", "steps": 2.5}, "integer"),
+        ({"attack": "pgd", "steps": True}, "integer"),
+    ):
         with pytest.raises(ConfigError, match=match):
             build(spec, threat)
 
 
-@pytest.mark.parametrize("setting", ["selection.steps=99999999999", "selection.restarts=99999999999",
-                                     "defense_options.steps=99999999999"])
+@pytest.mark.parametrize(
+    "setting", ["selection.steps=99999999999", "selection.restarts=99999999999", "defense_options.steps=99999999999"]
+)
 def test_a_config_cannot_ask_for_an_unbounded_attack(tmp_path, capsys, setting):
     code, _, err = _cli(capsys, "run", "--defense", "pgd-at", *QUICK, "--set", setting, "--out", str(tmp_path / "runs"))
     assert code == 2 and "99999999999" in _one_line(err)
@@ -355,7 +423,7 @@ def test_a_config_cannot_ask_for_an_unbounded_attack(tmp_path, capsys, setting):
 
 # -- the audit's verdict is the parent's alone ------------------------------------------------
 
-_EXITS = '''
+_EXITS = """
 import os, signal, sys
 import torch
 from torch import nn
@@ -380,7 +448,7 @@ def at_build(num_classes, shape):
 
 def in_forward(num_classes, shape):
     return Net(num_classes, "x")
-'''
+"""
 
 
 @pytest.mark.parametrize("how", ["os._exit(0)", "sys.exit(0)", "os.kill(os.getpid(), signal.SIGKILL)"])
@@ -388,8 +456,24 @@ def in_forward(num_classes, shape):
 def test_a_model_file_that_ends_the_process_is_an_error_never_holds(tmp_path, capsys, how, factory):
     f = tmp_path / "exits.py"
     f.write_text(_EXITS.replace("{how}", how))
-    code, out, err = _cli(capsys, "audit", "--model", f"{f}:{factory}", "--dataset", "digits", "--eps", "0.1",
-                          "--claim", "0", "--suite", "smoke", "--n", "16", "--out", str(tmp_path / "o"))
+    code, out, err = _cli(
+        capsys,
+        "audit",
+        "--model",
+        f"{f}:{factory}",
+        "--dataset",
+        "digits",
+        "--eps",
+        "0.1",
+        "--claim",
+        "0",
+        "--suite",
+        "smoke",
+        "--n",
+        "16",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 2  # a claim of 0% would hold: the exit status must not be the model's to give
     line = _one_line(err)
     assert "without writing a result" in line and "no verdict" in line
@@ -398,15 +482,33 @@ def test_a_model_file_that_ends_the_process_is_an_error_never_holds(tmp_path, ca
 
 
 def test_audit_out_onto_an_existing_file_is_one_line(tmp_path, capsys):
-    from harness.checkpoints import save_weights
     from trained_models import trained
+
+    from harness.checkpoints import save_weights
 
     save_weights(tmp_path / "w.safetensors", trained("digits", adversarial=False))
     target = tmp_path / "report"
     target.write_text("keep me\n")
-    code, _, err = _cli(capsys, "audit", "--model", "small-cnn", "--checkpoint", str(tmp_path / "w.safetensors"),
-                        "--dataset", "digits", "--eps", "0.05", "--claim", "0.5", "--suite", "smoke", "--n", "16",
-                        "--out", str(target))
+    code, _, err = _cli(
+        capsys,
+        "audit",
+        "--model",
+        "small-cnn",
+        "--checkpoint",
+        str(tmp_path / "w.safetensors"),
+        "--dataset",
+        "digits",
+        "--eps",
+        "0.05",
+        "--claim",
+        "0.5",
+        "--suite",
+        "smoke",
+        "--n",
+        "16",
+        "--out",
+        str(target),
+    )
     assert code == 2 and str(target) in _one_line(err)
     assert target.read_text() == "keep me\n"
 
@@ -501,14 +603,15 @@ def test_difference_interval_is_newcombe_and_at_least_as_wide_as_each_wilson():
 
 # -- the guard against models that expect normalised input ------------------------------------
 
+
 def _trained_tolerant(seed: int = 0):
     """A small CNN trained behind Normalize on digits with brightness and contrast jitter: served
     without its normalisation it loses almost nothing, so accuracy alone cannot tell."""
     import torch
     import torch.nn.functional as F
+    from trained_models import bundle
 
     from harness.models import build_model
-    from trained_models import bundle
 
     torch.manual_seed(seed)
     b = bundle("digits")
@@ -531,10 +634,10 @@ def test_normalised_input_guard_says_it_had_no_power_on_digits(tmp_path, capsys)
     (before the fix the finding was a plain 'ok'); now the audit says the guard had no power,
     with the power computed, and flags the verdict. The same weights behind Normalize pass."""
     import torch
+    from trained_models import bundle
 
     from harness.audit.run import guard_rails
     from harness.models import NormalizedModel
-    from trained_models import bundle
 
     b = bundle("digits")
     wrapped = _trained_tolerant()
@@ -544,17 +647,38 @@ def test_normalised_input_guard_says_it_had_no_power_on_digits(tmp_path, capsys)
     assert finding["values"]["sign_test_p"] > 0.05  # the accuracy gap alone says nothing here
     assert finding["status"] == "warn" and "no power" in finding["message"]
     assert finding["values"]["power"] < 0.8 and f"{100 * finding['values']['power']:.0f}%" in finding["message"]
-    fine = {g["rule"]: g for g in guard_rails(wrapped, x, y, mean=b.mean, std=b.std, num_classes=10)}["normalised-input"]
+    fine = {g["rule"]: g for g in guard_rails(wrapped, x, y, mean=b.mean, std=b.std, num_classes=10)}[
+        "normalised-input"
+    ]
     assert fine["status"] == "ok" and "normalises inside" in fine["message"]
     assert isinstance(wrapped, NormalizedModel)
     # through the CLI: the verdict is flagged and audit.md says why
     model_file = tmp_path / "net.py"
-    model_file.write_text("from harness.models import small_cnn\n\n\ndef bare(num_classes, shape):\n"
-                          "    return small_cnn(shape, num_classes)\n")
+    model_file.write_text(
+        "from harness.models import small_cnn\n\n\ndef bare(num_classes, shape):\n"
+        "    return small_cnn(shape, num_classes)\n"
+    )
     torch.save(wrapped.net.state_dict(), tmp_path / "bare.pt")
-    code, out, err = _cli(capsys, "audit", "--model", f"{model_file}:bare", "--checkpoint", str(tmp_path / "bare.pt"),
-                          "--dataset", "digits", "--eps", "0.05", "--claim", "0", "--suite", "smoke", "--n", "32",
-                          "--out", str(tmp_path / "o"))
+    code, out, err = _cli(
+        capsys,
+        "audit",
+        "--model",
+        f"{model_file}:bare",
+        "--checkpoint",
+        str(tmp_path / "bare.pt"),
+        "--dataset",
+        "digits",
+        "--eps",
+        "0.05",
+        "--claim",
+        "0",
+        "--suite",
+        "smoke",
+        "--n",
+        "32",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 0, err  # the claim of 0% holds, flagged
     doc = json.loads((tmp_path / "o" / "audit.json").read_text())
     assert {g["rule"]: g["status"] for g in doc["guard_rails"]["findings"]}["normalised-input"] == "warn"

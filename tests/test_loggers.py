@@ -2,6 +2,7 @@
 results, read back with the trackers' own readers; a failing logger never loses the run; a
 missing package is one line before anything is written; a resumed run logs on. Digits data,
 two epochs, the smoke suite, one thread; W&B offline (no network)."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,20 @@ TB_TOL = 1e-6  # TensorBoard stores scalars as float32: relative error <= 2**-24
 
 
 def _cfg(tmp: Path, name: str, log: List[str], **over: Any) -> Dict[str, Any]:
-    flags = C.deep_merge({"defense": "fast-at", "dataset": "digits", "device": "cpu", "threads": 1,
-                          "train": {"epochs": 2}, "monitor": {"val_n": 100}, "eval": {"suite": "smoke", "n": 32},
-                          "log": log, "out": {"root": str(tmp), "name": name}}, over)
+    flags = C.deep_merge(
+        {
+            "defense": "fast-at",
+            "dataset": "digits",
+            "device": "cpu",
+            "threads": 1,
+            "train": {"epochs": 2},
+            "monitor": {"val_n": 100},
+            "eval": {"suite": "smoke", "n": 32},
+            "log": log,
+            "out": {"root": str(tmp), "name": name},
+        },
+        over,
+    )
     return C.resolve(flags)
 
 
@@ -34,8 +46,12 @@ def _wandb_env(mp: pytest.MonkeyPatch, root: Path) -> None:
     for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "WANDB_PROJECT"):
         mp.delenv(var, raising=False)
     mp.setenv("WANDB_MODE", "offline")
-    for var, sub in (("WANDB_DIR", "wandb-dir"), ("WANDB_CONFIG_DIR", "wandb-config"),
-                     ("WANDB_CACHE_DIR", "wandb-cache"), ("WANDB_DATA_DIR", "wandb-data")):
+    for var, sub in (
+        ("WANDB_DIR", "wandb-dir"),
+        ("WANDB_CONFIG_DIR", "wandb-config"),
+        ("WANDB_CACHE_DIR", "wandb-cache"),
+        ("WANDB_DATA_DIR", "wandb-data"),
+    ):
         mp.setenv(var, str(root / sub))
     mp.setenv("NETRC", str(root / "no-netrc"))
 
@@ -98,8 +114,11 @@ def test_tensorboard_events_read_back_equal_metrics_jsonl(logged_run):
     for ckpt in ("best", "last"):
         res = run.read_eval_result("smoke", ckpt)
         pre = f"test/smoke/{ckpt}"
-        for tag, value in ((f"{pre}/clean", res["clean"]["accuracy"]), (f"{pre}/robust", res["robust"]["accuracy"]),
-                           (f"{pre}/n", res["data"]["n"])):
+        for tag, value in (
+            (f"{pre}/clean", res["clean"]["accuracy"]),
+            (f"{pre}/robust", res["robust"]["accuracy"]),
+            (f"{pre}/n", res["data"]["n"]),
+        ):
             (event,) = ea.Scalars(tag)
             assert event.step == res["checkpoint_epoch"] and event.value == pytest.approx(value, rel=TB_TOL)
         for k, attack in enumerate(res["attacks"], start=1):
@@ -125,6 +144,7 @@ def test_the_run_records_its_loggers(logged_run):
 
 # -- W&B offline, read back from its own record log --------------------------------------------
 
+
 def _wandb_records(path: Path) -> List[Any]:
     """The records of a ``run-ID.wandb`` file, parsed with wandb's own protobuf definitions.
 
@@ -143,8 +163,8 @@ def _wandb_records(path: Path) -> List[Any]:
         if left < 7:
             pos += left
             continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        body = data[pos + 7:pos + 7 + length]
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        body = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 1:
             chunks.append(body)
@@ -218,6 +238,7 @@ def test_disk_logger_and_the_mapping_agree_with_metrics_jsonl(logged_run):
 
 # -- failures ---------------------------------------------------------------------------------
 
+
 def test_a_logger_failing_mid_run_is_disabled_and_the_run_finishes(tmp_path, caplog, monkeypatch):
     calls = []
 
@@ -286,8 +307,27 @@ def test_a_logger_failing_to_open_is_disabled_too(tmp_path, monkeypatch):
 def test_a_missing_package_is_one_line_exit_2_and_nothing_written(name, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, name, None)  # `import NAME` now fails as if it were not installed
     out = tmp_path / "runs"
-    code = main(["run", "--dataset", "digits", "--epochs", "1", "--threads", "1", "--device", "cpu", "--out", str(out),
-                 "--name", "x", "--log", "disk", "--log", name])
+    code = main(
+        [
+            "run",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--name",
+            "x",
+            "--log",
+            "disk",
+            "--log",
+            name,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and f"pip install 'harness[{name}]'" in err and f"--log {name}" in err
@@ -295,14 +335,30 @@ def test_a_missing_package_is_one_line_exit_2_and_nothing_written(name, tmp_path
 
 
 def test_an_unknown_logger_name_suggests_the_close_one(tmp_path, capsys):
-    code = main(["run", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path),
-                 "--name", "x", "--log", "tensorbord"])
+    code = main(
+        [
+            "run",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "x",
+            "--log",
+            "tensorbord",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "did you mean 'tensorboard'" in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
 
 
 # -- resume -----------------------------------------------------------------------------------
+
 
 def test_a_resumed_run_logs_on_into_the_same_places(tmp_path, monkeypatch):
     _wandb_env(monkeypatch, tmp_path)
@@ -330,8 +386,9 @@ def test_a_resumed_run_logs_on_into_the_same_places(tmp_path, monkeypatch):
     epochs = []
     for p in wb["paths"]:
         (f,) = (run.path / p).glob(f"run-{wb['run_id']}.wandb")
-        epochs += [_items(r.history.item)["epoch"] for r in _wandb_records(f)
-                   if r.WhichOneof("record_type") == "history"]
+        epochs += [
+            _items(r.history.item)["epoch"] for r in _wandb_records(f) if r.WhichOneof("record_type") == "history"
+        ]
     assert epochs == [1, 2, 3]
 
 

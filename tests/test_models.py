@@ -1,5 +1,6 @@
 """Models by name: every registered model builds at the shapes it supports, returns logits,
 and carries its normalisation inside (attacks see [0,1] images; eps stays in pixel units)."""
+
 from __future__ import annotations
 
 import sys
@@ -25,7 +26,9 @@ def _stats(c):
     return [0.1 * (i + 2) for i in range(c)], [0.2 + 0.05 * i for i in range(c)]
 
 
-@pytest.mark.parametrize("name, shape", list(_cases()), ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
+@pytest.mark.parametrize(
+    "name, shape", list(_cases()), ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v
+)
 def test_every_model_builds_and_normalises_inside(name, shape):
     torch.manual_seed(0)
     mean, std = _stats(shape[0])
@@ -86,11 +89,14 @@ def test_robustbench_imports_with_pyautoattack():
     assert hasattr(architectures("wide_resnet"), "WideResNet")
 
 
-@pytest.mark.parametrize("name, cls, module", [
-    ("preact-resnet18", "PreActResNet", "resnet"),
-    ("wrn-28-10", "WideResNet", "wide_resnet"),
-    ("wrn-34-10", "WideResNet", "wide_resnet"),
-])
+@pytest.mark.parametrize(
+    "name, cls, module",
+    [
+        ("preact-resnet18", "PreActResNet", "resnet"),
+        ("wrn-28-10", "WideResNet", "wide_resnet"),
+        ("wrn-34-10", "WideResNet", "wide_resnet"),
+    ],
+)
 def test_32x32_models_are_robustbench_architectures(name, cls, module):
     from harness.robustbench_compat import architectures
 
@@ -106,8 +112,11 @@ def test_32x32_models_are_robustbench_architectures(name, cls, module):
 
 # -- the small CNN's first convolution: torch's gradients by a faster CPU route ------------------
 
-@pytest.mark.parametrize("cin, size, stride, padding, bias", [(1, 28, 2, 1, True), (1, 7, 2, 1, True), (3, 9, 2, 0, False),
-                                                              (2, 8, 1, 1, True), (1, 11, 3, 2, True)])
+
+@pytest.mark.parametrize(
+    "cin, size, stride, padding, bias",
+    [(1, 28, 2, 1, True), (1, 7, 2, 1, True), (3, 9, 2, 0, False), (2, 8, 1, 1, True), (1, 11, 3, 2, True)],
+)
 def test_input_grad_conv_gives_torchs_gradients(cin, size, stride, padding, bias):
     from harness.models import InputGradConv2d
 
@@ -153,5 +162,15 @@ def test_input_grad_conv_is_plain_conv_off_its_path():
     finally:
         _InputGradConv.apply = real  # type: ignore[method-assign]
     model = build_model("small-cnn", (1, 28, 28), 10, [0.3], [0.3])
-    assert list(model.state_dict()) == ["normalize.mean", "normalize.std", "net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias",
-                                        "net.5.weight", "net.5.bias", "net.7.weight", "net.7.bias"]  # checkpoints unchanged
+    assert list(model.state_dict()) == [
+        "normalize.mean",
+        "normalize.std",
+        "net.0.weight",
+        "net.0.bias",
+        "net.2.weight",
+        "net.2.bias",
+        "net.5.weight",
+        "net.5.bias",
+        "net.7.weight",
+        "net.7.bias",
+    ]  # checkpoints unchanged

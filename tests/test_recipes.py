@@ -7,6 +7,7 @@ where the value is one), so a recipe that drifts from its reference, or a citati
 from its value, fails here. Values were read with git from the repositories in
 ``defenses/references.py`` at the commits listed there.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,14 @@ TABLE = [
     ("fast-at", "fashion-mnist", D, "defense_options.clip_start", False, f"{FAST} MNIST/train_mnist.py:L74-81"),
     ("fast-at", "fashion-mnist", D, "monitor.early_stop", False, f"{FAST} MNIST/train_mnist.py:L63-112"),
     ("fast-at", "fashion-mnist", D, "data.val_size", 1000, "the references train on all 60,000"),
-    ("fast-at", "fashion-mnist", "clipped-start", "defense_options.clip_start", True,
-     f"{FAST} CIFAR10/train_fgsm.py:L107-110"),
+    (
+        "fast-at",
+        "fashion-mnist",
+        "clipped-start",
+        "defense_options.clip_start",
+        True,
+        f"{FAST} CIFAR10/train_fgsm.py:L107-110",
+    ),
     # -- erm: the Fast-AT schedule without the attack ----------------------------------------------------------
     ("erm", "fashion-mnist", D, "train.lr", 5e-3, f"{FAST} MNIST/train_mnist.py:L31"),
     ("erm", "fashion-mnist", D, "model_options.normalize", "none", f"{FAST} MNIST/train_mnist.py:L46"),
@@ -163,8 +170,11 @@ def _get(cfg, key):
     return node
 
 
-@pytest.mark.parametrize("defense, dataset, variant, key, expected, source", TABLE,
-                         ids=[f"{d}-{ds}-{v or 'default'}-{k}" for d, ds, v, k, *_ in TABLE])
+@pytest.mark.parametrize(
+    "defense, dataset, variant, key, expected, source",
+    TABLE,
+    ids=[f"{d}-{ds}-{v or 'default'}-{k}" for d, ds, v, k, *_ in TABLE],
+)
 def test_recipe_resolves_to_the_reference_value_and_cites_it(defense, dataset, variant, key, expected, source):
     cfg = C.resolve({"defense": defense, "dataset": dataset, **({"recipe": {"variant": variant}} if variant else {})})
     value = _get(cfg, key)
@@ -200,15 +210,23 @@ def test_every_recipe_value_has_exactly_one_source_that_says_where_it_comes_from
         assert set(_leaves(cfg)) == set(sources), set(_leaves(cfg)) ^ set(sources)
         for key, text in sources.items():
             assert "not cited" not in text, (key, text)
-            assert (any(s in text for s in shas) or text.startswith(("harness:", "derived:", "fp32:"))
-                    or "Madry et al. 2018, the paper's text" in text), (key, text)
+            assert (
+                any(s in text for s in shas)
+                or text.startswith(("harness:", "derived:", "fp32:"))
+                or "Madry et al. 2018, the paper's text" in text
+            ), (key, text)
 
 
 def test_the_resolved_config_records_recipe_variant_sources_and_repositories():
     cfg = C.resolve({"defense": "pgd-at", "dataset": "cifar10", "recipe": {"variant": "released"}})
     rec = cfg["recipe"]
-    assert (rec["defense"], rec["dataset"], rec["family"], rec["variant"], rec["default_variant"]) == \
-        ("pgd-at", "cifar10", "cifar10", "released", "paper")
+    assert (rec["defense"], rec["dataset"], rec["family"], rec["variant"], rec["default_variant"]) == (
+        "pgd-at",
+        "cifar10",
+        "cifar10",
+        "released",
+        "paper",
+    )
     assert set(rec["variants"]) == {"released", "rice"}
     assert rec["sources"]["defense_options.steps"].startswith("MadryLab/cifar10_challenge@f15682d config.json:L27")
     assert rec["repositories"]["MadryLab/cifar10_challenge@f15682d"] == REPOS["madry-cifar"][1]
@@ -233,9 +251,14 @@ def test_variant_names_are_checked_and_may_not_overlap():
         C.resolve({"defense": "fast-at", "dataset": "cifar10", "recipe": {"variant": "relased"}})
     with pytest.raises(ConfigError, match="has no recipe for"):
         C.resolve({"defense": "fast-at", "dataset": "no-such-set", "recipe": {"variant": "x"}})
-    recipe = Recipe({"train": {"lr": 1.0}}, {"train.lr": "harness: a"},
-                    variants={"a": Variant("a", {"train": {"lr": 2.0}}, {"train.lr": "harness: b"}),
-                              "b": Variant("b", {"train": {"lr": 3.0}}, {"train.lr": "harness: c"})})
+    recipe = Recipe(
+        {"train": {"lr": 1.0}},
+        {"train.lr": "harness: a"},
+        variants={
+            "a": Variant("a", {"train": {"lr": 2.0}}, {"train.lr": "harness: b"}),
+            "b": Variant("b", {"train": {"lr": 3.0}}, {"train.lr": "harness: c"}),
+        },
+    )
     assert recipe.resolve("a").config == {"train": {"lr": 2.0}}
     assert recipe.resolve(None).variant == "reference" and recipe.resolve("reference+a").variant == "a"
     with pytest.raises(ConfigError, match="both set train.lr"):
@@ -273,6 +296,7 @@ def test_the_fast_at_cifar_recipe_is_the_paper_s_15_epoch_schedule_with_its_stop
 
 # -- the dry run -------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def cli(capsys):
     import logging
@@ -308,8 +332,9 @@ def _cifar_dir(tmp_path, n_per_batch=300, n_test=200):
 
 def test_dry_run_fast_at_cifar10_shows_augmentation_sizes_stop_rule_and_sources(cli, tmp_path, no_data_sources):
     data_dir = _cifar_dir(tmp_path)
-    code, out, err = cli("run", "--defense", "fast-at", "--dataset", "cifar10", "--data-dir", str(data_dir),
-                         "--dry-run")
+    code, out, err = cli(
+        "run", "--defense", "fast-at", "--dataset", "cifar10", "--data-dir", str(data_dir), "--dry-run"
+    )
     assert code == 0, err
     cfg = json.loads(out)  # stdout stays a valid config
     assert cfg["recipe"]["variant"] == "paper"
@@ -342,8 +367,9 @@ def test_dry_run_shows_every_recipe_value_with_its_source(cli, defense, dataset,
 
 
 def test_dry_run_marks_values_that_depart_from_the_recipe(cli, no_data_sources):
-    code, out, err = cli("run", "--defense", "trades", "--dataset", "mnist", "--epochs", "3", "--no-download",
-                         "--dry-run")
+    code, out, err = cli(
+        "run", "--defense", "trades", "--dataset", "mnist", "--epochs", "3", "--no-download", "--dry-run"
+    )
     assert code == 0, err
     assert "departs from the recipe: train.epochs = 3 (recipe: 100)" in err
     assert json.loads(out)["recipe"]["differs_from_recipe"] == {"train.epochs": 100}
@@ -367,6 +393,8 @@ def test_normalisation_modes_follow_the_references():
         assert torch.allclose(per[i].flatten().double(), ref, atol=1e-5)
     flat = Normalize(mean, std, "per-image")(torch.full((1, 3, 4, 4), 0.5))
     assert torch.equal(flat, torch.zeros_like(flat))  # a constant image meets the 1/sqrt(N) floor, not a division by 0
-    keys = {mode: list(build_model("small-cnn", (1, 8, 8), 10, (0.3,), (0.4,), mode).state_dict()) for mode in
-            ("dataset", "none", "per-image")}
+    keys = {
+        mode: list(build_model("small-cnn", (1, 8, 8), 10, (0.3,), (0.4,), mode).state_dict())
+        for mode in ("dataset", "none", "per-image")
+    }
     assert keys["dataset"] == keys["none"] == keys["per-image"]  # one checkpoint layout for every mode

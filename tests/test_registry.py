@@ -1,4 +1,5 @@
 """The one registry class: registration, lookup, did-you-mean errors, lazy module loading."""
+
 from __future__ import annotations
 
 import sys
@@ -67,10 +68,17 @@ def test_registering_a_different_object_twice_is_an_error():
         r.add("erm", object())
 
 
-@pytest.mark.parametrize("typed, meant", [
-    ("fast_at", "fast-at"), ("FAST_AT", "fast-at"), ("fastat", "fast-at"),
-    ("pgd_at", "pgd-at"), ("trade", "trades"), ("free_at", "free-at"),
-])
+@pytest.mark.parametrize(
+    "typed, meant",
+    [
+        ("fast_at", "fast-at"),
+        ("FAST_AT", "fast-at"),
+        ("fastat", "fast-at"),
+        ("pgd_at", "pgd-at"),
+        ("trade", "trades"),
+        ("free_at", "free-at"),
+    ],
+)
 def test_unknown_name_says_did_you_mean(typed, meant):
     r = _defense_like_registry()
     with pytest.raises(UnknownNameError) as ei:
@@ -90,7 +98,7 @@ def test_unknown_name_without_close_match_lists_what_exists():
     assert "did you mean" not in str(ei.value)
     assert "known: erm, fast-at" in str(ei.value)
     # a KeyError subclass whose str is not wrapped in quotes like KeyError's
-    assert isinstance(ei.value, KeyError) and not str(ei.value).startswith("\"")
+    assert isinstance(ei.value, KeyError) and not str(ei.value).startswith('"')
 
 
 def test_unknown_name_in_an_empty_registry():
@@ -148,8 +156,17 @@ def test_project_registries_name_their_modules():
     for reg in (ATTACKS, CHECKS, SUITES, DEFENSES, DATASETS, MODELS):
         assert reg.modules, reg.kind
     assert set(DEFENSES.modules) == {
-        "defenses.erm", "defenses.pgd_at", "defenses.trades", "defenses.free_at", "defenses.fast_at",
-        "defenses.mart", "defenses.pgd_at_awp", "defenses.trades_awp", "defenses.n_fgsm", "defenses.gradalign"}
+        "defenses.erm",
+        "defenses.pgd_at",
+        "defenses.trades",
+        "defenses.free_at",
+        "defenses.fast_at",
+        "defenses.mart",
+        "defenses.pgd_at_awp",
+        "defenses.trades_awp",
+        "defenses.n_fgsm",
+        "defenses.gradalign",
+    }
 
 
 def test_dataset_and_model_registries_hold_the_documented_names():

@@ -7,6 +7,7 @@ Regenerate the golden files after an intended change with
 
 and read the diff before committing it.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,9 @@ def check_golden(name: str, text: str) -> None:
         path.write_text(text, encoding="utf-8")
     assert path.exists(), f"golden file {path} is missing; run with HARNESS_UPDATE_GOLDEN=1 to create it"
     expected = path.read_text(encoding="utf-8")
-    assert text == expected, f"{name} differs from its golden file; if the change is intended, regenerate with HARNESS_UPDATE_GOLDEN=1"
+    assert text == expected, (
+        f"{name} differs from its golden file; if the change is intended, regenerate with HARNESS_UPDATE_GOLDEN=1"
+    )
 
 
 # -- golden files --------------------------------------------------------------------------------
@@ -104,15 +107,22 @@ def test_robust_accuracy_is_always_labelled(runs: Path, run: str) -> None:
     for name in ("report.md", "report.html"):
         text = (runs / run / name).read_text(encoding="utf-8")
         for m in ROBUST_RE.finditer(text):
-            sentence = re.sub(r"<[^>]+>|\*\*", "", text[m.start():m.start() + 400]).split(". ")[0]
-            assert re.search(r" against suite \w+ \(.+\), (Linf|L2) eps=[\d./]+, n=\d+", sentence), (run, name, sentence)
+            sentence = re.sub(r"<[^>]+>|\*\*", "", text[m.start() : m.start() + 400]).split(". ")[0]
+            assert re.search(r" against suite \w+ \(.+\), (Linf|L2) eps=[\d./]+, n=\d+", sentence), (
+                run,
+                name,
+                sentence,
+            )
 
 
 def test_headline_sentence_and_verdict_above_it(runs: Path) -> None:
     render_run(runs / "pgd-at-s0")
     md = (runs / "pgd-at-s0" / "report.md").read_text(encoding="utf-8")
-    assert ("**Robust accuracy 71.0% [64.4, 76.8]** against suite quick (AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square); "
-            "PGD-20 CE), Linf eps=0.1, n=200, best checkpoint (epoch 5). Verdict: reliable.") in md
+    assert (
+        "**Robust accuracy 71.0% [64.4, 76.8]** against suite quick "
+        "(AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square); "
+        "PGD-20 CE), Linf eps=0.1, n=200, best checkpoint (epoch 5). Verdict: reliable."
+    ) in md
     assert md.index("Verdict: reliable.") < md.index("Robust accuracy")
     assert md.index("Robust accuracy") < md.index("## Attack strength")
     html = (runs / "pgd-at-s0" / "report.html").read_text(encoding="utf-8")
@@ -146,13 +156,18 @@ def test_strength_table_puts_training_selection_and_evaluation_side_by_side(runs
     assert (train["steps"], train["step"], train["rs"], train["mode"]) == ("1", "0.125 (1.25*eps)", "yes", "train")
     assert (sel["steps"], sel["step"]) == ("20", "0.025 (eps/4)")
     apgd_t = strength.groups[0].rows[3].cells
-    assert (apgd_t["attack"], apgd_t["targets"], apgd_t["step"]) == ("AutoAttack standard: APGD-T (9 targets)", "9 targets",
-                                                                     "adaptive (2 eps initial)")
+    assert (apgd_t["attack"], apgd_t["targets"], apgd_t["step"]) == (
+        "AutoAttack standard: APGD-T (9 targets)",
+        "9 targets",
+        "adaptive (2 eps initial)",
+    )
     assert apgd_t["passes"] == "909 + 900"  # per attacked example
     assert apgd_t["other"].startswith("pyautoattack 0.2.0")
     md = render_run(runs / "fast-at-s0")[0].read_text(encoding="utf-8")
-    assert ("training attack 1; selection attack 20; strongest evaluation attack 900 "
-            "(AutoAttack standard: APGD-T (9 targets))") in md  # Square's queries are not gradient steps
+    assert (
+        "training attack 1; selection attack 20; strongest evaluation attack 900 "
+        "(AutoAttack standard: APGD-T (9 targets))"
+    ) in md  # Square's queries are not gradient steps
     assert {c.key for c in strength.columns} >= {"steps", "restarts", "step", "loss", "targets", "passes"}
 
 
@@ -188,7 +203,9 @@ def test_run_with_only_a_config_renders(tmp_path: Path) -> None:
     table = build_comparison([load_run(run)])
     row = table.groups[0].rows[0]
     assert row.status == "not evaluated"
-    assert all(row.cells[k].missing for k in ("clean", "pgd", "autoattack", "worst_case", "last_worst_case", "train_time_s"))
+    assert all(
+        row.cells[k].missing for k in ("clean", "pgd", "autoattack", "worst_case", "last_worst_case", "train_time_s")
+    )
     for fmt in RENDERERS.names():
         assert "not evaluated" in render_table(table, fmt)
 
@@ -225,9 +242,17 @@ def test_wrong_types_in_stored_files_do_not_crash(tmp_path: Path) -> None:
 
     def mutate(obj: object) -> object:
         if isinstance(obj, dict):
-            return {k: (v if k in ("schema", "schema_version") else
-                        rng.choice([None, "x", 3, [], {}, True]) if rng.random() < 0.2 else mutate(v))
-                    for k, v in obj.items() if rng.random() > 0.1 or k in ("schema", "schema_version")}
+            return {
+                k: (
+                    v
+                    if k in ("schema", "schema_version")
+                    else rng.choice([None, "x", 3, [], {}, True])
+                    if rng.random() < 0.2
+                    else mutate(v)
+                )
+                for k, v in obj.items()
+                if rng.random() > 0.1 or k in ("schema", "schema_version")
+            }
         if isinstance(obj, list):
             return [mutate(v) for v in obj if rng.random() > 0.1]
         return obj
@@ -349,7 +374,9 @@ def test_mean_std_over_seeds_and_worst_verdict(runs: Path) -> None:
     assert pgd["seeds"].mean == 2
     assert rows["fast-at"].cells["verdict"] == "suspicious (1/2 seeds)"
     assert rows["pgd-at"].sources == ["pgd-at-s0 (seed 0)", "pgd-at-s1 (seed 1)"]
-    assert rows["erm"].cells["worst_case"].ci == pytest.approx((0.0, 0.018845), abs=1e-6)  # one seed: the Wilson interval
+    assert rows["erm"].cells["worst_case"].ci == pytest.approx(
+        (0.0, 0.018845), abs=1e-6
+    )  # one seed: the Wilson interval
     assert rows["erm"].cells["train_attack"].missing == "n/a"
     # fractions in the model, percent only in the renderers
     for g in table.groups:
@@ -531,7 +558,9 @@ def test_markdown_tables_have_one_cell_per_column(runs: Path) -> None:
 
 def test_latex_is_booktabs_and_escaped() -> None:
     t = Table("a_b & 50% #1", [Column("defense", "Defense"), Column("acc", "Acc", "pct", ci=True)])
-    t.groups = Table.simple("", t.columns, [{"defense": "my_defense & co", "acc": Value(0.5, 0.01, (0.4, 0.6), 2, 2)}]).groups
+    t.groups = Table.simple(
+        "", t.columns, [{"defense": "my_defense & co", "acc": Value(0.5, 0.01, (0.4, 0.6), 2, 2)}]
+    ).groups
     out = render_table(t, "tex")
     assert "\\toprule" in out and "\\midrule" in out and "\\bottomrule" in out and "\\hline" not in out
     assert "my\\_defense \\& co" in out and "50.0 $\\pm$ 1.0 [40.0, 60.0]" in out
@@ -599,8 +628,8 @@ from pathlib import Path
 from reports.cli import comparison_text
 from reports.run_report import render_run
 import reports.compare, reports.load, reports.renderers, reports.svg, reports.table
-render_run(Path({str(runs / 'fast-at-s1')!r}))
-render_run(Path({str(runs / 'trades-s0')!r}))
+render_run(Path({str(runs / "fast-at-s1")!r}))
+render_run(Path({str(runs / "trades-s0")!r}))
 for fmt in ("md", "tex", "csv", "html"):
     assert comparison_text([{str(runs)!r}], fmt)
 assert sys.modules["torch"] is None

@@ -1,6 +1,7 @@
 """benchmarks/reproduce.py end to end on the bundled digits with one-epoch runs: it trains each
 defense's recipe, evaluates it the paper's way and with AutoAttack, and renders the table from the
 run directories alone (a smoke of the command, not a reproduction)."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,26 @@ from benchmarks import reproduce as R  # noqa: E402
 def reproduced(tmp_path_factory):
     out = tmp_path_factory.mktemp("repro")
     doc = out / "reproductions.md"
-    code = R.main(["--dataset", "digits", "--defenses", "erm,fast-at", "--epochs", "1", "--threads", "1",
-                   "--out", str(out / "runs"), "--doc", str(doc), "--aa-n", "8", "--eval-n", "48"])
+    code = R.main(
+        [
+            "--dataset",
+            "digits",
+            "--defenses",
+            "erm,fast-at",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            str(out / "runs"),
+            "--doc",
+            str(doc),
+            "--aa-n",
+            "8",
+            "--eval-n",
+            "48",
+        ]
+    )
     assert code == 0
     return out, doc
 
@@ -48,8 +67,28 @@ def test_render_only_gives_the_same_table_and_resume_skips_finished_runs(reprodu
     again = out / "again.md"
     assert R.main(["--render-only", "--out", str(out / "runs"), "--doc", str(again)]) == 0
     assert again.read_text() == before
-    assert R.main(["--dataset", "digits", "--defenses", "erm", "--epochs", "1", "--out", str(out / "runs"),
-                   "--doc", str(again), "--aa-n", "8", "--eval-n", "48", "--resume"]) == 0
+    assert (
+        R.main(
+            [
+                "--dataset",
+                "digits",
+                "--defenses",
+                "erm",
+                "--epochs",
+                "1",
+                "--out",
+                str(out / "runs"),
+                "--doc",
+                str(again),
+                "--aa-n",
+                "8",
+                "--eval-n",
+                "48",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert "trained and evaluated with smoke already" in capsys.readouterr().out
 
 
@@ -60,8 +99,21 @@ def test_an_unfinished_run_is_refused_without_resume(reproduced, tmp_path):
     (runs / "erm-digits-test-s0").mkdir()
     env = {"schema": "env", "schema_version": 1, "status": "interrupted"}
     (runs / "erm-digits-test-s0" / "env.json").write_text(json.dumps(env))
-    code = R.main(["--dataset", "digits", "--defenses", "erm", "--epochs", "1", "--out", str(runs), "--doc",
-                   str(tmp_path / "d.md"), "--no-aa"])
+    code = R.main(
+        [
+            "--dataset",
+            "digits",
+            "--defenses",
+            "erm",
+            "--epochs",
+            "1",
+            "--out",
+            str(runs),
+            "--doc",
+            str(tmp_path / "d.md"),
+            "--no-aa",
+        ]
+    )
     assert code == 2
 
 

@@ -1,4 +1,5 @@
 """The run directory and its atomic writes: nothing already written is lost when a write dies."""
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ def _leftovers(folder: Path):
 
 
 # -- atomic writes ----------------------------------------------------------------------------
+
 
 def test_atomic_write_creates_parents_and_replaces(tmp_path):
     p = tmp_path / "a" / "b" / "f.txt"
@@ -99,7 +101,7 @@ def test_a_killed_process_leaves_the_previous_file_and_readers_ignore_its_temp_f
         "import os, sys\n"
         "import harness.core.io as hio\n"
         "def w(f):\n"
-        "    f.write(b'{\"schema\": \"eval-res'); f.flush(); os.fsync(f.fileno()); os._exit(9)\n"
+        '    f.write(b\'{"schema": "eval-res\'); f.flush(); os.fsync(f.fileno()); os._exit(9)\n'
         f"hio._atomic({str(target)!r}, w)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, timeout=60)
@@ -110,6 +112,7 @@ def test_a_killed_process_leaves_the_previous_file_and_readers_ignore_its_temp_f
 
 
 # -- JSON documents ---------------------------------------------------------------------------
+
 
 def test_every_json_document_carries_schema_and_version_first(tmp_path):
     p = atomic_write_json(tmp_path / "x.json", {"schema": "ignored", "schema_version": 99, "a": 1}, schema="thing")
@@ -123,17 +126,22 @@ def test_nan_and_inf_become_null_and_numpy_torch_scalars_plain():
     import numpy as np
     import torch
 
-    text = dumps({"a": float("nan"), "b": [float("inf"), 1.5], "c": np.float32(0.25), "d": torch.tensor(3), "e": (1, 2)})
+    text = dumps(
+        {"a": float("nan"), "b": [float("inf"), 1.5], "c": np.float32(0.25), "d": torch.tensor(3), "e": (1, 2)}
+    )
     assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": 0.25, "d": 3, "e": [1, 2]}
 
 
-@pytest.mark.parametrize("content, match", [
-    (None, "no such file"),
-    ("{torn", "not valid JSON"),
-    ("[1]", "expected a JSON object"),
-    ('{"schema": "env", "schema_version": 1}', "holds a 'env' document, expected 'config'"),
-    ('{"schema": "config", "schema_version": 999}', "newer than this harness understands"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (None, "no such file"),
+        ("{torn", "not valid JSON"),
+        ("[1]", "expected a JSON object"),
+        ('{"schema": "env", "schema_version": 1}', "holds a 'env' document, expected 'config'"),
+        ('{"schema": "config", "schema_version": 999}', "newer than this harness understands"),
+    ],
+)
 def test_read_json_errors(tmp_path, content, match):
     p = tmp_path / "f.json"
     if content is not None:
@@ -143,6 +151,7 @@ def test_read_json_errors(tmp_path, content, match):
 
 
 # -- the run directory ------------------------------------------------------------------------
+
 
 def test_create_lays_out_the_folders_and_refuses_a_used_one(tmp_path):
     run = RunDir.create(tmp_path, "fast-at fashion mnist")
@@ -165,8 +174,15 @@ def test_open_needs_a_config(tmp_path):
 
 
 def test_default_name_is_a_safe_folder_name():
-    name = RunDir.default_name({"defense": "fast-at", "dataset": "cifar10", "model": "preact-resnet18",
-                                "threat": {"norm": "Linf", "eps": "8/255"}, "seed": 3})
+    name = RunDir.default_name(
+        {
+            "defense": "fast-at",
+            "dataset": "cifar10",
+            "model": "preact-resnet18",
+            "threat": {"norm": "Linf", "eps": "8/255"},
+            "seed": 3,
+        }
+    )
     assert name.startswith("fast-at-cifar10-preact-resnet18-Linf-8_255-seed3-")
     assert "/" not in name
 
@@ -228,8 +244,16 @@ def test_env_and_reports(tmp_path):
 
 
 def test_rundir_does_not_import_torch():
-    code = "import sys, harness.core.rundir, harness.core.io, harness.core.stats, harness.core.registry; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
-                         capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys, harness.core.rundir, harness.core.io, harness.core.stats, harness.core.registry; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

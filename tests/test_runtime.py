@@ -1,4 +1,5 @@
 """Device selection, seeding, RNG state capture and restore, eval mode that restores submodules."""
+
 from __future__ import annotations
 
 import random
@@ -43,7 +44,13 @@ def test_explicit_devices(monkeypatch):
 
 
 def _draw():
-    return (random.random(), random.gauss(0, 1), float(np.random.rand()), float(np.random.normal()), torch.rand(3).tolist())
+    return (
+        random.random(),
+        random.gauss(0, 1),
+        float(np.random.rand()),
+        float(np.random.normal()),
+        torch.rand(3).tolist(),
+    )
 
 
 def test_seed_everything_seeds_python_numpy_and_torch():

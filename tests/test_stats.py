@@ -1,4 +1,5 @@
 """Reported uncertainty: Wilson intervals for one evaluation, mean +- std with a t-interval over seeds."""
+
 from __future__ import annotations
 
 import math
@@ -10,15 +11,18 @@ from harness.core.stats import Z95, mean_std, paired_difference, proportion, t95
 
 # Newcombe (1998), "Two-sided confidence intervals for the single proportion", Table I (Wilson score
 # method), plus the closed forms at 0 and n: upper(0/n) = z^2 / (n + z^2), lower(n/n) = n / (n + z^2)
-@pytest.mark.parametrize("k, n, lo, hi", [
-    (81, 263, 0.2553, 0.3662),
-    (15, 148, 0.0624, 0.1605),
-    (0, 20, 0.0, 0.1611),
-    (1, 29, 0.0061, 0.1718),
-    (5, 10, 0.2366, 0.7634),
-    (0, 10, 0.0, Z95**2 / (10 + Z95**2)),
-    (10, 10, 10 / (10 + Z95**2), 1.0),
-])
+@pytest.mark.parametrize(
+    "k, n, lo, hi",
+    [
+        (81, 263, 0.2553, 0.3662),
+        (15, 148, 0.0624, 0.1605),
+        (0, 20, 0.0, 0.1611),
+        (1, 29, 0.0061, 0.1718),
+        (5, 10, 0.2366, 0.7634),
+        (0, 10, 0.0, Z95**2 / (10 + Z95**2)),
+        (10, 10, 10 / (10 + Z95**2), 1.0),
+    ],
+)
 def test_wilson_known_values(k, n, lo, hi):
     got = wilson(k, n)
     assert got[0] == pytest.approx(lo, abs=5e-5) and got[1] == pytest.approx(hi, abs=5e-5)

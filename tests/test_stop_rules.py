@@ -2,6 +2,7 @@
 Fast-AT and restores the previous epoch's weights; the val collapse monitor flags in every run.
 Also the pieces of the Fast-AT CIFAR-10 schedule the rule sits in: CyclicLR's momentum cycle and
 the MNIST script's unclipped random start."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,19 +10,28 @@ import torch
 from torch import nn
 
 import harness.training as T
-from harness.context import RunContext
 from harness import checkpoints as ckpt
 from harness import config as C
+from harness.context import RunContext
 from harness.core.rundir import RunDir
 from harness.core.threat import ThreatModel
 from harness.stop_rules import FirstBatchPGDRule, ValCollapseRule, build_stop_rule
 
 
 def _cfg(tmp_path, **over):
-    return C.resolve(C.deep_merge({"defense": "fast-at", "dataset": "synthetic", "device": "cpu",
-                                   "train": {"epochs": 3},
-                                   "monitor": {"val_n": 60, "early_stop": True, "stop_rule": "first-batch-pgd"},
-                                   "out": {"root": str(tmp_path), "name": "run"}}, over))
+    return C.resolve(
+        C.deep_merge(
+            {
+                "defense": "fast-at",
+                "dataset": "synthetic",
+                "device": "cpu",
+                "train": {"epochs": 3},
+                "monitor": {"val_n": 60, "early_stop": True, "stop_rule": "first-batch-pgd"},
+                "out": {"root": str(tmp_path), "name": "run"},
+            },
+            over,
+        )
+    )
 
 
 def _run(cfg, tmp_path, name="run"):
@@ -63,7 +73,7 @@ def test_the_rule_s_attack_is_the_reference_attack_pgd():
         idx = out.argmax(1) == y
         if not idx.any():
             break
-        grad, = torch.autograd.grad(nn.functional.cross_entropy(out, y), delta)
+        (grad,) = torch.autograd.grad(nn.functional.cross_entropy(out, y), delta)
         d = torch.clamp(delta + alpha * grad.sign(), -eps, eps)
         d = torch.max(torch.min(d, 1 - x), -x)
         delta = delta.detach()
@@ -110,8 +120,9 @@ def test_build_stop_rule_follows_early_stop_and_stop_rule(tmp_path):
     assert isinstance(build_stop_rule(cfg, threat, "fp32", True), ValCollapseRule)
 
 
-def test_a_run_stopped_by_the_paper_s_rule_keeps_the_previous_epoch_and_records_flag_and_stop_apart(tmp_path,
-                                                                                                    monkeypatch):
+def test_a_run_stopped_by_the_paper_s_rule_keeps_the_previous_epoch_and_records_flag_and_stop_apart(
+    tmp_path, monkeypatch
+):
     accs = iter([0.6, 0.7, 0.2])
     monkeypatch.setattr(FirstBatchPGDRule, "accuracy", lambda self, *a, **k: next(accs))
     # the monitor flags nothing here: the stop is the rule's alone
@@ -155,8 +166,11 @@ def test_a_run_resumed_across_the_rule_stops_where_the_whole_run_does(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         T.train(cut, RunContext.from_config(cfg), progress=False, on_epoch_end=stop)
     b = T.train(cut, RunContext.from_config(cfg), resume=True, progress=False)
-    assert (a["epochs_run"], a["stopped_early"], a["stop_rule"]) == \
-        (b["epochs_run"], b["stopped_early"], b["stop_rule"])
+    assert (a["epochs_run"], a["stopped_early"], a["stop_rule"]) == (
+        b["epochs_run"],
+        b["stopped_early"],
+        b["stop_rule"],
+    )
     wa = ckpt.load_resume(whole.checkpoint_path("last"))["model"]
     wb = ckpt.load_resume(cut.checkpoint_path("last"))["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -165,6 +179,7 @@ def test_a_run_resumed_across_the_rule_stops_where_the_whole_run_does(tmp_path):
 
 
 # -- the schedule around it -------------------------------------------------------------------------------
+
 
 def test_momentum_cycles_against_the_lr_as_torch_s_cyclic_lr_does():
     tcfg = {"schedule": "cyclic", "cyclic_peak": 0.5, "cycle_momentum": [0.8, 0.9], "optimizer": "sgd"}
@@ -177,8 +192,9 @@ def test_momentum_cycles_against_the_lr_as_torch_s_cyclic_lr_does():
     # torch's CyclicLR with the Fast-AT arguments, one update later (it gives update k the lr of k / total)
     p = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=0.2, momentum=0.9)
-    ref = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.0, max_lr=0.2, step_size_up=total / 2,
-                                            step_size_down=total / 2)
+    ref = torch.optim.lr_scheduler.CyclicLR(
+        opt, base_lr=0.0, max_lr=0.2, step_size_up=total / 2, step_size_down=total / 2
+    )
     ours_opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2, momentum=0.9)
     ours = T.make_scheduler(ours_opt, {**tcfg, "lr": 0.2}, total)
     for k in range(total - 1):
@@ -207,14 +223,16 @@ def test_momentum_cycling_survives_a_resume_through_the_scheduler_state():
     assert opt2.param_groups[0]["momentum"] == opt.param_groups[0]["momentum"] != 0.9
 
 
-@pytest.mark.parametrize("bad", [{"cycle_momentum": [0.9, 0.8]}, {"cycle_momentum": [0.8, 0.9], "optimizer": "adam"},
-                                 {"loss_scale": 128}])
+@pytest.mark.parametrize(
+    "bad", [{"cycle_momentum": [0.9, 0.8]}, {"cycle_momentum": [0.8, 0.9], "optimizer": "adam"}, {"loss_scale": 128}]
+)
 def test_bad_momentum_cycles_and_loss_scales_are_config_errors(bad, tmp_path):
     from harness.core.errors import ConfigError
 
     with pytest.raises(ConfigError):
-        C.resolve({"defense": "erm", "dataset": "synthetic",
-                   "train": {"schedule": "cyclic", "optimizer": "sgd", **bad}})
+        C.resolve(
+            {"defense": "erm", "dataset": "synthetic", "train": {"schedule": "cyclic", "optimizer": "sgd", **bad}}
+        )
 
 
 def test_the_mnist_script_s_start_takes_the_gradient_outside_the_box():

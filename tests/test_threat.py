@@ -1,4 +1,5 @@
 """Threat model: eps in [0,1] pixel units, parsed from text, unit errors caught with a hint."""
+
 from __future__ import annotations
 
 import math
@@ -9,9 +10,18 @@ from harness.core.errors import ConfigError
 from harness.core.threat import ThreatModel, parse_eps, parse_norm
 
 
-@pytest.mark.parametrize("text, value", [
-    ("8/255", 8 / 255), ("0.1", 0.1), ("4/255", 4 / 255), (" 2/255 ", 2 / 255), ("0.3", 0.3), ("1", 1.0), ("1e-3", 1e-3),
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("8/255", 8 / 255),
+        ("0.1", 0.1),
+        ("4/255", 4 / 255),
+        (" 2/255 ", 2 / 255),
+        ("0.3", 0.3),
+        ("1", 1.0),
+        ("1e-3", 1e-3),
+    ],
+)
 def test_eps_parses_and_keeps_the_text(text, value):
     e = parse_eps(text)
     assert math.isclose(e.value, value, rel_tol=0, abs_tol=1e-15)
@@ -63,8 +73,10 @@ def test_eps_of_the_wrong_type_from_a_config_file(bad):
         parse_eps(bad)
 
 
-@pytest.mark.parametrize("text, norm", [("linf", "Linf"), ("Linf", "Linf"), ("inf", "Linf"), ("L_inf", "Linf"),
-                                        ("l2", "L2"), ("L2", "L2"), ("2", "L2")])
+@pytest.mark.parametrize(
+    "text, norm",
+    [("linf", "Linf"), ("Linf", "Linf"), ("inf", "Linf"), ("L_inf", "Linf"), ("l2", "L2"), ("L2", "L2"), ("2", "L2")],
+)
 def test_norm_aliases(text, norm):
     assert parse_norm(text) == norm
 

@@ -1,5 +1,6 @@
 """The training loop: per-epoch val metrics, best / last checkpoints, resume, catastrophic and
 robust overfitting flags, cost accounting. Every registered defense goes through the loop."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,12 @@ import harness.training as T
 from defenses.registry import DEFENSES
 from harness import checkpoints as ckpt
 from harness import config as C
+from harness.context import RunContext
 from harness.core.errors import ConfigError, HarnessError
+from harness.core.rundir import RunDir
 from harness.models import build_model
 from harness.monitor import detect_catastrophic_overfitting, robust_overfitting
-from harness.context import RunContext
 from harness.pipeline import run_pipeline
-from harness.core.rundir import RunDir
 
 NAMES = DEFENSES.names()
 PROPORTION = {"accuracy", "correct", "n", "ci95"}
@@ -27,9 +28,17 @@ SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _cfg(defense, tmp_path, **over):
-    flags = C.deep_merge({"defense": defense, "dataset": "synthetic", "device": "cpu",
-                          "train": {"epochs": 2}, "monitor": {"val_n": 100},
-                          "out": {"root": str(tmp_path), "name": f"{defense}-run"}}, over)
+    flags = C.deep_merge(
+        {
+            "defense": defense,
+            "dataset": "synthetic",
+            "device": "cpu",
+            "train": {"epochs": 2},
+            "monitor": {"val_n": 100},
+            "out": {"root": str(tmp_path), "name": f"{defense}-run"},
+        },
+        over,
+    )
     return C.resolve(flags)
 
 
@@ -103,7 +112,14 @@ def test_every_defense_trains_selects_on_val_and_writes_the_contract(name, tmp_p
     assert meta["selection_accuracy"] == best["val"]["selection"]["accuracy"]
     assert run.available_checkpoints() == ["best", "last", "epoch-1", "epoch-2"]
     last = torch.load(run.checkpoint_path("last"), weights_only=True)
-    assert last["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng", "data_generator", "attack_generator"} <= set(last)
+    assert last["epoch"] == 2 and {
+        "model",
+        "optimizer",
+        "scheduler",
+        "rng",
+        "data_generator",
+        "attack_generator",
+    } <= set(last)
     model = build_model("small-cnn", (1, 8, 8), 10, (0.5,), (0.25,))
     ckpt.load_into(model, last["model"])
     best_weights = ckpt.load_state_dict_file(run.checkpoint_path("best"))
@@ -112,13 +128,27 @@ def test_every_defense_trains_selects_on_val_and_writes_the_contract(name, tmp_p
 
     t = json.loads(run.training_path.read_text())
     assert t["schema"] == "training" and t == {**doc, "schema": "training", "schema_version": 1}
-    for key in ("defense", "train_attack", "selection_attack", "epochs_planned", "epochs_run", "best_epoch", "last_epoch",
-                "stopped_early", "stop_reason", "catastrophic_overfitting", "robust_overfitting", "wall_s",
-                "passes_per_example_per_epoch"):
+    for key in (
+        "defense",
+        "train_attack",
+        "selection_attack",
+        "epochs_planned",
+        "epochs_run",
+        "best_epoch",
+        "last_epoch",
+        "stopped_early",
+        "stop_reason",
+        "catastrophic_overfitting",
+        "robust_overfitting",
+        "wall_s",
+        "passes_per_example_per_epoch",
+    ):
         assert key in t, key
     assert t["defense"]["name"] == name and t["defense"]["paper"] and "options" in t["defense"]
     assert t["passes_per_example_per_epoch"] == pytest.approx(defense.expected_passes())
-    assert t["robust_overfitting"]["gap"] == pytest.approx(t["best_selection_accuracy"] - rows[-1]["val"]["selection"]["accuracy"])
+    assert t["robust_overfitting"]["gap"] == pytest.approx(
+        t["best_selection_accuracy"] - rows[-1]["val"]["selection"]["accuracy"]
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -145,7 +175,10 @@ def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(name, 
     best_a = ckpt.load_state_dict_file(whole.checkpoint_path("best"))
     best_b = ckpt.load_state_dict_file(cut.checkpoint_path("best"))
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
-    la, lb = torch.load(whole.checkpoint_path("last"), weights_only=True), torch.load(cut.checkpoint_path("last"), weights_only=True)
+    la, lb = (
+        torch.load(whole.checkpoint_path("last"), weights_only=True),
+        torch.load(cut.checkpoint_path("last"), weights_only=True),
+    )
     assert la["optimizer"]["state"].keys() == lb["optimizer"]["state"].keys()
     assert la["scheduler"]["last_epoch"] == lb["scheduler"]["last_epoch"]
 
@@ -207,17 +240,24 @@ def test_a_row_written_before_the_kill_is_redone_not_duplicated(tmp_path):
 
 # -- catastrophic and robust overfitting -----------------------------------------------------------
 
+
 def test_collapse_while_fgsm_holds_is_catastrophic_overfitting():
-    hist = [{"selection": 0.40, "fgsm": 0.50, "train_attack": 0.52}, {"selection": 0.55, "fgsm": 0.62, "train_attack": 0.63}]
+    hist = [
+        {"selection": 0.40, "fgsm": 0.50, "train_attack": 0.52},
+        {"selection": 0.55, "fgsm": 0.62, "train_attack": 0.63},
+    ]
     flag, reasons = detect_catastrophic_overfitting(hist, {"selection": 0.05, "fgsm": 0.80, "train_attack": 0.85})
     assert flag and any("fell from 0.550 to 0.050" in r for r in reasons)
 
 
-@pytest.mark.parametrize("current", [
-    {"selection": 0.50, "fgsm": 0.60, "train_attack": 0.61},   # healthy: PGD a little below FGSM
-    {"selection": 0.00, "fgsm": 0.08, "train_attack": 0.9},     # plain training: everything low (train attack unused)
-    {"selection": 0.20, "fgsm": 0.25, "train_attack": 0.26},    # everything fell together: divergence, not CO
-])
+@pytest.mark.parametrize(
+    "current",
+    [
+        {"selection": 0.50, "fgsm": 0.60, "train_attack": 0.61},  # healthy: PGD a little below FGSM
+        {"selection": 0.00, "fgsm": 0.08, "train_attack": 0.9},  # plain training: everything low (train attack unused)
+        {"selection": 0.20, "fgsm": 0.25, "train_attack": 0.26},  # everything fell together: divergence, not CO
+    ],
+)
 def test_no_flag_without_a_gap_between_one_step_and_multi_step(current):
     hist = [{"selection": 0.55, "fgsm": 0.62, "train_attack": 0.63}]
     use_train = current["train_attack"] != 0.9
@@ -230,16 +270,26 @@ def test_collapse_within_the_first_epoch_is_caught_without_history():
 
 
 def test_robust_overfitting_gap_and_threshold():
-    assert robust_overfitting(0.60, 0.52, 0.03) == {"gap": pytest.approx(0.08), "flagged": True, "threshold": 0.03,
-                                                    "best_selection": 0.60, "last_selection": 0.52}
+    assert robust_overfitting(0.60, 0.52, 0.03) == {
+        "gap": pytest.approx(0.08),
+        "flagged": True,
+        "threshold": 0.03,
+        "best_selection": 0.60,
+        "last_selection": 0.52,
+    }
     assert not robust_overfitting(0.60, 0.59, 0.03)["flagged"]
 
 
 @pytest.mark.parametrize("early_stop,epochs_run", [(None, 2), (True, 2), (False, 4)])
-def test_flagged_collapse_stops_fast_at_by_default_and_is_recorded_either_way(early_stop, epochs_run, tmp_path, monkeypatch):
+def test_flagged_collapse_stops_fast_at_by_default_and_is_recorded_either_way(
+    early_stop, epochs_run, tmp_path, monkeypatch
+):
     real = T.detect_catastrophic_overfitting
-    monkeypatch.setattr(T, "detect_catastrophic_overfitting",
-                        lambda hist, cur, **k: (True, ["forced"]) if len(hist) == 1 else real(hist, cur, **k))
+    monkeypatch.setattr(
+        T,
+        "detect_catastrophic_overfitting",
+        lambda hist, cur, **k: (True, ["forced"]) if len(hist) == 1 else real(hist, cur, **k),
+    )
     cfg = _cfg("fast-at", tmp_path, train={"epochs": 4}, monitor={"early_stop": early_stop})
     run = _new_run(cfg, tmp_path)
     doc = _train(run, cfg, progress=False)
@@ -265,8 +315,14 @@ def test_deliberately_collapsed_fast_at_is_flagged_and_stops(tmp_path):
     the model learns to defeat FGSM (its FGSM accuracy climbs past 0.3) while PGD accuracy stays
     near zero, the signature of catastrophic overfitting (Wong et al. 2020; Kim et al. 2021).
     Fast-AT stops there by default, and best keeps the earlier weights."""
-    cfg = _cfg("fast-at", tmp_path, threat={"eps": "0.2"}, train={"epochs": 6},
-               defense_options={"random_start": False}, monitor={"val_n": 200})
+    cfg = _cfg(
+        "fast-at",
+        tmp_path,
+        threat={"eps": "0.2"},
+        train={"epochs": 6},
+        defense_options={"random_start": False},
+        monitor={"val_n": 200},
+    )
     run = _new_run(cfg, tmp_path)
     doc = _train(run, cfg, progress=False)
     rows = run.read_metrics()
@@ -276,11 +332,14 @@ def test_deliberately_collapsed_fast_at_is_flagged_and_stops(tmp_path):
     assert flagged == rows[-1:] and doc["stopped_early"] and doc["epochs_run"] == len(rows) < 6, trace
     v = flagged[0]["val"]
     assert v["fgsm"]["accuracy"] - v["selection"]["accuracy"] > 0.2 and v["selection"]["accuracy"] < 0.1
-    assert flagged[0]["flags"]["notes"] and doc["stop_reason"].startswith(f"catastrophic overfitting at epoch {len(rows)}")
+    assert flagged[0]["flags"]["notes"] and doc["stop_reason"].startswith(
+        f"catastrophic overfitting at epoch {len(rows)}"
+    )
     assert doc["best_epoch"] < len(rows)
 
 
 # -- configuration and schedules ------------------------------------------------------------------
+
 
 def test_a_selection_attack_no_stronger_than_the_training_attack_is_refused(tmp_path):
     cfg = _cfg("pgd-at", tmp_path, defense_options={"steps": 20})
@@ -291,7 +350,9 @@ def test_a_selection_attack_no_stronger_than_the_training_attack_is_refused(tmp_
     assert not (tmp_path / cfg["out"]["name"]).exists()  # refused before a run directory exists
 
 
-@pytest.mark.parametrize("bad", [{"optimizer": "lbfgs"}, {"schedule": "cosine"}, {"milestones": [50]}, {"cyclic_peak": 1.5}])
+@pytest.mark.parametrize(
+    "bad", [{"optimizer": "lbfgs"}, {"schedule": "cosine"}, {"milestones": [50]}, {"cyclic_peak": 1.5}]
+)
 def test_bad_training_settings_are_config_errors(bad, tmp_path):
     with pytest.raises(ConfigError):
         _cfg("erm", tmp_path, train=bad)
@@ -317,6 +378,7 @@ def test_free_at_schedule_counts_every_replay(tmp_path):
 
 
 # -- the pipeline around training -----------------------------------------------------------------
+
 
 def test_pipeline_records_status_and_resumes_an_interrupted_run(tmp_path):
     cfg = _cfg("fast-at", tmp_path, train={"epochs": 2})
@@ -383,8 +445,28 @@ def test_harness_run_end_to_end_through_the_cli(tmp_path):
     import sys
 
     out = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "harness", "run", "--defense", "fast-at", "--dataset", "synthetic", "--suite", "smoke",
-           "--epochs", "2", "--device", "cpu", "--out", str(out), "--name", "e2e", "--set", "monitor.val_n=100"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness",
+        "run",
+        "--defense",
+        "fast-at",
+        "--dataset",
+        "synthetic",
+        "--suite",
+        "smoke",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--name",
+        "e2e",
+        "--set",
+        "monitor.val_n=100",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
     assert done.returncode == 0, done.stderr[-2000:]
     run = RunDir(out / "e2e")
@@ -397,10 +479,34 @@ def test_harness_run_end_to_end_through_the_cli(tmp_path):
     assert "test split: clean and worst-case robust accuracy" in done.stdout and "│ best" in done.stdout
     assert run.report_path("md").exists() and run.report_path("html").exists() and run.report_path("json").exists()
     assert "status finished" in run.report_path("md").read_text()
-    again = subprocess.run([sys.executable, "-m", "harness", "run", "--resume", str(out / "e2e")], capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
+    again = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--resume", str(out / "e2e")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=SUBPROCESS_ENV,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
-    bad = subprocess.run([sys.executable, "-m", "harness", "run", "--defense", "pgd-at", "--dataset", "synthetic",
-                          "--set", "defense_options.steps=30", "--out", str(out)], capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            "--defense",
+            "pgd-at",
+            "--dataset",
+            "synthetic",
+            "--set",
+            "defense_options.steps=30",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=SUBPROCESS_ENV,
+    )
     assert bad.returncode == 2 and "selection.steps=N with N > 30" in bad.stderr
 
 
@@ -411,9 +517,32 @@ def test_sigterm_leaves_an_interrupted_run_with_its_finished_epochs(tmp_path):
     import time
 
     out = tmp_path / "runs"
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--defense", "erm", "--dataset", "synthetic", "--epochs", "200",
-                             "--device", "cpu", "--out", str(out), "--name", "killed", "--suite", "smoke"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=SUBPROCESS_ENV)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            "--defense",
+            "erm",
+            "--dataset",
+            "synthetic",
+            "--epochs",
+            "200",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--name",
+            "killed",
+            "--suite",
+            "smoke",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=SUBPROCESS_ENV,
+    )
     run = RunDir(out / "killed")
     deadline = time.time() + 120
     while time.time() < deadline and not run.checkpoint_path("last").exists():
@@ -475,9 +604,19 @@ def test_a_run_with_cyclic_momentum_writes_last_pt_and_reads_it_back(tmp_path):
     and a resume of the finished run reads it."""
     from harness.api import train
 
-    settings = {"dataset": "digits", "defense": "fast-at", "epochs": 2, "threads": 1, "device": "cpu", "suite": "smoke",
-                "monitor.val_n": 40, "train.optimizer": "sgd", "train.schedule": "cyclic",
-                "train.cycle_momentum": [0.8, 0.9], "out": str(tmp_path)}
+    settings = {
+        "dataset": "digits",
+        "defense": "fast-at",
+        "epochs": 2,
+        "threads": 1,
+        "device": "cpu",
+        "suite": "smoke",
+        "monitor.val_n": 40,
+        "train.optimizer": "sgd",
+        "train.schedule": "cyclic",
+        "train.cycle_momentum": [0.8, 0.9],
+        "out": str(tmp_path),
+    }
     whole = train(**settings, name="whole", evaluate=False)
     saved = torch.load(whole.dir.checkpoint_path("last"), weights_only=True)
     assert "_momentum" not in saved["scheduler"] and saved["scheduler"]["last_epoch"] > 0

@@ -1,4 +1,5 @@
 """Small models trained in seconds on bundled or generated data, cached per test session."""
+
 from __future__ import annotations
 
 import functools
@@ -8,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from attacks.pgd import perturb
+from harness.core.threat import ThreatModel
 from harness.data import DataBundle, load_dataset
 from harness.models import build_model
-from harness.core.threat import ThreatModel
 
 
 @functools.lru_cache(maxsize=None)
@@ -19,7 +20,9 @@ def bundle(name: str = "digits") -> DataBundle:
 
 
 @functools.lru_cache(maxsize=None)
-def trained(name: str = "digits", adversarial: bool = False, epochs: int = 12, seed: int = 0, eps: float = 0.1) -> torch.nn.Module:
+def trained(
+    name: str = "digits", adversarial: bool = False, epochs: int = 12, seed: int = 0, eps: float = 0.1
+) -> torch.nn.Module:
     """A small CNN trained plainly or with PGD-3 adversarial training; returned in eval mode."""
     torch.manual_seed(seed)
     b = bundle(name)

@@ -15,12 +15,22 @@ The ``standard`` suite runs ``ALL_CHECKS``, ``quick`` runs ``CHEAP_CHECKS`` (a f
 a small CNN on 200 points on a CPU) plus every check that costs nothing given the suite's own
 record (``checks_for``): square-vs-whitebox when the suite ran Square after white-box attacks.
 """
+
 from typing import Any, List, Mapping, Optional, Sequence
 
-from attacks.checks.base import (BLACKBOX, STATUSES, VERDICTS, WHITEBOX, CheckContext, Finding, allowance, run_checks,
-                                 skipped, verdict)
 from attacks.checks import comparisons, optimisation, properties  # noqa: F401  (registers the checks)
+from attacks.checks.base import (
+    BLACKBOX,
+    WHITEBOX,
+    CheckContext,
+    Finding,
+    allowance,
+    run_checks,
+    skipped,
+    verdict,
+)
 from attacks.registry import CHECKS
+from harness.core.documents import STATUSES, VERDICTS
 
 
 def _in_order() -> List[str]:
@@ -44,7 +54,9 @@ def _free_from_record(cascade: Optional[Sequence[Mapping[str, Any]]]) -> List[st
     return ["square-vs-whitebox"] if black and any(k in WHITEBOX for k in kinds[: black[0]]) else []
 
 
-def checks_for(want: Any, cascade: Optional[Sequence[Mapping[str, Any]]] = None, exclude: Sequence[str] = ()) -> List[str]:
+def checks_for(
+    want: Any, cascade: Optional[Sequence[Mapping[str, Any]]] = None, exclude: Sequence[str] = ()
+) -> List[str]:
     """The checks a suite runs: ``"all"``, ``"cheap"`` (with the ones its record makes free) or a
     list (in its own order), minus ``exclude``."""
     if want == "all":
@@ -57,5 +69,16 @@ def checks_for(want: Any, cascade: Optional[Sequence[Mapping[str, Any]]] = None,
     return [c for c in ordered if c not in exclude]
 
 
-__all__ = ["ALL_CHECKS", "CHEAP_CHECKS", "checks_for", "STATUSES", "VERDICTS", "CheckContext", "Finding", "allowance", "run_checks",
-           "skipped", "verdict"]
+__all__ = [
+    "ALL_CHECKS",
+    "CHEAP_CHECKS",
+    "checks_for",
+    "STATUSES",
+    "VERDICTS",
+    "CheckContext",
+    "Finding",
+    "allowance",
+    "run_checks",
+    "skipped",
+    "verdict",
+]

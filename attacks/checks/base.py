@@ -21,6 +21,7 @@ Small-sample allowances: a rule stated as a fraction ("0.5% of points") is appli
 borderline example does not turn a healthy model "suspicious". Each finding stores the count,
 the number of points and the allowance it was compared with.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,18 +35,18 @@ import torch
 from torch import nn
 
 from attacks.base import AttackResult, PassCounter, UnderThreat, batched, eval_mode, verify
-from harness.core.runtime import autocast
 from attacks.pgd import PGD
 from attacks.registry import CHECKS
-from harness.core.documents import STATUSES, VERDICTS, Finding, jsonable
+from harness.core.documents import STATUSES, Finding, jsonable
 from harness.core.errors import HarnessError, ThreatModelViolation
+from harness.core.runtime import autocast
 from harness.core.threat import ThreatModel
 
 log = logging.getLogger(__name__)
 
 # per-example allowances shared by the checks that count points (see "Small-sample allowances")
-PER_POINT_WARN = 0.005   # 0.5% of points: the A1/C1 allowance of science.md 1.6 (a proposal there)
-PER_POINT_FAIL = 0.02    # 2% of points, and at least FAIL_FLOOR points: a clear masking signal
+PER_POINT_WARN = 0.005  # 0.5% of points: the A1/C1 allowance of science.md 1.6 (a proposal there)
+PER_POINT_FAIL = 0.02  # 2% of points, and at least FAIL_FLOOR points: a clear masking signal
 FAIL_FLOOR = 5
 
 # attack names (descriptor "attack") that follow input gradients
@@ -183,7 +184,9 @@ def clean_correct(ctx: CheckContext) -> torch.Tensor:
     return ctx._cache["clean_correct"]
 
 
-def run_attack(ctx: CheckContext, attack: Any, idx: torch.Tensor, *, generator: Optional[torch.Generator] = None) -> AttackResult:
+def run_attack(
+    ctx: CheckContext, attack: Any, idx: torch.Tensor, *, generator: Optional[torch.Generator] = None
+) -> AttackResult:
     """Run one of our attacks (``.run(model, x, y, generator=)``) on ``ctx.x[idx]`` in batches,
     verify every returned point against the ball and the box, and stitch the batches together."""
     x, y = ctx.x[idx], ctx.y[idx]
@@ -197,12 +200,24 @@ def run_attack(ctx: CheckContext, attack: Any, idx: torch.Tensor, *, generator: 
         return AttackResult(x_adv=x.clone(), success=e, path_success=e.clone(), loss_trace=None, adv_pred=y.clone())
     cat = lambda name: torch.cat([getattr(p, name) for p in parts]) if getattr(parts[0], name) is not None else None  # noqa: E731
     trace = torch.cat([p.loss_trace for p in parts], dim=1) if parts[0].loss_trace is not None else None
-    return AttackResult(x_adv=cat("x_adv"), success=cat("success"), path_success=cat("path_success"),
-                        loss_trace=trace, adv_pred=cat("adv_pred"))
+    return AttackResult(
+        x_adv=cat("x_adv"),
+        success=cat("success"),
+        path_success=cat("path_success"),
+        loss_trace=trace,
+        adv_pred=cat("adv_pred"),
+    )
 
 
-def pgd(ctx: CheckContext, *, eps: Optional[float] = None, steps: int = 20, restarts: int = 1, loss: str = "ce",
-        seed_salt: str = "pgd") -> Any:
+def pgd(
+    ctx: CheckContext,
+    *,
+    eps: Optional[float] = None,
+    steps: int = 20,
+    restarts: int = 1,
+    loss: str = "ce",
+    seed_salt: str = "pgd",
+) -> Any:
     threat = ctx.threat if eps is None else ctx.threat.with_eps(eps)
     return PGD(threat, steps=steps, restarts=restarts, loss=loss, seed=ctx.seed, precision=ctx.precision)
 
@@ -223,8 +238,11 @@ def suite_attack_entries(ctx: CheckContext) -> List[Dict[str, Any]]:
 
 
 def suite_steps(ctx: CheckContext, default: int = 20) -> int:
-    steps = [int(a["descriptor"]["steps"]) for a in suite_attack_entries(ctx)
-             if a["kind"] in WHITEBOX and isinstance((a.get("descriptor") or {}).get("steps"), int)]
+    steps = [
+        int(a["descriptor"]["steps"])
+        for a in suite_attack_entries(ctx)
+        if a["kind"] in WHITEBOX and isinstance((a.get("descriptor") or {}).get("steps"), int)
+    ]
     return max(steps) if steps else default
 
 
@@ -254,8 +272,13 @@ def suite_robust(ctx: CheckContext) -> Tuple[torch.Tensor, str]:
                     labels.append(atk.label())
             ctx._cache["baseline_broke"] = broke
             src = "the checks' own baseline (" + ", then ".join(labels) + ")"
-            ctx._cache["baseline"] = {"label": src, "points": ctx.m, "survivors": int(rob.sum()),
-                                      "wall_s": round(time.perf_counter() - t0, 4), **counter.snapshot()}
+            ctx._cache["baseline"] = {
+                "label": src,
+                "points": ctx.m,
+                "survivors": int(rob.sum()),
+                "wall_s": round(time.perf_counter() - t0, 4),
+                **counter.snapshot(),
+            }
         ctx._cache["suite_robust"] = (rob, src)
     return ctx._cache["suite_robust"]
 
@@ -292,8 +315,13 @@ def _run_one(name: str, fn: Callable[[CheckContext], Finding], ctx: CheckContext
         raise
     except Exception as e:  # noqa: BLE001 - recorded in the finding and the log
         log.exception("sanity check %s failed to run", name)
-        f = Finding(name, "warn", {"error": f"{type(e).__name__}: {e}"}, None,
-                    f"the check could not run ({type(e).__name__}: {e}), so this part of the evaluation is unverified")
+        f = Finding(
+            name,
+            "warn",
+            {"error": f"{type(e).__name__}: {e}"},
+            None,
+            f"the check could not run ({type(e).__name__}: {e}), so this part of the evaluation is unverified",
+        )
     if f.check != name:
         f.check = name
     f.cost = {"wall_s": round(time.perf_counter() - t, 4), **counter.since(snap), **f.cost}
@@ -332,9 +360,15 @@ def run_checks(names: Sequence[str], ctx: CheckContext, *, progress: Optional[Pr
         progress(None, len(fns), len(fns))
     v, reasons = verdict(findings)
     n = max(ctx.n, 1)
-    passes: Dict[str, Any] = {"forward": counter.forward, "backward": counter.backward,
-                              "forward_per_example": counter.forward / n, "backward_per_example": counter.backward / n}
-    surrogate = [f.values.get("surrogate", {}).get("passes") for f in findings if isinstance(f.values.get("surrogate"), dict)]
+    passes: Dict[str, Any] = {
+        "forward": counter.forward,
+        "backward": counter.backward,
+        "forward_per_example": counter.forward / n,
+        "backward_per_example": counter.backward / n,
+    }
+    surrogate = [
+        f.values.get("surrogate", {}).get("passes") for f in findings if isinstance(f.values.get("surrogate"), dict)
+    ]
     surrogate = [s for s in surrogate if s]
     if surrogate:
         passes["surrogate"] = {k: sum(s.get(k, 0) for s in surrogate) for k in ("forward", "backward")}

@@ -2,6 +2,7 @@
 one step instead of many, no gradients at all (Square, random noise), gradients of another model
 (transfer). When a weaker attack breaks points the white-box attacks did not, the gradients
 are masked or the attacks failed (Athalye et al. 2018, Carlini et al. 2019)."""
+
 from __future__ import annotations
 
 import time
@@ -12,13 +13,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.base import PassCounter, batched, eval_mode, verify
-from attacks.checks.base import (BLACKBOX, FAIL_FLOOR, PER_POINT_FAIL, PER_POINT_WARN, WHITEBOX, CheckContext, Finding,
-                                 allowance, clean_correct, indices,
-                                 logits_of, pgd, run_attack, skipped, suite_attack_entries, suite_robust, tiered)
+from attacks.checks.base import (
+    BLACKBOX,
+    FAIL_FLOOR,
+    PER_POINT_FAIL,
+    PER_POINT_WARN,
+    WHITEBOX,
+    CheckContext,
+    Finding,
+    allowance,
+    clean_correct,
+    indices,
+    logits_of,
+    pgd,
+    run_attack,
+    skipped,
+    suite_attack_entries,
+    suite_robust,
+    tiered,
+)
 from attacks.pgd import FGSM, perturb
 from attacks.registry import CHECKS
 from harness.core.runtime import autocast
-
 
 
 def _limits(m: int, warn_frac: float = PER_POINT_WARN) -> Tuple[int, int]:
@@ -31,8 +47,9 @@ def _scatter(mask_sub: torch.Tensor, idx: torch.Tensor, m: int) -> torch.Tensor:
     return out
 
 
-@CHECKS.register("fgsm-vs-pgd", summary="the iterative attacks beat the one-step attack (A1/C1)",
-                 cheap=True, basis="A1/C1", order=60)
+@CHECKS.register(
+    "fgsm-vs-pgd", summary="the iterative attacks beat the one-step attack (A1/C1)", cheap=True, basis="A1/C1", order=60
+)
 def fgsm_vs_pgd(ctx: CheckContext) -> Finding:
     """One-step must not beat iterative (Athalye et al. A1, Carlini et al. C1; science.md 1.6).
 
@@ -65,25 +82,52 @@ def fgsm_vs_pgd(ctx: CheckContext) -> Finding:
     k = int(beats.sum())
     warn_above, fail_above = _limits(m)
     values: Dict[str, Any] = {
-        "points": m, "clean_correct": int(cc.sum()), "fgsm_accuracy": acc_f, "pgd_accuracy": acc_p,
-        "fgsm_label": fgsm.label(), "pgd_label": p.label(), "baseline": src,
-        "fgsm_beats_iterative": k, "fgsm_beats_iterative_indices": indices(beats),
-        "fgsm_only_vs_pgd20": int(only_f.sum()), "fgsm_only_vs_pgd20_indices": indices(only_f),
+        "points": m,
+        "clean_correct": int(cc.sum()),
+        "fgsm_accuracy": acc_f,
+        "pgd_accuracy": acc_p,
+        "fgsm_label": fgsm.label(),
+        "pgd_label": p.label(),
+        "baseline": src,
+        "fgsm_beats_iterative": k,
+        "fgsm_beats_iterative_indices": indices(beats),
+        "fgsm_only_vs_pgd20": int(only_f.sum()),
+        "fgsm_only_vs_pgd20_indices": indices(only_f),
     }
-    threshold = {"pgd_accuracy_at_most": "fgsm_accuracy", "per_example_warn_above": warn_above,
-                 "per_example_fail_above": fail_above, "source": "A1/C1 (0.5% allowance: science.md 1.6 proposal)"}
+    threshold = {
+        "pgd_accuracy_at_most": "fgsm_accuracy",
+        "per_example_warn_above": warn_above,
+        "per_example_fail_above": fail_above,
+        "source": "A1/C1 (0.5% allowance: science.md 1.6 proposal)",
+    }
     if acc_p > acc_f:
-        return Finding("fgsm-vs-pgd", "fail", values, threshold,
-                       f"FGSM leaves accuracy {acc_f:.1%} but PGD-20 leaves {acc_p:.1%}: a one-step attack beats the iterative "
-                       "one, a classic sign of masked gradients or a broken iterative attack")
+        return Finding(
+            "fgsm-vs-pgd",
+            "fail",
+            values,
+            threshold,
+            f"FGSM leaves accuracy {acc_f:.1%} but PGD-20 leaves {acc_p:.1%}: a one-step attack beats the iterative "
+            "one, a classic sign of masked gradients or a broken iterative attack",
+        )
     status = tiered(k, warn_above, fail_above)
     if status == "ok":
-        return Finding("fgsm-vs-pgd", "ok", values, threshold,
-                       f"PGD-20 ({acc_p:.1%}) is at least as strong as FGSM ({acc_f:.1%}), and FGSM breaks {k} point(s) that survived "
-                       f"the iterative attacks (allowed {warn_above})")
-    return Finding("fgsm-vs-pgd", status, values, threshold,
-                   f"FGSM breaks {k} point(s) that survived {src} (allowed {warn_above} of {m}): the iterative attacks miss "
-                   "points a single step finds")
+        return Finding(
+            "fgsm-vs-pgd",
+            "ok",
+            values,
+            threshold,
+            f"PGD-20 ({acc_p:.1%}) is at least as strong as FGSM ({acc_f:.1%}), "
+            f"and FGSM breaks {k} point(s) that survived "
+            f"the iterative attacks (allowed {warn_above})",
+        )
+    return Finding(
+        "fgsm-vs-pgd",
+        status,
+        values,
+        threshold,
+        f"FGSM breaks {k} point(s) that survived {src} (allowed {warn_above} of {m}): the iterative attacks miss "
+        "points a single step finds",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,8 +151,19 @@ def run_square(ctx: CheckContext, idx: torch.Tensor, queries: int = SQUARE_QUERI
     devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
     success = torch.zeros(idx.numel(), dtype=torch.bool, device=ctx.device)
     with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=devices):
-        atk = SquareAttack(predict, norm=ctx.norm, n_queries=queries, eps=ctx.eps, p_init=SQUARE_P_INIT, n_restarts=1,
-                           seed=ctx.seed, verbose=False, loss="margin", resc_schedule=True, device=ctx.device)
+        atk = SquareAttack(
+            predict,
+            norm=ctx.norm,
+            n_queries=queries,
+            eps=ctx.eps,
+            p_init=SQUARE_P_INIT,
+            n_restarts=1,
+            seed=ctx.seed,
+            verbose=False,
+            loss="margin",
+            resc_schedule=True,
+            device=ctx.device,
+        )
         for s in batched(idx.numel(), ctx.batch_size):
             x, y = ctx.x[idx[s]], ctx.y[idx[s]]
             adv = atk.perturb(x, y)
@@ -117,9 +172,13 @@ def run_square(ctx: CheckContext, idx: torch.Tensor, queries: int = SQUARE_QUERI
     return success
 
 
-@CHECKS.register("square-vs-whitebox",
-                 summary="Square (black-box) breaks no points the white-box attacks missed (A2/C8/D4)",
-                 cheap=False, basis="A2/C8/D4", order=90)
+@CHECKS.register(
+    "square-vs-whitebox",
+    summary="Square (black-box) breaks no points the white-box attacks missed (A2/C8/D4)",
+    cheap=False,
+    basis="A2/C8/D4",
+    order=90,
+)
 def square_vs_whitebox(ctx: CheckContext) -> Finding:
     """Black-box must not beat white-box (Athalye et al. A2, Carlini et al. C8, AutoAttack D4).
 
@@ -136,8 +195,11 @@ def square_vs_whitebox(ctx: CheckContext) -> Finding:
     if pos:
         first = pos[0]
         if not any(a["kind"] in WHITEBOX for a in entries[:first]):
-            return skipped("square-vs-whitebox", "the suite ran Square before any white-box attack, so its record cannot "
-                           "show what Square found beyond them")
+            return skipped(
+                "square-vs-whitebox",
+                "the suite ran Square before any white-box attack, so its record cannot "
+                "show what Square found beyond them",
+            )
         broke = torch.zeros(ctx.n, dtype=torch.bool, device=ctx.device)
         ran = torch.zeros(ctx.n, dtype=torch.bool, device=ctx.device)
         for i in pos:
@@ -145,14 +207,22 @@ def square_vs_whitebox(ctx: CheckContext) -> Finding:
                 broke |= entries[i]["broke"]
             if entries[i]["ran_on"] is not None:
                 ran |= entries[i]["ran_on"]
-        n, source = ctx.n, "the suite's own Square run (" + ", ".join(str(entries[i].get("label") or entries[i]["kind"]) for i in pos) + ")"
+        n, source = (
+            ctx.n,
+            "the suite's own Square run ("
+            + ", ".join(str(entries[i].get("label") or entries[i]["kind"]) for i in pos)
+            + ")",
+        )
         ran_on = int(ran.sum())
     else:
         rob, src = suite_robust(ctx)
         idx = rob.nonzero().squeeze(1)
         if idx.numel() == 0:
-            return skipped("square-vs-whitebox", f"no point survived {src}, so there is nothing for Square to break beyond it",
-                           points=ctx.m)
+            return skipped(
+                "square-vs-whitebox",
+                f"no point survived {src}, so there is nothing for Square to break beyond it",
+                points=ctx.m,
+            )
         n = ctx.m
         broke = torch.zeros(n, dtype=torch.bool, device=ctx.device)
         broke[idx] = run_square(ctx, idx)
@@ -160,25 +230,48 @@ def square_vs_whitebox(ctx: CheckContext) -> Finding:
         ran_on = int(idx.numel())
     k = int(broke.sum())
     warn_above, fail_above = allowance(n, D4_FRAC), allowance(n, PER_POINT_FAIL, FAIL_FLOOR)
-    values = {"points": n, "square_ran_on": ran_on, "square_only": k, "accuracy_drop": k / max(n, 1),
-              "square_only_indices": indices(broke), "source": source}
-    threshold = {"accuracy_drop": D4_FRAC, "warn_above_points": warn_above, "fail_above_points": fail_above, "source": "D4 (A2/C8)"}
+    values = {
+        "points": n,
+        "square_ran_on": ran_on,
+        "square_only": k,
+        "accuracy_drop": k / max(n, 1),
+        "square_only_indices": indices(broke),
+        "source": source,
+    }
+    threshold = {
+        "accuracy_drop": D4_FRAC,
+        "warn_above_points": warn_above,
+        "fail_above_points": fail_above,
+        "source": "D4 (A2/C8)",
+    }
     status = tiered(k, warn_above, fail_above)
     if status == "ok":
-        return Finding("square-vs-whitebox", "ok", values, threshold,
-                       f"Square broke {k} of the {ran_on} points the white-box attacks left (allowed {warn_above} of {n})")
-    return Finding("square-vs-whitebox", status, values, threshold,
-                   f"the black-box Square attack broke {k} point(s) the white-box attacks did not (accuracy {k / n:.1%} lower; "
-                   f"allowed {warn_above} of {n}): a sign of gradient masking")
+        return Finding(
+            "square-vs-whitebox",
+            "ok",
+            values,
+            threshold,
+            f"Square broke {k} of the {ran_on} points the white-box attacks left (allowed {warn_above} of {n})",
+        )
+    return Finding(
+        "square-vs-whitebox",
+        status,
+        values,
+        threshold,
+        f"the black-box Square attack broke {k} point(s) the white-box attacks did not (accuracy {k / n:.1%} lower; "
+        f"allowed {warn_above} of {n}): a sign of gradient masking",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 NOISE_DRAWS = 10_000  # C9: "10,000+ random noise draws per example"
-NOISE_POINTS = 50     # "on a subset" (science.md 1.6)
-NOISE_CHUNK = 8192    # images per forward pass
+NOISE_POINTS = 50  # "on a subset" (science.md 1.6)
+NOISE_CHUNK = 8192  # images per forward pass
 
 
-def _noise(shape: Tuple[int, ...], norm: str, eps: float, gen: torch.Generator, device: torch.device, corners: bool) -> torch.Tensor:
+def _noise(
+    shape: Tuple[int, ...], norm: str, eps: float, gen: torch.Generator, device: torch.device, corners: bool
+) -> torch.Tensor:
     if norm == "Linf":
         if corners:  # the vertices of the cube, where a Linf-bounded model is usually weakest
             return (torch.randint(0, 2, shape, generator=gen, device=device).float() * 2 - 1) * eps
@@ -188,9 +281,13 @@ def _noise(shape: Tuple[int, ...], norm: str, eps: float, gen: torch.Generator, 
     return (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12) * eps).reshape(shape)  # on the sphere
 
 
-@CHECKS.register("random-noise",
-                 summary="random points in the eps ball break no points the gradient attacks missed (A4/C9)",
-                 cheap=False, basis="A4/C9", order=100)
+@CHECKS.register(
+    "random-noise",
+    summary="random points in the eps ball break no points the gradient attacks missed (A4/C9)",
+    cheap=False,
+    basis="A4/C9",
+    order=100,
+)
 def random_noise(ctx: CheckContext) -> Finding:
     """Random sampling must not find adversarial examples the gradient attacks missed (Athalye
     et al. A4, Carlini et al. C9; science.md 1.6 "Random noise").
@@ -205,7 +302,9 @@ def random_noise(ctx: CheckContext) -> Finding:
     idx = rob.nonzero().squeeze(1)[:NOISE_POINTS]
     m = ctx.m
     if idx.numel() == 0:
-        return skipped("random-noise", f"no point survived {src}, so there is nothing for noise to break beyond it", points=m)
+        return skipped(
+            "random-noise", f"no point survived {src}, so there is nothing for noise to break beyond it", points=m
+        )
     gen = ctx.generator("random-noise")
     broke = torch.zeros(idx.numel(), dtype=torch.bool, device=ctx.device)
     draws_done = torch.zeros(idx.numel(), dtype=torch.long, device=ctx.device)
@@ -235,18 +334,34 @@ def random_noise(ctx: CheckContext) -> Finding:
             chunk += 1
     k = int(broke.sum())
     warn_above, fail_above = _limits(m)
-    values = {"points": m, "noise_points": int(idx.numel()), "draws_per_point": NOISE_DRAWS,
-              "draws_total": int(draws_done.sum()), "noise_only": k, "noise_only_indices": indices(_scatter(broke, idx, m)),
-              "baseline": src}
+    values = {
+        "points": m,
+        "noise_points": int(idx.numel()),
+        "draws_per_point": NOISE_DRAWS,
+        "draws_total": int(draws_done.sum()),
+        "noise_only": k,
+        "noise_only_indices": indices(_scatter(broke, idx, m)),
+        "baseline": src,
+    }
     threshold = {"warn_above_points": warn_above, "fail_above_points": fail_above, "source": "A4/C9"}
     status = tiered(k, warn_above, fail_above)
     if status == "ok":
-        return Finding("random-noise", "ok", values, threshold,
-                       f"{NOISE_DRAWS} random draws in the eps ball broke {k} of the {int(idx.numel())} points the gradient "
-                       f"attacks did not break (allowed {warn_above})")
-    return Finding("random-noise", status, values, threshold,
-                   f"random noise inside the eps ball broke {k} of {int(idx.numel())} points the gradient attacks did not "
-                   f"(allowed {warn_above}): the gradients are not finding what brute force finds")
+        return Finding(
+            "random-noise",
+            "ok",
+            values,
+            threshold,
+            f"{NOISE_DRAWS} random draws in the eps ball broke {k} of the {int(idx.numel())} points the gradient "
+            f"attacks did not break (allowed {warn_above})",
+        )
+    return Finding(
+        "random-noise",
+        status,
+        values,
+        threshold,
+        f"random noise inside the eps ball broke {k} of {int(idx.numel())} points the gradient attacks did not "
+        f"(allowed {warn_above}): the gradients are not finding what brute force finds",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,9 +383,15 @@ class _Surrogate(nn.Module):
         self.register_buffer("mean", mean.view(1, -1, 1, 1))
         self.register_buffer("std", std.view(1, -1, 1, 1))
         self.net = nn.Sequential(
-            nn.Conv2d(c, 16, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(32 * h3 * w3, 100), nn.ReLU(), nn.Linear(100, num_classes))
+            nn.Conv2d(c, 16, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(32 * h3 * w3, 100),
+            nn.ReLU(),
+            nn.Linear(100, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
@@ -316,9 +437,14 @@ def fit_surrogate(ctx: CheckContext) -> Tuple[nn.Module, Dict[str, Any]]:
     sur.eval()
     with torch.no_grad():
         agree = float((logits_of_model(sur, xs, ctx.batch_size).argmax(1) == labels).float().mean())
-    cost = {"points": int(xs.shape[0]), "epochs": SURROGATE_EPOCHS, "training": "FGSM-RS, step 1.25 eps, Adam 3e-3",
-            "labels": "the target model's predictions", "agreement_with_target": agree,
-            "wall_s": round(time.perf_counter() - t0, 4)}
+    cost = {
+        "points": int(xs.shape[0]),
+        "epochs": SURROGATE_EPOCHS,
+        "training": "FGSM-RS, step 1.25 eps, Adam 3e-3",
+        "labels": "the target model's predictions",
+        "agreement_with_target": agree,
+        "wall_s": round(time.perf_counter() - t0, 4),
+    }
     counter.close()
     cost["passes"] = {"forward": counter.forward, "backward": counter.backward}
     return sur, cost
@@ -330,9 +456,13 @@ def logits_of_model(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch
         return torch.cat([model(x[s]).float() for s in batched(x.shape[0], batch_size)])
 
 
-@CHECKS.register("transfer",
-                 summary="adversarial examples from a surrogate model break no more points than white-box (C11/A2)",
-                 cheap=False, basis="C11/A2/I3", order=120)
+@CHECKS.register(
+    "transfer",
+    summary="adversarial examples from a surrogate model break no more points than white-box (C11/A2)",
+    cheap=False,
+    basis="C11/A2/I3",
+    order=120,
+)
 def transfer(ctx: CheckContext) -> Finding:
     """Transfer attacks must be weaker than white-box attacks (Carlini et al. C11, Athalye et al.
     A2; Pintor et al. I3 for the transfer record).
@@ -363,8 +493,16 @@ def transfer(ctx: CheckContext) -> Finding:
         for s in batched(idx.numel(), ctx.batch_size):
             b = idx[s]
             x, y = ctx.x[b], ctx.y[b]
-            xa = perturb(sur, x, y, threat=ctx.threat, steps=TRANSFER_STEPS,
-                         step_size=2.5 * ctx.eps / TRANSFER_STEPS, loss="ce", generator=gen)
+            xa = perturb(
+                sur,
+                x,
+                y,
+                threat=ctx.threat,
+                steps=TRANSFER_STEPS,
+                step_size=2.5 * ctx.eps / TRANSFER_STEPS,
+                loss="ce",
+                generator=gen,
+            )
             verify(x, xa, ctx.norm, ctx.eps, what="transfer example (sanity check)")
             with torch.no_grad():
                 fooled_surrogate[b] = sur(xa).argmax(1) != y
@@ -377,19 +515,48 @@ def transfer(ctx: CheckContext) -> Finding:
     beyond = broke & rob
     k = int(beyond.sum())
     warn_above, fail_above = _limits(m)
-    values = {"points": m, "clean_correct": int(cc.sum()), "transfer_success": tr_success, "whitebox_success": wb_success,
-              "fooled_surrogate": int(fooled_surrogate.sum()), "transfer_only": k, "transfer_only_indices": indices(beyond),
-              "baseline": src, "attack": f"PGD-{TRANSFER_STEPS} CE on the surrogate, final iterate", "surrogate": sur_cost}
-    threshold = {"transfer_success_at_most": "whitebox_success", "warn_above_points": warn_above,
-                 "fail_above_points": fail_above, "source": "C11/A2"}
+    values = {
+        "points": m,
+        "clean_correct": int(cc.sum()),
+        "transfer_success": tr_success,
+        "whitebox_success": wb_success,
+        "fooled_surrogate": int(fooled_surrogate.sum()),
+        "transfer_only": k,
+        "transfer_only_indices": indices(beyond),
+        "baseline": src,
+        "attack": f"PGD-{TRANSFER_STEPS} CE on the surrogate, final iterate",
+        "surrogate": sur_cost,
+    }
+    threshold = {
+        "transfer_success_at_most": "whitebox_success",
+        "warn_above_points": warn_above,
+        "fail_above_points": fail_above,
+        "source": "C11/A2",
+    }
     if tr_success > wb_success:
-        return Finding("transfer", "fail", values, threshold,
-                       f"examples made on a surrogate model fool the target more often ({tr_success:.1%}) than the white-box "
-                       f"attacks do ({wb_success:.1%}): the target's gradients are masked")
+        return Finding(
+            "transfer",
+            "fail",
+            values,
+            threshold,
+            f"examples made on a surrogate model fool the target more often ({tr_success:.1%}) than the white-box "
+            f"attacks do ({wb_success:.1%}): the target's gradients are masked",
+        )
     status = tiered(k, warn_above, fail_above)
     if status == "ok":
-        return Finding("transfer", "ok", values, threshold,
-                       f"transfer from a surrogate fools {tr_success:.1%} of the correct points, fewer than white-box "
-                       f"({wb_success:.1%}), and breaks {k} point(s) white-box did not (allowed {warn_above})")
-    return Finding("transfer", status, values, threshold,
-                   f"transfer from a surrogate model breaks {k} point(s) the white-box attacks did not (allowed {warn_above} of {m})")
+        return Finding(
+            "transfer",
+            "ok",
+            values,
+            threshold,
+            f"transfer from a surrogate fools {tr_success:.1%} of the correct points, fewer than white-box "
+            f"({wb_success:.1%}), and breaks {k} point(s) white-box did not (allowed {warn_above})",
+        )
+    return Finding(
+        "transfer",
+        status,
+        values,
+        threshold,
+        f"transfer from a surrogate model breaks {k} point(s) the white-box attacks did not "
+        f"(allowed {warn_above} of {m})",
+    )

@@ -2,6 +2,7 @@
 zero without a bound, more effort does not break more points, and the loss trace shows neither
 an unfinished optimisation nor an adversarial iterate that was dropped (Athalye et al. 2018,
 Carlini et al. 2019, Pintor et al. 2022)."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,24 @@ from typing import Any, Dict, List
 
 import torch
 
-from attacks.checks.base import (FAIL_FLOOR, PER_POINT_FAIL, PER_POINT_WARN, WHITEBOX, CheckContext, Finding, allowance, clean_correct, indices, pgd, run_attack, skipped,
-                                 suite_attack_entries, suite_robust, suite_steps, tiered)
+from attacks.checks.base import (
+    FAIL_FLOOR,
+    PER_POINT_FAIL,
+    PER_POINT_WARN,
+    WHITEBOX,
+    CheckContext,
+    Finding,
+    allowance,
+    clean_correct,
+    indices,
+    pgd,
+    run_attack,
+    skipped,
+    suite_attack_entries,
+    suite_robust,
+    suite_steps,
+    tiered,
+)
 from attacks.registry import CHECKS
 
 SWEEP_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -26,9 +43,13 @@ def large_eps(norm: str, dim: int) -> tuple[float, float]:
     return 0.5 * math.sqrt(dim), math.sqrt(dim)
 
 
-@CHECKS.register("eps-sweep",
-                 summary="accuracy falls as eps grows, to chance at eps 0.5 and to 0 unbounded (A3/A5/C5-C7/I6)",
-                 cheap=True, basis="A3/A5/C5/C6/C7/I6", order=80)
+@CHECKS.register(
+    "eps-sweep",
+    summary="accuracy falls as eps grows, to chance at eps 0.5 and to 0 unbounded (A3/A5/C5-C7/I6)",
+    cheap=True,
+    basis="A3/A5/C5/C6/C7/I6",
+    order=80,
+)
 def eps_sweep(ctx: CheckContext) -> Finding:
     """Accuracy against eps (Athalye et al. A5/A3, Carlini et al. C5/C6/C7, Pintor et al. I6;
     science.md 1.6 "eps monotonicity" and "Unbounded gives 0%").
@@ -49,7 +70,9 @@ def eps_sweep(ctx: CheckContext) -> Finding:
     idx = cc.nonzero().squeeze(1)
     dim = int(ctx.x[0].numel())
     chance_eps, unbounded_eps = large_eps(ctx.norm, dim)
-    grid = sorted({0.0, *(k * ctx.eps for k in SWEEP_MULTIPLIERS if k * ctx.eps < chance_eps), chance_eps, unbounded_eps})
+    grid = sorted(
+        {0.0, *(k * ctx.eps for k in SWEEP_MULTIPLIERS if k * ctx.eps < chance_eps), chance_eps, unbounded_eps}
+    )
     correct: List[int] = []
     for e in grid:
         if e == 0.0 or idx.numel() == 0:
@@ -60,17 +83,34 @@ def eps_sweep(ctx: CheckContext) -> Finding:
         correct.append(int((~r.success).sum()))
     acc = [c / m for c in correct]
     allow = allowance(m, PER_POINT_WARN)
-    rises = [(grid[i], grid[i + 1], correct[i + 1] - correct[i]) for i in range(len(grid) - 1) if correct[i + 1] - correct[i] > allow]
+    rises = [
+        (grid[i], grid[i + 1], correct[i + 1] - correct[i])
+        for i in range(len(grid) - 1)
+        if correct[i + 1] - correct[i] > allow
+    ]
     chance = 1.0 / ctx.num_classes
     at_chance = correct[grid.index(chance_eps)]
     at_unbounded = correct[grid.index(unbounded_eps)]
-    values: Dict[str, Any] = {"eps": grid, "accuracy": acc, "correct": correct, "points": m, "attack": f"PGD-{SWEEP_STEPS} CE",
-                              "chance_eps": chance_eps, "unbounded_eps": unbounded_eps, "chance": chance,
-                              "rises": [{"from": a, "to": b, "points": d} for a, b, d in rises]}
+    values: Dict[str, Any] = {
+        "eps": grid,
+        "accuracy": acc,
+        "correct": correct,
+        "points": m,
+        "attack": f"PGD-{SWEEP_STEPS} CE",
+        "chance_eps": chance_eps,
+        "unbounded_eps": unbounded_eps,
+        "chance": chance,
+        "rises": [{"from": a, "to": b, "points": d} for a, b, d in rises],
+    }
     if ctx.robust is not None:
         values["suite_accuracy_at_eps"] = float(torch.as_tensor(ctx.robust)[:m].sum()) / m
-    threshold = {"rise_points_at_most": allow, "accuracy_at_chance_eps_at_most": chance + allow / m,
-                 "correct_at_unbounded_eps": 0, "unbounded_fail_above_points": allow, "source": "A3/A5/C5/C6/C7/I6"}
+    threshold = {
+        "rise_points_at_most": allow,
+        "accuracy_at_chance_eps_at_most": chance + allow / m,
+        "correct_at_unbounded_eps": 0,
+        "unbounded_fail_above_points": allow,
+        "source": "A3/A5/C5/C6/C7/I6",
+    }
     problems = []
     status = "ok"
     if rises:
@@ -79,26 +119,44 @@ def eps_sweep(ctx: CheckContext) -> Finding:
         problems.append(f"accuracy rises by {d} points from eps {a:.4g} to {b:.4g}")
     if at_chance > chance * m + allow:
         status = "fail"
-        problems.append(f"accuracy at eps {chance_eps:.4g} is {acc[grid.index(chance_eps)]:.1%}, above chance ({chance:.1%})")
+        problems.append(
+            f"accuracy at eps {chance_eps:.4g} is {acc[grid.index(chance_eps)]:.1%}, above chance ({chance:.1%})"
+        )
     if at_unbounded > 0:
         status = "fail" if at_unbounded > allow else ("warn" if status == "ok" else status)
         problems.append(f"an unbounded attack (eps {unbounded_eps:.4g}) leaves {at_unbounded} of {m} points correct")
     if not problems:
-        return Finding("eps-sweep", "ok", values, threshold,
-                       f"accuracy falls with eps, is {acc[grid.index(chance_eps)]:.1%} at eps {chance_eps:.4g} and 0 without a bound")
-    return Finding("eps-sweep", status, values, threshold,
-                   "; ".join(problems) + ": the attack is failing (masked gradients or a broken attack), not the model resisting")
+        return Finding(
+            "eps-sweep",
+            "ok",
+            values,
+            threshold,
+            f"accuracy falls with eps, is {acc[grid.index(chance_eps)]:.1%} at eps {chance_eps:.4g} "
+            "and 0 without a bound",
+        )
+    return Finding(
+        "eps-sweep",
+        status,
+        values,
+        threshold,
+        "; ".join(problems) + ": the attack is failing (masked gradients or a broken attack), not the model resisting",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 CONVERGENCE_RESTARTS = 5
 CONVERGENCE_MAX_STEPS = 100
-STEPS_WARN = 0.001     # C2: doubling the iterations changes accuracy by at most 0.1 pp (science.md 1.6 proposal)
+STEPS_WARN = 0.001  # C2: doubling the iterations changes accuracy by at most 0.1 pp (science.md 1.6 proposal)
 RESTARTS_WARN = 0.005  # C4: restarts change accuracy by at most 0.5 pp (science.md 1.6 proposal)
 
 
-@CHECKS.register("convergence", summary="more steps or more restarts break no further points (C2/C4)",
-                 cheap=False, basis="C2/C4", order=110)
+@CHECKS.register(
+    "convergence",
+    summary="more steps or more restarts break no further points (C2/C4)",
+    cheap=False,
+    basis="C2/C4",
+    order=110,
+)
 def convergence(ctx: CheckContext) -> Finding:
     """The evaluation has converged: more iterations or more restarts do not lower accuracy
     noticeably (Carlini et al. C2/C4; science.md 1.6 "Convergence" and "Restarts").
@@ -126,23 +184,36 @@ def convergence(ctx: CheckContext) -> Finding:
     fail_above = allowance(m, PER_POINT_FAIL, FAIL_FLOOR)
     status_s, status_r = tiered(ns, warn_s, fail_above), tiered(nr, warn_r, fail_above)
     status = max((status_s, status_r), key=["ok", "warn", "fail"].index)
-    values = {"points": m, "survivors": int(idx.numel()), "baseline": src, "suite_steps": k,
-              "more_steps": {"attack": more_steps.label(), "broke": ns, "indices": indices(broke_steps)},
-              "more_restarts": {"attack": more_restarts.label(), "broke": nr, "indices": indices(broke_restarts)},
-              "accuracy_drop": float((broke_steps | broke_restarts).sum()) / m}
-    threshold = {"more_steps_warn_above": warn_s, "more_restarts_warn_above": warn_r, "fail_above": fail_above,
-                 "source": "C2/C4 (0.1 pp / 0.5 pp: science.md 1.6 proposals)"}
-    msg = (f"{more_steps.label()} broke {ns} and {more_restarts.label()} broke {nr} of the {int(idx.numel())} points that "
-           f"survived {src} (allowed {warn_s} and {warn_r} of {m})")
+    values = {
+        "points": m,
+        "survivors": int(idx.numel()),
+        "baseline": src,
+        "suite_steps": k,
+        "more_steps": {"attack": more_steps.label(), "broke": ns, "indices": indices(broke_steps)},
+        "more_restarts": {"attack": more_restarts.label(), "broke": nr, "indices": indices(broke_restarts)},
+        "accuracy_drop": float((broke_steps | broke_restarts).sum()) / m,
+    }
+    threshold = {
+        "more_steps_warn_above": warn_s,
+        "more_restarts_warn_above": warn_r,
+        "fail_above": fail_above,
+        "source": "C2/C4 (0.1 pp / 0.5 pp: science.md 1.6 proposals)",
+    }
+    msg = (
+        f"{more_steps.label()} broke {ns} and {more_restarts.label()} broke {nr} of the {int(idx.numel())} points that "
+        f"survived {src} (allowed {warn_s} and {warn_r} of {m})"
+    )
     if status == "ok":
         return Finding("convergence", "ok", values, threshold, msg)
-    return Finding("convergence", status, values, threshold, msg + ": the evaluation has not converged and overstates robustness")
+    return Finding(
+        "convergence", status, values, threshold, msg + ": the evaluation has not converged and overstates robustness"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 I2_LAST = 10
 I2_TOL = 0.05
-I2_WARN_FRACTION = 0.5   # harness rule: most surviving points still improving
+I2_WARN_FRACTION = 0.5  # harness rule: most surviving points still improving
 
 
 def incomplete_optimisation(trace: torch.Tensor) -> torch.Tensor:
@@ -154,7 +225,7 @@ def incomplete_optimisation(trace: torch.Tensor) -> torch.Tensor:
     span = loss.max(0).values - lo
     scaled = torch.where(span > 0, (loss - lo) / span.clamp_min(1e-30), torch.zeros_like(loss))
     best = torch.cummin(scaled, dim=0).values
-    last = best[-min(I2_LAST, best.shape[0]):]
+    last = best[-min(I2_LAST, best.shape[0]) :]
     return (last.max(0).values - last.min(0).values) > I2_TOL
 
 
@@ -192,7 +263,11 @@ class _Traces:
             cols = left.nonzero().squeeze(1)
             if cols.numel():
                 cols = cols[torch.isfinite(tr[:, cols]).all(0)]
-            inc = incomplete_optimisation(tr[:, cols]) if cols.numel() else torch.zeros(0, dtype=torch.bool, device=device)
+            inc = (
+                incomplete_optimisation(tr[:, cols])
+                if cols.numel()
+                else torch.zeros(0, dtype=torch.bool, device=device)
+            )
             traced = torch.zeros(n, dtype=torch.bool, device=device)
             traced[cols] = True
             self.judged |= traced
@@ -211,8 +286,13 @@ class _Traces:
         self.per_attack.append(row)
 
 
-@CHECKS.register("loss-trace", summary="no silent successes and no unfinished optimisation in the attack loss (I1/I2)",
-                 cheap=True, basis="I1/I2", order=70)
+@CHECKS.register(
+    "loss-trace",
+    summary="no silent successes and no unfinished optimisation in the attack loss (I1/I2)",
+    cheap=True,
+    basis="I1/I2",
+    order=70,
+)
 def loss_trace(ctx: CheckContext) -> Finding:
     """The attack loss trace (Pintor et al. 2022, indicators I1 and I2; science.md 1.6
     "Silent success" and "Convergence"). Reads the suite's record only (no cost); skipped when
@@ -241,26 +321,53 @@ def loss_trace(ctx: CheckContext) -> Finding:
     k_judged = int(judged_points.sum())
     silent_total = int(silent_all.sum())
     allow = allowance(n, PER_POINT_WARN)
-    values = {"points": n, "attacks": per_attack, "silent_success": silent_total, "silent_indices": indices(silent_all),
-              "i2_judged_points": k_judged, "i2_unconverged_points": k_unconv,
-              "i2_unconverged_indices": indices(unconverged & judged_points)}
-    threshold = {"silent_success_warn_above": 0, "silent_success_fail_above": allow, "i2_last_steps": I2_LAST,
-                 "i2_tolerance": I2_TOL, "i2_warn_fraction": I2_WARN_FRACTION, "i2_min_points": FAIL_FLOOR, "source": "I1/I2"}
+    values = {
+        "points": n,
+        "attacks": per_attack,
+        "silent_success": silent_total,
+        "silent_indices": indices(silent_all),
+        "i2_judged_points": k_judged,
+        "i2_unconverged_points": k_unconv,
+        "i2_unconverged_indices": indices(unconverged & judged_points),
+    }
+    threshold = {
+        "silent_success_warn_above": 0,
+        "silent_success_fail_above": allow,
+        "i2_last_steps": I2_LAST,
+        "i2_tolerance": I2_TOL,
+        "i2_warn_fraction": I2_WARN_FRACTION,
+        "i2_min_points": FAIL_FLOOR,
+        "source": "I1/I2",
+    }
     problems = []
     status = "ok"
     if silent_total:
         status = "fail" if silent_total > allow else "warn"
-        problems.append(f"{silent_total} point(s) had an adversarial iterate that the attack did not return (silent success)")
+        problems.append(
+            f"{silent_total} point(s) had an adversarial iterate that the attack did not return (silent success)"
+        )
     if k_unconv >= FAIL_FLOOR and k_unconv > I2_WARN_FRACTION * k_judged:
         status = status if status == "fail" else "warn"
-        problems.append(f"on {k_unconv} of the {k_judged} surviving points judged, every attack's loss was still rising over "
-                        "its last 10 steps (more iterations or an attack with a step-size schedule needed)")
+        problems.append(
+            f"on {k_unconv} of the {k_judged} surviving points judged, every attack's loss was still rising over "
+            "its last 10 steps (more iterations or an attack with a step-size schedule needed)"
+        )
     if not problems:
         if not k_judged:
-            return Finding("loss-trace", "ok", values, threshold,
-                           "no silent successes; no surviving point could be judged for convergence (each was also attacked "
-                           "by an iterative attack that records no loss trace)")
-        return Finding("loss-trace", "ok", values, threshold,
-                       f"no silent successes, and the loss had levelled off on {k_judged - k_unconv} of the {k_judged} "
-                       "surviving point(s) judged")
+            return Finding(
+                "loss-trace",
+                "ok",
+                values,
+                threshold,
+                "no silent successes; no surviving point could be judged for convergence (each was also attacked "
+                "by an iterative attack that records no loss trace)",
+            )
+        return Finding(
+            "loss-trace",
+            "ok",
+            values,
+            threshold,
+            f"no silent successes, and the loss had levelled off on {k_judged - k_unconv} of the {k_judged} "
+            "surviving point(s) judged",
+        )
     return Finding("loss-trace", status, values, threshold, "; ".join(problems))

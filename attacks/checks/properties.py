@@ -1,6 +1,7 @@
 """Checks of the model itself, before any attack result is trusted: what it outputs, whether it
 is deterministic, whether an example's output depends on its batch, whether it optimises at
 inference time, and whether its input gradients are usable."""
+
 from __future__ import annotations
 
 import sys
@@ -9,8 +10,16 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from attacks.base import ascend, eval_mode, project, random_start
-from attacks.checks.base import (CheckContext, Finding, allowance, indices, logits_of, restore_buffers, skipped,
-                                 suite_attack_entries)
+from attacks.checks.base import (
+    CheckContext,
+    Finding,
+    allowance,
+    indices,
+    logits_of,
+    restore_buffers,
+    skipped,
+    suite_attack_entries,
+)
 from attacks.losses import get_loss
 from attacks.registry import CHECKS
 from harness.core.runtime import autocast
@@ -29,8 +38,9 @@ def _first_batch(ctx: CheckContext) -> torch.Tensor:
     return torch.arange(min(ctx.m, ctx.batch_size), device=ctx.device)
 
 
-@CHECKS.register("outputs", summary="the model returns logits, not probabilities (AutoAttack D2)",
-                 cheap=True, basis="D2", order=10)
+@CHECKS.register(
+    "outputs", summary="the model returns logits, not probabilities (AutoAttack D2)", cheap=True, basis="D2", order=10
+)
 def outputs(ctx: CheckContext) -> Finding:
     """Outputs are logits, not probabilities (AutoAttack flag D2, science.md 1.5/1.6).
 
@@ -44,18 +54,32 @@ def outputs(ctx: CheckContext) -> Finding:
     row_err = float((out.sum(1) - 1).abs().max())
     probs = hi < 1 + D2_TOL and lo > -D2_TOL and row_err < D2_TOL
     log_probs = bool((out <= D2_TOL).all()) and float((torch.logsumexp(out, 1)).abs().max()) < 1e-3
-    values = {"points": int(idx.numel()), "min": lo, "max": hi, "max_row_sum_error": row_err, "log_probabilities": log_probs}
+    values = {
+        "points": int(idx.numel()),
+        "min": lo,
+        "max": hi,
+        "max_row_sum_error": row_err,
+        "log_probabilities": log_probs,
+    }
     threshold = {"range": [-D2_TOL, 1 + D2_TOL], "row_sum_tolerance": D2_TOL, "source": "D2"}
     if probs:
-        return Finding("outputs", "fail", values, threshold,
-                       "the model returns probabilities (outputs in [0,1], rows sum to 1): pass logits, or attacks on "
-                       "the cross-entropy of probabilities are weakened and the figure overstates robustness")
+        return Finding(
+            "outputs",
+            "fail",
+            values,
+            threshold,
+            "the model returns probabilities (outputs in [0,1], rows sum to 1): pass logits, or attacks on "
+            "the cross-entropy of probabilities are weakened and the figure overstates robustness",
+        )
     note = " (log-probabilities, which attacks handle like logits)" if log_probs else ""
-    return Finding("outputs", "ok", values, threshold, f"the model returns unnormalised scores{note}, not probabilities")
+    return Finding(
+        "outputs", "ok", values, threshold, f"the model returns unnormalised scores{note}, not probabilities"
+    )
 
 
-@CHECKS.register("randomness", summary="repeated forward passes agree (AutoAttack D1)",
-                 cheap=True, basis="D1", order=20)
+@CHECKS.register(
+    "randomness", summary="repeated forward passes agree (AutoAttack D1)", cheap=True, basis="D1", order=20
+)
 def randomness(ctx: CheckContext) -> Finding:
     """Repeated forward passes agree (AutoAttack flag D1, science.md 1.5/1.6 "Determinism").
 
@@ -70,25 +94,59 @@ def randomness(ctx: CheckContext) -> Finding:
     outs = [logits_of(ctx, x) for _ in range(D1_PASSES)]
     correct = [int((o.argmax(1) == y).sum()) for o in outs]
     normed = [_normalised(o) for o in outs]
-    diff = max((float((normed[i] - normed[j]).norm(dim=1).max()) for i in range(len(normed)) for j in range(i + 1, len(normed))), default=0.0)
+    diff = max(
+        (
+            float((normed[i] - normed[j]).norm(dim=1).max())
+            for i in range(len(normed))
+            for j in range(i + 1, len(normed))
+        ),
+        default=0.0,
+    )
     randomised = len(set(correct)) > 1 or diff > D1_TOL
     eot = [a for a in suite_attack_entries(ctx) if int((a.get("descriptor") or {}).get("eot_iter") or 1) > 1]
-    values = {"points": int(idx.numel()), "passes": D1_PASSES, "correct_per_pass": correct, "max_normalised_diff": diff,
-              "randomised": randomised, "suite_used_eot": bool(eot)}
+    values = {
+        "points": int(idx.numel()),
+        "passes": D1_PASSES,
+        "correct_per_pass": correct,
+        "max_normalised_diff": diff,
+        "randomised": randomised,
+        "suite_used_eot": bool(eot),
+    }
     threshold = {"max_normalised_diff": D1_TOL, "correct_counts": "identical", "source": "D1"}
     if not randomised:
-        return Finding("randomness", "ok", values, threshold, f"{D1_PASSES} repeated forward passes give the same outputs (largest difference {diff:.1e})")
+        return Finding(
+            "randomness",
+            "ok",
+            values,
+            threshold,
+            f"{D1_PASSES} repeated forward passes give the same outputs (largest difference {diff:.1e})",
+        )
     if eot:
-        return Finding("randomness", "ok", values, threshold,
-                       f"the model is randomised (outputs differ by up to {diff:.2g} between passes) and the suite's attacks "
-                       f"averaged gradients over {max(int(a['descriptor']['eot_iter']) for a in eot)} draws (EOT)")
-    return Finding("randomness", "fail", values, threshold,
-                   f"the model is randomised (correct predictions per pass {correct}, outputs differ by up to {diff:.2g}): "
-                   "gradient attacks without EOT overstate robustness; evaluate with the `rand` suite")
+        return Finding(
+            "randomness",
+            "ok",
+            values,
+            threshold,
+            f"the model is randomised (outputs differ by up to {diff:.2g} between passes) and the suite's attacks "
+            f"averaged gradients over {max(int(a['descriptor']['eot_iter']) for a in eot)} draws (EOT)",
+        )
+    return Finding(
+        "randomness",
+        "fail",
+        values,
+        threshold,
+        f"the model is randomised (correct predictions per pass {correct}, outputs differ by up to {diff:.2g}): "
+        "gradient attacks without EOT overstate robustness; evaluate with the `rand` suite",
+    )
 
 
-@CHECKS.register("batch-dependence", summary="an example's output does not depend on the rest of its batch",
-                 cheap=True, basis="harness rule/D1", order=30)
+@CHECKS.register(
+    "batch-dependence",
+    summary="an example's output does not depend on the rest of its batch",
+    cheap=True,
+    basis="harness rule/D1",
+    order=30,
+)
 def batch_dependence(ctx: CheckContext) -> Finding:
     """An example's output does not depend on the rest of its batch (BatchNorm in train mode,
     or anything else that mixes examples). Harness rule; tolerance from AutoAttack D1.
@@ -105,7 +163,7 @@ def batch_dependence(ctx: CheckContext) -> Finding:
     if k < 2:
         return skipped("batch-dependence", "needs at least 2 points")
     x = ctx.x[:k]
-    others = ctx.x[k: 2 * k] if ctx.n >= 2 * k else torch.flip(x, dims=[0])
+    others = ctx.x[k : 2 * k] if ctx.n >= 2 * k else torch.flip(x, dims=[0])
     buffers = {name: b.detach().clone() for name, b in ctx.model.named_buffers()}
     try:
         alone = logits_of(ctx, x)
@@ -117,26 +175,49 @@ def batch_dependence(ctx: CheckContext) -> Finding:
     d = lambda a, b: float((_normalised(a) - _normalised(b)).norm(dim=1).max())  # noqa: E731
     floor = d(alone, again)
     diff = max(d(alone, with_others), d(alone, with_inverted))
-    pred_changed = int(((alone.argmax(1) != with_others.argmax(1)) | (alone.argmax(1) != with_inverted.argmax(1))).sum())
-    values = {"points": k, "max_normalised_diff": diff, "repeat_diff": floor, "predictions_changed": pred_changed,
-              "buffers_changed_by_forward": changed[:20]}
+    pred_changed = int(
+        ((alone.argmax(1) != with_others.argmax(1)) | (alone.argmax(1) != with_inverted.argmax(1))).sum()
+    )
+    values = {
+        "points": k,
+        "max_normalised_diff": diff,
+        "repeat_diff": floor,
+        "predictions_changed": pred_changed,
+        "buffers_changed_by_forward": changed[:20],
+    }
     threshold = {"max_normalised_diff": 1e-4, "source": "harness rule, D1 tolerance"}
     if floor > 1e-4:
-        return skipped("batch-dependence", "identical batches already give different outputs (see the randomness check), "
-                       "so batch dependence cannot be measured", **values)
+        return skipped(
+            "batch-dependence",
+            "identical batches already give different outputs (see the randomness check), "
+            "so batch dependence cannot be measured",
+            **values,
+        )
     if diff > 1e-4 or pred_changed:
         bn = " and the forward passes changed the running statistics (BatchNorm in train mode?)" if changed else ""
-        return Finding("batch-dependence", "fail", values, threshold,
-                       f"in eval mode an example's output changes with the rest of its batch (by up to {diff:.2g}, "
-                       f"{pred_changed} of {k} predictions changed){bn}: accuracies depend on batching")
-    return Finding("batch-dependence", "ok", values, threshold, f"outputs do not depend on the batch (largest difference {diff:.1e})")
+        return Finding(
+            "batch-dependence",
+            "fail",
+            values,
+            threshold,
+            f"in eval mode an example's output changes with the rest of its batch (by up to {diff:.2g}, "
+            f"{pred_changed} of {k} predictions changed){bn}: accuracies depend on batching",
+        )
+    return Finding(
+        "batch-dependence",
+        "ok",
+        values,
+        threshold,
+        f"outputs do not depend on the batch (largest difference {diff:.1e})",
+    )
 
 
 _DYNAMIC_NAMES = {"grad", "backward", "_make_grads"}
 
 
-@CHECKS.register("dynamic", summary="the forward pass does not run an optimisation (AutoAttack D5)",
-                 cheap=True, basis="D5", order=40)
+@CHECKS.register(
+    "dynamic", summary="the forward pass does not run an optimisation (AutoAttack D5)", cheap=True, basis="D5", order=40
+)
 def dynamic(ctx: CheckContext) -> Finding:
     """The forward pass does not compute gradients (AutoAttack flag D5): a defense that
     optimises at inference time needs an adaptive attack. Like AutoAttack, traces one forward
@@ -161,9 +242,14 @@ def dynamic(ctx: CheckContext) -> Finding:
     values = {"calls": counts}
     threshold = {"calls": 0, "source": "D5"}
     if total:
-        return Finding("dynamic", "warn", values, threshold,
-                       f"the forward pass itself computes gradients ({total} calls): a defense that optimises at "
-                       "inference time needs an adaptive attack, and the suite's attacks may overstate robustness")
+        return Finding(
+            "dynamic",
+            "warn",
+            values,
+            threshold,
+            f"the forward pass itself computes gradients ({total} calls): a defense that optimises at "
+            "inference time needs an adaptive attack, and the suite's attacks may overstate robustness",
+        )
     return Finding("dynamic", "ok", values, threshold, "the forward pass computes no gradients")
 
 
@@ -215,23 +301,46 @@ class _GradientScan:
             with autocast(ctx.device, ctx.precision):
                 out = ctx.model(xc)
             if not out.requires_grad:
-                return None, None, None, Finding(
-                    "gradients", "fail", {"graph_broken": True, "loss": loss_name}, {"source": "I4"},
-                    "the model's output does not depend differentiably on its input (the graph is broken): gradient "
-                    "attacks cannot work; use BPDA or a gradient-free attack")
+                return (
+                    None,
+                    None,
+                    None,
+                    Finding(
+                        "gradients",
+                        "fail",
+                        {"graph_broken": True, "loss": loss_name},
+                        {"source": "I4"},
+                        "the model's output does not depend differentiably on its input "
+                        "(the graph is broken): gradient "
+                        "attacks cannot work; use BPDA or a gradient-free attack",
+                    ),
+                )
             lv = self.loss_fn(out.float(), yb)
             try:
                 (g,) = torch.autograd.grad(lv.sum(), xc, allow_unused=True)
             except RuntimeError as e:
-                return None, None, None, Finding(
-                    "gradients", "fail", {"graph_broken": True, "loss": loss_name, "error": str(e)}, {"source": "I4"},
-                    f"taking the input gradient fails ({e}): the graph is broken")
+                return (
+                    None,
+                    None,
+                    None,
+                    Finding(
+                        "gradients",
+                        "fail",
+                        {"graph_broken": True, "loss": loss_name, "error": str(e)},
+                        {"source": "I4"},
+                        f"taking the input gradient fails ({e}): the graph is broken",
+                    ),
+                )
         return (g if g is not None else torch.zeros_like(xc)), lv, out, None
 
 
-@CHECKS.register("gradients",
-                 summary="input gradients are finite and non-zero, at the start and along the path (D3/I4)",
-                 cheap=True, basis="D3/I4", order=50)
+@CHECKS.register(
+    "gradients",
+    summary="input gradients are finite and non-zero, at the start and along the path (D3/I4)",
+    cheap=True,
+    basis="D3/I4",
+    order=50,
+)
 def gradients(ctx: CheckContext) -> Finding:
     """Input gradients are usable: finite and not all zero, at the clean point, at a random start
     and along a 10-step PGD path, for the CE and DLR losses (AutoAttack D3, Pintor et al. I4,
@@ -267,28 +376,66 @@ def gradients(ctx: CheckContext) -> Finding:
     n_zero_inv, n_zero_ce = int(zero_any[inv].sum()), int(zero_any[ce].sum())
     n_nf = int((nonfinite[ce] | nonfinite[inv]).sum())
     allow = allowance(m, 0.005)
-    values = {"points": m, "losses": losses, "stages": stages, "path_steps": GRAD_PATH_STEPS,
-              "zero_gradient_points": {ce: n_zero_ce, inv: n_zero_inv},
-              "zero_gradient_by_stage": zero,
-              "nonfinite_points": n_nf,
-              "zero_indices": {name: indices(zero_any[name]) for name in losses},
-              "nonfinite_indices": indices(nonfinite[ce] | nonfinite[inv])}
-    threshold = {"nonfinite_points": 0, f"zero_{inv}_points_warn": 0, f"zero_{inv}_points_fail_above": allow,
-                 f"zero_{ce}_points": 0, "source": "D3/I4"}
+    values = {
+        "points": m,
+        "losses": losses,
+        "stages": stages,
+        "path_steps": GRAD_PATH_STEPS,
+        "zero_gradient_points": {ce: n_zero_ce, inv: n_zero_inv},
+        "zero_gradient_by_stage": zero,
+        "nonfinite_points": n_nf,
+        "zero_indices": {name: indices(zero_any[name]) for name in losses},
+        "nonfinite_indices": indices(nonfinite[ce] | nonfinite[inv]),
+    }
+    threshold = {
+        "nonfinite_points": 0,
+        f"zero_{inv}_points_warn": 0,
+        f"zero_{inv}_points_fail_above": allow,
+        f"zero_{ce}_points": 0,
+        "source": "D3/I4",
+    }
     if n_nf:
-        return Finding("gradients", "fail", values, threshold,
-                       f"{n_nf} of {m} points have NaN or infinite losses or input gradients: gradient attacks are unreliable there")
+        return Finding(
+            "gradients",
+            "fail",
+            values,
+            threshold,
+            f"{n_nf} of {m} points have NaN or infinite losses or input gradients: "
+            "gradient attacks are unreliable there",
+        )
     if n_zero_inv > allow:
-        return Finding("gradients", "fail", values, threshold,
-                       f"{n_zero_inv} of {m} points have exactly zero input gradient even under the scale-invariant {inv.upper()} "
-                       "loss (a non-differentiable or flat component): gradient attacks are blind; use BPDA or a gradient-free attack")
+        return Finding(
+            "gradients",
+            "fail",
+            values,
+            threshold,
+            f"{n_zero_inv} of {m} points have exactly zero input gradient even under the scale-invariant {inv.upper()} "
+            "loss (a non-differentiable or flat component): gradient attacks are blind; "
+            "use BPDA or a gradient-free attack",
+        )
     if n_zero_inv:
-        return Finding("gradients", "warn", values, threshold,
-                       f"{n_zero_inv} of {m} points have exactly zero input gradient under the {inv.upper()} loss")
+        return Finding(
+            "gradients",
+            "warn",
+            values,
+            threshold,
+            f"{n_zero_inv} of {m} points have exactly zero input gradient under the {inv.upper()} loss",
+        )
     if n_zero_ce:
-        return Finding("gradients", "warn", values, threshold,
-                       f"{n_zero_ce} of {m} points have exactly zero cross-entropy gradient (saturated softmax, e.g. very large "
-                       f"logits) while {inv.upper()} gradients exist: attacks on CE are blind there; rely on margin/DLR losses")
-    return Finding("gradients", "ok", values, threshold,
-                   f"input gradients are finite and non-zero on all {m} points, at the start and along a {GRAD_PATH_STEPS}-step path, "
-                   f"for CE and {inv.upper()}")
+        return Finding(
+            "gradients",
+            "warn",
+            values,
+            threshold,
+            f"{n_zero_ce} of {m} points have exactly zero cross-entropy gradient (saturated softmax, e.g. very large "
+            f"logits) while {inv.upper()} gradients exist: attacks on CE are blind there; rely on margin/DLR losses",
+        )
+    return Finding(
+        "gradients",
+        "ok",
+        values,
+        threshold,
+        f"input gradients are finite and non-zero on all {m} points, "
+        f"at the start and along a {GRAD_PATH_STEPS}-step path, "
+        f"for CE and {inv.upper()}",
+    )

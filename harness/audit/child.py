@@ -14,6 +14,7 @@ No result file (any exit code, 0 included) is an error for the parent, never "ho
 isolation of the verdict from the model's code, not a sandbox: the child runs with the user's
 rights, as the in-process audit did.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,17 +47,19 @@ def child_main(task: Dict[str, Any], result_path: str) -> None:
 
         torch.set_num_threads(int(task["threads"]))
 
+    from harness import distributed
     from harness.audit.run import AuditRequest, run_audit
     from harness.core.errors import HarnessError
     from harness.core.io import atomic_write_json
 
-    from harness import distributed
-
     try:
         state = task.get("state_path")
         with distributed.session(task.get("process_group")):  # under torchrun: with the other ranks' children
-            doc = run_audit(AuditRequest(**task["request"]), state_path=Path(state) if state else None,
-                            progress=bool(task.get("progress", True)))
+            doc = run_audit(
+                AuditRequest(**task["request"]),
+                state_path=Path(state) if state else None,
+                progress=bool(task.get("progress", True)),
+            )
         result: Dict[str, Any] = {"audit": doc}
     except HarnessError as e:
         result = _error(str(e), e.exit_code, type(e).__name__)

@@ -15,6 +15,7 @@ that runs: weights always come from a checkpoint loaded as data (``harness.check
   in [0,1] pixel units, for a ``Normalize`` layer inside the model); other parameters must have
   defaults. It must return an ``nn.Module`` that takes [0,1] images and returns logits.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,7 +58,9 @@ def parse_model_spec(text: str) -> Optional[ModelSpec]:
     path_text, sep, factory = text.rpartition(":")
     if not sep:
         if text.endswith(".py") or "/" in text or "\\" in text:
-            raise ModelFileError(f"--model {text}: name the factory function too, as FILE.py:FACTORY (e.g. {text}:make_model)")
+            raise ModelFileError(
+                f"--model {text}: name the factory function too, as FILE.py:FACTORY (e.g. {text}:make_model)"
+            )
         return None
     if not factory.isidentifier():
         raise ModelFileError(f"--model {text}: {factory!r} is not a Python function name; write FILE.py:FACTORY")
@@ -125,15 +128,28 @@ def _describe(e: BaseException) -> str:
 _FILLABLE = ("num_classes", "shape", "input_shape", "in_channels", "mean", "std")
 
 
-def factory_kwargs(fn: Callable[..., Any], *, shape: Tuple[int, int, int], num_classes: int,
-                   mean: Sequence[float], std: Sequence[float], where: str) -> Dict[str, Any]:
+def factory_kwargs(
+    fn: Callable[..., Any],
+    *,
+    shape: Tuple[int, int, int],
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    where: str,
+) -> Dict[str, Any]:
     """The keyword arguments ``fn`` asks for among the ones the harness can fill."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return {}
-    values = {"num_classes": int(num_classes), "shape": tuple(shape), "input_shape": tuple(shape), "in_channels": int(shape[0]),
-              "mean": tuple(mean), "std": tuple(std)}
+    values = {
+        "num_classes": int(num_classes),
+        "shape": tuple(shape),
+        "input_shape": tuple(shape),
+        "in_channels": int(shape[0]),
+        "mean": tuple(mean),
+        "std": tuple(std),
+    }
     kwargs: Dict[str, Any] = {}
     missing = []
     for p in sig.parameters.values():
@@ -144,30 +160,44 @@ def factory_kwargs(fn: Callable[..., Any], *, shape: Tuple[int, int, int], num_c
         elif p.default is p.empty:
             missing.append(p.name)
     if missing:
-        raise ModelFileError(f"{where}: the factory needs {', '.join(missing)}, which the harness cannot fill; it fills "
-                             f"{', '.join(_FILLABLE)}; give the other parameters defaults")
+        raise ModelFileError(
+            f"{where}: the factory needs {', '.join(missing)}, which the harness cannot fill; it fills "
+            f"{', '.join(_FILLABLE)}; give the other parameters defaults"
+        )
     return kwargs
 
 
-def build_from_file(spec: ModelSpec, *, shape: Tuple[int, int, int], num_classes: int,
-                    mean: Sequence[float], std: Sequence[float]) -> Tuple[nn.Module, Dict[str, Any]]:
+def build_from_file(
+    spec: ModelSpec, *, shape: Tuple[int, int, int], num_classes: int, mean: Sequence[float], std: Sequence[float]
+) -> Tuple[nn.Module, Dict[str, Any]]:
     """Import ``spec.path``, call ``spec.factory`` and check it returned a module. Returns the
     model and a provenance record (file, its sha256, factory, the arguments passed)."""
     module = import_model_file(spec.path)
     fn = getattr(module, spec.factory, None)
     if fn is None or not callable(fn):
-        have = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
-                      and getattr(v, "__module__", None) == module.__name__)
-        raise ModelFileError(f"{spec.path}: no function {spec.factory!r}" + (f" (it defines {', '.join(have)})" if have else ""))
+        have = sorted(
+            k
+            for k, v in vars(module).items()
+            if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == module.__name__
+        )
+        raise ModelFileError(
+            f"{spec.path}: no function {spec.factory!r}" + (f" (it defines {', '.join(have)})" if have else "")
+        )
     kwargs = factory_kwargs(fn, shape=shape, num_classes=num_classes, mean=mean, std=std, where=str(spec))
     try:
         with _folder_on_path(spec.path.resolve()):
             model = fn(**kwargs)
     except Exception as e:  # noqa: BLE001 - the user's code; report where it failed
-        raise ModelFileError(f"{_where(e, spec.path.resolve(), spec.path)}: {spec.factory}() raised {_describe(e)}") from None
+        raise ModelFileError(
+            f"{_where(e, spec.path.resolve(), spec.path)}: {spec.factory}() raised {_describe(e)}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ModelFileError(f"{spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
-    info = {"kind": "file", "file": str(spec.path), "factory": spec.factory,
-            "file_sha256": hashlib.sha256(spec.path.read_bytes()).hexdigest(),
-            "factory_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
+    info = {
+        "kind": "file",
+        "file": str(spec.path),
+        "factory": spec.factory,
+        "file_sha256": hashlib.sha256(spec.path.read_bytes()).hexdigest(),
+        "factory_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
+    }
     return model, info

@@ -34,6 +34,7 @@ attack), with its 95% Wilson interval [lo, hi].
 The claim is compared with our interval only: the claim's own sample (often the full test set)
 is unknown, so no interval is put around it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -76,19 +77,19 @@ GUARD_SAMPLE = 512
 # A model that normalises inside gets *worse* when its input is normalised once more; one that is
 # significantly *better* on normalised (or 0..255) input expects that input. Paired outcomes on the
 # same points, one-sided sign test on the points that only one version gets right.
-INPUT_SCALE_GAP = 0.20        # error: transformed inputs >= 20 points more accurate than [0,1] inputs, whatever the test says
-INPUT_SCALE_MIN_GAP = 0.02    # below a 2-point gap nothing is reported
-INPUT_SCALE_P_ERROR = 1e-3    # error: gap >= 2 points and sign-test p < 0.001
-INPUT_SCALE_P_WARN = 0.05     # warn: gap >= 2 points and p < 0.05
+INPUT_SCALE_GAP = 0.20  # error: transformed inputs >= 20 points more accurate than [0,1] inputs, whatever the test says
+INPUT_SCALE_MIN_GAP = 0.02  # below a 2-point gap nothing is reported
+INPUT_SCALE_P_ERROR = 1e-3  # error: gap >= 2 points and sign-test p < 0.001
+INPUT_SCALE_P_WARN = 0.05  # warn: gap >= 2 points and p < 0.05
 INPUT_SCALE_MIN_POWER = 0.8  # below: the rule could not have caught a model served without its normalisation
-POWER_DRAWS = 2000            # Monte Carlo draws of the rule's power (seeded: the same model gives the same number)
-PROBABILITY_TOL = 1e-5        # AutoAttack's D2: every row in [0,1] and summing to 1 within 1e-5
-CHANCE_FACTOR = 2.0           # warn: clean accuracy below twice chance (1 / classes)
-RANDOM_TOL = 1e-4             # AutoAttack's D1: max difference of L2-normalised outputs between two passes
+POWER_DRAWS = 2000  # Monte Carlo draws of the rule's power (seeded: the same model gives the same number)
+PROBABILITY_TOL = 1e-5  # AutoAttack's D2: every row in [0,1] and summing to 1 within 1e-5
+CHANCE_FACTOR = 2.0  # warn: clean accuracy below twice chance (1 / classes)
+RANDOM_TOL = 1e-4  # AutoAttack's D1: max difference of L2-normalised outputs between two passes
 RANDOM_POINTS = 64
 
 EXIT_HOLDS = 0
-EXIT_NOT_HOLDING = 1          # overstated or unreliable; errors are 2 (HarnessError)
+EXIT_NOT_HOLDING = 1  # overstated or unreliable; errors are 2 (HarnessError)
 
 
 class AuditRefused(HarnessError):
@@ -96,6 +97,7 @@ class AuditRefused(HarnessError):
 
 
 # -- the claim ---------------------------------------------------------------------------------
+
 
 def parse_claim(value: Any) -> float:
     """A claimed robust accuracy as a fraction: ``0.53``, ``53`` or ``53%`` all give 0.53.
@@ -137,8 +139,16 @@ def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
     steps, 10 restarts, step 2/255``, ``CW-100`` (PGD on the CW margin loss), ``FGSM``,
     ``AutoAttack`` / ``AA`` (``plus`` / ``rand`` versions), ``APGD-CE``, ``Square 5000``. The raw
     text is always kept; ``parsed`` says whether a family was recognised."""
-    out: Dict[str, Any] = {"text": text, "parsed": False, "family": None, "steps": None, "restarts": None, "loss": None,
-                           "step_size": None, "gradient_steps_per_example": None}
+    out: Dict[str, Any] = {
+        "text": text,
+        "parsed": False,
+        "family": None,
+        "steps": None,
+        "restarts": None,
+        "loss": None,
+        "step_size": None,
+        "gradient_steps_per_example": None,
+    }
     if not text or not text.strip():
         return out
     t = text.strip().lower().replace("×", "x")
@@ -151,7 +161,13 @@ def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
         return out
     fam = out["family"]
     if fam == "autoattack":
-        out["version"] = "plus" if re.search(r"\bplus\b|(?:autoattack|\baa)\s*\+", t) else "rand" if re.search(r"\brand", t) else "standard"
+        out["version"] = (
+            "plus"
+            if re.search(r"\bplus\b|(?:autoattack|\baa)\s*\+", t)
+            else "rand"
+            if re.search(r"\brand", t)
+            else "standard"
+        )
         return out
     if fam == "fgsm":
         out.update(steps=1, restarts=1, gradient_steps_per_example=1)
@@ -159,12 +175,17 @@ def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
             out["random_start"] = True
         return out
     # steps: "PGD-20", "PGD20", "PGD 20", "CW-100", "20 steps", "20 iterations"
-    m = re.search(r"(?:pgd|bim|fgsm|mim|cw|c&w|apgd(?:-?ce|-?dlr|-?t)?|square|fab(?:-?t)?)[-_ ]?(?:inf|∞|linf)?[-_ ]?(\d+)\b", t) \
-        or re.search(r"(\d+)\s*(?:-\s*)?(?:steps?|iter(?:ation)?s?|its?|queries)\b", t)
+    m = re.search(
+        r"(?:pgd|bim|fgsm|mim|cw|c&w|apgd(?:-?ce|-?dlr|-?t)?|square|fab(?:-?t)?)[-_ ]?(?:inf|∞|linf)?[-_ ]?(\d+)\b", t
+    ) or re.search(r"(\d+)\s*(?:-\s*)?(?:steps?|iter(?:ation)?s?|its?|queries)\b", t)
     if m:
         out["steps"] = int(m.group(1))
-    m = re.search(r"(\d+)\s*(?:random\s*)?(?:re-?starts?|runs?)\b", t) or re.search(r"\bx\s*(\d+)\b", t) \
-        or re.search(r"\b(\d+)\s*x\b", t) or re.search(r"re-?starts?\s*[=:]?\s*(\d+)", t)
+    m = (
+        re.search(r"(\d+)\s*(?:random\s*)?(?:re-?starts?|runs?)\b", t)
+        or re.search(r"\bx\s*(\d+)\b", t)
+        or re.search(r"\b(\d+)\s*x\b", t)
+        or re.search(r"re-?starts?\s*[=:]?\s*(\d+)", t)
+    )
     if m:
         out["restarts"] = int(m.group(1))
     if re.search(r"\b(margin|cw|c&w)\b", t) and fam not in ("square",):
@@ -192,10 +213,18 @@ def replay_spec(parsed: Dict[str, Any], eps: float) -> Optional[Dict[str, Any]]:
         return {"attack": "fgsm", **({"random_start": True} if parsed.get("random_start") else {})}
     if fam in ("pgd", "cw") and parsed.get("steps"):
         # the same bounds as every attack (attacks.base.MAX_*), checked before anything is loaded
-        check_budget(f"--claim-attack {parsed.get('text')!r}", steps=int(parsed["steps"]),
-                     restarts=int(parsed.get("restarts") or 1))
-        spec: Dict[str, Any] = {"attack": "pgd", "steps": int(parsed["steps"]), "restarts": int(parsed.get("restarts") or 1),
-                                "loss": parsed.get("loss") or "ce", "step_size": "2.5*eps/steps"}
+        check_budget(
+            f"--claim-attack {parsed.get('text')!r}",
+            steps=int(parsed["steps"]),
+            restarts=int(parsed.get("restarts") or 1),
+        )
+        spec: Dict[str, Any] = {
+            "attack": "pgd",
+            "steps": int(parsed["steps"]),
+            "restarts": int(parsed.get("restarts") or 1),
+            "loss": parsed.get("loss") or "ce",
+            "step_size": "2.5*eps/steps",
+        }
         if parsed.get("step_size"):
             num, _, den = parsed["step_size"].partition("/")
             try:
@@ -211,6 +240,7 @@ def replay_spec(parsed: Dict[str, Any], eps: float) -> Optional[Dict[str, Any]]:
 
 # -- the model ---------------------------------------------------------------------------------
 
+
 def parse_normalize(text: Optional[str], bundle: Any) -> Optional[Dict[str, Any]]:
     """``--normalize dataset`` (the data set's mean and std) or ``MEAN:STD`` with comma lists
     (``0.4914,0.4822,0.4465:0.2471,0.2435,0.2616``; one value is used for every channel)."""
@@ -218,7 +248,11 @@ def parse_normalize(text: Optional[str], bundle: Any) -> Optional[Dict[str, Any]
         return None
     c = bundle.shape[0]
     if text.strip().lower() == "dataset":
-        return {"mean": list(bundle.mean), "std": list(bundle.std), "source": f"the {bundle.name} data set's mean and std"}
+        return {
+            "mean": list(bundle.mean),
+            "std": list(bundle.std),
+            "source": f"the {bundle.name} data set's mean and std",
+        }
     m_text, sep, s_text = text.partition(":")
     try:
         mean = [float(v) for v in m_text.split(",")]
@@ -229,33 +263,53 @@ def parse_normalize(text: Optional[str], bundle: Any) -> Optional[Dict[str, Any]
         raise ConfigError(f"--normalize {text!r}: write 'dataset' or MEAN:STD, e.g. 0.5,0.5,0.5:0.25,0.25,0.25")
     mean, std = (mean * c if len(mean) == 1 else mean), (std * c if len(std) == 1 else std)
     if len(mean) != c or len(std) != c or any(s <= 0 for s in std):
-        raise ConfigError(f"--normalize {text!r}: needs {c} mean and {c} positive std values (in [0,1] pixel units) for {bundle.name}")
+        raise ConfigError(
+            f"--normalize {text!r}: needs {c} mean and {c} positive std values (in [0,1] pixel units) for {bundle.name}"
+        )
     if max(mean) > 1 or max(std) > 1:
         raise ConfigError(f"--normalize {text!r}: mean and std are in [0,1] pixel units (e.g. 0.4914, not 125.3)")
     return {"mean": mean, "std": std, "source": "--normalize"}
 
 
-def load_audit_model(*, model: Optional[str], robustbench: Optional[str], checkpoint: Optional[str], model_dir: Optional[str],
-                     bundle: Any, norm: str, normalize: Optional[str] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+def load_audit_model(
+    *,
+    model: Optional[str],
+    robustbench: Optional[str],
+    checkpoint: Optional[str],
+    model_dir: Optional[str],
+    bundle: Any,
+    norm: str,
+    normalize: Optional[str] = None,
+) -> Tuple[nn.Module, Dict[str, Any]]:
     """Build the model named by exactly one of ``model`` (``FILE.py:FACTORY`` or a registered
     name) and ``robustbench`` (a zoo name), load the checkpoint as data, optionally put a
     ``Normalize`` in front, and return it in eval mode with a provenance record."""
     if (model is None) == (robustbench is None):
-        raise ConfigError("name the model with exactly one of --model (FILE.py:FACTORY or a registered name) and --robustbench NAME")
+        raise ConfigError(
+            "name the model with exactly one of --model (FILE.py:FACTORY or a registered name) and --robustbench NAME"
+        )
     norm_rec = parse_normalize(normalize, bundle)
     if robustbench is not None:
-        net, info = load_zoo_model(robustbench, dataset=bundle.name, threat=norm, model_dir=model_dir or "models", checkpoint=checkpoint)
+        net, info = load_zoo_model(
+            robustbench, dataset=bundle.name, threat=norm, model_dir=model_dir or "models", checkpoint=checkpoint
+        )
     else:
         spec = parse_model_spec(model)
         if spec is None:
             if norm_rec is not None:
                 raise ConfigError(f"--normalize: the registered model {model!r} already normalises its input inside")
             net = build_model(model, bundle.shape, bundle.num_classes, bundle.mean, bundle.std)
-            info = {"kind": "registered", "name": model, "normalize_inside": {"mean": list(bundle.mean), "std": list(bundle.std)}}
+            info = {
+                "kind": "registered",
+                "name": model,
+                "normalize_inside": {"mean": list(bundle.mean), "std": list(bundle.std)},
+            }
             if checkpoint is None:
                 raise ConfigError(f"--checkpoint is needed: the registered model {model!r} has no weights of its own")
         else:
-            net, info = build_from_file(spec, shape=bundle.shape, num_classes=bundle.num_classes, mean=bundle.mean, std=bundle.std)
+            net, info = build_from_file(
+                spec, shape=bundle.shape, num_classes=bundle.num_classes, mean=bundle.mean, std=bundle.std
+            )
         if checkpoint is not None:
             state = load_state_dict_file(checkpoint)
             info["load_notes"] = load_into(net, state, source=str(checkpoint))
@@ -271,12 +325,13 @@ def load_audit_model(*, model: Optional[str], robustbench: Optional[str], checkp
 
 # -- guard rails -------------------------------------------------------------------------------
 
+
 def sign_test(wins: int, losses: int) -> float:
     """One-sided sign test: P(at least ``wins`` of ``wins + losses`` fair coin flips)."""
     k = wins + losses
     if k == 0:
         return 1.0
-    return sum(math.comb(k, i) for i in range(wins, k + 1)) / 2.0 ** k
+    return sum(math.comb(k, i) for i in range(wins, k + 1)) / 2.0**k
 
 
 def _finding(rule: str, status: str, message: str, **values: Any) -> Dict[str, Any]:
@@ -287,16 +342,27 @@ def _finding(rule: str, status: str, message: str, **values: Any) -> Dict[str, A
 def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     outs = []
     for i in range(0, x.shape[0], batch_size):
-        z = model(x[i:i + batch_size])
+        z = model(x[i : i + batch_size])
         if not isinstance(z, torch.Tensor):
-            raise AuditRefused(f"the model returns a {type(z).__name__}, not a tensor of logits: wrap it so that forward returns "
-                               "only the logits, of shape (batch, classes)")
+            raise AuditRefused(
+                f"the model returns a {type(z).__name__}, not a tensor of logits: wrap it so that forward returns "
+                "only the logits, of shape (batch, classes)"
+            )
         outs.append(z)
     return torch.cat(outs)
 
 
-def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
-                num_classes: int, batch_size: int = 500, threat: Any = None) -> List[Dict[str, Any]]:
+def guard_rails(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_classes: int,
+    batch_size: int = 500,
+    threat: Any = None,
+) -> List[Dict[str, Any]]:
     """Cheap checks, on [0,1] test images ``x``, that the evaluation will mean something.
 
     Each finding has ``status`` ``ok``, ``warn`` or ``error``; ``error`` findings are refusals
@@ -327,12 +393,22 @@ def guard_rails(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean: Seq
         correct = z.argmax(1) == y
         out = [_finding("output-shape", "ok", f"logits of shape (n, {num_classes})")]
         out += _input_scale_rules(model, x, y, correct, mean, std, batch_size)
-        out += [_probabilities_rule(z), _clean_accuracy_rule(correct, num_classes),
-                _deterministic_rule(model, x, batch_size)]
+        out += [
+            _probabilities_rule(z),
+            _clean_accuracy_rule(correct, num_classes),
+            _deterministic_rule(model, x, batch_size),
+        ]
     if threat is not None:
         warns = threat.warnings()
-        out.append(_finding("eps", "warn" if warns else "ok", "; ".join(warns) if warns else f"eps {threat.eps_text}",
-                            eps=threat.eps_text, eps_value=threat.eps))
+        out.append(
+            _finding(
+                "eps",
+                "warn" if warns else "ok",
+                "; ".join(warns) if warns else f"eps {threat.eps_text}",
+                eps=threat.eps_text,
+                eps_value=threat.eps,
+            )
+        )
     return out
 
 
@@ -344,19 +420,30 @@ def _checked_logits(model: nn.Module, x: torch.Tensor, num_classes: int, batch_s
     except AuditRefused:
         raise
     except Exception as e:  # noqa: BLE001 - a model that cannot run on the data set's images
-        raise AuditRefused(f"the model fails on {tuple(x.shape[1:])} images in [0,1] ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}); does it match the data set?") from None
+        raise AuditRefused(
+            f"the model fails on {tuple(x.shape[1:])} images in [0,1] ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); does it match the data set?"
+        ) from None
     if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[0] != n or z.shape[1] != num_classes:
         shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-        raise AuditRefused(f"the model returns {shape} for {n} inputs; expected logits of shape ({n}, {num_classes}): "
-                           "wrap it so that forward returns only the logits")
+        raise AuditRefused(
+            f"the model returns {shape} for {n} inputs; expected logits of shape ({n}, {num_classes}): "
+            "wrap it so that forward returns only the logits"
+        )
     if not torch.isfinite(z).all():
         raise AuditRefused("the model returns NaN or infinite outputs on clean test images")
     return z
 
 
-def _input_scale_rules(model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor,
-                       mean: Sequence[float], std: Sequence[float], batch_size: int) -> List[Dict[str, Any]]:
+def _input_scale_rules(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    correct: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int,
+) -> List[Dict[str, Any]]:
     """``normalised-input`` and ``0-255-input``: is the model more accurate on transformed inputs
     than on [0,1] images (it expects them)? The first also reports its own power."""
     n, acc = int(x.shape[0]), float(correct.float().mean())
@@ -365,9 +452,15 @@ def _input_scale_rules(model: nn.Module, x: torch.Tensor, y: torch.Tensor, corre
     out: List[Dict[str, Any]] = []
     normalised_correct = None
     for rule, xt, what, fix in (
-            ("normalised-input", (x - m) / s, "normalised with the data set's mean and std",
-             "wrap it (harness.models.NormalizedModel(net, mean, std)) or pass --normalize dataset (or MEAN:STD) to add it"),
-            ("0-255-input", x * 255.0, "scaled to 0..255", "wrap it so that forward multiplies its [0,1] input by 255")):
+        (
+            "normalised-input",
+            (x - m) / s,
+            "normalised with the data set's mean and std",
+            "wrap it (harness.models.NormalizedModel(net, mean, std)) "
+            "or pass --normalize dataset (or MEAN:STD) to add it",
+        ),
+        ("0-255-input", x * 255.0, "scaled to 0..255", "wrap it so that forward multiplies its [0,1] input by 255"),
+    ):
         correct_t = _logits(model, xt, batch_size).argmax(1) == y
         if rule == "normalised-input":
             normalised_correct = correct_t
@@ -375,26 +468,47 @@ def _input_scale_rules(model: nn.Module, x: torch.Tensor, y: torch.Tensor, corre
         gap = acc_t - acc
         only_t, only_01 = int((correct_t & ~correct).sum()), int((correct & ~correct_t).sum())
         p = sign_test(only_t, only_01)
-        vals = dict(accuracy_01=acc, accuracy_transformed=acc_t, gap=gap, only_transformed_correct=only_t,
-                    only_01_correct=only_01, sign_test_p=p, n=n, threshold_gap=INPUT_SCALE_GAP,
-                    threshold_min_gap=INPUT_SCALE_MIN_GAP, threshold_p_error=INPUT_SCALE_P_ERROR,
-                    threshold_p_warn=INPUT_SCALE_P_WARN)
-        evidence = (f"the model is {100 * gap:.1f} points more accurate on inputs {what} ({100 * acc_t:.1f}%) than on [0,1] "
-                    f"images ({100 * acc:.1f}%; {only_t} points right only that way, {only_01} only on [0,1] images, sign "
-                    f"test p={p:.2g})")
+        vals = dict(
+            accuracy_01=acc,
+            accuracy_transformed=acc_t,
+            gap=gap,
+            only_transformed_correct=only_t,
+            only_01_correct=only_01,
+            sign_test_p=p,
+            n=n,
+            threshold_gap=INPUT_SCALE_GAP,
+            threshold_min_gap=INPUT_SCALE_MIN_GAP,
+            threshold_p_error=INPUT_SCALE_P_ERROR,
+            threshold_p_warn=INPUT_SCALE_P_WARN,
+        )
+        evidence = (
+            f"the model is {100 * gap:.1f} points more accurate on inputs {what} ({100 * acc_t:.1f}%) than on [0,1] "
+            f"images ({100 * acc:.1f}%; {only_t} points right only that way, {only_01} only on [0,1] images, sign "
+            f"test p={p:.2g})"
+        )
         if gap >= INPUT_SCALE_GAP or (gap >= INPUT_SCALE_MIN_GAP and p < INPUT_SCALE_P_ERROR):
-            out.append(_finding(rule, "error",
-                                f"{evidence}: it expects that input. Attacks work on [0,1] images with eps in pixel units, so "
-                                "an evaluation of this model would be meaningless; the preprocessing must live inside the "
-                                f"model: {fix}", **vals))
+            out.append(
+                _finding(
+                    rule,
+                    "error",
+                    f"{evidence}: it expects that input. Attacks work on [0,1] images with eps in pixel units, so "
+                    "an evaluation of this model would be meaningless; the preprocessing must live inside the "
+                    f"model: {fix}",
+                    **vals,
+                )
+            )
         elif gap >= INPUT_SCALE_MIN_GAP and p < INPUT_SCALE_P_WARN:
             out.append(_finding(rule, "warn", f"{evidence}: check that its preprocessing is inside the model", **vals))
         else:
             out.append(_finding(rule, "ok", f"not more accurate on inputs {what}", **vals))
     assert normalised_correct is not None
     denormalised_correct = _logits(model, x * s + m, batch_size).argmax(1) == y
-    return [_with_power(g, model, correct, normalised_correct, denormalised_correct)
-            if g["rule"] == "normalised-input" else g for g in out]
+    return [
+        _with_power(g, model, correct, normalised_correct, denormalised_correct)
+        if g["rule"] == "normalised-input"
+        else g
+        for g in out
+    ]
 
 
 def _probabilities_rule(z: torch.Tensor) -> Dict[str, Any]:
@@ -402,10 +516,14 @@ def _probabilities_rule(z: torch.Tensor) -> Dict[str, Any]:
     rowsum_err = float((z.sum(1) - 1).abs().max())
     vals = dict(min=lo, max=hi, max_row_sum_error=rowsum_err, tolerance=PROBABILITY_TOL)
     if hi < 1 + PROBABILITY_TOL and lo > -PROBABILITY_TOL and rowsum_err < PROBABILITY_TOL:
-        return _finding("probabilities", "warn",
-                        "the model outputs probabilities (every row in [0,1] and summing to 1), not logits: gradients "
-                        "through a softmax vanish and attacks under-perform, so the robust accuracy may be overestimated "
-                        "(AutoAttack flag D2); make forward return the logits", **vals)
+        return _finding(
+            "probabilities",
+            "warn",
+            "the model outputs probabilities (every row in [0,1] and summing to 1), not logits: gradients "
+            "through a softmax vanish and attacks under-perform, so the robust accuracy may be overestimated "
+            "(AutoAttack flag D2); make forward return the logits",
+            **vals,
+        )
     return _finding("probabilities", "ok", "outputs are not probabilities", **vals)
 
 
@@ -414,9 +532,13 @@ def _clean_accuracy_rule(correct: torch.Tensor, num_classes: int) -> Dict[str, A
     chance = 1.0 / num_classes
     vals = dict(accuracy=acc, chance=chance, threshold=CHANCE_FACTOR * chance, n=n)
     if acc < CHANCE_FACTOR * chance:
-        return _finding("clean-accuracy", "warn",
-                        f"clean accuracy {100 * acc:.1f}% on {n} test points is below twice chance "
-                        f"({100 * CHANCE_FACTOR * chance:.0f}%): wrong weights, wrong data set or wrong preprocessing", **vals)
+        return _finding(
+            "clean-accuracy",
+            "warn",
+            f"clean accuracy {100 * acc:.1f}% on {n} test points is below twice chance "
+            f"({100 * CHANCE_FACTOR * chance:.0f}%): wrong weights, wrong data set or wrong preprocessing",
+            **vals,
+        )
     return _finding("clean-accuracy", "ok", f"clean accuracy {100 * acc:.1f}% on {n} test points", **vals)
 
 
@@ -427,10 +549,14 @@ def _deterministic_rule(model: nn.Module, x: torch.Tensor, batch_size: int) -> D
     changed = int((a.argmax(1) != b.argmax(1)).sum())
     vals = dict(max_difference=diff, predictions_changed=changed, tolerance=RANDOM_TOL, n=k)
     if diff > RANDOM_TOL or changed:
-        return _finding("deterministic", "warn",
-                        f"two identical forward passes in eval mode differ ({changed} predictions changed, output difference "
-                        f"{diff:.2g}): the model is randomised; evaluate it with --suite rand (expectation over "
-                        "transformation)", **vals)
+        return _finding(
+            "deterministic",
+            "warn",
+            f"two identical forward passes in eval mode differ ({changed} predictions changed, output difference "
+            f"{diff:.2g}): the model is randomised; evaluate it with --suite rand (expectation over "
+            "transformation)",
+            **vals,
+        )
     return _finding("deterministic", "ok", "identical outputs on repeated forward passes", **vals)
 
 
@@ -465,14 +591,20 @@ def rule_power(only_a: int, only_b: int, n: int, *, draws: int = POWER_DRAWS, se
     for a, b in map(tuple, draws_ab.tolist()):
         if (a, b) not in cache:
             gap = (a - b) / n
-            cache[(a, b)] = gap >= INPUT_SCALE_GAP or (gap >= INPUT_SCALE_MIN_GAP
-                                                        and sign_test(a, b) < INPUT_SCALE_P_ERROR)
+            cache[(a, b)] = gap >= INPUT_SCALE_GAP or (
+                gap >= INPUT_SCALE_MIN_GAP and sign_test(a, b) < INPUT_SCALE_P_ERROR
+            )
         fired += cache[(a, b)]
     return fired / draws
 
 
-def _with_power(finding: Dict[str, Any], model: nn.Module, correct: torch.Tensor, normalised: torch.Tensor,
-                denormalised: torch.Tensor) -> Dict[str, Any]:
+def _with_power(
+    finding: Dict[str, Any],
+    model: nn.Module,
+    correct: torch.Tensor,
+    normalised: torch.Tensor,
+    denormalised: torch.Tensor,
+) -> Dict[str, Any]:
     """The normalised-input rule's power on these points, added to its finding.
 
     The rule compares accuracy on [0,1] images with accuracy on normalised ones; on a data set
@@ -497,26 +629,45 @@ def _with_power(finding: Dict[str, Any], model: nn.Module, correct: torch.Tensor
     inside = _normaliser_inside(model)
     acc = float(correct.float().mean())
     acc_n, acc_d = float(normalised.float().mean()), float(denormalised.float().mean())
-    values = {**finding["values"], "power": power, "threshold_power": INPUT_SCALE_MIN_POWER,
-              "accuracy_denormalised": acc_d, "effect_only_expected_correct": only_a,
-              "effect_only_other_correct": only_b, "normaliser_inside": inside}
+    values = {
+        **finding["values"],
+        "power": power,
+        "threshold_power": INPUT_SCALE_MIN_POWER,
+        "accuracy_denormalised": acc_d,
+        "effect_only_expected_correct": only_a,
+        "effect_only_other_correct": only_b,
+        "normaliser_inside": inside,
+    }
     if inside is not None:
-        return _finding(finding["rule"], "ok",
-                        f"not more accurate on normalised inputs; the model normalises inside ({inside})", **values)
+        return _finding(
+            finding["rule"],
+            "ok",
+            f"not more accurate on normalised inputs; the model normalises inside ({inside})",
+            **values,
+        )
     if power >= INPUT_SCALE_MIN_POWER:
-        return _finding(finding["rule"], "ok",
-                        f"not more accurate on normalised inputs (the rule's power here: {100 * power:.0f}%)", **values)
-    return _finding(finding["rule"], "warn",
-                    "this guard had no power here: it compares accuracy on [0,1] and on normalised images, and on "
-                    f"these {n} "
-                    f"points the model's accuracy moves little with the normalisation ({100 * acc:.1f}% on [0,1] images, "
-                    f"{100 * acc_n:.1f}% normalised, {100 * acc_d:.1f}% de-normalised): a model served without the "
-                    f"normalisation it was trained with would be caught with probability {100 * power:.0f}% (the rule's power; "
-                    f"{100 * INPUT_SCALE_MIN_POWER:.0f}% needed), and no normalising module was found inside this one; make "
-                    "sure its preprocessing is inside the model", **values)
+        return _finding(
+            finding["rule"],
+            "ok",
+            f"not more accurate on normalised inputs (the rule's power here: {100 * power:.0f}%)",
+            **values,
+        )
+    return _finding(
+        finding["rule"],
+        "warn",
+        "this guard had no power here: it compares accuracy on [0,1] and on normalised images, and on "
+        f"these {n} "
+        f"points the model's accuracy moves little with the normalisation ({100 * acc:.1f}% on [0,1] images, "
+        f"{100 * acc_n:.1f}% normalised, {100 * acc_d:.1f}% de-normalised): a model served without the "
+        f"normalisation it was trained with would be caught with probability {100 * power:.0f}% (the rule's power; "
+        f"{100 * INPUT_SCALE_MIN_POWER:.0f}% needed), and no normalising module was found inside this one; make "
+        "sure its preprocessing is inside the model",
+        **values,
+    )
 
 
 # -- the verdict -------------------------------------------------------------------------------
+
 
 def _pts(p: float) -> str:
     return f"{100 * p:.1f}"
@@ -536,19 +687,28 @@ def decide(claim: float, robust: Dict[str, Any], checks: Dict[str, Any], flags: 
     nums = f"claimed {_pts(claim)}%, measured {_pts(p)}% (95% CI {_pts(lo)}-{_pts(hi)}%, n={robust['n']})"
     if cverdict == "unreliable":
         outcome = "unreliable"
-        text = f"the evaluation is unreliable ({'; '.join(reasons) or 'the sanity checks failed'}); {nums}: no verdict on the claim"
+        text = (
+            f"the evaluation is unreliable ({'; '.join(reasons) or 'the sanity checks failed'}); "
+            f"{nums}: no verdict on the claim"
+        )
     elif claim <= hi:
         outcome = "holds"
         if claim < lo:
             text = f"the claim holds: {nums}; the claim is {_pts(-gap)} points below the measurement (conservative)"
         elif gap > 0:
-            text = (f"the claim holds within sampling error: {nums}; {_pts(gap)} points above the measurement, inside the 95% "
-                    "interval (a larger --n narrows it)")
+            text = (
+                f"the claim holds within sampling error: {nums}; "
+                f"{_pts(gap)} points above the measurement, inside the 95% "
+                "interval (a larger --n narrows it)"
+            )
         else:
             text = f"the claim holds: {nums}"
     else:
         outcome = "overstated"
-        text = f"the claim is overstated by {_pts(gap)} points: {nums}; {_pts(claim - hi)} points above the interval's upper end"
+        text = (
+            f"the claim is overstated by {_pts(gap)} points: {nums}; "
+            f"{_pts(claim - hi)} points above the interval's upper end"
+        )
     if all_flags and outcome != "unreliable":
         text += "; flagged: " + "; ".join(all_flags)
     return {
@@ -564,14 +724,19 @@ def decide(claim: float, robust: Dict[str, Any], checks: Dict[str, Any], flags: 
         "checks_reasons": reasons,
         "flagged": bool(all_flags) and outcome != "unreliable",
         "flags": all_flags,
-        "rule": ("measured = per-example worst case over every attack run (suite and replayed claimed attack) on the first n test "
-                 "points, with a 95% Wilson interval [lo, hi]; checks 'unreliable' -> unreliable; else claim <= hi -> holds; else "
-                 "overstated by claim - measured; holds/overstated are flagged by 'suspicious' checks, guard-rail warnings, "
-                 "or a suite no stronger than the claimed attack"),
+        "rule": (
+            "measured = per-example worst case over every attack run (suite and replayed claimed attack) "
+            "on the first n test "
+            "points, with a 95% Wilson interval [lo, hi]; checks 'unreliable' -> unreliable; "
+            "else claim <= hi -> holds; else "
+            "overstated by claim - measured; holds/overstated are flagged by 'suspicious' checks, guard-rail warnings, "
+            "or a suite no stronger than the claimed attack"
+        ),
     }
 
 
 # -- attack strength ---------------------------------------------------------------------------
+
 
 def _grad_steps(desc: Dict[str, Any]) -> Optional[int]:
     """Gradient steps per attacked point a descriptor promises (steps x restarts x targets)."""
@@ -581,20 +746,36 @@ def _grad_steps(desc: Dict[str, Any]) -> Optional[int]:
     return int(desc["steps"]) * int(desc.get("restarts") or 1) * (int(t) if isinstance(t, int) else 1)
 
 
-def compare_strength(parsed: Dict[str, Any], eval_doc: Dict[str, Any], replay: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def compare_strength(
+    parsed: Dict[str, Any], eval_doc: Dict[str, Any], replay: Optional[Dict[str, Any]]
+) -> Dict[str, Any]:
     """The claimed attack beside the harness's: a row each, and whether the suite is stronger."""
     rows = []
     for a in eval_doc["attacks"]:
         d = a["descriptor"]
-        rows.append({"label": a["label"], "attack": d.get("attack"), "steps": d.get("steps"), "restarts": d.get("restarts"),
-                     "loss": d.get("loss"), "targets": d.get("targets"), "queries": d.get("queries"),
-                     "gradient_steps": _grad_steps(d), "ran_on": a["ran_on"],
-                     "backward_per_attacked": a["passes"].get("backward_per_attacked"),
-                     "forward_per_attacked": a["passes"].get("forward_per_attacked"),
-                     "accuracy_after": a["after"]["accuracy"]})
+        rows.append(
+            {
+                "label": a["label"],
+                "attack": d.get("attack"),
+                "steps": d.get("steps"),
+                "restarts": d.get("restarts"),
+                "loss": d.get("loss"),
+                "targets": d.get("targets"),
+                "queries": d.get("queries"),
+                "gradient_steps": _grad_steps(d),
+                "ran_on": a["ran_on"],
+                "backward_per_attacked": a["passes"].get("backward_per_attacked"),
+                "forward_per_attacked": a["passes"].get("forward_per_attacked"),
+                "accuracy_after": a["after"]["accuracy"],
+            }
+        )
     fam = parsed.get("family")
     has_aa = any(a["descriptor"].get("library") == "pyautoattack" for a in eval_doc["attacks"])
-    aa_versions = {a["descriptor"].get("autoattack_version") for a in eval_doc["attacks"] if a["descriptor"].get("library") == "pyautoattack"}
+    aa_versions = {
+        a["descriptor"].get("autoattack_version")
+        for a in eval_doc["attacks"]
+        if a["descriptor"].get("library") == "pyautoattack"
+    }
     suite_max = max((r["gradient_steps"] or 0 for r in rows), default=0)
     claimed = parsed.get("gradient_steps_per_example")
     if not parsed.get("text"):
@@ -603,26 +784,53 @@ def compare_strength(parsed: Dict[str, Any], eval_doc: Dict[str, Any], replay: O
         stronger, why = None, f"the claimed attack {parsed['text']!r} was not recognised; strengths not compared"
     elif fam == "autoattack":
         if has_aa and parsed.get("version", "standard") in aa_versions:
-            stronger, why = True, f"the suite runs the reference AutoAttack {parsed.get('version', 'standard')} itself" + \
-                (" and more attacks after it" if len(rows) > len([r for r in rows if r["attack"] in ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")]) else "")
+            stronger, why = (
+                True,
+                f"the suite runs the reference AutoAttack {parsed.get('version', 'standard')} itself"
+                + (
+                    " and more attacks after it"
+                    if len(rows)
+                    > len(
+                        [r for r in rows if r["attack"] in ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")]
+                    )
+                    else ""
+                ),
+            )
         else:
-            stronger, why = False, f"the suite does not run AutoAttack {parsed.get('version', 'standard')}, the claimed attack"
+            stronger, why = (
+                False,
+                f"the suite does not run AutoAttack {parsed.get('version', 'standard')}, the claimed attack",
+            )
     elif has_aa:
-        stronger, why = True, "the suite runs the reference AutoAttack (APGD-CE, APGD-T, FAB-T, Square), stronger than " + parsed["text"]
+        stronger, why = (
+            True,
+            "the suite runs the reference AutoAttack (APGD-CE, APGD-T, FAB-T, Square), stronger than " + parsed["text"],
+        )
     elif claimed is not None:
         stronger = suite_max >= claimed
-        why = (f"the suite's largest gradient attack takes {suite_max} gradient steps per point, "
-               f"{'at least' if stronger else 'fewer than'} the claimed attack's {claimed}")
+        why = (
+            f"the suite's largest gradient attack takes {suite_max} gradient steps per point, "
+            f"{'at least' if stronger else 'fewer than'} the claimed attack's {claimed}"
+        )
     else:
         stronger, why = None, f"the budget of {parsed['text']!r} is not stated; strengths not compared"
-    claimed_row = {k: parsed.get(k) for k in ("text", "family", "steps", "restarts", "loss", "step_size", "gradient_steps_per_example")}
+    claimed_row = {
+        k: parsed.get(k)
+        for k in ("text", "family", "steps", "restarts", "loss", "step_size", "gradient_steps_per_example")
+    }
     if replay is not None:
         claimed_row["replayed"] = replay
-    return {"claimed": claimed_row, "harness": rows, "suite_stronger": stronger, "comparison": why,
-            "harness_cost": {k: eval_doc["cost"].get(k) for k in ("wall_s", "forward_per_example", "backward_per_example")}}
+    return {
+        "claimed": claimed_row,
+        "harness": rows,
+        "suite_stronger": stronger,
+        "comparison": why,
+        "harness_cost": {k: eval_doc["cost"].get(k) for k in ("wall_s", "forward_per_example", "backward_per_example")},
+    }
 
 
 # -- the audit ---------------------------------------------------------------------------------
+
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:60] or "model"
@@ -679,20 +887,41 @@ class _Audit:
     def load(self) -> None:
         req = self.req
         if req.robustbench is not None:  # fail on a wrong name or a missing file before loading any data
-            zoo_files(req.robustbench, dataset=req.dataset, threat=self.threat.norm, model_dir=req.model_dir or "models",
-                      checkpoint=req.checkpoint)
+            zoo_files(
+                req.robustbench,
+                dataset=req.dataset,
+                threat=self.threat.norm,
+                model_dir=req.model_dir or "models",
+                checkpoint=req.checkpoint,
+            )
         self.bundle = load_dataset(req.dataset, data_dir=req.data_dir, val_size=0, device=self.device)
-        net, self.model_info = load_audit_model(model=req.model, robustbench=req.robustbench, checkpoint=req.checkpoint,
-                                                model_dir=req.model_dir, bundle=self.bundle, norm=self.threat.norm,
-                                                normalize=req.normalize)
+        net, self.model_info = load_audit_model(
+            model=req.model,
+            robustbench=req.robustbench,
+            checkpoint=req.checkpoint,
+            model_dir=req.model_dir,
+            bundle=self.bundle,
+            norm=self.threat.norm,
+            normalize=req.normalize,
+        )
         self.net = net.to(self.device)
-        self.setting = EvalSetting(req.suite, self.threat, self.bundle.num_classes, seed=req.seed, batch_size=req.batch_size)
+        self.setting = EvalSetting(
+            req.suite, self.threat, self.bundle.num_classes, seed=req.seed, batch_size=req.batch_size
+        )
 
     def guard(self) -> None:
         gx, gy = self.bundle.test.first(min(GUARD_SAMPLE, len(self.bundle.test)))
         self.guard_sample = int(gx.shape[0])
-        self.guards = guard_rails(self.net, gx, gy, mean=self.bundle.mean, std=self.bundle.std,
-                                  num_classes=self.bundle.num_classes, batch_size=self.req.batch_size, threat=self.threat)
+        self.guards = guard_rails(
+            self.net,
+            gx,
+            gy,
+            mean=self.bundle.mean,
+            std=self.bundle.std,
+            num_classes=self.bundle.num_classes,
+            batch_size=self.req.batch_size,
+            threat=self.threat,
+        )
         for g in self.guards:
             if g["status"] == "warn":
                 log.warning("guard rail %s: %s", g["rule"], g["message"])
@@ -704,17 +933,38 @@ class _Audit:
         req, bundle = self.req, self.bundle
         n_eval = req.n or self.setting.suite["n"]
         if n_eval > len(bundle.test):
-            log.warning("n=%d exceeds the %s test split (%d); using all %d", n_eval, req.dataset, len(bundle.test),
-                        len(bundle.test))
+            log.warning(
+                "n=%d exceeds the %s test split (%d); using all %d",
+                n_eval,
+                req.dataset,
+                len(bundle.test),
+                len(bundle.test),
+            )
             n_eval = len(bundle.test)
         self.x, self.y = bundle.test.first(n_eval)
         info = self.model_info
         weights = [f.get("sha256") for f in info.get("files", [])] or (info.get("checkpoint") or {}).get("sha256")
-        doc = evaluate_model(self.net, self.x, self.y, self.setting, state_path=self.state_path,
-                             state_key=["audit", [info.get("file_sha256"), info.get("name"), req.normalize, weights]],
-                             progress=self.progress, surrogate_data=bundle.train.first(min(len(bundle.train), SURROGATE_POINTS)))
-        doc = {"suite": doc.pop("suite"), "data": {"dataset": req.dataset, "split": "test", "n": n_eval,
-                                                   "subset": "first n in fixed order", "source": bundle.source}, **doc}
+        doc = evaluate_model(
+            self.net,
+            self.x,
+            self.y,
+            self.setting,
+            state_path=self.state_path,
+            state_key=["audit", [info.get("file_sha256"), info.get("name"), req.normalize, weights]],
+            progress=self.progress,
+            surrogate_data=bundle.train.first(min(len(bundle.train), SURROGATE_POINTS)),
+        )
+        doc = {
+            "suite": doc.pop("suite"),
+            "data": {
+                "dataset": req.dataset,
+                "split": "test",
+                "n": n_eval,
+                "subset": "first n in fixed order",
+                "source": bundle.source,
+            },
+            **doc,
+        }
         doc["per_example"] = {"index": list(range(n_eval)), **doc["per_example"]}
         self.eval_doc = doc
 
@@ -726,15 +976,27 @@ class _Audit:
         if spec is None:
             return None
         n = int(self.x.shape[0])
-        setting = EvalSetting({"name": "claimed-attack", "n": n, "attacks": [spec], "checks": []}, self.threat,
-                              self.bundle.num_classes, seed=self.req.seed, batch_size=self.req.batch_size)
+        setting = EvalSetting(
+            {"name": "claimed-attack", "n": n, "attacks": [spec], "checks": []},
+            self.threat,
+            self.bundle.num_classes,
+            seed=self.req.seed,
+            batch_size=self.req.batch_size,
+        )
         rdoc = evaluate_model(self.net, self.x, self.y, setting, progress=self.progress, run_checks=False)
         rrob = torch.tensor(rdoc["per_example"]["robust"], dtype=torch.bool)
         only = int((self.robust_all & ~rrob).sum())
         first = rdoc["attacks"][0]
-        replay = {"label": first["label"], "descriptor": first["descriptor"], "robust": rdoc["robust"],
-                  "passes": first["passes"], "wall_s": rdoc["cost"]["wall_s"], "broke_points_suite_missed": only,
-                  "assumed": [], "per_example_robust": rrob.tolist()}
+        replay = {
+            "label": first["label"],
+            "descriptor": first["descriptor"],
+            "robust": rdoc["robust"],
+            "passes": first["passes"],
+            "wall_s": rdoc["cost"]["wall_s"],
+            "broke_points_suite_missed": only,
+            "assumed": [],
+            "per_example_robust": rrob.tolist(),
+        }
         if spec["attack"] == "pgd" and not isinstance(spec["step_size"], float):
             replay["assumed"].append("step size not stated (or not in pixel units); used 2.5*eps/steps (Madry et al.)")
         self.robust_all &= rrob
@@ -748,20 +1010,33 @@ class _Audit:
         strength = compare_strength(self.parsed, eval_doc, replay)
         flags = [f"guard rail {g['rule']}: {g['message']}" for g in self.guards if g["status"] == "warn"]
         if strength["suite_stronger"] is False:
-            advice = ("use a suite that runs it" if self.parsed.get("family") == "autoattack" and suite_name == "standard"
-                      else "use --suite standard")
+            advice = (
+                "use a suite that runs it"
+                if self.parsed.get("family") == "autoattack" and suite_name == "standard"
+                else "use --suite standard"
+            )
             flags.append(f"the suite is not stronger than the claimed attack ({strength['comparison']}); {advice}")
         if replay is not None and replay["broke_points_suite_missed"]:
-            flags.append(f"the replayed claimed attack broke {replay['broke_points_suite_missed']} point(s) the suite did not")
+            flags.append(
+                f"the replayed claimed attack broke {replay['broke_points_suite_missed']} point(s) the suite did not"
+            )
         checks = eval_doc.get("checks", {})
         notes = []
         if checks.get("verdict") == "not run":
-            notes.append("sanity checks did not run (" + "; ".join(checks.get("reasons", [])) +
-                         "): gradient masking was not tested")
+            notes.append(
+                "sanity checks did not run ("
+                + "; ".join(checks.get("reasons", []))
+                + "): gradient masking was not tested"
+            )
         return {
             "created": now_iso(),
             "verdict": decide(self.claim, measured, checks, flags),
-            "claim": {"value": self.claim, "text": str(req.claim), "attack": self.parsed, "threat": self.threat.to_dict()},
+            "claim": {
+                "value": self.claim,
+                "text": str(req.claim),
+                "attack": self.parsed,
+                "threat": self.threat.to_dict(),
+            },
             "measured": measured,
             "clean": eval_doc["clean"],
             "model": self.model_info,
@@ -774,7 +1049,10 @@ class _Audit:
             "notes": notes,
             "eval": eval_doc,
             "wall_s": time.perf_counter() - self.t0,
-            "env": {**environment(self.device), **({"distributed": world} if (world := distributed.describe()) else {})},
+            "env": {
+                **environment(self.device),
+                **({"distributed": world} if (world := distributed.describe()) else {}),
+            },
         }
 
 
@@ -820,8 +1098,14 @@ def _start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def run_audit_isolated(req: AuditRequest, *, state_path: Optional[Path] = None, progress: bool = True,
-                       verbosity: int = 0, process_group: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def run_audit_isolated(
+    req: AuditRequest,
+    *,
+    state_path: Optional[Path] = None,
+    progress: bool = True,
+    verbosity: int = 0,
+    process_group: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
     """``run_audit`` in a child process (``harness.audit.child``), so that the model's code cannot
     decide the exit status of ``harness audit``. Returns the audit document the child wrote, or
     raises ``HarnessError``: the child's own error line, or "ended without a result" when it exited
@@ -837,10 +1121,17 @@ def run_audit_isolated(req: AuditRequest, *, state_path: Optional[Path] = None, 
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(["harness.audit.run"])
     # under torchrun the ranks' children form a group of their own (``process_group``), so the audit stays sharded
-    task = {"request": asdict(req), "state_path": str(state_path) if state_path else None, "progress": progress,
-            "process_group": process_group,
-            "verbosity": verbosity, "threads": torch.get_num_threads(), "cwd": os.getcwd(), "env": dict(os.environ),
-            "sys_path": list(sys.path)}
+    task = {
+        "request": asdict(req),
+        "state_path": str(state_path) if state_path else None,
+        "progress": progress,
+        "process_group": process_group,
+        "verbosity": verbosity,
+        "threads": torch.get_num_threads(),
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "sys_path": list(sys.path),
+    }
     with tempfile.TemporaryDirectory(prefix="harness-audit-") as tmp:
         result = Path(tmp) / "result.json"
         proc = ctx.Process(target=child_main, args=(task, str(result)), name="harness-audit")
@@ -860,8 +1151,10 @@ def run_audit_isolated(req: AuditRequest, *, state_path: Optional[Path] = None, 
             doc = None
     how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
     if not isinstance(doc, dict) or not ("audit" in doc or "error" in doc):
-        raise AuditProcessError(f"the audit process {how} without writing a result: the model's code (or a crash) ended it "
-                                "early; no verdict")
+        raise AuditProcessError(
+            f"the audit process {how} without writing a result: the model's code (or a crash) ended it "
+            "early; no verdict"
+        )
     if "error" in doc:
         err = doc["error"] if isinstance(doc["error"], dict) else {}
         e = AuditProcessError(str(err.get("message") or f"the audit process {how} with an error"))
@@ -881,12 +1174,20 @@ def audit_command(args: Any) -> int:
     this process decides the exit status, from the audit document the child wrote."""
     # torch warns about the pickle protocol of files it is about to refuse; the refusal says enough
     warnings.filterwarnings("ignore", message="Detected pickle protocol")
-    out = Path(args.out) if getattr(args, "out", None) else default_out_dir(getattr(args, "model", None), getattr(args, "robustbench", None))
+    out = (
+        Path(args.out)
+        if getattr(args, "out", None)
+        else default_out_dir(getattr(args, "model", None), getattr(args, "robustbench", None))
+    )
     out = distributed.broadcast_object(out)  # under torchrun: rank 0's timestamp names the folder
     req = AuditRequest(**{f.name: getattr(args, f.name) for f in fields(AuditRequest) if hasattr(args, f.name)})
     check_request(req)
-    doc = run_audit_isolated(req, state_path=out / ".eval-state.json", verbosity=int(getattr(args, "verbose", 0) or 0),
-                             process_group=distributed.child_group())
+    doc = run_audit_isolated(
+        req,
+        state_path=out / ".eval-state.json",
+        verbosity=int(getattr(args, "verbose", 0) or 0),
+        process_group=distributed.child_group(),
+    )
     paths = distributed.on_writer(lambda: write_audit(doc, out))
     sys.stdout.write("\n".join(audit_summary_lines(doc)) + "\n")
     sys.stdout.write(f"  written: {paths['md']}, {paths['html'].name}, {paths['json'].name}\n")

@@ -24,6 +24,7 @@ today's writers use; optional fields (``optional()``) are left out while empty, 
 ``SCHEMA``) start with ``schema`` and ``schema_version`` like every file ``harness.core.io``
 writes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -90,8 +91,15 @@ def _type_name(tp: Any) -> str:
 
 
 def _found(v: Any) -> str:
-    return {dict: "an object", list: "a list", str: "text", bool: "a boolean", int: "an integer", float: "a number",
-            _NONE: "null"}.get(type(v), type(v).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "text",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        _NONE: "null",
+    }.get(type(v), type(v).__name__)
 
 
 def _is_optional(tp: Any) -> bool:
@@ -182,8 +190,13 @@ def _parse(value: Any, tp: Any, where: str, problems: List[str]) -> Any:
 
 
 # list item types whose values need no parsing when their exact Python type is one of these
-_PLAIN: Dict[Any, frozenset] = {int: frozenset({int}), bool: frozenset({bool}), str: frozenset({str}),
-                                 Optional[int]: frozenset({int, _NONE}), Optional[str]: frozenset({str, _NONE})}
+_PLAIN: Dict[Any, frozenset] = {
+    int: frozenset({int}),
+    bool: frozenset({bool}),
+    str: frozenset({str}),
+    Optional[int]: frozenset({int, _NONE}),
+    Optional[str]: frozenset({str, _NONE}),
+}
 _PLAIN_OUT = frozenset({int, bool, str, _NONE})
 
 
@@ -337,8 +350,9 @@ class Proportion(Document):
     descriptor: Optional[Dict[str, Any]] = optional()
 
     @classmethod
-    def of(cls, correct: int, n: int, *, label: Optional[str] = None,
-           descriptor: Optional[Dict[str, Any]] = None) -> "Proportion":
+    def of(
+        cls, correct: int, n: int, *, label: Optional[str] = None, descriptor: Optional[Dict[str, Any]] = None
+    ) -> "Proportion":
         """``correct`` of ``n`` with its Wilson interval (as ``harness.core.stats.proportion``)."""
         lo, hi = wilson(correct, n)
         return cls(correct / n if n else None, int(correct), int(n), (lo, hi), label=label, descriptor=descriptor)
@@ -380,9 +394,14 @@ class Passes(Document):
     def counted(cls, counts: Mapping[str, int], n: int, attacked: Optional[int] = None) -> "Passes":
         """From ``PassCounter`` counts over ``n`` examples (and ``attacked`` of them attacked)."""
         f, b = int(counts["forward"]), int(counts["backward"])
-        return cls(f, b, forward_per_example=f / n if n else None, backward_per_example=b / n if n else None,
-                   forward_per_attacked=f / attacked if attacked else None,
-                   backward_per_attacked=b / attacked if attacked else None)
+        return cls(
+            f,
+            b,
+            forward_per_example=f / n if n else None,
+            backward_per_example=b / n if n else None,
+            forward_per_attacked=f / attacked if attacked else None,
+            backward_per_attacked=b / attacked if attacked else None,
+        )
 
 
 @dataclass
@@ -741,7 +760,34 @@ class CheckpointRecord(Document):
     n: Optional[int] = optional()
 
 
-__all__ = ["Document", "optional", "jsonable", "STATUSES", "VERDICTS", "Proportion", "PassCount", "Passes", "Threat",
-           "AttackInfo", "AttackRecord", "Finding", "ChecksBlock", "EvalData", "PerExample", "EvalCost", "EnvRecord",
-           "EvalResult", "CatastrophicOverfitting", "RobustOverfitting", "TrainingStrength", "DefenseInfo", "ValSplit",
-           "TrainingSummary", "TrainBlock", "ValBlock", "EpochFlags", "MetricsRow", "CheckpointRecord"]
+__all__ = [
+    "Document",
+    "optional",
+    "jsonable",
+    "STATUSES",
+    "VERDICTS",
+    "Proportion",
+    "PassCount",
+    "Passes",
+    "Threat",
+    "AttackInfo",
+    "AttackRecord",
+    "Finding",
+    "ChecksBlock",
+    "EvalData",
+    "PerExample",
+    "EvalCost",
+    "EnvRecord",
+    "EvalResult",
+    "CatastrophicOverfitting",
+    "RobustOverfitting",
+    "TrainingStrength",
+    "DefenseInfo",
+    "ValSplit",
+    "TrainingSummary",
+    "TrainBlock",
+    "ValBlock",
+    "EpochFlags",
+    "MetricsRow",
+    "CheckpointRecord",
+]

@@ -3,6 +3,7 @@
 Every error the CLI reports as one line and a non-zero exit derives from ``HarnessError``.
 Anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 

@@ -3,6 +3,7 @@
 A reader never sees a half-written file, and a write killed half-way leaves the previous
 version intact. Every JSON document carries ``schema_version``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -11,7 +12,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, IO, Union
+from typing import IO, Any, Callable, Dict, Union
 
 from harness.core.errors import HarnessError
 
@@ -94,7 +95,10 @@ def read_json(path: PathLike, *, schema: str | None = None) -> Dict[str, Any]:
     if version is not None and not (isinstance(version, int) and not isinstance(version, bool)):
         raise HarnessError(f"{path}: schema_version {version!r} is not an integer")
     if version is not None and version > SCHEMA_VERSION:
-        raise HarnessError(f"{path}: schema_version {version} is newer than this harness understands ({SCHEMA_VERSION}); upgrade harness")
+        raise HarnessError(
+            f"{path}: schema_version {version} is newer than this harness understands "
+            f"({SCHEMA_VERSION}); upgrade harness"
+        )
     return doc
 
 
@@ -114,7 +118,8 @@ def atomic_torch_save(path: PathLike, obj: Any) -> Path:
         except RuntimeError as e:
             if not any(m in str(e) for m in _TORCH_WRITE_FAILURES):
                 raise
-            raise OSError(errno.EIO, "could not finish writing (the disk may be full); the previous version is kept",
-                          str(path)) from e
+            raise OSError(
+                errno.EIO, "could not finish writing (the disk may be full); the previous version is kept", str(path)
+            ) from e
 
     return _atomic(path, save)

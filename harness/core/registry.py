@@ -5,6 +5,7 @@ always traceable: ``Registry.get`` imports those modules on first use, and plugi
 with a decorator in their own file. An unknown name fails with a did-you-mean hint and the
 list of what exists. This module imports nothing heavy so ``reports/`` can use it without torch.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -101,7 +102,10 @@ class Registry(Generic[T]):
                 if candidates[c] not in uniq:
                     uniq.append(candidates[c])
             hint = " did you mean " + " or ".join(repr(u) for u in uniq) + "?"
-        return f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} {name!r};{hint} known: {', '.join(names) or '(none)'}"
+        return (
+            f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} {name!r};{hint} "
+            f"known: {', '.join(names) or '(none)'}"
+        )
 
     def names(self) -> List[str]:
         self._load()

@@ -23,6 +23,7 @@ Layout (everything needed to re-render or re-evaluate a run)::
 All writes are atomic (see ``harness.core.io``). This module does not import torch, so
 ``reports/`` can read run directories without it.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,12 +60,16 @@ def run_dir_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"run name {name!r}: expected a folder name such as pgd-at-seed1")
     if "/" in name or "\\" in name or "\0" in name:
-        raise ConfigError(f"run name {name!r}: a run name is one folder inside --out, without path separators; "
-                           "put the parent folders in --out")
+        raise ConfigError(
+            f"run name {name!r}: a run name is one folder inside --out, without path separators; "
+            "put the parent folders in --out"
+        )
     slug = _slug(name)
     if not slug.strip("."):
-        raise ConfigError(f"run name {name!r} names no folder of its own (it would be --out itself or a folder above it); "
-                           "choose a name with letters or digits")
+        raise ConfigError(
+            f"run name {name!r} names no folder of its own (it would be --out itself or a folder above it); "
+            "choose a name with letters or digits"
+        )
     if len(slug) > MAX_NAME:
         raise ConfigError(f"run name of {len(slug)} characters: at most {MAX_NAME}")
     return slug
@@ -100,13 +105,16 @@ class RunDir:
         claimed the same way."""
         path = Path(root) / run_dir_name(name)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise HarnessError(f"run directory {path} already exists and is not empty; choose another --name or use --resume {path}")
+            raise HarnessError(
+                f"run directory {path} already exists and is not empty; choose another --name or use --resume {path}"
+            )
         path.mkdir(parents=True, exist_ok=True)
         try:
             os.mkdir(path / cls.CHECKPOINTS)
         except FileExistsError:
-            raise HarnessError(f"run directory {path} was just taken by another run started at the same time; "
-                               "choose another --name") from None
+            raise HarnessError(
+                f"run directory {path} was just taken by another run started at the same time; choose another --name"
+            ) from None
         (path / cls.EVAL).mkdir(exist_ok=True)
         return cls(path)
 
@@ -124,7 +132,10 @@ class RunDir:
         t = cfg.get("threat", {})
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         eps = str(t.get("eps", "")).replace("/", "_")
-        return f"{cfg.get('defense')}-{cfg.get('dataset')}-{cfg.get('model')}-{t.get('norm')}-{eps}-seed{cfg.get('seed')}-{stamp}"
+        return (
+            f"{cfg.get('defense')}-{cfg.get('dataset')}-{cfg.get('model')}-{t.get('norm')}-{eps}"
+            f"-seed{cfg.get('seed')}-{stamp}"
+        )
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -238,8 +249,10 @@ class RunDir:
                 row = None
             if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
                 if strict:
-                    raise HarnessError(f"{self.metrics_path}: line {k} is damaged (not a metrics row); "
-                                       "restore the file or start a new run")
+                    raise HarnessError(
+                        f"{self.metrics_path}: line {k} is damaged (not a metrics row); "
+                        "restore the file or start a new run"
+                    )
                 continue
             rows.append(row)
         return rows

@@ -1,4 +1,5 @@
 """Device selection, seeding, RNG state capture and the environment record."""
+
 from __future__ import annotations
 
 import contextlib
@@ -75,7 +76,9 @@ def rng_state() -> Dict[str, Any]:
 def set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate(_py_state_from_tensor(state["python"]))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -141,7 +144,13 @@ def git_sha(path: Optional[Path] = None) -> Optional[str]:
         if out.returncode != 0:
             return None
         sha = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return sha + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -166,7 +175,10 @@ def environment(device: Optional[torch.device] = None) -> Dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "versions": {p: _version(p) for p in ("torch", "torchvision", "numpy", "pyautoattack", "robustbench", "safetensors", "rich")},
+        "versions": {
+            p: _version(p)
+            for p in ("torch", "torchvision", "numpy", "pyautoattack", "robustbench", "safetensors", "rich")
+        },
         "argv": sys.argv,
     }
     if device is not None:

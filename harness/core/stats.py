@@ -3,6 +3,7 @@
 Accuracies are fractions. A single evaluation's uncertainty is the Wilson score interval
 over its n examples; an aggregate over seeds is mean +- sample std with a Student-t interval.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,38 @@ from typing import Dict, List, Optional, Sequence, Tuple
 Z95 = 1.959963984540054
 
 # two-sided 95% Student-t quantiles for df = 1..30
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+_T95 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def wilson(k: int, n: int, z: float = Z95) -> Tuple[float, float]:

@@ -4,6 +4,7 @@ Inputs are images in [0,1]; normalisation lives inside the model, so eps is alwa
 pixel units before any normalisation. ``parse_eps("8/255")`` keeps the text the user typed, so
 reports can say ``eps=8/255`` rather than ``0.0314``.
 """
+
 from __future__ import annotations
 
 import math
@@ -143,5 +144,8 @@ class ThreatModel:
         for k in (2, 4, 8, 16):
             exact = k / 255
             if self.norm == "Linf" and abs(self.eps - exact) > 1e-9 and abs(self.eps - exact) < 5e-4:
-                out.append(f"eps {self.eps_text} is close to but not equal to {k}/255 ({exact:.5f}); numbers are not comparable with {k}/255 results")
+                out.append(
+                    f"eps {self.eps_text} is close to but not equal to {k}/255 ({exact:.5f}); "
+                    f"numbers are not comparable with {k}/255 results"
+                )
         return out
