@@ -46,6 +46,8 @@ NOT_RUN: Dict[str, str] = {
     "bash scripts/bootstrap.sh --test": "installs the test environment; CI runs it before these tests",
     "bash scripts/bootstrap.sh --peers": "installs the optional peer libraries (network)",
     ".venv/bin/python -m pytest -q": "the test suite itself",
+    ".venv/bin/ruff check .": "the lint step of the test command (CI runs it before these tests)",
+    ".venv/bin/ruff format --check .": "the format check of the test command (CI runs it before these tests)",
 }
 BENCHMARK = ".venv/bin/python benchmarks/run.py"
 REPRODUCE = ".venv/bin/python benchmarks/reproduce.py"
@@ -268,3 +270,10 @@ def test_the_set_example_of_the_old_help_fails_and_says_why(capsys):
     code = main(["run", "--dataset", "synthetic", "--set", "defense_options.alpha=1.25*eps", "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2 and "unknown option defense_options.alpha" in err and "step_size" in err
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    block = re.search(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S).group(1)
+    readme = [line for line in block.splitlines() if line.startswith("bash scripts/bootstrap.sh --test")]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    assert readme == [ci]
