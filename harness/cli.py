@@ -95,6 +95,7 @@ def _add_ls(sub: Any) -> None:
     p.add_argument("kind", nargs="?", help="one registry to list")
 
 
+# size: one add_argument per flag of harness run, in the order --help shows them
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="train with a defense, select on val, evaluate best and last, write the report")
     p.add_argument("--defense", dest="defense", default=S, help="defense plugin (harness ls defenses); default fast-at")

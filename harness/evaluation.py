@@ -168,6 +168,7 @@ class _Cascade:
             }
         )
 
+    # size: one cascade step: the still-robust points, the attack, its record and the resume state, in order
     def attack(
         self, i: int, attack: Any, desc: Dict[str, Any], counter: PassCounter, bar: "_Progress"
     ) -> Dict[str, Any]:
@@ -492,6 +493,7 @@ def _reusable(doc: Optional[Dict[str, Any]], setting: EvalSetting, sha: str) -> 
     )
 
 
+# size: one loop over checkpoints with its three outcomes (evaluated, stored, same weights) side by side
 def evaluate_checkpoints(
     run: RunDir,
     ctx: RunContext,

@@ -431,6 +431,7 @@ class Trainer:
             self.replica.share = share
             yield x, y
 
+    # size: the selection rule, collapse flag and stop rule read together (a collapsed epoch never becomes best)
     def _select(self, epoch: int, val: Mapping[str, Any]) -> Selection:
         """Best by selection accuracy on val; catastrophic overfitting flagged in every run; the
         run stopped if early stopping is on and its stop rule fires. A collapsed epoch's PGD number
@@ -505,6 +506,7 @@ class Trainer:
             distributed.broadcast_module(self.model)
         return restored
 
+    # size: one epoch's record: costs summed, metrics line, checkpoints and trackers, in the order a resume reads them
     def _write_epoch(self, epoch: int, stats: EpochStats, val: Dict[str, Any], decision: Selection) -> Dict[str, Any]:
         state, defense = self.state, self.ctx.defense
         n_train = len(self.ctx.data.train)

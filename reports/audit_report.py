@@ -138,6 +138,7 @@ def _strength_table(doc: Mapping[str, Any]) -> Table:
     return _text_table(head, rows)
 
 
+# size: the audit report's sections top to bottom, as a reader meets them
 def build_audit_report(doc: Mapping[str, Any]) -> Document:
     """The audit as a report document (render it with ``reports.renderers.render_document``)."""
     v = doc["verdict"]

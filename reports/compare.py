@@ -299,6 +299,7 @@ def _trained_with(entries: Sequence[_Entry]) -> str:
     return " / ".join(labels)
 
 
+# size: one comparison-table row, column by column in the table's order
 def _row(
     table: Table,
     defense: str,

@@ -491,6 +491,7 @@ def _series_label(info: RunInfo, key: str, fallback: str) -> str:
     return fallback
 
 
+# size: one figure: the curves per epoch, the selected and collapsed epochs marked, in drawing order
 def epoch_figure(info: RunInfo) -> Optional[Figure]:
     if not info.metrics:
         return None
@@ -638,6 +639,7 @@ def find_erm_control(info: RunInfo) -> Optional[RunInfo]:
     return found[0]
 
 
+# size: the cost section's rows (time, examples, gradient steps, ratio to ERM) in the table's order
 def cost_section(info: RunInfo, erm: Optional[RunInfo]) -> List[Any]:
     cols = [
         Column("item", "What"),
@@ -974,6 +976,7 @@ def _eval_json(ev: EvalView) -> Dict[str, Any]:
     }
 
 
+# size: the results schema written out field by field (readers find each field where the schema says)
 def results_doc(info: RunInfo, erm: Optional[RunInfo] = None) -> Dict[str, Any]:
     """The machine-readable summary (schema "results"); accuracies are fractions."""
     head = info.headline_eval()

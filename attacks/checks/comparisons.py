@@ -47,6 +47,7 @@ def _scatter(mask_sub: torch.Tensor, idx: torch.Tensor, m: int) -> torch.Tensor:
     return out
 
 
+# size: a check: the docstring is its rule sheet (rules, thresholds); the body runs both attacks and applies them
 @CHECKS.register(
     "fgsm-vs-pgd", summary="the iterative attacks beat the one-step attack (A1/C1)", cheap=True, basis="A1/C1", order=60
 )
@@ -172,6 +173,7 @@ def run_square(ctx: CheckContext, idx: torch.Tensor, queries: int = SQUARE_QUERI
     return success
 
 
+# size: a check: the docstring is its rule sheet; the body reads the suite's Square record or runs Square, then one rule
 @CHECKS.register(
     "square-vs-whitebox",
     summary="Square (black-box) breaks no points the white-box attacks missed (A2/C8/D4)",
@@ -281,6 +283,7 @@ def _noise(
     return (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12) * eps).reshape(shape)  # on the sphere
 
 
+# size: a check: the docstring is its rule sheet (sampling, thresholds); the body samples the ball and applies it
 @CHECKS.register(
     "random-noise",
     summary="random points in the eps ball break no points the gradient attacks missed (A4/C9)",
@@ -456,6 +459,7 @@ def logits_of_model(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch
         return torch.cat([model(x[s]).float() for s in batched(x.shape[0], batch_size)])
 
 
+# size: a check: the docstring is its rule sheet; the body fits the surrogate, transfers PGD and applies the rules
 @CHECKS.register(
     "transfer",
     summary="adversarial examples from a surrogate model break no more points than white-box (C11/A2)",

@@ -43,6 +43,7 @@ def large_eps(norm: str, dim: int) -> tuple[float, float]:
     return 0.5 * math.sqrt(dim), math.sqrt(dim)
 
 
+# size: a check: the docstring is its rule sheet (eps grid, monotonicity, chance eps); the body: one sweep, its rules
 @CHECKS.register(
     "eps-sweep",
     summary="accuracy falls as eps grows, to chance at eps 0.5 and to 0 unbounded (A3/A5/C5-C7/I6)",
@@ -286,6 +287,7 @@ class _Traces:
         self.per_attack.append(row)
 
 
+# size: a check: the docstring is its rule sheet (Pintor et al. I1, I2); the body reads the traces and applies it
 @CHECKS.register(
     "loss-trace",
     summary="no silent successes and no unfinished optimisation in the attack loss (I1/I2)",

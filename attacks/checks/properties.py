@@ -140,6 +140,7 @@ def randomness(ctx: CheckContext) -> Finding:
     )
 
 
+# size: a check: the docstring is its rule sheet (the three batch contexts, tolerance); the body compares them
 @CHECKS.register(
     "batch-dependence",
     summary="an example's output does not depend on the rest of its batch",
@@ -334,6 +335,7 @@ class _GradientScan:
         return (g if g is not None else torch.zeros_like(xc)), lv, out, None
 
 
+# size: a check: the docstring is its rule sheet (points, losses, thresholds); the body gathers gradients and applies it
 @CHECKS.register(
     "gradients",
     summary="input gradients are finite and non-zero, at the start and along the path (D3/I4)",

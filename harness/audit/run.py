@@ -132,6 +132,7 @@ _FAMILIES = [
 ]
 
 
+# size: one parser of the ways papers write an attack (family, steps, restarts, loss, step), read top to bottom
 def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
     """What the claimed attack's text says: family, steps, restarts, loss, step size.
 
@@ -446,7 +447,6 @@ def _input_scale_rules(
 ) -> List[Dict[str, Any]]:
     """``normalised-input`` and ``0-255-input``: is the model more accurate on transformed inputs
     than on [0,1] images (it expects them)? The first also reports its own power."""
-    n, acc = int(x.shape[0]), float(correct.float().mean())
     m = torch.tensor(list(mean), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(list(std), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     out: List[Dict[str, Any]] = []
@@ -464,43 +464,7 @@ def _input_scale_rules(
         correct_t = _logits(model, xt, batch_size).argmax(1) == y
         if rule == "normalised-input":
             normalised_correct = correct_t
-        acc_t = float(correct_t.float().mean())
-        gap = acc_t - acc
-        only_t, only_01 = int((correct_t & ~correct).sum()), int((correct & ~correct_t).sum())
-        p = sign_test(only_t, only_01)
-        vals = dict(
-            accuracy_01=acc,
-            accuracy_transformed=acc_t,
-            gap=gap,
-            only_transformed_correct=only_t,
-            only_01_correct=only_01,
-            sign_test_p=p,
-            n=n,
-            threshold_gap=INPUT_SCALE_GAP,
-            threshold_min_gap=INPUT_SCALE_MIN_GAP,
-            threshold_p_error=INPUT_SCALE_P_ERROR,
-            threshold_p_warn=INPUT_SCALE_P_WARN,
-        )
-        evidence = (
-            f"the model is {100 * gap:.1f} points more accurate on inputs {what} ({100 * acc_t:.1f}%) than on [0,1] "
-            f"images ({100 * acc:.1f}%; {only_t} points right only that way, {only_01} only on [0,1] images, sign "
-            f"test p={p:.2g})"
-        )
-        if gap >= INPUT_SCALE_GAP or (gap >= INPUT_SCALE_MIN_GAP and p < INPUT_SCALE_P_ERROR):
-            out.append(
-                _finding(
-                    rule,
-                    "error",
-                    f"{evidence}: it expects that input. Attacks work on [0,1] images with eps in pixel units, so "
-                    "an evaluation of this model would be meaningless; the preprocessing must live inside the "
-                    f"model: {fix}",
-                    **vals,
-                )
-            )
-        elif gap >= INPUT_SCALE_MIN_GAP and p < INPUT_SCALE_P_WARN:
-            out.append(_finding(rule, "warn", f"{evidence}: check that its preprocessing is inside the model", **vals))
-        else:
-            out.append(_finding(rule, "ok", f"not more accurate on inputs {what}", **vals))
+        out.append(_scale_finding(rule, what, fix, correct, correct_t))
     assert normalised_correct is not None
     denormalised_correct = _logits(model, x * s + m, batch_size).argmax(1) == y
     return [
@@ -509,6 +473,45 @@ def _input_scale_rules(
         else g
         for g in out
     ]
+
+
+def _scale_finding(rule: str, what: str, fix: str, correct: torch.Tensor, correct_t: torch.Tensor) -> Dict[str, Any]:
+    """One input-scale rule on the paired outcomes (``correct`` on [0,1] images, ``correct_t`` on
+    the transformed ones): error on a large or clearly significant gain, warn on a likely one."""
+    n, acc, acc_t = int(correct.numel()), float(correct.float().mean()), float(correct_t.float().mean())
+    gap = acc_t - acc
+    only_t, only_01 = int((correct_t & ~correct).sum()), int((correct & ~correct_t).sum())
+    p = sign_test(only_t, only_01)
+    vals = dict(
+        accuracy_01=acc,
+        accuracy_transformed=acc_t,
+        gap=gap,
+        only_transformed_correct=only_t,
+        only_01_correct=only_01,
+        sign_test_p=p,
+        n=n,
+        threshold_gap=INPUT_SCALE_GAP,
+        threshold_min_gap=INPUT_SCALE_MIN_GAP,
+        threshold_p_error=INPUT_SCALE_P_ERROR,
+        threshold_p_warn=INPUT_SCALE_P_WARN,
+    )
+    evidence = (
+        f"the model is {100 * gap:.1f} points more accurate on inputs {what} ({100 * acc_t:.1f}%) than on [0,1] "
+        f"images ({100 * acc:.1f}%; {only_t} points right only that way, {only_01} only on [0,1] images, sign "
+        f"test p={p:.2g})"
+    )
+    if gap >= INPUT_SCALE_GAP or (gap >= INPUT_SCALE_MIN_GAP and p < INPUT_SCALE_P_ERROR):
+        return _finding(
+            rule,
+            "error",
+            f"{evidence}: it expects that input. Attacks work on [0,1] images with eps in pixel units, so "
+            "an evaluation of this model would be meaningless; the preprocessing must live inside the "
+            f"model: {fix}",
+            **vals,
+        )
+    if gap >= INPUT_SCALE_MIN_GAP and p < INPUT_SCALE_P_WARN:
+        return _finding(rule, "warn", f"{evidence}: check that its preprocessing is inside the model", **vals)
+    return _finding(rule, "ok", f"not more accurate on inputs {what}", **vals)
 
 
 def _probabilities_rule(z: torch.Tensor) -> Dict[str, Any]:
@@ -598,6 +601,7 @@ def rule_power(only_a: int, only_b: int, n: int, *, draws: int = POWER_DRAWS, se
     return fired / draws
 
 
+# size: the guard's power estimate in one place: the effect size, the simulated rule, the sentence
 def _with_power(
     finding: Dict[str, Any],
     model: nn.Module,
@@ -746,6 +750,7 @@ def _grad_steps(desc: Dict[str, Any]) -> Optional[int]:
     return int(desc["steps"]) * int(desc.get("restarts") or 1) * (int(t) if isinstance(t, int) else 1)
 
 
+# size: the claimed attack beside the suite's, case by case (AutoAttack, gradient steps, unstated)
 def compare_strength(
     parsed: Dict[str, Any], eval_doc: Dict[str, Any], replay: Optional[Dict[str, Any]]
 ) -> Dict[str, Any]:
@@ -1098,6 +1103,7 @@ def _start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+# size: the child process's whole life in one place: start, watch, read the result, refuse an early exit
 def run_audit_isolated(
     req: AuditRequest,
     *,
