@@ -740,6 +740,16 @@ def _text(doc: Optional[StoredDocument], name: str, missing: str) -> str:
     return str(getattr(doc, name)) if doc is not None and doc.present(name) else missing
 
 
+def _precision(info: RunInfo) -> str:
+    """What the run trained in (env.json's resolved precision), with the config's word beside it
+    when that differs (``auto`` resolves to fp32 on the CPU, bf16 or fp32 on a GPU)."""
+    asked = info.config.get("precision")
+    used = info.env.precision if info.env is not None and info.env.present("precision") else None
+    if used is None:
+        return str(asked) if asked is not None else "—"
+    return used if asked in (None, used) else f"{used} (config: {asked})"
+
+
 def provenance_table(info: RunInfo) -> Table:
     env = info.env
     paper = info.summary.defense.paper
@@ -753,7 +763,7 @@ def provenance_table(info: RunInfo) -> Table:
         ("threat (training)", f"{info.norm} eps={info.eps_text}"),
         ("seed", str(info.seed) if info.seed is not None else "—"),
         ("device", info.device),
-        ("precision", str(info.config.get("precision", "—"))),
+        ("precision", _precision(info)),
         ("harness", _text(env, "harness", "—")),
         ("git sha", str(env.git_sha or "unknown")),
         ("python", _text(env, "python", "—")),

@@ -638,3 +638,16 @@ print("ok")
     res = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+def test_provenance_names_the_precision_the_run_used(runs: Path) -> None:
+    """The config may say ``auto``; the provenance row gives what env.json says the run resolved it
+    to, with the config's word beside it, and the config alone when an older run recorded nothing."""
+    run = runs / "fast-at-s1"
+    render_run(run)
+    assert "| precision | auto |" in (run / "report.md").read_text(encoding="utf-8")
+    env = json.loads((run / "env.json").read_text(encoding="utf-8"))
+    env["precision"] = "fp32"
+    (run / "env.json").write_text(json.dumps(env), encoding="utf-8")
+    render_run(run)
+    assert "| precision | fp32 (config: auto) |" in (run / "report.md").read_text(encoding="utf-8")
