@@ -671,6 +671,24 @@ class DefenseBase:
             "version": __version__,
         }
 
+    def attack_descriptor(
+        self, attack: str, *, steps: int, loss: str, random_start: bool, model_mode: Optional[str] = None, **own: Any
+    ) -> Dict[str, Any]:
+        """A training attack's descriptor: the fields every one states (the threat, steps, the step
+        size resolved and as written, loss, start, the model's mode while attacking), then the
+        defense's own (``own``, in its order)."""
+        return {
+            "attack": attack,
+            **self.base_descriptor(),
+            "steps": steps,
+            "step_size": self.alpha,
+            "step_size_expr": str(self.options["step_size"]),
+            "loss": loss,
+            "random_start": random_start,
+            "model_mode": model_mode or self.options["attack_bn_mode"],
+            **own,
+        }
+
     def train_attack(self) -> Dict[str, Any]:
         return {"attack": "none"}
 

@@ -466,17 +466,13 @@ class FastAT(DefenseBase):
         self.alpha = self.step_size(steps_key=None)
 
     def train_attack(self) -> Dict[str, Any]:
-        return {
-            "attack": "fgsm-rs" if self.options["random_start"] else "fgsm",
-            **self.base_descriptor(),
-            "steps": 1,
-            "step_size": self.alpha,
-            "step_size_expr": str(self.options["step_size"]),
-            "loss": "ce",
-            "random_start": self.options["random_start"],
-            "model_mode": self.options["attack_bn_mode"],
-            "clip_start": self.options["clip_start"],
-        }
+        return self.attack_descriptor(
+            "fgsm-rs" if self.options["random_start"] else "fgsm",
+            steps=1,
+            loss="ce",
+            random_start=self.options["random_start"],
+            clip_start=self.options["clip_start"],
+        )
 
     def train_attack_label(self) -> str:
         unclipped = ", unclipped start" if self.options["random_start"] and not self.options["clip_start"] else ""

@@ -277,19 +277,16 @@ class FreeAT(DefenseBase):
 
     def train_attack(self) -> Dict[str, Any]:
         m = self.options["replays"]
-        return {
-            "attack": "free",
-            **self.base_descriptor(),
-            "steps": m,
-            "replays": m,
-            "step_size": self.alpha,
-            "step_size_expr": str(self.options["step_size"]),
-            "loss": "ce",
-            "random_start": False,
-            "carried": True,
-            "model_mode": "train",
-            "measured_as": f"PGD-{m} CE from a zero start, step {self.options['step_size']}, final iterate",
-        }
+        return self.attack_descriptor(
+            "free",
+            steps=m,
+            loss="ce",
+            random_start=False,
+            model_mode="train",
+            replays=m,
+            carried=True,
+            measured_as=f"PGD-{m} CE from a zero start, step {self.options['step_size']}, final iterate",
+        )
 
     def train_attack_label(self) -> str:
         return f"Free (m={self.options['replays']}, step {self.options['step_size']}, carried)"

@@ -165,18 +165,14 @@ class GradAlign(DefenseBase):
         self.lam = float(o["align_lambda"] * o["align_growth"] ** (self.threat.eps / o["align_eps_ref"] - 1.0))
 
     def train_attack(self) -> Dict[str, Any]:
-        return {
-            "attack": "fgsm-rs" if self.options["random_start"] else "fgsm",
-            **self.base_descriptor(),
-            "steps": 1,
-            "step_size": self.alpha,
-            "step_size_expr": str(self.options["step_size"]),
-            "loss": "ce",
-            "random_start": self.options["random_start"],
-            "model_mode": self.options["attack_bn_mode"],
-            "grad_align_lambda": self.lam,
-            "align_point": "x + U(eps ball), not clipped to the box",
-        }
+        return self.attack_descriptor(
+            "fgsm-rs" if self.options["random_start"] else "fgsm",
+            steps=1,
+            loss="ce",
+            random_start=self.options["random_start"],
+            grad_align_lambda=self.lam,
+            align_point="x + U(eps ball), not clipped to the box",
+        )
 
     def train_attack_label(self) -> str:
         return f"{'FGSM-RS' if self.options['random_start'] else 'FGSM'} + GradAlign lambda {self.lam:.3g}"

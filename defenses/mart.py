@@ -164,18 +164,14 @@ class MART(DefenseBase):
         self.alpha = self.step_size()
 
     def train_attack(self) -> Dict[str, Any]:
-        return {
-            "attack": "pgd",
-            **self.base_descriptor(),
-            "steps": self.options["steps"],
-            "step_size": self.alpha,
-            "step_size_expr": str(self.options["step_size"]),
-            "loss": "ce",
-            "random_start": False,
-            "init": f"x + {self.options['init_std']:g} * N(0,1)",
-            "model_mode": self.options["attack_bn_mode"],
-            "beta": self.options["beta"],
-        }
+        return self.attack_descriptor(
+            "pgd",
+            steps=self.options["steps"],
+            loss="ce",
+            random_start=False,
+            init=f"x + {self.options['init_std']:g} * N(0,1)",
+            beta=self.options["beta"],
+        )
 
     def train_attack_label(self) -> str:
         return (

@@ -122,22 +122,18 @@ class NFGSM(DefenseBase):
 
     def train_attack(self) -> Dict[str, Any]:
         k, c = self.options["noise_mult"], self.options["clip"]
-        return {
-            "attack": "n-fgsm",
-            **self.base_descriptor(),
-            "steps": 1,
-            "step_size": self.alpha,
-            "step_size_expr": str(self.options["step_size"]),
-            "loss": "ce",
-            "random_start": k > 0,
-            "noise": f"U(-{k:g} eps, {k:g} eps)" if k > 0 else "none",
-            "noise_mult": k,
-            "projection": f"{c:g} eps ball" if c > 0 else "none (box only)",
-            "train_radius": self.train_radius(),
-            "model_mode": self.options["attack_bn_mode"],
-            "measured_as": f"the N-FGSM point projected onto the eps ball and the box (training uses it unprojected, "
+        return self.attack_descriptor(
+            "n-fgsm",
+            steps=1,
+            loss="ce",
+            random_start=k > 0,
+            noise=f"U(-{k:g} eps, {k:g} eps)" if k > 0 else "none",
+            noise_mult=k,
+            projection=f"{c:g} eps ball" if c > 0 else "none (box only)",
+            train_radius=self.train_radius(),
+            measured_as=f"the N-FGSM point projected onto the eps ball and the box (training uses it unprojected, "
             f"up to {self.train_radius():.4g} from x)",
-        }
+        )
 
     def train_attack_label(self) -> str:
         k = self.options["noise_mult"]

@@ -476,18 +476,14 @@ class PGDAT(DefenseBase):
         self.alpha = self.step_size()
 
     def train_attack(self) -> Dict[str, Any]:
-        return {
-            "attack": "pgd",
-            **self.base_descriptor(),
-            "steps": self.options["steps"],
-            "step_size": self.alpha,
-            "step_size_expr": str(self.options["step_size"]),
-            "loss": self.options["loss"],
-            "random_start": self.options["random_start"],
-            "model_mode": self.options["attack_bn_mode"],
-            "adv_fraction": self.options["adv_fraction"],
-            "clip_start": self.options["clip_start"],
-        }
+        return self.attack_descriptor(
+            "pgd",
+            steps=self.options["steps"],
+            loss=self.options["loss"],
+            random_start=self.options["random_start"],
+            adv_fraction=self.options["adv_fraction"],
+            clip_start=self.options["clip_start"],
+        )
 
     def train_attack_label(self) -> str:
         frac = self.options["adv_fraction"]

@@ -357,18 +357,14 @@ class TRADES(DefenseBase):
         self.alpha = self.step_size()
 
     def train_attack(self) -> Dict[str, Any]:
-        return {
-            "attack": "trades-kl",
-            **self.base_descriptor(),
-            "steps": self.options["steps"],
-            "step_size": self.alpha,
-            "step_size_expr": str(self.options["step_size"]),
-            "loss": "kl",
-            "random_start": False,
-            "init": f"x + {self.options['init_std']:g} * N(0,1)",
-            "model_mode": self.options["attack_bn_mode"],
-            "beta": self.options["beta"],
-        }
+        return self.attack_descriptor(
+            "trades-kl",
+            steps=self.options["steps"],
+            loss="kl",
+            random_start=False,
+            init=f"x + {self.options['init_std']:g} * N(0,1)",
+            beta=self.options["beta"],
+        )
 
     def train_attack_label(self) -> str:
         return (
