@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from defenses.registry import DEFENSES  # noqa: E402
 from harness import config as C  # noqa: E402
+from harness.core.errors import HarnessError  # noqa: E402
 from harness.core.rundir import RunDir  # noqa: E402
 from harness.core.threat import parse_eps  # noqa: E402
 from harness.pipeline import run_pipeline  # noqa: E402
@@ -141,9 +142,29 @@ def point(path: Path) -> Dict[str, Any]:
     }
 
 
+def failed_point(path: Path, error: str) -> Dict[str, Any]:
+    """A point whose training failed (e.g. the loss went NaN): a result of the sweep too, in the
+    table with its error, left out of the figure."""
+    cfg = RunDir.open(path).read_config()
+    return {
+        "defense": cfg["defense"],
+        "dataset": cfg["dataset"],
+        "eps": cfg["threat"]["eps"],
+        "eps_value": parse_eps(cfg["threat"]["eps"]).value,
+        "run": str(path),
+        "failed": error,
+    }
+
+
 def collect(root: Path) -> List[Dict[str, Any]]:
-    """The points of every finished run directory below ``root`` (any depth), e.g. a sweep's cells."""
-    return [point(t.parent) for t in sorted(root.rglob("training.json"))]
+    """The points of every finished run directory below ``root`` (any depth), e.g. a sweep's cells,
+    and of every run whose env.json says it failed."""
+    points = [point(t.parent) for t in sorted(root.rglob("training.json"))]
+    for env_path in sorted(root.rglob("env.json")):
+        env = json.loads(env_path.read_text())
+        if env.get("status") == "failed" and not (env_path.parent / "training.json").exists():
+            points.append(failed_point(env_path.parent, str(env.get("error") or "failed")))
+    return points
 
 
 def table_md(points: Sequence[Dict[str, Any]]) -> str:
@@ -153,6 +174,9 @@ def table_md(points: Sequence[Dict[str, Any]]) -> str:
     )
     lines = [head, "|" + "---|" * 8]
     for p in sorted(points, key=lambda p: (p["defense"], p["eps_value"])):
+        if "failed" in p:
+            lines.append(f"| {p['defense']} | {p['eps']} | training failed: {p['failed']} | | | | | |")
+            continue
         pe = p["passes_per_epoch"]
         lines.append(
             f"| {p['defense']} | {p['eps']} | {100 * p['last_robust']:.1f}% | {100 * p['last_clean']:.1f}% | "
@@ -165,6 +189,7 @@ def table_md(points: Sequence[Dict[str, Any]]) -> str:
 
 def figure(points: Sequence[Dict[str, Any]], dataset: str) -> str:
     by: Dict[str, List[Dict[str, Any]]] = {}
+    points = [p for p in points if "failed" not in p]
     for p in points:
         by.setdefault(p["defense"], []).append(p)
     series = []
@@ -231,7 +256,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 extra=args.set,
             )
             log.info("%s at eps %s", defense, eps)
-            points.append(point(run_one(cfg, evaluate=args.evaluate)))
+            try:
+                points.append(point(run_one(cfg, evaluate=args.evaluate)))
+            except HarnessError as e:  # one diverged point is a finding, not the end of the sweep
+                log.warning("%s at eps %s failed: %s", defense, eps, e)
+                points.append(failed_point(Path(cfg["out"]["root"]) / cfg["out"]["name"], f"HarnessError: {e}"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     datasets = sorted({p["dataset"] for p in points}) or [args.dataset]

@@ -248,3 +248,35 @@ def test_the_autoattack_wrapper_is_timed_beside_the_direct_call_and_agrees_point
     assert w["same_per_example"] and w["seconds_ours"] > 0 and w["seconds_direct"] > 0
     assert w["speed_ratio"] == w["seconds_direct"] / w["seconds_ours"]
     assert "speed ratio" in A.wrapper_line(w)
+
+
+def test_co_sweep_records_a_diverged_point_and_goes_on(tmp_path, monkeypatch):
+    """A point whose training fails (GradAlign's extrapolated lambda sent the loss to NaN on
+    Fashion-MNIST at eps 0.3) is a result: the sweep goes on to the other points, the table gives
+    the error, the figure leaves the point out, and --collect finds it again from env.json."""
+    from benchmarks import co_sweep as S
+
+    real = S.run_one
+
+    def diverging(cfg, *, evaluate):
+        if cfg["defense"] == "n-fgsm":
+            cfg = {**cfg, "train": {**cfg["train"], "lr": 1e30}}
+        return real(cfg, evaluate=evaluate)
+
+    monkeypatch.setattr(S, "run_one", diverging)
+    argv = ["--dataset", "digits", "--eps", "0.1", "--defenses", "n-fgsm", "fast-at", "--epochs", "1"]
+    argv += ["--val-n", "40", "--selection-steps", "3", "--threads", "1"]
+    argv += ["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    assert S.main(argv) == 0
+    points = {p["defense"]: p for p in json.loads((tmp_path / "out" / "co_sweep.json").read_text())["points"]}
+    assert "nan" in points["n-fgsm"]["failed"] and "failed" not in points["fast-at"]
+    assert points["fast-at"]["epochs_run"] == 1
+    assert (
+        "| n-fgsm | 0.1 | training failed: HarnessError: epoch 1: the training loss is nan"
+        in (tmp_path / "out" / "co_sweep.md").read_text()
+    )
+    svg = (tmp_path / "out" / "co_sweep.svg").read_text()
+    assert "fast-at" in svg and "n-fgsm" not in svg
+    assert S.main(["--collect", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "collected")]) == 0
+    again = json.loads((tmp_path / "collected" / "co_sweep.json").read_text())["points"]
+    assert sorted((p["defense"], "failed" in p) for p in again) == [("fast-at", False), ("n-fgsm", True)]
