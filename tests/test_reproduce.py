@@ -130,3 +130,22 @@ def test_the_table_carries_the_papers_numbers_from_the_recipe_record(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| pgd-at"))
     assert "88.46 / 78.50 (upper bound)" in row and "paper-mmr-fmnist, n=1000" in row and "not finished" in row
     assert "Croce, Andriushchenko, Hein 2019 (AISTATS), Table 1" in text
+
+
+def test_the_page_carries_the_co_sweep_as_the_script_wrote_it(reproduced, tmp_path):
+    """docs/co-sweep/ beside the page (benchmarks/co_sweep.py --out docs/co-sweep): its table and
+    figure become a section of the page, copied, not retyped; without one the page is the table alone."""
+    out, doc = reproduced
+    sweep = tmp_path / "co-sweep"
+    sweep.mkdir()
+    table = "| defense | eps | PGD acc, last |\n|---|---|---|\n| fast-at | 0.3 | 0.0% |\n"
+    (sweep / "co_sweep.md").write_text(table)
+    (sweep / "co_sweep.json").write_text(json.dumps({"dataset": "fashion-mnist", "regime": "common", "seed": 0}))
+    page = tmp_path / "reproductions.md"
+    assert R.main(["--render-only", "--out", str(out / "runs"), "--doc", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith(doc.read_text().rstrip("\n"))
+    section = text.split("## Catastrophic overfitting against the training eps")[1]
+    assert table.rstrip("\n") in section and "](co-sweep/co_sweep.svg)" in section
+    assert "data: fashion-mnist, regime: common, seed 0" in section
+    assert "Catastrophic overfitting against" not in doc.read_text()
