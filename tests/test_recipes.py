@@ -31,6 +31,7 @@ MADRY_M = "MadryLab/mnist_challenge@3ee3643"
 MADRY_C = "MadryLab/cifar10_challenge@f15682d"
 MMR = "max-andr/provable-robustness-max-linear-regions@28200b6"
 AA = "fra31/auto-attack@a392200"
+NFGSM = "pdejorge/N-FGSM@0a9e4f0"
 
 D = None  # the recipe's default variant
 
@@ -160,6 +161,20 @@ TABLE = [
     ("free-at", "cifar10", D, "data.crop_padding", 2, f"{FREE} cifar10_input.py:L107-108"),
     ("free-at", "fashion-mnist", D, "train.epochs", 5, "derived"),
     ("free-at", "fashion-mnist", D, "defense_options.replays", 8, f"{FREE} config.py:L23"),
+    # -- n-fgsm, CIFAR-10: train.py (CyclicLR on SGD: momentum cycles too), utils/data_utils.py, experiments.sh --
+    ("n-fgsm", "cifar10", D, "train.cycle_momentum", [0.8, 0.9], f"{NFGSM} train.py:L175,183-184"),
+    ("n-fgsm", "cifar10", D, "train.lr", 0.2, f"{NFGSM} train.py:L39"),
+    ("n-fgsm", "cifar10", D, "train.epochs", 30, f"{NFGSM} train.py:L36"),
+    ("n-fgsm", "cifar10", D, "train.cyclic_peak", 0.5, f"{NFGSM} train.py:L184"),
+    ("n-fgsm", "cifar10", D, "train.weight_decay", 5e-4, f"{NFGSM} train.py:L40"),
+    ("n-fgsm", "cifar10", D, "threat.eps", "8/255", f"{NFGSM} experiments.sh:L9"),
+    ("n-fgsm", "cifar10", D, "defense_options.noise_mult", 2.0, f"{NFGSM} experiments.sh:L9"),
+    ("n-fgsm", "cifar10", D, "defense_options.step_size", "eps", f"{NFGSM} experiments.sh:L9"),
+    ("n-fgsm", "cifar10", D, "defense_options.clip", 0.0, f"{NFGSM} train.py:L57,232-233"),
+    ("n-fgsm", "cifar10", D, "model_options.normalize", "dataset", f"{NFGSM} utils/data_utils.py:L15-16,109"),
+    ("n-fgsm", "cifar10", D, "data.augment", "crop-flip", f"{NFGSM} utils/data_utils.py:L106-107"),
+    ("n-fgsm", "cifar10", D, "data.val_size", 1000, "the reference trains on all 50,000"),
+    ("n-fgsm", "cifar10", D, "precision", "fp32", f"{NFGSM} train.py:L1-17,224-243"),
 ]
 
 
