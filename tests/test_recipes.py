@@ -32,6 +32,8 @@ MADRY_C = "MadryLab/cifar10_challenge@f15682d"
 MMR = "max-andr/provable-robustness-max-linear-regions@28200b6"
 AA = "fra31/auto-attack@a392200"
 NFGSM = "pdejorge/N-FGSM@0a9e4f0"
+GA = "tml-epfl/understanding-fast-adv-training@ceed494"
+GA_SH = f"{GA} sh/exps_diff_eps_cifar10.sh"
 
 D = None  # the recipe's default variant
 
@@ -175,6 +177,23 @@ TABLE = [
     ("n-fgsm", "cifar10", D, "data.augment", "crop-flip", f"{NFGSM} utils/data_utils.py:L106-107"),
     ("n-fgsm", "cifar10", D, "data.val_size", 1000, "the reference trains on all 50,000"),
     ("n-fgsm", "cifar10", D, "precision", "fp32", f"{NFGSM} train.py:L1-17,224-243"),
+    # -- gradalign, CIFAR-10: train.py, utils.py (a hand-set np.interp schedule, no CyclicLR), the eps-8 line ----
+    ("gradalign", "cifar10", D, "defense_options.align_lambda", 0.2, f"{GA_SH}:L48"),
+    ("gradalign", "cifar10", D, "defense_options.align_growth", 10.0, f"{GA_SH}:L40-56"),
+    ("gradalign", "cifar10", D, "defense_options.align_eps_ref", 8 / 255, f"{GA_SH}:L40,48"),
+    ("gradalign", "cifar10", D, "defense_options.random_start", False, f"{GA_SH}:L48"),
+    ("gradalign", "cifar10", D, "defense_options.step_size", "1.25*eps", f"{GA} train.py:L37,164,169"),
+    ("gradalign", "cifar10", D, "threat.eps", "8/255", f"{GA_SH}:L48"),
+    ("gradalign", "cifar10", D, "train.lr", 0.3, f"{GA_SH}:L48"),
+    ("gradalign", "cifar10", D, "train.epochs", 30, f"{GA_SH}:L48"),
+    ("gradalign", "cifar10", D, "train.schedule", "cyclic", f"{GA} utils.py:L334-335"),
+    ("gradalign", "cifar10", D, "train.cyclic_peak", 0.4, f"{GA} utils.py:L335"),
+    ("gradalign", "cifar10", D, "train.cycle_momentum", None, f"{GA} train.py:L94,127-128"),
+    ("gradalign", "cifar10", D, "model_options.normalize", "none", f"{GA} models.py:L131-132,140,179"),
+    ("gradalign", "cifar10", D, "data.augment", "crop-flip", f"{GA} data.py:L12-16"),
+    ("gradalign", "cifar10", D, "precision", "fp32", f"{GA} train.py:L45"),
+    ("gradalign", "cifar10", "apex-o1", "precision", "fp16", f"{GA_SH}:L48"),
+    ("gradalign", "cifar10", "apex-o1", "train.loss_scale", "dynamic", f"{GA} train.py:L105"),
 ]
 
 
