@@ -34,6 +34,7 @@ AA = "fra31/auto-attack@a392200"
 NFGSM = "pdejorge/N-FGSM@0a9e4f0"
 GA = "tml-epfl/understanding-fast-adv-training@ceed494"
 GA_SH = f"{GA} sh/exps_diff_eps_cifar10.sh"
+MART = "YisenWang/MART@2d83e17"
 
 D = None  # the recipe's default variant
 
@@ -194,6 +195,20 @@ TABLE = [
     ("gradalign", "cifar10", D, "precision", "fp32", f"{GA} train.py:L45"),
     ("gradalign", "cifar10", "apex-o1", "precision", "fp16", f"{GA_SH}:L48"),
     ("gradalign", "cifar10", "apex-o1", "train.loss_scale", "dynamic", f"{GA} train.py:L105"),
+    # -- mart, CIFAR-10: train_wideresnet.py (the WRN-34-10 script) and mart.py -------------------------------
+    ("mart", "cifar10", D, "defense_options.beta", 6.0, f"{MART} train_wideresnet.py:L41"),
+    ("mart", "cifar10", D, "defense_options.steps", 10, f"{MART} train_wideresnet.py:L37"),
+    ("mart", "cifar10", D, "defense_options.step_size", 0.007, f"{MART} train_wideresnet.py:L39"),
+    ("mart", "cifar10", D, "defense_options.attack_bn_mode", "eval", f"{MART} mart.py:L17,32"),
+    ("mart", "cifar10", D, "train.lr", 0.1, f"{MART} train_wideresnet.py:L29"),
+    ("mart", "cifar10", D, "train.weight_decay", 7e-4, f"{MART} train_wideresnet.py:L27"),
+    ("mart", "cifar10", D, "train.epochs", 90, f"{MART} train_wideresnet.py:L25"),
+    ("mart", "cifar10", D, "train.milestones", [74 / 90, 89 / 90], f"{MART} train_wideresnet.py:L114-117"),
+    ("mart", "cifar10", D, "model", "wrn-34-10", f"{MART} train_wideresnet.py:L169"),
+    ("mart", "cifar10", D, "model_options.normalize", "none", f"{MART} train_wideresnet.py:L70-74"),
+    ("mart", "cifar10", D, "data.augment", "crop-flip", f"{MART} train_wideresnet.py:L71-72"),
+    ("mart", "cifar10", D, "threat.eps", "8/255", "harness"),
+    ("mart", "cifar10", "paper-eps", "threat.eps", "0.031", f"{MART} train_wideresnet.py:L35"),
 ]
 
 
