@@ -35,6 +35,9 @@ NFGSM = "pdejorge/N-FGSM@0a9e4f0"
 GA = "tml-epfl/understanding-fast-adv-training@ceed494"
 GA_SH = f"{GA} sh/exps_diff_eps_cifar10.sh"
 MART = "YisenWang/MART@2d83e17"
+AWP = "csdongxian/AWP@a7acf5d"
+AT_AWP = f"{AWP} AT_AWP/train_cifar10.py"
+TR_AWP = f"{AWP} trades_AWP/train_trades_cifar.py"
 
 D = None  # the recipe's default variant
 
@@ -209,6 +212,31 @@ TABLE = [
     ("mart", "cifar10", D, "data.augment", "crop-flip", f"{MART} train_wideresnet.py:L71-72"),
     ("mart", "cifar10", D, "threat.eps", "8/255", "harness"),
     ("mart", "cifar10", "paper-eps", "threat.eps", "0.031", f"{MART} train_wideresnet.py:L35"),
+    # -- pgd-at-awp, CIFAR-10: AT_AWP/train_cifar10.py with --model WideResNet (Rice et al.'s loader) -------------
+    ("pgd-at-awp", "cifar10", D, "defense_options.awp_gamma", 0.01, f"{AT_AWP}:L162"),
+    ("pgd-at-awp", "cifar10", D, "defense_options.awp_warmup", 0, f"{AT_AWP}:L163,340"),
+    ("pgd-at-awp", "cifar10", D, "defense_options.awp_proxy_lr", 0.01, f"{AT_AWP}:L241"),
+    ("pgd-at-awp", "cifar10", D, "defense_options.steps", 10, f"{AT_AWP}:L143"),
+    ("pgd-at-awp", "cifar10", D, "defense_options.step_size", "eps/4", f"{AT_AWP}:L146,214"),
+    ("pgd-at-awp", "cifar10", D, "train.milestones", [0.5, 0.75], f"{AT_AWP}:L262-265"),
+    ("pgd-at-awp", "cifar10", D, "train.weight_decay", 5e-4, f"{AT_AWP}:L240"),
+    ("pgd-at-awp", "cifar10", D, "train.epochs", 200, f"{AT_AWP}:L136"),
+    ("pgd-at-awp", "cifar10", D, "model", "wrn-34-10", f"{AT_AWP}:L219-221"),
+    ("pgd-at-awp", "cifar10", D, "model_options.normalize", "dataset", f"{AT_AWP}:L20-25,336"),
+    ("pgd-at-awp", "cifar10", D, "data.pad_mode", "reflect", f"{AWP} AT_AWP/utils.py:L26-27"),
+    ("pgd-at-awp", "cifar10", D, "data.crop_padding", 4, f"{AT_AWP}:L205"),
+    ("pgd-at-awp", "cifar10", D, "precision", "fp32", f"{AT_AWP}:L152,317-363"),
+    # -- trades-awp, CIFAR-10: trades_AWP/train_trades_cifar.py ------------------------------------------------
+    ("trades-awp", "cifar10", D, "defense_options.awp_gamma", 0.005, f"{TR_AWP}:L60"),
+    ("trades-awp", "cifar10", D, "defense_options.awp_warmup", 9, f"{TR_AWP}:L62,179,294"),
+    ("trades-awp", "cifar10", D, "defense_options.awp_proxy_lr", 0.1, f"{TR_AWP}:L279"),
+    ("trades-awp", "cifar10", D, "defense_options.beta", 6.0, f"{TR_AWP}:L47"),
+    ("trades-awp", "cifar10", D, "defense_options.step_size", "eps/4", f"{TR_AWP}:L45,67"),
+    ("trades-awp", "cifar10", D, "defense_options.detach_clean_in_kl", False, f"{TR_AWP}:L188-190"),
+    ("trades-awp", "cifar10", D, "train.milestones", [99 / 200, 149 / 200], f"{TR_AWP}:L263-266"),
+    ("trades-awp", "cifar10", D, "train.weight_decay", 5e-4, f"{TR_AWP}:L31"),
+    ("trades-awp", "cifar10", D, "model_options.normalize", "none", f"{TR_AWP}:L85-89"),
+    ("trades-awp", "cifar10", D, "data.pad_mode", "zeros", f"{TR_AWP}:L86"),
 ]
 
 
@@ -341,6 +369,21 @@ def test_the_fast_at_cifar_recipe_is_the_paper_s_15_epoch_schedule_with_its_stop
     cfg = C.resolve({"defense": "fast-at", "dataset": "cifar10"})
     assert math.isclose(cfg["train"]["lr"], 0.2) and cfg["recipe"]["paper"]["robust"] == pytest.approx(0.4606)
     assert cfg["recipe"]["paper"]["suite"] == "paper-fast-at-cifar10" and cfg["recipe"]["paper"]["n"] == 10_000
+
+
+@pytest.mark.parametrize(
+    "defense, clean, robust, log",
+    [
+        ("pgd-at-awp", 0.8623, 0.5397, "auto_attacks/logs/log_AT-AWP_cifar10_linf_wrn34-10.txt:L1,108"),
+        ("trades-awp", 0.8536, 0.5617, "auto_attacks/logs/log_TRADES-AWP_cifar10_linf_WRN34-10.txt:L1,108"),
+    ],
+)
+def test_the_awp_cifar_recipes_reproduce_the_authors_autoattack_numbers(defense, clean, robust, log):
+    paper = C.resolve({"defense": defense, "dataset": "cifar10"})["recipe"]["paper"]
+    assert paper["source"].startswith(f"{AWP} {log}")
+    assert (paper["clean"], paper["robust"], paper["autoattack"]) == (clean, robust, robust)
+    assert paper["suite"] == "autoattack" and paper["n"] == 10_000
+    assert C.resolve({"defense": defense, "dataset": "cifar100"})["recipe"]["paper"] is None
 
 
 # -- the dry run -------------------------------------------------------------------------------------------
