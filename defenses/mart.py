@@ -31,7 +31,7 @@ Recipes (every value with its source: ``harness run --defense mart --dataset D -
 | data set  | eps   | K, step | lambda | optimizer, schedule | epochs | batch | model |
 |-----------|-------|---------|--------|---------------------|--------|-------|-------|
 | cifar10 (*) | 8/255 | 10, 0.007 | 6.0 | SGD 0.1, mom. 0.9, wd 7e-4, /10 at 75, /100 at 90 | 90 | 128 | wrn-34-10 |
-| fashion-mnist (derived) | 0.1 | 40, eps/30 | 6.0 | SGD 0.01, mom. 0.9, /10 at epoch 55 | 100 | 128 | small-cnn |
+| fashion-mnist (derived) | 0.1 | 40, eps/30 | 6.0 | trades': SGD 0.01, mom. 0.9, x0.1 at 55,75,90 | 100 | 128 | small |
 | mnist (derived) | 0.3 | 40, 0.01 | 6.0 | same | 100 | 128 | small-cnn |
 
 (*) and cifar100, svhn, which borrow the CIFAR-10 recipe.
@@ -47,8 +47,9 @@ for selection. The ResNet-18 script (``train_resnet.py``) differs: lr 0.01, wd 3
 beta 5.0, on a ResNet-18 the harness does not register. The README links the trained models but
 prints no number, and AutoAttack's table lists only MART's WRN-28-10 trained with 500K extra
 unlabeled images, so the recipe carries none.
-MNIST and Fashion-MNIST have no recipe in the MART code: these are derived from the TRADES MNIST
-recipe (``defenses/trades.py``, the code MART builds on) with MART's lambda 6, and declared so.
+MNIST and Fashion-MNIST have no recipe in the MART code: these are ``trades``' MNIST recipes (the
+code MART builds on, ``defenses/trades.py``: small CNN on raw pixels, fp32, lr x0.1 at epochs 55,
+75 and 90) with MART's options (lambda 6, TRADES' PGD-40 of 0.01 = eps/30), declared derived.
 PGD-40 recipes raise the selection attack to PGD-50.
 """
 
@@ -73,8 +74,9 @@ from defenses.base import (
     tiny_recipe,
 )
 from defenses.recipe_parts import CIFAR_DATA, combine, fp32
-from defenses.references import cite, harness
+from defenses.references import cite, derived, harness
 from defenses.registry import DEFENSES
+from defenses.trades import TRADES
 
 
 def mart_loss(
@@ -94,18 +96,6 @@ def mart_loss(
     robust = (kl * (1.0000001 - true_probs)).sum() / n
     return boosted + beta * robust, boosted, robust
 
-
-_MNIST_TRAIN = {
-    "epochs": 100,
-    "batch_size": 128,
-    "optimizer": "sgd",
-    "lr": 0.01,
-    "momentum": 0.9,
-    "weight_decay": 0.0,
-    "schedule": "piecewise",
-    "milestones": [0.54],
-    "gamma": 0.1,
-}
 
 _W = "train_wideresnet.py"
 
@@ -195,6 +185,38 @@ _CIFAR = Recipe(
 )
 
 
+def _mnist_like(dataset: str, step_size: Any, step_source: str) -> Recipe:
+    """``trades``' recipe for ``dataset`` (the code MART builds on; MART has no MNIST script) with
+    MART's options in place of TRADES'."""
+    return TRADES.RECIPES[dataset].extended(
+        {
+            "defense_options": {
+                "beta": 6.0,
+                "steps": 40,
+                "step_size": step_size,
+                "init_std": 0.001,
+                "attack_bn_mode": "eval",
+            }
+        },
+        {
+            "defense_options.beta": derived(
+                "MART's lambda of its CIFAR-10 scripts (YisenWang/MART@2d83e17 train_wideresnet.py:L41 --beta 6.0); "
+                "the MART code has no MNIST script"
+            ),
+            "defense_options.steps": derived(
+                "TRADES' MNIST attack (yaodongyu/TRADES@6e8e11b train_trades_mnist.py:L30 --num-steps 40)"
+            ),
+            "defense_options.step_size": step_source,
+            "defense_options.init_std": cite("mart", "mart.py", 20, "x_natural + 0.001 * randn"),
+            "defense_options.attack_bn_mode": cite(
+                "mart", "mart.py", "17,32", "model.eval() for the attack, model.train() after"
+            ),
+        },
+        replace=("defense_options",),
+        notes=("the MART code has no MNIST recipe: trades' recipe with MART's lambda 6, declared derived",),
+    )
+
+
 @DEFENSES.register(
     "mart", summary="Wang et al. 2020: boosted CE on x' + lambda * KL(p(x)||p(x')) * (1 - p_y(x)), x' from PGD-10 on CE"
 )
@@ -224,18 +246,19 @@ class MART(DefenseBase):
         ),
     }
     RECIPES = {
-        "fashion-mnist": {
-            "threat": {"norm": "Linf", "eps": "0.1"},
-            "train": dict(_MNIST_TRAIN),
-            "defense_options": {"beta": 6.0, "steps": 40, "step_size": "eps/30"},
-            "selection": {"steps": 50},
-        },
-        "mnist": {
-            "threat": {"norm": "Linf", "eps": "0.3"},
-            "train": dict(_MNIST_TRAIN),
-            "defense_options": {"beta": 6.0, "steps": 40, "step_size": 0.01},
-            "selection": {"steps": 50},
-        },
+        "fashion-mnist": _mnist_like(
+            "fashion-mnist",
+            "eps/30",
+            derived(
+                "TRADES' MNIST step 0.01 at eps 0.3 (yaodongyu/TRADES@6e8e11b train_trades_mnist.py:L28-32) is "
+                "eps/30, kept at Fashion-MNIST's eps"
+            ),
+        ),
+        "mnist": _mnist_like(
+            "mnist",
+            0.01,
+            derived("TRADES' MNIST step (yaodongyu/TRADES@6e8e11b train_trades_mnist.py:L32 --step-size 0.01)"),
+        ),
         "cifar10": _CIFAR,
         "tiny": tiny_recipe({"defense_options": {"beta": 6.0, "steps": 5, "step_size": "2.5*eps/steps"}}),
     }

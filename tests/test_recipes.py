@@ -212,6 +212,12 @@ TABLE = [
     ("mart", "cifar10", D, "data.augment", "crop-flip", f"{MART} train_wideresnet.py:L71-72"),
     ("mart", "cifar10", D, "threat.eps", "8/255", "harness"),
     ("mart", "cifar10", "paper-eps", "threat.eps", "0.031", f"{MART} train_wideresnet.py:L35"),
+    ("mart", "mnist", D, "train.milestones", [0.54, 0.74, 0.89], f"{TRADES} train_trades_mnist.py:L135-140"),
+    ("mart", "mnist", D, "model_options.normalize", "none", f"{TRADES} train_trades_mnist.py:L57-58"),
+    ("mart", "mnist", D, "defense_options.beta", 6.0, "derived: MART's lambda"),
+    ("mart", "mnist", D, "defense_options.attack_bn_mode", "eval", f"{MART} mart.py:L17,32"),
+    ("mart", "fashion-mnist", D, "defense_options.step_size", "eps/30", "derived"),
+    ("mart", "fashion-mnist", D, "precision", "fp32", f"{TRADES} train_trades_cifar10.py:L150-160"),
     # -- pgd-at-awp, CIFAR-10: AT_AWP/train_cifar10.py with --model WideResNet (Rice et al.'s loader) -------------
     ("pgd-at-awp", "cifar10", D, "defense_options.awp_gamma", 0.01, f"{AT_AWP}:L162"),
     ("pgd-at-awp", "cifar10", D, "defense_options.awp_warmup", 0, f"{AT_AWP}:L163,340"),
