@@ -277,13 +277,14 @@ def _recipes():
 
 
 CORE = ("erm", "fast-at", "pgd-at", "trades", "free-at")
+NEWER = ("n-fgsm", "gradalign", "mart", "pgd-at-awp", "trades-awp")
 
 
 @pytest.mark.parametrize("name, family, recipe", list(_recipes()), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_recipe_value_has_exactly_one_source_that_says_where_it_comes_from(name, family, recipe):
     if not isinstance(recipe, Recipe):
         # the old shape (a plain partial config) still loads, every value "not cited"
-        assert name not in CORE, f"{name}'s {family} recipe has no sources"
+        assert name not in CORE + NEWER, f"{name}'s {family} recipe has no sources"
         converted = DEFENSES.get(name).recipe_for(family if family != "tiny" else "digits")
         assert converted is not None and all(t.startswith("not cited") for t in converted.sources.values())
         return
@@ -451,7 +452,7 @@ def test_dry_run_fast_at_cifar10_shows_augmentation_sizes_stop_rule_and_sources(
     assert "other variants: released, apex-o2" in err
 
 
-@pytest.mark.parametrize("defense", ["erm", "fast-at", "pgd-at", "trades", "free-at"])
+@pytest.mark.parametrize("defense", CORE + NEWER)
 @pytest.mark.parametrize("dataset", ["fashion-mnist", "mnist", "cifar10"])
 def test_dry_run_shows_every_recipe_value_with_its_source(cli, defense, dataset, no_data_sources):
     code, out, err = cli("run", "--defense", defense, "--dataset", dataset, "--no-download", "--dry-run")
@@ -460,6 +461,10 @@ def test_dry_run_shows_every_recipe_value_with_its_source(cli, defense, dataset,
     shown = {line.split(" = ")[0].strip(): line for line in err.splitlines() if line.startswith("  ") and " = " in line}
     for key, source in cfg["recipe"]["sources"].items():
         assert key in shown and source in shown[key], (key, source)
+    assert "not cited" not in err
+    # what the references fix and the harness would otherwise default: precision, input, augmentation, val split
+    for key in ("precision", "model_options.normalize", "data.augment", "data.val_size"):
+        assert key in cfg["recipe"]["sources"], key
     assert f"recipe: {defense} on {dataset}" in err and "augmentation:" in err and "stop rule:" in err
     assert ("crop" in err.split("augmentation:")[1].splitlines()[0]) == (dataset == "cifar10")
 
