@@ -31,7 +31,7 @@ Recipes (every value with its source: ``harness run --defense mart --dataset D -
 | data set  | eps   | K, step | lambda | optimizer, schedule | epochs | batch | model |
 |-----------|-------|---------|--------|---------------------|--------|-------|-------|
 | cifar10 (*) | 8/255 | 10, 0.007 | 6.0 | SGD 0.1, mom. 0.9, wd 7e-4, /10 at 75, /100 at 90 | 90 | 128 | wrn-34-10 |
-| fashion-mnist (derived) | 0.1 | 40, eps/30 | 6.0 | trades': SGD 0.01, mom. 0.9, x0.1 at 55,75,90 | 100 | 128 | small |
+| fashion-mnist (derived) | 0.1 | 40, eps/30 | 6.0 | ``trades``': SGD 0.01, x0.1 at 55, 75, 90 | 100 | 128 | small-cnn |
 | mnist (derived) | 0.3 | 40, 0.01 | 6.0 | same | 100 | 128 | small-cnn |
 
 (*) and cifar100, svhn, which borrow the CIFAR-10 recipe.
