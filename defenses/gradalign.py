@@ -37,23 +37,34 @@ lambda 0.2 there, times 10 per further standard eps (2.0 at 0.2 on Fashion-MNIST
 the 2x range the CIFAR-10 table covers, an extrapolation). With a curriculum, lambda follows the
 eps in force.
 
-Recipes:
+Recipes (every value with its source: ``harness run --defense gradalign --dataset D --dry-run``):
 
 | data set  | eps   | lambda | optimizer, schedule | epochs | batch | model |
 |-----------|-------|--------|---------------------|--------|-------|-------|
-| cifar10 (*) | 8/255 | 0.2 (scheme) | SGD 0.3, mom. 0.9, wd 5e-4, cyclic 0 -> 0.3 (2/5) -> 0 | 30 | 128 | preact-rn18 |
+| cifar10 (*) | 8/255 | 0.2 (scheme) | SGD 0.3, mom. 0.9 (fixed), wd 5e-4, lr 0->0.3 (2/5)->0 | 30 | 128 | preact-rn18 |
 | fashion-mnist (derived) | 0.1 | 0.2 (derived) | Adam, cyclic 0 -> 5e-3 (2/5) -> 0 (fast-at's) | 10 | 100 | small-cnn |
 | mnist (derived) | 0.3 | 0.2 (derived scheme) | same | 10 | 100 | small-cnn |
 
 (*) and cifar100, svhn, which borrow the CIFAR-10 recipe.
 
 CIFAR-10: ``--epochs 30 --lr_max 0.30`` (the README's and the scripts' GradAlign runs; the parser's
-default is 0.2), ``get_lr_schedule('cyclic')`` = interp(0 -> lr_max at epochs*2//5 -> 0), SGD
-momentum 0.9, weight decay 5e-4, batch 128, PreActResNet18 (``models.py``). The code's "epoch 0"
-is one forward-only minibatch to log statistics at initialisation (no update); not done here. The
-code trains with random crops and flips and in half precision (apex O1); the harness has no
-augmentation yet and runs fp32 on the CPU. MNIST-like recipes take ``fast-at``'s, so the two
-compare at equal schedule (the code trains MNIST CNNs with Adam too).
+default is 0.2), SGD momentum 0.9, weight decay 5e-4, batch 128, PreActResNet18 (``models.py``).
+The schedule is not torch's CyclicLR: ``get_lr_schedule('cyclic')`` is a piecewise-linear
+``np.interp`` (0 -> lr_max at epoch epochs*2//5 -> 0) evaluated at every minibatch and written into
+the optimizer's lr (``opt.param_groups[0].update(lr=lr)``), so the momentum stays 0.9 throughout
+(``train.cycle_momentum`` null) and update k gets the lr of position (k + 1) / total, as here.
+Input: random crop (zero padding 4) and flip, raw [0,1] pixels (the model's ``Normalize`` has mean 0
+and std 1). Precision: the parser's default is fp32 (``--half_prec`` is off unless given), the
+recipe's default; the README's command and every line of the scripts add ``--half_prec``: apex O1
+with its dynamic loss scale, the variant ``apex-o1`` (fp16 autocast with a dynamic GradScaler here).
+The code's "epoch 0" is one forward-only minibatch to log statistics at initialisation (no update);
+not done here. The code trains on all 50,000 images (dropping the last partial minibatch); the
+harness holds out Rice et al.'s 1,000 for selection. Its PreActResNet18 has no BatchNorm + ReLU
+before the pooling and He-normal initial weights; the harness's ``preact-resnet18`` (Wong et al.'s)
+has the final BatchNorm and torch's default initialisation (declared in the recipe's notes).
+Neither the README nor AutoAttack's table prints a GradAlign number, so the recipe carries none.
+MNIST-like recipes take ``fast-at``'s, so the two compare at equal schedule (the code trains MNIST
+CNNs with Adam too).
 Not early-stopped by default (the method's claim); the harness still flags catastrophic overfitting.
 """
 
@@ -66,8 +77,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.base import ascend, norms, random_start
-from defenses.base import BN_MODE, TINY_BASE, DefenseBase, Option, StepResult, TrainContext, bn_mode, with_options
+from defenses.base import (
+    BN_MODE,
+    DefenseBase,
+    Option,
+    Recipe,
+    StepResult,
+    TrainContext,
+    Variant,
+    bn_mode,
+    tiny_recipe,
+    with_options,
+)
 from defenses.fast_at import FastAT
+from defenses.recipe_parts import CIFAR_DATA, combine, fp32
+from defenses.references import cite, harness
 from defenses.registry import DEFENSES
 from harness.core.runtime import autocast
 
@@ -78,6 +102,134 @@ _OPTS = {
     "align_growth": 10.0,
     "attack_bn_mode": "train",
 }
+
+_T = "train.py"
+_U = "utils.py"
+_SH = "sh/exps_diff_eps_cifar10.sh"
+
+# tml-epfl/understanding-fast-adv-training train.py with the GradAlign line of exps_diff_eps_cifar10.sh at eps 8
+_CIFAR = Recipe(
+    *combine(
+        (
+            {
+                "model": "preact-resnet18",
+                "threat": {"norm": "Linf", "eps": "8/255"},
+                "model_options": {"normalize": "none"},
+                "train": {
+                    "epochs": 30,
+                    "batch_size": 128,
+                    "optimizer": "sgd",
+                    "lr": 0.3,
+                    "momentum": 0.9,
+                    "weight_decay": 5e-4,
+                    "schedule": "cyclic",
+                    "cyclic_peak": 0.4,
+                    "cycle_momentum": None,
+                    "keep_epoch_checkpoints": False,
+                },
+                "data": {"augment": "crop-flip", "crop_padding": 4, "pad_mode": "zeros"},
+                "defense_options": {**_OPTS, "align_eps_ref": 8 / 255},
+                "monitor": {"early_stop": False},
+            },
+            {
+                "model": cite(
+                    "gradalign", _T, "27,89", "--model resnet18: PreActResNet18 (models.py:L197-203); see the notes"
+                ),
+                "threat.norm": cite("gradalign", _T, "164,169", "eps * sign(grad), clamped to [-eps, eps]"),
+                "threat.eps": cite("gradalign", _SH, 48, "--eps=8 (/255, train.py:L82)"),
+                "model_options.normalize": cite(
+                    "gradalign",
+                    "models.py",
+                    "131-132,140,179",
+                    "Normalize with mu 0, std 1: raw [0,1] pixels (data.py:L16 ToTensor only)",
+                ),
+                "train.epochs": cite("gradalign", _SH, 48, "--epochs=30"),
+                "train.batch_size": cite("gradalign", _T, 23, "--batch_size 128"),
+                "train.optimizer": cite("gradalign", _T, "93-94", "torch.optim.SGD for resnet18"),
+                "train.lr": cite("gradalign", _SH, 48, "--lr_max=0.30 (the parser's default is 0.2, train.py:L31)"),
+                "train.momentum": cite("gradalign", _T, 94, "momentum=0.9"),
+                "train.weight_decay": cite("gradalign", _T, 39, "--weight_decay 5e-4"),
+                "train.schedule": cite(
+                    "gradalign",
+                    _U,
+                    "334-335",
+                    "np.interp(t, [0, epochs*2//5, epochs], [0, lr_max, 0]) at t = epoch - 1 + (i + 1) / "
+                    "len(batches), every minibatch (train.py:L111,127-128)",
+                ),
+                "train.cyclic_peak": cite("gradalign", _U, 335, "peak at epochs * 2 // 5 = 12 of 30 epochs"),
+                "train.cycle_momentum": cite(
+                    "gradalign",
+                    _T,
+                    "94,127-128",
+                    "no CyclicLR: only the lr is written into the optimizer each minibatch; momentum stays 0.9",
+                ),
+                "train.keep_epoch_checkpoints": harness(
+                    "per-epoch weights of a 30-epoch ResNet are not kept (storage); best and last are"
+                ),
+                "data.augment": cite(
+                    "gradalign",
+                    "data.py",
+                    "12-16",
+                    "RandomCrop(32, padding=4), RandomHorizontalFlip() (train.py:L83-84)",
+                ),
+                "data.crop_padding": cite("gradalign", "data.py", 12, "padding=4"),
+                "data.pad_mode": cite("gradalign", "data.py", 12, "RandomCrop pads with zeros (torchvision's fill=0)"),
+                "defense_options.step_size": cite(
+                    "gradalign", _T, "37,164,169", "--fgsm_alpha 1.25 times eps * sign(grad), then clamped to the ball"
+                ),
+                "defense_options.random_start": cite(
+                    "gradalign", _SH, 48, "--attack_init=zero: delta starts at 0 (train.py:L143-144)"
+                ),
+                "defense_options.align_lambda": cite("gradalign", _SH, 48, "--grad_align_cos_lambda=0.200 at --eps=8"),
+                "defense_options.align_growth": cite(
+                    "gradalign", _SH, "40-56", "exp(eps * 1/8*ln(10) + ln(0.02)): lambda x10 per 8/255 of eps"
+                ),
+                "defense_options.align_eps_ref": cite(
+                    "gradalign", _SH, "40,48", "the scheme gives lambda 0.2 at eps 8 (/255)"
+                ),
+                "defense_options.attack_bn_mode": cite(
+                    "gradalign", _T, "91,248", "model.train(), restored after every evaluation"
+                ),
+                "monitor.early_stop": cite(
+                    "gradalign",
+                    _T,
+                    "117,244-246,270-276",
+                    "every epoch runs; the best state on train PGD is only evaluated beside the last "
+                    "(--eval_early_stopped_model)",
+                ),
+            },
+        ),
+        CIFAR_DATA,
+        fp32(cite("gradalign", _T, 45, "--half_prec is store_true: off by default; the variant apex-o1 sets it")),
+    ),
+    variants={
+        "apex-o1": Variant(
+            "the README's and the scripts' precision (--half_prec): apex O1 with its default dynamic loss scale "
+            "(batch_norm registered as fp32 for the double backpropagation); here fp16 autocast with a dynamic "
+            "GradScaler on the update, and the input gradients g1, g2 taken from the unscaled loss (the reference "
+            "scales and unscales them, train.py:L155-158, utils.py:L83-86)",
+            {"precision": "fp16", "train": {"loss_scale": "dynamic"}},
+            {
+                "precision": cite(
+                    "gradalign", _SH, 48, "--half_prec: amp.initialize(opt_level='O1'), train.py:L102-105"
+                ),
+                "train.loss_scale": cite(
+                    "gradalign", _T, 105, "amp.initialize without loss_scale: apex O1's default, dynamic"
+                ),
+            },
+        )
+    },
+    default_variant="reference",
+    notes=(
+        "the reference trains on all 50,000 images and drops the last partial minibatch (data.py:L40 "
+        "drop_last=True); the harness holds out Rice et al.'s 1,000 for selection and keeps it",
+        "the reference's epoch 0 is one forward pass at initialisation, no update (train.py:L117,124-125,204); "
+        "not done here",
+        "the reference's PreActResNet18 has no BatchNorm + ReLU before the pooling (models.py:L184-187) and "
+        "He-normal initial weights (train.py:L90, utils.py:L317-330); the harness's preact-resnet18 (Wong et al.'s) "
+        "has the final BatchNorm and torch's default initialisation",
+    ),
+)
 
 
 def uniform_ball(x: torch.Tensor, norm: str, eps: float, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -140,23 +292,8 @@ class GradAlign(DefenseBase):
     RECIPES = {
         "fashion-mnist": _recipe_mnist_like("fashion-mnist", 0.1),
         "mnist": _recipe_mnist_like("mnist", 0.3),
-        "cifar10": {
-            "model": "preact-resnet18",
-            "threat": {"norm": "Linf", "eps": "8/255"},
-            "train": {
-                "epochs": 30,
-                "batch_size": 128,
-                "optimizer": "sgd",
-                "lr": 0.3,
-                "momentum": 0.9,
-                "weight_decay": 5e-4,
-                "schedule": "cyclic",
-                "cyclic_peak": 0.4,
-                "keep_epoch_checkpoints": False,
-            },
-            "defense_options": {**_OPTS, "align_eps_ref": 8 / 255},
-        },
-        "tiny": {**TINY_BASE, "defense_options": {**_OPTS, "align_eps_ref": 0.1}},
+        "cifar10": _CIFAR,
+        "tiny": tiny_recipe({"defense_options": {**_OPTS, "align_eps_ref": 0.1}}),
     }
 
     def setup(self) -> None:

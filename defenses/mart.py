@@ -26,12 +26,12 @@ Training step, detail by detail against the code:
 - update: back in train mode, f(x) then f(x') (two forward passes, in the code's order), the loss
   above, one optimizer step. Cost: K attack passes + 2 forward and 2 backward, so K + 2 of each.
 
-Recipes:
+Recipes (every value with its source: ``harness run --defense mart --dataset D --dry-run``):
 
 | data set  | eps   | K, step | lambda | optimizer, schedule | epochs | batch | model |
 |-----------|-------|---------|--------|---------------------|--------|-------|-------|
 | cifar10 (*) | 8/255 | 10, 0.007 | 6.0 | SGD 0.1, mom. 0.9, wd 7e-4, /10 at 75, /100 at 90 | 90 | 128 | wrn-34-10 |
-| fashion-mnist (derived) | 0.1 | 40, eps/30 | 6.0 | SGD 0.01, mom. 0.9, /10 at epoch 55 | 100 | 128 | small-cnn |
+| fashion-mnist (derived) | 0.1 | 40, eps/30 | 6.0 | ``trades``': SGD 0.01, x0.1 at 55, 75, 90 | 100 | 128 | small-cnn |
 | mnist (derived) | 0.3 | 40, 0.01 | 6.0 | same | 100 | 128 | small-cnn |
 
 (*) and cifar100, svhn, which borrow the CIFAR-10 recipe.
@@ -40,11 +40,16 @@ CIFAR-10 is ``train_wideresnet.py``'s defaults: ``--epochs 90 --lr 0.1 --momentu
 --batch-size 128 --num-steps 10 --step-size 0.007 --beta 6.0``; ``adjust_learning_rate`` divides
 by 10 from epoch 75 and by 100 from epoch 90 (1-based epochs, so milestones 74/90 and 89/90 here;
 its "/1000 from epoch 100" branch is never reached in 90 epochs). The code's eps is 0.031; the
-recipe uses 8/255 (0.03137) so numbers compare with every other defense here, as ``trades`` does.
-The ResNet-18 script (``train_resnet.py``) differs: lr 0.01, wd 3.5e-3, 120 epochs, beta 5.0.
-The code trains with random crops and flips; the harness has no augmentation yet.
-MNIST and Fashion-MNIST have no recipe in the MART code: these are derived from the TRADES MNIST
-recipe (``defenses/trades.py``, the code MART builds on) with MART's lambda 6, and declared so.
+recipe uses 8/255 (0.03137) so numbers compare with every other defense here, as ``trades`` does,
+and the variant ``paper-eps`` uses 0.031. Input: random crop (zero padding 4) and flip, raw [0,1]
+pixels (``ToTensor`` alone); fp32; all 50,000 images in the code, Rice et al.'s 1,000 held out here
+for selection. The ResNet-18 script (``train_resnet.py``) differs: lr 0.01, wd 3.5e-3, 120 epochs,
+beta 5.0, on a ResNet-18 the harness does not register. The README links the trained models but
+prints no number, and AutoAttack's table lists only MART's WRN-28-10 trained with 500K extra
+unlabeled images, so the recipe carries none.
+MNIST and Fashion-MNIST have no recipe in the MART code: these are ``trades``' MNIST recipes (the
+code MART builds on, ``defenses/trades.py``: small CNN on raw pixels, fp32, lr x0.1 at epochs 55,
+75 and 90) with MART's options (lambda 6, TRADES' PGD-40 of 0.01 = eps/30), declared derived.
 PGD-40 recipes raise the selection attack to PGD-50.
 """
 
@@ -58,8 +63,20 @@ from torch import nn
 
 from attacks.base import MAX_STEPS
 from attacks.pgd import perturb
-from defenses.base import TINY_BASE, DefenseBase, Option, StepResult, TrainContext, bn_mode
+from defenses.base import (
+    DefenseBase,
+    Option,
+    Recipe,
+    StepResult,
+    TrainContext,
+    Variant,
+    bn_mode,
+    tiny_recipe,
+)
+from defenses.recipe_parts import CIFAR_DATA, combine, fp32
+from defenses.references import cite, derived, harness
 from defenses.registry import DEFENSES
+from defenses.trades import TRADES
 
 
 def mart_loss(
@@ -80,17 +97,124 @@ def mart_loss(
     return boosted + beta * robust, boosted, robust
 
 
-_MNIST_TRAIN = {
-    "epochs": 100,
-    "batch_size": 128,
-    "optimizer": "sgd",
-    "lr": 0.01,
-    "momentum": 0.9,
-    "weight_decay": 0.0,
-    "schedule": "piecewise",
-    "milestones": [0.54],
-    "gamma": 0.1,
-}
+_W = "train_wideresnet.py"
+
+# YisenWang/MART train_wideresnet.py's defaults (the WRN-34-10 of the paper) and mart.py
+_CIFAR = Recipe(
+    *combine(
+        (
+            {
+                "model": "wrn-34-10",
+                "threat": {"norm": "Linf", "eps": "8/255"},
+                "model_options": {"normalize": "none"},
+                "train": {
+                    "epochs": 90,
+                    "batch_size": 128,
+                    "optimizer": "sgd",
+                    "lr": 0.1,
+                    "momentum": 0.9,
+                    "weight_decay": 7e-4,
+                    "schedule": "piecewise",
+                    "milestones": [74 / 90, 89 / 90],
+                    "gamma": 0.1,
+                    "keep_epoch_checkpoints": False,
+                },
+                "data": {"augment": "crop-flip", "crop_padding": 4, "pad_mode": "zeros"},
+                "defense_options": {
+                    "beta": 6.0,
+                    "steps": 10,
+                    "step_size": 0.007,
+                    "init_std": 0.001,
+                    "attack_bn_mode": "eval",
+                },
+            },
+            {
+                "model": cite("mart", _W, 169, "WideResNet(): depth 34, widen factor 10 (wideresnet.py:L51)"),
+                "threat.norm": cite("mart", "mart.py", "21-29", "l_inf: signed steps, clamped to the eps ball"),
+                "threat.eps": harness(
+                    "8/255 (0.03137) so the number sits beside the other defenses'; the script's --epsilon is "
+                    "0.031 (train_wideresnet.py:L35): variant paper-eps"
+                ),
+                "model_options.normalize": cite(
+                    "mart", _W, "70-74", "RandomCrop, RandomHorizontalFlip, ToTensor: no Normalize"
+                ),
+                "train.epochs": cite("mart", _W, 25, "--epochs 90"),
+                "train.batch_size": cite("mart", _W, 21, "--batch-size 128"),
+                "train.optimizer": cite("mart", _W, 171, "optim.SGD"),
+                "train.lr": cite("mart", _W, 29, "--lr 0.1"),
+                "train.momentum": cite("mart", _W, 31, "--momentum 0.9"),
+                "train.weight_decay": cite("mart", _W, 27, "--weight-decay 7e-4"),
+                "train.schedule": cite(
+                    "mart", _W, "109-119,176-178", "adjust_learning_rate at the start of every epoch"
+                ),
+                "train.milestones": cite(
+                    "mart",
+                    _W,
+                    "114-117",
+                    "x0.1 from epoch 75, x0.01 from 90 (1-based of 90: from 74/90 and 89/90 of training); "
+                    "x0.001 from 100 is never reached",
+                ),
+                "train.gamma": cite("mart", _W, "115-117", "args.lr * 0.1, * 0.01"),
+                "train.keep_epoch_checkpoints": harness(
+                    "per-epoch weights of a WideResNet are not kept (storage); best and last are"
+                ),
+                "data.augment": cite("mart", _W, "71-72", "RandomCrop(32, padding=4), RandomHorizontalFlip()"),
+                "data.crop_padding": cite("mart", _W, 71, "padding=4"),
+                "data.pad_mode": cite("mart", _W, 71, "RandomCrop pads with zeros (torchvision's fill=0)"),
+                "defense_options.beta": cite("mart", _W, 41, "--beta 6.0"),
+                "defense_options.steps": cite("mart", _W, 37, "--num-steps 10"),
+                "defense_options.step_size": cite("mart", _W, 39, "--step-size 0.007"),
+                "defense_options.init_std": cite("mart", "mart.py", 20, "x_natural + 0.001 * randn"),
+                "defense_options.attack_bn_mode": cite(
+                    "mart", "mart.py", "17,32", "model.eval() for the attack, model.train() after"
+                ),
+            },
+        ),
+        CIFAR_DATA,
+        fp32(cite("mart", _W, "84-101", "plain fp32 PyTorch")),
+    ),
+    variants={
+        "paper-eps": Variant(
+            "the authors' eps 0.031 (train_wideresnet.py:L35)",
+            {"threat": {"eps": "0.031"}},
+            {"threat.eps": cite("mart", _W, 35, "--epsilon 0.031")},
+        )
+    },
+    default_variant="eps-8-255",
+    notes=("the reference trains on all 50,000 images; the harness holds out Rice et al.'s 1,000 for selection",),
+)
+
+
+def _mnist_like(dataset: str, step_size: Any, step_source: str) -> Recipe:
+    """``trades``' recipe for ``dataset`` (the code MART builds on; MART has no MNIST script) with
+    MART's options in place of TRADES'."""
+    return TRADES.RECIPES[dataset].extended(
+        {
+            "defense_options": {
+                "beta": 6.0,
+                "steps": 40,
+                "step_size": step_size,
+                "init_std": 0.001,
+                "attack_bn_mode": "eval",
+            }
+        },
+        {
+            "defense_options.beta": derived(
+                "MART's lambda of its CIFAR-10 scripts (YisenWang/MART@2d83e17 train_wideresnet.py:L41 --beta 6.0); "
+                "the MART code has no MNIST script"
+            ),
+            "defense_options.steps": derived(
+                "TRADES' MNIST attack (yaodongyu/TRADES@6e8e11b train_trades_mnist.py:L30 --num-steps 40)"
+            ),
+            "defense_options.step_size": step_source,
+            "defense_options.init_std": cite("mart", "mart.py", 20, "x_natural + 0.001 * randn"),
+            "defense_options.attack_bn_mode": cite(
+                "mart", "mart.py", "17,32", "model.eval() for the attack, model.train() after"
+            ),
+        },
+        replace=("defense_options",),
+        notes=("the MART code has no MNIST recipe: trades' recipe with MART's lambda 6, declared derived",),
+    )
 
 
 @DEFENSES.register(
@@ -122,42 +246,21 @@ class MART(DefenseBase):
         ),
     }
     RECIPES = {
-        "fashion-mnist": {
-            "threat": {"norm": "Linf", "eps": "0.1"},
-            "train": dict(_MNIST_TRAIN),
-            "defense_options": {"beta": 6.0, "steps": 40, "step_size": "eps/30"},
-            "selection": {"steps": 50},
-        },
-        "mnist": {
-            "threat": {"norm": "Linf", "eps": "0.3"},
-            "train": dict(_MNIST_TRAIN),
-            "defense_options": {"beta": 6.0, "steps": 40, "step_size": 0.01},
-            "selection": {"steps": 50},
-        },
-        "cifar10": {
-            "model": "wrn-34-10",
-            "threat": {"norm": "Linf", "eps": "8/255"},
-            "train": {
-                "epochs": 90,
-                "batch_size": 128,
-                "optimizer": "sgd",
-                "lr": 0.1,
-                "momentum": 0.9,
-                "weight_decay": 7e-4,
-                "schedule": "piecewise",
-                "milestones": [74 / 90, 89 / 90],
-                "gamma": 0.1,
-                "keep_epoch_checkpoints": False,
-            },
-            "defense_options": {
-                "beta": 6.0,
-                "steps": 10,
-                "step_size": 0.007,
-                "init_std": 0.001,
-                "attack_bn_mode": "eval",
-            },
-        },
-        "tiny": {**TINY_BASE, "defense_options": {"beta": 6.0, "steps": 5, "step_size": "2.5*eps/steps"}},
+        "fashion-mnist": _mnist_like(
+            "fashion-mnist",
+            "eps/30",
+            derived(
+                "TRADES' MNIST step 0.01 at eps 0.3 (yaodongyu/TRADES@6e8e11b train_trades_mnist.py:L28-32) is "
+                "eps/30, kept at Fashion-MNIST's eps"
+            ),
+        ),
+        "mnist": _mnist_like(
+            "mnist",
+            0.01,
+            derived("TRADES' MNIST step (yaodongyu/TRADES@6e8e11b train_trades_mnist.py:L32 --step-size 0.01)"),
+        ),
+        "cifar10": _CIFAR,
+        "tiny": tiny_recipe({"defense_options": {"beta": 6.0, "steps": 5, "step_size": "2.5*eps/steps"}}),
     }
 
     def setup(self) -> None:

@@ -16,6 +16,10 @@ Every recipe value carries a citation ``"<owner>/<repo>@<sha7> <path>:L<lines> (
 | madry-cifar | MadryLab/cifar10_challenge (Madry et al. 2018)    | f15682d9f1e26eb47a2d3b371ef8b6c7abcf6276 |
 | mmr         | max-andr/provable-robustness-max-linear-regions (MMR, 2019) | 28200b663986310021c70c5a98c959a943731f66 |
 | autoattack  | fra31/auto-attack (Croce & Hein 2020), README tables | a39220048b3c9f2cca9a4d3a54604793c68eca7e |
+| nfgsm       | pdejorge/N-FGSM (de Jorge et al. 2022)            | 0a9e4f040b89a4bcd85763a34dea7866416927a2 |
+| gradalign   | tml-epfl/understanding-fast-adv-training (GradAlign) | ceed49440bfc35a676375b783eaba5940e583bcc |
+| mart        | YisenWang/MART (Wang et al. 2020)                 | 2d83e17b381dd2ee52223695e517bf6d5ff09c2c |
+| awp         | csdongxian/AWP (Wu, Xia, Wang 2020)               | a7acf5d842fccf1bbb4b91644352ce157d370a26 |
 
 Values no reference fixes (a data set no paper used, the harness's own val split) are cited with
 ``harness(...)`` or ``derived(...)``: the text says what was decided and why.
@@ -36,6 +40,10 @@ REPOS: Dict[str, Tuple[str, str]] = {
     "madry-cifar": ("MadryLab/cifar10_challenge", "f15682d9f1e26eb47a2d3b371ef8b6c7abcf6276"),
     "mmr": ("max-andr/provable-robustness-max-linear-regions", "28200b663986310021c70c5a98c959a943731f66"),
     "autoattack": ("fra31/auto-attack", "a39220048b3c9f2cca9a4d3a54604793c68eca7e"),
+    "nfgsm": ("pdejorge/N-FGSM", "0a9e4f040b89a4bcd85763a34dea7866416927a2"),
+    "gradalign": ("tml-epfl/understanding-fast-adv-training", "ceed49440bfc35a676375b783eaba5940e583bcc"),
+    "mart": ("YisenWang/MART", "2d83e17b381dd2ee52223695e517bf6d5ff09c2c"),
+    "awp": ("csdongxian/AWP", "a7acf5d842fccf1bbb4b91644352ce157d370a26"),
 }
 
 

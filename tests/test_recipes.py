@@ -31,6 +31,13 @@ MADRY_M = "MadryLab/mnist_challenge@3ee3643"
 MADRY_C = "MadryLab/cifar10_challenge@f15682d"
 MMR = "max-andr/provable-robustness-max-linear-regions@28200b6"
 AA = "fra31/auto-attack@a392200"
+NFGSM = "pdejorge/N-FGSM@0a9e4f0"
+GA = "tml-epfl/understanding-fast-adv-training@ceed494"
+GA_SH = f"{GA} sh/exps_diff_eps_cifar10.sh"
+MART = "YisenWang/MART@2d83e17"
+AWP = "csdongxian/AWP@a7acf5d"
+AT_AWP = f"{AWP} AT_AWP/train_cifar10.py"
+TR_AWP = f"{AWP} trades_AWP/train_trades_cifar.py"
 
 D = None  # the recipe's default variant
 
@@ -160,6 +167,82 @@ TABLE = [
     ("free-at", "cifar10", D, "data.crop_padding", 2, f"{FREE} cifar10_input.py:L107-108"),
     ("free-at", "fashion-mnist", D, "train.epochs", 5, "derived"),
     ("free-at", "fashion-mnist", D, "defense_options.replays", 8, f"{FREE} config.py:L23"),
+    # -- n-fgsm, CIFAR-10: train.py (CyclicLR on SGD: momentum cycles too), utils/data_utils.py, experiments.sh --
+    ("n-fgsm", "cifar10", D, "train.cycle_momentum", [0.8, 0.9], f"{NFGSM} train.py:L175,183-184"),
+    ("n-fgsm", "cifar10", D, "train.lr", 0.2, f"{NFGSM} train.py:L39"),
+    ("n-fgsm", "cifar10", D, "train.epochs", 30, f"{NFGSM} train.py:L36"),
+    ("n-fgsm", "cifar10", D, "train.cyclic_peak", 0.5, f"{NFGSM} train.py:L184"),
+    ("n-fgsm", "cifar10", D, "train.weight_decay", 5e-4, f"{NFGSM} train.py:L40"),
+    ("n-fgsm", "cifar10", D, "threat.eps", "8/255", f"{NFGSM} experiments.sh:L9"),
+    ("n-fgsm", "cifar10", D, "defense_options.noise_mult", 2.0, f"{NFGSM} experiments.sh:L9"),
+    ("n-fgsm", "cifar10", D, "defense_options.step_size", "eps", f"{NFGSM} experiments.sh:L9"),
+    ("n-fgsm", "cifar10", D, "defense_options.clip", 0.0, f"{NFGSM} train.py:L57,232-233"),
+    ("n-fgsm", "cifar10", D, "model_options.normalize", "dataset", f"{NFGSM} utils/data_utils.py:L15-16,109"),
+    ("n-fgsm", "cifar10", D, "data.augment", "crop-flip", f"{NFGSM} utils/data_utils.py:L106-107"),
+    ("n-fgsm", "cifar10", D, "data.val_size", 1000, "the reference trains on all 50,000"),
+    ("n-fgsm", "cifar10", D, "precision", "fp32", f"{NFGSM} train.py:L1-17,224-243"),
+    # -- gradalign, CIFAR-10: train.py, utils.py (a hand-set np.interp schedule, no CyclicLR), the eps-8 line ----
+    ("gradalign", "cifar10", D, "defense_options.align_lambda", 0.2, f"{GA_SH}:L48"),
+    ("gradalign", "cifar10", D, "defense_options.align_growth", 10.0, f"{GA_SH}:L40-56"),
+    ("gradalign", "cifar10", D, "defense_options.align_eps_ref", 8 / 255, f"{GA_SH}:L40,48"),
+    ("gradalign", "cifar10", D, "defense_options.random_start", False, f"{GA_SH}:L48"),
+    ("gradalign", "cifar10", D, "defense_options.step_size", "1.25*eps", f"{GA} train.py:L37,164,169"),
+    ("gradalign", "cifar10", D, "threat.eps", "8/255", f"{GA_SH}:L48"),
+    ("gradalign", "cifar10", D, "train.lr", 0.3, f"{GA_SH}:L48"),
+    ("gradalign", "cifar10", D, "train.epochs", 30, f"{GA_SH}:L48"),
+    ("gradalign", "cifar10", D, "train.schedule", "cyclic", f"{GA} utils.py:L334-335"),
+    ("gradalign", "cifar10", D, "train.cyclic_peak", 0.4, f"{GA} utils.py:L335"),
+    ("gradalign", "cifar10", D, "train.cycle_momentum", None, f"{GA} train.py:L94,127-128"),
+    ("gradalign", "cifar10", D, "model_options.normalize", "none", f"{GA} models.py:L131-132,140,179"),
+    ("gradalign", "cifar10", D, "data.augment", "crop-flip", f"{GA} data.py:L12-16"),
+    ("gradalign", "cifar10", D, "precision", "fp32", f"{GA} train.py:L45"),
+    ("gradalign", "cifar10", "apex-o1", "precision", "fp16", f"{GA_SH}:L48"),
+    ("gradalign", "cifar10", "apex-o1", "train.loss_scale", "dynamic", f"{GA} train.py:L105"),
+    # -- mart, CIFAR-10: train_wideresnet.py (the WRN-34-10 script) and mart.py -------------------------------
+    ("mart", "cifar10", D, "defense_options.beta", 6.0, f"{MART} train_wideresnet.py:L41"),
+    ("mart", "cifar10", D, "defense_options.steps", 10, f"{MART} train_wideresnet.py:L37"),
+    ("mart", "cifar10", D, "defense_options.step_size", 0.007, f"{MART} train_wideresnet.py:L39"),
+    ("mart", "cifar10", D, "defense_options.attack_bn_mode", "eval", f"{MART} mart.py:L17,32"),
+    ("mart", "cifar10", D, "train.lr", 0.1, f"{MART} train_wideresnet.py:L29"),
+    ("mart", "cifar10", D, "train.weight_decay", 7e-4, f"{MART} train_wideresnet.py:L27"),
+    ("mart", "cifar10", D, "train.epochs", 90, f"{MART} train_wideresnet.py:L25"),
+    ("mart", "cifar10", D, "train.milestones", [74 / 90, 89 / 90], f"{MART} train_wideresnet.py:L114-117"),
+    ("mart", "cifar10", D, "model", "wrn-34-10", f"{MART} train_wideresnet.py:L169"),
+    ("mart", "cifar10", D, "model_options.normalize", "none", f"{MART} train_wideresnet.py:L70-74"),
+    ("mart", "cifar10", D, "data.augment", "crop-flip", f"{MART} train_wideresnet.py:L71-72"),
+    ("mart", "cifar10", D, "threat.eps", "8/255", "harness"),
+    ("mart", "cifar10", "paper-eps", "threat.eps", "0.031", f"{MART} train_wideresnet.py:L35"),
+    ("mart", "mnist", D, "train.milestones", [0.54, 0.74, 0.89], f"{TRADES} train_trades_mnist.py:L135-140"),
+    ("mart", "mnist", D, "model_options.normalize", "none", f"{TRADES} train_trades_mnist.py:L57-58"),
+    ("mart", "mnist", D, "defense_options.beta", 6.0, "derived: MART's lambda"),
+    ("mart", "mnist", D, "defense_options.attack_bn_mode", "eval", f"{MART} mart.py:L17,32"),
+    ("mart", "fashion-mnist", D, "defense_options.step_size", "eps/30", "derived"),
+    ("mart", "fashion-mnist", D, "precision", "fp32", f"{TRADES} train_trades_cifar10.py:L150-160"),
+    # -- pgd-at-awp, CIFAR-10: AT_AWP/train_cifar10.py with --model WideResNet (Rice et al.'s loader) -------------
+    ("pgd-at-awp", "cifar10", D, "defense_options.awp_gamma", 0.01, f"{AT_AWP}:L162"),
+    ("pgd-at-awp", "cifar10", D, "defense_options.awp_warmup", 0, f"{AT_AWP}:L163,340"),
+    ("pgd-at-awp", "cifar10", D, "defense_options.awp_proxy_lr", 0.01, f"{AT_AWP}:L241"),
+    ("pgd-at-awp", "cifar10", D, "defense_options.steps", 10, f"{AT_AWP}:L143"),
+    ("pgd-at-awp", "cifar10", D, "defense_options.step_size", "eps/4", f"{AT_AWP}:L146,214"),
+    ("pgd-at-awp", "cifar10", D, "train.milestones", [0.5, 0.75], f"{AT_AWP}:L262-265"),
+    ("pgd-at-awp", "cifar10", D, "train.weight_decay", 5e-4, f"{AT_AWP}:L240"),
+    ("pgd-at-awp", "cifar10", D, "train.epochs", 200, f"{AT_AWP}:L136"),
+    ("pgd-at-awp", "cifar10", D, "model", "wrn-34-10", f"{AT_AWP}:L219-221"),
+    ("pgd-at-awp", "cifar10", D, "model_options.normalize", "dataset", f"{AT_AWP}:L20-25,336"),
+    ("pgd-at-awp", "cifar10", D, "data.pad_mode", "reflect", f"{AWP} AT_AWP/utils.py:L26-27"),
+    ("pgd-at-awp", "cifar10", D, "data.crop_padding", 4, f"{AT_AWP}:L205"),
+    ("pgd-at-awp", "cifar10", D, "precision", "fp32", f"{AT_AWP}:L152,317-363"),
+    # -- trades-awp, CIFAR-10: trades_AWP/train_trades_cifar.py ------------------------------------------------
+    ("trades-awp", "cifar10", D, "defense_options.awp_gamma", 0.005, f"{TR_AWP}:L60"),
+    ("trades-awp", "cifar10", D, "defense_options.awp_warmup", 9, f"{TR_AWP}:L62,179,294"),
+    ("trades-awp", "cifar10", D, "defense_options.awp_proxy_lr", 0.1, f"{TR_AWP}:L279"),
+    ("trades-awp", "cifar10", D, "defense_options.beta", 6.0, f"{TR_AWP}:L47"),
+    ("trades-awp", "cifar10", D, "defense_options.step_size", "eps/4", f"{TR_AWP}:L45,67"),
+    ("trades-awp", "cifar10", D, "defense_options.detach_clean_in_kl", False, f"{TR_AWP}:L188-190"),
+    ("trades-awp", "cifar10", D, "train.milestones", [99 / 200, 149 / 200], f"{TR_AWP}:L263-266"),
+    ("trades-awp", "cifar10", D, "train.weight_decay", 5e-4, f"{TR_AWP}:L31"),
+    ("trades-awp", "cifar10", D, "model_options.normalize", "none", f"{TR_AWP}:L85-89"),
+    ("trades-awp", "cifar10", D, "data.pad_mode", "zeros", f"{TR_AWP}:L86"),
 ]
 
 
@@ -194,13 +277,14 @@ def _recipes():
 
 
 CORE = ("erm", "fast-at", "pgd-at", "trades", "free-at")
+NEWER = ("n-fgsm", "gradalign", "mart", "pgd-at-awp", "trades-awp")
 
 
 @pytest.mark.parametrize("name, family, recipe", list(_recipes()), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_recipe_value_has_exactly_one_source_that_says_where_it_comes_from(name, family, recipe):
     if not isinstance(recipe, Recipe):
         # the old shape (a plain partial config) still loads, every value "not cited"
-        assert name not in CORE, f"{name}'s {family} recipe has no sources"
+        assert name not in CORE + NEWER, f"{name}'s {family} recipe has no sources"
         converted = DEFENSES.get(name).recipe_for(family if family != "tiny" else "digits")
         assert converted is not None and all(t.startswith("not cited") for t in converted.sources.values())
         return
@@ -294,6 +378,21 @@ def test_the_fast_at_cifar_recipe_is_the_paper_s_15_epoch_schedule_with_its_stop
     assert cfg["recipe"]["paper"]["suite"] == "paper-fast-at-cifar10" and cfg["recipe"]["paper"]["n"] == 10_000
 
 
+@pytest.mark.parametrize(
+    "defense, clean, robust, log",
+    [
+        ("pgd-at-awp", 0.8623, 0.5397, "auto_attacks/logs/log_AT-AWP_cifar10_linf_wrn34-10.txt:L1,108"),
+        ("trades-awp", 0.8536, 0.5617, "auto_attacks/logs/log_TRADES-AWP_cifar10_linf_WRN34-10.txt:L1,108"),
+    ],
+)
+def test_the_awp_cifar_recipes_reproduce_the_authors_autoattack_numbers(defense, clean, robust, log):
+    paper = C.resolve({"defense": defense, "dataset": "cifar10"})["recipe"]["paper"]
+    assert paper["source"].startswith(f"{AWP} {log}")
+    assert (paper["clean"], paper["robust"], paper["autoattack"]) == (clean, robust, robust)
+    assert paper["suite"] == "autoattack" and paper["n"] == 10_000
+    assert C.resolve({"defense": defense, "dataset": "cifar100"})["recipe"]["paper"] is None
+
+
 # -- the dry run -------------------------------------------------------------------------------------------
 
 
@@ -353,7 +452,7 @@ def test_dry_run_fast_at_cifar10_shows_augmentation_sizes_stop_rule_and_sources(
     assert "other variants: released, apex-o2" in err
 
 
-@pytest.mark.parametrize("defense", ["erm", "fast-at", "pgd-at", "trades", "free-at"])
+@pytest.mark.parametrize("defense", CORE + NEWER)
 @pytest.mark.parametrize("dataset", ["fashion-mnist", "mnist", "cifar10"])
 def test_dry_run_shows_every_recipe_value_with_its_source(cli, defense, dataset, no_data_sources):
     code, out, err = cli("run", "--defense", defense, "--dataset", dataset, "--no-download", "--dry-run")
@@ -362,6 +461,10 @@ def test_dry_run_shows_every_recipe_value_with_its_source(cli, defense, dataset,
     shown = {line.split(" = ")[0].strip(): line for line in err.splitlines() if line.startswith("  ") and " = " in line}
     for key, source in cfg["recipe"]["sources"].items():
         assert key in shown and source in shown[key], (key, source)
+    assert "not cited" not in err
+    # what the references fix and the harness would otherwise default: precision, input, augmentation, val split
+    for key in ("precision", "model_options.normalize", "data.augment", "data.val_size"):
+        assert key in cfg["recipe"]["sources"], key
     assert f"recipe: {defense} on {dataset}" in err and "augmentation:" in err and "stop rule:" in err
     assert ("crop" in err.split("augmentation:")[1].splitlines()[0]) == (dataset == "cifar10")
 
