@@ -231,7 +231,7 @@ def test_the_reproduction_command_lines_parse_and_resolve_every_recipe_they_name
 
     planned, rendered = [], []
     monkeypatch.setattr(R, "reproduce_one", lambda cfg, **kw: planned.append(cfg))
-    monkeypatch.setattr(R, "write_doc", lambda out, doc: rendered.append(doc))
+    monkeypatch.setattr(R, "write_doc", lambda out, doc, co_sweep=None: rendered.append(doc))
     commands = [c for c in readme_commands() if c.startswith(REPRODUCE)]
     assert commands
     for c in commands:

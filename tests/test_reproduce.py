@@ -133,8 +133,9 @@ def test_the_table_carries_the_papers_numbers_from_the_recipe_record(tmp_path):
 
 
 def test_the_page_carries_the_co_sweep_as_the_script_wrote_it(reproduced, tmp_path):
-    """docs/co-sweep/ beside the page (benchmarks/co_sweep.py --out docs/co-sweep): its table and
-    figure become a section of the page, copied, not retyped; without one the page is the table alone."""
+    """--co-sweep FOLDER (default docs/co-sweep for the default page; benchmarks/co_sweep.py --out
+    FOLDER wrote it): its table and figure become a section of the page, copied, not retyped;
+    without one the page is the table alone."""
     out, doc = reproduced
     sweep = tmp_path / "co-sweep"
     sweep.mkdir()
@@ -143,6 +144,9 @@ def test_the_page_carries_the_co_sweep_as_the_script_wrote_it(reproduced, tmp_pa
     (sweep / "co_sweep.json").write_text(json.dumps({"dataset": "fashion-mnist", "regime": "common", "seed": 0}))
     page = tmp_path / "reproductions.md"
     assert R.main(["--render-only", "--out", str(out / "runs"), "--doc", str(page)]) == 0
+    assert page.read_text() == doc.read_text()  # another page: no section unless asked
+    args = ["--render-only", "--out", str(out / "runs"), "--doc", str(page), "--co-sweep", str(sweep)]
+    assert R.main(args) == 0
     text = page.read_text()
     assert text.startswith(doc.read_text().rstrip("\n"))
     section = text.split("## Catastrophic overfitting against the training eps")[1]
