@@ -245,9 +245,15 @@ def uniform_ball(x: torch.Tensor, norm: str, eps: float, generator: Optional[tor
 def alignment_regulariser(g1: torch.Tensor, g2: torch.Tensor, lam: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """(lambda * (1 - mean cos), cos per kept example) over the examples whose gradients are both non-zero."""
     a, b = g1.flatten(1).float(), g2.flatten(1).float()
+    # the code's order: the mask first (no gradient through it), then the norms of the kept rows
+    # only (train.py: grads_nnz_idx, then grad1[grads_nnz_idx], then l2_norm_batch). Norms taken
+    # over every row and indexed afterwards put sqrt(0) in the graph of a dropped example, whose
+    # backward is inf * 0 = NaN: the weights went NaN in the first epoch on Fashion-MNIST.
+    with torch.no_grad():
+        keep = ((a**2).sum(1) != 0) & ((b**2).sum(1) != 0)
+    a, b = a[keep], b[keep]
     na, nb = (a**2).sum(1) ** 0.5, (b**2).sum(1) ** 0.5
-    keep = (na != 0) & (nb != 0)
-    cos = ((a[keep] / na[keep, None]) * (b[keep] / nb[keep, None])).sum(1)
+    cos = ((a / na[:, None]) * (b / nb[:, None])).sum(1)
     if cos.numel() == 0:
         return g2.sum() * 0.0, cos
     return lam * (1.0 - cos.mean()), cos

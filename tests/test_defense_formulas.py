@@ -259,6 +259,24 @@ def test_gradalign_regulariser_is_lambda_times_one_minus_cosine():
     assert float(zero) == 0.0
 
 
+def test_gradalign_regulariser_backward_is_finite_when_an_example_is_left_out():
+    """A dropped example (a zero input gradient, e.g. a saturated softmax) must not reach the
+    backward: the code masks before it takes norms. Norms over every row put sqrt(0) in the graph,
+    whose backward is inf * 0 = NaN: the weights went NaN within the first epoch on Fashion-MNIST."""
+    from defenses.gradalign import alignment_regulariser
+
+    g1 = torch.randn(4, 1, 3, 3)
+    g2 = torch.randn(4, 1, 3, 3)
+    g2[1] = 0
+    g1[2] = 0
+    g2.requires_grad_(True)
+    reg, cos = alignment_regulariser(g1, g2, 2.0)
+    (grad,) = torch.autograd.grad(reg, g2)
+    assert cos.numel() == 2 and torch.isfinite(grad).all()
+    assert float(grad[1].abs().sum()) == 0.0 and float(grad[2].abs().sum()) == 0.0
+    assert float(grad[0].abs().sum()) > 0
+
+
 def test_gradalign_step_is_fgsm_plus_the_alignment_term_with_gradients_through_it():
     """Andriushchenko & Flammarion 2020: CE(f(x + delta_FGSM)) + lambda (1 - cos(grad l(x), grad l(x + eta))),
     eta ~ U(-eps, eps), the second gradient differentiated (double backprop), the first detached."""
