@@ -181,6 +181,8 @@ def collect(out: Path) -> List[Dict[str, Any]]:
             continue
         env = read_json(run / "env.json") if (run / "env.json").exists() else {}
         training = read_json(run / "training.json") if (run / "training.json").exists() else None
+        metrics = run / "metrics.jsonl"
+        epochs_done = sum(1 for line in metrics.read_text().splitlines() if line.strip()) if metrics.exists() else 0
         ev = cfg.get("eval") or {}
         ckpt = (ev.get("checkpoints") or ["last"])[0]
         paper_eval = _read_eval(run, ev.get("suite"), ckpt)
@@ -198,6 +200,8 @@ def collect(out: Path) -> List[Dict[str, Any]]:
                 "recipe": rec,
                 "env": env,
                 "training": training,
+                "epochs_done": epochs_done,
+                "status": env.get("status"),
                 "checkpoint": ckpt,
                 "paper_eval": paper_eval,
                 "aa_eval": aa_eval,
@@ -277,7 +281,8 @@ def render(out: Path) -> str:
             if t.get("stopped_early"):
                 epochs += " (stopped)"
         else:
-            epochs = f"not finished (0/{cfg['train']['epochs']})"
+            state = row.get("status") or "not started"
+            epochs = f"not finished ({state}, {row.get('epochs_done', 0)}/{cfg['train']['epochs']})"
         if planned is not None:
             epochs += f" (recipe: {planned})"
         if paper.get("clean") is not None or paper.get("robust") is not None:

@@ -128,8 +128,14 @@ def test_the_table_carries_the_papers_numbers_from_the_recipe_record(tmp_path):
     run.write_config(cfg)
     text = R.render(tmp_path)
     row = next(line for line in text.splitlines() if line.startswith("| pgd-at"))
-    assert "88.46 / 78.50 (upper bound)" in row and "paper-mmr-fmnist, n=1000" in row and "not finished" in row
+    assert "88.46 / 78.50 (upper bound)" in row and "paper-mmr-fmnist, n=1000" in row
+    assert "not finished (not started, 0/100)" in row
     assert "Croce, Andriushchenko, Hein 2019 (AISTATS), Table 1" in text
+    # an interrupted run says so and how far it got (the epochs in metrics.jsonl)
+    (run.path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    (run.path / "env.json").write_text(json.dumps({"schema": "env", "schema_version": 1, "status": "interrupted"}))
+    row = next(line for line in R.render(tmp_path).splitlines() if line.startswith("| pgd-at"))
+    assert "not finished (interrupted, 2/100)" in row
 
 
 def test_the_page_carries_the_co_sweep_as_the_script_wrote_it(reproduced, tmp_path):
