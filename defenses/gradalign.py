@@ -35,7 +35,10 @@ Fashion-MNIST have no GradAlign lambda in the code or the paper: DERIVED, the CI
 eps measured in units of the data set's standard eps (0.1 for Fashion-MNIST, 0.3 for MNIST):
 lambda 0.2 there, times 10 per further standard eps (2.0 at 0.2 on Fashion-MNIST, 20 at 0.3: beyond
 the 2x range the CIFAR-10 table covers, an extrapolation). With a curriculum, lambda follows the
-eps in force.
+eps in force. Measured on Fashion-MNIST with fast-at's schedule (docs/co-sweep, one seed): lambda
+0.2 at eps 0.1 holds (PGD-50 val 75.0%); lambda 2 at 0.2 is unstable (30.0% last, flagged); lambda
+20 at 0.3 does not learn (clean at chance); a constant 0.2 collapses at 0.2 and its loss went NaN
+at 0.3. Treat the MNIST-like lambda above 0.1 as unvalidated.
 
 Recipes (every value with its source: ``harness run --defense gradalign --dataset D --dry-run``):
 
