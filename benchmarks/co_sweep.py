@@ -161,9 +161,10 @@ def collect(root: Path) -> List[Dict[str, Any]]:
     and of every run whose env.json says it failed."""
     points = [point(t.parent) for t in sorted(root.rglob("training.json"))]
     for env_path in sorted(root.rglob("env.json")):
-        env = json.loads(env_path.read_text())
-        if env.get("status") == "failed" and not (env_path.parent / "training.json").exists():
-            points.append(failed_point(env_path.parent, str(env.get("error") or "failed")))
+        run = env_path.parent
+        env = RunDir.open(run).read_env()
+        if env.get("status") == "failed" and not (run / "training.json").exists():
+            points.append(failed_point(run, str(env.get("error") or "failed")))
     return points
 
 
