@@ -167,47 +167,117 @@ def _within(value: Optional[float], doc: Optional[Mapping[str, Any]], bound: str
     return "yes" if lo <= value <= hi else "no"
 
 
-def collect(out: Path) -> List[Dict[str, Any]]:
-    """One record per run directory under ``out`` that carries a recipe record."""
-    rows = []
-    for cfg_path in sorted(out.glob("*/config.json")):
-        run = cfg_path.parent
+def _live_record(run: Path) -> Optional[Dict[str, Any]]:
+    """What the table needs from one run directory (``None`` if it carries no recipe record)."""
+    try:
+        cfg = read_json(run / "config.json")
+    except HarnessError:
+        return None
+    rec = cfg.get("recipe") or {}
+    if not rec.get("defense"):
+        return None
+    env = read_json(run / "env.json") if (run / "env.json").exists() else {}
+    training = read_json(run / "training.json") if (run / "training.json").exists() else None
+    metrics = run / "metrics.jsonl"
+    epochs_done = sum(1 for line in metrics.read_text().splitlines() if line.strip()) if metrics.exists() else 0
+    ev = cfg.get("eval") or {}
+    ckpt = (ev.get("checkpoints") or ["last"])[0]
+    paper_eval = _read_eval(run, ev.get("suite"), ckpt)
+    aa_eval = None
+    for path in sorted((run / "eval").glob(f"*--{ckpt}.json")) if (run / "eval").exists() else []:
+        doc = read_json(path)
+        names = {a.get("name") for a in doc.get("attacks", [])}
+        if doc.get("suite") != ev.get("suite") and names & {"apgd-ce", "apgd-t", "fab-t", "square"}:
+            aa_eval = doc
+    return {
+        "run": run.name,
+        "source": f"run directory `{run.as_posix()}`",
+        "cfg": cfg,
+        "recipe": rec,
+        "env": env,
+        "training": training,
+        "epochs_done": epochs_done,
+        "status": env.get("status"),
+        "checkpoint": ckpt,
+        "paper_eval": paper_eval,
+        "aa_eval": aa_eval,
+    }
+
+
+# The fields of a row kept in an archived record; the evaluations lose their per-example outcomes
+# (10,000 of them for the papers' n), which stay in the run directory.
+RECORD_FIELDS = ("run", "cfg", "env", "training", "epochs_done", "status", "checkpoint", "paper_eval", "aa_eval")
+RECORD_SCHEMA = "reproduction-record"
+
+
+def _progress(row: Mapping[str, Any]) -> Tuple[int, int, int, int]:
+    """How far a run got: finished, epochs, paper evaluation, AutoAttack evaluation."""
+    return (
+        int(row.get("status") == "finished"),
+        int(row.get("epochs_done") or 0),
+        int(bool(row.get("paper_eval"))),
+        int(bool(row.get("aa_eval"))),
+    )
+
+
+def to_record(row: Mapping[str, Any], *, archived_from: str) -> Dict[str, Any]:
+    doc: Dict[str, Any] = {"schema": RECORD_SCHEMA, "schema_version": 1, "archived_from": archived_from}
+    for key in RECORD_FIELDS:
+        value = row.get(key)
+        if key in ("paper_eval", "aa_eval") and value:
+            value = {k: v for k, v in value.items() if k != "per_example"}
+        doc[key] = value
+    return doc
+
+
+def _archived(records: Optional[Path]) -> Dict[str, Dict[str, Any]]:
+    """The archived records under ``records`` as table rows, by run name."""
+    rows: Dict[str, Dict[str, Any]] = {}
+    for path in sorted(records.glob("*.json")) if records is not None and records.is_dir() else []:
         try:
-            cfg = read_json(cfg_path)
+            doc = read_json(path)
         except HarnessError:
             continue
-        rec = cfg.get("recipe") or {}
-        if not rec.get("defense"):
+        if doc.get("schema") != RECORD_SCHEMA:
             continue
-        env = read_json(run / "env.json") if (run / "env.json").exists() else {}
-        training = read_json(run / "training.json") if (run / "training.json").exists() else None
-        metrics = run / "metrics.jsonl"
-        epochs_done = sum(1 for line in metrics.read_text().splitlines() if line.strip()) if metrics.exists() else 0
-        ev = cfg.get("eval") or {}
-        ckpt = (ev.get("checkpoints") or ["last"])[0]
-        paper_eval = _read_eval(run, ev.get("suite"), ckpt)
-        aa_eval = None
-        for path in sorted((run / "eval").glob(f"*--{ckpt}.json")) if (run / "eval").exists() else []:
-            doc = read_json(path)
-            names = {a.get("name") for a in doc.get("attacks", [])}
-            if doc.get("suite") != ev.get("suite") and names & {"apgd-ce", "apgd-t", "fab-t", "square"}:
-                aa_eval = doc
-        rows.append(
-            {
-                "run": run.name,
-                "path": run,
-                "cfg": cfg,
-                "recipe": rec,
-                "env": env,
-                "training": training,
-                "epochs_done": epochs_done,
-                "status": env.get("status"),
-                "checkpoint": ckpt,
-                "paper_eval": paper_eval,
-                "aa_eval": aa_eval,
-            }
-        )
+        row = {key: doc.get(key) for key in RECORD_FIELDS}
+        row["recipe"] = (row["cfg"] or {}).get("recipe") or {}
+        row["env"] = row["env"] or {}
+        row["source"] = f"archived record `{path.as_posix()}` (from `{doc.get('archived_from')}`)"
+        rows[row["run"]] = row
     return rows
+
+
+def collect(out: Path, records: Optional[Path] = None) -> List[Dict[str, Any]]:
+    """One row per reproduction run: the run directories under ``out`` that carry a recipe record,
+    and the records archived in ``records`` (written by :func:`archive`) for the runs that are not
+    there, or that got further there than here: a run directory lost with its machine keeps its row."""
+    rows = _archived(records)
+    for cfg_path in sorted(out.glob("*/config.json")):
+        row = _live_record(cfg_path.parent)
+        if row is None:
+            continue
+        kept = rows.get(row["run"])
+        if kept is None or _progress(row) >= _progress(kept):
+            if kept is not None:
+                row["source"] += f", archived in `{(records / (row['run'] + '.json')).as_posix()}`"
+            rows[row["run"]] = row
+    return [rows[name] for name in sorted(rows)]
+
+
+def archive(out: Path, records: Path) -> List[Path]:
+    """Write one record per run directory under ``out`` into ``records`` (a folder committed with
+    the page), unless the record there got further; returns the files written."""
+    kept = _archived(records)
+    written = []
+    for cfg_path in sorted(out.glob("*/config.json")):
+        row = _live_record(cfg_path.parent)
+        if row is None or (row["run"] in kept and _progress(kept[row["run"]]) > _progress(row)):
+            continue
+        target = records / f"{row['run']}.json"
+        atomic_write_text(target, json.dumps(to_record(row, archived_from=cfg_path.parent.as_posix()), indent=1) + "\n")
+        written.append(target)
+    return written
 
 
 def _read_eval(run: Path, suite: Optional[str], ckpt: str) -> Optional[Dict[str, Any]]:
@@ -239,18 +309,19 @@ def _cost(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     return f"{wall / erm_wall:.1f}x per epoch ({passes / erm_passes:.1f}x passes)"
 
 
-def render(out: Path) -> str:
-    rows = collect(out)
+def render(out: Path, records: Optional[Path] = None) -> str:
+    rows = collect(out, records)
     lines = [
         "# Reproductions: our numbers beside the papers'",
         "",
         "Generated by `python benchmarks/reproduce.py` from the run directories under "
-        f"`{out}` (re-render: `python benchmarks/reproduce.py --render-only --out {out}`). Every number below is read "
-        "from a "
-        "run directory: the paper's from the recipe record in its `config.json` (the value and its citation come from "
-        "the "
-        "defense's recipe in `defenses/`), ours from `eval/*.json`, the cost from `training.json`. Nothing is typed by "
-        "hand.",
+        f"`{out}`"
+        + (f" and the records archived in `{records.as_posix()}`" if records is not None else "")
+        + f" (re-render: `python benchmarks/reproduce.py --render-only --out {out}`). Every number below is read "
+        "from a run directory, or from the record archived from it (the same files, less the per-example outcomes; "
+        "the note of each row names its source): the paper's from the recipe record in its `config.json` (the value "
+        "and its citation come from the defense's recipe in `defenses/`), ours from `eval/*.json`, the cost from "
+        "`training.json`. Nothing is typed by hand.",
         "",
         'Accuracies in %; ours with the 95% Wilson interval. "paper attack": the paper\'s own evaluation replayed by '
         "the "
@@ -303,7 +374,7 @@ def render(out: Path) -> str:
         device = row["env"].get("device_name") or row["env"].get("device")
         ref = len(notes) + 1
         notes.append(
-            f"{ref}. `{row['run']}`: {paper.get('source', 'no paper')}. Paper's attack: "
+            f"{ref}. `{row['run']}` ({row['source']}): {paper.get('source', 'no paper')}. Paper's attack: "
             f"{paper.get('attack', '-')}"
             + (f"; {paper['note']}" if paper.get("note") else "")
             + ". Recipe notes: "
@@ -388,10 +459,12 @@ def co_sweep_section(folder: Path, doc: Path) -> List[str]:
     ]
 
 
-def write_doc(out: Path, doc: Path, co_sweep: Optional[Path] = None) -> Path:
-    """The reproduction table, and the catastrophic-overfitting sweep in ``co_sweep`` if given and
-    written."""
-    text = render(out)
+def write_doc(out: Path, doc: Path, co_sweep: Optional[Path] = None, records: Optional[Path] = None) -> Path:
+    """Archive the run directories under ``out`` into ``records`` (if given), then write the
+    reproduction table, and the catastrophic-overfitting sweep in ``co_sweep`` if given and written."""
+    if records is not None:
+        archive(out, records)
+    text = render(out, records)
     section = co_sweep_section(co_sweep, doc) if co_sweep is not None else []
     if section:
         text = text.rstrip("\n") + "\n\n" + "\n".join(section)
@@ -437,10 +510,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         metavar="FOLDER",
         help=f"a co_sweep.py output folder to add as a section (default: {DEFAULT_CO_SWEEP} for the default --doc)",
     )
+    p.add_argument(
+        "--records",
+        default=None,
+        metavar="FOLDER",
+        help="where each run's record is archived beside the page, so a row outlives its run directory "
+        "(default: the page's path without .md, e.g. docs/reproductions/)",
+    )
     p.add_argument("--render-only", action="store_true", help="only re-render the table from the run directories")
     p.add_argument("--progress", action="store_true", help="progress bars")
     args = p.parse_args(argv)
     out, doc = Path(args.out), Path(args.doc)
+    records = Path(args.records) if args.records else doc.with_suffix("")
     co_sweep = Path(args.co_sweep) if args.co_sweep else (Path(DEFAULT_CO_SWEEP) if args.doc == DEFAULT_DOC else None)
     try:
         if not args.render_only:
@@ -474,8 +555,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     aa_n=args.aa_n,
                     progress=args.progress,
                 )
-                write_doc(out, doc, co_sweep)  # the table grows as runs finish
-        write_doc(out, doc, co_sweep)
+                write_doc(out, doc, co_sweep, records)  # the table grows as runs finish
+        write_doc(out, doc, co_sweep, records)
     except HarnessError as e:
         sys.stderr.write(f"reproduce: error: {e}\n")
         return 2

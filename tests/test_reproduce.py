@@ -65,7 +65,8 @@ def test_render_only_gives_the_same_table_and_resume_skips_finished_runs(reprodu
     out, doc = reproduced
     before = doc.read_text()
     again = out / "again.md"
-    assert R.main(["--render-only", "--out", str(out / "runs"), "--doc", str(again)]) == 0
+    records = ["--records", str(out / "reproductions")]
+    assert R.main(["--render-only", "--out", str(out / "runs"), "--doc", str(again)] + records) == 0
     assert again.read_text() == before
     assert (
         R.main(
@@ -86,6 +87,7 @@ def test_render_only_gives_the_same_table_and_resume_skips_finished_runs(reprodu
                 "48",
                 "--resume",
             ]
+            + records
         )
         == 0
     )
@@ -149,9 +151,10 @@ def test_the_page_carries_the_co_sweep_as_the_script_wrote_it(reproduced, tmp_pa
     (sweep / "co_sweep.md").write_text(table)
     (sweep / "co_sweep.json").write_text(json.dumps({"dataset": "fashion-mnist", "regime": "common", "seed": 0}))
     page = tmp_path / "reproductions.md"
-    assert R.main(["--render-only", "--out", str(out / "runs"), "--doc", str(page)]) == 0
+    records = ["--records", str(out / "reproductions")]
+    assert R.main(["--render-only", "--out", str(out / "runs"), "--doc", str(page)] + records) == 0
     assert page.read_text() == doc.read_text()  # another page: no section unless asked
-    args = ["--render-only", "--out", str(out / "runs"), "--doc", str(page), "--co-sweep", str(sweep)]
+    args = ["--render-only", "--out", str(out / "runs"), "--doc", str(page), "--co-sweep", str(sweep)] + records
     assert R.main(args) == 0
     text = page.read_text()
     assert text.startswith(doc.read_text().rstrip("\n"))
@@ -159,3 +162,52 @@ def test_the_page_carries_the_co_sweep_as_the_script_wrote_it(reproduced, tmp_pa
     assert table.rstrip("\n") in section and "](co-sweep/co_sweep.svg)" in section
     assert "data: fashion-mnist, regime: common, seed 0" in section
     assert "Catastrophic overfitting against" not in doc.read_text()
+
+
+def _table_rows(text):
+    return [line for line in text.splitlines() if line.startswith("| erm [") or line.startswith("| fast-at [")]
+
+
+def test_a_row_outlives_its_run_directory_through_the_archived_record(reproduced, tmp_path):
+    """Every run is archived beside the page (default: the page's path without .md) as one JSON
+    record without the per-example outcomes; a page rendered from the records alone, the run
+    directories gone, holds the same rows, and says where each came from."""
+    out, doc = reproduced
+    records = out / "reproductions"
+    names = sorted(p.stem for p in records.glob("*.json"))
+    assert names == ["erm-digits-test-s0", "fast-at-digits-test-s0"]
+    rec = json.loads((records / "fast-at-digits-test-s0.json").read_text())
+    assert rec["schema"] == "reproduction-record" and rec["status"] == "finished"
+    assert rec["archived_from"] == (out / "runs" / "fast-at-digits-test-s0").as_posix()
+    assert "per_example" not in rec["paper_eval"] and "per_example" not in rec["aa_eval"]
+    live = doc.read_text()
+    assert "archived in `" in live and "run directory `" in live
+    gone = tmp_path / "runs"  # the machine that held the run directories is gone
+    gone.mkdir()
+    text = R.render(gone, records)
+    assert _table_rows(text) == _table_rows(live) and len(_table_rows(text)) == 2
+    assert "archived record `" in text and "run directory `" not in text
+
+
+def test_an_archived_record_is_not_overwritten_by_a_run_that_got_less_far(reproduced, tmp_path):
+    """A fresh start of the same run (not finished, fewer epochs) neither replaces the finished
+    record nor the row rendered from it; a run that got as far does."""
+    out, _ = reproduced
+    records = tmp_path / "records"
+    R.archive(out / "runs", records)
+    before = (records / "erm-digits-test-s0.json").read_text()
+    runs = tmp_path / "runs"
+    (runs / "erm-digits-test-s0").mkdir(parents=True)
+    cfg = json.loads((out / "runs" / "erm-digits-test-s0" / "config.json").read_text())
+    (runs / "erm-digits-test-s0" / "config.json").write_text(json.dumps(cfg))
+    env = {"schema": "env", "schema_version": 1, "status": "interrupted"}
+    (runs / "erm-digits-test-s0" / "env.json").write_text(json.dumps(env))
+    assert R.archive(runs, records) == []
+    assert (records / "erm-digits-test-s0.json").read_text() == before
+    row = next(line for line in R.render(runs, records).splitlines() if line.startswith("| erm ["))
+    assert "not finished" not in row and "1/1 (recipe: 3)" in row
+    # the original directory, as far as the record, replaces it (the same content)
+    assert R.archive(out / "runs", records) == [
+        records / "erm-digits-test-s0.json",
+        records / "fast-at-digits-test-s0.json",
+    ]
