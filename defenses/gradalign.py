@@ -41,8 +41,10 @@ lambda 0.2 there, times 10 per further standard eps (2.0 at 0.2 on Fashion-MNIST
 the 2x range the CIFAR-10 table covers, an extrapolation). With a curriculum, lambda follows the
 eps in force. Measured on Fashion-MNIST with fast-at's schedule (docs/co-sweep, one seed): lambda
 0.2 at eps 0.1 holds (PGD-50 val 75.0%); lambda 2 at 0.2 is unstable (30.0% last, flagged); lambda
-20 at 0.3 does not learn (clean at chance); a constant 0.2 collapses at 0.2 and its loss went NaN
-at 0.3. Treat the MNIST-like lambda above 0.1 as unvalidated.
+20 at 0.3 does not learn (clean at chance); a constant 0.2 (``align_growth`` 1) collapses at 0.2
+and at 0.3 (PGD-50 val 4.9% at epoch 1, 0.0% from epoch 2 on while FGSM stays at 49-59%: flagged
+every epoch; before the float64 cosine its loss went NaN at epoch 7). Treat the MNIST-like lambda
+above 0.1 as unvalidated.
 
 Recipes (every value with its source: ``harness run --defense gradalign --dataset D --dry-run``):
 
