@@ -248,6 +248,16 @@ def _archived(records: Optional[Path]) -> Dict[str, Dict[str, Any]]:
     return rows
 
 
+def _verdict(ev: Mapping[str, Any]) -> str:
+    """The sanity checks' verdict on an evaluation, with the failed checks' names, unless reliable."""
+    checks = ev.get("checks") or {}
+    verdict = checks.get("verdict")
+    if not verdict or verdict == "reliable":
+        return ""
+    failed = [f.get("check") for f in checks.get("findings") or [] if f.get("status") == "fail"]
+    return f", {verdict}" + (f": {', '.join(failed)} failed" if failed else "")
+
+
 def collect(out: Path, records: Optional[Path] = None) -> List[Dict[str, Any]]:
     """One row per reproduction run: the run directories under ``out`` that carry a recipe record,
     and the records archived in ``records`` (written by :func:`archive`) for the runs that are not
@@ -327,7 +337,9 @@ def render(out: Path, records: Optional[Path] = None) -> str:
         "the "
         'suite named under it, with the paper\'s n; "AA": AutoAttack standard (pyautoattack) on the first n test '
         "points. "
-        '"in CI": whether the published number lies in our interval (clean / robust). Wall time: training steps plus '
+        '"in CI": whether the published number lies in our interval (clean / robust). An AA number the '
+        "gradient-masking checks do not trust carries their verdict and the checks that failed (the run's "
+        "`eval/autoattack--*.json` says by how much). Wall time: training steps plus "
         "the "
         "per-epoch val monitor, on the device in the env column; cost: training seconds per epoch and measured "
         "forward + backward passes per example, over the erm control of the same data set and seed.",
@@ -368,10 +380,13 @@ def render(out: Path, records: Optional[Path] = None) -> str:
         if pe:
             robust_in = _within(paper.get("robust"), pe.get("robust"), paper.get("bound", ""))
             within = f"{_within(paper.get('clean'), pe.get('clean'))} / {robust_in}"
-        ours_aa = (_prop(aa.get("robust")) + f" (n={aa['data']['n']})") if aa else "not run"
+        ours_aa = (_prop(aa.get("robust")) + f" (n={aa['data']['n']}){_verdict(aa)}") if aa else "not run"
         authors_aa = _pct(paper.get("autoattack")) if paper.get("autoattack") is not None else "-"
         wall = _minutes(t.get("wall_s")) if t else "-"
         device = row["env"].get("device_name") or row["env"].get("device")
+        if device and row["env"].get("device") == "cpu" and row["env"].get("torch_threads"):
+            threads = int(row["env"]["torch_threads"])
+            device += f", {threads} thread{'s' if threads != 1 else ''}"  # the seconds depend on them
         ref = len(notes) + 1
         notes.append(
             f"{ref}. `{row['run']}` ({row['source']}): {paper.get('source', 'no paper')}. Paper's attack: "

@@ -58,6 +58,7 @@ def test_every_row_comes_from_its_run_directory(reproduced):
         row = next(line for line in text.splitlines() if line.startswith(f"| {name.split('-digits')[0]} ["))
         assert R._prop(ev["robust"]) in row and R._prop(ev["clean"]) in row and R._prop(aa["robust"]) in row
         assert "1/1 (recipe: 3)" in row and "none published" in row
+        assert row.endswith(", 1 thread |")  # the CPU threads its seconds were measured with (--threads 1)
     assert "1 (control)" in text and "x per epoch" in text
 
 
@@ -211,3 +212,19 @@ def test_an_archived_record_is_not_overwritten_by_a_run_that_got_less_far(reprod
         records / "erm-digits-test-s0.json",
         records / "fast-at-digits-test-s0.json",
     ]
+
+
+def test_an_autoattack_number_the_checks_do_not_trust_says_so_in_its_cell():
+    """The reference Fast-AT recipe on Fashion-MNIST measured 58.3% under AutoAttack with Square
+    breaking 75 points the white-box attacks missed: the cell must carry that verdict, not a bare
+    number."""
+    findings = [
+        {"check": "square-vs-whitebox", "status": "fail"},
+        {"check": "fgsm-vs-pgd", "status": "ok"},
+        {"check": "loss-trace", "status": "skipped"},
+    ]
+    assert R._verdict({"checks": {"verdict": "unreliable", "findings": findings}}) == (
+        ", unreliable: square-vs-whitebox failed"
+    )
+    assert R._verdict({"checks": {"verdict": "reliable", "findings": findings[1:]}}) == ""
+    assert R._verdict({}) == ""
