@@ -231,7 +231,9 @@ def test_the_reproduction_command_lines_parse_and_resolve_every_recipe_they_name
 
     planned, rendered = [], []
     monkeypatch.setattr(R, "reproduce_one", lambda cfg, **kw: planned.append(cfg))
-    monkeypatch.setattr(R, "write_doc", lambda out, doc, co_sweep=None: rendered.append(doc))
+    monkeypatch.setattr(
+        R, "write_doc", lambda out, doc, co_sweep=None, records=None: rendered.append((doc, records))
+    )
     commands = [c for c in readme_commands() if c.startswith(REPRODUCE)]
     assert commands
     for c in commands:
@@ -239,6 +241,8 @@ def test_the_reproduction_command_lines_parse_and_resolve_every_recipe_they_name
         assert R.main(argv) == 0
     assert {cfg["defense"] for cfg in planned} == {"erm", "fast-at", "pgd-at", "trades", "free-at"}
     assert all(cfg["eval"]["suite"].startswith("paper-") for cfg in planned) and rendered
+    # each run's record is archived beside the page it renders: doc.md -> doc/
+    assert all(records == doc.with_suffix("") for doc, records in rendered), rendered
 
 
 def test_help_texts_have_examples_and_every_example_works(finished, capsys):
