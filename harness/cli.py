@@ -427,20 +427,39 @@ def _in_process_group(parser: argparse.ArgumentParser, args: argparse.Namespace)
     no-op in one process); rank 0 prints the results, the other ranks' stdout goes nowhere."""
     from harness import distributed  # torch is imported only by the commands that need it
 
-    with contextlib.ExitStack() as stack:
-        try:
-            world = stack.enter_context(distributed.session())
-        except HarnessError as e:
-            sys.stderr.write(f"harness: error: {e}\n")
-            return e.exit_code
-        except (RuntimeError, ValueError) as e:  # torchrun's rendezvous or the backend refused us
-            sys.stderr.write(f"harness: error: could not join the torchrun process group: {e}\n")
-            return 2
-        _setup_logging(args.verbose, world.rank if world.distributed else None)
-        if world.is_writer:
-            return _dispatch(parser, args)
-        stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-        return _dispatch(parser, args, prefix=f"[rank {world.rank}] ")
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                world = stack.enter_context(distributed.session())
+            except HarnessError as e:
+                sys.stderr.write(f"harness: error: {e}\n")
+                return e.exit_code
+            except (RuntimeError, ValueError) as e:  # torchrun's rendezvous or the backend refused us
+                sys.stderr.write(f"harness: error: could not join the torchrun process group: {e}\n")
+                return 2
+            _setup_logging(args.verbose, world.rank if world.distributed else None)
+            prefix = ""
+            if not world.is_writer:
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+                prefix = f"[rank {world.rank}] "
+            code = _dispatch(parser, args, prefix=prefix)
+            if code != 0:
+                raise _RankFailed(code)  # leave the group at once: the other ranks may never arrive
+            return code  # session() waits here for every rank before it leaves the group
+    except _RankFailed as failed:
+        return failed.code
+    except RuntimeError as e:  # the closing barrier: a peer died after this rank finished
+        sys.stderr.write(f"harness: error: another rank did not finish: {e}\n")
+        return 1
+
+
+class _RankFailed(Exception):
+    """This rank's command ended with a non-zero status: its process group is left without the
+    closing barrier, which would wait for ranks that may be stuck or gone."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, prefix: str = "") -> int:

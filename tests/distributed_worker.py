@@ -6,6 +6,10 @@
   (SIGKILL, no clean-up of any kind) once epoch EPOCH's files are all written.
 - ``ddp-attack OUT_JSON``: a PGD attack through the DDP wrapper in train mode, then one update
   with unequal parts of a global batch; rank 0 writes what it observed to OUT_JSON.
+- ``cli-exit FAILING_RANK OUT_DIR``: ``harness.cli._in_process_group`` with a command that, after
+  one collective, fails (status 3) on rank FAILING_RANK (-1: on none) and succeeds elsewhere, rank
+  0 only after a while (a writer still at work when the others are done); each rank writes the
+  status it returned to OUT_DIR/rank<R>.
 """
 
 from __future__ import annotations
@@ -103,6 +107,27 @@ def ddp_attack(out: str) -> int:
     return 0
 
 
+def cli_exit(failing_rank: str, out_dir: str) -> int:
+    import argparse
+    import time
+
+    from harness import cli
+
+    def command(parser, args, prefix=""):
+        rank = distributed.world().rank
+        distributed.all_gather_object(rank)
+        if rank == int(failing_rank):
+            return 3
+        if rank == 0:
+            time.sleep(1.0)
+        return 0
+
+    cli._dispatch = command
+    code = cli._in_process_group(argparse.ArgumentParser(), argparse.Namespace(verbose=0))
+    Path(out_dir, f"rank{os.environ['RANK']}").write_text(str(code))
+    return code
+
+
 if __name__ == "__main__":
     scenario, *rest = sys.argv[1:]
-    raise SystemExit({"kill": kill, "ddp-attack": ddp_attack}[scenario](*rest))
+    raise SystemExit({"kill": kill, "ddp-attack": ddp_attack, "cli-exit": cli_exit}[scenario](*rest))

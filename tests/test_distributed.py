@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 import torch
@@ -249,6 +249,39 @@ def test_an_attack_through_the_ddp_wrapper_reduces_nothing_and_the_update_is_the
     assert seen["ranks_equal"] and seen["moved"] > 1e-3
     # unequal parts (4 and 2 of 6), weighted by their shares: the update of the whole batch
     assert seen["max_diff_to_global_batch"] < 1e-5
+
+
+# -- leaving the group ------------------------------------------------------------------------------
+# A clean end waits for every rank (a rank that left early, its DDP wrapper alive, could die of
+# SIGABRT at exit: 5 of 40 runs of the test above before the barrier); a failed one must not wait
+# (its peers may never arrive), or a one-rank failure would hang every other rank until the timeout.
+
+
+def _cli_exit(tmp_path: Path, failing_rank: int) -> Tuple[subprocess.CompletedProcess, Dict[int, int]]:
+    done = _torchrun(str(WORKER), "cli-exit", str(failing_rank), str(tmp_path))
+    codes = {int(p.name[4:]): int(p.read_text()) for p in tmp_path.glob("rank*")}
+    return done, codes
+
+
+def test_ranks_that_all_succeed_leave_together_and_the_run_succeeds(tmp_path):
+    done, codes = _cli_exit(tmp_path, -1)
+    _ok(done)
+    assert codes == {0: 0, 1: 0}
+
+
+def test_a_rank_that_fails_leaves_without_waiting_and_the_run_fails(tmp_path):
+    done, codes = _cli_exit(tmp_path, 1)  # rank 0 still at work, then at the closing barrier
+    assert done.returncode != 0
+    assert codes[1] == 3  # its own status, not a hang until the collective timeout
+    assert codes.get(0, 1) != 0  # rank 0 is stopped by torchrun or told its peer is gone: never "finished"
+
+
+def test_a_writer_whose_peer_failed_reports_one_line_and_a_failing_status(tmp_path):
+    done, codes = _cli_exit(tmp_path, 0)
+    assert done.returncode != 0
+    assert codes[0] == 3
+    if 1 in codes:  # the waiting rank learned of the failure at the barrier (else torchrun stopped it)
+        assert codes[1] == 1 and "another rank did not finish" in done.stderr
 
 
 # -- invariants, in this process ----------------------------------------------------------------------
