@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any, Dict
 
 import pytest
 import torch
@@ -280,3 +281,48 @@ def test_co_sweep_records_a_diverged_point_and_goes_on(tmp_path, monkeypatch):
     assert S.main(["--collect", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "collected")]) == 0
     again = json.loads((tmp_path / "collected" / "co_sweep.json").read_text())["points"]
     assert sorted((p["defense"], "failed" in p) for p in again) == [("fast-at", False), ("n-fgsm", True)]
+
+
+def _co_point(defense: str, eps: str, clean: float, robust: float, co: bool = False) -> Dict[str, Any]:
+    return {
+        "defense": defense,
+        "dataset": "fashion-mnist",
+        "eps": eps,
+        "eps_value": float(eps),
+        "run": f"runs/co-sweep/{defense}-eps{eps}",
+        "epochs_run": 10,
+        "selection": "PGD-50 CE",
+        "n": 1000,
+        "last_robust": robust,
+        "last_clean": clean,
+        "best_epoch": 7,
+        "best_robust": max(robust, 0.12),
+        "co": co,
+        "co_epoch": 1 if co else None,
+        "train_attack": "PGD-10 CE",
+        "passes_per_epoch": {"forward": 11.0, "backward": 11.0},
+        "train_wall_s": 400.0,
+    }
+
+
+def test_co_sweep_renders_from_its_json_alone_and_names_a_model_that_did_not_learn(tmp_path):
+    """--render rewrites the table and figure from co_sweep.json (the run directories are gone).
+    A constant predictor (clean = robust = 9.1%, as PGD-AT at eps 0.2 measured) is "did not learn",
+    not a plain "no" in the catastrophic-overfitting column; a model that learned, or collapsed
+    under attack while its clean accuracy stayed up, is not."""
+    from benchmarks import co_sweep as S
+
+    points = [
+        _co_point("pgd-at", "0.1", 0.864, 0.780),
+        _co_point("pgd-at", "0.2", 0.091, 0.091),
+        _co_point("fast-at", "0.3", 0.656, 0.0, co=True),
+    ]
+    (tmp_path / "co_sweep.json").write_text(json.dumps({"dataset": "fashion-mnist", "seed": 0, "points": points}))
+    assert S.main(["--render", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "co_sweep.md").read_text()
+    assert "| pgd-at | 0.2 | 9.1% | 9.1% | 12.0% (7) | no: did not learn (clean = PGD acc = 9.1%" in table
+    assert "| pgd-at | 0.1 | 78.0% | 86.4% | 78.0% (7) | no |" in table
+    assert "| fast-at | 0.3 | 0.0% | 65.6% | 12.0% (7) | yes, epoch 1 |" in table
+    assert (tmp_path / "co_sweep.svg").read_text().startswith("<svg")
+    assert [S.did_not_learn(p) for p in points] == [False, True, False]
+    assert S.main(["--render", "--out", str(tmp_path / "missing")]) == 2
