@@ -20,7 +20,11 @@ of pixels, so the MNIST-family recipes follow the MNIST script (``clip_start`` f
 Fashion-MNIST (docs/reproductions-fast-at-start.md: 3 seeds x 5 epochs, AutoAttack on 500 test
 points): the clipped start was the steadier, 71.9 +- 1.2% AutoAttack against 68.8 +- 6.5% for the
 reference, whose seed 2 ended near 61% while its other seeds matched the clipped ones; three seeds
-do not separate the means.
+do not separate the means. The full 10-epoch recipe (``reference``, seed 0, docs/reproductions.md)
+shows the same tail: trained with 1 CPU thread it reached 71.9% AutoAttack (n=1,000); trained with
+2 threads (the same seed; CPU float reductions differ with the thread count) 58.3%, where Square
+broke 75 points the white-box attacks did not, so the gradient-masking checks mark that number
+unreliable and PGD-50 x 10 (69.8% on all 10,000) overstates it.
 
 Catastrophic overfitting: single-step training can collapse within an epoch (PGD accuracy to
 ~0 while FGSM accuracy rises). The harness's val monitor flags it in every run. Stopping is the
