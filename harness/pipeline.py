@@ -122,7 +122,16 @@ def _open(run: Optional[RunDir], ctx: RunContext, world: Optional[Dict[str, Any]
         )
         return run
     env = run.read_env()
-    run.update_env(status="running", resumed=list(env.get("resumed") or []) + [now_iso()], finished=None, **processes)
+    # A directory killed between its config and its env (or whose env.json was lost) has no
+    # machine record: the resuming process supplies what is missing and overwrites nothing.
+    missing = {
+        k: v
+        for k, v in {**environment(ctx.device), "precision": ctx.precision, "memory_format": ctx.memory_format}.items()
+        if k not in env
+    }
+    run.update_env(
+        status="running", resumed=list(env.get("resumed") or []) + [now_iso()], finished=None, **missing, **processes
+    )
     return run
 
 

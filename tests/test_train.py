@@ -401,6 +401,24 @@ def test_pipeline_records_status_and_resumes_an_interrupted_run(tmp_path):
     assert saved == dict(cfg)  # the saved config is the resolved one, itself a valid --config
 
 
+def test_a_resumed_run_without_a_machine_record_gets_one_from_the_resuming_process(tmp_path):
+    """A run killed between writing its config and its env resumes with the machine recorded
+    (the reproduction table reads its device column from there)."""
+    cfg = _cfg("fast-at", tmp_path, train={"epochs": 1})
+
+    def stop(epoch, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, evaluate=False, progress=False, on_epoch_end=stop)
+    path = tmp_path / cfg["out"]["name"]
+    (path / "env.json").write_text(json.dumps({"schema": "env", "schema_version": 1, "status": "interrupted"}))
+    run_pipeline(None, resume=str(path), evaluate=False, progress=False)
+    env = json.loads((path / "env.json").read_text())
+    assert env["status"] == "finished" and len(env["resumed"]) == 1
+    assert env["machine"] and env["torch_threads"] >= 1 and env["precision"] == "fp32"
+
+
 def test_threads_are_set_recorded_and_kept_by_a_resumed_run(tmp_path):
     before = torch.get_num_threads()
     try:
