@@ -12,7 +12,8 @@ worst case. ``checks`` names the sanity-check set run with the suite (``attacks.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Dict, List
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from attacks.registry import ATTACKS, SUITES
 from harness.core.errors import ConfigError
@@ -166,43 +167,81 @@ _paper(
 )
 
 
-def get_suite(name_or_spec: Any) -> Dict[str, Any]:
-    """A suite by name, or an inline suite dict (validated the same way)."""
-    if isinstance(name_or_spec, dict):
-        spec = copy.deepcopy(name_or_spec)
-        name = spec.get("name", "custom")
-    else:
-        name = str(name_or_spec)
-        spec = copy.deepcopy(SUITES.get(name))
-    spec["name"] = name
-    if not isinstance(spec.get("attacks"), list) or not spec["attacks"]:
-        raise ConfigError(f"suite {name!r} lists no attacks")
-    n = spec.get("n")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"suite {name!r}: n must be a positive integer, got {n!r}")
-    for a in spec["attacks"]:
-        if not isinstance(a, dict) or "attack" not in a:
-            raise ConfigError(f"suite {name!r}: each attack must be a table with an 'attack' name, got {a!r}")
-        ATTACKS.entry(a["attack"])  # unknown name -> did-you-mean
-    return spec
+@dataclass(frozen=True)
+class Suite:
+    """A resolved evaluation suite: its name, the sample size n (the first n test points, in fixed
+    order), the attacks of the cascade in order (attack specs for ``attacks.factory.build``), the
+    sanity checks (``"all"``, ``"cheap"`` or a list, minus ``exclude``) and, for the papers' own
+    suites, the evaluation they replay (``paper``).
 
+    ``Suite.resolve`` takes a registered name or an inline spec (a dict, as a config file or the
+    API gives it) and validates it; ``record()`` is what an eval result stores as ``suite_spec``,
+    the spec as declared (so a stored result compares equal to the suite that produced it)."""
 
-def expand_attacks(suite: Dict[str, Any], norm: str) -> List[Dict[str, Any]]:
-    """The suite's attack specs with composite attacks (``autoattack``) expanded into components."""
-    out: List[Dict[str, Any]] = []
-    for a in suite["attacks"]:
-        entry = ATTACKS.entry(a["attack"])
-        expand = entry.meta.get("expand")
-        out.extend(expand(a, norm) if expand else [dict(a)])
-    return out
+    name: str
+    n: int
+    attacks: Tuple[Mapping[str, Any], ...]
+    checks: Any = ()
+    exclude: Tuple[str, ...] = ()
+    paper: Optional[str] = None
+    declared: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    @classmethod
+    def resolve(cls, name_or_spec: Any) -> "Suite":
+        """A suite by name, an inline suite dict (validated the same way), or a Suite (itself)."""
+        if isinstance(name_or_spec, Suite):
+            return name_or_spec
+        if isinstance(name_or_spec, Mapping):
+            spec = copy.deepcopy(dict(name_or_spec))
+            name = spec.get("name", "custom")
+        else:
+            name = str(name_or_spec)
+            spec = copy.deepcopy(SUITES.get(name))
+        spec.pop("name", None)
+        if not isinstance(spec.get("attacks"), list) or not spec["attacks"]:
+            raise ConfigError(f"suite {name!r} lists no attacks")
+        n = spec.get("n")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError(f"suite {name!r}: n must be a positive integer, got {n!r}")
+        for a in spec["attacks"]:
+            if not isinstance(a, dict) or "attack" not in a:
+                raise ConfigError(f"suite {name!r}: each attack must be a table with an 'attack' name, got {a!r}")
+            ATTACKS.entry(a["attack"])  # unknown name -> did-you-mean
+        checks = spec.get("checks") or []
+        return cls(
+            name=str(name),
+            n=n,
+            attacks=tuple(spec["attacks"]),
+            checks=checks if isinstance(checks, str) else tuple(checks),
+            exclude=tuple(spec.get("exclude") or ()),
+            paper=spec.get("paper"),
+            declared=spec,
+        )
 
-def suite_attack_names(suite: Dict[str, Any], build: Callable[[Dict[str, Any]], Any]) -> str:
-    """The suite's attacks as people name them (``AutoAttack standard; PGD-20 CE``): each attack's
-    own ``label()`` (``build`` turns a spec into the attack), a composite's ``label`` meta."""
-    parts = []
-    for spec in suite["attacks"]:
-        entry = ATTACKS.entry(spec["attack"])
-        named = entry.meta.get("label")
-        parts.append(named(spec) if named else build(spec).label())
-    return "; ".join(parts)
+    def record(self) -> Dict[str, Any]:
+        """The spec as declared, without its name: an eval result's ``suite_spec``."""
+        return copy.deepcopy(dict(self.declared))
+
+    def with_n(self, n: int) -> "Suite":
+        """The same attacks and checks on another number of points."""
+        return replace(self, n=int(n), declared={**copy.deepcopy(dict(self.declared)), "n": int(n)})
+
+    def expand(self, norm: str) -> List[Dict[str, Any]]:
+        """The attack specs with composite attacks (``autoattack``) expanded into their components."""
+        out: List[Dict[str, Any]] = []
+        for a in self.attacks:
+            entry = ATTACKS.entry(a["attack"])
+            expand = entry.meta.get("expand")
+            out.extend(expand(dict(a), norm) if expand else [dict(a)])
+        return out
+
+    def attack_names(self, build: Callable[[Mapping[str, Any]], Any]) -> str:
+        """The suite's attacks as people name them (``AutoAttack standard; PGD-20 CE``): each
+        attack's own ``label()`` (``build`` turns a spec into the attack), a composite's ``label``
+        meta."""
+        parts = []
+        for spec in self.attacks:
+            entry = ATTACKS.entry(spec["attack"])
+            named = entry.meta.get("label")
+            parts.append(named(dict(spec)) if named else build(spec).label())
+        return "; ".join(parts)

@@ -37,12 +37,12 @@ from attacks.base import PassCounter, resolve_step_size  # noqa: E402
 from attacks.pgd import FGSM, PGD, perturb  # noqa: E402
 from benchmarks import peers as P  # noqa: E402
 from benchmarks.common import fmt, format_table, machine, timed  # noqa: E402
-from harness.context import EvalSetting
 from harness.core.runtime import seed_everything, select_device  # noqa: E402
 from harness.core.threat import ThreatModel  # noqa: E402
 from harness.data import DataBundle, load_dataset  # noqa: E402
 from harness.evaluation import evaluate_model  # noqa: E402
 from harness.models import build_model  # noqa: E402
+from harness.spec import EvalSetting
 
 
 def train_model(
@@ -151,7 +151,7 @@ def pgd_contenders(
             EvalSetting(suite, threat, num_classes, batch_size=batch_size),
             progress=False,
             run_checks=False,
-        )
+        ).to_json()
         return torch.tensor(doc["per_example"]["robust"], dtype=torch.bool, device=x.device)
 
     runs: Dict[str, Callable[[], torch.Tensor]] = {"harness": ours}
@@ -375,7 +375,7 @@ def bench_wrapper(
         )
     runs: Dict[str, Callable[[], torch.Tensor]] = {
         "harness": lambda: torch.tensor(
-            evaluate_model(model, x, y, setting, run_checks=False)["per_example"]["robust"],
+            evaluate_model(model, x, y, setting, run_checks=False).per_example.robust,
             dtype=torch.bool,
             device=x.device,
         ),

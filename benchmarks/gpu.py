@@ -50,11 +50,12 @@ import torch  # noqa: E402
 from benchmarks.common import fmt, format_table, machine  # noqa: E402
 from harness import distributed  # noqa: E402
 from harness.config import resolve  # noqa: E402
-from harness.context import EvalSetting, RunContext  # noqa: E402
+from harness.context import RunContext  # noqa: E402
 from harness.core.rundir import RunDir  # noqa: E402
 from harness.core.runtime import apply_memory_format, select_device  # noqa: E402
 from harness.data import DataBundle, Split  # noqa: E402
 from harness.evaluation import evaluate_model, predict  # noqa: E402
+from harness.spec import EvalSetting  # noqa: E402
 from harness.training import Trainer  # noqa: E402
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
@@ -189,7 +190,7 @@ def bench_autoattack(
             bundle.num_classes,
             batch_size=s["aa_batch_size"],
         )
-        doc = evaluate_model(model, x, y, setting, run_checks=False)
+        doc = evaluate_model(model, x, y, setting, run_checks=False).to_json()
         a = doc["attacks"][0]
         rows.append(
             {

@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from attacks.base import eval_mode
+from attacks.suites import Suite
 from harness import config as C
-from harness.context import EvalSetting, RunContext
-from harness.core.documents import EvalResult, Finding
+from harness.context import RunContext
+from harness.core.documents import EnvRecord, EvalData, EvalResult, Finding
 from harness.core.errors import ConfigError, DataError
 from harness.core.io import atomic_write_json, dumps, read_json
 from harness.core.rundir import RunDir
@@ -38,6 +39,7 @@ from harness.core.threat import ThreatModel
 from harness.data import load_dataset
 from harness.evaluation import SURROGATE_POINTS, evaluate_checkpoints, evaluate_model
 from harness.pipeline import Outcome, run_pipeline
+from harness.spec import EvalSetting
 
 Data = Union[str, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -149,22 +151,17 @@ def evaluate(
     surrogate = None
     if isinstance(data, str):
         bundle = load_dataset(data, data_dir=data_dir, val_size=0, device=dev)
-        setting = EvalSetting(suite, threat, bundle.num_classes, seed=seed, batch_size=batch_size)
-        x, y = bundle.test.first(int(n or setting.suite["n"]))
+        setting = EvalSetting(Suite.resolve(suite), threat, bundle.num_classes, seed=seed, batch_size=batch_size)
+        x, y = bundle.test.first(int(n or setting.suite.n))
         surrogate = bundle.train.first(min(len(bundle.train), SURROGATE_POINTS))
-        source = {"dataset": data, "split": "test", "source": bundle.source}
+        where = EvalData(data, "test", int(x.shape[0]), "first n in fixed order", source=bundle.source)
     else:
         x, y = _tensors(data, dev, n)
-        setting = EvalSetting(suite, threat, _num_classes(model, x), seed=seed, batch_size=batch_size)
-        source = {"dataset": None, "split": "given tensors", "source": "tensors"}
-    doc = evaluate_model(model, x, y, setting, progress=progress, run_checks=checks, surrogate_data=surrogate)
-    doc = {
-        "suite": doc.pop("suite"),
-        "data": {**source, "n": int(x.shape[0]), "subset": "first n in fixed order"},
-        **doc,
-        "env": environment(dev),
-    }
-    return Evaluation.from_json(doc)
+        setting = EvalSetting(Suite.resolve(suite), threat, _num_classes(model, x), seed=seed, batch_size=batch_size)
+        where = EvalData(None, "given tensors", int(x.shape[0]), "first n in fixed order", source="tensors")
+    result = evaluate_model(model, x, y, setting, progress=progress, run_checks=checks, surrogate_data=surrogate)
+    result.data, result.env = where, EnvRecord.from_json(environment(dev))
+    return result.cast(Evaluation)
 
 
 def _tensors(data: Any, device: torch.device, n: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -264,7 +261,7 @@ def evaluate_run(
     ctx = RunContext.from_config(cfg, device=device)
     setting = ctx.eval_setting(suite=suite, n=n, seed=seed, batch_size=batch_size)
     done = evaluate_checkpoints(run, ctx, setting, checkpoints, force=force, progress=progress)
-    return [(Evaluation.from_json(doc), how) for doc, how in done]
+    return [(doc.cast(Evaluation), how) for doc, how in done]
 
 
 class Run:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from attacks.suites import get_suite
+from attacks.suites import Suite
 from defenses.registry import DEFENSES
 from harness.core.errors import ConfigError
 from harness.core.rundir import run_dir_name
@@ -395,7 +395,7 @@ def check_names(cfg: Mapping[str, Any]) -> None:
         defense.resolve_options(cfg.get("defense_options") or {})
     DATASETS.entry(cfg["dataset"])
     MODELS.entry(cfg["model"])
-    get_suite(cfg["eval"]["suite"])
+    Suite.resolve(cfg["eval"]["suite"])
     for name in cfg.get("log") or []:
         LOGGERS.entry(name)
 

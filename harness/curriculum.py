@@ -165,9 +165,11 @@ def strength_at(cfg: Mapping[str, Any], epoch: int, threat: ThreatModel, steps: 
     return Point(epoch, None, None, None)
 
 
-def apply(defense: Any, cfg: Mapping[str, Any], epoch: int) -> Dict[str, Any]:
-    """Arm ``defense`` for ``epoch`` (1-based) and return the strength in force, for the metrics row."""
+def apply(defense: Any, schedule: Mapping[str, Any], epoch: int) -> Dict[str, Any]:
+    """Arm ``defense`` for ``epoch`` (1-based) and return the strength in force, for the metrics row.
+    ``schedule`` is the run's ``curriculum`` section (``RunSpec.curriculum``)."""
     defense.begin_epoch(epoch)
+    cfg = {"curriculum": schedule}
     kind = section(cfg)["schedule"]
     if kind != "none":
         key = defense.strength_steps_option

@@ -79,11 +79,12 @@ class Augment:
     flip: bool = True
 
     @classmethod
-    def from_config(cls, data_cfg: Any) -> Optional["Augment"]:
-        kind = data_cfg.get("augment", "none")
+    def of(cls, kind: Optional[str], crop_padding: int = 4, pad_mode: str = "zeros") -> Optional["Augment"]:
+        """The augmentation ``data.augment`` names (none, crop, crop-flip; "auto" is settled per
+        data set when the config is resolved), or None."""
         if kind in ("none", None, "auto"):
             return None
-        return cls(int(data_cfg.get("crop_padding", 4)), str(data_cfg.get("pad_mode", "zeros")), kind == "crop-flip")
+        return cls(int(crop_padding), str(pad_mode), kind == "crop-flip")
 
     def describe(self) -> Dict[str, Any]:
         return {

@@ -33,6 +33,7 @@ is recomputed, and identical weights (``best`` is often the last epoch) are eval
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -46,30 +47,30 @@ from torch import nn
 
 from attacks.base import PassCounter, eval_mode, verify
 from attacks.checks import CheckContext, checks_for, run_checks
-from attacks.suites import expand_attacks, suite_attack_names
 from harness import distributed
 from harness.checkpoints import load_into, load_resume, load_state_dict_file, weights_sha256
-from harness.context import EvalSetting, RunContext
+from harness.context import RunContext
+from harness.core.documents import (
+    AttackRecord,
+    ChecksBlock,
+    EnvRecord,
+    EvalCost,
+    EvalData,
+    EvalResult,
+    Passes,
+    PerExample,
+    Proportion,
+    Threat,
+)
 from harness.core.errors import DataError, HarnessError
 from harness.core.io import atomic_write_json, read_json
 from harness.core.rundir import RunDir, now_iso
 from harness.core.runtime import environment
-from harness.core.stats import proportion
+from harness.spec import EvalSetting
 
 log = logging.getLogger("harness.evaluation")
 
 SURROGATE_POINTS = 5000  # training points the transfer check may fit its surrogate on
-
-
-def _passes(counts: Dict[str, int], n: int, attacked: int) -> Dict[str, Any]:
-    return {
-        "forward": counts["forward"],
-        "backward": counts["backward"],
-        "forward_per_example": counts["forward"] / n if n else None,
-        "backward_per_example": counts["backward"] / n if n else None,
-        "forward_per_attacked": counts["forward"] / attacked if attacked else None,
-        "backward_per_attacked": counts["backward"] / attacked if attacked else None,
-    }
 
 
 @torch.no_grad()
@@ -144,7 +145,7 @@ class _Cascade:
         self.robust = self.clean_correct.clone()
         self.broken_by = torch.full((n,), -1, dtype=torch.long, device=x.device)
         self.adv_pred = clean_pred.clone()
-        self.records: List[Dict[str, Any]] = []  # stored in the result
+        self.records: List[AttackRecord] = []  # stored in the result
         self.trail: List[Dict[str, Any]] = []  # in memory, for the checks
 
     def replay(self, i: int, attack: Any, desc: Dict[str, Any], saved: Dict[str, Any]) -> None:
@@ -155,7 +156,7 @@ class _Cascade:
         self.robust &= ~broke
         self.broken_by[broke] = i
         self.adv_pred[broke] = apred[broke]
-        self.records.append({k: v for k, v in saved.items() if not k.startswith("_")})
+        self.records.append(AttackRecord.from_json({k: v for k, v in saved.items() if not k.startswith("_")}))
         self.trail.append(
             {
                 "name": attack.name,
@@ -207,18 +208,17 @@ class _Cascade:
         broke = torch.zeros(n, dtype=torch.bool, device=x.device)
         broke[idx[success]] = True
         k = int(self.robust.sum())
-        rec = {
-            "name": attack.name,
-            "label": attack.label(),
-            "descriptor": desc,
-            "ran_on": int(idx.numel()),
-            "broke": int(success.sum()),
-            "after": proportion(k, n),
-            "passes": _passes(used, n, int(idx.numel())),
-            "wall_s": time.perf_counter() - t0,
-        }
-        if i == 0:
-            rec["alone"] = proportion(k, n)
+        rec = AttackRecord(
+            attack.name,
+            attack.label(),
+            desc,
+            int(idx.numel()),
+            int(success.sum()),
+            Proportion.of(k, n),
+            Passes.counted(used, n, int(idx.numel())),
+            time.perf_counter() - t0,
+            alone=Proportion.of(k, n) if i == 0 else None,
+        )
         self.records.append(rec)
         self.trail.append(
             {
@@ -232,7 +232,12 @@ class _Cascade:
             }
         )
         log.info("%s: ran on %d, broke %d, robust %.2f%%", attack.label(), idx.numel(), int(success.sum()), 100 * k / n)
-        return {**rec, "_broke": broke.tolist(), "_ran_on": ran_on.tolist(), "_adv_pred": self.adv_pred.tolist()}
+        return {
+            **rec.to_json(),
+            "_broke": broke.tolist(),
+            "_ran_on": ran_on.tolist(),
+            "_adv_pred": self.adv_pred.tolist(),
+        }
 
     def _generate(
         self, attack: Any, xs: torch.Tensor, ys: torch.Tensor, bar: "_Progress"
@@ -277,14 +282,14 @@ class _Cascade:
         trace = shard.gather(torch.cat(traces) if traces else None, dev)
         return shard.gather(mine, dev), path, (trace.t() if trace is not None else None)
 
-    def per_example(self) -> Dict[str, Any]:
-        return {
-            "label": self.y.tolist(),
-            "clean_correct": self.clean_correct.tolist(),
-            "robust": self.robust.tolist(),
-            "broken_by": [None if b < 0 else int(b) for b in self.broken_by.tolist()],
-            "adv_pred": self.adv_pred.tolist(),
-        }
+    def per_example(self) -> PerExample:
+        return PerExample(
+            label=self.y.tolist(),
+            clean_correct=self.clean_correct.tolist(),
+            robust=self.robust.tolist(),
+            broken_by=[None if b < 0 else int(b) for b in self.broken_by.tolist()],
+            adv_pred=self.adv_pred.tolist(),
+        )
 
 
 # size: the setting is one object; the rest are keyword-only switches of one call (resume file, progress, checks)
@@ -299,18 +304,20 @@ def evaluate_model(
     progress: bool = False,
     run_checks: bool = True,
     surrogate_data: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-) -> Dict[str, Any]:
-    """Evaluate ``model`` on (x, y) under ``setting``; returns the result document (without the
-    run-specific fields). ``x`` must hold [0,1] images; n is ``len(x)``. ``state_path`` keeps the
-    progress after each attack (resumable; ``state_key`` names what is evaluated, e.g. the weights'
-    digest); ``surrogate_data`` are training points for the transfer check."""
+) -> EvalResult:
+    """Evaluate ``model`` on (x, y) under ``setting``; returns the result document without the
+    fields that say what was evaluated (``data``, the checkpoint, ``env``: the caller's). ``x`` must
+    hold [0,1] images; n is ``len(x)``. ``state_path`` keeps the progress after each attack
+    (resumable; ``state_key`` names what is evaluated, e.g. the weights' digest);
+    ``surrogate_data`` are training points for the transfer check."""
     threat, suite = setting.threat, setting.suite
     check_inputs(x)
     threat.check_input_dim(x[0].numel())
     n = int(x.shape[0])
-    attacks = [setting.attack(spec) for spec in suite_specs(setting)]
+    attacks = [setting.attack(spec) for spec in suite.expand(threat.norm)]
     descriptors = [a.describe() for a in attacks]
-    state = _State(state_path, _fingerprint(suite, threat.to_dict(), n, setting.seed, descriptors, state_key))
+    suite_key = {**suite.record(), "name": suite.name}
+    state = _State(state_path, _fingerprint(suite_key, threat.to_dict(), n, setting.seed, descriptors, state_key))
     t0 = time.perf_counter()
     with PassCounter(model) as counter:
         cascade = _Cascade(model, x, y, setting, predict(model, x, setting.batch_size))
@@ -324,48 +331,32 @@ def evaluate_model(
                 state.save()
         attack_counts = counter.since(clean_counts)
         if not run_checks:
-            checks = _not_run("checks disabled for this evaluation")
+            checks = ChecksBlock.not_run("checks disabled for this evaluation")
         else:  # once, on rank 0, on the gathered cascade; every rank returns its document
             checks = distributed.on_writer(lambda: _checks(model, x, y, setting, cascade, surrogate_data, progress))
         total = counter.snapshot()
-    k_robust = int(cascade.robust.sum())
-    result = {
-        "suite": setting.suite_name,
-        "suite_spec": {k: v for k, v in suite.items() if k != "name"},
-        "threat": threat.to_dict(),
-        "seed": setting.seed,
-        "clean": proportion(int(cascade.clean_correct.sum()), n),
-        "attacks": cascade.records,
-        "robust": {
-            **proportion(k_robust, n),
-            "label": (
-                f"worst case over {setting.suite_name} ({suite_attack_names(setting.suite, setting.attack)}), "
-                f"{threat.label()}, n={n}"
-            ),
-        },
-        "per_example": cascade.per_example(),
-        "checks": checks,
-        "cost": {
-            "wall_s": time.perf_counter() - t0,
-            **_passes(total, n, n),
-            "clean_passes": clean_counts,
-            "attack_passes": attack_counts,
-        },
-        "precision": setting.precision,
-        "batch_size": setting.batch_size,
-        "created": now_iso(),
-    }
+    robust = Proportion.of(
+        int(cascade.robust.sum()),
+        n,
+        label=(f"worst case over {setting.suite_name} ({suite.attack_names(setting.attack)}), {threat.label()}, n={n}"),
+    )
+    result = EvalResult(
+        suite=setting.suite_name,
+        suite_spec=suite.record(),
+        threat=Threat.of(threat),
+        seed=setting.seed,
+        clean=Proportion.of(int(cascade.clean_correct.sum()), n),
+        attacks=cascade.records,
+        robust=robust,
+        per_example=cascade.per_example(),
+        checks=checks,
+        cost=EvalCost.counted(time.perf_counter() - t0, total, n, clean=clean_counts, attacks=attack_counts),
+        precision=setting.precision,
+        batch_size=setting.batch_size,
+        created=now_iso(),
+    )
     state.clear()
     return result
-
-
-def suite_specs(setting: EvalSetting) -> List[Dict[str, Any]]:
-    """The suite's attack specs, composites (AutoAttack) expanded into their components."""
-    return expand_attacks(setting.suite, setting.threat.norm)
-
-
-def _not_run(reason: str) -> Dict[str, Any]:
-    return {"verdict": "not run", "reasons": [reason], "findings": []}
 
 
 def _checks(
@@ -376,13 +367,12 @@ def _checks(
     cascade: _Cascade,
     surrogate_data: Optional[Tuple[torch.Tensor, torch.Tensor]],
     progress: bool,
-) -> Dict[str, Any]:
+) -> ChecksBlock:
     """The suite's sanity checks on the finished cascade, ending in the verdict."""
     suite = setting.suite
-    want = suite.get("checks")
-    if not want:
-        return _not_run(f"suite {setting.suite_name} runs no checks")
-    names = checks_for(want, cascade.trail, suite.get("exclude", []))
+    if not suite.checks:
+        return ChecksBlock.not_run(f"suite {setting.suite_name} runs no checks")
+    names = checks_for(suite.checks, cascade.trail, suite.exclude)
     ctx = CheckContext(
         model=model,
         x=x,
@@ -481,16 +471,21 @@ class Checkpoint:
         return model.eval()
 
 
-def _reusable(doc: Optional[Dict[str, Any]], setting: EvalSetting, sha: str) -> bool:
+def _reusable(doc: Optional[EvalResult], setting: EvalSetting, sha: str) -> bool:
     """A stored result stands for these weights under this setting (suite, n, seed, threat)."""
     return (
         doc is not None
-        and doc.get("weights_sha256") == sha
-        and (doc.get("data") or {}).get("n") == setting.n
-        and doc.get("seed") == setting.seed
-        and doc.get("threat") == setting.threat.to_dict()
-        and doc.get("suite_spec") == {k: v for k, v in setting.suite.items() if k != "name"}
+        and doc.weights_sha256 == sha
+        and doc.data.n == setting.n
+        and doc.seed == setting.seed
+        and doc.threat.to_json() == setting.threat.to_dict()
+        and doc.suite_spec == setting.suite.record()
     )
+
+
+def _stored(run: RunDir, suite: str, checkpoint: str) -> Optional[EvalResult]:
+    doc = run.read_eval_result(suite, checkpoint)
+    return EvalResult.coerce(doc) if doc is not None else None
 
 
 # size: one loop over checkpoints with its three outcomes (evaluated, stored, same weights) side by side
@@ -502,7 +497,7 @@ def evaluate_checkpoints(
     *,
     force: bool = False,
     progress: bool = False,
-) -> List[Tuple[Dict[str, Any], str]]:
+) -> List[Tuple[EvalResult, str]]:
     """Evaluate each named checkpoint of ``run`` under ``setting`` and write eval/SUITE--CKPT.json.
 
     Returns (result, how) per checkpoint, ``how`` one of "evaluated", "stored" (an earlier result
@@ -512,15 +507,16 @@ def evaluate_checkpoints(
     names = run.available_checkpoints() if list(checkpoints) == ["all"] else list(checkpoints)
     x, y = ctx.data.test.first(int(setting.n or len(ctx.data.test)))
     surrogate = ctx.data.train.first(min(len(ctx.data.train), SURROGATE_POINTS))
-    by_weights: Dict[str, Tuple[str, Dict[str, Any]]] = {}
+    by_weights: Dict[str, Tuple[str, EvalResult]] = {}
     # what is stored is read by rank 0 and handed to every rank, so all decide alike even while rank 0 writes
-    for suite, ckpt, doc in distributed.on_writer(lambda: list(run.eval_results())):
-        if suite == setting.suite_name and _reusable(doc, setting, str(doc.get("weights_sha256"))):
-            by_weights.setdefault(str(doc["weights_sha256"]), (ckpt, doc))
-    out: List[Tuple[Dict[str, Any], str]] = []
+    for suite, ckpt, raw in distributed.on_writer(lambda: list(run.eval_results())):
+        doc = EvalResult.coerce(raw)
+        if suite == setting.suite_name and _reusable(doc, setting, str(doc.weights_sha256)):
+            by_weights.setdefault(str(doc.weights_sha256), (ckpt, doc))
+    out: List[Tuple[EvalResult, str]] = []
     for name in names:
         ck = Checkpoint(run, name)
-        stored = distributed.on_writer(lambda: run.read_eval_result(setting.suite_name, name))
+        stored = distributed.on_writer(lambda: _stored(run, setting.suite_name, name))
         if not force and _reusable(stored, setting, ck.sha256):
             log.info(
                 "%s: %s already evaluated with %s for these weights (use --force to re-run)",
@@ -540,10 +536,11 @@ def evaluate_checkpoints(
             )
         twin = by_weights.get(ck.sha256) if not force else None
         if twin is not None and twin[0] != name:
-            doc = {**twin[1], "checkpoint": name, "checkpoint_epoch": ck.epoch, "same_weights_as": twin[0]}
+            doc = copy.deepcopy(twin[1])
+            doc.checkpoint, doc.checkpoint_epoch, doc.same_weights_as = name, ck.epoch, twin[0]
             how = f"same weights as {twin[0]}"
         else:
-            res = evaluate_model(
+            doc = evaluate_model(
                 ck.model(ctx),
                 x,
                 y,
@@ -557,26 +554,16 @@ def evaluate_checkpoints(
             world = distributed.describe()
             if world is not None:
                 env["distributed"] = world
-            doc = {
-                "suite": res.pop("suite"),
-                "checkpoint": name,
-                "checkpoint_epoch": ck.epoch,
-                "data": {
-                    "dataset": ctx.config["dataset"],
-                    "split": "test",
-                    "n": int(x.shape[0]),
-                    "subset": "first n in fixed order",
-                    "source": ctx.data.source,
-                },
-                "weights_sha256": ck.sha256,
-                "checkpoint_file": ck.file,
-                **res,
-                "env": env,
-            }
-            doc["per_example"] = {"index": list(range(int(x.shape[0]))), **doc["per_example"]}
+            doc.checkpoint, doc.checkpoint_epoch = name, ck.epoch
+            doc.data = EvalData(
+                ctx.spec.dataset, "test", int(x.shape[0]), "first n in fixed order", source=ctx.data.source
+            )
+            doc.weights_sha256, doc.checkpoint_file = ck.sha256, ck.file
+            doc.env = EnvRecord.from_json(env)
+            doc.per_example.index = list(range(int(x.shape[0])))
             how = "evaluated"
             by_weights.setdefault(ck.sha256, (name, doc))
         if distributed.world().is_writer:
-            run.write_eval_result(setting.suite_name, name, doc)
+            run.write_eval_result(setting.suite_name, name, doc.to_json())
         out.append((doc, how))
     return out

@@ -53,6 +53,7 @@ from harness.core.rundir import RunDir, now_iso
 from harness.data import load_dataset
 from harness.evaluation import Checkpoint
 from harness.models import model_for
+from harness.spec import RunSpec
 
 # the fields every RobustBench Linf / L2 leaderboard file has, and the optional ones (see above)
 ROBUSTBENCH_FIELDS = (
@@ -155,7 +156,8 @@ def _load_weights(
         split=d.get("split", "random"),
     )
     with torch.device("cpu"):
-        model = model_for(cfg, bundle)  # the run's input normalisation (model_options.normalize) included
+        # the run's input normalisation (model_options.normalize) included
+        model = model_for(RunSpec.from_config(cfg).model, bundle)
     load_into(model, ck.state, source=str(ck.path))
     return state_dict_of(model.eval()), bundle, int(ck.epoch) if ck.epoch is not None else -1
 

@@ -17,7 +17,7 @@ so checkpoints have one layout.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence, Tuple
+from typing import Any, Callable, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -177,10 +177,9 @@ def build_model(
     return NormalizedModel(factory(tuple(shape), num_classes), mean, std, normalize)
 
 
-def model_for(cfg: Mapping[str, Any], bundle: Any) -> NormalizedModel:
-    """The run's model for its data: ``cfg["model"]`` with ``cfg["model_options"]``."""
-    normalize = (cfg.get("model_options") or {}).get("normalize", "dataset")
-    return build_model(cfg["model"], bundle.shape, bundle.num_classes, bundle.mean, bundle.std, normalize)
+def model_for(spec: Any, bundle: Any) -> NormalizedModel:
+    """The run's model for its data: ``spec`` is a ``harness.spec.ModelSpec`` (name, normalize)."""
+    return build_model(spec.name, bundle.shape, bundle.num_classes, bundle.mean, bundle.std, spec.normalize)
 
 
 @MODELS.register(

@@ -61,17 +61,16 @@ class Monitor:
     than the training attack) and the training attack itself (the defense's ``attack``)."""
 
     def __init__(self, ctx: Any):
-        cfg = ctx.config
         ctx.require_val()
         self.defense = ctx.defense
         self.threat = ctx.threat
         self.seed = ctx.seed
         self.batch_size = ctx.eval_batch_size
         self.amp = lambda: autocast(ctx.device, ctx.precision)
-        self.selection = ctx.attack(dict(cfg["selection"]))
+        self.selection = ctx.attack(dict(ctx.spec.selection))
         self.fgsm = ctx.attack({"attack": "fgsm"})
         self.warnings = check_selection(self.defense, self.selection)
-        self.x, self.y = ctx.data.val.first(int(cfg["monitor"]["val_n"]))
+        self.x, self.y = ctx.data.val.first(ctx.spec.monitor.val_n)
         self.num_classes = ctx.data.num_classes
 
     @property

@@ -25,10 +25,12 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from harness import distributed
 from harness.config import RunConfig, validate_saved
 from harness.context import RunContext
+from harness.core.documents import EvalResult
 from harness.core.rundir import RunDir, now_iso
 from harness.core.runtime import environment, resource_usage, sigterm_as_interrupt
 from harness.evaluation import evaluate_checkpoints
 from harness.loggers import LoggerSet, build_loggers
+from harness.spec import RunSpec
 from harness.training import EpochHook, Trainer
 from reports.run_report import render_run
 
@@ -42,7 +44,7 @@ class Outcome:
 
     run: RunDir
     training: Dict[str, Any]
-    results: List[Tuple[Dict[str, Any], str]] = field(default_factory=list)
+    results: List[Tuple[EvalResult, str]] = field(default_factory=list)
 
 
 def run_pipeline(
@@ -65,7 +67,7 @@ def run_pipeline(
             threads = run.read_env().get("torch_threads")
     elif cfg is None:
         raise ValueError("run_pipeline needs a config or resume=RUN_DIR")
-    ctx = RunContext.from_config(cfg, threads=threads)
+    ctx = RunContext.from_spec(RunSpec.from_config(cfg), threads=threads)
     loggers = build_loggers(ctx.config)  # an unknown logger or a missing package fails here, before the run dir
     if not distributed.world().is_writer:
         loggers = LoggerSet([], ctx.config)  # the trackers mirror rank 0's files, once
@@ -79,13 +81,12 @@ def run_pipeline(
     loggers.open(run, resumed=resume is not None)
     with sigterm_as_interrupt(), _status(run, ctx), loggers:
         summary = trainer.fit(run)
-        results: List[Tuple[Dict[str, Any], str]] = []
+        results: List[Tuple[EvalResult, str]] = []
         if evaluate:
-            ev = ctx.config["eval"]
             results = evaluate_checkpoints(
-                run, ctx, ctx.eval_setting(), list(ev["checkpoints"]), progress=_shows_progress(progress)
+                run, ctx, ctx.eval_setting(), list(ctx.spec.eval.checkpoints), progress=_shows_progress(progress)
             )
-            loggers.log_final(doc for doc, _ in results)
+            loggers.log_final(doc.to_json() for doc, _ in results)
         # the report says "finished" only if the status is written before it is rendered
         distributed.barrier()  # and only once every process got here
         if distributed.world().is_writer:
@@ -98,12 +99,11 @@ def run_pipeline(
 def _open(run: Optional[RunDir], ctx: RunContext, world: Optional[Dict[str, Any]] = None) -> RunDir:
     """A new run directory (created atomically, config and env written), or the resumed one
     marked running again. ``world``: the processes of a torchrun run (``distributed.describe``)."""
-    cfg = ctx.config
+    spec = ctx.spec
     processes = {"distributed": world} if world is not None else {}
     if run is None:
-        out = cfg["out"]
-        run = RunDir.create(out["root"], out.get("name") or RunDir.default_name(cfg))
-        run.write_config(dict(cfg))
+        run = RunDir.create(spec.out.root, spec.out.name or RunDir.default_name(spec.config))
+        run.write_config(spec.to_config())
         run.write_env(
             {
                 **environment(ctx.device),
@@ -114,7 +114,7 @@ def _open(run: Optional[RunDir], ctx: RunContext, world: Optional[Dict[str, Any]
                 "memory_format": ctx.memory_format,
                 "config_sources": [
                     "defaults",
-                    f"recipe of {cfg['defense']} for {cfg['dataset']}",
+                    f"recipe of {spec.defense.name} for {spec.dataset}",
                     "config file and flags (argv)",
                 ],
                 **processes,

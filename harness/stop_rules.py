@@ -214,17 +214,17 @@ class FirstBatchPGDRule:
         self.previous_weights = None if weights is None else {k: v.clone() for k, v in weights.items()}
 
 
-def build_stop_rule(cfg: Mapping[str, Any], threat: ThreatModel, precision: str, early_stop: bool) -> Any:
-    """The run's stop rule, or None when the run never stops early."""
+def build_stop_rule(monitor: Any, threat: ThreatModel, precision: str, early_stop: bool) -> Any:
+    """The run's stop rule (``monitor`` is the spec's ``MonitorSpec``), or None when the run never
+    stops early."""
     if not early_stop:
         return None
-    m = cfg["monitor"]
-    if m.get("stop_rule", "val-collapse") == "first-batch-pgd":
+    if monitor.stop_rule == "first-batch-pgd":
         return FirstBatchPGDRule(
             threat,
-            steps=int(m.get("stop_steps", 5)),
-            step_size=m.get("stop_step_size", "eps/4"),
-            drop=float(m.get("stop_drop", 0.2)),
+            steps=monitor.stop_steps,
+            step_size=monitor.stop_step_size,
+            drop=monitor.stop_drop,
             precision=precision,
         )
     return ValCollapseRule()

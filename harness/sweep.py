@@ -76,6 +76,7 @@ from harness.core.io import atomic_write_json
 from harness.core.rundir import RunDir, now_iso
 from harness.core.runtime import sigterm_as_interrupt
 from harness.core.sweepdir import SweepDir
+from harness.spec import RunSpec
 
 log = logging.getLogger("harness.sweep")
 
@@ -347,7 +348,7 @@ def resolve_cells(
         try:
             cfg = C.resolve(flags, spec.base)
             if check_plan:
-                check_runnable(cfg)
+                check_runnable(RunSpec.from_config(cfg))
         except HarnessError as e:
             problems.setdefault(str(e), []).append(cell.name)
             continue

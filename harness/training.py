@@ -52,6 +52,7 @@ from harness.core.io import atomic_write_json
 from harness.core.rundir import RunDir, now_iso
 from harness.core.runtime import rng_state, seed_everything, set_rng_state
 from harness.monitor import Monitor, detect_catastrophic_overfitting, robust_overfitting
+from harness.spec import TrainSpec
 from harness.stop_rules import build_stop_rule
 
 log = logging.getLogger("harness.training")
@@ -63,19 +64,19 @@ EpochHook = Callable[[int, Dict[str, Any]], None]
 # -- optimizer and schedule -----------------------------------------------------------------------
 
 
-def make_optimizer(model: torch.nn.Module, tcfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    if tcfg["optimizer"] == "sgd":
+def make_optimizer(model: torch.nn.Module, train: TrainSpec) -> torch.optim.Optimizer:
+    if train.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(),
-            lr=tcfg["lr"],
-            momentum=tcfg["momentum"],
-            weight_decay=tcfg["weight_decay"],
-            nesterov=bool(tcfg["nesterov"]),
+            lr=train.lr,
+            momentum=train.momentum,
+            weight_decay=train.weight_decay,
+            nesterov=bool(train.nesterov),
         )
-    return torch.optim.Adam(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
 
 
-def lr_factor(tcfg: Mapping[str, Any], total_updates: int) -> Callable[[int], float]:
+def lr_factor(train: TrainSpec, total_updates: int) -> Callable[[int], float]:
     """Multiplier of ``train.lr`` for optimizer update ``k`` (0-based), as a function of the
     progress (k + 1) / total, so per-minibatch schedules (cyclic) and Free-AT's replays are
     handled alike.
@@ -85,9 +86,9 @@ def lr_factor(tcfg: Mapping[str, Any], total_updates: int) -> Callable[[int], fl
     - ``constant``: lr.
     """
     total = max(int(total_updates), 1)
-    kind = tcfg["schedule"]
+    kind = train.schedule
     if kind == "cyclic":
-        peak = float(tcfg["cyclic_peak"])
+        peak = float(train.cyclic_peak)
 
         def cyclic(k: int) -> float:
             t = min((k + 1) / total, 1.0)
@@ -95,8 +96,8 @@ def lr_factor(tcfg: Mapping[str, Any], total_updates: int) -> Callable[[int], fl
 
         return cyclic
     if kind == "piecewise":
-        milestones = sorted(float(m) for m in tcfg["milestones"])
-        gamma = float(tcfg["gamma"])
+        milestones = sorted(float(m) for m in train.milestones)
+        gamma = float(train.gamma)
 
         def piecewise(k: int) -> float:
             t = k / total  # the update's position; the decay applies from the milestone on
@@ -106,18 +107,18 @@ def lr_factor(tcfg: Mapping[str, Any], total_updates: int) -> Callable[[int], fl
     return lambda k: 1.0
 
 
-def momentum_factor(tcfg: Mapping[str, Any], total_updates: int) -> Optional[Callable[[int], float]]:
+def momentum_factor(train: TrainSpec, total_updates: int) -> Optional[Callable[[int], float]]:
     """SGD momentum for update ``k`` when ``train.cycle_momentum`` = [base, max], else None.
 
     torch's ``CyclicLR`` cycles momentum against the lr by default (``cycle_momentum=True``,
     ``base_momentum=0.8``, ``max_momentum=0.9``), which the Fast-AT code inherits
     (locuslab/fast_adversarial@54f7287 CIFAR10/train_fgsm.py:L86-88): with the lr at a fraction
     f of its peak, momentum = max - (max - base) * f, so 0.9 -> 0.8 -> 0.9 over the cycle."""
-    cm = tcfg.get("cycle_momentum")
+    cm = train.cycle_momentum
     if cm is None:
         return None
     base, top = float(cm[0]), float(cm[1])
-    lr = lr_factor(tcfg, total_updates)
+    lr = lr_factor(train, total_updates)
     return lambda k: top - (top - base) * lr(k)
 
 
@@ -140,15 +141,15 @@ class _CyclicMomentumLR(torch.optim.lr_scheduler.LambdaLR):
         return {k: v for k, v in super().state_dict().items() if k != "_momentum"}
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, tcfg: Mapping[str, Any], total_updates: int) -> Any:
-    mom = momentum_factor(tcfg, total_updates)
-    lr = lr_factor(tcfg, total_updates)
+def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainSpec, total_updates: int) -> Any:
+    mom = momentum_factor(train, total_updates)
+    lr = lr_factor(train, total_updates)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr) if mom is None else _CyclicMomentumLR(optimizer, lr, mom)
 
 
-def make_scaler(device: torch.device, precision: str, tcfg: Mapping[str, Any]) -> Any:
+def make_scaler(device: torch.device, precision: str, train: TrainSpec) -> Any:
     """fp16 only: torch's dynamic GradScaler, or none for apex's static loss scale of 1."""
-    if precision != "fp16" or tcfg.get("loss_scale", "dynamic") != "dynamic":
+    if precision != "fp16" or train.loss_scale != "dynamic":
         return None
     return torch.amp.GradScaler(device.type)
 
@@ -256,29 +257,28 @@ class Trainer:
     ``_save_last`` (everything a resume needs)."""
 
     def __init__(self, ctx: RunContext, *, progress: Optional[bool] = None, on_epoch_end: Optional[EpochHook] = None):
-        cfg = ctx.config
-        self.ctx, self.cfg = ctx, cfg
+        spec = ctx.spec
+        self.ctx, self.spec = ctx, spec
         self.run: Optional[RunDir] = None
-        self.train_cfg, self.monitor_cfg = cfg["train"], cfg["monitor"]
         self.on_epoch_end = on_epoch_end
         self.world = distributed.world()
         self.show = (sys.stderr.isatty() if progress is None else bool(progress)) and self.world.is_writer
         seed_everything(ctx.seed)
         self.monitor = Monitor(ctx)
-        early = self.monitor_cfg.get("early_stop")
+        early = spec.monitor.early_stop
         self.early_stop = ctx.defense.early_stop_default if early is None else bool(early)
         self.model = ctx.new_model()
-        self.epochs, self.batch_size = int(self.train_cfg["epochs"]), int(self.train_cfg["batch_size"])
+        self.epochs, self.batch_size = spec.train.epochs, spec.train.batch_size
         if self.world.distributed:
             distributed.per_rank_batch(self.batch_size)
-            if self.train_cfg.get("sync_bn"):
+            if spec.train.sync_bn:
                 self.model = distributed.convert_sync_bn(self.model, ctx.device)
-        self.optimizer = make_optimizer(self.model, self.train_cfg)
+        self.optimizer = make_optimizer(self.model, spec.train)
         self.batches = distributed.global_steps(len(ctx.data.train), self.batch_size)
         total_updates = self.epochs * self.batches * ctx.defense.updates_per_batch
-        self.scheduler = make_scheduler(self.optimizer, self.train_cfg, total_updates)
-        self.scaler = make_scaler(ctx.device, ctx.precision, self.train_cfg)
-        self.stop_rule = build_stop_rule(cfg, ctx.threat, ctx.precision, self.early_stop)
+        self.scheduler = make_scheduler(self.optimizer, spec.train, total_updates)
+        self.scaler = make_scaler(ctx.device, ctx.precision, spec.train)
+        self.stop_rule = build_stop_rule(spec.monitor, ctx.threat, ctx.precision, self.early_stop)
         self.data_gen = torch.Generator().manual_seed(ctx.seed)
         # one stream per rank (rank 0's is the one-process stream): each rank attacks its own examples
         self.attack_gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 1 + self.world.rank * 2**32)
@@ -379,7 +379,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, counter: PassCounter, bar: Any) -> EpochStats:
         defense, dev = self.ctx.defense, self.ctx.device
-        strength = curriculum.apply(defense, self.cfg, epoch)
+        strength = curriculum.apply(defense, self.spec.curriculum, epoch)
         self.train_model.train()
         task = bar.add_task(f"epoch {epoch}/{self.epochs}", total=self.batches, info="") if bar is not None else None
         shown = _LossDisplay(dev) if task is not None else None
@@ -438,7 +438,7 @@ class Trainer:
         is the least trustworthy one (its loss surface is distorted), so it never replaces an
         earlier best: the paper keeps the weights from before the collapse. An epoch whose weights
         the stop rule throws away (first-batch-pgd) cannot be best either."""
-        state, mcfg = self.state, self.monitor_cfg
+        state, mon = self.state, self.spec.monitor
         accs = {
             "selection": val["selection"]["accuracy"],
             "fgsm": val["fgsm"]["accuracy"],
@@ -448,8 +448,8 @@ class Trainer:
         collapsed, reasons = detect_catastrophic_overfitting(
             state["history"],
             accs,
-            co_drop=float(mcfg["co_drop"]),
-            co_ratio=float(mcfg["co_ratio"]),
+            co_drop=mon.co_drop,
+            co_ratio=mon.co_ratio,
             use_train_attack=use_train,
         )
         state["history"].append(accs)
@@ -573,7 +573,7 @@ class Trainer:
         """The metrics row and the epoch's weights (rank 0's, which every rank holds)."""
         run, val = self._run, row["val"]
         run.append_metrics(row)
-        if self.train_cfg.get("keep_epoch_checkpoints", True) and decision.restored is None:
+        if self.spec.train.keep_epoch_checkpoints and decision.restored is None:
             ckpt.save_weights(run.checkpoint_path(f"epoch-{epoch}"), self.model, metadata={"epoch": epoch})
         if decision.improved:
             ckpt.save_weights(run.checkpoint_path("best"), self.model, metadata={"epoch": epoch})
@@ -625,7 +625,7 @@ class Trainer:
 
     def summary(self) -> Dict[str, Any]:
         """The ``training.json`` document."""
-        ctx, state, cfg = self.ctx, self.state, self.cfg
+        ctx, state, spec = self.ctx, self.state, self.spec
         defense, monitor = ctx.defense, self.monitor
         hist = state["history"]
         best_sel = state["best"]["selection"]
@@ -633,13 +633,14 @@ class Trainer:
         ro = robust_overfitting(
             best_sel if best_sel is not None else 0.0,
             last_sel if last_sel is not None else 0.0,
-            float(self.monitor_cfg.get("ro_gap", 0.03)),
+            spec.monitor.ro_gap,
         )
         examples = max(int(state["passes"]["examples"]), 1)
         epochs_run = int(state["epoch"])
-        final_strength = curriculum.apply(defense, cfg, max(epochs_run, 1))  # also after resuming a finished run
+        # also after resuming a finished run
+        final_strength = curriculum.apply(defense, spec.curriculum, max(epochs_run, 1))
         return {
-            "defense": {**defense.describe(), "recipe": cfg.get("recipe")},
+            "defense": {**defense.describe(), "recipe": dict(spec.defense.recipe)},
             "train_attack": {"label": defense.train_attack_label(), "descriptor": defense.train_attack()},
             "selection_attack": {"label": monitor.selection.label(), "descriptor": monitor.selection.describe()},
             "fgsm_attack": {"label": monitor.fgsm.label(), "descriptor": monitor.fgsm.describe()},
@@ -648,7 +649,7 @@ class Trainer:
                 "n": monitor.n,
                 "subset": "first n in fixed order",
                 "held_out_from": "train",
-                "split_seed": cfg["data"]["split_seed"],
+                "split_seed": spec.data.split_seed,
             },
             "epochs_planned": self.epochs,
             "epochs_run": epochs_run,
@@ -689,7 +690,7 @@ class Trainer:
             "processes": n,
             "global_batch_size": self.batch_size,
             "per_process_batch_size": self.batch_size // n,
-            "batchnorm": "synchronised (SyncBatchNorm)" if self.train_cfg.get("sync_bn") else "per process",
+            "batchnorm": "synchronised (SyncBatchNorm)" if self.spec.train.sync_bn else "per process",
             "gradient_reduction": "all-reduce weighted by each process's share of the global batch",
             "steps_per_epoch": self.batches,
         }

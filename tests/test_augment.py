@@ -59,8 +59,8 @@ def test_flip_alone_mirrors_about_half_and_crop_alone_never_mirrors():
     mirrored = (flipped == x.flip(-1)).flatten(1).all(1)
     same = (flipped == x).flatten(1).all(1)
     assert (mirrored | same).all() and 0.45 < mirrored.float().mean() < 0.55
-    assert Augment.from_config({"augment": "crop", "crop_padding": 2}).flip is False
-    assert Augment.from_config({"augment": "none"}) is None
+    assert Augment.of("crop", 2).flip is False
+    assert Augment.of("none") is None
 
 
 def test_the_draw_depends_on_the_generator_alone():

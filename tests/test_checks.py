@@ -71,7 +71,7 @@ def make_ctx(model, trained, points, *, attacks=None, surrogate=True, n=N, max_p
 @pytest.fixture(scope="module")
 def healthy_block(trained, points):
     ctx = make_ctx(trained.model, trained, points, attacks=standard_attacks())
-    return run_checks(ALL_CHECKS, ctx)
+    return run_checks(ALL_CHECKS, ctx).to_json()
 
 
 def by_name(block):
@@ -106,7 +106,7 @@ def test_the_running_order_is_declared_at_registration():
 def test_unknown_check_name_gets_a_did_you_mean(trained, points):
     ctx = make_ctx(trained.model, trained, points, surrogate=False, n=8)
     with pytest.raises(UnknownNameError, match="did you mean 'gradients'"):
-        run_checks(["gradient"], ctx)
+        run_checks(["gradient"], ctx).to_json()
 
 
 # -- the healthy model -------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_eps_sweep_stores_a_falling_curve_down_to_zero(healthy_block):
 
 def test_without_a_suite_record_the_checks_run_their_own_baseline(trained, points):
     ctx = make_ctx(trained.model, trained, points, surrogate=False, n=100)
-    block = run_checks(CHEAP_CHECKS + ["convergence"], ctx)
+    block = run_checks(CHEAP_CHECKS + ["convergence"], ctx).to_json()
     f = by_name(block)
     assert block["verdict"] == "reliable", block["reasons"]
     assert f["loss-trace"]["status"] == "skipped" and "record" in f["loss-trace"]["message"]
@@ -170,7 +170,9 @@ def test_checks_leave_the_model_as_they_found_it(trained, points):
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     try:
-        run_checks(["outputs", "gradients", "fgsm-vs-pgd"], make_ctx(model, trained, points, surrogate=False, n=32))
+        run_checks(
+            ["outputs", "gradients", "fgsm-vs-pgd"], make_ctx(model, trained, points, surrogate=False, n=32)
+        ).to_json()
         assert all(m.training for m in model.modules())
         after = model.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)
@@ -187,7 +189,7 @@ def test_each_broken_model_makes_its_check_fire(trained, points, kind):
     model = broken_models(trained.model, trained.data)[kind]
     check = kind.split("-ce")[0]
     buffers = {k: b.clone() for k, b in model.named_buffers()}
-    block = run_checks(CHEAP_CHECKS, make_ctx(model, trained, points, surrogate=False, n=100))
+    block = run_checks(CHEAP_CHECKS, make_ctx(model, trained, points, surrogate=False, n=100)).to_json()
     f = by_name(block)[check]
     assert f["status"] in ("warn", "fail"), f
     assert block["verdict"] != "reliable"
@@ -210,7 +212,7 @@ def test_masked_gradients_are_caught_by_the_attack_comparisons(trained, points):
     noise, transfer and the eps sweep all see what the gradient attacks miss."""
     model = broken_models(trained.model, trained.data)["gradients"]
     ctx = make_ctx(model, trained, points, attacks=[PGD(ThreatModel("Linf", EPS), steps=20)], n=100)
-    block = run_checks(ALL_CHECKS, ctx)
+    block = run_checks(ALL_CHECKS, ctx).to_json()
     f = by_name(block)
     assert block["verdict"] == "unreliable"
     for name in ("gradients", "square-vs-whitebox", "random-noise", "transfer", "eps-sweep"):
@@ -221,8 +223,8 @@ def test_masked_gradients_are_caught_by_the_attack_comparisons(trained, points):
 
 
 def test_the_engine_stores_the_verdict_and_prints_it_above_the_numbers(trained, points):
-    from harness.context import EvalSetting
     from harness.evaluation import evaluate_model
+    from harness.spec import EvalSetting
     from reports.summaries import eval_summary_lines as summary_lines
 
     model = broken_models(trained.model, trained.data)["gradients"]
@@ -231,7 +233,7 @@ def test_the_engine_stores_the_verdict_and_prints_it_above_the_numbers(trained, 
     doc = evaluate_model(
         model, x[:60], y[:60], EvalSetting(suite, ThreatModel.parse("Linf", "0.1"), 10, batch_size=64), progress=False
     )
-    checks = doc["checks"]
+    checks = doc.to_json()["checks"]
     assert checks["verdict"] == "unreliable"
     assert [f["check"] for f in checks["findings"]] == CHEAP_CHECKS
     assert by_name(checks)["gradients"]["status"] == "fail"
@@ -281,7 +283,7 @@ def test_loss_trace_flags_silent_success_from_the_record(trained, points):
     ctx.attacks = [_record(n, steps=20, path=path)]
     ctx.robust = torch.ones(n, dtype=torch.bool)
     with PassCounter(trained.model) as pc:
-        block = run_checks(["loss-trace"], ctx)
+        block = run_checks(["loss-trace"], ctx).to_json()
     f = by_name(block)["loss-trace"]
     assert f["status"] == "fail" and f["values"]["silent_success"] == 3 and f["values"]["silent_indices"] == [3, 7, 11]
     assert pc.forward == 0  # read from the record, nothing run
@@ -293,10 +295,10 @@ def test_loss_trace_flags_a_loss_still_rising_and_passes_a_levelled_one(trained,
     ctx.robust = torch.ones(n, dtype=torch.bool)
     t = torch.arange(steps + 1, dtype=torch.float32)[:, None].expand(steps + 1, n)
     ctx.attacks = [_record(n, steps=steps, trace=t.clone())]  # still climbing at the last step
-    rising = by_name(run_checks(["loss-trace"], ctx))["loss-trace"]
+    rising = by_name(run_checks(["loss-trace"], ctx).to_json())["loss-trace"]
     assert rising["status"] == "warn" and rising["values"]["i2_unconverged_points"] == n
     ctx.attacks = [_record(n, steps=steps, trace=torch.minimum(t, torch.tensor(5.0)))]  # flat after step 5
-    flat = by_name(run_checks(["loss-trace"], ctx))["loss-trace"]
+    flat = by_name(run_checks(["loss-trace"], ctx).to_json())["loss-trace"]
     assert flat["status"] == "ok" and flat["values"]["i2_judged_points"] == n
 
 
@@ -333,7 +335,7 @@ def test_a_check_that_crashes_is_a_warning_not_a_pass(trained, points, monkeypat
         ["outputs", "boom"],
         make_ctx(trained.model, trained, points, surrogate=False, n=8),
         progress=lambda name, done, total: calls.append((name, done, total)),
-    )
+    ).to_json()
     f = by_name(block)["boom"]
     assert f["status"] == "warn" and "kaboom" in f["values"]["error"]
     assert block["verdict"] == "suspicious"

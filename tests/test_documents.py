@@ -194,15 +194,23 @@ def test_the_fresh_run_reads_as_typed_values(fresh_run: Path) -> None:
 
 
 def test_constructors_give_the_stored_shapes() -> None:
-    from harness.evaluation import _not_run, _passes
-
     assert Proportion.of(3, 7).to_json() == proportion(3, 7)
     assert Proportion.of(0, 0).to_json() == {"accuracy": None, "correct": 0, "n": 0, "ci95": [None, None]}
     labelled = Proportion.of(5, 10, label="PGD-20 CE", descriptor={"attack": "pgd"}).to_json()
     assert labelled == {**proportion(5, 10), "label": "PGD-20 CE", "descriptor": {"attack": "pgd"}}
     counts = {"forward": 84, "backward": 40}
-    assert Passes.counted(counts, 50, 21).to_json() == _passes(counts, 50, 21)
-    assert ChecksBlock.not_run("suite smoke runs no checks").to_json() == _not_run("suite smoke runs no checks")
+    assert Passes.counted(counts, 50, 21).to_json() == {
+        "forward": 84,
+        "backward": 40,
+        "forward_per_example": 84 / 50,
+        "backward_per_example": 40 / 50,
+        "forward_per_attacked": 84 / 21,
+        "backward_per_attacked": 40 / 21,
+    }
+    # an attack that ran on no point still writes its rates, as null
+    assert Passes.counted(counts, 50, 0).to_json()["forward_per_attacked"] is None
+    not_run = ChecksBlock.not_run("suite smoke runs no checks").to_json()
+    assert not_run == {"verdict": "not run", "reasons": ["suite smoke runs no checks"], "findings": []}
     f = Finding("outputs", "ok", {"max_prob": float("nan")}, 0.99, "fine")
     assert (
         f.to_json()

@@ -16,13 +16,13 @@ from attacks.registry import ATTACKS
 from harness.checkpoints import save_weights
 from harness.cli import main
 from harness.config import DEFAULTS, deep_merge
-from harness.context import EvalSetting
 from harness.core.errors import DataError, ThreatModelViolation
 from harness.core.io import atomic_write_json
 from harness.core.registry import Entry
 from harness.core.rundir import RunDir
 from harness.core.threat import ThreatModel
 from harness.evaluation import evaluate_model
+from harness.spec import EvalSetting
 
 LINF = ThreatModel.parse("Linf", "0.1")
 PGD_SUITE = {
@@ -44,7 +44,7 @@ def robust_model():
 
 def test_cascade_is_the_per_example_worst_case(robust_model):
     x, y = points(n=100)
-    doc = evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10), progress=False)
+    doc = evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10), progress=False).to_json()
     pe = doc["per_example"]
     after = [a["after"]["accuracy"] for a in doc["attacks"]]
     assert doc["clean"]["accuracy"] >= after[0] >= after[1] >= after[2] == doc["robust"]["accuracy"]
@@ -67,8 +67,8 @@ def test_cascade_is_the_per_example_worst_case(robust_model):
 
 def test_same_seed_same_numbers(robust_model):
     x, y = points(n=60)
-    a = evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10, seed=5), progress=False)
-    b = evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10, seed=5), progress=False)
+    a = evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10, seed=5), progress=False).to_json()
+    b = evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10, seed=5), progress=False).to_json()
     assert a["per_example"] == b["per_example"]
     assert [r["after"] for r in a["attacks"]] == [r["after"] for r in b["attacks"]]
 
@@ -93,7 +93,7 @@ def test_autoattack_through_harness_equals_pyautoattack(robust_model, version, n
     suite = {"name": "aa", "n": n, "checks": [], "attacks": [{"attack": "autoattack", "version": version}]}
     doc = evaluate_model(
         robust_model, x, y, EvalSetting(suite, threat, 10, seed=11, batch_size=batch_size), progress=False
-    )
+    ).to_json()
     names = ["apgd-ce", "apgd-t", "fab-t", "square"] if version == "standard" else version
     assert [a["name"] for a in doc["attacks"]] == names
     assert all(a["descriptor"]["library"] == "pyautoattack" for a in doc["attacks"])
@@ -147,7 +147,7 @@ def test_normalised_inputs_are_refused(robust_model):
 
 def test_interrupted_evaluation_resumes_with_the_same_result(robust_model, tmp_path, monkeypatch):
     x, y = points(n=80)
-    whole = evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10, seed=2), progress=False)
+    whole = evaluate_model(robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10, seed=2), progress=False).to_json()
     state = tmp_path / "state.json"
     real_run = attacks.pgd.PGD.run
     calls = {"n": 0}
@@ -166,7 +166,7 @@ def test_interrupted_evaluation_resumes_with_the_same_result(robust_model, tmp_p
     before = calls["n"]
     resumed = evaluate_model(
         robust_model, x, y, EvalSetting(PGD_SUITE, LINF, 10, seed=2), progress=False, state_path=state
-    )
+    ).to_json()
     assert calls["n"] == before  # the finished attacks were not run again
     assert resumed["per_example"] == whole["per_example"]
     assert [a["after"] for a in resumed["attacks"]] == [a["after"] for a in whole["attacks"]]

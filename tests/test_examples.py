@@ -148,10 +148,10 @@ def _check_without_running(argv: List[str]) -> None:
         )
         parse_model_spec(args.model)
     elif args.command == "eval":
-        from attacks.suites import get_suite
+        from attacks.suites import Suite
         from harness.core.rundir import RunDir
 
-        get_suite(args.suite)
+        Suite.resolve(args.suite)
         if args.checkpoint != "all":
             RunDir(".").checkpoint_path(args.checkpoint)
     elif args.command == "export":

@@ -15,7 +15,13 @@ from harness import config as C
 from harness.context import RunContext
 from harness.core.rundir import RunDir
 from harness.core.threat import ThreatModel
+from harness.spec import MonitorSpec, TrainSpec
 from harness.stop_rules import FirstBatchPGDRule, ValCollapseRule, build_stop_rule
+
+
+def _train(section):
+    """A TrainSpec: the default train section with ``section``'s values."""
+    return TrainSpec.from_section({**C.DEFAULTS["train"], **section})
 
 
 def _cfg(tmp_path, **over):
@@ -114,10 +120,12 @@ def test_the_rule_fires_on_a_drop_of_more_than_its_threshold_and_keeps_the_previ
 def test_build_stop_rule_follows_early_stop_and_stop_rule(tmp_path):
     threat = ThreatModel.from_dict({"norm": "Linf", "eps": "0.1"})
     cfg = _cfg(tmp_path)
-    assert isinstance(build_stop_rule(cfg, threat, "fp32", True), FirstBatchPGDRule)
-    assert build_stop_rule(cfg, threat, "fp32", False) is None
+    assert isinstance(
+        build_stop_rule(MonitorSpec.from_section(cfg["monitor"]), threat, "fp32", True), FirstBatchPGDRule
+    )
+    assert build_stop_rule(MonitorSpec.from_section(cfg["monitor"]), threat, "fp32", False) is None
     cfg["monitor"]["stop_rule"] = "val-collapse"
-    assert isinstance(build_stop_rule(cfg, threat, "fp32", True), ValCollapseRule)
+    assert isinstance(build_stop_rule(MonitorSpec.from_section(cfg["monitor"]), threat, "fp32", True), ValCollapseRule)
 
 
 def test_a_run_stopped_by_the_paper_s_rule_keeps_the_previous_epoch_and_records_flag_and_stop_apart(
@@ -184,8 +192,8 @@ def test_a_run_resumed_across_the_rule_stops_where_the_whole_run_does(tmp_path):
 def test_momentum_cycles_against_the_lr_as_torch_s_cyclic_lr_does():
     tcfg = {"schedule": "cyclic", "cyclic_peak": 0.5, "cycle_momentum": [0.8, 0.9], "optimizer": "sgd"}
     total = 100
-    mom = T.momentum_factor(tcfg, total)
-    lr = T.lr_factor(tcfg, total)
+    mom = T.momentum_factor(_train(tcfg), total)
+    lr = T.lr_factor(_train(tcfg), total)
     assert mom(49) == pytest.approx(0.8) and mom(99) == pytest.approx(0.9)
     for k in range(total):
         assert mom(k) == pytest.approx(0.9 - 0.1 * lr(k))
@@ -196,7 +204,7 @@ def test_momentum_cycles_against_the_lr_as_torch_s_cyclic_lr_does():
         opt, base_lr=0.0, max_lr=0.2, step_size_up=total / 2, step_size_down=total / 2
     )
     ours_opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2, momentum=0.9)
-    ours = T.make_scheduler(ours_opt, {**tcfg, "lr": 0.2}, total)
+    ours = T.make_scheduler(ours_opt, _train({**tcfg, "lr": 0.2}), total)
     for k in range(total - 1):
         opt.step()
         ref.step()
@@ -204,18 +212,18 @@ def test_momentum_cycles_against_the_lr_as_torch_s_cyclic_lr_does():
         assert ours_opt.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"], abs=1e-9)
         ours_opt.step()
         ours.step()
-    assert T.momentum_factor({"schedule": "cyclic", "cyclic_peak": 0.5}, 10) is None
+    assert T.momentum_factor(_train({"schedule": "cyclic", "cyclic_peak": 0.5}), 10) is None
 
 
 def test_momentum_cycling_survives_a_resume_through_the_scheduler_state():
     tcfg = {"schedule": "cyclic", "cyclic_peak": 0.5, "cycle_momentum": [0.8, 0.9], "lr": 0.2}
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2, momentum=0.9)
-    sch = T.make_scheduler(opt, tcfg, 20)
+    sch = T.make_scheduler(opt, _train(tcfg), 20)
     for _ in range(7):
         opt.step()
         sch.step()
     opt2 = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2, momentum=0.9)
-    sch2 = T.make_scheduler(opt2, tcfg, 20)
+    sch2 = T.make_scheduler(opt2, _train(tcfg), 20)
     sch2.load_state_dict(sch.state_dict())
     opt.step(), opt2.step()
     sch.step()
@@ -263,7 +271,7 @@ def test_the_mnist_script_s_start_takes_the_gradient_outside_the_box():
 
 def test_fp32_recipes_and_the_apex_variant_build_the_scaler_they_declare():
     cpu = torch.device("cpu")
-    assert T.make_scaler(cpu, "fp32", {"loss_scale": "dynamic"}) is None
-    assert T.make_scaler(cpu, "fp16", {"loss_scale": 1.0}) is None  # apex's static scale of 1: no scaling
+    assert T.make_scaler(cpu, "fp32", _train({"loss_scale": "dynamic"})) is None
+    assert T.make_scaler(cpu, "fp16", _train({"loss_scale": 1.0})) is None  # apex's static scale of 1: no scaling
     cfg = C.resolve({"defense": "fast-at", "dataset": "cifar10", "recipe": {"variant": "apex-o2"}})
     assert cfg["precision"] == "fp16" and cfg["train"]["loss_scale"] == 1.0

@@ -20,11 +20,17 @@ from harness.core.rundir import RunDir
 from harness.models import build_model
 from harness.monitor import detect_catastrophic_overfitting, robust_overfitting
 from harness.pipeline import run_pipeline
+from harness.spec import TrainSpec
 
 NAMES = DEFENSES.names()
 PROPORTION = {"accuracy", "correct", "n", "ci95"}
 # the CLI tests start real processes; tiny models run faster single-threaded (see conftest.py)
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _train_spec(section):
+    """A TrainSpec: the default train section with ``section``'s values."""
+    return TrainSpec.from_section({**C.DEFAULTS["train"], **section})
 
 
 def _cfg(defense, tmp_path, **over):
@@ -359,12 +365,12 @@ def test_bad_training_settings_are_config_errors(bad, tmp_path):
 
 
 def test_schedules():
-    cyc = T.lr_factor({"schedule": "cyclic", "cyclic_peak": 0.4}, 100)
+    cyc = T.lr_factor(_train_spec({"schedule": "cyclic", "cyclic_peak": 0.4}), 100)
     assert cyc(39) == pytest.approx(1.0) and cyc(0) == pytest.approx(0.025) and cyc(99) == pytest.approx(0.0)
     assert cyc(69) == pytest.approx(0.5)
-    pw = T.lr_factor({"schedule": "piecewise", "milestones": [0.5, 0.75], "gamma": 0.1}, 100)
+    pw = T.lr_factor(_train_spec({"schedule": "piecewise", "milestones": [0.5, 0.75], "gamma": 0.1}), 100)
     assert (pw(49), pw(50), pw(74), pw(75)) == (1.0, pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.01))
-    assert T.lr_factor({"schedule": "constant"}, 10)(7) == 1.0
+    assert T.lr_factor(_train_spec({"schedule": "constant"}), 10)(7) == 1.0
 
 
 def test_free_at_schedule_counts_every_replay(tmp_path):

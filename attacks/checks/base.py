@@ -37,7 +37,7 @@ from torch import nn
 from attacks.base import AttackResult, PassCounter, UnderThreat, batched, eval_mode, verify
 from attacks.pgd import PGD
 from attacks.registry import CHECKS
-from harness.core.documents import STATUSES, Finding, jsonable
+from harness.core.documents import STATUSES, ChecksBlock, Finding, PassCount, Passes, jsonable
 from harness.core.errors import HarnessError, ThreatModelViolation
 from harness.core.runtime import autocast
 from harness.core.threat import ThreatModel
@@ -328,7 +328,7 @@ def _run_one(name: str, fn: Callable[[CheckContext], Finding], ctx: CheckContext
     return f
 
 
-def run_checks(names: Sequence[str], ctx: CheckContext, *, progress: Optional[ProgressFn] = None) -> Dict[str, Any]:
+def run_checks(names: Sequence[str], ctx: CheckContext, *, progress: Optional[ProgressFn] = None) -> ChecksBlock:
     """Run the named checks in order and return the stored "checks" block (docs/formats.md):
     verdict, reasons, findings (each with its cost), passes through the model under evaluation
     (counted by ``PassCounter`` hooks, per example of the n points; a transfer surrogate's own
@@ -360,29 +360,28 @@ def run_checks(names: Sequence[str], ctx: CheckContext, *, progress: Optional[Pr
         progress(None, len(fns), len(fns))
     v, reasons = verdict(findings)
     n = max(ctx.n, 1)
-    passes: Dict[str, Any] = {
-        "forward": counter.forward,
-        "backward": counter.backward,
-        "forward_per_example": counter.forward / n,
-        "backward_per_example": counter.backward / n,
-    }
     surrogate = [
         f.values.get("surrogate", {}).get("passes") for f in findings if isinstance(f.values.get("surrogate"), dict)
     ]
     surrogate = [s for s in surrogate if s]
-    if surrogate:
-        passes["surrogate"] = {k: sum(s.get(k, 0) for s in surrogate) for k in ("forward", "backward")}
-    block = {
-        "verdict": v,
-        "reasons": reasons,
-        "label": ctx.label(),
-        "checks_run": names,
-        "findings": [f.to_dict() for f in findings],
-        "passes": passes,
-        "wall_s": round(time.perf_counter() - t0, 4),
-    }
-    if restored:
-        block["buffers_restored"] = restored[:20]
-    if "baseline" in ctx._cache:  # counted in the finding of the first check that needed it, and in passes
-        block["baseline"] = jsonable(ctx._cache["baseline"])
-    return block
+    passes = Passes(
+        counter.forward,
+        counter.backward,
+        forward_per_example=counter.forward / n,
+        backward_per_example=counter.backward / n,
+        surrogate=(
+            PassCount(*(sum(s.get(k, 0) for s in surrogate) for k in ("forward", "backward"))) if surrogate else None
+        ),
+    )
+    return ChecksBlock(
+        v,
+        reasons,
+        label=ctx.label(),
+        checks_run=names,
+        findings=findings,
+        passes=passes,
+        wall_s=round(time.perf_counter() - t0, 4),
+        buffers_restored=restored[:20],
+        # counted in the finding of the first check that needed it, and in passes
+        baseline=jsonable(ctx._cache["baseline"]) if "baseline" in ctx._cache else {},
+    )

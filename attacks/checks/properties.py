@@ -213,7 +213,7 @@ def batch_dependence(ctx: CheckContext) -> Finding:
     )
 
 
-_DYNAMIC_NAMES = {"grad", "backward", "_make_grads"}
+_DYNAMIC_NAMES = ("grad", "backward", "_make_grads")  # a tuple: the stored counts keep one key order
 
 
 @CHECKS.register(

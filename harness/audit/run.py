@@ -55,7 +55,6 @@ from attacks.base import check_budget, eval_mode
 from harness import distributed
 from harness.audit.model_files import build_from_file, parse_model_spec
 from harness.checkpoints import file_sha256, load_into, load_state_dict_file
-from harness.context import EvalSetting
 from harness.core.errors import ConfigError, HarnessError
 from harness.core.io import atomic_write_json, atomic_write_text
 from harness.core.rundir import now_iso
@@ -66,6 +65,7 @@ from harness.data import load_dataset
 from harness.evaluation import SURROGATE_POINTS, evaluate_model
 from harness.models import NormalizedModel, build_model
 from harness.robustbench_compat import load_zoo_model, zoo_files
+from harness.spec import EvalSetting
 from reports.audit_report import render_audit
 from reports.summaries import audit_summary_lines
 
@@ -936,7 +936,7 @@ class _Audit:
 
     def evaluate(self) -> None:
         req, bundle = self.req, self.bundle
-        n_eval = req.n or self.setting.suite["n"]
+        n_eval = req.n or self.setting.suite.n
         if n_eval > len(bundle.test):
             log.warning(
                 "n=%d exceeds the %s test split (%d); using all %d",
@@ -958,7 +958,8 @@ class _Audit:
             state_key=["audit", [info.get("file_sha256"), info.get("name"), req.normalize, weights]],
             progress=self.progress,
             surrogate_data=bundle.train.first(min(len(bundle.train), SURROGATE_POINTS)),
-        )
+        ).to_json()
+        doc.pop("schema"), doc.pop("schema_version")
         doc = {
             "suite": doc.pop("suite"),
             "data": {
@@ -988,7 +989,7 @@ class _Audit:
             seed=self.req.seed,
             batch_size=self.req.batch_size,
         )
-        rdoc = evaluate_model(self.net, self.x, self.y, setting, progress=self.progress, run_checks=False)
+        rdoc = evaluate_model(self.net, self.x, self.y, setting, progress=self.progress, run_checks=False).to_json()
         rrob = torch.tensor(rdoc["per_example"]["robust"], dtype=torch.bool)
         only = int((self.robust_all & ~rrob).sum())
         first = rdoc["attacks"][0]

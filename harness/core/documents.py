@@ -291,6 +291,12 @@ class Document:
                 return getattr(self, name) != _default(f, tp)
         raise AttributeError(f"{type(self).__name__} has no field {name!r}")
 
+    def cast(self, cls: Type[D]) -> D:
+        """The same document as ``cls``, a subclass that adds behaviour (``harness.api.Evaluation``)."""
+        out = object.__new__(cls)
+        out.__dict__.update(self.__dict__)
+        return out
+
     @classmethod
     def coerce(cls: Type[D], doc: Any) -> D:
         """``doc`` itself when it already is one of these, else ``from_json(doc)``."""
@@ -394,7 +400,7 @@ class Passes(Document):
     def counted(cls, counts: Mapping[str, int], n: int, attacked: Optional[int] = None) -> "Passes":
         """From ``PassCounter`` counts over ``n`` examples (and ``attacked`` of them attacked)."""
         f, b = int(counts["forward"]), int(counts["backward"])
-        return cls(
+        doc = cls(
             f,
             b,
             forward_per_example=f / n if n else None,
@@ -402,6 +408,10 @@ class Passes(Document):
             forward_per_attacked=f / attacked if attacked else None,
             backward_per_attacked=b / attacked if attacked else None,
         )
+        # every rate is written, null when there was nothing to divide by (an attack that ran on no point)
+        keys = ["forward", "backward", "forward_per_example", "backward_per_example"]
+        doc.key_order = keys + (["forward_per_attacked", "backward_per_attacked"] if attacked is not None else [])
+        return doc
 
 
 @dataclass
@@ -411,6 +421,11 @@ class Threat(Document):
     norm: Optional[str]
     eps: Optional[Union[str, float]]
     eps_value: Optional[float]
+
+    @classmethod
+    def of(cls, threat: Any) -> "Threat":
+        """From a ``harness.core.threat.ThreatModel``: eps as typed and its value."""
+        return cls(threat.norm, threat.eps_text, threat.eps)
 
     @property
     def label(self) -> str:
@@ -524,6 +539,24 @@ class EvalCost(Document):
     backward_per_attacked: Optional[float] = optional()
     clean_passes: Optional[PassCount] = optional()
     attack_passes: Optional[PassCount] = optional()
+
+    @classmethod
+    def counted(
+        cls, wall_s: float, total: Mapping[str, int], n: int, *, clean: Mapping[str, int], attacks: Mapping[str, int]
+    ) -> "EvalCost":
+        """From ``PassCounter`` counts: everything, the clean forward pass, and the attacks."""
+        p = Passes.counted(total, n, n)
+        return cls(
+            wall_s,
+            p.forward,
+            p.backward,
+            p.forward_per_example,
+            p.backward_per_example,
+            forward_per_attacked=p.forward_per_attacked,
+            backward_per_attacked=p.backward_per_attacked,
+            clean_passes=PassCount(int(clean["forward"]), int(clean["backward"])),
+            attack_passes=PassCount(int(attacks["forward"]), int(attacks["backward"])),
+        )
 
 
 @dataclass
