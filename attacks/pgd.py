@@ -26,10 +26,10 @@ from attacks.base import (
 )
 from attacks.losses import get_loss
 from attacks.registry import ATTACKS
-from harness import __version__
 from harness.core.errors import ConfigError
 from harness.core.runtime import autocast
 from harness.core.threat import ThreatModel
+from harness.core.version import __version__
 
 
 # size: a spec sheet of the training attacks' inner loop: each keyword is a setting papers state

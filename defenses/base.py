@@ -70,10 +70,10 @@ import torch
 from torch import nn
 
 from attacks.base import eval_mode, project, resolve_step_size
-from harness import __version__
 from harness.core.errors import ConfigError
 from harness.core.runtime import autocast
 from harness.core.threat import ThreatModel
+from harness.core.version import __version__
 
 # The recipe family of each data set: its own, or the one whose recipe it borrows.
 RECIPE_FAMILY: Dict[str, str] = {

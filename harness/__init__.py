@@ -13,7 +13,7 @@ kernel (``harness.core``) can be imported without them.
 
 from typing import Any
 
-__version__ = "0.1.0"
+from harness.core.version import __version__  # noqa: F401  (harness.__version__)
 
 _API = ("evaluate", "train", "evaluate_run", "resolve_config", "Run", "Evaluation")
 

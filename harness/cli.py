@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from harness.core.errors import HarnessError
 from harness.core.rundir import RunDir
+from harness.logs import setup_logging
 from reports.summaries import eval_summary_lines, run_summary_lines
 
 log = logging.getLogger("harness")
@@ -281,33 +282,9 @@ def _add_export(sub: Any) -> None:
 
 
 def _version() -> str:
-    from harness import __version__
+    from harness.core.version import __version__
 
     return f"harness {__version__}"
-
-
-def _setup_logging(verbosity: int, rank: Optional[int] = None) -> None:
-    """Log lines go to stderr (stdout carries results: summaries, --dry-run configs). On a
-    terminal rich formats them; into a file or a pipe each event is one plain line. ``rank``:
-    under torchrun, ranks other than 0 log warnings and errors only, and every line says its rank."""
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    if rank:
-        level = max(level, logging.WARNING)
-    handler: logging.Handler
-    if sys.stderr.isatty():
-        from rich.console import Console
-        from rich.logging import RichHandler
-
-        handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)
-        fmt = "%(message)s"
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    if rank is not None:
-        fmt = f"[rank {rank}] " + fmt
-    handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-    logging.getLogger("harness").setLevel(level if rank else min(level, logging.INFO))
 
 
 def _api() -> Any:
@@ -418,7 +395,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.command in ("run", "eval", "audit"):
         return _in_process_group(parser, args)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     return _dispatch(parser, args)
 
 
@@ -437,7 +414,7 @@ def _in_process_group(parser: argparse.ArgumentParser, args: argparse.Namespace)
             except (RuntimeError, ValueError) as e:  # torchrun's rendezvous or the backend refused us
                 sys.stderr.write(f"harness: error: could not join the torchrun process group: {e}\n")
                 return 2
-            _setup_logging(args.verbose, world.rank if world.distributed else None)
+            setup_logging(args.verbose, world.rank if world.distributed else None)
             prefix = ""
             if not world.is_writer:
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))

@@ -182,7 +182,8 @@ def build_audit_report(doc: Mapping[str, Any]) -> Document:
         Para(text(f"On the first {guards['sample']} test points (forward passes only).")),
         TableBlock(
             _text_table(
-                ["Rule", "Status", "Finding"], [(g["rule"], g["status"], g["message"]) for g in guards["findings"]]
+                ["Rule", "Status", "Finding"],
+                [(g.get("check") or g.get("rule"), g["status"], g["message"]) for g in guards["findings"]],
             )
         ),
     )

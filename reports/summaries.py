@@ -132,7 +132,7 @@ def audit_summary_lines(doc: Mapping[str, Any]) -> List[str]:
         )
     for g in doc["guard_rails"]["findings"]:
         if g["status"] != "ok":
-            lines.append(f"  WARNING ({g['rule']}): {g['message']}")
+            lines.append(f"  WARNING ({g.get('check') or g.get('rule')}): {g['message']}")
     for note in doc.get("notes", []):
         lines.append(f"  note: {note}")
     return lines

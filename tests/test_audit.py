@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from trained_models import bundle, points, trained
 
-from harness.audit.run import AuditRefused, decide, guard_rails, parse_claim, parse_claim_attack, replay_spec, sign_test
+from harness.audit.claim import parse_claim, parse_claim_attack, replay_spec
+from harness.audit.guards import AuditRefused, guard_rails, sign_test
+from harness.audit.verdict import decide
 from harness.checkpoints import save_weights
 from harness.cli import main
 from harness.core.errors import ConfigError, UnknownNameError
@@ -426,7 +428,7 @@ def test_model_outputting_probabilities_is_flagged(files, tmp_path, capsys):
     # the guard rail warns, and the sanity checks' `outputs` finding makes the evaluation unreliable
     assert code == 1
     doc = json.loads((tmp_path / "o" / "audit.json").read_text())
-    finding = {g["rule"]: g for g in doc["guard_rails"]["findings"]}["probabilities"]
+    finding = {g["check"]: g for g in doc["guard_rails"]["findings"]}["probabilities"]
     assert finding["status"] == "warn"
     assert doc["verdict"]["outcome"] == "unreliable", doc["verdict"]
     outputs = {f["check"]: f for f in doc["eval"]["checks"]["findings"]}["outputs"]
@@ -445,7 +447,7 @@ def test_model_expecting_normalised_input_is_refused(files, tmp_path, capsys):
     assert code in (0, 1), err
     doc = json.loads((tmp_path / "n" / "audit.json").read_text())
     assert doc["model"]["normalize_added"]["mean"] == [0.3] and doc["model"]["normalize_added"]["std"] == [0.38]
-    assert {g["rule"]: g["status"] for g in doc["guard_rails"]["findings"]}["normalised-input"] == "ok"
+    assert {g["check"]: g["status"] for g in doc["guard_rails"]["findings"]}["normalised-input"] == "ok"
 
 
 class _Scaled(nn.Module):
@@ -463,14 +465,14 @@ def test_guard_rails_on_a_good_model_pass_and_catch_the_rest(model):
     b = bundle("digits")
     x, y = points(n=200)
     kw = dict(mean=b.mean, std=b.std, num_classes=10)
-    good = {g["rule"]: g["status"] for g in guard_rails(model, x, y, threat=ThreatModel.parse("Linf", "0.1"), **kw)}
+    good = {g.check: g.status for g in guard_rails(model, x, y, threat=ThreatModel.parse("Linf", "0.1"), **kw)}
     assert set(good.values()) == {"ok"}
-    scaled = {g["rule"]: g for g in guard_rails(_Scaled(model), x, y, **kw)}  # error findings stop run_audit
-    assert scaled["0-255-input"]["status"] == "error" and "scaled to 0..255" in scaled["0-255-input"]["message"]
+    scaled = {g.check: g.to_json() for g in guard_rails(_Scaled(model), x, y, **kw)}  # error findings stop run_audit
+    assert scaled["0-255-input"]["status"] == "fail" and "scaled to 0..255" in scaled["0-255-input"]["message"]
     assert scaled["normalised-input"]["status"] == "ok"
     # randomised outputs in eval mode, and eps 0.031 for 8/255
     noisy = nn.Sequential(model, _Noise())
-    found = {g["rule"]: g for g in guard_rails(noisy, x, y, threat=ThreatModel.parse("Linf", "0.031"), **kw)}
+    found = {g.check: g.to_json() for g in guard_rails(noisy, x, y, threat=ThreatModel.parse("Linf", "0.031"), **kw)}
     assert found["deterministic"]["status"] == "warn" and "--suite rand" in found["deterministic"]["message"]
     assert found["eps"]["status"] == "warn" and "8/255" in found["eps"]["message"]
     # wrong output shape (a model returning (logits, features)) is refused
@@ -479,7 +481,7 @@ def test_guard_rails_on_a_good_model_pass_and_catch_the_rest(model):
     with pytest.raises(AuditRefused, match=r"expected logits of shape \(200, 10\)"):
         guard_rails(nn.Sequential(model, nn.Linear(10, 3)), x, y, **kw)
     # a model at chance is flagged
-    chance = {g["rule"]: g["status"] for g in guard_rails(_Constant(), x, y, **kw)}
+    chance = {g.check: g.status for g in guard_rails(_Constant(), x, y, **kw)}
     assert chance["clean-accuracy"] == "warn"
 
 

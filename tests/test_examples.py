@@ -256,7 +256,7 @@ def test_help_texts_have_examples_and_every_example_works(finished, capsys):
                 ["audit", "--model", "small-cnn", "--dataset", "digits", "--eps", "0.1", "--claim", "0.5", *argv]
             )
             if argv[0] == "--claim-attack":
-                from harness.audit.run import parse_claim_attack
+                from harness.audit.claim import parse_claim_attack
 
                 assert parse_claim_attack(argv[1])["parsed"], argv
         elif sub == "export":

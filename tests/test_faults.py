@@ -636,18 +636,18 @@ def test_normalised_input_guard_says_it_had_no_power_on_digits(tmp_path, capsys)
     import torch
     from trained_models import bundle
 
-    from harness.audit.run import guard_rails
+    from harness.audit.guards import guard_rails
     from harness.models import NormalizedModel
 
     b = bundle("digits")
     wrapped = _trained_tolerant()
     x, y = b.test.first(512)
-    served_bare = {g["rule"]: g for g in guard_rails(wrapped.net, x, y, mean=b.mean, std=b.std, num_classes=10)}
+    served_bare = {g.check: g.to_json() for g in guard_rails(wrapped.net, x, y, mean=b.mean, std=b.std, num_classes=10)}
     finding = served_bare["normalised-input"]
     assert finding["values"]["sign_test_p"] > 0.05  # the accuracy gap alone says nothing here
     assert finding["status"] == "warn" and "no power" in finding["message"]
     assert finding["values"]["power"] < 0.8 and f"{100 * finding['values']['power']:.0f}%" in finding["message"]
-    fine = {g["rule"]: g for g in guard_rails(wrapped, x, y, mean=b.mean, std=b.std, num_classes=10)}[
+    fine = {g.check: g.to_json() for g in guard_rails(wrapped, x, y, mean=b.mean, std=b.std, num_classes=10)}[
         "normalised-input"
     ]
     assert fine["status"] == "ok" and "normalises inside" in fine["message"]
@@ -681,7 +681,7 @@ def test_normalised_input_guard_says_it_had_no_power_on_digits(tmp_path, capsys)
     )
     assert code == 0, err  # the claim of 0% holds, flagged
     doc = json.loads((tmp_path / "o" / "audit.json").read_text())
-    assert {g["rule"]: g["status"] for g in doc["guard_rails"]["findings"]}["normalised-input"] == "warn"
+    assert {g["check"]: g["status"] for g in doc["guard_rails"]["findings"]}["normalised-input"] == "warn"
     assert doc["verdict"]["flagged"] and "no power" in doc["verdict"]["text"]
     assert "this guard had no power here" in (tmp_path / "o" / "audit.md").read_text()
 

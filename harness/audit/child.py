@@ -38,9 +38,9 @@ def child_main(task: Dict[str, Any], result_path: str) -> None:
     os.environ.update(task["env"])
     sys.path[:] = task["sys_path"]
 
-    from harness.cli import _setup_logging
+    from harness.logs import setup_logging
 
-    _setup_logging(int(task.get("verbosity") or 0))
+    setup_logging(int(task.get("verbosity") or 0))
     warnings.filterwarnings("ignore", message="Detected pickle protocol")
     if task.get("threads"):
         import torch
@@ -48,7 +48,7 @@ def child_main(task: Dict[str, Any], result_path: str) -> None:
         torch.set_num_threads(int(task["threads"]))
 
     from harness import distributed
-    from harness.audit.run import AuditRequest, run_audit
+    from harness.audit.session import AuditRequest, run_audit
     from harness.core.errors import HarnessError
     from harness.core.io import atomic_write_json
 

@@ -32,7 +32,10 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 from torch import nn
 
-from harness.core.errors import HarnessError
+from harness.checkpoints import file_sha256, load_into, load_state_dict_file
+from harness.core.errors import ConfigError, HarnessError
+from harness.models import NormalizedModel, build_model
+from harness.robustbench_compat import load_zoo_model
 
 
 class ModelFileError(HarnessError):
@@ -201,3 +204,88 @@ def build_from_file(
         "factory_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
     }
     return model, info
+
+
+# -- the model an audit evaluates ----------------------------------------------------------
+
+
+def parse_normalize(text: Optional[str], bundle: Any) -> Optional[Dict[str, Any]]:
+    """``--normalize dataset`` (the data set's mean and std) or ``MEAN:STD`` with comma lists
+    (``0.4914,0.4822,0.4465:0.2471,0.2435,0.2616``; one value is used for every channel)."""
+    if text is None:
+        return None
+    c = bundle.shape[0]
+    if text.strip().lower() == "dataset":
+        return {
+            "mean": list(bundle.mean),
+            "std": list(bundle.std),
+            "source": f"the {bundle.name} data set's mean and std",
+        }
+    m_text, sep, s_text = text.partition(":")
+    try:
+        mean = [float(v) for v in m_text.split(",")]
+        std = [float(v) for v in s_text.split(",")] if sep else []
+    except ValueError:
+        mean = std = []
+    if not mean or not std:
+        raise ConfigError(f"--normalize {text!r}: write 'dataset' or MEAN:STD, e.g. 0.5,0.5,0.5:0.25,0.25,0.25")
+    mean, std = (mean * c if len(mean) == 1 else mean), (std * c if len(std) == 1 else std)
+    if len(mean) != c or len(std) != c or any(s <= 0 for s in std):
+        raise ConfigError(
+            f"--normalize {text!r}: needs {c} mean and {c} positive std values (in [0,1] pixel units) for {bundle.name}"
+        )
+    if max(mean) > 1 or max(std) > 1:
+        raise ConfigError(f"--normalize {text!r}: mean and std are in [0,1] pixel units (e.g. 0.4914, not 125.3)")
+    return {"mean": mean, "std": std, "source": "--normalize"}
+
+
+def load_audit_model(
+    *,
+    model: Optional[str],
+    robustbench: Optional[str],
+    checkpoint: Optional[str],
+    model_dir: Optional[str],
+    bundle: Any,
+    norm: str,
+    normalize: Optional[str] = None,
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build the model named by exactly one of ``model`` (``FILE.py:FACTORY`` or a registered
+    name) and ``robustbench`` (a zoo name), load the checkpoint as data, optionally put a
+    ``Normalize`` in front, and return it in eval mode with a provenance record."""
+    if (model is None) == (robustbench is None):
+        raise ConfigError(
+            "name the model with exactly one of --model (FILE.py:FACTORY or a registered name) and --robustbench NAME"
+        )
+    norm_rec = parse_normalize(normalize, bundle)
+    if robustbench is not None:
+        net, info = load_zoo_model(
+            robustbench, dataset=bundle.name, threat=norm, model_dir=model_dir or "models", checkpoint=checkpoint
+        )
+    else:
+        spec = parse_model_spec(model)
+        if spec is None:
+            if norm_rec is not None:
+                raise ConfigError(f"--normalize: the registered model {model!r} already normalises its input inside")
+            net = build_model(model, bundle.shape, bundle.num_classes, bundle.mean, bundle.std)
+            info = {
+                "kind": "registered",
+                "name": model,
+                "normalize_inside": {"mean": list(bundle.mean), "std": list(bundle.std)},
+            }
+            if checkpoint is None:
+                raise ConfigError(f"--checkpoint is needed: the registered model {model!r} has no weights of its own")
+        else:
+            net, info = build_from_file(
+                spec, shape=bundle.shape, num_classes=bundle.num_classes, mean=bundle.mean, std=bundle.std
+            )
+        if checkpoint is not None:
+            state = load_state_dict_file(checkpoint)
+            info["load_notes"] = load_into(net, state, source=str(checkpoint))
+            info["checkpoint"] = {"path": str(checkpoint), "sha256": file_sha256(checkpoint)}
+        else:
+            info["checkpoint"] = None
+            info["load_notes"] = ["no --checkpoint: the weights are whatever the factory returned"]
+    if norm_rec is not None:
+        net = NormalizedModel(net, norm_rec["mean"], norm_rec["std"])
+        info["normalize_added"] = norm_rec
+    return net.eval(), info

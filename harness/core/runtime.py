@@ -17,8 +17,8 @@ from typing import Any, Dict, Iterator, Optional
 import numpy as np
 import torch
 
-from harness import __version__
 from harness.core.errors import ConfigError
+from harness.core.version import __version__
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -1,0 +1,244 @@
+"""What a claim says: the claimed robust accuracy, the claimed attack's text as far as it states
+family, steps, restarts, loss and step size, the harness attack that replays it, and how its
+strength compares with the suite the audit ran."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Dict, Optional
+
+from attacks.base import check_budget
+from harness.core.errors import ConfigError
+
+
+def parse_claim(value: Any) -> float:
+    """A claimed robust accuracy as a fraction: ``0.53``, ``53`` or ``53%`` all give 0.53.
+    Numbers up to 1 are fractions; above 1 (up to 100) they are percent."""
+    text = str(value).strip()
+    percent = text.endswith("%")
+    try:
+        v = float(text.rstrip("%").strip())
+    except ValueError:
+        raise ConfigError(f"--claim {text!r}: expected a robust accuracy such as 0.53, 53 or 53%") from None
+    if not math.isfinite(v) or v < 0:
+        raise ConfigError(f"--claim {text!r}: a robust accuracy must be between 0 and 1 (or 0% and 100%)")
+    if percent or v > 1:
+        if v > 100:
+            raise ConfigError(f"--claim {text!r}: more than 100%")
+        v /= 100.0
+    return v
+
+
+_FAMILIES = [
+    # (regex on the lower-cased text, family, default loss)
+    (r"\bauto-?attack\b|\baa\b", "autoattack", None),
+    (r"\bapgd-?ce\b", "apgd-ce", "ce"),
+    (r"\bapgd-?t\b", "apgd-t", "dlr-targeted"),
+    (r"\bapgd-?dlr\b", "apgd-dlr", "dlr"),
+    (r"\bapgd\b", "apgd-ce", "ce"),
+    (r"\bfab(-?t)?\b", "fab", None),
+    (r"\bsquare\b", "square", "margin"),
+    (r"\b(c&w|cw)(?:[-_ ]?(?:inf|∞|l?inf))?\b", "cw", "margin"),
+    (r"\b(pgd|bim|i-?fgsm|ifgsm|mim)\b", "pgd", "ce"),
+    (r"\bfgsm\b", "fgsm", "ce"),
+]
+
+
+# size: one parser of the ways papers write an attack (family, steps, restarts, loss, step), read top to bottom
+def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
+    """What the claimed attack's text says: family, steps, restarts, loss, step size.
+
+    Understands the usual ways of writing it: ``PGD-20``, ``PGD-100 x5 restarts``, ``PGD 50
+    steps, 10 restarts, step 2/255``, ``CW-100`` (PGD on the CW margin loss), ``FGSM``,
+    ``AutoAttack`` / ``AA`` (``plus`` / ``rand`` versions), ``APGD-CE``, ``Square 5000``. The raw
+    text is always kept; ``parsed`` says whether a family was recognised."""
+    out: Dict[str, Any] = {
+        "text": text,
+        "parsed": False,
+        "family": None,
+        "steps": None,
+        "restarts": None,
+        "loss": None,
+        "step_size": None,
+        "gradient_steps_per_example": None,
+    }
+    if not text or not text.strip():
+        return out
+    t = text.strip().lower().replace("×", "x")
+    for pattern, family, loss in _FAMILIES:
+        m = re.search(pattern, t)
+        if m:
+            out.update(parsed=True, family=family, loss=loss)
+            break
+    else:
+        return out
+    fam = out["family"]
+    if fam == "autoattack":
+        out["version"] = (
+            "plus"
+            if re.search(r"\bplus\b|(?:autoattack|\baa)\s*\+", t)
+            else "rand"
+            if re.search(r"\brand", t)
+            else "standard"
+        )
+        return out
+    if fam == "fgsm":
+        out.update(steps=1, restarts=1, gradient_steps_per_example=1)
+        if "rs" in re.findall(r"[a-z]+", t) or "random" in t:
+            out["random_start"] = True
+        return out
+    # steps: "PGD-20", "PGD20", "PGD 20", "CW-100", "20 steps", "20 iterations"
+    m = re.search(
+        r"(?:pgd|bim|fgsm|mim|cw|c&w|apgd(?:-?ce|-?dlr|-?t)?|square|fab(?:-?t)?)[-_ ]?(?:inf|∞|linf)?[-_ ]?(\d+)\b", t
+    ) or re.search(r"(\d+)\s*(?:-\s*)?(?:steps?|iter(?:ation)?s?|its?|queries)\b", t)
+    if m:
+        out["steps"] = int(m.group(1))
+    m = (
+        re.search(r"(\d+)\s*(?:random\s*)?(?:re-?starts?|runs?)\b", t)
+        or re.search(r"\bx\s*(\d+)\b", t)
+        or re.search(r"\b(\d+)\s*x\b", t)
+        or re.search(r"re-?starts?\s*[=:]?\s*(\d+)", t)
+    )
+    if m:
+        out["restarts"] = int(m.group(1))
+    if re.search(r"\b(margin|cw|c&w)\b", t) and fam not in ("square",):
+        out["loss"] = "margin"
+    elif re.search(r"\bdlr\b", t):
+        out["loss"] = "dlr"
+    elif re.search(r"\b(ce|xent|cross[- ]?entropy)\b", t):
+        out["loss"] = "ce"
+    m = re.search(r"(?:step[- ]?size|step|alpha)\s*[=:]?\s*(\d+(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?)", t)
+    if m:
+        out["step_size"] = m.group(1).replace(" ", "")
+    if fam in ("pgd", "cw") and out["steps"] is not None:
+        out["gradient_steps_per_example"] = out["steps"] * (out["restarts"] or 1)
+    return out
+
+
+def replay_spec(parsed: Dict[str, Any], eps: float) -> Optional[Dict[str, Any]]:
+    """The harness attack that reproduces the claimed one, when its text says enough: PGD-K and
+    CW-K (K steps, the stated restarts and loss; the stated step size, else 2.5 eps / K) and FGSM.
+    Returns ``None`` for anything else (AutoAttack is part of the stronger suites already). Steps
+    and restarts beyond the bounds every attack has (``attacks.base.check_budget``) are a
+    ``ConfigError``: the audit checks this before it loads anything."""
+    fam = parsed.get("family")
+    if fam == "fgsm":
+        return {"attack": "fgsm", **({"random_start": True} if parsed.get("random_start") else {})}
+    if fam in ("pgd", "cw") and parsed.get("steps"):
+        # the same bounds as every attack (attacks.base.MAX_*), checked before anything is loaded
+        check_budget(
+            f"--claim-attack {parsed.get('text')!r}",
+            steps=int(parsed["steps"]),
+            restarts=int(parsed.get("restarts") or 1),
+        )
+        spec: Dict[str, Any] = {
+            "attack": "pgd",
+            "steps": int(parsed["steps"]),
+            "restarts": int(parsed.get("restarts") or 1),
+            "loss": parsed.get("loss") or "ce",
+            "step_size": "2.5*eps/steps",
+        }
+        if parsed.get("step_size"):
+            num, _, den = parsed["step_size"].partition("/")
+            try:
+                spec["step_size"] = float(num) / float(den) if den else float(num)
+            except (ValueError, ZeroDivisionError):
+                pass
+            else:
+                if not 0 < spec["step_size"] <= 2 * eps:  # e.g. "step 2" meaning 2/255: do not guess
+                    spec["step_size"] = "2.5*eps/steps"
+        return spec
+    return None
+
+
+def _grad_steps(desc: Dict[str, Any]) -> Optional[int]:
+    """Gradient steps per attacked point a descriptor promises (steps x restarts x targets)."""
+    if desc.get("attack") in ("square",) or desc.get("steps") is None:
+        return None
+    t = desc.get("targets")
+    return int(desc["steps"]) * int(desc.get("restarts") or 1) * (int(t) if isinstance(t, int) else 1)
+
+
+# size: the claimed attack beside the suite's, case by case (AutoAttack, gradient steps, unstated)
+def compare_strength(
+    parsed: Dict[str, Any], eval_doc: Dict[str, Any], replay: Optional[Dict[str, Any]]
+) -> Dict[str, Any]:
+    """The claimed attack beside the harness's: a row each, and whether the suite is stronger."""
+    rows = []
+    for a in eval_doc["attacks"]:
+        d = a["descriptor"]
+        rows.append(
+            {
+                "label": a["label"],
+                "attack": d.get("attack"),
+                "steps": d.get("steps"),
+                "restarts": d.get("restarts"),
+                "loss": d.get("loss"),
+                "targets": d.get("targets"),
+                "queries": d.get("queries"),
+                "gradient_steps": _grad_steps(d),
+                "ran_on": a["ran_on"],
+                "backward_per_attacked": a["passes"].get("backward_per_attacked"),
+                "forward_per_attacked": a["passes"].get("forward_per_attacked"),
+                "accuracy_after": a["after"]["accuracy"],
+            }
+        )
+    fam = parsed.get("family")
+    has_aa = any(a["descriptor"].get("library") == "pyautoattack" for a in eval_doc["attacks"])
+    aa_versions = {
+        a["descriptor"].get("autoattack_version")
+        for a in eval_doc["attacks"]
+        if a["descriptor"].get("library") == "pyautoattack"
+    }
+    suite_max = max((r["gradient_steps"] or 0 for r in rows), default=0)
+    claimed = parsed.get("gradient_steps_per_example")
+    if not parsed.get("text"):
+        stronger, why = None, "no claimed attack given (--claim-attack); strengths not compared"
+    elif not parsed.get("parsed"):
+        stronger, why = None, f"the claimed attack {parsed['text']!r} was not recognised; strengths not compared"
+    elif fam == "autoattack":
+        if has_aa and parsed.get("version", "standard") in aa_versions:
+            stronger, why = (
+                True,
+                f"the suite runs the reference AutoAttack {parsed.get('version', 'standard')} itself"
+                + (
+                    " and more attacks after it"
+                    if len(rows)
+                    > len(
+                        [r for r in rows if r["attack"] in ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")]
+                    )
+                    else ""
+                ),
+            )
+        else:
+            stronger, why = (
+                False,
+                f"the suite does not run AutoAttack {parsed.get('version', 'standard')}, the claimed attack",
+            )
+    elif has_aa:
+        stronger, why = (
+            True,
+            "the suite runs the reference AutoAttack (APGD-CE, APGD-T, FAB-T, Square), stronger than " + parsed["text"],
+        )
+    elif claimed is not None:
+        stronger = suite_max >= claimed
+        why = (
+            f"the suite's largest gradient attack takes {suite_max} gradient steps per point, "
+            f"{'at least' if stronger else 'fewer than'} the claimed attack's {claimed}"
+        )
+    else:
+        stronger, why = None, f"the budget of {parsed['text']!r} is not stated; strengths not compared"
+    claimed_row = {
+        k: parsed.get(k)
+        for k in ("text", "family", "steps", "restarts", "loss", "step_size", "gradient_steps_per_example")
+    }
+    if replay is not None:
+        claimed_row["replayed"] = replay
+    return {
+        "claimed": claimed_row,
+        "harness": rows,
+        "suite_stronger": stronger,
+        "comparison": why,
+        "harness_cost": {k: eval_doc["cost"].get(k) for k in ("wall_s", "forward_per_example", "backward_per_example")},
+    }
