@@ -64,9 +64,18 @@ def perturb(
         with autocast(x.device, precision):
             logits = model(x_cur)
         lv = loss_fn(logits.float(), y)
-        (grad,) = torch.autograd.grad(lv.sum(), x_cur)
+        grad = _input_gradient(lv, x_cur)
         x_cur = project(x, ascend(x_cur.detach(), grad, norm, step_size), norm, eps)
     return x_cur.detach()
+
+
+def _input_gradient(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d loss / d x; zero where the model's output carries no gradient (a hard-label head, a
+    forward under no_grad): the attack then stays where it is, and the gradients check says why."""
+    if not loss.requires_grad:
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(loss.sum(), x, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g
 
 
 class PGD(UnderThreat):
@@ -180,7 +189,7 @@ class PGD(UnderThreat):
                             logits = model(xc)
                         logits = logits.float()
                         lv = loss_fn(logits, yw)
-                        grad = None if last else torch.autograd.grad(lv.sum(), xc)[0]
+                        grad = None if last else _input_gradient(lv, xc)
                     xc = xc.detach()
                     lv = lv.detach()
                     pred = logits.detach().argmax(1)

@@ -5,3 +5,4 @@ from harness.core.registry import Registry
 ATTACKS = Registry("attacks", modules=["attacks.pgd", "attacks.autoattack"])
 SUITES = Registry("suites", modules=["attacks.suites"])
 CHECKS = Registry("checks", modules=["attacks.checks"])
+REMEDIES = Registry("remedies", modules=["attacks.adaptive.remedies"])

@@ -38,6 +38,7 @@ from harness.core.runtime import environment, select_device
 from harness.core.threat import ThreatModel
 from harness.data import load_dataset
 from harness.evaluation import SURROGATE_POINTS, evaluate_checkpoints, evaluate_model
+from harness.hints import hints_for
 from harness.pipeline import Outcome, run_pipeline
 from harness.spec import EvalSetting
 
@@ -93,8 +94,9 @@ class Evaluation(EvalResult):
 
     @property
     def verdict(self) -> str:
-        """reliable, suspicious, unreliable, or not run (the sanity checks' verdict)."""
-        return str(self.checks.verdict)
+        """reliable, suspicious, unreliable, or not run: the sanity checks' verdict once the
+        adaptive stage has resolved what it could (``checks.verdict`` is the checks' own)."""
+        return self.final_verdict
 
     @property
     def findings(self) -> List[Finding]:
@@ -138,13 +140,20 @@ def evaluate(
     checks: bool = True,
     progress: bool = False,
     data_dir: Optional[str] = None,
+    adaptive: Any = "auto",
+    bpda: Any = None,
+    eot: Optional[int] = None,
 ) -> Evaluation:
     """Evaluate ``model`` (inputs in [0,1], normalisation inside, logits out) under the threat
     model (``norm``, ``eps`` in [0,1] pixel units, e.g. ``8/255`` or ``"8/255"``) with ``suite``
     (a name from ``harness ls suites`` or an inline spec) on ``data``: a data set name (the first
     ``n`` points of its test split; ``n`` defaults to the suite's) or tensors ``(x, y)`` (the
     first ``n`` of them, all by default). ``device``: where to run (default: the model's); the
-    model's train/eval mode is restored afterwards. ``checks``: run the suite's sanity checks."""
+    model's train/eval mode is restored afterwards. ``checks``: run the suite's sanity checks.
+    ``adaptive``: ``"auto"`` runs the remedy of every check that fails or warns after the suite
+    (BPDA, EOT, rescaled logits, stronger black-box, transfer, gradient estimates), ``"off"``
+    none, a list the named remedies; ``bpda``: module paths to bypass (``"quant"``,
+    ``"quant=identity"``, ``"head=stand_in.py:soft"``), ``eot``: EOT samples per gradient."""
     threat = ThreatModel.parse(norm, eps)
     dev = select_device(device) if device is not None else _model_device(model)
     model = model.to(dev)
@@ -159,7 +168,17 @@ def evaluate(
         x, y = _tensors(data, dev, n)
         setting = EvalSetting(Suite.resolve(suite), threat, _num_classes(model, x), seed=seed, batch_size=batch_size)
         where = EvalData(None, "given tensors", int(x.shape[0]), "first n in fixed order", source="tensors")
-    result = evaluate_model(model, x, y, setting, progress=progress, run_checks=checks, surrogate_data=surrogate)
+    result = evaluate_model(
+        model,
+        x,
+        y,
+        setting,
+        progress=progress,
+        run_checks=checks,
+        surrogate_data=surrogate,
+        adaptive=adaptive,
+        hints=hints_for(model, bpda, eot),
+    )
     result.data, result.env = where, EnvRecord.from_json(environment(dev))
     return result.cast(Evaluation)
 

@@ -45,22 +45,30 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from attacks.adaptive import stage
+from attacks.adaptive.base import AdaptiveContext, Hints
 from attacks.base import PassCounter, eval_mode, verify
 from attacks.checks import CheckContext, checks_for, run_checks
+from attacks.judge import Judge
 from harness import distributed
 from harness.checkpoints import load_into, load_resume, load_state_dict_file, weights_sha256
 from harness.context import RunContext
 from harness.core.documents import (
+    AdaptiveBlock,
     AttackRecord,
     ChecksBlock,
     EnvRecord,
     EvalCost,
     EvalData,
     EvalResult,
+    FlagOutcome,
+    PassCount,
     Passes,
     PerExample,
     Proportion,
+    RemedyRecord,
     Threat,
+    jsonable,
 )
 from harness.core.errors import DataError, HarnessError
 from harness.core.io import atomic_write_json, read_json
@@ -79,6 +87,14 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         if not x.shape[0]:
             return torch.zeros(0, dtype=torch.long, device=x.device)
         return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
+
+
+def _no_gradient(e: RuntimeError) -> bool:
+    """Whether an attack failed because the model's output is not differentiable in its input."""
+    text = str(e)
+    return any(
+        k in text for k in ("does not require grad", "does not have a grad_fn", "One of the differentiated Tensors")
+    )
 
 
 def check_inputs(x: torch.Tensor) -> None:
@@ -135,13 +151,13 @@ def _fingerprint(*parts: Any) -> str:
 class _Cascade:
     """The suite's attacks in order, each on the points still robust; the per-example record."""
 
-    def __init__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, setting: EvalSetting, clean_pred: torch.Tensor
-    ):
-        self.model, self.x, self.y, self.setting = model, x, y, setting
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, setting: EvalSetting, judge: Judge):
+        self.model, self.x, self.y, self.setting, self.judge = model, x, y, setting, judge
         n = int(x.shape[0])
         self.n = n
-        self.clean_correct = clean_pred == y
+        clean = judge.decide(model, x, y, setting.batch_size)
+        clean_pred = clean.pred
+        self.clean_correct = clean.correct
         self.robust = self.clean_correct.clone()
         self.broken_by = torch.full((n,), -1, dtype=torch.long, device=x.device)
         self.adv_pred = clean_pred.clone()
@@ -181,9 +197,19 @@ class _Cascade:
         success = torch.zeros(idx.numel(), dtype=torch.bool, device=x.device)
         path, trace = torch.zeros(n, dtype=torch.bool, device=x.device), None
         used = counter.since(snap)
+        error = None
         if idx.numel():
             xs, ys = x[idx], y[idx]
-            x_adv, paths, traces = self._generate(attack, xs, ys, bar)
+            try:
+                x_adv, paths, traces = self._generate(attack, xs, ys, bar)
+            except RuntimeError as e:
+                if not _no_gradient(e):
+                    raise
+                # a model whose output carries no gradient: the attack cannot run; its points stay robust
+                # (the gradients check says why and the adaptive stage's BPDA answers it)
+                error = f"could not run: the model's output carries no gradient ({str(e).splitlines()[0]})"
+                log.warning("%s %s", attack.label(), error)
+                x_adv, paths, traces = xs.clone(), None, None
             distributed.merge_passes(counter, snap)  # the other ranks' share of the attack
             used = counter.since(snap)  # the attack's own passes, not our labelling forward below
             # nothing outside the threat model is ever counted
@@ -194,8 +220,8 @@ class _Cascade:
                 self.setting.threat.eps,
                 what=f"{attack.label()} adversarial example",
             )
-            pred = predict(self.model, x_adv, bs)
-            success = pred != ys
+            judged = self.judge.decide(self.model, x_adv, ys, bs)
+            pred, success = judged.pred, ~judged.correct
             broke_idx = idx[success]
             self.robust[broke_idx] = False
             self.broken_by[broke_idx] = i
@@ -218,6 +244,7 @@ class _Cascade:
             Passes.counted(used, n, int(idx.numel())),
             time.perf_counter() - t0,
             alone=Proportion.of(k, n) if i == 0 else None,
+            error=error,
         )
         self.records.append(rec)
         self.trail.append(
@@ -282,6 +309,65 @@ class _Cascade:
         trace = shard.gather(torch.cat(traces) if traces else None, dev)
         return shard.gather(mine, dev), path, (trace.t() if trace is not None else None)
 
+    def apply_adaptive(self, found: Dict[str, Any], suite_robust: Proportion) -> AdaptiveBlock:
+        """The stage's remedies as stages of the cascade (each confirmed break recorded against it)
+        and its block; every rank applies the same record."""
+        dev, n = self.x.device, self.n
+        remedies = []
+        for r in found["runs"]:
+            passes = r["passes"]
+            remedies.append(
+                RemedyRecord(
+                    r["remedy"],
+                    r["round"],
+                    r["why"],
+                    label=r["label"],
+                    ran_on=None if r["skipped"] else r["ran_on"],
+                    broke=None if r["skipped"] else r["broke"],
+                    wall_s=r["wall_s"],
+                    passes=PassCount(int(passes["forward"]), int(passes["backward"])),
+                    skipped=r["skipped"],
+                    details=r["details"],
+                )
+            )
+            if r["skipped"]:
+                continue
+            i = len(self.records)
+            broken = torch.tensor(r["broken"], dtype=torch.long, device=dev)
+            if broken.numel():
+                self.robust[broken] = False
+                self.broken_by[broken] = i
+                self.adv_pred[broken] = torch.tensor(r["pred"], dtype=torch.long, device=dev)
+            self.records.append(
+                AttackRecord(
+                    r["remedy"],
+                    r["label"],
+                    r["descriptor"],
+                    r["ran_on"],
+                    r["broke"],
+                    Proportion.of(int(self.robust.sum()), n),
+                    Passes.counted(passes, n, r["ran_on"]),
+                    r["wall_s"],
+                    adaptive={"round": r["round"], "why": r["why"], "details": r["details"]},
+                )
+            )
+        passes = found["passes"]
+        return AdaptiveBlock(
+            found["mode"],
+            found["judge"],
+            remedies,
+            found["flags"],
+            found["rounds"],
+            found["converged"],
+            suite_robust,
+            Proportion.of(int(self.robust.sum()), n),
+            found["verdict"],
+            found["reasons"],
+            wall_s=found["wall_s"],
+            passes=PassCount(int(passes["forward"]), int(passes["backward"])),
+            hints=found["hints"],
+        )
+
     def per_example(self) -> PerExample:
         return PerExample(
             label=self.y.tolist(),
@@ -292,7 +378,7 @@ class _Cascade:
         )
 
 
-# size: the setting is one object; the rest are keyword-only switches of one call (resume file, progress, checks)
+# size: the setting is one object; the rest are keyword-only switches of one call (resume, progress, checks, stage)
 def evaluate_model(
     model: nn.Module,
     x: torch.Tensor,
@@ -304,23 +390,29 @@ def evaluate_model(
     progress: bool = False,
     run_checks: bool = True,
     surrogate_data: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    adaptive: Any = "auto",
+    hints: Optional[Hints] = None,
 ) -> EvalResult:
     """Evaluate ``model`` on (x, y) under ``setting``; returns the result document without the
     fields that say what was evaluated (``data``, the checkpoint, ``env``: the caller's). ``x`` must
     hold [0,1] images; n is ``len(x)``. ``state_path`` keeps the progress after each attack
     (resumable; ``state_key`` names what is evaluated, e.g. the weights' digest);
-    ``surrogate_data`` are training points for the transfer check."""
+    ``surrogate_data`` are training points for the transfer check and the transfer remedy.
+    ``adaptive``: ``auto`` (the remedy of every flagged check, ``attacks.adaptive.stage``),
+    ``off``, or a list of remedies; ``hints``: what the user knows (``--bpda``, ``--eot``)."""
     threat, suite = setting.threat, setting.suite
     check_inputs(x)
     threat.check_input_dim(x[0].numel())
     n = int(x.shape[0])
+    mode = stage.parse_mode(adaptive)
     attacks = [setting.attack(spec) for spec in suite.expand(threat.norm)]
     descriptors = [a.describe() for a in attacks]
     suite_key = {**suite.record(), "name": suite.name}
     state = _State(state_path, _fingerprint(suite_key, threat.to_dict(), n, setting.seed, descriptors, state_key))
     t0 = time.perf_counter()
     with PassCounter(model) as counter:
-        cascade = _Cascade(model, x, y, setting, predict(model, x, setting.batch_size))
+        judge = Judge.detect(model, x, batch_size=setting.batch_size, precision=setting.precision)
+        cascade = _Cascade(model, x, y, setting, judge)
         clean_counts = counter.snapshot()
         with _Progress(progress) as bar:
             for i, (attack, desc) in enumerate(zip(attacks, descriptors)):
@@ -334,12 +426,27 @@ def evaluate_model(
             checks = ChecksBlock.not_run("checks disabled for this evaluation")
         else:  # once, on rank 0, on the gathered cascade; every rank returns its document
             checks = distributed.on_writer(lambda: _checks(model, x, y, setting, cascade, surrogate_data, progress))
+        suite_robust = Proportion.of(int(cascade.robust.sum()), n)
+        block = None
+        if mode != "off":  # on rank 0, like the checks; every rank applies what it found
+            found = distributed.on_writer(
+                lambda: _adaptive(model, x, y, setting, cascade, checks, surrogate_data, mode, hints, counter, progress)
+            )
+            block = cascade.apply_adaptive(found, suite_robust)
         total = counter.snapshot()
+    names = suite.attack_names(setting.attack)
+    stage_text = ""
+    if block is not None and block.ran:
+        stage_text = (
+            " and the adaptive stage (" + "; ".join(str(r.label) for r in block.remedies if r.skipped is None) + ")"
+        )
     robust = Proportion.of(
         int(cascade.robust.sum()),
         n,
-        label=(f"worst case over {setting.suite_name} ({suite.attack_names(setting.attack)}), {threat.label()}, n={n}"),
+        label=f"worst case over {setting.suite_name} ({names}){stage_text}, {threat.label()}, n={n}",
     )
+    if block is not None:
+        block.robust = robust
     result = EvalResult(
         suite=setting.suite_name,
         suite_spec=suite.record(),
@@ -354,9 +461,83 @@ def evaluate_model(
         precision=setting.precision,
         batch_size=setting.batch_size,
         created=now_iso(),
+        judge=judge.describe() if judge.randomised else {},
+        adaptive=block,
     )
     state.clear()
     return result
+
+
+# size: the stage's context, its rounds and the record of each remedy, built on rank 0
+def _adaptive(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    setting: EvalSetting,
+    cascade: "_Cascade",
+    checks: ChecksBlock,
+    surrogate_data: Optional[Tuple[torch.Tensor, torch.Tensor]],
+    mode: Any,
+    hints: Optional[Hints],
+    counter: PassCounter,
+    progress: bool,
+) -> Dict[str, Any]:
+    """The adaptive stage (``attacks.adaptive.stage``) on the points the suite left robust:
+    which remedies ran, what each confirmed broken, and the fate of every flagged check."""
+    t0, snap = time.perf_counter(), counter.snapshot()
+    hints = hints or Hints()
+    planned = stage.plan(mode, checks.findings, randomised=cascade.judge.randomised, hints=hints)
+    ctx = AdaptiveContext(
+        model=model,
+        x=x,
+        y=y,
+        threat=setting.threat,
+        num_classes=setting.num_classes,
+        seed=setting.seed,
+        batch_size=setting.batch_size,
+        judge=cascade.judge,
+        clean_correct=cascade.clean_correct,
+        robust=cascade.robust.clone(),
+        findings=list(checks.findings),
+        hints=hints,
+        surrogate_data=surrogate_data,
+        precision=setting.precision,
+    )
+    with _Progress(progress) as bar:
+        runs, converged, rounds = stage.run(
+            ctx, planned, counter=counter, progress=lambda text: bar.start(text, total=None)
+        )
+    flags, verdict, reasons = stage.resolve(checks.findings, runs, converged, int(x.shape[0]))
+    return {
+        "mode": mode,
+        "hints": hints.describe(),
+        "judge": cascade.judge.describe(),
+        "runs": [
+            {
+                "remedy": r.planned.name,
+                "round": r.round,
+                "why": list(r.planned.why),
+                "label": r.outcome.label,
+                "descriptor": jsonable(r.outcome.descriptor),
+                "details": jsonable(r.outcome.details),
+                "skipped": r.outcome.skipped,
+                "ran_on": r.ran_on,
+                "broke": r.broke,
+                "broken": r.outcome.idx[r.broke_mask].tolist() if r.broke_mask is not None else [],
+                "pred": r.adv_pred[r.broke_mask].tolist() if r.broke_mask is not None else [],
+                "wall_s": r.wall_s,
+                "passes": dict(r.passes),
+            }
+            for r in runs
+        ],
+        "flags": [FlagOutcome(f.check, f.status, f.outcome, f.remedies, f.text) for f in flags],
+        "rounds": rounds,
+        "converged": converged,
+        "verdict": verdict,
+        "reasons": reasons,
+        "wall_s": time.perf_counter() - t0,
+        "passes": counter.since(snap),
+    }
 
 
 def _checks(

@@ -14,6 +14,7 @@ from attacks.checks.base import (
     CheckContext,
     Finding,
     allowance,
+    clean_correct,
     indices,
     logits_of,
     restore_buffers,
@@ -441,3 +442,120 @@ def gradients(ctx: CheckContext) -> Finding:
         f"at the start and along a {GRAD_PATH_STEPS}-step path, "
         f"for CE and {inv.upper()}",
     )
+
+
+CONSISTENCY_POINTS = 16
+CONSISTENCY_DIRECTIONS = 4
+CONSISTENCY_TOL = 0.5  # relative disagreement of autograd's directional derivative with the finite difference
+CONSISTENCY_FAIL = 0.5  # fail when at least this fraction of (point, direction) pairs disagree
+CONSISTENCY_WARN = 0.2
+
+
+# size: a check: the docstring is its rule sheet; the body measures both derivatives and applies it
+@CHECKS.register(
+    "gradient-consistency",
+    summary="autograd's input gradient is the derivative: it matches finite differences (a backward that lies)",
+    cheap=True,
+    basis="harness rule (Athalye et al. 2018, section 3: gradients that are not the derivative)",
+    order=55,
+)
+def gradient_consistency(ctx: CheckContext) -> Finding:
+    """The input gradient must be the derivative of what the model computes. A custom autograd
+    function whose backward returns something else (a sign-flipped, rescaled, random or
+    "smoothed" gradient) sends gradient attacks the wrong way while every gradient looks finite
+    and non-zero, so the gradients check passes; this one compares, on up to 16 clean-correct
+    points and 4 random directions d each, autograd's directional derivative <grad L(x), d> of
+    the margin loss with the central difference (L(x + h d) - L(x - h d)) / 2h, in float64 where
+    the model allows it (h = 1e-6; float32: h = 1e-3). Randomised models are measured with the
+    same random draws on both sides (the global RNG reseeded before each forward pass); a model
+    whose draws do not follow it is skipped (see randomness). Points whose gradient is exactly
+    zero are left to the gradients check. Relative disagreement above 0.5 on a (point,
+    direction) pair counts; fail when at least half of the pairs disagree, warn at a fifth.
+    Cost: per point one forward and backward plus 8 forwards, in float64."""
+    cc = clean_correct(ctx)
+    idx = cc.nonzero().squeeze(1)[:CONSISTENCY_POINTS]
+    if idx.numel() == 0:
+        return skipped("gradient-consistency", "the model classifies none of the points correctly")
+    model, dtype, h = _in_float64(ctx.model, ctx.x[:1])
+    x, y = ctx.x[idx].to(dtype), ctx.y[idx]
+    loss_fn = get_loss("margin")
+    seed = int(ctx.seed) + 2029
+
+    def loss_at(t: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            with torch.set_grad_enabled(grad):
+                return loss_fn(model(t).to(dtype), y)
+
+    with eval_mode(model):
+        if not torch.equal(loss_at(x), loss_at(x)):
+            return skipped(
+                "gradient-consistency",
+                "the model's random draws do not follow torch's global generator, so its derivative cannot be "
+                "measured by finite differences (see the randomness check)",
+            )
+        xr = x.clone().requires_grad_(True)
+        lv = loss_at(xr, grad=True)
+        if not lv.requires_grad:
+            return skipped("gradient-consistency", "the model's output carries no gradient (see the gradients check)")
+        (g,) = torch.autograd.grad(lv.sum(), xr, allow_unused=True)
+        if g is None:
+            return skipped("gradient-consistency", "the model's output carries no gradient (see the gradients check)")
+        live = (g.reshape(g.shape[0], -1).abs().sum(1) > 0) & torch.isfinite(g.reshape(g.shape[0], -1)).all(1)
+        if not live.any():
+            return skipped("gradient-consistency", "no point has a non-zero input gradient (see the gradients check)")
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        errs = []
+        for _ in range(CONSISTENCY_DIRECTIONS):
+            d = torch.randn(x.shape, generator=gen, device=x.device, dtype=dtype)
+            d = d / d.reshape(d.shape[0], -1).abs().amax(1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+            fd = (loss_at(x + h * d) - loss_at(x - h * d)) / (2 * h)
+            an = (g * d).reshape(g.shape[0], -1).sum(1)
+            errs.append(((an - fd).abs() / torch.maximum(an.abs(), fd.abs()).clamp_min(1e-8))[live])
+    err = torch.cat(errs).float()
+    bad = float((err > CONSISTENCY_TOL).float().mean())
+    values = {
+        "points": int(live.sum()),
+        "directions": CONSISTENCY_DIRECTIONS,
+        "precision": "float64" if dtype == torch.float64 else "float32",
+        "step": h,
+        "median_relative_error": float(err.median()),
+        "fraction_disagreeing": bad,
+    }
+    threshold = {
+        "relative_error": CONSISTENCY_TOL,
+        "fail_fraction": CONSISTENCY_FAIL,
+        "warn_fraction": CONSISTENCY_WARN,
+    }
+    if bad >= CONSISTENCY_FAIL:
+        return Finding(
+            "gradient-consistency",
+            "fail",
+            values,
+            threshold,
+            f"autograd's input gradient is not the derivative of the model's output: on {100 * bad:.0f}% of "
+            f"(point, direction) pairs it disagrees with a finite difference by more than {CONSISTENCY_TOL:.0%} "
+            "(a custom backward pass that lies); gradient attacks follow it the wrong way",
+        )
+    status = "warn" if bad >= CONSISTENCY_WARN else "ok"
+    msg = (
+        f"autograd's directional derivatives agree with finite differences (median relative error "
+        f"{float(err.median()):.2g}; {100 * bad:.0f}% of pairs disagree)"
+    )
+    return Finding("gradient-consistency", status, values, threshold, msg)
+
+
+def _in_float64(model: torch.nn.Module, x: torch.Tensor) -> Tuple[torch.nn.Module, torch.dtype, float]:
+    """A float64 copy of the model when it runs in float64 on ``x`` and returns float64 (finite
+    differences at h = 1e-6), else the model itself in float32 (h = 1e-3)."""
+    import copy
+
+    try:
+        m64 = copy.deepcopy(model).double()
+        with torch.no_grad(), eval_mode(m64):
+            out = m64(x.double())
+        if isinstance(out, torch.Tensor) and out.dtype == torch.float64:
+            return m64, torch.float64, 1e-6
+    except Exception:  # noqa: BLE001 - a model that cannot run in float64 is measured in float32
+        pass
+    return model, torch.float32, 1e-3

@@ -443,7 +443,9 @@ class AttackInfo(Document):
 @dataclass
 class AttackRecord(Document):
     """One stage of an evaluation's cascade: it ran only on the points still robust (``ran_on``),
-    broke ``broke`` of them, and left the cumulative accuracy ``after``."""
+    broke ``broke`` of them, and left the cumulative accuracy ``after``. A remedy of the adaptive
+    stage is a stage too, with ``adaptive`` saying which round and why it ran; ``error`` is what
+    stopped an attack that could not run on this model (its points stay robust)."""
 
     name: Optional[str]
     label: Optional[str]
@@ -454,6 +456,8 @@ class AttackRecord(Document):
     passes: Passes
     wall_s: Optional[float]
     alone: Optional[Proportion] = optional()
+    error: Optional[str] = optional()
+    adaptive: Dict[str, Any] = optional(factory=dict)
 
 
 @dataclass
@@ -500,6 +504,61 @@ class ChecksBlock(Document):
 
     def finding(self, check: str) -> Optional[Finding]:
         return next((f for f in self.findings if f.check == check), None)
+
+
+@dataclass
+class RemedyRecord(Document):
+    """One remedy of the adaptive stage in one round: why it ran (the flagged checks), what it
+    did, how many points it attacked and broke (confirmed on the model), and its cost; or why
+    it was skipped."""
+
+    remedy: Optional[str]
+    round: Optional[int]
+    why: List[str]
+    label: Optional[str] = optional()
+    ran_on: Optional[int] = optional()
+    broke: Optional[int] = optional()
+    wall_s: Optional[float] = optional()
+    passes: Optional[PassCount] = optional()
+    skipped: Optional[str] = optional()
+    details: Dict[str, Any] = optional(factory=dict)
+
+
+@dataclass
+class FlagOutcome(Document):
+    """What became of one flagged check: ``resolved`` or ``stands``, by which remedies, in words."""
+
+    check: Optional[str]
+    status: Optional[str]
+    outcome: Optional[str]
+    remedies: List[str]
+    text: Optional[str]
+
+
+@dataclass
+class AdaptiveBlock(Document):
+    """The adaptive stage of an evaluation (``attacks.adaptive.stage``): the mode, the judge that
+    decided predictions, the remedies run (round by round), the fate of every flagged check,
+    the suite's worst case before the stage and the worst case after it (the headline), and the
+    verdict once resolved flags count as passed."""
+
+    mode: Any
+    judge: Dict[str, Any]
+    remedies: List[RemedyRecord]
+    flags: List[FlagOutcome]
+    rounds: Optional[int]
+    converged: Optional[bool]
+    suite_robust: Proportion
+    robust: Proportion
+    verdict: Optional[str]
+    reasons: List[str]
+    wall_s: Optional[float] = optional()
+    passes: Optional[PassCount] = optional()
+    hints: Dict[str, Any] = optional(factory=dict)
+
+    @property
+    def ran(self) -> bool:
+        return any(r.skipped is None for r in self.remedies)
 
 
 @dataclass
@@ -618,6 +677,17 @@ class EvalResult(Document):
     created: Optional[str] = optional()
     env: Optional[EnvRecord] = optional()
     same_weights_as: Optional[str] = optional()  # a copy of that checkpoint's result: identical weights
+    # how predictions were decided, for a randomised model (a majority of draws; attacks.judge)
+    judge: Dict[str, Any] = optional(factory=dict)
+    adaptive: Optional[AdaptiveBlock] = optional()
+
+    @property
+    def final_verdict(self) -> str:
+        """The verdict once the adaptive stage has resolved what it could (the checks' own when
+        no stage ran)."""
+        if self.adaptive is not None and self.adaptive.verdict:
+            return str(self.adaptive.verdict)
+        return str(self.checks.verdict)
 
     @property
     def n(self) -> Optional[int]:
@@ -805,6 +875,9 @@ __all__ = [
     "Threat",
     "AttackInfo",
     "AttackRecord",
+    "RemedyRecord",
+    "FlagOutcome",
+    "AdaptiveBlock",
     "Finding",
     "ChecksBlock",
     "EvalData",

@@ -1,0 +1,230 @@
+"""The adaptive stage: after the suite and its sanity checks, the remedy of every check that
+failed or warned runs on the points still robust, and the stage says which way each doubt went.
+
+``plan`` picks the remedies: in ``auto`` mode every registered remedy whose ``fixes`` names a
+flagged check (with the checks it answers), EOT whenever the judge found the model randomised,
+and BPDA / EOT when the user named them (``--bpda``, ``--eot``); ``off`` runs none; a list runs
+the remedies it names. ``run`` runs them in rounds: the first round runs every planned remedy in
+its order, each on the points still robust; a later round reruns, with another seed, the
+remedies that broke points in the round before; the stage stops when a round breaks at most
+``allowance(n, 0.5%)`` points (it has **converged**: more attack effort no longer moves the
+number) or after ``MAX_ROUNDS``. Every candidate is confirmed on the unmodified model
+(``base.confirm``) before it counts, so the worst case can only go down.
+
+``resolve`` says, for each flagged check, **resolved** (one of its remedies ran and the stage
+converged: the number is what the strongest attacks we have agree on) or **stands** (no remedy
+could run, or the remedies still found points in the last round: the number may be too high);
+the verdict after the stage counts resolved flags as passed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from attacks.adaptive.base import AdaptiveContext, Outcome, confirm
+from attacks.adaptive.remedies import remedies_for, remedy_names
+from attacks.checks.base import verdict as checks_verdict
+from attacks.registry import CHECKS, REMEDIES
+from harness.core.documents import Finding
+from harness.core.errors import ConfigError
+
+MODES = ("auto", "off")
+MAX_ROUNDS = 3
+CONVERGED_FRACTION = 0.005  # a round breaking at most max(1, 0.5% of n) points has converged
+
+
+def allowance(n: int) -> int:
+    return max(1, int(math.floor(CONVERGED_FRACTION * n + 1e-9)))
+
+
+@dataclass
+class Planned:
+    """A remedy the stage runs, and the flagged checks (or the user's words) that called it."""
+
+    name: str
+    why: List[str] = field(default_factory=list)
+
+
+def parse_mode(value: Any) -> Any:
+    """``auto`` / ``off`` / a list (or comma-separated text) of remedy names, checked."""
+    if value is None:
+        return "auto"
+    if isinstance(value, str) and value.strip().lower() in MODES:
+        return value.strip().lower()
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
+    if not names:
+        raise ConfigError("--adaptive: give auto, off, or a comma-separated list of remedies")
+    for name in names:
+        REMEDIES.entry(name)  # did-you-mean on a typo
+    return names
+
+
+def plan(mode: Any, findings: Sequence[Finding], *, randomised: bool, hints: Any = None) -> List[Planned]:
+    """The remedies to run, in their registered order, each with why."""
+    mode = parse_mode(mode)
+    if mode == "off":
+        return []
+    why: Dict[str, List[str]] = {}
+    if isinstance(mode, list):
+        for name in mode:
+            why.setdefault(name, []).append("asked for (--adaptive)")
+    else:
+        for f in findings:
+            if f.status in ("warn", "fail"):
+                for name in remedies_for(str(f.check)):
+                    why.setdefault(name, []).append(f"{f.check} ({f.status})")
+        if randomised:
+            why.setdefault("eot", []).append("the model is randomised (its forward passes differ)")
+    if hints is not None and getattr(hints, "bpda", None):
+        why.setdefault("bpda", []).append("--bpda given")
+    if hints is not None and getattr(hints, "eot", None):
+        why.setdefault("eot", []).append("--eot given")
+    return [Planned(name, why[name]) for name in remedy_names() if name in why]
+
+
+@dataclass
+class Run:
+    """One remedy in one round: what it did (``outcome``), which points it attacked and broke,
+    how long it took and the passes through the model it paid."""
+
+    planned: Planned
+    round: int
+    outcome: Outcome
+    ran_on: int
+    broke: int
+    wall_s: float
+    passes: Dict[str, int]
+    broke_mask: Optional[torch.Tensor] = None
+    adv_pred: Optional[torch.Tensor] = None
+
+
+Record = Callable[[Run], None]
+
+
+# size: the rounds loop: each remedy on the points still robust, confirmed, recorded, until converged
+def run(
+    ctx: AdaptiveContext,
+    planned: Sequence[Planned],
+    *,
+    counter: Any,
+    record: Optional[Record] = None,
+    progress: Optional[Callable[[str], None]] = None,
+) -> Tuple[List[Run], bool, int]:
+    """Run the planned remedies in rounds (module docstring). ``counter``: a PassCounter on the
+    model; ``record(run)`` is called after each remedy (the caller keeps the per-example record).
+    Returns the runs, whether the stage converged, and the number of rounds."""
+    runs: List[Run] = []
+    a = allowance(int(ctx.x.shape[0]))
+    todo = list(planned)
+    base_seed = ctx.seed
+    rounds = 0
+    converged = not todo
+    for r in range(1, MAX_ROUNDS + 1):
+        if not todo:
+            break
+        rounds = r
+        ctx.seed = base_seed + 1000 * (r - 1)
+        broke_round, productive = 0, []
+        for p in todo:
+            idx = ctx.robust.nonzero().squeeze(1)
+            if progress is not None:
+                progress(f"adaptive: {p.name} (round {r}) on {idx.numel()} points")
+            snap, t0 = counter.snapshot(), time.perf_counter()
+            if idx.numel() == 0:
+                outcome = Outcome(p.name, {"remedy": p.name}, idx, skipped="no point is left to attack")
+            else:
+                outcome = REMEDIES.get(p.name)(ctx, idx)
+            broke = torch.zeros(idx.numel(), dtype=torch.bool, device=ctx.device)
+            pred = ctx.y[idx].clone()
+            if outcome.skipped is None and outcome.x_adv is not None:
+                broke = confirm(ctx, idx, outcome.x_adv, f"{outcome.label} adversarial example")
+                if broke.any():
+                    pred[broke] = ctx.judge.decide(
+                        ctx.model, outcome.x_adv[broke], ctx.y[idx][broke], ctx.batch_size
+                    ).pred
+                ctx.robust[idx[broke]] = False
+            k = int(broke.sum())
+            item = Run(p, r, outcome, int(idx.numel()), k, time.perf_counter() - t0, counter.since(snap), broke, pred)
+            runs.append(item)
+            if record is not None:
+                record(item)
+            broke_round += k
+            if k:
+                productive.append(p)
+        if broke_round <= a:
+            converged = True
+            break
+        todo = productive
+    ctx.seed = base_seed
+    return runs, converged, rounds
+
+
+@dataclass
+class FlagOutcome:
+    check: str
+    status: str
+    outcome: str  # resolved | stands
+    remedies: List[str]
+    text: str
+
+
+# size: one sentence per flag, the outcome rule of the module docstring applied to each
+def resolve(
+    findings: Sequence[Finding], runs: Sequence[Run], converged: bool, n: int
+) -> Tuple[List[FlagOutcome], str, List[str]]:
+    """Each flagged check's outcome, and the verdict after the stage with its reasons."""
+    out: List[FlagOutcome] = []
+    resolved_checks = set()
+    a = allowance(n)
+    total = sum(r.broke for r in runs)
+    last_round = max((r.round for r in runs), default=0)
+    last = sum(r.broke for r in runs if r.round == last_round)
+    for f in findings:
+        if f.status not in ("warn", "fail"):
+            continue
+        check = str(f.check)
+        mine = [r for r in runs if any(w.startswith(f"{check} (") for w in r.planned.why)]
+        ran = [r for r in mine if r.outcome.skipped is None]
+        names = sorted({r.planned.name for r in ran}, key=remedy_names().index)
+        if not remedies_for(check):
+            why = CHECKS.entry(check).meta.get("no_remedy") if check in CHECKS.names() else None
+            out.append(
+                FlagOutcome(
+                    check,
+                    str(f.status),
+                    "stands",
+                    [],
+                    f"no adaptive attack answers this flag{': ' + why if why else ''}",
+                )
+            )
+            continue
+        if not ran:
+            skipped = "; ".join(f"{r.planned.name}: {r.outcome.skipped}" for r in mine) or "no remedy was run"
+            out.append(FlagOutcome(check, str(f.status), "stands", [], f"no remedy could run ({skipped})"))
+            continue
+        broke = sum(r.broke for r in ran)
+        if converged:
+            resolved_checks.add(check)
+            text = (
+                f"resolved: {', '.join(names)} ran on every point still robust and broke {broke} more; the stage "
+                f"converged (its last round broke {last}, at most {a} allowed), so the robust accuracy is what "
+                "the adaptive attacks agree on"
+            )
+            out.append(FlagOutcome(check, str(f.status), "resolved", names, text))
+        else:
+            text = (
+                f"stands: {', '.join(names)} broke {broke} more points and were still finding new ones in the last "
+                f"round ({last} > {a}); the robust accuracy is an upper bound that stronger attacks may lower"
+            )
+            out.append(FlagOutcome(check, str(f.status), "stands", names, text))
+    adjusted = [f if str(f.check) not in resolved_checks else replace(f, status="ok") for f in findings]
+    v, reasons = checks_verdict(adjusted)
+    notes = [f"{o.check} ({o.status}): {o.text}" for o in out if o.outcome == "resolved"]
+    if total and not out:
+        notes.append(f"the adaptive stage broke {total} more point(s)")
+    return out, v, reasons + notes
