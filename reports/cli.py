@@ -25,7 +25,7 @@ from reports.load import find_runs, load_run
 from reports.registry import RENDERERS
 from reports.renderers import render_document, render_table
 from reports.run_report import headline_sentence, render_run
-from reports.table import Document, Table, TableBlock
+from reports.table import Report, Table, TableBlock
 
 _BY_SUFFIX = {".md": "md", ".markdown": "md", ".tex": "tex", ".csv": "csv", ".html": "html", ".htm": "html"}
 SWEEP_FORMATS = ("md", "tex", "csv", "html")
@@ -58,7 +58,7 @@ def _render_comparison(table: Table, fmt: str) -> str:
         body = Table(
             title="", columns=table.columns, groups=table.groups, notes=table.notes, key_fields=table.key_fields
         )
-        return render_document(Document(table.title, [TableBlock(body)], wide=True), "html")
+        return render_document(Report(table.title, [TableBlock(body)], wide=True), "html")
     return render_table(table, fmt)
 
 

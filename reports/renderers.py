@@ -1,7 +1,7 @@
 """Thin renderers over the one table model: Markdown, LaTeX (booktabs), CSV and HTML.
 
 Each renderer turns a ``reports.table.Table`` into text; Markdown and HTML also render a whole
-``Document`` (the per-run report). Number formatting lives here (percents through the one
+``Report`` (the per-run report). Number formatting lives here (percents through the one
 formatter, ``reports.numbers.pct``): tables hold fractions and seconds, renderers print percents
 and minutes. CSV keeps the stored units (fractions, seconds) so that it can be read back by a
 program.
@@ -24,11 +24,11 @@ from reports.table import (
     Cell,
     Code,
     Column,
-    Document,
     Figure,
     Group,
     Heading,
     Para,
+    Report,
     Row,
     Span,
     Table,
@@ -45,7 +45,7 @@ class Renderer(Protocol):
 
     def table(self, table: Table) -> str: ...
 
-    def document(self, doc: Document) -> str:
+    def document(self, doc: Report) -> str:
         """A whole report; raises ``HarnessError`` for formats that only write tables."""
         ...
 
@@ -196,7 +196,7 @@ class MarkdownRenderer:
                 out.append(md_escape(text))
         return "".join(out)
 
-    def document(self, doc: Document) -> str:
+    def document(self, doc: Report) -> str:
         out: List[str] = [f"# {md_escape(doc.title)}", ""]
         for b in doc.blocks:
             if isinstance(b, Heading):
@@ -378,7 +378,7 @@ class LatexRenderer:
             i += 1
         return out
 
-    def document(self, doc: Document) -> str:
+    def document(self, doc: Report) -> str:
         raise HarnessError("the tex renderer writes comparison tables; a run's report is report.md and report.html")
 
 
@@ -435,7 +435,7 @@ class CSVRenderer:
                 w.writerow(line)
         return buf.getvalue()
 
-    def document(self, doc: Document) -> str:
+    def document(self, doc: Report) -> str:
         raise HarnessError("the csv renderer writes comparison tables; a run's report is report.md and report.html")
 
 
@@ -563,7 +563,7 @@ class HTMLRenderer:
         tags = {"b": "strong", "i": "em", "code": "code"}
         return "".join(f"<{tags[s]}>{_h(t)}</{tags[s]}>" if s in tags else _h(t) for t, s in spans)
 
-    def document(self, doc: Document) -> str:
+    def document(self, doc: Report) -> str:
         body: List[str] = [f"<h1>{_h(doc.title)}</h1>"]
         for b in doc.blocks:
             if isinstance(b, Heading):
@@ -611,5 +611,5 @@ def render_table(table: Table, fmt: str) -> str:
     return RENDERERS.get(fmt).table(table)
 
 
-def render_document(doc: Document, fmt: str) -> str:
+def render_document(doc: Report, fmt: str) -> str:
     return RENDERERS.get(fmt).document(doc)

@@ -25,7 +25,7 @@ from reports.load import EvalView, RunInfo, accuracy_of, ci_of, device_text, fin
 from reports.numbers import pct_ci as _pct_ci
 from reports.renderers import render_document
 from reports.svg import PALETTE, Band, Bracket, Chart, Series, VLine, line_chart
-from reports.table import Callout, Code, Column, Document, Figure, Heading, Para, Span, Table, TableBlock, Value, text
+from reports.table import Callout, Code, Column, Figure, Heading, Para, Report, Span, Table, TableBlock, Value, text
 
 log = logging.getLogger("harness.reports")
 
@@ -811,11 +811,11 @@ def identity_line(info: RunInfo) -> List[Span]:
     return text(s)
 
 
-def build_run_report(info: RunInfo, erm: Optional[RunInfo] = None) -> Document:
+def build_run_report(info: RunInfo, erm: Optional[RunInfo] = None) -> Report:
     """The run report, in the order a reader needs it: the verdict and the headline number, the
     strength of every attack involved, the evaluation on test, training and selection on val,
     the cost, the provenance."""
-    doc = Document(f"harness report: {info.name}")
+    doc = Report(f"harness report: {info.name}")
     doc.add(Para(identity_line(info)))
     _headline_section(doc, info)
     doc.add(Heading(2, "Attack strength: training vs selection vs evaluation", "strength"))
@@ -836,7 +836,7 @@ def build_run_report(info: RunInfo, erm: Optional[RunInfo] = None) -> Document:
     return doc
 
 
-def _headline_section(doc: Document, info: RunInfo) -> None:
+def _headline_section(doc: Report, info: RunInfo) -> None:
     """The verdict first, then the headline number (or why there is none), then what is missing."""
     head = info.headline_eval()
     if head is not None:
@@ -878,7 +878,7 @@ def _headline_section(doc: Document, info: RunInfo) -> None:
         )
 
 
-def _evaluation_section(doc: Document, info: RunInfo) -> None:
+def _evaluation_section(doc: Report, info: RunInfo) -> None:
     """Per suite: the cascade of each checkpoint, best vs last, the sanity checks, the eps sweep."""
     doc.add(Heading(2, "Evaluation on test", "evaluation"))
     if not info.evals:
@@ -926,7 +926,7 @@ def _evaluation_section(doc: Document, info: RunInfo) -> None:
             doc.add(Para(text("No eps sweep in this suite.")))
 
 
-def _training_section(doc: Document, info: RunInfo) -> None:
+def _training_section(doc: Report, info: RunInfo) -> None:
     """Training and selection on val: flags, warnings, the stop, the per-epoch figure and table."""
     doc.add(Heading(2, "Training and checkpoint selection (val split)", "training"))
     co, co_epoch, co_detail = info.catastrophic_overfitting

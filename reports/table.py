@@ -1,4 +1,4 @@
-"""The one table model every report uses, and the document model around it.
+"""The one table model every report uses, and the report model around it.
 
 A ``Table`` holds raw numbers (accuracies as fractions, times in seconds) and says what kind of
 number each column holds; renderers (``reports.renderers``) turn it into Markdown, LaTeX, CSV or
@@ -169,12 +169,15 @@ Block = Union[Heading, Para, Callout, Bullets, TableBlock, Figure, Code]
 
 
 @dataclass
-class Document:
+class Report:
+    """A rendered report (a run's report.md / report.html, an audit): a title and its blocks in
+    reading order. Named apart from ``harness.core.documents.Document`` (a stored JSON file)."""
+
     title: str
     blocks: List[Block] = field(default_factory=list)
     wide: bool = False  # HTML: let wide tables use the whole window
 
-    def add(self, *blocks: Block) -> "Document":
+    def add(self, *blocks: Block) -> "Report":
         self.blocks.extend(blocks)
         return self
 

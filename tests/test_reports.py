@@ -31,7 +31,7 @@ from reports.load import eps_number, find_runs, load_run
 from reports.registry import RENDERERS
 from reports.renderers import format_value, md_escape, render_document, render_table, tex_escape
 from reports.run_report import build_run_report, render_run
-from reports.table import Column, Document, Para, Table, TableBlock, Value
+from reports.table import Column, Para, Report, Table, TableBlock, Value
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "runs"
@@ -537,7 +537,7 @@ def test_every_renderer_renders_the_comparison(runs: Path) -> None:
         out = render_table(table, fmt)
         assert "pgd-at" in out and "not evaluated" in out
         assert ("71.2" in out) if fmt != "csv" else ("0.7125" in out)
-    doc = Document("t", [Para([("x", "")])])
+    doc = Report("t", [Para([("x", "")])])
     for fmt in ("tex", "csv"):
         with pytest.raises(HarnessError):
             render_document(doc, fmt)
