@@ -20,11 +20,12 @@ from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_text
 from harness.core.rundir import RunDir
 from harness.core.sweepdir import SweepDir
+from reports.cells import headline_sentence
 from reports.compare import build_comparison
 from reports.load import find_runs, load_run
 from reports.registry import RENDERERS
 from reports.renderers import render_document, render_table
-from reports.run_report import headline_sentence, render_run
+from reports.run_report import render_run
 from reports.table import Report, Table, TableBlock
 
 _BY_SUFFIX = {".md": "md", ".markdown": "md", ".tex": "tex", ".csv": "csv", ".html": "html", ".htm": "html"}
