@@ -346,12 +346,18 @@ def _row(
     # cost is the cost of a whole training: runs still training do not count towards it
     finished = [e for e in entries if e.run.training_finished]
     unfinished = "training not finished"
+    damaged = any(e.run.metrics_damage for e in finished)
     walls = _per_seed(finished, [e.run.train_wall_s()[0] for e in finished])
-    cells["train_time_s"] = _agg(walls, k, missing=unfinished if not finished else "no timing", fraction=False)
+    cells["train_time_s"] = _agg(
+        walls,
+        k,
+        missing=unfinished if not finished else "metrics damaged" if damaged else "no timing",
+        fraction=False,
+    )
     cells["passes_per_example"] = _agg(
         _per_seed(finished, [e.run.passes_total() for e in finished]),
         k,
-        missing=unfinished if not finished else "no count",
+        missing=unfinished if not finished else "metrics damaged" if damaged else "no count",
         fraction=False,
     )
     row = Row(cells, sources=[f"{e.run.name} (seed {e.run.seed})" for e in entries])
@@ -374,6 +380,8 @@ def _row(
                 table.note(f"{r.name}: training not finished (status {r.status}, {r.epochs_run} of {planned} epochs).")
             )
         bad = [p for p in r.problems if p.startswith("evaluation")]
+        if r.metrics_damage:
+            bad.insert(0, r.metrics_damage)
         if bad:
             row.marks.append(table.note(f"{r.name}: " + "; ".join(bad) + "."))
     row.status = "" if evaluated else NOT_EVALUATED

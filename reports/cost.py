@@ -59,7 +59,7 @@ def cost_section(info: RunInfo, erm: Optional[RunInfo]) -> List[Any]:
     total = info.passes_total()
     pe = info.passes_per_epoch()
     so_far = "" if info.training_finished else ", so far"
-    ptxt = "—"
+    ptxt = "not counted: per-epoch rows lost" if info.metrics_damage else "—"
     if total is not None:
         ptxt = f"{total:.4g} in total"
         if pe:

@@ -95,7 +95,10 @@ def best_vs_last_table(info: RunInfo, suite: str) -> Tuple[Table, List[List[Span
                 )
             )
     gap, flagged, thr = info.robust_overfitting
-    if gap is not None:
+    if info.metrics_damage and not flagged:
+        # "not flagged" would be a conclusion drawn from a file that lost rows
+        lines.append(text(f"Robust overfitting on val: not assessed: {info.metrics_damage}."))
+    elif gap is not None:
         s = (
             f"Robust overfitting on val (selection attack, best minus last{val_n_text(info, ', n=')}): "
             f"{100 * gap:.1f} percentage points"

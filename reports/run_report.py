@@ -122,7 +122,12 @@ def _headline_section(doc: Report, info: RunInfo) -> None:
         doc.add(
             Callout(
                 "warning",
-                [[("Incomplete run directory.", "b"), (" What is missing or unreadable:", "")]],
+                [
+                    [
+                        ("Damaged run directory." if info.metrics_damage else "Incomplete run directory.", "b"),
+                        (" What is missing or unreadable:", ""),
+                    ]
+                ],
                 [text(p) for p in info.problems],
             )
         )

@@ -4,9 +4,9 @@ warnings of training, the early stop, the per-epoch figure and the per-epoch tab
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
-from harness.core.documents import Proportion
+from harness.core.documents import MetricsRow, Proportion
 from reports.cells import (
     prop_value,
     val_n_text,
@@ -30,7 +30,8 @@ def _series_label(info: RunInfo, key: str, fallback: str) -> str:
 def epoch_figure(info: RunInfo) -> Optional[Figure]:
     if not info.metrics:
         return None
-    xs = [r.epoch for r in info.metrics]
+    rows = _epoch_rows(info)
+    xs = [e for e, _ in rows]
     series = []
     for key, name, color, dash in (
         ("clean", "clean", PALETTE["blue"], ""),
@@ -40,7 +41,7 @@ def epoch_figure(info: RunInfo) -> Optional[Figure]:
     ):
         if key == "train_attack" and not info.has_train_attack:
             continue  # plain training: "under the training attack" is the clean accuracy again
-        ys = [accuracy_of(getattr(r.val, key)) for r in info.metrics]
+        ys = [accuracy_of(getattr(r.val, key)) for _, r in rows]  # a lost row breaks the line
         if any(y is not None for y in ys):
             series.append(
                 Series(
@@ -94,6 +95,13 @@ def epoch_figure(info: RunInfo) -> Optional[Figure]:
     return Figure(line_chart(chart), cap)
 
 
+def _epoch_rows(info: RunInfo) -> List[Tuple[int, MetricsRow]]:
+    """(epoch, row) in epoch order, the epochs metrics.jsonl lost included with an empty row."""
+    rows = [(r.epoch, r) for r in info.metrics if r.epoch is not None]
+    rows += [(e, MetricsRow.empty()) for e in info.lost_epochs]
+    return sorted(rows, key=lambda er: er[0])
+
+
 def _val_prop(prop: Optional[Proportion]) -> Optional[Value]:
     return prop_value(prop) if accuracy_of(prop) is not None else None
 
@@ -115,8 +123,9 @@ def epoch_table(info: RunInfo) -> Table:
         cols = [c for c in cols if c.key != "train_attack"]
     rows = []
     best = info.best_epoch
-    for r in info.metrics:
-        notes = []
+    lost = set(info.lost_epochs)
+    for epoch, r in _epoch_rows(info):
+        notes = ["row lost from metrics.jsonl"] if epoch in lost else []
         if r.epoch == best:
             notes.append("selected")
         if r.flags.catastrophic_overfitting is True:
@@ -125,7 +134,7 @@ def epoch_table(info: RunInfo) -> Table:
         walls = [fnum(r.train.wall_s), fnum(r.val.wall_s)]
         rows.append(
             {
-                "epoch": str(r.epoch),
+                "epoch": str(epoch),
                 "lr": value_of(r.train.lr),
                 "loss": value_of(r.train.loss),
                 "tacc": value_of(r.train.accuracy),
