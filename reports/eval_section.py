@@ -62,6 +62,7 @@ def best_vs_last_table(info: RunInfo, suite: str) -> Tuple[Table, List[List[Span
     cols = [
         Column("ckpt", "Checkpoint"),
         Column("epoch", "Epoch"),
+        Column("n", "n (test)", "count"),
         Column("clean", "Clean", "pct", ci=True),
         Column("robust", "Worst case", "pct", ci=True),
         Column("sel", f"Selection attack on val{val_n_text(info)}", "pct", ci=True),
@@ -76,6 +77,7 @@ def best_vs_last_table(info: RunInfo, suite: str) -> Tuple[Table, List[List[Span
             {
                 "ckpt": ckpt,
                 "epoch": str(e) if e is not None else "—",
+                "n": Value(float(ev.n)) if ev and ev.n is not None else None,
                 "clean": prop_value(ev.clean) if ev else Value.absent(NOT_EVALUATED),
                 "robust": prop_value(ev.robust) if ev else Value.absent(NOT_EVALUATED),
                 "sel": prop_value(sel) if accuracy_of(sel) is not None else None,
@@ -88,10 +90,17 @@ def best_vs_last_table(info: RunInfo, suite: str) -> Tuple[Table, List[List[Span
         ab, al = accuracy_of(b.robust), accuracy_of(last.robust)
         if ab is not None and al is not None:
             same = b.epoch is not None and b.epoch == last.epoch
+            apart = (b.n, b.split, b.subset) != (last.n, last.split, last.subset)
             lines.append(
                 text(
                     f"Best minus last, worst case on {b.split}: {100 * (ab - al):+.1f} percentage points"
-                    + (" (the best checkpoint is the last epoch)." if same else ".")
+                    + (
+                        f" on different test points (n={b.n} and n={last.n}): not a paired difference."
+                        if apart
+                        else " (the best checkpoint is the last epoch)."
+                        if same
+                        else "."
+                    )
                 )
             )
     gap, flagged, thr = info.robust_overfitting
@@ -202,10 +211,12 @@ def evaluation_section(doc: Report, info: RunInfo) -> None:
         evs = [e for e in info.evaluations() if e.suite == suite]
         doc.add(Heading(3, f"Suite {suite}"))
         subset = evs[0].subset if evs[0].subset is not None else "subset not recorded"
+        ns = [ev.n for ev in evs]
+        n_text = str(ns[0]) if len(set(ns)) == 1 else ", ".join(f"{ev.n} ({ev.checkpoint} checkpoint)" for ev in evs)
         doc.add(
             Para(
                 text(
-                    f"{evs[0].threat_label()}, n={evs[0].n} {evs[0].split} points ({subset}). "
+                    f"{evs[0].threat_label()}, n={n_text} {evs[0].split} points ({subset}). "
                     "Attacks run as a cascade, each only on the points still robust after the ones before it: "
                     "'Accuracy after' is cumulative and the last row is the per-example worst case."
                 )

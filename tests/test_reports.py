@@ -345,7 +345,7 @@ def test_best_and_last_on_different_n_show_the_n_of_each_row(tmp_path: Path) -> 
     md = (run / "report.md").read_text(encoding="utf-8")
     table = md.split("**Best vs last checkpoint**", 1)[1].split("\n\n", 2)[1]
     head, _, best, last = table.splitlines()[:4]
-    n_col = [c.strip() for c in head.split("|")].index("n")
+    n_col = [c.strip() for c in head.split("|")].index("n (test)")
     assert [c.strip() for c in best.split("|")][n_col] == "20"
     assert [c.strip() for c in last.split("|")][n_col] == "50"
     assert "n=20 (best checkpoint), 50 (last checkpoint) test points" in md
