@@ -16,6 +16,16 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from harness.core.stats import mean_std, wilson
 from reports.load import EvalView, RunInfo, accuracy_of, fnum, worst_verdict
+from reports.paired import (
+    TESTED,
+    Side,
+    baseline_side,
+    bold_note,
+    compare_groups,
+    pairs_table,
+    replace_marks,
+    significant_best,
+)
 from reports.table import Column, Group, Row, Table, Value
 
 NOT_EVALUATED = "not evaluated"
@@ -240,10 +250,10 @@ COLUMNS = [
     Column("trained_with", "Training attack"),
     Column("seeds", "Seeds", "count", spread=False),
     Column("train_attack", "Training attack on val", "pct"),
-    Column("clean", "Clean", "pct"),
+    Column("clean", "Clean", "pct", tested=True),
     Column("pgd", "PGD", "pct"),
     Column("autoattack", "AutoAttack", "pct"),
-    Column("worst_case", "Worst case, best ckpt", "pct", ci=True),
+    Column("worst_case", "Worst case, best ckpt", "pct", ci=True, tested=True),
     Column("last_worst_case", "Worst case, last ckpt", "pct"),
     Column("verdict", "Verdict"),
     Column("train_time_s", "Train time", "seconds"),
@@ -451,8 +461,11 @@ def _why_apart(g: _Group, earlier: Sequence[Tuple[int, _Group]]) -> Optional[str
     return f"Kept apart from group {best[1]}, not averaged with it: {', '.join(best[2])}."
 
 
-def build_comparison(runs: Sequence[RunInfo], title: Optional[str] = None) -> Table:
-    """One table over ``runs``. Accuracies are stored as fractions; renderers print percents."""
+def build_comparison(runs: Sequence[RunInfo], title: Optional[str] = None, *, baseline: Optional[str] = None) -> Table:
+    """One table over ``runs``, with the table of paired differences beside it (``Table.beside``)
+    when a group has two rows or more: every pair of rows, or each row against ``baseline`` (a
+    defense or a row label; ``HarnessError`` when no group has it). Accuracies are stored as
+    fractions; renderers print percents."""
     table = Table(
         title or f"Comparison of {len(runs)} run(s): accuracy in %, mean ± std over seeds", [], key_fields=KEY_FIELDS
     )
@@ -467,6 +480,7 @@ def build_comparison(runs: Sequence[RunInfo], title: Optional[str] = None) -> Ta
     erm = _erm_rates(runs)
     groups = _groups(runs)
     done: List[Tuple[int, _Group]] = []
+    sides: List[Tuple[int, List[Side]]] = []
     for gi, g in enumerate(groups, 1):
         group = Group(title=g.title, key={k: g.fields.get(k) for k in KEY_FIELDS})
         why = _why_apart(g, done)
@@ -491,9 +505,46 @@ def build_comparison(runs: Sequence[RunInfo], title: Optional[str] = None) -> Ta
             ),
         ):
             by_defense.setdefault(e.run.defense, []).append(e)
+        mine: List[Side] = []
         for defense, entries in by_defense.items():
             for variant, part in _variants(entries):
-                group.rows.append(_row(table, defense, variant, part, g.evaluated, erm))
+                row = _row(table, defense, variant, part, g.evaluated, erm)
+                group.rows.append(row)
+                seeds = [(_seed_key(e.run), e.run.name, e.best) for e in part]
+                mine.append(Side(str(row.cells["defense"]), defense, seeds))
+        if g.evaluated:
+            sides.append((gi, mine))
         table.groups.append(group)
         done.append((gi, g))
+    _paired(table, sides, baseline)
     return table
+
+
+def _paired(table: Table, sides: Sequence[Tuple[int, List[Side]]], baseline: Optional[str]) -> None:
+    """The paired tests of the groups' rows: bold where significant, notes on unpaired pairs and
+    the baseline, and the table of differences beside ``table``. Nothing when no group has a pair."""
+    tests = compare_groups(sides, baseline)
+    if not tests:
+        return
+    mark = table.note(bold_note(baseline))
+    table.columns = [replace_marks(c, mark) if c.tested else c for c in table.columns]
+    for gi, group_sides in sides:
+        group = table.groups[gi - 1]
+        for metric in TESTED:
+            means = {
+                str(r.cells["defense"]): r.cells[metric].mean
+                for r in group.rows
+                if isinstance(r.cells.get(metric), Value) and not r.cells[metric].is_missing
+            }
+            best = significant_best(tests, gi, metric, means)  # type: ignore[arg-type]
+            for r in group.rows:
+                if best is not None and r.cells["defense"] == best:
+                    r.bold.append(metric)
+        for t in tests:
+            if t.group == gi and not t.paired and t.metric == "worst_case":
+                group.marks.append(table.note(f"Not paired: {t.a} and {t.b}: {t.unpaired}."))
+        base = baseline_side(str(gi), group_sides, baseline) if baseline is not None else None
+        for r, s in zip(group.rows, group_sides):
+            if s is base:
+                r.marks.append(table.note(f"Baseline of the paired tests (--baseline {baseline})."))
+    table.beside.append(pairs_table(table, tests, baseline))

@@ -13,15 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-# what a column holds; the renderer decides how each kind is printed
-KINDS = ("text", "pct", "seconds", "count", "ratio", "number")
+# what a column holds; the renderer decides how each kind is printed. pp: a signed difference of
+# two fractions (printed in percentage points); pvalue: a probability from a test
+KINDS = ("text", "pct", "seconds", "count", "ratio", "number", "pp", "pvalue")
 
 
 @dataclass(frozen=True)
 class Column:
-    """``kind``: text | pct (a fraction, printed as percent) | seconds | count | ratio | number.
+    """``kind``: text | pct (a fraction, printed as percent) | seconds | count | ratio | number |
+    pp (a signed difference of fractions, printed in percentage points) | pvalue.
     ``ci``: print the 95% interval next to the value. ``marks``: footnotes on the header.
-    ``spread``: whether cells may carry a std over seeds."""
+    ``spread``: whether cells may carry a std over seeds. ``tested``: its best value is printed in
+    bold only where a paired test says it is significantly better (``Row.bold``)."""
 
     key: str
     header: str
@@ -29,6 +32,7 @@ class Column:
     ci: bool = False
     marks: Tuple[int, ...] = ()
     spread: bool = True  # may carry a std over seeds (CSV gets a _std column)
+    tested: bool = False  # CSV gets a _significantly_best column
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -74,6 +78,8 @@ class Row:
     status: str = ""
     # the runs behind the row, e.g. "pgd-at-s0 (seed 0)": CSV lists them, HTML shows them on hover
     sources: List[str] = field(default_factory=list)
+    # keys of the cells printed in bold: a tested column's best value, significantly better than the rest
+    bold: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -94,6 +100,10 @@ class Table:
     notes: List[str] = field(default_factory=list)
     # group-key fields that CSV prints as leading columns, in order
     key_fields: Tuple[str, ...] = ()
+    # tables printed under this one, sharing its footnotes (the pairwise differences of a
+    # comparison); CSV writes each to a file of its own
+    beside: List["Table"] = field(default_factory=list)
+    numbered: bool = True  # groups numbered "1. ", "2. " when there are several
 
     def note(self, text: str) -> int:
         """Add a footnote (once) and return its mark."""
