@@ -103,11 +103,20 @@ def best_vs_last_table(info: RunInfo, suite: str) -> Tuple[Table, List[List[Span
                     )
                 )
             )
+    overfitting = _overfitting_line(info)
+    if overfitting is not None:
+        lines.append(overfitting)
+    return Table.simple("", cols, rows), lines
+
+
+def _overfitting_line(info: RunInfo) -> Optional[List[Span]]:
+    """The robust-overfitting sentence under best vs last (from training.json, else the last
+    metrics row); "not assessed" when metrics.jsonl lost rows and nothing flagged it."""
     gap, flagged, thr = info.robust_overfitting
     if info.metrics_damage and not flagged:
         # "not flagged" would be a conclusion drawn from a file that lost rows
-        lines.append(text(f"Robust overfitting on val: not assessed: {info.metrics_damage}."))
-    elif gap is not None:
+        return text(f"Robust overfitting on val: not assessed: {info.metrics_damage}.")
+    if gap is not None:
         s = (
             f"Robust overfitting on val (selection attack, best minus last{val_n_text(info, ', n=')}): "
             f"{100 * gap:.1f} percentage points"
@@ -120,8 +129,8 @@ def best_vs_last_table(info: RunInfo, suite: str) -> Tuple[Table, List[List[Span
             )
         if thr is not None:
             s += f", threshold {100 * thr:.1f}"
-        lines.append([(s + "; ", ""), ("flagged." if flagged else "not flagged.", "b" if flagged else "")])
-    return Table.simple("", cols, rows), lines
+        return [(s + "; ", ""), ("flagged." if flagged else "not flagged.", "b" if flagged else "")]
+    return None
 
 
 def _gap_interval(info: RunInfo) -> Optional[Tuple[float, float]]:

@@ -21,9 +21,12 @@ from typing import List, Optional, Sequence, Tuple
 
 from reports.load import RunInfo, accuracy_of, ci_of
 from reports.numbers import pct
-from reports.renderers import CSS
+from reports.renderers import CSS, HTMLRenderer, format_value
+from reports.table import Column, Value
 
 NOT_EVALUATED = "not evaluated"
+TIME = Column("train_time", "Train time", "seconds")
+STYLE = HTMLRenderer.style  # numbers as the HTML tables print them
 
 BOARD_CSS = """
 .filters { display: flex; gap: 18px; flex-wrap: wrap; align-items: end; margin: 10px 0 14px; }
@@ -109,7 +112,7 @@ COLUMNS: List[Tuple[str, str, bool]] = [
     ("robust", "Worst case (%)", True),
     ("autoattack", "AutoAttack (%)", True),
     ("passes", "Passes / ex", True),
-    ("train_time", "Train time (min)", True),
+    ("train_time", "Train time", True),
     ("status", "Status", False),
 ]
 FILTERS = (("dataset", "Data set"), ("threat", "Threat"), ("verdict", "Verdict"))
@@ -168,7 +171,7 @@ def _row(info: RunInfo, page: Path) -> str:
         "robust": _accuracy_cell(ev.robust if ev else None, verdict, with_ci=True),
         "autoattack": _accuracy_cell(ev.stage("autoattack") if ev else None, verdict),
         "passes": (_num_attr(passes), _h(f"{passes:.4g}" if passes is not None else "—")),
-        "train_time": (_num_attr(wall), _h(f"{wall / 60:.1f}" if wall is not None else "—")),
+        "train_time": (_num_attr(wall), format_value(Value(wall), TIME, STYLE) if wall is not None else "—"),
         "status": (None, _h(info.status)),
     }
     tds = []
