@@ -71,8 +71,7 @@ def comparison_text(runs: Sequence[str | Path], fmt: str = "md", *, baseline: Op
 
 def _beside_path(path: Path, i: int, table: Table) -> Path:
     """Where a CSV of a table beside the main one goes: ``comparison-pairs.csv`` beside ``comparison.csv``."""
-    name = "pairs" if table.key_fields == ("comparison_group", "metric") else f"table{i + 2}"
-    return path.with_name(f"{path.stem}-{name}{path.suffix}")
+    return path.with_name(f"{path.stem}-{table.slug or f'table{i + 2}'}{path.suffix}")
 
 
 def _write_table(path: Path, table: Table, fmt: str) -> List[Path]:

@@ -5,6 +5,10 @@ it ran, n, split). Runs that differ in any of them are never averaged into one c
 separate groups and a footnote says why. Within a group, one row per defense (and per training
 config, when two runs of one defense differ in more than the seed), mean +- sample std over seeds.
 
+Within a group, rows are compared point by point on their shared test points
+(``reports.paired``): a tested column's best value is bold only where it is significantly better
+than every other row, and the table of paired differences goes beside the main one.
+
 The table is built once, here, as a ``reports.table.Table``; ``reports.renderers`` prints it.
 """
 
@@ -25,6 +29,7 @@ from reports.paired import (
     pairs_table,
     replace_marks,
     significant_best,
+    unpaired_note,
 )
 from reports.table import Column, Group, Row, Table, Value
 
@@ -541,10 +546,13 @@ def _paired(table: Table, sides: Sequence[Tuple[int, List[Side]]], baseline: Opt
                 if best is not None and r.cells["defense"] == best:
                     r.bold.append(metric)
         for t in tests:
-            if t.group == gi and not t.paired and t.metric == "worst_case":
-                group.marks.append(table.note(f"Not paired: {t.a} and {t.b}: {t.unpaired}."))
+            mark = table.note(unpaired_note(t)) if t.group == gi and not t.paired else None
+            if mark is not None and mark not in group.marks:
+                group.marks.append(mark)
         base = baseline_side(str(gi), group_sides, baseline) if baseline is not None else None
         for r, s in zip(group.rows, group_sides):
             if s is base:
                 r.marks.append(table.note(f"Baseline of the paired tests (--baseline {baseline})."))
+        if baseline is not None and base is None and len(group_sides) > 1:
+            group.marks.append(table.note(f"No paired tests in this group: it has no {baseline} row (--baseline)."))
     table.beside.append(pairs_table(table, tests, baseline))

@@ -422,7 +422,10 @@ def bold_note(baseline: Optional[str]) -> str:
         "Every difference and p-value is in the table of paired differences."
     )
     if baseline is not None:
-        text += f" With --baseline {baseline} only the pairs with the baseline are tested, so only it can be bold."
+        text += (
+            f" With --baseline {baseline} only the pairs with the baseline are tested, so only the baseline (or the "
+            "other row of a group of two) can be bold."
+        )
     return text
 
 
@@ -437,6 +440,12 @@ def _seed_row(pair: str, st: SeedTest) -> Dict[str, object]:
         "p_holm": None,
         "result": "",
     }
+
+
+def unpaired_note(t: PairTest) -> str:
+    """The footnote of a pair that is not tested: one text, so the main table and the table of
+    differences share one footnote."""
+    return f"Not paired: {t.a} and {t.b}: {t.unpaired}."
 
 
 def _result(t: PairTest) -> str:
@@ -458,6 +467,7 @@ def pairs_table(main: Table, tests: Sequence[PairTest], baseline: Optional[str])
         notes=main.notes,
         key_fields=("comparison_group", "metric"),
         numbered=False,
+        slug="pairs",
     )
     table.columns = [
         replace_marks(c, table.note(PAIR_NOTES[c.key])) if c.key in PAIR_NOTES else c for c in PAIR_COLUMNS
@@ -474,7 +484,7 @@ def pairs_table(main: Table, tests: Sequence[PairTest], baseline: Optional[str])
                     row = Row({"pair": pair, "seeds": "—", "result": "not paired"})
                     for k in ("diff", "won_first", "won_second", "p", "p_holm"):
                         row.cells[k] = Value.absent("not paired")
-                    row.marks.append(table.note(f"{pair}: not paired: {t.unpaired}."))
+                    row.marks.append(table.note(unpaired_note(t)))
                     out.rows.append(row)
                     continue
                 single = t.seeds_a == 1 and t.seeds_b == 1 and len(t.seed_tests) == 1

@@ -5,6 +5,11 @@ Each renderer turns a ``reports.table.Table`` into text; Markdown and HTML also 
 formatter, ``reports.numbers.pct``): tables hold fractions and seconds, renderers print percents
 and minutes. CSV keeps the stored units (fractions, seconds) so that it can be read back by a
 program.
+
+A table's ``beside`` tables (the paired differences of a comparison) print under it in the same
+output and share its footnotes, except in CSV, where each goes to a file of its own. Cells named
+in ``Row.bold`` print in bold (Markdown ``**``, LaTeX ``\\textbf``, HTML ``<strong>``; CSV: a
+``_significantly_best`` column).
 """
 
 from __future__ import annotations

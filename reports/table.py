@@ -104,6 +104,7 @@ class Table:
     # comparison); CSV writes each to a file of its own
     beside: List["Table"] = field(default_factory=list)
     numbered: bool = True  # groups numbered "1. ", "2. " when there are several
+    slug: str = ""  # a short name for a file of its own (comparison-SLUG.csv for a table beside another)
 
     def note(self, text: str) -> int:
         """Add a footnote (once) and return its mark."""

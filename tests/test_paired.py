@@ -161,6 +161,7 @@ def test_pairs_on_different_points_are_not_paired_and_the_table_says_so(runs: Pa
     assert any("ran on different test points (0 of 200 shared)" in n for n in notes)
     # pgd-at can no longer be shown significantly better than fast-at: no bold in that column
     assert all("worst_case" not in r.bold for r in table.groups[0].rows)
+    assert sum(n.startswith("Not paired: erm and fast-at") for n in table.notes) == 1  # one footnote, two tables
     assert "Not paired: erm and fast-at" in comparison_text([runs], "md")
 
 
