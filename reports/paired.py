@@ -321,6 +321,9 @@ def compare_pair(group: int, metric: str, a: Side, b: Side) -> PairTest:
 
 
 def baseline_side(label: str, sides: Sequence[Side], baseline: str) -> Optional[Side]:
+    """The row of group ``label`` that ``--baseline`` names: the row with that label, else the one
+    row of that defense; None when the group has neither; ``HarnessError`` when several rows of the
+    defense (training variants) make it ambiguous."""
     exact = [s for s in sides if s.label == baseline]
     if exact:
         return exact[0]

@@ -201,3 +201,24 @@ def test_every_renderer_prints_the_pairs_and_csv_writes_them_beside(runs: Path, 
     assert pairs[0].startswith("group,comparison_group,metric,pair,seeds,diff,diff_ci95_lo,diff_ci95_hi,")
     tiny = next(line for line in pairs if "erm − pgd-at" in line and "all (1 vs 2 seeds)" in line)
     assert "e-43" in tiny  # p-values keep their magnitude in CSV
+
+
+def test_a_sweep_folder_gets_tables_pairs_figures_and_leaderboard(runs: Path, capsys: pytest.CaptureFixture) -> None:
+    """``harness report SWEEP_DIR`` (and a sweep when it ends) writes everything into the folder;
+    ``harness sweep --baseline`` reaches the comparison through ``sweep_options``."""
+    from harness.core.sweepdir import SweepDir
+    from reports.cli import sweep_options, write_sweep_comparison
+
+    cells = [{"name": p.name, "run_dir": p.name} for p in sorted(runs.iterdir())]
+    SweepDir(runs).write_manifest({"cells": cells})
+    assert report_command([str(runs)]) == 0
+    wrote = [line.split("/")[-1] for line in capsys.readouterr().out.splitlines()]
+    assert wrote[:5] == ["comparison.md", "comparison.tex", "comparison.csv", "comparison.html", "comparison-pairs.csv"]
+    assert {"plot-cost-1.svg", "plot-clean-robust-2.svg", "plot-eps.svg", "leaderboard.html"} <= set(wrote)
+    assert "<svg" in (runs / "comparison.html").read_text(encoding="utf-8")  # the figures follow the tables
+    with sweep_options(baseline="pgd-at"):
+        tables = write_sweep_comparison(runs)  # what harness sweep calls when its cells end
+    assert [p.name for p in tables] == ["comparison.md", "comparison.tex", "comparison.csv", "comparison.html"]
+    assert "(each row against pgd-at;" in (runs / "comparison.md").read_text(encoding="utf-8")
+    write_sweep_comparison(runs)
+    assert "(every pair of rows;" in (runs / "comparison.md").read_text(encoding="utf-8")
