@@ -119,11 +119,17 @@ def test_the_table_bolds_only_what_is_significant(digits_runs: Path, tmp_path: P
 def test_figures_are_svg_files_of_the_tables_numbers(digits_runs: Path, tmp_path: Path) -> None:
     assert report_command([str(digits_runs), str(FIXTURES)], plots=str(tmp_path / "plots")) == 0
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    # groups 1 and 2 evaluated at eps 0.1 and 0.2 (fashion-mnist), 3 digits; eps varies in fashion-mnist
     assert "plot-eps.svg" in names and any(n.startswith("plot-cost-") for n in names)
-    cost = next((tmp_path / "plots").glob("plot-cost-*.svg")).read_text(encoding="utf-8")
+    # groups sort by data set: 1 digits, 2 fashion-mnist eps 0.1, 3 fashion-mnist eps 0.2
+    cost = (tmp_path / "plots" / "plot-cost-2.svg").read_text(encoding="utf-8")
     assert cost.startswith('<svg xmlns="http://www.w3.org/2000/svg" ') and "Pareto front" in cost
     assert "matplotlib" not in cost and "<script" not in cost
+    # each marker is a number of the table, with its label: pgd-at's worst case 71.2% at 132 passes
+    assert "pgd-at: worst-case accuracy 71.2%; 132 passes per example" in cost
+    clean = (tmp_path / "plots" / "plot-clean-robust-2.svg").read_text(encoding="utf-8")
+    assert "fast-at: worst-case accuracy 64.2%" in clean
+    eps = (tmp_path / "plots" / "plot-eps.svg").read_text(encoding="utf-8")
+    assert "pgd-at: eps 0.1, 71.2%" in eps and "pgd-at: eps 0.2, 49.0%" in eps
 
 
 # -- the leaderboard in a real browser -------------------------------------------------------------
