@@ -154,6 +154,29 @@ def _driver():  # type: ignore[no-untyped-def]
     return webdriver.Chrome(options=options, service=Service(executable_path=driver))
 
 
+def _unbalanced(text: str) -> List[str]:
+    """Tags closed out of order or left open (the browser would forgive them; a copy may not)."""
+    from html.parser import HTMLParser
+
+    void = {"meta", "br", "hr", "input", "link", "img", "col", "source", "wbr", "area", "base"}
+    stack: List[str] = []
+    errors: List[str] = []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag not in void:
+                stack.append(tag)
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag in void:
+                return
+            if not stack or stack.pop() != tag:
+                errors.append(tag)
+
+    Parser().feed(text)
+    return errors + stack
+
+
 def _visible(browser) -> List[Dict[str, str]]:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
 
@@ -186,6 +209,8 @@ def test_leaderboard_sorts_filters_and_links_in_a_browser(
     assert report_command([str(digits_runs), str(fixtures)], leaderboard=str(page)) == 0
     text = page.read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text) and "<script src" not in text  # offline
+    assert not re.search(r"https?://|url\(|@import|<link|<img", text)
+    assert _unbalanced(text) == []
     expected = {load_run(p).name: load_run(p) for p in find_runs([digits_runs, fixtures])}
 
     start = time.monotonic()
