@@ -205,14 +205,17 @@ def _add_report(sub: Any) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--format", choices=["md", "tex", "csv", "html"], default=None, help="comparison table format")
     p.add_argument("-o", "--output", default=None, help="write the table here instead of stdout")
+    p.add_argument("--baseline", default=None, metavar="DEFENSE", help="paired tests of each row against this one")
+    p.add_argument("--plots", default=None, metavar="DIR", help="write the comparison's SVG figures into DIR")
+    p.add_argument("--leaderboard", default=None, metavar="FILE", help="write the leaderboard page (HTML) to FILE")
 
 
 def _add_sweep(sub: Any) -> None:
     from harness.sweep import add_arguments as add_sweep_arguments
 
-    add_sweep_arguments(
-        sub.add_parser("sweep", help="run a grid of runs (defenses x seeds x eps ...) locally or on Slurm")
-    )
+    p = sub.add_parser("sweep", help="run a grid of runs (defenses x seeds x eps ...) locally or on Slurm")
+    add_sweep_arguments(p)
+    p.add_argument("--baseline", default=None, metavar="DEFENSE", help="the comparison's paired tests against it")
 
 
 def _add_audit(sub: Any) -> None:
@@ -367,7 +370,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from reports.cli import report_command
 
-    return report_command(args.runs, fmt=args.format, output=args.output)
+    return report_command(
+        args.runs,
+        fmt=args.format,
+        output=args.output,
+        baseline=args.baseline,
+        plots=args.plots,
+        leaderboard=args.leaderboard,
+    )
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -378,8 +388,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.sweep import sweep_command
+    from reports.cli import sweep_options
 
-    return sweep_command(args)
+    with sweep_options(baseline=args.baseline):
+        return sweep_command(args)
 
 
 def _print_run_summary(outcome: Any) -> None:

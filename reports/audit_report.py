@@ -1,6 +1,6 @@
 """The audit report: ``audit.md`` and a self-contained ``audit.html`` from an audit document.
 
-Built, like the per-run report, as one ``reports.table.Document`` and printed by the same
+Built, like the per-run report, as one ``reports.table.Report`` and printed by the same
 Markdown and HTML renderers (``reports.renderers``): one table model, one page style, inline CSS,
 no scripts and no external links. A pure function of the audit.json document (docs/formats.md,
 "audits/NAME-TIMESTAMP/audit.json"), so an audit can be re-rendered from its JSON alone, without
@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 from harness.core.documents import EvalResult, Proportion
 from reports.numbers import pct, pct_ci
 from reports.renderers import render_document
-from reports.table import Bullets, Callout, Column, Document, Heading, Para, Span, Table, TableBlock, text
+from reports.table import Bullets, Callout, Column, Heading, Para, Report, Span, Table, TableBlock, text
 
 OUTCOME = {"holds": "CLAIM HOLDS", "overstated": "CLAIM OVERSTATED", "unreliable": "EVALUATION UNRELIABLE"}
 # the callout colour of each outcome: green, red, amber
@@ -139,10 +139,10 @@ def _strength_table(doc: Mapping[str, Any]) -> Table:
 
 
 # size: the audit report's sections top to bottom, as a reader meets them
-def build_audit_report(doc: Mapping[str, Any]) -> Document:
+def build_audit_report(doc: Mapping[str, Any]) -> Report:
     """The audit as a report document (render it with ``reports.renderers.render_document``)."""
     v = doc["verdict"]
-    out = Document(title(doc))
+    out = Report(title(doc))
     out.add(Callout(_TONE[v["outcome"]], [[("Verdict.", "b"), (f" {v['text']}.", "")]]))
     out.add(TableBlock(_summary_table(doc)))
     out.add(Para(text(f"Measured: {doc['measured']['label']}.")))

@@ -5,6 +5,10 @@ it ran, n, split). Runs that differ in any of them are never averaged into one c
 separate groups and a footnote says why. Within a group, one row per defense (and per training
 config, when two runs of one defense differ in more than the seed), mean +- sample std over seeds.
 
+Within a group, rows are compared point by point on their shared test points
+(``reports.paired``): a tested column's best value is bold only where it is significantly better
+than every other row, and the table of paired differences goes beside the main one.
+
 The table is built once, here, as a ``reports.table.Table``; ``reports.renderers`` prints it.
 """
 
@@ -16,6 +20,17 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from harness.core.stats import mean_std, wilson
 from reports.load import EvalView, RunInfo, accuracy_of, fnum, worst_verdict
+from reports.paired import (
+    TESTED,
+    Side,
+    baseline_side,
+    bold_note,
+    compare_groups,
+    pairs_table,
+    replace_marks,
+    significant_best,
+    unpaired_note,
+)
 from reports.table import Column, Group, Row, Table, Value
 
 NOT_EVALUATED = "not evaluated"
@@ -240,10 +255,10 @@ COLUMNS = [
     Column("trained_with", "Training attack"),
     Column("seeds", "Seeds", "count", spread=False),
     Column("train_attack", "Training attack on val", "pct"),
-    Column("clean", "Clean", "pct"),
+    Column("clean", "Clean", "pct", tested=True),
     Column("pgd", "PGD", "pct"),
     Column("autoattack", "AutoAttack", "pct"),
-    Column("worst_case", "Worst case, best ckpt", "pct", ci=True),
+    Column("worst_case", "Worst case, best ckpt", "pct", ci=True, tested=True),
     Column("last_worst_case", "Worst case, last ckpt", "pct"),
     Column("verdict", "Verdict"),
     Column("train_time_s", "Train time", "seconds"),
@@ -346,12 +361,18 @@ def _row(
     # cost is the cost of a whole training: runs still training do not count towards it
     finished = [e for e in entries if e.run.training_finished]
     unfinished = "training not finished"
+    damaged = any(e.run.metrics_damage for e in finished)
     walls = _per_seed(finished, [e.run.train_wall_s()[0] for e in finished])
-    cells["train_time_s"] = _agg(walls, k, missing=unfinished if not finished else "no timing", fraction=False)
+    cells["train_time_s"] = _agg(
+        walls,
+        k,
+        missing=unfinished if not finished else "metrics damaged" if damaged else "no timing",
+        fraction=False,
+    )
     cells["passes_per_example"] = _agg(
         _per_seed(finished, [e.run.passes_total() for e in finished]),
         k,
-        missing=unfinished if not finished else "no count",
+        missing=unfinished if not finished else "metrics damaged" if damaged else "no count",
         fraction=False,
     )
     row = Row(cells, sources=[f"{e.run.name} (seed {e.run.seed})" for e in entries])
@@ -374,6 +395,8 @@ def _row(
                 table.note(f"{r.name}: training not finished (status {r.status}, {r.epochs_run} of {planned} epochs).")
             )
         bad = [p for p in r.problems if p.startswith("evaluation")]
+        if r.metrics_damage:
+            bad.insert(0, r.metrics_damage)
         if bad:
             row.marks.append(table.note(f"{r.name}: " + "; ".join(bad) + "."))
     row.status = "" if evaluated else NOT_EVALUATED
@@ -443,8 +466,11 @@ def _why_apart(g: _Group, earlier: Sequence[Tuple[int, _Group]]) -> Optional[str
     return f"Kept apart from group {best[1]}, not averaged with it: {', '.join(best[2])}."
 
 
-def build_comparison(runs: Sequence[RunInfo], title: Optional[str] = None) -> Table:
-    """One table over ``runs``. Accuracies are stored as fractions; renderers print percents."""
+def build_comparison(runs: Sequence[RunInfo], title: Optional[str] = None, *, baseline: Optional[str] = None) -> Table:
+    """One table over ``runs``, with the table of paired differences beside it (``Table.beside``)
+    when a group has two rows or more: every pair of rows, or each row against ``baseline`` (a
+    defense or a row label; ``HarnessError`` when no group has it). Accuracies are stored as
+    fractions; renderers print percents."""
     table = Table(
         title or f"Comparison of {len(runs)} run(s): accuracy in %, mean ± std over seeds", [], key_fields=KEY_FIELDS
     )
@@ -459,6 +485,7 @@ def build_comparison(runs: Sequence[RunInfo], title: Optional[str] = None) -> Ta
     erm = _erm_rates(runs)
     groups = _groups(runs)
     done: List[Tuple[int, _Group]] = []
+    sides: List[Tuple[int, List[Side]]] = []
     for gi, g in enumerate(groups, 1):
         group = Group(title=g.title, key={k: g.fields.get(k) for k in KEY_FIELDS})
         why = _why_apart(g, done)
@@ -483,9 +510,49 @@ def build_comparison(runs: Sequence[RunInfo], title: Optional[str] = None) -> Ta
             ),
         ):
             by_defense.setdefault(e.run.defense, []).append(e)
+        mine: List[Side] = []
         for defense, entries in by_defense.items():
             for variant, part in _variants(entries):
-                group.rows.append(_row(table, defense, variant, part, g.evaluated, erm))
+                row = _row(table, defense, variant, part, g.evaluated, erm)
+                group.rows.append(row)
+                seeds = [(_seed_key(e.run), e.run.name, e.best) for e in part]
+                mine.append(Side(str(row.cells["defense"]), defense, seeds))
+        if g.evaluated:
+            sides.append((gi, mine))
         table.groups.append(group)
         done.append((gi, g))
+    _paired(table, sides, baseline)
     return table
+
+
+def _paired(table: Table, sides: Sequence[Tuple[int, List[Side]]], baseline: Optional[str]) -> None:
+    """The paired tests of the groups' rows: bold where significant, notes on unpaired pairs and
+    the baseline, and the table of differences beside ``table``. Nothing when no group has a pair."""
+    tests = compare_groups(sides, baseline)
+    if not tests:
+        return
+    mark = table.note(bold_note(baseline))
+    table.columns = [replace_marks(c, mark) if c.tested else c for c in table.columns]
+    for gi, group_sides in sides:
+        group = table.groups[gi - 1]
+        for metric in TESTED:
+            means = {
+                str(r.cells["defense"]): r.cells[metric].mean
+                for r in group.rows
+                if isinstance(r.cells.get(metric), Value) and not r.cells[metric].is_missing
+            }
+            best = significant_best(tests, gi, metric, means)  # type: ignore[arg-type]
+            for r in group.rows:
+                if best is not None and r.cells["defense"] == best:
+                    r.bold.append(metric)
+        for t in tests:
+            mark = table.note(unpaired_note(t)) if t.group == gi and not t.paired else None
+            if mark is not None and mark not in group.marks:
+                group.marks.append(mark)
+        base = baseline_side(str(gi), group_sides, baseline) if baseline is not None else None
+        for r, s in zip(group.rows, group_sides):
+            if s is base:
+                r.marks.append(table.note(f"Baseline of the paired tests (--baseline {baseline})."))
+        if baseline is not None and base is None and len(group_sides) > 1:
+            group.marks.append(table.note(f"No paired tests in this group: it has no {baseline} row (--baseline)."))
+    table.beside.append(pairs_table(table, tests, baseline))

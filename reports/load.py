@@ -287,6 +287,9 @@ class RunInfo:
     evals: Dict[Tuple[str, str], EvalView] = field(default_factory=dict)
     partial_evals: List[Tuple[str, str]] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
+    # epochs that finished (by the later rows or training.json) but have no row in metrics.jsonl
+    lost_epochs: List[int] = field(default_factory=list)
+    duplicate_epochs: List[int] = field(default_factory=list)
 
     # -- the config (a plain dict until the config is a typed document) -------------------------
     def section(self, name: str) -> Dict[str, Any]:
@@ -369,8 +372,26 @@ class RunInfo:
 
     @property
     def epochs_run(self) -> int:
+        """training.json's count, else the last epoch with a row (not the number of rows: a file
+        that lost rows must not shorten the training it describes)."""
         v = self.summary.epochs_run
-        return v if v is not None else len(self.metrics)
+        if v is not None:
+            return v
+        return max((r.epoch for r in self.metrics if r.epoch is not None), default=0)
+
+    @property
+    def metrics_damage(self) -> str:
+        """What metrics.jsonl lost (rows of finished epochs, or an epoch written twice), or ''.
+        A damaged file is never summed or compared: the report says so instead."""
+        parts = []
+        if self.lost_epochs:
+            parts.append(
+                f"metrics.jsonl lost the rows of epoch(s) {_epoch_list(self.lost_epochs)} of {self.epochs_run} "
+                f"(rows present: {_epoch_list(sorted({r.epoch for r in self.metrics if r.epoch is not None}))})"
+            )
+        if self.duplicate_epochs:
+            parts.append(f"metrics.jsonl holds more than one row for epoch(s) {_epoch_list(self.duplicate_epochs)}")
+        return "; ".join(parts)
 
     @property
     def best_epoch(self) -> Optional[int]:
@@ -446,7 +467,7 @@ class RunInfo:
         if w is not None:
             return w, "training steps"
         walls = [fnum(r.train.wall_s) for r in self.metrics]
-        if walls and all(w is not None for w in walls):
+        if walls and all(w is not None for w in walls) and not self.metrics_damage:
             return sum(walls), "training steps"  # type: ignore[arg-type]
         w = fnum(self.summary.wall_s)
         if w is not None:
@@ -500,7 +521,10 @@ class RunInfo:
         return None
 
     def passes_total(self) -> Optional[float]:
-        """Forward + backward passes per training example over the whole training, as counted."""
+        """Forward + backward passes per training example over the whole training, as counted; None
+        when metrics.jsonl is damaged (a sum over the surviving rows would undercount)."""
+        if self.metrics_damage:
+            return None
         per_row = [
             (fnum(r.train.passes.forward_per_example), fnum(r.train.passes.backward_per_example)) for r in self.metrics
         ]
@@ -574,6 +598,12 @@ def load_run(path: Path | str) -> RunInfo:
         info.problems.append(f"training summary unreadable: {e}")
     if info.training is None and not any("training summary" in q for q in info.problems):
         info.problems.append("no training summary (training.json): training has not finished")
+    info.lost_epochs, info.duplicate_epochs = _metric_gaps(info)
+    if info.metrics_damage:
+        info.problems.append(
+            info.metrics_damage + ": per-epoch numbers are shown as recorded, and nothing is summed or concluded "
+            "from them (training cost, robust overfitting); harness run --resume refuses such a file too"
+        )
     try:
         best = rd.read_checkpoint_meta("best")
         info.best_meta = CheckpointRecord.from_json(best) if best is not None else None
@@ -592,6 +622,29 @@ def load_run(path: Path | str) -> RunInfo:
         info.problems.append(f"evaluation {suite}--{ckpt} started but did not finish (harness eval resumes it)")
     info.problems = [_relative(q, p) for q in info.problems]
     return info
+
+
+def _metric_gaps(info: RunInfo) -> Tuple[List[int], List[int]]:
+    """(lost, duplicated) epochs of metrics.jsonl. Epochs count from 1; an epoch is finished when a
+    later row exists or training.json counts it, so a torn last line (a run killed mid-write) is
+    not a lost row, while a missing first row or a gap is."""
+    epochs = [r.epoch for r in info.metrics if isinstance(r.epoch, int)]
+    done = [e for e in (info.summary.epochs_run, info.summary.last_epoch) if isinstance(e, int)]
+    last = max(epochs + done, default=0)
+    lost = sorted(set(range(1, last + 1)) - set(epochs))
+    duplicated = sorted({e for e in epochs if epochs.count(e) > 1})
+    return lost, duplicated
+
+
+def _epoch_list(epochs: Sequence[int]) -> str:
+    """``1, 3-5, 9``: consecutive epochs as ranges."""
+    out: List[str] = []
+    for e in epochs:
+        if out and out[-1].split("-")[-1] == str(e - 1):
+            out[-1] = out[-1].split("-")[0] + f"-{e}"
+        else:
+            out.append(str(e))
+    return ", ".join(out)
 
 
 def _relative(message: str, root: Path) -> str:

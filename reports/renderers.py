@@ -1,10 +1,15 @@
 """Thin renderers over the one table model: Markdown, LaTeX (booktabs), CSV and HTML.
 
 Each renderer turns a ``reports.table.Table`` into text; Markdown and HTML also render a whole
-``Document`` (the per-run report). Number formatting lives here (percents through the one
+``Report`` (the per-run report). Number formatting lives here (percents through the one
 formatter, ``reports.numbers.pct``): tables hold fractions and seconds, renderers print percents
 and minutes. CSV keeps the stored units (fractions, seconds) so that it can be read back by a
 program.
+
+A table's ``beside`` tables (the paired differences of a comparison) print under it in the same
+output and share its footnotes, except in CSV, where each goes to a file of its own. Cells named
+in ``Row.bold`` print in bold (Markdown ``**``, LaTeX ``\\textbf``, HTML ``<strong>``; CSV: a
+``_significantly_best`` column).
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ from reports.table import (
     Cell,
     Code,
     Column,
-    Document,
     Figure,
     Group,
     Heading,
     Para,
+    Report,
     Row,
     Span,
     Table,
@@ -45,7 +50,7 @@ class Renderer(Protocol):
 
     def table(self, table: Table) -> str: ...
 
-    def document(self, doc: Document) -> str:
+    def document(self, doc: Report) -> str:
         """A whole report; raises ``HarnessError`` for formats that only write tables."""
         ...
 
@@ -76,8 +81,12 @@ class NumberStyle:
     pm = " ± "
     times = "×"
     dash = "—"
+    minus = "−"
 
     def esc(self, s: str) -> str:
+        return s
+
+    def bold(self, s: str) -> str:
         return s
 
 
@@ -104,6 +113,12 @@ def format_value(v: Cell, col: Column, style: NumberStyle) -> str:
         if v.std is not None:
             out += style.pm + _time_num(v.std, scale)
         out += f" {unit}"
+    elif kind == "pp":
+        out = _pp(v.mean, style)
+        if col.ci and v.ci is not None:
+            out += f" [{_pp(v.ci[0], style)}, {_pp(v.ci[1], style)}]"
+    elif kind == "pvalue":
+        out = p_text(v.mean)
     elif kind == "ratio":
         out = f"{v.mean:.1f}{style.times}" if v.mean < 100 else f"{v.mean:.0f}{style.times}"
         if v.std is not None:
@@ -115,8 +130,25 @@ def format_value(v: Cell, col: Column, style: NumberStyle) -> str:
     return out
 
 
+def _pp(fraction: float, style: NumberStyle) -> str:
+    """A difference of fractions in percentage points, signed: ``+3.1``, ``−0.5``, ``0.0``."""
+    s = f"{100 * fraction:+.1f}"
+    return "0.0" if s in ("+0.0", "-0.0") else s.replace("-", style.minus)
+
+
+def p_text(p: float) -> str:
+    """A p-value with two significant digits (``0.032``, ``1.2e-05``); ``1.0`` at the top."""
+    return "1.0" if p >= 0.995 else f"{p:.2g}"
+
+
+def cell_text(row: Row, col: Column, style: NumberStyle) -> str:
+    """``format_value`` of the row's cell, in bold where the row says so."""
+    t = format_value(row.cells.get(col.key), col, style)
+    return style.bold(t) if col.key in row.bold else t
+
+
 def _header(col: Column) -> str:
-    unit = {"pct": " (%)"}.get(col.kind, "")
+    unit = {"pct": " (%)", "pp": " (pp)"}.get(col.kind, "")
     return col.header + unit
 
 
@@ -142,6 +174,9 @@ class _MDStyle(NumberStyle):
     def esc(self, s: str) -> str:
         return md_escape(s)
 
+    def bold(self, s: str) -> str:
+        return f"**{s}**"
+
 
 class MarkdownRenderer:
     """Markdown (GitHub tables): one table per group, footnotes as [n]."""
@@ -151,21 +186,33 @@ class MarkdownRenderer:
     style = _MDStyle()
 
     def table(self, table: Table) -> str:
+        """The table, the tables beside it, then the footnotes they share."""
+        out = self._body(table)
+        for other in table.beside:
+            out += self._body(other) + ([] if other.notes is table.notes else self._notes(other))
+        out += self._notes(table)
+        return "\n".join(out).rstrip("\n") + "\n"
+
+    def _body(self, table: Table) -> List[str]:
         out: List[str] = []
         if table.title:
             out += [f"**{md_escape(table.title)}**", ""]
-        numbered = len(table.groups) > 1
+        numbered = len(table.groups) > 1 and table.numbered
         for gi, group in enumerate(table.groups, 1):
             if group.title:
                 prefix = f"{gi}. " if numbered else ""
                 out += [f"*{prefix}{md_escape(group.title)}*{_marks_text(group.marks)}", ""]
             out += self._rows(table, group)
             out.append("")
-        if table.notes:
-            out += [f"[{i}] {md_escape(n)}  " for i, n in enumerate(table.notes, 1)]
-            out[-1] = out[-1].rstrip()
-            out.append("")
-        return "\n".join(out).rstrip("\n") + "\n"
+        return out
+
+    @staticmethod
+    def _notes(table: Table) -> List[str]:
+        if not table.notes:
+            return []
+        out = [f"[{i}] {md_escape(n)}  " for i, n in enumerate(table.notes, 1)]
+        out[-1] = out[-1].rstrip()
+        return out + [""]
 
     def _rows(self, table: Table, group: Group) -> List[str]:
         cols = table.columns
@@ -176,7 +223,7 @@ class MarkdownRenderer:
         for row in group.rows:
             cells = []
             for c in cols:
-                t = format_value(row.cells.get(c.key), c, self.style)
+                t = cell_text(row, c, self.style)
                 if c.key == first:
                     t += _marks_text(row.marks)
                 cells.append(t)
@@ -196,7 +243,7 @@ class MarkdownRenderer:
                 out.append(md_escape(text))
         return "".join(out)
 
-    def document(self, doc: Document) -> str:
+    def document(self, doc: Report) -> str:
         out: List[str] = [f"# {md_escape(doc.title)}", ""]
         for b in doc.blocks:
             if isinstance(b, Heading):
@@ -273,9 +320,13 @@ class _TexStyle(NumberStyle):
     pm = r" $\pm$ "
     times = r"$\times$"
     dash = "---"
+    minus = "$-$"
 
     def esc(self, s: str) -> str:
         return tex_escape(s)
+
+    def bold(self, s: str) -> str:
+        return f"\\textbf{{{s}}}"
 
 
 class LatexRenderer:
@@ -288,9 +339,8 @@ class LatexRenderer:
     WRAP_WIDTH = "2.2cm"
 
     def table(self, table: Table) -> str:
-        cols = table.columns
-        ncol = len(cols)
-        spec = "".join("r" if c.numeric else "l" for c in cols)
+        """One table* float: the table, each table beside it with a caption of its own, then the
+        footnotes they share."""
         out = [
             "% Generated by harness report. Needs \\usepackage{booktabs} in the preamble.",
             "% Wide: it fits a landscape page or a two-column paper's table* only in \\footnotesize; drop columns",
@@ -301,9 +351,30 @@ class LatexRenderer:
             "\\footnotesize",
             "\\setlength{\\tabcolsep}{3pt}",
         ]
+        out += self._tabular(table, "tab:harness-comparison")
+        for i, other in enumerate(table.beside, 1):
+            out += ["", "\\bigskip"] + self._tabular(other, f"tab:harness-comparison-{i + 1}")
+            if other.notes is not table.notes:
+                out += self._notes(other)
+        out += self._notes(table)
+        out.append("\\end{table*}")
+        return "\n".join(out) + "\n"
+
+    def _notes(self, table: Table) -> List[str]:
+        if not table.notes:
+            return []
+        out = ["", "\\par\\smallskip", "\\begin{minipage}{0.95\\linewidth}\\footnotesize"]
+        out += [f"\\textsuperscript{{{i}}}~{tex_escape(n)}\\par" for i, n in enumerate(table.notes, 1)]
+        return out + ["\\end{minipage}"]
+
+    def _tabular(self, table: Table, label: str) -> List[str]:
+        cols = table.columns
+        ncol = len(cols)
+        spec = "".join("r" if c.numeric else "l" for c in cols)
+        out: List[str] = []
         if table.title:
             out.append(f"\\caption{{{tex_escape(table.title)}}}")
-        out.append("\\label{tab:harness-comparison}")
+        out.append(f"\\label{{{label}}}")
         out.append(f"\\begin{{tabular}}{{{spec}}}")
         out.append("\\toprule")
         out.append(" & ".join(self._head(c) for c in cols) + " \\\\")
@@ -311,7 +382,7 @@ class LatexRenderer:
         for gi, group in enumerate(table.groups, 1):
             out.append("\\midrule")
             if group.title:
-                prefix = f"{gi}. " if len(table.groups) > 1 else ""
+                prefix = f"{gi}. " if len(table.groups) > 1 and table.numbered else ""
                 out.append(
                     f"\\multicolumn{{{ncol}}}{{l}}{{\\textit{{{prefix}{_tex_threat(group.title)}}}"
                     f"{self._marks(group.marks)}}} \\\\"
@@ -320,7 +391,7 @@ class LatexRenderer:
             for row in group.rows:
                 texts = []
                 for c in cols:
-                    t = format_value(row.cells.get(c.key), c, self.style)
+                    t = cell_text(row, c, self.style)
                     if c.key == first:
                         t += self._marks(row.marks)
                     elif not c.numeric and len(t) > self.WRAP_CHARS:
@@ -330,15 +401,7 @@ class LatexRenderer:
                 out.append(" & ".join(self._merge_missing(row, cols, texts)) + " \\\\")
         out.append("\\bottomrule")
         out.append("\\end{tabular}")
-        if table.notes:
-            out.append("")
-            out.append("\\par\\smallskip")
-            out.append("\\begin{minipage}{0.95\\linewidth}\\footnotesize")
-            for i, n in enumerate(table.notes, 1):
-                out.append(f"\\textsuperscript{{{i}}}~{tex_escape(n)}\\par")
-            out.append("\\end{minipage}")
-        out.append("\\end{table*}")
-        return "\n".join(out) + "\n"
+        return out
 
     @staticmethod
     def _marks(marks: Sequence[int]) -> str:
@@ -378,7 +441,7 @@ class LatexRenderer:
             i += 1
         return out
 
-    def document(self, doc: Document) -> str:
+    def document(self, doc: Report) -> str:
         raise HarnessError("the tex renderer writes comparison tables; a run's report is report.md and report.html")
 
 
@@ -392,9 +455,16 @@ def _num(v: Optional[float]) -> str:
     return f"{r:.6g}" if r != 0 else "0"
 
 
+def _p_num(v: Optional[float]) -> str:
+    """A p-value keeps its magnitude (1.8e-40 is not 0)."""
+    return "" if v is None else f"{v:.6g}"
+
+
 class CSVRenderer:
     """CSV for programs: one line per row, the group key as leading columns, values in stored
-    units (accuracies as fractions, times in seconds) with _std / _ci95 / _runs columns."""
+    units (accuracies as fractions, times in seconds) with _std / _ci95 / _runs columns, and a
+    _significantly_best column (yes / no) for each tested column once paired tests have run. A
+    table's ``beside`` tables are not in it: each is written to a CSV file of its own."""
 
     name = "csv"
     extension = ".csv"
@@ -410,7 +480,10 @@ class CSVRenderer:
                 header += [f"{c.key}_ci95_lo", f"{c.key}_ci95_hi"]
             if c.kind == "pct":
                 header.append(f"{c.key}_runs")
+            if c.tested:
+                header.append(f"{c.key}_significantly_best")
         header += ["status", "runs", "notes"]
+        tested = bool(table.beside)  # the paired tests ran (they put their table beside this one)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(header)
@@ -425,17 +498,20 @@ class CSVRenderer:
                         line.append("" if v is None else (v if isinstance(v, str) else (v.missing or "")))
                         continue
                     val = v if isinstance(v, Value) else Value(None)
-                    line += [_num(val.mean)] + ([_num(val.std)] if c.spread else [])
+                    number = _p_num if c.kind == "pvalue" else _num
+                    line += [number(val.mean)] + ([_num(val.std)] if c.spread else [])
                     if c.ci:
                         line += [_num(val.ci[0]) if val.ci else "", _num(val.ci[1]) if val.ci else ""]
                     if c.kind == "pct":
                         line.append("" if val.is_missing else str(val.count if val.count is not None else 1))
+                    if c.tested:
+                        line.append("" if val.is_missing or not tested else "yes" if c.key in row.bold else "no")
                 marks = list(group.marks) + list(row.marks)
                 line += [row.status, "; ".join(row.sources), " | ".join(table.notes[m - 1] for m in marks)]
                 w.writerow(line)
         return buf.getvalue()
 
-    def document(self, doc: Document) -> str:
+    def document(self, doc: Report) -> str:
         raise HarnessError("the csv renderer writes comparison tables; a run's report is report.md and report.html")
 
 
@@ -488,6 +564,9 @@ class _HTMLStyle(NumberStyle):
     def esc(self, s: str) -> str:
         return _h(s)
 
+    def bold(self, s: str) -> str:
+        return f"<strong>{s}</strong>"
+
 
 class HTMLRenderer:
     """Self-contained HTML: inline CSS, inline SVG figures, no scripts and no external links."""
@@ -501,6 +580,24 @@ class HTMLRenderer:
         return f"<sup>{','.join(str(m) for m in marks)}</sup>" if marks else ""
 
     def table(self, table: Table) -> str:
+        """The table, each table beside it, then the footnotes they share."""
+        out = self._table(table)
+        for other in table.beside:
+            out += self._table(other) + ([] if other.notes is table.notes else self._notes(other))
+        out += self._notes(table)
+        return "\n".join(out) + "\n"
+
+    @staticmethod
+    def _notes(table: Table) -> List[str]:
+        if not table.notes:
+            return []
+        return [
+            '<div class="notes">'
+            + "".join(f"<p><sup>{i}</sup> {_h(n)}</p>" for i, n in enumerate(table.notes, 1))
+            + "</div>"
+        ]
+
+    def _table(self, table: Table) -> List[str]:
         cols = table.columns
         out = ['<div class="tablewrap"><table>']
         if table.title:
@@ -514,7 +611,7 @@ class HTMLRenderer:
         for gi, group in enumerate(table.groups, 1):
             out.append("<tbody>")
             if group.title:
-                prefix = f"{gi}. " if len(table.groups) > 1 else ""
+                prefix = f"{gi}. " if len(table.groups) > 1 and table.numbered else ""
                 out.append(
                     f'<tr class="group"><th colspan="{len(cols)}">'
                     f"{_h(prefix + group.title)}{self._sup(group.marks)}</th></tr>"
@@ -523,13 +620,7 @@ class HTMLRenderer:
                 out.append("<tr>" + "".join(self._cells(row, cols, first)) + "</tr>")
             out.append("</tbody>")
         out.append("</table></div>")
-        if table.notes:
-            out.append(
-                '<div class="notes">'
-                + "".join(f"<p><sup>{i}</sup> {_h(n)}</p>" for i, n in enumerate(table.notes, 1))
-                + "</div>"
-            )
-        return "\n".join(out) + "\n"
+        return out
 
     def _cells(self, row: Row, cols: Sequence[Column], first: Optional[str]) -> List[str]:
         out: List[str] = []
@@ -549,7 +640,7 @@ class HTMLRenderer:
                 out.append(f'<td class="missing"{span}>{_h(v.missing)}</td>')
                 i = j + 1
                 continue
-            t = format_value(v, c, self.style)
+            t = cell_text(row, c, self.style)
             attrs = ""
             if c.key == first:
                 t += self._sup(row.marks)
@@ -563,7 +654,7 @@ class HTMLRenderer:
         tags = {"b": "strong", "i": "em", "code": "code"}
         return "".join(f"<{tags[s]}>{_h(t)}</{tags[s]}>" if s in tags else _h(t) for t, s in spans)
 
-    def document(self, doc: Document) -> str:
+    def document(self, doc: Report) -> str:
         body: List[str] = [f"<h1>{_h(doc.title)}</h1>"]
         for b in doc.blocks:
             if isinstance(b, Heading):
@@ -611,5 +702,5 @@ def render_table(table: Table, fmt: str) -> str:
     return RENDERERS.get(fmt).table(table)
 
 
-def render_document(doc: Document, fmt: str) -> str:
+def render_document(doc: Report, fmt: str) -> str:
     return RENDERERS.get(fmt).document(doc)

@@ -315,3 +315,157 @@ def _label(x: float, y: float, text: str, color: str, lo: float, hi: float, anch
         f'<text x="{_f(x + dx)}" y="{_f(y)}" text-anchor="{anchor}" fill="{color}" '
         f'stroke="#ffffff" stroke-width="3" paint-order="stroke">{_e(text)}</text>'
     )
+
+
+# -- scatter plots --------------------------------------------------------------------------------
+
+
+@dataclass
+class Point:
+    """One marker: at (x, y), with a vertical 95% bar from ``y_lo`` to ``y_hi`` when given, and a
+    ``label`` written beside it. ``note`` goes into the tooltip only."""
+
+    x: float
+    y: float
+    label: str
+    color: str
+    y_lo: Optional[float] = None
+    y_hi: Optional[float] = None
+    note: str = ""
+
+
+@dataclass
+class Scatter:
+    """Points on accuracy (y, 0-100%) against x; ``x_pct`` puts x on a 0-100% axis too, ``log_x``
+    on a log scale (x > 0). ``front``: points joined by a dashed staircase (a Pareto front)."""
+
+    title: str
+    x_label: str
+    y_label: str
+    points: List[Point]
+    front: List[Tuple[float, float]] = field(default_factory=list)
+    front_label: str = ""
+    log_x: bool = False
+    x_pct: bool = False
+    width: int = 820
+    height: int = 420
+
+
+def _log_ticks(lo: float, hi: float) -> List[float]:
+    """Ticks at m x 10^k within [lo, hi] (exponents): every m within a decade, 1, 2, 5 over a few
+    decades, only the decades over a wide range."""
+    span = hi - lo
+    steps = tuple(range(1, 10)) if span < 1 else (1, 2, 5) if span < 2.5 else (1,)
+    out = []
+    for k in range(math.floor(lo) - 1, math.ceil(hi) + 1):
+        for m in steps:
+            t = math.log10(m) + k
+            if lo - 1e-9 <= t <= hi + 1e-9:
+                out.append(t)
+    return out
+
+
+def _scatter_x_range(chart: Scatter, xs: List[float]) -> Tuple[float, float]:
+    if chart.x_pct:
+        return 0.0, 1.0
+    lo, hi = min(xs), max(xs)
+    if hi == lo:
+        pad = 0.5 if chart.log_x else (abs(lo) * 0.5 or 1.0)
+        return lo - pad, hi + pad
+    pad = (hi - lo) * 0.08
+    return lo - pad, hi + pad
+
+
+def scatter_chart(chart: Scatter) -> str:
+    """A scatter plot with 95% bars, labelled markers and an optional dashed front, drawn like the
+    line charts (same grid, fonts and colours); deterministic output."""
+    W, H = chart.width, chart.height
+    left, right, top, bottom = 62, 24, 40, 56
+    xs = [_sx(chart, p.x) for p in chart.points if not chart.log_x or p.x > 0] or [0.0, 1.0]
+    frame = _Frame(left, top, W - left - right, H - top - bottom, *_scatter_x_range(chart, xs))
+    parts: List[str] = [
+        f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
+        f'aria-label="{_e(chart.title)}" font-family="Helvetica, Arial, sans-serif" font-size="12">',
+        f"<title>{_e(chart.title)}</title>",
+        f'<rect x="0" y="0" width="{W}" height="{H}" fill="#ffffff"/>',
+        f'<text x="{left}" y="22" font-size="14" font-weight="bold" fill="#24292f">{_e(chart.title)}</text>',
+    ]
+    parts += _scatter_axes(chart, frame)
+    parts += _scatter_marks(chart, frame)
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _sx(chart: Scatter, v: float) -> float:
+    """x in plot units: log10 on a log axis."""
+    return math.log10(v) if chart.log_x else v
+
+
+def _scatter_axes(chart: Scatter, f: _Frame) -> List[str]:
+    left, top, pw, ph = f.left, f.top, f.pw, f.ph
+    parts = []
+    for i in range(6):
+        y = f.Y(i / 5)
+        parts.append(f'<line x1="{left}" y1="{_f(y)}" x2="{left + pw}" y2="{_f(y)}" stroke="#d6dbe1"/>')
+        parts.append(f'<text x="{left - 8}" y="{_f(y + 4)}" text-anchor="end" fill="#57606a">{i * 20}%</text>')
+    if chart.x_pct:
+        ticks = [i / 5 for i in range(6)]
+    elif chart.log_x:
+        ticks = _log_ticks(f.x0, f.x1)
+    else:
+        ticks = _x_ticks(Chart("", "", "", []), f.x0, f.x1)
+    for t in ticks:
+        x = f.X(t)
+        label = f"{int(round(t * 100))}%" if chart.x_pct else f"{10**t:.3g}" if chart.log_x else f"{t:.3g}"
+        parts.append(f'<line x1="{_f(x)}" y1="{_f(top + ph)}" x2="{_f(x)}" y2="{_f(top + ph + 5)}" stroke="#57606a"/>')
+        parts.append(
+            f'<text x="{_f(x)}" y="{_f(top + ph + 18)}" text-anchor="middle" fill="#57606a">{_e(label)}</text>'
+        )
+    parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#8c959f"/>')
+    parts.append(
+        f'<text x="{_f(left + pw / 2)}" y="{_f(top + ph + 38)}" text-anchor="middle" fill="#24292f">'
+        f"{_e(chart.x_label + (' (log scale)' if chart.log_x else ''))}</text>"
+    )
+    parts.append(
+        f'<text transform="translate(16 {_f(top + ph / 2)}) rotate(-90)" text-anchor="middle" fill="#24292f">'
+        f"{_e(chart.y_label)}</text>"
+    )
+    return parts
+
+
+def _scatter_marks(chart: Scatter, f: _Frame) -> List[str]:
+    """The front (under the points), each point with its bar, tooltip and label, and the front's legend."""
+    parts = []
+    dashed = f'fill="none" stroke="{PALETTE["grey"]}" stroke-width="1.5" stroke-dasharray="6 4"'
+    if len(chart.front) > 1:
+        pts = [(f.X(_sx(chart, x)), f.Y(y)) for x, y in chart.front]
+        d = f"M{_f(pts[0][0])},{_f(pts[0][1])}" + "".join(f" H{_f(x)} V{_f(y)}" for x, y in pts[1:])
+        parts.append(f'<path d="{d}" {dashed}/>')
+    for p in chart.points:
+        if chart.log_x and p.x <= 0:
+            continue
+        x, y = f.X(_sx(chart, p.x)), f.Y(p.y)
+        if p.y_lo is not None and p.y_hi is not None:
+            y0, y1 = f.Y(p.y_lo), f.Y(p.y_hi)
+            parts.append(f'<line x1="{_f(x)}" y1="{_f(y0)}" x2="{_f(x)}" y2="{_f(y1)}" stroke="{p.color}"/>')
+            for yy in (y0, y1):
+                parts.append(
+                    f'<line x1="{_f(x - 4)}" y1="{_f(yy)}" x2="{_f(x + 4)}" y2="{_f(yy)}" stroke="{p.color}"/>'
+                )
+        tip = f"{p.label}: {chart.y_label} {pct(p.y)}" + (f"; {p.note}" if p.note else "")
+        parts.append(
+            f'<circle cx="{_f(x)}" cy="{_f(y)}" r="4.5" fill="{p.color}" stroke="#ffffff">'
+            f"<title>{_e(tip)}</title></circle>"
+        )
+        parts.append(_label(x + 4, y - 6, p.label, p.color, f.left, f.left + f.pw))
+    if len(chart.front) > 1 and chart.front_label:
+        y = f.top + f.ph + 52
+        parts.append(f'<line x1="{f.left}" y1="{y - 4}" x2="{f.left + 22}" y2="{y - 4}" {dashed}/>')
+        parts.append(f'<text x="{f.left + 28}" y="{y}" fill="#24292f">{_e(chart.front_label)}</text>')
+    return parts
+
+
+def standalone(svg: str) -> str:
+    """An inline SVG figure as the content of a ``.svg`` file: a file needs the SVG namespace
+    (an identifier, nothing is fetched) that HTML supplies to inline figures."""
+    return svg.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1) + "\n"

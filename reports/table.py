@@ -1,4 +1,4 @@
-"""The one table model every report uses, and the document model around it.
+"""The one table model every report uses, and the report model around it.
 
 A ``Table`` holds raw numbers (accuracies as fractions, times in seconds) and says what kind of
 number each column holds; renderers (``reports.renderers``) turn it into Markdown, LaTeX, CSV or
@@ -13,15 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-# what a column holds; the renderer decides how each kind is printed
-KINDS = ("text", "pct", "seconds", "count", "ratio", "number")
+# what a column holds; the renderer decides how each kind is printed. pp: a signed difference of
+# two fractions (printed in percentage points); pvalue: a probability from a test
+KINDS = ("text", "pct", "seconds", "count", "ratio", "number", "pp", "pvalue")
 
 
 @dataclass(frozen=True)
 class Column:
-    """``kind``: text | pct (a fraction, printed as percent) | seconds | count | ratio | number.
+    """``kind``: text | pct (a fraction, printed as percent) | seconds | count | ratio | number |
+    pp (a signed difference of fractions, printed in percentage points) | pvalue.
     ``ci``: print the 95% interval next to the value. ``marks``: footnotes on the header.
-    ``spread``: whether cells may carry a std over seeds."""
+    ``spread``: whether cells may carry a std over seeds. ``tested``: its best value is printed in
+    bold only where a paired test says it is significantly better (``Row.bold``)."""
 
     key: str
     header: str
@@ -29,6 +32,7 @@ class Column:
     ci: bool = False
     marks: Tuple[int, ...] = ()
     spread: bool = True  # may carry a std over seeds (CSV gets a _std column)
+    tested: bool = False  # CSV gets a _significantly_best column
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -74,6 +78,8 @@ class Row:
     status: str = ""
     # the runs behind the row, e.g. "pgd-at-s0 (seed 0)": CSV lists them, HTML shows them on hover
     sources: List[str] = field(default_factory=list)
+    # keys of the cells printed in bold: a tested column's best value, significantly better than the rest
+    bold: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -94,6 +100,11 @@ class Table:
     notes: List[str] = field(default_factory=list)
     # group-key fields that CSV prints as leading columns, in order
     key_fields: Tuple[str, ...] = ()
+    # tables printed under this one, sharing its footnotes (the pairwise differences of a
+    # comparison); CSV writes each to a file of its own
+    beside: List["Table"] = field(default_factory=list)
+    numbered: bool = True  # groups numbered "1. ", "2. " when there are several
+    slug: str = ""  # a short name for a file of its own (comparison-SLUG.csv for a table beside another)
 
     def note(self, text: str) -> int:
         """Add a footnote (once) and return its mark."""
@@ -169,12 +180,15 @@ Block = Union[Heading, Para, Callout, Bullets, TableBlock, Figure, Code]
 
 
 @dataclass
-class Document:
+class Report:
+    """A rendered report (a run's report.md / report.html, an audit): a title and its blocks in
+    reading order. Named apart from ``harness.core.documents.Document`` (a stored JSON file)."""
+
     title: str
     blocks: List[Block] = field(default_factory=list)
     wide: bool = False  # HTML: let wide tables use the whole window
 
-    def add(self, *blocks: Block) -> "Document":
+    def add(self, *blocks: Block) -> "Report":
         self.blocks.extend(blocks)
         return self
 

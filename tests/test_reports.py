@@ -31,7 +31,7 @@ from reports.load import eps_number, find_runs, load_run
 from reports.registry import RENDERERS
 from reports.renderers import format_value, md_escape, render_document, render_table, tex_escape
 from reports.run_report import build_run_report, render_run
-from reports.table import Column, Document, Para, Table, TableBlock, Value
+from reports.table import Column, Para, Report, Table, TableBlock, Value
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "runs"
@@ -287,6 +287,71 @@ def test_eval_without_worst_case_is_not_evaluated(tmp_path: Path) -> None:
     assert any("has no worst-case result" in p for p in info.problems)
 
 
+def _keep_metric_rows(run: Path, epochs: set) -> None:
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if json.loads(line)["epoch"] in epochs]
+    (run / "metrics.jsonl").write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "keep, summary, lost",
+    [
+        ({2, 3, 4, 5, 6}, True, "1"),  # rows 2..N of an N-epoch run
+        ({1, 2, 4, 6}, True, "3, 5"),  # gaps
+        ({5, 6}, False, "1-4"),  # no training.json either: the rows were all there was
+    ],
+)
+def test_run_that_lost_metric_rows_is_reported_damaged(tmp_path: Path, keep: set, summary: bool, lost: str) -> None:
+    """Issue 25: a report drew "2 of 2 epochs", a cost from the surviving rows and "robust overfitting:
+    not flagged" from a metrics.jsonl that had lost rows. It must say the run is damaged, name the
+    rows, and draw no conclusion from them."""
+    run = tmp_path / "erm-s0"
+    shutil.copytree(FIXTURES / "erm-s0", run)
+    _keep_metric_rows(run, keep)
+    if not summary:
+        (run / "training.json").unlink()
+    info = load_run(run)
+    expanded = [e for part in lost.split(", ") for e in range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1)]
+    assert info.lost_epochs == expanded
+    assert info.epochs_run == 6 and info.passes_total() is None
+    render_run(run)
+    md = (run / "report.md").read_text(encoding="utf-8")
+    assert "**Damaged run directory.**" in md
+    assert f"metrics.jsonl lost the rows of epoch(s) {lost} of 6" in md
+    assert "6 of 6 epochs" in md
+    assert "not flagged" not in md and "Robust overfitting on val: not assessed" in md
+    assert "in total" not in md and "not counted: per-epoch rows lost" in md
+    for e in expanded:
+        assert f"| {e} | — |" in md  # each lost epoch keeps its line in the per-epoch table, empty
+    table = build_comparison([load_run(run)])
+    row = table.groups[0].rows[0]
+    # without training.json the run counts as unfinished, and its cost is not given for that reason
+    assert row.cells["passes_per_example"].missing == ("metrics damaged" if summary else "training not finished")
+    assert any(f"lost the rows of epoch(s) {lost}" in table.notes[m - 1] for m in row.marks)
+
+
+def test_best_and_last_on_different_n_show_the_n_of_each_row(tmp_path: Path) -> None:
+    """Issue 25: best evaluated at n=20 beside last at n=50 gave one n for both rows."""
+    run = tmp_path / "pgd-at-s0"
+    shutil.copytree(FIXTURES / "pgd-at-s0", run)
+    for ckpt, n in (("best", 20), ("last", 50)):
+        p = run / "eval" / f"quick--{ckpt}.json"
+        doc = json.loads(p.read_text(encoding="utf-8"))
+        doc["data"]["n"] = n
+        for key in ("clean", "robust"):
+            doc[key]["n"] = n
+        p.write_text(json.dumps(doc), encoding="utf-8")
+    render_run(run)
+    md = (run / "report.md").read_text(encoding="utf-8")
+    table = md.split("**Best vs last checkpoint**", 1)[1].split("\n\n", 2)[1]
+    head, _, best, last = table.splitlines()[:4]
+    n_col = [c.strip() for c in head.split("|")].index("n (test)")
+    assert [c.strip() for c in best.split("|")][n_col] == "20"
+    assert [c.strip() for c in last.split("|")][n_col] == "50"
+    assert "n=20 (best checkpoint), 50 (last checkpoint) test points" in md
+    assert "on different test points (n=20 and n=50): not a paired difference" in md
+
+
 def test_unwritable_run_directory_is_one_clear_error(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
@@ -537,7 +602,7 @@ def test_every_renderer_renders_the_comparison(runs: Path) -> None:
         out = render_table(table, fmt)
         assert "pgd-at" in out and "not evaluated" in out
         assert ("71.2" in out) if fmt != "csv" else ("0.7125" in out)
-    doc = Document("t", [Para([("x", "")])])
+    doc = Report("t", [Para([("x", "")])])
     for fmt in ("tex", "csv"):
         with pytest.raises(HarnessError):
             render_document(doc, fmt)

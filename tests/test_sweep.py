@@ -62,8 +62,9 @@ def _attempts(sweep: Path, name: str) -> list:
 
 
 def _table_rows(md: str) -> list:
-    """The body rows of the comparison table in Markdown, as lists of cells."""
-    lines = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| Defense")]
+    """The body rows of the comparison table in Markdown (not the paired differences under it), as lists of cells."""
+    main = md.split("**Paired differences")[0]
+    lines = [line for line in main.splitlines() if line.startswith("| ") and not line.startswith("| Defense")]
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
 
 
@@ -233,12 +234,14 @@ def test_rerunning_a_finished_sweep_trains_nothing_and_status_and_report_read_th
     status = _harness("sweep", str(p), "--status", cwd=root, timeout=120)
     assert status.returncode == 0 and "4 cells: 4 finished" in status.stdout
     assert {n: s for n, (s, _) in _state_lines(status.stdout).items()} == {n: "finished" for n in before}
-    # harness report SWEEP_DIR re-renders the four tables; with --format it prints one
+    # harness report SWEEP_DIR re-renders the four tables (and the pairs' CSV, the figures, the
+    # leaderboard); with --format it prints one
     md = (sweep / "comparison.md").read_text()
     (sweep / "comparison.md").unlink()
     rep = _harness("report", str(sweep), cwd=root, timeout=120)
     assert rep.returncode == 0 and (sweep / "comparison.md").read_text() == md
-    assert rep.stdout.count("wrote ") == 4
+    assert [f"comparison.{x}" in rep.stdout for x in ("md", "tex", "csv", "html")] == [True] * 4
+    assert "comparison-pairs.csv" in rep.stdout and "leaderboard.html" in rep.stdout
     csv = _harness("report", str(sweep), "--format", "csv", cwd=root, timeout=120)
     assert csv.returncode == 0 and csv.stdout == (sweep / "comparison.csv").read_text()
 
