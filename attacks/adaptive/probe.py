@@ -148,7 +148,7 @@ def _one_hot_like(v: torch.Tensor) -> bool:
 
 def stand_in(fn: Any, u: torch.Tensor, v: torch.Tensor, where: str, path: str, reason: str) -> Optional[Fix]:
     """The stand-in for a culprit computing ``v = fn(u)`` (see the module docstring)."""
-    if u.shape == v.shape and float((v.float() - u.float()).abs().max()) <= CLOSE_TO_INPUT:
+    if u.shape == v.shape and float((v.detach().float() - u.detach().float()).abs().max()) <= CLOSE_TO_INPUT:
         return Fix(path, where, "identity", reason=reason)
     if diagonal_fits(u, v):
         box = bool(u.min() >= 0 and u.max() <= 1)
@@ -183,6 +183,13 @@ def _outermost(calls: List[Call]) -> List[Call]:
         if not any(o.order < c.order and o.done > c.done for o in out):
             out.append(c)
     return out
+
+
+def _inline_fed(calls: List[Call], x: torch.Tensor) -> List[Call]:
+    """Outermost calls whose input is neither the model's input nor another call's output: what
+    reaches them went through the model's own inline code."""
+    outputs = {id(c.v) for c in calls if c.v is not None}
+    return [c for c in _outermost(calls) if c.u is not None and c.u is not x and id(c.u) not in outputs]
 
 
 def _deepest(calls: List[Call]) -> List[Call]:
@@ -231,7 +238,7 @@ def _one_round(view: View, x: torch.Tensor, y: torch.Tensor) -> Tuple[Optional[F
         fix = stand_in(lambda t, m=c.module: m.forward(t), c.u, c.v, "module", c.path, "its input gets no gradient")
         if fix is not None:
             return fix, False, f"{c.path}: its output gets a gradient, its input none"
-    first = [c for c in _outermost(calls) if c.u is not None and c.u is not xr and _usable(c.u)]
+    first = [c for c in _inline_fed(calls, xr) if _usable(c.u)]
     if first:
         c = min(first, key=lambda c: c.order)
         assert c.u is not None
@@ -292,10 +299,13 @@ def find_liar(view: View, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> Op
             return None
         margin_loss(out.float(), y).sum().backward()
     gen = torch.Generator(device=x.device).manual_seed(seed)
+    fixed = [f.path for f in view.fixes]
     liars = []
     for c in calls:
         if c.u is None or c.v is None or c.v.grad is None or not c.u.is_floating_point() or len(c.args) != 1:
             continue
+        if any(c.path == p or c.path.startswith(p + ".") or p.startswith(c.path + ".") for p in fixed):
+            continue  # its backward is ours already
         err = _vjp_disagreement(lambda t, m=c.module: m.forward(t), c.u.detach(), c.v.grad.detach(), gen)
         if err is not None and err > LIE_TOL:
             liars.append(c)
@@ -308,7 +318,46 @@ def find_liar(view: View, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> Op
                 return fix
         if c.u.shape == c.v.shape and float((c.v - c.u).abs().max()) <= CLOSE_TO_INPUT:
             return Fix(c.path, "module", "identity", reason="its backward pass is not its derivative")
+    first = [c for c in _inline_fed(calls, xr) if c.u is not None and c.u.grad is not None]
+    if first and not any(f.where == "before" for f in view.fixes):
+        c = min(first, key=lambda c: c.order)
+        assert c.u is not None and c.u.grad is not None
+        err = _vjp_disagreement(_inline_map(view, c.path), x.detach(), c.u.grad.detach(), gen)
+        if err is not None and err > LIE_TOL:
+            reason = "the code before it gives its input a gradient that is not the derivative"
+            if c.u.shape == x.shape and float((c.u.detach() - x).abs().max()) <= CLOSE_TO_INPUT:
+                return Fix(c.path, "before", "identity", reason=reason)
+            if diagonal_fits(x, c.u):
+                return Fix(c.path, "before", "diagonal", h=1e-3, reason=reason)
     return None
+
+
+def _inline_map(view: View, path: str) -> Any:
+    """x -> the input module ``path`` receives, differentiable as the model computes it (the
+    forward pass stops there)."""
+    mod = dict(view.model.named_modules())[path]
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        seen: List[torch.Tensor] = []
+
+        def grab(m: nn.Module, args: Any) -> None:
+            seen.append(_first(args))  # type: ignore[arg-type]
+            raise _Stopped
+
+        handle = mod.register_forward_pre_hook(grab)
+        try:
+            view.model(t)
+        except _Stopped:
+            pass
+        finally:
+            handle.remove()
+        return seen[0]
+
+    return fn
+
+
+class _Stopped(Exception):
+    pass
 
 
 def _vjp_disagreement(fn: Any, u: torch.Tensor, g: torch.Tensor, gen: torch.Generator) -> Optional[float]:
