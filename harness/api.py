@@ -271,14 +271,20 @@ def evaluate_run(
     batch_size: Optional[int] = None,
     force: bool = False,
     progress: bool = False,
+    adaptive: Any = None,
+    bpda: Any = None,
+    eot: Optional[int] = None,
 ) -> List[Tuple[Evaluation, str]]:
     """Evaluate checkpoints of a run (``best``, ``last``, ``epoch-N`` or ``all``) with a suite
-    (default: the run's): ``harness eval`` from Python. Returns (evaluation, how) per checkpoint,
+    (default: the run's) and adaptive stage (``adaptive``, ``bpda``, ``eot``; default: the run's):
+    ``harness eval`` from Python. Returns (evaluation, how) per checkpoint,
     ``how`` saying whether it was evaluated, a stored result, or a copy for identical weights."""
     run = RunDir.open(run_dir)
     cfg = C.validate_saved(run.read_config())
     ctx = RunContext.from_config(cfg, device=device)
-    setting = ctx.eval_setting(suite=suite, n=n, seed=seed, batch_size=batch_size)
+    setting = ctx.eval_setting(
+        suite=suite, n=n, seed=seed, batch_size=batch_size, adaptive=adaptive, bpda=bpda, eot=eot
+    )
     done = evaluate_checkpoints(run, ctx, setting, checkpoints, force=force, progress=progress)
     return [(doc.cast(Evaluation), how) for doc, how in done]
 

@@ -77,6 +77,26 @@ def _common_eval_flags(p: argparse.ArgumentParser, *, config_dests: bool) -> Non
     p.add_argument(
         "--eval-batch-size", dest=f"{pre}batch_size", type=_positive_int, default=S, help="batch size for attacks"
     )
+    p.add_argument(
+        "--adaptive",
+        dest=f"{pre}adaptive",
+        default=S,
+        metavar="auto|off|REMEDY,...",
+        help="after the suite, the remedy of every check that fails or warns (auto, the default), none (off), or the "
+        "named remedies (harness ls remedies)",
+    )
+    p.add_argument(
+        "--bpda",
+        dest=f"{pre}bpda",
+        action="append",
+        default=S,
+        metavar="MODULE[=identity|diagonal|FILE.py:FN]",
+        help="bypass this module in the backward pass (BPDA), with the identity, its measured derivative or your "
+        "own differentiable stand-in; repeatable",
+    )
+    p.add_argument(
+        "--eot", dest=f"{pre}eot", type=_positive_int, default=S, help="EOT samples per gradient for a randomised model"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,6 +375,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         force=args.force,
+        adaptive=getattr(args, "adaptive", None),
+        bpda=getattr(args, "bpda", None),
+        eot=getattr(args, "eot", None),
         progress=sys.stderr.isatty(),
     )
     run = RunDir(args.run_dir)

@@ -245,6 +245,11 @@ DEFAULTS: Dict[str, Any] = {
         "n": None,  # None: the suite's own n
         "batch_size": 500,
         "checkpoints": ["best", "last"],
+        # after the suite: auto (the remedy of every check that fails or warns) | off | a list of remedies;
+        # bpda: module paths to bypass in the backward pass; eot: EOT samples for a randomised model
+        "adaptive": "auto",
+        "bpda": [],
+        "eot": None,
     },
     "out": {"root": "runs", "name": None},
     # metric loggers mirroring metrics.jsonl and the final results (harness.loggers): tensorboard, wandb, disk
@@ -451,10 +456,25 @@ def check(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"monitor.stop_drop must be a fraction in [0, 1], got {drop!r}")
     if cfg["out"].get("name") is not None:
         run_dir_name(cfg["out"]["name"])  # --dry-run refuses a name that would leave --out, as a real run does
+    check_adaptive(cfg["eval"])
     ckpts = cfg["eval"].get("checkpoints")
     if not isinstance(ckpts, list) or not ckpts:
         raise ConfigError('eval.checkpoints must be a non-empty list such as ["best", "last"]')
     check_curriculum(cfg)
+
+
+def check_adaptive(ev: Mapping[str, Any]) -> None:
+    """``eval.adaptive`` (auto, off or registered remedies), ``eval.bpda`` (a list of module paths,
+    checked against the model when it is built) and ``eval.eot`` (a positive integer or null)."""
+    from attacks.adaptive.stage import parse_mode
+
+    parse_mode(ev.get("adaptive", "auto"))
+    bpda = ev.get("bpda") or []
+    if not isinstance(bpda, list) or not all(isinstance(b, str) and b.strip() for b in bpda):
+        raise ConfigError(f'eval.bpda must be a list of module paths such as ["quantise"], got {bpda!r}')
+    eot = ev.get("eot")
+    if eot is not None and (isinstance(eot, bool) or not isinstance(eot, int) or not 1 <= eot <= 1000):
+        raise ConfigError(f"eval.eot must be a number of samples between 1 and 1000, or null; got {eot!r}")
 
 
 def check_train(train: Mapping[str, Any]) -> None:

@@ -160,8 +160,12 @@ class RunContext:
         n: Optional[int] = None,
         seed: Optional[int] = None,
         batch_size: Optional[int] = None,
+        adaptive: Any = None,
+        bpda: Optional[Any] = None,
+        eot: Optional[int] = None,
     ) -> EvalSetting:
-        """The final evaluation's setting: the run's suite, n, seed and batch size unless given."""
+        """The final evaluation's setting: the run's suite, n, seed, batch size and adaptive stage
+        unless given."""
         resolved = Suite.resolve(suite) if suite else self.spec.eval.suite
         want = int(n or self.spec.eval.n or resolved.n)
         n_eval = min(want, len(self.data.test))
@@ -175,6 +179,9 @@ class RunContext:
             seed=self.seed if seed is None else int(seed),
             batch_size=int(batch_size or self.eval_batch_size),
             precision=self.precision,
+            adaptive=self.spec.eval.adaptive if adaptive is None else adaptive,
+            bpda=self.spec.eval.bpda if bpda is None else tuple(bpda),
+            eot=self.spec.eval.eot if eot is None else eot,
         )
 
     def require_val(self) -> None:

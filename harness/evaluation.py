@@ -74,6 +74,7 @@ from harness.core.errors import DataError, HarnessError
 from harness.core.io import atomic_write_json, read_json
 from harness.core.rundir import RunDir, now_iso
 from harness.core.runtime import environment
+from harness.hints import hints_for
 from harness.spec import EvalSetting
 
 log = logging.getLogger("harness.evaluation")
@@ -427,16 +428,15 @@ def evaluate_model(
         else:  # once, on rank 0, on the gathered cascade; every rank returns its document
             checks = distributed.on_writer(lambda: _checks(model, x, y, setting, cascade, surrogate_data, progress))
         suite_robust = Proportion.of(int(cascade.robust.sum()), n)
-        block = None
-        if mode != "off":  # on rank 0, like the checks; every rank applies what it found
-            found = distributed.on_writer(
-                lambda: _adaptive(model, x, y, setting, cascade, checks, surrogate_data, mode, hints, counter, progress)
-            )
-            block = cascade.apply_adaptive(found, suite_robust)
+        # on rank 0, like the checks; every rank applies what it found
+        found = distributed.on_writer(
+            lambda: _adaptive(model, x, y, setting, cascade, checks, surrogate_data, mode, hints, counter, progress)
+        )
+        block = cascade.apply_adaptive(found, suite_robust)
         total = counter.snapshot()
     names = suite.attack_names(setting.attack)
     stage_text = ""
-    if block is not None and block.ran:
+    if block.ran:
         stage_text = (
             " and the adaptive stage (" + "; ".join(str(r.label) for r in block.remedies if r.skipped is None) + ")"
         )
@@ -445,8 +445,7 @@ def evaluate_model(
         n,
         label=f"worst case over {setting.suite_name} ({names}){stage_text}, {threat.label()}, n={n}",
     )
-    if block is not None:
-        block.robust = robust
+    block.robust = robust
     result = EvalResult(
         suite=setting.suite_name,
         suite_spec=suite.record(),
@@ -653,7 +652,8 @@ class Checkpoint:
 
 
 def _reusable(doc: Optional[EvalResult], setting: EvalSetting, sha: str) -> bool:
-    """A stored result stands for these weights under this setting (suite, n, seed, threat)."""
+    """A stored result stands for these weights under this setting (suite, n, seed, threat and
+    the adaptive stage: a result without one, from before it existed, is evaluated again)."""
     return (
         doc is not None
         and doc.weights_sha256 == sha
@@ -661,7 +661,19 @@ def _reusable(doc: Optional[EvalResult], setting: EvalSetting, sha: str) -> bool
         and doc.seed == setting.seed
         and doc.threat.to_json() == setting.threat.to_dict()
         and doc.suite_spec == setting.suite.record()
+        and _stage_of(doc) == _stage_of(setting)
     )
+
+
+def _stage_of(obj: Any) -> Any:
+    """The adaptive stage a result ran (or a setting asks for), as compared: mode, BPDA, EOT."""
+    if isinstance(obj, EvalSetting):
+        return (jsonable(obj.adaptive), list(obj.bpda), obj.eot)
+    block = obj.adaptive
+    if block is None:
+        return None
+    hints = block.hints or {}
+    return (jsonable(block.mode), list(hints.get("bpda", [])), hints.get("eot"))
 
 
 def _stored(run: RunDir, suite: str, checkpoint: str) -> Optional[EvalResult]:
@@ -721,8 +733,9 @@ def evaluate_checkpoints(
             doc.checkpoint, doc.checkpoint_epoch, doc.same_weights_as = name, ck.epoch, twin[0]
             how = f"same weights as {twin[0]}"
         else:
+            model = ck.model(ctx)
             doc = evaluate_model(
-                ck.model(ctx),
+                model,
                 x,
                 y,
                 setting,
@@ -730,6 +743,8 @@ def evaluate_checkpoints(
                 state_key=[name, ck.sha256],
                 progress=progress,
                 surrogate_data=surrogate,
+                adaptive=setting.adaptive,
+                hints=hints_for(model, setting.bpda, setting.eot),
             )
             env = environment(ctx.device)
             world = distributed.describe()

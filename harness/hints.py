@@ -42,4 +42,4 @@ def hints_for(
                 raise ConfigError(f"--bpda {f.path!r}: the model has no such module{hint}")
     if eot is not None and (isinstance(eot, bool) or not isinstance(eot, int) or not 1 <= eot <= 1000):
         raise ConfigError(f"--eot must be a number of samples between 1 and 1000, got {eot!r}")
-    return Hints(bpda=fixes, eot=eot)
+    return Hints(bpda=fixes, eot=eot, given=[str(b) for b in items if isinstance(b, str)])

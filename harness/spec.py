@@ -19,9 +19,16 @@ import copy
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Tuple
 
+from attacks.adaptive.stage import parse_mode
 from attacks.factory import build as build_attack
 from attacks.suites import Suite
 from harness.core.threat import ThreatModel
+
+
+def _mode(value: Any) -> Any:
+    """The adaptive mode as it is compared: auto, off, or a tuple of remedy names."""
+    mode = parse_mode(value)
+    return tuple(mode) if isinstance(mode, list) else mode
 
 
 def _frozen(d: Any) -> Any:
@@ -146,6 +153,9 @@ class EvalSpec:
     n: Optional[int]
     batch_size: int
     checkpoints: Tuple[str, ...]
+    adaptive: Any = "auto"  # auto | off | a tuple of remedy names
+    bpda: Tuple[str, ...] = ()
+    eot: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +227,9 @@ class RunSpec:
                 n=e.get("n"),
                 batch_size=int(e.get("batch_size") or 500),
                 checkpoints=tuple(e["checkpoints"]),
+                adaptive=_mode(e.get("adaptive", "auto")),
+                bpda=tuple(e.get("bpda") or ()),
+                eot=e.get("eot"),
             ),
             out=OutSpec(str(cfg["out"]["root"]), cfg["out"].get("name")),
             log=tuple([log] if isinstance(log, str) else log),
@@ -245,12 +258,17 @@ class EvalSetting:
     batch_size: int = 500
     precision: str = "fp32"
     n: Optional[int] = None
+    adaptive: Any = "auto"  # the adaptive stage after the suite (``attacks.adaptive.stage``)
+    bpda: Tuple[str, ...] = ()
+    eot: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.suite, Suite):
             object.__setattr__(self, "suite", Suite.resolve(self.suite))
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "batch_size", max(1, int(self.batch_size)))
+        object.__setattr__(self, "adaptive", _mode(self.adaptive))
+        object.__setattr__(self, "bpda", tuple(self.bpda or ()))
 
     @property
     def suite_name(self) -> str:

@@ -288,7 +288,7 @@ def test_settings_take_sections_dotted_keys_and_short_names():
 
 
 def test_log_lines_into_a_pipe_are_one_line_per_event(capfd):
-    from harness.cli import _setup_logging
+    from harness.logs import setup_logging as _setup_logging
 
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)

@@ -425,14 +425,17 @@ def test_model_outputting_probabilities_is_flagged(files, tmp_path, capsys):
         ],
         capsys,
     )
-    # the guard rail warns, and the sanity checks' `outputs` finding makes the evaluation unreliable
-    assert code == 1
+    # the guard rail warns and the sanity checks' `outputs` finding fails; the adaptive stage attacks
+    # the log-probabilities (the `logits` remedy), which resolves the flag, so the claim of 0 holds, flagged
+    assert code == 0
     doc = json.loads((tmp_path / "o" / "audit.json").read_text())
     finding = {g["check"]: g for g in doc["guard_rails"]["findings"]}["probabilities"]
     assert finding["status"] == "warn"
-    assert doc["verdict"]["outcome"] == "unreliable", doc["verdict"]
     outputs = {f["check"]: f for f in doc["eval"]["checks"]["findings"]}["outputs"]
     assert outputs["status"] == "fail"
+    flag = {f["check"]: f for f in doc["eval"]["adaptive"]["flags"]}["outputs"]
+    assert flag["outcome"] == "resolved" and "logits" in flag["remedies"], flag
+    assert doc["verdict"]["outcome"] == "holds" and doc["verdict"]["flagged"], doc["verdict"]
     assert "WARNING (probabilities)" in out and "probabilities" in (tmp_path / "o" / "audit.md").read_text()
 
 

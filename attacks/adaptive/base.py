@@ -33,11 +33,12 @@ class Hints:
 
     bpda: List[Any] = field(default_factory=list)
     eot: Optional[int] = None
+    given: List[str] = field(default_factory=list)  # the --bpda texts as typed
 
     def describe(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
         if self.bpda:
-            out["bpda"] = [getattr(b, "describe", lambda b=b: str(b))() for b in self.bpda]
+            out["bpda"] = list(self.given) or [b.label() for b in self.bpda]
         if self.eot:
             out["eot"] = self.eot
         return out

@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -25,6 +25,7 @@ from harness.core.stats import proportion
 from harness.core.threat import ThreatModel
 from harness.data import load_dataset
 from harness.evaluation import SURROGATE_POINTS, evaluate_model
+from harness.hints import hints_for
 from harness.robustbench_compat import zoo_files
 from harness.spec import EvalSetting
 
@@ -52,6 +53,9 @@ class AuditRequest:
     device: str = "auto"
     seed: int = 0
     normalize: Optional[str] = None
+    adaptive: Any = "auto"
+    bpda: Sequence[str] = ()
+    eot: Optional[int] = None
 
 
 class _Audit:
@@ -91,6 +95,7 @@ class _Audit:
             normalize=req.normalize,
         )
         self.net = net.to(self.device)
+        self.hints = hints_for(self.net, list(req.bpda or []), req.eot)  # a module path the model lacks fails now
         self.setting = EvalSetting(
             req.suite, self.threat, self.bundle.num_classes, seed=req.seed, batch_size=req.batch_size
         )
@@ -139,6 +144,8 @@ class _Audit:
             state_key=["audit", [info.get("file_sha256"), info.get("name"), req.normalize, weights]],
             progress=self.progress,
             surrogate_data=bundle.train.first(min(len(bundle.train), SURROGATE_POINTS)),
+            adaptive=req.adaptive,
+            hints=self.hints,
         ).to_json()
         doc.pop("schema"), doc.pop("schema_version")
         doc = {
@@ -189,6 +196,7 @@ class _Audit:
         self.robust_all &= rrob
         return replay
 
+    # size: the audit record, field by field, with the flags gathered for the verdict
     def document(self, replay: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         eval_doc, req, suite_name = self.eval_doc, self.req, self.setting.suite_name
         n_eval = int(self.x.shape[0])
@@ -208,6 +216,9 @@ class _Audit:
                 f"the replayed claimed attack broke {replay['broke_points_suite_missed']} point(s) the suite did not"
             )
         checks = eval_doc.get("checks", {})
+        stage = eval_doc.get("adaptive") or {}
+        stands = [f"{f['check']}: {f['text']}" for f in stage.get("flags", []) if f.get("outcome") == "stands"]
+        flags += [f"a flag stands ({s})" for s in stands]
         notes = []
         if checks.get("verdict") == "not run":
             notes.append(
@@ -217,7 +228,15 @@ class _Audit:
             )
         return {
             "created": now_iso(),
-            "verdict": decide(self.claim, measured, checks, flags),
+            "verdict": decide(
+                self.claim,
+                measured,
+                checks,
+                flags,
+                final_verdict=stage.get("verdict"),
+                final_reasons=stage.get("reasons"),
+                decided_by=decided_by(eval_doc, replay),
+            ),
             "claim": {
                 "value": self.claim,
                 "text": str(req.claim),
@@ -252,3 +271,26 @@ def run_audit(req: AuditRequest, *, state_path: Optional[Path] = None, progress:
     audit.guard()
     audit.evaluate()
     return audit.document(audit.replay())
+
+
+def decided_by(eval_doc: Dict[str, Any], replay: Optional[Dict[str, Any]]) -> str:
+    """What set the measurement: the remedy of the adaptive stage that broke the most points the
+    suite had not (with the flag that called it), else the replayed claimed attack when it broke
+    points the rest missed, else the suite."""
+    stage = eval_doc.get("adaptive") or {}
+    best: Dict[str, int] = {}
+    why: Dict[str, str] = {}
+    for r in stage.get("remedies", []):
+        if r.get("broke"):
+            best[r["remedy"]] = best.get(r["remedy"], 0) + int(r["broke"])
+            why.setdefault(r["remedy"], "; ".join(r.get("why") or []))
+    if best:
+        name = max(best, key=lambda k: best[k])
+        return f"the adaptive remedy {name} (it broke {best[name]} point(s) the suite had not; called by {why[name]})"
+    if replay is not None and replay.get("broke_points_suite_missed"):
+        return "the replayed claimed attack"
+    return (
+        f"the {eval_doc.get('suite')} suite (the adaptive stage broke no further point)"
+        if stage.get("remedies")
+        else f"the {eval_doc.get('suite')} suite"
+    )

@@ -1,52 +1,98 @@
-"""The audit's verdict rule (``decide``), stated in ``harness.audit.run``'s docstring."""
+"""The audit's verdict rule.
+
+``measured`` is the robust accuracy on the n points: the per-example worst case over every
+attack the audit ran (the suite, its adaptive stage, then the replayed claimed attack), with its
+95% Wilson interval [lo, hi]. Every adversarial example behind it was verified inside the eps
+ball and the [0,1] box and misclassified by the model's own forward pass (a majority of draws
+for a randomised model, ``attacks.judge``), so ``measured`` is an **upper bound** on the true
+robust accuracy of these points, however masked the gradients are: attacks can miss examples,
+never invent them. Hence:
+
+- ``claim > hi``: **overstated** by ``claim - measured``, whatever the sanity checks say (the
+  claim is above what real adversarial examples allow; the report also gives ``claim - hi``,
+  the part no sampling error explains). Flags that still stand are listed beside it.
+- otherwise, when the evaluation is still ``unreliable`` after the adaptive stage (a flag that
+  no remedy resolved): **unreliable**: the measurement cannot refute the claim and cannot be
+  trusted to support it.
+- otherwise **holds** (the claim is no higher than what n points can distinguish from the
+  measurement), **flagged** when the checks say ``suspicious``, when a guard rail warns, or when
+  the suite is not stronger than the claimed attack; the reasons are listed.
+
+The claim is compared with our interval only: the claim's own sample (often the full test set)
+is unknown, so no interval is put around it. ``decided_by`` names what set the measurement: the
+adaptive remedy that broke the most points beyond the suite, or the suite itself.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
+
+RULE = (
+    "measured = per-example worst case over every attack run (suite, adaptive stage, replayed claimed attack) on the "
+    "first n test points, each adversarial example confirmed on the model, with a 95% Wilson interval [lo, hi]: an "
+    "upper bound on the true robust accuracy; claim > hi -> overstated, whatever the checks say; else the evaluation "
+    "still unreliable after the adaptive stage -> unreliable; else holds; holds/overstated are flagged by suspicious "
+    "checks, flags that stand, guard-rail warnings, or a suite no stronger than the claimed attack"
+)
 
 
 def _pts(p: float) -> str:
     return f"{100 * p:.1f}"
 
 
-def decide(claim: float, robust: Dict[str, Any], checks: Dict[str, Any], flags: Sequence[str] = ()) -> Dict[str, Any]:
-    """The verdict rule of the module docstring. ``robust`` is a ``proportion`` (accuracy, n,
-    ci95); ``checks`` the eval result's checks block; ``flags`` extra reasons to flag."""
+# size: the rule's three outcomes, each with its sentence
+def decide(
+    claim: float,
+    robust: Dict[str, Any],
+    checks: Dict[str, Any],
+    flags: Sequence[str] = (),
+    *,
+    final_verdict: Optional[str] = None,
+    final_reasons: Optional[Sequence[str]] = None,
+    decided_by: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The verdict rule of the module docstring. ``robust`` is a proportion (accuracy, n, ci95);
+    ``checks`` the eval result's checks block; ``final_verdict`` / ``final_reasons`` the verdict
+    after the adaptive stage (the checks' own when no stage ran); ``flags`` extra reasons to flag."""
     p = float(robust["accuracy"])
     lo, hi = (float(v) for v in robust["ci95"])
     gap = claim - p
     cverdict = checks.get("verdict", "not run")
-    reasons = list(checks.get("reasons", []))
+    verdict = final_verdict or cverdict
+    reasons = list(final_reasons if final_reasons is not None else checks.get("reasons", []))
     all_flags = list(flags)
-    if cverdict == "suspicious":
-        all_flags = [f"sanity checks: suspicious ({'; '.join(reasons) or 'no reason given'})"] + all_flags
+    if verdict in ("suspicious", "unreliable"):
+        all_flags = [f"sanity checks: {verdict} ({'; '.join(reasons) or 'no reason given'})"] + all_flags
     nums = f"claimed {_pts(claim)}%, measured {_pts(p)}% (95% CI {_pts(lo)}-{_pts(hi)}%, n={robust['n']})"
-    if cverdict == "unreliable":
+    if claim > hi:
+        outcome = "overstated"
+        text = (
+            f"the claim is overstated by {_pts(gap)} points: {nums}; "
+            f"{_pts(claim - hi)} points above the interval's upper end (the measurement is an upper bound: every "
+            "adversarial example behind it is real)"
+        )
+    elif verdict == "unreliable":
         outcome = "unreliable"
         text = (
-            f"the evaluation is unreliable ({'; '.join(reasons) or 'the sanity checks failed'}); "
-            f"{nums}: no verdict on the claim"
+            f"the evaluation is unreliable ({'; '.join(reasons) or 'the sanity checks failed'}); {nums}: the claim "
+            "is not above the measurement, and the measurement cannot be trusted to support it"
         )
-    elif claim <= hi:
+    else:
         outcome = "holds"
         if claim < lo:
             text = f"the claim holds: {nums}; the claim is {_pts(-gap)} points below the measurement (conservative)"
         elif gap > 0:
             text = (
-                f"the claim holds within sampling error: {nums}; "
-                f"{_pts(gap)} points above the measurement, inside the 95% "
-                "interval (a larger --n narrows it)"
+                f"the claim holds within sampling error: {nums}; {_pts(gap)} points above the measurement, inside "
+                "the 95% interval (a larger --n narrows it)"
             )
         else:
             text = f"the claim holds: {nums}"
-    else:
-        outcome = "overstated"
-        text = (
-            f"the claim is overstated by {_pts(gap)} points: {nums}; "
-            f"{_pts(claim - hi)} points above the interval's upper end"
-        )
-    if all_flags and outcome != "unreliable":
+    flagged = bool(all_flags) and outcome != "unreliable"
+    if flagged:
         text += "; flagged: " + "; ".join(all_flags)
+    if decided_by:
+        text += f"; the measurement was set by {decided_by}"
     return {
         "outcome": outcome,
         "text": text,
@@ -57,15 +103,10 @@ def decide(claim: float, robust: Dict[str, Any], checks: Dict[str, Any], flags: 
         "gap_points": 100 * gap,
         "above_ci_points": 100 * (claim - hi),
         "checks_verdict": cverdict,
-        "checks_reasons": reasons,
-        "flagged": bool(all_flags) and outcome != "unreliable",
+        "checks_reasons": list(checks.get("reasons", [])),
+        **({"final_verdict": verdict, "final_reasons": reasons} if final_verdict else {}),
+        **({"decided_by": decided_by} if decided_by else {}),
+        "flagged": flagged,
         "flags": all_flags,
-        "rule": (
-            "measured = per-example worst case over every attack run (suite and replayed claimed attack) "
-            "on the first n test "
-            "points, with a 95% Wilson interval [lo, hi]; checks 'unreliable' -> unreliable; "
-            "else claim <= hi -> holds; else "
-            "overstated by claim - measured; holds/overstated are flagged by 'suspicious' checks, guard-rail warnings, "
-            "or a suite no stronger than the claimed attack"
-        ),
+        "rule": RULE,
     }
