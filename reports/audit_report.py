@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Sequence
 
 from harness.core.documents import EvalResult, Proportion
+from reports import adaptive_section
 from reports.numbers import pct, pct_ci
 from reports.renderers import render_document
 from reports.table import Bullets, Callout, Column, Heading, Para, Report, Span, Table, TableBlock, text
@@ -187,10 +188,14 @@ def build_audit_report(doc: Mapping[str, Any]) -> Report:
             )
         ),
     )
-    findings = EvalResult.coerce(doc["eval"]).checks.findings
+    result = EvalResult.coerce(doc["eval"])
+    findings = result.checks.findings
     if findings:
         rows = [(f.check, f.status, f.message) for f in findings]
         out.add(Heading(2, "Sanity checks", "checks"), TableBlock(_text_table(["Check", "Status", "Finding"], rows)))
+    if result.adaptive is not None:
+        out.add(Heading(2, "Adaptive stage: what the flags became", "adaptive"))
+        adaptive_section.add_to(out, result, "")
     if doc.get("notes"):
         out.add(Heading(2, "Notes", "notes"), Bullets([text(n) for n in doc["notes"]]))
     out.add(Heading(2, "Verdict rule", "rule"), Para(text(v["rule"] + ".")))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from harness.core.stats import difference_interval
+from reports import adaptive_section
 from reports.cells import (
     NOT_EVALUATED,
     checkpoint_phrase,
@@ -40,17 +41,18 @@ def cascade_table(ev: EvalView) -> Table:
         rows.append(
             {
                 "pos": str(i),
-                "attack": str(a.label or a.name or "?"),
+                "attack": ("adaptive: " if a.adaptive else "") + str(a.label or a.name or "?"),
                 "ran_on": value_of(a.ran_on),
                 "broke": value_of(a.broke),
                 "after": prop_value(a.after),
                 "wall": value_of(a.wall_s),
             }
         )
+    staged = ev.result.adaptive is not None and ev.result.adaptive.ran
     rows.append(
         {
             "pos": "",
-            "attack": "worst case over the suite",
+            "attack": "worst case over the suite" + (" and the adaptive stage" if staged else ""),
             "after": prop_value(ev.robust),
             "wall": value_of(ev.cost_wall_s()),
         }
@@ -248,11 +250,19 @@ def evaluation_section(doc: Report, info: RunInfo) -> None:
             doc.add(Para(line))
         for ev in evs:
             ct = checks_table(ev)
-            doc.add(Para([(f"Sanity checks, {ev.checkpoint} checkpoint:", "b"), (f" verdict {ev.verdict}.", "")]))
+            doc.add(
+                Para(
+                    [
+                        (f"Sanity checks, {ev.checkpoint} checkpoint:", "b"),
+                        (f" verdict {ev.result.checks.verdict}.", ""),
+                    ]
+                )
+            )
             if ct is not None:
                 doc.add(TableBlock(ct))
             else:
                 doc.add(Para(text("No sanity checks ran with this evaluation.")))
+            adaptive_section.add_to(doc, ev.result, f"Adaptive stage, {ev.checkpoint} checkpoint:")
         sw = eps_sweep_figure(evs)
         if sw is not None:
             fig, tab = sw

@@ -182,7 +182,8 @@ class EvalView:
 
     @property
     def verdict(self) -> str:
-        v = self.result.checks.verdict
+        """The verdict once the adaptive stage resolved what it could (the checks' own without one)."""
+        v = self.result.final_verdict
         return v if v in VERDICT_ORDER else "not run"
 
     @property

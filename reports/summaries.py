@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, List, Mapping, Sequence, Union
 
 from harness.core.documents import EvalResult, TrainingSummary
+from reports import adaptive_section
 from reports.audit_report import OUTCOME, model_line, prop_text
 from reports.numbers import pct, pct_ci
 
@@ -41,9 +42,12 @@ def eval_summary_lines(result: Union[EvalResult, Mapping[str, Any]]) -> List[str
     epoch = f" (epoch {r.checkpoint_epoch})" if r.checkpoint_epoch is not None else ""
     lines = [f"{r.checkpoint or 'model'}{epoch}: suite {r.suite}, {t.label}, n={n}, seed {r.seed}"]
     reasons = "; ".join(r.checks.reasons[:3])
-    lines.append(f"  verdict: {r.checks.verdict or 'not run'}" + (f" ({reasons})" if reasons else ""))
+    final = r.final_verdict
+    after = f"; after the adaptive stage: {final}" if final != r.checks.verdict else ""
+    lines.append(f"  verdict: {r.checks.verdict or 'not run'}{after}" + (f" ({reasons})" if reasons else ""))
     for f in r.checks.findings:
         lines.append(f"    {f.status or '?':<7} {f.check or '?':<19} {f.message}")
+    lines += adaptive_section.summary_lines(r)
     lines.append(f"  clean accuracy            {pct_ci(r.clean)}")
     for a in r.attacks:
         fwd, bwd = a.passes.forward_per_attacked or 0, a.passes.backward_per_attacked or 0
@@ -122,6 +126,9 @@ def audit_summary_lines(doc: Mapping[str, Any]) -> List[str]:
     ]
     reasons = "; ".join(v["checks_reasons"][:3])
     lines.append(f"  sanity checks: {v['checks_verdict']}" + (f" ({reasons})" if reasons else ""))
+    if v.get("final_verdict"):
+        lines.append(f"  after the adaptive stage: {v['final_verdict']}")
+    lines += adaptive_section.summary_lines(EvalResult.coerce(doc["eval"]))
     lines.append(f"  claimed attack: {s['claimed'].get('text') or '(not given)'}; {s['comparison']}")
     rep = s["claimed"].get("replayed")
     if rep:
