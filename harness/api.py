@@ -26,9 +26,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from attacks.base import eval_mode
 from attacks.suites import Suite
 from harness import config as C
+from harness import door
 from harness.context import RunContext
 from harness.core.documents import EnvRecord, EvalData, EvalResult, Finding
 from harness.core.errors import ConfigError, DataError
@@ -155,6 +155,8 @@ def evaluate(
     none, a list the named remedies; ``bpda``: module paths to bypass (``"quant"``,
     ``"quant=identity"``, ``"head=stand_in.py:soft"``), ``eot``: EOT samples per gradient."""
     threat = ThreatModel.parse(norm, eps)
+    n = door.check_n(n)
+    door.check_weights(model)
     dev = select_device(device) if device is not None else _model_device(model)
     model = model.to(dev)
     surrogate = None
@@ -166,7 +168,8 @@ def evaluate(
         where = EvalData(data, "test", int(x.shape[0]), "first n in fixed order", source=bundle.source)
     else:
         x, y = _tensors(data, dev, n)
-        setting = EvalSetting(Suite.resolve(suite), threat, _num_classes(model, x), seed=seed, batch_size=batch_size)
+        classes = door.check_model(model, x, None, batch_size)
+        setting = EvalSetting(Suite.resolve(suite), threat, classes, seed=seed, batch_size=batch_size)
         where = EvalData(None, "given tensors", int(x.shape[0]), "first n in fixed order", source="tensors")
     result = evaluate_model(
         model,
@@ -184,25 +187,15 @@ def evaluate(
 
 
 def _tensors(data: Any, device: torch.device, n: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` of (x, y), validated at the door before any conversion (``harness.door``)."""
     if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
         raise DataError("data must be a data set name or a pair of tensors (x, y)")
     x, y = data
-    if x.shape[0] != y.shape[0]:
-        raise DataError(f"{x.shape[0]} images but {y.shape[0]} labels")
-    if x.dim() != 4:
-        raise DataError(f"images must be a [N, C, H, W] tensor, got shape {tuple(x.shape)}")
+    door.check_images(x)
+    door.check_labels(y, int(x.shape[0]), None)
     if n is not None:
         x, y = x[:n], y[:n]
     return x.detach().to(device, torch.float32), y.detach().to(device, torch.long)
-
-
-@torch.no_grad()
-def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
-    with eval_mode(model):
-        out = model(x[:1])
-    if out.dim() != 2:
-        raise DataError(f"the model returns shape {tuple(out.shape)}; expected logits of shape [N, classes]")
-    return int(out.shape[1])
 
 
 # -- training -------------------------------------------------------------------------------------

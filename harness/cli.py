@@ -278,6 +278,20 @@ def _add_audit(sub: Any) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--out", default=None, help="folder for the audit report (default audits/NAME-TIMESTAMP)")
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="end the audit (exit 2) if it has not finished by then (default: 30 min plus a per-point allowance for "
+        "the suite, e.g. 20 s per point for quick, 60 s for standard)",
+    )
+    p.add_argument(
+        "--input-range",
+        choices=["01"],
+        default=None,
+        help="overrule the input-scale guard rails: the model takes [0,1] images (recorded in the audit)",
+    )
 
 
 def _add_export(sub: Any) -> None:

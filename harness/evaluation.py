@@ -50,7 +50,7 @@ from attacks.adaptive.base import AdaptiveContext, Hints
 from attacks.base import PassCounter, eval_mode, verify
 from attacks.checks import CheckContext, checks_for, run_checks
 from attacks.judge import Judge
-from harness import distributed
+from harness import distributed, door
 from harness.checkpoints import load_into, load_resume, load_state_dict_file, weights_sha256
 from harness.context import RunContext
 from harness.core.documents import (
@@ -70,7 +70,7 @@ from harness.core.documents import (
     Threat,
     jsonable,
 )
-from harness.core.errors import DataError, HarnessError
+from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_json, read_json
 from harness.core.rundir import RunDir, now_iso
 from harness.core.runtime import environment
@@ -90,23 +90,31 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
 
 
+def _gradient_path(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether the model's output depends differentiably on its input at all (on a few points):
+    an attack that fails where it does not (a hard-label head, an encoding built from comparisons,
+    a forward under no_grad) could not have run, whatever error the failure took."""
+    xr = x[:8].detach().clone().requires_grad_(True)
+    with torch.enable_grad(), eval_mode(model):
+        out = model(xr)
+        if not isinstance(out, torch.Tensor) or not out.requires_grad:
+            return False
+        (g,) = torch.autograd.grad(out.float().logsumexp(1).sum(), xr, allow_unused=True)
+    return g is not None
+
+
 def _no_gradient(e: RuntimeError) -> bool:
     """Whether an attack failed because the model's output is not differentiable in its input."""
     text = str(e)
     return any(
-        k in text for k in ("does not require grad", "does not have a grad_fn", "One of the differentiated Tensors")
-    )
-
-
-def check_inputs(x: torch.Tensor) -> None:
-    if x.numel() == 0:
-        raise DataError("no evaluation points")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > 1:
-        raise DataError(
-            f"evaluation inputs range over [{lo:.3g}, {hi:.3g}], not [0,1]: the data looks normalised; "
-            "eps is defined in [0,1] pixel units, so normalisation must live inside the model"
+        k in text
+        for k in (
+            "does not require grad",
+            "does not have a grad_fn",
+            "One of the differentiated Tensors",
+            "not have been used in the graph",
         )
+    )
 
 
 # -- resumable state ---------------------------------------------------------------------------
@@ -203,8 +211,8 @@ class _Cascade:
             xs, ys = x[idx], y[idx]
             try:
                 x_adv, paths, traces = self._generate(attack, xs, ys, bar)
-            except RuntimeError as e:
-                if not _no_gradient(e):
+            except Exception as e:  # noqa: BLE001 - re-raised unless the model has no gradient path at all
+                if not (isinstance(e, RuntimeError) and _no_gradient(e)) and _gradient_path(self.model, xs, ys):
                     raise
                 # a model whose output carries no gradient: the attack cannot run; its points stay robust
                 # (the gradients check says why and the adaptive stage's BPDA answers it)
@@ -402,7 +410,7 @@ def evaluate_model(
     ``adaptive``: ``auto`` (the remedy of every flagged check, ``attacks.adaptive.stage``),
     ``off``, or a list of remedies; ``hints``: what the user knows (``--bpda``, ``--eot``)."""
     threat, suite = setting.threat, setting.suite
-    check_inputs(x)
+    door.check(model, x, y, setting.num_classes, setting.batch_size)  # one clear error per bad input, before any work
     threat.check_input_dim(x[0].numel())
     n = int(x.shape[0])
     mode = stage.parse_mode(adaptive)

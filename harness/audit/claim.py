@@ -116,6 +116,38 @@ def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
     return out
 
 
+_ATTACK_WORD = r"(?:pgd|bim|fgsm|mim|cw|c&w|apgd(?:-?ce|-?dlr|-?t)?|square|fab(?:-?t)?)"
+
+
+def check_claim_attack(text: Optional[str]) -> Dict[str, Any]:
+    """``parse_claim_attack``, refusing what it cannot read or what cannot be: an empty text, a
+    text naming no attack family (``banana``), steps written as anything but a whole number
+    (``PGD-1e3``, ``PGD-2.5``), a negative or zero budget (``PGD--5``, ``PGD-0``, ``x 0 restarts``).
+    A ``ConfigError`` here is one line and exit 2, before anything is loaded; a claim with no
+    ``--claim-attack`` at all stays allowed (and is flagged: strengths not compared)."""
+    parsed = parse_claim_attack(text)
+    if text is None:
+        return parsed
+    t = text.strip().lower()
+    example = "write e.g. 'PGD-20', 'PGD-100 x5 restarts', 'CW-100', 'FGSM', 'AutoAttack' or 'Square 5000'"
+    if not t:
+        raise ConfigError(f"--claim-attack is empty; {example}, or leave it out")
+    if not parsed["parsed"]:
+        raise ConfigError(f"--claim-attack {text!r}: no attack harness can read; {example}")
+    if re.search(_ATTACK_WORD + r"(?:--|[_ ]-|-\s+-)\s*\d", t) or re.search(
+        r"(?<![\w])-\s*\d+\s*(?:x\b|re-?starts?)", t
+    ):
+        raise ConfigError(f"--claim-attack {text!r}: a negative number of steps or restarts")
+    if re.search(_ATTACK_WORD + r"[-_ ]?\d+(?:\.\d+)?e[+-]?\d", t) or re.search(_ATTACK_WORD + r"[-_ ]?\d+\.\d", t):
+        raise ConfigError(
+            f"--claim-attack {text!r}: write the number of steps as a whole number (PGD-1000, not PGD-1e3)"
+        )
+    for key in ("steps", "restarts"):
+        if parsed.get(key) is not None and int(parsed[key]) < 1:
+            raise ConfigError(f"--claim-attack {text!r}: {key} must be at least 1, got {parsed[key]}")
+    return parsed
+
+
 def replay_spec(parsed: Dict[str, Any], eps: float) -> Optional[Dict[str, Any]]:
     """The harness attack that reproduces the claimed one, when its text says enough: PGD-K and
     CW-K (K steps, the stated restarts and loss; the stated step size, else 2.5 eps / K) and FGSM.

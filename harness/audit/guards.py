@@ -7,7 +7,9 @@ They look at up to ``GUARD_SAMPLE`` test points, forward passes only. Rules and 
 
 - ``output-shape`` (fail): one finite logit row of ``num_classes`` values per input.
 - ``normalised-input``: clean accuracy on inputs normalised with the data set's mean and std,
-  against clean accuracy on [0,1] inputs, on the same points. A model with its normalisation
+  against clean accuracy on [0,1] inputs, on the same points, each judged as evaluations judge
+  (a randomised model by a majority of 9 passes on each input, never two single random draws).
+  ``--input-range 01`` overrules both input-scale rules (skipped, and recorded). A model with its normalisation
   inside gets worse when normalised twice; one that gets better expects normalised input, and
   attacks with eps in pixel units on it measure nothing meaningful. Fail when the gain is at
   least 20 points, or at least 2 points with a one-sided sign test on the points only one
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 
 from attacks.base import eval_mode
+from attacks.judge import DRAWS, Judge
 from harness.core.documents import Finding
 from harness.core.errors import HarnessError
 from harness.core.registry import Registry
@@ -101,6 +104,7 @@ class GuardContext:
     num_classes: int
     batch_size: int = 500
     threat: Optional[ThreatModel] = None
+    input_range: Optional[str] = None  # "01": the reviewer overrules the input-scale rules
     _cache: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -110,8 +114,31 @@ class GuardContext:
         return self._cache["logits"]
 
     @property
+    def randomised(self) -> bool:
+        """Two passes on the first points differ: the model's predictions are votes (``attacks.judge``)."""
+        if "randomised" not in self._cache:
+            k = min(int(self.x.shape[0]), RANDOM_POINTS)
+            a, b = self.outputs_on(self.x[:k]), self.outputs_on(self.x[:k])
+            na, nb = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+            self._cache["randomised"] = bool(
+                ((na - nb).norm(dim=1) > RANDOM_TOL).any() or (a.argmax(1) != b.argmax(1)).any()
+            )
+        return self._cache["randomised"]
+
+    def correct_on(self, x: torch.Tensor) -> torch.Tensor:
+        """Which points the model classifies correctly, judged as every evaluation judges it: one
+        pass, or for a randomised model a majority of ``DRAWS`` passes, so that two inputs are
+        compared like with like (the same rule, not two single random draws)."""
+        if not self.randomised:
+            return self.outputs_on(x).argmax(1) == self.y
+        return Judge(DRAWS).decide(self.model, x, self.y, self.batch_size).correct
+
+    @property
     def correct(self) -> torch.Tensor:
-        return self.logits.argmax(1) == self.y
+        if "correct" not in self._cache:
+            self.logits  # refuses a model without usable logits first
+            self._cache["correct"] = self.correct_on(self.x)
+        return self._cache["correct"]
 
     def outputs_on(self, x: torch.Tensor) -> torch.Tensor:
         return _logits(self.model, x, self.batch_size)
@@ -162,9 +189,10 @@ def guard_rails(
     num_classes: int,
     batch_size: int = 500,
     threat: Any = None,
+    input_range: Optional[str] = None,
 ) -> List[Finding]:
     """``run_guards`` on a context built from its parts."""
-    return run_guards(GuardContext(model, x, y, mean, std, num_classes, batch_size, threat))
+    return run_guards(GuardContext(model, x, y, mean, std, num_classes, batch_size, threat, input_range))
 
 
 # -- the guard rails ---------------------------------------------------------------------------
@@ -178,8 +206,10 @@ def output_shape(ctx: GuardContext) -> Finding:
 
 @GUARDS.register("normalised-input", summary="the model does not expect normalised input", order=20)
 def normalised_input(ctx: GuardContext) -> Finding:
+    if ctx.input_range == "01":
+        return _overruled("normalised-input")
     m, s = ctx.stats()
-    correct_t = ctx.outputs_on((ctx.x - m) / s).argmax(1) == ctx.y
+    correct_t = ctx.correct_on((ctx.x - m) / s)
     finding = scale_finding(
         "normalised-input",
         "normalised with the data set's mean and std",
@@ -187,19 +217,32 @@ def normalised_input(ctx: GuardContext) -> Finding:
         ctx.correct,
         correct_t,
     )
-    denormalised = ctx.outputs_on(ctx.x * s + m).argmax(1) == ctx.y
+    denormalised = ctx.correct_on(ctx.x * s + m)
     return with_power(finding, ctx.model, ctx.correct, correct_t, denormalised)
 
 
 @GUARDS.register("0-255-input", summary="the model does not expect 0..255 input", order=30)
 def input_0_255(ctx: GuardContext) -> Finding:
-    correct_t = ctx.outputs_on(ctx.x * 255.0).argmax(1) == ctx.y
+    if ctx.input_range == "01":
+        return _overruled("0-255-input")
+    correct_t = ctx.correct_on(ctx.x * 255.0)
     return scale_finding(
         "0-255-input",
         "scaled to 0..255",
         "wrap it so that forward multiplies its [0,1] input by 255",
         ctx.correct,
         correct_t,
+    )
+
+
+def _overruled(rule: str) -> Finding:
+    return Finding(
+        rule,
+        "skipped",
+        {"overruled_by": "--input-range 01"},
+        None,
+        "overruled by --input-range 01: the reviewer states that the model takes [0,1] images, so the input-scale "
+        "comparison was not made (recorded in the audit)",
     )
 
 

@@ -12,6 +12,23 @@ import torch
 
 from harness.core.errors import HarnessError
 
+# The child's time limit when --timeout is not given: generous, scaled by the work. Seconds per
+# evaluated point for each suite's attacks, checks and adaptive stage, on a slow CPU and a small
+# model, times a margin of ten; a GPU or a larger machine finishes far inside it.
+TIMEOUT_BASE_S = 1800
+TIMEOUT_PER_POINT_S = {"smoke": 2.0, "quick": 20.0, "autoattack": 20.0}
+TIMEOUT_PER_POINT_DEFAULT_S = 60.0  # standard, rand and custom suites (every check, more attacks)
+
+
+def default_timeout(req: Any) -> float:
+    """``TIMEOUT_BASE_S`` plus, for each of the n points (the suite's own n when not given),
+    the suite's seconds per point."""
+    from attacks.suites import Suite
+
+    suite = Suite.resolve(getattr(req, "suite", "standard"))
+    n = int(getattr(req, "n", None) or suite.n)
+    return TIMEOUT_BASE_S + n * TIMEOUT_PER_POINT_S.get(suite.name, TIMEOUT_PER_POINT_DEFAULT_S)
+
 
 class AuditProcessError(HarnessError):
     """The audit's child process ended without a result, or reported an error (its one line)."""
@@ -34,11 +51,13 @@ def run_audit_isolated(
     progress: bool = True,
     verbosity: int = 0,
     process_group: Optional[Dict[str, Any]] = None,
+    timeout: Optional[float] = None,
 ) -> Dict[str, Any]:
     """``run_audit`` in a child process (``harness.audit.child``), so that the model's code cannot
     decide the exit status of ``harness audit``. Returns the audit document the child wrote, or
-    raises ``HarnessError``: the child's own error line, or "ended without a result" when it exited
-    (with any code, 0 included) or died before writing one."""
+    raises ``HarnessError``: the child's own error line, "ended without a result" when it exited
+    (with any code, 0 included) or died before writing one, or "did not finish" when it ran past
+    ``timeout`` seconds (default ``default_timeout``), after which it is killed."""
     import json
     import multiprocessing
     import os
@@ -65,8 +84,16 @@ def run_audit_isolated(
         result = Path(tmp) / "result.json"
         proc = ctx.Process(target=child_main, args=(task, str(result)), name="harness-audit")
         proc.start()
+        limit = timeout if timeout is not None else default_timeout(req)
         try:
-            proc.join()
+            proc.join(limit)
+            if proc.is_alive():  # a factory or a forward pass that never returns, or an evaluation far too slow
+                proc.kill()
+                proc.join()
+                raise AuditProcessError(
+                    f"the audit did not finish within {limit:.0f} s (--timeout): the model's code or its evaluation "
+                    "hangs or is far slower than expected; no verdict (raise --timeout for a larger model or n)"
+                )
         except KeyboardInterrupt:  # the child got the same Ctrl-C; give it a moment to stop, then end it
             proc.join(10)
             if proc.is_alive():

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from harness import distributed
-from harness.audit.claim import parse_claim, parse_claim_attack, replay_spec
+from harness.audit.claim import check_claim_attack, parse_claim, replay_spec
 from harness.audit.guards import AuditRefused
 from harness.audit.process import run_audit_isolated
 from harness.audit.session import AuditRequest, run_audit
@@ -93,7 +93,7 @@ def check_request(req: AuditRequest) -> None:
     budget): a ``ConfigError`` here costs no child process and writes nothing."""
     parse_claim(req.claim)
     threat = ThreatModel.parse(req.norm, req.eps)
-    replay_spec(parse_claim_attack(req.claim_attack), threat.eps)
+    replay_spec(check_claim_attack(req.claim_attack), threat.eps)
 
 
 def audit_command(args: Any) -> int:
@@ -116,6 +116,7 @@ def audit_command(args: Any) -> int:
         state_path=out / ".eval-state.json",
         verbosity=int(getattr(args, "verbose", 0) or 0),
         process_group=distributed.child_group(),
+        timeout=getattr(args, "timeout", None),
     )
     paths = distributed.on_writer(lambda: write_audit(doc, out))
     sys.stdout.write("\n".join(audit_summary_lines(doc)) + "\n")

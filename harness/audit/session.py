@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 
 from harness import distributed
-from harness.audit.claim import compare_strength, parse_claim, parse_claim_attack, replay_spec
+from harness.audit.claim import check_claim_attack, compare_strength, parse_claim, replay_spec
 from harness.audit.guards import GUARD_SAMPLE, AuditRefused, guard_rails
 from harness.audit.model_files import load_audit_model
 from harness.audit.verdict import decide
@@ -56,6 +56,7 @@ class AuditRequest:
     adaptive: Any = "auto"
     bpda: Sequence[str] = ()
     eot: Optional[int] = None
+    input_range: Optional[str] = None  # "01": overrule the input-scale guard rails
 
 
 class _Audit:
@@ -68,7 +69,7 @@ class _Audit:
         self.t0 = time.perf_counter()
         self.claim = parse_claim(req.claim)
         self.threat = ThreatModel.parse(req.norm, req.eps)
-        self.parsed = parse_claim_attack(req.claim_attack)
+        self.parsed = check_claim_attack(req.claim_attack)
         replay_spec(self.parsed, self.threat.eps)  # an impossible budget fails now, not after the suite
         if distributed.world().distributed:  # under torchrun: each process its share of the cores
             set_threads(distributed.default_threads())
@@ -112,6 +113,7 @@ class _Audit:
             num_classes=self.bundle.num_classes,
             batch_size=self.req.batch_size,
             threat=self.threat,
+            input_range=self.req.input_range,
         )
         for g in self.guards:
             if g.status == "warn":
@@ -211,6 +213,8 @@ class _Audit:
                 else "use --suite standard"
             )
             flags.append(f"the suite is not stronger than the claimed attack ({strength['comparison']}); {advice}")
+        elif strength["suite_stronger"] is None:
+            flags.append(f"the claimed attack's strength was not compared: {strength['comparison']}")
         if replay is not None and replay["broke_points_suite_missed"]:
             flags.append(
                 f"the replayed claimed attack broke {replay['broke_points_suite_missed']} point(s) the suite did not"
@@ -237,6 +241,7 @@ class _Audit:
                 final_reasons=stage.get("reasons"),
                 decided_by=decided_by(eval_doc, replay),
             ),
+            **({"overrides": {"input_range": req.input_range}} if req.input_range else {}),
             "claim": {
                 "value": self.claim,
                 "text": str(req.claim),
