@@ -19,6 +19,7 @@ the verdict after the stage counts resolved flags as passed.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,9 @@ from attacks.adaptive.remedies import remedies_for, remedy_names
 from attacks.checks.base import verdict as checks_verdict
 from attacks.registry import CHECKS, REMEDIES
 from harness.core.documents import Finding
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, ThreatModelViolation
+
+log = logging.getLogger(__name__)
 
 MODES = ("auto", "off")
 MAX_ROUNDS = 3
@@ -138,7 +141,7 @@ def run(
             if idx.numel() == 0:
                 outcome = Outcome(p.name, {"remedy": p.name}, idx, skipped="no point is left to attack")
             else:
-                outcome = REMEDIES.get(p.name)(ctx, idx)
+                outcome = _attempt(p.name, ctx, idx)
             broke = torch.zeros(idx.numel(), dtype=torch.bool, device=ctx.device)
             pred = ctx.y[idx].clone()
             if outcome.skipped is None and outcome.x_adv is not None:
@@ -162,6 +165,22 @@ def run(
         todo = productive
     ctx.seed = base_seed
     return runs, converged, rounds
+
+
+def _attempt(name: str, ctx: AdaptiveContext, idx: torch.Tensor) -> Outcome:
+    """A remedy's outcome; one that fails on this model (white-box attacks on a model with no
+    gradient path, a stand-in that does not fit) is skipped with its error, never ending the
+    evaluation; a candidate outside the threat model still stops everything."""
+    try:
+        return REMEDIES.get(name)(ctx, idx)
+    except ThreatModelViolation:
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded as the remedy's reason for not running
+        log.warning("adaptive remedy %s could not run: %s: %s", name, type(e).__name__, e)
+        first = str(e).splitlines()[0] if str(e) else ""
+        return Outcome(
+            name, {"remedy": name}, idx, skipped=f"could not run on this model ({type(e).__name__}: {first})"
+        )
 
 
 @dataclass
