@@ -50,11 +50,14 @@ class Judge:
         differ = bool(((na - nb).norm(dim=1) > D1_TOL).any()) or bool((a.argmax(1) != b.argmax(1)).any())
         return cls(DRAWS if differ else 1, precision)
 
-    def votes(self, model: nn.Module, x: torch.Tensor, batch_size: int, num_classes: int) -> torch.Tensor:
+    def votes(self, model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         """[n, classes]: how many of the ``draws`` passes predicted each class."""
-        counts = torch.zeros(x.shape[0], num_classes, dtype=torch.long, device=x.device)
+        counts: Any = None
         for _ in range(self.draws):
-            pred = _logits(model, x, batch_size, self.precision).argmax(1)
+            out = _logits(model, x, batch_size, self.precision)
+            if counts is None:
+                counts = torch.zeros(x.shape[0], out.shape[1], dtype=torch.long, device=x.device)
+            pred = out.argmax(1)
             counts.scatter_add_(1, pred[:, None], torch.ones_like(pred[:, None]))
         return counts
 
@@ -68,8 +71,7 @@ class Judge:
             with eval_mode(model):
                 pred = torch.cat([model(x[s]).argmax(1) for s in batched(int(x.shape[0]), batch_size)])
             return Decision(pred == y, pred)
-        out = _logits(model, x[:1], batch_size, self.precision)
-        counts = self.votes(model, x, batch_size, int(out.shape[1]))
+        counts = self.votes(model, x, batch_size)
         correct = counts.gather(1, y[:, None]).squeeze(1) * 2 > self.draws
         return Decision(correct, counts.argmax(1))
 

@@ -148,6 +148,8 @@ def randomness(ctx: CheckContext) -> Finding:
     cheap=True,
     basis="harness rule/D1",
     order=30,
+    no_remedy="a model whose outputs depend on the batch is not a fixed function to attack: evaluate it with its "
+    "BatchNorm (or whatever mixes examples) in eval mode; an attack cannot settle this",
 )
 def batch_dependence(ctx: CheckContext) -> Finding:
     """An example's output does not depend on the rest of its batch (BatchNorm in train mode,

@@ -62,6 +62,13 @@ class Registry(Generic[T]):
             summary = doc.splitlines()[0] if doc else ""
         self._entries[name] = Entry(name, obj, summary, dict(meta))
 
+    @property
+    def singular(self) -> str:
+        """One of the kind: ``defenses`` -> ``defense``, ``remedies`` -> ``remedy``."""
+        if self.kind.endswith("ies"):
+            return self.kind[:-3] + "y"
+        return self.kind[:-1] if self.kind.endswith("s") else self.kind
+
     # -- lookup -------------------------------------------------------------------------------
     def _load(self) -> None:
         if self._loaded:
@@ -102,10 +109,7 @@ class Registry(Generic[T]):
                 if candidates[c] not in uniq:
                     uniq.append(candidates[c])
             hint = " did you mean " + " or ".join(repr(u) for u in uniq) + "?"
-        return (
-            f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} {name!r};{hint} "
-            f"known: {', '.join(names) or '(none)'}"
-        )
+        return f"unknown {self.singular} {name!r};{hint} known: {', '.join(names) or '(none)'}"
 
     def names(self) -> List[str]:
         self._load()
