@@ -61,7 +61,6 @@ from harness.core.documents import (
     EvalCost,
     EvalData,
     EvalResult,
-    FlagOutcome,
     PassCount,
     Passes,
     PerExample,
@@ -537,7 +536,7 @@ def _adaptive(
             }
             for r in runs
         ],
-        "flags": [FlagOutcome(f.check, f.status, f.outcome, f.remedies, f.text) for f in flags],
+        "flags": flags,
         "rounds": rounds,
         "converged": converged,
         "verdict": verdict,

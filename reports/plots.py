@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from reports.load import eps_number
-from reports.svg import PALETTE, Chart, Point, Scatter, Series, line_chart, scatter_chart
+from reports.svg import PALETTE, Chart, PlotPoint, Scatter, Series, line_chart, scatter_chart
 from reports.table import Figure, Group, Table, Value
 
 COLORS = [PALETTE[c] for c in ("blue", "orange", "green", "red", "purple", "grey", "dark")]
@@ -72,7 +72,7 @@ def _cost_figure(group: Group, gi: int, colors: Dict[str, str]) -> Optional[Figu
         label = str(r.cells.get("defense"))
         t = _mean(r.cells.get("train_time_s"))
         note = f"{x:.4g} passes per example" + (f", {t / 3600:.3g} h training" if t is not None else "")
-        points.append(Point(x, y, label, colors[label], ci[0] if ci else None, ci[1] if ci else None, note))
+        points.append(PlotPoint(x, y, label, colors[label], ci[0] if ci else None, ci[1] if ci else None, note))
     if not points:
         return None
     front = pareto_front([(p.x, p.y) for p in points], lower_x_better=True)
@@ -101,7 +101,7 @@ def _clean_robust_figure(group: Group, gi: int, colors: Dict[str, str]) -> Optio
             continue
         ci = r.cells["worst_case"].ci  # type: ignore[union-attr]
         label = str(r.cells.get("defense"))
-        points.append(Point(x, y, label, colors[label], ci[0] if ci else None, ci[1] if ci else None))
+        points.append(PlotPoint(x, y, label, colors[label], ci[0] if ci else None, ci[1] if ci else None))
     if not points:
         return None
     front = pareto_front([(p.x, p.y) for p in points], lower_x_better=False)

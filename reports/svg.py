@@ -321,7 +321,7 @@ def _label(x: float, y: float, text: str, color: str, lo: float, hi: float, anch
 
 
 @dataclass
-class Point:
+class PlotPoint:
     """One marker: at (x, y), with a vertical 95% bar from ``y_lo`` to ``y_hi`` when given, and a
     ``label`` written beside it. ``note`` goes into the tooltip only."""
 
@@ -342,7 +342,7 @@ class Scatter:
     title: str
     x_label: str
     y_label: str
-    points: List[Point]
+    points: List[PlotPoint]
     front: List[Tuple[float, float]] = field(default_factory=list)
     front_label: str = ""
     log_x: bool = False

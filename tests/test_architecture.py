@@ -369,3 +369,97 @@ def test_long_functions_say_why():
                         f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines, {len(params)} parameters)"
                     )
     assert not offenders, "split these, or say why they are whole:\n" + "\n".join(offenders)
+
+
+# -- the typed spine (issue 23) --------------------------------------------------------------------
+
+PACKAGES = ("harness", "attacks", "defenses", "reports")
+
+
+def _modules() -> Dict[str, Path]:
+    mods: Dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            mods[".".join(parts)] = path
+    return mods
+
+
+def _import_graph() -> Dict[str, set]:
+    """Module -> the project modules it imports, counting imports inside functions too (an import
+    that runs later is still a dependency). ``from a import b`` names module ``a.b`` when that is a
+    module, else ``a``."""
+    import ast
+
+    mods = _modules()
+    graph: Dict[str, set] = {m: set() for m in mods}
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: List[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    pkg = name.split(".")
+                    if path.name != "__init__.py":
+                        pkg = pkg[:-1]
+                    pkg = pkg[: len(pkg) - (node.level - 1)]
+                    base = ".".join(pkg + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            graph[name] |= {t for t in targets if t in mods and t != name}
+    return graph
+
+
+def test_no_import_cycle_at_any_depth():
+    """No module reaches itself through the imports of harness/, attacks/, defenses/ and reports/,
+    imports inside functions included (Tarjan's strongly connected components)."""
+    graph = _import_graph()
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    on: set = set()
+    cycles: List[List[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_one_class_per_name():
+    """A class name means one thing across the project (two ``Document`` classes were one too many)."""
+    import ast
+
+    seen: Dict[str, List[str]] = {}
+    for name, path in _modules().items():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                seen.setdefault(node.name, []).append(name)
+    twice = {k: v for k, v in seen.items() if len(v) > 1}
+    assert not twice, twice

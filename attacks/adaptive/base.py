@@ -82,7 +82,7 @@ class AdaptiveContext(UnderThreat):
 
 
 @dataclass
-class Outcome:
+class RemedyOutcome:
     """What one remedy produced on the points it attacked (``idx``, positions in ``ctx.x``):
     candidate adversarial examples (``x_adv``, one per attacked point; a point the remedy did
     not move may be returned as is), a label and descriptor, and details for the report (the

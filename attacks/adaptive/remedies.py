@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from attacks.adaptive.base import EOTView, Outcome, battery
+from attacks.adaptive.base import EOTView, RemedyOutcome, battery
 from attacks.adaptive.probe import locate
 from attacks.adaptive.view import Fix, View
 from attacks.base import ascend, batched, eval_mode, project, random_start
@@ -118,11 +118,11 @@ def _eot_k(ctx: Any) -> int:
     fixes=("gradients", "gradient-consistency", "dynamic") + MASKING,
     order=10,
 )
-def bpda(ctx: Any, idx: torch.Tensor) -> Outcome:
+def bpda(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     view = bpda_view(ctx)
     probe = ctx.cache["bpda"]
     if view is None:
-        return Outcome(
+        return RemedyOutcome(
             "BPDA",
             {"remedy": "bpda"},
             idx,
@@ -130,7 +130,7 @@ def bpda(ctx: Any, idx: torch.Tensor) -> Outcome:
             skipped="the input gradient reaches the input and agrees with finite differences: no module to bypass",
         )
     if not probe.reaches_input:
-        return Outcome(
+        return RemedyOutcome(
             "BPDA",
             {"remedy": "bpda"},
             idx,
@@ -148,7 +148,7 @@ def bpda(ctx: Any, idx: torch.Tensor) -> Outcome:
         "iterations": 100,
         "eot": eot,
     }
-    return Outcome(label, desc, idx, x_adv, details=probe.describe())
+    return RemedyOutcome(label, desc, idx, x_adv, details=probe.describe())
 
 
 # size: the sample-count search (doubling until two independent averages agree) and the attack
@@ -158,9 +158,11 @@ def bpda(ctx: Any, idx: torch.Tensor) -> Outcome:
     fixes=("randomness",),
     order=20,
 )
-def eot(ctx: Any, idx: torch.Tensor) -> Outcome:
+def eot(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     if not ctx.judge.randomised:
-        return Outcome("EOT", {"remedy": "eot"}, idx, skipped="the model's forward passes agree: nothing to average")
+        return RemedyOutcome(
+            "EOT", {"remedy": "eot"}, idx, skipped="the model's forward passes agree: nothing to average"
+        )
     view = bpda_view(ctx) or ctx.model
     k, trail = ctx.hints.eot, []
     if not k:
@@ -175,7 +177,7 @@ def eot(ctx: Any, idx: torch.Tensor) -> Outcome:
         "iterations": 100,
         "chosen_by": "user (--eot)" if ctx.hints.eot else f"median cosine of two {k}-sample averages >= {EOT_STABLE}",
     }
-    return Outcome(label, desc, idx, x_adv, details={"eot_samples": k, "stability": trail})
+    return RemedyOutcome(label, desc, idx, x_adv, details={"eot_samples": k, "stability": trail})
 
 
 def choose_eot_samples(ctx: Any, view: Any) -> Any:
@@ -225,7 +227,7 @@ class _LogitView(torch.nn.Module):
     fixes=("outputs", "gradients", "gradient-consistency") + MASKING,
     order=30,
 )
-def logits(ctx: Any, idx: torch.Tensor) -> Outcome:
+def logits(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     base = bpda_view(ctx) or ctx.model
     with torch.no_grad(), eval_mode(ctx.model):
         out = base(ctx.x[idx[: ctx.batch_size]]).float()
@@ -238,7 +240,7 @@ def logits(ctx: Any, idx: torch.Tensor) -> Outcome:
         scale = gap / 5
         view, what = _LogitView(base, "scale", scale), f"logits / {scale:.3g} (median top-2 gap {gap:.3g})"
     else:
-        return Outcome(
+        return RemedyOutcome(
             "logit rescaling",
             {"remedy": "logits"},
             idx,
@@ -247,7 +249,7 @@ def logits(ctx: Any, idx: torch.Tensor) -> Outcome:
     eot = _eot_k(ctx)
     x_adv = battery(ctx, view, idx, eot=eot, what="rescaled-logit adversarial example")
     desc = {"remedy": "logits", "view": what, "attacks": "apgd-ce, apgd-dlr, apgd-t", "eot": eot}
-    return Outcome(f"APGD-CE, APGD-DLR, APGD-T on {what}", desc, idx, x_adv)
+    return RemedyOutcome(f"APGD-CE, APGD-DLR, APGD-T on {what}", desc, idx, x_adv)
 
 
 @REMEDIES.register(
@@ -256,7 +258,7 @@ def logits(ctx: Any, idx: torch.Tensor) -> Outcome:
     fixes=MASKING,
     order=40,
 )
-def pgd_boost(ctx: Any, idx: torch.Tensor) -> Outcome:
+def pgd_boost(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     view = bpda_view(ctx) or ctx.model
     eot = _eot_k(ctx)
     x_adv = battery(ctx, view, idx, eot=eot, restarts=RESTARTS, what="boosted white-box adversarial example")
@@ -270,7 +272,7 @@ def pgd_boost(ctx: Any, idx: torch.Tensor) -> Outcome:
         "through_bpda": view is not ctx.model,
     }
     label = f"APGD-CE, APGD-DLR, APGD-T x{RESTARTS} restarts" + (" through BPDA" if view is not ctx.model else "")
-    return Outcome(label, desc, idx, x_adv)
+    return RemedyOutcome(label, desc, idx, x_adv)
 
 
 RESTARTS = 3
@@ -284,7 +286,7 @@ SQUARE_RESTARTS = 2
     fixes=("gradients", "gradient-consistency", "dynamic", "randomness") + MASKING,
     order=50,
 )
-def square_boost(ctx: Any, idx: torch.Tensor) -> Outcome:
+def square_boost(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     from pyautoattack.square import SquareAttack
 
     k = _eot_k(ctx)
@@ -327,7 +329,7 @@ def square_boost(ctx: Any, idx: torch.Tensor) -> Outcome:
         "eot": k,
     }
     label = f"Square ({SQUARE_QUERIES} queries x{SQUARE_RESTARTS})" + (f", EOT {k}" if k > 1 else "")
-    return Outcome(label, desc, idx, x_best)
+    return RemedyOutcome(label, desc, idx, x_best)
 
 
 @REMEDIES.register(
@@ -336,9 +338,11 @@ def square_boost(ctx: Any, idx: torch.Tensor) -> Outcome:
     fixes=("transfer", "square-vs-whitebox", "gradients", "gradient-consistency", "random-noise"),
     order=60,
 )
-def transfer(ctx: Any, idx: torch.Tensor) -> Outcome:
+def transfer(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     if ctx.surrogate_data is None:
-        return Outcome("transfer", {"remedy": "transfer"}, idx, skipped="no training data to distil a surrogate on")
+        return RemedyOutcome(
+            "transfer", {"remedy": "transfer"}, idx, skipped="no training data to distil a surrogate on"
+        )
     from attacks.checks.base import CheckContext
     from attacks.checks.comparisons import fit_surrogate
 
@@ -361,7 +365,7 @@ def transfer(ctx: Any, idx: torch.Tensor) -> Outcome:
         "surrogate": "small CNN distilled on the model's labels (FGSM-RS, 5 epochs)",
         "attacks": "apgd-ce, apgd-dlr, apgd-t on the surrogate",
     }
-    return Outcome(
+    return RemedyOutcome(
         "transfer from a distilled surrogate (APGD)",
         desc,
         idx,
@@ -383,7 +387,7 @@ SPSA_POINTS = 500
     fixes=("gradient-consistency", "gradients"),
     order=70,
 )
-def spsa(ctx: Any, idx: torch.Tensor) -> Outcome:
+def spsa(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     idx_run = idx[:SPSA_POINTS]
     k = _eot_k(ctx)
     target = EOTView(ctx.model, k) if k > 1 else ctx.model
@@ -421,7 +425,7 @@ def spsa(ctx: Any, idx: torch.Tensor) -> Outcome:
     details: Dict[str, Any] = {}
     if idx_run.numel() < idx.numel():
         details["capped"] = f"ran on the first {idx_run.numel()} of {idx.numel()} points still robust"
-    return Outcome(label, desc, idx, x_best, details=details)
+    return RemedyOutcome(label, desc, idx, x_best, details=details)
 
 
 def _spsa_gradient(model: Any, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -27,11 +27,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from attacks.adaptive.base import AdaptiveContext, Outcome, confirm
+from attacks.adaptive.base import AdaptiveContext, RemedyOutcome, confirm
 from attacks.adaptive.remedies import remedies_for, remedy_names
 from attacks.checks.base import verdict as checks_verdict
 from attacks.registry import CHECKS, REMEDIES
-from harness.core.documents import Finding
+from harness.core.documents import Finding, FlagOutcome
 from harness.core.errors import ConfigError, ThreatModelViolation
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,13 @@ def plan(mode: Any, findings: Sequence[Finding], *, randomised: bool, hints: Any
 
 
 @dataclass
-class Run:
+class RemedyRun:
     """One remedy in one round: what it did (``outcome``), which points it attacked and broke,
     how long it took and the passes through the model it paid."""
 
     planned: Planned
     round: int
-    outcome: Outcome
+    outcome: RemedyOutcome
     ran_on: int
     broke: int
     wall_s: float
@@ -106,7 +106,7 @@ class Run:
     adv_pred: Optional[torch.Tensor] = None
 
 
-Record = Callable[[Run], None]
+Record = Callable[[RemedyRun], None]
 
 
 # size: the rounds loop: each remedy on the points still robust, confirmed, recorded, until converged
@@ -117,11 +117,11 @@ def run(
     counter: Any,
     record: Optional[Record] = None,
     progress: Optional[Callable[[str], None]] = None,
-) -> Tuple[List[Run], bool, int]:
-    """Run the planned remedies in rounds (module docstring). ``counter``: a PassCounter on the
+) -> Tuple[List[RemedyRun], bool, int]:
+    """RemedyRun the planned remedies in rounds (module docstring). ``counter``: a PassCounter on the
     model; ``record(run)`` is called after each remedy (the caller keeps the per-example record).
     Returns the runs, whether the stage converged, and the number of rounds."""
-    runs: List[Run] = []
+    runs: List[RemedyRun] = []
     a = allowance(int(ctx.x.shape[0]))
     todo = list(planned)
     base_seed = ctx.seed
@@ -139,7 +139,7 @@ def run(
                 progress(f"adaptive: {p.name} (round {r}) on {idx.numel()} points")
             snap, t0 = counter.snapshot(), time.perf_counter()
             if idx.numel() == 0:
-                outcome = Outcome(p.name, {"remedy": p.name}, idx, skipped="no point is left to attack")
+                outcome = RemedyOutcome(p.name, {"remedy": p.name}, idx, skipped="no point is left to attack")
             else:
                 outcome = _attempt(p.name, ctx, idx)
             broke = torch.zeros(idx.numel(), dtype=torch.bool, device=ctx.device)
@@ -152,7 +152,9 @@ def run(
                     ).pred
                 ctx.robust[idx[broke]] = False
             k = int(broke.sum())
-            item = Run(p, r, outcome, int(idx.numel()), k, time.perf_counter() - t0, counter.since(snap), broke, pred)
+            item = RemedyRun(
+                p, r, outcome, int(idx.numel()), k, time.perf_counter() - t0, counter.since(snap), broke, pred
+            )
             runs.append(item)
             if record is not None:
                 record(item)
@@ -167,7 +169,7 @@ def run(
     return runs, converged, rounds
 
 
-def _attempt(name: str, ctx: AdaptiveContext, idx: torch.Tensor) -> Outcome:
+def _attempt(name: str, ctx: AdaptiveContext, idx: torch.Tensor) -> RemedyOutcome:
     """A remedy's outcome; one that fails on this model (white-box attacks on a model with no
     gradient path, a stand-in that does not fit) is skipped with its error, never ending the
     evaluation; a candidate outside the threat model still stops everything."""
@@ -178,23 +180,14 @@ def _attempt(name: str, ctx: AdaptiveContext, idx: torch.Tensor) -> Outcome:
     except Exception as e:  # noqa: BLE001 - recorded as the remedy's reason for not running
         log.warning("adaptive remedy %s could not run: %s: %s", name, type(e).__name__, e)
         first = str(e).splitlines()[0] if str(e) else ""
-        return Outcome(
+        return RemedyOutcome(
             name, {"remedy": name}, idx, skipped=f"could not run on this model ({type(e).__name__}: {first})"
         )
 
 
-@dataclass
-class FlagOutcome:
-    check: str
-    status: str
-    outcome: str  # resolved | stands
-    remedies: List[str]
-    text: str
-
-
 # size: one sentence per flag, the outcome rule of the module docstring applied to each
 def resolve(
-    findings: Sequence[Finding], runs: Sequence[Run], converged: bool, n: int
+    findings: Sequence[Finding], runs: Sequence[RemedyRun], converged: bool, n: int
 ) -> Tuple[List[FlagOutcome], str, List[str]]:
     """Each flagged check's outcome, and the verdict after the stage with its reasons."""
     out: List[FlagOutcome] = []

@@ -43,7 +43,7 @@ class ModelFileError(HarnessError):
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelFile:
     """``FILE.py:FACTORY`` split into its parts."""
 
     path: Path
@@ -53,8 +53,8 @@ class ModelSpec:
         return f"{self.path}:{self.factory}"
 
 
-def parse_model_spec(text: str) -> Optional[ModelSpec]:
-    """``FILE.py:FACTORY`` -> ``ModelSpec``; a bare name (a registered model) -> ``None``.
+def parse_model_spec(text: str) -> Optional[ModelFile]:
+    """``FILE.py:FACTORY`` -> ``ModelFile``; a bare name (a registered model) -> ``None``.
 
     A ``.py`` file without ``:FACTORY`` is an error that says how to name the factory."""
     text = text.strip()
@@ -67,7 +67,7 @@ def parse_model_spec(text: str) -> Optional[ModelSpec]:
         return None
     if not factory.isidentifier():
         raise ModelFileError(f"--model {text}: {factory!r} is not a Python function name; write FILE.py:FACTORY")
-    return ModelSpec(Path(path_text), factory)
+    return ModelFile(Path(path_text), factory)
 
 
 def import_model_file(path: Path) -> ModuleType:
@@ -171,7 +171,7 @@ def factory_kwargs(
 
 
 def build_from_file(
-    spec: ModelSpec, *, shape: Tuple[int, int, int], num_classes: int, mean: Sequence[float], std: Sequence[float]
+    spec: ModelFile, *, shape: Tuple[int, int, int], num_classes: int, mean: Sequence[float], std: Sequence[float]
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Import ``spec.path``, call ``spec.factory`` and check it returned a module. Returns the
     model and a provenance record (file, its sha256, factory, the arguments passed)."""
