@@ -171,7 +171,7 @@ def test_the_stage_brings_an_obfuscated_model_down_to_its_base(net, data, wrap, 
 
 def test_resolve_counts_a_resolved_flag_as_passed_and_keeps_one_that_stands():
     f = [Finding("gradients", "fail", {}, None, "zero"), Finding("batch-dependence", "fail", {}, None, "batch")]
-    run = stage.Run(
+    run = stage.RemedyRun(
         stage.Planned("bpda", ["gradients (fail)"]), 1, stage.RemedyOutcome("BPDA", {}, torch.zeros(0)), 5, 0, 0.1, {}
     )
     flags, verdict, reasons = stage.resolve(f, [run], converged=True, n=100)
