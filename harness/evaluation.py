@@ -33,6 +33,7 @@ is recomputed, and identical weights (``best`` is often the last epoch) are eval
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -493,7 +494,6 @@ def _reusable(doc: Optional[Dict[str, Any]], setting: EvalSetting, sha: str) -> 
     )
 
 
-# size: one loop over checkpoints with its three outcomes (evaluated, stored, same weights) side by side
 def evaluate_checkpoints(
     run: RunDir,
     ctx: RunContext,
@@ -508,7 +508,24 @@ def evaluate_checkpoints(
     Returns (result, how) per checkpoint, ``how`` one of "evaluated", "stored" (an earlier result
     for the same weights and setting, untouched) or "same weights as CKPT" (copied from the
     result of another checkpoint holding identical weights). A stored result whose weights have
-    changed since (or that predates weight digests) is evaluated again."""
+    changed since (or that predates weight digests) is evaluated again. This process (rank 0
+    under torchrun) owns the run meanwhile (``RunDir.lock``; the pipeline that trains it already
+    does): a run that another live process trains or evaluates is refused (``RunInUse``)."""
+    with contextlib.ExitStack() as owned:
+        distributed.hold_on_writer(owned, lambda: run.lock("harness eval"))
+        return _evaluate_checkpoints(run, ctx, setting, checkpoints, force=force, progress=progress)
+
+
+# size: one loop over checkpoints with its three outcomes (evaluated, stored, same weights) side by side
+def _evaluate_checkpoints(
+    run: RunDir,
+    ctx: RunContext,
+    setting: EvalSetting,
+    checkpoints: Sequence[str],
+    *,
+    force: bool,
+    progress: bool,
+) -> List[Tuple[Dict[str, Any], str]]:
     names = run.available_checkpoints() if list(checkpoints) == ["all"] else list(checkpoints)
     x, y = ctx.data.test.first(int(setting.n or len(ctx.data.test)))
     surrogate = ctx.data.train.first(min(len(ctx.data.train), SURROGATE_POINTS))
