@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from harness.core.sweepdir import SweepDir
 from harness.sweep.driver import default_sweep_dir, run_sweep, sweep_status
 from harness.sweep.executors import EXECUTORS, slurm_parameters, slurm_script
-from harness.sweep.grid import read_sweep_file, resolve_cells
+from harness.sweep.grid import SweepError, read_sweep_file, resolve_cells
+from harness.sweep.state import grid_change
 from harness.sweep.table import _print_states
 
 log = logging.getLogger("harness.sweep")
@@ -41,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="check the grid, print the cells (and the sbatch script) and exit"
     )
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again (resuming their runs)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run this grid in a --out folder that holds another grid's sweep (its cells are kept, in the table too)",
+    )
     p.add_argument("--no-wait", dest="wait", action="store_false", help="slurm: return once the job array is submitted")
     for flag, key, kind in (
         ("--partition", "partition", str),
@@ -77,6 +84,7 @@ def sweep_command(args: argparse.Namespace) -> int:
         slurm=slurm,
         wait=args.wait,
         retry_failed=args.retry_failed,
+        force=args.force,
     )
     _print_states(str(outcome.sweep_dir), outcome.keys, outcome.states)
     for p in outcome.tables:
@@ -95,6 +103,10 @@ def _dry_run(args: argparse.Namespace, slurm: Mapping[str, Any]) -> int:
     folder = Path(args.out) if args.out is not None else default_sweep_dir(spec)
     params = slurm_parameters(spec, slurm, jobs=args.jobs) if args.executor == "slurm" else {}
     resolve_cells(spec, folder)
+    sweep = SweepDir(folder)
+    taken, _ = grid_change(sweep, spec, sweep.read_manifest() if folder.is_dir() else None)
+    if taken is not None and not args.force:
+        raise SweepError(taken)  # as the real run would
     _, states = sweep_status(args.file, out=args.out)
     _print_states(f"{folder} (dry run: nothing started)", spec.keys, states)
     if args.executor == "slurm":

@@ -18,6 +18,7 @@ from harness.sweep.executors import (
     _gpu_ids,
     _submit_slurm,
     _wait,
+    check_slurm,
     slurm_parameters,
 )
 from harness.sweep.grid import SweepError, SweepSpec, read_sweep_file, resolve_cells
@@ -52,13 +53,17 @@ def run_sweep(
     retry_failed: bool = False,
     progress: Optional[bool] = None,
     poll_s: Optional[float] = None,
+    force: bool = False,
 ) -> SweepOutcome:
     """Run (or continue) the sweep of ``path``; see the module docstring. ``jobs``: concurrent
     cells (local: default one per GPU, else 1; slurm: the array's parallelism, default all).
     ``wait=False`` (Slurm) returns once the array is submitted. Bad keys or values raise
-    ``SweepError`` before anything is written."""
+    ``SweepError`` before anything is written, and so does a folder that belongs to another
+    grid (``grid_change``) unless ``force``, which keeps its other cells."""
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; use {' or '.join(EXECUTORS)}")
+    if executor == "slurm":
+        check_slurm()
     spec = read_sweep_file(path)
     for w in spec.warnings:
         log.warning("%s", w)
@@ -82,13 +87,15 @@ def run_sweep(
     configs = resolve_cells(spec, sweep_dir, threads=threads)
     run = _Sweep(spec, sweep_dir, executor, configs, info, gpus=gpus, params=params, at_once=jobs or 0, gpu_ids=gpu_ids)
     with run.sweep.driver_lock():
-        return _drive(run, wait=wait, retry_failed=retry_failed, progress=progress, poll_s=poll_s)
+        return _drive(run, wait=wait, retry_failed=retry_failed, progress=progress, poll_s=poll_s, force=force)
 
 
 def _drive(
-    run: _Sweep, *, wait: bool, retry_failed: bool, progress: Optional[bool], poll_s: Optional[float]
+    run: _Sweep, *, wait: bool, retry_failed: bool, progress: Optional[bool], poll_s: Optional[float], force: bool
 ) -> SweepOutcome:
     spec, sweep_dir, executor = run.spec, run.sweep.path, run.executor
+    if run.taken is not None and not force:
+        raise SweepError(run.taken)
     stale = _stale_cells(run.sweep, run.configs)
     if stale:
         raise SweepError(

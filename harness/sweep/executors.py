@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 import re
+import shutil
 import signal
 import time
 from collections import deque
@@ -17,7 +18,7 @@ from harness.core.errors import ConfigError
 from harness.core.rundir import RunDir
 from harness.core.sweepdir import SweepDir
 from harness.sweep.cell import CellJob
-from harness.sweep.grid import Cell, SweepSpec
+from harness.sweep.grid import Cell, SweepError, SweepSpec
 from harness.sweep.state import _pid_alive, _Sweep, cell_state
 from harness.sweep.table import _Events
 
@@ -62,6 +63,17 @@ def _gpu_ids() -> List[int]:
         return list(range(torch.cuda.device_count()))
     except Exception:  # noqa: BLE001 - no CUDA build
         return []
+
+
+def check_slurm() -> None:
+    """Slurm's commands are on PATH (submitit needs ``sbatch`` to submit and ``srun`` to run a
+    job; it raises RuntimeError without them): else one ``SweepError``, before anything is written."""
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+    if missing:
+        raise SweepError(
+            f"--executor slurm: {' and '.join(missing)} not found on PATH, so this machine cannot submit Slurm jobs; "
+            "run the sweep on a Slurm login node, use --executor local, or --dry-run to see the sbatch script"
+        )
 
 
 def _slurm_minutes(value: Any) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -15,8 +16,14 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 from harness import config as C
 from harness.context import check_runnable
 from harness.core.errors import ConfigError, HarnessError
+from harness.loggers import logger_names, require_packages
+from harness.recipes import RECORD_KEYS as RECIPE_RECORD_KEYS
 
-RESERVED_KEYS = ("out",)  # the sweep decides where runs go and how they are named
+RESERVED_KEYS = ("out",)
+# cells of one sweep, before excludes: each cell is a run (and a job); checking one takes about
+# 2 ms, so the dry run of the largest grid answers in tens of seconds, and Slurm's own default
+# MaxArraySize (1001) is far below it
+MAX_CELLS = 10_000  # the sweep decides where runs go and how they are named
 
 
 class SweepError(HarnessError):
@@ -127,11 +134,22 @@ def _grid_values(grid: Mapping[str, Any], problems: List[str]) -> Dict[str, List
             problems.append(f"{key!r} is swept twice (as a dotted key and as a nested table)")
         elif not isinstance(vals, list) or not vals:
             problems.append(f"{key!r} must be a non-empty list of values, got {vals!r}")
-        elif len({_canon(v) for v in vals}) < len(vals):
-            problems.append(f"{key!r} lists a value twice: {vals!r}")
+        elif len({_canon(_meaning(v)) for v in vals}) < len(vals):
+            problems.append(f"{key!r} lists a value twice: {vals!r}{_written_twice(vals)}")
         else:
             values[key] = list(vals)
     return values
+
+
+def _written_twice(vals: Sequence[Any]) -> str:
+    """`` (0.1 and "0.1" mean the same)`` for values that differ only in how they are written."""
+    seen: Dict[str, Any] = {}
+    for v in vals:
+        key = _canon(_meaning(v))
+        if key in seen and _canon(seen[key]) != _canon(v):
+            return f" ({_canon(seen[key])} and {_canon(v)} mean the same)"
+        seen.setdefault(key, v)
+    return ""
 
 
 def _exclude_entries(exclude_raw: Any, values: Mapping[str, List[Any]], problems: List[str]) -> List[Dict[str, Any]]:
@@ -157,6 +175,13 @@ def _expand(
     """The cartesian product of the swept values minus the excluded cells: (cells kept, how many
     were excluded, a warning per exclude entry that matches nothing)."""
     keys = list(values)
+    total = math.prod(len(values[k]) for k in keys)
+    if total > MAX_CELLS:  # counted, never expanded: a file of a few lines can name 10^9 cells
+        sizes = " x ".join(f"{len(values[k]):,} {k}" for k in keys)
+        raise SweepError(
+            f"{where}: the grid has {total:,} cells ({sizes}); a sweep runs at most {MAX_CELLS:,}: "
+            "split it into several sweep files"
+        )
     product = [dict(zip(keys, combo)) for combo in itertools.product(*(values[k] for k in keys))]
 
     def matches(cell: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
@@ -247,10 +272,13 @@ def resolve_cells(
             cfg = C.resolve(flags, spec.base)
             if check_plan:
                 check_runnable(cfg)
+                require_packages(logger_names(cfg))  # a missing tracker package fails every cell at its start
         except HarnessError as e:
             problems.setdefault(str(e), []).append(cell.name)
             continue
         out[cell.name] = cfg
+    if not problems:
+        _refuse_same_runs(spec, out)
     if problems:
         bad = sum(len(v) for v in problems.values())
         lines = [
@@ -262,3 +290,54 @@ def resolve_cells(
             + "\n".join(f"  - {line}" for line in lines)
         )
     return out
+
+
+def _meaning(value: Any) -> Any:
+    """A config value as the config reads it: a number written as text (``"0.1"``, ``"8/255"``)
+    is that number, and ints and floats that are equal are one value."""
+    if isinstance(value, str):
+        m = _NUMBER_TEXT.fullmatch(value)
+        if m:
+            try:
+                return float(m.group(1)) / (float(m.group(2)) if m.group(2) else 1.0)
+            except (ValueError, ZeroDivisionError):
+                return value
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_meaning(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _meaning(v) for k, v in value.items()}
+    return value
+
+
+_NUMBER_TEXT = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?:/\s*(\d+\.?\d*)\s*)?")
+# keys of a resolved config that say where the run goes or record the recipe, not what it does
+_NOT_THE_RUN = ("out.",) + tuple(f"recipe.{k}" for k in RECIPE_RECORD_KEYS)
+
+
+def _refuse_same_runs(spec: SweepSpec, configs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Two cells whose resolved configs mean the same run (``eps = [0.1, "0.1"]``) would train it
+    twice under two names: a ``SweepError`` names them."""
+    first: Dict[str, str] = {}
+    same: List[str] = []
+    for name, cfg in configs.items():
+        threat = C.threat_of(cfg)  # the norm and eps it means, however they were written
+        run = {k: v for k, v in C.flatten({**cfg, "threat": {"norm": threat.norm, "eps": threat.eps}})}
+        run = {k: v for k, v in run.items() if not k.startswith(_NOT_THE_RUN)}
+        key = _canon(_meaning(run))
+        if key in first:
+            cells = {c.name: c.overrides for c in spec.cells}
+            a, b = cells[first[key]], cells[name]
+            shown = ", ".join(f"{k} {_canon(a[k])} and {_canon(b[k])}" for k in a if _canon(a[k]) != _canon(b[k]))
+            same.append(f"cells {first[key]} and {name} are the same run ({shown} mean the same)")
+        else:
+            first[key] = name
+    if len(same) == 1:
+        raise SweepError(f"sweep file {spec.path}: {same[0]}; list each value once")
+    if same:
+        raise SweepError(
+            f"sweep file {spec.path}: {len(same)} cells repeat another (list each value once), nothing was started:\n"
+            + "\n".join(f"  - {x}" for x in same)
+        )

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from harness import config as C
 from harness.core.errors import HarnessError
+from harness.core.lock import describe as describe_owner
 from harness.core.rundir import RunDir, now_iso
 from harness.core.sweepdir import SweepDir
 from harness.sweep.cell import CellSpec
@@ -123,6 +124,9 @@ def cell_state(sweep: SweepDir, cell: Cell, job: Optional[Mapping[str, Any]] = N
         return CellState(cell, "finished", "", False, epochs)
     if status == "failed":
         return CellState(cell, "failed", str(env.get("error") or "failed"), False, epochs)
+    owner = run.holder() if run.path.is_dir() else None
+    if owner is not None:  # its run is owned by a live process (a cell's job, its torchrun, or a user's resume)
+        return CellState(cell, "running", f"owned by {describe_owner(owner)}", True, epochs)
     live, where = _liveness(sweep, job, record)  # an interrupted run may be requeued and queued again
     if live:
         state = "running" if run.config_path.exists() or (attempts and attempts[-1].get("ended") is None) else "pending"
@@ -195,6 +199,11 @@ class _Sweep:
         self.job_of: Dict[str, Optional[Dict[str, Any]]] = {
             c.get("name"): c.get("job") for c in old.get("cells", []) if isinstance(c, Mapping)
         }
+        # the folder's cells with runs that this grid does not list: kept in the manifest (and the table)
+        self.taken, self.kept = grid_change(self.sweep, spec, old)
+        previous = list(old.get("previous_grids") or [])
+        if self.taken is not None and old.get("sweep_file_sha256") != spec.sha256:
+            previous.append({"sweep_file": old.get("sweep_file"), "sweep_file_sha256": old.get("sweep_file_sha256")})
         self.manifest: Dict[str, Any] = {
             "sweep_file": str(spec.path.resolve()),
             "sweep_file_sha256": spec.sha256,
@@ -206,6 +215,8 @@ class _Sweep:
             "cells": [],
             "comparison": old.get("comparison"),
         }
+        if previous:
+            self.manifest["previous_grids"] = previous
 
     def spec_of(self, cell: Cell) -> CellSpec:
         return CellSpec(cell.name, str(self.sweep.path.resolve()), self.configs[cell.name], self.gpus)
@@ -215,7 +226,7 @@ class _Sweep:
         self.manifest["cells"] = [
             {"name": c.name, "overrides": c.overrides, "run_dir": c.name, "job": self.job_of.get(c.name)}
             for c in self.spec.cells
-        ]
+        ] + [dict(c, kept_from_previous_grid=True) for c in self.kept]
         self.sweep.write_manifest(self.manifest)
 
     def record_job(self, cell: Cell, job: Any) -> None:
@@ -228,3 +239,39 @@ class _Sweep:
 
     def states(self) -> List[CellState]:
         return [cell_state(self.sweep, c, self.job_of.get(c.name)) for c in self.spec.cells]
+
+
+def grid_change(
+    sweep: SweepDir, spec: SweepSpec, manifest: Optional[Mapping[str, Any]]
+) -> Tuple[Optional[str], List[Dict[str, Any]]]:
+    """Whether running ``spec`` in ``sweep`` would take the folder from the grid that owns it:
+    (why, or None; the folder's cells that have a run directory and that ``spec`` does not list).
+    The folder belongs to the grid file named in its manifest (by path, or by content when the
+    file was moved); the same file may grow, never silently drop a cell that ran, since the
+    comparison table is made of the manifest's cells."""
+    if not manifest:
+        return None, []
+    names = {c.name for c in spec.cells}
+    dropped = [
+        dict(c)
+        for c in manifest.get("cells") or []
+        if isinstance(c, Mapping)
+        and c.get("name") not in names
+        and c.get("run_dir")
+        and (sweep.path / str(c["run_dir"]) / RunDir.CONFIG).is_file()
+    ]
+    owner = str(manifest.get("sweep_file") or "?")
+    same_file = owner == str(spec.path.resolve()) or manifest.get("sweep_file_sha256") == spec.sha256
+    keep = f"--force to run it here anyway (the folder's {len(dropped)} other cell(s) stay in its table)"
+    if not same_file:
+        return (
+            f"{sweep.path} holds the sweep of another grid file, {owner} ({len(manifest.get('cells') or [])} cells); "
+            f"use another --out for {spec.path}, or {keep}"
+        ), dropped
+    if dropped:
+        shown = ", ".join(str(c.get("name")) for c in dropped[:3]) + (" ..." if len(dropped) > 3 else "")
+        return (
+            f"{spec.path} no longer lists {len(dropped)} cell(s) that ran in {sweep.path} ({shown}), which would "
+            f"drop out of its table: list them again, use another --out, or {keep}"
+        ), dropped
+    return None, []
