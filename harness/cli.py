@@ -46,6 +46,18 @@ def _nonneg_int(text: str) -> int:
     return v
 
 
+def _seed(text: str) -> int:
+    """A seed from 0 to ``harness.core.seeds.MAX_SEED`` (no seed derived from it overflows)."""
+    from harness.core.errors import ConfigError
+    from harness.core.seeds import check_seed
+
+    v = _nonneg_int(text)
+    try:
+        return check_seed(v)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -115,7 +127,7 @@ def _add_run(sub: Any) -> None:
         default=S,
         help="under torchrun: SyncBatchNorm over the global batch (CUDA only; default: BatchNorm per process)",
     )
-    p.add_argument("--seed", dest="seed", type=_nonneg_int, default=S)
+    p.add_argument("--seed", dest="seed", type=_seed, default=S)
     p.add_argument("--device", dest="device", default=S, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", dest="precision", default=S, help="auto, fp32, bf16 or fp16 (mixed precision on GPU)")
     p.add_argument(
@@ -195,7 +207,7 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--checkpoint", default="best", help="best, last, epoch-N or all (default best)")
     _common_eval_flags(p, config_dests=False)
     p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=_nonneg_int, default=None, help="attack seed (default: the run's seed)")
+    p.add_argument("--seed", type=_seed, default=None, help="attack seed (default: the run's seed)")
     p.add_argument("--force", action="store_true", help="re-run even if a finished result exists")
 
 
@@ -252,7 +264,7 @@ def _add_audit(sub: Any) -> None:
     _common_eval_flags(p, config_dests=False)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default=None, help="folder for the audit report (default audits/NAME-TIMESTAMP)")
 
 

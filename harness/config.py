@@ -22,6 +22,7 @@ from attacks.suites import get_suite
 from defenses.registry import DEFENSES
 from harness.core.errors import ConfigError
 from harness.core.rundir import run_dir_name
+from harness.core.seeds import MAX_SPLIT_SEED, check_seed
 from harness.core.threat import ThreatModel
 from harness.curriculum import check as check_curriculum
 from harness.data import DATASETS
@@ -408,7 +409,8 @@ def check(cfg: Mapping[str, Any]) -> None:
     """Type and range checks that do not need torch. Raises ``ConfigError`` on the first problem."""
     ThreatModel.from_dict(cfg["threat"])
     check_train(cfg["train"])
-    _int(cfg, "seed", minimum=0)
+    check_seed(cfg.get("seed"))  # bounded so that no seed derived from it overflows (harness.core.seeds)
+    check_seed(cfg["data"].get("split_seed"), "data.split_seed", MAX_SPLIT_SEED)
     _int(cfg["train"], "epochs", minimum=1, where="train.")
     _int(cfg["train"], "batch_size", minimum=1, where="train.")
     if cfg["data"].get("val_size") is not None:

@@ -821,3 +821,59 @@ def test_ranks_orphaned_by_a_killed_torchrun_agent_keep_the_run_until_rank_0_end
     while time.time() < deadline and any(_pid_alive(p) for p in ranks):
         time.sleep(0.1)
     assert run.holder() is None  # rank 0 is gone, and its lock with it
+
+
+# -- seeds bounded where they are parsed ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--seed", str(2**64)],  # was a ValueError traceback in harness/training.py
+        ["run", "--seed", str(2**63), "--dry-run"],  # was accepted, then three checks failed to run
+        ["run", "--set", f"seed={2**63}", "--dry-run"],
+        ["run", "--set", f"data.split_seed={2**32}", "--dry-run"],  # numpy's RandomState takes no more
+        ["eval", "runs/x", "--seed", str(2**63)],
+        ["audit", "--model", "m.py:f", "--dataset", "digits", "--eps", "0.1", "--claim", "0.5", "--seed", str(2**63)],
+    ],
+)
+def test_a_seed_beyond_what_the_generators_take_is_one_line(capsys, argv):
+    from harness.core.seeds import MAX_SEED
+
+    code, out, err = _cli(capsys, *argv)
+    line = _one_line(err)
+    assert code == 2 and "must be an integer >= 0 and at most" in line
+    assert f"at most {MAX_SEED} (the largest whose derived seeds fit" in line or "at most 4294967295" in line
+
+
+def test_a_seed_in_a_config_file_or_a_sweep_is_bounded_too(tmp_path, capsys):
+    from harness import sweep as S
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"dataset": "digits", "seed": 2**63}))
+    code, _, err = _cli(capsys, "run", "--config", str(cfg), "--dry-run")
+    assert code == 2 and "seed must be an integer >= 0 and at most" in _one_line(err)
+    grid = tmp_path / "g.toml"
+    grid.write_text(f'dataset = "digits"\n[sweep]\nseed = [0, {2**63}]\n')
+    with pytest.raises(S.SweepError, match=f"cell seed-{2**63}: seed must be an integer >= 0 and at most"):
+        S.resolve_cells(S.read_sweep_file(grid), tmp_path / "s")
+
+
+def test_the_largest_seed_runs_every_check_and_one_more_would_overflow():
+    """``MAX_SEED``: every generator seeded from it takes it (the checks' seed * 1_000_003 + crc32
+    included: the three checks that failed to run at 2**63 run); past it, the checks' would not."""
+    import torch
+    from torch import nn as tnn
+
+    import harness
+    from harness.core.seeds import CHECK_SEED_FACTOR, MAX_SEED
+
+    torch.manual_seed(0)
+    model = tnn.Sequential(tnn.Flatten(), tnn.Linear(64, 10))
+    x, y = torch.rand(24, 1, 8, 8), torch.randint(0, 10, (24,))
+    r = harness.evaluate(model, (x, y), eps=0.1, suite="smoke", seed=MAX_SEED)
+    assert [f.check for f in r.findings if "could not run" in str(f.message)] == []
+    assert {f.check for f in r.findings} >= {"gradients", "fgsm-vs-pgd", "eps-sweep"}
+    torch.Generator().manual_seed(MAX_SEED * CHECK_SEED_FACTOR + 2**32 - 1)
+    with pytest.raises((ValueError, RuntimeError)):
+        torch.Generator().manual_seed((MAX_SEED + 1) * CHECK_SEED_FACTOR + 2**32 - 1)
