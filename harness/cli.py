@@ -288,7 +288,9 @@ def _add_export(sub: Any) -> None:
     ):
         p.add_argument(flag, default=None, help=f"the card's {what}")
     p.add_argument(
-        "--force", action="store_true", help="export even an evaluation whose verdict is unreliable (the card says so)"
+        "--force",
+        action="store_true",
+        help="export even an unfinished run, or an evaluation whose verdict is unreliable (the card says so)",
     )
 
 
@@ -365,6 +367,7 @@ def cmd_run(ns: Dict[str, Any]) -> int:
 
         file_cfg = api.C.load_config_file(config) if config is not None else {}
         cfg = api.resolve_config(file_cfg, **settings)
+        _check_as_a_run_would(cfg)
         sys.stdout.write(api.config_text(cfg))
         sys.stdout.flush()
         # stdout stays a valid --config; what it means, with each value's source, goes to stderr
@@ -374,6 +377,16 @@ def cmd_run(ns: Dict[str, Any]) -> int:
         run = api.train(config=config, **settings)
     _print_run_summary(run.outcome)
     return 0
+
+
+def _check_as_a_run_would(cfg: Dict[str, Any]) -> None:
+    """What ``harness run`` refuses before it trains and ``--dry-run`` must refuse too: a logger
+    whose package is missing, and under torchrun a global batch the processes cannot share."""
+    from harness import distributed
+    from harness.loggers import build_loggers
+
+    build_loggers(cfg)
+    distributed.per_rank_batch(int(cfg["train"]["batch_size"]))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

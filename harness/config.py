@@ -25,6 +25,7 @@ from harness.core.rundir import run_dir_name
 from harness.core.seeds import MAX_SPLIT_SEED, check_seed
 from harness.core.threat import ThreatModel
 from harness.curriculum import check as check_curriculum
+from harness.curriculum import check_new as check_new_curriculum
 from harness.data import DATASETS
 from harness.loggers import LOGGERS
 from harness.models import MODELS
@@ -375,6 +376,7 @@ def resolve(
     cfg = deep_merge(cfg, flags)
     recipes.finish(cfg, resolved)
     check(cfg)
+    check_new_curriculum(cfg)  # a new run only: a saved one is read as it was
     check_names(cfg)
     return cfg  # type: ignore[return-value]
 

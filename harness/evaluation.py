@@ -502,6 +502,7 @@ def evaluate_checkpoints(
     *,
     force: bool = False,
     progress: bool = False,
+    n_requested: Optional[int] = None,
 ) -> List[Tuple[Dict[str, Any], str]]:
     """Evaluate each named checkpoint of ``run`` under ``setting`` and write eval/SUITE--CKPT.json.
 
@@ -510,10 +511,14 @@ def evaluate_checkpoints(
     result of another checkpoint holding identical weights). A stored result whose weights have
     changed since (or that predates weight digests) is evaluated again. This process (rank 0
     under torchrun) owns the run meanwhile (``RunDir.lock``; the pipeline that trains it already
-    does): a run that another live process trains or evaluates is refused (``RunInUse``)."""
+    does): a run that another live process trains or evaluates is refused (``RunInUse``).
+    ``n_requested``: the n asked for, when ``setting.n`` was cut to the test split's size (each
+    result then records it as ``data.n_requested``)."""
     with contextlib.ExitStack() as owned:
         distributed.hold_on_writer(owned, lambda: run.lock("harness eval"))
-        return _evaluate_checkpoints(run, ctx, setting, checkpoints, force=force, progress=progress)
+        return _evaluate_checkpoints(
+            run, ctx, setting, checkpoints, force=force, progress=progress, n_requested=n_requested
+        )
 
 
 # size: one loop over checkpoints with its three outcomes (evaluated, stored, same weights) side by side
@@ -525,9 +530,14 @@ def _evaluate_checkpoints(
     *,
     force: bool,
     progress: bool,
+    n_requested: Optional[int],
 ) -> List[Tuple[Dict[str, Any], str]]:
     names = run.available_checkpoints() if list(checkpoints) == ["all"] else list(checkpoints)
     x, y = ctx.data.test.first(int(setting.n or len(ctx.data.test)))
+    if setting.n is not None and setting.n > int(x.shape[0]):  # (RunContext.eval_setting cuts n and says so)
+        log.warning("n=%d exceeds the test split (%d); using all %d", setting.n, int(x.shape[0]), int(x.shape[0]))
+    asked = max(int(setting.n or 0), int(n_requested or 0))
+    cut = asked > int(x.shape[0])  # recorded in each result: data.n_requested
     surrogate = ctx.data.train.first(min(len(ctx.data.train), SURROGATE_POINTS))
     by_weights: Dict[str, Tuple[str, Dict[str, Any]]] = {}
     # what is stored is read by rank 0 and handed to every rank, so all decide alike even while rank 0 writes
@@ -582,6 +592,7 @@ def _evaluate_checkpoints(
                     "dataset": ctx.config["dataset"],
                     "split": "test",
                     "n": int(x.shape[0]),
+                    **({"n_requested": asked} if cut else {}),
                     "subset": "first n in fixed order",
                     "source": ctx.data.source,
                 },

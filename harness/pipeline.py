@@ -108,7 +108,12 @@ def _pipeline(
         if evaluate:
             ev = ctx.config["eval"]
             results = evaluate_checkpoints(
-                run, ctx, ctx.eval_setting(), list(ev["checkpoints"]), progress=_shows_progress(progress)
+                run,
+                ctx,
+                ctx.eval_setting(),
+                list(ev["checkpoints"]),
+                progress=_shows_progress(progress),
+                n_requested=ev.get("n"),  # recorded in the results when the test split is smaller
             )
             loggers.log_final(doc for doc, _ in results)
         # the report says "finished" only if the status is written before it is rendered

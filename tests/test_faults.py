@@ -877,3 +877,40 @@ def test_the_largest_seed_runs_every_check_and_one_more_would_overflow():
     torch.Generator().manual_seed(MAX_SEED * CHECK_SEED_FACTOR + 2**32 - 1)
     with pytest.raises((ValueError, RuntimeError)):
         torch.Generator().manual_seed((MAX_SEED + 1) * CHECK_SEED_FACTOR + 2**32 - 1)
+
+
+# -- the dry run checks what the run would refuse --------------------------------------------------
+
+
+def test_a_dry_run_refuses_a_logger_whose_package_is_missing(capsys, monkeypatch):
+    from harness.loggers import LOGGERS
+
+    entry = LOGGERS.entry("tensorboard")
+    monkeypatch.setitem(entry.meta, "package", "harness_no_such_package")
+    code, _, err = _cli(capsys, "run", "--dataset", "digits", "--log", "tensorboard", "--dry-run")
+    line = _one_line(err)
+    assert code == 2 and "--log tensorboard needs the harness_no_such_package package" in line
+
+
+def test_a_dry_run_under_torchrun_refuses_a_batch_the_processes_cannot_share(capsys, monkeypatch):
+    from harness import distributed
+
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=0, size=2, local_rank=0, local_size=2))
+    code, _, err = _cli(capsys, "run", "--dataset", "digits", "--batch-size", "3", "--dry-run")
+    line = _one_line(err)
+    assert code == 2 and "train.batch_size 3 does not divide among 2 processes" in line
+
+
+# -- --n beyond the split is cut, said and recorded ------------------------------------------------
+
+
+def test_n_beyond_the_test_split_is_cut_with_a_warning_and_recorded(tmp_path, capsys):
+    """``harness run --n 100000`` on a smaller test split: every point is evaluated, stderr says
+    so, and the results record what was asked for (the report's n is then not mistaken for it)."""
+    quick = list(QUICK)
+    quick[quick.index("--n") + 1] = "100000"
+    code, _, err = _cli(capsys, "run", "--defense", "erm", *quick, "--out", str(tmp_path), "--name", "r")
+    assert code == 0, err
+    data = json.loads((tmp_path / "r" / "eval" / "smoke--best.json").read_text())["data"]
+    assert data["n_requested"] == 100000 and data["n"] < 100000
+    assert f"n=100000 exceeds the test split ({data['n']}); using all {data['n']}" in err

@@ -366,3 +366,40 @@ def test_a_kill_at_any_line_of_creating_a_run_folder_leaves_nothing_or_a_run_to_
     for root in left:
         RunDir.create(root, "another")
         assert list((root / rundir_module.BUILDING).iterdir()) == [], root
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_a_full_disk_says_whether_a_previous_version_was_kept(tmp_path, exists):
+    """The ENOSPC message said "the previous version is kept" when there had been none."""
+    import errno
+
+    p = tmp_path / "last.pt"
+    if exists:
+        atomic_write_text(p, "epoch 1\n")
+
+    def full(f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError) as e:
+        hio._atomic(p, full)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(p)
+    if exists:
+        assert e.value.strerror == "No space left on device; the previous version is kept"
+        assert p.read_text() == "epoch 1\n"
+    else:
+        assert e.value.strerror == "No space left on device; it had no previous version and was not written"
+        assert not p.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_torch_short_write_of_a_first_checkpoint_says_none_was_kept(tmp_path, monkeypatch):
+    import torch
+
+    def short(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4416 vs 4310")
+
+    monkeypatch.setattr(torch, "save", short)
+    with pytest.raises(OSError) as e:
+        hio.atomic_torch_save(tmp_path / "last.pt", {})
+    assert "disk may be full" in e.value.strerror and "no previous version" in e.value.strerror
+    assert "previous version is kept" not in e.value.strerror
