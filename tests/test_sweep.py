@@ -615,35 +615,44 @@ def test_a_cell_whose_run_another_process_owns_reads_running_and_is_left_to_it(t
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_cell_killed_while_its_run_folder_is_made_runs_on_the_next_sweep(tmp_path):
-    """The cell's process killed at the first moment its run folder exists (found by killing it
-    at each moment in turn): the next sweep finishes the cell. Before the fix that moment left a
-    folder without config.json: the cell failed ("already exists, use --resume"), and failed again
-    with --retry-failed."""
-    from kill_points import first_kill_leaving
+    """The cell's process killed at each moment from the first at which its run folder exists to
+    the first at which its config.json does (each found by killing it at moments in turn): the
+    folder is then always empty (``harness run`` takes it) or has its config (``--resume``
+    continues it), and the next sweep finishes the cell. Before the fix a kill in between left a
+    folder with checkpoints/ and no config.json: the cell failed ("already exists, use --resume"),
+    and failed again with --retry-failed."""
+    from kill_points import first_kill_leaving, killed_at
 
-    import harness.api  # noqa: F401 - imported once here, not in every forked try
     import harness.core.io as io_module
-    import harness.core.lock as lock_module
     import harness.core.rundir as rundir_module
+    from harness.context import RunContext
+    from harness.training import Trainer
 
     p = _grid(tmp_path, "seed = [0]\n")
-    spec = S.read_sweep_file(p)
     sweep = tmp_path / "sweeps" / "grid"
-    cell = S.CellSpec("seed-0", str(sweep.resolve()), S.resolve_cells(spec, sweep)["seed-0"])
-    files = [m.__file__ for m in (rundir_module, lock_module)]
-    first_kill_leaving(
-        lambda: (sweep / "seed-0").exists(),
-        files,
-        lambda: S.run_cell(cell),
+    cell = S.CellSpec("seed-0", str(sweep.resolve()), S.resolve_cells(S.read_sweep_file(p), sweep)["seed-0"])
+    Trainer(RunContext.from_config(cell.config))  # what a run imports and loads, once here, not in every forked try
+    folder = sweep / "seed-0"
+    kill = dict(
+        files=[rundir_module.__file__],
+        fn=lambda: S.run_cell(cell),
         calls=[io_module.__file__],
         reset=lambda: shutil.rmtree(sweep, ignore_errors=True),
     )
-    assert (sweep / "seed-0").exists()
+    exists = first_kill_leaving(folder.exists, **kill)
+    configured = first_kill_leaving((folder / "config.json").exists, **kill)
+    for k in range(exists, configured):
+        kill["reset"]()
+        killed_at(k, kill["files"], kill["fn"], calls=kill["calls"])
+        assert not any(folder.iterdir()), f"a kill at moment {k} left {sorted(q.name for q in folder.iterdir())}"
+    kill["reset"]()
+    killed_at(max(exists, configured - 1), kill["files"], kill["fn"], calls=kill["calls"])
+    assert folder.exists()
     status = _harness("sweep", str(p), "--status", cwd=tmp_path, timeout=120)
     assert status.returncode == 0 and "failed" not in status.stdout, status.stdout
     done = _harness("sweep", str(p), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _env(sweep / "seed-0")["status"] == "finished"
+    assert _env(folder)["status"] == "finished"
 
 
 def test_a_missing_logger_package_is_refused_for_the_whole_grid_before_anything_runs(tmp_path, monkeypatch):

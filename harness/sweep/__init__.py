@@ -20,13 +20,19 @@ list of tables of key = value; a cell matching every pair of one entry is droppe
     gpus_per_job = 1
 
 Invariants:
-- Every cell's config is resolved and checked (``config.resolve`` and ``training.plan``, without
-  data) before anything is written; all bad cells are reported together and nothing starts.
+- A grid is counted before it is expanded: at most ``MAX_CELLS`` (before excludes). Every cell's
+  config is resolved and checked (``config.resolve`` and ``training.plan``, without data, and its
+  loggers' packages) before anything is written; all bad cells are reported together and nothing
+  starts. Two cells that mean the same run (values written differently: ``0.1``, ``"0.1"``) are
+  refused.
+- A sweep folder belongs to the grid file in its manifest; another grid runs there only with
+  ``force``, and the folder's cells stay in its manifest and table (``state.grid_change``).
 - A cell is an ordinary run directory ``SWEEP/NAME``; NAME is made from the cell's overrides
   alone (``cell_names``), so a re-run finds it. Precedence inside a cell: defaults < the defense's
   recipe < the sweep file's base < the cell's overrides; ``out`` belongs to the sweep.
 - The state of a cell is read from disk (its run directory's ``env.json``, its record in
-  ``cells/``) and from the liveness of the job that last ran it, never kept in memory: a re-run
+  ``cells/``) and from the liveness of the process that owns its run (the run folder's lock,
+  ``harness.core.lock``) or of the job that last ran it, never kept in memory: a re-run
   skips finished cells, resumes interrupted ones (``harness.train(resume=RUN_DIR)``), waits
   for cells still running under an earlier driver, and never trains a finished cell again.
   Failed cells are retried only with ``retry_failed``.
@@ -65,13 +71,23 @@ from harness.sweep.executors import (
     slurm_parameters,
     slurm_script,
 )
-from harness.sweep.grid import RESERVED_KEYS, Cell, SweepError, SweepSpec, cell_names, read_sweep_file, resolve_cells
+from harness.sweep.grid import (
+    MAX_CELLS,
+    RESERVED_KEYS,
+    Cell,
+    SweepError,
+    SweepSpec,
+    cell_names,
+    read_sweep_file,
+    resolve_cells,
+)
 from harness.sweep.state import STATES, CellState, cell_state, cell_states
 from harness.sweep.table import status_table
 
 __all__ = [
     "EXECUTORS",
     "LOCAL_TIMEOUT_MIN",
+    "MAX_CELLS",
     "RESERVED_KEYS",
     "SLURM_KEYS",
     "STATES",
