@@ -47,6 +47,18 @@ def _nonneg_int(text: str) -> int:
     return v
 
 
+def _seed(text: str) -> int:
+    """A seed from 0 to ``harness.core.seeds.MAX_SEED`` (no seed derived from it overflows)."""
+    from harness.core.errors import ConfigError
+    from harness.core.seeds import check_seed
+
+    v = _nonneg_int(text)
+    try:
+        return check_seed(v)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -136,7 +148,7 @@ def _add_run(sub: Any) -> None:
         default=S,
         help="under torchrun: SyncBatchNorm over the global batch (CUDA only; default: BatchNorm per process)",
     )
-    p.add_argument("--seed", dest="seed", type=_nonneg_int, default=S)
+    p.add_argument("--seed", dest="seed", type=_seed, default=S)
     p.add_argument("--device", dest="device", default=S, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", dest="precision", default=S, help="auto, fp32, bf16 or fp16 (mixed precision on GPU)")
     p.add_argument(
@@ -216,7 +228,7 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--checkpoint", default="best", help="best, last, epoch-N or all (default best)")
     _common_eval_flags(p, config_dests=False)
     p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=_nonneg_int, default=None, help="attack seed (default: the run's seed)")
+    p.add_argument("--seed", type=_seed, default=None, help="attack seed (default: the run's seed)")
     p.add_argument("--force", action="store_true", help="re-run even if a finished result exists")
 
 
@@ -276,7 +288,7 @@ def _add_audit(sub: Any) -> None:
     _common_eval_flags(p, config_dests=False)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default=None, help="folder for the audit report (default audits/NAME-TIMESTAMP)")
     p.add_argument(
         "--timeout",
@@ -314,7 +326,9 @@ def _add_export(sub: Any) -> None:
     ):
         p.add_argument(flag, default=None, help=f"the card's {what}")
     p.add_argument(
-        "--force", action="store_true", help="export even an evaluation whose verdict is unreliable (the card says so)"
+        "--force",
+        action="store_true",
+        help="export even an unfinished run, or an evaluation whose verdict is unreliable (the card says so)",
     )
 
 
@@ -367,6 +381,7 @@ def cmd_run(ns: Dict[str, Any]) -> int:
 
         file_cfg = api.C.load_config_file(config) if config is not None else {}
         cfg = api.resolve_config(file_cfg, **settings)
+        _check_as_a_run_would(cfg)
         sys.stdout.write(api.config_text(cfg))
         sys.stdout.flush()
         # stdout stays a valid --config; what it means, with each value's source, goes to stderr
@@ -376,6 +391,16 @@ def cmd_run(ns: Dict[str, Any]) -> int:
         run = api.train(config=config, **settings)
     _print_run_summary(run.outcome)
     return 0
+
+
+def _check_as_a_run_would(cfg: Dict[str, Any]) -> None:
+    """What ``harness run`` refuses before it trains and ``--dry-run`` must refuse too: a logger
+    whose package is missing, and under torchrun a global batch the processes cannot share."""
+    from harness import distributed
+    from harness.loggers import build_loggers
+
+    build_loggers(cfg)
+    distributed.per_rank_batch(int(cfg["train"]["batch_size"]))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

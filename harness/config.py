@@ -22,8 +22,10 @@ from attacks.suites import Suite
 from defenses.registry import DEFENSES
 from harness.core.errors import ConfigError
 from harness.core.rundir import run_dir_name
+from harness.core.seeds import MAX_SPLIT_SEED, check_seed
 from harness.core.threat import ThreatModel
 from harness.curriculum import check as check_curriculum
+from harness.curriculum import check_new as check_new_curriculum
 from harness.data import DATASETS
 from harness.loggers import LOGGERS
 from harness.models import MODELS
@@ -379,6 +381,7 @@ def resolve(
     cfg = deep_merge(cfg, flags)
     recipes.finish(cfg, resolved)
     check(cfg)
+    check_new_curriculum(cfg)  # a new run only: a saved one is read as it was
     check_names(cfg)
     return cfg  # type: ignore[return-value]
 
@@ -413,7 +416,8 @@ def check(cfg: Mapping[str, Any]) -> None:
     """Type and range checks that do not need torch. Raises ``ConfigError`` on the first problem."""
     ThreatModel.from_dict(cfg["threat"])
     check_train(cfg["train"])
-    _int(cfg, "seed", minimum=0)
+    check_seed(cfg.get("seed"))  # bounded so that no seed derived from it overflows (harness.core.seeds)
+    check_seed(cfg["data"].get("split_seed"), "data.split_seed", MAX_SPLIT_SEED)
     _int(cfg["train"], "epochs", minimum=1, where="train.")
     _int(cfg["train"], "batch_size", minimum=1, where="train.")
     if cfg["data"].get("val_size") is not None:

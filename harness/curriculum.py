@@ -11,7 +11,8 @@ The ``curriculum`` config section (saved in config.json like every other setting
 - ``schedule = "points"``: ``points`` is a list of ``[epoch, eps]`` / ``[epoch, eps, steps]`` (or
   tables ``{epoch = 3, eps = "4/255", steps = 5}``, either key optional but one): from each point's
   epoch on, until the next point, the training attack runs at that eps (text or number, at most the
-  threat model's) and steps; before the first point, at full strength.
+  threat model's) and steps; before the first point, at full strength. A point after the last
+  epoch (``train.epochs``) would never be used and is refused.
 
 Only the training attack changes: the threat model that selection and evaluation use stays the
 one configured. A step size given as an expression of eps (``"2.5*eps/steps"``) follows the scheduled
@@ -144,6 +145,21 @@ def check(cfg: Mapping[str, Any]) -> None:
             f"curriculum steps {max(steps_scheduled)} must stay below the selection attack's {selection_steps} "
             "steps (the selection attack must out-step the training attack)"
         )
+
+
+def check_new(cfg: Mapping[str, Any]) -> None:
+    """What a new run's curriculum must also satisfy (a saved run is read as it was): no point
+    after the last epoch, where it would never be used."""
+    c = section(cfg)
+    if c["schedule"] != "points":
+        return
+    epochs = (cfg.get("train") or {}).get("epochs")
+    for i, p in enumerate(_points(c, ThreatModel.from_dict(cfg["threat"]))):
+        if isinstance(epochs, int) and p.epoch > epochs:
+            raise ConfigError(
+                f"curriculum.points[{i}] starts at epoch {p.epoch}, after the last one (train.epochs = {epochs}): "
+                "it would never be used; drop it, or train longer"
+            )
 
 
 def strength_at(cfg: Mapping[str, Any], epoch: int, threat: ThreatModel, steps: int) -> Point:

@@ -43,7 +43,7 @@ import platform
 import signal
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Tuple, TypeVar, Union
 
 import torch
 import torch.distributed as dist
@@ -320,6 +320,18 @@ def on_writer(fn: Callable[[], T]) -> T:
     if sent[1] is not None:
         raise HarnessError(sent[1])
     return sent[0]
+
+
+def hold_on_writer(stack: contextlib.ExitStack, take: Callable[[], ContextManager[Any]]) -> None:
+    """``take()`` (a lock: ``RunDir.lock``) entered on rank 0 alone and held until ``stack``
+    closes; its refusal (``RunInUse``) is raised on every rank, so no rank goes on without it.
+    Under torchrun the run's folder is owned by rank 0 itself, not by torchrun's agent: ranks
+    orphaned by a killed agent keep the folder until rank 0 ends."""
+
+    def enter() -> None:
+        stack.enter_context(take())
+
+    on_writer(enter)
 
 
 def sum_counts(counts: Mapping[str, Any]) -> Dict[str, Any]:

@@ -33,6 +33,7 @@ is recomputed, and identical weights (``best`` is often the last epoch) are eval
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -688,7 +689,6 @@ def _stored(run: RunDir, suite: str, checkpoint: str) -> Optional[EvalResult]:
     return EvalResult.coerce(doc) if doc is not None else None
 
 
-# size: one loop over checkpoints with its three outcomes (evaluated, stored, same weights) side by side
 def evaluate_checkpoints(
     run: RunDir,
     ctx: RunContext,
@@ -697,15 +697,42 @@ def evaluate_checkpoints(
     *,
     force: bool = False,
     progress: bool = False,
+    n_requested: Optional[int] = None,
 ) -> List[Tuple[EvalResult, str]]:
     """Evaluate each named checkpoint of ``run`` under ``setting`` and write eval/SUITE--CKPT.json.
 
     Returns (result, how) per checkpoint, ``how`` one of "evaluated", "stored" (an earlier result
     for the same weights and setting, untouched) or "same weights as CKPT" (copied from the
     result of another checkpoint holding identical weights). A stored result whose weights have
-    changed since (or that predates weight digests) is evaluated again."""
+    changed since (or that predates weight digests) is evaluated again. This process (rank 0
+    under torchrun) owns the run meanwhile (``RunDir.lock``; the pipeline that trains it already
+    does): a run that another live process trains or evaluates is refused (``RunInUse``).
+    ``n_requested``: the n asked for, when ``setting.n`` was cut to the test split's size (each
+    result then records it as ``data.n_requested``)."""
+    with contextlib.ExitStack() as owned:
+        distributed.hold_on_writer(owned, lambda: run.lock("harness eval"))
+        return _evaluate_checkpoints(
+            run, ctx, setting, checkpoints, force=force, progress=progress, n_requested=n_requested
+        )
+
+
+# size: one loop over checkpoints with its three outcomes (evaluated, stored, same weights) side by side
+def _evaluate_checkpoints(
+    run: RunDir,
+    ctx: RunContext,
+    setting: EvalSetting,
+    checkpoints: Sequence[str],
+    *,
+    force: bool,
+    progress: bool,
+    n_requested: Optional[int],
+) -> List[Tuple[EvalResult, str]]:
     names = run.available_checkpoints() if list(checkpoints) == ["all"] else list(checkpoints)
     x, y = ctx.data.test.first(int(setting.n or len(ctx.data.test)))
+    if setting.n is not None and setting.n > int(x.shape[0]):  # (RunContext.eval_setting cuts n and says so)
+        log.warning("n=%d exceeds the test split (%d); using all %d", setting.n, int(x.shape[0]), int(x.shape[0]))
+    asked = max(int(setting.n or 0), int(n_requested or 0))
+    cut = asked > int(x.shape[0])  # recorded in each result: data.n_requested
     surrogate = ctx.data.train.first(min(len(ctx.data.train), SURROGATE_POINTS))
     by_weights: Dict[str, Tuple[str, EvalResult]] = {}
     # what is stored is read by rank 0 and handed to every rank, so all decide alike even while rank 0 writes
@@ -759,7 +786,12 @@ def evaluate_checkpoints(
                 env["distributed"] = world
             doc.checkpoint, doc.checkpoint_epoch = name, ck.epoch
             doc.data = EvalData(
-                ctx.spec.dataset, "test", int(x.shape[0]), "first n in fixed order", source=ctx.data.source
+                ctx.spec.dataset,
+                "test",
+                int(x.shape[0]),
+                "first n in fixed order",
+                source=ctx.data.source,
+                n_requested=asked if cut else None,
             )
             doc.weights_sha256, doc.checkpoint_file = ck.sha256, ck.file
             doc.env = EnvRecord.from_json(env)

@@ -39,6 +39,7 @@ object, which RobustBench's readers ignore.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -54,6 +55,8 @@ from harness.data import load_dataset
 from harness.evaluation import Checkpoint
 from harness.models import model_for
 from harness.spec import RunSpec
+
+log = logging.getLogger("harness.export")
 
 # the fields every RobustBench Linf / L2 leaderboard file has, and the optional ones (see above)
 ROBUSTBENCH_FIELDS = (
@@ -112,22 +115,59 @@ def pick_result(run: RunDir, checkpoint: str, suite: Optional[str]) -> Dict[str,
     named suite if given, else the run's own suite first, then the largest n."""
     cfg = run.read_config()
     found, others = [], []
-    for s, ck, res in run.eval_results():
+    errors: List[str] = []
+    for s, ck, res in run.eval_results(errors):
         if ck != checkpoint or (suite is not None and s != suite):
             continue
         (found if autoattack_stage(res) is not None else others).append((s, res))
+    damaged = [e for e in errors if _is_result_of(e, run, checkpoint, suite)]
     if not found:
         what = f"suite {suite!r}" if suite else "any suite"
         suites = ", ".join(sorted({s for s, _ in others}))
         seen = f" (evaluated with {suites}, none running AutoAttack standard first)" if others else ""
+        if damaged:  # the evaluation may be there, unreadable: name the file rather than say none ran
+            raise HarnessError(
+                f"{run.path}: the result file of checkpoint {checkpoint!r} is damaged ({'; '.join(damaged)}); "
+                f"evaluate again with harness eval {run.path} --checkpoint {checkpoint} --suite standard "
+                "(or quick) --force"
+            )
         raise HarnessError(
             f"{run.path}: no evaluation of checkpoint {checkpoint!r} with {what} ran AutoAttack "
             f"standard{seen}; RobustBench's number is AutoAttack's: run harness eval {run.path} "
             f"--checkpoint {checkpoint} --suite standard (or quick) first"
         )
+    for e in damaged:
+        log.warning("export: skipped a damaged result file: %s", e)
     own = (cfg.get("eval") or {}).get("suite")
     found.sort(key=lambda sr: (sr[0] != own, -int((sr[1].get("data") or {}).get("n") or 0)))
     return found[0][1]
+
+
+def _is_result_of(error: str, run: RunDir, checkpoint: str, suite: Optional[str]) -> bool:
+    """Whether an ``eval_results`` error line is about a result file of ``checkpoint`` (and ``suite``)."""
+    path = error.split(":", 1)[0]
+    stem = Path(path).stem
+    s, _, ck = stem.partition("--")
+    return Path(path).parent == run.eval_dir and ck == checkpoint and (suite is None or s == suite)
+
+
+def training_state(run: RunDir) -> Dict[str, Any]:
+    """Whether the run finished training, read from its files: ``finished`` (training.json is
+    written when training ends, early stops included), the ``status`` in env.json, and the
+    ``epochs`` trained of those ``planned``. A damaged env.json is a ``HarnessError`` naming it."""
+    try:
+        env = run.read_env()
+    except HarnessError as e:
+        raise HarnessError(f"{e}; the run's status cannot be read: restore env.json, or pass --force") from None
+    cfg = run.read_config()
+    planned = (cfg.get("train") or {}).get("epochs")
+    rows = run.read_metrics()
+    return {
+        "finished": run.training_path.exists(),
+        "status": env.get("status", "unknown"),
+        "epochs": max((int(r["epoch"]) for r in rows), default=0),
+        "planned": planned,
+    }
 
 
 def _load_weights(
@@ -248,7 +288,36 @@ def export_robustbench(
     (builds the architecture, loads the weights) and ``DIR/README.md``. Nothing is written when
     the export is refused."""
     run = RunDir.open(run_dir)
+    with run.lock("harness export"):  # a run being trained or evaluated is refused, naming its owner
+        return _export(run, Path(out_dir), checkpoint, suite, model_id, name, link, authors, venue, force)
+
+
+# size: the export's steps in order (pick, check, load, write card, weights, loader, readme), one place
+def _export(
+    run: RunDir,
+    out: Path,
+    checkpoint: str,
+    suite: Optional[str],
+    model_id: Optional[str],
+    name: Optional[str],
+    link: str,
+    authors: str,
+    venue: str,
+    force: bool,
+) -> Dict[str, Path]:
     cfg = run.read_config()
+    try:
+        training = training_state(run)
+    except HarnessError as e:
+        if not force:
+            raise
+        training = {"finished": run.training_path.exists(), "status": f"unknown ({e})", "epochs": None}
+        training["planned"] = (cfg.get("train") or {}).get("epochs")
+    if not training["finished"] and not force:
+        raise HarnessError(
+            f"{run.path}: the run is unfinished ({_progress(training)}); a leaderboard card describes a trained "
+            f"model: finish it (harness run --resume {run.path}), or pass --force to export it marked as unfinished"
+        )
     result = pick_result(run, checkpoint, suite)
     checks = result.get("checks") or {}
     verdict = str(checks.get("verdict", "not run"))
@@ -267,8 +336,10 @@ def export_robustbench(
     model_id = model_id or _model_id(run)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
         raise HarnessError(f"--model-id {model_id!r}: use letters, digits, '_', '-' and '.' (RobustBench's file names)")
-    training = run.read_training() or {}
-    defense = training.get("defense") or {}
+    defense = (run.read_training() or {}).get("defense") or {}
+    notes = _notes(result, cfg["dataset"], n, test_size, verdict, reasons)
+    if not training["finished"]:
+        notes.insert(0, f"Exported with --force from an unfinished run ({_progress(training)}).")
 
     card = _card(
         cfg,
@@ -279,11 +350,10 @@ def export_robustbench(
         link=link,
         authors=authors,
         venue=venue,
-        notes=_notes(result, cfg["dataset"], n, test_size, verdict, reasons),
+        notes=notes,
         verdict=verdict,
     )
 
-    out = Path(out_dir)
     weights = out / f"{model_id}.safetensors"
     card_path = out / "model_info" / cfg["dataset"] / str(threat.get("norm")) / f"{model_id}.json"
     save_weights(
@@ -307,8 +377,9 @@ def export_robustbench(
         bundle,
         weights,
         defense,
-        forced=bool(force and verdict == "unreliable"),
+        forced=bool(force and (verdict == "unreliable" or not training["finished"])),
     )
+    card["harness"]["training"] = training
     # RobustBench's files are plain JSON without our schema keys; written atomically all the same
     atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
     loader = out / "load_model.py"
@@ -317,6 +388,13 @@ def export_robustbench(
     readme = out / "README.md"
     atomic_write_text(readme, _readme_text(model_id, card, card_path.relative_to(out), weights.name))
     return {"card": card_path, "weights": weights, "loader": loader, "readme": readme}
+
+
+def _progress(training: Mapping[str, Any]) -> str:
+    """``status interrupted, 5 of 20 epochs trained``."""
+    epochs, planned = training.get("epochs"), training.get("planned")
+    trained = f"{epochs} of {planned} epochs trained" if epochs is not None else "epochs trained unknown"
+    return f"status {training.get('status')}, {trained}"
 
 
 # size: the facts an exported card records beside RobustBench's fields, each from its own source

@@ -7,7 +7,8 @@ list; ``harness run --log tensorboard --log wandb``) names the loggers of a run:
 - ``tensorboard``: event files in ``RUN/tensorboard/`` (``torch.utils.tensorboard.SummaryWriter``,
   old-style scalar summaries, so ``EventAccumulator.Scalars`` reads them back). Extra:
   ``pip install 'harness[tensorboard]'``.
-- ``wandb``: a Weights & Biases run with the resolved config, its files in ``RUN/wandb/``. The
+- ``wandb``: a Weights & Biases run with the resolved config, its files in ``RUN/wandb/`` (W&B's
+  cache and data folders too, unless ``$WANDB_CACHE_DIR`` / ``$WANDB_DATA_DIR`` are set). The
   mode is ``$WANDB_MODE`` when set; otherwise ``online`` only if an API key is configured
   (``$WANDB_API_KEY``, ``$WANDB_IDENTITY_TOKEN_FILE``, or a netrc entry for the W&B host), else
   ``offline`` (sync later with ``wandb sync RUN/wandb/offline-run-*``). Extra:
@@ -53,6 +54,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -60,7 +62,7 @@ import math
 import netrc
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Protocol, Union
 from urllib.parse import urlparse
 
 from harness.core.errors import ConfigError, HarnessError
@@ -253,6 +255,24 @@ def wandb_mode(environ: Optional[Mapping[str, str]] = None) -> str:
     return "offline"
 
 
+@contextlib.contextmanager
+def _wandb_files_under(run: RunDir) -> Iterator[None]:
+    """While W&B starts its service: its cache (``$WANDB_CACHE_DIR``: the service's debug logs,
+    ``core-debug-*.log``, which wandb 0.x otherwise writes to ~/.cache/wandb/logs) and its data
+    folder (``$WANDB_DATA_DIR``: staged artifacts, else ~/.local/share/wandb) are folders of
+    ``RUN/wandb/``, unless the user set them: a run writes nothing outside its folder. The
+    service keeps the folders it started with; the variables are restored at once."""
+    defaults = {"WANDB_CACHE_DIR": run.path / "wandb" / "cache", "WANDB_DATA_DIR": run.path / "wandb" / "data"}
+    added = [k for k in defaults if not os.environ.get(k)]
+    for k in added:
+        os.environ[k] = str(defaults[k])
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 @LOGGERS.register(
     "wandb",
     package="wandb",
@@ -279,7 +299,8 @@ class WandBLogger:
         }
         if state.get("run_id"):
             kwargs.update(id=state["run_id"], resume="allow")
-        self._run: Any = wandb.init(**kwargs)
+        with _wandb_files_under(run):
+            self._run: Any = wandb.init(**kwargs)
         self._run.define_metric("epoch")
         self._run.define_metric("*", step_metric="epoch")
         state.update(mode=mode, run_id=self._run.id, project=kwargs["project"])

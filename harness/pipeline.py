@@ -56,11 +56,34 @@ def run_pipeline(
     evaluate: bool = True,
 ) -> Outcome:
     """Run (or resume) the pipeline. ``evaluate=False`` stops after training. ``cfg`` is a config
-    resolved by ``harness.config.resolve``; on resume the run's saved config is read (once)."""
+    resolved by ``harness.config.resolve``; on resume the run's saved config is read (once).
+    This process (rank 0 under torchrun) owns the run folder from its creation, or from before
+    a resume reads anything, to the end (``RunDir.lock``); a run owned by another live process is
+    refused (``RunInUse``) before anything is read or written."""
+    with contextlib.ExitStack() as owned:
+        return _pipeline(owned, cfg, resume, progress=progress, on_epoch_end=on_epoch_end, evaluate=evaluate)
+
+
+def _owner(command: str) -> str:
+    w = distributed.world()
+    return f"{command} (torchrun rank 0 of {w.size})" if w.distributed else command
+
+
+def _pipeline(
+    owned: contextlib.ExitStack,
+    cfg: Optional[RunConfig],
+    resume: Optional[str],
+    *,
+    progress: Optional[bool],
+    on_epoch_end: Optional[EpochHook],
+    evaluate: bool,
+) -> Outcome:
     run: Optional[RunDir] = None
     threads = None
     if resume is not None:
         run = RunDir.open(resume)
+        resumed = run
+        distributed.hold_on_writer(owned, lambda: resumed.lock(_owner("harness run --resume")))
         cfg = validate_saved(run.read_config())
         if cfg.get("threads") is None:
             # CPU results depend bitwise on the thread count: continue with the one the run began with
@@ -77,6 +100,8 @@ def run_pipeline(
     world = distributed.describe()  # every rank's host and pid, for env.json
     opened = run
     run = distributed.on_writer(lambda: _open(opened, ctx, world))
+    if run.owner is not None:  # rank 0 created the run, owned from before its name existed
+        owned.enter_context(run.owner)
     log.info("run directory %s", run.path)
     loggers.open(run, resumed=resume is not None)
     with sigterm_as_interrupt(), _status(run, ctx), loggers:
@@ -84,7 +109,12 @@ def run_pipeline(
         results: List[Tuple[EvalResult, str]] = []
         if evaluate:
             results = evaluate_checkpoints(
-                run, ctx, ctx.eval_setting(), list(ctx.spec.eval.checkpoints), progress=_shows_progress(progress)
+                run,
+                ctx,
+                ctx.eval_setting(),
+                list(ctx.spec.eval.checkpoints),
+                progress=_shows_progress(progress),
+                n_requested=ctx.spec.eval.n,  # recorded in the results when the test split is smaller
             )
             loggers.log_final(doc.to_json() for doc, _ in results)
         # the report says "finished" only if the status is written before it is rendered
@@ -102,25 +132,23 @@ def _open(run: Optional[RunDir], ctx: RunContext, world: Optional[Dict[str, Any]
     spec = ctx.spec
     processes = {"distributed": world} if world is not None else {}
     if run is None:
-        run = RunDir.create(spec.out.root, spec.out.name or RunDir.default_name(spec.config))
-        run.write_config(spec.to_config())
-        run.write_env(
-            {
-                **environment(ctx.device),
-                "started": now_iso(),
-                "finished": None,
-                "status": "running",
-                "precision": ctx.precision,
-                "memory_format": ctx.memory_format,
-                "config_sources": [
-                    "defaults",
-                    f"recipe of {spec.defense.name} for {spec.dataset}",
-                    "config file and flags (argv)",
-                ],
-                **processes,
-            }
-        )
-        return run
+        env = {
+            **environment(ctx.device),
+            "started": now_iso(),
+            "finished": None,
+            "status": "running",
+            "precision": ctx.precision,
+            "memory_format": ctx.memory_format,
+            "config_sources": [
+                "defaults",
+                f"recipe of {spec.defense.name} for {spec.dataset}",
+                "config file and flags (argv)",
+            ],
+            **processes,
+        }
+        # created atomically with its config and env (a kill leaves nothing, or a run to resume), owned
+        name = spec.out.name or RunDir.default_name(spec.config)
+        return RunDir.create(spec.out.root, name, config=spec.to_config(), env=env, owner=_owner("harness run"))
     env = run.read_env()
     # A directory killed between its config and its env (or whose env.json was lost) has no
     # machine record: the resuming process supplies what is missing and overwrites nothing.

@@ -179,3 +179,22 @@ def test_the_loop_tells_the_defense_its_epoch_so_awp_warms_up(tmp_path):
     run, _ = _train(cfg, tmp_path, "awp")
     passes = [r["train"]["passes"]["backward_per_example"] for r in run.read_metrics()]
     assert passes == [pytest.approx(5 + 1), pytest.approx(5 + 2)]  # PGD-5 + update, then + the proxy pass
+
+
+def test_a_point_after_the_last_epoch_is_refused_for_a_new_run_and_read_back_in_a_saved_one(tmp_path, capsys):
+    """A point that starts after ``train.epochs`` would never be used (it was accepted silently)."""
+    from harness.cli import main
+
+    late = {"schedule": "points", "points": [[1, "0.05"], [5, "0.08"]]}
+    with pytest.raises(ConfigError, match=r"curriculum.points\[1\] starts at epoch 5, after the last one \(train"):
+        _cfg(tmp_path, curriculum=late)
+    code = main(
+        ["run", "--dataset", "synthetic", "--defense", "pgd-at", "--epochs", "3", "--dry-run"]
+        + ["--set", "curriculum.schedule=points", "--set", 'curriculum.points=[[1, "0.05"], [5, "0.08"]]']
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "after the last one (train.epochs = 3)" in err
+    # a saved run's config is read as it was (eval and resume of an older run stay possible)
+    saved = _cfg(tmp_path, curriculum={"schedule": "points", "points": [[1, "0.05"], [3, "0.08"]]})
+    saved["curriculum"]["points"][1][0] = 5
+    C.validate_saved(saved)

@@ -175,3 +175,77 @@ def test_a_run_without_autoattack_or_with_other_weights_is_refused(run, tmp_path
     code = main(["export", str(src), "-o", str(tmp_path / "b")])
     err = capsys.readouterr().err
     assert code == 2 and "holds other weights than the quick evaluation" in err and not (tmp_path / "b").exists()
+
+
+# -- unfinished and damaged runs (issue 25) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unfinished(tmp_path_factory):
+    """A run stopped after epoch 1 of 3 (as a kill would leave it: no training.json), then
+    evaluated with AutoAttack by ``harness eval``: everything an export needs, but unfinished."""
+    from harness.api import evaluate_run
+
+    tmp = tmp_path_factory.mktemp("unfinished")
+    cfg = C.resolve(
+        {
+            "defense": "erm",
+            "dataset": "digits",
+            "device": "cpu",
+            "threads": 1,
+            "train": {"epochs": 3},
+            "threat": {"eps": "0.3"},
+            "monitor": {"val_n": 100},
+            "eval": {"suite": "quick", "n": N, "checkpoints": ["best"]},
+            "out": {"root": str(tmp), "name": "cut"},
+        }
+    )
+
+    def stop(epoch, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, progress=False, on_epoch_end=stop)
+    evaluate_run(tmp / "cut", checkpoints=["best"], suite="quick", n=N)
+    return RunDir(tmp / "cut")
+
+
+def test_an_unfinished_run_is_refused_unless_forced_and_the_card_says_so(unfinished, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["export", str(unfinished.path), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the run is unfinished (status interrupted, 1 of 3 epochs trained)" in err and "--force" in err
+    assert not out.exists()
+    assert main(["export", str(unfinished.path), "-o", str(out), "--force"]) == 0
+    (card_path,) = out.glob("model_info/digits/Linf/*.json")
+    card = json.loads(card_path.read_text())
+    assert card["footnote"].startswith("Exported with --force from an unfinished run (status interrupted, 1 of 3")
+    assert card["harness"]["forced"] is True
+    assert card["harness"]["training"] == {"finished": False, "status": "interrupted", "epochs": 1, "planned": 3}
+
+
+def test_a_damaged_env_json_is_named_in_one_line(run, tmp_path, capsys):
+    src = tmp_path / "copy"
+    shutil.copytree(run.path, src)
+    (src / "env.json").write_text('{"schema": "env", "status": "fini')
+    out = tmp_path / "out"
+    code = main(["export", str(src), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"{src / 'env.json'}: not valid JSON" in err, err
+    assert not out.exists()
+    assert main(["export", str(src), "-o", str(out), "--force"]) == 0
+    (card_path,) = out.glob("model_info/digits/Linf/*.json")
+    assert "env.json: not valid JSON" in json.loads(card_path.read_text())["harness"]["training"]["status"]
+
+
+def test_a_truncated_autoattack_result_is_named_not_reported_missing(run, tmp_path, capsys):
+    src = tmp_path / "copy"
+    shutil.copytree(run.path, src)
+    result = src / "eval" / "quick--best.json"
+    result.write_bytes(result.read_bytes()[:1000])
+    code = main(["export", str(src), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"the result file of checkpoint 'best' is damaged ({result}: not valid JSON" in err
+    assert "no evaluation" not in err

@@ -61,25 +61,27 @@ def _one_line(err: str) -> str:
 
 
 def test_two_runs_claiming_one_directory_at_the_same_moment_one_loses_in_one_line(tmp_path, monkeypatch):
-    """The race made deterministic: a competitor creates the same run directory between our
-    check for it and our creation of it. Before the fix both went on into one directory."""
-    import pathlib
+    """The race made deterministic: a competitor publishes the same run directory between our
+    check for it and our rename of the folder we built into place. Before the fix both went on
+    into one directory."""
+    import harness.core.rundir as rundir
 
-    real_mkdir = pathlib.Path.mkdir
+    real_rename = os.rename
     target = tmp_path / "r"
     raced = []
 
-    def mkdir(self, *a, **k):
-        if Path(self) == target and not raced:
+    def rename(src, dst, *a, **k):
+        if Path(dst) == target and not raced:
             raced.append(True)
-            other = RunDir.create(tmp_path, "r")  # the other process wins the race
-            other.write_config({"who": "the other run"})
-        return real_mkdir(self, *a, **k)
+            RunDir.create(tmp_path, "r", config={"who": "the other run"})  # the other process wins the race
+        return real_rename(src, dst, *a, **k)
 
-    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    monkeypatch.setattr(rundir.os, "rename", rename)
     with pytest.raises(HarnessError, match="taken by another run|already exists"):
-        RunDir.create(tmp_path, "r")
+        RunDir.create(tmp_path, "r", config={"who": "us"})
     assert raced and json.loads((target / "config.json").read_text())["who"] == "the other run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".creating", "r"]
+    assert list((tmp_path / ".creating").iterdir()) == []  # the loser's build folder is gone
 
 
 def _claim(root: str, barrier, results) -> None:
@@ -701,3 +703,214 @@ def test_every_defense_bounds_its_training_attack_steps():
                     defense.resolve_options({key: MAX_STEPS + 1})
                 checked += 1
     assert checked >= 3  # pgd-at, trades, free-at at least
+
+
+# == issue 25: a second hostile pass ==============================================================
+# -- one owner per run folder: a run being trained is neither resumed, evaluated nor exported -------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (dead, not yet reaped by its parent) holds no lock
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _wait_for_a_metrics_row(run: RunDir, proc, timeout: float = 300.0) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if run.metrics_path.exists() and run.read_metrics():
+            return
+        time.sleep(0.2)
+    raise AssertionError(
+        f"no metrics row in {run.path} (the trainer {'ended' if proc.poll() is not None else 'is slow'})"
+    )
+
+
+TRAIN_LONG = ["--defense", "pgd-at", "--dataset", "digits", "--epochs", "300", "--suite", "smoke", "--device", "cpu"]
+TRAIN_LONG += ["--threads", "1", "--set", "monitor.val_n=50"]
+
+
+def test_a_run_being_trained_is_not_resumed_evaluated_or_exported_and_the_loser_names_the_owner(tmp_path, capsys):
+    """The issue's repro: ``harness run ... --name dbl &``, then, once metrics.jsonl has a row,
+    ``harness run --resume runs/dbl`` (and ``harness eval``, ``harness export`` on it). Before the
+    fix the resume and the eval ran (both exits 0: the run's second half was trained twice)."""
+    import socket
+    import subprocess
+
+    out = tmp_path / "runs"
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", *TRAIN_LONG, "--n", "50", "--out", str(out), "--name", "dbl"],
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run = RunDir(out / "dbl")
+    try:
+        _wait_for_a_metrics_row(run, trainer)
+        owner = f"harness run (pid {trainer.pid} on {socket.gethostname()}, since "
+        for argv in (
+            ["run", "--resume", str(run.path)],
+            ["eval", str(run.path), "--checkpoint", "last", "--suite", "smoke", "--n", "20"],
+            ["export", str(run.path), "-o", str(tmp_path / "card")],
+        ):
+            code, out_text, err = _cli(capsys, *argv)
+            line = _error_line(err)
+            assert code == 2 and owner in line and "one owner at a time" in line, (argv, line)
+        assert not (tmp_path / "card").exists() and not list(run.eval_dir.glob("*--*.json"))
+        env = run.read_env()
+        assert env["status"] == "running" and not env.get("resumed")  # the refused resume marked nothing
+        assert trainer.poll() is None  # and the owner trains on, undisturbed
+    finally:
+        trainer.kill()  # SIGKILL: no cleanup runs
+        trainer.wait(60)
+    assert run.holder() is None  # the kernel released the dead owner's lock
+    with run.lock("harness run --resume"):  # so a resume may begin now
+        assert run.holder()["pid"] == os.getpid()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torchrun ranks and /proc")
+def test_ranks_orphaned_by_a_killed_torchrun_agent_keep_the_run_until_rank_0_ends(tmp_path, capsys):
+    """``kill -9`` of the torchrun agent leaves its ranks training: rank 0 itself owns the run, so a
+    resume is refused (naming rank 0) until rank 0 dies, and allowed after."""
+    import signal
+    import subprocess
+
+    out = tmp_path / "runs"
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        + ["-m", "harness", "run", *TRAIN_LONG, "--n-points", "50", "--out", str(out), "--name", "orphans"],
+        cwd=ROOT,
+        env={**SUBPROCESS_ENV, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the ranks can be found and ended after the agent
+    )
+    run = RunDir(out / "orphans")
+    ranks: list = []
+    try:
+        _wait_for_a_metrics_row(run, agent)
+        owner = run.holder()
+        ranks = [r["pid"] for r in run.read_env()["distributed"]["ranks"]]
+        assert owner["pid"] == ranks[0] != agent.pid and owner["command"] == "harness run (torchrun rank 0 of 2)"
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(60)
+        assert all(_pid_alive(p) for p in ranks)  # orphaned, and still training
+        code, _, err = _cli(capsys, "run", "--resume", str(run.path))
+        line = _error_line(err)
+        assert code == 2 and f"pid {ranks[0]} on" in line and "torchrun rank 0 of 2" in line
+    finally:
+        for pid in ranks:  # the orphans this test started
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(60)
+    import time
+
+    deadline = time.time() + 60
+    while time.time() < deadline and any(_pid_alive(p) for p in ranks):
+        time.sleep(0.1)
+    assert run.holder() is None  # rank 0 is gone, and its lock with it
+
+
+# -- seeds bounded where they are parsed ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--seed", str(2**64)],  # was a ValueError traceback in harness/training.py
+        ["run", "--seed", str(2**63), "--dry-run"],  # was accepted, then three checks failed to run
+        ["run", "--set", f"seed={2**63}", "--dry-run"],
+        ["run", "--set", f"data.split_seed={2**32}", "--dry-run"],  # numpy's RandomState takes no more
+        ["eval", "runs/x", "--seed", str(2**63)],
+        ["audit", "--model", "m.py:f", "--dataset", "digits", "--eps", "0.1", "--claim", "0.5", "--seed", str(2**63)],
+    ],
+)
+def test_a_seed_beyond_what_the_generators_take_is_one_line(capsys, argv):
+    from harness.core.seeds import MAX_SEED
+
+    code, out, err = _cli(capsys, *argv)
+    line = _one_line(err)
+    assert code == 2 and "must be an integer >= 0 and at most" in line
+    assert f"at most {MAX_SEED} (the largest whose derived seeds fit" in line or "at most 4294967295" in line
+
+
+def test_a_seed_in_a_config_file_or_a_sweep_is_bounded_too(tmp_path, capsys):
+    from harness import sweep as S
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"dataset": "digits", "seed": 2**63}))
+    code, _, err = _cli(capsys, "run", "--config", str(cfg), "--dry-run")
+    assert code == 2 and "seed must be an integer >= 0 and at most" in _one_line(err)
+    grid = tmp_path / "g.toml"
+    grid.write_text(f'dataset = "digits"\n[sweep]\nseed = [0, {2**63}]\n')
+    with pytest.raises(S.SweepError, match=f"cell seed-{2**63}: seed must be an integer >= 0 and at most"):
+        S.resolve_cells(S.read_sweep_file(grid), tmp_path / "s")
+
+
+def test_the_largest_seed_runs_every_check_and_one_more_would_overflow():
+    """``MAX_SEED``: every generator seeded from it takes it (the checks' seed * 1_000_003 + crc32
+    included: the three checks that failed to run at 2**63 run); past it, the checks' would not."""
+    import torch
+    from torch import nn as tnn
+
+    import harness
+    from harness.core.seeds import CHECK_SEED_FACTOR, MAX_SEED
+
+    torch.manual_seed(0)
+    model = tnn.Sequential(tnn.Flatten(), tnn.Linear(64, 10))
+    x, y = torch.rand(24, 1, 8, 8), torch.randint(0, 10, (24,))
+    r = harness.evaluate(model, (x, y), eps=0.1, suite="smoke", seed=MAX_SEED)
+    assert [f.check for f in r.findings if "could not run" in str(f.message)] == []
+    assert {f.check for f in r.findings} >= {"gradients", "fgsm-vs-pgd", "eps-sweep"}
+    torch.Generator().manual_seed(MAX_SEED * CHECK_SEED_FACTOR + 2**32 - 1)
+    with pytest.raises((ValueError, RuntimeError)):
+        torch.Generator().manual_seed((MAX_SEED + 1) * CHECK_SEED_FACTOR + 2**32 - 1)
+
+
+# -- the dry run checks what the run would refuse --------------------------------------------------
+
+
+def test_a_dry_run_refuses_a_logger_whose_package_is_missing(capsys, monkeypatch):
+    from harness.loggers import LOGGERS
+
+    entry = LOGGERS.entry("tensorboard")
+    monkeypatch.setitem(entry.meta, "package", "harness_no_such_package")
+    code, _, err = _cli(capsys, "run", "--dataset", "digits", "--log", "tensorboard", "--dry-run")
+    line = _one_line(err)
+    assert code == 2 and "--log tensorboard needs the harness_no_such_package package" in line
+
+
+def test_a_dry_run_under_torchrun_refuses_a_batch_the_processes_cannot_share(capsys, monkeypatch):
+    from harness import distributed
+
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=0, size=2, local_rank=0, local_size=2))
+    code, _, err = _cli(capsys, "run", "--dataset", "digits", "--batch-size", "3", "--dry-run")
+    line = _one_line(err)
+    assert code == 2 and "train.batch_size 3 does not divide among 2 processes" in line
+
+
+# -- --n beyond the split is cut, said and recorded ------------------------------------------------
+
+
+def test_n_beyond_the_test_split_is_cut_with_a_warning_and_recorded(tmp_path, capsys):
+    """``harness run --n 100000`` on a smaller test split: every point is evaluated, stderr says
+    so, and the results record what was asked for (the report's n is then not mistaken for it)."""
+    quick = list(QUICK)
+    quick[quick.index("--n") + 1] = "100000"
+    code, _, err = _cli(capsys, "run", "--defense", "erm", *quick, "--out", str(tmp_path), "--name", "r")
+    assert code == 0, err
+    data = json.loads((tmp_path / "r" / "eval" / "smoke--best.json").read_text())["data"]
+    assert data["n_requested"] == 100000 and data["n"] < 100000
+    assert f"n=100000 exceeds the test split ({data['n']}); using all {data['n']}" in err

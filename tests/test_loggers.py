@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -436,3 +438,33 @@ def test_tensorboard_purges_the_steps_a_resumed_session_redoes(tmp_path):
     events = _accumulator(run.tensorboard_dir).Scalars("val/clean")
     assert [e.step for e in events] == [1, 2, 3, 4]
     assert [e.value for e in events] == pytest.approx([0.1, 0.2, 0.8, 0.9], rel=TB_TOL)
+
+
+def test_wandb_writes_nothing_outside_the_run_folder(tmp_path):
+    """W&B's service wrote its debug logs to ~/.cache/wandb/logs (outside --out): now they go to
+    RUN/wandb/cache unless $WANDB_CACHE_DIR says where. In a fresh process (the service starts once
+    per process), with a HOME of its own."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "XDG_"))}
+    env.update(HOME=str(home), WANDB_MODE="offline", NETRC=str(tmp_path / "no-netrc"), OMP_NUM_THREADS="1")
+    code = (
+        "import sys\n"
+        "from harness.core.rundir import RunDir\n"
+        "from harness.loggers import WandBLogger\n"
+        "run = RunDir.create(sys.argv[1], 'r')\n"
+        "logger = WandBLogger(run)\n"
+        "logger.log('val/clean', 0.5, 1)\n"
+        "logger.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "runs")],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [str(p.relative_to(home)) for p in home.rglob("*")] == []
+    assert list((tmp_path / "runs" / "r" / "wandb" / "cache").rglob("*.log"))  # its debug logs, in the run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -257,3 +258,151 @@ def test_rundir_does_not_import_torch():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# -- one owner per run folder (issue 25) --------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+_HOLD = (
+    "import sys, time\n"
+    "from harness.core.rundir import RunDir\n"
+    "lock = RunDir(sys.argv[1]).lock('harness run')\n"
+    "print('held', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+def _holding_process(run: Path) -> subprocess.Popen:
+    """Another process that owns ``run`` until it is killed (one thread, no torch)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(run)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_run_has_one_owner_the_loser_learns_who_and_a_killed_owner_frees_it(tmp_path):
+    import signal
+    import socket
+
+    from harness.core.rundir import RunInUse
+
+    run = RunDir.create(tmp_path, "r", config={"seed": 0})
+    owner = _holding_process(run.path)
+    try:
+        with pytest.raises(RunInUse) as e:
+            run.lock("harness eval")
+        line = str(e.value)
+        assert "\n" not in line and RunInUse.exit_code == 2
+        assert f"pid {owner.pid} on {socket.gethostname()}" in line and "harness run" in line and "since 20" in line
+        assert run.holder()["pid"] == owner.pid
+    finally:
+        owner.send_signal(signal.SIGKILL)  # no cleanup runs: the kernel releases the lock
+        owner.wait(30)
+    assert run.holder() is None
+    with run.lock("harness eval") as mine:
+        assert mine.info["pid"] == os.getpid() and run.holder()["command"] == "harness eval"
+    assert run.holder() is None and (run.path / ".lock").read_text() == ""  # a clean release leaves no owner
+
+
+def test_the_owner_takes_its_run_again_and_each_take_is_released_once(tmp_path):
+    run = RunDir.create(tmp_path, "r", config={"seed": 0}, owner="harness run")
+    assert run.owner is not None and run.holder()["command"] == "harness run"
+    again = RunDir(run.path).lock("harness eval")  # the training process evaluates its own run
+    again.release()
+    assert run.holder()["command"] == "harness run"  # still owned: one release per take
+    run.owner.release()
+    assert run.holder() is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_kill_at_any_line_of_creating_a_run_folder_leaves_nothing_or_a_run_to_resume(tmp_path, monkeypatch):
+    """The run folder as ``harness run`` creates it (``pipeline._open``), killed at every line of
+    the run-directory code in turn: the name is then either free (``harness run`` takes it) or
+    a folder with its config and env that ``--resume`` opens. Before the fix a kill between the
+    folder and its config.json left a name neither could use."""
+    from kill_points import killed_at
+
+    import harness.core.io as io_module
+    import harness.core.lock as lock_module
+    import harness.core.rundir as rundir_module
+    from harness import pipeline
+    from harness.config import resolve
+    from harness.context import RunContext
+    from harness.spec import OutSpec
+
+    cfg = resolve({"dataset": "synthetic", "defense": "erm", "device": "cpu", "threads": 1})
+    ctx = RunContext.from_config(cfg)
+    machine = pipeline.environment(ctx.device)
+    monkeypatch.setattr(
+        pipeline, "environment", lambda device: machine
+    )  # the same record, without asking git each time
+    files = tuple(m.__file__ for m in (rundir_module, lock_module, pipeline))
+    outcomes = set()
+    for k in range(1, 2000):
+        root = tmp_path / f"k{k}"
+        cfg["out"] = {"root": str(root), "name": "r"}
+        ctx.spec = dataclasses.replace(ctx.spec, out=OutSpec(str(root), "r"), config=dict(cfg))
+        if not killed_at(k, files, lambda: pipeline._open(None, ctx), calls=(io_module.__file__,)):
+            break
+        path = root / "r"
+        if path.exists():
+            opened = RunDir.open(path)  # --resume's first step
+            assert opened.read_config()["defense"] == "erm" and opened.read_env()["status"] == "running"
+            assert opened.holder() is None  # the dead creator owns nothing
+            outcomes.add("a run to resume")
+        else:
+            assert RunDir.create(root, "r").path == path  # harness run takes the name
+            outcomes.add("nothing")
+    else:
+        pytest.fail("the creation never finished")
+    assert outcomes == {"nothing", "a run to resume"}, outcomes
+    # the build folders the kills left behind (in .creating/, where no listing of runs looks) are
+    # removed by the next creation beside them
+    left = [root for root in tmp_path.iterdir() if list((root / rundir_module.BUILDING).glob("*"))]
+    assert left
+    monkeypatch.setattr(rundir_module, "ABANDONED_BUILD_S", 0.0)
+    for root in left:
+        RunDir.create(root, "another")
+        assert list((root / rundir_module.BUILDING).iterdir()) == [], root
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_a_full_disk_says_whether_a_previous_version_was_kept(tmp_path, exists):
+    """The ENOSPC message said "the previous version is kept" when there had been none."""
+    import errno
+
+    p = tmp_path / "last.pt"
+    if exists:
+        atomic_write_text(p, "epoch 1\n")
+
+    def full(f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError) as e:
+        hio._atomic(p, full)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(p)
+    if exists:
+        assert e.value.strerror == "No space left on device; the previous version is kept"
+        assert p.read_text() == "epoch 1\n"
+    else:
+        assert e.value.strerror == "No space left on device; it had no previous version and was not written"
+        assert not p.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_torch_short_write_of_a_first_checkpoint_says_none_was_kept(tmp_path, monkeypatch):
+    import torch
+
+    def short(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4416 vs 4310")
+
+    monkeypatch.setattr(torch, "save", short)
+    with pytest.raises(OSError) as e:
+        hio.atomic_torch_save(tmp_path / "last.pt", {})
+    assert "disk may be full" in e.value.strerror and "no previous version" in e.value.strerror
+    assert "previous version is kept" not in e.value.strerror

@@ -497,3 +497,171 @@ def test_one_driver_per_sweep_folder(tmp_path):
                 pass
     with SweepDir(tmp_path / "s").driver_lock():  # released when the first one ends
         pass
+
+
+# -- limits, one owner per folder, a kill while a cell's run folder is made (issue 25) ----------
+
+
+def test_a_grid_is_counted_before_it_is_expanded(tmp_path, capsys):
+    """Three lists of 1,000 values name 10^9 cells: refused at once, before one is made (the dry
+    run used to grow by about 240 MB/s until the machine ran out)."""
+    from harness.cli import main
+
+    p = tmp_path / "huge.toml"
+    p.write_text(
+        'dataset = "digits"\n[sweep]\n'
+        + "".join(f'"{k}" = {list(range(1000))}\n' for k in ("seed", "train.epochs", "data.val_size"))
+    )
+    start = time.perf_counter()
+    with pytest.raises(S.SweepError, match=r"1,000,000,000 cells .*at most 10,000"):
+        S.read_sweep_file(p)
+    assert time.perf_counter() - start < 2.0
+    assert main(["sweep", str(p), "--dry-run", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "split it into several sweep files" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_values_that_mean_the_same_make_one_cell_not_two(tmp_path):
+    """``[0.1, "0.1"]`` are one eps: two cells would train the same run under two names."""
+    with pytest.raises(S.SweepError, match=r"'threat.eps' lists a value twice: .*0.1 and \"0.1\" mean the same"):
+        S.read_sweep_file(_grid(tmp_path, 'seed = [0, 1]\n"threat.eps" = [0.1, "0.1"]\n'))
+    with pytest.raises(S.SweepError, match=r"lists a value twice: .*\"1/10\" and \"0.1\" mean the same"):
+        S.read_sweep_file(_grid(tmp_path, '"threat.eps" = ["1/10", "0.1"]\n'))
+    # values that differ as written and only mean the same once resolved: found among the resolved configs
+    spec = S.read_sweep_file(_grid(tmp_path, '"threat.norm" = ["Linf", "linf"]\n'))
+    with pytest.raises(S.SweepError, match="cells norm-Linf and norm-linf are the same run"):
+        S.resolve_cells(spec, tmp_path / "s")
+    # what only looks alike stays two cells
+    spec = S.read_sweep_file(_grid(tmp_path, '"threat.eps" = ["0.1", "0.10000001"]\n'))
+    assert len(S.resolve_cells(spec, tmp_path / "s")) == 2
+
+
+def test_slurm_without_slurm_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # no sbatch, no srun
+    p = _grid(tmp_path, "seed = [0, 1]\n")
+    assert main(["sweep", str(p), "--executor", "slurm", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sbatch and srun not found on PATH" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+    assert main(["sweep", str(p), "--executor", "slurm", "--dry-run", "--out", str(tmp_path / "s")]) == 0  # the script
+
+
+def test_a_second_grid_cannot_take_a_sweep_folder_unless_forced_and_then_keeps_its_cells(finished_sweep, tmp_path):
+    """Another grid file with --out onto a finished sweep: refused in one line (sweep.json and the
+    table untouched); with --force it runs there, and the first grid's cells stay in the table."""
+    root, p, sweep, done = finished_sweep
+    assert done.returncode == 0, done.stderr[-3000:]
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    manifest = (copy / "sweep.json").read_text()
+    other = _grid(tmp_path, 'defense = ["erm"]\nseed = [0]\n', name="other")  # one of its cells: nothing to train
+    for extra in ([], ["--dry-run"]):
+        refused = _harness("sweep", str(other), "--out", str(copy), *extra, cwd=root, timeout=300)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.strip().splitlines() == [
+            f"harness: error: {copy} holds the sweep of another grid file, {p.resolve()} (4 cells); use another "
+            f"--out for {other}, or --force to run it here anyway (the folder's 3 other cell(s) stay in its table)"
+        ]
+        assert (copy / "sweep.json").read_text() == manifest
+    # the file that owns the folder, edited to drop two of its cells that ran, is refused the same way
+    owner = json.loads(manifest)
+    shrunk = _grid(tmp_path, 'defense = ["erm", "fast-at"]\nseed = [0]\n', name="shrunk")
+    owner["sweep_file"] = str(shrunk.resolve())
+    (copy / "sweep.json").write_text(json.dumps(owner))
+    refused = _harness("sweep", str(shrunk), "--out", str(copy), "--dry-run", cwd=root, timeout=300)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "no longer lists 2 cell(s) that ran" in refused.stderr and "would drop out of its table" in refused.stderr
+    (copy / "sweep.json").write_text(manifest)
+    forced = _harness("sweep", str(other), "--out", str(copy), "--force", cwd=root, timeout=300)
+    assert forced.returncode == 0 and "sweep: started" not in forced.stderr, forced.stderr[-3000:]
+    doc = json.loads((copy / "sweep.json").read_text())
+    assert doc["sweep_file"] == str(other.resolve()) and doc["previous_grids"][0]["sweep_file"] == str(p.resolve())
+    assert [(c["name"], c.get("kept_from_previous_grid", False)) for c in doc["cells"]] == [
+        ("defense-erm-seed-0", False),
+        ("defense-erm-seed-1", True),
+        ("defense-fast-at-seed-0", True),
+        ("defense-fast-at-seed-1", True),
+    ]
+    rows = _table_rows((copy / "comparison.md").read_text())
+    assert [(r[0], r[2]) for r in rows] == [("erm", "2"), ("fast-at", "2")]  # all four runs, as before
+
+
+def test_a_cell_whose_run_another_process_owns_reads_running_and_is_left_to_it(tmp_path):
+    """A user's ``harness run --resume`` on a cell's run (or a cell's orphaned torchrun ranks)
+    owns its folder: the cell reads "running", owned by that process, and the driver waits."""
+    p = _grid(tmp_path, "seed = [0]\n")
+    spec = S.read_sweep_file(p)
+    sweep = tmp_path / "s"
+    cfg = S.resolve_cells(spec, sweep)["seed-0"]
+    RunDir.create(sweep, "seed-0", config=cfg, env={"status": "interrupted"})
+    hold = (
+        "import sys, time\nfrom harness.core.rundir import RunDir\n"
+        "RunDir(sys.argv[1]).lock('harness run --resume')\nprint('held', flush=True)\ntime.sleep(600)\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", hold, str(sweep / "seed-0")], env=ENV, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout.readline().strip() == "held"
+        (state,) = S.sweep_status(p, out=sweep)[1]
+        assert state.state == "running" and state.live
+        assert f"owned by harness run --resume (pid {owner.pid} on" in state.detail
+    finally:
+        owner.kill()
+        owner.wait()
+    (state,) = S.sweep_status(p, out=sweep)[1]
+    assert state.state == "interrupted" and not state.live
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_cell_killed_while_its_run_folder_is_made_runs_on_the_next_sweep(tmp_path):
+    """The cell's process killed at each moment from the first at which its run folder exists to
+    the first at which its config.json does (each found by killing it at moments in turn): the
+    folder is then always empty (``harness run`` takes it) or has its config (``--resume``
+    continues it), and the next sweep finishes the cell. Before the fix a kill in between left a
+    folder with checkpoints/ and no config.json: the cell failed ("already exists, use --resume"),
+    and failed again with --retry-failed."""
+    from kill_points import first_kill_leaving, killed_at
+
+    import harness.core.io as io_module
+    import harness.core.rundir as rundir_module
+    from harness.context import RunContext
+    from harness.training import Trainer
+
+    p = _grid(tmp_path, "seed = [0]\n")
+    sweep = tmp_path / "sweeps" / "grid"
+    cell = S.CellSpec("seed-0", str(sweep.resolve()), S.resolve_cells(S.read_sweep_file(p), sweep)["seed-0"])
+    Trainer(RunContext.from_config(cell.config))  # what a run imports and loads, once here, not in every forked try
+    folder = sweep / "seed-0"
+    kill = dict(
+        files=[rundir_module.__file__],
+        fn=lambda: S.run_cell(cell),
+        calls=[io_module.__file__],
+        reset=lambda: shutil.rmtree(sweep, ignore_errors=True),
+    )
+    exists = first_kill_leaving(folder.exists, **kill)
+    configured = first_kill_leaving((folder / "config.json").exists, **kill)
+    for k in range(exists, configured):
+        kill["reset"]()
+        killed_at(k, kill["files"], kill["fn"], calls=kill["calls"])
+        assert not any(folder.iterdir()), f"a kill at moment {k} left {sorted(q.name for q in folder.iterdir())}"
+    kill["reset"]()
+    killed_at(max(exists, configured - 1), kill["files"], kill["fn"], calls=kill["calls"])
+    assert folder.exists()
+    status = _harness("sweep", str(p), "--status", cwd=tmp_path, timeout=120)
+    assert status.returncode == 0 and "failed" not in status.stdout, status.stdout
+    done = _harness("sweep", str(p), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _env(folder)["status"] == "finished"
+
+
+def test_a_missing_logger_package_is_refused_for_the_whole_grid_before_anything_runs(tmp_path, monkeypatch):
+    from harness.loggers import LOGGERS
+
+    monkeypatch.setitem(LOGGERS.entry("tensorboard").meta, "package", "harness_no_such_package")
+    spec = S.read_sweep_file(_grid(tmp_path, 'log = [["tensorboard"]]\nseed = [0, 1]\n'))
+    with pytest.raises(S.SweepError, match="cells log-tensorboard-seed-0, .*needs the harness_no_such_package package"):
+        S.resolve_cells(spec, tmp_path / "s")

@@ -568,6 +568,7 @@ class EvalData(Document):
     dataset: Optional[str]
     split: Optional[str]
     n: Optional[int]
+    n_requested: Optional[int] = optional()  # the n asked for, when the split was smaller
     subset: Optional[str]
     source: Optional[str] = optional()
 

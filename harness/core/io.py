@@ -27,8 +27,12 @@ _FILE_MODE = 0o666 & ~_UMASK
 
 
 def _atomic(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` through ``write`` into a temporary file beside it, then rename. A write that
+    fails with an ``OSError`` (a full disk) is raised as one naming ``path`` and saying what is
+    left: the previous version, kept, or none (the file did not exist before and still does not)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as f:
@@ -38,11 +42,14 @@ def _atomic(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            left = "the previous version is kept" if existed else "it had no previous version and was not written"
+            raise OSError(e.errno, f"{e.strerror or e}; {left}", str(path)) from e
         raise
     return path
 
@@ -109,7 +116,7 @@ _TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed", "file w
 def atomic_torch_save(path: PathLike, obj: Any) -> Path:
     """``torch.save`` into ``path``, atomically. A write torch could not finish (its RuntimeError
     "unexpected pos ..." from a full disk) is raised as an ``OSError`` naming the file, like
-    every other failed write; the previous version of the file is left as it was."""
+    every other failed write (``_atomic``: the previous version, if any, is left as it was)."""
     import torch
 
     def save(f: IO[bytes]) -> None:
@@ -118,8 +125,6 @@ def atomic_torch_save(path: PathLike, obj: Any) -> Path:
         except RuntimeError as e:
             if not any(m in str(e) for m in _TORCH_WRITE_FAILURES):
                 raise
-            raise OSError(
-                errno.EIO, "could not finish writing (the disk may be full); the previous version is kept", str(path)
-            ) from e
+            raise OSError(errno.EIO, "could not finish writing (the disk may be full)", str(path)) from e
 
     return _atomic(path, save)

@@ -19,24 +19,41 @@ Layout (everything needed to re-render or re-evaluate a run)::
       tensorboard/            event files of --log tensorboard (harness.loggers)
       wandb/                  the W&B run of --log wandb (offline runs: wandb/offline-run-*)
       scalars.jsonl           flat scalars of --log disk
+      .lock                   locked (flock) by the one process that owns the run (harness.core.lock)
 
-All writes are atomic (see ``harness.core.io``). This module does not import torch, so
-``reports/`` can read run directories without it.
+All writes are atomic (see ``harness.core.io``), and so is the folder's creation (``RunDir.create``):
+it is built under a temporary name (in ``.creating/`` beside it), with its config, env and lock,
+and renamed into place, so a run folder always has a config.json and ``--resume`` continues it.
+One process at a time owns a run folder (``RunDir.lock``): the one training it (rank 0 under
+torchrun) for its whole life, or the one evaluating or exporting it. This module does not import
+torch, so ``reports/`` can read run directories without it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import secrets
+import shutil
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
+from harness.core import lock as folder_lock
 from harness.core.errors import ConfigError, HarnessError
 from harness.core.io import SCHEMA_VERSION, atomic_write_json, atomic_write_text, dumps, read_json
 
 CHECKPOINT_RE = re.compile(r"^(best|last|epoch-(\d+))$")
+# run folders being built (``RunDir.create``): ROOT/.creating/NAME.PID-HEX, one level below the runs
+# so that nothing that lists ROOT's runs (``harness report ROOT``) takes a half-built one for a run
+BUILDING = ".creating"
+_BUILDING_RE = re.compile(r"^(.+)\.(\d+)-([0-9a-f]{8})$")
+# a build folder that nobody holds is abandoned once this old (its builder locks it at once and
+# needs milliseconds; the age covers the moment between making the folder and locking it)
+ABANDONED_BUILD_S = 60.0
 
 
 def now_iso() -> str:
@@ -75,6 +92,42 @@ def run_dir_name(name: Any) -> str:
     return slug
 
 
+class RunInUse(HarnessError):
+    """The run is owned by another live process (training, resuming, evaluating or exporting it)."""
+
+
+_IN_USE_HINT = "a run has one owner at a time: wait for that process to end (or end it), then try again"
+
+
+def _remove_abandoned_builds(root: Path) -> None:
+    """Remove the build folders of ``RunDir.create`` in ``root/.creating`` whose builder is gone:
+    nobody holds their lock and they are older than ``ABANDONED_BUILD_S``."""
+    try:
+        entries = [p for p in (root / BUILDING).iterdir() if _BUILDING_RE.match(p.name) and p.is_dir()]
+    except OSError:
+        return
+    for p in entries:
+        try:
+            old = time.time() - p.stat().st_mtime >= ABANDONED_BUILD_S
+        except OSError:
+            continue
+        if old and folder_lock.holder(p) is None:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _publish(build: Path, path: Path) -> None:
+    """Rename the built folder to its name: the claim. A rename onto a folder that is not empty
+    fails, so of two runs racing for one name exactly one gets it."""
+    try:
+        os.rename(build, path)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise
+        raise HarnessError(
+            f"run directory {path} was just taken by another run started at the same time; choose another --name"
+        ) from None
+
+
 class RunDir:
     """A run directory on disk. ``RunDir(path)`` opens one; ``RunDir.create`` makes a new one."""
 
@@ -92,31 +145,75 @@ class RunDir:
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
+        self.owner: Optional[folder_lock.FolderLock] = None  # held by this process (create(owner=...))
+
+    def __getstate__(self) -> Dict[str, Any]:  # handed to other ranks: the lock stays with its owner
+        return {"path": self.path, "owner": None}
 
     # -- creation / opening ------------------------------------------------------------------
     @classmethod
-    def create(cls, root: Union[str, Path], name: str) -> "RunDir":
-        """A new, empty run directory ``root/name``, claimed atomically.
+    def create(
+        cls,
+        root: Union[str, Path],
+        name: str,
+        *,
+        config: Optional[Dict[str, Any]] = None,
+        env: Optional[Dict[str, Any]] = None,
+        owner: Optional[str] = None,
+    ) -> "RunDir":
+        """A new run directory ``root/name`` holding ``config`` and ``env``, created atomically.
 
-        The claim is the exclusive creation of ``RUN/checkpoints/`` (``os.mkdir`` without
-        ``exist_ok``): of two runs started at once with the same ``--out`` and ``--name``, exactly
-        one creates it and goes on; the other gets a ``HarnessError`` before writing anything. A
+        The folder is built under a temporary name (``root/.creating/NAME.PID-HEX``, locked while
+        it is built): ``checkpoints/``, ``eval/``, then config.json and env.json; then it is
+        renamed to its final name. A kill at any moment leaves either no folder of that name, or
+        one with its config that ``--resume`` continues; a build folder whose builder died is
+        removed by the next ``create`` in ``root``. The rename is the claim: of two runs started
+        at once with the same ``--out`` and ``--name``, exactly one renames its folder into place
+        (a rename onto a folder that is not empty fails); the other gets a ``HarnessError``. A
         folder that exists and holds anything is refused up front; an empty one (made by hand) is
-        claimed the same way."""
+        taken. ``owner``: the run is returned owned by this process (``lock``; held in ``owner``
+        until released), from before its name exists, so nobody else can take it in between."""
         path = Path(root) / run_dir_name(name)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise HarnessError(
                 f"run directory {path} already exists and is not empty; choose another --name or use --resume {path}"
             )
-        path.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_builds(path.parent)
+        build = path.parent / BUILDING / f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}"
+        lock: Optional[folder_lock.FolderLock] = None
         try:
-            os.mkdir(path / cls.CHECKPOINTS)
-        except FileExistsError:
-            raise HarnessError(
-                f"run directory {path} was just taken by another run started at the same time; choose another --name"
-            ) from None
-        (path / cls.EVAL).mkdir(exist_ok=True)
-        return cls(path)
+            build.parent.mkdir(exist_ok=True)
+            os.mkdir(build)
+            lock = folder_lock.take(build, owner or "harness (creating the run directory)", what="run directory")
+            cls._fill(build, config, env)
+            _publish(build, path)
+        except BaseException as e:
+            if lock is not None:
+                lock.release()
+            shutil.rmtree(build, ignore_errors=True)
+            where = str(getattr(e, "filename", None) or "")
+            if isinstance(e, OSError) and where.startswith(str(build.parent)):  # name the folder the user asked for
+                inside = where[len(str(build)) :] if where.startswith(str(build)) else ""
+                raise OSError(e.errno, e.strerror, str(path) + inside) from e
+            raise
+        lock.moved(path)
+        run = cls(path)
+        if owner is None:
+            lock.release()
+        else:
+            run.owner = lock
+        return run
+
+    @classmethod
+    def _fill(cls, build: Path, config: Optional[Dict[str, Any]], env: Optional[Dict[str, Any]]) -> None:
+        """Everything a new run folder holds before it gets its name."""
+        os.mkdir(build / cls.CHECKPOINTS)
+        os.mkdir(build / cls.EVAL)
+        if config is not None:
+            atomic_write_json(build / cls.CONFIG, config, schema="config")
+        if env is not None:
+            atomic_write_json(build / cls.ENV, env, schema="env")
 
     @classmethod
     def open(cls, path: Union[str, Path]) -> "RunDir":
@@ -126,6 +223,20 @@ class RunDir:
         if not (p / cls.CONFIG).exists():
             raise HarnessError(f"{p}: not a run directory (no {cls.CONFIG})")
         return cls(p)
+
+    # -- one owner at a time -------------------------------------------------------------------
+    def lock(self, command: str) -> folder_lock.FolderLock:
+        """Own this run for ``command`` (``harness run --resume``, ``harness eval``, ...) until the
+        lock is released, or a ``RunInUse`` naming the process that owns it (exit 2). The process
+        that owns the run may take it again (its training evaluates)."""
+        try:
+            return folder_lock.take(self.path, command, what="run", hint=_IN_USE_HINT)
+        except folder_lock.FolderInUse as e:
+            raise RunInUse(str(e)) from None
+
+    def holder(self) -> Optional[Dict[str, Any]]:
+        """Who owns the run now (command, pid, host, since), or None when nobody does."""
+        return folder_lock.holder(self.path)
 
     @staticmethod
     def default_name(cfg: Dict[str, Any]) -> str:

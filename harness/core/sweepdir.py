@@ -22,6 +22,7 @@ import contextlib
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
 
+from harness.core import lock as folder_lock
 from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_json, read_json
 from harness.core.rundir import RunDir
@@ -68,26 +69,19 @@ class SweepDir:
 
     @contextlib.contextmanager
     def driver_lock(self) -> Iterator[None]:
-        """Held by the one process that drives the sweep; the system releases it when that process
-        ends, however it ends. Two drivers on one folder would start the same cell twice."""
-        try:
-            import fcntl
-        except ImportError:  # Windows: no lock
-            yield
-            return
+        """Held by the one process that drives the sweep (``harness.core.lock``); the system
+        releases it when that process ends, however it ends. Two drivers on one folder would start
+        the same cell twice: the second is refused in one line naming the first."""
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / self.LOCK, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise HarnessError(
-                    f"{self.path}: another harness sweep is driving this folder; wait for it "
-                    "(harness sweep FILE --status shows the cells)"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        try:
+            lock = folder_lock.take(self.path, "harness sweep", reentrant=False, what="sweep folder")
+        except folder_lock.FolderInUse as e:
+            raise HarnessError(
+                f"{self.path}: another harness sweep is driving this folder ({folder_lock.describe(e.owner)}); "
+                "wait for it (harness sweep FILE --status shows the cells)"
+            ) from e
+        with lock:
+            yield
 
     def read_manifest(self) -> Optional[Dict[str, Any]]:
         if not self.manifest_path.exists():
