@@ -20,7 +20,7 @@ submodule, recording each call's input and output and the gradient that reaches 
    module itself along random directions; the deepest module that disagrees is the culprit.
 
 Stand-ins (``attacks.adaptive.view``): ``identity`` when the culprit maps its input to something
-close to it (||f(u) - u||_inf <= 0.1: quantisation, JPEG, median filtering), else the measured
+close to it (mean |f(u) - u| at most a tenth of u's range: quantisation, JPEG, median filtering), else the measured
 ``diagonal`` derivative at the smallest step h in 1/255 .. 64/255 where it is non-zero for most
 elements (soft thermometer, smoothed step), else, for a one-hot-like output, ``softmax``. The
 rounds repeat on the fixed view until the gradient reaches the input (a model may hide two
@@ -40,7 +40,7 @@ from attacks.base import eval_mode
 from attacks.losses import margin_loss
 
 MAX_ROUNDS = 5
-CLOSE_TO_INPUT = 0.1  # identity stand-in when ||f(u) - u||_inf is at most this (u in [0,1] units)
+CLOSE_TO_INPUT = 0.1  # identity stand-in when mean |f(u) - u| is at most this fraction of u's range
 STEPS_H = (1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255)
 USABLE = 0.5  # a gradient is usable when it is finite and non-zero for at least this fraction of points
 LIE_TOL = 0.3  # relative disagreement of a module's VJP with its finite difference that makes it lie
@@ -148,7 +148,7 @@ def _one_hot_like(v: torch.Tensor) -> bool:
 
 def stand_in(fn: Any, u: torch.Tensor, v: torch.Tensor, where: str, path: str, reason: str) -> Optional[Fix]:
     """The stand-in for a culprit computing ``v = fn(u)`` (see the module docstring)."""
-    if u.shape == v.shape and float((v.detach().float() - u.detach().float()).abs().max()) <= CLOSE_TO_INPUT:
+    if u.shape == v.shape and _close(u, v):
         return Fix(path, where, "identity", reason=reason)
     if diagonal_fits(u, v):
         box = bool(u.min() >= 0 and u.max() <= 1)
@@ -158,6 +158,14 @@ def stand_in(fn: Any, u: torch.Tensor, v: torch.Tensor, where: str, path: str, r
     if u.shape == v.shape and _one_hot_like(v.detach()):
         return Fix(path, where, "softmax", temperature=1.0, reason=reason)
     return None
+
+
+def _close(u: torch.Tensor, v: torch.Tensor) -> bool:
+    """f(u) = v stays close to u: the mean absolute change is at most ``CLOSE_TO_INPUT`` of the
+    input's range (quantisation, JPEG, median filtering, a denoiser), so BPDA's identity fits."""
+    u, v = u.detach().float(), v.detach().float()
+    span = float(u.max() - u.min()) or 1.0
+    return float((v - u).abs().mean()) <= CLOSE_TO_INPUT * span
 
 
 def _carries(d: torch.Tensor, in_shape: torch.Size) -> bool:
@@ -267,7 +275,7 @@ def _inline_fix(view: View, c: Call, x: torch.Tensor) -> Optional[Fix]:
     """The stand-in for the inline code from the model's input to ``c``'s input."""
     assert c.u is not None
     reason = "the code before it gives its input no gradient"
-    if c.u.shape == x.shape and float((c.u.detach() - x.detach()).abs().max()) <= CLOSE_TO_INPUT:
+    if c.u.shape == x.shape and _close(x, c.u):
         return Fix(c.path, "before", "identity", reason=reason)
     if diagonal_fits(x, c.u):
         for h in STEPS_H:
@@ -330,7 +338,7 @@ def find_liar(view: View, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> Op
             fix = Fix(c.path, "module", "diagonal", h=1e-3, reason="its backward pass is not its derivative")
             if _diagonal_agrees(fn, c.u.detach(), c.v.grad.detach(), gen):
                 return fix
-        if c.u.shape == c.v.shape and float((c.v.detach() - c.u.detach()).abs().max()) <= CLOSE_TO_INPUT:
+        if c.u.shape == c.v.shape and _close(c.u, c.v):
             return Fix(c.path, "module", "identity", reason="its backward pass is not its derivative")
     first = [c for c in _inline_fed(calls, xr) if c.u is not None and c.u.grad is not None]
     if first and not any(f.where == "before" for f in view.fixes):
@@ -339,7 +347,7 @@ def find_liar(view: View, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> Op
         err = _vjp_disagreement(_inline_map(view, c.path), x.detach(), c.u.grad.detach(), gen)
         if err is not None and err > LIE_TOL:
             reason = "the code before it gives its input a gradient that is not the derivative"
-            if c.u.shape == x.shape and float((c.u.detach() - x).abs().max()) <= CLOSE_TO_INPUT:
+            if c.u.shape == x.shape and _close(x, c.u):
                 return Fix(c.path, "before", "identity", reason=reason)
             if diagonal_fits(x, c.u):
                 return Fix(c.path, "before", "diagonal", h=1e-3, reason=reason)
