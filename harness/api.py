@@ -30,7 +30,7 @@ from attacks.suites import Suite
 from harness import config as C
 from harness import door
 from harness.context import RunContext
-from harness.core.documents import EnvRecord, EvalData, EvalResult, Finding
+from harness.core.documents import EnvRecord, EvalData, EvalResult, Finding, MetricsRow, TrainingSummary
 from harness.core.errors import ConfigError, DataError
 from harness.core.io import atomic_write_json, dumps, read_json
 from harness.core.rundir import RunDir
@@ -306,19 +306,21 @@ class Run:
 
     @property
     def status(self) -> str:
-        return str(self.dir.read_env().get("status", "unknown"))
+        return str(self.dir.env().status or "unknown")
 
     @property
-    def training(self) -> Optional[Dict[str, Any]]:
-        return self.dir.read_training()
+    def training(self) -> Optional[TrainingSummary]:
+        """training.json as its document (None while training has not finished)."""
+        return self.dir.training()
 
     @property
-    def metrics(self) -> List[Dict[str, Any]]:
-        return self.dir.read_metrics()
+    def metrics(self) -> List[MetricsRow]:
+        """metrics.jsonl, one document per epoch."""
+        return self.dir.metrics()
 
     def result(self, checkpoint: str = "best", suite: Optional[str] = None) -> Optional[Evaluation]:
-        doc = self.dir.read_eval_result(suite or self.config["eval"]["suite"], checkpoint)
-        return Evaluation.from_json(doc) if doc is not None else None
+        doc = self.dir.eval_result(suite or str(self.config["eval"]["suite"]), checkpoint)
+        return doc.cast(Evaluation) if doc is not None else None
 
     @property
     def best(self) -> Optional[Evaluation]:

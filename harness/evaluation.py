@@ -684,11 +684,6 @@ def _stage_of(obj: Any) -> Any:
     return (jsonable(block.mode), list(hints.get("bpda", [])), hints.get("eot"))
 
 
-def _stored(run: RunDir, suite: str, checkpoint: str) -> Optional[EvalResult]:
-    doc = run.read_eval_result(suite, checkpoint)
-    return EvalResult.coerce(doc) if doc is not None else None
-
-
 def evaluate_checkpoints(
     run: RunDir,
     ctx: RunContext,
@@ -736,14 +731,13 @@ def _evaluate_checkpoints(
     surrogate = ctx.data.train.first(min(len(ctx.data.train), SURROGATE_POINTS))
     by_weights: Dict[str, Tuple[str, EvalResult]] = {}
     # what is stored is read by rank 0 and handed to every rank, so all decide alike even while rank 0 writes
-    for suite, ckpt, raw in distributed.on_writer(lambda: list(run.eval_results())):
-        doc = EvalResult.coerce(raw)
+    for suite, ckpt, doc in distributed.on_writer(lambda: list(run.results())):
         if suite == setting.suite_name and _reusable(doc, setting, str(doc.weights_sha256)):
             by_weights.setdefault(str(doc.weights_sha256), (ckpt, doc))
     out: List[Tuple[EvalResult, str]] = []
     for name in names:
         ck = Checkpoint(run, name)
-        stored = distributed.on_writer(lambda: _stored(run, setting.suite_name, name))
+        stored = distributed.on_writer(lambda: run.eval_result(setting.suite_name, name))
         if not force and _reusable(stored, setting, ck.sha256):
             log.info(
                 "%s: %s already evaluated with %s for these weights (use --force to re-run)",
@@ -799,6 +793,6 @@ def _evaluate_checkpoints(
             how = "evaluated"
             by_weights.setdefault(ck.sha256, (name, doc))
         if distributed.world().is_writer:
-            run.write_eval_result(setting.suite_name, name, doc.to_json())
+            run.write_eval_result(setting.suite_name, name, doc)
         out.append((doc, how))
     return out

@@ -28,9 +28,9 @@ from torch import nn
 
 from attacks.base import PassCounter, eval_mode, verify
 from harness import distributed
+from harness.core.documents import Passes, Proportion, RobustOverfitting, ValBlock
 from harness.core.errors import ConfigError
 from harness.core.runtime import autocast
-from harness.core.stats import proportion
 
 
 def check_selection(defense: Any, selection: Any) -> List[str]:
@@ -77,7 +77,7 @@ class Monitor:
     def n(self) -> int:
         return int(self.y.shape[0])
 
-    def evaluate(self, model: nn.Module) -> Dict[str, Any]:
+    def evaluate(self, model: nn.Module) -> ValBlock:
         """The ``val`` block of a metrics row (formats.md), plus its passes and wall time.
 
         The model is in eval mode throughout and its modes are restored afterwards. Randomness
@@ -94,29 +94,21 @@ class Monitor:
             train_desc["model_mode"] = "eval"  # measured on the eval-mode model, like every val number
             train_desc["model_mode_in_training"] = defense.train_attack().get("model_mode")
 
-        def block(key: str, label: Optional[str] = None, desc: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-            out: Dict[str, Any] = proportion(counts[key], n)
-            if label is not None:
-                out["label"] = label
-                out["descriptor"] = desc
-            return out
+        def block(key: str, label: Optional[str] = None, desc: Optional[Dict[str, Any]] = None) -> Proportion:
+            return Proportion.of(counts[key], n, label=label, descriptor=desc)
 
-        return {
-            "n": n,
-            "split": "val",
-            "subset": "first n in fixed order",
-            "wall_s": time.perf_counter() - t0,
-            "clean": block("clean"),
-            "train_attack": block("train_attack", defense.train_attack_label(), train_desc),
-            "fgsm": block("fgsm", self.fgsm.label(), self.fgsm.describe()),
-            "selection": block("selection", self.selection.label(), self.selection.describe()),
-            "passes": {
-                "forward": passes["forward"],
-                "backward": passes["backward"],
-                "forward_per_example": passes["forward"] / max(n, 1),
-                "backward_per_example": passes["backward"] / max(n, 1),
-            },
-        }
+        f, b = passes["forward"], passes["backward"]
+        return ValBlock(
+            n,
+            split="val",
+            subset="first n in fixed order",
+            wall_s=time.perf_counter() - t0,
+            clean=block("clean"),
+            train_attack=block("train_attack", defense.train_attack_label(), train_desc),
+            fgsm=block("fgsm", self.fgsm.label(), self.fgsm.describe()),
+            selection=block("selection", self.selection.label(), self.selection.describe()),
+            passes=Passes(f, b, forward_per_example=f / max(n, 1), backward_per_example=b / max(n, 1)),
+        )
 
     def _measure(self, model: nn.Module, has_train_attack: bool) -> Tuple[Dict[str, int], Dict[str, int]]:
         """The points robust under each val attack, and the passes it took, counted over the
@@ -232,12 +224,7 @@ def detect_catastrophic_overfitting(
     return True, reasons
 
 
-def robust_overfitting(best: float, last: float, threshold: float) -> Dict[str, Any]:
+def robust_overfitting(best: float, last: float, threshold: float) -> RobustOverfitting:
+    """The best-minus-last selection-accuracy gap on val, flagged above ``threshold`` (Rice et al. 2020)."""
     gap = float(best) - float(last)
-    return {
-        "gap": gap,
-        "flagged": gap > threshold,
-        "threshold": threshold,
-        "best_selection": best,
-        "last_selection": last,
-    }
+    return RobustOverfitting(gap, gap > threshold, threshold, best_selection=best, last_selection=last)

@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from harness import distributed
 from harness.config import RunConfig, validate_saved
 from harness.context import RunContext
-from harness.core.documents import EvalResult
+from harness.core.documents import EvalResult, TrainingSummary
 from harness.core.rundir import RunDir, now_iso
 from harness.core.runtime import environment, resource_usage, sigterm_as_interrupt
 from harness.evaluation import evaluate_checkpoints
@@ -43,7 +43,7 @@ class Outcome:
     (result, how) pair per evaluated checkpoint (see ``evaluate_checkpoints``)."""
 
     run: RunDir
-    training: Dict[str, Any]
+    training: TrainingSummary
     results: List[Tuple[EvalResult, str]] = field(default_factory=list)
 
 
@@ -87,7 +87,7 @@ def _pipeline(
         cfg = validate_saved(run.read_config())
         if cfg.get("threads") is None:
             # CPU results depend bitwise on the thread count: continue with the one the run began with
-            threads = run.read_env().get("torch_threads")
+            threads = run.env().torch_threads
     elif cfg is None:
         raise ValueError("run_pipeline needs a config or resume=RUN_DIR")
     ctx = RunContext.from_spec(RunSpec.from_config(cfg), threads=threads)
@@ -184,7 +184,7 @@ def _mark_ended(run: RunDir, status: str, **fields: Any) -> None:
     the rank is recorded, and a "failed" status already there, with its error, stands."""
     world = distributed.world()
     if world.distributed:
-        if run.read_env().get("status") == "failed":
+        if run.env().status == "failed":
             return
         fields["ended_on_rank"] = world.rank
     run.update_env(status=status, **fields)

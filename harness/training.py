@@ -38,7 +38,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -47,6 +47,21 @@ from defenses.base import TrainContext
 from harness import checkpoints as ckpt
 from harness import curriculum, distributed
 from harness.context import RunContext
+from harness.core.documents import (
+    AttackInfo,
+    CatastrophicOverfitting,
+    CheckpointRecord,
+    DefenseInfo,
+    EpochFlags,
+    MetricsRow,
+    PassCount,
+    Passes,
+    TrainBlock,
+    TrainingStrength,
+    TrainingSummary,
+    ValBlock,
+    ValSplit,
+)
 from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_json
 from harness.core.rundir import RunDir, now_iso
@@ -336,7 +351,7 @@ class Trainer:
         log.info("resuming %s after epoch %d of %d", run.path, done, self.epochs)
 
     # -- the loop -----------------------------------------------------------------------------
-    def fit(self, run: RunDir) -> Dict[str, Any]:
+    def fit(self, run: RunDir) -> TrainingSummary:
         """Train the remaining epochs into ``run``; returns (and writes) the training summary."""
         self.run = run
         for w in self.monitor.warnings:
@@ -375,7 +390,7 @@ class Trainer:
         row = self._write_epoch(epoch, stats, val, decision)
         self._save_last()
         if self.on_epoch_end is not None:
-            self.on_epoch_end(epoch, row)
+            self.on_epoch_end(epoch, row.to_json())  # hooks (trackers, tests) get the row as stored
 
     def _train_epoch(self, epoch: int, counter: PassCounter, bar: Any) -> EpochStats:
         defense, dev = self.ctx.defense, self.ctx.device
@@ -432,7 +447,7 @@ class Trainer:
             yield x, y
 
     # size: the selection rule, collapse flag and stop rule read together (a collapsed epoch never becomes best)
-    def _select(self, epoch: int, val: Mapping[str, Any]) -> Selection:
+    def _select(self, epoch: int, val: ValBlock) -> Selection:
         """Best by selection accuracy on val; catastrophic overfitting flagged in every run; the
         run stopped if early stopping is on and its stop rule fires. A collapsed epoch's PGD number
         is the least trustworthy one (its loss surface is distorted), so it never replaces an
@@ -440,9 +455,9 @@ class Trainer:
         the stop rule throws away (first-batch-pgd) cannot be best either."""
         state, mon = self.state, self.spec.monitor
         accs = {
-            "selection": val["selection"]["accuracy"],
-            "fgsm": val["fgsm"]["accuracy"],
-            "train_attack": val["train_attack"]["accuracy"],
+            "selection": val.selection.accuracy,
+            "fgsm": val.fgsm.accuracy,
+            "train_attack": val.train_attack.accuracy if val.train_attack is not None else None,
         }
         use_train = self.ctx.defense.train_attack().get("attack") != "none"
         collapsed, reasons = detect_catastrophic_overfitting(
@@ -507,45 +522,36 @@ class Trainer:
         return restored
 
     # size: one epoch's record: costs summed, metrics line, checkpoints and trackers, in the order a resume reads them
-    def _write_epoch(self, epoch: int, stats: EpochStats, val: Dict[str, Any], decision: Selection) -> Dict[str, Any]:
+    def _write_epoch(self, epoch: int, stats: EpochStats, val: ValBlock, decision: Selection) -> MetricsRow:
         state, defense = self.state, self.ctx.defense
         n_train = len(self.ctx.data.train)
         state["train_wall_s"] += stats.wall_s
-        state["val_wall_s"] += val["wall_s"]
+        state["val_wall_s"] += float(val.wall_s or 0.0)
         state["passes"]["forward"] += stats.passes["forward"]
         state["passes"]["backward"] += stats.passes["backward"]
         state["passes"]["examples"] += n_train
         best = state["best"]
-        row = {
-            "epoch": epoch,
-            "epochs": self.epochs,
-            "time": now_iso(),
-            "train": {
-                "loss": stats.loss,
-                "accuracy": stats.accuracy,
-                "accuracy_on": defense.accuracy_on,
-                "lr": float(self.optimizer.param_groups[0]["lr"]),
-                "wall_s": stats.wall_s,
-                "examples": n_train,
-                "updates": self.step_ctx.updates,
-                "strength": stats.strength,
-                "passes": {
-                    "forward": stats.passes["forward"],
-                    "backward": stats.passes["backward"],
-                    "forward_per_example": stats.passes["forward"] / n_train,
-                    "backward_per_example": stats.passes["backward"] / n_train,
-                },
-            },
-            "val": val,
-            "best_epoch": best["epoch"],
-            "flags": {
-                "catastrophic_overfitting": decision.collapsed,
-                "robust_overfitting_gap": float(best["selection"]) - val["selection"]["accuracy"],
-                "notes": decision.notes,
-            },
-        }
-        if decision.rule is not None:
-            row["stop_rule"] = decision.rule  # stopping, recorded apart from the collapse flag
+        f, b = stats.passes["forward"], stats.passes["backward"]
+        row = MetricsRow(
+            epoch,
+            self.epochs,
+            now_iso(),
+            TrainBlock(
+                stats.loss,
+                stats.accuracy,
+                accuracy_on=defense.accuracy_on,
+                lr=float(self.optimizer.param_groups[0]["lr"]),
+                wall_s=stats.wall_s,
+                examples=n_train,
+                updates=self.step_ctx.updates,
+                strength=TrainingStrength.from_json(stats.strength) if stats.strength is not None else None,
+                passes=Passes(f, b, forward_per_example=f / n_train, backward_per_example=b / n_train),
+            ),
+            val,
+            best["epoch"],
+            EpochFlags(decision.collapsed, float(best["selection"]) - float(val.selection.accuracy), decision.notes),
+            stop_rule=decision.rule,  # stopping, recorded apart from the collapse flag
+        )
         if self.world.is_writer:
             self._write_epoch_files(epoch, row, decision)
         log.info(
@@ -555,41 +561,38 @@ class Trainer:
             self.epochs,
             stats.loss,
             stats.accuracy,
-            val["clean"]["accuracy"],
+            val.clean.accuracy,
             defense.train_attack_label(),
-            val["train_attack"]["accuracy"],
-            val["fgsm"]["accuracy"],
+            val.train_attack.accuracy if val.train_attack is not None else float("nan"),
+            val.fgsm.accuracy,
             self.monitor.selection.label(),
-            val["selection"]["accuracy"],
+            val.selection.accuracy,
             "  [best]" if decision.improved else "",
             stats.wall_s,
-            val["wall_s"],
-            row["train"]["passes"]["forward_per_example"],
+            val.wall_s,
+            f / n_train,
             "  CATASTROPHIC OVERFITTING" if decision.collapsed else "",
         )
         return row
 
-    def _write_epoch_files(self, epoch: int, row: Dict[str, Any], decision: Selection) -> None:
+    def _write_epoch_files(self, epoch: int, row: MetricsRow, decision: Selection) -> None:
         """The metrics row and the epoch's weights (rank 0's, which every rank holds)."""
-        run, val = self._run, row["val"]
+        run, val = self._run, row.val
         run.append_metrics(row)
         if self.spec.train.keep_epoch_checkpoints and decision.restored is None:
             ckpt.save_weights(run.checkpoint_path(f"epoch-{epoch}"), self.model, metadata={"epoch": epoch})
         if decision.improved:
             ckpt.save_weights(run.checkpoint_path("best"), self.model, metadata={"epoch": epoch})
-            atomic_write_json(
-                run.checkpoint_meta_path("best"),
-                {
-                    "epoch": epoch,
-                    "criterion": "selection-attack accuracy on the val split (first val_n points)",
-                    "selection_accuracy": val["selection"]["accuracy"],
-                    "selection": val["selection"],
-                    "clean": val["clean"],
-                    "split": "val",
-                    "n": val["n"],
-                },
-                schema="checkpoint",
+            record = CheckpointRecord(
+                epoch,
+                criterion="selection-attack accuracy on the val split (first val_n points)",
+                selection_accuracy=val.selection.accuracy,
+                selection=val.selection,
+                clean=val.clean,
+                split="val",
+                n=val.n,
             )
+            atomic_write_json(run.checkpoint_meta_path("best"), record.to_json(), schema="checkpoint")
 
     def _save_last(self) -> None:
         """last.pt, written after the epoch's other files: a run killed before it redoes the epoch.
@@ -623,7 +626,8 @@ class Trainer:
         if self.world.is_writer:
             ckpt.save_resume(self._run.checkpoint_path("last"), payload)
 
-    def summary(self) -> Dict[str, Any]:
+    # size: the training.json document, field by field in its stored order
+    def summary(self) -> TrainingSummary:
         """The ``training.json`` document."""
         ctx, state, spec = self.ctx, self.state, self.spec
         defense, monitor = ctx.defense, self.monitor
@@ -639,49 +643,44 @@ class Trainer:
         epochs_run = int(state["epoch"])
         # also after resuming a finished run
         final_strength = curriculum.apply(defense, spec.curriculum, max(epochs_run, 1))
-        return {
-            "defense": {**defense.describe(), "recipe": dict(spec.defense.recipe)},
-            "train_attack": {"label": defense.train_attack_label(), "descriptor": defense.train_attack()},
-            "selection_attack": {"label": monitor.selection.label(), "descriptor": monitor.selection.describe()},
-            "fgsm_attack": {"label": monitor.fgsm.label(), "descriptor": monitor.fgsm.describe()},
-            "val": {
-                "split": "val",
-                "n": monitor.n,
-                "subset": "first n in fixed order",
-                "held_out_from": "train",
-                "split_seed": spec.data.split_seed,
-            },
-            "epochs_planned": self.epochs,
-            "epochs_run": epochs_run,
-            "best_epoch": state["best"]["epoch"],
-            "best_selection_accuracy": best_sel,
-            "last_epoch": epochs_run,
-            "stopped_early": bool(state["stopped_early"]),
-            "stop_reason": state["stop_reason"],
-            "early_stop": self.early_stop,
-            "stop_rule": (
+        doc = TrainingSummary(
+            DefenseInfo.from_json({**defense.describe(), "recipe": dict(spec.defense.recipe)}),
+            AttackInfo(defense.train_attack_label(), defense.train_attack()),
+            AttackInfo(monitor.selection.label(), monitor.selection.describe()),
+            fgsm_attack=AttackInfo(monitor.fgsm.label(), monitor.fgsm.describe()),
+            val=ValSplit("val", monitor.n, "first n in fixed order", "train", spec.data.split_seed),
+            epochs_planned=self.epochs,
+            epochs_run=epochs_run,
+            best_epoch=state["best"]["epoch"],
+            best_selection_accuracy=best_sel,
+            last_epoch=epochs_run,
+            stopped_early=bool(state["stopped_early"]),
+            stop_reason=state["stop_reason"],
+            early_stop=self.early_stop,
+            stop_rule=(
                 {**self.stop_rule.describe(), "fired": bool(state["stopped_early"]), **(state.get("stop") or {})}
                 if self.stop_rule is not None
                 else None
             ),
-            "catastrophic_overfitting": dict(state["co"]),
-            "robust_overfitting": ro,
-            "wall_s": float(state["train_wall_s"]) + float(state["val_wall_s"]),
-            "train_wall_s": float(state["train_wall_s"]),
-            "val_wall_s": float(state["val_wall_s"]),
-            "train_wall_s_per_epoch": float(state["train_wall_s"]) / max(epochs_run, 1),
-            "passes_per_example_per_epoch": {
-                "forward": state["passes"]["forward"] / examples,
-                "backward": state["passes"]["backward"] / examples,
-            },
-            "expected_passes_per_example_per_epoch": defense.expected_passes(),
-            "training_strength": final_strength,
-            "device": str(ctx.device),
-            "precision": ctx.precision,
-            "memory_format": ctx.memory_format,
-            "warnings": list(monitor.warnings),
-            **({"distributed": self.describe_distributed()} if self.world.distributed else {}),
-        }
+            catastrophic_overfitting=CatastrophicOverfitting.from_json(dict(state["co"])),
+            robust_overfitting=ro,
+            wall_s=float(state["train_wall_s"]) + float(state["val_wall_s"]),
+            train_wall_s=float(state["train_wall_s"]),
+            val_wall_s=float(state["val_wall_s"]),
+            train_wall_s_per_epoch=float(state["train_wall_s"]) / max(epochs_run, 1),
+            passes_per_example_per_epoch=PassCount(
+                state["passes"]["forward"] / examples, state["passes"]["backward"] / examples
+            ),
+            expected_passes_per_example_per_epoch=PassCount.from_json(defense.expected_passes()),
+            training_strength=TrainingStrength.from_json(final_strength),
+            device=str(ctx.device),
+            precision=ctx.precision,
+            memory_format=ctx.memory_format,
+            warnings=list(monitor.warnings),
+        )
+        if self.world.distributed:
+            doc.extra["distributed"] = self.describe_distributed()
+        return doc
 
     def describe_distributed(self) -> Dict[str, Any]:
         """How the work was split, for training.json (multi-process runs only)."""
@@ -703,7 +702,7 @@ def train(
     resume: bool = False,
     progress: Optional[bool] = None,
     on_epoch_end: Optional[EpochHook] = None,
-) -> Dict[str, Any]:
+) -> TrainingSummary:
     """Train ``ctx``'s defense into ``run`` and return the ``training.json`` document.
 
     ``resume``: continue from ``checkpoints/last.pt`` if it exists. ``on_epoch_end(epoch, row)``

@@ -35,7 +35,7 @@ def _cfg(tmp_path, defense="pgd-at", name="run", **over):
 def _train(cfg, tmp_path, name, **kw):
     run = RunDir.create(tmp_path, name)
     run.write_config(cfg)
-    return run, T.train(run, RunContext.from_config(cfg), progress=False, **kw)
+    return run, T.train(run, RunContext.from_config(cfg), progress=False, **kw).to_json()
 
 
 @pytest.mark.parametrize(
@@ -142,14 +142,14 @@ def test_a_resumed_curriculum_run_ends_with_the_same_weights(defense, tmp_path):
     cut.write_config(cfg)
     with pytest.raises(KeyboardInterrupt):
         T.train(cut, RunContext.from_config(cfg), progress=False, on_epoch_end=stop)
-    doc = T.train(cut, RunContext.from_config(cfg), resume=True, progress=False)
+    doc = T.train(cut, RunContext.from_config(cfg), resume=True, progress=False).to_json()
     a = ckpt.load_resume(whole.checkpoint_path("last"))["model"]
     b = ckpt.load_resume(cut.checkpoint_path("last"))["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     strength = lambda run: [r["train"]["strength"] for r in run.read_metrics()]  # noqa: E731
     assert strength(whole) == strength(cut) and doc["training_strength"] == strength(whole)[-1]
     # a finished run trains nothing; its summary re-arms the last epoch's strength on a fresh defense
-    again = T.train(cut, RunContext.from_config(cfg), resume=True, progress=False)
+    again = T.train(cut, RunContext.from_config(cfg), resume=True, progress=False).to_json()
     assert again["training_strength"] == doc["training_strength"] and again["train_attack"] == doc["train_attack"]
 
 

@@ -142,7 +142,7 @@ def test_a_run_stopped_by_the_paper_s_rule_keeps_the_previous_epoch_and_records_
     def remember(epoch, row):
         saved[epoch] = {k: v.clone() for k, v in ckpt.load_resume(run.checkpoint_path("last"))["model"].items()}
 
-    doc = T.train(run, RunContext.from_config(cfg), progress=False, on_epoch_end=remember)
+    doc = T.train(run, RunContext.from_config(cfg), progress=False, on_epoch_end=remember).to_json()
     rows = run.read_metrics()
     assert [r["stop_rule"]["fired"] for r in rows] == [False, False, True]
     assert [r["flags"]["catastrophic_overfitting"] for r in rows] == [False, False, False]
@@ -156,7 +156,7 @@ def test_a_run_stopped_by_the_paper_s_rule_keeps_the_previous_epoch_and_records_
 def test_the_monitor_flags_without_stopping_when_the_recipe_has_no_early_stop(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "detect_catastrophic_overfitting", lambda hist, cur, **k: (True, ["forced"]))
     cfg = _cfg(tmp_path, monitor={"early_stop": False})
-    doc = T.train(_run(cfg, tmp_path), RunContext.from_config(cfg), progress=False)
+    doc = T.train(_run(cfg, tmp_path), RunContext.from_config(cfg), progress=False).to_json()
     assert doc["epochs_run"] == 3 and not doc["stopped_early"] and doc["stop_rule"] is None
     assert doc["catastrophic_overfitting"]["detected"]
 
@@ -164,7 +164,7 @@ def test_the_monitor_flags_without_stopping_when_the_recipe_has_no_early_stop(tm
 def test_a_run_resumed_across_the_rule_stops_where_the_whole_run_does(tmp_path):
     cfg = _cfg(tmp_path, train={"epochs": 3}, monitor={"stop_drop": 0.0})  # any drop at all fires
     whole = _run(cfg, tmp_path, "whole")
-    a = T.train(whole, RunContext.from_config(cfg), progress=False)
+    a = T.train(whole, RunContext.from_config(cfg), progress=False).to_json()
     cut = _run(cfg, tmp_path, "cut")
 
     def stop(epoch, row):
@@ -172,8 +172,8 @@ def test_a_run_resumed_across_the_rule_stops_where_the_whole_run_does(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        T.train(cut, RunContext.from_config(cfg), progress=False, on_epoch_end=stop)
-    b = T.train(cut, RunContext.from_config(cfg), resume=True, progress=False)
+        T.train(cut, RunContext.from_config(cfg), progress=False, on_epoch_end=stop).to_json()
+    b = T.train(cut, RunContext.from_config(cfg), resume=True, progress=False).to_json()
     assert (a["epochs_run"], a["stopped_early"], a["stop_rule"]) == (
         b["epochs_run"],
         b["stopped_early"],

@@ -55,8 +55,9 @@ def _new_run(cfg, tmp_path, name=None):
 
 
 def _train(run, cfg, **kw):
-    """The training loop on a fresh context of ``cfg`` (as the pipeline builds it)."""
-    return T.train(run, RunContext.from_config(cfg), **kw)
+    """The training loop on a fresh context of ``cfg`` (as the pipeline builds it); the training
+    summary as stored."""
+    return T.train(run, RunContext.from_config(cfg), **kw).to_json()
 
 
 def _weights(run):
@@ -276,14 +277,14 @@ def test_collapse_within_the_first_epoch_is_caught_without_history():
 
 
 def test_robust_overfitting_gap_and_threshold():
-    assert robust_overfitting(0.60, 0.52, 0.03) == {
+    assert robust_overfitting(0.60, 0.52, 0.03).to_json() == {
         "gap": pytest.approx(0.08),
         "flagged": True,
         "threshold": 0.03,
         "best_selection": 0.60,
         "last_selection": 0.52,
     }
-    assert not robust_overfitting(0.60, 0.59, 0.03)["flagged"]
+    assert not robust_overfitting(0.60, 0.59, 0.03).flagged
 
 
 @pytest.mark.parametrize("early_stop,epochs_run", [(None, 2), (True, 2), (False, 4)])

@@ -179,6 +179,7 @@ def run_guards(ctx: GuardContext) -> List[Finding]:
         return [f for e in entries if (f := e.obj(ctx)) is not None]
 
 
+# size: the guard context's parts as keywords, for callers that hold them separately
 def guard_rails(
     model: nn.Module,
     x: torch.Tensor,

@@ -778,8 +778,9 @@ class TrainingSummary(Document):
     stopped_early: Optional[bool]
     stop_reason: Optional[str]
     early_stop: Optional[bool] = optional()
-    # the rule that may stop the run (harness/stop_rules.py): descriptor, fired, epoch, restored_epoch
-    stop_rule: Optional[Dict[str, Any]] = optional()
+    # the rule that may stop the run (harness/stop_rules.py): descriptor, fired, epoch, restored_epoch;
+    # null when the run never stops early (always written, so a reader can tell "none" from "not recorded")
+    stop_rule: Optional[Dict[str, Any]] = field(default=None, kw_only=True)
     catastrophic_overfitting: CatastrophicOverfitting
     robust_overfitting: RobustOverfitting
     wall_s: Optional[float]

@@ -43,6 +43,14 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from harness.core import lock as folder_lock
+from harness.core.documents import (
+    CheckpointRecord,
+    Document,
+    EnvRecord,
+    EvalResult,
+    MetricsRow,
+    TrainingSummary,
+)
 from harness.core.errors import ConfigError, HarnessError
 from harness.core.io import SCHEMA_VERSION, atomic_write_json, atomic_write_text, dumps, read_json
 
@@ -126,6 +134,11 @@ def _publish(build: Path, path: Path) -> None:
         raise HarnessError(
             f"run directory {path} was just taken by another run started at the same time; choose another --name"
         ) from None
+
+
+def _json(doc: Any) -> Dict[str, Any]:
+    """A document's stored form (a dict as it is)."""
+    return doc.to_json() if isinstance(doc, Document) else doc
 
 
 class RunDir:
@@ -376,9 +389,10 @@ class RunDir:
             lines.append(dumps(row, indent=None).strip())
         return atomic_write_text(self.metrics_path, "\n".join(lines) + ("\n" if lines else ""))
 
-    def append_metrics(self, row: Dict[str, Any]) -> Path:
+    def append_metrics(self, row: Union[MetricsRow, Dict[str, Any]]) -> Path:
         """Append one row. The whole file is rewritten atomically: it is small, and a kill
         can never leave a torn line behind."""
+        row = _json(row)
         rows = self.read_metrics()
         if "epoch" in row:
             rows = [r for r in rows if r.get("epoch") != row["epoch"]]  # a resumed epoch replaces its row
@@ -386,8 +400,8 @@ class RunDir:
         return self.write_metrics(rows)
 
     # -- evaluation results ------------------------------------------------------------------
-    def write_eval_result(self, suite: str, checkpoint: str, result: Dict[str, Any]) -> Path:
-        return atomic_write_json(self.eval_result_path(suite, checkpoint), result, schema="eval-result")
+    def write_eval_result(self, suite: str, checkpoint: str, result: Union[EvalResult, Dict[str, Any]]) -> Path:
+        return atomic_write_json(self.eval_result_path(suite, checkpoint), _json(result), schema="eval-result")
 
     def read_eval_result(self, suite: str, checkpoint: str) -> Optional[Dict[str, Any]]:
         p = self.eval_result_path(suite, checkpoint)
@@ -420,8 +434,8 @@ class RunDir:
         return out
 
     # -- training summary --------------------------------------------------------------------
-    def write_training(self, doc: Dict[str, Any]) -> Path:
-        return atomic_write_json(self.training_path, doc, schema="training")
+    def write_training(self, doc: Union[TrainingSummary, Dict[str, Any]]) -> Path:
+        return atomic_write_json(self.training_path, _json(doc), schema="training")
 
     def read_training(self) -> Optional[Dict[str, Any]]:
         """The training summary, or None while training has not finished."""
@@ -432,6 +446,32 @@ class RunDir:
     def read_checkpoint_meta(self, name: str) -> Optional[Dict[str, Any]]:
         p = self.checkpoint_meta_path(name)
         return read_json(p, schema="checkpoint") if p.exists() else None
+
+    # -- the files as documents (harness.core.documents): what code reads ----------------------
+    # The read_* methods above return the files as stored (JSON); these return the typed
+    # documents, tolerant of damage as the documents are (a missing field reads empty).
+
+    def env(self) -> EnvRecord:
+        return EnvRecord.from_json(self.read_env())
+
+    def metrics(self, *, strict: bool = False) -> List[MetricsRow]:
+        return [MetricsRow.from_json(r) for r in self.read_metrics(strict=strict)]
+
+    def training(self) -> Optional[TrainingSummary]:
+        doc = self.read_training()
+        return TrainingSummary.from_json(doc) if doc is not None else None
+
+    def eval_result(self, suite: str, checkpoint: str) -> Optional[EvalResult]:
+        doc = self.read_eval_result(suite, checkpoint)
+        return EvalResult.from_json(doc) if doc is not None else None
+
+    def results(self, errors: Optional[List[str]] = None) -> Iterator[Tuple[str, str, EvalResult]]:
+        for suite, ckpt, doc in self.eval_results(errors):
+            yield suite, ckpt, EvalResult.from_json(doc)
+
+    def checkpoint_record(self, name: str) -> Optional[CheckpointRecord]:
+        doc = self.read_checkpoint_meta(name)
+        return CheckpointRecord.from_json(doc) if doc is not None else None
 
     def write_json(self, name: str, doc: Dict[str, Any], *, schema: str) -> Path:
         return atomic_write_json(self.path / name, doc, schema=schema)

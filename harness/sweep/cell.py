@@ -128,7 +128,7 @@ def run_cell(spec: CellSpec) -> str:
     record.setdefault("attempts", []).append(attempt)
     sweep.write_cell_record(spec.name, record)
     try:
-        if run.env_path.exists() and run.read_env().get("status") == "finished":
+        if run.env_path.exists() and run.env().status == "finished":
             attempt["outcome"] = "already finished"
             return "finished"
         resume = run.config_path.exists()
