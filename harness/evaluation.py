@@ -514,7 +514,9 @@ def _adaptive(
         runs, converged, rounds = stage.run(
             ctx, planned, counter=counter, progress=lambda text: bar.start(text, total=None)
         )
-    flags, verdict, reasons = stage.resolve(checks.findings, runs, converged, int(x.shape[0]))
+    flags, verdict, reasons = stage.resolve(
+        checks.findings, runs, converged, int(x.shape[0]), answered=ctx.cache.get("answered")
+    )
     return {
         "mode": mode,
         "hints": hints.describe(),

@@ -117,6 +117,7 @@ def _eot_k(ctx: Any) -> int:
     summary="BPDA: find the module that cuts or falsifies the gradient, bypass it, attack through it",
     fixes=("gradients", "gradient-consistency", "dynamic") + MASKING,
     order=10,
+    tier="repair",
 )
 def bpda(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     view = bpda_view(ctx)
@@ -157,6 +158,7 @@ def bpda(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     summary="EOT: average gradients over k draws of a randomised model, k grown until the direction is stable",
     fixes=("randomness",),
     order=20,
+    tier="repair",
 )
 def eot(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     if not ctx.judge.randomised:
@@ -226,6 +228,7 @@ class _LogitView(torch.nn.Module):
     summary="attack log-probabilities or rescaled logits with scale-free losses (probabilities, saturated softmax)",
     fixes=("outputs", "gradients", "gradient-consistency") + MASKING,
     order=30,
+    tier="repair",
 )
 def logits(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     base = bpda_view(ctx) or ctx.model
@@ -257,6 +260,7 @@ def logits(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     summary="more restarts of the white-box attacks (APGD-CE, APGD-DLR x3) on the points still robust",
     fixes=MASKING,
     order=40,
+    tier="search",
 )
 def pgd_boost(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     view = bpda_view(ctx) or ctx.model
@@ -286,6 +290,7 @@ SQUARE_RESTARTS = 1
     summary="Square with 10,000 queries (AutoAttack: 5000) from another seed, on the EOT average if randomised",
     fixes=("gradients", "gradient-consistency", "dynamic", "randomness") + MASKING,
     order=50,
+    tier="fallback",
 )
 def square_boost(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     from pyautoattack.square import SquareAttack
@@ -338,6 +343,7 @@ def square_boost(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     summary="APGD on a surrogate distilled on the model's own labels, transferred",
     fixes=("transfer", "square-vs-whitebox", "gradients", "gradient-consistency", "random-noise"),
     order=60,
+    tier="fallback",
 )
 def transfer(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     if ctx.surrogate_data is None:
@@ -387,6 +393,7 @@ SPSA_POINTS = 500
     summary="SPSA gradient estimates from outputs alone (Uesato et al. 2018), PGD on them",
     fixes=("gradient-consistency", "gradients"),
     order=70,
+    tier="fallback",
 )
 def spsa(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     idx_run = idx[:SPSA_POINTS]
@@ -452,6 +459,12 @@ def fixes_of(name: str) -> List[str]:
 
 def remedies_for(check: str) -> List[str]:
     return [n for n in remedy_names() if check in fixes_of(n)]
+
+
+def tier_of(name: str) -> str:
+    """``repair`` (gives the gradient back: BPDA, EOT, logits), ``search`` (attacks harder through
+    it) or ``fallback`` (needs no gradient: Square, transfer, SPSA)."""
+    return str(REMEDIES.entry(name).meta.get("tier", "fallback"))
 
 
 def summary_of(name: str) -> Optional[str]:

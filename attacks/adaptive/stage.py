@@ -6,7 +6,12 @@ flagged check (with the checks it answers), EOT whenever the judge found the mod
 and BPDA / EOT when the user named them (``--bpda``, ``--eot``); ``off`` runs none; a list runs
 the remedies it names. ``run`` runs them in rounds: the first round runs every planned remedy in
 its order, each on the points still robust; a later round reruns, with another seed, the
-remedies that broke points in the round before; the stage stops when a round breaks at most
+remedies that broke points in the round before. In the first round a fallback that needs no
+gradient (Square, transfer, SPSA) is skipped when every flag that called it was already answered:
+a gradient failure by a repair that gave the gradient back (BPDA, EOT, logits), a flag that names
+the points a weaker attack broke beyond the white-box attacks by a white-box remedy that finds at
+least 90% of those points itself (its recall on points known to be breakable: the gap is closed),
+any other masking flag by a repair or the stronger search. The stage stops when a round breaks at most
 ``allowance(n, 0.5%)`` points (it has **converged**: more attack effort no longer moves the
 number) or after ``MAX_ROUNDS``. Every candidate is confirmed on the unmodified model
 (``base.confirm``) before it counts, so the worst case can only go down.
@@ -28,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from attacks.adaptive.base import AdaptiveContext, RemedyOutcome, confirm
-from attacks.adaptive.remedies import remedies_for, remedy_names
+from attacks.adaptive.remedies import fixes_of, remedies_for, remedy_names, tier_of
 from attacks.checks.base import verdict as checks_verdict
 from attacks.registry import CHECKS, REMEDIES
 from harness.core.documents import Finding, FlagOutcome
@@ -122,6 +127,8 @@ def run(
     model; ``record(run)`` is called after each remedy (the caller keeps the per-example record).
     Returns the runs, whether the stage converged, and the number of rounds."""
     runs: List[RemedyRun] = []
+    answered: Dict[str, str] = {}  # flagged check -> the evidence that a repair or a stronger search answered it
+    ctx.cache["answered"] = answered
     a = allowance(int(ctx.x.shape[0]))
     todo = list(planned)
     base_seed = ctx.seed
@@ -138,10 +145,15 @@ def run(
             if progress is not None:
                 progress(f"adaptive: {p.name} (round {r}) on {idx.numel()} points")
             snap, t0 = counter.snapshot(), time.perf_counter()
+            unneeded = _answered_already(p, answered) if r == 1 else None
             if idx.numel() == 0:
                 outcome = RemedyOutcome(p.name, {"remedy": p.name}, idx, skipped="no point is left to attack")
+            elif unneeded:
+                outcome = RemedyOutcome(p.name, {"remedy": p.name}, idx, skipped=unneeded)
             else:
                 outcome = _attempt(p.name, ctx, idx)
+                if r == 1 and outcome.skipped is None:
+                    _answer(ctx, p, answered)
             broke = torch.zeros(idx.numel(), dtype=torch.bool, device=ctx.device)
             pred = ctx.y[idx].clone()
             if outcome.skipped is None and outcome.x_adv is not None:
@@ -169,6 +181,67 @@ def run(
     return runs, converged, rounds
 
 
+# the failures a repair answers by giving the gradient back; the rest are answered by evidence
+GRADIENT_FAILURES = ("gradients", "gradient-consistency", "randomness", "outputs", "dynamic")
+# where a check names the points a weaker attack broke beyond the white-box attacks: the points
+# known to be breakable, on which a white-box remedy's strength is measured (its recall)
+KNOWN_BREAKABLE = {
+    "square-vs-whitebox": "square_only_indices",
+    "random-noise": "noise_only_indices",
+    "transfer": "transfer_only_indices",
+    "fgsm-vs-pgd": "fgsm_beats_iterative_indices",
+}
+RECALL = 0.9  # a white-box remedy finding this share of the known-breakable points closes the gap
+
+
+def _flags(p: Planned) -> List[str]:
+    return [w.split(" (")[0] for w in p.why if w.endswith(("(warn)", "(fail)"))]
+
+
+def _answered_already(p: Planned, answered: Dict[str, str]) -> Optional[str]:
+    """A fallback (Square, transfer, SPSA) is not needed when every flag that called it has been
+    answered by a repair or a stronger white-box search earlier in the round; the reason says how."""
+    flags = _flags(p)
+    if tier_of(p.name) != "fallback" or not flags or not all(f in answered for f in flags):
+        return None
+    return "not needed: " + "; ".join(dict.fromkeys(answered[f] for f in flags))
+
+
+# size: which flags a white-box remedy that ran has answered, with the recall test for those that name points
+def _answer(ctx: AdaptiveContext, p: Planned, answered: Dict[str, str]) -> None:
+    """After a white-box remedy ran: the gradient failures it repairs are answered; a flag that
+    names points a weaker attack broke is answered when the remedy, run from those points' clean
+    images, finds at least ``RECALL`` of them (it is then at least as strong there); the other
+    masking flags are answered by any repair, or by the stronger search."""
+    tier = tier_of(p.name)
+    if tier == "fallback":
+        return
+    for flag in _flags(p):
+        if flag in answered or flag not in fixes_of(p.name):
+            continue
+        if flag in GRADIENT_FAILURES:
+            if tier == "repair":
+                answered[flag] = f"{p.name} gave the gradient back"
+            continue
+        key = KNOWN_BREAKABLE.get(flag)
+        finding = ctx.finding(flag)
+        known = list((finding.values.get(key) or []) if (finding is not None and key) else [])
+        if not known:
+            answered[flag] = f"{p.name} ran where the flag's symptom comes from"
+            continue
+        idx = torch.tensor(sorted(set(int(i) for i in known)), dtype=torch.long, device=ctx.device)
+        outcome = _attempt(p.name, ctx, idx)
+        if outcome.skipped is not None or outcome.x_adv is None:
+            continue
+        found = int(confirm(ctx, idx, outcome.x_adv, f"{outcome.label} (recall test)").sum())
+        ctx.cache.setdefault("recall", {})[flag] = {"remedy": p.name, "found": found, "known": int(idx.numel())}
+        if found >= RECALL * idx.numel():
+            answered[flag] = (
+                f"{p.name} found {found} of the {idx.numel()} points that {flag} showed a weaker attack breaking "
+                "beyond the white-box attacks, so the gap is closed"
+            )
+
+
 def _attempt(name: str, ctx: AdaptiveContext, idx: torch.Tensor) -> RemedyOutcome:
     """A remedy's outcome; one that fails on this model (white-box attacks on a model with no
     gradient path, a stand-in that does not fit) is skipped with its error, never ending the
@@ -187,7 +260,11 @@ def _attempt(name: str, ctx: AdaptiveContext, idx: torch.Tensor) -> RemedyOutcom
 
 # size: one sentence per flag, the outcome rule of the module docstring applied to each
 def resolve(
-    findings: Sequence[Finding], runs: Sequence[RemedyRun], converged: bool, n: int
+    findings: Sequence[Finding],
+    runs: Sequence[RemedyRun],
+    converged: bool,
+    n: int,
+    answered: Optional[Dict[str, str]] = None,
 ) -> Tuple[List[FlagOutcome], str, List[str]]:
     """Each flagged check's outcome, and the verdict after the stage with its reasons."""
     out: List[FlagOutcome] = []
@@ -220,12 +297,13 @@ def resolve(
             out.append(FlagOutcome(check, str(f.status), "stands", [], f"no remedy could run ({skipped})"))
             continue
         broke = sum(r.broke for r in ran)
+        evidence = (answered or {}).get(check)
         if converged:
             resolved_checks.add(check)
             text = (
                 f"resolved: {', '.join(names)} ran on every point still robust and broke {broke} more; the stage "
                 f"converged (its last round broke {last}, at most {a} allowed), so the robust accuracy is what "
-                "the adaptive attacks agree on"
+                "the adaptive attacks agree on" + (f"; {evidence}" if evidence else "")
             )
             out.append(FlagOutcome(check, str(f.status), "resolved", names, text))
         else:
