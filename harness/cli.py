@@ -296,7 +296,7 @@ def _add_audit(sub: Any) -> None:
         default=None,
         metavar="SECONDS",
         help="end the audit (exit 2) if it has not finished by then (default: 30 min plus a per-point allowance for "
-        "the suite, e.g. 20 s per point for quick, 60 s for standard)",
+        "the suite: 20 s a point for quick, 60 s a point for standard)",
     )
     p.add_argument(
         "--input-range",

@@ -182,7 +182,7 @@ def test_sharded_val_equals_one_process_val_on_the_same_weights(two_process_run)
         load_into(model, load_state_dict_file(run.checkpoint_path(f"epoch-{row['epoch']}")))
         val = monitor.evaluate(model)
         for key in ("clean", "train_attack", "fgsm", "selection"):
-            assert val[key]["accuracy"] == row["val"][key]["accuracy"], (row["epoch"], key)
+            assert getattr(val, key).accuracy == row["val"][key]["accuracy"], (row["epoch"], key)
         assert val["passes"]["forward"] == row["val"]["passes"]["forward"]
         assert val["passes"]["backward"] == row["val"]["passes"]["backward"]
 
@@ -191,7 +191,7 @@ def test_two_processes_train_to_the_accuracies_of_one(two_process_run, tmp_path)
     from harness.api import train
 
     one = train(**SETTINGS, out=str(tmp_path), name="one", evaluate=False)
-    rows1, rows2 = one.metrics, _metrics(two_process_run)
+    rows1, rows2 = [r.to_json() for r in one.metrics], _metrics(two_process_run)
     for r1, r2 in zip(rows1, rows2):
         # exact: the schedule counts global updates, the passes are summed over processes
         assert r1["train"]["updates"] == r2["train"]["updates"]

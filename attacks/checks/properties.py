@@ -458,11 +458,12 @@ CONSISTENCY_WARN = 0.2
     "gradient-consistency",
     summary="autograd's input gradient is the derivative: it matches finite differences (a backward that lies)",
     cheap=True,
-    basis="harness rule (Athalye et al. 2018, section 3: gradients that are not the derivative)",
+    basis="harness rule",
     order=55,
 )
 def gradient_consistency(ctx: CheckContext) -> Finding:
-    """The input gradient must be the derivative of what the model computes. A custom autograd
+    """The input gradient must be the derivative of what the model computes (harness rule, after
+    Athalye et al. 2018, section 3: gradients that are not the derivative). A custom autograd
     function whose backward returns something else (a sign-flipped, rescaled, random or
     "smoothed" gradient) sends gradient attacks the wrong way while every gradient looks finite
     and non-zero, so the gradients check passes; this one compares, on up to 16 clean-correct
