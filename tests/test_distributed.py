@@ -184,7 +184,7 @@ def test_sharded_val_equals_one_process_val_on_the_same_weights(two_process_run)
         for key in ("clean", "train_attack", "fgsm", "selection"):
             assert getattr(val, key).accuracy == row["val"][key]["accuracy"], (row["epoch"], key)
         assert val.passes.forward == row["val"]["passes"]["forward"]
-        assert val["passes"]["backward"] == row["val"]["passes"]["backward"]
+        assert val.passes.backward == row["val"]["passes"]["backward"]
 
 
 def test_two_processes_train_to_the_accuracies_of_one(two_process_run, tmp_path):
