@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.base import ascend, project, resolve_step_size
+from harness.core.documents import StopCheck
 from harness.core.runtime import autocast
 from harness.core.threat import ThreatModel
 
@@ -60,12 +61,10 @@ class ValCollapseRule:
         co: bool,
         reasons: List[str],
         epoch: Optional[int] = None,
-    ) -> Dict[str, Any]:
-        return {
-            "rule": self.name,
-            "fired": bool(co),
-            "reason": ("catastrophic overfitting: " + "; ".join(reasons)) if co else None,
-        }
+    ) -> StopCheck:
+        return StopCheck(
+            self.name, fired=bool(co), reason=("catastrophic overfitting: " + "; ".join(reasons)) if co else None
+        )
 
     def restore(self, model: nn.Module) -> Optional[int]:
         return None  # the weights stay; best (chosen on val) already excludes flagged epochs
@@ -162,7 +161,7 @@ class FirstBatchPGDRule:
         co: bool = False,
         reasons: Optional[List[str]] = None,
         epoch: Optional[int] = None,
-    ) -> Dict[str, Any]:
+    ) -> StopCheck:
         if self.first is None:
             raise RuntimeError("first-batch-pgd: no training minibatch was observed this epoch")
         x, y = self.first
@@ -170,21 +169,20 @@ class FirstBatchPGDRule:
         t0 = time.perf_counter()
         acc = self.accuracy(model, x, y, generator)
         fired = acc - self.previous_accuracy < -self.drop  # train_fgsm.py:L137
-        record = {
-            "rule": self.name,
-            "accuracy": acc,
-            "previous": self.previous_accuracy,
-            "n": int(y.shape[0]),
-            "fired": bool(fired),
-            "wall_s": time.perf_counter() - t0,
-            "reason": (
+        record = StopCheck(
+            self.name,
+            accuracy=acc,
+            previous=self.previous_accuracy,
+            n=int(y.shape[0]),
+            fired=bool(fired),
+            wall_s=time.perf_counter() - t0,
+            reason=(
                 f"first-batch PGD-{self.steps} accuracy fell from {self.previous_accuracy:.3f} to "
-                f"{acc:.3f} "
-                f"(more than {self.drop:g})"
+                f"{acc:.3f} (more than {self.drop:g})"
             )
             if fired
             else None,
-        }
+        )
         if not fired:
             self.previous_accuracy = acc  # train_fgsm.py:L139-140
             self.previous_epoch = epoch

@@ -56,6 +56,7 @@ from harness.core.documents import (
     MetricsRow,
     PassCount,
     Passes,
+    StopCheck,
     TrainBlock,
     TrainingStrength,
     TrainingSummary,
@@ -254,7 +255,7 @@ class Selection:
     collapsed: bool
     stop: bool
     notes: List[str]
-    rule: Optional[Dict[str, Any]] = None  # the stop rule's record of this epoch
+    rule: Optional[StopCheck] = None  # the stop rule's check of this epoch
     restored: Optional[int] = None  # the epoch whose weights the stop rule put back
 
 
@@ -478,8 +479,8 @@ class Trainer:
             if self.stop_rule is not None
             else None
         )
-        stop = bool(rule and rule["fired"])
-        restored = self._restore() if stop and rule["rule"] != "val-collapse" else None
+        stop = bool(rule is not None and rule.fired)
+        restored = self._restore() if stop and rule.rule != "val-collapse" else None
         best = state["best"]
         eligible = (not collapsed or best["epoch"] is None) and not (stop and restored is not None)
         improved = eligible and (best["selection"] is None or accs["selection"] > best["selection"])
@@ -498,15 +499,15 @@ class Trainer:
         if stop:
             assert rule is not None
             state["stopped_early"] = True
-            by_monitor = rule["rule"] == "val-collapse"
+            by_monitor = rule.rule == "val-collapse"
             state["stop_reason"] = (
                 f"catastrophic overfitting at epoch {epoch}: " + "; ".join(reasons)
                 if by_monitor
-                else f"{rule['rule']} at epoch {epoch}: {rule['reason']}"
+                else f"{rule.rule} at epoch {epoch}: {rule.reason}"
             )
-            state["stop"] = {"rule": rule["rule"], "epoch": epoch, "restored_epoch": restored}
+            state["stop"] = {"rule": rule.rule, "epoch": epoch, "restored_epoch": restored}
             notes.append(
-                f"stopping early ({rule['rule']}); the run keeps the weights of epoch {restored} (last.pt)"
+                f"stopping early ({rule.rule}); the run keeps the weights of epoch {restored} (last.pt)"
                 if restored is not None
                 else "stopping early (monitor.early_stop); best keeps the weights from before the collapse"
             )

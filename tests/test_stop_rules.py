@@ -97,19 +97,19 @@ def test_the_rule_fires_on_a_drop_of_more_than_its_threshold_and_keeps_the_previ
     x, y = torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)
     rule.observe(0, x, y)
     first = rule.after_epoch(model, None, epoch=1)
-    assert not first["fired"] and first["previous"] == 0.0  # train_fgsm.py:L93 starts from 0
+    assert not first.fired and first.previous == 0.0  # train_fgsm.py:L93 starts from 0
     kept = {k: v.clone() for k, v in model.state_dict().items()}
     rule.observe(0, x, y)
     with torch.no_grad():
         model.lin.weight.add_(1.0)
     second = rule.after_epoch(model, None, epoch=2)  # 0.35 - 0.5 = -0.15: not more than 0.2
-    assert not second["fired"]
+    assert not second.fired
     kept = {k: v.clone() for k, v in model.state_dict().items()}
     rule.observe(0, x, y)
     with torch.no_grad():
         model.lin.weight.add_(1.0)
     third = rule.after_epoch(model, None, epoch=3)  # 0.1 - 0.35 = -0.25: fires
-    assert third["fired"] and "0.350 to 0.100" in third["reason"]
+    assert third.fired and "0.350 to 0.100" in third.reason
     assert rule.restore(model) == 2 and all(torch.equal(model.state_dict()[k], kept[k]) for k in kept)
     state = rule.state_dict()
     again = FirstBatchPGDRule(threat)

@@ -834,6 +834,20 @@ class EpochFlags(Document):
 
 
 @dataclass
+class StopCheck(Document):
+    """A stop rule's check after an epoch (``harness.stop_rules``; a metrics row's ``stop_rule``):
+    whether it fired and why, with the measurement behind it for rules that measure."""
+
+    rule: Optional[str]
+    accuracy: Optional[float] = optional()
+    previous: Optional[float] = optional()
+    n: Optional[int] = optional()
+    fired: Optional[bool] = field(default=None, kw_only=True)
+    wall_s: Optional[float] = optional()
+    reason: Optional[str] = field(default=None, kw_only=True)
+
+
+@dataclass
 class MetricsRow(Document):
     """One line of metrics.jsonl: one epoch."""
 
@@ -847,7 +861,7 @@ class MetricsRow(Document):
     best_epoch: Optional[int]
     flags: EpochFlags
     # the stop rule's check of this epoch, recorded apart from the collapse flag (present when the run can stop)
-    stop_rule: Optional[Dict[str, Any]] = optional()
+    stop_rule: Optional[StopCheck] = optional()
 
 
 @dataclass
@@ -896,6 +910,7 @@ __all__ = [
     "TrainBlock",
     "ValBlock",
     "EpochFlags",
+    "StopCheck",
     "MetricsRow",
     "CheckpointRecord",
 ]
