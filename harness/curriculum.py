@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
 from defenses.registry import DEFENSES
+from harness.core.documents import TrainingStrength
 from harness.core.errors import ConfigError
 from harness.core.threat import ThreatModel, parse_eps
 
@@ -181,7 +182,7 @@ def strength_at(cfg: Mapping[str, Any], epoch: int, threat: ThreatModel, steps: 
     return Point(epoch, None, None, None)
 
 
-def apply(defense: Any, schedule: Mapping[str, Any], epoch: int) -> Dict[str, Any]:
+def apply(defense: Any, schedule: Mapping[str, Any], epoch: int) -> TrainingStrength:
     """Arm ``defense`` for ``epoch`` (1-based) and return the strength in force, for the metrics row.
     ``schedule`` is the run's ``curriculum`` section (``RunSpec.curriculum``)."""
     defense.begin_epoch(epoch)
@@ -192,4 +193,4 @@ def apply(defense: Any, schedule: Mapping[str, Any], epoch: int) -> Dict[str, An
         full_steps = int(defense.full_options[key]) if key else defense.train_attack_steps()
         p = strength_at(cfg, epoch, defense.full_threat, full_steps)
         defense.set_strength(p.eps, p.steps, eps_text=p.eps_text)
-    return {"epoch": int(epoch), "schedule": kind, **defense.strength()}
+    return TrainingStrength.from_json({"epoch": int(epoch), "schedule": kind, **defense.strength()})

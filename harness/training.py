@@ -244,7 +244,7 @@ class EpochStats:
     accuracy: float
     wall_s: float
     passes: Dict[str, int]
-    strength: Dict[str, Any]  # the training attack's eps / steps in force (harness/curriculum.py)
+    strength: TrainingStrength  # the training attack's eps / steps in force (harness/curriculum.py)
 
 
 @dataclass
@@ -545,7 +545,7 @@ class Trainer:
                 wall_s=stats.wall_s,
                 examples=n_train,
                 updates=self.step_ctx.updates,
-                strength=TrainingStrength.from_json(stats.strength) if stats.strength is not None else None,
+                strength=stats.strength,
                 passes=Passes(f, b, forward_per_example=f / n_train, backward_per_example=b / n_train),
             ),
             val,
@@ -673,7 +673,7 @@ class Trainer:
                 state["passes"]["forward"] / examples, state["passes"]["backward"] / examples
             ),
             expected_passes_per_example_per_epoch=PassCount.from_json(defense.expected_passes()),
-            training_strength=TrainingStrength.from_json(final_strength),
+            training_strength=final_strength,
             device=str(ctx.device),
             precision=ctx.precision,
             memory_format=ctx.memory_format,
