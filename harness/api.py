@@ -40,28 +40,9 @@ from harness.data import load_dataset
 from harness.evaluation import SURROGATE_POINTS, evaluate_checkpoints, evaluate_model
 from harness.hints import hints_for
 from harness.pipeline import Outcome, run_pipeline
-from harness.spec import EvalSetting
+from harness.spec import EvalSetting, RunSpec
 
 Data = Union[str, Tuple[torch.Tensor, torch.Tensor]]
-
-# short names for the settings people type most, as ``harness run``'s flags name them
-ALIASES = {
-    "eps": "threat.eps",
-    "norm": "threat.norm",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "lr": "train.lr",
-    "suite": "eval.suite",
-    "n": "eval.n",
-    "eval_batch_size": "eval.batch_size",
-    "out": "out.root",
-    "name": "out.name",
-    "data_dir": "data.data_dir",
-    "val_size": "data.val_size",
-    "download": "data.download",
-    "early_stop": "monitor.early_stop",
-    "recipe_variant": "recipe.variant",
-}
 
 
 class Evaluation(EvalResult):
@@ -201,33 +182,11 @@ def _tensors(data: Any, device: torch.device, n: Optional[int]) -> Tuple[torch.T
 # -- training -------------------------------------------------------------------------------------
 
 
-def settings_to_flags(settings: Mapping[str, Any]) -> Dict[str, Any]:
-    """Keyword settings -> the nested layer of explicit settings that ``harness.config.resolve``
-    takes: a config key (``dataset="digits"``), a section (``train={"epochs": 3}``), a dotted key
-    (``**{"train.epochs": 3}``) or a short name (``epochs=3``, see ``ALIASES``)."""
-    nested: Dict[str, Any] = {}
-    for key, value in settings.items():
-        dotted = ALIASES.get(key, key)
-        node = nested
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"setting {key!r}: {part!r} is given both as a value and as a section")
-        leaf = parts[-1]
-        node[leaf] = (
-            C.deep_merge(node[leaf], value)
-            if isinstance(value, Mapping) and isinstance(node.get(leaf), Mapping)
-            else value
-        )
-    return nested
-
-
 def resolve_config(config: Union[None, str, Path, Mapping[str, Any]] = None, **settings: Any) -> C.RunConfig:
     """The resolved config ``train`` would run: defaults < recipe < ``config`` (a TOML/JSON file
     or a dict) < ``settings``."""
     file_cfg = C.load_config_file(config) if isinstance(config, (str, Path)) else dict(config or {})
-    return C.resolve(settings_to_flags(settings), file_cfg)
+    return C.resolve(C.settings_to_flags(settings), file_cfg)
 
 
 def train(
@@ -288,7 +247,7 @@ class Run:
     def __init__(self, path: Union[str, Path], outcome: Optional[Outcome] = None):
         self.dir = RunDir.open(path)
         self.outcome = outcome  # what the pipeline returned, when this process ran it
-        self._config: Optional[Dict[str, Any]] = None
+        self._spec: Optional[RunSpec] = None
 
     @classmethod
     def from_outcome(cls, outcome: Outcome) -> "Run":
@@ -299,10 +258,11 @@ class Run:
         return self.dir.path
 
     @property
-    def config(self) -> Dict[str, Any]:
-        if self._config is None:
-            self._config = self.dir.read_config()
-        return self._config
+    def spec(self) -> RunSpec:
+        """The run's resolved config, typed (config.json read once)."""
+        if self._spec is None:
+            self._spec = RunSpec.from_config(C.validate_saved(self.dir.read_config()))
+        return self._spec
 
     @property
     def status(self) -> str:
@@ -319,7 +279,7 @@ class Run:
         return self.dir.metrics()
 
     def result(self, checkpoint: str = "best", suite: Optional[str] = None) -> Optional[Evaluation]:
-        doc = self.dir.eval_result(suite or str(self.config["eval"]["suite"]), checkpoint)
+        doc = self.dir.eval_result(suite or self.spec.eval.suite.name, checkpoint)
         return doc.cast(Evaluation) if doc is not None else None
 
     @property

@@ -385,7 +385,7 @@ def cmd_run(ns: Dict[str, Any]) -> int:
         sys.stdout.write(api.config_text(cfg))
         sys.stdout.flush()
         # stdout stays a valid --config; what it means, with each value's source, goes to stderr
-        sys.stderr.write(dry_run_report(cfg, api.settings_to_flags(settings), file_cfg, config))
+        sys.stderr.write(dry_run_report(cfg, api.C.settings_to_flags(settings), file_cfg, config))
         return 0
     else:
         run = api.train(config=config, **settings)

@@ -540,3 +540,45 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> List[Tuple[str, Any]]:
         else:
             out.append((f"{prefix}{k}", v))
     return out
+
+
+# short names for the settings people type most, as ``harness run``'s flags name them
+ALIASES = {
+    "eps": "threat.eps",
+    "norm": "threat.norm",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "suite": "eval.suite",
+    "n": "eval.n",
+    "eval_batch_size": "eval.batch_size",
+    "out": "out.root",
+    "name": "out.name",
+    "data_dir": "data.data_dir",
+    "val_size": "data.val_size",
+    "download": "data.download",
+    "early_stop": "monitor.early_stop",
+    "recipe_variant": "recipe.variant",
+}
+
+
+def settings_to_flags(settings: Mapping[str, Any]) -> Dict[str, Any]:
+    """Keyword settings -> the nested layer of explicit settings that ``harness.config.resolve``
+    takes: a config key (``dataset="digits"``), a section (``train={"epochs": 3}``), a dotted key
+    (``**{"train.epochs": 3}``) or a short name (``epochs=3``, see ``ALIASES``)."""
+    nested: Dict[str, Any] = {}
+    for key, value in settings.items():
+        dotted = ALIASES.get(key, key)
+        node = nested
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"setting {key!r}: {part!r} is given both as a value and as a section")
+        leaf = parts[-1]
+        node[leaf] = (
+            deep_merge(node[leaf], value)
+            if isinstance(value, Mapping) and isinstance(node.get(leaf), Mapping)
+            else value
+        )
+    return nested

@@ -267,7 +267,7 @@ def test_evaluate_refuses_bad_input_in_one_line():
 def test_train_is_harness_run_from_python(tmp_path):
     run = harness.train("erm", dataset="synthetic", out=str(tmp_path), name="api", **QUICK)
     assert run.status == "finished" and run.path == tmp_path / "api"
-    assert run.config["defense"] == "erm" and run.training.epochs_run == 1 and len(run.metrics) == 1
+    assert run.spec.defense.name == "erm" and run.training.epochs_run == 1 and len(run.metrics) == 1
     assert run.best.suite == "smoke" and run.best.n == 16 and run.report.exists()
     again = run.evaluate("best", suite="smoke", n=16)
     assert again.to_json()["created"] == run.best.to_json()["created"]  # stored, same weights
@@ -276,7 +276,7 @@ def test_train_is_harness_run_from_python(tmp_path):
 
 
 def test_settings_take_sections_dotted_keys_and_short_names():
-    from harness.api import settings_to_flags
+    from harness.config import settings_to_flags
 
     flags = settings_to_flags(
         {"eps": "8/255", "train": {"lr": 0.1}, "train.epochs": 3, "epochs": 4, "defense_options": {"steps": 2}}
@@ -311,7 +311,7 @@ def test_the_run_records_the_precision_it_used(tmp_path):
         **{k: v for k, v in QUICK.items() if k not in ("suite", "n")},
     )
     env: Dict[str, Any] = json.loads((run.path / "env.json").read_text())
-    assert run.config["precision"] == "auto" and env["precision"] == "fp32" and run.training.precision == "fp32"
+    assert run.spec.precision == "auto" and env["precision"] == "fp32" and run.training.precision == "fp32"
 
 
 def test_weights_digest_is_the_same_for_safetensors_and_last_pt(tmp_path):

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from harness import config as C
-from harness.api import settings_to_flags
 from harness.cli import build_parser
+from harness.config import settings_to_flags
 from harness.core.errors import ConfigError, UnknownNameError
 
 
