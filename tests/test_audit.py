@@ -20,8 +20,8 @@ from harness.audit.guards import AuditRefused, guard_rails, sign_test
 from harness.audit.verdict import decide
 from harness.checkpoints import save_weights
 from harness.cli import main
+from harness.core.documents import ChecksBlock, Proportion
 from harness.core.errors import ConfigError, UnknownNameError
-from harness.core.stats import proportion
 from harness.core.threat import ThreatModel
 
 EPS = "0.05"
@@ -147,18 +147,20 @@ def test_true_claim_holds(overstated, files, capsys):
 
 
 def test_verdict_rule_boundaries():
-    robust = proportion(40, 100)  # 40%, Wilson CI about [30.9%, 49.8%]
-    hi = robust["ci95"][1]
-    ok = {"verdict": "reliable", "reasons": []}
-    assert decide(hi, robust, ok)["outcome"] == "holds"
-    assert decide(0.30, robust, ok)["outcome"] == "holds" and "conservative" in decide(0.30, robust, ok)["text"]
-    over = decide(hi + 0.001, robust, ok)
+    robust = Proportion.of(40, 100)  # 40%, Wilson CI about [30.9%, 49.8%]
+    hi = robust.ci95[1]
+    ok = ChecksBlock("reliable", [])
+    assert decide(hi, robust, ok).outcome == "holds"
+    assert decide(0.30, robust, ok).outcome == "holds" and "conservative" in decide(0.30, robust, ok).text
+    over = decide(hi + 0.001, robust, ok).to_json()
     assert over["outcome"] == "overstated" and over["gap_points"] == pytest.approx(100 * (hi + 0.001 - 0.40))
-    bad = decide(0.40, robust, {"verdict": "unreliable", "reasons": ["FGSM beats PGD on 12% of points"]})
+    bad = decide(0.40, robust, ChecksBlock("unreliable", ["FGSM beats PGD on 12% of points"])).to_json()
     assert bad["outcome"] == "unreliable" and "FGSM beats PGD" in bad["text"]
-    sus = decide(0.40, robust, {"verdict": "suspicious", "reasons": ["loss not converged"]})
+    sus = decide(0.40, robust, ChecksBlock("suspicious", ["loss not converged"])).to_json()
     assert sus["outcome"] == "holds" and sus["flagged"] and "loss not converged" in sus["flags"][0]
-    assert decide(0.40, robust, ok, flags=["guard rail probabilities: ..."])["flagged"]
+    assert decide(0.40, robust, ok, flags=["guard rail probabilities: ..."]).flagged
+    # a claim above the interval is refuted whatever the checks say: the measurement is an upper bound
+    assert decide(0.90, robust, ChecksBlock("unreliable", ["gradients fail"])).outcome == "overstated"
 
 
 @pytest.mark.parametrize(
@@ -192,8 +194,8 @@ def test_impossible_claims_are_errors(text):
 )
 def test_claimed_attack_text_is_parsed(text, family, steps, restarts, loss):
     p = parse_claim_attack(text)
-    assert p["text"] == text and p["parsed"]
-    assert (p["family"], p["steps"], p["restarts"], p["loss"]) == (family, steps, restarts, loss)
+    assert p.text == text and p.parsed
+    assert (p.family, p.steps, p.restarts, p.loss) == (family, steps, restarts, loss)
 
 
 @pytest.mark.parametrize(
@@ -207,12 +209,12 @@ def test_claimed_attack_text_is_parsed(text, family, steps, restarts, loss):
     ],
 )
 def test_autoattack_version_in_a_claim(text, version):
-    assert parse_claim_attack(text)["version"] == version
+    assert parse_claim_attack(text).version == version
 
 
 def test_claimed_attack_replay_spec():
     p = parse_claim_attack("PGD 50 steps, 10 restarts, step 2/255")
-    assert p["step_size"] == "2/255"
+    assert p.step_size == "2/255"
     assert replay_spec(p, 8 / 255) == {
         "attack": "pgd",
         "steps": 50,
@@ -223,7 +225,7 @@ def test_claimed_attack_replay_spec():
     assert replay_spec(parse_claim_attack("CW-30"), 0.1)["loss"] == "margin"
     assert replay_spec(parse_claim_attack("AutoAttack"), 0.1) is None
     assert (
-        not parse_claim_attack("my secret attack")["parsed"]
+        not parse_claim_attack("my secret attack").parsed
         and replay_spec(parse_claim_attack("my secret attack"), 0.1) is None
     )
 

@@ -80,10 +80,10 @@ def test_an_unreadable_or_impossible_claim_attack_is_one_line_and_exit_2(files, 
 
 
 def test_the_usual_ways_of_writing_an_attack_still_parse():
-    assert check_claim_attack("PGD-100 x5 restarts")["restarts"] == 5
-    assert check_claim_attack("PGD 50 steps, 10 restarts, step 2/255")["steps"] == 50
-    assert check_claim_attack("AutoAttack")["family"] == "autoattack"
-    assert check_claim_attack(None)["parsed"] is False  # no claimed attack at all: allowed, and flagged
+    assert check_claim_attack("PGD-100 x5 restarts").restarts == 5
+    assert check_claim_attack("PGD 50 steps, 10 restarts, step 2/255").steps == 50
+    assert check_claim_attack("AutoAttack").family == "autoattack"
+    assert check_claim_attack(None).parsed is False  # no claimed attack at all: allowed, and flagged
 
 
 def test_a_claim_whose_strength_cannot_be_compared_stays_flagged(files, tmp_path, capsys):

@@ -258,7 +258,7 @@ def test_help_texts_have_examples_and_every_example_works(finished, capsys):
             if argv[0] == "--claim-attack":
                 from harness.audit.claim import parse_claim_attack
 
-                assert parse_claim_attack(argv[1])["parsed"], argv
+                assert parse_claim_attack(argv[1]).parsed, argv
         elif sub == "export":
             args = ["export", str(finished), "-o", "card", *argv]
             _check_without_running(args)

@@ -60,7 +60,7 @@ def child_main(task: Dict[str, Any], result_path: str) -> None:
                 state_path=Path(state) if state else None,
                 progress=bool(task.get("progress", True)),
             )
-        result: Dict[str, Any] = {"audit": doc}
+        result: Dict[str, Any] = {"audit": doc.to_json()}
     except HarnessError as e:
         result = _error(str(e), e.exit_code, type(e).__name__)
     except OSError as e:

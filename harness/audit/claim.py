@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from attacks.base import check_budget
+from harness.core.documents import ClaimedAttack, EvalResult, StrengthComparison
 from harness.core.errors import ConfigError
 
 
@@ -46,7 +47,7 @@ _FAMILIES = [
 
 
 # size: one parser of the ways papers write an attack (family, steps, restarts, loss, step), read top to bottom
-def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
+def parse_claim_attack(text: Optional[str]) -> ClaimedAttack:
     """What the claimed attack's text says: family, steps, restarts, loss, step size.
 
     Understands the usual ways of writing it: ``PGD-20``, ``PGD-100 x5 restarts``, ``PGD 50
@@ -64,7 +65,7 @@ def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
         "gradient_steps_per_example": None,
     }
     if not text or not text.strip():
-        return out
+        return ClaimedAttack.from_json(out)
     t = text.strip().lower().replace("×", "x")
     for pattern, family, loss in _FAMILIES:
         m = re.search(pattern, t)
@@ -72,7 +73,7 @@ def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
             out.update(parsed=True, family=family, loss=loss)
             break
     else:
-        return out
+        return ClaimedAttack.from_json(out)
     fam = out["family"]
     if fam == "autoattack":
         out["version"] = (
@@ -82,12 +83,12 @@ def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
             if re.search(r"\brand", t)
             else "standard"
         )
-        return out
+        return ClaimedAttack.from_json(out)
     if fam == "fgsm":
         out.update(steps=1, restarts=1, gradient_steps_per_example=1)
         if "rs" in re.findall(r"[a-z]+", t) or "random" in t:
             out["random_start"] = True
-        return out
+        return ClaimedAttack.from_json(out)
     # steps: "PGD-20", "PGD20", "PGD 20", "CW-100", "20 steps", "20 iterations"
     m = re.search(
         r"(?:pgd|bim|fgsm|mim|cw|c&w|apgd(?:-?ce|-?dlr|-?t)?|square|fab(?:-?t)?)[-_ ]?(?:inf|∞|linf)?[-_ ]?(\d+)\b", t
@@ -113,13 +114,13 @@ def parse_claim_attack(text: Optional[str]) -> Dict[str, Any]:
         out["step_size"] = m.group(1).replace(" ", "")
     if fam in ("pgd", "cw") and out["steps"] is not None:
         out["gradient_steps_per_example"] = out["steps"] * (out["restarts"] or 1)
-    return out
+    return ClaimedAttack.from_json(out)
 
 
 _ATTACK_WORD = r"(?:pgd|bim|fgsm|mim|cw|c&w|apgd(?:-?ce|-?dlr|-?t)?|square|fab(?:-?t)?)"
 
 
-def check_claim_attack(text: Optional[str]) -> Dict[str, Any]:
+def check_claim_attack(text: Optional[str]) -> ClaimedAttack:
     """``parse_claim_attack``, refusing what it cannot read or what cannot be: an empty text, a
     text naming no attack family (``banana``), steps written as anything but a whole number
     (``PGD-1e3``, ``PGD-2.5``), a negative or zero budget (``PGD--5``, ``PGD-0``, ``x 0 restarts``).
@@ -132,7 +133,7 @@ def check_claim_attack(text: Optional[str]) -> Dict[str, Any]:
     example = "write e.g. 'PGD-20', 'PGD-100 x5 restarts', 'CW-100', 'FGSM', 'AutoAttack' or 'Square 5000'"
     if not t:
         raise ConfigError(f"--claim-attack is empty; {example}, or leave it out")
-    if not parsed["parsed"]:
+    if not parsed.parsed:
         raise ConfigError(f"--claim-attack {text!r}: no attack harness can read; {example}")
     if re.search(_ATTACK_WORD + r"(?:--|[_ ]-|-\s+-)\s*\d", t) or re.search(
         r"(?<![\w])-\s*\d+\s*(?:x\b|re-?starts?)", t
@@ -143,36 +144,34 @@ def check_claim_attack(text: Optional[str]) -> Dict[str, Any]:
             f"--claim-attack {text!r}: write the number of steps as a whole number (PGD-1000, not PGD-1e3)"
         )
     for key in ("steps", "restarts"):
-        if parsed.get(key) is not None and int(parsed[key]) < 1:
-            raise ConfigError(f"--claim-attack {text!r}: {key} must be at least 1, got {parsed[key]}")
+        value = getattr(parsed, key)
+        if value is not None and int(value) < 1:
+            raise ConfigError(f"--claim-attack {text!r}: {key} must be at least 1, got {value}")
     return parsed
 
 
-def replay_spec(parsed: Dict[str, Any], eps: float) -> Optional[Dict[str, Any]]:
-    """The harness attack that reproduces the claimed one, when its text says enough: PGD-K and
-    CW-K (K steps, the stated restarts and loss; the stated step size, else 2.5 eps / K) and FGSM.
-    Returns ``None`` for anything else (AutoAttack is part of the stronger suites already). Steps
-    and restarts beyond the bounds every attack has (``attacks.base.check_budget``) are a
-    ``ConfigError``: the audit checks this before it loads anything."""
-    fam = parsed.get("family")
+def replay_spec(parsed: ClaimedAttack, eps: float) -> Optional[Mapping[str, Any]]:
+    """The harness attack (an attack spec, as a suite lists it) that reproduces the claimed one,
+    when its text says enough: PGD-K and CW-K (K steps, the stated restarts and loss; the stated
+    step size, else 2.5 eps / K) and FGSM. Returns ``None`` for anything else (AutoAttack is part
+    of the stronger suites already). Steps and restarts beyond the bounds every attack has
+    (``attacks.base.check_budget``) are a ``ConfigError``: the audit checks this before it loads
+    anything."""
+    fam = parsed.family
     if fam == "fgsm":
-        return {"attack": "fgsm", **({"random_start": True} if parsed.get("random_start") else {})}
-    if fam in ("pgd", "cw") and parsed.get("steps"):
+        return {"attack": "fgsm", **({"random_start": True} if parsed.random_start else {})}
+    if fam in ("pgd", "cw") and parsed.steps:
         # the same bounds as every attack (attacks.base.MAX_*), checked before anything is loaded
-        check_budget(
-            f"--claim-attack {parsed.get('text')!r}",
-            steps=int(parsed["steps"]),
-            restarts=int(parsed.get("restarts") or 1),
-        )
+        check_budget(f"--claim-attack {parsed.text!r}", steps=int(parsed.steps), restarts=int(parsed.restarts or 1))
         spec: Dict[str, Any] = {
             "attack": "pgd",
-            "steps": int(parsed["steps"]),
-            "restarts": int(parsed.get("restarts") or 1),
-            "loss": parsed.get("loss") or "ce",
+            "steps": int(parsed.steps),
+            "restarts": int(parsed.restarts or 1),
+            "loss": parsed.loss or "ce",
             "step_size": "2.5*eps/steps",
         }
-        if parsed.get("step_size"):
-            num, _, den = parsed["step_size"].partition("/")
+        if parsed.step_size:
+            num, _, den = parsed.step_size.partition("/")
             try:
                 spec["step_size"] = float(num) / float(den) if den else float(num)
             except (ValueError, ZeroDivisionError):
@@ -194,15 +193,15 @@ def _grad_steps(desc: Dict[str, Any]) -> Optional[int]:
 
 # size: the claimed attack beside the suite's, case by case (AutoAttack, gradient steps, unstated)
 def compare_strength(
-    parsed: Dict[str, Any], eval_doc: Dict[str, Any], replay: Optional[Dict[str, Any]]
-) -> Dict[str, Any]:
+    parsed: ClaimedAttack, result: EvalResult, replay: Optional[Mapping[str, Any]]
+) -> StrengthComparison:
     """The claimed attack beside the harness's: a row each, and whether the suite is stronger."""
     rows = []
-    for a in eval_doc["attacks"]:
-        d = a["descriptor"]
+    for a in result.attacks:
+        d = a.descriptor
         rows.append(
             {
-                "label": a["label"],
+                "label": a.label,
                 "attack": d.get("attack"),
                 "steps": d.get("steps"),
                 "restarts": d.get("restarts"),
@@ -210,48 +209,37 @@ def compare_strength(
                 "targets": d.get("targets"),
                 "queries": d.get("queries"),
                 "gradient_steps": _grad_steps(d),
-                "ran_on": a["ran_on"],
-                "backward_per_attacked": a["passes"].get("backward_per_attacked"),
-                "forward_per_attacked": a["passes"].get("forward_per_attacked"),
-                "accuracy_after": a["after"]["accuracy"],
+                "ran_on": a.ran_on,
+                "backward_per_attacked": a.passes.backward_per_attacked,
+                "forward_per_attacked": a.passes.forward_per_attacked,
+                "accuracy_after": a.after.accuracy,
             }
         )
-    fam = parsed.get("family")
-    has_aa = any(a["descriptor"].get("library") == "pyautoattack" for a in eval_doc["attacks"])
-    aa_versions = {
-        a["descriptor"].get("autoattack_version")
-        for a in eval_doc["attacks"]
-        if a["descriptor"].get("library") == "pyautoattack"
-    }
+    fam = parsed.family
+    aa = [a.descriptor for a in result.attacks if a.descriptor.get("library") == "pyautoattack"]
+    has_aa, aa_versions = bool(aa), {d.get("autoattack_version") for d in aa}
     suite_max = max((r["gradient_steps"] or 0 for r in rows), default=0)
-    claimed = parsed.get("gradient_steps_per_example")
-    if not parsed.get("text"):
+    claimed = parsed.gradient_steps_per_example
+    version = parsed.version or "standard"
+    if not parsed.text:
         stronger, why = None, "no claimed attack given (--claim-attack); strengths not compared"
-    elif not parsed.get("parsed"):
-        stronger, why = None, f"the claimed attack {parsed['text']!r} was not recognised; strengths not compared"
+    elif not parsed.parsed:
+        stronger, why = None, f"the claimed attack {parsed.text!r} was not recognised; strengths not compared"
     elif fam == "autoattack":
-        if has_aa and parsed.get("version", "standard") in aa_versions:
+        if has_aa and version in aa_versions:
+            more = len(rows) > len(aa)
             stronger, why = (
                 True,
-                f"the suite runs the reference AutoAttack {parsed.get('version', 'standard')} itself"
-                + (
-                    " and more attacks after it"
-                    if len(rows)
-                    > len(
-                        [r for r in rows if r["attack"] in ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")]
-                    )
-                    else ""
-                ),
+                f"the suite runs the reference AutoAttack {version} itself"
+                + (" and more attacks after it" if more else ""),
             )
         else:
-            stronger, why = (
-                False,
-                f"the suite does not run AutoAttack {parsed.get('version', 'standard')}, the claimed attack",
-            )
+            stronger, why = False, f"the suite does not run AutoAttack {version}, the claimed attack"
     elif has_aa:
         stronger, why = (
             True,
-            "the suite runs the reference AutoAttack (APGD-CE, APGD-T, FAB-T, Square), stronger than " + parsed["text"],
+            "the suite runs the reference AutoAttack (APGD-CE, APGD-T, FAB-T, Square), stronger than "
+            + str(parsed.text),
         )
     elif claimed is not None:
         stronger = suite_max >= claimed
@@ -260,17 +248,20 @@ def compare_strength(
             f"{'at least' if stronger else 'fewer than'} the claimed attack's {claimed}"
         )
     else:
-        stronger, why = None, f"the budget of {parsed['text']!r} is not stated; strengths not compared"
-    claimed_row = {
-        k: parsed.get(k)
-        for k in ("text", "family", "steps", "restarts", "loss", "step_size", "gradient_steps_per_example")
-    }
+        stronger, why = None, f"the budget of {parsed.text!r} is not stated; strengths not compared"
+    keys = ("text", "family", "steps", "restarts", "loss", "step_size", "gradient_steps_per_example")
+    claimed_row: Dict[str, Any] = {k: getattr(parsed, k) for k in keys}
     if replay is not None:
-        claimed_row["replayed"] = replay
-    return {
-        "claimed": claimed_row,
-        "harness": rows,
-        "suite_stronger": stronger,
-        "comparison": why,
-        "harness_cost": {k: eval_doc["cost"].get(k) for k in ("wall_s", "forward_per_example", "backward_per_example")},
-    }
+        claimed_row["replayed"] = dict(replay)
+    cost = result.cost
+    return StrengthComparison(
+        claimed_row,
+        rows,
+        stronger,
+        why,
+        {
+            "wall_s": cost.wall_s,
+            "forward_per_example": cost.forward_per_example,
+            "backward_per_example": cost.backward_per_example,
+        },
+    )

@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from harness.core.documents import AuditResult
 from harness.core.errors import HarnessError
 
 # The child's time limit when --timeout is not given: generous, scaled by the work. Seconds per
@@ -52,7 +53,7 @@ def run_audit_isolated(
     verbosity: int = 0,
     process_group: Optional[Dict[str, Any]] = None,
     timeout: Optional[float] = None,
-) -> Dict[str, Any]:
+) -> AuditResult:
     """``run_audit`` in a child process (``harness.audit.child``), so that the model's code cannot
     decide the exit status of ``harness audit``. Returns the audit document the child wrote, or
     raises ``HarnessError``: the child's own error line, "ended without a result" when it exited
@@ -120,4 +121,4 @@ def run_audit_isolated(
     outcome = (audit.get("verdict") or {}).get("outcome") if isinstance(audit, dict) else None
     if outcome not in ("holds", "overstated", "unreliable"):
         raise AuditProcessError(f"the audit process {how} with a result that has no verdict ({outcome!r}); no verdict")
-    return audit
+    return AuditResult.from_json(audit)

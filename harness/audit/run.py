@@ -51,6 +51,7 @@ from harness.audit.claim import check_claim_attack, parse_claim, replay_spec
 from harness.audit.guards import AuditRefused
 from harness.audit.process import run_audit_isolated
 from harness.audit.session import AuditRequest, run_audit
+from harness.core.documents import AuditResult
 from harness.core.io import atomic_write_json, atomic_write_text
 from harness.core.threat import ThreatModel
 from reports.audit_report import render_audit
@@ -78,8 +79,10 @@ def default_out_dir(model: Optional[str], robustbench: Optional[str]) -> Path:
     return Path("audits") / f"{_slug(name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def write_audit(doc: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
-    """audit.json (schema "audit", the eval result embedded), audit.md and audit.html, atomically."""
+def write_audit(result: AuditResult, out_dir: Path) -> Dict[str, Path]:
+    """audit.json (schema "audit", the eval result embedded), audit.md and audit.html, atomically;
+    the reports render from the stored form, as they would from the file."""
+    doc = result.to_json()
     out_dir = Path(out_dir)
     paths = {"json": out_dir / "audit.json", "md": out_dir / "audit.md", "html": out_dir / "audit.html"}
     atomic_write_json(paths["json"], doc, schema=AUDIT_SCHEMA)
@@ -111,14 +114,14 @@ def audit_command(args: Any) -> int:
     out = distributed.broadcast_object(out)  # under torchrun: rank 0's timestamp names the folder
     req = AuditRequest(**{f.name: getattr(args, f.name) for f in fields(AuditRequest) if hasattr(args, f.name)})
     check_request(req)
-    doc = run_audit_isolated(
+    result = run_audit_isolated(
         req,
         state_path=out / ".eval-state.json",
         verbosity=int(getattr(args, "verbose", 0) or 0),
         process_group=distributed.child_group(),
         timeout=getattr(args, "timeout", None),
     )
-    paths = distributed.on_writer(lambda: write_audit(doc, out))
-    sys.stdout.write("\n".join(audit_summary_lines(doc)) + "\n")
+    paths = distributed.on_writer(lambda: write_audit(result, out))
+    sys.stdout.write("\n".join(audit_summary_lines(result.to_json())) + "\n")
     sys.stdout.write(f"  written: {paths['md']}, {paths['html'].name}, {paths['json'].name}\n")
-    return EXIT_HOLDS if doc["verdict"]["outcome"] == "holds" else EXIT_NOT_HOLDING
+    return EXIT_HOLDS if result.verdict.outcome == "holds" else EXIT_NOT_HOLDING

@@ -19,9 +19,9 @@ from harness.audit.claim import check_claim_attack, compare_strength, parse_clai
 from harness.audit.guards import GUARD_SAMPLE, AuditRefused, guard_rails
 from harness.audit.model_files import load_audit_model
 from harness.audit.verdict import decide
+from harness.core.documents import AuditResult, EnvRecord, EvalData, EvalResult, Proportion, Threat
 from harness.core.rundir import now_iso
 from harness.core.runtime import environment, select_device, set_threads
-from harness.core.stats import proportion
 from harness.core.threat import ThreatModel
 from harness.data import load_dataset
 from harness.evaluation import SURROGATE_POINTS, evaluate_model
@@ -137,7 +137,7 @@ class _Audit:
         self.x, self.y = bundle.test.first(n_eval)
         info = self.model_info
         weights = [f.get("sha256") for f in info.get("files", [])] or (info.get("checkpoint") or {}).get("sha256")
-        doc = evaluate_model(
+        result = evaluate_model(
             self.net,
             self.x,
             self.y,
@@ -148,47 +148,38 @@ class _Audit:
             surrogate_data=bundle.train.first(min(len(bundle.train), SURROGATE_POINTS)),
             adaptive=req.adaptive,
             hints=self.hints,
-        ).to_json()
-        doc.pop("schema"), doc.pop("schema_version")
-        doc = {
-            "suite": doc.pop("suite"),
-            "data": {
-                "dataset": req.dataset,
-                "split": "test",
-                "n": n_eval,
-                "subset": "first n in fixed order",
-                "source": bundle.source,
-            },
-            **doc,
-        }
-        doc["per_example"] = {"index": list(range(n_eval)), **doc["per_example"]}
-        self.eval_doc = doc
+        )
+        result.data = EvalData(req.dataset, "test", n_eval, "first n in fixed order", source=bundle.source)
+        result.per_example.index = list(range(n_eval))
+        self.result = result
 
     def replay(self) -> Optional[Dict[str, Any]]:
         """The claimed attack, as far as its text says, on the same points (standalone, not in the
-        cascade); the measured worst case then covers it too."""
-        self.robust_all = torch.tensor(self.eval_doc["per_example"]["robust"], dtype=torch.bool)
+        cascade); the measured worst case then covers it too. Returns its record for the strength
+        comparison (None when the text says too little to replay)."""
+        self.robust_all = torch.tensor(self.result.per_example.robust, dtype=torch.bool)
         spec = replay_spec(self.parsed, self.threat.eps)
         if spec is None:
             return None
         n = int(self.x.shape[0])
         setting = EvalSetting(
-            {"name": "claimed-attack", "n": n, "attacks": [spec], "checks": []},
+            {"name": "claimed-attack", "n": n, "attacks": [dict(spec)], "checks": []},
             self.threat,
             self.bundle.num_classes,
             seed=self.req.seed,
             batch_size=self.req.batch_size,
+            adaptive="off",
         )
-        rdoc = evaluate_model(self.net, self.x, self.y, setting, progress=self.progress, run_checks=False).to_json()
-        rrob = torch.tensor(rdoc["per_example"]["robust"], dtype=torch.bool)
+        r = evaluate_model(self.net, self.x, self.y, setting, progress=self.progress, run_checks=False, adaptive="off")
+        rrob = torch.tensor(r.per_example.robust, dtype=torch.bool)
         only = int((self.robust_all & ~rrob).sum())
-        first = rdoc["attacks"][0]
-        replay = {
-            "label": first["label"],
-            "descriptor": first["descriptor"],
-            "robust": rdoc["robust"],
-            "passes": first["passes"],
-            "wall_s": rdoc["cost"]["wall_s"],
+        first = r.attacks[0]
+        replay: Dict[str, Any] = {
+            "label": first.label,
+            "descriptor": first.descriptor,
+            "robust": r.robust.to_json(),
+            "passes": first.passes.to_json(),
+            "wall_s": r.cost.wall_s,
             "broke_points_suite_missed": only,
             "assumed": [],
             "per_example_robust": rrob.tolist(),
@@ -199,78 +190,73 @@ class _Audit:
         return replay
 
     # size: the audit record, field by field, with the flags gathered for the verdict
-    def document(self, replay: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-        eval_doc, req, suite_name = self.eval_doc, self.req, self.setting.suite_name
+    def document(self, replay: Optional[Dict[str, Any]]) -> AuditResult:
+        result, req, suite_name = self.result, self.req, self.setting.suite_name
         n_eval = int(self.x.shape[0])
-        measured = proportion(int(self.robust_all.sum()), n_eval)
-        measured["label"] = eval_doc["robust"]["label"] + (" and the replayed claimed attack" if replay else "")
-        strength = compare_strength(self.parsed, eval_doc, replay)
+        replayed = " and the replayed claimed attack" if replay else ""
+        measured = Proportion.of(int(self.robust_all.sum()), n_eval, label=f"{result.robust.label}{replayed}")
+        strength = compare_strength(self.parsed, result, replay)
         flags = [f"guard rail {g.check}: {g.message}" for g in self.guards if g.status == "warn"]
-        if strength["suite_stronger"] is False:
+        if strength.suite_stronger is False:
             advice = (
                 "use a suite that runs it"
-                if self.parsed.get("family") == "autoattack" and suite_name == "standard"
+                if self.parsed.family == "autoattack" and suite_name == "standard"
                 else "use --suite standard"
             )
-            flags.append(f"the suite is not stronger than the claimed attack ({strength['comparison']}); {advice}")
-        elif strength["suite_stronger"] is None:
-            flags.append(f"the claimed attack's strength was not compared: {strength['comparison']}")
+            flags.append(f"the suite is not stronger than the claimed attack ({strength.comparison}); {advice}")
+        elif strength.suite_stronger is None:
+            flags.append(f"the claimed attack's strength was not compared: {strength.comparison}")
         if replay is not None and replay["broke_points_suite_missed"]:
             flags.append(
                 f"the replayed claimed attack broke {replay['broke_points_suite_missed']} point(s) the suite did not"
             )
-        checks = eval_doc.get("checks", {})
-        stage = eval_doc.get("adaptive") or {}
-        stands = [f"{f['check']}: {f['text']}" for f in stage.get("flags", []) if f.get("outcome") == "stands"]
+        stage = result.adaptive
+        stands = [f"{f.check}: {f.text}" for f in (stage.flags if stage else []) if f.outcome == "stands"]
         flags += [f"a flag stands ({s})" for s in stands]
         notes = []
-        if checks.get("verdict") == "not run":
+        if result.checks.verdict == "not run":
             notes.append(
-                "sanity checks did not run ("
-                + "; ".join(checks.get("reasons", []))
-                + "): gradient masking was not tested"
+                "sanity checks did not run (" + "; ".join(result.checks.reasons) + "): gradient masking was not tested"
             )
-        return {
-            "created": now_iso(),
-            "verdict": decide(
+        world = distributed.describe()
+        return AuditResult(
+            now_iso(),
+            decide(
                 self.claim,
                 measured,
-                checks,
+                result.checks,
                 flags,
-                final_verdict=stage.get("verdict"),
-                final_reasons=stage.get("reasons"),
-                decided_by=decided_by(eval_doc, replay),
+                final_verdict=stage.verdict if stage else None,
+                final_reasons=stage.reasons if stage else None,
+                decided_by=decided_by(result, replay),
             ),
-            **({"overrides": {"input_range": req.input_range}} if req.input_range else {}),
-            "claim": {
+            overrides={"input_range": req.input_range} if req.input_range else {},
+            claim={
                 "value": self.claim,
                 "text": str(req.claim),
-                "attack": self.parsed,
+                "attack": self.parsed.to_json(),
                 "threat": self.threat.to_dict(),
             },
-            "measured": measured,
-            "clean": eval_doc["clean"],
-            "model": self.model_info,
-            "data": eval_doc["data"],
-            "threat": self.threat.to_dict(),
-            "suite": eval_doc["suite"],
-            "seed": req.seed,
-            "guard_rails": {"sample": self.guard_sample, "findings": [g.to_json() for g in self.guards]},
-            "strength": strength,
-            "notes": notes,
-            "eval": eval_doc,
-            "wall_s": time.perf_counter() - self.t0,
-            "env": {
-                **environment(self.device),
-                **({"distributed": world} if (world := distributed.describe()) else {}),
-            },
-        }
+            measured=measured,
+            clean=result.clean,
+            model=self.model_info,
+            data=result.data,
+            threat=Threat.of(self.threat),
+            suite=result.suite,
+            seed=req.seed,
+            guard_rails={"sample": self.guard_sample, "findings": [g.to_json() for g in self.guards]},
+            strength=strength,
+            notes=notes,
+            eval=result,
+            wall_s=time.perf_counter() - self.t0,
+            env=EnvRecord.from_json({**environment(self.device), **({"distributed": world} if world else {})}),
+        )
 
 
-def run_audit(req: AuditRequest, *, state_path: Optional[Path] = None, progress: bool = True) -> Dict[str, Any]:
-    """Audit a claim; returns the audit document (schema "audit"). Raises ``HarnessError`` for
-    anything that stops the audit (a refused checkpoint, a model expecting normalised input,
-    ...). Writing it is ``write_audit``'s job."""
+def run_audit(req: AuditRequest, *, state_path: Optional[Path] = None, progress: bool = True) -> AuditResult:
+    """Audit a claim; returns the audit document. Raises ``HarnessError`` for anything that stops
+    the audit (a refused checkpoint, a model expecting normalised input, ...). Writing it is
+    ``harness.audit.run.write_audit``'s job."""
     audit = _Audit(req, state_path=state_path, progress=progress)
     audit.load()
     audit.guard()
@@ -278,24 +264,21 @@ def run_audit(req: AuditRequest, *, state_path: Optional[Path] = None, progress:
     return audit.document(audit.replay())
 
 
-def decided_by(eval_doc: Dict[str, Any], replay: Optional[Dict[str, Any]]) -> str:
+def decided_by(result: EvalResult, replay: Optional[Dict[str, Any]]) -> str:
     """What set the measurement: the remedy of the adaptive stage that broke the most points the
     suite had not (with the flag that called it), else the replayed claimed attack when it broke
     points the rest missed, else the suite."""
-    stage = eval_doc.get("adaptive") or {}
+    stage = result.adaptive
     best: Dict[str, int] = {}
     why: Dict[str, str] = {}
-    for r in stage.get("remedies", []):
-        if r.get("broke"):
-            best[r["remedy"]] = best.get(r["remedy"], 0) + int(r["broke"])
-            why.setdefault(r["remedy"], "; ".join(r.get("why") or []))
+    for r in stage.remedies if stage else []:
+        if r.broke:
+            best[str(r.remedy)] = best.get(str(r.remedy), 0) + int(r.broke)
+            why.setdefault(str(r.remedy), "; ".join(r.why))
     if best:
         name = max(best, key=lambda k: best[k])
         return f"the adaptive remedy {name} (it broke {best[name]} point(s) the suite had not; called by {why[name]})"
     if replay is not None and replay.get("broke_points_suite_missed"):
         return "the replayed claimed attack"
-    return (
-        f"the {eval_doc.get('suite')} suite (the adaptive stage broke no further point)"
-        if stage.get("remedies")
-        else f"the {eval_doc.get('suite')} suite"
-    )
+    ran = stage is not None and bool(stage.remedies)
+    return f"the {result.suite} suite" + (" (the adaptive stage broke no further point)" if ran else "")

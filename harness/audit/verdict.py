@@ -25,7 +25,9 @@ adaptive remedy that broke the most points beyond the suite, or the suite itself
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Optional, Sequence
+
+from harness.core.documents import AuditVerdict, ChecksBlock, Proportion
 
 RULE = (
     "measured = per-example worst case over every attack run (suite, adaptive stage, replayed claimed attack) on the "
@@ -43,27 +45,28 @@ def _pts(p: float) -> str:
 # size: the rule's three outcomes, each with its sentence
 def decide(
     claim: float,
-    robust: Dict[str, Any],
-    checks: Dict[str, Any],
+    robust: Proportion,
+    checks: ChecksBlock,
     flags: Sequence[str] = (),
     *,
     final_verdict: Optional[str] = None,
     final_reasons: Optional[Sequence[str]] = None,
     decided_by: Optional[str] = None,
-) -> Dict[str, Any]:
-    """The verdict rule of the module docstring. ``robust`` is a proportion (accuracy, n, ci95);
-    ``checks`` the eval result's checks block; ``final_verdict`` / ``final_reasons`` the verdict
-    after the adaptive stage (the checks' own when no stage ran); ``flags`` extra reasons to flag."""
-    p = float(robust["accuracy"])
-    lo, hi = (float(v) for v in robust["ci95"])
+) -> AuditVerdict:
+    """The verdict rule of the module docstring. ``robust``: the measured proportion (accuracy,
+    n, ci95); ``checks`` the evaluation's checks block; ``final_verdict`` / ``final_reasons`` the
+    verdict after the adaptive stage (the checks' own when no stage ran); ``flags`` extra reasons
+    to flag."""
+    p = float(robust.accuracy)  # type: ignore[arg-type]
+    lo, hi = (float(v) for v in robust.ci95)  # type: ignore[union-attr, arg-type]
     gap = claim - p
-    cverdict = checks.get("verdict", "not run")
+    cverdict = checks.verdict or "not run"
     verdict = final_verdict or cverdict
-    reasons = list(final_reasons if final_reasons is not None else checks.get("reasons", []))
+    reasons = list(final_reasons if final_reasons is not None else checks.reasons)
     all_flags = list(flags)
     if verdict in ("suspicious", "unreliable"):
         all_flags = [f"sanity checks: {verdict} ({'; '.join(reasons) or 'no reason given'})"] + all_flags
-    nums = f"claimed {_pts(claim)}%, measured {_pts(p)}% (95% CI {_pts(lo)}-{_pts(hi)}%, n={robust['n']})"
+    nums = f"claimed {_pts(claim)}%, measured {_pts(p)}% (95% CI {_pts(lo)}-{_pts(hi)}%, n={robust.n})"
     if claim > hi:
         outcome = "overstated"
         text = (
@@ -93,20 +96,21 @@ def decide(
         text += "; flagged: " + "; ".join(all_flags)
     if decided_by:
         text += f"; the measurement was set by {decided_by}"
-    return {
-        "outcome": outcome,
-        "text": text,
-        "claim": claim,
-        "measured": p,
-        "ci95": [lo, hi],
-        "n": robust["n"],
-        "gap_points": 100 * gap,
-        "above_ci_points": 100 * (claim - hi),
-        "checks_verdict": cverdict,
-        "checks_reasons": list(checks.get("reasons", [])),
-        **({"final_verdict": verdict, "final_reasons": reasons} if final_verdict else {}),
-        **({"decided_by": decided_by} if decided_by else {}),
-        "flagged": flagged,
-        "flags": all_flags,
-        "rule": RULE,
-    }
+    return AuditVerdict(
+        outcome,
+        text,
+        claim,
+        p,
+        (lo, hi),
+        robust.n,
+        100 * gap,
+        100 * (claim - hi),
+        cverdict,
+        list(checks.reasons),
+        final_verdict=verdict if final_verdict else None,
+        final_reasons=reasons if final_verdict else None,
+        decided_by=decided_by,
+        flagged=flagged,
+        flags=all_flags,
+        rule=RULE,
+    )

@@ -879,6 +879,84 @@ class CheckpointRecord(Document):
     n: Optional[int] = optional()
 
 
+@dataclass
+class ClaimedAttack(Document):
+    """What a claim's attack text says (``harness.audit.claim.parse_claim_attack``): the raw
+    text, whether an attack family was recognised, and its budget as far as the text states it."""
+
+    text: Optional[str]
+    parsed: Optional[bool]
+    family: Optional[str]
+    steps: Optional[int]
+    restarts: Optional[int]
+    loss: Optional[str]
+    step_size: Optional[str]
+    gradient_steps_per_example: Optional[int]
+    version: Optional[str] = optional()  # AutoAttack: standard | plus | rand
+    random_start: Optional[bool] = optional()  # FGSM-RS
+
+
+@dataclass
+class StrengthComparison(Document):
+    """The claimed attack beside the suite's: a row per suite attack, whether the suite is
+    stronger (None: not compared), why, and the suite's cost."""
+
+    claimed: Dict[str, Any]
+    harness: List[Dict[str, Any]]
+    suite_stronger: Optional[bool]
+    comparison: Optional[str]
+    harness_cost: Dict[str, Any]
+
+
+@dataclass
+class AuditVerdict(Document):
+    """The audit's outcome (holds / overstated / unreliable) by ``harness.audit.verdict``'s rule,
+    in one sentence, with the numbers and the flags behind it."""
+
+    outcome: Optional[str]
+    text: Optional[str]
+    claim: Optional[float]
+    measured: Optional[float]
+    ci95: Optional[Tuple[Optional[float], Optional[float]]]
+    n: Optional[int]
+    gap_points: Optional[float]
+    above_ci_points: Optional[float]
+    checks_verdict: Optional[str]
+    checks_reasons: List[str]
+    final_verdict: Optional[str] = optional()
+    final_reasons: Optional[List[str]] = optional()
+    decided_by: Optional[str] = optional()
+    flagged: Optional[bool] = field(default=None, kw_only=True)
+    flags: List[str] = field(default_factory=list, kw_only=True)
+    rule: Optional[str] = field(default=None, kw_only=True)
+
+
+@dataclass
+class AuditResult(Document):
+    """audit.json: a claim, the model and data it is about, the guard rails, the evaluation
+    (suite, checks, adaptive stage) and the verdict."""
+
+    SCHEMA: ClassVar[Optional[str]] = "audit"
+
+    created: Optional[str]
+    verdict: AuditVerdict
+    overrides: Dict[str, Any] = optional(factory=dict)  # what the reviewer overruled (--input-range)
+    claim: Dict[str, Any] = field(default_factory=dict, kw_only=True)
+    measured: Proportion = field(default_factory=lambda: Proportion.empty(), kw_only=True)
+    clean: Proportion = field(default_factory=lambda: Proportion.empty(), kw_only=True)
+    model: Dict[str, Any] = field(default_factory=dict, kw_only=True)
+    data: EvalData = field(default_factory=lambda: EvalData.empty(), kw_only=True)
+    threat: Threat = field(default_factory=lambda: Threat.empty(), kw_only=True)
+    suite: Optional[str] = field(default=None, kw_only=True)
+    seed: Optional[int] = field(default=None, kw_only=True)
+    guard_rails: Dict[str, Any] = field(default_factory=dict, kw_only=True)
+    strength: StrengthComparison = field(default_factory=lambda: StrengthComparison.empty(), kw_only=True)
+    notes: List[str] = field(default_factory=list, kw_only=True)
+    eval: EvalResult = field(default_factory=lambda: EvalResult.empty(), kw_only=True)
+    wall_s: Optional[float] = field(default=None, kw_only=True)
+    env: EnvRecord = field(default_factory=lambda: EnvRecord.empty(), kw_only=True)
+
+
 __all__ = [
     "Document",
     "optional",
@@ -913,4 +991,8 @@ __all__ = [
     "StopCheck",
     "MetricsRow",
     "CheckpointRecord",
+    "ClaimedAttack",
+    "StrengthComparison",
+    "AuditVerdict",
+    "AuditResult",
 ]
