@@ -48,6 +48,7 @@ import torch
 
 from attacks.autoattack import version_components
 from harness.checkpoints import file_sha256, load_into, save_weights, state_dict_of
+from harness.core.documents import EvalResult, Proportion
 from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_text
 from harness.core.rundir import RunDir, now_iso
@@ -91,32 +92,28 @@ def percent(accuracy: float) -> str:
     return str(round(float(accuracy) * 100, 2))
 
 
-def autoattack_stage(result: Mapping[str, Any]) -> Optional[Tuple[Dict[str, Any], List[str]]]:
-    """``(proportion after AutoAttack standard, components)`` if the result's cascade begins with
+def autoattack_stage(result: EvalResult) -> Optional[Tuple[Proportion, List[str]]]:
+    """``(accuracy after AutoAttack standard, components)`` if the result's cascade begins with
     every component of AutoAttack standard from pyautoattack, else None."""
-
-    norm = (result.get("threat") or {}).get("norm", "Linf")
-    want = list(version_components("standard", norm))
-    attacks = list(result.get("attacks") or [])
-    head = attacks[: len(want)]
-    names = [a.get("name") for a in head]
+    want = list(version_components("standard", result.threat.norm or "Linf"))
+    head = result.attacks[: len(want)]
+    names = [str(a.name) for a in head]
     ok = names == want and all(
-        (a.get("descriptor") or {}).get("library") == "pyautoattack"
-        and (a.get("descriptor") or {}).get("autoattack_version") == "standard"
+        a.descriptor.get("library") == "pyautoattack" and a.descriptor.get("autoattack_version") == "standard"
         for a in head
     )
-    if not ok or not head[-1].get("after"):
+    if not ok or not head[-1].after.measured:
         return None
-    return dict(head[-1]["after"]), names
+    return head[-1].after, names
 
 
-def pick_result(run: RunDir, checkpoint: str, suite: Optional[str]) -> Dict[str, Any]:
+def pick_result(run: RunDir, checkpoint: str, suite: Optional[str]) -> EvalResult:
     """The evaluation of ``checkpoint`` to export: one that ran AutoAttack standard first; the
     named suite if given, else the run's own suite first, then the largest n."""
     cfg = run.read_config()
     found, others = [], []
     errors: List[str] = []
-    for s, ck, res in run.eval_results(errors):
+    for s, ck, res in run.results(errors):
         if ck != checkpoint or (suite is not None and s != suite):
             continue
         (found if autoattack_stage(res) is not None else others).append((s, res))
@@ -139,8 +136,15 @@ def pick_result(run: RunDir, checkpoint: str, suite: Optional[str]) -> Dict[str,
     for e in damaged:
         log.warning("export: skipped a damaged result file: %s", e)
     own = (cfg.get("eval") or {}).get("suite")
-    found.sort(key=lambda sr: (sr[0] != own, -int((sr[1].get("data") or {}).get("n") or 0)))
+    found.sort(key=lambda sr: (sr[0] != own, -int(sr[1].n or 0)))
     return found[0][1]
+
+
+def _verdict(result: EvalResult) -> Tuple[str, List[str]]:
+    """The evaluation's verdict once its adaptive stage resolved what it could, with the reasons."""
+    if result.adaptive is not None and result.adaptive.verdict:
+        return str(result.adaptive.verdict), [str(r) for r in result.adaptive.reasons]
+    return str(result.checks.verdict or "not run"), [str(r) for r in result.checks.reasons]
 
 
 def _is_result_of(error: str, run: RunDir, checkpoint: str, suite: Optional[str]) -> bool:
@@ -151,7 +155,7 @@ def _is_result_of(error: str, run: RunDir, checkpoint: str, suite: Optional[str]
     return Path(path).parent == run.eval_dir and ck == checkpoint and (suite is None or s == suite)
 
 
-def training_state(run: RunDir) -> Dict[str, Any]:
+def training_state(run: RunDir) -> Mapping[str, Any]:
     """Whether the run finished training, read from its files: ``finished`` (training.json is
     written when training ends, early stops included), the ``status`` in env.json, and the
     ``epochs`` trained of those ``planned``. A damaged env.json is a ``HarnessError`` naming it."""
@@ -171,17 +175,17 @@ def training_state(run: RunDir) -> Dict[str, Any]:
 
 
 def _load_weights(
-    run: RunDir, cfg: Mapping[str, Any], checkpoint: str, result: Mapping[str, Any]
+    run: RunDir, cfg: Mapping[str, Any], checkpoint: str, result: EvalResult
 ) -> Tuple[Dict[str, Any], Any, int]:
     """The checkpoint's state dict in the run's architecture, the data bundle, and its epoch.
     Refuses weights that are not the ones evaluated (the result's weights digest, or its epoch
     for results older than digests, differs)."""
     ck = Checkpoint(run, checkpoint)
-    digest = result.get("weights_sha256")
-    evaluated_epoch = result.get("checkpoint_epoch")
+    digest = result.weights_sha256
+    evaluated_epoch = result.checkpoint_epoch
     if (digest is not None and digest != ck.sha256) or (evaluated_epoch is not None and evaluated_epoch != ck.epoch):
         raise HarnessError(
-            f"{ck.path} holds other weights than the {result.get('suite')} evaluation of {checkpoint} "
+            f"{ck.path} holds other weights than the {result.suite} evaluation of {checkpoint} "
             f"(epoch {ck.epoch} now, {evaluated_epoch} evaluated): re-evaluate with harness eval "
             f"{run.path} --checkpoint {checkpoint} --force before exporting"
         )
@@ -206,13 +210,13 @@ def _model_id(run: RunDir) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", run.path.name).strip("_") or "harness_model"
 
 
-def _notes(result: Dict[str, Any], dataset: str, n: int, test_size: int, verdict: str, reasons: List[str]) -> List[str]:
+def _notes(result: EvalResult, dataset: str, n: int, test_size: int, verdict: str, reasons: List[str]) -> List[str]:
     """What a reader of the card must know that RobustBench's fields cannot say."""
     notes: List[str] = []
     if n < test_size:
         notes.append(
-            f"Evaluated on the first {n} of the {test_size} test points (suite {result['suite']}, seed "
-            f"{result.get('seed')}); RobustBench evaluates on the full test set."
+            f"Evaluated on the first {n} of the {test_size} test points (suite {result.suite}, seed "
+            f"{result.seed}); RobustBench evaluates on the full test set."
         )
     if dataset not in ROBUSTBENCH_DATASETS:
         notes.append(f"Data set {dataset}: RobustBench's leaderboards cover {', '.join(ROBUSTBENCH_DATASETS)} only.")
@@ -232,7 +236,7 @@ def _notes(result: Dict[str, Any], dataset: str, n: int, test_size: int, verdict
 # size: RobustBench's free-text fields (name, link, authors, venue) are the card's own keywords
 def _card(
     cfg: Mapping[str, Any],
-    result: Mapping[str, Any],
+    result: EvalResult,
     threat: Mapping[str, Any],
     defense: Mapping[str, Any],
     *,
@@ -256,9 +260,9 @@ def _card(
         "venue": venue,
         "architecture": ARCHITECTURES.get(cfg["model"], cfg["model"]),
         "eps": str(threat.get("eps")),
-        "clean_acc": percent(result["clean"]["accuracy"]),
-        "reported": percent(result["robust"]["accuracy"]),
-        "autoattack_acc": percent(aa["accuracy"]),
+        "clean_acc": percent(result.clean.accuracy),  # type: ignore[arg-type]
+        "reported": percent(result.robust.accuracy),  # type: ignore[arg-type]
+        "autoattack_acc": percent(aa.accuracy),  # type: ignore[arg-type]
     }
     if notes:
         card["footnote"] = " ".join(notes)
@@ -319,19 +323,17 @@ def _export(
             f"model: finish it (harness run --resume {run.path}), or pass --force to export it marked as unfinished"
         )
     result = pick_result(run, checkpoint, suite)
-    checks = result.get("checks") or {}
-    verdict = str(checks.get("verdict", "not run"))
-    reasons = [str(r) for r in checks.get("reasons") or []]
+    verdict, reasons = _verdict(result)
     if verdict == "unreliable" and not force:
         raise HarnessError(
-            f"the {result['suite']} evaluation of {checkpoint} is unreliable "
+            f"the {result.suite} evaluation of {checkpoint} is unreliable "
             f"({'; '.join(reasons[:2]) or 'see its checks'}); a leaderboard number needs a reliable "
             "evaluation: fix the model or the evaluation, or pass --force to export it marked as "
             "unreliable"
         )
     state, bundle, epoch = _load_weights(run, cfg, checkpoint, result)
-    threat = result.get("threat") or cfg["threat"]
-    n = int((result.get("data") or {}).get("n") or result["clean"]["n"])
+    threat = result.threat.to_json() if result.threat.norm else dict(cfg["threat"])
+    n = int(result.n or result.clean.n or 0)
     test_size = len(bundle.test)
     model_id = model_id or _model_id(run)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
@@ -400,21 +402,21 @@ def _progress(training: Mapping[str, Any]) -> str:
 # size: the facts an exported card records beside RobustBench's fields, each from its own source
 def _provenance(
     run: RunDir,
-    cfg: Dict[str, Any],
-    result: Dict[str, Any],
+    cfg: Mapping[str, Any],
+    result: EvalResult,
     checkpoint: str,
     epoch: int,
-    threat: Dict[str, Any],
+    threat: Mapping[str, Any],
     bundle: Any,
     weights: Path,
-    defense: Dict[str, Any],
+    defense: Mapping[str, Any],
     *,
     forced: bool,
 ) -> Dict[str, Any]:
     """The card's ``harness`` object (RobustBench's readers ignore it): where the numbers come from."""
-    checks = result.get("checks") or {}
+    verdict, reasons = _verdict(result)
     aa, components = autoattack_stage(result)  # type: ignore[misc]
-    n = int((result.get("data") or {}).get("n") or result["clean"]["n"])
+    n = int(result.n or result.clean.n or 0)
     return {
         "run": str(run.path),
         "checkpoint": checkpoint,
@@ -423,16 +425,16 @@ def _provenance(
         "defense": cfg["defense"],
         "paper": defense.get("paper"),
         "threat": {"norm": threat.get("norm"), "eps": threat.get("eps"), "eps_value": threat.get("eps_value")},
-        "suite": result["suite"],
+        "suite": result.suite,
         "n": n,
         "test_size": len(bundle.test),
-        "subset": (result.get("data") or {}).get("subset"),
-        "seed": result.get("seed"),
-        "clean": result["clean"],
-        "autoattack": {**aa, "components": components},
-        "robust": result["robust"],
-        "verdict": str(checks.get("verdict", "not run")),
-        "reasons": [str(r) for r in checks.get("reasons") or []],
+        "subset": result.data.subset,
+        "seed": result.seed,
+        "clean": result.clean.to_json(),
+        "autoattack": {**aa.to_json(), "components": components},
+        "robust": result.robust.to_json(),
+        "verdict": verdict,
+        "reasons": reasons,
         "forced": forced,
         "weights": {"file": weights.name, "sha256": file_sha256(weights)},
         "input": {

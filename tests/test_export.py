@@ -145,8 +145,10 @@ def _copy_with_verdict(run, tmp_path, verdict, **edit):
     shutil.copytree(run.path, dst)
     p = dst / "eval" / "quick--best.json"
     doc = json.loads(p.read_text())
-    doc["checks"]["verdict"] = verdict
-    doc["checks"]["reasons"] = ["fgsm-vs-pgd: FGSM beats PGD (simulated)"] if verdict != "reliable" else []
+    reasons = ["fgsm-vs-pgd: FGSM beats PGD (simulated)"] if verdict != "reliable" else []
+    doc["checks"]["verdict"], doc["checks"]["reasons"] = verdict, reasons
+    if doc.get("adaptive"):  # the verdict after the adaptive stage is the one a card reports
+        doc["adaptive"]["verdict"], doc["adaptive"]["reasons"] = verdict, reasons
     doc.update(edit)
     p.write_text(json.dumps(doc))
     return dst
