@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, MutableMapping, Optional, Sequence
 
 from harness.core.errors import HarnessError
 from harness.core.rundir import RunDir
@@ -365,7 +365,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(ns: Dict[str, Any]) -> int:
+def cmd_run(ns: MutableMapping[str, Any]) -> int:
     api = _api()
     resume = ns.pop("_resume", None)
     dry = ns.pop("_dry_run", False)

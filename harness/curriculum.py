@@ -52,7 +52,7 @@ class Point:
     steps: Optional[int]  # None: the defense's own
 
 
-def section(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+def section(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
     """The curriculum section with its defaults (a config saved before curricula existed has none)."""
     given = cfg.get("curriculum") or {}
     if not isinstance(given, Mapping):

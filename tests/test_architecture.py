@@ -463,3 +463,58 @@ def test_one_class_per_name():
                 seen.setdefault(node.name, []).append(name)
     twice = {k: v for k, v in seen.items() if len(v) > 1}
     assert not twice, twice
+
+
+# The JSON layer: modules whose job is to read or write JSON (files, the config layer before
+# RunSpec, payloads between processes, tracker mirrors, torch's own state dicts). Everywhere else a
+# signature names a document, a dataclass or a typed mapping.
+JSON_LAYER = {
+    "harness/core/io.py": "atomic JSON files",
+    "harness/core/documents.py": "the documents' from_json / to_json",
+    "harness/core/rundir.py": "the run directory's files as stored (read_* beside the typed readers)",
+    "harness/core/sweepdir.py": "the sweep folder's manifest and cell records",
+    "harness/core/lock.py": "the lock file's owner record",
+    "harness/core/runtime.py": "RNG states and the environment record",
+    "harness/config.py": "the config layer: layers merged into the dict config.json stores",
+    "harness/recipes.py": "the config layer: the recipe's part of the config",
+    "harness/loggers.py": "trackers mirror the stored rows",
+    "harness/checkpoints.py": "torch checkpoint payloads",
+    "harness/robustbench_compat.py": "RobustBench's state dicts and zoo records",
+    "harness/distributed.py": "objects passed between processes",
+    "harness/audit/child.py": "the audit child's task and result payloads",
+    "harness/audit/process.py": "the audit child's task and result payloads",
+}
+SERIALISERS = ("to_json", "from_json", "to_dict", "from_dict", "describe", "state_dict", "load_state_dict", "info")
+
+
+def test_no_untyped_dict_in_the_signatures_of_public_functions():
+    """The typed spine (issue 23): outside the JSON layer, no public function of harness/ takes or
+    returns ``Dict[str, Any]`` (JSON serialisers aside: the methods named in SERIALISERS and
+    ``describe_*``)."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "harness").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        if rel in JSON_LAYER:
+            continue
+
+        def visit(node: ast.AST, prefix: str, public: bool) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.ClassDef):
+                    visit(child, f"{prefix}{child.name}.", public and not child.name.startswith("_"))
+                elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    name = child.name
+                    dunder = name.startswith("__") and name.endswith("__")
+                    if not public or (name.startswith("_") and not dunder):
+                        continue
+                    if name in SERIALISERS or name.startswith("describe_") or name in ("__getstate__", "__setstate__"):
+                        continue
+                    args = child.args
+                    notes = [a.annotation for a in args.posonlyargs + args.args + args.kwonlyargs if a.annotation]
+                    notes += [child.returns] if child.returns is not None else []
+                    if any("Dict[str, Any]" in ast.unparse(n) for n in notes):
+                        offenders.append(f"{rel}:{child.lineno} {prefix}{name}")
+
+        visit(ast.parse(path.read_text()), "", True)
+    assert not offenders, "type these with a document or a dataclass:\n" + "\n".join(offenders)

@@ -34,6 +34,7 @@ from torch import nn
 
 from harness.checkpoints import file_sha256, load_into, load_state_dict_file
 from harness.core.errors import ConfigError, HarnessError
+from harness.core.io import JsonObject
 from harness.models import NormalizedModel, build_model
 from harness.robustbench_compat import load_zoo_model
 
@@ -139,7 +140,7 @@ def factory_kwargs(
     mean: Sequence[float],
     std: Sequence[float],
     where: str,
-) -> Dict[str, Any]:
+) -> Dict[str, object]:
     """The keyword arguments ``fn`` asks for among the ones the harness can fill."""
     try:
         sig = inspect.signature(fn)
@@ -172,7 +173,7 @@ def factory_kwargs(
 
 def build_from_file(
     spec: ModelFile, *, shape: Tuple[int, int, int], num_classes: int, mean: Sequence[float], std: Sequence[float]
-) -> Tuple[nn.Module, Dict[str, Any]]:
+) -> Tuple[nn.Module, JsonObject]:
     """Import ``spec.path``, call ``spec.factory`` and check it returned a module. Returns the
     model and a provenance record (file, its sha256, factory, the arguments passed)."""
     module = import_model_file(spec.path)
@@ -209,7 +210,7 @@ def build_from_file(
 # -- the model an audit evaluates ----------------------------------------------------------
 
 
-def parse_normalize(text: Optional[str], bundle: Any) -> Optional[Dict[str, Any]]:
+def parse_normalize(text: Optional[str], bundle: Any) -> Optional[JsonObject]:
     """``--normalize dataset`` (the data set's mean and std) or ``MEAN:STD`` with comma lists
     (``0.4914,0.4822,0.4465:0.2471,0.2435,0.2616``; one value is used for every channel)."""
     if text is None:
@@ -248,7 +249,7 @@ def load_audit_model(
     bundle: Any,
     norm: str,
     normalize: Optional[str] = None,
-) -> Tuple[nn.Module, Dict[str, Any]]:
+) -> Tuple[nn.Module, JsonObject]:
     """Build the model named by exactly one of ``model`` (``FILE.py:FACTORY`` or a registered
     name) and ``robustbench`` (a zoo name), load the checkpoint as data, optionally put a
     ``Normalize`` in front, and return it in eval mode with a provenance record."""

@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 
@@ -264,7 +264,7 @@ def run_audit(req: AuditRequest, *, state_path: Optional[Path] = None, progress:
     return audit.document(audit.replay())
 
 
-def decided_by(result: EvalResult, replay: Optional[Dict[str, Any]]) -> str:
+def decided_by(result: EvalResult, replay: Optional[Mapping[str, Any]]) -> str:
     """What set the measurement: the remedy of the adaptive stage that broke the most points the
     suite had not (with the flag that called it), else the replayed claimed attack when it broke
     points the rest missed, else the suite."""

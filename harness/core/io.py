@@ -17,6 +17,11 @@ from typing import IO, Any, Callable, Dict, Union
 from harness.core.errors import HarnessError
 
 SCHEMA_VERSION = 1
+
+# A JSON object as a file holds it: the type of what is read from or written to disk before (or
+# instead of) a typed document, such as a provenance record stored exactly as it was assembled.
+# Signatures outside the JSON layer use documents or dataclasses instead (tests/test_architecture.py).
+JsonObject = Dict[str, Any]
 PathLike = Union[str, "os.PathLike[str]"]
 
 # mkstemp creates files readable by their owner only (0600); a run directory is shared like any

@@ -99,8 +99,9 @@ def _slurm_minutes(value: Any) -> int:
 
 def slurm_parameters(
     spec: SweepSpec, flags: Optional[Mapping[str, Any]] = None, *, jobs: Optional[int] = None
-) -> Dict[str, Any]:
-    """submitit ``SlurmExecutor`` parameters from the file's ``[slurm]`` table, then ``flags``
+) -> Mapping[str, Any]:
+    """submitit ``SlurmExecutor`` parameters (keyword arguments of ``update_parameters``) from the
+    file's ``[slurm]`` table, then ``flags``
     (the command line: partition, time, gpus_per_job, cpus_per_task, mem) on top."""
     import difflib
 

@@ -258,7 +258,7 @@ def _short_list(names: Sequence[str], limit: int = 4) -> str:
 
 def resolve_cells(
     spec: SweepSpec, root: Path, *, threads: Optional[int] = None, check_plan: bool = True
-) -> Dict[str, Dict[str, Any]]:
+) -> Dict[str, C.RunConfig]:
     """Every cell's resolved config (cell name -> config), with ``out`` pointing into ``root``.
     ``threads`` is given to cells whose file does not set it. Each config is checked the way a
     run checks it before training (``training.plan`` without data, and the evaluation suite);

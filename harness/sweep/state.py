@@ -243,7 +243,7 @@ class _Sweep:
 
 def grid_change(
     sweep: SweepDir, spec: SweepSpec, manifest: Optional[Mapping[str, Any]]
-) -> Tuple[Optional[str], List[Dict[str, Any]]]:
+) -> Tuple[Optional[str], List[Mapping[str, Any]]]:
     """Whether running ``spec`` in ``sweep`` would take the folder from the grid that owns it:
     (why, or None; the folder's cells that have a run directory and that ``spec`` does not list).
     The folder belongs to the grid file named in its manifest (by path, or by content when the
