@@ -288,6 +288,7 @@ def bench_suite(
         ),
         device,
     )
+    doc = doc.to_json()  # the stored form, as the rest of this table reads it
     aa_s = sum(a["wall_s"] for a in doc["attacks"] if a["descriptor"].get("library") == "pyautoattack")
     out = {
         "suite": suite,

@@ -43,6 +43,7 @@ from harness.core.runtime import resolved_precision, seed_everything, select_dev
 from harness.core.threat import ThreatModel
 from harness.data import DataBundle, load_dataset  # noqa: E402
 from harness.models import build_model  # noqa: E402
+from harness.spec import TrainSpec  # noqa: E402
 from harness.training import lr_factor, make_optimizer  # noqa: E402
 
 TOLERANCE = 0.15  # a measured wall multiplier may exceed the theory by this fraction
@@ -81,9 +82,10 @@ class Trainer:
         )
         self.model = build_model(cfg["model"], data.shape, data.num_classes, data.mean, data.std).to(device)
         self.bs = int(cfg["train"]["batch_size"])
-        opt = make_optimizer(self.model, cfg["train"])
-        total = data.train.num_batches(self.bs) * int(cfg["train"]["epochs"]) * self.defense.updates_per_batch
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg["train"], total))
+        train = TrainSpec.from_section(cfg["train"])
+        opt = make_optimizer(self.model, train)
+        total = data.train.num_batches(self.bs) * train.epochs * self.defense.updates_per_batch
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(train, total))
         self.ctx = TrainContext(
             opt, sched, torch.Generator(device=device).manual_seed(seed + 1), device, self.precision
         )

@@ -156,7 +156,7 @@ def bench_training(
         "epoch_s": best,
         "train_examples_per_s": len(bundle.train) / best,
         "fifteen_epochs_s": 15 * best,
-        "val_wall_s": summary["val_wall_s"],
+        "val_wall_s": summary.val_wall_s,
         "device": str(ctx.device),
         "processes": distributed.world().size,
         "state": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},

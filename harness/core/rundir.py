@@ -211,6 +211,10 @@ class RunDir:
                 raise OSError(e.errno, e.strerror, str(path) + inside) from e
             raise
         lock.moved(path)
+        try:  # the build area goes once nothing is being built in it: the runs folder lists runs only
+            build.parent.rmdir()
+        except OSError:
+            pass  # another build is under way (or the folder is not ours to remove)
         run = cls(path)
         if owner is None:
             lock.release()
