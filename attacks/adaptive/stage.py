@@ -216,6 +216,12 @@ def _answer(ctx: AdaptiveContext, p: Planned, answered: Dict[str, str]) -> None:
     tier = tier_of(p.name)
     if tier == "fallback":
         return
+    if p.name == "eot" and ctx.judge.randomised:
+        # on a randomised model the attack comparisons were measured with single random draws: their
+        # flags are the randomness itself, which EOT answers (the gradient averaged over k draws)
+        for f in ctx.findings:
+            if f.status in ("warn", "fail") and str(f.check) not in GRADIENT_FAILURES:
+                answered.setdefault(str(f.check), "the model is randomised and EOT averaged its gradient over draws")
     for flag in _flags(p):
         if flag in answered or flag not in fixes_of(p.name):
             continue
