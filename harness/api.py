@@ -35,6 +35,7 @@ from harness.core.errors import ConfigError, DataError
 from harness.core.io import atomic_write_json, dumps, read_json
 from harness.core.rundir import RunDir
 from harness.core.runtime import environment, select_device
+from harness.core.seeds import check_seed
 from harness.core.threat import ThreatModel
 from harness.data import load_dataset
 from harness.evaluation import SURROGATE_POINTS, evaluate_checkpoints, evaluate_model
@@ -137,6 +138,7 @@ def evaluate(
     ``"quant=identity"``, ``"head=stand_in.py:soft"``), ``eot``: EOT samples per gradient."""
     threat = ThreatModel.parse(norm, eps)
     n = door.check_n(n)
+    seed = check_seed(seed)
     door.check_weights(model)
     dev = select_device(device) if device is not None else _model_device(model)
     model = model.to(dev)
@@ -231,13 +233,15 @@ def evaluate_run(
     (default: the run's) and adaptive stage (``adaptive``, ``bpda``, ``eot``; default: the run's):
     ``harness eval`` from Python. Returns (evaluation, how) per checkpoint,
     ``how`` saying whether it was evaluated, a stored result, or a copy for identical weights."""
+    if seed is not None:
+        seed = check_seed(seed)
     run = RunDir.open(run_dir)
     cfg = C.validate_saved(run.read_config())
     ctx = RunContext.from_config(cfg, device=device)
     setting = ctx.eval_setting(
         suite=suite, n=n, seed=seed, batch_size=batch_size, adaptive=adaptive, bpda=bpda, eot=eot
     )
-    done = evaluate_checkpoints(run, ctx, setting, checkpoints, force=force, progress=progress)
+    done = evaluate_checkpoints(run, ctx, setting, checkpoints, force=force, progress=progress, n_requested=n)
     return [(doc.cast(Evaluation), how) for doc, how in done]
 
 

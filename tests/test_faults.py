@@ -916,3 +916,21 @@ def test_n_beyond_the_test_split_is_cut_with_a_warning_and_recorded(tmp_path, ca
     data = json.loads((tmp_path / "r" / "eval" / "smoke--best.json").read_text())["data"]
     assert data["n_requested"] == 100000 and data["n"] < 100000
     assert f"n=100000 exceeds the test split ({data['n']}); using all {data['n']}" in err
+    # harness eval (api.evaluate_run) records the n asked for just as the run does
+    code, _, err = _cli(capsys, "eval", str(tmp_path / "r"), "--n", "50000", "--force")
+    assert code == 0, err
+    data = json.loads((tmp_path / "r" / "eval" / "smoke--best.json").read_text())["data"]
+    assert data["n_requested"] == 50000 and data["n"] < 50000
+
+
+def test_the_api_bounds_an_evaluation_seed_as_the_config_does():
+    import torch
+    from torch import nn
+
+    import harness
+    from harness.core.errors import ConfigError
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    data = (torch.rand(3, 1, 2, 2), torch.tensor([0, 1, 0]))
+    with pytest.raises(ConfigError, match="seed must be an integer >= 0 and at most"):
+        harness.evaluate(model, data, eps=0.1, seed=2**63)

@@ -40,6 +40,7 @@ from attacks.registry import CHECKS
 from harness.core.documents import STATUSES, ChecksBlock, Finding, PassCount, Passes, jsonable
 from harness.core.errors import HarnessError, ThreatModelViolation
 from harness.core.runtime import autocast
+from harness.core.seeds import CHECK_SEED_FACTOR
 from harness.core.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,8 @@ class CheckContext(UnderThreat):
 
     def generator(self, salt: str) -> torch.Generator:
         """A generator on ``device`` seeded by the context's seed and ``salt`` (the check name)."""
-        return torch.Generator(device=self.device).manual_seed(int(self.seed) * 1_000_003 + zlib.crc32(salt.encode()))
+        seed = int(self.seed) * CHECK_SEED_FACTOR + zlib.crc32(salt.encode())
+        return torch.Generator(device=self.device).manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------
