@@ -467,6 +467,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if os.environ.get("HARNESS_PLUGINS"):  # the user's own plugin files (harness.plugins)
+        from harness.plugins import load_user_plugins
+
+        try:
+            load_user_plugins()
+        except HarnessError as e:
+            sys.stderr.write(f"harness: error: {e}\n")
+            return e.exit_code
     if args.command in ("run", "eval", "audit"):
         return _in_process_group(parser, args)
     setup_logging(args.verbose)

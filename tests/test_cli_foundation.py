@@ -195,13 +195,49 @@ def test_real_harness_ls_lists_every_registry():
     proc = _harness("ls")
     assert proc.returncode == 0, proc.stderr
     regs = all_registries()
-    assert set(regs) == {"defenses", "attacks", "checks", "suites", "datasets", "models", "renderers", "loggers"}
+    assert set(regs) == {
+        "defenses",
+        "attacks",
+        "checks",
+        "remedies",
+        "suites",
+        "datasets",
+        "models",
+        "renderers",
+        "loggers",
+    }
     for kind, reg in regs.items():
         assert kind in proc.stdout
         assert len(reg) > 0, f"nothing registered in {kind}"
         for name in reg.names():
             assert name in proc.stdout, (kind, name)
     assert {"erm", "pgd-at", "trades", "free-at", "fast-at"} <= set(regs["defenses"].names())
+
+
+def test_plugins_named_in_harness_plugins_are_registered_before_the_command(tmp_path, monkeypatch):
+    """A user's own file (a path) and module (on the import path) register with the built-in
+    decorators; a missing one or one that raises is one line naming it and exit code 2."""
+    (tmp_path / "my_suite.py").write_text(
+        "from attacks.registry import SUITES\n"
+        'SUITES.add("my-tiny", {"n": 8, "attacks": [{"attack": "fgsm"}], "checks": []}, summary="one FGSM")\n'
+    )
+    (tmp_path / "my_broken.py").write_text("raise RuntimeError('half written')\n")
+    pythonpath = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    for spec in (str(tmp_path / "my_suite.py"), "my_suite"):
+        monkeypatch.setenv("PYTHONPATH", pythonpath)
+        monkeypatch.setenv("HARNESS_PLUGINS", spec)
+        proc = _harness("ls", "suites")
+        assert proc.returncode == 0, proc.stderr
+        assert "my-tiny" in proc.stdout and "one FGSM" in proc.stdout
+    for spec, says in (
+        (str(tmp_path / "nope.py"), "no plugin file"),
+        ("no_such_plugin_module", "no plugin module 'no_such_plugin_module'"),
+        (str(tmp_path / "my_broken.py"), "failed to import: RuntimeError: half written"),
+    ):
+        monkeypatch.setenv("HARNESS_PLUGINS", spec)
+        proc = _harness("ls", "suites")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
 
 
 def test_real_missing_data_set_fails_with_instructions(offline):

@@ -151,7 +151,8 @@ def _check_without_running(argv: List[str]) -> None:
         from attacks.suites import Suite
         from harness.core.rundir import RunDir
 
-        Suite.resolve(args.suite)
+        if getattr(args, "suite", None) is not None:  # otherwise the run's own suite
+            Suite.resolve(args.suite)
         if args.checkpoint != "all":
             RunDir(".").checkpoint_path(args.checkpoint)
     elif args.command == "export":

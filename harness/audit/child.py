@@ -53,6 +53,9 @@ def child_main(task: Dict[str, Any], result_path: str) -> None:
     from harness.core.io import atomic_write_json
 
     try:
+        from harness.plugins import load_user_plugins
+
+        load_user_plugins()  # the parent's HARNESS_PLUGINS (this process starts from the forkserver's)
         state = task.get("state_path")
         with distributed.session(task.get("process_group")):  # under torchrun: with the other ranks' children
             doc = run_audit(
