@@ -494,6 +494,14 @@ def _adaptive(
     t0, snap = time.perf_counter(), counter.snapshot()
     hints = hints or Hints()
     planned = stage.plan(mode, checks.findings, randomised=cascade.judge.randomised, hints=hints)
+    if planned:
+        flagged = [f"{f.check} ({f.status})" for f in checks.findings if f.status in ("warn", "fail")]
+        log.info(
+            "adaptive stage: %s; remedies %s on the %d points still robust",
+            ", ".join(flagged) or "asked for",
+            ", ".join(dict.fromkeys(p.name for p in planned)),
+            int(cascade.robust.sum()),
+        )
     ctx = AdaptiveContext(
         model=model,
         x=x,

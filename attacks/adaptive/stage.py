@@ -168,6 +168,12 @@ def run(
                 p, r, outcome, int(idx.numel()), k, time.perf_counter() - t0, counter.since(snap), broke, pred
             )
             runs.append(item)
+            if outcome.skipped is not None:
+                log.info("adaptive round %d: %s skipped: %s", r, p.name, outcome.skipped)
+            else:
+                log.info(
+                    "adaptive round %d: %s: ran on %d, broke %d (%.0f s)", r, outcome.label, idx.numel(), k, item.wall_s
+                )
             if record is not None:
                 record(item)
             broke_round += k

@@ -40,7 +40,8 @@ def _in_order() -> List[str]:
     return [e.name for e in sorted(entries, key=lambda e: (e.meta.get("order", float("inf")), e.name))]
 
 
-# the one list is the registry: these are views of it
+# the one list is the registry: these are views of it (the built-in checks; ``checks_for`` reads
+# the registry again, so a plugin's check registered later joins "all", and "cheap" if cheap=True)
 ALL_CHECKS = _in_order()
 # the quick subset: every check registered with cheap=True, in the same order
 CHEAP_CHECKS = [name for name in ALL_CHECKS if CHECKS.entry(name).meta.get("cheap")]
@@ -59,11 +60,12 @@ def checks_for(
 ) -> List[str]:
     """The checks a suite runs: ``"all"``, ``"cheap"`` (with the ones its record makes free) or a
     list (in its own order), minus ``exclude``."""
+    everything = _in_order()  # read now: a plugin's check (HARNESS_PLUGINS) may have joined since import
     if want == "all":
-        ordered = list(ALL_CHECKS)
+        ordered = everything
     elif want == "cheap":
         free = set(_free_from_record(cascade))
-        ordered = [c for c in ALL_CHECKS if c in CHEAP_CHECKS or c in free]
+        ordered = [c for c in everything if CHECKS.entry(c).meta.get("cheap") or c in free]
     else:
         ordered = list(dict.fromkeys(want))  # the caller's order
     return [c for c in ordered if c not in exclude]

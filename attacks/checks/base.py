@@ -355,6 +355,7 @@ def run_checks(names: Sequence[str], ctx: CheckContext, *, progress: Optional[Pr
             if progress is not None:
                 progress(name, i, len(fns))
             findings.append(_run_one(name, fn, ctx, counter))
+            log.info("check %s: %s (%.1f s)", name, findings[-1].status, findings[-1].cost.get("wall_s", 0.0))
     finally:
         counter.close()
         restored = restore_buffers(ctx.model, buffers)
