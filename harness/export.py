@@ -142,9 +142,7 @@ def pick_result(run: RunDir, checkpoint: str, suite: Optional[str]) -> EvalResul
 
 def _verdict(result: EvalResult) -> Tuple[str, List[str]]:
     """The evaluation's verdict once its adaptive stage resolved what it could, with the reasons."""
-    if result.adaptive is not None and result.adaptive.verdict:
-        return str(result.adaptive.verdict), [str(r) for r in result.adaptive.reasons]
-    return str(result.checks.verdict or "not run"), [str(r) for r in result.checks.reasons]
+    return str(result.final_verdict or "not run"), result.final_reasons
 
 
 def _is_result_of(error: str, run: RunDir, checkpoint: str, suite: Optional[str]) -> bool:

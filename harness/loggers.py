@@ -138,9 +138,11 @@ def final_scalars(result: Mapping[str, Any]) -> Dict[str, Any]:
     _put(scalars, f"{prefix}/n", (result.get("data") or {}).get("n"))
     for k, attack in enumerate(result.get("attacks") or [], start=1):
         _put(scalars, f"{prefix}/after/{k}-{attack.get('name')}", (attack.get("after") or {}).get("accuracy"))
-    checks = result.get("checks") or {}
-    verdict = str(checks.get("verdict", "not run"))
-    reasons = [str(r) for r in checks.get("reasons") or []]
+    checks, adaptive = result.get("checks") or {}, result.get("adaptive") or {}
+    # the verdict once the adaptive stage resolved what it could (EvalResult.final_verdict)
+    decided = adaptive if adaptive.get("verdict") else checks
+    verdict = str(decided.get("verdict") or "not run")
+    reasons = [str(r) for r in decided.get("reasons") or []]
     texts = {f"{prefix}/verdict": verdict + (": " + "; ".join(reasons) if reasons else "")}
     step = result.get("checkpoint_epoch")
     return {"step": int(step) if isinstance(step, int) else 0, "scalars": scalars, "texts": texts}

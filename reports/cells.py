@@ -49,8 +49,25 @@ def headline_sentence(ev: EvalView) -> str:
     return f"Robust accuracy {pct_ci(ev.robust)} {ev.condition()}, {checkpoint_phrase(ev)}."
 
 
+SETTLED_TEXT = {
+    "reliable": "the sanity checks flagged a doubt ({was}) and the adaptive attacks that answer it settled it: "
+    "the number below is what they agree on.",
+    "suspicious": "the sanity checks said {was}; after the adaptive stage a warning still stands: read the "
+    "reasons before trusting the number below.",
+    "unreliable": "the sanity checks said {was}; after the adaptive stage a failure still stands: the number "
+    "below overstates the model's robustness or the attacks did not work.",
+}
+
+
+def verdict_text(ev: EvalView) -> str:
+    """What the verdict means, saying which way the adaptive stage went when it changed it."""
+    if ev.checks_verdict != ev.verdict and ev.verdict in SETTLED_TEXT:
+        return SETTLED_TEXT[ev.verdict].format(was=ev.checks_verdict)
+    return VERDICT_TEXT[ev.verdict]
+
+
 def verdict_sentence(ev: EvalView) -> str:
-    return f"Verdict: {ev.verdict}: {VERDICT_TEXT[ev.verdict]}"
+    return f"Verdict: {ev.verdict}: {verdict_text(ev)}"
 
 
 def val_n_text(info: RunInfo, prefix: str = " (n=") -> str:

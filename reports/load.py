@@ -188,7 +188,14 @@ class EvalView:
 
     @property
     def reasons(self) -> List[str]:
-        return self.result.checks.reasons
+        """The reasons behind ``verdict``: the adaptive stage's when it ran, else the checks'."""
+        return self.result.final_reasons
+
+    @property
+    def checks_verdict(self) -> str:
+        """The sanity checks' own verdict, before any adaptive stage."""
+        v = self.result.checks.verdict
+        return v if v in VERDICT_ORDER else "not run"
 
     @property
     def findings(self) -> List[Finding]:

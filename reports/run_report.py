@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence
 
 from harness.core.errors import HarnessError
 from harness.core.rundir import RunDir
-from reports.cells import VERDICT_TEXT, headline_sentence, pct_ci
+from reports.cells import headline_sentence, pct_ci, verdict_text
 from reports.cost import cost_section, find_erm_control
 from reports.eval_section import evaluation_section
 from reports.load import RunInfo, find_runs, load_run
@@ -92,7 +92,7 @@ def _headline_section(doc: Report, info: RunInfo) -> None:
     if head is not None:
         verdict = [
             ("Verdict: " + head.verdict + ".", "b"),
-            (" " + VERDICT_TEXT[head.verdict][0].upper() + VERDICT_TEXT[head.verdict][1:], ""),
+            (" " + verdict_text(head)[0].upper() + verdict_text(head)[1:], ""),
         ]
         doc.add(Callout(head.verdict.replace(" ", "-"), [verdict], [text(r) for r in head.reasons]))
         pre, post = headline_sentence(head).split(" against ", 1)

@@ -100,16 +100,22 @@ def run_summary_lines(
                 str(r.data.n),
                 pct_ci(r.clean, missing="-"),
                 pct_ci(r.robust, missing="-"),
-                str(r.checks.verdict or "not run"),
+                _verdict_cell(r),
             ]
             for r in docs
         ]
         lines += text_table(
-            "test split: clean and worst-case robust accuracy, 95% CI",
-            ["checkpoint", "epoch", "suite", "n", "clean", "robust", "checks"],
+            "test split: clean and worst-case robust accuracy (suite and adaptive stage), 95% CI",
+            ["checkpoint", "epoch", "suite", "n", "clean", "robust", "verdict"],
             rows,
         )
     return lines
+
+
+def _verdict_cell(r: EvalResult) -> str:
+    """The final verdict; where the adaptive stage changed the checks' one, both, in order."""
+    checks, final = str(r.checks.verdict or "not run"), str(r.final_verdict or "not run")
+    return final if final == checks else f"{checks} -> {final} (adaptive stage)"
 
 
 def audit_summary_lines(doc: Mapping[str, Any]) -> List[str]:

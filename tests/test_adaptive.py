@@ -181,8 +181,35 @@ def test_resolve_counts_a_resolved_flag_as_passed_and_keeps_one_that_stands():
     assert verdict == "unreliable"  # the standing batch-dependence failure
     flags, verdict, _ = stage.resolve(f[:1], [run], converged=False, n=100)
     assert flags[0].outcome == "stands" and verdict == "unreliable"
-    flags, verdict, _ = stage.resolve(f[:1], [run], converged=True, n=100)
-    assert verdict == "reliable"
+    ok = [Finding("outputs", "ok", {}, None, "logits"), Finding("transfer", "skipped", {}, None, "no data")]
+    flags, verdict, reasons = stage.resolve(f[:1] + ok, [run], converged=True, n=100)
+    # a resolved flag is said first, never hidden behind "all N checks passed"
+    assert verdict == "reliable" and reasons[0].startswith("gradients (fail): resolved: bpda ran")
+    assert reasons[1:] == ["the other sanity check that ran passed", "transfer (skipped): no data"]
+
+
+def test_a_settled_doubt_is_said_in_the_summary_and_the_reports_verdict(tmp_path):
+    """The checks said suspicious, the stage settled it: the run's table, the eval summary and the
+    report's verdict sentence say both, in order, never the checks' word alone."""
+    from harness.core.documents import AdaptiveBlock, ChecksBlock, EvalResult
+    from reports.cells import verdict_sentence
+    from reports.load import EvalView
+    from reports.summaries import _verdict_cell
+
+    r = EvalResult.coerce(
+        {"suite": "quick", "checkpoint": "best", "checks": {"verdict": "suspicious", "reasons": ["square (warn)"]}}
+    )
+    r.adaptive = AdaptiveBlock.coerce({"verdict": "reliable", "reasons": ["square (warn): resolved: ..."]})
+    assert isinstance(r.checks, ChecksBlock) and r.final_verdict == "reliable"
+    assert r.final_reasons == ["square (warn): resolved: ..."]
+    assert _verdict_cell(r) == "suspicious -> reliable (adaptive stage)"
+    view = EvalView("quick", "best", r)
+    assert view.verdict == "reliable" and view.reasons == r.final_reasons
+    assert verdict_sentence(view).startswith("Verdict: reliable: the sanity checks flagged a doubt (suspicious)")
+    r.adaptive = None
+    assert _verdict_cell(r) == "suspicious" and verdict_sentence(EvalView("quick", "best", r)).startswith(
+        "Verdict: suspicious: a "
+    )
 
 
 def test_a_healthy_models_stage_runs_nothing_and_changes_nothing(net, data):

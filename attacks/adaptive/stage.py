@@ -329,4 +329,12 @@ def resolve(
     notes = [f"{o.check} ({o.status}): {o.text}" for o in out if o.outcome == "resolved"]
     if total and not out:
         notes.append(f"the adaptive stage broke {total} more point(s)")
+    if resolved_checks:
+        # "all N checks passed" would hide that some warned: the resolved flags come first, then the rest
+        others = sum(1 for f in findings if f.status == "ok")
+        passed = "the other " + (f"{others} sanity checks" if others != 1 else "sanity check") + " that ran passed"
+        kept = [r for r in reasons if not (r.startswith("all ") and r.endswith(" that ran passed"))]
+        flagged = [r for r in kept if " (skipped): " not in r]
+        skipped = [r for r in kept if " (skipped): " in r]
+        return out, v, flagged + notes + ([passed] if others else []) + skipped
     return out, v, reasons + notes

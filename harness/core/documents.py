@@ -691,6 +691,13 @@ class EvalResult(Document):
         return str(self.checks.verdict)
 
     @property
+    def final_reasons(self) -> List[str]:
+        """The reasons behind ``final_verdict``: the adaptive stage's when it ran, else the checks'."""
+        if self.adaptive is not None and self.adaptive.verdict:
+            return [str(r) for r in self.adaptive.reasons]
+        return [str(r) for r in self.checks.reasons]
+
+    @property
     def n(self) -> Optional[int]:
         """How many points were evaluated (``data.n``, else the worst case's n)."""
         return self.data.n if self.data.n is not None else self.robust.n
