@@ -79,7 +79,12 @@ class Attack(Protocol):
         """A short human label, e.g. ``PGD-20 CE, 1 restart``."""
         ...
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult: ...
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+        """Adversarial examples for the batch (eval mode; the model's mode restored). An attack
+        that draws random numbers may also define ``generator(device)``; the evaluation then keeps
+        one generator per run (resumable, the same under torchrun) and passes it as
+        ``run(..., generator=gen)``."""
+        ...
 
 
 @contextlib.contextmanager

@@ -306,7 +306,12 @@ class _Cascade:
                 if gen is not None and shard.dealt:  # keep the generator where one process has it
                     attack.skip(xs[s], gen)
                 continue
-            res = attack.run(self.model, xs[s], ys[s], generator=gen)
+            # an attack that draws from our generator takes it; any other is Attack.run(model, x, y)
+            res = (
+                attack.run(self.model, xs[s], ys[s], generator=gen)
+                if gen is not None
+                else attack.run(self.model, xs[s], ys[s])
+            )
             x_adv.append(res.x_adv)
             if res.path_success is not None:
                 paths.append(res.path_success)
