@@ -207,6 +207,37 @@ def small_cnn(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
 
 
 @MODELS.register(
+    "small-cnn-bn",
+    summary="small-cnn with BatchNorm after each convolution and the hidden FC layer (no paper's: harness's)",
+)
+def small_cnn_bn(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
+    """``small-cnn`` with a BatchNorm layer (torch's defaults: momentum 0.1, eps 1e-5) before each
+    of its three ReLUs: conv 4x4x16 s2, BN, ReLU, conv 4x4x32 s2, BN, ReLU, FC 100, BN, ReLU, FC.
+
+    No paper uses it. It exists so that what depends on BatchNorm (the running statistics a
+    defense's train-mode forward passes leave behind, ``attack_bn_mode``) can be measured on
+    28x28 data at small-CNN cost: the MNIST-family references' CNNs have no BatchNorm, so there
+    the order of a defense's forward passes changes nothing (docs/reproductions.md, the A/B of
+    the forward orders)."""
+    c, h, w = shape
+    h2, w2 = (h + 2 - 4) // 2 + 1, (w + 2 - 4) // 2 + 1
+    h3, w3 = (h2 + 2 - 4) // 2 + 1, (w2 + 2 - 4) // 2 + 1
+    return nn.Sequential(
+        InputGradConv2d(c, 16, 4, stride=2, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * h3 * w3, 100),
+        nn.BatchNorm1d(100),
+        nn.ReLU(),
+        nn.Linear(100, num_classes),
+    )
+
+
+@MODELS.register(
     "preact-resnet18",
     summary="PreAct ResNet-18 for 32x32 RGB (robustbench's architecture, as in Fast-AT)",
     shapes=[(3, 32, 32)],
