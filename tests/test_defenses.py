@@ -97,7 +97,7 @@ def test_step_changes_weights_reports_loss_and_passes_and_leaves_train_mode(name
         ("trades", 5 + 4, 5 + 3),
         ("free-at", 4, 4),
         ("mart", 5 + 2, 5 + 2),
-        ("pgd-at-awp", 5 + 2, 5 + 2),
+        ("pgd-at-awp", 5 + 4, 5 + 2),
         ("trades-awp", 5 + 6, 5 + 5),
         ("n-fgsm", 2, 2),
         ("gradalign", 3, 4),
@@ -105,10 +105,11 @@ def test_step_changes_weights_reports_loss_and_passes_and_leaves_train_mode(name
 )
 def test_measured_passes_match_the_papers_arithmetic(name, forward, backward):
     """science.md section 4: plain 1, PGD-K K+1, TRADES-K about K+2 (plus the target forward, and
-    the code's second forward of x: K+4 / K+3), Fast-AT 2, Free-AT m per minibatch (synthetic recipes: K = 5, m = 4). MART K+2 (x and x'),
-    AWP one more pass (TRADES-AWP two: x and x' through the proxy), N-FGSM 2 like FGSM, GradAlign
-    3 forward and 4 backward (its double backpropagation counts as a second backward through the
-    regulariser's forward)."""
+    the code's second forward of x: K+4 / K+3), Fast-AT 2, Free-AT m per minibatch (synthetic
+    recipes: K = 5, m = 4). MART K+2 (x and x'), AWP one more pass (TRADES-AWP two: x and x' through
+    the proxy; AT-AWP's code also forwards the final iterate and the clean batch for its log, two
+    forwards without a backward), N-FGSM 2 like FGSM, GradAlign 3 forward and 4 backward (its
+    double backpropagation counts as a second backward through the regulariser's forward)."""
     defense, model, ctx, x, y = _setup(name)
     model.train()
     with PassCounter(model) as counter:
