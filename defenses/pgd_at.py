@@ -43,8 +43,8 @@ CNN; **: the variant released; +: and CIFAR-100, SVHN, which borrow it.)
 CIFAR-10: the paper's text trains with PGD-7 of step 2 (the default variant ``paper``); Madry's
 released config.json and Rice et al. use PGD-10 (variant ``released``). Variant ``rice`` is Rice
 et al.'s robust-overfitting recipe (PreAct ResNet-18, 200 epochs, PGD-10, mean/std input,
-reflect padding, best checkpoint on their 1,000 val images, and their code's train-mode forwards). All CIFAR recipes train with random
-crop + flip; MNIST-like data without augmentation.
+reflect padding, best checkpoint on their 1,000 val images, and their code's train-mode
+forwards). All CIFAR recipes train with random crop + flip; MNIST-like data without augmentation.
 
 Fashion-MNIST follows the MMR code (Croce, Andriushchenko, Hein 2019, train.py/attacks.py:
 PGD-40 with step 2*eps/40 from an unclipped uniform start, ae_frac 0.5, Adam 1e-3, lr/10 for the

@@ -96,6 +96,7 @@ def _with_awp(recipe: Any) -> Any:
         )
     return {**recipe, "defense_options": {**recipe["defense_options"], **_AWP, "forward_order": _ORDER}}
 
+
 _AA_LOG = "auto_attacks/logs/log_AT-AWP_cifar10_linf_wrn34-10.txt"
 
 # csdongxian/AWP AT_AWP/train_cifar10.py's defaults with --model WideResNet (its WRN-34-10 log and AA entry)

@@ -87,6 +87,7 @@ def _with_awp(recipe: Any) -> Any:
         )
     return {**recipe, "defense_options": {**recipe["defense_options"], **_AWP, "forward_order": _ORDER}}
 
+
 _AA_LOG = "auto_attacks/logs/log_TRADES-AWP_cifar10_linf_WRN34-10.txt"
 
 # csdongxian/AWP trades_AWP/train_trades_cifar.py's defaults (--data CIFAR10, WideResNet34)
