@@ -44,14 +44,24 @@ split into 5 epochs of 8 replays, raw [0,1] input and no augmentation like every
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attacks.base import MAX_STEPS, ascend
-from defenses.base import DefenseBase, Option, PaperResult, Recipe, StepResult, TrainContext, tiny_recipe
+from defenses.base import (
+    AttackSpec,
+    DefenseBase,
+    Forward,
+    Option,
+    PaperResult,
+    Recipe,
+    StepResult,
+    TrainContext,
+    tiny_recipe,
+)
 from defenses.recipe_parts import CIFAR_DATA, MNIST_LIKE_DATA, combine, fashion_mnist_eps, fp32
 from defenses.references import cite, derived
 from defenses.registry import DEFENSES
@@ -275,28 +285,25 @@ class FreeAT(DefenseBase):
         self.updates_per_batch = int(self.options["replays"])
         self.delta: Optional[torch.Tensor] = None
 
-    def train_attack(self) -> Dict[str, Any]:
+    def attack_spec(self) -> AttackSpec:
         m = self.options["replays"]
-        return self.attack_descriptor(
+        return AttackSpec(
             "free",
-            steps=m,
-            loss="ce",
-            random_start=False,
+            m,
             model_mode="train",
-            replays=m,
-            carried=True,
-            measured_as=f"PGD-{m} CE from a zero start, step {self.options['step_size']}, final iterate",
+            fields={
+                "replays": m,
+                "carried": True,
+                "measured_as": f"PGD-{m} CE from a zero start, step {self.options['step_size']}, final iterate",
+            },
+            head="Free",
+            show_step=False,
+            note=f"m={m}, step {self.options['step_size']}, carried",
         )
 
-    def train_attack_label(self) -> str:
-        return f"Free (m={self.options['replays']}, step {self.options['step_size']}, carried)"
-
-    def train_attack_steps(self) -> int:
-        return int(self.options["replays"])
-
-    def expected_passes(self) -> Dict[str, float]:
-        m = float(self.options["replays"])
-        return {"forward": m, "backward": m}
+    def forwards(self) -> Tuple[Forward, ...]:
+        # one forward per replay at x + the carried perturbation, in train mode (free_train.py:L126)
+        return (Forward("iterate", count=self.options["replays"]),)
 
     def state_dict(self) -> Dict[str, Any]:
         return {} if self.delta is None else {"delta": self.delta.detach().cpu().clone()}

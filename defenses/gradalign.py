@@ -82,7 +82,7 @@ Not early-stopped by default (the method's claim); the harness still flags catas
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +91,9 @@ from torch import nn
 from attacks.base import ascend, norms, random_start
 from defenses.base import (
     BN_MODE,
+    AttackSpec,
     DefenseBase,
+    Forward,
     Option,
     Recipe,
     StepResult,
@@ -301,7 +303,6 @@ class GradAlign(DefenseBase):
     name = "gradalign"
     title = "GradAlign"
     paper = "Andriushchenko, Flammarion 2020, Understanding and Improving Fast Adversarial Training (NeurIPS)"
-    update_forwards = 2  # the regulariser's forward at x + eta and the update's, both in train mode
     OPTIONS = {
         "step_size": Option(
             "1.25*eps", "FGSM step, then clipped to the eps ball (from a zero start: a step of eps)", kind="step"
@@ -338,24 +339,21 @@ class GradAlign(DefenseBase):
         o = self.options
         self.lam = float(o["align_lambda"] * o["align_growth"] ** (self.threat.eps / o["align_eps_ref"] - 1.0))
 
-    def train_attack(self) -> Dict[str, Any]:
-        return self.attack_descriptor(
-            "fgsm-rs" if self.options["random_start"] else "fgsm",
-            steps=1,
-            loss="ce",
-            random_start=self.options["random_start"],
-            grad_align_lambda=self.lam,
-            align_point="x + U(eps ball), not clipped to the box",
+    def attack_spec(self) -> AttackSpec:
+        rs = self.options["random_start"]
+        return AttackSpec(
+            "fgsm-rs" if rs else "fgsm",
+            1,
+            random_start=rs,
+            fields={"grad_align_lambda": self.lam, "align_point": "x + U(eps ball), not clipped to the box"},
+            show_step=False,
+            also=(f"GradAlign lambda {self.lam:.3g}",),
         )
 
-    def train_attack_label(self) -> str:
-        return f"{'FGSM-RS' if self.options['random_start'] else 'FGSM'} + GradAlign lambda {self.lam:.3g}"
-
-    def train_attack_steps(self) -> int:
-        return 1
-
-    def expected_passes(self) -> Dict[str, float]:
-        return {"forward": 3.0, "backward": 4.0}
+    def forwards(self) -> Tuple[Forward, ...]:
+        update, noise = Forward("adversarial"), Forward("noise", backward=2)  # double backprop through the noise
+        fgsm = Forward("iterate" if self.options["random_start"] else "clean", "attack")
+        return (fgsm, update, noise) if self.options["forward_order"] == "fgsm-update-noise" else (fgsm, noise, update)
 
     def _fgsm(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]

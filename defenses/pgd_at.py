@@ -55,7 +55,7 @@ attack to PGD-50, because the selection attack must take more steps than the tra
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -64,7 +64,9 @@ from attacks.base import MAX_STEPS
 from attacks.pgd import perturb
 from defenses.base import (
     BN_MODE,
+    AttackSpec,
     DefenseBase,
+    Forward,
     Option,
     PaperResult,
     Recipe,
@@ -529,33 +531,26 @@ class PGDAT(DefenseBase):
     def setup(self) -> None:
         self.alpha = self.step_size()
 
-    def train_attack(self) -> Dict[str, Any]:
-        return self.attack_descriptor(
+    def attack_spec(self) -> AttackSpec:
+        o = self.options
+        frac = o["adv_fraction"]
+        return AttackSpec(
             "pgd",
-            steps=self.options["steps"],
-            loss=self.options["loss"],
-            random_start=self.options["random_start"],
-            adv_fraction=self.options["adv_fraction"],
-            clip_start=self.options["clip_start"],
+            o["steps"],
+            loss=o["loss"],
+            random_start=o["random_start"],
+            fields={"adv_fraction": frac, "clip_start": o["clip_start"]},
+            details=(f"{frac:.0%} of each batch",) if frac < 1 else (),
         )
 
-    def train_attack_label(self) -> str:
-        frac = self.options["adv_fraction"]
-        mix = f", {frac:.0%} of each batch" if frac < 1 else ""
-        return f"PGD-{self.options['steps']} {self.options['loss'].upper()}, step {self.options['step_size']}{mix}"
-
-    def train_attack_steps(self) -> int:
-        return int(self.options["steps"])
-
-    @property
-    def update_forwards(self) -> int:  # type: ignore[override]
-        return 2 if self.options["forward_order"] == "attack-final-update-clean" else 1
-
-    def expected_passes(self) -> Dict[str, float]:
-        frac = self.options["adv_fraction"]
-        k = self.options["steps"] * frac
-        extra = frac + 1.0 if self.options["forward_order"] == "attack-final-update-clean" else 0.0
-        return {"forward": k + 1.0 + extra, "backward": k + 1.0}
+    def forwards(self) -> Tuple[Forward, ...]:
+        frac, logged = self.options["adv_fraction"], self.options["forward_order"] == "attack-final-update-clean"
+        return (
+            Forward("iterate", "attack", share=frac, count=self.options["steps"]),
+            *([Forward("adversarial", "attack", backward=0, share=frac)] if logged else []),
+            Forward("adversarial"),
+            *([Forward("clean", backward=0)] if logged else []),
+        )
 
     def attack(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]

@@ -55,14 +55,14 @@ declared derived.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from defenses.awp import WeightPerturbation, awp_options
-from defenses.base import Option, PaperResult, Recipe, StepResult, TrainContext, tiny_recipe
+from defenses.base import AttackSpec, Forward, Option, PaperResult, Recipe, StepResult, TrainContext, tiny_recipe
 from defenses.pgd_at import FORWARD_ORDER_DOC, FORWARD_ORDERS, PGDAT
 from defenses.recipe_parts import CIFAR_DATA, combine, fp32
 from defenses.references import cite, derived, harness
@@ -249,15 +249,11 @@ class PGDATAWP(PGDAT):
             self.options["awp_gamma"], self.options["awp_warmup"], self.options["awp_proxy_lr"]
         )
 
-    def train_attack(self) -> Dict[str, Any]:
-        return {**super().train_attack(), **self.awp.describe()}
+    def attack_spec(self) -> AttackSpec:
+        return self.awp.on(super().attack_spec())
 
-    def train_attack_label(self) -> str:
-        return f"{super().train_attack_label()} + AWP gamma {self.options['awp_gamma']:g}"
-
-    def expected_passes(self) -> Dict[str, float]:
-        base = super().expected_passes()
-        return {"forward": base["forward"] + 1.0, "backward": base["backward"] + 1.0}
+    def forwards(self) -> Tuple[Forward, ...]:
+        return self.awp.with_proxy(super().forwards(), ("adversarial",))  # the proxy's -CE(f(x'), y)
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
         x_in = self.mixed_batch(model, x, y, ctx)

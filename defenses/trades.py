@@ -49,7 +49,7 @@ selection attack to PGD-50.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,9 @@ from torch import nn
 
 from attacks.base import MAX_STEPS, ascend
 from defenses.base import (
+    AttackSpec,
     DefenseBase,
+    Forward,
     Option,
     PaperResult,
     Recipe,
@@ -410,31 +412,24 @@ class TRADES(DefenseBase):
     def setup(self) -> None:
         self.alpha = self.step_size()
 
-    def train_attack(self) -> Dict[str, Any]:
-        return self.attack_descriptor(
+    def attack_spec(self) -> AttackSpec:
+        o = self.options
+        return AttackSpec(
             "trades-kl",
-            steps=self.options["steps"],
+            o["steps"],
             loss="kl",
-            random_start=False,
-            init=f"x + {self.options['init_std']:g} * N(0,1)",
-            beta=self.options["beta"],
+            fields={"init": f"x + {o['init_std']:g} * N(0,1)", "beta": o["beta"]},
+            head=f"PGD-{o['steps']} KL",
+            note=f"TRADES, beta {o['beta']:g}",
         )
 
-    def train_attack_label(self) -> str:
+    def forwards(self) -> Tuple[Forward, ...]:
+        inputs = {"adv": "adversarial"}
         return (
-            f"PGD-{self.options['steps']} KL, step {self.options['step_size']} (TRADES, beta {self.options['beta']:g})"
+            Forward("clean", "attack", backward=0),  # the attack's fixed target f(x)
+            Forward("iterate", "attack", count=self.options["steps"]),
+            *(Forward(inputs.get(role, "clean")) for role in FORWARD_ORDERS[self.options["forward_order"]]),
         )
-
-    def train_attack_steps(self) -> int:
-        return int(self.options["steps"])
-
-    @property
-    def update_forwards(self) -> int:  # type: ignore[override]
-        return len(FORWARD_ORDERS[self.options["forward_order"]])
-
-    def expected_passes(self) -> Dict[str, float]:
-        k, u = float(self.options["steps"]), float(self.update_forwards)
-        return {"forward": k + 1.0 + u, "backward": k + u}
 
     def attack(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]

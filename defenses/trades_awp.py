@@ -47,14 +47,24 @@ TRADES-AWP's gamma and warm-up, declared derived.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from defenses.awp import WeightPerturbation, awp_options
-from defenses.base import Option, PaperResult, Recipe, StepResult, TrainContext, bn_mode, tiny_recipe
+from defenses.base import (
+    AttackSpec,
+    Forward,
+    Option,
+    PaperResult,
+    Recipe,
+    StepResult,
+    TrainContext,
+    bn_mode,
+    tiny_recipe,
+)
 from defenses.recipe_parts import CIFAR_DATA, combine, fp32
 from defenses.references import cite, derived, harness
 from defenses.registry import DEFENSES
@@ -234,15 +244,11 @@ class TRADESAWP(TRADES):
             self.options["awp_gamma"], self.options["awp_warmup"], self.options["awp_proxy_lr"]
         )
 
-    def train_attack(self) -> Dict[str, Any]:
-        return {**super().train_attack(), **self.awp.describe()}
+    def attack_spec(self) -> AttackSpec:
+        return self.awp.on(super().attack_spec())
 
-    def train_attack_label(self) -> str:
-        return f"{super().train_attack_label()} + AWP gamma {self.options['awp_gamma']:g}"
-
-    def expected_passes(self) -> Dict[str, float]:
-        base = super().expected_passes()
-        return {"forward": base["forward"] + 2.0, "backward": base["backward"] + 2.0}
+    def forwards(self) -> Tuple[Forward, ...]:
+        return self.awp.with_proxy(super().forwards(), ("clean", "adversarial"))  # the proxy's TRADES loss
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
         with bn_mode(model, self.options["attack_bn_mode"]):
