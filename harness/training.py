@@ -51,6 +51,7 @@ from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_json
 from harness.core.rundir import RunDir, now_iso
 from harness.core.runtime import rng_state, seed_everything, set_rng_state
+from harness.models import parameter_groups
 from harness.monitor import Monitor, detect_catastrophic_overfitting, robust_overfitting
 from harness.stop_rules import build_stop_rule
 
@@ -64,15 +65,17 @@ EpochHook = Callable[[int, Dict[str, Any]], None]
 
 
 def make_optimizer(model: torch.nn.Module, tcfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    # the model says which parameters the weight decay applies to (TensorFlow references: kernels only)
+    params = parameter_groups(model)
     if tcfg["optimizer"] == "sgd":
         return torch.optim.SGD(
-            model.parameters(),
+            params,
             lr=tcfg["lr"],
             momentum=tcfg["momentum"],
             weight_decay=tcfg["weight_decay"],
             nesterov=bool(tcfg["nesterov"]),
         )
-    return torch.optim.Adam(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    return torch.optim.Adam(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
 
 
 def lr_factor(tcfg: Mapping[str, Any], total_updates: int) -> Callable[[int], float]:
