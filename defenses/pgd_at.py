@@ -35,13 +35,16 @@ Recipes (every value's source: ``harness run --defense pgd-at --dataset D --dry-
 |-----------|-------|---------|------|---------------------|--------|-------|-------|-------|
 | fashion-mnist | 0.1 | 40, 2*eps/K | 0.5 | Adam 1e-3, /10 from epoch 90 | 100 | 128 | small-cnn (MMR's) | raw |
 | mnist     | 0.3   | 40, 0.01 | 1.0 | Adam 1e-4 constant (100k its of 50 / 55k) | 91 | 50 | small-cnn (*) | raw |
-| cifar10 (+) | 8/255 | 7 (10 **), 2/255 | 1.0 | SGD 0.1, wd 2e-4, /10 at 50%, 75% | 205 | 128 | wrn-34-10 | per-image |
+| cifar10 (+) | 8/255 | 7 (10 **), 2/255 | 1.0 | SGD 0.1, wd 2e-4, /10 at 50%, 75% | 205 | 128 | wrn-madry | per-image |
 
-("adv.": the share of each minibatch replaced by its adversarial example; *: Madry used a larger
-CNN; **: the variant released; +: and CIFAR-100, SVHN, which borrow it.)
+("adv.": the share of each minibatch replaced by its adversarial example; wrn-madry:
+wrn-34-10-madry; *: Madry used a larger CNN; **: the variant released; +: and CIFAR-100, SVHN,
+which borrow it.)
 
-CIFAR-10: the paper's text trains with PGD-7 of step 2 (the default variant ``paper``); Madry's
-released config.json and Rice et al. use PGD-10 (variant ``released``). Variant ``rice`` is Rice
+CIFAR-10 trains Madry et al.'s own TensorFlow network, ``wrn-34-10-madry`` (leaky ReLU 0.1,
+average-pool + zero-pad shortcuts, weight decay on the conv / FC kernels only; harness/models.py
+checks it against model.py). The paper's text trains with PGD-7 of step 2 (the default variant
+``paper``); Madry's released config.json and Rice et al. use PGD-10 (variant ``released``). Variant ``rice`` is Rice
 et al.'s robust-overfitting recipe (PreAct ResNet-18, 200 epochs, PGD-10, mean/std input,
 reflect padding, best checkpoint on their 1,000 val images, and their code's train-mode
 forwards). All CIFAR recipes train with random crop + flip; MNIST-like data without augmentation.
@@ -316,7 +319,7 @@ _MADRY_CIFAR = Recipe(
     *combine(
         (
             {
-                "model": "wrn-34-10",
+                "model": "wrn-34-10-madry",
                 "threat": {"norm": "Linf", "eps": "8/255"},
                 "model_options": {"normalize": "per-image"},
                 "train": {
@@ -346,8 +349,11 @@ _MADRY_CIFAR = Recipe(
                 "model": cite(
                     "madry-cifar",
                     "model.py",
-                    "46-76",
-                    "filters [16, 160, 320, 640], 5 units per stage: WRN-32-10, robustbench calls it WRN-34-10",
+                    "28-183",
+                    "the network itself (harness/models.py TFWideResNet): filters [16, 160, 320, 640], 5 "
+                    "pre-activation units per stage (WRN-32-10; robustbench's leaderboard says WRN-34-10), leaky "
+                    "ReLU 0.1, average-pool + zero-pad shortcuts, BatchNorm decay 0.9 and epsilon 0.001, "
+                    "TensorFlow 'SAME' padding and initial weights",
                 ),
                 "threat.norm": cite("madry-cifar", "pgd_attack.py", 58, "Linf"),
                 "threat.eps": cite("madry-cifar", _MC, 26, "epsilon 8.0 on the 0..255 scale"),
@@ -364,7 +370,11 @@ _MADRY_CIFAR = Recipe(
                 ),
                 "train.momentum": cite("madry-cifar", _MC, 18, "momentum 0.9"),
                 "train.weight_decay": cite(
-                    "madry-cifar", _MC, 17, "weight_decay 0.0002 (on conv / FC kernels only, model.py:L145-151)"
+                    "madry-cifar",
+                    _MC,
+                    17,
+                    "weight_decay 0.0002, on the conv / FC kernels only (model.py:L145-151), which the model "
+                    "wrn-34-10-madry declares",
                 ),
                 "train.schedule": cite("madry-cifar", "train.py", "44-50", "tf.train.piecewise_constant on the step"),
                 "train.milestones": cite("madry-cifar", _MC, 16, "40k and 60k of 80k steps"),
@@ -478,7 +488,6 @@ _MADRY_CIFAR = Recipe(
     notes=(
         "the reference feeds 0..255 pixels; the harness feeds [0,1] and per-image standardisation scales them back "
         "(harness/models.py Normalize)",
-        "weight decay applies to every parameter here, to conv / FC kernels only in the reference (model.py:L145-151)",
         "every 100th step the reference also forwards the clean and the adversarial batch in train mode for its "
         "log (train.py:L114-116,125-126; with updates_collections=None they move the BatchNorm moving averages, "
         "model.py:L103-110); the harness does not",

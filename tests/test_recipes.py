@@ -159,6 +159,10 @@ TABLE = [
     ("pgd-at", "cifar10", "rice", "data.crop_padding", 4, f"{RICE} train_cifar.py:L183,197"),
     ("pgd-at", "cifar10", "rice", "data.val_size", 1000, f"{RICE} generate_validation.py:L9"),
     ("pgd-at", "cifar10", D, "defense_options.forward_order", "attack-update", f"{MADRY_C} pgd_attack.py:L52-54"),
+    ("pgd-at", "cifar10", D, "model", "wrn-34-10-madry", f"{MADRY_C} model.py:L28-183"),
+    ("pgd-at", "cifar10", D, "train.weight_decay", 2e-4, f"{MADRY_C} config.json:L17"),
+    ("free-at", "cifar10", D, "model", "wrn-34-10-free", f"{FREE} free_model.py:L35-189"),
+    ("free-at", "cifar10", D, "train.weight_decay", 2e-4, f"{FREE} config.py:L21"),
     (
         "pgd-at",
         "cifar10",
