@@ -1,6 +1,11 @@
 """The Defense interface, the Recipe shape, and what every defense plugin shares.
 
-A defense is a class registered in ``defenses.registry.DEFENSES``. The harness builds it once per
+A defense is a ``DefenseBase`` subclass registered with ``@DEFENSES.register(name)`` in its own
+module of this package (``defenses.registry`` finds the modules). It writes the nine members of
+``Defense``: what it says (name, title, paper, ``OPTIONS``, ``RECIPES``, ``attack_spec()`` for its
+training attack and ``forwards()`` for the forward passes of its step) and what it does
+(``attack``, ``train_step``); ``DefenseBase`` derives the descriptor, label, steps, expected
+passes, ``describe()`` and the curriculum's strength from them. The harness builds it once per
 run from the threat model and the run's ``defense_options``, then calls ``train_step`` on every
 minibatch. A defense owns its whole training step: it generates its training attack, computes
 its loss and updates the weights through ``TrainContext.step`` (Free-AT calls it several times
