@@ -269,7 +269,7 @@ def _tf_trainable_count(classes, filters=(16, 160, 320, 640)):
     return n + 2 * filters[3] + filters[3] * classes + classes
 
 
-@pytest.mark.parametrize("name, classes", [("wrn-34-10-madry", 10), ("wrn-34-10-free", 10), ("wrn-34-10-free", 100)])
+@pytest.mark.parametrize("name, classes", [("wrn-34-10-madry", 10), ("wrn-34-10-free", 100)])
 def test_the_tensorflow_wideresnets_match_their_released_definition(name, classes):
     torch.manual_seed(0)
     model = build_model(name, (3, 32, 32), classes, [0.5] * 3, [0.25] * 3, "per-image")
