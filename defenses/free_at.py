@@ -286,6 +286,9 @@ class FreeAT(DefenseBase):
                 "carried perturbation to the box of each minibatch (the PyTorch port's behaviour)",
                 "the reference feeds 0..255 pixels; per-image standardisation makes the scale irrelevant up to its "
                 "floor",
+                "every 100th step the reference also forwards the replayed batch, and every 500th a batch of its "
+                "validation images, in train mode for its log (free_train.py:L105-119; with updates_collections=None "
+                "they move the BatchNorm moving averages, free_model.py:L113-117); the harness does not",
             ),
         ),
         "tiny": tiny_recipe({"defense_options": {"replays": 4, "step_size": "eps"}}),
