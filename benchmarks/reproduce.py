@@ -541,7 +541,7 @@ def ab_section(out: Path, records: Optional[Path] = None) -> List[str]:
         "delta: this arm minus the recipe's arm, in points. A group trained for fewer epochs than its recipe, "
         "or on another model, says so in the line under it.",
         "",
-        "| defense | data | arm | epochs | clean | AA robust | PGD robust (suite, n) | delta clean / AA | "
+        "| defense | data | arm | epochs | clean | AA robust | PGD robust (suite, n) | delta clean / AA / PGD | "
         "passes fwd + bwd | wall time | device |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -561,6 +561,8 @@ def ab_section(out: Path, records: Optional[Path] = None) -> List[str]:
                 d_clean = aa["clean"]["accuracy"] - base["aa_eval"]["clean"]["accuracy"]
                 d_rob = aa["robust"]["accuracy"] - base["aa_eval"]["robust"]["accuracy"]
                 delta = f"{100 * d_clean:+.1f} / {100 * d_rob:+.1f}"
+                if pe and base["paper_eval"]:
+                    delta += f" / {100 * (pe['robust']['accuracy'] - base['paper_eval']['robust']['accuracy']):+.2f}"
             pgd = f"{_prop(pe.get('robust'))} ({pe.get('suite')}, n={pe['data']['n']})" if pe else "not run"
             passes = t["passes_per_example_per_epoch"] if t else None
             device = r["env"].get("device_name") or r["env"].get("device") or "-"
