@@ -659,3 +659,34 @@ def test_train_mode_forwards_match_the_released_code(name, variant, expected, so
     assert measured == [w if w in ("clean", "adversarial") else "other" for w in want], source
     proxies = sum(1 for training, own, _ in seen if training and not own)
     assert proxies == sum(f.count for f in defense.forwards() if f.mode == "proxy")
+
+
+@pytest.mark.parametrize("name", ["pgd-at", "pgd-at-awp"])
+def test_with_the_attack_in_train_mode_the_logged_forwards_change_only_the_running_statistics(name):
+    """Train-mode forwards normalise with the batch's own statistics, so the two forwards Rice et
+    al.'s and AWP's code make for their logs cannot change the weights when the attack, too, runs in
+    train mode: the same step gives bit-identical weights and different BatchNorm running statistics
+    (which the model is evaluated with)."""
+    from harness.core.threat import ThreatModel
+
+    states = {}
+    for order in ("attack-update", "attack-final-update-clean"):
+        cfg = C.resolve({"defense": name, "dataset": "cifar10", "defense_options": {"forward_order": order}})
+        defense = DEFENSES.get(name)(ThreatModel.from_dict(cfg["threat"]), cfg["defense_options"])
+        assert defense.options["attack_bn_mode"] == "train"
+        torch.manual_seed(0)
+        model = _BNProbe().train()
+        from defenses.base import TrainContext
+
+        ctx = TrainContext(
+            torch.optim.SGD(model.parameters(), lr=0.01), None, torch.Generator().manual_seed(1), torch.device("cpu")
+        )
+        g = torch.Generator().manual_seed(2)
+        for _ in range(2):
+            defense.train_step(
+                model, torch.rand(16, 3, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g), ctx
+            )
+        states[order] = model.state_dict()
+    a, b = states.values()
+    assert all(torch.equal(a[k], b[k]) for k, _ in _BNProbe().named_parameters())
+    assert not torch.equal(a["bn.running_mean"], b["bn.running_mean"])
