@@ -667,6 +667,7 @@ def test_with_the_attack_in_train_mode_the_logged_forwards_change_only_the_runni
     al.'s and AWP's code make for their logs cannot change the weights when the attack, too, runs in
     train mode: the same step gives bit-identical weights and different BatchNorm running statistics
     (which the model is evaluated with)."""
+    from defenses.base import TrainContext
     from harness.core.threat import ThreatModel
 
     states = {}
@@ -676,8 +677,6 @@ def test_with_the_attack_in_train_mode_the_logged_forwards_change_only_the_runni
         assert defense.options["attack_bn_mode"] == "train"
         torch.manual_seed(0)
         model = _BNProbe().train()
-        from defenses.base import TrainContext
-
         ctx = TrainContext(
             torch.optim.SGD(model.parameters(), lr=0.01), None, torch.Generator().manual_seed(1), torch.device("cpu")
         )
