@@ -327,18 +327,19 @@ def bench_pass_costs_for(
 
 
 # How each defense spends its theory's units: attack steps take the input gradient only; updates
-# take the weight gradient (TRADES' update backpropagates through two forward passes: 2 units);
+# take the weight gradient (TRADES' update backpropagates through its three forward passes, x, x', x as
+# the authors' code: 3 units);
 # Free-AT's replays are updates that also take the input gradient. Used to price the theory with
 # the pass costs measured on this machine, so what is left over is the harness's own overhead.
 UPDATE_UNITS = {
     "fast-at": 1.0,
     "pgd-at": 1.0,
-    "trades": 2.0,
+    "trades": 3.0,
     "mart": 2.0,
     "n-fgsm": 1.0,
     # AWP: the proxy's pass takes weight gradients like an update
     "pgd-at-awp": 2.0,
-    "trades-awp": 4.0,
+    "trades-awp": 5.0,
     # GradAlign: FGSM and the regulariser's first gradient are input-gradient passes; the update
     # and its double backward through that gradient take weight gradients
     "gradalign": 2.0,

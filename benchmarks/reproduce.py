@@ -42,14 +42,15 @@ from harness.core.io import atomic_write_text, read_json  # noqa: E402
 DEFAULT_DEFENSES = ("erm", "fast-at", "pgd-at", "trades", "free-at")
 DEFAULT_DOC = "docs/reproductions.md"
 DEFAULT_CO_SWEEP = "docs/co-sweep"  # benchmarks/co_sweep.py --out docs/co-sweep
+DEFAULT_AB_OUT = "runs/ab"  # --ab runs
 FALLBACK_SUITE = "smoke"  # a recipe without a paper evaluation (the generated test data sets)
 
 
 # -- running ----------------------------------------------------------------------------------------
 
 
-def run_name(defense: str, dataset: str, variant: str, seed: int) -> str:
-    return f"{defense}-{dataset}-{variant}-s{seed}".replace("+", "_")
+def run_name(defense: str, dataset: str, variant: str, seed: int, tag: str = "") -> str:
+    return f"{defense}-{dataset}-{variant}-s{seed}{'-' + tag if tag else ''}".replace("+", "_")
 
 
 def plan_run(
@@ -64,23 +65,28 @@ def plan_run(
     epochs: Optional[int],
     eval_n: Optional[int],
     data_dir: Optional[str],
+    sets: Optional[Mapping[str, Any]] = None,
+    tag: str = "",
+    eval_suite: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """The resolved config of one reproduction run (as ``harness run`` would resolve it)."""
+    """The resolved config of one reproduction run (as ``harness run`` would resolve it); ``sets``
+    (``--set`` values, nested) override the recipe and ``tag`` ends the run's name (an A/B arm)."""
     from harness import config as C
 
     flags: Dict[str, Any] = {"defense": defense, "dataset": dataset, "seed": seed, "device": device}
+    flags = C.deep_merge(flags, sets or {})
     if variant:
         flags["recipe"] = {"variant": variant}
     if threads:
         flags["threads"] = threads
     if data_dir:
-        flags["data"] = {"data_dir": data_dir}
+        flags = C.deep_merge(flags, {"data": {"data_dir": data_dir}})
     if epochs:
-        flags["train"] = {"epochs": epochs}
+        flags = C.deep_merge(flags, {"train": {"epochs": epochs}})
     cfg = C.resolve(flags)
     paper = cfg["recipe"].get("paper") if cfg.get("recipe") else None
-    suite = paper["suite"] if paper else FALLBACK_SUITE
-    n = eval_n or (paper["n"] if paper else None)
+    suite = eval_suite or (paper["suite"] if paper else FALLBACK_SUITE)
+    n = eval_n or (paper["n"] if paper and not eval_suite else None)
     checkpoint = paper["checkpoint"] if paper else "last"
     cfg = C.resolve(
         C.deep_merge(
@@ -89,7 +95,7 @@ def plan_run(
                 "eval": {"suite": suite, "n": n, "checkpoints": [checkpoint]},
                 "out": {
                     "root": str(out),
-                    "name": run_name(defense, dataset, cfg["recipe"].get("variant") or "none", seed),
+                    "name": run_name(defense, dataset, cfg["recipe"].get("variant") or "none", seed, tag),
                 },
             },
         )
@@ -474,12 +480,133 @@ def co_sweep_section(folder: Path, doc: Path) -> List[str]:
     ]
 
 
-def write_doc(out: Path, doc: Path, co_sweep: Optional[Path] = None, records: Optional[Path] = None) -> Path:
+def _leaf(cfg: Mapping[str, Any], key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _arms(rs: Sequence[Mapping[str, Any]]) -> Tuple[List[str], List[str]]:
+    """(the config keys whose value differs between the runs of one A/B group, the departures from
+    the recipe they share, as "key = value (recipe: value)")."""
+    flat = [_flat({k: v for k, v in r["cfg"].items() if k not in ("out", "recipe")}) for r in rs]
+    keys = sorted(set().union(*flat))
+    varying = [k for k in keys if len({json.dumps(f.get(k)) for f in flat}) > 1]
+    departed: Dict[str, Any] = {}
+    for r in rs:
+        departed.update((r["recipe"].get("differs_from_recipe") or {}).items())
+    shared = [
+        f"{k} = {json.dumps(flat[0].get(k))} (recipe: {json.dumps(v)})"
+        for k, v in sorted(departed.items())
+        if k not in varying
+    ]
+    return varying, shared
+
+
+def ab_section(out: Path, records: Optional[Path] = None) -> List[str]:
+    """The A/B runs under ``out`` (``--ab``: one recipe, one seed, a few settings changed per arm),
+    rendered from their run directories or archived records: per (defense, data, seed), each arm's
+    settings that differ, with what every arm departs from the recipe in alike, and its numbers.
+    ``records``/README.md, if written, says what the A/B asks and why it was run as it was; it
+    opens the section as written (no numbers in it: they come from the runs)."""
+    rows = collect(out, records)
+    if not rows:
+        return []
+    groups: Dict[Tuple[str, str, int], List[Dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["cfg"]["defense"], r["cfg"]["dataset"], r["cfg"]["seed"]), []).append(r)
+    about = records / "README.md" if records is not None else None
+    lines = [
+        "## A/B runs: one recipe, one seed, a setting changed",
+        "",
+        *([about.read_text().rstrip("\n"), ""] if about is not None and about.exists() else []),
+        f"Generated by `python benchmarks/reproduce.py --ab ...` from the run directories under `{out.as_posix()}`"
+        + (f" and the records archived in `{records.as_posix()}`" if records is not None else "")
+        + ". Each group is one defense's recipe trained with the same seed (the same initial weights, data order "
+        "and attack draws) in every arm; the arm column shows the settings that differ between the arms, marked "
+        "(recipe) where the arm keeps the recipe's value, and the line under the group what all its arms change "
+        "from the recipe alike. Clean and AA: AutoAttack standard's evaluation on the first n test points; "
+        "PGD: the suite named, on its n. Accuracies in %, with the 95% Wilson interval; "
+        "delta: this arm minus the recipe's arm, in points. A group trained for fewer epochs than its recipe, "
+        "or on another model, says so in the line under it.",
+        "",
+        "| defense | data | arm | epochs | clean | AA robust | PGD robust (suite, n) | delta clean / AA / PGD | "
+        "passes fwd + bwd | wall time | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes: List[str] = []
+    for (defense, dataset, seed), rs in sorted(groups.items()):
+        varying, shared = _arms(rs)
+        # the recipe's arm: the one that departs from the recipe in none of the varying keys
+        base = next((r for r in rs if not set(varying) & set(r["recipe"].get("differs_from_recipe") or {})), None)
+        rs = sorted(rs, key=lambda r: r is not base)
+        for r in rs:
+            own = r["recipe"].get("differs_from_recipe") or {}
+            kept = set(r["recipe"].get("sources") or {}) - set(own)  # recipe keys this arm keeps
+            arm = ", ".join(f"{k} = {_leaf(r['cfg'], k)}" + (" (recipe)" if k in kept else "") for k in varying)
+            aa, pe, t = r["aa_eval"], r["paper_eval"], r["training"]
+            delta = "-"
+            if base is not None and base is not r and aa and base["aa_eval"]:
+                d_clean = aa["clean"]["accuracy"] - base["aa_eval"]["clean"]["accuracy"]
+                d_rob = aa["robust"]["accuracy"] - base["aa_eval"]["robust"]["accuracy"]
+                delta = f"{100 * d_clean:+.1f} / {100 * d_rob:+.1f}"
+                if pe and base["paper_eval"]:
+                    delta += f" / {100 * (pe['robust']['accuracy'] - base['paper_eval']['robust']['accuracy']):+.2f}"
+            pgd = f"{_prop(pe.get('robust'))} ({pe.get('suite')}, n={pe['data']['n']})" if pe else "not run"
+            passes = t["passes_per_example_per_epoch"] if t else None
+            device = r["env"].get("device_name") or r["env"].get("device") or "-"
+            if r["env"].get("device") == "cpu" and r["env"].get("torch_threads"):
+                device += f", {int(r['env']['torch_threads'])} thread(s)"
+            epochs = f"{t['epochs_run']}/{t['epochs_planned']}" if t else f"not finished ({r.get('epochs_done', 0)})"
+            clean = _prop(aa.get("clean")) if aa else "not run"
+            robust = f"{_prop(aa.get('robust'))} (n={aa['data']['n']}){_verdict(aa)}" if aa else "not run"
+            cost = f"{passes['forward']:g} + {passes['backward']:g}" if passes else "-"
+            wall = _minutes(t.get("wall_s")) if t else "-"
+            lines.append(
+                f"| {defense} | {dataset} | {arm or '-'} | {epochs} | {clean} | {robust} | {pgd} | {delta} | "
+                f"{cost} | {wall} | {device} |"
+            )
+        notes.append(
+            f"- {defense} on {dataset}, seed {seed}: every arm departs from the recipe in "
+            + ("; ".join(shared) or "nothing")
+            + ". Runs: "
+            + ", ".join(f"`{r['run']}` ({r['source']})" for r in rs)
+            + "."
+        )
+    return lines + [""] + notes + [""]
+
+
+def write_doc(
+    out: Path,
+    doc: Path,
+    co_sweep: Optional[Path] = None,
+    records: Optional[Path] = None,
+    ab: Optional[Tuple[Path, Optional[Path]]] = None,
+) -> Path:
     """Archive the run directories under ``out`` into ``records`` (if given), then write the
-    reproduction table, and the catastrophic-overfitting sweep in ``co_sweep`` if given and written."""
+    reproduction table, the A/B runs of ``ab`` (their out folder and records folder, archived
+    alike) and the catastrophic-overfitting sweep in ``co_sweep`` if given and written."""
     if records is not None:
         archive(out, records)
     text = render(out, records)
+    if ab is not None:
+        ab_out, ab_records = ab
+        if ab_records is not None:
+            archive(ab_out, ab_records)
+        section = ab_section(ab_out, ab_records)
+        if section:
+            text = text.rstrip("\n") + "\n\n" + "\n".join(section)
     section = co_sweep_section(co_sweep, doc) if co_sweep is not None else []
     if section:
         text = text.rstrip("\n") + "\n\n" + "\n".join(section)
@@ -532,18 +659,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="where each run's record is archived beside the page, so a row outlives its run directory "
         "(default: the page's path without .md, e.g. docs/reproductions/)",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config value for every run, over the recipe (as harness run --set; the table shows it)",
+    )
+    p.add_argument("--tag", default="", help="ends every run's name: one arm of an A/B (with --ab)")
+    p.add_argument(
+        "--eval-suite", default=None, help="evaluate with this suite instead of the paper's (e.g. one suite for an A/B)"
+    )
+    p.add_argument(
+        "--ab",
+        action="store_true",
+        help="the runs are an A/B arm: they go to --ab-out, their records to --ab-records, and the page shows them "
+        "in the A/B section (the main table is re-rendered from --out as it is)",
+    )
+    p.add_argument("--ab-out", default=DEFAULT_AB_OUT, help=f"run folder of the A/B runs (default {DEFAULT_AB_OUT})")
+    p.add_argument(
+        "--ab-records", default=None, help="records of the A/B runs (default: the records folder's ab/ subfolder)"
+    )
     p.add_argument("--render-only", action="store_true", help="only re-render the table from the run directories")
     p.add_argument("--progress", action="store_true", help="progress bars")
     args = p.parse_args(argv)
     out, doc = Path(args.out), Path(args.doc)
     records = Path(args.records) if args.records else doc.with_suffix("")
     co_sweep = Path(args.co_sweep) if args.co_sweep else (Path(DEFAULT_CO_SWEEP) if args.doc == DEFAULT_DOC else None)
+    ab_out = Path(args.ab_out)
+    ab = (ab_out, Path(args.ab_records) if args.ab_records else records / "ab")
+    runs_out = ab_out if args.ab else out
     try:
         if not args.render_only:
             import logging
 
             logging.basicConfig(level=logging.INFO, format="%(message)s")
+            from harness import config as C
+
             variants = parse_variants(args.variant)
+            sets = C.parse_set(args.set)
             defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
             plans = [
@@ -552,12 +706,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     args.dataset,
                     seed=s,
                     variant=variants.get(d),
-                    out=out,
+                    out=runs_out,
                     threads=args.threads,
                     device=args.device,
                     epochs=args.epochs,
                     eval_n=args.eval_n,
                     data_dir=args.data_dir,
+                    sets=sets,
+                    tag=args.tag,
+                    eval_suite=args.eval_suite,
                 )
                 for d in defenses
                 for s in seeds
@@ -570,8 +727,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     aa_n=args.aa_n,
                     progress=args.progress,
                 )
-                write_doc(out, doc, co_sweep, records)  # the table grows as runs finish
-        write_doc(out, doc, co_sweep, records)
+                write_doc(out, doc, co_sweep, records, ab)  # the table grows as runs finish
+        write_doc(out, doc, co_sweep, records, ab)
     except HarnessError as e:
         sys.stderr.write(f"reproduce: error: {e}\n")
         return 2

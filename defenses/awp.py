@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from defenses.base import Option, TrainContext
+from defenses.base import AttackSpec, Forward, Option, TrainContext
 
 EPS = 1e-20  # the code's guard in diff_in_weights
 
@@ -84,6 +84,17 @@ class WeightPerturbation:
 
     def describe(self) -> Dict[str, Any]:
         return {"awp_gamma": self.gamma, "awp_warmup": self.warmup, "awp_proxy_lr": self.proxy_lr}
+
+    def on(self, spec: AttackSpec) -> AttackSpec:
+        """The host defense's training attack with AWP's settings in its descriptor and label."""
+        return spec.with_(fields=self.describe(), also=(f"AWP gamma {self.gamma:g}",))
+
+    @staticmethod
+    def with_proxy(forwards: Tuple[Forward, ...], inputs: Tuple[str, ...]) -> Tuple[Forward, ...]:
+        """The host's forwards with the proxy's (one per input, on a copy of the statistics) before
+        the first train-mode one: ``direction`` runs after the attack, before the update."""
+        first = next(i for i, f in enumerate(forwards) if f.mode == "train")
+        return forwards[:first] + tuple(Forward(i, "proxy") for i in inputs) + forwards[first:]
 
     def active(self, epoch: Any) -> bool:
         """On from epoch ``warmup + 1`` (1-based); an unknown epoch (a step outside the loop) counts

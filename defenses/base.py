@@ -1,6 +1,11 @@
 """The Defense interface, the Recipe shape, and what every defense plugin shares.
 
-A defense is a class registered in ``defenses.registry.DEFENSES``. The harness builds it once per
+A defense is a ``DefenseBase`` subclass registered with ``@DEFENSES.register(name)`` in its own
+module of this package (``defenses.registry`` finds the modules). It writes the nine members of
+``Defense``: what it says (name, title, paper, ``OPTIONS``, ``RECIPES``, ``attack_spec()`` for its
+training attack and ``forwards()`` for the forward passes of its step) and what it does
+(``attack``, ``train_step``); ``DefenseBase`` derives the descriptor, label, steps, expected
+passes, ``describe()`` and the curriculum's strength from them. The harness builds it once per
 run from the threat model and the run's ``defense_options``, then calls ``train_step`` on every
 minibatch. A defense owns its whole training step: it generates its training attack, computes
 its loss and updates the weights through ``TrainContext.step`` (Free-AT calls it several times
@@ -63,7 +68,7 @@ import contextlib
 import copy
 import difflib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple, Union, runtime_checkable
 
 import torch
@@ -416,70 +421,123 @@ class TrainContext:
         self.updates += 1
 
 
+@dataclass(frozen=True)
+class AttackSpec:
+    """What a defense says about its training attack (``Defense.attack_spec``). ``DefenseBase``
+    derives from it the descriptor recorded beside every number (``train_attack``), the label a
+    person reads (``train_attack_label``) and the gradient steps a selection attack must exceed
+    (``train_attack_steps``).
+
+    - ``kind``: the descriptor's "attack" (pgd, trades-kl, free, fgsm, fgsm-rs, n-fgsm);
+    - ``steps``, ``loss``, ``random_start``: as the descriptor states them; ``model_mode``: the
+      model's mode while attacking (None: the ``attack_bn_mode`` option);
+    - ``fields``: the defense's own descriptor fields, in order (``adv_fraction``, ``beta``, ...).
+
+    The label is ``head``, then ", step S" (the ``step_size`` option as written) unless
+    ``show_step`` is false, then ", d" for each of ``details``, " (note)" and " + a" for each of
+    ``also``: "PGD-10 CE, step 2.5*eps/steps, 50% of each batch", "PGD-10 KL, step 0.007 (TRADES,
+    beta 6)", "FGSM + GradAlign lambda 0.2". ``head`` defaults to ``kind`` in capitals, with
+    "-K LOSS" for an attack of more than one step ("PGD-10 CE", "FGSM-RS").
+    """
+
+    kind: str
+    steps: int
+    loss: str = "ce"
+    random_start: bool = False
+    model_mode: Optional[str] = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    head: str = ""
+    show_step: bool = True
+    details: Tuple[str, ...] = ()
+    note: str = ""
+    also: Tuple[str, ...] = ()
+
+    def with_(self, *, fields: Optional[Mapping[str, Any]] = None, also: Tuple[str, ...] = ()) -> "AttackSpec":
+        """This spec with descriptor ``fields`` and label parts ``also`` added (a defense built on
+        another's attack, e.g. AWP on PGD-AT)."""
+        return replace(self, fields={**self.fields, **(fields or {})}, also=self.also + tuple(also))
+
+    def label(self, step_size: Any) -> str:
+        head = self.head or self.kind.upper() + (f"-{self.steps} {self.loss.upper()}" if self.steps > 1 else "")
+        parts = ([f"step {step_size}"] if self.show_step else []) + list(self.details)
+        text = head + "".join(f", {p}" for p in parts) + (f" ({self.note})" if self.note else "")
+        return text + "".join(f" + {a}" for a in self.also)
+
+
+# What a forward pass sees (``Forward.input``): the clean minibatch, the training example the
+# update's loss is computed on, an iterate or start point of the attack (Free-AT's replays at the
+# carried perturbation included), or a point that only shapes a regulariser (GradAlign's x + eta).
+FORWARD_INPUTS = ("clean", "adversarial", "iterate", "noise")
+# When it runs: "train" (train mode, on the model's own BatchNorm statistics), "attack" (in the
+# ``attack_bn_mode`` option's mode), "proxy" (train mode on a copy of the statistics: AWP's proxy)
+FORWARD_MODES = ("train", "attack", "proxy")
+
+
+@dataclass(frozen=True)
+class Forward:
+    """``count`` forward passes in a row of one training step (``Defense.forwards``), each over
+    ``share`` of the minibatch, each followed by ``backward`` backward passes through it (0: its
+    output is only read, 2: double backpropagation). ``input`` and ``mode``: see FORWARD_INPUTS and
+    FORWARD_MODES. The list of them, in order, is the step's plan: the expected passes per example
+    are derived from it, and tests/test_recipes.py checks its train-mode order against the released
+    code's and against the forwards the step really makes."""
+
+    input: str
+    mode: str = "train"
+    backward: int = 1
+    share: float = 1.0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.input not in FORWARD_INPUTS or self.mode not in FORWARD_MODES:
+            raise ValueError(
+                f"Forward({self.input!r}, {self.mode!r}): input in {FORWARD_INPUTS}, mode in {FORWARD_MODES}"
+            )
+
+
 @runtime_checkable
 class Defense(Protocol):
-    """What the training loop needs from a defense plugin."""
+    """What a defense plugin must say and do: the members a new defense writes.
+
+    Declared (what the defense says): ``name``, ``title`` and ``paper``; ``OPTIONS`` (name ->
+    ``Option`` with its default); ``RECIPES`` (recipe family -> ``Recipe``); ``attack_spec()``,
+    its training attack (None for none); ``forwards()``, the forward passes of one training step
+    in order. Done: ``attack`` (the training attack alone, for validation) and ``train_step``.
+
+    ``DefenseBase`` derives the rest from these and the threat model: option checking, recipes,
+    the training attack's descriptor and label and steps, the expected passes per example, the
+    forwards that touch BatchNorm's statistics, ``describe()``, curriculum strength, the epoch.
+    Optional hooks, with defaults there: ``setup`` (derived values, e.g. step sizes in ``alpha``),
+    ``training_example`` and ``train_radius`` (a defense training outside the eps ball),
+    ``state_dict`` / ``load_state_dict`` (carried training state), and the class attributes
+    ``accuracy_on``, ``early_stop_default``, ``strength_steps_option``, ``threat_models``,
+    ``updates_per_batch``.
+    """
 
     name: ClassVar[str]
+    title: ClassVar[str]
     paper: ClassVar[str]
-    early_stop_default: ClassVar[bool]
-    updates_per_batch: int
-    options: Dict[str, Any]
-    threat: ThreatModel
+    OPTIONS: ClassVar[Dict[str, "Option"]]
+    RECIPES: ClassVar[Dict[str, Union[Recipe, Dict[str, Any]]]]
 
-    @classmethod
-    def recipe(cls, dataset: str) -> Dict[str, Any]:
-        """The paper's recipe for ``dataset`` as a partial config (DEFAULTS shape)."""
+    def attack_spec(self) -> Optional[AttackSpec]:
+        """The training attack (None: plain training), from the options and threat in force."""
         ...
 
-    def describe(self) -> Dict[str, Any]:
-        """Paper, threat model, every resolved option, the training-attack descriptor."""
-        ...
-
-    def train_attack(self) -> Dict[str, Any]:
-        """The training attack's descriptor (``{"attack": "none"}`` for plain training)."""
-        ...
-
-    def train_attack_label(self) -> str: ...
-
-    def train_attack_steps(self) -> int:
-        """Gradient steps of the training attack (0 for none): the selection attack must take more."""
-        ...
-
-    def expected_passes(self) -> Dict[str, float]:
-        """Forward and backward passes per training example per epoch, by the paper's arithmetic
-        (the harness measures the real ones and reports both)."""
+    def forwards(self) -> Tuple[Forward, ...]:
+        """The forward passes of one training step (one minibatch), in order."""
         ...
 
     def attack(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
     ) -> torch.Tensor:
-        """The training attack on (x, y); final iterate; the model's mode is the caller's."""
+        """The training attack on (x, y); final iterate, in the eps ball and the box; the model's
+        mode is the caller's."""
         ...
 
-    def training_example(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
-    ) -> torch.Tensor:
-        """What the weight update trains on; within ``train_radius()`` of x and in the box."""
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
+        """Attack, loss and ``ctx.step`` on one minibatch; the model in train mode on return."""
         ...
-
-    def train_radius(self) -> float: ...
-
-    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult: ...
-
-    def begin_epoch(self, epoch: int) -> None: ...
-
-    def set_strength(
-        self, eps: Optional[float] = None, steps: Optional[int] = None, *, eps_text: Optional[str] = None
-    ) -> None:
-        """Re-arm the training attack at a weaker strength (curriculum); None: as configured."""
-        ...
-
-    def state_dict(self) -> Dict[str, Any]:
-        """Training state the defense carries between steps (Free-AT's perturbation), for resume."""
-        ...
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
 @contextlib.contextmanager
@@ -509,12 +567,11 @@ def with_options(
 
 
 class DefenseBase:
-    """Option validation, recipes and descriptors shared by the plugins.
-
-    A subclass declares ``name``, ``title``, ``paper``, ``OPTIONS`` (name -> ``Option``) and
-    ``RECIPES`` (recipe family -> ``Recipe``, or a plain partial config in the old shape), and
-    implements ``attack`` and ``train_step``.
-    """
+    """What every defense plugin shares: a subclass writes the members of ``Defense`` (name, title,
+    paper, ``OPTIONS``, ``RECIPES``, ``attack_spec``, ``forwards``, ``attack``, ``train_step``)
+    and gets from here everything the harness derives from them: options checked against
+    ``OPTIONS``, recipes per data set, the training attack's descriptor, label and steps, the
+    expected passes, ``describe()``, curriculum strength (``set_strength``) and the epoch."""
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
@@ -525,9 +582,8 @@ class DefenseBase:
     RECIPES: ClassVar[Dict[str, Union[Recipe, Dict[str, Any]]]] = {}
     # which forward pass "train.accuracy" is measured on
     accuracy_on: ClassVar[str] = "adversarial"
-    # forward passes of the weight update per minibatch in train mode (the ones that touch
-    # BatchNorm statistics whatever ``attack_bn_mode`` says): TRADES and MART forward x and x'
-    update_forwards: ClassVar[int] = 1
+    # optimizer steps per minibatch (Free-AT: one per replay)
+    updates_per_batch: int = 1
     # the option a curriculum may schedule as the training attack's "steps" (None: not schedulable)
     strength_steps_option: ClassVar[Optional[str]] = None
 
@@ -541,7 +597,6 @@ class DefenseBase:
         self.full_threat = threat
         self.full_options = dict(self.options)
         self.epoch: Optional[int] = None
-        self.updates_per_batch = 1
         self.setup()
 
     # -- options and recipes ------------------------------------------------------------------
@@ -658,9 +713,23 @@ class DefenseBase:
         steps = int(self.options[steps_key]) if steps_key else 1
         return resolve_step_size(self.options[key], eps=self.threat.eps, steps=steps)
 
-    # -- descriptors --------------------------------------------------------------------------
-    def base_descriptor(self) -> Dict[str, Any]:
+    # -- what the defense declares (see ``Defense``) -------------------------------------------
+    def attack_spec(self) -> Optional[AttackSpec]:
+        return None
+
+    def forwards(self) -> Tuple[Forward, ...]:
+        raise NotImplementedError(f"defense {self.name!r} declares no forwards(): the forward passes of its step")
+
+    # -- derived from the declarations ----------------------------------------------------------
+    def train_attack(self) -> Dict[str, Any]:
+        """The training attack's descriptor: the fields every one states (the threat, steps, the
+        step size resolved and as written, loss, start, the model's mode while attacking), then the
+        defense's own; ``{"attack": "none"}`` for plain training."""
+        spec = self.attack_spec()
+        if spec is None:
+            return {"attack": "none"}
         return {
+            "attack": spec.kind,
             "norm": self.threat.norm,
             "eps": self.threat.eps_text,
             "eps_value": self.threat.eps,
@@ -669,37 +738,49 @@ class DefenseBase:
             "keeps_best_iterate": False,
             "library": "harness",
             "version": __version__,
-        }
-
-    def attack_descriptor(
-        self, attack: str, *, steps: int, loss: str, random_start: bool, model_mode: Optional[str] = None, **own: Any
-    ) -> Dict[str, Any]:
-        """A training attack's descriptor: the fields every one states (the threat, steps, the step
-        size resolved and as written, loss, start, the model's mode while attacking), then the
-        defense's own (``own``, in its order)."""
-        return {
-            "attack": attack,
-            **self.base_descriptor(),
-            "steps": steps,
+            "steps": spec.steps,
             "step_size": self.alpha,
             "step_size_expr": str(self.options["step_size"]),
-            "loss": loss,
-            "random_start": random_start,
-            "model_mode": model_mode or self.options["attack_bn_mode"],
-            **own,
+            "loss": spec.loss,
+            "random_start": spec.random_start,
+            "model_mode": spec.model_mode or self.options["attack_bn_mode"],
+            **spec.fields,
         }
 
-    def train_attack(self) -> Dict[str, Any]:
-        return {"attack": "none"}
-
     def train_attack_label(self) -> str:
-        return "none (clean training)"
+        spec = self.attack_spec()
+        return "none (clean training)" if spec is None else spec.label(self.options["step_size"])
 
     def train_attack_steps(self) -> int:
-        return 0
+        """Gradient steps of the training attack (0 for none): the selection attack must take more."""
+        spec = self.attack_spec()
+        return 0 if spec is None else int(spec.steps)
 
     def expected_passes(self) -> Dict[str, float]:
-        return {"forward": 1.0, "backward": 1.0}
+        """Forward and backward passes per training example per epoch, by the plan (``forwards``):
+        the paper's arithmetic, which the harness sets beside the passes it counts."""
+        forward = backward = 0.0
+        for f in self.forwards():
+            forward += f.count * f.share
+            backward += f.count * f.share * f.backward
+        return {"forward": forward, "backward": backward}
+
+    def train_forwards(self) -> List[str]:
+        """The inputs of the forwards of one step that run in train mode on the model's own
+        BatchNorm statistics, in order (what sets the running statistics used at evaluation)."""
+        attack_train = self.options.get("attack_bn_mode", "train") == "train"
+        return [
+            f.input
+            for f in self.forwards()
+            for _ in range(f.count)
+            if f.mode == "train" or (f.mode == "attack" and attack_train)
+        ]
+
+    @property
+    def update_forwards(self) -> int:
+        """Forwards of one step in train mode whatever ``attack_bn_mode`` says (the update's, the
+        logged ones): they move BatchNorm's running statistics in every case."""
+        return sum(f.count for f in self.forwards() if f.mode == "train")
 
     def describe(self) -> Dict[str, Any]:
         return {

@@ -29,12 +29,12 @@ Options: none.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import torch
 from torch import nn
 
-from defenses.base import DefenseBase, PaperResult, Recipe, StepResult, TrainContext, tiny_recipe
+from defenses.base import DefenseBase, Forward, PaperResult, Recipe, StepResult, TrainContext, tiny_recipe
 from defenses.fast_at import CIFAR_SCHEDULE, FP32_CIFAR, FP32_MNIST, MNIST_SCHEDULE
 from defenses.recipe_parts import CIFAR_DATA, MNIST_LIKE_DATA, combine, fashion_mnist_eps
 from defenses.references import cite
@@ -125,6 +125,9 @@ class ERM(DefenseBase):
         ),
         "tiny": tiny_recipe(),
     }
+
+    def forwards(self) -> Tuple[Forward, ...]:
+        return (Forward("clean"),)
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
         return self.ce_update(model, x, y, ctx)

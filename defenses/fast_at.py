@@ -66,7 +66,7 @@ recipe: it takes the paper's MNIST recipe with Fashion-MNIST's standard eps 0.1 
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -75,7 +75,9 @@ from attacks.base import ascend, project
 from attacks.pgd import perturb
 from defenses.base import (
     BN_MODE,
+    AttackSpec,
     DefenseBase,
+    Forward,
     Option,
     PaperResult,
     Recipe,
@@ -473,24 +475,22 @@ class FastAT(DefenseBase):
     def setup(self) -> None:
         self.alpha = self.step_size(steps_key=None)
 
-    def train_attack(self) -> Dict[str, Any]:
-        return self.attack_descriptor(
-            "fgsm-rs" if self.options["random_start"] else "fgsm",
-            steps=1,
-            loss="ce",
-            random_start=self.options["random_start"],
-            clip_start=self.options["clip_start"],
+    def attack_spec(self) -> AttackSpec:
+        o = self.options
+        return AttackSpec(
+            "fgsm-rs" if o["random_start"] else "fgsm",
+            1,
+            random_start=o["random_start"],
+            fields={"clip_start": o["clip_start"]},
+            details=("unclipped start",) if o["random_start"] and not o["clip_start"] else (),
         )
 
-    def train_attack_label(self) -> str:
-        unclipped = ", unclipped start" if self.options["random_start"] and not self.options["clip_start"] else ""
-        return f"{'FGSM-RS' if self.options['random_start'] else 'FGSM'}, step {self.options['step_size']}{unclipped}"
-
-    def train_attack_steps(self) -> int:
-        return 1
-
-    def expected_passes(self) -> Dict[str, float]:
-        return {"forward": 2.0, "backward": 2.0}
+    def forwards(self) -> Tuple[Forward, ...]:
+        # CIFAR10/train_fgsm.py:L112, L120: the FGSM forward at the (random) start, then the update's
+        return (
+            Forward("iterate" if self.options["random_start"] else "clean", "attack"),
+            Forward("adversarial"),
+        )
 
     def attack(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]

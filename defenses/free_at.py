@@ -32,11 +32,12 @@ Recipes (every value's source: ``harness run --defense free-at --dataset D --dry
 |-----------|-------|---|------|---------------------|------------------------|-------|-------|
 | fashion-mnist | 0.1 | 8 | eps | Adam 1e-3, /10 at 50% and 75% | 5 (40 / 8) | 128 | small-cnn |
 | mnist     | 0.3   | 8 | eps | same | 5 (40 / 8) | 128 | small-cnn |
-| cifar10 (-100, svhn) | 8/255 | 8 | eps | SGD 0.1, mom. 0.9, wd 2e-4, /10 at 50% and 75% | 26 (205 / 8) | 128 | wrn-34-10 |
+| cifar10 (-100, svhn) | 8/255 | 8 | eps | SGD 0.1, mom. 0.9, wd 2e-4, /10 at 50% and 75% | 26 (205 / 8) | 128 | wrn-34-10-free |
 
 CIFAR-10 is the paper's TensorFlow code (ashafahi/free_adv_train at c42cac2: 80k iterations
-including replays, as Madry's 205 epochs; WRN-32-10, stored here as robustbench's WRN-34-10;
-per-image standardisation inside the model; Madry's crop + flip augmentation; fp32). MNIST and
+including replays, as Madry's 205 epochs; its TensorFlow WRN-32-10 as ``wrn-34-10-free`` (leaky ReLU
+0.1, average-pool + zero-pad shortcuts, weight decay on the conv / FC kernels only); per-image
+standardisation inside the model; Madry's crop + flip augmentation; fp32). MNIST and
 Fashion-MNIST have no published Free-AT recipe: these are derived (40 natural epochs of Adam,
 split into 5 epochs of 8 replays, raw [0,1] input and no augmentation like every MNIST reference).
 """  # noqa: E501 - the recipe table kept whole
@@ -44,14 +45,24 @@ split into 5 epochs of 8 replays, raw [0,1] input and no augmentation like every
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attacks.base import MAX_STEPS, ascend
-from defenses.base import DefenseBase, Option, PaperResult, Recipe, StepResult, TrainContext, tiny_recipe
+from defenses.base import (
+    AttackSpec,
+    DefenseBase,
+    Forward,
+    Option,
+    PaperResult,
+    Recipe,
+    StepResult,
+    TrainContext,
+    tiny_recipe,
+)
 from defenses.recipe_parts import CIFAR_DATA, MNIST_LIKE_DATA, combine, fashion_mnist_eps, fp32
 from defenses.references import cite, derived
 from defenses.registry import DEFENSES
@@ -170,7 +181,7 @@ class FreeAT(DefenseBase):
             *combine(
                 (
                     {
-                        "model": "wrn-34-10",
+                        "model": "wrn-34-10-free",
                         "threat": {"norm": "Linf", "eps": "8/255"},
                         "model_options": {"normalize": "per-image"},
                         "train": {
@@ -189,7 +200,13 @@ class FreeAT(DefenseBase):
                         "data": {"augment": "crop-flip", "crop_padding": 2, "pad_mode": "zeros"},
                     },
                     {
-                        "model": cite("free", "README.md", 9, "WRN 32-10; robustbench lists the model as WRN-34-10"),
+                        "model": cite(
+                            "free",
+                            "free_model.py",
+                            "35-189",
+                            "the network itself (harness/models.py TFWideResNet): Madry et al.'s WRN 32-10 "
+                            "(README.md:L9; robustbench's leaderboard says WRN-34-10) with a class count",
+                        ),
                         "threat.norm": cite("free", "free_train.py", 58, "clip_by_value(new_pert, -eps, eps): Linf"),
                         "threat.eps": cite("free", _CFG, 28, "--epsilon 8.0 on the 0..255 scale"),
                         "model_options.normalize": cite(
@@ -207,7 +224,11 @@ class FreeAT(DefenseBase):
                         ),
                         "train.momentum": cite("free", _CFG, 22, "--momentum 0.9"),
                         "train.weight_decay": cite(
-                            "free", _CFG, 21, "--weight_decay 0.0002 (conv / FC kernels only, as Madry's model)"
+                            "free",
+                            _CFG,
+                            21,
+                            "--weight_decay 0.0002, on the conv / FC kernels only (free_model.py:L151-157, "
+                            "free_train.py:L51), which the model wrn-34-10-free declares",
                         ),
                         "train.schedule": cite(
                             "free",
@@ -265,6 +286,9 @@ class FreeAT(DefenseBase):
                 "carried perturbation to the box of each minibatch (the PyTorch port's behaviour)",
                 "the reference feeds 0..255 pixels; per-image standardisation makes the scale irrelevant up to its "
                 "floor",
+                "every 100th step the reference also forwards the replayed batch, and every 500th a batch of its "
+                "validation images, in train mode for its log (free_train.py:L105-119; with updates_collections=None "
+                "they move the BatchNorm moving averages, free_model.py:L113-117); the harness does not",
             ),
         ),
         "tiny": tiny_recipe({"defense_options": {"replays": 4, "step_size": "eps"}}),
@@ -275,28 +299,25 @@ class FreeAT(DefenseBase):
         self.updates_per_batch = int(self.options["replays"])
         self.delta: Optional[torch.Tensor] = None
 
-    def train_attack(self) -> Dict[str, Any]:
+    def attack_spec(self) -> AttackSpec:
         m = self.options["replays"]
-        return self.attack_descriptor(
+        return AttackSpec(
             "free",
-            steps=m,
-            loss="ce",
-            random_start=False,
+            m,
             model_mode="train",
-            replays=m,
-            carried=True,
-            measured_as=f"PGD-{m} CE from a zero start, step {self.options['step_size']}, final iterate",
+            fields={
+                "replays": m,
+                "carried": True,
+                "measured_as": f"PGD-{m} CE from a zero start, step {self.options['step_size']}, final iterate",
+            },
+            head="Free",
+            show_step=False,
+            note=f"m={m}, step {self.options['step_size']}, carried",
         )
 
-    def train_attack_label(self) -> str:
-        return f"Free (m={self.options['replays']}, step {self.options['step_size']}, carried)"
-
-    def train_attack_steps(self) -> int:
-        return int(self.options["replays"])
-
-    def expected_passes(self) -> Dict[str, float]:
-        m = float(self.options["replays"])
-        return {"forward": m, "backward": m}
+    def forwards(self) -> Tuple[Forward, ...]:
+        # one forward per replay at x + the carried perturbation, in train mode (free_train.py:L126)
+        return (Forward("iterate", count=self.options["replays"]),)
 
     def state_dict(self) -> Dict[str, Any]:
         return {} if self.delta is None else {"delta": self.delta.detach().cpu().clone()}

@@ -24,7 +24,10 @@ Training step, detail by detail against ``train.py`` (``--attack fgsm --attack_i
   rounding: a gradient that is tiny but not zero (a saturated softmax; measured 5.3e-22 at eps 0.3 on
   Fashion-MNIST) has |g|^2 ~ 1e-43, and the backward of g / |g| carries 1 / |g|^2, which overflows
   float32 (inf, then NaN weights: the run died at epoch 7 of 10) though the true gradient is finite;
-- loss = CE(f(x + delta), y) + reg, one optimizer step.
+- loss = CE(f(x + delta), y) + reg, one optimizer step. The train-mode forwards come in the code's
+  order (``forward_order`` = "fgsm-update-noise"): the FGSM one (L153), the update's at x + delta
+  (L188), then the regulariser's at x + eta (L193); the order decides what BatchNorm's running
+  statistics last saw ("fgsm-noise-update": the harness's order before issue 26).
 Cost: 3 forward passes (FGSM, g2, update) and, counted by the hooks, 4 backward ones: the FGSM
 gradient, g2, the update's backward through f(x + delta) and its second backward through the graph
 of g2 (the double backpropagation, about twice a plain backward in time: the paper's "about 3x
@@ -79,7 +82,7 @@ Not early-stopped by default (the method's claim); the harness still flags catas
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +91,9 @@ from torch import nn
 from attacks.base import ascend, norms, random_start
 from defenses.base import (
     BN_MODE,
+    AttackSpec,
     DefenseBase,
+    Forward,
     Option,
     Recipe,
     StepResult,
@@ -110,11 +115,20 @@ _OPTS = {
     "align_lambda": 0.2,
     "align_growth": 10.0,
     "attack_bn_mode": "train",
+    "forward_order": "fgsm-update-noise",
 }
 
 _T = "train.py"
 _U = "utils.py"
 _SH = "sh/exps_diff_eps_cifar10.sh"
+_ORDER_SOURCE = cite(
+    "gradalign",
+    _T,
+    "153,188,193",
+    "model.train(): the FGSM forward, model(X + delta) for the loss, then get_input_grad at X + eta "
+    "(utils.py:L81) for the regulariser",
+)
+FORWARD_ORDERS = ("fgsm-update-noise", "fgsm-noise-update")
 
 # tml-epfl/understanding-fast-adv-training train.py with the GradAlign line of exps_diff_eps_cifar10.sh at eps 8
 _CIFAR = Recipe(
@@ -199,6 +213,7 @@ _CIFAR = Recipe(
                 "defense_options.attack_bn_mode": cite(
                     "gradalign", _T, "91,248", "model.train(), restored after every evaluation"
                 ),
+                "defense_options.forward_order": _ORDER_SOURCE,
                 "monitor.early_stop": cite(
                     "gradalign",
                     _T,
@@ -288,7 +303,6 @@ class GradAlign(DefenseBase):
     name = "gradalign"
     title = "GradAlign"
     paper = "Andriushchenko, Flammarion 2020, Understanding and Improving Fast Adversarial Training (NeurIPS)"
-    update_forwards = 2  # the regulariser's forward at x + eta and the update's, both in train mode
     OPTIONS = {
         "step_size": Option(
             "1.25*eps", "FGSM step, then clipped to the eps ball (from a zero start: a step of eps)", kind="step"
@@ -305,6 +319,13 @@ class GradAlign(DefenseBase):
             10.0, "lambda's factor per further align_eps_ref of eps (1: constant lambda)", minimum=1e-12
         ),
         "attack_bn_mode": BN_MODE,
+        "forward_order": Option(
+            "fgsm-update-noise",
+            "the train-mode forwards: fgsm-update-noise (FGSM, the update's at x + delta, then the regulariser's at "
+            "x + eta: the code's order) or fgsm-noise-update; they differ in BatchNorm's running statistics only",
+            kind="choice",
+            choices=FORWARD_ORDERS,
+        ),
     }
     RECIPES = {
         "fashion-mnist": _recipe_mnist_like("fashion-mnist", 0.1),
@@ -318,24 +339,21 @@ class GradAlign(DefenseBase):
         o = self.options
         self.lam = float(o["align_lambda"] * o["align_growth"] ** (self.threat.eps / o["align_eps_ref"] - 1.0))
 
-    def train_attack(self) -> Dict[str, Any]:
-        return self.attack_descriptor(
-            "fgsm-rs" if self.options["random_start"] else "fgsm",
-            steps=1,
-            loss="ce",
-            random_start=self.options["random_start"],
-            grad_align_lambda=self.lam,
-            align_point="x + U(eps ball), not clipped to the box",
+    def attack_spec(self) -> AttackSpec:
+        rs = self.options["random_start"]
+        return AttackSpec(
+            "fgsm-rs" if rs else "fgsm",
+            1,
+            random_start=rs,
+            fields={"grad_align_lambda": self.lam, "align_point": "x + U(eps ball), not clipped to the box"},
+            show_step=False,
+            also=(f"GradAlign lambda {self.lam:.3g}",),
         )
 
-    def train_attack_label(self) -> str:
-        return f"{'FGSM-RS' if self.options['random_start'] else 'FGSM'} + GradAlign lambda {self.lam:.3g}"
-
-    def train_attack_steps(self) -> int:
-        return 1
-
-    def expected_passes(self) -> Dict[str, float]:
-        return {"forward": 3.0, "backward": 4.0}
+    def forwards(self) -> Tuple[Forward, ...]:
+        update, noise = Forward("adversarial"), Forward("noise", backward=2)  # double backprop through the noise
+        fgsm = Forward("iterate" if self.options["random_start"] else "clean", "attack")
+        return (fgsm, update, noise) if self.options["forward_order"] == "fgsm-update-noise" else (fgsm, noise, update)
 
     def _fgsm(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
@@ -360,11 +378,23 @@ class GradAlign(DefenseBase):
         with bn_mode(model, self.options["attack_bn_mode"]):
             x_adv, g1 = self._fgsm(model, x, y, ctx.generator)
         point = (x + uniform_ball(x, self.threat.norm, self.threat.eps, ctx.generator)).requires_grad_(True)
-        with ctx.autocast():
-            logits_point = model(point)
-        (g2,) = torch.autograd.grad(F.cross_entropy(logits_point.float(), y), point, create_graph=True)
-        with ctx.autocast():
-            logits = model(x_adv)
+
+        def update_logits() -> torch.Tensor:
+            with ctx.autocast():
+                return model(x_adv)
+
+        def noise_gradient() -> torch.Tensor:
+            with ctx.autocast():
+                logits_point = model(point)
+            (g2,) = torch.autograd.grad(F.cross_entropy(logits_point.float(), y), point, create_graph=True)
+            return g2
+
+        if self.options["forward_order"] == "fgsm-update-noise":
+            logits = update_logits()
+            g2 = noise_gradient()
+        else:
+            g2 = noise_gradient()
+            logits = update_logits()
         ce = F.cross_entropy(logits.float(), y)
         reg, _ = alignment_regulariser(g1, g2, self.lam)
         loss = ce + reg

@@ -55,7 +55,7 @@ PGD-40 recipes raise the selection attack to PGD-50.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,9 @@ from torch import nn
 from attacks.base import MAX_STEPS
 from attacks.pgd import perturb
 from defenses.base import (
+    AttackSpec,
     DefenseBase,
+    Forward,
     Option,
     Recipe,
     StepResult,
@@ -229,7 +231,6 @@ class MART(DefenseBase):
         "Wang, Zou, Yi, Bailey, Ma, Gu 2020, Improving Adversarial Robustness Requires Revisiting Misclassified "
         "Examples (ICLR)"
     )
-    update_forwards = 2
     strength_steps_option = "steps"
     OPTIONS = {
         "beta": Option(
@@ -266,27 +267,22 @@ class MART(DefenseBase):
     def setup(self) -> None:
         self.alpha = self.step_size()
 
-    def train_attack(self) -> Dict[str, Any]:
-        return self.attack_descriptor(
+    def attack_spec(self) -> AttackSpec:
+        o = self.options
+        return AttackSpec(
             "pgd",
-            steps=self.options["steps"],
-            loss="ce",
-            random_start=False,
-            init=f"x + {self.options['init_std']:g} * N(0,1)",
-            beta=self.options["beta"],
+            o["steps"],
+            fields={"init": f"x + {o['init_std']:g} * N(0,1)", "beta": o["beta"]},
+            note=f"MART, lambda {o['beta']:g}",
         )
 
-    def train_attack_label(self) -> str:
+    def forwards(self) -> Tuple[Forward, ...]:
+        # YisenWang/MART mart.py:L17-40: the attack in eval mode, then model(x), model(x_adv) in train mode
         return (
-            f"PGD-{self.options['steps']} CE, step {self.options['step_size']} (MART, lambda {self.options['beta']:g})"
+            Forward("iterate", "attack", count=self.options["steps"]),
+            Forward("clean"),
+            Forward("adversarial"),
         )
-
-    def train_attack_steps(self) -> int:
-        return int(self.options["steps"])
-
-    def expected_passes(self) -> Dict[str, float]:
-        k = float(self.options["steps"])
-        return {"forward": k + 2.0, "backward": k + 2.0}
 
     def attack(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]

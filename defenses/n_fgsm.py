@@ -59,7 +59,7 @@ number for it, so the recipe carries none.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,9 @@ from torch import nn
 from attacks.base import ascend, project, random_start
 from defenses.base import (
     BN_MODE,
+    AttackSpec,
     DefenseBase,
+    Forward,
     Option,
     Recipe,
     StepResult,
@@ -210,32 +212,28 @@ class NFGSM(DefenseBase):
         reach = k * eps + self.alpha
         return min(reach, c * eps) if c > 0 else reach
 
-    def train_attack(self) -> Dict[str, Any]:
+    def attack_spec(self) -> AttackSpec:
         k, c = self.options["noise_mult"], self.options["clip"]
-        return self.attack_descriptor(
+        return AttackSpec(
             "n-fgsm",
-            steps=1,
-            loss="ce",
+            1,
             random_start=k > 0,
-            noise=f"U(-{k:g} eps, {k:g} eps)" if k > 0 else "none",
-            noise_mult=k,
-            projection=f"{c:g} eps ball" if c > 0 else "none (box only)",
-            train_radius=self.train_radius(),
-            measured_as=f"the N-FGSM point projected onto the eps ball and the box (training uses it unprojected, "
-            f"up to {self.train_radius():.4g} from x)",
+            fields={
+                "noise": f"U(-{k:g} eps, {k:g} eps)" if k > 0 else "none",
+                "noise_mult": k,
+                "projection": f"{c:g} eps ball" if c > 0 else "none (box only)",
+                "train_radius": self.train_radius(),
+                "measured_as": f"the N-FGSM point projected onto the eps ball and the box (training uses it "
+                f"unprojected, up to {self.train_radius():.4g} from x)",
+            },
+            show_step=False,
+            details=(f"noise {k:g} eps", f"step {self.options['step_size']}") + (() if c > 0 else ("no projection",)),
         )
 
-    def train_attack_label(self) -> str:
-        k = self.options["noise_mult"]
-        return f"N-FGSM, noise {k:g} eps, step {self.options['step_size']}" + (
-            "" if self.options["clip"] > 0 else ", no projection"
-        )
-
-    def train_attack_steps(self) -> int:
-        return 1
-
-    def expected_passes(self) -> Dict[str, float]:
-        return {"forward": 2.0, "backward": 2.0}
+    def forwards(self) -> Tuple[Forward, ...]:
+        # pdejorge/N-FGSM train.py:L224, L237: the gradient at the noise point, then the update's
+        start = "iterate" if self.options["noise_mult"] > 0 else "clean"
+        return (Forward(start, "attack"), Forward("adversarial"))
 
     def training_example(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]

@@ -22,6 +22,12 @@ Options (defaults and why):
 - ``adv_fraction`` = 1.0: share of every minibatch that is adversarial (the rest stays clean).
 - ``attack_bn_mode`` = "train": Madry's and Rice et al.'s code generate the attack with the
   model in training mode.
+- ``forward_order`` = "attack-update": the train-mode forwards of one update are the K attack
+  passes, then the update's (Madry et al.'s code). "attack-final-update-clean" adds the two that
+  Rice et al.'s code makes for its log (train_cifar.py:L120, L339: the attack's final iterate and,
+  after the step, the clean batch), which move BatchNorm's running statistics (variant ``rice``
+  and ``pgd-at-awp``, whose code copies Rice et al.'s); 1 + adv_fraction forwards more, no
+  backward.
 
 Recipes (every value's source: ``harness run --defense pgd-at --dataset D --dry-run``):
 
@@ -29,16 +35,19 @@ Recipes (every value's source: ``harness run --defense pgd-at --dataset D --dry-
 |-----------|-------|---------|------|---------------------|--------|-------|-------|-------|
 | fashion-mnist | 0.1 | 40, 2*eps/K | 0.5 | Adam 1e-3, /10 from epoch 90 | 100 | 128 | small-cnn (MMR's) | raw |
 | mnist     | 0.3   | 40, 0.01 | 1.0 | Adam 1e-4 constant (100k its of 50 / 55k) | 91 | 50 | small-cnn (*) | raw |
-| cifar10 (+) | 8/255 | 7 (10 **), 2/255 | 1.0 | SGD 0.1, wd 2e-4, /10 at 50%, 75% | 205 | 128 | wrn-34-10 | per-image |
+| cifar10 (+) | 8/255 | 7 (10 **), 2/255 | 1.0 | SGD 0.1, wd 2e-4, /10 at 50%, 75% | 205 | 128 | wrn-madry | per-image |
 
-("adv.": the share of each minibatch replaced by its adversarial example; *: Madry used a larger
-CNN; **: the variant released; +: and CIFAR-100, SVHN, which borrow it.)
+("adv.": the share of each minibatch replaced by its adversarial example; wrn-madry:
+wrn-34-10-madry; *: Madry used a larger CNN; **: the variant released; +: and CIFAR-100, SVHN,
+which borrow it.)
 
-CIFAR-10: the paper's text trains with PGD-7 of step 2 (the default variant ``paper``); Madry's
-released config.json and Rice et al. use PGD-10 (variant ``released``). Variant ``rice`` is Rice
+CIFAR-10 trains Madry et al.'s own TensorFlow network, ``wrn-34-10-madry`` (leaky ReLU 0.1,
+average-pool + zero-pad shortcuts, weight decay on the conv / FC kernels only; harness/models.py
+checks it against model.py). The paper's text trains with PGD-7 of step 2 (the default variant
+``paper``); Madry's released config.json and Rice et al. use PGD-10 (variant ``released``). Variant ``rice`` is Rice
 et al.'s robust-overfitting recipe (PreAct ResNet-18, 200 epochs, PGD-10, mean/std input,
-reflect padding, best checkpoint on their 1,000 val images). All CIFAR recipes train with random
-crop + flip; MNIST-like data without augmentation.
+reflect padding, best checkpoint on their 1,000 val images, and their code's train-mode
+forwards). All CIFAR recipes train with random crop + flip; MNIST-like data without augmentation.
 
 Fashion-MNIST follows the MMR code (Croce, Andriushchenko, Hein 2019, train.py/attacks.py:
 PGD-40 with step 2*eps/40 from an unclipped uniform start, ae_frac 0.5, Adam 1e-3, lr/10 for the
@@ -49,7 +58,7 @@ attack to PGD-50, because the selection attack must take more steps than the tra
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -58,7 +67,9 @@ from attacks.base import MAX_STEPS
 from attacks.pgd import perturb
 from defenses.base import (
     BN_MODE,
+    AttackSpec,
     DefenseBase,
+    Forward,
     Option,
     PaperResult,
     Recipe,
@@ -73,6 +84,25 @@ from defenses.recipe_parts import CIFAR_DATA, MNIST_LIKE_DATA, combine, fashion_
 from defenses.references import cite, derived, harness
 from defenses.registry import DEFENSES
 from harness.core.errors import ConfigError
+
+# The train-mode forward passes of one update (the attack's with ``attack_bn_mode`` "train"), in
+# order. Madry et al.'s code forwards each attack step's iterate and the update's batch; Rice et
+# al.'s (and AWP's, which copies it) forwards the attack's final iterate once more for its loss
+# (robust_overfitting train_cifar.py:L120) and, after the step, the clean batch for the log
+# (L339): outputs only logged, but in train mode they move BatchNorm's running statistics.
+FORWARD_ORDERS = ("attack-update", "attack-final-update-clean")
+FORWARD_ORDER_DOC = (
+    "the update's train-mode forwards: attack-update (the K attack iterates, then the update: Madry et al.'s "
+    "code) or attack-final-update-clean (the attack's final iterate once more, the update, then the clean "
+    "batch after the step: Rice et al.'s and AWP's code); they differ in BatchNorm's running statistics only"
+)
+_RICE_ORDER = cite(
+    "rice",
+    "train_cifar.py",
+    "89-90,120,324,339",
+    "model.train() throughout: K attack forwards, the final iterate's (all_loss), the update's, then "
+    "model(normalize(X)) after opt.step() for the log",
+)
 
 _SEL50 = (
     {"selection": {"steps": 50}},
@@ -103,6 +133,7 @@ _MMR = Recipe(
                     "clip_start": False,
                     "adv_fraction": 0.5,
                     "attack_bn_mode": "train",
+                    "forward_order": "attack-update",
                 },
             },
             {
@@ -139,6 +170,13 @@ _MMR = Recipe(
                 ),
                 "defense_options.attack_bn_mode": harness(
                     "no BatchNorm in the model (LeNetSmall): the mode changes nothing"
+                ),
+                "defense_options.forward_order": cite(
+                    "mmr",
+                    "models.py",
+                    "68-100",
+                    "LeNetSmall has no BatchNorm, so the order of forwards changes nothing; the PGD passes, then "
+                    "the update (train.py:L217,231)",
                 ),
             },
         ),
@@ -198,6 +236,7 @@ _MADRY_MNIST = Recipe(
                     "clip_start": True,
                     "adv_fraction": 1.0,
                     "attack_bn_mode": "train",
+                    "forward_order": "attack-update",
                 },
                 "data": {"val_size": 5000, "split": "first", "split_seed": 0, "augment": "none"},
             },
@@ -230,6 +269,13 @@ _MADRY_MNIST = Recipe(
                     "madry-mnist", "train.py", "83-90,117", "trains on the adversarial batch only"
                 ),
                 "defense_options.attack_bn_mode": harness("the model has no BatchNorm, so the mode changes nothing"),
+                "defense_options.forward_order": cite(
+                    "madry-mnist",
+                    "train.py",
+                    "83-90,117",
+                    "the attack's K gradient passes, then the train step; the model has no BatchNorm "
+                    "(model.py:L19-45), so the order changes nothing",
+                ),
                 "data.val_size": cite(
                     "madry-mnist", "train.py", 34, "input_data.read_data_sets: validation_size 5000 by default"
                 ),
@@ -273,7 +319,7 @@ _MADRY_CIFAR = Recipe(
     *combine(
         (
             {
-                "model": "wrn-34-10",
+                "model": "wrn-34-10-madry",
                 "threat": {"norm": "Linf", "eps": "8/255"},
                 "model_options": {"normalize": "per-image"},
                 "train": {
@@ -295,6 +341,7 @@ _MADRY_CIFAR = Recipe(
                     "clip_start": True,
                     "adv_fraction": 1.0,
                     "attack_bn_mode": "train",
+                    "forward_order": "attack-update",
                 },
                 "data": {"augment": "crop-flip", "crop_padding": 2, "pad_mode": "zeros"},
             },
@@ -302,8 +349,11 @@ _MADRY_CIFAR = Recipe(
                 "model": cite(
                     "madry-cifar",
                     "model.py",
-                    "46-76",
-                    "filters [16, 160, 320, 640], 5 units per stage: WRN-32-10, robustbench calls it WRN-34-10",
+                    "28-183",
+                    "the network itself (harness/models.py TFWideResNet): filters [16, 160, 320, 640], 5 "
+                    "pre-activation units per stage (WRN-32-10; robustbench's leaderboard says WRN-34-10), leaky "
+                    "ReLU 0.1, average-pool + zero-pad shortcuts, BatchNorm decay 0.9 and epsilon 0.001, "
+                    "TensorFlow 'SAME' padding and initial weights",
                 ),
                 "threat.norm": cite("madry-cifar", "pgd_attack.py", 58, "Linf"),
                 "threat.eps": cite("madry-cifar", _MC, 26, "epsilon 8.0 on the 0..255 scale"),
@@ -320,7 +370,11 @@ _MADRY_CIFAR = Recipe(
                 ),
                 "train.momentum": cite("madry-cifar", _MC, 18, "momentum 0.9"),
                 "train.weight_decay": cite(
-                    "madry-cifar", _MC, 17, "weight_decay 0.0002 (on conv / FC kernels only, model.py:L145-151)"
+                    "madry-cifar",
+                    _MC,
+                    17,
+                    "weight_decay 0.0002, on the conv / FC kernels only (model.py:L145-151), which the model "
+                    "wrn-34-10-madry declares",
                 ),
                 "train.schedule": cite("madry-cifar", "train.py", "44-50", "tf.train.piecewise_constant on the step"),
                 "train.milestones": cite("madry-cifar", _MC, 16, "40k and 60k of 80k steps"),
@@ -344,6 +398,13 @@ _MADRY_CIFAR = Recipe(
                 ),
                 "defense_options.attack_bn_mode": cite(
                     "madry-cifar", "train.py", 41, "one Model(mode='train') attacks and trains"
+                ),
+                "defense_options.forward_order": cite(
+                    "madry-cifar",
+                    "pgd_attack.py",
+                    "52-54",
+                    "one sess.run of the input gradient per attack step, then the train step (train.py:L137), all "
+                    "in the mode='train' model",
                 ),
                 "data.augment": cite(
                     "madry-cifar",
@@ -374,7 +435,7 @@ _MADRY_CIFAR = Recipe(
                 "model": "preact-resnet18",
                 "model_options": {"normalize": "dataset"},
                 "train": {"epochs": 200, "weight_decay": 5e-4},
-                "defense_options": {"steps": 10},
+                "defense_options": {"steps": 10, "forward_order": "attack-final-update-clean"},
                 "data": {"pad_mode": "reflect", "crop_padding": 4, "val_size": 1000},
             },
             {
@@ -385,6 +446,7 @@ _MADRY_CIFAR = Recipe(
                 "train.epochs": cite("rice", "train_cifar.py", 133, "--epochs 200"),
                 "train.weight_decay": cite("rice", "train_cifar.py", 230, "SGD(..., momentum=0.9, weight_decay=5e-4)"),
                 "defense_options.steps": cite("rice", "train_cifar.py", 140, "--attack-iters 10"),
+                "defense_options.forward_order": _RICE_ORDER,
                 "data.pad_mode": cite("rice", "utils.py", "26-27", "np.pad(..., mode='reflect'); train_cifar.py:L197"),
                 "data.crop_padding": cite("rice", "train_cifar.py", "183,197", "pad(..., 4), then Crop(32, 32)"),
                 "data.val_size": cite("rice", "generate_validation.py", 9, "n = 1000"),
@@ -426,7 +488,9 @@ _MADRY_CIFAR = Recipe(
     notes=(
         "the reference feeds 0..255 pixels; the harness feeds [0,1] and per-image standardisation scales them back "
         "(harness/models.py Normalize)",
-        "weight decay applies to every parameter here, to conv / FC kernels only in the reference (model.py:L145-151)",
+        "every 100th step the reference also forwards the clean and the adversarial batch in train mode for its "
+        "log (train.py:L114-116,125-126; with updates_collections=None they move the BatchNorm moving averages, "
+        "model.py:L103-110); the harness does not",
         "Rice et al. select on val with their training attack (PGD-10); the harness's selection attack must "
         "out-step it "
         "(PGD-20)",
@@ -464,6 +528,7 @@ class PGDAT(DefenseBase):
             maximum=1.0,
         ),
         "attack_bn_mode": BN_MODE,
+        "forward_order": Option("attack-update", FORWARD_ORDER_DOC, kind="choice", choices=FORWARD_ORDERS),
     }
     RECIPES = {
         "fashion-mnist": _MMR,
@@ -475,27 +540,26 @@ class PGDAT(DefenseBase):
     def setup(self) -> None:
         self.alpha = self.step_size()
 
-    def train_attack(self) -> Dict[str, Any]:
-        return self.attack_descriptor(
+    def attack_spec(self) -> AttackSpec:
+        o = self.options
+        frac = o["adv_fraction"]
+        return AttackSpec(
             "pgd",
-            steps=self.options["steps"],
-            loss=self.options["loss"],
-            random_start=self.options["random_start"],
-            adv_fraction=self.options["adv_fraction"],
-            clip_start=self.options["clip_start"],
+            o["steps"],
+            loss=o["loss"],
+            random_start=o["random_start"],
+            fields={"adv_fraction": frac, "clip_start": o["clip_start"]},
+            details=(f"{frac:.0%} of each batch",) if frac < 1 else (),
         )
 
-    def train_attack_label(self) -> str:
-        frac = self.options["adv_fraction"]
-        mix = f", {frac:.0%} of each batch" if frac < 1 else ""
-        return f"PGD-{self.options['steps']} {self.options['loss'].upper()}, step {self.options['step_size']}{mix}"
-
-    def train_attack_steps(self) -> int:
-        return int(self.options["steps"])
-
-    def expected_passes(self) -> Dict[str, float]:
-        k = self.options["steps"] * self.options["adv_fraction"]
-        return {"forward": k + 1.0, "backward": k + 1.0}
+    def forwards(self) -> Tuple[Forward, ...]:
+        frac, logged = self.options["adv_fraction"], self.options["forward_order"] == "attack-final-update-clean"
+        return (
+            Forward("iterate", "attack", share=frac, count=self.options["steps"]),
+            *([Forward("adversarial", "attack", backward=0, share=frac)] if logged else []),
+            Forward("adversarial"),
+            *([Forward("clean", backward=0)] if logged else []),
+        )
 
     def attack(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
@@ -527,14 +591,28 @@ class PGDAT(DefenseBase):
         )
 
     def mixed_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
-        """The minibatch the update trains on: its first ``adv_fraction`` replaced by the attack."""
+        """The minibatch the update trains on: its first ``adv_fraction`` replaced by the attack.
+        With ``forward_order`` "attack-final-update-clean" the attack's final iterate is forwarded
+        once more in the attack's mode (Rice et al.'s ``attack_pgd`` computes its loss there)."""
         # the first n_adv examples of a shuffled batch are a random subset (MMR: int(ae_frac * batch))
         n_adv = int(self.options["adv_fraction"] * x.shape[0])
         if n_adv == 0:
             return x
         with bn_mode(model, self.options["attack_bn_mode"]):
             x_adv = self.attack(model, x[:n_adv], y[:n_adv], ctx.generator)
+            if self.options["forward_order"] == "attack-final-update-clean":
+                self.log_forward(model, x_adv, ctx)
         return torch.cat([x_adv, x[n_adv:]]) if n_adv < x.shape[0] else x_adv
 
+    @staticmethod
+    def log_forward(model: nn.Module, x: torch.Tensor, ctx: TrainContext) -> None:
+        """A forward pass whose output the reference code only logs: in train mode it still moves
+        BatchNorm's running statistics, which is why it is done."""
+        with torch.no_grad(), ctx.autocast():
+            model(x)
+
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
-        return self.ce_update(model, self.mixed_batch(model, x, y, ctx), y, ctx)
+        result = self.ce_update(model, self.mixed_batch(model, x, y, ctx), y, ctx)
+        if self.options["forward_order"] == "attack-final-update-clean":
+            self.log_forward(model, x, ctx)
+        return result

@@ -15,9 +15,15 @@ Training step, detail by detail against ``train_cifar10.py``:
   ``attack_bn_mode`` = "train"; only the first minibatch of every epoch after the first is attacked
   in eval mode, left over from the end-of-epoch test (``model.eval()``, L379), which is not mirrored;
 - AWP: ``calc_awp`` on the adversarial batch, the proxy loss -CE(f(x'), y), proxy SGD lr 0.01,
-  gamma 0.01, warm-up 0, then ``perturb``; the CE update on the perturbed weights; ``restore``.
-  The code's extra clean forward after the update feeds only its log and is not done here.
-Cost: K attack passes + 1 proxy pass + 1 update pass: K + 2 forward and K + 2 backward.
+  gamma 0.01, warm-up 0, then ``perturb``; the CE update on the perturbed weights; ``restore``;
+- the train-mode forwards in the code's order (``forward_order`` = "attack-final-update-clean"):
+  the K attack iterates (L92), the final iterate once more (L122, the attack's loss for its
+  restart bookkeeping), the update's (L347), and after the step and the restore the clean batch
+  (L365). The last two feed only the code's log, but in train mode they move BatchNorm's running
+  statistics, which the model is evaluated with: 13 forwards for K = 10, the last one clean. The
+  proxy's forward (utils_awp.py:L41) runs on a copy whose statistics are thrown away.
+Cost: K attack passes + 1 proxy pass + 1 update pass: K + 2 backward; K + 4 forward with the two
+logged forwards ("attack-update": K + 2).
 
 Options: ``pgd-at``'s, plus ``awp_gamma`` (0.01), ``awp_warmup`` (0 epochs), ``awp_proxy_lr`` (0.01).
 
@@ -49,33 +55,48 @@ declared derived.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from defenses.awp import WeightPerturbation, awp_options
-from defenses.base import PaperResult, Recipe, StepResult, TrainContext, tiny_recipe
-from defenses.pgd_at import PGDAT
+from defenses.base import AttackSpec, Forward, Option, PaperResult, Recipe, StepResult, TrainContext, tiny_recipe
+from defenses.pgd_at import FORWARD_ORDER_DOC, FORWARD_ORDERS, PGDAT
 from defenses.recipe_parts import CIFAR_DATA, combine, fp32
 from defenses.references import cite, derived, harness
 from defenses.registry import DEFENSES
 
 _AWP = {"awp_gamma": 0.01, "awp_warmup": 0, "awp_proxy_lr": 0.01}
+_A = "AT_AWP/train_cifar10.py"
+_ORDER = "attack-final-update-clean"
+_ORDER_SOURCE = cite(
+    "awp",
+    _A,
+    "92,122,338,347,365",
+    "model.train(): K attack forwards, the final iterate's (all_loss), the update's, then model(normalize(X)) "
+    "after opt.step() and restore, for the log",
+)
 
 
 def _with_awp(recipe: Any) -> Any:
-    """``pgd-at``'s recipe (a ``Recipe`` with sources, or a plain dict) with AWP's options on top."""
+    """``pgd-at``'s recipe (a ``Recipe`` with sources, or a plain dict) with AWP's options and AT-AWP's
+    forward order on top."""
     if isinstance(recipe, Recipe):
         return recipe.extended(
-            {"defense_options": dict(_AWP)},
-            {f"defense_options.{k}": derived("AWP's setting (Wu, Xia, Wang 2020) on pgd-at's recipe") for k in _AWP},
+            {"defense_options": {**_AWP, "forward_order": _ORDER}},
+            {
+                **{
+                    f"defense_options.{k}": derived("AWP's setting (Wu, Xia, Wang 2020) on pgd-at's recipe")
+                    for k in _AWP
+                },
+                "defense_options.forward_order": _ORDER_SOURCE,
+            },
         )
-    return {**recipe, "defense_options": {**recipe["defense_options"], **_AWP}}
+    return {**recipe, "defense_options": {**recipe["defense_options"], **_AWP, "forward_order": _ORDER}}
 
 
-_A = "AT_AWP/train_cifar10.py"
 _AA_LOG = "auto_attacks/logs/log_AT-AWP_cifar10_linf_wrn34-10.txt"
 
 # csdongxian/AWP AT_AWP/train_cifar10.py's defaults with --model WideResNet (its WRN-34-10 log and AA entry)
@@ -107,6 +128,7 @@ _CIFAR = Recipe(
                     "loss": "ce",
                     "adv_fraction": 1.0,
                     "attack_bn_mode": "train",
+                    "forward_order": _ORDER,
                     **_AWP,
                 },
             },
@@ -153,6 +175,7 @@ _CIFAR = Recipe(
                 "defense_options.attack_bn_mode": cite(
                     "awp", _A, "338,379", "model.train() before the weight step; eval only after the epoch's test"
                 ),
+                "defense_options.forward_order": _ORDER_SOURCE,
                 "defense_options.awp_gamma": cite("awp", _A, 162, "--awp-gamma 0.01"),
                 "defense_options.awp_warmup": cite("awp", _A, "163,340", "--awp-warmup 0: epoch >= 0 (0-based)"),
                 "defense_options.awp_proxy_lr": cite("awp", _A, 241, "proxy_opt = SGD(proxy.parameters(), lr=0.01)"),
@@ -208,7 +231,11 @@ class PGDATAWP(PGDAT):
         "Wu, Xia, Wang 2020, Adversarial Weight Perturbation Helps Robust Generalization (NeurIPS); "
         "on PGD-AT (Madry et al. 2018)"
     )
-    OPTIONS = {**PGDAT.OPTIONS, **awp_options(gamma=0.01, warmup=0, proxy_lr=0.01)}
+    OPTIONS = {
+        **PGDAT.OPTIONS,
+        "forward_order": Option(_ORDER, FORWARD_ORDER_DOC, kind="choice", choices=FORWARD_ORDERS),
+        **awp_options(gamma=0.01, warmup=0, proxy_lr=0.01),
+    }
     RECIPES = {
         "fashion-mnist": _with_awp(PGDAT.RECIPES["fashion-mnist"]),
         "mnist": _with_awp(PGDAT.RECIPES["mnist"]),
@@ -222,22 +249,21 @@ class PGDATAWP(PGDAT):
             self.options["awp_gamma"], self.options["awp_warmup"], self.options["awp_proxy_lr"]
         )
 
-    def train_attack(self) -> Dict[str, Any]:
-        return {**super().train_attack(), **self.awp.describe()}
+    def attack_spec(self) -> AttackSpec:
+        return self.awp.on(super().attack_spec())
 
-    def train_attack_label(self) -> str:
-        return f"{super().train_attack_label()} + AWP gamma {self.options['awp_gamma']:g}"
-
-    def expected_passes(self) -> Dict[str, float]:
-        base = super().expected_passes()
-        return {"forward": base["forward"] + 1.0, "backward": base["backward"] + 1.0}
+    def forwards(self) -> Tuple[Forward, ...]:
+        return self.awp.with_proxy(super().forwards(), ("adversarial",))  # the proxy's -CE(f(x'), y)
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
         x_in = self.mixed_batch(model, x, y, ctx)
-        if not self.awp.active(self.epoch):
-            return self.ce_update(model, x_in, y, ctx)
-        diff = self.awp.direction(model, lambda f: -F.cross_entropy(f(x_in), y), ctx)
-        self.awp.apply(model, diff, +1.0)
-        result = self.ce_update(model, x_in, y, ctx)
-        self.awp.apply(model, diff, -1.0)
+        if self.awp.active(self.epoch):
+            diff = self.awp.direction(model, lambda f: -F.cross_entropy(f(x_in), y), ctx)
+            self.awp.apply(model, diff, +1.0)
+            result = self.ce_update(model, x_in, y, ctx)
+            self.awp.apply(model, diff, -1.0)
+        else:
+            result = self.ce_update(model, x_in, y, ctx)
+        if self.options["forward_order"] == "attack-final-update-clean":
+            self.log_forward(model, x, ctx)  # after the restore, as the code's L365
         return result

@@ -11,10 +11,14 @@ Training step, as the authors' ``trades_loss``:
 2. back in train mode: loss = CE(f(x), y) + beta * KL(f(x) || f(x')) / batch, where the KL is
    summed over the batch and divided by its size (``nn.KLDivLoss(size_average=False) / batch``).
    As in the authors' code the gradient flows through both f(x) and f(x') in the KL term
-   (``detach_clean_in_kl`` = true stops it at f(x)).
-Cost: 1 forward for the target + K attack passes + 2 forward/backward for the loss, so K + 3
-forwards and K + 2 backwards per example (the authors' code recomputes f(x) in every attack
-step: about 2K + 3 forwards).
+   (``detach_clean_in_kl`` = true stops it at f(x)). The train-mode forwards are the code's,
+   in its order (``forward_order`` = "nat-adv-nat", trades.py:L79-82): x for the CE, x', then x
+   again for the KL target. Two train-mode forwards of x give the same logits; the order decides
+   what BatchNorm's running statistics (used at evaluation) last saw. "nat-adv" forwards x once
+   for both terms (one forward and backward fewer; the harness's order before issue 26).
+Cost: 1 forward for the target + K attack passes + 3 forward/backward for the loss, so K + 4
+forwards and K + 3 backwards per example ("nat-adv": K + 3 and K + 2; the authors' code
+recomputes f(x) in every attack step: about 2K + 4 forwards).
 
 Options (defaults and why):
 - ``beta`` = 6.0 (the CIFAR-10 model; the MNIST script's default is 1.0, used by the MNIST recipes).
@@ -22,6 +26,7 @@ Options (defaults and why):
 - ``init_std`` = 0.001: std of the Gaussian start (authors' code).
 - ``attack_bn_mode`` = "eval": the authors' code calls model.eval() for the attack.
 - ``detach_clean_in_kl`` = false: see above.
+- ``forward_order`` = "nat-adv-nat": see above ("adv-nat-nat" is TRADES-AWP's code's order).
 
 Recipes (every value's source: ``harness run --defense trades --dataset D --dry-run``):
 
@@ -44,7 +49,7 @@ selection attack to PGD-50.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +57,9 @@ from torch import nn
 
 from attacks.base import MAX_STEPS, ascend
 from defenses.base import (
+    AttackSpec,
     DefenseBase,
+    Forward,
     Option,
     PaperResult,
     Recipe,
@@ -69,6 +76,13 @@ from harness.core.runtime import autocast
 
 _TM = "train_trades_mnist.py"
 _TC = "train_trades_cifar10.py"
+
+_ORDER_SOURCE = cite(
+    "trades",
+    "trades.py",
+    "73,79-82",
+    "model.train(), then model(x_natural) for the CE, model(x_adv), model(x_natural) again for the KL target",
+)
 
 # train_trades_mnist.py at HEAD (the learning-rate fix of c56d2f2 included)
 _MNIST = (
@@ -92,6 +106,7 @@ _MNIST = (
             "init_std": 0.001,
             "attack_bn_mode": "eval",
             "detach_clean_in_kl": False,
+            "forward_order": "nat-adv-nat",
         },
         "selection": {"steps": 50},
     },
@@ -126,6 +141,7 @@ _MNIST = (
         "defense_options.detach_clean_in_kl": cite(
             "trades", "trades.py", "81-82", "the KL term keeps the gradient through f(x)"
         ),
+        "defense_options.forward_order": _ORDER_SOURCE,
         "selection.steps": harness("the selection attack must out-step the training attack's 40 steps"),
     },
 )
@@ -157,14 +173,52 @@ def kl_sum(logits_target: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tenso
 
 
 def trades_loss(
-    logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float, *, detach_clean: bool = False
+    logits_nat: torch.Tensor,
+    logits_adv: torch.Tensor,
+    y: torch.Tensor,
+    beta: float,
+    *,
+    detach_clean: bool = False,
+    logits_target: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, natural CE, robust KL per example): loss = CE(f(x), y) + beta * KL(f(x) || f(x')) / n."""
+    """(loss, natural CE, robust KL per example): loss = CE(f(x), y) + beta * KL(f(x) || f(x')) / n.
+    ``logits_target``: the f(x) of the KL term where it has a forward pass of its own (the
+    authors' code forwards x twice, ``FORWARD_ORDERS``); None: ``logits_nat``."""
     n = logits_nat.shape[0]
     natural = F.cross_entropy(logits_nat.float(), y)
-    target = logits_nat.detach() if detach_clean else logits_nat
+    target = logits_nat if logits_target is None else logits_target
+    target = target.detach() if detach_clean else target
     robust = kl_sum(target, logits_adv) / n
     return natural + beta * robust, natural, robust
+
+
+# The update's train-mode forward passes, in order, and what each feeds: "ce" the natural loss
+# CE(f(x), y), "kl" the KL term's target f(x), "adv" f(x'). In train mode two forwards of x give
+# the same logits; what the order changes is BatchNorm's running statistics (x, x', x leave
+# them nearer x's than x, x' does), and with them the model evaluated after training.
+FORWARD_ORDERS: Dict[str, Tuple[str, ...]] = {
+    "nat-adv-nat": ("ce", "adv", "kl"),  # yaodongyu/TRADES trades.py:L79-82
+    "adv-nat-nat": ("adv", "kl", "ce"),  # csdongxian/AWP trades_AWP/train_trades_cifar.py:L187-192
+    "nat-adv": ("ce+kl", "adv"),  # one forward of x serves both terms (the harness before issue 26)
+}
+
+FORWARD_ORDER_DOC = (
+    "the update's train-mode forwards: nat-adv-nat (x for the CE, x', x again for the KL target: "
+    "TRADES' trades.py), adv-nat-nat (x', x for the KL target, x for the CE: AWP's TRADES-AWP), or "
+    "nat-adv (one forward of x for both terms); they differ in BatchNorm's running statistics only"
+)
+
+
+def update_logits(
+    model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, order: str, ctx: "TrainContext"
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(f(x) for the CE, f(x) for the KL target, f(x')) from the train-mode forwards of ``order``."""
+    out: Dict[str, torch.Tensor] = {}
+    with ctx.autocast():
+        for role in FORWARD_ORDERS[order]:
+            out[role] = model(x_adv if role == "adv" else x)
+    nat = out["ce"] if "ce" in out else out["ce+kl"]
+    return nat, out.get("kl", nat), out["adv"]
 
 
 @DEFENSES.register("trades", summary="Zhang et al. 2019: CE + beta * KL(f(x)||f(x')), x' from PGD on the KL term")
@@ -178,7 +232,6 @@ class TRADES(DefenseBase):
         "Theoretically Principled Trade-off between Robustness and Accuracy (ICML)"
     )
     accuracy_on = "clean"
-    update_forwards = 2
     strength_steps_option = "steps"
     OPTIONS = {
         "beta": Option(6.0, "weight of the KL robustness term (1/lambda in the paper)", minimum=0.0),
@@ -192,6 +245,7 @@ class TRADES(DefenseBase):
             choices=("train", "eval"),
         ),
         "detach_clean_in_kl": Option(False, "stop the gradient at f(x) inside the KL term of the loss", kind="bool"),
+        "forward_order": Option("nat-adv-nat", FORWARD_ORDER_DOC, kind="choice", choices=tuple(FORWARD_ORDERS)),
     }
     RECIPES = {
         "fashion-mnist": Recipe(
@@ -266,6 +320,7 @@ class TRADES(DefenseBase):
                             "init_std": 0.001,
                             "attack_bn_mode": "eval",
                             "detach_clean_in_kl": False,
+                            "forward_order": "nat-adv-nat",
                         },
                         "data": {"augment": "crop-flip", "crop_padding": 4, "pad_mode": "zeros"},
                     },
@@ -308,6 +363,7 @@ class TRADES(DefenseBase):
                         "defense_options.detach_clean_in_kl": cite(
                             "trades", "trades.py", "81-82", "the KL term keeps the gradient through f(x)"
                         ),
+                        "defense_options.forward_order": _ORDER_SOURCE,
                         "data.augment": cite(
                             "trades", _TC, "60-61", "RandomCrop(32, padding=4), RandomHorizontalFlip()"
                         ),
@@ -356,27 +412,24 @@ class TRADES(DefenseBase):
     def setup(self) -> None:
         self.alpha = self.step_size()
 
-    def train_attack(self) -> Dict[str, Any]:
-        return self.attack_descriptor(
+    def attack_spec(self) -> AttackSpec:
+        o = self.options
+        return AttackSpec(
             "trades-kl",
-            steps=self.options["steps"],
+            o["steps"],
             loss="kl",
-            random_start=False,
-            init=f"x + {self.options['init_std']:g} * N(0,1)",
-            beta=self.options["beta"],
+            fields={"init": f"x + {o['init_std']:g} * N(0,1)", "beta": o["beta"]},
+            head=f"PGD-{o['steps']} KL",
+            note=f"TRADES, beta {o['beta']:g}",
         )
 
-    def train_attack_label(self) -> str:
+    def forwards(self) -> Tuple[Forward, ...]:
+        inputs = {"adv": "adversarial"}
         return (
-            f"PGD-{self.options['steps']} KL, step {self.options['step_size']} (TRADES, beta {self.options['beta']:g})"
+            Forward("clean", "attack", backward=0),  # the attack's fixed target f(x)
+            Forward("iterate", "attack", count=self.options["steps"]),
+            *(Forward(inputs.get(role, "clean")) for role in FORWARD_ORDERS[self.options["forward_order"]]),
         )
-
-    def train_attack_steps(self) -> int:
-        return int(self.options["steps"])
-
-    def expected_passes(self) -> Dict[str, float]:
-        k = float(self.options["steps"])
-        return {"forward": k + 3.0, "backward": k + 2.0}
 
     def attack(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]
@@ -397,11 +450,14 @@ class TRADES(DefenseBase):
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
         with bn_mode(model, self.options["attack_bn_mode"]):
             x_adv = self.attack(model, x, y, ctx.generator)
-        with ctx.autocast():
-            logits_nat = model(x)
-            logits_adv = model(x_adv)
+        logits_nat, logits_target, logits_adv = update_logits(model, x, x_adv, self.options["forward_order"], ctx)
         loss, _, _ = trades_loss(
-            logits_nat, logits_adv, y, self.options["beta"], detach_clean=self.options["detach_clean_in_kl"]
+            logits_nat,
+            logits_adv,
+            y,
+            self.options["beta"],
+            detach_clean=self.options["detach_clean_in_kl"],
+            logits_target=logits_target,
         )
         ctx.step(loss)
         n = int(y.shape[0])

@@ -13,12 +13,16 @@ Training step, detail by detail against ``train_trades_cifar.py``:
   computing it once (done here);
 - AWP: ``calc_awp`` with the proxy loss -(CE(f(x), y) + beta * KL(f(x) || f(x')) / n), proxy SGD
   lr = the run's --lr (0.1), gamma 0.005, on from epoch 10 (1-based: 9 epochs of warm-up); then the
-  TRADES update on the perturbed weights and ``restore``. The code forwards x twice in the proxy
-  and twice in the update (once for the KL target, once for the CE): in train mode both give the
-  same output, so it is forwarded once each here (the BatchNorm running statistics see x once).
-Cost: ``trades``' K + 3 forward / K + 2 backward plus 2 of each for the proxy (x and x').
+  TRADES update on the perturbed weights and ``restore``;
+- the update's train-mode forwards in the code's order (``forward_order`` = "adv-nat-nat",
+  L187-192): x', x for the KL target, x again for the CE, so the model's BatchNorm running
+  statistics see x', x, x (``trades``' own code: x, x', x). The proxy forwards x twice too
+  (utils_awp.py:L41-43); it is a copy whose BatchNorm statistics are thrown away, and two
+  train-mode forwards of x give the same logits, so x is forwarded once there.
+Cost: ``trades``' K + 1 + 3 forward / K + 3 backward plus 2 of each for the proxy (x and x').
 
-Options: ``trades``', plus ``awp_gamma`` (0.005), ``awp_warmup`` (9 epochs), ``awp_proxy_lr`` (0.1).
+Options: ``trades``' (``forward_order`` "adv-nat-nat"), plus ``awp_gamma`` (0.005), ``awp_warmup``
+(9 epochs), ``awp_proxy_lr`` (0.1).
 
 Recipes (every value with its source: ``harness run --defense trades-awp --dataset D --dry-run``):
 
@@ -43,33 +47,57 @@ TRADES-AWP's gamma and warm-up, declared derived.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from defenses.awp import WeightPerturbation, awp_options
-from defenses.base import PaperResult, Recipe, StepResult, TrainContext, bn_mode, tiny_recipe
+from defenses.base import (
+    AttackSpec,
+    Forward,
+    Option,
+    PaperResult,
+    Recipe,
+    StepResult,
+    TrainContext,
+    bn_mode,
+    tiny_recipe,
+)
 from defenses.recipe_parts import CIFAR_DATA, combine, fp32
 from defenses.references import cite, derived, harness
 from defenses.registry import DEFENSES
-from defenses.trades import TRADES, kl_sum, trades_loss
+from defenses.trades import FORWARD_ORDER_DOC, FORWARD_ORDERS, TRADES, kl_sum, trades_loss, update_logits
 
 _AWP = {"awp_gamma": 0.005, "awp_warmup": 9, "awp_proxy_lr": 0.1}
+_T = "trades_AWP/train_trades_cifar.py"
+_ORDER = "adv-nat-nat"
+_ORDER_SOURCE = cite(
+    "awp",
+    _T,
+    "177,187-192",
+    "model.train(), then model(x_adv), model(x_natural) for the KL target, model(x_natural) again for the CE",
+)
 
 
 def _with_awp(recipe: Any) -> Any:
-    """``trades``'s recipe (a ``Recipe`` with sources, or a plain dict) with AWP's options on top."""
+    """``trades``'s recipe (a ``Recipe`` with sources, or a plain dict) with AWP's options and
+    TRADES-AWP's forward order on top."""
     if isinstance(recipe, Recipe):
         return recipe.extended(
-            {"defense_options": dict(_AWP)},
-            {f"defense_options.{k}": derived("AWP's setting (Wu, Xia, Wang 2020) on trades's recipe") for k in _AWP},
+            {"defense_options": {**_AWP, "forward_order": _ORDER}},
+            {
+                **{
+                    f"defense_options.{k}": derived("AWP's setting (Wu, Xia, Wang 2020) on trades's recipe")
+                    for k in _AWP
+                },
+                "defense_options.forward_order": _ORDER_SOURCE,
+            },
         )
-    return {**recipe, "defense_options": {**recipe["defense_options"], **_AWP}}
+    return {**recipe, "defense_options": {**recipe["defense_options"], **_AWP, "forward_order": _ORDER}}
 
 
-_T = "trades_AWP/train_trades_cifar.py"
 _AA_LOG = "auto_attacks/logs/log_TRADES-AWP_cifar10_linf_WRN34-10.txt"
 
 # csdongxian/AWP trades_AWP/train_trades_cifar.py's defaults (--data CIFAR10, WideResNet34)
@@ -100,6 +128,7 @@ _CIFAR = Recipe(
                     "init_std": 0.001,
                     "attack_bn_mode": "eval",
                     "detach_clean_in_kl": False,
+                    "forward_order": _ORDER,
                     **_AWP,
                 },
             },
@@ -142,6 +171,7 @@ _CIFAR = Recipe(
                 "defense_options.detach_clean_in_kl": cite(
                     "awp", _T, "188-190", "the KL target softmax(model(x_natural)) keeps its gradient"
                 ),
+                "defense_options.forward_order": _ORDER_SOURCE,
                 "defense_options.awp_gamma": cite("awp", _T, 60, "--awp-gamma 0.005"),
                 "defense_options.awp_warmup": cite(
                     "awp", _T, "62,179,294", "--awp-warmup 10: epoch >= 10 with 1-based epochs, 9 epochs without"
@@ -194,7 +224,11 @@ class TRADESAWP(TRADES):
         "Wu, Xia, Wang 2020, Adversarial Weight Perturbation Helps Robust Generalization (NeurIPS); "
         "on TRADES (Zhang et al. 2019)"
     )
-    OPTIONS = {**TRADES.OPTIONS, **awp_options(gamma=0.005, warmup=9, proxy_lr=0.1)}
+    OPTIONS = {
+        **TRADES.OPTIONS,
+        "forward_order": Option(_ORDER, FORWARD_ORDER_DOC, kind="choice", choices=tuple(FORWARD_ORDERS)),
+        **awp_options(gamma=0.005, warmup=9, proxy_lr=0.1),
+    }
     RECIPES = {
         "fashion-mnist": _with_awp(TRADES.RECIPES["fashion-mnist"]),
         "mnist": _with_awp(TRADES.RECIPES["mnist"]),
@@ -210,15 +244,11 @@ class TRADESAWP(TRADES):
             self.options["awp_gamma"], self.options["awp_warmup"], self.options["awp_proxy_lr"]
         )
 
-    def train_attack(self) -> Dict[str, Any]:
-        return {**super().train_attack(), **self.awp.describe()}
+    def attack_spec(self) -> AttackSpec:
+        return self.awp.on(super().attack_spec())
 
-    def train_attack_label(self) -> str:
-        return f"{super().train_attack_label()} + AWP gamma {self.options['awp_gamma']:g}"
-
-    def expected_passes(self) -> Dict[str, float]:
-        base = super().expected_passes()
-        return {"forward": base["forward"] + 2.0, "backward": base["backward"] + 2.0}
+    def forwards(self) -> Tuple[Forward, ...]:
+        return self.awp.with_proxy(super().forwards(), ("clean", "adversarial"))  # the proxy's TRADES loss
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> StepResult:
         with bn_mode(model, self.options["attack_bn_mode"]):
@@ -233,10 +263,15 @@ class TRADESAWP(TRADES):
 
             diff = self.awp.direction(model, proxy_loss, ctx)
             self.awp.apply(model, diff, +1.0)
-        with ctx.autocast():
-            logits_nat = model(x)
-            logits_adv = model(x_adv)
-        loss, _, _ = trades_loss(logits_nat, logits_adv, y, beta, detach_clean=self.options["detach_clean_in_kl"])
+        logits_nat, logits_target, logits_adv = update_logits(model, x, x_adv, self.options["forward_order"], ctx)
+        loss, _, _ = trades_loss(
+            logits_nat,
+            logits_adv,
+            y,
+            beta,
+            detach_clean=self.options["detach_clean_in_kl"],
+            logits_target=logits_target,
+        )
         ctx.step(loss)
         if diff is not None:
             self.awp.apply(model, diff, -1.0)

@@ -17,7 +17,7 @@ so checkpoints have one layout.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple, TypedDict
 
 import torch
 from torch import nn
@@ -206,6 +206,37 @@ def small_cnn(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
 
 
 @MODELS.register(
+    "small-cnn-bn",
+    summary="small-cnn with BatchNorm after each convolution and the hidden FC layer (no paper's: harness's)",
+)
+def small_cnn_bn(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
+    """``small-cnn`` with a BatchNorm layer (torch's defaults: momentum 0.1, eps 1e-5) before each
+    of its three ReLUs: conv 4x4x16 s2, BN, ReLU, conv 4x4x32 s2, BN, ReLU, FC 100, BN, ReLU, FC.
+
+    No paper uses it. It exists so that what depends on BatchNorm (the running statistics a
+    defense's train-mode forward passes leave behind, ``attack_bn_mode``) can be measured on
+    28x28 data at small-CNN cost: the MNIST-family references' CNNs have no BatchNorm, so there
+    the order of a defense's forward passes changes nothing (docs/reproductions.md, the A/B of
+    the forward orders)."""
+    c, h, w = shape
+    h2, w2 = (h + 2 - 4) // 2 + 1, (w + 2 - 4) // 2 + 1
+    h3, w3 = (h2 + 2 - 4) // 2 + 1, (w2 + 2 - 4) // 2 + 1
+    return nn.Sequential(
+        InputGradConv2d(c, 16, 4, stride=2, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * h3 * w3, 100),
+        nn.BatchNorm1d(100),
+        nn.ReLU(),
+        nn.Linear(100, num_classes),
+    )
+
+
+@MODELS.register(
     "preact-resnet18",
     summary="PreAct ResNet-18 for 32x32 RGB (robustbench's architecture, as in Fast-AT)",
     shapes=[(3, 32, 32)],
@@ -230,6 +261,155 @@ def wrn_28_10(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
 )
 def wrn_34_10(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
     return _rb("wide_resnet").WideResNet(depth=34, widen_factor=10, num_classes=num_classes)
+
+
+# -- the TensorFlow WideResNet of Madry et al. and Shafahi et al. ---------------------------------
+
+
+class _TFConv3x3(nn.Conv2d):
+    """A 3x3 convolution without bias, padded like TensorFlow's ``padding='SAME'``: for stride 2 on
+    an even input TensorFlow pads one row and column at the bottom and right only (torch's
+    ``padding=1`` pads both sides, which shifts every output by a pixel); for stride 1 it is
+    torch's ``padding=1``. Weights start as ``tf.random_normal_initializer(stddev=sqrt(2 / n))``
+    with n = 3 * 3 * out_channels (model.py:L153-161)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__(cin, cout, 3, stride=stride, padding=1 if stride == 1 else 0, bias=False)
+        nn.init.normal_(self.weight, 0.0, math.sqrt(2.0 / (3 * 3 * cout)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride[0] == 1:
+            return super().forward(x)
+        h, w = x.shape[-2:]
+        s = self.stride[0]
+        pad_h, pad_w = max((math.ceil(h / s) - 1) * s + 3 - h, 0), max((math.ceil(w / s) - 1) * s + 3 - w, 0)
+        x = torch.nn.functional.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        return super().forward(x)
+
+
+def _tf_batch_norm(channels: int) -> nn.BatchNorm2d:
+    """``tf.contrib.layers.batch_norm(decay=.9, center=True, scale=True)``: momentum 0.1 in torch's
+    terms, TensorFlow's default epsilon 0.001 (torch's is 1e-5)."""
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.1)
+
+
+class _TFResidual(nn.Module):
+    """``Model._residual`` (model.py:L112-143): pre-activation (BN, leaky ReLU 0.1) before the first
+    convolution; the first unit of the network shortcuts the activated input
+    (``activate_before_residual``), the others the raw input; a shortcut that changes width is an
+    average pool of the stride (``avg_pool(orig_x, stride, stride, 'VALID')``) and zero channels
+    padded equally on both sides, no convolution."""
+
+    def __init__(self, cin: int, cout: int, stride: int, activate_before_residual: bool):
+        super().__init__()
+        self.cin, self.cout, self.stride, self.activate_before_residual = cin, cout, stride, activate_before_residual
+        self.bn1 = _tf_batch_norm(cin)
+        self.conv1 = _TFConv3x3(cin, cout, stride)
+        self.bn2 = _tf_batch_norm(cout)
+        self.conv2 = _TFConv3x3(cout, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = torch.nn.functional.leaky_relu(self.bn1(x), 0.1)
+        orig = act if self.activate_before_residual else x
+        out = self.conv2(torch.nn.functional.leaky_relu(self.bn2(self.conv1(act)), 0.1))
+        if self.cin != self.cout:
+            if self.stride > 1:
+                orig = torch.nn.functional.avg_pool2d(orig, self.stride, self.stride)
+            pad = (self.cout - self.cin) // 2
+            orig = torch.nn.functional.pad(orig, (0, 0, 0, 0, pad, pad))
+        return out + orig
+
+
+class TFWideResNet(nn.Module):
+    """MadryLab/cifar10_challenge's ``model.py`` (at f15682d), which ashafahi/free_adv_train's
+    ``free_model.py`` (at c42cac2) copies with a class count, in torch, for NCHW inputs already
+    standardised (``per_image_standardization`` is the ``Normalize`` layer's ``per-image`` mode):
+
+    - init_conv 3x3, 3 -> 16 channels, no bias; then 3 stages of 5 ``_TFResidual`` units with widths
+      160, 320, 640 and strides 1, 2, 2 (``filters = [16, 160, 320, 640]``, L46-76): 32 weight
+      layers, which robustbench's leaderboard calls WRN-34-10;
+    - unit_last: BatchNorm, leaky ReLU 0.1, global average pool, FC 640 -> classes with bias (L78-84);
+    - BatchNorm with decay 0.9 (momentum 0.1) and epsilon 0.001; leaky ReLU 0.1 everywhere
+      (``tf.where(x < 0, 0.1 x, x)``); convolutions 'SAME'-padded as TensorFlow pads;
+    - initial weights as the code's: convolutions N(0, 2 / (9 * out)), the FC weight
+      ``uniform_unit_scaling`` (U(+-sqrt(3 / 640))), biases and BatchNorm shifts 0, scales 1;
+    - weight decay on the convolution and FC kernels only (``_decay`` sums ``tf.nn.l2_loss`` of the
+      variables named DW, L145-151): ``weight_decay_on = "kernels"``, which ``parameter_groups``
+      reads.
+
+    Not mirrored: TensorFlow's fused BatchNorm (if the installed TensorFlow picked it) updates the
+    moving variance with the Bessel-corrected batch variance, as torch does; its non-fused one
+    with the biased one (a factor n / (n - 1), n = batch x height x width, about 1 + 1e-5 here).
+    """
+
+    weight_decay_on = "kernels"
+
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (16, 160, 320, 640), units: int = 5):
+        super().__init__()
+        self.init_conv = _TFConv3x3(3, widths[0], 1)
+        layers = []
+        for stage, stride in enumerate((1, 2, 2)):
+            cin, cout = widths[stage], widths[stage + 1]
+            layers.append(_TFResidual(cin, cout, stride, activate_before_residual=stage == 0))
+            layers += [_TFResidual(cout, cout, 1, False) for _ in range(units - 1)]
+        self.units = nn.Sequential(*layers)
+        self.final_bn = _tf_batch_norm(widths[-1])
+        self.fc = nn.Linear(widths[-1], num_classes)
+        bound = math.sqrt(3.0 / widths[-1])  # uniform_unit_scaling(factor=1.0): sqrt(3 / input size)
+        nn.init.uniform_(self.fc.weight, -bound, bound)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.units(self.init_conv(x))
+        x = torch.nn.functional.leaky_relu(self.final_bn(x), 0.1)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@MODELS.register(
+    "wrn-34-10-madry",
+    summary="Madry et al.'s TensorFlow WideResNet (cifar10_challenge model.py): leaky ReLU 0.1, average-pool + "
+    "zero-pad shortcuts, weight decay on kernels only; 32x32 RGB",
+    shapes=[(3, 32, 32)],
+)
+def wrn_34_10_madry(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
+    """MadryLab/cifar10_challenge@f15682d model.py as ``TFWideResNet`` (its only class count is 10;
+    any other is the FC layer's width)."""
+    return TFWideResNet(num_classes)
+
+
+@MODELS.register(
+    "wrn-34-10-free",
+    summary="Shafahi et al.'s TensorFlow WideResNet (free_adv_train free_model.py): Madry's, with a class count; "
+    "32x32 RGB",
+    shapes=[(3, 32, 32)],
+)
+def wrn_34_10_free(shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
+    """ashafahi/free_adv_train@c42cac2 free_model.py as ``TFWideResNet``: Madry's network with
+    ``num_classes`` (100 on CIFAR-100, L24). Its forward adds the carried perturbation and clips
+    to [0, 255] before the standardisation (L46-53); here the ``free-at`` defense adds it."""
+    return TFWideResNet(num_classes)
+
+
+class ParamGroup(TypedDict, total=False):
+    """One of torch's optimizer parameter groups: the parameters, and a weight decay of their own."""
+
+    params: List[nn.Parameter]
+    weight_decay: float
+
+
+def parameter_groups(model: nn.Module) -> List[ParamGroup]:
+    """The optimizer's parameter groups: every parameter in one group (the optimizer's weight decay
+    on all), unless a submodule declares ``weight_decay_on = "kernels"`` (the TensorFlow
+    references decay only their convolution and FC kernels): then its other parameters (biases,
+    BatchNorm scales and shifts) form a second group with weight decay 0."""
+    exempt: Dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if getattr(module, "weight_decay_on", "all") == "kernels":
+            exempt.update((id(p), p) for p in module.parameters() if p.dim() < 2)
+    if not exempt:
+        return [{"params": list(model.parameters())}]
+    decayed = [p for p in model.parameters() if id(p) not in exempt]
+    return [{"params": decayed}, {"params": list(exempt.values()), "weight_decay": 0.0}]
 
 
 def _rb(module: str):

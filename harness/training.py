@@ -67,6 +67,7 @@ from harness.core.errors import HarnessError
 from harness.core.io import atomic_write_json
 from harness.core.rundir import RunDir, now_iso
 from harness.core.runtime import rng_state, seed_everything, set_rng_state
+from harness.models import parameter_groups
 from harness.monitor import Monitor, detect_catastrophic_overfitting, robust_overfitting
 from harness.spec import TrainSpec
 from harness.stop_rules import build_stop_rule
@@ -81,15 +82,17 @@ EpochHook = Callable[[int, Dict[str, Any]], None]
 
 
 def make_optimizer(model: torch.nn.Module, train: TrainSpec) -> torch.optim.Optimizer:
+    # the model says which parameters the weight decay applies to (TensorFlow references: kernels only)
+    params = parameter_groups(model)
     if train.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(),
+            params,
             lr=train.lr,
             momentum=train.momentum,
             weight_decay=train.weight_decay,
             nesterov=bool(train.nesterov),
         )
-    return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
 def lr_factor(train: TrainSpec, total_updates: int) -> Callable[[int], float]:

@@ -518,3 +518,31 @@ def test_no_untyped_dict_in_the_signatures_of_public_functions():
 
         visit(ast.parse(path.read_text()), "", True)
     assert not offenders, "type these with a document or a dataclass:\n" + "\n".join(offenders)
+
+
+def test_the_defense_registry_is_the_only_list_of_defenses():
+    """A defense is registered by its decorator alone (issue 23): no literal collection in the code
+    or the tests enumerates the defenses, alone or with the other collections of its file (a
+    list, tuple, set or dict keys naming two or more registered defenses). Subsets chosen for a
+    purpose (the defenses a benchmark times) are allowed; a copy of the registry is not, since a new
+    defense would be missing from it."""
+    import ast
+
+    from defenses.registry import DEFENSES
+
+    names = set(DEFENSES.names())
+    copies = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if {".venv", "build", ".git"} & set(path.relative_to(ROOT).parts):
+            continue
+        named: set = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            items = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", None)
+            if not isinstance(node, (ast.List, ast.Tuple, ast.Set, ast.Dict)) or items is None:
+                continue
+            hits = {e.value for e in items if isinstance(e, ast.Constant) and e.value in names}
+            if len(hits) >= 2:
+                named |= hits
+        if named == names:
+            copies.append(str(path.relative_to(ROOT)))
+    assert not copies, f"hand-kept lists of every defense (loop over DEFENSES.names() instead): {copies}"

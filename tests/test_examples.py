@@ -233,7 +233,9 @@ def test_the_reproduction_command_lines_parse_and_resolve_every_recipe_they_name
 
     planned, rendered = [], []
     monkeypatch.setattr(R, "reproduce_one", lambda cfg, **kw: planned.append(cfg))
-    monkeypatch.setattr(R, "write_doc", lambda out, doc, co_sweep=None, records=None: rendered.append((doc, records)))
+    monkeypatch.setattr(
+        R, "write_doc", lambda out, doc, co_sweep=None, records=None, ab=None: rendered.append((doc, records))
+    )
     commands = [c for c in readme_commands() if c.startswith(REPRODUCE)]
     assert commands
     for c in commands:

@@ -174,3 +174,151 @@ def test_input_grad_conv_is_plain_conv_off_its_path():
         "net.7.weight",
         "net.7.bias",
     ]  # checkpoints unchanged
+
+
+# -- Madry et al.'s and Shafahi et al.'s TensorFlow WideResNet -------------------------------------------
+#
+# A second, independent reading of MadryLab/cifar10_challenge@f15682d model.py (and of
+# ashafahi/free_adv_train@c42cac2 free_model.py, the same network with a class count): written as
+# the TensorFlow code computes, in NHWC with TensorFlow's variable layouts (conv kernels HWIO, the FC
+# kernel [in, out]) and its 'SAME' padding rule, on a dict of variables named as the code's scopes.
+
+
+def _tf_same_pad(x, k, s):
+    """tf.nn.conv2d padding='SAME' on NHWC: pad_along = max((ceil(in / s) - 1) * s + k - in, 0),
+    the smaller half before (top, left), the rest after."""
+    h, w = x.shape[1], x.shape[2]
+    ph = max((-(-h // s) - 1) * s + k - h, 0)
+    pw = max((-(-w // s) - 1) * s + k - w, 0)
+    return torch.nn.functional.pad(x, (0, 0, pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+
+
+def _tf_conv(x, kernel_hwio, s):
+    x = _tf_same_pad(x, kernel_hwio.shape[0], s).permute(0, 3, 1, 2)
+    y = torch.nn.functional.conv2d(x, kernel_hwio.permute(3, 2, 0, 1), stride=s)
+    return y.permute(0, 2, 3, 1)
+
+
+def _tf_batch_norm(x, v, scope, training):
+    if training:  # batch moments over N, H, W (tf.nn.moments: the biased variance)
+        mean, var = x.mean(dim=(0, 1, 2)), x.var(dim=(0, 1, 2), unbiased=False)
+    else:
+        mean, var = v[f"{scope}/moving_mean"], v[f"{scope}/moving_variance"]
+    return (x - mean) / torch.sqrt(var + 0.001) * v[f"{scope}/gamma"] + v[f"{scope}/beta"]  # epsilon 0.001
+
+
+def _tf_relu(x, leakiness=0.1):
+    return torch.where(x < 0.0, leakiness * x, x)  # model.py:L163-165
+
+
+def _tf_model(x_nhwc, v, training, filters=(16, 160, 320, 640)):
+    """model.py:L31-84 on standardised NHWC input, variables ``v`` by scope name."""
+    x = _tf_conv(x_nhwc, v["input/init_conv/DW"], 1)
+    for stage, stride in zip((1, 2, 3), (1, 2, 2)):
+        for i in range(5):
+            scope = f"unit_{stage}_{i}"
+            cin = filters[stage - 1] if i == 0 else filters[stage]
+            cout, s = filters[stage], stride if i == 0 else 1
+            if i == 0 and stage == 1:  # activate_before_residual = [True, False, False]
+                x = _tf_relu(_tf_batch_norm(x, v, f"{scope}/init_bn", training))
+                orig = x
+            else:
+                orig = x
+                x = _tf_relu(_tf_batch_norm(x, v, f"{scope}/init_bn", training))
+            x = _tf_conv(x, v[f"{scope}/sub1/conv1/DW"], s)
+            x = _tf_relu(_tf_batch_norm(x, v, f"{scope}/sub2/bn2", training))
+            x = _tf_conv(x, v[f"{scope}/sub2/conv2/DW"], 1)
+            if cin != cout:  # avg_pool(orig, stride, stride, 'VALID'), then zero channels on both sides
+                if s > 1:
+                    n, h, w, c = orig.shape
+                    orig = orig.reshape(n, h // s, s, w // s, s, c).mean(dim=(2, 4))
+                p = (cout - cin) // 2
+                orig = torch.nn.functional.pad(orig, (p, p))
+            x = x + orig
+    x = _tf_relu(_tf_batch_norm(x, v, "unit_last/final_bn", training))
+    x = x.mean(dim=(1, 2))
+    return x @ v["logit/DW"] + v["logit/biases"]
+
+
+def _tf_variables(net):
+    """Our state dict under the TensorFlow scopes and layouts (the mapping is the test's claim)."""
+    sd = {k: t.detach().clone() for k, t in net.state_dict().items()}
+    v = {"input/init_conv/DW": sd["init_conv.weight"].permute(2, 3, 1, 0)}
+    for j in range(15):
+        scope, ours = f"unit_{j // 5 + 1}_{j % 5}", f"units.{j}"
+        for bn_tf, bn in (("init_bn", "bn1"), ("sub2/bn2", "bn2")):
+            for tf_name, name in (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean")):
+                v[f"{scope}/{bn_tf}/{tf_name}"] = sd[f"{ours}.{bn}.{name}"]
+            v[f"{scope}/{bn_tf}/moving_variance"] = sd[f"{ours}.{bn}.running_var"]
+        v[f"{scope}/sub1/conv1/DW"] = sd[f"{ours}.conv1.weight"].permute(2, 3, 1, 0)
+        v[f"{scope}/sub2/conv2/DW"] = sd[f"{ours}.conv2.weight"].permute(2, 3, 1, 0)
+    for tf_name, name in (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean")):
+        v[f"unit_last/final_bn/{tf_name}"] = sd[f"final_bn.{name}"]
+    v["unit_last/final_bn/moving_variance"] = sd["final_bn.running_var"]
+    v["logit/DW"], v["logit/biases"] = sd["fc.weight"].t(), sd["fc.bias"]
+    return v
+
+
+def _tf_trainable_count(classes, filters=(16, 160, 320, 640)):
+    """The trainable variables model.py creates: kernels, BatchNorm gamma and beta, the FC bias."""
+    n = 3 * 3 * 3 * filters[0]
+    for stage in (1, 2, 3):
+        for i in range(5):
+            cin, cout = (filters[stage - 1] if i == 0 else filters[stage]), filters[stage]
+            n += 2 * cin + 3 * 3 * cin * cout + 2 * cout + 3 * 3 * cout * cout
+    return n + 2 * filters[3] + filters[3] * classes + classes
+
+
+@pytest.mark.parametrize("name, classes", [("wrn-34-10-madry", 10), ("wrn-34-10-free", 100)])
+def test_the_tensorflow_wideresnets_match_their_released_definition(name, classes):
+    torch.manual_seed(0)
+    model = build_model(name, (3, 32, 32), classes, [0.5] * 3, [0.25] * 3, "per-image")
+    net = model.net
+    assert sum(p.numel() for p in net.parameters()) == _tf_trainable_count(classes)  # 45,901,914 for 10 classes
+    with torch.no_grad():  # BatchNorm statistics and affine parameters away from their initial values
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    v = _tf_variables(net)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    standardised = model.normalize(x)  # tf.image.per_image_standardization (tested in test_recipes)
+    for training in (False, True):
+        net.train(training)
+        with torch.no_grad():
+            ours = model(x)
+            ref = _tf_model(standardised.permute(0, 2, 3, 1), v, training)
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_tensorflow_same_padding_differs_from_torch_s_for_stride_2():
+    """Why the layer pads itself: torch's padding=1 would shift every stride-2 output by a pixel."""
+    from harness.models import _TFConv3x3
+
+    torch.manual_seed(0)
+    conv = _TFConv3x3(2, 3, 2)
+    x = torch.rand(1, 2, 8, 8)
+    tf_like = _tf_conv(x.permute(0, 2, 3, 1), conv.weight.permute(2, 3, 1, 0), 2).permute(0, 3, 1, 2)
+    torch.testing.assert_close(conv(x), tf_like)
+    assert not torch.allclose(conv(x), torch.nn.functional.conv2d(x, conv.weight, stride=2, padding=1))
+
+
+def test_weight_decay_applies_where_the_model_says():
+    from harness.models import parameter_groups
+    from harness.training import make_optimizer
+
+    madry = build_model("wrn-34-10-madry", (3, 32, 32), 10, [0.5] * 3, [0.25] * 3, "per-image")
+    decayed, exempt = parameter_groups(madry)
+    assert all(p.dim() == 4 or p.dim() == 2 for p in decayed["params"]) and len(decayed["params"]) == 32
+    assert exempt["weight_decay"] == 0.0 and all(p.dim() == 1 for p in exempt["params"])  # BN and the FC bias
+    cnn = build_model("small-cnn", (1, 28, 28), 10, [0.5], [0.5])
+    (only,) = parameter_groups(cnn)
+    assert only["params"] == list(cnn.parameters())  # every parameter, as before
+    from harness.config import DEFAULTS
+    from harness.spec import TrainSpec
+
+    section = {**DEFAULTS["train"], "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4}
+    opt = make_optimizer(madry, TrainSpec.from_section({**section, "nesterov": False}))
+    assert [g["weight_decay"] for g in opt.param_groups] == [2e-4, 0.0]

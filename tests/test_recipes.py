@@ -10,11 +10,13 @@ from its value, fails here. Values were read with git from the repositories in
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
 import numpy as np
 import pytest
+import torch
 
 from defenses.base import Recipe, Variant, _leaves
 from defenses.references import REPOS
@@ -156,6 +158,32 @@ TABLE = [
     ("pgd-at", "cifar10", "rice", "data.pad_mode", "reflect", f"{RICE} utils.py:L26-27"),
     ("pgd-at", "cifar10", "rice", "data.crop_padding", 4, f"{RICE} train_cifar.py:L183,197"),
     ("pgd-at", "cifar10", "rice", "data.val_size", 1000, f"{RICE} generate_validation.py:L9"),
+    ("pgd-at", "cifar10", D, "defense_options.forward_order", "attack-update", f"{MADRY_C} pgd_attack.py:L52-54"),
+    ("pgd-at", "cifar10", D, "model", "wrn-34-10-madry", f"{MADRY_C} model.py:L28-183"),
+    ("pgd-at", "cifar10", D, "train.weight_decay", 2e-4, f"{MADRY_C} config.json:L17"),
+    ("free-at", "cifar10", D, "model", "wrn-34-10-free", f"{FREE} free_model.py:L35-189"),
+    ("free-at", "cifar10", D, "train.weight_decay", 2e-4, f"{FREE} config.py:L21"),
+    (
+        "pgd-at",
+        "cifar10",
+        "rice",
+        "defense_options.forward_order",
+        "attack-final-update-clean",
+        f"{RICE} train_cifar.py:L89-90,120,324,339",
+    ),
+    ("trades", "cifar10", D, "defense_options.forward_order", "nat-adv-nat", f"{TRADES} trades.py:L73,79-82"),
+    ("trades", "mnist", D, "defense_options.forward_order", "nat-adv-nat", f"{TRADES} trades.py:L73,79-82"),
+    ("trades-awp", "cifar10", D, "defense_options.forward_order", "adv-nat-nat", f"{TR_AWP}:L177,187-192"),
+    ("trades-awp", "fashion-mnist", D, "defense_options.forward_order", "adv-nat-nat", f"{TR_AWP}:L177,187-192"),
+    (
+        "pgd-at-awp",
+        "cifar10",
+        D,
+        "defense_options.forward_order",
+        "attack-final-update-clean",
+        f"{AT_AWP}:L92,122,338,347,365",
+    ),
+    ("gradalign", "cifar10", D, "defense_options.forward_order", "fgsm-update-noise", f"{GA} train.py:L153,188,193"),
     # -- free-at: the TensorFlow code -----------------------------------------------------------------------
     ("free-at", "cifar10", D, "defense_options.replays", 8, f"{FREE} config.py:L23"),
     ("free-at", "cifar10", D, "defense_options.step_size", "eps", f"{FREE} free_train.py:L56-58"),
@@ -276,18 +304,10 @@ def _recipes():
             yield name, family, recipe
 
 
-CORE = ("erm", "fast-at", "pgd-at", "trades", "free-at")
-NEWER = ("n-fgsm", "gradalign", "mart", "pgd-at-awp", "trades-awp")
-
-
 @pytest.mark.parametrize("name, family, recipe", list(_recipes()), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_recipe_value_has_exactly_one_source_that_says_where_it_comes_from(name, family, recipe):
-    if not isinstance(recipe, Recipe):
-        # the old shape (a plain partial config) still loads, every value "not cited"
-        assert name not in CORE + NEWER, f"{name}'s {family} recipe has no sources"
-        converted = DEFENSES.get(name).recipe_for(family if family != "tiny" else "digits")
-        assert converted is not None and all(t.startswith("not cited") for t in converted.sources.values())
-        return
+    # the old shape (a plain partial config) still loads (test below), but no registered defense keeps it
+    assert isinstance(recipe, Recipe), f"{name}'s {family} recipe has no sources"
     assert recipe.default_variant not in recipe.variants  # the base config is the default variant
     shas = [f"{repo}@{sha[:7]}" for repo, sha in REPOS.values()]
     for cfg, sources in [(recipe.config, recipe.sources)] + [(v.config, v.sources) for v in recipe.variants.values()]:
@@ -452,7 +472,7 @@ def test_dry_run_fast_at_cifar10_shows_augmentation_sizes_stop_rule_and_sources(
     assert "other variants: released, apex-o2" in err
 
 
-@pytest.mark.parametrize("defense", CORE + NEWER)
+@pytest.mark.parametrize("defense", DEFENSES.names())
 @pytest.mark.parametrize("dataset", ["fashion-mnist", "mnist", "cifar10"])
 def test_dry_run_shows_every_recipe_value_with_its_source(cli, defense, dataset, no_data_sources):
     code, out, err = cli("run", "--defense", defense, "--dataset", dataset, "--no-download", "--dry-run")
@@ -501,3 +521,171 @@ def test_normalisation_modes_follow_the_references():
         for mode in ("dataset", "none", "per-image")
     }
     assert keys["dataset"] == keys["none"] == keys["per-image"]  # one checkpoint layout for every mode
+
+
+# -- the train-mode forward passes of one training step, against the released code ----------------------
+#
+# BatchNorm's running statistics, which the model is evaluated with, are set by every forward pass
+# made in train mode, in order; the released code's are part of its result. Each row: a defense and
+# recipe variant (CIFAR-10, where the references' code is), the inputs of the code's train-mode
+# forwards of one training step (one minibatch) in order, with K = the recipe's attack steps and m its
+# replays, and where the code makes them. "clean": the minibatch; "adversarial": the training example
+# the update's loss is computed on; "iterate": an attack iterate or start point (Free-AT's replays at the
+# carried perturbation); "noise": GradAlign's x + eta. Forwards of an attack run in eval mode and of
+# AWP's proxy (a copy whose statistics are thrown away) are not among them.
+
+_I, _A, _C = "iterate", "adversarial", "clean"
+
+RELEASED_FORWARDS = [
+    ("erm", D, lambda K, m: [_C], f"{FAST} MNIST/train_mnist.py:L83-84,99 (--attack none: one forward of X + 0)"),
+    ("fast-at", D, lambda K, m: [_I, _A], f"{FAST} CIFAR10/train_fgsm.py:L112,120 (FGSM at the random start, update)"),
+    (
+        "pgd-at",
+        D,
+        lambda K, m: [_I] * K + [_A],
+        f"{MADRY_C} pgd_attack.py:L52-54, train.py:L41,137 (K input gradients, the train step; one mode='train' model)",
+    ),
+    (
+        "pgd-at",
+        "rice",
+        lambda K, m: [_I] * K + [_A, _A, _C],
+        f"{RICE} train_cifar.py:L89-90,120,324,339 (K attack forwards, the final iterate's loss, the update, "
+        "model(normalize(X)) after opt.step() for the log)",
+    ),
+    (
+        "trades",
+        D,
+        lambda K, m: [_C, _A, _C],
+        f"{TRADES} trades.py:L28,73,79-82 (attack in eval mode; x for the CE, x', x for the KL target)",
+    ),
+    ("mart", D, lambda K, m: [_C, _A], f"{MART} mart.py:L17,32,38,40 (attack in eval mode; x, then x')"),
+    (
+        "free-at",
+        D,
+        lambda K, m: [_I] * m,
+        f"{FREE} free_train.py:L97-100,126 (one sess.run(min_step) per replay, at x + the carried pert; m steps)",
+    ),
+    (
+        "pgd-at-awp",
+        D,
+        lambda K, m: [_I] * K + [_A, _A, _C],
+        f"{AT_AWP}:L92,122,338,347,365 (K attack forwards, the final iterate's loss, the update, the clean batch "
+        "after the step and the restore; the proxy's forward, utils_awp.py:L38-41, is a separate module)",
+    ),
+    (
+        "trades-awp",
+        D,
+        lambda K, m: [_A, _C, _C],
+        f"{TR_AWP}:L107,177,187-192 (attack in eval mode; x', x for the KL target, x for the CE)",
+    ),
+    ("n-fgsm", D, lambda K, m: [_I, _A], f"{NFGSM} train.py:L224,237 (the noise point's gradient, the update)"),
+    (
+        "gradalign",
+        D,
+        lambda K, m: [_C, _A, "noise"],
+        f"{GA} train.py:L143-144,153,188,193 (FGSM from delta = 0, the update, then get_input_grad at X + eta)",
+    ),
+]
+
+
+def test_every_defense_states_the_released_code_s_forward_order():
+    assert {row[0] for row in RELEASED_FORWARDS} == set(DEFENSES.names())
+    for _, _, _, source in RELEASED_FORWARDS:
+        assert any(f"{repo}@{sha[:7]}" in source for repo, sha in REPOS.values()), source
+
+
+class _BNProbe(torch.nn.Module):
+    """A tiny network with BatchNorm whose forwards the test records."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x)).relu().flatten(1))
+
+
+def _measured_forwards(defense, generator_seed=1):
+    """The forwards a real training step makes: (train mode?, on the model's own BatchNorm
+    statistics?, what the input is), after one warm-up step (Free-AT's carried perturbation)."""
+    from defenses.base import TrainContext, bn_mode
+
+    torch.manual_seed(0)
+    model = _BNProbe().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    ctx = TrainContext(opt, None, torch.Generator().manual_seed(generator_seed), torch.device("cpu"))
+    g = torch.Generator().manual_seed(2)
+    batches = [(torch.rand(16, 3, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(2)]
+    defense.train_step(model, *batches[0], ctx)  # warm-up
+    x, y = batches[1]
+    # the training example this step will compute: the same weights, defense state and draws
+    twin_gen = torch.Generator()
+    twin_gen.set_state(ctx.generator.get_state())
+    twin_model, twin = copy.deepcopy(model), copy.deepcopy(defense)
+    with bn_mode(twin_model, defense.options.get("attack_bn_mode", "train")):
+        x_train = twin.training_example(twin_model, x, y, twin_gen)
+    own = model.bn.running_mean
+    seen = []
+
+    def record(module, inputs):
+        inp = inputs[0]
+        what = "clean" if torch.equal(inp, x) else "adversarial" if torch.equal(inp, x_train) else "other"
+        seen.append((module.training, module.bn.running_mean is own, what))
+
+    handle = model.register_forward_pre_hook(record)
+    defense.train_step(model, x, y, ctx)
+    handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize(
+    "name, variant, expected, source", RELEASED_FORWARDS, ids=[f"{r[0]}-{r[1] or 'default'}" for r in RELEASED_FORWARDS]
+)
+def test_train_mode_forwards_match_the_released_code(name, variant, expected, source):
+    """The CIFAR-10 recipe's step, declared (``forwards()``) and measured with forward hooks (the
+    model's mode, whether the forward runs on the model's own BatchNorm statistics, whether its
+    input is the clean batch or the training example), against the released code's order."""
+    from harness.core.threat import ThreatModel
+
+    cfg = C.resolve({"defense": name, "dataset": "cifar10", **({"recipe": {"variant": variant}} if variant else {})})
+    defense = DEFENSES.get(name)(ThreatModel.from_dict(cfg["threat"]), cfg["defense_options"])
+    o = defense.options
+    want = expected(o.get("steps", 0), o.get("replays", 0))
+    assert defense.train_forwards() == want, source  # what the defense declares
+    seen = _measured_forwards(defense)
+    measured = [what for training, own, what in seen if training and own]
+    assert measured == [w if w in ("clean", "adversarial") else "other" for w in want], source
+    proxies = sum(1 for training, own, _ in seen if training and not own)
+    assert proxies == sum(f.count for f in defense.forwards() if f.mode == "proxy")
+
+
+@pytest.mark.parametrize("name", ["pgd-at", "pgd-at-awp"])
+def test_with_the_attack_in_train_mode_the_logged_forwards_change_only_the_running_statistics(name):
+    """Train-mode forwards normalise with the batch's own statistics, so the two forwards Rice et
+    al.'s and AWP's code make for their logs cannot change the weights when the attack, too, runs in
+    train mode: the same step gives bit-identical weights and different BatchNorm running statistics
+    (which the model is evaluated with)."""
+    from defenses.base import TrainContext
+    from harness.core.threat import ThreatModel
+
+    states = {}
+    for order in ("attack-update", "attack-final-update-clean"):
+        cfg = C.resolve({"defense": name, "dataset": "cifar10", "defense_options": {"forward_order": order}})
+        defense = DEFENSES.get(name)(ThreatModel.from_dict(cfg["threat"]), cfg["defense_options"])
+        assert defense.options["attack_bn_mode"] == "train"
+        torch.manual_seed(0)
+        model = _BNProbe().train()
+        ctx = TrainContext(
+            torch.optim.SGD(model.parameters(), lr=0.01), None, torch.Generator().manual_seed(1), torch.device("cpu")
+        )
+        g = torch.Generator().manual_seed(2)
+        for _ in range(2):
+            defense.train_step(
+                model, torch.rand(16, 3, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g), ctx
+            )
+        states[order] = model.state_dict()
+    a, b = states.values()
+    assert all(torch.equal(a[k], b[k]) for k, _ in _BNProbe().named_parameters())
+    assert not torch.equal(a["bn.running_mean"], b["bn.running_mean"])

@@ -228,3 +228,35 @@ def test_an_autoattack_number_the_checks_do_not_trust_says_so_in_its_cell():
     )
     assert R._verdict({"checks": {"verdict": "reliable", "findings": findings[1:]}}) == ""
     assert R._verdict({}) == ""
+
+
+def test_an_ab_runs_arms_with_the_same_seed_and_renders_them_side_by_side(tmp_path):
+    """--ab with --set and --tag: each arm is the recipe with its settings changed, trained with the
+    same seed; the page gets an A/B section, rendered from the arms' run directories (archived
+    beside the page), that names the setting the arms differ in, marks the recipe's arm, and lists
+    what every arm changes from the recipe alike. The main table is not touched."""
+    page = tmp_path / "doc.md"
+    common = ["--ab", "--dataset", "digits", "--defenses", "erm", "--epochs", "1", "--threads", "1"]
+    common += ["--out", str(tmp_path / "main"), "--ab-out", str(tmp_path / "ab"), "--doc", str(page)]
+    common += ["--aa-n", "8", "--eval-n", "32", "--eval-suite", "smoke"]
+    assert R.main(common + ["--tag", "lr-recipe"]) == 0
+    assert R.main(common + ["--set", "train.lr=0.02", "--tag", "lr-0.02"]) == 0
+    assert sorted(p.name for p in (tmp_path / "ab").iterdir()) == [
+        "erm-digits-test-s0-lr-0.02",
+        "erm-digits-test-s0-lr-recipe",
+    ]
+    text = page.read_text()
+    assert "No reproduction runs found." in text  # the main table: no runs under --out
+    section = text.split("## A/B runs: one recipe, one seed, a setting changed")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| erm |")]
+    assert len(rows) == 2 and "train.lr = 0.005 (recipe)" in rows[0] and "train.lr = 0.02 |" in rows[1]
+    assert "| - |" in rows[0] and "/ " in rows[1].split(" | ")[7]  # the delta: the recipe's arm has none
+    assert "every arm departs from the recipe in train.epochs = 1 (recipe: 3)" in section
+    assert sorted(p.stem for p in (tmp_path / "doc" / "ab").glob("*.json")) == [
+        "erm-digits-test-s0-lr-0.02",
+        "erm-digits-test-s0-lr-recipe",
+    ]
+    again = tmp_path / "again.md"
+    argv = ["--render-only", "--out", str(tmp_path / "main"), "--ab-out", str(tmp_path / "gone"), "--doc", str(again)]
+    assert R.main(argv + ["--ab-records", str(tmp_path / "doc" / "ab")]) == 0
+    assert [line for line in again.read_text().splitlines() if line.startswith("| erm |")] == rows
