@@ -59,6 +59,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -443,26 +444,32 @@ def oracle_steps(family: str, randomised: bool, transparent_is_base: bool) -> Li
     return steps + ["aa-real"]
 
 
-def aa_on_base(weights: str, n: int, zoo: Any) -> torch.Tensor:
-    """AutoAttack standard on the plain base (cached in runs/zoo-cache: one run per weights, n)."""
+def aa_on_base(weights: str, n: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """AutoAttack standard on the plain base, shared by every family's oracle: computed once per
+    weights and n and cached in runs/zoo-cache with its cost (wall seconds, passes counted on
+    the base), which every oracle that uses it reports as part of its own cost."""
     from safetensors.torch import load_file, save_file
 
     path = CACHE / f"aa-base-{weights}-n{n}.safetensors"
-    if path.exists():
-        return load_file(str(path))["x_adv"]
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists():
+        return load_file(str(path))["x_adv"], json.loads(meta_path.read_text())
     x, y = test_points(n)
     base = load_family("plain", weights)
-    x_adv = autoattack(base, x, y, EPS)
+    t0 = time.perf_counter()
+    with PassCounter(base.net[-1]) as counter:
+        x_adv = autoattack(base, x, y, EPS)
+    meta = {"wall_s": round(time.perf_counter() - t0, 2), "passes": counter.snapshot(), "n": n}
     CACHE.mkdir(parents=True, exist_ok=True)
     save_file({"x_adv": x_adv.contiguous()}, str(path))
-    return x_adv
+    meta_path.write_text(json.dumps(meta))
+    return x_adv, meta
 
 
 # size: one cascade, step by step, each step timed and its passes counted
 def run_oracle(family: str, weights: str, n: int, aa_piece: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The oracle's robust accuracy of ``family`` with ``weights`` on the first n test points."""
     torch.manual_seed(0)
-    zoo = zoo_module()
     model = load_family(family, weights)
     x, y = test_points(n)
     randomised = bool(getattr(model, "randomised", False))
@@ -478,7 +485,7 @@ def run_oracle(family: str, weights: str, n: int, aa_piece: Optional[Dict[str, A
             snap, t0 = counter.snapshot(), time.perf_counter()
             broke = 0
             if idx.numel():
-                broke = _run_step(step, cas, idx, model, transparent, weights, n, zoo, aa_piece, rec)
+                broke = _run_step(step, cas, idx, model, transparent, weights, n, aa_piece, rec)
             rec.update(broke=broke, wall_s=round(time.perf_counter() - t0, 2), passes=counter.since(snap))
             rec["robust_after"] = int(cas.robust.sum())
             cas.steps.append(rec)
@@ -507,10 +514,11 @@ def run_oracle(family: str, weights: str, n: int, aa_piece: Optional[Dict[str, A
 
 
 # size: one branch per step kind, each a few lines
-def _run_step(step, cas, idx, model, transparent, weights, n, zoo, aa_piece, rec) -> int:
+def _run_step(step, cas, idx, model, transparent, weights, n, aa_piece, rec) -> int:
     x, y = cas.x[idx], cas.y[idx]
     if step == "aa-base":
-        return cas.offer(step, idx, aa_on_base(weights, n, zoo)[idx])
+        x_adv, rec["shared_cost"] = aa_on_base(weights, n)
+        return cas.offer(step, idx, x_adv[idx])
     if step == "aa-transparent":
         return cas.offer(step, idx, autoattack(transparent, x, y, EPS))
     if step in ("pgd-ce", "pgd-margin"):
@@ -578,6 +586,30 @@ def run_aa(family: str, weights: str, n: int) -> Dict[str, Any]:
     return doc
 
 
+def run_square(family: str, weights: str, n: int) -> Dict[str, Any]:
+    """Where the harness's AutoAttack crashed: what its gradient-free part, pyautoattack's Square
+    (5000 queries, seed 0, AutoAttack's settings), finds alone on the real model, from scratch
+    on every point, judged by one forward pass (these families are deterministic)."""
+    model = load_family(family, weights)
+    x, y = test_points(n)
+    t0 = time.perf_counter()
+    clean = correct(model, x, y, False)
+    idx = clean.nonzero().flatten()
+    x_adv = admit(x[idx], autoattack(model, x[idx], y[idx], EPS, components=["square"]), EPS)
+    robust = clean.clone()
+    robust[idx[~correct(model, x_adv, y[idx], False)]] = False
+    return {
+        "schema": "zoo-square",
+        "family": family,
+        "weights": weights,
+        "n": n,
+        "attack": "pyautoattack Square, 5000 queries, p_init 0.8, seed 0, alone",
+        "clean": int(clean.sum()) / n,
+        "robust": int(robust.sum()) / n,
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }
+
+
 def run_audit(family: str, weights: str, n: int, claim: float) -> Dict[str, Any]:
     """Today's ``harness audit`` as a user types it (default suite and checks; ``--n`` the
     table's), in a child process with one thread; its outcome, measured number or crash line."""
@@ -621,6 +653,9 @@ def run_audit(family: str, weights: str, n: int, claim: float) -> Dict[str, Any]
     else:
         lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
         doc.update(outcome="error", crash=lines[-1] if lines else f"exit {proc.returncode}, no output")
+        causes = [ln.strip() for ln in lines[:-1] if re.match(r"^\w+(Error|Exception): ", ln.strip())]
+        if causes:  # the child's own exception, printed above the parent's one line
+            doc["cause"] = causes[-1]
     return doc
 
 
@@ -650,7 +685,7 @@ def restrict_oracle(doc: Dict[str, Any], n: int) -> Dict[str, Any]:
 
 
 def _audit_cell(doc: Dict[str, Any]) -> Dict[str, Any]:
-    keys = ("claim", "outcome", "measured", "measured_ci95", "checks", "crash", "exit", "wall_s", "text")
+    keys = ("claim", "outcome", "measured", "measured_ci95", "checks", "crash", "cause", "exit", "wall_s", "text")
     return {k: doc[k] for k in keys if k in doc}
 
 
@@ -680,9 +715,12 @@ def table_row(family: str, weights: str, n: int, ci_n: int, audit_ns: Sequence[i
         o = orc if m == n else restrict_oracle(orc, m)
         cell["clean"] = o["clean"]
         cell["aa_alone"] = _aa_cell(a)
+        if "crash" in a:
+            sq = piece("square", family, weights, m, lambda m=m: run_square(family, weights, m))
+            cell["square_alone"] = {k: sq[k] for k in ("robust", "attack", "wall_s")}
         cell["oracle"] = {"robust": o["robust"], **({"from": o["from"]} if "from" in o else {})}
         if m == n:
-            cell["oracle"].update(wall_s=orc["wall_s"], passes=orc["passes"], steps=orc["steps"])
+            cell["oracle"].update(cost=oracle_cost(orc), steps=orc["steps"])
         if m in audit_ns:
             cell["audit"] = [
                 _audit_cell(
@@ -699,6 +737,31 @@ def table_row(family: str, weights: str, n: int, ci_n: int, audit_ns: Sequence[i
             ]
         row["at"][str(m)] = cell
     return row
+
+
+def oracle_cost(orc: Dict[str, Any]) -> Dict[str, Any]:
+    """The oracle's cost: its own steps (wall seconds; forward and backward passes through the
+    base network, per point of n) plus, when it used it, the shared AutoAttack run on the base
+    (its cached cost, counted once per weights and n and charged to every oracle using it)."""
+    wall, fwd, bwd = 0.0, 0, 0
+    for st in orc["steps"]:
+        if st["step"] == "aa-base":
+            continue
+        wall, fwd, bwd = wall + st["wall_s"], fwd + st["passes"]["forward"], bwd + st["passes"]["backward"]
+    shared = None
+    if any(st["step"] == "aa-base" for st in orc["steps"]):
+        meta = CACHE / f"aa-base-{orc['weights']}-n{orc['n']}.json"
+        shared = json.loads(meta.read_text()) if meta.exists() else None
+        if shared is not None:
+            wall += shared["wall_s"]
+            fwd, bwd = fwd + shared["passes"]["forward"], bwd + shared["passes"]["backward"]
+    n = orc["n"]
+    return {
+        "wall_s": round(wall, 1),
+        "forward_per_point": round(fwd / n, 1),
+        "backward_per_point": round(bwd / n, 1),
+        "includes_shared_autoattack_on_base": shared is not None,
+    }
 
 
 def _decided_by(orc: Dict[str, Any]) -> Dict[str, int]:
@@ -742,6 +805,59 @@ def table(
     return doc
 
 
+def _pct(v: Optional[float]) -> str:
+    return "" if v is None else f"{100 * v:.1f}"
+
+
+def _aa_text(a: Dict[str, Any], square: Optional[Dict[str, Any]] = None) -> str:
+    if "crash" in a:
+        return "crash" + (f" (Square alone {_pct(square['robust'])})" if square else "")
+    return _pct(a.get("robust")) + (f" ({a['verdict']})" if a.get("verdict") else "")
+
+
+def _audits_text(audits: Sequence[Dict[str, Any]]) -> str:
+    parts = []
+    for a in audits:
+        what = a["outcome"] if a["outcome"] != "error" else "error: " + str(a.get("cause") or a.get("crash", ""))[:70]
+        num = f" {_pct(a['measured'])}" if "measured" in a else ""
+        parts.append(f"claim {_pct(a['claim'])}: {what}{num} ({a['wall_s']:.0f}s)")
+    return "; ".join(parts)
+
+
+def render(doc: Dict[str, Any]) -> str:
+    """docs/adaptive/zoo.json as a Markdown table (for reading; the lead renders the docs)."""
+    n, ci = str(doc["n"]), str(doc["ci_n"])
+    head = [
+        "family",
+        "base",
+        f"clean@{n}",
+        f"AA alone@{n}",
+        f"oracle@{n}",
+        "oracle cost (s, fwd+bwd/point)",
+        f"AA alone@{ci}",
+        f"oracle@{ci}",
+        f"audit@{ci} (default settings)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in doc["rows"]:
+        a, c = r["at"][n], r["at"][ci]
+        oc = a["oracle"]["cost"]
+        cost = f"{oc['wall_s']:.0f}, {oc['forward_per_point'] + oc['backward_per_point']:.0f}"
+        cells = [
+            r["family"] + (" (k=9 vote)" if r["randomised"] else ""),
+            r["weights"],
+            _pct(a["clean"]),
+            _aa_text(a["aa_alone"], a.get("square_alone")),
+            _pct(a["oracle"]["robust"]),
+            cost,
+            _aa_text(c["aa_alone"], c.get("square_alone")),
+            _pct(c["oracle"]["robust"]),
+            _audits_text(c.get("audit", [])),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.zoo", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -758,10 +874,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tb.add_argument("--weights", default="at,erm")
     tb.add_argument("--families", default="")
     tb.add_argument("--audit-n", default=None, help="the n values to run the audit at (default: the CI n; '' for none)")
+    sub.add_parser("show", help="docs/adaptive/zoo.json as a Markdown table")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.cmd == "train":
         train([b for b in args.bases.split(",") if b], Path(args.runs))
+    elif args.cmd == "show":
+        print(render(json.loads((OUT_DIR / "zoo.json").read_text())))
     elif args.cmd == "oracle":
         doc = run_oracle(args.family, args.weights, args.n)
         print(json.dumps({k: v for k, v in doc.items() if k != "per_example"}, indent=1))
