@@ -239,3 +239,19 @@ def test_the_oracle_judges_a_randomised_model_by_a_majority_of_nine_passes(point
 
     Z.correct(counting, x[:4], y[:4], True)
     assert len(calls) == Z.K_VOTES
+
+
+def test_the_committed_table_covers_every_family_and_its_oracle_is_the_worst_case():
+    """docs/adaptive/zoo.json (benchmarks/zoo.py table): every family on the robust base, the
+    oracle never above clean accuracy, and, for deterministic families where the harness's
+    AutoAttack ran, never above it (the oracle's cascade includes that run's outcome)."""
+    doc = json.loads((ROOT / "docs" / "adaptive" / "zoo.json").read_text())
+    assert doc["k_votes"] == Z.K_VOTES and doc["eps"] == Z.EPS
+    assert {(f, "at") for f in ALL} <= {(r["family"], r["weights"]) for r in doc["rows"]}
+    for r in doc["rows"]:
+        for cell in r["at"].values():
+            o = cell["oracle"]["robust"]
+            assert 0 <= o <= cell["clean"], r["family"]
+            aa = cell["aa_alone"]
+            if not r["randomised"] and "robust" in aa:
+                assert o <= aa["robust"] + 1e-9, r["family"]
