@@ -728,7 +728,7 @@ class DefenseBase:
         spec = self.attack_spec()
         if spec is None:
             return {"attack": "none"}
-        return {
+        out: Dict[str, Any] = {
             "attack": spec.kind,
             "norm": self.threat.norm,
             "eps": self.threat.eps_text,
@@ -739,17 +739,21 @@ class DefenseBase:
             "library": "harness",
             "version": __version__,
             "steps": spec.steps,
-            "step_size": self.alpha,
-            "step_size_expr": str(self.options["step_size"]),
-            "loss": spec.loss,
-            "random_start": spec.random_start,
-            "model_mode": spec.model_mode or self.options["attack_bn_mode"],
-            **spec.fields,
         }
+        if "step_size" in self.options:  # a gradient attack's step (a noise "attack" has none)
+            out["step_size"] = self.alpha
+            out["step_size_expr"] = str(self.options["step_size"])
+        out["loss"] = spec.loss
+        out["random_start"] = spec.random_start
+        # the model's mode while attacking: the spec's, else the attack_bn_mode option (train mode
+        # for a defense without one: its attack runs on the model as the loop hands it over)
+        out["model_mode"] = spec.model_mode or self.options.get("attack_bn_mode", "train")
+        out.update(spec.fields)
+        return out
 
     def train_attack_label(self) -> str:
         spec = self.attack_spec()
-        return "none (clean training)" if spec is None else spec.label(self.options["step_size"])
+        return "none (clean training)" if spec is None else spec.label(self.options.get("step_size"))
 
     def train_attack_steps(self) -> int:
         """Gradient steps of the training attack (0 for none): the selection attack must take more."""

@@ -50,7 +50,7 @@ def recipes() -> Dict[str, Tuple[Dict[str, str], List[str]]]:
 def test_the_section_names_at_most_ten_concepts_and_every_kind_the_issue_asks_for():
     concepts = re.findall(r"^\d+\. \*\*", _section(), re.M)
     assert 1 <= len(concepts) <= 10
-    assert {"Add a suite", "Add an attack", "Add a check"} <= set(recipes())
+    assert {"Add a defense", "Add a suite", "Add an attack", "Add a check"} <= set(recipes())
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +84,27 @@ def _result(run: Path, suite: str) -> dict:
     return json.loads((run / "eval" / f"{suite}--best.json").read_text())
 
 
+def _defense_run(cwd: Path) -> bool:
+    """The plugin defense trained its epochs and was evaluated like a built-in one."""
+    run = cwd / "runs" / "noise"
+    config = json.loads((run / "config.json").read_text())
+    training = json.loads((run / "training.json").read_text())
+    return (
+        config["defense"] == "noise-aug"
+        and training["defense"]["options"] == {"radius": 1.0}
+        and training["train_attack"]["label"] == "uniform noise"
+        and training["epochs_run"] == training["epochs_planned"] == 2
+        and _result(run, "smoke")["robust"]["n"] > 0
+    )
+
+
 EXPECT = {
-    # what each recipe promises, read back from the run directory
-    "Add a suite": lambda run: _result(run, "pgd-margin")["attacks"][0]["label"].startswith("PGD-50 margin"),
-    "Add an attack": lambda run: [a["label"] for a in _result(run, "mi-fgsm-10")["attacks"]] == ["MI-FGSM-10"],
-    "Add a check": lambda run: "clean-floor" in [f["check"] for f in _result(run, "smoke")["checks"]["findings"]],
+    # what each recipe promises, read back from the run directory (the trained run, the recipe's folder)
+    "Add a defense": lambda run, cwd: _defense_run(cwd),
+    "Add a suite": lambda run, cwd: _result(run, "pgd-margin")["attacks"][0]["label"].startswith("PGD-50 margin"),
+    "Add an attack": lambda run, cwd: [a["label"] for a in _result(run, "mi-fgsm-10")["attacks"]] == ["MI-FGSM-10"],
+    "Add a check": lambda run, cwd: "clean-floor"
+    in [f["check"] for f in _result(run, "smoke")["checks"]["findings"]],
 }
 
 
@@ -101,7 +117,7 @@ def test_each_recipe_works_as_printed(title, trained, tmp_path):
     for command in commands:
         done = _run_literally(command, tmp_path, trained)
         assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
-    assert EXPECT[title](trained), title
+    assert EXPECT[title](trained, tmp_path), title
 
 
 def test_every_recipe_is_checked():
