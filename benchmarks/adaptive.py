@@ -58,7 +58,7 @@ def audit_family(family: str, n: int, threads: int) -> Dict[str, Any]:
     out = ROOT / "runs" / "adaptive-audits" / f"{family}-n{n}"  # the audit itself stays out of git
     cmd = [
         sys.executable, "-m", "harness", "audit", "--model", f"{ZOO}:{family}", "--checkpoint", _weights(family),
-        "--dataset", "fashion-mnist", "--eps", "0.1", "--claim", str(CLAIM), "--suite", "quick", "--n", str(n),
+        "--dataset", "fashion-mnist", "--eps", "0.1", "--claim", str(CLAIM), "--n", str(n),
         "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

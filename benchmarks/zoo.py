@@ -568,15 +568,16 @@ def first_line(e: BaseException) -> str:
 
 
 def run_aa(family: str, weights: str, n: int) -> Dict[str, Any]:
-    """``harness.evaluate(model, "fashion-mnist", eps=0.1, suite="autoattack", n=n)`` on the real
-    model (its cheap checks included); a crash is recorded as its first line."""
+    """``harness.evaluate(model, "fashion-mnist", eps=0.1, suite="autoattack", n=n, adaptive="off")``
+    on the real model (its cheap checks included, AutoAttack alone: no adaptive stage); a crash
+    is recorded as its first line."""
     import harness
 
     model = load_family(family, weights)
     t0 = time.perf_counter()
     doc: Dict[str, Any] = {"schema": "zoo-aa", "family": family, "weights": weights, "n": n, "suite": "autoattack"}
     try:
-        r = harness.evaluate(model, DATASET, eps=EPS, suite="autoattack", n=n)
+        r = harness.evaluate(model, DATASET, eps=EPS, suite="autoattack", n=n, adaptive="off")
     except Exception as e:  # noqa: BLE001 - today's behaviour is the baseline, crash included
         doc.update(crash=first_line(e), wall_s=round(time.perf_counter() - t0, 2))
         return doc
@@ -619,6 +620,13 @@ def run_square(family: str, weights: str, n: int) -> Dict[str, Any]:
     }
 
 
+def _commit() -> str:
+    """The commit of the harness that ran an audit (stored with it: the audits in
+    docs/adaptive/zoo/ without one were made at 421a606, before the adaptive stage)."""
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 def run_audit(family: str, weights: str, n: int, claim: float) -> Dict[str, Any]:
     """Today's ``harness audit`` as a user types it (default suite and checks; ``--n`` the
     table's), in a child process with one thread; its outcome, measured number or crash line."""
@@ -645,6 +653,7 @@ def run_audit(family: str, weights: str, n: int, claim: float) -> Dict[str, Any]
         "command": " ".join(argv),
         "exit": proc.returncode,
         "wall_s": round(time.perf_counter() - t0, 2),
+        "harness": _commit(),
     }
     result = out / "audit.json"
     if result.exists():
@@ -845,7 +854,7 @@ def render(doc: Dict[str, Any]) -> str:
         "oracle cost (s, fwd+bwd/point)",
         f"AA alone@{ci}",
         f"oracle@{ci}",
-        f"audit@{ci} (default settings)",
+        f"audit@{ci} (default settings; harness {doc.get('audits_made_with', 'as recorded')})",
         f"audit@{n}",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
