@@ -144,6 +144,18 @@ def _oracle(family: str, base: str, n: int) -> Optional[Dict[str, Any]]:
     return None
 
 
+def _before(family: str, base: str, n: int) -> str:
+    """The same audit (claim 0.9, default settings, same n) as the harness ran it before the
+    adaptive stage (benchmarks/zoo.py's stored audits, made at 421a606)."""
+    path = ORACLES / f"audit-{family}-{base}-n{n}-claim{CLAIM:.2f}.json"
+    if not path.exists():
+        return "—"
+    doc = json.loads(path.read_text())
+    if doc.get("outcome") == "error":
+        return "crash: " + str(doc.get("cause") or doc.get("crash", "")).replace("|", "/")[:80]
+    return f"{doc['outcome']} ({_pct(doc.get('measured'))})"
+
+
 # size: the page, section by section, every number from a record
 def render() -> str:
     records = [json.loads(p.read_text()) for p in sorted(RUNS.glob("zoo-*.json"))]
@@ -172,12 +184,12 @@ def render() -> str:
         "points. Robust accuracy in percent.",
         "",
         "| family | base | n | AutoAttack alone | harness adaptive [95% CI] | oracle | within 3 points "
-        "| remedy that decided | flags | stage cost (s) | audit of a 90% claim |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| remedy that decided | flags | stage cost (s) | audit of a 90% claim | the same audit before the stage |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in records:
         if "error" in r:
-            lines.append(f"| {r['family']} | {r['base']} | {r['n']} | — | error: {r['error']} | | | | | | |")
+            lines.append(f"| {r['family']} | {r['base']} | {r['n']} | — | error: {r['error']} | | | | | | | |")
             continue
         oracle = _oracle(r["family"], r["base"], r["n"])
         within = "—" if oracle is None else ("yes" if r["adaptive"] <= oracle["robust"] + 0.03 + 1e-9 else "**no**")
@@ -187,7 +199,7 @@ def render() -> str:
         lines.append(
             f"| {r['family']} | {r['base']} | {r['n']} | {_pct(r.get('autoattack'))} | {_pct(r['adaptive'])} "
             f"[{_pct(ci[0])}, {_pct(ci[1])}] | {_pct(oracle['robust']) if oracle else '—'} | {within} | {decided} | "
-            f"{flags} | {r.get('stage_wall_s') or 0:.0f} | {r['outcome']} |"
+            f"{flags} | {r.get('stage_wall_s') or 0:.0f} | {r['outcome']} | {_before(r['family'], r['base'], r['n'])} |"
         )
     ctrl_path = RUNS / "controls.json"
     if ctrl_path.exists():

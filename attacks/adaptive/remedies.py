@@ -277,7 +277,8 @@ def pgd_boost(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
         "eot": eot,
         "through_bpda": view is not ctx.model,
     }
-    label = f"APGD-CE, APGD-DLR x{RESTARTS} restarts" + (" through BPDA" if view is not ctx.model else "")
+    label = (f"EOT-{eot} " if eot > 1 else "") + f"APGD-CE, APGD-DLR x{RESTARTS} restarts"
+    label += " through BPDA" if view is not ctx.model else ""
     return RemedyOutcome(label, desc, idx, x_adv)
 
 

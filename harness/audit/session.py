@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -267,7 +267,8 @@ def run_audit(req: AuditRequest, *, state_path: Optional[Path] = None, progress:
 def decided_by(result: EvalResult, replay: Optional[Mapping[str, Any]]) -> str:
     """What set the measurement: the remedy of the adaptive stage that broke the most points the
     suite had not (with the flag that called it), else the replayed claimed attack when it broke
-    points the rest missed, else the suite."""
+    points the rest missed, else the suite, with the remedies that ran after it and found
+    nothing more (they are what settled the flags: the suite's number stood up to them)."""
     stage = result.adaptive
     best: Dict[str, int] = {}
     why: Dict[str, str] = {}
@@ -280,5 +281,13 @@ def decided_by(result: EvalResult, replay: Optional[Mapping[str, Any]]) -> str:
         return f"the adaptive remedy {name} (it broke {best[name]} point(s) the suite had not; called by {why[name]})"
     if replay is not None and replay.get("broke_points_suite_missed"):
         return "the replayed claimed attack"
-    ran = stage is not None and bool(stage.remedies)
-    return f"the {result.suite} suite" + (" (the adaptive stage broke no further point)" if ran else "")
+    ran: List[str] = []
+    for r in stage.remedies if stage else []:
+        if not r.skipped and str(r.remedy) not in ran:
+            ran.append(str(r.remedy))
+    if not ran:
+        return f"the {result.suite} suite"
+    return (
+        f"the {result.suite} suite, confirmed by the adaptive remedies {', '.join(ran)} "
+        "(they broke no further point)"
+    )
