@@ -131,13 +131,13 @@ def weights_path(weights: str) -> Path:
 def load_family(name: str, weights: str) -> nn.Module:
     """The family built through the harness's model-file path (factory keywords filled from the
     data set, checkpoint loaded as data, strictly), in eval mode."""
-    from harness.audit.model_files import ModelSpec, build_from_file
+    from harness.audit.model_files import ModelFile, build_from_file
     from harness.checkpoints import load_into, load_state_dict_file
     from harness.data import load_dataset
 
     b = load_dataset(DATASET)
     model, _ = build_from_file(
-        ModelSpec(ZOO_FILE, name), shape=b.shape, num_classes=b.num_classes, mean=b.mean, std=b.std
+        ModelFile(ZOO_FILE, name), shape=b.shape, num_classes=b.num_classes, mean=b.mean, std=b.std
     )
     load_into(model, load_state_dict_file(weights_path(weights)), allow_net_only=False)
     return model.eval()

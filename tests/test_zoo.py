@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import zoo as Z  # noqa: E402
-from harness.audit.model_files import ModelSpec, build_from_file  # noqa: E402
+from harness.audit.model_files import ModelFile, build_from_file  # noqa: E402
 from harness.checkpoints import load_into, load_state_dict_file  # noqa: E402
 
 ZOO = Z.zoo_module()
@@ -36,7 +36,7 @@ WEIGHTS = ["erm", "at"]
 def build(name: str, weights: str = "at"):
     """Through the harness's model-file loader and checkpoint loader, as ``harness audit`` does."""
     model, info = build_from_file(
-        ModelSpec(Z.ZOO_FILE, name), shape=(1, 28, 28), num_classes=10, mean=(0.2860,), std=(0.3530,)
+        ModelFile(Z.ZOO_FILE, name), shape=(1, 28, 28), num_classes=10, mean=(0.2860,), std=(0.3530,)
     )
     notes = load_into(model, load_state_dict_file(Z.weights_path(weights)), allow_net_only=False)
     assert notes == []  # the file's keys are the family's keys: base.* and nothing else
