@@ -1,8 +1,15 @@
-"""The registries of this package. Each names the modules that fill it."""
+"""The registries of this package. Each imports, on its first lookup, every module of the
+``attacks`` package (its sub-packages ``checks`` and ``adaptive`` included), read from the folder:
+an attack, suite, check or remedy is registered by its decorator (or ``.add``) in whichever file
+of the package it lives in, and no list here or in the tests names it."""
 
-from harness.core.registry import Registry
+from pathlib import Path
 
-ATTACKS = Registry("attacks", modules=["attacks.pgd", "attacks.autoattack"])
-SUITES = Registry("suites", modules=["attacks.suites"])
-CHECKS = Registry("checks", modules=["attacks.checks"])
-REMEDIES = Registry("remedies", modules=["attacks.adaptive.remedies"])
+from harness.core.registry import Registry, package_modules
+
+MODULES = package_modules("attacks", Path(__file__).resolve().parent, skip=("attacks.registry",))
+
+ATTACKS = Registry("attacks", modules=MODULES)
+SUITES = Registry("suites", modules=MODULES)
+CHECKS = Registry("checks", modules=MODULES)
+REMEDIES = Registry("remedies", modules=MODULES)

@@ -6,16 +6,10 @@ in a module of this package. The registry imports every module of the package on
 no list here or in the tests names it.
 """
 
-import pkgutil
 from pathlib import Path
 
-from harness.core.registry import Registry
+from harness.core.registry import Registry, package_modules
 
 DEFENSES = Registry(
-    "defenses",
-    modules=sorted(
-        f"defenses.{m.name}"
-        for m in pkgutil.iter_modules([str(Path(__file__).resolve().parent)])
-        if m.name != "registry"
-    ),
+    "defenses", modules=package_modules("defenses", Path(__file__).resolve().parent, skip=("defenses.registry",))
 )

@@ -1,5 +1,11 @@
-"""The renderer registry (md, tex, csv, html)."""
+"""The renderer registry (md, tex, csv, html). It imports, on its first lookup, every module of
+the ``reports`` package, read from the folder: a renderer is registered by its decorator in
+whichever file of the package it lives in."""
 
-from harness.core.registry import Registry
+from pathlib import Path
 
-RENDERERS = Registry("renderers", modules=["reports.renderers"])
+from harness.core.registry import Registry, package_modules
+
+RENDERERS = Registry(
+    "renderers", modules=package_modules("reports", Path(__file__).resolve().parent, skip=("reports.registry",))
+)

@@ -546,3 +546,38 @@ def test_the_defense_registry_is_the_only_list_of_defenses():
         if named == names:
             copies.append(str(path.relative_to(ROOT)))
     assert not copies, f"hand-kept lists of every defense (loop over DEFENSES.names() instead): {copies}"
+
+
+def test_every_registry_finds_its_plugins_by_their_files():
+    """The registries are the only lists of plugins (issue 23): a registry's ``modules`` is its
+    package's folder (``package_modules``), or its own module when it defines its plugins itself
+    (loggers, data sets, models, guard rails); never a hand-kept list of other modules, which a
+    new plugin's file would have to be added to."""
+    import ast
+
+    offenders = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if {".venv", "build", ".git", "tests"} & set(rel.parts):
+            continue
+        here = ".".join(rel.with_suffix("").parts)
+        tree = ast.parse(path.read_text(), str(path))
+        named = {  # NAME = package_modules(...) at module level
+            t.id
+            for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+            for t in node.targets
+            if isinstance(t, ast.Name) and getattr(node.value.func, "id", None) == "package_modules"
+        }
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Registry"):
+                continue
+            for kw in node.keywords:
+                if kw.arg != "modules":
+                    continue
+                v = kw.value
+                folder = isinstance(v, ast.Call) and getattr(v.func, "id", None) == "package_modules"
+                own = isinstance(v, (ast.List, ast.Tuple)) and [ast.literal_eval(e) for e in v.elts] == [here]
+                if not (folder or own or (isinstance(v, ast.Name) and v.id in named)):
+                    offenders.append(f"{rel}:{node.lineno} modules={ast.unparse(v)}")
+    assert not offenders, "registries with a hand-kept module list (use package_modules):\n" + "\n".join(offenders)

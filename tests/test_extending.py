@@ -103,8 +103,7 @@ EXPECT = {
     "Add a defense": lambda run, cwd: _defense_run(cwd),
     "Add a suite": lambda run, cwd: _result(run, "pgd-margin")["attacks"][0]["label"].startswith("PGD-50 margin"),
     "Add an attack": lambda run, cwd: [a["label"] for a in _result(run, "mi-fgsm-10")["attacks"]] == ["MI-FGSM-10"],
-    "Add a check": lambda run, cwd: "clean-floor"
-    in [f["check"] for f in _result(run, "smoke")["checks"]["findings"]],
+    "Add a check": lambda run, cwd: "clean-floor" in [f["check"] for f in _result(run, "smoke")["checks"]["findings"]],
 }
 
 

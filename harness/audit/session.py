@@ -288,6 +288,5 @@ def decided_by(result: EvalResult, replay: Optional[Mapping[str, Any]]) -> str:
     if not ran:
         return f"the {result.suite} suite"
     return (
-        f"the {result.suite} suite, confirmed by the adaptive remedies {', '.join(ran)} "
-        "(they broke no further point)"
+        f"the {result.suite} suite, confirmed by the adaptive remedies {', '.join(ran)} (they broke no further point)"
     )
