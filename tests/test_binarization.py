@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from attacks.adaptive.remedies import remedies_for
+from attacks.autoattack import AutoAttackComponent
 from attacks.checks import ALL_CHECKS, CHEAP_CHECKS, CheckContext, run_checks
 from attacks.checks.binarization import ASR_OK, MIN_VALID, POINTS, find_head
 from attacks.pgd import FGSM, PGD
@@ -105,13 +106,24 @@ def test_a_one_step_attack_of_tiny_size_is_reported_too_weak(points):
     assert "too weak for this model's features" in f.message
 
 
-@pytest.mark.parametrize("name", ["quantised", "no_grad"])
-def test_a_gradient_masked_before_the_head_fails_the_test(points, name):
-    """Without a suite record the checks' own white-box baseline is what is tested."""
-    f, _ = run(ctx_for(family(name), points))
+def test_a_zero_gradient_before_the_head_fails_the_test(points):
+    """Quantised inputs: the gradient through the features is zero. Without a suite record the
+    checks' own white-box baseline is what is tested."""
+    f, _ = run(ctx_for(family("quantised"), points))
     assert f.status == "fail", f.message
     assert f.values["attacks"] == ["PGD-20 CE", "PGD-20 margin"]
     assert f.values["valid"] >= MIN_VALID and f.values["found"] == 0 and f.values["asr"] == 0.0
+    assert f.values["no_gradient_path"] == 0
+
+
+def test_no_gradient_path_before_the_head_fails_the_test_without_running_the_attacks(points):
+    """The first block under no_grad: APGD-CE cannot even start; it found nothing."""
+    apgd = AutoAttackComponent(THREAT, component="apgd-ce", num_classes=10)
+    f, _ = run(ctx_for(family("no_grad"), points, [apgd], suite="standard"))
+    assert f.status == "fail", f.message
+    assert f.values["attacks"] == ["AutoAttack standard: APGD-CE (100 it)"]
+    assert f.values["valid"] >= MIN_VALID and f.values["found"] == 0
+    assert f.values["no_gradient_path"] == f.values["valid"] and "no gradient reaches the input" in f.message
 
 
 def test_dlr_and_targeted_attacks_are_left_out_by_name(points):

@@ -7,9 +7,11 @@ does not find it there is too weak for this model's features, whatever its numbe
 Learnt from the reference, never copied: google-research/active-adversarial-tests, file
 active_tests/decision_boundary_binarization.py at commit f5bb425a3500602e5ba3c5bbf7865b2f58837a50
 (``interior_boundary_discrimination_attack``, ``_create_raw_data``,
-``_train_logistic_regression_classifier``), with the settings of its case studies
-(case_studies/evaluate_classifier.py ``run_decision_boundary_binarization``: 999 inner points,
-1 boundary point, ``decision_boundary_closeness=0.9999``, ``rescale_logits="adaptive"``).
+``_train_logistic_regression_classifier``), with the settings of its case studies (the
+case_studies/*/binarization_test.sh scripts: ``n_inner_points=999``, ``n_boundary_points=1``;
+case_studies/evaluate_classifier.py ``run_decision_boundary_binarization``:
+``decision_boundary_closeness=0.9999``, ``rescale_logits="adaptive"``). What is simplified is listed
+in the check's docstring (``binarization``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from attacks.registry import CHECKS
 from harness.core.runtime import autocast
 
 NAME = "binarization"
-POINTS = 10  # points tested (the reference's case studies test 512 on a GPU)
+POINTS = 10  # points tested (the case-study scripts commonly pass --n-samples=512 or 2048)
 INNER = 99  # random inner samples per point, plus the clean point itself (reference: 999)
 BOUNDARY = 1  # boundary samples per point (reference: 1)
 GAP = 0.05  # inner samples lie within (1 - GAP) eps (reference: relative_inner_boundary_gap=0.05)
@@ -308,6 +310,18 @@ def attacks_under_test(ctx: CheckContext) -> Tuple[List[Any], List[str], str]:
     )
 
 
+def gradient_path(model: Binarized, x: torch.Tensor) -> bool:
+    """Whether the binarized model's output depends differentiably on its input at ``x`` (a
+    forward under no_grad, or an encoding built from comparisons, before the head leaves none)."""
+    xr = x[None].detach().clone().requires_grad_(True)
+    with torch.enable_grad(), eval_mode(model):
+        out = model(xr)
+        if not out.requires_grad:
+            return False
+        (g,) = torch.autograd.grad(out[:, 1].sum(), xr, allow_unused=True)
+    return g is not None
+
+
 def attack_point(model: Binarized, x: torch.Tensor, attacks: Sequence[Any], gen: torch.Generator, what: str) -> bool:
     """The attacks, in order, against the binarized model from the clean point (label 0); True
     when one returns a point in the ball that the binarized model puts on side 1."""
@@ -361,7 +375,9 @@ def binarization(ctx: CheckContext) -> Finding:
     white-box attacks, rebuilt from their descriptors for two classes (``attacks_under_test``;
     DLR and targeted attacks need three classes and are left out, named), run in order from the
     clean point against the binarized model; a point counts as found when an attack returns a
-    point in the ball that the binarized model puts on side 1.
+    point in the ball that the binarized model puts on side 1. Where no gradient reaches the
+    input through the features (a forward under no_grad) the attacks cannot run and find nothing,
+    as the evaluation counts them.
 
     Rule, on the valid points: attack success rate (ASR) >= 0.9 ok, >= 0.5 warn, below fail (an
     attack that misses what exists by construction is too weak for these features: gradients
@@ -403,7 +419,7 @@ def binarization(ctx: CheckContext) -> Finding:
     found = torch.zeros_like(valid)
     invalid: Dict[str, int] = {}
     steps: List[int] = []
-    backward = 0
+    backward, no_path = 0, 0
     for i, p in enumerate(idx.tolist()):
         task = build_task(ctx, layer, ctx.x[p], gen)
         if task.model is None:
@@ -411,7 +427,10 @@ def binarization(ctx: CheckContext) -> Finding:
             continue
         valid[i] = True
         steps.append(task.head_steps)
-        found[i] = attack_point(task.model, ctx.x[p], attacks, gen, what=f"binarization test, point {p}")
+        if gradient_path(task.model, ctx.x[p]):
+            found[i] = attack_point(task.model, ctx.x[p], attacks, gen, what=f"binarization test, point {p}")
+        else:  # gradient attacks cannot run: they found nothing, as the evaluation counts them
+            no_path += 1
         backward += task.model.backward
     nv, nf = int(valid.sum()), int(found.sum())
     missed = torch.zeros(ctx.m, dtype=torch.bool, device=ctx.device)
@@ -423,6 +442,7 @@ def binarization(ctx: CheckContext) -> Finding:
         "found": nf,
         "asr": nf / nv if nv else None,
         "missed_indices": indices(missed),
+        "no_gradient_path": no_path,
         "invalid_reasons": invalid,
         "attacks": [a.label() for a in attacks],
         "attacks_source": source,
@@ -467,12 +487,14 @@ def _judged(values: Dict[str, Any]) -> Finding:
             f"(ASR {asr:.0%}, at least {ASR_OK:.0%} needed)",
         )
     status = "warn" if asr >= ASR_FAIL else "fail"
+    none = values["no_gradient_path"]
+    path = f" (on {none} of them no gradient reaches the input through the features)" if none else ""
     return Finding(
         NAME,
         status,
         values,
         threshold,
-        f"{used} found the adversarial example that exists by construction on only {nf} of {nv} binarized tasks "
+        f"{used} found the adversarial example that exists by construction on only {nf} of {nv} binarized tasks{path} "
         f"(ASR {asr:.0%}, {ASR_OK:.0%} needed): the attacks are too weak for this model's features, a sign of "
         "masked gradients before its head",
     )
