@@ -36,7 +36,16 @@ from attacks.registry import REMEDIES
 
 # the checks whose flags mean "gradient attacks may be missing points": every remedy that attacks
 # harder answers them
-MASKING = ("fgsm-vs-pgd", "square-vs-whitebox", "random-noise", "transfer", "eps-sweep", "convergence", "loss-trace")
+MASKING = (
+    "fgsm-vs-pgd",
+    "square-vs-whitebox",
+    "random-noise",
+    "transfer",
+    "eps-sweep",
+    "convergence",
+    "loss-trace",
+    "binarization",
+)
 EOT_LADDER = (1, 2, 4, 8, 16, 32)
 EOT_STABLE = 0.9  # median cosine between two independent k-sample gradient averages
 TEMPERATURES = (0.01, 0.1, 1.0, 10.0, 100.0)

@@ -8,7 +8,9 @@ place in the running order (``order=`` at registration):
 - comparisons with weaker attacks (``comparisons``): fgsm-vs-pgd (A1/C1),
   square-vs-whitebox (A2/C8/D4), random-noise (A4/C9), transfer (C11);
 - the optimisation itself (``optimisation``): eps-sweep (A3/A5/C5-C7/I6), convergence (C2/C4),
-  loss-trace (I1/I2).
+  loss-trace (I1/I2);
+- the attacks' strength (``binarization``): the decision-boundary binarization test (Zimmermann
+  et al. 2022): adversarial examples that exist by construction must be found.
 
 ``run_checks(names, ctx)`` runs them and returns the stored "checks" block with the verdict.
 The ``standard`` suite runs ``ALL_CHECKS``, ``quick`` runs ``CHEAP_CHECKS`` (a few seconds for
@@ -18,7 +20,7 @@ record (``checks_for``): square-vs-whitebox when the suite ran Square after whit
 
 from typing import Any, List, Mapping, Optional, Sequence
 
-from attacks.checks import comparisons, optimisation, properties  # noqa: F401  (registers the checks)
+from attacks.checks import binarization, comparisons, optimisation, properties  # noqa: F401  (registers the checks)
 from attacks.checks.base import (
     BLACKBOX,
     WHITEBOX,

@@ -309,7 +309,10 @@ ProgressFn = Callable[[Optional[str], int, int], None]
 
 def _run_one(name: str, fn: Callable[[CheckContext], Finding], ctx: CheckContext, counter: PassCounter) -> Finding:
     """One check, its cost added to its finding. A ``ThreatModelViolation`` stops everything; any
-    other error becomes a "warn" finding: a check that could not run has not shown anything sound."""
+    other error becomes a "warn" finding: a check that could not run has not shown anything sound.
+    A check whose gradients flow through the model but not through its output (the binarization
+    test backpropagates from the features under a new head, which the counter's output hook never
+    sees) declares those passes per example as ``cost["backward_unhooked"]``; they are counted."""
     snap, t = counter.snapshot(), time.perf_counter()
     try:
         f = fn(ctx)
@@ -326,6 +329,7 @@ def _run_one(name: str, fn: Callable[[CheckContext], Finding], ctx: CheckContext
         )
     if f.check != name:
         f.check = name
+    counter.backward += int(f.cost.pop("backward_unhooked", 0) or 0)
     f.cost = {"wall_s": round(time.perf_counter() - t, 4), **counter.since(snap), **f.cost}
     return f
 
