@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.core.errors import HarnessError  # noqa: E402
 from harness.core.io import atomic_write_text, read_json  # noqa: E402
+from harness.core.tree import leaves  # noqa: E402
 
 DEFAULT_DEFENSES = ("erm", "fast-at", "pgd-at", "trades", "free-at")
 DEFAULT_DOC = "docs/reproductions.md"
@@ -487,14 +488,7 @@ def _leaf(cfg: Mapping[str, Any], key: str) -> Any:
     return node
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+_flat = leaves
 
 
 def _arms(rs: Sequence[Mapping[str, Any]]) -> Tuple[List[str], List[str]]:

@@ -78,6 +78,7 @@ from attacks.base import eval_mode, project, resolve_step_size
 from harness.core.errors import ConfigError
 from harness.core.runtime import autocast
 from harness.core.threat import ThreatModel
+from harness.core.tree import leaves
 from harness.core.version import __version__
 
 # The recipe family of each data set: its own, or the one whose recipe it borrows.
@@ -128,15 +129,7 @@ def tiny_recipe(extra: Optional[Mapping[str, Any]] = None) -> "Recipe":
     return Recipe(config, {k: TINY_SOURCE for k in _leaves(config)}, default_variant="test")
 
 
-def _leaves(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    """Flat ``{"train.lr": 0.1}`` view of a nested partial config (lists are leaves)."""
-    out: Dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping) and v:
-            out.update(_leaves(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+_leaves = leaves  # flat ``{"train.lr": 0.1}`` view of a nested partial config (lists are leaves)
 
 
 def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:

@@ -24,6 +24,7 @@ from harness.core.errors import ConfigError
 from harness.core.rundir import run_dir_name
 from harness.core.seeds import MAX_SPLIT_SEED, check_seed
 from harness.core.threat import ThreatModel
+from harness.core.tree import leaves
 from harness.curriculum import check as check_curriculum
 from harness.curriculum import check_new as check_new_curriculum
 from harness.data import DATASETS
@@ -533,13 +534,7 @@ def threat_of(cfg: Mapping[str, Any]) -> ThreatModel:
 
 
 def flatten(cfg: Mapping[str, Any], prefix: str = "") -> List[Tuple[str, Any]]:
-    out: List[Tuple[str, Any]] = []
-    for k, v in cfg.items():
-        if isinstance(v, Mapping) and v:
-            out += flatten(v, f"{prefix}{k}.")
-        else:
-            out.append((f"{prefix}{k}", v))
-    return out
+    return list(leaves(cfg, prefix).items())
 
 
 # short names for the settings people type most, as ``harness run``'s flags name them

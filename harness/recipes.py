@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from harness.core.tree import leaves
+
 # every key of the recipe section but "variant" is recomputed, never read as a setting
 RECORD_KEYS = (
     "defense",
@@ -90,14 +92,7 @@ def finish(cfg: Dict[str, Any], resolved: Any) -> Dict[str, Any]:
     return cfg
 
 
-def _leaves(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping) and v:
-            out.update(_leaves(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+_leaves = leaves
 
 
 def value_sources(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from harness.core.stats import mean_std, wilson
+from harness.core.tree import leaves
 from reports.load import EvalView, RunInfo, accuracy_of, fnum, worst_verdict
 from reports.paired import (
     TESTED,
@@ -69,15 +70,8 @@ class _Group:
     entries: List[_Entry] = field(default_factory=list)
 
 
-def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            if isinstance(v, dict) and v:
-                out.update(_flatten(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-    return out
+def _flatten(d: Any) -> Dict[str, Any]:
+    return leaves(d) if isinstance(d, dict) else {}
 
 
 def _training_config(run: RunInfo) -> Dict[str, Any]:

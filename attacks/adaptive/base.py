@@ -144,6 +144,10 @@ def battery(
 
     x_best = ctx.x[idx].clone()
     left = torch.ones(idx.numel(), dtype=torch.bool, device=ctx.device)
+    # APGD keeps the iterate its own success test (one forward pass) last saw misclassified, else
+    # the clean point; on a randomised model that test is one random draw, so the candidate is
+    # the iterate with the highest (EOT-averaged) loss instead, and the judge's majority decides
+    best_loss = bool(ctx.judge.randomised)
     devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
 
     def predict(t: torch.Tensor) -> torch.Tensor:
@@ -176,7 +180,10 @@ def battery(
             for s in batched(pos.numel(), ctx.batch_size):
                 p = pos[s]
                 xs, ys = ctx.x[idx[p]], ctx.y[idx[p]]
-                adv = atk.perturb(xs, ys).detach()
+                if best_loss and not isinstance(atk, APGDAttack_targeted):  # (its perturb keeps no best loss)
+                    adv = atk.perturb(xs, ys, best_loss=True).detach()
+                else:
+                    adv = atk.perturb(xs, ys).detach()
                 adv = project(xs, adv, ctx.norm, ctx.eps)
                 broke = confirm(ctx, idx[p], adv, what)
                 x_best[p[broke]] = adv[broke]
