@@ -477,6 +477,7 @@ JSON_LAYER = {
     "harness/core/runtime.py": "RNG states and the environment record",
     "harness/config.py": "the config layer: layers merged into the dict config.json stores",
     "harness/recipes.py": "the config layer: the recipe's part of the config",
+    "harness/core/tree.py": "nested config mappings flattened to dotted keys (the config layer's helper)",
     "harness/loggers.py": "trackers mirror the stored rows",
     "harness/checkpoints.py": "torch checkpoint payloads",
     "harness/robustbench_compat.py": "RobustBench's state dicts and zoo records",

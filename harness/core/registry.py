@@ -21,8 +21,9 @@ T = TypeVar("T")
 
 def package_modules(package: str, folder: Union[str, Path], *, skip: Sequence[str] = ()) -> List[str]:
     """The dotted names of every module in a package's folder and in its sub-packages (folders
-    with an ``__init__.py``), read from the files: nothing is imported here. A registry given these
-    as its ``modules`` finds a plugin by its file alone, so no list names the plugins."""
+    with an ``__init__.py``, by their package name), read from the files: nothing is imported
+    here. The package itself is left out (importing any of its modules imports it). A registry
+    given these as its ``modules`` finds a plugin by its file alone, so no list names the plugins."""
     root = Path(folder)
     out: List[str] = []
     for path in sorted(root.rglob("*.py")):
@@ -30,7 +31,7 @@ def package_modules(package: str, folder: Union[str, Path], *, skip: Sequence[st
         if any(not (root.joinpath(*parts[:i]) / "__init__.py").exists() for i in range(1, len(parts))):
             continue  # not inside a package (e.g. __pycache__, a data folder)
         name = ".".join((package, *(parts[:-1] if parts[-1] == "__init__" else parts)))
-        if name not in skip:
+        if name != package and name not in skip:
             out.append(name)
     return out
 
