@@ -66,7 +66,10 @@ def audit_family(family: str, n: int, threads: int) -> Dict[str, Any]:
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     wall = time.perf_counter() - t0
     record: Dict[str, Any] = {"family": family, "base": _base_name(family), "n": n, "exit": done.returncode}
-    record["command"] = " ".join(c if c != sys.executable else "python" for c in cmd)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    record["harness"] = head.stdout.strip() or "unknown"  # the commit that ran it (uncommitted changes aside)
+    shown = [c if c != sys.executable else "python" for c in cmd]
+    record["command"] = " ".join(c.replace(f"{ROOT}/", "") for c in shown)  # as run from the repository root
     record["wall_s"] = wall
     path = out / "audit.json"
     if not path.exists():
