@@ -29,4 +29,7 @@ def setup_logging(verbosity: int, rank: Optional[int] = None) -> None:
         fmt = f"[rank {rank}] " + fmt
     handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    logging.getLogger("harness").setLevel(level if rank else min(level, logging.INFO))
+    # harness's own packages log progress at INFO by default (the adaptive stage's rounds live in
+    # attacks/); third-party libraries stay at WARNING unless -v
+    for package in ("harness", "attacks", "defenses", "reports"):
+        logging.getLogger(package).setLevel(level if rank else min(level, logging.INFO))

@@ -301,6 +301,29 @@ def test_log_lines_into_a_pipe_are_one_line_per_event(capfd):
     assert len(err) == 1 and err[0].endswith("x" * 300) and "INFO harness.test:" in err[0]
 
 
+def test_the_default_log_level_shows_every_harness_package_and_hides_libraries(capfd):
+    """A command's default verbosity logs progress from harness's own packages (the adaptive
+    stage's rounds are logged in attacks/: a default fast-at run sat silent through them) and
+    only warnings from third-party libraries."""
+    from harness.logs import setup_logging as _setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    levels = {p: logging.getLogger(p).level for p in ("harness", "attacks", "defenses", "reports")}
+    try:
+        _setup_logging(0)
+        logging.getLogger("attacks.adaptive.stage").info("adaptive round 1: square-boost: broke 2")
+        logging.getLogger("defenses.trades").info("a defense's note")
+        logging.getLogger("somelibrary").info("chatter")
+    finally:
+        root.handlers[:], root.level = saved
+        for p, level in levels.items():
+            logging.getLogger(p).setLevel(level)
+    err = capfd.readouterr().err
+    assert "adaptive round 1: square-boost: broke 2" in err and "a defense's note" in err
+    assert "chatter" not in err
+
+
 def test_the_run_records_the_precision_it_used(tmp_path):
     run = harness.train(
         "erm",
