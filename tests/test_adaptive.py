@@ -47,6 +47,18 @@ class NoGrad(nn.Module):
             return self.net(x)
 
 
+class Detached(nn.Module):
+    """The input taken out of the graph by inline code (``x.detach()``), not by a module: the
+    output still requires a gradient (the weights), the input gets none."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.detach())
+
+
 class _Negate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):  # type: ignore[override]
@@ -84,8 +96,9 @@ def data():
         (lambda n: HardLabel(n), ("net", "after", "softmax")),
         (lambda n: NoGrad(n), ("net", "module", "rerun")),
         (lambda n: Lie(n), ("net", "before", "identity")),
+        (lambda n: Detached(n), ("net", "before", "identity")),
     ],
-    ids=["quantiser-module", "inline-quantiser", "hard-label-head", "no-grad", "lying-backward"],
+    ids=["quantiser-module", "inline-quantiser", "hard-label-head", "no-grad", "lying-backward", "inline-detach"],
 )
 def test_the_probe_finds_the_culprit_and_its_stand_in(net, data, make, fix):
     x, y = data
@@ -150,8 +163,9 @@ def test_the_plan_runs_the_remedies_of_flagged_checks_in_order_and_off_runs_none
         (lambda n: QuantisedInput(n), "bpda"),
         (lambda n: ScaledLogits(n), "logits"),
         (lambda n: SoftmaxOutput(n), "logits"),
+        (lambda n: Detached(n), "bpda"),
     ],
-    ids=["hard-label", "quantised", "scaled-logits", "softmax"],
+    ids=["hard-label", "quantised", "scaled-logits", "softmax", "inline-detach"],
 )
 def test_the_stage_brings_an_obfuscated_model_down_to_its_base(net, data, wrap, remedy):
     """The remedies find what the suite's attacks, blinded by the obfuscation, missed: the

@@ -261,7 +261,10 @@ def _one_round(view: View, x: torch.Tensor, y: torch.Tensor) -> Tuple[Optional[F
         fix = stand_in(lambda t, m=c.module: m.forward(t), c.u, c.v, "module", c.path, "its input gets no gradient")
         if fix is not None:
             return fix, False, f"{c.path}: its output gets a gradient, its input none"
-    first = [c for c in _inline_fed(calls, xr) if _usable(c.u)]
+    # inline code between the input and a module: it passes no gradient on (a backward that lies
+    # or zeroes), or it takes the module's input out of the graph (x.detach(), torch.no_grad())
+    # while the module's output still gets one
+    first = [c for c in _inline_fed(calls, xr) if _usable(c.u) or (not _in_graph(c.u) and _usable(c.v))]
     if first:
         c = min(first, key=lambda c: c.order)
         assert c.u is not None

@@ -131,7 +131,7 @@ def _eot_k(ctx: Any) -> int:
 def bpda(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
     view = bpda_view(ctx)
     probe = ctx.cache["bpda"]
-    if view is None:
+    if view is None and probe.reaches_input:
         return RemedyOutcome(
             "BPDA",
             {"remedy": "bpda"},
@@ -139,7 +139,7 @@ def bpda(ctx: Any, idx: torch.Tensor) -> RemedyOutcome:
             details=probe.describe(),
             skipped="the input gradient reaches the input and agrees with finite differences: no module to bypass",
         )
-    if not probe.reaches_input:
+    if view is None or not probe.reaches_input:
         return RemedyOutcome(
             "BPDA",
             {"remedy": "bpda"},
