@@ -66,8 +66,9 @@ def audit_family(family: str, n: int, threads: int) -> Dict[str, Any]:
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     wall = time.perf_counter() - t0
     record: Dict[str, Any] = {"family": family, "base": _base_name(family), "n": n, "exit": done.returncode}
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    record["harness"] = head.stdout.strip() or "unknown"  # the commit that ran it (uncommitted changes aside)
+    from harness.core.runtime import git_sha
+
+    record["harness"] = git_sha(ROOT) or "unknown"  # the commit that ran it ("-dirty": with changes)
     shown = [c if c != sys.executable else "python" for c in cmd]
     record["command"] = " ".join(c.replace(f"{ROOT}/", "") for c in shown)  # as run from the repository root
     record["wall_s"] = wall

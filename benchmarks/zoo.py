@@ -623,8 +623,9 @@ def run_square(family: str, weights: str, n: int) -> Dict[str, Any]:
 def _commit() -> str:
     """The commit of the harness that ran an audit (stored with it: the audits in
     docs/adaptive/zoo/ without one were made at 421a606, before the adaptive stage)."""
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
+    from harness.core.runtime import git_sha
+
+    return git_sha(ROOT) or "unknown"
 
 
 def run_audit(family: str, weights: str, n: int, claim: float) -> Dict[str, Any]:
