@@ -214,9 +214,10 @@ class EvalView:
                 found = a.after
         return found
 
-    def suite_description(self) -> str:
+    def suite_description(self, adaptive: bool = False) -> str:
         """``AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square); PGD-20 CE``: consecutive reference
-        AutoAttack components are named together, in cascade order; settings are in the strength table."""
+        AutoAttack components are named together, in cascade order; settings are in the strength table.
+        The suite's own attacks, or (``adaptive``) the remedies the adaptive stage ran after it."""
         parts: List[str] = []
         aa: List[str] = []
         aa_version = ""
@@ -227,6 +228,8 @@ class EvalView:
                 aa.clear()
 
         for a in self.attacks:
+            if bool(a.adaptive) != adaptive:
+                continue
             label = str(a.label or a.name or "?")
             if attack_family(a) == "autoattack":
                 version = a.descriptor.get("autoattack_version")
@@ -247,7 +250,10 @@ class EvalView:
     def condition(self) -> str:
         """Everything a robust-accuracy number must be labelled with."""
         n = self.n if self.n is not None else "?"
-        return f"against suite {self.suite} ({self.suite_description()}), {self.threat_label()}, n={n}"
+        stage = ""
+        if any(a.adaptive for a in self.attacks):
+            stage = f" and the adaptive stage ({self.suite_description(adaptive=True)})"
+        return f"against suite {self.suite} ({self.suite_description()}){stage}, {self.threat_label()}, n={n}"
 
     def _sweep(self) -> Optional[Finding]:
         return self.result.checks.finding("eps-sweep")

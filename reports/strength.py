@@ -198,7 +198,11 @@ def _evaluation_rows(info: RunInfo, steps_text: List[str]) -> List[Dict[str, Any
             f, b = fnum(a.passes.forward_per_attacked), fnum(a.passes.backward_per_attacked)
             if f is None or b is None:
                 f, b = fnum(a.passes.forward_per_example), fnum(a.passes.backward_per_example)
-            rows.append(_strength_row(f"eval {suite} #{i}", a.label or a.name, d, _passes(f, b)))
+            role = f"eval {suite} #{i}"
+            if a.adaptive:  # a remedy of the adaptive stage: it runs under the evaluation's threat model
+                d = {"norm": ev.norm, "eps": ev.eps_text, **d}
+                role += " (adaptive stage)"
+            rows.append(_strength_row(role, a.label or a.name, d, _passes(f, b)))
             gs = gradient_steps(d)
             if gs is not None:
                 eval_steps.append((gs, str(a.label or a.name)))

@@ -226,6 +226,33 @@ def test_a_settled_doubt_is_said_in_the_summary_and_the_reports_verdict(tmp_path
     )
 
 
+def test_the_headline_and_the_strength_table_keep_the_stage_apart_from_the_suite(net, data):
+    """The headline names the suite's attacks and, after them, the adaptive stage's; each remedy's
+    row in the strength table states the threat model it ran under (a reader must see the eps
+    behind every number)."""
+    from reports.load import EvalView
+    from reports.strength import _evaluation_rows
+
+    x, y = data
+    r = harness.evaluate(HardLabel(net).eval(), (x, y), eps=0.1, suite="smoke", adaptive=["bpda"])
+    view = EvalView("smoke", "best", r)
+    cond = view.condition()
+    suite_part, stage_part = cond.split(" and the adaptive stage (")
+    assert "PGD-20" in suite_part and "BPDA" not in suite_part and "BPDA" in stage_part
+    assert stage_part.endswith(f"Linf eps=0.1, n={r.n}")
+
+    class Info:
+        def suites(self):
+            return ["smoke"]
+
+        def evaluation(self, suite, ckpt):
+            return view
+
+    rows = _evaluation_rows(Info(), [])
+    staged = [row for row in rows if row["role"].endswith("(adaptive stage)")]
+    assert staged and all(row["threat"] == "Linf eps=0.1" for row in staged)
+
+
 def test_a_healthy_models_stage_runs_nothing_and_changes_nothing(net, data):
     x, y = data
     r = harness.evaluate(net, (x, y), eps=0.1, suite="smoke")
