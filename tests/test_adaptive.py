@@ -183,6 +183,20 @@ def test_the_stage_brings_an_obfuscated_model_down_to_its_base(net, data, wrap, 
     assert all(0 <= b < len(r.attacks) for b in broken_by)
 
 
+def test_a_randomised_models_round_converges_on_the_breaks_a_second_vote_confirms():
+    """On a randomised model a round's breaks count towards convergence only when a second,
+    independent vote confirms them (coin-toss points break in every round by luck); the breaks
+    themselves still count in the number."""
+    mk = lambda rnd, broke, rep: stage.RemedyRun(  # noqa: E731
+        stage.Planned("eot", ["randomness (fail)"]), rnd, stage.RemedyOutcome("EOT", {}, torch.zeros(0)), 20, broke,
+        1.0, {}, reproduced=rep,
+    )  # fmt: skip
+    assert mk(1, 4, 1).progress == 1 and mk(1, 4, None).progress == 4
+    f = [Finding("randomness", "fail", {}, None, "random")]
+    flags, _, _ = stage.resolve(f, [mk(1, 30, 28), mk(2, 4, 1)], converged=True, n=100)
+    assert flags[0].outcome == "resolved" and "its last round broke 1" in flags[0].text
+
+
 def test_resolve_counts_a_resolved_flag_as_passed_and_keeps_one_that_stands():
     f = [Finding("gradients", "fail", {}, None, "zero"), Finding("batch-dependence", "fail", {}, None, "batch")]
     run = stage.RemedyRun(

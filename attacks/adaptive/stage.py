@@ -14,7 +14,10 @@ least 90% of those points itself (its recall on points known to be breakable: th
 any other masking flag by a repair or the stronger search. The stage stops when a round breaks at most
 ``allowance(n, 0.5%)`` points (it has **converged**: more attack effort no longer moves the
 number) or after ``MAX_ROUNDS``. Every candidate is confirmed on the unmodified model
-(``base.confirm``) before it counts, so the worst case can only go down.
+(``base.confirm``) before it counts, so the worst case can only go down. On a randomised model a
+point whose adversarial example fools about half the draws is broken or not by the vote's luck,
+in any round; what a round counts towards convergence is the breaks a second, independent vote
+also finds (``RemedyRun.progress``); every break the first vote found still counts in the number.
 
 ``resolve`` says, for each flagged check, **resolved** (one of its remedies ran and the stage
 converged: the number is what the strongest attacks we have agree on) or **stands** (no remedy
@@ -109,6 +112,16 @@ class RemedyRun:
     passes: Dict[str, int]
     broke_mask: Optional[torch.Tensor] = None
     adv_pred: Optional[torch.Tensor] = None
+    # of ``broke``, how many a second, independent vote of a randomised model's judge also finds
+    # misclassified (None: a deterministic model, whose one decision is final)
+    reproduced: Optional[int] = None
+
+    @property
+    def progress(self) -> int:
+        """The breaks that count towards convergence: a randomised model's points whose adversarial
+        vote is a coin toss break in any round by chance, so only breaks a second vote confirms
+        say the attacks are still finding something."""
+        return self.broke if self.reproduced is None else self.reproduced
 
 
 Record = Callable[[RemedyRun], None]
@@ -164,19 +177,26 @@ def run(
                     ).pred
                 ctx.robust[idx[broke]] = False
             k = int(broke.sum())
+            reproduced = None
+            if ctx.judge.randomised and outcome.x_adv is not None:
+                again = ctx.judge.decide(ctx.model, outcome.x_adv[broke], ctx.y[idx][broke], ctx.batch_size).correct
+                reproduced = int((~again).sum()) if k else 0
             item = RemedyRun(
-                p, r, outcome, int(idx.numel()), k, time.perf_counter() - t0, counter.since(snap), broke, pred
-            )
+                p, r, outcome, int(idx.numel()), k, time.perf_counter() - t0, counter.since(snap), broke, pred,
+                reproduced=reproduced,
+            )  # fmt: skip
             runs.append(item)
             if outcome.skipped is not None:
                 log.info("adaptive round %d: %s skipped: %s", r, p.name, outcome.skipped)
             else:
+                again_text = "" if reproduced is None else f", {reproduced} confirmed by a second vote"
                 log.info(
-                    "adaptive round %d: %s: ran on %d, broke %d (%.0f s)", r, outcome.label, idx.numel(), k, item.wall_s
-                )
+                    "adaptive round %d: %s: ran on %d, broke %d%s (%.0f s)",
+                    r, outcome.label, idx.numel(), k, again_text, item.wall_s,
+                )  # fmt: skip
             if record is not None:
                 record(item)
-            broke_round += k
+            broke_round += item.progress
             if k:
                 productive.append(p)
         if broke_round <= a:
@@ -284,7 +304,7 @@ def resolve(
     a = allowance(n)
     total = sum(r.broke for r in runs)
     last_round = max((r.round for r in runs), default=0)
-    last = sum(r.broke for r in runs if r.round == last_round)
+    last = sum(r.progress for r in runs if r.round == last_round)
     for f in findings:
         if f.status not in ("warn", "fail"):
             continue
