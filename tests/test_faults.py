@@ -93,6 +93,25 @@ def _claim(root: str, barrier, results) -> None:
         results.put(("lost", str(e)))
 
 
+def test_a_build_area_another_create_removed_in_between_is_made_again(tmp_path, monkeypatch):
+    """The winner of a race removes the empty build area after publishing its run; a create that
+    made the area a moment before must make it again, not fail (seen under load in the race test
+    below: two losers died with FileNotFoundError instead of the one clear refusal)."""
+    import harness.core.rundir as R
+
+    real, removed = os.mkdir, []
+
+    def racy(path, *a, **k):
+        if not removed and Path(path).parent.name == R.BUILDING:
+            Path(path).parent.rmdir()  # the other process's cleanup, just in between
+            removed.append(path)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(R.os, "mkdir", racy)
+    run = R.RunDir.create(tmp_path, "x", config={"a": 1})
+    assert removed and (run.path / "config.json").exists() and not (tmp_path / R.BUILDING).exists()
+
+
 def test_two_processes_with_the_same_out_and_name_exactly_one_wins(tmp_path):
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     for trial in range(5):

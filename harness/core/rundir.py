@@ -55,6 +55,21 @@ from harness.core.errors import ConfigError, HarnessError
 from harness.core.io import SCHEMA_VERSION, atomic_write_json, atomic_write_text, dumps, read_json
 
 CHECKPOINT_RE = re.compile(r"^(best|last|epoch-(\d+))$")
+
+
+def _make_build_folder(build: Path, tries: int = 20) -> None:
+    """``build`` inside the build area, made afresh if another create removed the area in between
+    (it removes it once empty, after publishing its own run: an empty area is not a lock)."""
+    for attempt in range(tries):
+        build.parent.mkdir(exist_ok=True)
+        try:
+            os.mkdir(build)
+            return
+        except FileNotFoundError:
+            if attempt == tries - 1:
+                raise
+
+
 # run folders being built (``RunDir.create``): ROOT/.creating/NAME.PID-HEX, one level below the runs
 # so that nothing that lists ROOT's runs (``harness report ROOT``) takes a half-built one for a run
 BUILDING = ".creating"
@@ -196,8 +211,7 @@ class RunDir:
         build = path.parent / BUILDING / f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}"
         lock: Optional[folder_lock.FolderLock] = None
         try:
-            build.parent.mkdir(exist_ok=True)
-            os.mkdir(build)
+            _make_build_folder(build)
             lock = folder_lock.take(build, owner or "harness (creating the run directory)", what="run directory")
             cls._fill(build, config, env)
             _publish(build, path)
